@@ -1,0 +1,123 @@
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// An Anthropic account: a Claude Code config directory with its own
+/// credentials and usage limits.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "claude-failover.io",
+    version = "v1alpha1",
+    kind = "Account",
+    namespaced,
+    status = "AccountStatus",
+    derive = "PartialEq",
+    shortname = "acct",
+    category = "claude-failover",
+    doc = "An Anthropic account that sessions run under",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "5h", type_ = "number", json_path = ".status.usage.fiveHour.utilization"),
+    printcolumn(name = "7d", type_ = "number", json_path = ".status.usage.sevenDay.utilization"),
+    printcolumn(name = "Sessions", type_ = "integer", json_path = ".status.sessions"),
+    printcolumn(name = "Priority", type_ = "integer", json_path = ".spec.priority"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccountSpec {
+    /// The account's `CLAUDE_CONFIG_DIR` (`~` is expanded).
+    pub config_dir: String,
+    /// Lower is preferred as a failover target.
+    #[serde(default)]
+    pub priority: i32,
+    /// Utilization (percent) at which sessions are moved away.
+    #[serde(default)]
+    pub thresholds: Thresholds,
+    /// True: take no new sessions, drain the existing ones.
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Thresholds {
+    /// Percent of the rolling 5-hour window (1..=100).
+    #[serde(default = "default_five_hour")]
+    pub five_hour: u8,
+    /// Percent of the weekly cap (1..=100).
+    #[serde(default = "default_seven_day")]
+    pub seven_day: u8,
+}
+
+fn default_five_hour() -> u8 {
+    90
+}
+fn default_seven_day() -> u8 {
+    95
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            five_hour: default_five_hour(),
+            seven_day: default_seven_day(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum AccountPhase {
+    #[default]
+    Available,
+    NearLimit,
+    Exhausted,
+    Unavailable,
+    Suspended,
+}
+
+impl std::fmt::Display for AccountPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccountStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<AccountPhase>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<AccountUsage>,
+    /// When the current burn rate reaches the threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub projected_limit_at: Option<Time>,
+    /// Sessions currently running on this account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccountUsage {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub five_hour: Option<UsageWindow>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seven_day: Option<UsageWindow>,
+}
+
+/// One usage reading of one window.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UsageWindow {
+    /// Percent used, 0..=100.
+    pub utilization: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resets_at: Option<Time>,
+    /// Which signal produced the reading (statusLine, poll, hook, transcript, screen).
+    pub source: String,
+    pub observed_at: Time,
+}

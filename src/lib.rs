@@ -1,0 +1,5 @@
+//! claude-failover: keeps a pool of Claude Code sessions working across
+//! several Anthropic accounts. See the README's module map.
+
+pub mod api;
+pub mod manifest;

@@ -1,0 +1,343 @@
+//! From bytes to typed objects: one error line per problem, in the form
+//! `FILE:LINE:COL: field.path: what is wrong`.
+
+use super::validate;
+use super::yaml::{self, Node, NodeKind, Pos, Seg, path_string};
+use crate::api::{API_VERSION, Account, Kind, ObjectMeta, Session, Task};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::Value;
+
+/// Largest manifest file accepted.
+pub const MAX_FILE_BYTES: usize = 4 * 1024 * 1024;
+
+/// One problem in one manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestError {
+    pub file: String,
+    pub pos: Pos,
+    pub path: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}: {}: {}", self.file, self.pos.line, self.pos.col, self.path, self.message)
+    }
+}
+
+impl std::error::Error for ManifestError {}
+
+/// Where an object was declared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub file: String,
+    pub pos: Pos,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.file, self.pos)
+    }
+}
+
+/// An object of any of the three kinds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AnyObject {
+    Account(Account),
+    Session(Session),
+    Task(Task),
+}
+
+impl AnyObject {
+    pub fn kind(&self) -> Kind {
+        match self {
+            AnyObject::Account(_) => Kind::Account,
+            AnyObject::Session(_) => Kind::Session,
+            AnyObject::Task(_) => Kind::Task,
+        }
+    }
+
+    pub fn meta(&self) -> &ObjectMeta {
+        match self {
+            AnyObject::Account(o) => &o.metadata,
+            AnyObject::Session(o) => &o.metadata,
+            AnyObject::Task(o) => &o.metadata,
+        }
+    }
+
+    pub fn meta_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            AnyObject::Account(o) => &mut o.metadata,
+            AnyObject::Session(o) => &mut o.metadata,
+            AnyObject::Task(o) => &mut o.metadata,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        self.meta().name.as_deref().unwrap_or_default()
+    }
+
+    pub fn to_value(&self) -> Value {
+        match self {
+            AnyObject::Account(o) => to_value(o),
+            AnyObject::Session(o) => to_value(o),
+            AnyObject::Task(o) => to_value(o),
+        }
+    }
+
+    /// Decodes a stored (already valid) object of kind `kind`.
+    pub fn from_value(kind: Kind, v: Value) -> Result<AnyObject, serde_json::Error> {
+        Ok(match kind {
+            Kind::Account => AnyObject::Account(serde_json::from_value(v)?),
+            Kind::Session => AnyObject::Session(serde_json::from_value(v)?),
+            Kind::Task => AnyObject::Task(serde_json::from_value(v)?),
+        })
+    }
+
+    fn problems(&self) -> Vec<validate::Problem> {
+        match self {
+            AnyObject::Account(o) => validate::account(o),
+            AnyObject::Session(o) => validate::session(o),
+            AnyObject::Task(o) => validate::task(o),
+        }
+    }
+}
+
+fn to_value<T: Serialize>(o: &T) -> Value {
+    serde_json::to_value(o).expect("API types always serialize")
+}
+
+/// A decoded object with the place it came from.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    pub object: AnyObject,
+    pub source: Source,
+}
+
+/// The fields a manifest's `metadata` may carry (those of Kubernetes'
+/// ObjectMeta); anything else is a typo and is rejected.
+const METADATA_FIELDS: &[&str] = &[
+    "name",
+    "namespace",
+    "labels",
+    "annotations",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "finalizers",
+    "ownerReferences",
+    "managedFields",
+    "generateName",
+    "selfLink",
+];
+const TOP_FIELDS: &[&str] = &["apiVersion", "kind", "metadata", "spec", "status"];
+
+/// Decodes every document of one file. `file` is the name used in errors.
+/// Returns the objects that decoded cleanly and one error per bad document.
+pub fn decode_file(file: &str, bytes: &[u8]) -> (Vec<Decoded>, Vec<ManifestError>) {
+    let err = |pos: Pos, path: &str, message: String| ManifestError {
+        file: file.to_string(),
+        pos,
+        path: path.to_string(),
+        message,
+    };
+    if bytes.len() > MAX_FILE_BYTES {
+        return (
+            vec![],
+            vec![err(
+                Pos { line: 1, col: 1 },
+                "(file)",
+                format!("file is {} bytes, more than the {} accepted for a manifest", bytes.len(), MAX_FILE_BYTES),
+            )],
+        );
+    }
+    let text = match std::str::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            let good = &bytes[..e.valid_up_to()];
+            let line = good.iter().filter(|b| **b == b'\n').count() + 1;
+            let line_start = good.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            let col = String::from_utf8_lossy(&good[line_start..]).chars().count() + 1;
+            return (
+                vec![],
+                vec![err(
+                    Pos { line, col },
+                    "(file)",
+                    format!("not valid UTF-8 (byte 0x{:02x} at offset {})", bytes[e.valid_up_to()], e.valid_up_to()),
+                )],
+            );
+        }
+    };
+    let docs = match yaml::parse_documents(text) {
+        Ok(d) => d,
+        Err(e) => return (vec![], vec![err(e.pos, "(file)", e.message)]),
+    };
+    let mut objects = Vec::new();
+    let mut errors = Vec::new();
+    for doc in &docs {
+        let Some(root) = &doc.root else { continue };
+        match decode_document(root) {
+            Ok(object) => objects.push(Decoded {
+                object,
+                source: Source {
+                    file: file.to_string(),
+                    pos: root.pos,
+                },
+            }),
+            Err((path, message)) => {
+                let pos = root.locate(&path);
+                errors.push(err(pos, &path_string(&path), message));
+            }
+        }
+    }
+    if objects.is_empty() && errors.is_empty() {
+        errors.push(err(Pos { line: 1, col: 1 }, "(file)", "no objects in file (empty manifest)".into()));
+    }
+    (objects, errors)
+}
+
+type DocError = (Vec<Seg>, String);
+
+fn k(s: &str) -> Seg {
+    Seg::Key(s.to_string())
+}
+
+fn decode_document(root: &Node) -> Result<AnyObject, DocError> {
+    let NodeKind::Map(entries) = &root.kind else {
+        return Err((vec![], "expected a mapping with apiVersion, kind, metadata and spec".into()));
+    };
+    for (key, _) in entries {
+        let name = key.key_string();
+        if !TOP_FIELDS.contains(&name.as_str()) {
+            return Err((vec![k(&name)], format!("unknown field `{name}`, expected one of {}", TOP_FIELDS.join(", "))));
+        }
+    }
+    let api_version = match root.get("apiVersion") {
+        None => return Err((vec![k("apiVersion")], format!("required field is missing (expected {API_VERSION})"))),
+        Some(n) => n.as_str().ok_or_else(|| (vec![k("apiVersion")], "must be a string".to_string()))?,
+    };
+    if api_version != API_VERSION {
+        return Err((
+            vec![k("apiVersion")],
+            format!("unknown apiVersion `{api_version}`: this version serves {API_VERSION}"),
+        ));
+    }
+    let kind = match root.get("kind") {
+        None => return Err((vec![k("kind")], "required field is missing (Account, Session or Task)".into())),
+        Some(n) => n.as_str().ok_or_else(|| (vec![k("kind")], "must be a string".to_string()))?,
+    };
+    let Some(kind) = Kind::from_kind_field(kind) else {
+        return Err((vec![k("kind")], format!("unknown kind `{kind}`: expected Account, Session or Task")));
+    };
+    match root.get("metadata") {
+        None => return Err((vec![k("metadata")], "required field is missing (metadata.name at least)".into())),
+        Some(meta) => {
+            if let NodeKind::Map(entries) = &meta.kind {
+                for (key, _) in entries {
+                    let name = key.key_string();
+                    if !METADATA_FIELDS.contains(&name.as_str()) {
+                        return Err((vec![k("metadata"), k(&name)], format!("unknown field `{name}`")));
+                    }
+                }
+            }
+        }
+    }
+    if root.get("spec").is_none() {
+        return Err((vec![k("spec")], "required field is missing".into()));
+    }
+    let value = root.to_json();
+    let object = match kind {
+        Kind::Account => AnyObject::Account(typed(value)?),
+        Kind::Session => AnyObject::Session(typed(value)?),
+        Kind::Task => AnyObject::Task(typed(value)?),
+    };
+    if let Some((path, msg)) = object.problems().into_iter().next() {
+        return Err((path, msg));
+    }
+    Ok(object)
+}
+
+/// Strict typed decoding; the error carries the path of the offending field.
+fn typed<T: DeserializeOwned>(value: Value) -> Result<T, DocError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let mut path: Vec<Seg> = e
+            .path()
+            .iter()
+            .filter_map(|s| match s {
+                serde_path_to_error::Segment::Seq { index } => Some(Seg::Index(*index)),
+                serde_path_to_error::Segment::Map { key } => Some(Seg::Key(key.clone())),
+                serde_path_to_error::Segment::Enum { .. } | serde_path_to_error::Segment::Unknown => None,
+            })
+            .collect();
+        let msg = e.into_inner().to_string();
+        // "unknown field `x`, expected ...": point at the field itself.
+        if let Some(rest) = msg.strip_prefix("unknown field `")
+            && let Some(field) = rest.split('`').next()
+            && path.last() != Some(&Seg::Key(field.to_string()))
+        {
+            path.push(Seg::Key(field.to_string()));
+        }
+        if let Some(field) = msg.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+            path.push(Seg::Key(field.to_string()));
+            return (path, "required field is missing".to_string());
+        }
+        (path, msg)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        decode_file("f.yaml", text.as_bytes()).1.iter().map(|e| e.to_string()).collect()
+    }
+
+    const HEAD: &str = "apiVersion: claude-failover.io/v1alpha1\n";
+
+    #[test]
+    fn good_documents_decode() {
+        let text = format!(
+            "{HEAD}kind: Account\nmetadata: {{name: work}}\nspec: {{configDir: ~/.claude-work}}\n---\n{HEAD}kind: Session\nmetadata:\n  name: ccl-0\n  labels: {{project: api}}\nspec:\n  workdir: /code/api\n  account: work\n"
+        );
+        let (objs, errs) = decode_file("f.yaml", text.as_bytes());
+        assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(objs.len(), 2);
+        assert_eq!(objs[1].object.name(), "ccl-0");
+        assert_eq!(objs[1].source.pos.line, 6);
+    }
+
+    #[test]
+    fn unknown_field_is_named_with_position() {
+        let e = errors(&format!("{HEAD}kind: Session\nmetadata: {{name: a}}\nspec:\n  workdir: /x\n  wrokdir: /y\n"));
+        assert_eq!(e.len(), 1);
+        assert!(e[0].starts_with("f.yaml:6:3: spec.wrokdir: unknown field `wrokdir`"), "{}", e[0]);
+    }
+
+    #[test]
+    fn wrong_type_points_at_the_value() {
+        let e = errors(&format!("{HEAD}kind: Account\nmetadata: {{name: a}}\nspec:\n  configDir: /x\n  priority: high\n"));
+        assert!(e[0].starts_with("f.yaml:6:3: spec.priority: invalid type"), "{}", e[0]);
+    }
+
+    #[test]
+    fn semantic_checks_have_paths() {
+        let e = errors(&format!(
+            "{HEAD}kind: Account\nmetadata: {{name: a}}\nspec:\n  configDir: /x\n  thresholds:\n    fiveHour: 0\n"
+        ));
+        assert!(e[0].starts_with("f.yaml:7:5: spec.thresholds.fiveHour: 0 is out of range"), "{}", e[0]);
+        let e = errors(&format!("{HEAD}kind: Task\nmetadata: {{name: Bad_Name}}\nspec: {{prompt: hi}}\n"));
+        assert!(e[0].starts_with("f.yaml:3:12: metadata.name:"), "{}", e[0]);
+    }
+
+    #[test]
+    fn missing_fields() {
+        let e = errors(&format!("{HEAD}kind: Task\nmetadata: {{labels: {{a: b}}}}\nspec: {{prompt: hi}}\n"));
+        assert!(e[0].contains("metadata.name: required field is missing"), "{}", e[0]);
+        let e = errors(&format!("{HEAD}kind: Task\nmetadata: {{name: a}}\nspec: {{priority: high}}\n"));
+        assert!(e[0].contains("spec.prompt: required field is missing"), "{}", e[0]);
+    }
+}

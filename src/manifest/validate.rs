@@ -1,0 +1,252 @@
+//! Semantic checks that serde cannot express: name syntax, ranges, and
+//! well-formed references. Each problem comes with the field path, so the
+//! caller can point at the line that holds it.
+
+use super::yaml::Seg;
+use crate::api::{Account, LabelSelector, ObjectMeta, Session, Task};
+use std::collections::BTreeMap;
+
+pub type Problem = (Vec<Seg>, String);
+
+fn key(k: &str) -> Seg {
+    Seg::Key(k.to_string())
+}
+
+fn at(path: &[&str]) -> Vec<Seg> {
+    path.iter().map(|k| key(k)).collect()
+}
+
+/// A DNS-1123 label: what Session names (tmux session names), namespaces and
+/// every other object name must be.
+pub fn dns1123_label(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if s.len() > 63 {
+        return Err(format!("`{s}` is longer than 63 characters"));
+    }
+    let ok_chars = s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ok_ends = s.as_bytes()[0].is_ascii_alphanumeric() && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric();
+    if !ok_chars || !ok_ends {
+        return Err(format!(
+            "`{s}` is not a valid name: use lower-case letters, digits and '-', starting and ending with a letter or digit (DNS-1123 label)"
+        ));
+    }
+    Ok(())
+}
+
+fn dns1123_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(|l| dns1123_label(l).is_ok())
+}
+
+/// `[prefix/]name` label and annotation keys, as Kubernetes defines them.
+pub fn qualified_name(s: &str) -> Result<(), String> {
+    let (prefix, name) = match s.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, s),
+    };
+    if let Some(p) = prefix
+        && !dns1123_subdomain(p)
+    {
+        return Err(format!("key `{s}`: prefix `{p}` must be a DNS subdomain"));
+    }
+    if name.is_empty() || name.len() > 63 || !label_value_chars(name) {
+        return Err(format!(
+            "key `{s}` must be 1-63 characters of letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+fn label_value_chars(v: &str) -> bool {
+    let b = v.as_bytes();
+    b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && b.first().is_some_and(u8::is_ascii_alphanumeric)
+        && b.last().is_some_and(u8::is_ascii_alphanumeric)
+}
+
+pub fn label_value(v: &str) -> Result<(), String> {
+    if v.is_empty() {
+        return Ok(());
+    }
+    if v.len() > 63 || !label_value_chars(v) {
+        return Err(format!(
+            "value `{v}` must be at most 63 characters of letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+fn check_meta(meta: &ObjectMeta, out: &mut Vec<Problem>) {
+    match &meta.name {
+        None => out.push((at(&["metadata", "name"]), "required field is missing".into())),
+        Some(n) => {
+            if let Err(e) = dns1123_label(n) {
+                out.push((at(&["metadata", "name"]), e));
+            }
+        }
+    }
+    if meta.generate_name.is_some() {
+        out.push((at(&["metadata", "generateName"]), "not supported: set metadata.name".into()));
+    }
+    if let Some(ns) = &meta.namespace
+        && let Err(e) = dns1123_label(ns)
+    {
+        out.push((at(&["metadata", "namespace"]), e));
+    }
+    for (k, v) in meta.labels.iter().flatten() {
+        if let Err(e) = qualified_name(k) {
+            out.push((at(&["metadata", "labels", k]), e));
+        } else if let Err(e) = label_value(v) {
+            out.push((at(&["metadata", "labels", k]), e));
+        }
+    }
+    for k in meta.annotations.iter().flatten().map(|(k, _)| k) {
+        if let Err(e) = qualified_name(k) {
+            out.push((at(&["metadata", "annotations", k]), e));
+        }
+    }
+}
+
+fn check_path(value: &str, path: &[&str], out: &mut Vec<Problem>) {
+    if value.trim().is_empty() {
+        out.push((at(path), "must not be empty".into()));
+    } else if !(value.starts_with('/') || value == "~" || value.starts_with("~/")) {
+        out.push((at(path), format!("`{value}` must be an absolute path (or start with ~/)")));
+    }
+}
+
+fn check_reference(value: &str, path: &[&str], what: &str, out: &mut Vec<Problem>) {
+    if let Err(e) = dns1123_label(value) {
+        out.push((at(path), format!("must name a {what}: {e}")));
+    }
+}
+
+pub fn check_selector(sel: &LabelSelector, base: &[&str], out: &mut Vec<Problem>) {
+    for (k, v) in sel.match_labels.iter().flatten() {
+        let mut p = at(base);
+        p.push(key("matchLabels"));
+        p.push(key(k));
+        if let Err(e) = qualified_name(k).and_then(|_| label_value(v)) {
+            out.push((p, e));
+        }
+    }
+    for (i, req) in sel.match_expressions.iter().flatten().enumerate() {
+        let mut p = at(base);
+        p.push(key("matchExpressions"));
+        p.push(Seg::Index(i));
+        if let Err(e) = qualified_name(&req.key) {
+            let mut kp = p.clone();
+            kp.push(key("key"));
+            out.push((kp, e));
+        }
+        let has_values = req.values.as_ref().is_some_and(|v| !v.is_empty());
+        let problem = match req.operator.as_str() {
+            "In" | "NotIn" if !has_values => Some("operator In and NotIn need at least one value"),
+            "Exists" | "DoesNotExist" if has_values => Some("operator Exists and DoesNotExist take no values"),
+            "In" | "NotIn" | "Exists" | "DoesNotExist" => None,
+            _ => Some("operator must be one of In, NotIn, Exists, DoesNotExist"),
+        };
+        if let Some(msg) = problem {
+            p.push(key("operator"));
+            out.push((p, msg.into()));
+        }
+    }
+}
+
+pub fn account(a: &Account) -> Vec<Problem> {
+    let mut out = Vec::new();
+    check_meta(&a.metadata, &mut out);
+    check_path(&a.spec.config_dir, &["spec", "configDir"], &mut out);
+    for (field, v) in [("fiveHour", a.spec.thresholds.five_hour), ("sevenDay", a.spec.thresholds.seven_day)] {
+        if !(1..=100).contains(&v) {
+            out.push((at(&["spec", "thresholds", field]), format!("{v} is out of range: must be 1..=100 (percent)")));
+        }
+    }
+    out
+}
+
+fn env_name_ok(k: &str) -> bool {
+    let b = k.as_bytes();
+    !b.is_empty() && (b[0].is_ascii_alphabetic() || b[0] == b'_') && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+}
+
+pub fn session(s: &Session) -> Vec<Problem> {
+    let mut out = Vec::new();
+    check_meta(&s.metadata, &mut out);
+    check_path(&s.spec.workdir, &["spec", "workdir"], &mut out);
+    if let Some(acc) = &s.spec.account {
+        check_reference(acc, &["spec", "account"], "Account", &mut out);
+    }
+    if s.spec.agent.command.trim().is_empty() {
+        out.push((at(&["spec", "agent", "command"]), "must not be empty".into()));
+    }
+    if let Some(m) = &s.spec.agent.model
+        && m.trim().is_empty()
+    {
+        out.push((at(&["spec", "agent", "model"]), "must not be empty when set".into()));
+    }
+    check_env(&s.spec.agent.env, &mut out);
+    out
+}
+
+fn check_env(env: &BTreeMap<String, String>, out: &mut Vec<Problem>) {
+    for k in env.keys() {
+        if !env_name_ok(k) {
+            out.push((
+                at(&["spec", "agent", "env", k]),
+                format!("`{k}` is not a valid environment variable name"),
+            ));
+        }
+    }
+}
+
+pub fn task(t: &Task) -> Vec<Problem> {
+    let mut out = Vec::new();
+    check_meta(&t.metadata, &mut out);
+    if t.spec.prompt.trim().is_empty() {
+        out.push((at(&["spec", "prompt"]), "must not be empty".into()));
+    }
+    if let Some(s) = &t.spec.session {
+        check_reference(s, &["spec", "session"], "Session", &mut out);
+        if t.spec.session_selector.is_some() || t.spec.workdir.is_some() {
+            out.push((
+                at(&["spec", "session"]),
+                "names one session: do not combine it with sessionSelector or workdir".into(),
+            ));
+        }
+    }
+    if let Some(sel) = &t.spec.session_selector {
+        check_selector(sel, &["spec", "sessionSelector"], &mut out);
+    }
+    if let Some(w) = &t.spec.workdir {
+        check_path(w, &["spec", "workdir"], &mut out);
+    }
+    if let Some(m) = &t.spec.model
+        && m.trim().is_empty()
+    {
+        out.push((at(&["spec", "model"]), "must not be empty when set".into()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(dns1123_label("ccl-0").is_ok());
+        assert!(dns1123_label("Ccl").is_err());
+        assert!(dns1123_label("-a").is_err());
+        assert!(dns1123_label("a_b").is_err());
+        assert!(dns1123_label(&"a".repeat(64)).is_err());
+        assert!(qualified_name("example.com/team").is_ok());
+        assert!(qualified_name("team").is_ok());
+        assert!(qualified_name("Bad Key").is_err());
+        assert!(qualified_name("UPPER.com/x").is_err());
+        assert!(label_value("").is_ok());
+        assert!(label_value("api_v1.2").is_ok());
+        assert!(label_value("-x").is_err());
+    }
+}

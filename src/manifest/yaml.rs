@@ -1,0 +1,539 @@
+//! A YAML reader that keeps the source position of every node.
+//!
+//! serde-saphyr's parser (granit) produces the events; this module builds a
+//! small tree from them with YAML 1.2 core-schema scalar resolution, anchors,
+//! aliases and merge keys, so that any error found later (a type mismatch, an
+//! unknown field, a semantic check) can be reported at `LINE:COL` of the
+//! offending node. Limits on depth and on alias expansion keep hostile input
+//! (deep nesting, "billion laughs") from exhausting memory or the stack.
+
+use serde_json::{Map, Number, Value};
+use serde_saphyr::granit_parser::{Event, Parser, ScalarStyle, Span};
+use std::collections::HashMap;
+
+/// 1-based line and column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Pos {
+    pub line: usize,
+    pub col: usize,
+}
+
+impl std::fmt::Display for Pos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.line, self.col)
+    }
+}
+
+fn pos_of(span: &Span) -> Pos {
+    Pos {
+        line: span.start.line(),
+        col: span.start.col() + 1,
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum NodeKind {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Seq(Vec<Node>),
+    Map(Vec<(Node, Node)>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    pub pos: Pos,
+    pub kind: NodeKind,
+}
+
+/// One document of a (possibly multi-document) file.
+#[derive(Debug)]
+pub struct Document {
+    /// Where the document starts.
+    pub pos: Pos,
+    /// None for an empty document (only comments, or `---` alone).
+    pub root: Option<Node>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct YamlError {
+    pub pos: Pos,
+    pub message: String,
+}
+
+/// Deepest nesting accepted.
+pub const MAX_DEPTH: usize = 128;
+/// Most nodes one file may expand to (aliases included).
+pub const MAX_NODES: usize = 1_000_000;
+
+/// One path segment, as reported by serde and the validators.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+/// Renders `spec.agent.args[2]`.
+pub fn path_string(path: &[Seg]) -> String {
+    let mut s = String::new();
+    for seg in path {
+        match seg {
+            Seg::Key(k) => {
+                if !s.is_empty() {
+                    s.push('.');
+                }
+                s.push_str(k);
+            }
+            Seg::Index(i) => s.push_str(&format!("[{i}]")),
+        }
+    }
+    if s.is_empty() { "(root)".to_string() } else { s }
+}
+
+impl Node {
+    /// The JSON value of this node (map keys rendered as strings).
+    pub fn to_json(&self) -> Value {
+        match &self.kind {
+            NodeKind::Null => Value::Null,
+            NodeKind::Bool(b) => Value::Bool(*b),
+            NodeKind::Int(i) => Value::Number((*i).into()),
+            NodeKind::Float(f) => Number::from_f64(*f).map(Value::Number).unwrap_or(Value::Null),
+            NodeKind::Str(s) => Value::String(s.clone()),
+            NodeKind::Seq(items) => Value::Array(items.iter().map(Node::to_json).collect()),
+            NodeKind::Map(entries) => {
+                let mut m = Map::new();
+                for (k, v) in entries {
+                    m.insert(k.key_string(), v.to_json());
+                }
+                Value::Object(m)
+            }
+        }
+    }
+
+    /// The text of a key node.
+    pub fn key_string(&self) -> String {
+        match &self.kind {
+            NodeKind::Str(s) => s.clone(),
+            NodeKind::Null => "null".into(),
+            NodeKind::Bool(b) => b.to_string(),
+            NodeKind::Int(i) => i.to_string(),
+            NodeKind::Float(f) => f.to_string(),
+            NodeKind::Seq(_) | NodeKind::Map(_) => self.to_json().to_string(),
+        }
+    }
+
+    /// The value under key `key` of a mapping node.
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        self.entry(key).map(|(_, v)| v)
+    }
+
+    /// The key node and value node under `key` of a mapping node.
+    pub fn entry(&self, key: &str) -> Option<(&Node, &Node)> {
+        match &self.kind {
+            NodeKind::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| matches!(&k.kind, NodeKind::Str(s) if s == key))
+                .map(|(k, v)| (k, v)),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match &self.kind {
+            NodeKind::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The position of the deepest node along `path`. When the last segment
+    /// is a key that is present, this is the key's position (that is where a
+    /// reader looks for a misspelt or mistyped field).
+    pub fn locate(&self, path: &[Seg]) -> Pos {
+        let mut node = self;
+        let mut pos = self.pos;
+        for (i, seg) in path.iter().enumerate() {
+            let last = i + 1 == path.len();
+            match (seg, &node.kind) {
+                (Seg::Key(k), NodeKind::Map(_)) => match node.entry(k) {
+                    Some((key, value)) => {
+                        pos = if last { key.pos } else { value.pos };
+                        node = value;
+                    }
+                    None => return pos,
+                },
+                (Seg::Index(i), NodeKind::Seq(items)) => match items.get(*i) {
+                    Some(item) => {
+                        pos = item.pos;
+                        node = item;
+                    }
+                    None => return pos,
+                },
+                _ => return pos,
+            }
+        }
+        pos
+    }
+}
+
+enum Frame {
+    Seq(Pos, Vec<Node>, usize),
+    /// Mapping: explicit entries, entries from `<<` merges, a pending key, anchor id.
+    Map(Pos, Vec<(Node, Node)>, Vec<(Node, Node)>, Option<Node>, usize),
+}
+
+/// Parses every document of `text`.
+pub fn parse_documents(text: &str) -> Result<Vec<Document>, YamlError> {
+    let mut parser = Parser::new_from_str(text);
+    let mut docs = Vec::new();
+    let mut anchors: HashMap<usize, Node> = HashMap::new();
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut doc_pos: Option<Pos> = None;
+    let mut root: Option<Node> = None;
+    let mut nodes = 0usize;
+
+    while let Some(item) = parser.next_event() {
+        let (event, span) = item.map_err(|e| YamlError {
+            pos: Pos {
+                line: e.marker().line(),
+                col: e.marker().col() + 1,
+            },
+            message: format!("invalid YAML: {}", e.info()),
+        })?;
+        let pos = pos_of(&span);
+        let finished: Option<(Node, usize)> = match event {
+            Event::StreamStart | Event::StreamEnd | Event::Anchor(..) => None,
+            Event::DocumentStart(..) => {
+                doc_pos = Some(pos);
+                root = None;
+                anchors.clear();
+                None
+            }
+            Event::DocumentEnd => {
+                // An empty document (comments only, or a bare `---`) reads as null.
+                let root = root.take().filter(|n| n.kind != NodeKind::Null);
+                docs.push(Document {
+                    pos: doc_pos.take().unwrap_or(pos),
+                    root,
+                });
+                None
+            }
+            Event::Alias(id) => {
+                let node = anchors.get(&id).cloned().ok_or_else(|| YamlError {
+                    pos,
+                    message: "invalid YAML: alias to an unknown anchor".into(),
+                })?;
+                nodes += count_nodes(&node);
+                Some((Node { pos, kind: node.kind }, 0))
+            }
+            Event::UnresolvedAlias(name) => {
+                return Err(YamlError {
+                    pos,
+                    message: format!("invalid YAML: alias *{name} has no anchor"),
+                });
+            }
+            Event::Scalar(value, style, anchor, tag) => {
+                let kind = resolve_scalar(&value, style, tag.as_deref().map(|t| (t.handle(), t.suffix())))
+                    .map_err(|message| YamlError { pos, message })?;
+                Some((Node { pos, kind }, anchor))
+            }
+            Event::SequenceStart(_, anchor, _) => {
+                if stack.len() >= MAX_DEPTH {
+                    return Err(YamlError {
+                        pos,
+                        message: format!("nesting deeper than {MAX_DEPTH} levels"),
+                    });
+                }
+                stack.push(Frame::Seq(pos, Vec::new(), anchor));
+                None
+            }
+            Event::MappingStart(_, anchor, _) => {
+                if stack.len() >= MAX_DEPTH {
+                    return Err(YamlError {
+                        pos,
+                        message: format!("nesting deeper than {MAX_DEPTH} levels"),
+                    });
+                }
+                stack.push(Frame::Map(pos, Vec::new(), Vec::new(), None, anchor));
+                None
+            }
+            Event::SequenceEnd => match stack.pop() {
+                Some(Frame::Seq(p, items, anchor)) => Some((
+                    Node {
+                        pos: p,
+                        kind: NodeKind::Seq(items),
+                    },
+                    anchor,
+                )),
+                _ => unreachable!("the parser balances sequences"),
+            },
+            Event::MappingEnd => match stack.pop() {
+                Some(Frame::Map(p, mut entries, merged, _, anchor)) => {
+                    // Explicit keys win over merged ones.
+                    for (k, v) in merged {
+                        if !entries.iter().any(|(ek, _)| ek.kind == k.kind) {
+                            entries.push((k, v));
+                        }
+                    }
+                    Some((
+                    Node {
+                        pos: p,
+                        kind: NodeKind::Map(entries),
+                    },
+                    anchor,
+                ))
+                }
+                _ => unreachable!("the parser balances mappings"),
+            },
+            // Comments and future presentation-only events carry no data.
+            _ => None,
+        };
+        let Some((node, anchor)) = finished else {
+            continue;
+        };
+        nodes += 1;
+        if nodes > MAX_NODES {
+            return Err(YamlError {
+                pos,
+                message: format!("document expands to more than {MAX_NODES} nodes (alias bomb?)"),
+            });
+        }
+        if anchor != 0 {
+            anchors.insert(anchor, node.clone());
+        }
+        match stack.last_mut() {
+            None => root = Some(node),
+            Some(Frame::Seq(_, items, _)) => items.push(node),
+            Some(Frame::Map(_, entries, merged, pending, _)) => match pending.take() {
+                None => *pending = Some(node),
+                Some(key) => insert_entry(entries, merged, key, node)?,
+            },
+        }
+    }
+    Ok(docs)
+}
+
+fn count_nodes(node: &Node) -> usize {
+    match &node.kind {
+        NodeKind::Seq(items) => 1 + items.iter().map(count_nodes).sum::<usize>(),
+        NodeKind::Map(entries) => {
+            1 + entries
+                .iter()
+                .map(|(k, v)| count_nodes(k) + count_nodes(v))
+                .sum::<usize>()
+        }
+        _ => 1,
+    }
+}
+
+/// Adds `key: value` to a mapping, handling the `<<` merge key and
+/// rejecting duplicate keys (strict decoding: a repeated key is a mistake).
+fn insert_entry(
+    entries: &mut Vec<(Node, Node)>,
+    merged: &mut Vec<(Node, Node)>,
+    key: Node,
+    value: Node,
+) -> Result<(), YamlError> {
+    if matches!(&key.kind, NodeKind::Str(s) if s == "<<") {
+        let sources: Vec<Node> = match value.kind {
+            NodeKind::Map(_) => vec![value],
+            NodeKind::Seq(items) => items,
+            _ => {
+                return Err(YamlError {
+                    pos: value.pos,
+                    message: "merge key `<<` needs a mapping or a list of mappings".into(),
+                });
+            }
+        };
+        for source in sources {
+            let NodeKind::Map(src_entries) = source.kind else {
+                return Err(YamlError {
+                    pos: source.pos,
+                    message: "merge key `<<` needs a mapping or a list of mappings".into(),
+                });
+            };
+            for (k, v) in src_entries {
+                // Earlier merges win over later ones.
+                if !merged.iter().any(|(mk, _)| mk.kind == k.kind) {
+                    merged.push((k, v));
+                }
+            }
+        }
+        return Ok(());
+    }
+    if let Some((first, _)) = entries.iter().find(|(k, _)| k.kind == key.kind) {
+        return Err(YamlError {
+            pos: key.pos,
+            message: format!(
+                "duplicate key `{}` (first at line {})",
+                key.key_string(),
+                first.pos.line
+            ),
+        });
+    }
+    entries.push((key, value));
+    Ok(())
+}
+
+const CORE: &str = "tag:yaml.org,2002:";
+
+/// YAML 1.2 core schema: plain scalars may be null, bool, int or float;
+/// quoted and block scalars are strings; `!!str` and friends force a type.
+fn resolve_scalar(value: &str, style: ScalarStyle, tag: Option<(&str, &str)>) -> Result<NodeKind, String> {
+    if let Some((handle, suffix)) = tag {
+        if handle != CORE {
+            return Err(format!("unsupported tag `{handle}{suffix}`"));
+        }
+        return match suffix {
+            "str" => Ok(NodeKind::Str(value.to_string())),
+            "null" => resolve_plain(value)
+                .filter(|k| *k == NodeKind::Null)
+                .ok_or_else(|| format!("`{value}` is not a null")),
+            "bool" => resolve_plain(value)
+                .filter(|k| matches!(k, NodeKind::Bool(_)))
+                .ok_or_else(|| format!("`{value}` is not a boolean")),
+            "int" => resolve_plain(value)
+                .filter(|k| matches!(k, NodeKind::Int(_)))
+                .ok_or_else(|| format!("`{value}` is not an integer")),
+            "float" => match resolve_plain(value) {
+                Some(NodeKind::Int(i)) => Ok(NodeKind::Float(i as f64)),
+                Some(k @ NodeKind::Float(_)) => Ok(k),
+                _ => Err(format!("`{value}` is not a number")),
+            },
+            other => Err(format!("unsupported tag `!!{other}`")),
+        };
+    }
+    if style != ScalarStyle::Plain {
+        return Ok(NodeKind::Str(value.to_string()));
+    }
+    Ok(resolve_plain(value).unwrap_or_else(|| NodeKind::Str(value.to_string())))
+}
+
+fn resolve_plain(v: &str) -> Option<NodeKind> {
+    match v {
+        "" | "~" | "null" | "Null" | "NULL" => return Some(NodeKind::Null),
+        "true" | "True" | "TRUE" => return Some(NodeKind::Bool(true)),
+        "false" | "False" | "FALSE" => return Some(NodeKind::Bool(false)),
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => {
+            return Some(NodeKind::Float(f64::INFINITY));
+        }
+        "-.inf" | "-.Inf" | "-.INF" => return Some(NodeKind::Float(f64::NEG_INFINITY)),
+        ".nan" | ".NaN" | ".NAN" => return Some(NodeKind::Float(f64::NAN)),
+        _ => {}
+    }
+    if let Some(oct) = v.strip_prefix("0o") {
+        return i64::from_str_radix(oct, 8).ok().map(NodeKind::Int);
+    }
+    if let Some(hex) = v.strip_prefix("0x") {
+        return i64::from_str_radix(hex, 16).ok().map(NodeKind::Int);
+    }
+    let digits = v.strip_prefix(['-', '+']).unwrap_or(v);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        return v.parse::<i64>().ok().map(NodeKind::Int);
+    }
+    if is_float(digits) {
+        return v.parse::<f64>().ok().map(NodeKind::Float);
+    }
+    None
+}
+
+/// `( \. [0-9]+ | [0-9]+ ( \. [0-9]* )? ) ( [eE] [-+]? [0-9]+ )?`
+fn is_float(s: &str) -> bool {
+    let (mantissa, exp) = match s.find(['e', 'E']) {
+        Some(i) => (&s[..i], Some(&s[i + 1..])),
+        None => (s, None),
+    };
+    let mantissa_ok = match mantissa.split_once('.') {
+        Some((int, frac)) => {
+            (!int.is_empty() || !frac.is_empty())
+                && int.bytes().all(|b| b.is_ascii_digit())
+                && frac.bytes().all(|b| b.is_ascii_digit())
+                && !(int.is_empty() && frac.is_empty())
+        }
+        None => !mantissa.is_empty() && mantissa.bytes().all(|b| b.is_ascii_digit()),
+    };
+    let exp_ok = match exp {
+        None => true,
+        Some(e) => {
+            let d = e.strip_prefix(['-', '+']).unwrap_or(e);
+            !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit())
+        }
+    };
+    mantissa_ok && exp_ok && (mantissa.contains('.') || exp.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(text: &str) -> Node {
+        let mut docs = parse_documents(text).unwrap();
+        assert_eq!(docs.len(), 1);
+        docs.remove(0).root.unwrap()
+    }
+
+    #[test]
+    fn scalars_resolve_by_core_schema() {
+        let n = one("a: 1\nb: '1'\nc: true\nd: ~\ne: 1.5\nf: x\ng: 0x1F\nh: 1e3\ni: !!str 12\n");
+        assert_eq!(
+            n.to_json(),
+            serde_json::json!({"a":1,"b":"1","c":true,"d":null,"e":1.5,"f":"x","g":31,"h":1000.0,"i":"12"})
+        );
+    }
+
+    #[test]
+    fn positions_point_at_keys_and_values() {
+        let n = one("metadata:\n  name: x\nspec:\n  args:\n    - a\n    - b\n");
+        let p = |s: &[Seg]| n.locate(s);
+        assert_eq!(p(&[Seg::Key("metadata".into()), Seg::Key("name".into())]), Pos { line: 2, col: 3 });
+        assert_eq!(
+            p(&[Seg::Key("spec".into()), Seg::Key("args".into()), Seg::Index(1)]),
+            Pos { line: 6, col: 7 }
+        );
+        // missing key: the closest existing ancestor
+        assert_eq!(p(&[Seg::Key("spec".into()), Seg::Key("nope".into())]), Pos { line: 4, col: 3 });
+    }
+
+    #[test]
+    fn documents_and_empty_documents() {
+        let docs = parse_documents("a: 1\n---\n# only a comment\n---\nb: 2\n").unwrap();
+        assert_eq!(docs.len(), 3);
+        assert!(docs[1].root.is_none());
+        assert_eq!(docs[2].pos.line, 4);
+        assert!(parse_documents("").unwrap().iter().all(|d| d.root.is_none()));
+    }
+
+    #[test]
+    fn anchors_aliases_and_merge() {
+        let n = one("base: &b {x: 1, y: 2}\nthing:\n  <<: *b\n  y: 3\n");
+        assert_eq!(n.to_json()["thing"], serde_json::json!({"y":3,"x":1}));
+    }
+
+    #[test]
+    fn duplicate_keys_are_errors() {
+        let e = parse_documents("a: 1\nb: 2\na: 3\n").unwrap_err();
+        assert_eq!(e.pos, Pos { line: 3, col: 1 });
+        assert!(e.message.contains("duplicate key `a`"), "{}", e.message);
+    }
+
+    #[test]
+    fn syntax_errors_have_positions() {
+        let e = parse_documents("a: [1, 2\nb: 3\n").unwrap_err();
+        assert!(e.pos.line >= 1);
+        assert!(e.message.starts_with("invalid YAML"));
+    }
+
+    #[test]
+    fn alias_bombs_and_deep_nesting_are_refused() {
+        let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..12 {
+            let p = i - 1;
+            bomb.push_str(&format!("a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"));
+        }
+        assert!(parse_documents(&bomb).unwrap_err().message.contains("alias bomb"));
+        let deep = "[".repeat(500) + &"]".repeat(500);
+        let e = parse_documents(&deep).unwrap_err();
+        assert!(e.message.contains("nesting") || e.message.contains("recursion"), "{e:?}");
+    }
+}
