@@ -2,4 +2,6 @@
 //! several Anthropic accounts. See the README's module map.
 
 pub mod api;
+pub mod fsutil;
 pub mod manifest;
+pub mod store;

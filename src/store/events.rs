@@ -1,0 +1,83 @@
+//! Events: what happened to an object, kept bounded beside it in the store
+//! and shown by `describe`. Repeats of the same reason and message are
+//! folded into one entry with a count, as Kubernetes does.
+
+use super::local::{Result, Store, Txn};
+use crate::api::{ObjectKey, Time};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Events kept per object.
+pub const EVENTS_KEPT: usize = 20;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredEvent {
+    /// `Normal` or `Warning`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub reason: String,
+    pub message: String,
+    pub count: u32,
+    pub first_timestamp: Time,
+    pub last_timestamp: Time,
+    /// Who reported it (`sync`, a controller name).
+    pub source: String,
+}
+
+fn path(store: &Store, key: &ObjectKey) -> PathBuf {
+    store
+        .root()
+        .join("events")
+        .join(key.kind.plural())
+        .join(&key.namespace)
+        .join(format!("{}.json", key.name))
+}
+
+pub(super) fn remove(txn: &mut Txn<'_>, key: &ObjectKey) -> Result<()> {
+    let p = path(txn.store(), key);
+    txn.remove(&p)
+}
+
+impl Store {
+    /// The recent events of an object, oldest first.
+    pub fn events(&self, key: &ObjectKey) -> Result<Vec<StoredEvent>> {
+        match std::fs::read(path(self, key)) {
+            Ok(b) => Ok(serde_json::from_slice(&b).unwrap_or_default()),
+            Err(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// Records an event about `key` (`warning`: type Warning, else Normal).
+    pub fn record_event(&self, key: &ObjectKey, warning: bool, reason: &str, message: &str, source: &str) -> Result<()> {
+        let mut txn = self.txn(false)?;
+        let mut list = self.events(key)?;
+        let now = crate::api::now();
+        let type_ = if warning { "Warning" } else { "Normal" };
+        match list
+            .iter_mut()
+            .find(|e| e.reason == reason && e.message == message && e.type_ == type_)
+        {
+            Some(e) => {
+                e.count += 1;
+                e.last_timestamp = now;
+            }
+            None => list.push(StoredEvent {
+                type_: type_.into(),
+                reason: reason.into(),
+                message: message.into(),
+                count: 1,
+                first_timestamp: now.clone(),
+                last_timestamp: now,
+                source: source.into(),
+            }),
+        }
+        list.sort_by(|a, b| a.last_timestamp.cmp(&b.last_timestamp));
+        if list.len() > EVENTS_KEPT {
+            list.drain(..list.len() - EVENTS_KEPT);
+        }
+        let p = path(self, key);
+        txn.write_json(&p, &serde_json::to_value(&list).expect("events serialize"))?;
+        txn.commit()
+    }
+}

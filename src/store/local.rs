@@ -1,0 +1,667 @@
+use crate::api::{API_VERSION, Kind, Object, ObjectKey};
+use crate::fsutil;
+use serde_json::{Map, Value, json};
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "{key}: conflict: the object has been modified (resourceVersion is {actual}, the write carried {expected}); read it again and retry"
+    )]
+    Conflict {
+        key: ObjectKey,
+        expected: String,
+        actual: String,
+    },
+    #[error("{0} not found")]
+    NotFound(ObjectKey),
+    #[error("{key}: {message}")]
+    Invalid { key: ObjectKey, message: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: stored object cannot be read: {message}")]
+    Corrupt { path: PathBuf, message: String },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Created,
+    Configured,
+    Unchanged,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Outcome::Created => "created",
+            Outcome::Configured => "configured",
+            Outcome::Unchanged => "unchanged",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    Deleted,
+    /// Finalizers remain: `deletionTimestamp` is set, the object stays until
+    /// they are removed.
+    Terminating,
+}
+
+/// A handle on a store directory. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    root: Arc<PathBuf>,
+}
+
+/// A write transaction: holds the store lock until dropped.
+pub(super) struct Txn<'a> {
+    store: &'a Store,
+    lock: File,
+    counter: u64,
+    dirty_dirs: BTreeSet<PathBuf>,
+    dry_run: bool,
+}
+
+impl Txn<'_> {
+    pub(super) fn next_rv(&mut self) -> String {
+        let now_us = k8s_openapi::jiff::Timestamp::now().as_microsecond().max(0) as u64;
+        self.counter = (self.counter + 1).max(now_us);
+        self.counter.to_string()
+    }
+
+    pub(super) fn write_json(&mut self, path: &Path, v: &Value) -> Result<()> {
+        if self.dry_run {
+            return Ok(());
+        }
+        let dir = path.parent().expect("store paths have a parent");
+        if !dir.exists() {
+            fsutil::ensure_dir(dir).map_err(io(dir))?;
+            if let Some(parent) = dir.parent() {
+                self.dirty_dirs.insert(parent.to_path_buf());
+            }
+        }
+        let data = serde_json::to_vec_pretty(v).expect("JSON values serialize");
+        fsutil::write_atomic(path, &data, None, false).map_err(io(path))?;
+        self.dirty_dirs.insert(dir.to_path_buf());
+        Ok(())
+    }
+
+    pub(super) fn remove(&mut self, path: &Path) -> Result<()> {
+        if self.dry_run {
+            return Ok(());
+        }
+        match std::fs::remove_file(path) {
+            Ok(()) => {
+                if let Some(d) = path.parent() {
+                    self.dirty_dirs.insert(d.to_path_buf());
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(path)(e)),
+        }
+    }
+
+    pub(super) fn store(&self) -> &Store {
+        self.store
+    }
+
+    /// Makes the writes durable and releases the lock.
+    pub(super) fn commit(self) -> Result<()> {
+        if self.dry_run {
+            return Ok(());
+        }
+        let lock_path = self.store.root.join(".lock");
+        self.lock
+            .write_all_at(format!("{:<20}\n", self.counter).as_bytes(), 0)
+            .map_err(io(&lock_path))?;
+        for d in &self.dirty_dirs {
+            fsutil::sync_dir(d).map_err(io(d))?;
+        }
+        Ok(())
+    }
+}
+
+fn rv_of(v: &Value) -> u64 {
+    v.pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// An object as stored: the spec document and the status document.
+pub(super) struct Raw {
+    pub spec_doc: Value,
+    pub status_doc: Option<Value>,
+}
+
+impl Raw {
+    /// The whole object, with the resourceVersion of its latest write.
+    pub fn merged(self) -> Value {
+        let mut obj = self.spec_doc;
+        if let Some(st) = self.status_doc {
+            let status_rv = st.get("resourceVersion").and_then(Value::as_str).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+            if status_rv > rv_of(&obj) {
+                obj["metadata"]["resourceVersion"] = json!(status_rv.to_string());
+            }
+            if let Some(s) = st.get("status")
+                && !s.is_null()
+            {
+                obj["status"] = s.clone();
+            }
+        }
+        obj
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
+        let root: PathBuf = root.into();
+        fsutil::ensure_dir(&root).map_err(io(&root))?;
+        let lock = root.join(".lock");
+        if !lock.exists() {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&lock)
+                .map_err(io(&lock))?;
+        }
+        Ok(Store { root: Arc::new(root) })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub(super) fn kind_dir(&self, kind: Kind) -> PathBuf {
+        self.root.join(kind.plural())
+    }
+
+    fn spec_path(&self, key: &ObjectKey) -> PathBuf {
+        self.kind_dir(key.kind).join(&key.namespace).join(format!("{}.json", key.name))
+    }
+
+    fn status_path(&self, key: &ObjectKey) -> PathBuf {
+        self.kind_dir(key.kind).join(&key.namespace).join(format!("{}.status.json", key.name))
+    }
+
+    pub(super) fn txn(&self, dry_run: bool) -> Result<Txn<'_>> {
+        let path = self.root.join(".lock");
+        let mut lock = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io(&path))?;
+        lock.lock().map_err(io(&path))?;
+        let mut s = String::new();
+        lock.read_to_string(&mut s).map_err(io(&path))?;
+        let counter = s.trim().parse().unwrap_or(0);
+        Ok(Txn {
+            store: self,
+            lock,
+            counter,
+            dirty_dirs: BTreeSet::new(),
+            dry_run,
+        })
+    }
+
+    fn read_json(path: &Path) -> Result<Option<Value>> {
+        match std::fs::read(path) {
+            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| StoreError::Corrupt {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(path)(e)),
+        }
+    }
+
+    pub(super) fn read_raw(&self, key: &ObjectKey) -> Result<Option<Raw>> {
+        let Some(spec_doc) = Self::read_json(&self.spec_path(key))? else {
+            return Ok(None);
+        };
+        let status_doc = Self::read_json(&self.status_path(key))?;
+        Ok(Some(Raw { spec_doc, status_doc }))
+    }
+
+    /// The whole object (spec, metadata and status), or None.
+    pub fn get(&self, key: &ObjectKey) -> Result<Option<Value>> {
+        Ok(self.read_raw(key)?.map(Raw::merged))
+    }
+
+    /// Namespaces that hold objects of `kind`.
+    pub fn namespaces(&self, kind: Kind) -> Result<Vec<String>> {
+        let dir = self.kind_dir(kind);
+        let mut out = Vec::new();
+        match std::fs::read_dir(&dir) {
+            Ok(rd) => {
+                for e in rd {
+                    let e = e.map_err(io(&dir))?;
+                    if let Some(n) = e.file_name().to_str()
+                        && !n.starts_with('.')
+                        && e.path().is_dir()
+                    {
+                        out.push(n.to_string());
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&dir)(e)),
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Every object of `kind`, in one namespace or (None) all, sorted by
+    /// namespace and name.
+    pub fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<Vec<Value>> {
+        let namespaces = match namespace {
+            Some(ns) => vec![ns.to_string()],
+            None => self.namespaces(kind)?,
+        };
+        let mut out = Vec::new();
+        for ns in namespaces {
+            let dir = self.kind_dir(kind).join(&ns);
+            let rd = match std::fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(&dir)(e)),
+            };
+            let mut names = Vec::new();
+            let mut with_status = std::collections::HashSet::new();
+            for e in rd {
+                let e = e.map_err(io(&dir))?;
+                let fname = e.file_name();
+                let Some(f) = fname.to_str() else { continue };
+                if f.starts_with('.') {
+                    continue;
+                }
+                if let Some(n) = f.strip_suffix(".status.json") {
+                    with_status.insert(n.to_string());
+                } else if let Some(n) = f.strip_suffix(".json") {
+                    names.push(n.to_string());
+                }
+            }
+            names.sort();
+            for name in names {
+                let spec_path = dir.join(format!("{name}.json"));
+                let Some(spec_doc) = Self::read_json(&spec_path)? else {
+                    continue; // deleted since the listing
+                };
+                let status_doc = if with_status.contains(&name) {
+                    Self::read_json(&dir.join(format!("{name}.status.json")))?
+                } else {
+                    None
+                };
+                out.push(Raw { spec_doc, status_doc }.merged());
+            }
+        }
+        Ok(out)
+    }
+
+    fn check_precondition(key: &ObjectKey, current: Option<&Value>, expected: Option<&str>) -> Result<()> {
+        let Some(expected) = expected else { return Ok(()) };
+        let actual = current.map(|c| rv_of(c).to_string());
+        if actual.as_deref() != Some(expected) {
+            return Err(StoreError::Conflict {
+                key: key.clone(),
+                expected: expected.to_string(),
+                actual: actual.unwrap_or_else(|| "(deleted)".into()),
+            });
+        }
+        Ok(())
+    }
+
+    /// Creates or updates the object declared by `desired` (a whole object
+    /// as JSON, as decoded from a manifest). The declared labels, annotations,
+    /// finalizers and spec replace the stored ones; status and server-set
+    /// metadata are kept. A `metadata.resourceVersion` in `desired` is a
+    /// precondition.
+    pub fn apply(&self, desired: &Value, dry_run: bool) -> Result<(Outcome, Value)> {
+        let mut txn = self.txn(dry_run)?;
+        let r = txn_apply(&mut txn, desired)?;
+        txn.commit()?;
+        Ok(r)
+    }
+
+    /// Applies many objects under one lock (all-or-nothing is the caller's
+    /// job: validate first). Stops at the first error, reporting the
+    /// outcomes so far.
+    pub fn apply_all(&self, desired: &[Value], dry_run: bool) -> (Vec<(Outcome, Value)>, Option<StoreError>) {
+        let mut txn = match self.txn(dry_run) {
+            Ok(t) => t,
+            Err(e) => return (vec![], Some(e)),
+        };
+        let mut done = Vec::new();
+        for d in desired {
+            match txn_apply(&mut txn, d) {
+                Ok(r) => done.push(r),
+                Err(e) => {
+                    let _ = txn.commit();
+                    return (done, Some(e));
+                }
+            }
+        }
+        let err = txn.commit().err();
+        (done, err)
+    }
+
+    /// Replaces the status of an object. With `expected_rv`, fails with a
+    /// conflict unless the object is still at that version. Never touches
+    /// the spec.
+    pub fn write_status(&self, key: &ObjectKey, status: &Value, expected_rv: Option<&str>) -> Result<Value> {
+        let mut txn = self.txn(false)?;
+        let raw = txn.store().read_raw(key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
+        let current = raw.merged();
+        Self::check_precondition(key, Some(&current), expected_rv)?;
+        if current.get("status").unwrap_or(&Value::Null) == status {
+            return Ok(current);
+        }
+        let rv = txn.next_rv();
+        let path = self.status_path(key);
+        txn.write_json(&path, &json!({"resourceVersion": rv, "status": status}))?;
+        txn.commit()?;
+        let mut obj = current;
+        obj["metadata"]["resourceVersion"] = json!(rv);
+        obj["status"] = status.clone();
+        Ok(obj)
+    }
+
+    /// Changes metadata (labels, annotations, finalizers) under the lock.
+    /// When the object is terminating and its last finalizer goes, it is
+    /// removed.
+    pub fn update_metadata(
+        &self,
+        key: &ObjectKey,
+        expected_rv: Option<&str>,
+        f: impl FnOnce(&mut Map<String, Value>),
+    ) -> Result<Option<Value>> {
+        let mut txn = self.txn(false)?;
+        let raw = txn.store().read_raw(key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
+        let status_doc = raw.status_doc.clone();
+        let current = raw.merged();
+        Self::check_precondition(key, Some(&current), expected_rv)?;
+        let mut spec_doc = current.clone();
+        spec_doc.as_object_mut().expect("objects are maps").remove("status");
+        let meta = spec_doc["metadata"].as_object_mut().expect("metadata is a map");
+        let before = meta.clone();
+        f(meta);
+        for k in ["name", "namespace", "uid", "creationTimestamp", "generation", "resourceVersion"] {
+            match before.get(k) {
+                Some(v) => meta.insert(k.to_string(), v.clone()),
+                None => meta.remove(k),
+            };
+        }
+        drop_empty(meta, "finalizers");
+        drop_empty(meta, "labels");
+        drop_empty(meta, "annotations");
+        if *meta == before {
+            return Ok(Some(current));
+        }
+        let terminating = meta.contains_key("deletionTimestamp");
+        let no_finalizers = !meta.contains_key("finalizers");
+        if terminating && no_finalizers {
+            txn.remove(&self.spec_path(key))?;
+            txn.remove(&self.status_path(key))?;
+            super::events::remove(&mut txn, key)?;
+            txn.commit()?;
+            return Ok(None);
+        }
+        let rv = txn.next_rv();
+        spec_doc["metadata"]["resourceVersion"] = json!(rv);
+        txn.write_json(&self.spec_path(key), &spec_doc)?;
+        txn.commit()?;
+        Ok(Some(Raw { spec_doc, status_doc }.merged()))
+    }
+
+    /// Deletes an object (or marks it terminating when it has finalizers).
+    pub fn delete(&self, key: &ObjectKey, expected_rv: Option<&str>, dry_run: bool) -> Result<DeleteOutcome> {
+        let mut txn = self.txn(dry_run)?;
+        let raw = txn.store().read_raw(key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
+        let current = raw.merged();
+        Self::check_precondition(key, Some(&current), expected_rv)?;
+        let has_finalizers = current
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty());
+        if has_finalizers {
+            if current.pointer("/metadata/deletionTimestamp").is_none() {
+                let mut spec_doc = current;
+                spec_doc.as_object_mut().expect("objects are maps").remove("status");
+                spec_doc["metadata"]["deletionTimestamp"] = serde_json::to_value(crate::api::now()).expect("time serializes");
+                spec_doc["metadata"]["resourceVersion"] = json!(txn.next_rv());
+                txn.write_json(&self.spec_path(key), &spec_doc)?;
+            }
+            txn.commit()?;
+            return Ok(DeleteOutcome::Terminating);
+        }
+        txn.remove(&self.spec_path(key))?;
+        txn.remove(&self.status_path(key))?;
+        super::events::remove(&mut txn, key)?;
+        txn.commit()?;
+        Ok(DeleteOutcome::Deleted)
+    }
+
+    /// A typed view of one kind in one namespace (None: all namespaces, for
+    /// reading).
+    pub fn api<K: Object>(&self, namespace: Option<&str>) -> Api<K> {
+        Api {
+            store: self.clone(),
+            namespace: namespace.map(str::to_string),
+            _k: std::marker::PhantomData,
+        }
+    }
+}
+
+fn drop_empty(meta: &mut Map<String, Value>, field: &str) {
+    let empty = match meta.get(field) {
+        Some(Value::Array(a)) => a.is_empty(),
+        Some(Value::Object(o)) => o.is_empty(),
+        Some(Value::Null) => true,
+        _ => false,
+    };
+    if empty {
+        meta.remove(field);
+    }
+}
+
+/// Fields of metadata that a manifest declares (the rest is the server's).
+const DECLARED_META: &[&str] = &["labels", "annotations", "finalizers"];
+
+fn txn_apply(txn: &mut Txn<'_>, desired: &Value) -> Result<(Outcome, Value)> {
+    let kind = desired
+        .get("kind")
+        .and_then(Value::as_str)
+        .and_then(Kind::from_kind_field)
+        .expect("apply takes decoded objects");
+    let meta = &desired["metadata"];
+    let key = ObjectKey::new(
+        kind,
+        meta["namespace"].as_str().unwrap_or(crate::api::DEFAULT_NAMESPACE),
+        meta["name"].as_str().expect("decoded objects have a name"),
+    );
+    let expected = meta.get("resourceVersion").and_then(Value::as_str);
+    let store = txn.store().clone();
+    let spec_path = store.spec_path(&key);
+    let existing = store.read_raw(&key)?;
+    let spec = desired.get("spec").cloned().unwrap_or(json!({}));
+    match existing {
+        None => {
+            if let Some(exp) = expected {
+                return Err(StoreError::Conflict {
+                    key,
+                    expected: exp.to_string(),
+                    actual: "(none: the object does not exist)".into(),
+                });
+            }
+            let rv = txn.next_rv();
+            let mut m = Map::new();
+            m.insert("name".into(), json!(key.name));
+            m.insert("namespace".into(), json!(key.namespace));
+            for f in DECLARED_META {
+                if let Some(v) = meta.get(*f) {
+                    m.insert(f.to_string(), v.clone());
+                }
+            }
+            drop_empty(&mut m, "finalizers");
+            drop_empty(&mut m, "labels");
+            drop_empty(&mut m, "annotations");
+            m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+            m.insert("creationTimestamp".into(), serde_json::to_value(crate::api::now()).expect("time serializes"));
+            m.insert("generation".into(), json!(1));
+            m.insert("resourceVersion".into(), json!(rv));
+            let doc = json!({"apiVersion": API_VERSION, "kind": kind.name(), "metadata": m, "spec": spec});
+            // A status left behind by an interrupted delete must not be inherited.
+            txn.remove(&store.status_path(&key))?;
+            txn.write_json(&spec_path, &doc)?;
+            Ok((Outcome::Created, doc))
+        }
+        Some(raw) => {
+            let status_doc = raw.status_doc.clone();
+            let current = raw.merged();
+            Store::check_precondition(&key, Some(&current), expected)?;
+            if current.pointer("/metadata/deletionTimestamp").is_some() {
+                return Err(StoreError::Invalid {
+                    key,
+                    message: "is being deleted (waiting for its finalizers); apply again once it is gone".into(),
+                });
+            }
+            let mut doc = raw_spec_doc(&current);
+            let m = doc["metadata"].as_object_mut().expect("metadata is a map");
+            for f in DECLARED_META {
+                // finalizers are also owned by controllers: a manifest that
+                // does not list any leaves them alone.
+                match meta.get(*f) {
+                    Some(v) => {
+                        m.insert(f.to_string(), v.clone());
+                    }
+                    None if *f != "finalizers" => {
+                        m.remove(*f);
+                    }
+                    None => {}
+                }
+            }
+            drop_empty(m, "finalizers");
+            drop_empty(m, "labels");
+            drop_empty(m, "annotations");
+            let spec_changed = doc["spec"] != spec;
+            if !spec_changed && doc["metadata"] == raw_spec_doc(&current)["metadata"] {
+                return Ok((Outcome::Unchanged, current));
+            }
+            if spec_changed {
+                let g = doc["metadata"]["generation"].as_i64().unwrap_or(0);
+                doc["metadata"]["generation"] = json!(g + 1);
+                doc["spec"] = spec;
+            }
+            let rv = txn.next_rv();
+            doc["metadata"]["resourceVersion"] = json!(rv);
+            txn.write_json(&spec_path, &doc)?;
+            Ok((Outcome::Configured, Raw { spec_doc: doc, status_doc }.merged()))
+        }
+    }
+}
+
+/// The spec document of a merged object: without status, with the spec
+/// file's own resourceVersion irrelevant (it is rewritten on every write).
+fn raw_spec_doc(current: &Value) -> Value {
+    let mut doc = current.clone();
+    doc.as_object_mut().expect("objects are maps").remove("status");
+    doc
+}
+
+/// A typed view over one kind, like kube's `Api<K>`.
+#[derive(Clone, Debug)]
+pub struct Api<K> {
+    store: Store,
+    namespace: Option<String>,
+    _k: std::marker::PhantomData<fn() -> K>,
+}
+
+impl<K: Object> Api<K> {
+    fn key(&self, name: &str) -> ObjectKey {
+        ObjectKey::new(
+            K::KIND,
+            self.namespace.as_deref().unwrap_or(crate::api::DEFAULT_NAMESPACE),
+            name,
+        )
+    }
+
+    fn decode(&self, v: Value) -> Result<K> {
+        serde_json::from_value(v).map_err(|e| StoreError::Corrupt {
+            path: self.store.kind_dir(K::KIND),
+            message: e.to_string(),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn get(&self, name: &str) -> Result<Option<K>> {
+        self.store.get(&self.key(name))?.map(|v| self.decode(v)).transpose()
+    }
+
+    pub fn list(&self) -> Result<Vec<K>> {
+        self.store
+            .list(K::KIND, self.namespace.as_deref())?
+            .into_iter()
+            .map(|v| self.decode(v))
+            .collect()
+    }
+
+    /// Writes `status` without a precondition (the status is the writer's).
+    pub fn patch_status(&self, name: &str, status: &K::Status) -> Result<K> {
+        let v = serde_json::to_value(status).expect("status serializes");
+        self.decode(self.store.write_status(&self.key(name), &v, None)?)
+    }
+
+    /// Writes `obj`'s status, failing with a conflict if `obj` is stale.
+    pub fn replace_status(&self, obj: &K) -> Result<K> {
+        let name = obj.meta().name.as_deref().unwrap_or_default();
+        let v = serde_json::to_value(obj.status().cloned().unwrap_or_default()).expect("status serializes");
+        let rv = obj.meta().resource_version.as_deref();
+        self.decode(self.store.write_status(&self.key(name), &v, rv)?)
+    }
+
+    /// Adds or removes a finalizer. Returns the object, or None when the
+    /// removal of the last finalizer completed a deletion.
+    pub fn set_finalizer(&self, name: &str, finalizer: &str, present: bool) -> Result<Option<K>> {
+        let f = finalizer.to_string();
+        let v = self.store.update_metadata(&self.key(name), None, |m| {
+            let list = m.entry("finalizers").or_insert_with(|| json!([]));
+            let arr = list.as_array_mut().expect("finalizers is a list");
+            arr.retain(|x| x.as_str() != Some(&f));
+            if present {
+                arr.push(json!(f));
+            }
+        })?;
+        v.map(|v| self.decode(v)).transpose()
+    }
+
+    pub fn delete(&self, name: &str) -> Result<DeleteOutcome> {
+        self.store.delete(&self.key(name), None, false)
+    }
+}

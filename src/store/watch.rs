@@ -1,0 +1,261 @@
+//! A Kubernetes-style watch over the local store.
+//!
+//! The stream speaks `kube_runtime::watcher::Event`, so it plugs straight
+//! into `kube_runtime::reflector` and from there into the `applier`: the
+//! controllers run on the local store exactly as they would on a cluster.
+//!
+//! Sources, all level-triggered (an event only says "look again"):
+//! - inotify notifications for the kind's directory: each changed file is
+//!   re-read and, if its resourceVersion moved, an `Apply` (or `Delete`) is
+//!   emitted;
+//! - a relist (`Init`, `InitApply`..., `InitDone`) at start, whenever the
+//!   notification queue overflows, and every `resync` period, so a missed
+//!   notification is corrected within one period.
+
+use super::Store;
+use crate::api::{Object, ObjectKey};
+use futures::Stream;
+use kube::runtime::watcher::{Error as WatchError, Event};
+use notify::{EventKind, RecursiveMode, Watcher};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// How a watch behaves.
+#[derive(Clone, Debug)]
+pub struct WatchConfig {
+    /// Only this namespace (None: all).
+    pub namespace: Option<String>,
+    /// Full relist period.
+    pub resync: Duration,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            namespace: None,
+            resync: Duration::from_secs(60),
+        }
+    }
+}
+
+fn invalid(msg: String) -> WatchError {
+    WatchError::WatchError(Box::new(kube::core::Status::failure(&msg, "Invalid")))
+}
+
+/// Watches objects of kind `K`. Must be polled inside a tokio runtime; the
+/// background task ends when the stream is dropped.
+pub fn watch<K: Object>(store: Store, cfg: WatchConfig) -> impl Stream<Item = Result<Event<K>, WatchError>> + Send + 'static {
+    let (tx, mut rx) = mpsc::channel(256);
+    tokio::spawn(run::<K>(store, cfg, tx));
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+type Tx<K> = mpsc::Sender<Result<Event<K>, WatchError>>;
+
+struct State<K> {
+    store: Store,
+    cfg: WatchConfig,
+    known: HashMap<ObjectKey, (String, K)>,
+}
+
+impl<K: Object> State<K> {
+    fn decode(&self, v: Value) -> Result<K, WatchError> {
+        serde_json::from_value::<K>(v).map_err(|e| invalid(format!("stored {} cannot be decoded: {e}", K::KIND)))
+    }
+
+    async fn relist(&mut self, tx: &Tx<K>) -> bool {
+        let list = match self.store.list(K::KIND, self.cfg.namespace.as_deref()) {
+            Ok(l) => l,
+            Err(e) => return tx.send(Err(invalid(e.to_string()))).await.is_ok(),
+        };
+        if tx.send(Ok(Event::Init)).await.is_err() {
+            return false;
+        }
+        let mut known = HashMap::with_capacity(list.len());
+        for v in list {
+            let rv = rv(&v);
+            match self.decode(v) {
+                Ok(obj) => {
+                    let key = key_of(&obj);
+                    known.insert(key, (rv, obj.clone()));
+                    if tx.send(Ok(Event::InitApply(obj))).await.is_err() {
+                        return false;
+                    }
+                }
+                Err(e) => {
+                    if tx.send(Err(e)).await.is_err() {
+                        return false;
+                    }
+                }
+            }
+        }
+        self.known = known;
+        tx.send(Ok(Event::InitDone)).await.is_ok()
+    }
+
+    /// Re-reads one object and emits what changed.
+    async fn refresh(&mut self, key: ObjectKey, tx: &Tx<K>) -> bool {
+        if let Some(ns) = &self.cfg.namespace
+            && *ns != key.namespace
+        {
+            return true;
+        }
+        match self.store.get(&key) {
+            Ok(Some(v)) => {
+                let rv = rv(&v);
+                if self.known.get(&key).is_some_and(|(known_rv, _)| *known_rv == rv) {
+                    return true;
+                }
+                match self.decode(v) {
+                    Ok(obj) => {
+                        self.known.insert(key, (rv, obj.clone()));
+                        tx.send(Ok(Event::Apply(obj))).await.is_ok()
+                    }
+                    Err(e) => tx.send(Err(e)).await.is_ok(),
+                }
+            }
+            Ok(None) => match self.known.remove(&key) {
+                Some((_, obj)) => tx.send(Ok(Event::Delete(obj))).await.is_ok(),
+                None => true,
+            },
+            Err(e) => tx.send(Err(invalid(e.to_string()))).await.is_ok(),
+        }
+    }
+
+    /// Re-reads every file of one namespace directory (a new directory may
+    /// have received files before inotify watched it).
+    async fn refresh_dir(&mut self, dir: &Path, tx: &Tx<K>) -> bool {
+        let Some(ns) = dir.file_name().and_then(|n| n.to_str()) else {
+            return true;
+        };
+        let Ok(rd) = std::fs::read_dir(dir) else { return true };
+        let names: Vec<String> = rd
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str().and_then(object_name).map(str::to_string))
+            .collect();
+        for name in names {
+            if !self.refresh(ObjectKey::new(K::KIND, ns, &name), tx).await {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+fn rv(v: &Value) -> String {
+    v.pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn key_of<K: Object>(o: &K) -> ObjectKey {
+    let m = o.meta();
+    ObjectKey::new(
+        K::KIND,
+        m.namespace.as_deref().unwrap_or_default(),
+        m.name.as_deref().unwrap_or_default(),
+    )
+}
+
+/// `ccl-0.json` / `ccl-0.status.json` → `ccl-0`; temp files → None.
+fn object_name(file: &str) -> Option<&str> {
+    if file.starts_with('.') {
+        return None;
+    }
+    file.strip_suffix(".status.json").or_else(|| file.strip_suffix(".json"))
+}
+
+enum Change {
+    Object(ObjectKey),
+    Dir(PathBuf),
+    Rescan,
+}
+
+fn classify<K: Object>(kind_dir: &Path, path: &Path) -> Option<Change> {
+    let rel = path.strip_prefix(kind_dir).ok()?;
+    let parts: Vec<&str> = rel.iter().filter_map(|p| p.to_str()).collect();
+    match parts.as_slice() {
+        [ns] if !ns.starts_with('.') => Some(Change::Dir(path.to_path_buf())),
+        [ns, file] => object_name(file).map(|name| Change::Object(ObjectKey::new(K::KIND, ns, name))),
+        _ => None,
+    }
+}
+
+async fn run<K: Object>(store: Store, cfg: WatchConfig, tx: Tx<K>) {
+    let kind_dir = store.root().join(K::KIND.plural());
+    let _ = std::fs::create_dir_all(&kind_dir);
+    let (ntx, mut nrx) = mpsc::unbounded_channel::<notify::Result<notify::Event>>();
+    let watcher = notify::recommended_watcher(move |res| {
+        let _ = ntx.send(res);
+    })
+    .and_then(|mut w| w.watch(&kind_dir, RecursiveMode::Recursive).map(|_| w));
+    let _watcher = match watcher {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(dir = %kind_dir.display(), error = %e, "file notifications unavailable; relying on periodic resync");
+            None
+        }
+    };
+    let resync = cfg.resync;
+    let mut state = State::<K> {
+        store,
+        cfg,
+        known: HashMap::new(),
+    };
+    if !state.relist(&tx).await {
+        return;
+    }
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + resync, resync);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let mut changes = Vec::new();
+        tokio::select! {
+            _ = tx.closed() => return,
+            _ = tick.tick() => changes.push(Change::Rescan),
+            Some(first) = nrx.recv() => {
+                // Take everything already queued: one re-read per object.
+                let mut batch = vec![first];
+                while let Ok(more) = nrx.try_recv() {
+                    batch.push(more);
+                }
+                for res in batch {
+                    match res {
+                        Err(_) => changes.push(Change::Rescan),
+                        Ok(ev) if ev.need_rescan() => changes.push(Change::Rescan),
+                        Ok(ev) => {
+                            let dir_created = matches!(ev.kind, EventKind::Create(notify::event::CreateKind::Folder));
+                            for p in &ev.paths {
+                                match classify::<K>(&kind_dir, p) {
+                                    Some(Change::Dir(d)) if dir_created || d.is_dir() => changes.push(Change::Dir(d)),
+                                    Some(Change::Dir(_)) | None => {}
+                                    Some(c) => changes.push(c),
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if changes.iter().any(|c| matches!(c, Change::Rescan)) {
+            if !state.relist(&tx).await {
+                return;
+            }
+            continue;
+        }
+        let mut seen = std::collections::HashSet::new();
+        for c in changes {
+            let ok = match c {
+                Change::Object(key) => !seen.insert(key.clone()) || state.refresh(key, &tx).await,
+                Change::Dir(d) => state.refresh_dir(&d, &tx).await,
+                Change::Rescan => true,
+            };
+            if !ok {
+                return;
+            }
+        }
+    }
+}
