@@ -2,6 +2,10 @@
 //! several Anthropic accounts. See the README's module map.
 
 pub mod api;
+pub mod cli;
+pub mod config;
 pub mod fsutil;
 pub mod manifest;
+pub mod selector;
 pub mod store;
+pub mod sync;

@@ -77,6 +77,11 @@ impl AnyObject {
         self.meta().name.as_deref().unwrap_or_default()
     }
 
+    /// Kind, namespace and name (the namespace as declared, empty if none).
+    pub fn key(&self) -> crate::api::ObjectKey {
+        crate::api::ObjectKey::new(self.kind(), self.meta().namespace.as_deref().unwrap_or_default(), self.name())
+    }
+
     pub fn to_value(&self) -> Value {
         match self {
             AnyObject::Account(o) => to_value(o),
@@ -339,5 +344,27 @@ mod tests {
         assert!(e[0].contains("metadata.name: required field is missing"), "{}", e[0]);
         let e = errors(&format!("{HEAD}kind: Task\nmetadata: {{name: a}}\nspec: {{priority: high}}\n"));
         assert!(e[0].contains("spec.prompt: required field is missing"), "{}", e[0]);
+    }
+}
+
+/// Decodes a single-document YAML file (a config file) into `T`, strictly,
+/// with the same `FILE:LINE:COL: path: message` errors as manifests.
+pub fn decode_single<T: DeserializeOwned>(file: &str, bytes: &[u8]) -> Result<T, ManifestError> {
+    let err = |pos: Pos, path: String, message: String| ManifestError {
+        file: file.to_string(),
+        pos,
+        path,
+        message,
+    };
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        err(Pos { line: 1, col: 1 }, "(file)".into(), format!("not valid UTF-8 at byte offset {}", e.valid_up_to()))
+    })?;
+    let docs = yaml::parse_documents(text).map_err(|e| err(e.pos, "(file)".into(), e.message))?;
+    let roots: Vec<&Node> = docs.iter().filter_map(|d| d.root.as_ref()).collect();
+    match roots.as_slice() {
+        [] => typed(Value::Object(Default::default()))
+            .map_err(|(p, m)| err(Pos { line: 1, col: 1 }, path_string(&p), m)),
+        [root] => typed(root.to_json()).map_err(|(p, m)| err(root.locate(&p), path_string(&p), m)),
+        [_, second, ..] => Err(err(second.pos, "(file)".into(), "expected one document".into())),
     }
 }

@@ -167,7 +167,7 @@ fn find_duplicates(loaded: &mut Loaded) {
     let mut first: HashMap<ObjectKey, usize> = HashMap::new();
     let mut dup = vec![false; loaded.objects.len()];
     for (i, d) in loaded.objects.iter().enumerate() {
-        let key = ObjectKey::new(d.object.kind(), d.object.meta().namespace.as_deref().unwrap_or_default(), d.object.name());
+        let key = d.object.key();
         match first.get(&key) {
             None => {
                 first.insert(key, i);

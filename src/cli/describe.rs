@@ -1,0 +1,130 @@
+//! `describe`: one object in full, for people.
+
+use super::print::{self, age};
+use super::{Ctx, parse_kind};
+use crate::api::ObjectKey;
+use anyhow::Result;
+use clap::Args;
+use serde_json::Value;
+use std::fmt::Write;
+use std::process::ExitCode;
+
+#[derive(Args, Debug)]
+pub struct DescribeArgs {
+    /// accounts, sessions or tasks
+    pub kind: String,
+    /// Objects to describe
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+
+fn indent(text: &str, by: usize) -> String {
+    let pad = " ".repeat(by);
+    text.lines().map(|l| format!("{pad}{l}\n")).collect()
+}
+
+fn map_line(v: Option<&Value>) -> String {
+    match v.and_then(Value::as_object) {
+        Some(m) if !m.is_empty() => m
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join("\n              "),
+        _ => "<none>".into(),
+    }
+}
+
+/// The text of `describe` for one object.
+pub fn render(v: &Value, events: &[crate::store::StoredEvent]) -> String {
+    let m = &v["metadata"];
+    let s = |p: &str| v.pointer(p).map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string()));
+    let mut out = String::new();
+    let _ = writeln!(out, "Name:         {}", s("/metadata/name").unwrap_or_default());
+    let _ = writeln!(out, "Namespace:    {}", s("/metadata/namespace").unwrap_or_default());
+    let _ = writeln!(out, "Kind:         {}", s("/kind").unwrap_or_default());
+    let _ = writeln!(out, "Labels:       {}", map_line(m.get("labels")));
+    let _ = writeln!(out, "Annotations:  {}", map_line(m.get("annotations")));
+    let _ = writeln!(out, "UID:          {}", s("/metadata/uid").unwrap_or_default());
+    let created = s("/metadata/creationTimestamp");
+    let _ = writeln!(
+        out,
+        "Created:      {} ({} ago)",
+        created.clone().unwrap_or_default(),
+        age(created.as_deref())
+    );
+    let _ = writeln!(out, "Generation:   {}", s("/metadata/generation").unwrap_or_default());
+    let _ = writeln!(out, "Version:      {}", s("/metadata/resourceVersion").unwrap_or_default());
+    if let Some(f) = m.get("finalizers").and_then(Value::as_array) {
+        let list: Vec<&str> = f.iter().filter_map(Value::as_str).collect();
+        let _ = writeln!(out, "Finalizers:   {}", list.join(", "));
+    }
+    if let Some(d) = s("/metadata/deletionTimestamp") {
+        let _ = writeln!(out, "Deleting:     since {d}");
+    }
+    let _ = writeln!(out, "Spec:");
+    out.push_str(&indent(&print::to_yaml(&v["spec"]), 2));
+    let mut status = v.get("status").cloned().unwrap_or(Value::Null);
+    let conditions = status
+        .as_object_mut()
+        .and_then(|o| o.remove("conditions"))
+        .and_then(|c| c.as_array().cloned())
+        .unwrap_or_default();
+    let _ = writeln!(out, "Status:");
+    if status.as_object().is_some_and(|o| !o.is_empty()) {
+        out.push_str(&indent(&print::to_yaml(&status), 2));
+    } else {
+        out.push_str("  <not yet observed by the daemon>\n");
+    }
+    let _ = writeln!(out, "Conditions:");
+    if conditions.is_empty() {
+        out.push_str("  <none>\n");
+    } else {
+        let rows: Vec<Vec<String>> = conditions
+            .iter()
+            .map(|c| {
+                let f = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+                vec![f("type"), f("status"), f("reason"), age(c.get("lastTransitionTime").and_then(Value::as_str)), f("message")]
+            })
+            .collect();
+        out.push_str(&indent(&print::table(&["Type", "Status", "Reason", "Since", "Message"], &rows), 2));
+    }
+    let _ = writeln!(out, "Events:");
+    if events.is_empty() {
+        out.push_str("  <none>\n");
+    } else {
+        let rows: Vec<Vec<String>> = events
+            .iter()
+            .rev()
+            .map(|e| {
+                let when = serde_json::to_value(&e.last_timestamp).ok();
+                let ago = age(when.as_ref().and_then(Value::as_str));
+                let times = if e.count > 1 { format!("{ago} (x{})", e.count) } else { ago };
+                vec![e.type_.clone(), e.reason.clone(), times, e.source.clone(), e.message.clone()]
+            })
+            .collect();
+        out.push_str(&indent(&print::table(&["Type", "Reason", "Age", "From", "Message"], &rows), 2));
+    }
+    out
+}
+
+pub fn describe(ctx: &Ctx, a: DescribeArgs) -> Result<ExitCode> {
+    let kind = parse_kind(&a.kind)?;
+    let store = ctx.store()?;
+    let mut code = ExitCode::SUCCESS;
+    for (i, name) in a.names.iter().enumerate() {
+        let key = ObjectKey::new(kind, &ctx.namespace, name);
+        match store.get(&key)? {
+            None => {
+                eprintln!("error: {} \"{name}\" not found in namespace {}", kind.qualified(), ctx.namespace);
+                code = ExitCode::from(1);
+            }
+            Some(v) => {
+                if i > 0 {
+                    println!();
+                }
+                print!("{}", render(&v, &store.events(&key)?));
+            }
+        }
+    }
+    Ok(code)
+}

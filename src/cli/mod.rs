@@ -1,0 +1,203 @@
+//! The command line: kubectl's conventions over the store.
+//!
+//! Each verb lives in its own file; this module holds the argument
+//! definitions, resolves the global settings (store, namespace, config) and
+//! dispatches. Errors go to stderr as `error: ...` with a non-zero exit.
+
+mod apply;
+mod describe;
+mod get;
+mod init;
+mod print;
+mod run;
+mod wait;
+
+use crate::api::{DEFAULT_NAMESPACE, Kind};
+use crate::config::{self, Config, LogFormat};
+use crate::store::Store;
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+pub use print::Output;
+
+const ABOUT: &str = "Keeps a pool of Claude Code sessions working across several Anthropic accounts.
+
+Accounts, Sessions and Tasks are declared as Kubernetes-style YAML and kept in a
+local store; `run` is the daemon that reconciles them.";
+
+const AFTER: &str = "Examples:
+  claude-failover init                          # config, store and example manifests
+  claude-failover apply -f manifests/examples   # declare a pool
+  claude-failover get sessions -o wide          # see it
+  claude-failover run --manifests ~/pool        # keep a directory synced (GitOps)";
+
+#[derive(Parser, Debug)]
+#[command(name = "claude-failover", version, about = ABOUT, long_about = ABOUT, after_help = AFTER)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Store directory [env: CLAUDE_FAILOVER_STORE; config: store; default: $XDG_STATE_HOME/claude-failover/store]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    /// Namespace [config: namespace; default: default]
+    #[arg(short = 'n', long, global = true)]
+    pub namespace: Option<String>,
+    /// Config file [env: CLAUDE_FAILOVER_CONFIG; default: $XDG_CONFIG_HOME/claude-failover/config.yaml]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create or update objects from manifests (FILE, DIR or - for stdin)
+    Apply(apply::ApplyArgs),
+    /// List objects: get KIND [NAME...]
+    Get(get::GetArgs),
+    /// Show one object in detail: spec, status, conditions and events
+    Describe(describe::DescribeArgs),
+    /// Delete objects by name or by the manifests that declare them
+    Delete(apply::DeleteArgs),
+    /// Show what apply would change (exit 0: none, 1: differences, >1: error)
+    Diff(apply::DiffArgs),
+    /// Wait for a condition on objects, or for their deletion
+    Wait(wait::WaitArgs),
+    /// Run the daemon: sync the manifests directory into the store
+    Run(run::RunArgs),
+    /// Scaffold a config file, the store and example manifests
+    Init(init::InitArgs),
+    /// Print the CustomResourceDefinitions (apiextensions.k8s.io/v1) as YAML
+    Crds,
+    /// Print the version
+    Version,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completion {
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Settings resolved from flags, environment and the config file.
+pub struct Ctx {
+    pub config: Config,
+    pub config_path: PathBuf,
+    pub store_dir: PathBuf,
+    pub namespace: String,
+    /// Set by `-n`: then a manifest naming another namespace is an error.
+    pub namespace_flag: bool,
+}
+
+impl Ctx {
+    pub fn resolve(g: &Global) -> Result<Ctx> {
+        let (config_path, required) = match (&g.config, std::env::var_os("CLAUDE_FAILOVER_CONFIG")) {
+            (Some(p), _) => (p.clone(), true),
+            (None, Some(p)) => (PathBuf::from(p), true),
+            (None, None) => (config::default_config_path(), false),
+        };
+        let config = Config::load(&config_path, required)?;
+        let store_dir = g
+            .store
+            .clone()
+            .or_else(|| std::env::var_os("CLAUDE_FAILOVER_STORE").map(PathBuf::from))
+            .or_else(|| config.store.as_deref().map(crate::fsutil::expand_home))
+            .unwrap_or_else(|| config::state_dir().join("store"));
+        let namespace = g
+            .namespace
+            .clone()
+            .or_else(|| config.namespace.clone())
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+        crate::manifest::validate::dns1123_label(&namespace).map_err(|e| anyhow::anyhow!("namespace: {e}"))?;
+        Ok(Ctx {
+            config,
+            config_path,
+            store_dir,
+            namespace,
+            namespace_flag: g.namespace.is_some(),
+        })
+    }
+
+    pub fn store(&self) -> Result<Store> {
+        Store::open(&self.store_dir).with_context(|| format!("cannot open the store at {}", self.store_dir.display()))
+    }
+}
+
+/// Resolves a KIND argument (`sessions`, `sess`, `session.claude-failover.io`, ...).
+pub fn parse_kind(s: &str) -> Result<Kind> {
+    match Kind::from_cli(s) {
+        Some(k) => Ok(k),
+        None => bail!(
+            "the server doesn't have a resource type \"{s}\" (known: accounts (acct), sessions (sess), tasks (tsk))"
+        ),
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Version => {
+            println!("claude-failover {}", env!("CARGO_PKG_VERSION"));
+            println!("apiVersion {}", crate::api::API_VERSION);
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Crds => {
+            print!("{}", crds_yaml());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "claude-failover", &mut std::io::stdout());
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
+    let ctx = Ctx::resolve(&cli.global)?;
+    match cli.command {
+        Command::Apply(a) => apply::apply(&ctx, a),
+        Command::Get(a) => get::get(&ctx, a),
+        Command::Describe(a) => describe::describe(&ctx, a),
+        Command::Delete(a) => apply::delete(&ctx, a),
+        Command::Diff(a) => apply::diff(&ctx, a),
+        Command::Wait(a) => wait::wait(&ctx, a),
+        Command::Run(a) => run::run(&ctx, a),
+        Command::Init(a) => init::init(&ctx, a),
+        Command::Version | Command::Crds | Command::Completion { .. } => unreachable!("handled above"),
+    }
+}
+
+/// All three CRDs as one multi-document YAML stream.
+pub fn crds_yaml() -> String {
+    let mut out = String::new();
+    for k in Kind::ALL {
+        let v = serde_json::to_value(k.crd()).expect("CRDs serialize");
+        out.push_str("---\n");
+        out.push_str(&print::to_yaml(&v));
+    }
+    out
+}
+
+/// Sets up `tracing` for the daemon.
+pub fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}

@@ -1,0 +1,210 @@
+//! Output: tables with kubectl-like columns, YAML, JSON and names.
+
+use crate::api::Kind;
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Wide,
+    Yaml,
+    Json,
+    Name,
+}
+
+/// `5s`, `4m12s`, `3h`, `6d`: kubectl's human durations.
+pub fn human_age(secs: i64) -> String {
+    let s = secs.max(0);
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=599 => format!("{}m{}s", s / 60, s % 60),
+        600..=10799 => format!("{}m", s / 60),
+        10800..=86399 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+/// Age since an RFC 3339 timestamp, or `<unknown>`.
+pub fn age(ts: Option<&str>) -> String {
+    ts.and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+        .map(|t| human_age(k8s_openapi::jiff::Timestamp::now().as_second() - t.as_second()))
+        .unwrap_or_else(|| "<unknown>".into())
+}
+
+/// Until an RFC 3339 timestamp (`in 2h`), or `-`.
+fn until(ts: Option<&str>) -> String {
+    ts.and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+        .map(|t| human_age(t.as_second() - k8s_openapi::jiff::Timestamp::now().as_second()))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn s(v: &Value, ptr: &str) -> String {
+    match v.pointer(ptr) {
+        None | Some(Value::Null) => "-".into(),
+        Some(Value::String(x)) if x.is_empty() => "-".into(),
+        Some(Value::String(x)) => x.clone(),
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(f) if n.is_f64() => format!("{f:.0}"),
+            _ => n.to_string(),
+        },
+        Some(other) => other.to_string(),
+    }
+}
+
+fn pct(v: &Value, ptr: &str) -> String {
+    match v.pointer(ptr).and_then(Value::as_f64) {
+        Some(f) => format!("{f:.0}%"),
+        None => "-".into(),
+    }
+}
+
+fn phase(v: &Value) -> String {
+    if v.pointer("/metadata/deletionTimestamp").is_some() {
+        return "Terminating".into();
+    }
+    s(v, "/status/phase")
+}
+
+fn labels(v: &Value) -> String {
+    match v.pointer("/metadata/labels").and_then(Value::as_object) {
+        Some(m) if !m.is_empty() => m
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join(","),
+        _ => "<none>".into(),
+    }
+}
+
+/// Column headers and row cells for a kind.
+pub fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
+    let mut c = match kind {
+        Kind::Account => vec!["NAME", "PHASE", "5H", "7D", "SESSIONS", "PRIORITY", "AGE"],
+        Kind::Session => vec!["NAME", "PHASE", "ACCOUNT", "TASK", "RESTARTS", "AGE"],
+        Kind::Task => vec!["NAME", "PHASE", "PRIORITY", "SESSION", "ATTEMPTS", "AGE"],
+    };
+    if wide {
+        c.extend(match kind {
+            Kind::Account => vec!["5H-RESETS", "7D-RESETS", "CONFIGDIR", "LABELS"],
+            Kind::Session => vec!["WORKDIR", "MODEL", "PANE", "AGENT-SESSION", "LABELS"],
+            Kind::Task => vec!["MODEL", "TARGET", "LABELS"],
+        });
+    }
+    c
+}
+
+pub fn row(kind: Kind, v: &Value, wide: bool) -> Vec<String> {
+    let name = s(v, "/metadata/name");
+    let created = v.pointer("/metadata/creationTimestamp").and_then(Value::as_str);
+    let mut r = match kind {
+        Kind::Account => vec![
+            name,
+            phase(v),
+            pct(v, "/status/usage/fiveHour/utilization"),
+            pct(v, "/status/usage/sevenDay/utilization"),
+            s(v, "/status/sessions").replace('-', "0"),
+            s(v, "/spec/priority").replace('-', "0"),
+            age(created),
+        ],
+        Kind::Session => vec![
+            name,
+            phase(v),
+            s(v, "/status/account"),
+            s(v, "/status/currentTask"),
+            s(v, "/status/restarts").replace('-', "0"),
+            age(created),
+        ],
+        Kind::Task => vec![
+            name,
+            phase(v),
+            v.pointer("/spec/priority").and_then(Value::as_str).unwrap_or("normal").to_string(),
+            s(v, "/status/session"),
+            s(v, "/status/attempts").replace('-', "0"),
+            age(created),
+        ],
+    };
+    if wide {
+        match kind {
+            Kind::Account => r.extend([
+                until(v.pointer("/status/usage/fiveHour/resetsAt").and_then(Value::as_str)),
+                until(v.pointer("/status/usage/sevenDay/resetsAt").and_then(Value::as_str)),
+                s(v, "/spec/configDir"),
+                labels(v),
+            ]),
+            Kind::Session => r.extend([
+                s(v, "/spec/workdir"),
+                s(v, "/spec/agent/model"),
+                s(v, "/status/paneId"),
+                s(v, "/status/agentSessionId"),
+                labels(v),
+            ]),
+            Kind::Task => {
+                let target = if let Some(sess) = v.pointer("/spec/session").and_then(Value::as_str) {
+                    format!("session={sess}")
+                } else if let Some(sel) = v.pointer("/spec/sessionSelector") {
+                    format!("selector={sel}")
+                } else if let Some(w) = v.pointer("/spec/workdir").and_then(Value::as_str) {
+                    format!("workdir={w}")
+                } else {
+                    "any".into()
+                };
+                r.extend([s(v, "/spec/model"), target, labels(v)]);
+            }
+        }
+    }
+    r
+}
+
+/// Formats rows under headers, columns padded to their widest cell.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<&str>, out: &mut String| {
+        let n = cells.len();
+        for (i, c) in cells.into_iter().enumerate() {
+            out.push_str(c);
+            if i + 1 < n {
+                out.push_str(&" ".repeat(widths[i] - c.chars().count() + 3));
+            }
+        }
+        out.push('\n');
+    };
+    line(headers.to_vec(), &mut out);
+    for r in rows {
+        line(r.iter().map(String::as_str).collect(), &mut out);
+    }
+    out
+}
+
+pub fn to_yaml(v: &Value) -> String {
+    serde_saphyr::to_string(v).expect("JSON values serialize to YAML")
+}
+
+/// `session.claude-failover.io/ccl-0`
+pub fn name_of(kind: Kind, v: &Value) -> String {
+    format!("{}/{}", kind.qualified(), s(v, "/metadata/name"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages() {
+        assert_eq!(human_age(5), "5s");
+        assert_eq!(human_age(130), "2m10s");
+        assert_eq!(human_age(3600), "60m");
+        assert_eq!(human_age(4 * 3600), "4h");
+        assert_eq!(human_age(3 * 86400), "3d");
+    }
+
+    #[test]
+    fn table_pads() {
+        let t = table(&["NAME", "PHASE"], &[vec!["a".into(), "Idle".into()]]);
+        assert_eq!(t, "NAME   PHASE\na      Idle\n");
+    }
+}

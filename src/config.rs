@@ -1,0 +1,87 @@
+//! The configuration file (`config.yaml`) and where things live by default.
+//!
+//! Precedence for every setting: command-line flag, then environment
+//! variable, then the config file, then the default. `config.example.yaml`
+//! at the repository root documents every key; a test keeps the two in step.
+
+use crate::manifest::{ManifestError, decode_single};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Config {
+    /// Directory of the local store.
+    pub store: Option<String>,
+    /// Namespace used when a command or manifest names none.
+    pub namespace: Option<String>,
+    /// Desired-state directory synced into the store by `run`.
+    pub manifests: Option<String>,
+    /// Full resync period of the manifest sync, seconds.
+    pub resync_seconds: Option<u64>,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: Option<LogFormat>,
+    /// A tracing filter, e.g. `info` or `claude_failover=debug`.
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn xdg(var: &str, fallback: &str) -> PathBuf {
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .unwrap_or_else(|| crate::fsutil::home().join(fallback))
+}
+
+/// `$XDG_CONFIG_HOME/claude-failover` (default `~/.config/claude-failover`).
+pub fn config_dir() -> PathBuf {
+    xdg("XDG_CONFIG_HOME", ".config").join("claude-failover")
+}
+
+/// `$XDG_STATE_HOME/claude-failover` (default `~/.local/state/claude-failover`).
+pub fn state_dir() -> PathBuf {
+    xdg("XDG_STATE_HOME", ".local/state").join("claude-failover")
+}
+
+pub fn default_config_path() -> PathBuf {
+    config_dir().join("config.yaml")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Invalid(#[from] ManifestError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Config {
+    /// Loads `path`. A missing file is an empty config unless `required`.
+    pub fn load(path: &Path, required: bool) -> Result<Config, ConfigError> {
+        match std::fs::read(path) {
+            Ok(bytes) => Ok(decode_single(&path.display().to_string(), &bytes)?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(Config::default()),
+            Err(source) => Err(ConfigError::Io {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+}

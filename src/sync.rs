@@ -1,0 +1,271 @@
+//! GitOps sync: the desired-state directory (`run --manifests DIR`) is
+//! applied to the store on every change and on a period.
+//!
+//! - Every `*.yaml` / `*.yml` / `*.json` under DIR (recursive,
+//!   multi-document) is applied; objects get the annotation
+//!   `claude-failover.io/managed-by: sync`.
+//! - An inventory (`STORE/inventory/<id>.json`) records which objects the
+//!   sync applied and from which file. An object that has left DIR is
+//!   pruned, but only if the sync applied it and it still carries the
+//!   annotation: objects created by `apply`, the API or the inbox are never
+//!   pruned.
+//! - A bad file is reported (one line per problem) and skipped; the rest
+//!   syncs. The objects it declared before are neither changed nor pruned,
+//!   so a half-written or broken file loses nothing.
+//! - Drift (someone changed a synced object in the store) is corrected on
+//!   the next pass.
+//! - The directory is only read, never written.
+
+use crate::api::ObjectKey;
+use crate::manifest::{LoadOptions, ManifestError, load_paths};
+use crate::store::{Outcome, Store, StoreError};
+use notify::{RecursiveMode, Watcher};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The annotation that marks objects owned by the manifest sync.
+pub const MANAGED_BY: &str = "claude-failover.io/managed-by";
+pub const MANAGED_BY_SYNC: &str = "sync";
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Inventory {
+    dir: String,
+    /// Object → the file that declared it.
+    objects: BTreeMap<String, InventoryEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct InventoryEntry {
+    key: ObjectKey,
+    file: String,
+}
+
+/// What one pass did.
+#[derive(Debug, Default)]
+pub struct SyncReport {
+    pub applied: Vec<(ObjectKey, Outcome)>,
+    pub pruned: Vec<ObjectKey>,
+    pub errors: Vec<ManifestError>,
+    /// Objects that could not be written (conflicts, terminating, I/O).
+    pub failed: Vec<(ObjectKey, String)>,
+}
+
+pub struct Syncer {
+    store: Store,
+    dir: PathBuf,
+    namespace: String,
+    inventory_path: PathBuf,
+}
+
+/// FNV-1a: a stable id for a directory path.
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+}
+
+impl Syncer {
+    pub fn new(store: Store, dir: &Path, namespace: &str) -> std::io::Result<Syncer> {
+        let dir = std::fs::canonicalize(dir)?;
+        let id = format!("{:016x}", fnv1a(&dir.display().to_string()));
+        let inventory_path = store.root().join("inventory").join(format!("{id}.json"));
+        Ok(Syncer {
+            store,
+            dir,
+            namespace: namespace.to_string(),
+            inventory_path,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn load_inventory(&self) -> Inventory {
+        std::fs::read(&self.inventory_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn save_inventory(&self, inv: &Inventory) -> std::io::Result<()> {
+        if let Some(d) = self.inventory_path.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        let data = serde_json::to_vec_pretty(inv).expect("inventory serializes");
+        crate::fsutil::write_atomic(&self.inventory_path, &data, None, true)
+    }
+
+    /// One full pass: apply, prune, save the inventory.
+    pub fn sync_once(&self) -> SyncReport {
+        let loaded = load_paths(
+            std::slice::from_ref(&self.dir),
+            &LoadOptions {
+                recursive: true,
+                namespace: self.namespace.clone(),
+            },
+        );
+        let mut report = SyncReport {
+            errors: loaded.errors.clone(),
+            ..Default::default()
+        };
+        let bad_files: HashSet<&str> = loaded.bad_files();
+        let old = self.load_inventory();
+        let mut inv = Inventory {
+            dir: self.dir.display().to_string(),
+            objects: BTreeMap::new(),
+        };
+        let mut objects = loaded.objects.clone();
+        objects.sort_by_key(|d| d.object.kind());
+        for d in &objects {
+            let mut obj = d.object.clone();
+            let meta = obj.meta_mut();
+            meta.resource_version = None; // the directory is authoritative
+            meta.annotations
+                .get_or_insert_with(Default::default)
+                .insert(MANAGED_BY.into(), MANAGED_BY_SYNC.into());
+            let key = obj.key();
+            inv.objects.insert(
+                key.to_string(),
+                InventoryEntry {
+                    key: key.clone(),
+                    file: d.source.file.clone(),
+                },
+            );
+            match self.store.apply(&obj.to_value(), false) {
+                Ok((outcome, _)) => {
+                    if outcome != Outcome::Unchanged {
+                        let _ = self.store.record_event(
+                            &key,
+                            false,
+                            if outcome == Outcome::Created { "Created" } else { "Synced" },
+                            &format!("{outcome} from {}", d.source),
+                            "sync",
+                        );
+                    }
+                    report.applied.push((key, outcome));
+                }
+                Err(e) => report.failed.push((key, e.to_string())),
+            }
+        }
+        for (name, entry) in old.objects {
+            if inv.objects.contains_key(&name) {
+                continue;
+            }
+            // Its file is broken or the object is declared twice: keep it,
+            // and keep it in the inventory so it is pruned once truly gone.
+            if bad_files.contains(entry.file.as_str()) || loaded.contested.contains(&entry.key) {
+                inv.objects.insert(name, entry);
+                continue;
+            }
+            match self.prune(&entry.key) {
+                Ok(true) => report.pruned.push(entry.key),
+                Ok(false) => {}
+                Err(e) => {
+                    report.failed.push((entry.key.clone(), e.to_string()));
+                    inv.objects.insert(name, entry);
+                }
+            }
+        }
+        if let Err(e) = self.save_inventory(&inv) {
+            report.failed.push((
+                ObjectKey::new(crate::api::Kind::Account, "-", "inventory"),
+                format!("{}: {e}", self.inventory_path.display()),
+            ));
+        }
+        report
+    }
+
+    /// Deletes `key` if the sync still owns it. True when it was deleted
+    /// (or is now terminating).
+    fn prune(&self, key: &ObjectKey) -> Result<bool, StoreError> {
+        let Some(current) = self.store.get(key)? else {
+            return Ok(false);
+        };
+        let owned = current
+            .pointer("/metadata/annotations")
+            .and_then(|a| a.get(MANAGED_BY))
+            .and_then(Value::as_str)
+            == Some(MANAGED_BY_SYNC);
+        if !owned {
+            return Ok(false);
+        }
+        let rv = current.pointer("/metadata/resourceVersion").and_then(Value::as_str);
+        match self.store.delete(key, rv, false) {
+            Ok(_) => Ok(true),
+            Err(StoreError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Syncs now, then on every change under the directory (debounced) and
+    /// every `resync`, until `shutdown` resolves.
+    pub async fn run(self, resync: Duration, shutdown: impl std::future::Future<Output = ()>) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if res.is_ok() {
+                let _ = tx.send(());
+            }
+        })
+        .and_then(|mut w| w.watch(&self.dir, RecursiveMode::Recursive).map(|_| w));
+        let _watcher = match watcher {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot watch the manifests directory; syncing every resync period only");
+                None
+            }
+        };
+        let this = std::sync::Arc::new(self);
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(resync);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tick.tick() => {}
+                Some(()) = rx.recv() => {
+                    // Let an editor or `git checkout` finish writing.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    while rx.try_recv().is_ok() {}
+                }
+            }
+            let s = this.clone();
+            let report = match tokio::task::spawn_blocking(move || s.sync_once()).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "sync pass panicked");
+                    continue;
+                }
+            };
+            log_report(&this.dir, &report);
+        }
+    }
+}
+
+fn log_report(dir: &Path, r: &SyncReport) {
+    for e in &r.errors {
+        tracing::warn!(target: "claude_failover::sync", "{e}");
+    }
+    for (key, outcome) in &r.applied {
+        if *outcome != Outcome::Unchanged {
+            tracing::info!(target: "claude_failover::sync", object = %key, "{outcome}");
+        }
+    }
+    for key in &r.pruned {
+        tracing::info!(target: "claude_failover::sync", object = %key, "pruned (no longer in the manifests)");
+    }
+    for (key, e) in &r.failed {
+        tracing::warn!(target: "claude_failover::sync", object = %key, error = %e, "not synced");
+    }
+    let changed = r.applied.iter().filter(|(_, o)| *o != Outcome::Unchanged).count();
+    tracing::info!(
+        target: "claude_failover::sync",
+        dir = %dir.display(),
+        objects = r.applied.len(),
+        changed,
+        pruned = r.pruned.len(),
+        errors = r.errors.len() + r.failed.len(),
+        "sync pass complete"
+    );
+}
