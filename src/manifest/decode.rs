@@ -178,7 +178,7 @@ pub fn decode_file(file: &str, bytes: &[u8]) -> (Vec<Decoded>, Vec<ManifestError
     };
     let docs = match yaml::parse_documents(text) {
         Ok(d) => d,
-        Err(e) => return (vec![], vec![err(e.pos, "(file)", e.message)]),
+        Err(e) => return (vec![], vec![err(e.pos, &path_string(&e.path), e.message)]),
     };
     let mut objects = Vec::new();
     let mut errors = Vec::new();
@@ -289,8 +289,24 @@ fn typed<T: DeserializeOwned>(value: Value) -> Result<T, DocError> {
             path.push(Seg::Key(field.to_string()));
             return (path, "required field is missing".to_string());
         }
-        (path, msg)
+        (path, humanize(&msg))
     })
+}
+
+/// serde names Rust types ("expected u8"); say what a YAML author writes.
+fn humanize(msg: &str) -> String {
+    let mut m = msg.to_string();
+    for (rust, human) in [
+        ("expected i32", "expected an integer"),
+        ("expected i64", "expected an integer"),
+        ("expected u32", "expected a non-negative integer"),
+        ("expected u8", "expected an integer from 0 to 255"),
+        ("expected f64", "expected a number"),
+        ("expected a boolean", "expected true or false"),
+    ] {
+        m = m.replace(rust, human);
+    }
+    m
 }
 
 #[cfg(test)]
@@ -359,7 +375,7 @@ pub fn decode_single<T: DeserializeOwned>(file: &str, bytes: &[u8]) -> Result<T,
     let text = std::str::from_utf8(bytes).map_err(|e| {
         err(Pos { line: 1, col: 1 }, "(file)".into(), format!("not valid UTF-8 at byte offset {}", e.valid_up_to()))
     })?;
-    let docs = yaml::parse_documents(text).map_err(|e| err(e.pos, "(file)".into(), e.message))?;
+    let docs = yaml::parse_documents(text).map_err(|e| err(e.pos, path_string(&e.path), e.message))?;
     let roots: Vec<&Node> = docs.iter().filter_map(|d| d.root.as_ref()).collect();
     match roots.as_slice() {
         [] => typed(Value::Object(Default::default()))

@@ -118,7 +118,7 @@ fn check_path(value: &str, path: &[&str], out: &mut Vec<Problem>) {
 
 fn check_reference(value: &str, path: &[&str], what: &str, out: &mut Vec<Problem>) {
     if let Err(e) = dns1123_label(value) {
-        out.push((at(path), format!("must name a {what}: {e}")));
+        out.push((at(path), format!("must name {what}: {e}")));
     }
 }
 
@@ -176,7 +176,7 @@ pub fn session(s: &Session) -> Vec<Problem> {
     check_meta(&s.metadata, &mut out);
     check_path(&s.spec.workdir, &["spec", "workdir"], &mut out);
     if let Some(acc) = &s.spec.account {
-        check_reference(acc, &["spec", "account"], "Account", &mut out);
+        check_reference(acc, &["spec", "account"], "an Account", &mut out);
     }
     if s.spec.agent.command.trim().is_empty() {
         out.push((at(&["spec", "agent", "command"]), "must not be empty".into()));
@@ -208,7 +208,7 @@ pub fn task(t: &Task) -> Vec<Problem> {
         out.push((at(&["spec", "prompt"]), "must not be empty".into()));
     }
     if let Some(s) = &t.spec.session {
-        check_reference(s, &["spec", "session"], "Session", &mut out);
+        check_reference(s, &["spec", "session"], "a Session", &mut out);
         if t.spec.session_selector.is_some() || t.spec.workdir.is_some() {
             out.push((
                 at(&["spec", "session"]),

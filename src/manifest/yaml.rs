@@ -60,6 +60,8 @@ pub struct Document {
 #[derive(Debug, Clone, PartialEq)]
 pub struct YamlError {
     pub pos: Pos,
+    /// Where in the document the problem is (empty: the top level).
+    pub path: Vec<Seg>,
     pub message: String,
 }
 
@@ -199,6 +201,7 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, YamlError> {
                 line: e.marker().line(),
                 col: e.marker().col() + 1,
             },
+            path: stack_path(&stack),
             message: format!("invalid YAML: {}", e.info()),
         })?;
         let pos = pos_of(&span);
@@ -222,6 +225,7 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, YamlError> {
             Event::Alias(id) => {
                 let node = anchors.get(&id).cloned().ok_or_else(|| YamlError {
                     pos,
+                    path: stack_path(&stack),
                     message: "invalid YAML: alias to an unknown anchor".into(),
                 })?;
                 nodes += count_nodes(&node);
@@ -230,18 +234,24 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, YamlError> {
             Event::UnresolvedAlias(name) => {
                 return Err(YamlError {
                     pos,
+                    path: stack_path(&stack),
                     message: format!("invalid YAML: alias *{name} has no anchor"),
                 });
             }
             Event::Scalar(value, style, anchor, tag) => {
                 let kind = resolve_scalar(&value, style, tag.as_deref().map(|t| (t.handle(), t.suffix())))
-                    .map_err(|message| YamlError { pos, message })?;
+                    .map_err(|message| YamlError {
+                        pos,
+                        path: stack_path(&stack),
+                        message,
+                    })?;
                 Some((Node { pos, kind }, anchor))
             }
             Event::SequenceStart(_, anchor, _) => {
                 if stack.len() >= MAX_DEPTH {
                     return Err(YamlError {
                         pos,
+                        path: stack_path(&stack),
                         message: format!("nesting deeper than {MAX_DEPTH} levels"),
                     });
                 }
@@ -252,6 +262,7 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, YamlError> {
                 if stack.len() >= MAX_DEPTH {
                     return Err(YamlError {
                         pos,
+                        path: stack_path(&stack),
                         message: format!("nesting deeper than {MAX_DEPTH} levels"),
                     });
                 }
@@ -296,22 +307,50 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, YamlError> {
         if nodes > MAX_NODES {
             return Err(YamlError {
                 pos,
+                path: stack_path(&stack),
                 message: format!("document expands to more than {MAX_NODES} nodes (alias bomb?)"),
             });
         }
         if anchor != 0 {
             anchors.insert(anchor, node.clone());
         }
-        match stack.last_mut() {
-            None => root = Some(node),
-            Some(Frame::Seq(_, items, _)) => items.push(node),
+        let placed = match stack.last_mut() {
+            None => {
+                root = Some(node);
+                Ok(())
+            }
+            Some(Frame::Seq(_, items, _)) => {
+                items.push(node);
+                Ok(())
+            }
             Some(Frame::Map(_, entries, merged, pending, _)) => match pending.take() {
-                None => *pending = Some(node),
-                Some(key) => insert_entry(entries, merged, key, node)?,
+                None => {
+                    *pending = Some(node);
+                    Ok(())
+                }
+                Some(key) => insert_entry(entries, merged, key, node),
             },
+        };
+        if let Err(mut e) = placed {
+            let mut path = stack_path(&stack[..stack.len() - 1]);
+            path.append(&mut e.path);
+            e.path = path;
+            return Err(e);
         }
     }
     Ok(docs)
+}
+
+/// The path to the node being built: the pending key of each open mapping,
+/// the next index of each open sequence.
+fn stack_path(stack: &[Frame]) -> Vec<Seg> {
+    stack
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Seq(_, items, _) => Some(Seg::Index(items.len())),
+            Frame::Map(_, _, _, pending, _) => pending.as_ref().map(|k| Seg::Key(k.key_string())),
+        })
+        .collect()
 }
 
 fn count_nodes(node: &Node) -> usize {
@@ -342,6 +381,7 @@ fn insert_entry(
             _ => {
                 return Err(YamlError {
                     pos: value.pos,
+                    path: vec![],
                     message: "merge key `<<` needs a mapping or a list of mappings".into(),
                 });
             }
@@ -350,6 +390,7 @@ fn insert_entry(
             let NodeKind::Map(src_entries) = source.kind else {
                 return Err(YamlError {
                     pos: source.pos,
+                    path: vec![],
                     message: "merge key `<<` needs a mapping or a list of mappings".into(),
                 });
             };
@@ -365,6 +406,7 @@ fn insert_entry(
     if let Some((first, _)) = entries.iter().find(|(k, _)| k.kind == key.kind) {
         return Err(YamlError {
             pos: key.pos,
+            path: vec![Seg::Key(key.key_string())],
             message: format!(
                 "duplicate key `{}` (first at line {})",
                 key.key_string(),
