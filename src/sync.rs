@@ -204,7 +204,8 @@ impl Syncer {
     pub async fn run(self, resync: Duration, shutdown: impl std::future::Future<Output = ()>) {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
+            // Our own reads of the directory are not changes.
+            if !matches!(res, Ok(ref ev) if matches!(ev.kind, notify::EventKind::Access(_))) {
                 let _ = tx.send(());
             }
         })
