@@ -1,0 +1,71 @@
+//! Files in the repository that must stay in step with the code.
+
+use claude_failover::config::{Config, LogConfig};
+use std::path::Path;
+
+fn repo(rel: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+#[test]
+fn committed_crds_match_the_code() {
+    let committed = std::fs::read_to_string(repo("manifests/crds.yaml")).unwrap();
+    assert!(
+        committed == claude_failover::cli::crds_yaml(),
+        "manifests/crds.yaml is stale: run `cargo run -- crds > manifests/crds.yaml`"
+    );
+}
+
+#[test]
+fn crds_are_valid_apiextensions_v1() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let text = std::fs::read_to_string(repo("manifests/crds.yaml")).unwrap();
+    let crds: Vec<CustomResourceDefinition> = serde_saphyr::from_multiple(&text).unwrap();
+    assert_eq!(crds.len(), 3);
+    for crd in crds {
+        let v = &crd.spec.versions[0];
+        assert_eq!(crd.spec.group, "claude-failover.io");
+        assert_eq!(v.name, "v1alpha1");
+        assert!(v.served && v.storage);
+        assert!(v.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(), "status subresource");
+        assert!(v.schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref()).is_some());
+        assert!(!v.additional_printer_columns.as_ref().unwrap().is_empty());
+        assert_eq!(crd.spec.names.short_names.as_ref().unwrap().len(), 1);
+    }
+}
+
+/// config.example.yaml must decode and set every key: adding a field to
+/// Config without documenting it breaks this destructuring.
+#[test]
+fn config_example_covers_every_key() {
+    let path = repo("config.example.yaml");
+    let cfg = Config::load(&path, true).unwrap();
+    let Config {
+        store: Some(_),
+        namespace: Some(_),
+        manifests: Some(_),
+        resync_seconds: Some(_),
+        log: LogConfig {
+            format: Some(_),
+            level: Some(_),
+        },
+    } = cfg
+    else {
+        panic!("config.example.yaml leaves a key unset: {cfg:?}");
+    };
+}
+
+#[test]
+fn example_manifests_are_valid() {
+    let loaded = claude_failover::manifest::load_paths(
+        &[repo("manifests/examples")],
+        &claude_failover::manifest::LoadOptions {
+            recursive: true,
+            namespace: "default".into(),
+        },
+    );
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    let count = |k| loaded.objects.iter().filter(|d| d.object.kind() == k).count();
+    use claude_failover::api::Kind;
+    assert_eq!((count(Kind::Account), count(Kind::Session), count(Kind::Task)), (2, 3, 3));
+}
