@@ -77,7 +77,9 @@ impl Config {
     pub fn load(path: &Path, required: bool) -> Result<Config, ConfigError> {
         match std::fs::read(path) {
             Ok(bytes) => Ok(decode_single(&path.display().to_string(), &bytes)?),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(Config::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                Ok(Config::default())
+            }
             Err(source) => Err(ConfigError::Io {
                 path: path.to_path_buf(),
                 source,

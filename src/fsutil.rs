@@ -12,34 +12,65 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 /// hidden temp file, which readers ignore). `sync_dir` also fsyncs the
 /// directory so the rename itself is durable; batch writers pass false and
 /// call [`sync_dir`] once at the end.
-pub fn write_atomic(path: &Path, data: &[u8], mode: Option<u32>, sync_parent: bool) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(
-        ".{name}.tmp.{}.{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(mode.unwrap_or(0o644));
-        }
-        let mut f = opts.open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)
-    })();
+pub fn write_atomic(
+    path: &Path,
+    data: &[u8],
+    mode: Option<u32>,
+    sync_parent: bool,
+) -> std::io::Result<()> {
+    let tmp = write_temp(path, data, mode)?;
+    let result = std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .and_then(|_| std::fs::rename(&tmp, path));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     result?;
     if sync_parent {
-        sync_dir(dir)?;
+        sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+    }
+    Ok(())
+}
+
+/// Writes `data` to a new hidden temp file beside `path`, without fsync,
+/// and returns its name: the first half of [`write_atomic`] for batch
+/// writers, which make many temp files durable at once with
+/// [`sync_filesystem`] and then rename them.
+pub fn write_temp(
+    path: &Path,
+    data: &[u8],
+    mode: Option<u32>,
+) -> std::io::Result<std::path::PathBuf> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let tmp = dir.join(format!(
+        ".{name}.tmp.{}.{}",
+        PID.get_or_init(std::process::id),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(mode.unwrap_or(0o644));
+    }
+    let r = opts.open(&tmp).and_then(|mut f| f.write_all(data));
+    if let Err(e) = r {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(tmp)
+}
+
+/// Flushes every dirty page of the filesystem holding `path` (`syncfs`).
+pub fn sync_filesystem(path: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path)?;
+    // SAFETY: syncfs takes a valid open descriptor, which `f` holds.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }
@@ -82,12 +113,18 @@ mod tests {
         write_atomic(&p, b"one", None, true).unwrap();
         write_atomic(&p, b"two", Some(0o600), false).unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
-        let names: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 1, "{names:?}");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
     }
 }

@@ -117,7 +117,10 @@ fn set_term<'a>(term: &'a str, op: &str) -> Option<SetTerm<'a>> {
     let rest = rest.trim();
     let inner = rest.strip_prefix('(').and_then(|r| r.strip_suffix(')'));
     let vals = match inner {
-        None => Err(format!("`{term}`: values must be in parentheses, e.g. `{} (a,b)`", k.trim())),
+        None => Err(format!(
+            "`{term}`: values must be in parentheses, e.g. `{} (a,b)`",
+            k.trim()
+        )),
         Some(inner) => inner.split(',').map(|v| check_value(v.trim())).collect(),
     };
     Some((k.trim(), vals))
@@ -136,7 +139,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]

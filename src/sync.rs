@@ -62,7 +62,9 @@ pub struct Syncer {
 
 /// FNV-1a: a stable id for a directory path.
 fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+    s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
 }
 
 impl Syncer {
@@ -139,7 +141,11 @@ impl Syncer {
                         let _ = self.store.record_event(
                             &key,
                             false,
-                            if outcome == Outcome::Created { "Created" } else { "Synced" },
+                            if outcome == Outcome::Created {
+                                "Created"
+                            } else {
+                                "Synced"
+                            },
                             &format!("{outcome} from {}", d.source),
                             "sync",
                         );
@@ -191,7 +197,9 @@ impl Syncer {
         if !owned {
             return Ok(false);
         }
-        let rv = current.pointer("/metadata/resourceVersion").and_then(Value::as_str);
+        let rv = current
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str);
         match self.store.delete(key, rv, false) {
             Ok(_) => Ok(true),
             Err(StoreError::NotFound(_)) => Ok(false),
@@ -259,7 +267,11 @@ fn log_report(dir: &Path, r: &SyncReport) {
     for (key, e) in &r.failed {
         tracing::warn!(target: "claude_failover::sync", object = %key, error = %e, "not synced");
     }
-    let changed = r.applied.iter().filter(|(_, o)| *o != Outcome::Unchanged).count();
+    let changed = r
+        .applied
+        .iter()
+        .filter(|(_, o)| *o != Outcome::Unchanged)
+        .count();
     tracing::info!(
         target: "claude_failover::sync",
         dir = %dir.display(),

@@ -7,30 +7,65 @@ use common::*;
 use std::path::{Path, PathBuf};
 
 fn corpus(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/bad").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/corpus/bad")
+        .join(rel)
 }
 
 /// (file in the corpus, expected line after `FILE:`)
 const CASES: &[(&str, &str)] = &[
-    ("invalid-yaml.yaml", "7:34: spec.agent.args[1]: invalid YAML: unclosed bracket"),
-    ("wrong-type.yaml", "7:3: spec.priority: invalid type: string \"first\", expected an integer"),
-    ("unknown-field.yaml", "8:5: spec.agent.modle: unknown field `modle`"),
-    ("unknown-metadata-field.yaml", "5:3: metadata.nmespace: unknown field `nmespace`"),
-    ("missing-name.yaml", "4:3: metadata.name: required field is missing"),
-    ("unknown-apiversion.yaml", "1:1: apiVersion: unknown apiVersion `claude-failover.io/v2`"),
+    (
+        "invalid-yaml.yaml",
+        "7:34: spec.agent.args[1]: invalid YAML: unclosed bracket",
+    ),
+    (
+        "wrong-type.yaml",
+        "7:3: spec.priority: invalid type: string \"first\", expected an integer",
+    ),
+    (
+        "unknown-field.yaml",
+        "8:5: spec.agent.modle: unknown field `modle`",
+    ),
+    (
+        "unknown-metadata-field.yaml",
+        "5:3: metadata.nmespace: unknown field `nmespace`",
+    ),
+    (
+        "missing-name.yaml",
+        "4:3: metadata.name: required field is missing",
+    ),
+    (
+        "unknown-apiversion.yaml",
+        "1:1: apiVersion: unknown apiVersion `claude-failover.io/v2`",
+    ),
     ("unknown-kind.yaml", "2:1: kind: unknown kind `Agent`"),
     ("empty.yaml", "1:1: (file): no objects in file"),
-    ("threshold-out-of-range.yaml", "8:5: spec.thresholds.fiveHour: 150 is out of range"),
-    ("bad-name.yaml", "4:3: metadata.name: `CCL_9` is not a valid name"),
-    ("bad-reference.yaml", "7:3: spec.account: must name an Account"),
+    (
+        "threshold-out-of-range.yaml",
+        "8:5: spec.thresholds.fiveHour: 150 is out of range",
+    ),
+    (
+        "bad-name.yaml",
+        "4:3: metadata.name: `CCL_9` is not a valid name",
+    ),
+    (
+        "bad-reference.yaml",
+        "7:3: spec.account: must name an Account",
+    ),
     ("non-utf8.yaml", "6:15: (file): not valid UTF-8"),
-    ("duplicate-key.yaml", "7:3: spec.workdir: duplicate key `workdir` (first at line 6)"),
+    (
+        "duplicate-key.yaml",
+        "7:3: spec.workdir: duplicate key `workdir` (first at line 6)",
+    ),
     ("not-a-mapping.yaml", "1:1: (root): expected a mapping"),
 ];
 
 /// The lines of stderr that report a problem (not the closing summary).
 fn problem_lines(stderr: &str) -> Vec<&str> {
-    stderr.lines().filter(|l| !l.starts_with("error: nothing")).collect()
+    stderr
+        .lines()
+        .filter(|l| !l.starts_with("error: nothing"))
+        .collect()
 }
 
 fn assert_rejected(env: &Env, args: &[&str], file: &Path, expected: &str) {
@@ -40,9 +75,20 @@ fn assert_rejected(env: &Env, args: &[&str], file: &Path, expected: &str) {
     let lines = problem_lines(&out.stderr);
     assert_eq!(lines.len(), 1, "one line per problem, got:\n{}", out.stderr);
     let want = format!("{}:{expected}", file.display());
-    assert!(lines[0].starts_with(&want), "got:  {}\nwant: {want}...", lines[0]);
-    assert!(out.stdout.is_empty(), "nothing applied, yet stdout says:\n{}", out.stdout);
-    assert!(before == snapshot(&env.store()), "the store changed after {args:?}");
+    assert!(
+        lines[0].starts_with(&want),
+        "got:  {}\nwant: {want}...",
+        lines[0]
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "nothing applied, yet stdout says:\n{}",
+        out.stdout
+    );
+    assert!(
+        before == snapshot(&env.store()),
+        "the store changed after {args:?}"
+    );
 }
 
 fn seeded() -> Env {
@@ -56,7 +102,12 @@ fn corpus_files_each_give_one_clear_line_and_change_nothing() {
     let env = seeded();
     for (file, expected) in CASES {
         let path = corpus(file);
-        assert_rejected(&env, &["apply", "-f", path.to_str().unwrap()], &path, expected);
+        assert_rejected(
+            &env,
+            &["apply", "-f", path.to_str().unwrap()],
+            &path,
+            expected,
+        );
         // diff reports the same problem with exit code 2.
         let out = env.run(&["diff", "-f", path.to_str().unwrap()]);
         assert_eq!(out.code, 2, "diff of {file}: {}", out.stderr);
@@ -69,7 +120,10 @@ fn an_object_defined_twice_names_both_places() {
     let dir = corpus("duplicates");
     let a = dir.join("a.yaml");
     let b = dir.join("b.yaml");
-    let expected = format!("2:1: metadata.name: Session default/twice is defined twice: here and at {}:1:1", a.display());
+    let expected = format!(
+        "2:1: metadata.name: Session default/twice is defined twice: here and at {}:1:1",
+        a.display()
+    );
     assert_rejected(&env, &["apply", "-f", dir.to_str().unwrap()], &b, &expected);
 }
 
@@ -80,8 +134,17 @@ fn one_bad_file_in_a_directory_blocks_the_whole_apply() {
     env.write("mixed/good.yaml", &session_yaml("fine", ""));
     std::fs::copy(corpus("unknown-field.yaml"), dir.join("bad.yaml")).unwrap();
     let bad = dir.join("bad.yaml");
-    assert_rejected(&env, &["apply", "-f", dir.to_str().unwrap()], &bad, "8:5: spec.agent.modle: unknown field");
-    assert_eq!(env.run(&["get", "session", "fine"]).code, 1, "the good file must not be applied either");
+    assert_rejected(
+        &env,
+        &["apply", "-f", dir.to_str().unwrap()],
+        &bad,
+        "8:5: spec.agent.modle: unknown field",
+    );
+    assert_eq!(
+        env.run(&["get", "session", "fine"]).code,
+        1,
+        "the good file must not be applied either"
+    );
 }
 
 #[test]
@@ -92,7 +155,12 @@ fn a_huge_file_is_refused_with_its_size() {
     text.push_str(&"x".repeat(5 * 1024 * 1024));
     text.push('\n');
     let path = env.write("huge.yaml", &text);
-    assert_rejected(&env, &["apply", "-f", path.to_str().unwrap()], &path, "1:1: (file): file is ");
+    assert_rejected(
+        &env,
+        &["apply", "-f", path.to_str().unwrap()],
+        &path,
+        "1:1: (file): file is ",
+    );
 }
 
 #[test]
@@ -108,7 +176,10 @@ fn a_symlink_loop_under_recursive_apply_is_reported() {
         &env,
         &["apply", "-R", "-f", tree.to_str().unwrap()],
         &looped,
-        &format!("1:1: (file): symlink loop: this directory is {} again", std::fs::canonicalize(&tree).unwrap().display()),
+        &format!(
+            "1:1: (file): symlink loop: this directory is {} again",
+            std::fs::canonicalize(&tree).unwrap().display()
+        ),
     );
 }
 
@@ -116,10 +187,19 @@ fn a_symlink_loop_under_recursive_apply_is_reported() {
 fn stdin_errors_are_named_stdin() {
     let env = seeded();
     let before = snapshot(&env.store());
-    let out = env.run_stdin(&["apply", "-f", "-"], &format!("{HEAD}kind: Task\nmetadata: {{name: t}}\nspec: {{prompt: hi, priority: urgent}}\n"));
+    let out = env.run_stdin(
+        &["apply", "-f", "-"],
+        &format!(
+            "{HEAD}kind: Task\nmetadata: {{name: t}}\nspec: {{prompt: hi, priority: urgent}}\n"
+        ),
+    );
     assert_eq!(out.code, 1);
     let lines = problem_lines(&out.stderr);
     assert_eq!(lines.len(), 1, "{}", out.stderr);
-    assert!(lines[0].starts_with("<stdin>:4:20: spec.priority: unknown variant `urgent`"), "{}", lines[0]);
+    assert!(
+        lines[0].starts_with("<stdin>:4:20: spec.priority: unknown variant `urgent`"),
+        "{}",
+        lines[0]
+    );
     assert!(before == snapshot(&env.store()));
 }

@@ -25,8 +25,12 @@ fn apply_reports_created_unchanged_configured() {
     let again = env.ok(&["apply", "-f", &ex()]);
     assert!(again.lines().all(|l| l.ends_with(" unchanged")), "{again}");
     let f = env.write("s.yaml", &session_yaml("ccl-0", "  account: personal\n"));
-    assert_eq!(env.ok(&["apply", "-f", f.to_str().unwrap()]), "session.claude-failover.io/ccl-0 configured\n");
-    let v: Value = serde_json::from_str(&env.ok(&["get", "session", "ccl-0", "-o", "json"])).unwrap();
+    assert_eq!(
+        env.ok(&["apply", "-f", f.to_str().unwrap()]),
+        "session.claude-failover.io/ccl-0 configured\n"
+    );
+    let v: Value =
+        serde_json::from_str(&env.ok(&["get", "session", "ccl-0", "-o", "json"])).unwrap();
     assert_eq!(v["spec"]["account"], "personal");
     assert_eq!(v["metadata"]["generation"], 2);
 }
@@ -38,11 +42,17 @@ fn dry_run_and_stdin() {
     env.ok(&["apply", "-f", f.to_str().unwrap()]);
     let before = snapshot(&env.store());
     let out = env.ok(&["apply", "--dry-run", "-f", &ex()]);
-    assert!(out.lines().all(|l| l.ends_with(" created (dry run)")), "{out}");
+    assert!(
+        out.lines().all(|l| l.ends_with(" created (dry run)")),
+        "{out}"
+    );
     assert!(before == snapshot(&env.store()));
     let out = env.run_stdin(&["apply", "-f", "-"], &session_yaml("from-stdin", ""));
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert_eq!(out.stdout, "session.claude-failover.io/from-stdin created\n");
+    assert_eq!(
+        out.stdout,
+        "session.claude-failover.io/from-stdin created\n"
+    );
 }
 
 #[test]
@@ -55,7 +65,10 @@ fn apply_recursive_only_with_dash_r() {
     let out = env.ok(&["apply", "-f", tree.to_str().unwrap()]);
     assert_eq!(out, "session.claude-failover.io/top created\n");
     let out = env.ok(&["apply", "-R", "-f", tree.to_str().unwrap()]);
-    assert!(out.contains("session.claude-failover.io/deep created"), "{out}");
+    assert!(
+        out.contains("session.claude-failover.io/deep created"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -65,21 +78,42 @@ fn get_tables_formats_and_selectors() {
     let t = env.ok(&["get", "sessions"]);
     let mut lines = t.lines();
     let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "PHASE", "ACCOUNT", "TASK", "RESTARTS", "AGE"]);
-    assert_eq!(lines.map(|l| l.split_whitespace().next().unwrap()).collect::<Vec<_>>(), ["ccl-0", "ccl-1", "ccl-2"]);
+    assert_eq!(
+        header,
+        ["NAME", "PHASE", "ACCOUNT", "TASK", "RESTARTS", "AGE"]
+    );
+    assert_eq!(
+        lines
+            .map(|l| l.split_whitespace().next().unwrap())
+            .collect::<Vec<_>>(),
+        ["ccl-0", "ccl-1", "ccl-2"]
+    );
     let wide = env.ok(&["get", "sess", "-o", "wide"]);
     assert!(wide.lines().next().unwrap().contains("WORKDIR"));
-    assert!(wide.contains("~/code/web") && wide.contains("project=web"), "{wide}");
+    assert!(
+        wide.contains("~/code/web") && wide.contains("project=web"),
+        "{wide}"
+    );
     // selectors
     let names = env.ok(&["get", "sessions", "-l", "project=api", "-o", "name"]);
-    assert_eq!(names, "session.claude-failover.io/ccl-0\nsession.claude-failover.io/ccl-1\n");
+    assert_eq!(
+        names,
+        "session.claude-failover.io/ccl-0\nsession.claude-failover.io/ccl-1\n"
+    );
     let names = env.ok(&["get", "sessions", "-l", "project notin (api)", "-o", "name"]);
     assert_eq!(names, "session.claude-failover.io/ccl-2\n");
     // yaml of one object round-trips through apply unchanged
     let y = env.ok(&["get", "task", "fix-login", "-o", "yaml"]);
-    assert!(y.starts_with("apiVersion: claude-failover.io/v1alpha1\nkind: Task\n"), "{y}");
+    assert!(
+        y.starts_with("apiVersion: claude-failover.io/v1alpha1\nkind: Task\n"),
+        "{y}"
+    );
     let out = env.run_stdin(&["apply", "-f", "-"], &y);
-    assert_eq!(out.stdout, "task.claude-failover.io/fix-login unchanged\n", "{}", out.stderr);
+    assert_eq!(
+        out.stdout, "task.claude-failover.io/fix-login unchanged\n",
+        "{}",
+        out.stderr
+    );
     // json list
     let list: Value = serde_json::from_str(&env.ok(&["get", "accounts", "-o", "json"])).unwrap();
     assert_eq!(list["kind"], "List");
@@ -90,10 +124,20 @@ fn get_tables_formats_and_selectors() {
     // missing objects: exit 1 on stderr
     let out = env.run(&["get", "session", "nope"]);
     assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("session.claude-failover.io \"nope\" not found"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("session.claude-failover.io \"nope\" not found"),
+        "{}",
+        out.stderr
+    );
     let out = env.run(&["get", "widgets"]);
     assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("doesn't have a resource type \"widgets\""), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("doesn't have a resource type \"widgets\""),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -104,16 +148,33 @@ fn namespaces() {
     env.ok(&["-n", "team-b", "apply", "-f", f.to_str().unwrap()]);
     let out = env.run(&["get", "sessions", "-n", "empty-ns"]);
     assert_eq!(out.code, 0);
-    assert!(out.stderr.contains("No resources found in empty-ns namespace."), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("No resources found in empty-ns namespace."),
+        "{}",
+        out.stderr
+    );
     let all = env.ok(&["get", "sessions", "-A"]);
     assert!(all.starts_with("NAMESPACE"), "{all}");
-    assert_eq!(all.lines().filter(|l| l.starts_with("team-b ")).count(), 1, "{all}");
+    assert_eq!(
+        all.lines().filter(|l| l.starts_with("team-b ")).count(),
+        1,
+        "{all}"
+    );
     assert_eq!(all.lines().count(), 5);
     // a manifest that names another namespace than -n is refused
-    let g = env.write("ns.yaml", &session_yaml("x", "").replace("  name: x\n", "  name: x\n  namespace: team-c\n"));
+    let g = env.write(
+        "ns.yaml",
+        &session_yaml("x", "").replace("  name: x\n", "  name: x\n  namespace: team-c\n"),
+    );
     let out = env.run(&["-n", "team-b", "apply", "-f", g.to_str().unwrap()]);
     assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("metadata.namespace: the object's namespace `team-c` does not match"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("metadata.namespace: the object's namespace `team-c` does not match"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -131,8 +192,24 @@ fn describe_shows_spec_status_conditions_and_events() {
             None,
         )
         .unwrap();
-    store.record_event(&key, false, "Started", "agent launched in pane %3", "session").unwrap();
-    store.record_event(&key, false, "Started", "agent launched in pane %3", "session").unwrap();
+    store
+        .record_event(
+            &key,
+            false,
+            "Started",
+            "agent launched in pane %3",
+            "session",
+        )
+        .unwrap();
+    store
+        .record_event(
+            &key,
+            false,
+            "Started",
+            "agent launched in pane %3",
+            "session",
+        )
+        .unwrap();
     let d = env.ok(&["describe", "session", "ccl-0"]);
     for want in [
         "Name:         ccl-0",
@@ -156,18 +233,28 @@ fn describe_shows_spec_status_conditions_and_events() {
 fn delete_by_name_file_and_all() {
     let env = Env::new();
     env.ok(&["apply", "-f", &ex()]);
-    assert_eq!(env.ok(&["delete", "task", "fix-login"]), "task.claude-failover.io \"fix-login\" deleted\n");
+    assert_eq!(
+        env.ok(&["delete", "task", "fix-login"]),
+        "task.claude-failover.io \"fix-login\" deleted\n"
+    );
     let out = env.run(&["delete", "task", "fix-login"]);
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("not found"), "{}", out.stderr);
-    assert_eq!(env.run(&["delete", "task", "fix-login", "--ignore-not-found"]).code, 0);
+    assert_eq!(
+        env.run(&["delete", "task", "fix-login", "--ignore-not-found"])
+            .code,
+        0
+    );
     let sessions = examples().join("sessions.yaml");
     let out = env.ok(&["delete", "-f", sessions.to_str().unwrap()]);
     assert_eq!(out.lines().count(), 3, "{out}");
     assert_eq!(env.ok(&["get", "sessions", "-o", "name"]), "");
     let out = env.ok(&["delete", "tasks", "--all"]);
     assert_eq!(out.lines().count(), 2, "{out}");
-    assert_eq!(env.ok(&["get", "accounts", "-o", "name"]).lines().count(), 2);
+    assert_eq!(
+        env.ok(&["get", "accounts", "-o", "name"]).lines().count(),
+        2
+    );
 }
 
 #[test]
@@ -182,8 +269,17 @@ fn diff_exit_codes() {
     let f = env.write("s.yaml", &session_yaml("ccl-0", ""));
     let out = env.run(&["diff", "-f", f.to_str().unwrap()]);
     assert_eq!(out.code, 1);
-    assert!(out.stdout.contains("--- live/Session/default/ccl-0"), "{}", out.stdout);
-    assert!(out.stdout.contains("-  workdir: ~/code/api") && out.stdout.contains("+  workdir: /tmp/ccl-0"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("--- live/Session/default/ccl-0"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("-  workdir: ~/code/api")
+            && out.stdout.contains("+  workdir: /tmp/ccl-0"),
+        "{}",
+        out.stdout
+    );
     assert!(out.stdout.contains("-  labels:"), "{}", out.stdout);
     let out = env.run(&["diff", "-f", "/nonexistent.yaml"]);
     assert_eq!(out.code, 2);
@@ -196,7 +292,13 @@ fn wait_for_condition_and_delete() {
     let store = Store::open(env.store()).unwrap();
     let key = ObjectKey::new(Kind::Session, "default", "ccl-1");
     let mut child = env
-        .cmd(&["wait", "session", "ccl-1", "--for=condition=Ready", "--timeout=60s"])
+        .cmd(&[
+            "wait",
+            "session",
+            "ccl-1",
+            "--for=condition=Ready",
+            "--timeout=60s",
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -210,11 +312,25 @@ fn wait_for_condition_and_delete() {
     std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
     assert_eq!(out, "session.claude-failover.io/ccl-1 condition met\n");
 
-    let out = env.run(&["wait", "sessions/ccl-0", "--for=condition=Ready", "--timeout=300ms"]);
+    let out = env.run(&[
+        "wait",
+        "sessions/ccl-0",
+        "--for=condition=Ready",
+        "--timeout=300ms",
+    ]);
     assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("timed out waiting for the condition on sessions/ccl-0"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("timed out waiting for the condition on sessions/ccl-0"),
+        "{}",
+        out.stderr
+    );
 
-    let child = env.cmd(&["wait", "task", "fix-login", "--for=delete", "--timeout=60s"]).stdout(Stdio::piped()).spawn().unwrap();
+    let child = env
+        .cmd(&["wait", "task", "fix-login", "--for=delete", "--timeout=60s"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     env.ok(&["delete", "task", "fix-login"]);
     assert!(child.wait_with_output().unwrap().status.success());
 }
@@ -223,7 +339,11 @@ fn wait_for_condition_and_delete() {
 fn get_watch_prints_changes() {
     let env = Env::new();
     env.ok(&["apply", "-f", &ex()]);
-    let mut child = env.cmd(&["get", "tasks", "-w"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut child = env
+        .cmd(&["get", "tasks", "-w"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut next = || lines.next().unwrap().unwrap();
     assert!(next().starts_with("NAME"));
@@ -231,13 +351,25 @@ fn get_watch_prints_changes() {
     assert!(initial[0].starts_with("fix-login"), "{initial:?}");
     let store = Store::open(env.store()).unwrap();
     store
-        .write_status(&ObjectKey::new(Kind::Task, "default", "update-deps"), &json!({"phase": "Running", "session": "ccl-2"}), None)
+        .write_status(
+            &ObjectKey::new(Kind::Task, "default", "update-deps"),
+            &json!({"phase": "Running", "session": "ccl-2"}),
+            None,
+        )
         .unwrap();
     let changed = next();
-    assert!(changed.starts_with("update-deps") && changed.contains("Running") && changed.contains("ccl-2"), "{changed}");
+    assert!(
+        changed.starts_with("update-deps")
+            && changed.contains("Running")
+            && changed.contains("ccl-2"),
+        "{changed}"
+    );
     env.ok(&["delete", "task", "write-changelog"]);
     let deleted = next();
-    assert!(deleted.starts_with("write-changelog") && deleted.contains("Deleted"), "{deleted}");
+    assert!(
+        deleted.starts_with("write-changelog") && deleted.contains("Deleted"),
+        "{deleted}"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
 }
@@ -246,25 +378,40 @@ fn get_watch_prints_changes() {
 fn init_scaffolds_a_working_setup() {
     let env = Env::new();
     let out = env.cmd(&["init"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let config = env.path("config/claude-failover/config.yaml");
     let manifests = env.path("config/claude-failover/manifests");
     assert!(config.exists() && manifests.join("sessions.yaml").exists());
     env.ok(&["apply", "-f", manifests.to_str().unwrap()]);
-    assert_eq!(env.ok(&["get", "sessions", "-o", "name"]).lines().count(), 3);
+    assert_eq!(
+        env.ok(&["get", "sessions", "-o", "name"]).lines().count(),
+        3
+    );
     // the config it wrote is valid and is used (namespace, store)
     let o = env.cmd(&["init"]).output().unwrap();
-    assert!(String::from_utf8_lossy(&o.stdout).contains("kept"), "init must not overwrite");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("kept"),
+        "init must not overwrite"
+    );
 }
 
 #[test]
 fn config_file_sets_store_and_namespace_and_bad_config_is_located() {
     let env = Env::new();
     let store = env.path("elsewhere");
-    let cfg = env.write("c.yaml", &format!("store: {}\nnamespace: team-z\n", store.display()));
+    let cfg = env.write(
+        "c.yaml",
+        &format!("store: {}\nnamespace: team-z\n", store.display()),
+    );
     let mut c = std::process::Command::new(BIN);
-    c.args(["--config", cfg.to_str().unwrap(), "apply", "-f"]).arg(examples().join("accounts.yaml"));
-    c.env("HOME", env.dir.path()).env_remove("CLAUDE_FAILOVER_STORE");
+    c.args(["--config", cfg.to_str().unwrap(), "apply", "-f"])
+        .arg(examples().join("accounts.yaml"));
+    c.env("HOME", env.dir.path())
+        .env_remove("CLAUDE_FAILOVER_STORE");
     assert!(c.output().unwrap().status.success());
     assert!(store.join("accounts/team-z/work.json").exists());
     let bad = env.write("bad.yaml", "store: /x\nnamspace: y\n");
@@ -274,7 +421,13 @@ fn config_file_sets_store_and_namespace_and_bad_config_is_located() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("{}:2:1: namspace: unknown field `namspace`", bad.display())), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}:2:1: namspace: unknown field `namspace`",
+            bad.display()
+        )),
+        "{err}"
+    );
 }
 
 #[test]
@@ -282,12 +435,22 @@ fn crds_version_completion_help() {
     let env = Env::new();
     let crds = env.ok(&["crds"]);
     assert_eq!(crds.matches("kind: CustomResourceDefinition").count(), 3);
-    for want in ["name: sessions.claude-failover.io", "- sess", "- acct", "- tsk", "subresources:\n      status: {}", "additionalPrinterColumns"] {
+    for want in [
+        "name: sessions.claude-failover.io",
+        "- sess",
+        "- acct",
+        "- tsk",
+        "subresources:\n      status: {}",
+        "additionalPrinterColumns",
+    ] {
         assert!(crds.contains(want), "crds lack {want:?}");
     }
     assert!(env.ok(&["version"]).starts_with("claude-failover "));
     assert!(env.ok(&["completion", "bash"]).contains("claude-failover"));
     let help = env.ok(&["apply", "--help"]);
-    assert!(help.contains("--dry-run") && help.contains("-R, --recursive"), "{help}");
+    assert!(
+        help.contains("--dry-run") && help.contains("-R, --recursive"),
+        "{help}"
+    );
     let _ = Duration::ZERO;
 }

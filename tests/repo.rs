@@ -27,8 +27,19 @@ fn crds_are_valid_apiextensions_v1() {
         assert_eq!(crd.spec.group, "claude-failover.io");
         assert_eq!(v.name, "v1alpha1");
         assert!(v.served && v.storage);
-        assert!(v.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(), "status subresource");
-        assert!(v.schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref()).is_some());
+        assert!(
+            v.subresources
+                .as_ref()
+                .and_then(|s| s.status.as_ref())
+                .is_some(),
+            "status subresource"
+        );
+        assert!(
+            v.schema
+                .as_ref()
+                .and_then(|s| s.open_api_v3_schema.as_ref())
+                .is_some()
+        );
         assert!(!v.additional_printer_columns.as_ref().unwrap().is_empty());
         assert_eq!(crd.spec.names.short_names.as_ref().unwrap().len(), 1);
     }
@@ -65,7 +76,20 @@ fn example_manifests_are_valid() {
         },
     );
     assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
-    let count = |k| loaded.objects.iter().filter(|d| d.object.kind() == k).count();
+    let count = |k| {
+        loaded
+            .objects
+            .iter()
+            .filter(|d| d.object.kind() == k)
+            .count()
+    };
     use claude_failover::api::Kind;
-    assert_eq!((count(Kind::Account), count(Kind::Session), count(Kind::Task)), (2, 3, 3));
+    assert_eq!(
+        (
+            count(Kind::Account),
+            count(Kind::Session),
+            count(Kind::Task)
+        ),
+        (2, 3, 3)
+    );
 }

@@ -27,7 +27,10 @@ fn key(name: &str) -> ObjectKey {
 }
 
 fn rv(v: &Value) -> String {
-    v["metadata"]["resourceVersion"].as_str().unwrap().to_string()
+    v["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 #[test]
@@ -37,7 +40,10 @@ fn generation_moves_with_the_spec_only() {
     let (o, v) = store.apply(&session("s", "/a"), false).unwrap();
     assert_eq!(o, Outcome::Created);
     assert_eq!(v["metadata"]["generation"], 1);
-    assert_eq!(store.apply(&session("s", "/a"), false).unwrap().0, Outcome::Unchanged);
+    assert_eq!(
+        store.apply(&session("s", "/a"), false).unwrap().0,
+        Outcome::Unchanged
+    );
     // a label change: configured, same generation, new resourceVersion
     let mut relabel = session("s", "/a");
     relabel["metadata"]["labels"]["a"] = json!("2");
@@ -46,14 +52,21 @@ fn generation_moves_with_the_spec_only() {
     assert_eq!(v2["metadata"]["generation"], 1);
     assert_ne!(rv(&v), rv(&v2));
     // a status write: no generation bump either
-    let v3 = store.write_status(&key("s"), &json!({"phase": "Idle"}), None).unwrap();
+    let v3 = store
+        .write_status(&key("s"), &json!({"phase": "Idle"}), None)
+        .unwrap();
     assert_eq!(v3["metadata"]["generation"], 1);
     // a spec change bumps it
     let (_, v4) = store.apply(&session("s", "/b"), false).unwrap();
     assert_eq!(v4["metadata"]["generation"], 2);
     assert_eq!(v4["status"]["phase"], "Idle", "apply must keep the status");
-    let v5 = store.write_status(&key("s"), &json!({"phase": "Busy"}), None).unwrap();
-    assert_eq!(v5["spec"]["workdir"], "/b", "a status write must keep the spec");
+    let v5 = store
+        .write_status(&key("s"), &json!({"phase": "Busy"}), None)
+        .unwrap();
+    assert_eq!(
+        v5["spec"]["workdir"], "/b",
+        "a status write must keep the spec"
+    );
     assert_eq!(store.get(&key("s")).unwrap().unwrap(), v5);
 }
 
@@ -63,15 +76,22 @@ fn stale_resource_versions_conflict() {
     let store = Store::open(d.path()).unwrap();
     let (_, v1) = store.apply(&session("s", "/a"), false).unwrap();
     let old = rv(&v1);
-    store.write_status(&key("s"), &json!({"phase": "Idle"}), Some(&old)).unwrap();
+    store
+        .write_status(&key("s"), &json!({"phase": "Idle"}), Some(&old))
+        .unwrap();
     // the status write moved the version: a second writer with `old` loses
-    let err = store.write_status(&key("s"), &json!({"phase": "Busy"}), Some(&old)).unwrap_err();
+    let err = store
+        .write_status(&key("s"), &json!({"phase": "Busy"}), Some(&old))
+        .unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
     let mut stale = session("s", "/changed");
     stale["metadata"]["resourceVersion"] = json!(old);
     let err = store.apply(&stale, false).unwrap_err();
     assert!(err.to_string().contains("conflict"), "{err}");
-    assert_eq!(store.get(&key("s")).unwrap().unwrap()["spec"]["workdir"], "/a");
+    assert_eq!(
+        store.get(&key("s")).unwrap().unwrap()["spec"]["workdir"],
+        "/a"
+    );
     let err = store.delete(&key("s"), Some(&old), false).unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }));
 }
@@ -81,14 +101,27 @@ fn finalizers_hold_a_deletion_until_removed() {
     let d = tempfile::tempdir().unwrap();
     let store = Store::open(d.path()).unwrap();
     store.apply(&session("s", "/a"), false).unwrap();
-    store.write_status(&key("s"), &json!({"phase": "Idle"}), None).unwrap();
+    store
+        .write_status(&key("s"), &json!({"phase": "Idle"}), None)
+        .unwrap();
     let api = store.api::<Session>(Some("default"));
-    api.set_finalizer("s", "claude-failover.io/session", true).unwrap();
-    assert_eq!(store.delete(&key("s"), None, false).unwrap(), DeleteOutcome::Terminating);
+    api.set_finalizer("s", "claude-failover.io/session", true)
+        .unwrap();
+    assert_eq!(
+        store.delete(&key("s"), None, false).unwrap(),
+        DeleteOutcome::Terminating
+    );
     let s = api.get("s").unwrap().unwrap();
     assert!(s.metadata.deletion_timestamp.is_some());
-    assert!(store.apply(&session("s", "/a"), false).is_err(), "no apply while terminating");
-    assert!(api.set_finalizer("s", "claude-failover.io/session", false).unwrap().is_none());
+    assert!(
+        store.apply(&session("s", "/a"), false).is_err(),
+        "no apply while terminating"
+    );
+    assert!(
+        api.set_finalizer("s", "claude-failover.io/session", false)
+            .unwrap()
+            .is_none()
+    );
     assert!(api.get("s").unwrap().is_none());
     // a new object of the same name starts clean
     store.apply(&session("s", "/a"), false).unwrap();
@@ -133,7 +166,8 @@ async fn the_watch_drives_a_kube_runtime_reflector_and_applier() {
                 observed_generation: s.metadata.generation,
                 ..Default::default()
             };
-            api.patch_status(s.metadata.name.as_deref().unwrap(), &status).map_err(E)?;
+            api.patch_status(s.metadata.name.as_deref().unwrap(), &status)
+                .map_err(E)?;
             Ok::<_, E>(Action::await_change())
         })
     };
@@ -153,7 +187,10 @@ async fn the_watch_drives_a_kube_runtime_reflector_and_applier() {
             .and_then(|s| s.status)
             .is_some_and(|st| st.observed_generation == Some(generation))
     };
-    until("all three reconciled", || ["a", "b", "c"].iter().all(|n| observed(n, 1))).await;
+    until("all three reconciled", || {
+        ["a", "b", "c"].iter().all(|n| observed(n, 1))
+    })
+    .await;
     store.apply(&session("b", "/changed"), false).unwrap();
     until("the spec change reconciled", || observed("b", 2)).await;
     // A new object in a namespace directory that did not exist yet.
@@ -161,9 +198,15 @@ async fn the_watch_drives_a_kube_runtime_reflector_and_applier() {
     other["metadata"]["namespace"] = json!("team-x");
     store.apply(&other, false).unwrap();
     let api_x = store.api::<Session>(Some("team-x"));
-    until("the new namespace seen", || api_x.get("d").unwrap().and_then(|s| s.status).is_some()).await;
+    until("the new namespace seen", || {
+        api_x.get("d").unwrap().and_then(|s| s.status).is_some()
+    })
+    .await;
     store.delete(&key("c"), None, false).unwrap();
-    until("the reflector forgets the deleted object", || reader.state().len() == 3).await;
+    until("the reflector forgets the deleted object", || {
+        reader.state().len() == 3
+    })
+    .await;
     handle.abort();
 }
 
@@ -212,7 +255,11 @@ fn concurrent_writers_lose_no_update() {
                         if out.code == 0 {
                             break;
                         }
-                        assert!(out.stderr.contains("conflict"), "unexpected failure: {}", out.stderr);
+                        assert!(
+                            out.stderr.contains("conflict"),
+                            "unexpected failure: {}",
+                            out.stderr
+                        );
                     }
                 }
             });
@@ -224,7 +271,11 @@ fn concurrent_writers_lose_no_update() {
                 loop {
                     let v = store.get(tkey).unwrap().unwrap();
                     let attempts = v["status"]["attempts"].as_u64().unwrap_or(0);
-                    match store.write_status(tkey, &json!({"attempts": attempts + 1}), Some(&rv(&v))) {
+                    match store.write_status(
+                        tkey,
+                        &json!({"attempts": attempts + 1}),
+                        Some(&rv(&v)),
+                    ) {
                         Ok(_) => break,
                         Err(StoreError::Conflict { .. }) => continue,
                         Err(e) => panic!("{e}"),

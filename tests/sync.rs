@@ -24,11 +24,19 @@ impl Drop for Daemon {
 fn start(env: &Env, dir: &std::path::Path, resync: &str) -> Daemon {
     let log = std::fs::File::create(env.path("daemon.log")).unwrap();
     Daemon(
-        env.cmd(&["run", "--manifests", dir.to_str().unwrap(), "--resync", resync, "--log-format", "json"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
+        env.cmd(&[
+            "run",
+            "--manifests",
+            dir.to_str().unwrap(),
+            "--resync",
+            resync,
+            "--log-format",
+            "json",
+        ])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap(),
     )
 }
 
@@ -48,44 +56,82 @@ fn the_store_follows_the_directory() {
     for f in ["accounts.yaml", "sessions.yaml"] {
         std::fs::copy(examples().join(f), dir.join(f)).unwrap();
     }
-    env.write("pool/team/tasks.yaml", &std::fs::read_to_string(examples().join("tasks.yaml")).unwrap());
+    env.write(
+        "pool/team/tasks.yaml",
+        &std::fs::read_to_string(examples().join("tasks.yaml")).unwrap(),
+    );
     // An object made by hand, which the sync must never prune.
     let hand = env.write("hand.yaml", &session_yaml("by-hand", ""));
     env.ok(&["apply", "-f", hand.to_str().unwrap()]);
 
     let _d = start(&env, &dir, "1h"); // changes must arrive by notification
     let store = Store::open(env.store()).unwrap();
-    wait_for("the pool synced", T, || get(&store, Kind::Task, "fix-login"));
+    wait_for("the pool synced", T, || {
+        get(&store, Kind::Task, "fix-login")
+    });
     let s = get(&store, Kind::Session, "ccl-0").unwrap();
-    assert_eq!(s["metadata"]["annotations"]["claude-failover.io/managed-by"], "sync");
-    assert_eq!(env.ok(&["get", "sessions", "-o", "name"]).lines().count(), 4);
+    assert_eq!(
+        s["metadata"]["annotations"]["claude-failover.io/managed-by"],
+        "sync"
+    );
+    assert_eq!(
+        env.ok(&["get", "sessions", "-o", "name"]).lines().count(),
+        4
+    );
 
     // A change in a file is applied.
-    let text = std::fs::read_to_string(dir.join("sessions.yaml")).unwrap().replace("~/code/web", "~/code/site");
+    let text = std::fs::read_to_string(dir.join("sessions.yaml"))
+        .unwrap()
+        .replace("~/code/web", "~/code/site");
     std::fs::write(dir.join("sessions.yaml"), text).unwrap();
     wait_for("the change applied", T, || {
         get(&store, Kind::Session, "ccl-2").filter(|v| v["spec"]["workdir"] == "~/code/site")
     });
     let describe = env.ok(&["describe", "session", "ccl-2"]);
-    assert!(describe.contains("Synced") && describe.contains("sessions.yaml"), "{describe}");
+    assert!(
+        describe.contains("Synced") && describe.contains("sessions.yaml"),
+        "{describe}"
+    );
 
     // A removed file prunes what it declared, and only that.
     std::fs::remove_file(dir.join("team/tasks.yaml")).unwrap();
-    wait_for("the tasks pruned", T, || get(&store, Kind::Task, "fix-login").is_none().then_some(()));
+    wait_for("the tasks pruned", T, || {
+        get(&store, Kind::Task, "fix-login").is_none().then_some(())
+    });
     assert!(get(&store, Kind::Task, "update-deps").is_none());
-    assert!(get(&store, Kind::Session, "by-hand").is_some(), "a hand-made object was pruned");
+    assert!(
+        get(&store, Kind::Session, "by-hand").is_some(),
+        "a hand-made object was pruned"
+    );
     assert!(get(&store, Kind::Account, "work").is_some());
 
     // A broken file is reported and changes nothing: its objects stay.
     let before = get(&store, Kind::Account, "work").unwrap();
-    std::fs::write(dir.join("accounts.yaml"), "apiVersion: claude-failover.io/v1alpha1\nkind: Account\nmetadata: {name: work\n").unwrap();
-    wait_for("the bad file reported", T, || log(&env).contains("accounts.yaml:3:").then_some(()));
+    std::fs::write(
+        dir.join("accounts.yaml"),
+        "apiVersion: claude-failover.io/v1alpha1\nkind: Account\nmetadata: {name: work\n",
+    )
+    .unwrap();
+    wait_for("the bad file reported", T, || {
+        log(&env).contains("accounts.yaml:3:").then_some(())
+    });
     let new_file = env.write("pool/more.yaml", &session_yaml("ccl-9", ""));
-    wait_for("the rest keeps syncing", T, || get(&store, Kind::Session, "ccl-9"));
-    assert_eq!(get(&store, Kind::Account, "work").unwrap(), before, "a broken file changed its objects");
-    assert!(get(&store, Kind::Account, "personal").is_some(), "a broken file pruned its objects");
+    wait_for("the rest keeps syncing", T, || {
+        get(&store, Kind::Session, "ccl-9")
+    });
+    assert_eq!(
+        get(&store, Kind::Account, "work").unwrap(),
+        before,
+        "a broken file changed its objects"
+    );
+    assert!(
+        get(&store, Kind::Account, "personal").is_some(),
+        "a broken file pruned its objects"
+    );
     std::fs::remove_file(new_file).unwrap();
-    wait_for("ccl-9 pruned", T, || get(&store, Kind::Session, "ccl-9").is_none().then_some(()));
+    wait_for("ccl-9 pruned", T, || {
+        get(&store, Kind::Session, "ccl-9").is_none().then_some(())
+    });
 }
 
 #[test]
@@ -108,11 +154,18 @@ fn drift_is_corrected() {
     let mut d = _d;
     kill_term(d.0.id());
     let status = d.0.wait().unwrap();
-    assert!(status.success(), "exit status {status:?}; log:\n{}", log(&env));
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        log(&env)
+    );
     assert!(log(&env).contains("daemon stopped"));
 }
 
 fn kill_term(pid: u32) {
-    let ok = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
     assert!(ok.success());
 }

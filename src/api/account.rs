@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 
 /// An Anthropic account: a Claude Code config directory with its own
 /// credentials and usage limits.
+// kube-derive takes one `printcolumn(...)` per column; clippy mistakes them for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "claude-failover.io",
@@ -17,11 +19,23 @@ use serde::{Deserialize, Serialize};
     category = "claude-failover",
     doc = "An Anthropic account that sessions run under",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "5h", type_ = "number", json_path = ".status.usage.fiveHour.utilization"),
-    printcolumn(name = "7d", type_ = "number", json_path = ".status.usage.sevenDay.utilization"),
+    printcolumn(
+        name = "5h",
+        type_ = "number",
+        json_path = ".status.usage.fiveHour.utilization"
+    ),
+    printcolumn(
+        name = "7d",
+        type_ = "number",
+        json_path = ".status.usage.sevenDay.utilization"
+    ),
     printcolumn(name = "Sessions", type_ = "integer", json_path = ".status.sessions"),
     printcolumn(name = "Priority", type_ = "integer", json_path = ".spec.priority"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AccountSpec {

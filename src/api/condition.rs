@@ -74,13 +74,45 @@ mod tests {
     #[test]
     fn transition_time_moves_only_on_flip() {
         let mut c = Vec::new();
-        assert!(set_condition(&mut c, "Ready", false, "Starting", "", Some(1), t(10)));
-        assert!(!set_condition(&mut c, "Ready", false, "Starting", "", Some(1), t(20)));
+        assert!(set_condition(
+            &mut c,
+            "Ready",
+            false,
+            "Starting",
+            "",
+            Some(1),
+            t(10)
+        ));
+        assert!(!set_condition(
+            &mut c,
+            "Ready",
+            false,
+            "Starting",
+            "",
+            Some(1),
+            t(20)
+        ));
         assert_eq!(c[0].last_transition_time, t(10));
         // reason changes, status does not: no transition
-        assert!(set_condition(&mut c, "Ready", false, "Waiting", "x", Some(1), t(30)));
+        assert!(set_condition(
+            &mut c,
+            "Ready",
+            false,
+            "Waiting",
+            "x",
+            Some(1),
+            t(30)
+        ));
         assert_eq!(c[0].last_transition_time, t(10));
-        assert!(set_condition(&mut c, "Ready", true, "Idle", "", Some(2), t(40)));
+        assert!(set_condition(
+            &mut c,
+            "Ready",
+            true,
+            "Idle",
+            "",
+            Some(2),
+            t(40)
+        ));
         assert_eq!(c[0].last_transition_time, t(40));
         assert_eq!(c[0].observed_generation, Some(2));
         assert!(c.is_true("Ready"));

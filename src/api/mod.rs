@@ -34,7 +34,9 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// The three kinds, in the order they are applied (accounts before the
 /// sessions that name them, sessions before the tasks that target them).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
 pub enum Kind {
     Account,
     Session,
@@ -90,9 +92,9 @@ impl Kind {
         let base = lower
             .strip_suffix(&format!(".{GROUP}"))
             .unwrap_or(lower.as_str());
-        Kind::ALL.into_iter().find(|k| {
-            base == k.singular() || base == k.plural() || base == k.short_name()
-        })
+        Kind::ALL
+            .into_iter()
+            .find(|k| base == k.singular() || base == k.plural() || base == k.short_name())
     }
 
     /// Resolves the `kind` field of a manifest (exact, case-sensitive).
@@ -101,7 +103,10 @@ impl Kind {
     }
 
     /// The CustomResourceDefinition of this kind.
-    pub fn crd(self) -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    pub fn crd(
+        self,
+    ) -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition
+    {
         match self {
             Kind::Account => Account::crd(),
             Kind::Session => Session::crd(),
@@ -118,7 +123,14 @@ impl std::fmt::Display for Kind {
 
 /// What the store, the printers and the controllers need of a typed object.
 pub trait Object:
-    kube::Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Send + Sync + std::fmt::Debug + 'static
+    kube::Resource<DynamicType = ()>
+    + Serialize
+    + DeserializeOwned
+    + Clone
+    + Send
+    + Sync
+    + std::fmt::Debug
+    + 'static
 {
     const KIND: Kind;
     type Status: Serialize + DeserializeOwned + Default + Clone + PartialEq + std::fmt::Debug;

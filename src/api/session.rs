@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// One Claude Code session, kept alive in tmux.
+// kube-derive takes one `printcolumn(...)` per column; clippy mistakes them for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "claude-failover.io",
@@ -20,8 +22,17 @@ use std::collections::BTreeMap;
     printcolumn(name = "Account", type_ = "string", json_path = ".status.account"),
     printcolumn(name = "Task", type_ = "string", json_path = ".status.currentTask"),
     printcolumn(name = "Restarts", type_ = "integer", json_path = ".status.restarts"),
-    printcolumn(name = "Workdir", type_ = "string", json_path = ".spec.workdir", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Workdir",
+        type_ = "string",
+        json_path = ".spec.workdir",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SessionSpec {

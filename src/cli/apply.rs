@@ -100,7 +100,11 @@ pub fn apply(ctx: &Ctx, a: ApplyArgs) -> Result<ExitCode> {
     let (done, err) = store.apply_all(&values, a.dry_run);
     let suffix = if a.dry_run { " (dry run)" } else { "" };
     for (d, (outcome, _)) in objects.iter().zip(&done) {
-        println!("{}/{} {outcome}{suffix}", d.object.kind().qualified(), d.object.name());
+        println!(
+            "{}/{} {outcome}{suffix}",
+            d.object.kind().qualified(),
+            d.object.name()
+        );
     }
     if let Some(e) = err {
         let d = &objects[done.len()];
@@ -120,7 +124,9 @@ pub fn delete(ctx: &Ctx, a: DeleteArgs) -> Result<ExitCode> {
         objects.iter().rev().map(|d| d.object.key()).collect()
     } else {
         let Some(kind) = a.kind.as_deref() else {
-            bail!("say what to delete: `delete KIND NAME...`, `delete KIND --all` or `delete -f FILE`");
+            bail!(
+                "say what to delete: `delete KIND NAME...`, `delete KIND --all` or `delete -f FILE`"
+            );
         };
         let kind = parse_kind(kind)?;
         if a.all {
@@ -137,14 +143,19 @@ pub fn delete(ctx: &Ctx, a: DeleteArgs) -> Result<ExitCode> {
             if a.names.is_empty() {
                 bail!("name the {} to delete, or pass --all", kind.plural());
             }
-            a.names.iter().map(|n| ObjectKey::new(kind, &ctx.namespace, n)).collect()
+            a.names
+                .iter()
+                .map(|n| ObjectKey::new(kind, &ctx.namespace, n))
+                .collect()
         }
     };
     let mut failed = false;
     let suffix = if a.dry_run { " (dry run)" } else { "" };
     for key in keys {
         match store.delete(&key, None, a.dry_run) {
-            Ok(DeleteOutcome::Deleted) => println!("{} \"{}\" deleted{suffix}", key.kind.qualified(), key.name),
+            Ok(DeleteOutcome::Deleted) => {
+                println!("{} \"{}\" deleted{suffix}", key.kind.qualified(), key.name)
+            }
             Ok(DeleteOutcome::Terminating) => println!(
                 "{} \"{}\" deleted (terminating: waiting for its finalizers){suffix}",
                 key.kind.qualified(),
@@ -152,7 +163,12 @@ pub fn delete(ctx: &Ctx, a: DeleteArgs) -> Result<ExitCode> {
             ),
             Err(StoreError::NotFound(_)) if a.ignore_not_found => {}
             Err(StoreError::NotFound(_)) => {
-                eprintln!("error: {} \"{}\" not found in namespace {}", key.kind.qualified(), key.name, key.namespace);
+                eprintln!(
+                    "error: {} \"{}\" not found in namespace {}",
+                    key.kind.qualified(),
+                    key.name,
+                    key.namespace
+                );
                 failed = true;
             }
             Err(e) => {
@@ -161,7 +177,11 @@ pub fn delete(ctx: &Ctx, a: DeleteArgs) -> Result<ExitCode> {
             }
         }
     }
-    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// The object without the fields the server keeps changing.
@@ -171,7 +191,13 @@ fn comparable(v: &Value) -> Value {
         o.remove("status");
     }
     if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-        for f in ["resourceVersion", "generation", "uid", "creationTimestamp", "managedFields"] {
+        for f in [
+            "resourceVersion",
+            "generation",
+            "uid",
+            "creationTimestamp",
+            "managedFields",
+        ] {
             m.remove(f);
         }
     }
@@ -206,7 +232,10 @@ pub fn diff(ctx: &Ctx, a: DiffArgs) -> Result<ExitCode> {
                 return Ok(ExitCode::from(2));
             }
         };
-        let old = live.as_ref().map(|v| print::to_yaml(&comparable(v))).unwrap_or_default();
+        let old = live
+            .as_ref()
+            .map(|v| print::to_yaml(&comparable(v)))
+            .unwrap_or_default();
         let new = print::to_yaml(&comparable(&merged));
         if old != new {
             differs = true;
@@ -220,5 +249,9 @@ pub fn diff(ctx: &Ctx, a: DiffArgs) -> Result<ExitCode> {
             );
         }
     }
-    Ok(if differs { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if differs {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

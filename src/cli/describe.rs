@@ -37,14 +37,32 @@ fn map_line(v: Option<&Value>) -> String {
 /// The text of `describe` for one object.
 pub fn render(v: &Value, events: &[crate::store::StoredEvent]) -> String {
     let m = &v["metadata"];
-    let s = |p: &str| v.pointer(p).map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string()));
+    let s = |p: &str| {
+        v.pointer(p).map(|x| {
+            x.as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| x.to_string())
+        })
+    };
     let mut out = String::new();
-    let _ = writeln!(out, "Name:         {}", s("/metadata/name").unwrap_or_default());
-    let _ = writeln!(out, "Namespace:    {}", s("/metadata/namespace").unwrap_or_default());
+    let _ = writeln!(
+        out,
+        "Name:         {}",
+        s("/metadata/name").unwrap_or_default()
+    );
+    let _ = writeln!(
+        out,
+        "Namespace:    {}",
+        s("/metadata/namespace").unwrap_or_default()
+    );
     let _ = writeln!(out, "Kind:         {}", s("/kind").unwrap_or_default());
     let _ = writeln!(out, "Labels:       {}", map_line(m.get("labels")));
     let _ = writeln!(out, "Annotations:  {}", map_line(m.get("annotations")));
-    let _ = writeln!(out, "UID:          {}", s("/metadata/uid").unwrap_or_default());
+    let _ = writeln!(
+        out,
+        "UID:          {}",
+        s("/metadata/uid").unwrap_or_default()
+    );
     let created = s("/metadata/creationTimestamp");
     let _ = writeln!(
         out,
@@ -52,8 +70,16 @@ pub fn render(v: &Value, events: &[crate::store::StoredEvent]) -> String {
         created.clone().unwrap_or_default(),
         age(created.as_deref())
     );
-    let _ = writeln!(out, "Generation:   {}", s("/metadata/generation").unwrap_or_default());
-    let _ = writeln!(out, "Version:      {}", s("/metadata/resourceVersion").unwrap_or_default());
+    let _ = writeln!(
+        out,
+        "Generation:   {}",
+        s("/metadata/generation").unwrap_or_default()
+    );
+    let _ = writeln!(
+        out,
+        "Version:      {}",
+        s("/metadata/resourceVersion").unwrap_or_default()
+    );
     if let Some(f) = m.get("finalizers").and_then(Value::as_array) {
         let list: Vec<&str> = f.iter().filter_map(Value::as_str).collect();
         let _ = writeln!(out, "Finalizers:   {}", list.join(", "));
@@ -82,11 +108,25 @@ pub fn render(v: &Value, events: &[crate::store::StoredEvent]) -> String {
         let rows: Vec<Vec<String>> = conditions
             .iter()
             .map(|c| {
-                let f = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
-                vec![f("type"), f("status"), f("reason"), age(c.get("lastTransitionTime").and_then(Value::as_str)), f("message")]
+                let f = |k: &str| {
+                    c.get(k)
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                vec![
+                    f("type"),
+                    f("status"),
+                    f("reason"),
+                    age(c.get("lastTransitionTime").and_then(Value::as_str)),
+                    f("message"),
+                ]
             })
             .collect();
-        out.push_str(&indent(&print::table(&["Type", "Status", "Reason", "Since", "Message"], &rows), 2));
+        out.push_str(&indent(
+            &print::table(&["Type", "Status", "Reason", "Since", "Message"], &rows),
+            2,
+        ));
     }
     let _ = writeln!(out, "Events:");
     if events.is_empty() {
@@ -98,11 +138,24 @@ pub fn render(v: &Value, events: &[crate::store::StoredEvent]) -> String {
             .map(|e| {
                 let when = serde_json::to_value(&e.last_timestamp).ok();
                 let ago = age(when.as_ref().and_then(Value::as_str));
-                let times = if e.count > 1 { format!("{ago} (x{})", e.count) } else { ago };
-                vec![e.type_.clone(), e.reason.clone(), times, e.source.clone(), e.message.clone()]
+                let times = if e.count > 1 {
+                    format!("{ago} (x{})", e.count)
+                } else {
+                    ago
+                };
+                vec![
+                    e.type_.clone(),
+                    e.reason.clone(),
+                    times,
+                    e.source.clone(),
+                    e.message.clone(),
+                ]
             })
             .collect();
-        out.push_str(&indent(&print::table(&["Type", "Reason", "Age", "From", "Message"], &rows), 2));
+        out.push_str(&indent(
+            &print::table(&["Type", "Reason", "Age", "From", "Message"], &rows),
+            2,
+        ));
     }
     out
 }
@@ -115,7 +168,11 @@ pub fn describe(ctx: &Ctx, a: DescribeArgs) -> Result<ExitCode> {
         let key = ObjectKey::new(kind, &ctx.namespace, name);
         match store.get(&key)? {
             None => {
-                eprintln!("error: {} \"{name}\" not found in namespace {}", kind.qualified(), ctx.namespace);
+                eprintln!(
+                    "error: {} \"{name}\" not found in namespace {}",
+                    kind.qualified(),
+                    ctx.namespace
+                );
                 code = ExitCode::from(1);
             }
             Some(v) => {

@@ -39,12 +39,16 @@ struct Filter {
 
 impl Filter {
     fn keep(&self, v: &Value) -> bool {
-        let name = v.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+        let name = v
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         if !self.names.is_empty() && !self.names.iter().any(|n| n == name) {
             return false;
         }
-        let labels: Option<std::collections::BTreeMap<String, String>> =
-            v.pointer("/metadata/labels").and_then(|l| serde_json::from_value(l.clone()).ok());
+        let labels: Option<std::collections::BTreeMap<String, String>> = v
+            .pointer("/metadata/labels")
+            .and_then(|l| serde_json::from_value(l.clone()).ok());
         self.selector.matches(labels.as_ref())
     }
 }
@@ -60,7 +64,13 @@ fn headers(kind: Kind, wide: bool, all_ns: bool) -> Vec<&'static str> {
 fn row(kind: Kind, v: &Value, wide: bool, all_ns: bool) -> Vec<String> {
     let mut r = print::row(kind, v, wide);
     if all_ns {
-        r.insert(0, v.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default().to_string());
+        r.insert(
+            0,
+            v.pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+        );
     }
     r
 }
@@ -85,9 +95,16 @@ pub fn get(ctx: &Ctx, a: GetArgs) -> Result<ExitCode> {
     let mut missing = Vec::new();
     let mut first_table = true;
     for &kind in &kinds {
-        let items: Vec<Value> = store.list(kind, ns)?.into_iter().filter(|v| filter.keep(v)).collect();
+        let items: Vec<Value> = store
+            .list(kind, ns)?
+            .into_iter()
+            .filter(|v| filter.keep(v))
+            .collect();
         for n in &a.names {
-            if !items.iter().any(|v| v.pointer("/metadata/name").and_then(Value::as_str) == Some(n)) {
+            if !items
+                .iter()
+                .any(|v| v.pointer("/metadata/name").and_then(Value::as_str) == Some(n))
+            {
                 missing.push(format!("{} \"{n}\" not found", kind.qualified()));
             }
         }
@@ -101,8 +118,14 @@ pub fn get(ctx: &Ctx, a: GetArgs) -> Result<ExitCode> {
                 }
                 first_table = false;
                 let wide = a.output == Some(Output::Wide);
-                let rows: Vec<Vec<String>> = items.iter().map(|v| row(kind, v, wide, a.all_namespaces)).collect();
-                print!("{}", print::table(&headers(kind, wide, a.all_namespaces), &rows));
+                let rows: Vec<Vec<String>> = items
+                    .iter()
+                    .map(|v| row(kind, v, wide, a.all_namespaces))
+                    .collect();
+                print!(
+                    "{}",
+                    print::table(&headers(kind, wide, a.all_namespaces), &rows)
+                );
             }
             Some(Output::Name) if !a.watch => {
                 for v in &items {
@@ -130,7 +153,11 @@ pub fn get(ctx: &Ctx, a: GetArgs) -> Result<ExitCode> {
             }
         }
         None | Some(Output::Wide) if first_table && missing.is_empty() => {
-            let where_ = if a.all_namespaces { String::new() } else { format!(" in {} namespace", ctx.namespace) };
+            let where_ = if a.all_namespaces {
+                String::new()
+            } else {
+                format!(" in {} namespace", ctx.namespace)
+            };
             eprintln!("No resources found{where_}.");
         }
         _ => {}
@@ -138,11 +165,17 @@ pub fn get(ctx: &Ctx, a: GetArgs) -> Result<ExitCode> {
     for m in &missing {
         eprintln!("error: {m}");
     }
-    Ok(if missing.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if missing.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn watch_kind(ctx: &Ctx, kind: Kind, a: &GetArgs, filter: &Filter) -> Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         match kind {
             Kind::Account => watch_typed::<Account>(ctx, a, filter).await,

@@ -18,9 +18,18 @@ pub struct InitArgs {
 }
 
 const EXAMPLES: &[(&str, &str)] = &[
-    ("accounts.yaml", include_str!("../../manifests/examples/accounts.yaml")),
-    ("sessions.yaml", include_str!("../../manifests/examples/sessions.yaml")),
-    ("tasks.yaml", include_str!("../../manifests/examples/tasks.yaml")),
+    (
+        "accounts.yaml",
+        include_str!("../../manifests/examples/accounts.yaml"),
+    ),
+    (
+        "sessions.yaml",
+        include_str!("../../manifests/examples/sessions.yaml"),
+    ),
+    (
+        "tasks.yaml",
+        include_str!("../../manifests/examples/tasks.yaml"),
+    ),
 ];
 
 pub fn init(ctx: &Ctx, a: InitArgs) -> Result<ExitCode> {
@@ -38,7 +47,8 @@ pub fn init(ctx: &Ctx, a: InitArgs) -> Result<ExitCode> {
         if let Some(d) = path.parent() {
             std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
         }
-        write_atomic(path, content.as_bytes(), None, true).with_context(|| format!("cannot write {}", path.display()))?;
+        write_atomic(path, content.as_bytes(), None, true)
+            .with_context(|| format!("cannot write {}", path.display()))?;
         println!("wrote    {}", path.display());
         Ok(())
     };

@@ -22,7 +22,8 @@ use std::process::ExitCode;
 
 pub use print::Output;
 
-const ABOUT: &str = "Keeps a pool of Claude Code sessions working across several Anthropic accounts.
+const ABOUT: &str =
+    "Keeps a pool of Claude Code sessions working across several Anthropic accounts.
 
 Accounts, Sessions and Tasks are declared as Kubernetes-style YAML and kept in a
 local store; `run` is the daemon that reconciles them.";
@@ -78,9 +79,7 @@ pub enum Command {
     /// Print the version
     Version,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
-    Completion {
-        shell: clap_complete::Shell,
-    },
+    Completion { shell: clap_complete::Shell },
 }
 
 /// Settings resolved from flags, environment and the config file.
@@ -95,7 +94,8 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn resolve(g: &Global) -> Result<Ctx> {
-        let (config_path, required) = match (&g.config, std::env::var_os("CLAUDE_FAILOVER_CONFIG")) {
+        let (config_path, required) = match (&g.config, std::env::var_os("CLAUDE_FAILOVER_CONFIG"))
+        {
             (Some(p), _) => (p.clone(), true),
             (None, Some(p)) => (PathBuf::from(p), true),
             (None, None) => (config::default_config_path(), false),
@@ -112,7 +112,8 @@ impl Ctx {
             .clone()
             .or_else(|| config.namespace.clone())
             .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
-        crate::manifest::validate::dns1123_label(&namespace).map_err(|e| anyhow::anyhow!("namespace: {e}"))?;
+        crate::manifest::validate::dns1123_label(&namespace)
+            .map_err(|e| anyhow::anyhow!("namespace: {e}"))?;
         Ok(Ctx {
             config,
             config_path,
@@ -123,7 +124,8 @@ impl Ctx {
     }
 
     pub fn store(&self) -> Result<Store> {
-        Store::open(&self.store_dir).with_context(|| format!("cannot open the store at {}", self.store_dir.display()))
+        Store::open(&self.store_dir)
+            .with_context(|| format!("cannot open the store at {}", self.store_dir.display()))
     }
 }
 
@@ -161,7 +163,12 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         Command::Completion { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "claude-failover", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "claude-failover",
+                &mut std::io::stdout(),
+            );
             return Ok(ExitCode::SUCCESS);
         }
         _ => {}
@@ -176,7 +183,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Wait(a) => wait::wait(&ctx, a),
         Command::Run(a) => run::run(&ctx, a),
         Command::Init(a) => init::init(&ctx, a),
-        Command::Version | Command::Crds | Command::Completion { .. } => unreachable!("handled above"),
+        Command::Version | Command::Crds | Command::Completion { .. } => {
+            unreachable!("handled above")
+        }
     }
 }
 
@@ -195,7 +204,9 @@ pub fn crds_yaml() -> String {
 pub fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),

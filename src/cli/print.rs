@@ -94,7 +94,9 @@ pub fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
 
 pub fn row(kind: Kind, v: &Value, wide: bool) -> Vec<String> {
     let name = s(v, "/metadata/name");
-    let created = v.pointer("/metadata/creationTimestamp").and_then(Value::as_str);
+    let created = v
+        .pointer("/metadata/creationTimestamp")
+        .and_then(Value::as_str);
     let mut r = match kind {
         Kind::Account => vec![
             name,
@@ -116,7 +118,10 @@ pub fn row(kind: Kind, v: &Value, wide: bool) -> Vec<String> {
         Kind::Task => vec![
             name,
             phase(v),
-            v.pointer("/spec/priority").and_then(Value::as_str).unwrap_or("normal").to_string(),
+            v.pointer("/spec/priority")
+                .and_then(Value::as_str)
+                .unwrap_or("normal")
+                .to_string(),
             s(v, "/status/session"),
             s(v, "/status/attempts").replace('-', "0"),
             age(created),
@@ -125,8 +130,14 @@ pub fn row(kind: Kind, v: &Value, wide: bool) -> Vec<String> {
     if wide {
         match kind {
             Kind::Account => r.extend([
-                until(v.pointer("/status/usage/fiveHour/resetsAt").and_then(Value::as_str)),
-                until(v.pointer("/status/usage/sevenDay/resetsAt").and_then(Value::as_str)),
+                until(
+                    v.pointer("/status/usage/fiveHour/resetsAt")
+                        .and_then(Value::as_str),
+                ),
+                until(
+                    v.pointer("/status/usage/sevenDay/resetsAt")
+                        .and_then(Value::as_str),
+                ),
                 s(v, "/spec/configDir"),
                 labels(v),
             ]),
@@ -138,7 +149,8 @@ pub fn row(kind: Kind, v: &Value, wide: bool) -> Vec<String> {
                 labels(v),
             ]),
             Kind::Task => {
-                let target = if let Some(sess) = v.pointer("/spec/session").and_then(Value::as_str) {
+                let target = if let Some(sess) = v.pointer("/spec/session").and_then(Value::as_str)
+                {
                     format!("session={sess}")
                 } else if let Some(sel) = v.pointer("/spec/sessionSelector") {
                     format!("selector={sel}")

@@ -28,15 +28,26 @@ pub struct RunArgs {
 }
 
 pub fn run(ctx: &Ctx, a: RunArgs) -> Result<ExitCode> {
-    let format = a.log_format.or(ctx.config.log.format).unwrap_or(LogFormat::Text);
-    let level = a.log_level.clone().or(ctx.config.log.level.clone()).unwrap_or_else(|| "info".into());
-    super::init_logging(format, &level);
-    let Some(dir) = a
-        .manifests
+    let format = a
+        .log_format
+        .or(ctx.config.log.format)
+        .unwrap_or(LogFormat::Text);
+    let level = a
+        .log_level
         .clone()
-        .or_else(|| ctx.config.manifests.as_deref().map(crate::fsutil::expand_home))
-    else {
-        bail!("nothing to run: pass --manifests DIR (or set `manifests` in {})", ctx.config_path.display());
+        .or(ctx.config.log.level.clone())
+        .unwrap_or_else(|| "info".into());
+    super::init_logging(format, &level);
+    let Some(dir) = a.manifests.clone().or_else(|| {
+        ctx.config
+            .manifests
+            .as_deref()
+            .map(crate::fsutil::expand_home)
+    }) else {
+        bail!(
+            "nothing to run: pass --manifests DIR (or set `manifests` in {})",
+            ctx.config_path.display()
+        );
     };
     let resync = a
         .resync
@@ -46,7 +57,10 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<ExitCode> {
     let store = ctx.store()?;
     let syncer = Syncer::new(store, &dir, &ctx.namespace)
         .with_context(|| format!("cannot read the manifests directory {}", dir.display()))?;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         tracing::info!(
             store = %ctx.store_dir.display(),
@@ -63,7 +77,8 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<ExitCode> {
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),

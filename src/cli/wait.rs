@@ -32,10 +32,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let mut total = Duration::ZERO;
     let mut rest = s;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         let (num, tail) = rest.split_at(digits);
-        let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration (try 30s, 5m, 1h)"))?;
-        let unit_len = tail.find(|c: char| c.is_ascii_digit()).unwrap_or(tail.len());
+        let n: f64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a duration (try 30s, 5m, 1h)"))?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(tail.len());
         let (unit, next) = tail.split_at(unit_len);
         let secs = match unit {
             "ms" => n / 1000.0,
@@ -66,8 +72,12 @@ fn met(want: &Want, obj: Option<&Value>) -> bool {
             .into_iter()
             .flatten()
             .any(|c| {
-                c.get("type").and_then(Value::as_str).is_some_and(|x| x.eq_ignore_ascii_case(t))
-                    && c.get("status").and_then(Value::as_str).is_some_and(|x| x.eq_ignore_ascii_case(s))
+                c.get("type")
+                    .and_then(Value::as_str)
+                    .is_some_and(|x| x.eq_ignore_ascii_case(t))
+                    && c.get("status")
+                        .and_then(Value::as_str)
+                        .is_some_and(|x| x.eq_ignore_ascii_case(s))
             }),
     }
 }
@@ -85,7 +95,10 @@ fn targets(ctx: &Ctx, args: &[String]) -> Result<Vec<ObjectKey>> {
         if args.len() < 2 {
             bail!("name the {} to wait for", kind.plural());
         }
-        Ok(args[1..].iter().map(|n| ObjectKey::new(kind, &ctx.namespace, n)).collect())
+        Ok(args[1..]
+            .iter()
+            .map(|n| ObjectKey::new(kind, &ctx.namespace, n))
+            .collect())
     }
 }
 
@@ -98,18 +111,28 @@ pub fn wait(ctx: &Ctx, a: WaitArgs) -> Result<ExitCode> {
             None => Want::Condition(c.into(), "True".into()),
         }
     } else {
-        bail!("--for takes `condition=TYPE[=STATUS]` or `delete`, not `{}`", a.for_);
+        bail!(
+            "--for takes `condition=TYPE[=STATUS]` or `delete`, not `{}`",
+            a.for_
+        );
     };
     let keys = targets(ctx, &a.targets)?;
     let store = ctx.store()?;
     if matches!(want, Want::Condition(..)) {
         for k in &keys {
             if store.get(k)?.is_none() {
-                bail!("{} \"{}\" not found in namespace {}", k.kind.qualified(), k.name, k.namespace);
+                bail!(
+                    "{} \"{}\" not found in namespace {}",
+                    k.kind.qualified(),
+                    k.name,
+                    k.namespace
+                );
             }
         }
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let mut pending: Vec<ObjectKey> = keys;
     let done = rt.block_on(async {
         // One watch per kind involved; any event means "look again".
@@ -118,10 +141,18 @@ pub fn wait(ctx: &Ctx, a: WaitArgs) -> Result<ExitCode> {
             resync: Duration::from_secs(5),
         };
         let kinds: std::collections::BTreeSet<Kind> = pending.iter().map(|k| k.kind).collect();
-        let mut wakeups = futures::stream::select_all(kinds.into_iter().map(|k| match k {
-            Kind::Account => watch::<Account>(store.clone(), cfg.clone()).map(|_| ()).boxed(),
-            Kind::Session => watch::<Session>(store.clone(), cfg.clone()).map(|_| ()).boxed(),
-            Kind::Task => watch::<Task>(store.clone(), cfg.clone()).map(|_| ()).boxed(),
+        let mut wakeups = futures::stream::select_all(kinds.into_iter().map(|k| {
+            match k {
+                Kind::Account => watch::<Account>(store.clone(), cfg.clone())
+                    .map(|_| ())
+                    .boxed(),
+                Kind::Session => watch::<Session>(store.clone(), cfg.clone())
+                    .map(|_| ())
+                    .boxed(),
+                Kind::Task => watch::<Task>(store.clone(), cfg.clone())
+                    .map(|_| ())
+                    .boxed(),
+            }
         }));
         let check = |pending: &mut Vec<ObjectKey>| -> Result<()> {
             let mut still = Vec::new();
@@ -151,7 +182,11 @@ pub fn wait(ctx: &Ctx, a: WaitArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     for k in &pending {
-        eprintln!("error: timed out waiting for the condition on {}/{}", k.kind.plural(), k.name);
+        eprintln!(
+            "error: timed out waiting for the condition on {}/{}",
+            k.kind.plural(),
+            k.name
+        );
     }
     Ok(ExitCode::from(1))
 }

@@ -21,7 +21,11 @@ pub struct ManifestError {
 
 impl std::fmt::Display for ManifestError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}:{}: {}: {}", self.file, self.pos.line, self.pos.col, self.path, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}: {}",
+            self.file, self.pos.line, self.pos.col, self.path, self.message
+        )
     }
 }
 
@@ -79,7 +83,11 @@ impl AnyObject {
 
     /// Kind, namespace and name (the namespace as declared, empty if none).
     pub fn key(&self) -> crate::api::ObjectKey {
-        crate::api::ObjectKey::new(self.kind(), self.meta().namespace.as_deref().unwrap_or_default(), self.name())
+        crate::api::ObjectKey::new(
+            self.kind(),
+            self.meta().namespace.as_deref().unwrap_or_default(),
+            self.name(),
+        )
     }
 
     pub fn to_value(&self) -> Value {
@@ -155,7 +163,11 @@ pub fn decode_file(file: &str, bytes: &[u8]) -> (Vec<Decoded>, Vec<ManifestError
             vec![err(
                 Pos { line: 1, col: 1 },
                 "(file)",
-                format!("file is {} bytes, more than the {} accepted for a manifest", bytes.len(), MAX_FILE_BYTES),
+                format!(
+                    "file is {} bytes, more than the {} accepted for a manifest",
+                    bytes.len(),
+                    MAX_FILE_BYTES
+                ),
             )],
         );
     }
@@ -171,7 +183,11 @@ pub fn decode_file(file: &str, bytes: &[u8]) -> (Vec<Decoded>, Vec<ManifestError
                 vec![err(
                     Pos { line, col },
                     "(file)",
-                    format!("not valid UTF-8 (byte 0x{:02x} at offset {})", bytes[e.valid_up_to()], e.valid_up_to()),
+                    format!(
+                        "not valid UTF-8 (byte 0x{:02x} at offset {})",
+                        bytes[e.valid_up_to()],
+                        e.valid_up_to()
+                    ),
                 )],
             );
         }
@@ -199,7 +215,11 @@ pub fn decode_file(file: &str, bytes: &[u8]) -> (Vec<Decoded>, Vec<ManifestError
         }
     }
     if objects.is_empty() && errors.is_empty() {
-        errors.push(err(Pos { line: 1, col: 1 }, "(file)", "no objects in file (empty manifest)".into()));
+        errors.push(err(
+            Pos { line: 1, col: 1 },
+            "(file)",
+            "no objects in file (empty manifest)".into(),
+        ));
     }
     (objects, errors)
 }
@@ -212,17 +232,33 @@ fn k(s: &str) -> Seg {
 
 fn decode_document(root: &Node) -> Result<AnyObject, DocError> {
     let NodeKind::Map(entries) = &root.kind else {
-        return Err((vec![], "expected a mapping with apiVersion, kind, metadata and spec".into()));
+        return Err((
+            vec![],
+            "expected a mapping with apiVersion, kind, metadata and spec".into(),
+        ));
     };
     for (key, _) in entries {
         let name = key.key_string();
         if !TOP_FIELDS.contains(&name.as_str()) {
-            return Err((vec![k(&name)], format!("unknown field `{name}`, expected one of {}", TOP_FIELDS.join(", "))));
+            return Err((
+                vec![k(&name)],
+                format!(
+                    "unknown field `{name}`, expected one of {}",
+                    TOP_FIELDS.join(", ")
+                ),
+            ));
         }
     }
     let api_version = match root.get("apiVersion") {
-        None => return Err((vec![k("apiVersion")], format!("required field is missing (expected {API_VERSION})"))),
-        Some(n) => n.as_str().ok_or_else(|| (vec![k("apiVersion")], "must be a string".to_string()))?,
+        None => {
+            return Err((
+                vec![k("apiVersion")],
+                format!("required field is missing (expected {API_VERSION})"),
+            ));
+        }
+        Some(n) => n
+            .as_str()
+            .ok_or_else(|| (vec![k("apiVersion")], "must be a string".to_string()))?,
     };
     if api_version != API_VERSION {
         return Err((
@@ -231,20 +267,38 @@ fn decode_document(root: &Node) -> Result<AnyObject, DocError> {
         ));
     }
     let kind = match root.get("kind") {
-        None => return Err((vec![k("kind")], "required field is missing (Account, Session or Task)".into())),
-        Some(n) => n.as_str().ok_or_else(|| (vec![k("kind")], "must be a string".to_string()))?,
+        None => {
+            return Err((
+                vec![k("kind")],
+                "required field is missing (Account, Session or Task)".into(),
+            ));
+        }
+        Some(n) => n
+            .as_str()
+            .ok_or_else(|| (vec![k("kind")], "must be a string".to_string()))?,
     };
     let Some(kind) = Kind::from_kind_field(kind) else {
-        return Err((vec![k("kind")], format!("unknown kind `{kind}`: expected Account, Session or Task")));
+        return Err((
+            vec![k("kind")],
+            format!("unknown kind `{kind}`: expected Account, Session or Task"),
+        ));
     };
     match root.get("metadata") {
-        None => return Err((vec![k("metadata")], "required field is missing (metadata.name at least)".into())),
+        None => {
+            return Err((
+                vec![k("metadata")],
+                "required field is missing (metadata.name at least)".into(),
+            ));
+        }
         Some(meta) => {
             if let NodeKind::Map(entries) = &meta.kind {
                 for (key, _) in entries {
                     let name = key.key_string();
                     if !METADATA_FIELDS.contains(&name.as_str()) {
-                        return Err((vec![k("metadata"), k(&name)], format!("unknown field `{name}`")));
+                        return Err((
+                            vec![k("metadata"), k(&name)],
+                            format!("unknown field `{name}`"),
+                        ));
                     }
                 }
             }
@@ -274,7 +328,8 @@ fn typed<T: DeserializeOwned>(value: Value) -> Result<T, DocError> {
             .filter_map(|s| match s {
                 serde_path_to_error::Segment::Seq { index } => Some(Seg::Index(*index)),
                 serde_path_to_error::Segment::Map { key } => Some(Seg::Key(key.clone())),
-                serde_path_to_error::Segment::Enum { .. } | serde_path_to_error::Segment::Unknown => None,
+                serde_path_to_error::Segment::Enum { .. }
+                | serde_path_to_error::Segment::Unknown => None,
             })
             .collect();
         let msg = e.into_inner().to_string();
@@ -285,7 +340,10 @@ fn typed<T: DeserializeOwned>(value: Value) -> Result<T, DocError> {
         {
             path.push(Seg::Key(field.to_string()));
         }
-        if let Some(field) = msg.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+        if let Some(field) = msg
+            .strip_prefix("missing field `")
+            .and_then(|r| r.split('`').next())
+        {
             path.push(Seg::Key(field.to_string()));
             return (path, "required field is missing".to_string());
         }
@@ -309,12 +367,47 @@ fn humanize(msg: &str) -> String {
     m
 }
 
+/// Decodes a single-document YAML file (a config file) into `T`, strictly,
+/// with the same `FILE:LINE:COL: path: message` errors as manifests.
+pub fn decode_single<T: DeserializeOwned>(file: &str, bytes: &[u8]) -> Result<T, ManifestError> {
+    let err = |pos: Pos, path: String, message: String| ManifestError {
+        file: file.to_string(),
+        pos,
+        path,
+        message,
+    };
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        err(
+            Pos { line: 1, col: 1 },
+            "(file)".into(),
+            format!("not valid UTF-8 at byte offset {}", e.valid_up_to()),
+        )
+    })?;
+    let docs =
+        yaml::parse_documents(text).map_err(|e| err(e.pos, path_string(&e.path), e.message))?;
+    let roots: Vec<&Node> = docs.iter().filter_map(|d| d.root.as_ref()).collect();
+    match roots.as_slice() {
+        [] => typed(Value::Object(Default::default()))
+            .map_err(|(p, m)| err(Pos { line: 1, col: 1 }, path_string(&p), m)),
+        [root] => typed(root.to_json()).map_err(|(p, m)| err(root.locate(&p), path_string(&p), m)),
+        [_, second, ..] => Err(err(
+            second.pos,
+            "(file)".into(),
+            "expected one document".into(),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn errors(text: &str) -> Vec<String> {
-        decode_file("f.yaml", text.as_bytes()).1.iter().map(|e| e.to_string()).collect()
+        decode_file("f.yaml", text.as_bytes())
+            .1
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
     }
 
     const HEAD: &str = "apiVersion: claude-failover.io/v1alpha1\n";
@@ -333,15 +426,27 @@ mod tests {
 
     #[test]
     fn unknown_field_is_named_with_position() {
-        let e = errors(&format!("{HEAD}kind: Session\nmetadata: {{name: a}}\nspec:\n  workdir: /x\n  wrokdir: /y\n"));
+        let e = errors(&format!(
+            "{HEAD}kind: Session\nmetadata: {{name: a}}\nspec:\n  workdir: /x\n  wrokdir: /y\n"
+        ));
         assert_eq!(e.len(), 1);
-        assert!(e[0].starts_with("f.yaml:6:3: spec.wrokdir: unknown field `wrokdir`"), "{}", e[0]);
+        assert!(
+            e[0].starts_with("f.yaml:6:3: spec.wrokdir: unknown field `wrokdir`"),
+            "{}",
+            e[0]
+        );
     }
 
     #[test]
     fn wrong_type_points_at_the_value() {
-        let e = errors(&format!("{HEAD}kind: Account\nmetadata: {{name: a}}\nspec:\n  configDir: /x\n  priority: high\n"));
-        assert!(e[0].starts_with("f.yaml:6:3: spec.priority: invalid type"), "{}", e[0]);
+        let e = errors(&format!(
+            "{HEAD}kind: Account\nmetadata: {{name: a}}\nspec:\n  configDir: /x\n  priority: high\n"
+        ));
+        assert!(
+            e[0].starts_with("f.yaml:6:3: spec.priority: invalid type"),
+            "{}",
+            e[0]
+        );
     }
 
     #[test]
@@ -349,38 +454,34 @@ mod tests {
         let e = errors(&format!(
             "{HEAD}kind: Account\nmetadata: {{name: a}}\nspec:\n  configDir: /x\n  thresholds:\n    fiveHour: 0\n"
         ));
-        assert!(e[0].starts_with("f.yaml:7:5: spec.thresholds.fiveHour: 0 is out of range"), "{}", e[0]);
-        let e = errors(&format!("{HEAD}kind: Task\nmetadata: {{name: Bad_Name}}\nspec: {{prompt: hi}}\n"));
+        assert!(
+            e[0].starts_with("f.yaml:7:5: spec.thresholds.fiveHour: 0 is out of range"),
+            "{}",
+            e[0]
+        );
+        let e = errors(&format!(
+            "{HEAD}kind: Task\nmetadata: {{name: Bad_Name}}\nspec: {{prompt: hi}}\n"
+        ));
         assert!(e[0].starts_with("f.yaml:3:12: metadata.name:"), "{}", e[0]);
     }
 
     #[test]
     fn missing_fields() {
-        let e = errors(&format!("{HEAD}kind: Task\nmetadata: {{labels: {{a: b}}}}\nspec: {{prompt: hi}}\n"));
-        assert!(e[0].contains("metadata.name: required field is missing"), "{}", e[0]);
-        let e = errors(&format!("{HEAD}kind: Task\nmetadata: {{name: a}}\nspec: {{priority: high}}\n"));
-        assert!(e[0].contains("spec.prompt: required field is missing"), "{}", e[0]);
-    }
-}
-
-/// Decodes a single-document YAML file (a config file) into `T`, strictly,
-/// with the same `FILE:LINE:COL: path: message` errors as manifests.
-pub fn decode_single<T: DeserializeOwned>(file: &str, bytes: &[u8]) -> Result<T, ManifestError> {
-    let err = |pos: Pos, path: String, message: String| ManifestError {
-        file: file.to_string(),
-        pos,
-        path,
-        message,
-    };
-    let text = std::str::from_utf8(bytes).map_err(|e| {
-        err(Pos { line: 1, col: 1 }, "(file)".into(), format!("not valid UTF-8 at byte offset {}", e.valid_up_to()))
-    })?;
-    let docs = yaml::parse_documents(text).map_err(|e| err(e.pos, path_string(&e.path), e.message))?;
-    let roots: Vec<&Node> = docs.iter().filter_map(|d| d.root.as_ref()).collect();
-    match roots.as_slice() {
-        [] => typed(Value::Object(Default::default()))
-            .map_err(|(p, m)| err(Pos { line: 1, col: 1 }, path_string(&p), m)),
-        [root] => typed(root.to_json()).map_err(|(p, m)| err(root.locate(&p), path_string(&p), m)),
-        [_, second, ..] => Err(err(second.pos, "(file)".into(), "expected one document".into())),
+        let e = errors(&format!(
+            "{HEAD}kind: Task\nmetadata: {{labels: {{a: b}}}}\nspec: {{prompt: hi}}\n"
+        ));
+        assert!(
+            e[0].contains("metadata.name: required field is missing"),
+            "{}",
+            e[0]
+        );
+        let e = errors(&format!(
+            "{HEAD}kind: Task\nmetadata: {{name: a}}\nspec: {{priority: high}}\n"
+        ));
+        assert!(
+            e[0].contains("spec.prompt: required field is missing"),
+            "{}",
+            e[0]
+        );
     }
 }

@@ -37,7 +37,10 @@ impl Loaded {
 }
 
 fn is_manifest(p: &Path) -> bool {
-    matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
+    matches!(
+        p.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml" | "json")
+    )
 }
 
 fn hidden(p: &Path) -> bool {
@@ -73,7 +76,10 @@ pub fn load_paths(paths: &[PathBuf], opts: &LoadOptions) -> Loaded {
             continue;
         }
         match std::fs::metadata(p) {
-            Err(e) => errors.push(file_error(&p.display().to_string(), format!("cannot read: {e}"))),
+            Err(e) => errors.push(file_error(
+                &p.display().to_string(),
+                format!("cannot read: {e}"),
+            )),
             Ok(m) if m.is_dir() => {
                 let mut ancestors = Vec::new();
                 walk(p, opts.recursive, &mut ancestors, &mut files, &mut errors);
@@ -147,7 +153,9 @@ fn walk(
             Err(e) => {
                 // A dangling symlink or an unreadable entry: say so if it
                 // looks like a manifest or could be a directory.
-                if is_manifest(&path) || std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_symlink()) {
+                if is_manifest(&path)
+                    || std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_symlink())
+                {
                     errors.push(file_error(&shown, format!("cannot read: {e}")));
                 }
             }

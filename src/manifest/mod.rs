@@ -7,5 +7,7 @@ mod load;
 pub mod validate;
 pub mod yaml;
 
-pub use decode::{AnyObject, Decoded, MAX_FILE_BYTES, ManifestError, Source, decode_file, decode_single};
+pub use decode::{
+    AnyObject, Decoded, MAX_FILE_BYTES, ManifestError, Source, decode_file, decode_single,
+};
 pub use load::{LoadOptions, Loaded, load_paths};

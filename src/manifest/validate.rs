@@ -25,8 +25,11 @@ pub fn dns1123_label(s: &str) -> Result<(), String> {
     if s.len() > 63 {
         return Err(format!("`{s}` is longer than 63 characters"));
     }
-    let ok_chars = s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    let ok_ends = s.as_bytes()[0].is_ascii_alphanumeric() && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric();
+    let ok_chars = s
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ok_ends = s.as_bytes()[0].is_ascii_alphanumeric()
+        && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric();
     if !ok_chars || !ok_ends {
         return Err(format!(
             "`{s}` is not a valid name: use lower-case letters, digits and '-', starting and ending with a letter or digit (DNS-1123 label)"
@@ -60,7 +63,8 @@ pub fn qualified_name(s: &str) -> Result<(), String> {
 
 fn label_value_chars(v: &str) -> bool {
     let b = v.as_bytes();
-    b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+    b.iter()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
         && b.first().is_some_and(u8::is_ascii_alphanumeric)
         && b.last().is_some_and(u8::is_ascii_alphanumeric)
 }
@@ -79,7 +83,10 @@ pub fn label_value(v: &str) -> Result<(), String> {
 
 fn check_meta(meta: &ObjectMeta, out: &mut Vec<Problem>) {
     match &meta.name {
-        None => out.push((at(&["metadata", "name"]), "required field is missing".into())),
+        None => out.push((
+            at(&["metadata", "name"]),
+            "required field is missing".into(),
+        )),
         Some(n) => {
             if let Err(e) = dns1123_label(n) {
                 out.push((at(&["metadata", "name"]), e));
@@ -87,7 +94,10 @@ fn check_meta(meta: &ObjectMeta, out: &mut Vec<Problem>) {
         }
     }
     if meta.generate_name.is_some() {
-        out.push((at(&["metadata", "generateName"]), "not supported: set metadata.name".into()));
+        out.push((
+            at(&["metadata", "generateName"]),
+            "not supported: set metadata.name".into(),
+        ));
     }
     if let Some(ns) = &meta.namespace
         && let Err(e) = dns1123_label(ns)
@@ -112,7 +122,10 @@ fn check_path(value: &str, path: &[&str], out: &mut Vec<Problem>) {
     if value.trim().is_empty() {
         out.push((at(path), "must not be empty".into()));
     } else if !(value.starts_with('/') || value == "~" || value.starts_with("~/")) {
-        out.push((at(path), format!("`{value}` must be an absolute path (or start with ~/)")));
+        out.push((
+            at(path),
+            format!("`{value}` must be an absolute path (or start with ~/)"),
+        ));
     }
 }
 
@@ -143,7 +156,9 @@ pub fn check_selector(sel: &LabelSelector, base: &[&str], out: &mut Vec<Problem>
         let has_values = req.values.as_ref().is_some_and(|v| !v.is_empty());
         let problem = match req.operator.as_str() {
             "In" | "NotIn" if !has_values => Some("operator In and NotIn need at least one value"),
-            "Exists" | "DoesNotExist" if has_values => Some("operator Exists and DoesNotExist take no values"),
+            "Exists" | "DoesNotExist" if has_values => {
+                Some("operator Exists and DoesNotExist take no values")
+            }
             "In" | "NotIn" | "Exists" | "DoesNotExist" => None,
             _ => Some("operator must be one of In, NotIn, Exists, DoesNotExist"),
         };
@@ -158,9 +173,15 @@ pub fn account(a: &Account) -> Vec<Problem> {
     let mut out = Vec::new();
     check_meta(&a.metadata, &mut out);
     check_path(&a.spec.config_dir, &["spec", "configDir"], &mut out);
-    for (field, v) in [("fiveHour", a.spec.thresholds.five_hour), ("sevenDay", a.spec.thresholds.seven_day)] {
+    for (field, v) in [
+        ("fiveHour", a.spec.thresholds.five_hour),
+        ("sevenDay", a.spec.thresholds.seven_day),
+    ] {
         if !(1..=100).contains(&v) {
-            out.push((at(&["spec", "thresholds", field]), format!("{v} is out of range: must be 1..=100 (percent)")));
+            out.push((
+                at(&["spec", "thresholds", field]),
+                format!("{v} is out of range: must be 1..=100 (percent)"),
+            ));
         }
     }
     out
@@ -168,7 +189,9 @@ pub fn account(a: &Account) -> Vec<Problem> {
 
 fn env_name_ok(k: &str) -> bool {
     let b = k.as_bytes();
-    !b.is_empty() && (b[0].is_ascii_alphabetic() || b[0] == b'_') && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+    !b.is_empty()
+        && (b[0].is_ascii_alphabetic() || b[0] == b'_')
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
 }
 
 pub fn session(s: &Session) -> Vec<Problem> {
@@ -179,12 +202,18 @@ pub fn session(s: &Session) -> Vec<Problem> {
         check_reference(acc, &["spec", "account"], "an Account", &mut out);
     }
     if s.spec.agent.command.trim().is_empty() {
-        out.push((at(&["spec", "agent", "command"]), "must not be empty".into()));
+        out.push((
+            at(&["spec", "agent", "command"]),
+            "must not be empty".into(),
+        ));
     }
     if let Some(m) = &s.spec.agent.model
         && m.trim().is_empty()
     {
-        out.push((at(&["spec", "agent", "model"]), "must not be empty when set".into()));
+        out.push((
+            at(&["spec", "agent", "model"]),
+            "must not be empty when set".into(),
+        ));
     }
     check_env(&s.spec.agent.env, &mut out);
     out

@@ -91,7 +91,11 @@ pub fn path_string(path: &[Seg]) -> String {
             Seg::Index(i) => s.push_str(&format!("[{i}]")),
         }
     }
-    if s.is_empty() { "(root)".to_string() } else { s }
+    if s.is_empty() {
+        "(root)".to_string()
+    } else {
+        s
+    }
 }
 
 impl Node {
@@ -101,7 +105,9 @@ impl Node {
             NodeKind::Null => Value::Null,
             NodeKind::Bool(b) => Value::Bool(*b),
             NodeKind::Int(i) => Value::Number((*i).into()),
-            NodeKind::Float(f) => Number::from_f64(*f).map(Value::Number).unwrap_or(Value::Null),
+            NodeKind::Float(f) => Number::from_f64(*f)
+                .map(Value::Number)
+                .unwrap_or(Value::Null),
             NodeKind::Str(s) => Value::String(s.clone()),
             NodeKind::Seq(items) => Value::Array(items.iter().map(Node::to_json).collect()),
             NodeKind::Map(entries) => {
@@ -182,7 +188,13 @@ impl Node {
 enum Frame {
     Seq(Pos, Vec<Node>, usize),
     /// Mapping: explicit entries, entries from `<<` merges, a pending key, anchor id.
-    Map(Pos, Vec<(Node, Node)>, Vec<(Node, Node)>, Option<Node>, usize),
+    Map(
+        Pos,
+        Vec<(Node, Node)>,
+        Vec<(Node, Node)>,
+        Option<Node>,
+        usize,
+    ),
 }
 
 /// Parses every document of `text`.
@@ -229,7 +241,13 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, YamlError> {
                     message: "invalid YAML: alias to an unknown anchor".into(),
                 })?;
                 nodes += count_nodes(&node);
-                Some((Node { pos, kind: node.kind }, 0))
+                Some((
+                    Node {
+                        pos,
+                        kind: node.kind,
+                    },
+                    0,
+                ))
             }
             Event::UnresolvedAlias(name) => {
                 return Err(YamlError {
@@ -239,12 +257,16 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, YamlError> {
                 });
             }
             Event::Scalar(value, style, anchor, tag) => {
-                let kind = resolve_scalar(&value, style, tag.as_deref().map(|t| (t.handle(), t.suffix())))
-                    .map_err(|message| YamlError {
-                        pos,
-                        path: stack_path(&stack),
-                        message,
-                    })?;
+                let kind = resolve_scalar(
+                    &value,
+                    style,
+                    tag.as_deref().map(|t| (t.handle(), t.suffix())),
+                )
+                .map_err(|message| YamlError {
+                    pos,
+                    path: stack_path(&stack),
+                    message,
+                })?;
                 Some((Node { pos, kind }, anchor))
             }
             Event::SequenceStart(_, anchor, _) => {
@@ -288,12 +310,12 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, YamlError> {
                         }
                     }
                     Some((
-                    Node {
-                        pos: p,
-                        kind: NodeKind::Map(entries),
-                    },
-                    anchor,
-                ))
+                        Node {
+                            pos: p,
+                            kind: NodeKind::Map(entries),
+                        },
+                        anchor,
+                    ))
                 }
                 _ => unreachable!("the parser balances mappings"),
             },
@@ -422,7 +444,11 @@ const CORE: &str = "tag:yaml.org,2002:";
 
 /// YAML 1.2 core schema: plain scalars may be null, bool, int or float;
 /// quoted and block scalars are strings; `!!str` and friends force a type.
-fn resolve_scalar(value: &str, style: ScalarStyle, tag: Option<(&str, &str)>) -> Result<NodeKind, String> {
+fn resolve_scalar(
+    value: &str,
+    style: ScalarStyle,
+    tag: Option<(&str, &str)>,
+) -> Result<NodeKind, String> {
     if let Some((handle, suffix)) = tag {
         if handle != CORE {
             return Err(format!("unsupported tag `{handle}{suffix}`"));
@@ -528,13 +554,23 @@ mod tests {
     fn positions_point_at_keys_and_values() {
         let n = one("metadata:\n  name: x\nspec:\n  args:\n    - a\n    - b\n");
         let p = |s: &[Seg]| n.locate(s);
-        assert_eq!(p(&[Seg::Key("metadata".into()), Seg::Key("name".into())]), Pos { line: 2, col: 3 });
         assert_eq!(
-            p(&[Seg::Key("spec".into()), Seg::Key("args".into()), Seg::Index(1)]),
+            p(&[Seg::Key("metadata".into()), Seg::Key("name".into())]),
+            Pos { line: 2, col: 3 }
+        );
+        assert_eq!(
+            p(&[
+                Seg::Key("spec".into()),
+                Seg::Key("args".into()),
+                Seg::Index(1)
+            ]),
             Pos { line: 6, col: 7 }
         );
         // missing key: the closest existing ancestor
-        assert_eq!(p(&[Seg::Key("spec".into()), Seg::Key("nope".into())]), Pos { line: 4, col: 3 });
+        assert_eq!(
+            p(&[Seg::Key("spec".into()), Seg::Key("nope".into())]),
+            Pos { line: 4, col: 3 }
+        );
     }
 
     #[test]
@@ -543,7 +579,12 @@ mod tests {
         assert_eq!(docs.len(), 3);
         assert!(docs[1].root.is_none());
         assert_eq!(docs[2].pos.line, 4);
-        assert!(parse_documents("").unwrap().iter().all(|d| d.root.is_none()));
+        assert!(
+            parse_documents("")
+                .unwrap()
+                .iter()
+                .all(|d| d.root.is_none())
+        );
     }
 
     #[test]
@@ -573,9 +614,17 @@ mod tests {
             let p = i - 1;
             bomb.push_str(&format!("a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"));
         }
-        assert!(parse_documents(&bomb).unwrap_err().message.contains("alias bomb"));
+        assert!(
+            parse_documents(&bomb)
+                .unwrap_err()
+                .message
+                .contains("alias bomb")
+        );
         let deep = "[".repeat(500) + &"]".repeat(500);
         let e = parse_documents(&deep).unwrap_err();
-        assert!(e.message.contains("nesting") || e.message.contains("recursion"), "{e:?}");
+        assert!(
+            e.message.contains("nesting") || e.message.contains("recursion"),
+            "{e:?}"
+        );
     }
 }

@@ -49,7 +49,14 @@ impl Store {
     }
 
     /// Records an event about `key` (`warning`: type Warning, else Normal).
-    pub fn record_event(&self, key: &ObjectKey, warning: bool, reason: &str, message: &str, source: &str) -> Result<()> {
+    pub fn record_event(
+        &self,
+        key: &ObjectKey,
+        warning: bool,
+        reason: &str,
+        message: &str,
+        source: &str,
+    ) -> Result<()> {
         let mut txn = self.txn(false)?;
         let mut list = self.events(key)?;
         let now = crate::api::now();

@@ -73,14 +73,27 @@ pub struct Store {
     root: Arc<PathBuf>,
 }
 
-/// A write transaction: holds the store lock until dropped.
+/// A write transaction: holds the store lock until dropped. Writes are
+/// staged (visible to reads through the transaction) and made durable and
+/// visible together at [`Txn::commit`].
 pub(super) struct Txn<'a> {
     store: &'a Store,
     lock: File,
     counter: u64,
-    dirty_dirs: BTreeSet<PathBuf>,
+    ops: Vec<Op>,
+    /// Staged content by final path (None: removed).
+    overlay: std::collections::HashMap<PathBuf, Option<Value>>,
+    dirs_ensured: std::collections::HashSet<PathBuf>,
     dry_run: bool,
 }
+
+enum Op {
+    Write { tmp: PathBuf, path: PathBuf },
+    Remove(PathBuf),
+}
+
+/// Above this many staged files one `syncfs` is cheaper than an fsync each.
+const SYNCFS_ABOVE: usize = 8;
 
 impl Txn<'_> {
     pub(super) fn next_rv(&mut self) -> String {
@@ -89,56 +102,128 @@ impl Txn<'_> {
         self.counter.to_string()
     }
 
+    /// Reads a file as this transaction sees it.
+    pub(super) fn read_json(&self, path: &Path) -> Result<Option<Value>> {
+        match self.overlay.get(path) {
+            Some(v) => Ok(v.clone()),
+            None => Store::read_json(path),
+        }
+    }
+
+    pub(super) fn read_raw(&self, key: &ObjectKey) -> Result<Option<Raw>> {
+        let Some(spec_doc) = self.read_json(&self.store.spec_path(key))? else {
+            return Ok(None);
+        };
+        let status_doc = self.read_json(&self.store.status_path(key))?;
+        Ok(Some(Raw {
+            spec_doc,
+            status_doc,
+        }))
+    }
+
+    /// Stages `v` for `path`: written to a hidden temp file now, renamed
+    /// into place at commit.
     pub(super) fn write_json(&mut self, path: &Path, v: &Value) -> Result<()> {
+        self.overlay.insert(path.to_path_buf(), Some(v.clone()));
         if self.dry_run {
             return Ok(());
         }
         let dir = path.parent().expect("store paths have a parent");
-        if !dir.exists() {
+        if !self.dirs_ensured.contains(dir) {
             fsutil::ensure_dir(dir).map_err(io(dir))?;
-            if let Some(parent) = dir.parent() {
-                self.dirty_dirs.insert(parent.to_path_buf());
-            }
+            self.dirs_ensured.insert(dir.to_path_buf());
         }
         let data = serde_json::to_vec_pretty(v).expect("JSON values serialize");
-        fsutil::write_atomic(path, &data, None, false).map_err(io(path))?;
-        self.dirty_dirs.insert(dir.to_path_buf());
+        let tmp = fsutil::write_temp(path, &data, None).map_err(io(path))?;
+        self.ops.push(Op::Write {
+            tmp,
+            path: path.to_path_buf(),
+        });
         Ok(())
     }
 
     pub(super) fn remove(&mut self, path: &Path) -> Result<()> {
-        if self.dry_run {
-            return Ok(());
+        self.overlay.insert(path.to_path_buf(), None);
+        if !self.dry_run {
+            self.ops.push(Op::Remove(path.to_path_buf()));
         }
-        match std::fs::remove_file(path) {
-            Ok(()) => {
-                if let Some(d) = path.parent() {
-                    self.dirty_dirs.insert(d.to_path_buf());
-                }
-                Ok(())
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io(path)(e)),
-        }
+        Ok(())
     }
 
     pub(super) fn store(&self) -> &Store {
         self.store
     }
 
-    /// Makes the writes durable and releases the lock.
-    pub(super) fn commit(self) -> Result<()> {
-        if self.dry_run {
+    /// Makes the staged writes durable, then visible (renames, in order),
+    /// then the renames durable; releases the lock. A crash at any point
+    /// leaves each file either old or new, never torn.
+    pub(super) fn commit(mut self) -> Result<()> {
+        if self.dry_run || self.ops.is_empty() {
             return Ok(());
+        }
+        let writes = self
+            .ops
+            .iter()
+            .filter(|o| matches!(o, Op::Write { .. }))
+            .count();
+        if writes > SYNCFS_ABOVE {
+            fsutil::sync_filesystem(&self.store.root).map_err(io(&self.store.root))?;
+        } else {
+            for op in &self.ops {
+                if let Op::Write { tmp, .. } = op {
+                    File::open(tmp)
+                        .and_then(|f| f.sync_all())
+                        .map_err(io(tmp))?;
+                }
+            }
+        }
+        let mut dirs = BTreeSet::new();
+        for op in std::mem::take(&mut self.ops) {
+            match op {
+                Op::Write { tmp, path } => {
+                    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+                    dirs.insert(
+                        path.parent()
+                            .expect("store paths have a parent")
+                            .to_path_buf(),
+                    );
+                }
+                Op::Remove(path) => match std::fs::remove_file(&path) {
+                    Ok(()) => {
+                        dirs.insert(
+                            path.parent()
+                                .expect("store paths have a parent")
+                                .to_path_buf(),
+                        );
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io(&path)(e)),
+                },
+            }
         }
         let lock_path = self.store.root.join(".lock");
         self.lock
             .write_all_at(format!("{:<20}\n", self.counter).as_bytes(), 0)
             .map_err(io(&lock_path))?;
-        for d in &self.dirty_dirs {
+        for d in &dirs {
             fsutil::sync_dir(d).map_err(io(d))?;
+            // A directory created in this transaction must be durable in its parent too.
+            if let Some(parent) = d.parent() {
+                fsutil::sync_dir(parent).map_err(io(parent))?;
+            }
         }
         Ok(())
+    }
+}
+
+impl Drop for Txn<'_> {
+    /// An abandoned transaction leaves nothing behind.
+    fn drop(&mut self) {
+        for op in &self.ops {
+            if let Op::Write { tmp, .. } = op {
+                let _ = std::fs::remove_file(tmp);
+            }
+        }
     }
 }
 
@@ -160,7 +245,11 @@ impl Raw {
     pub fn merged(self) -> Value {
         let mut obj = self.spec_doc;
         if let Some(st) = self.status_doc {
-            let status_rv = st.get("resourceVersion").and_then(Value::as_str).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+            let status_rv = st
+                .get("resourceVersion")
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse::<u64>().ok())
+                .unwrap_or(0);
             if status_rv > rv_of(&obj) {
                 obj["metadata"]["resourceVersion"] = json!(status_rv.to_string());
             }
@@ -187,7 +276,9 @@ impl Store {
                 .open(&lock)
                 .map_err(io(&lock))?;
         }
-        Ok(Store { root: Arc::new(root) })
+        Ok(Store {
+            root: Arc::new(root),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -199,11 +290,15 @@ impl Store {
     }
 
     fn spec_path(&self, key: &ObjectKey) -> PathBuf {
-        self.kind_dir(key.kind).join(&key.namespace).join(format!("{}.json", key.name))
+        self.kind_dir(key.kind)
+            .join(&key.namespace)
+            .join(format!("{}.json", key.name))
     }
 
     fn status_path(&self, key: &ObjectKey) -> PathBuf {
-        self.kind_dir(key.kind).join(&key.namespace).join(format!("{}.status.json", key.name))
+        self.kind_dir(key.kind)
+            .join(&key.namespace)
+            .join(format!("{}.status.json", key.name))
     }
 
     pub(super) fn txn(&self, dry_run: bool) -> Result<Txn<'_>> {
@@ -223,17 +318,21 @@ impl Store {
             store: self,
             lock,
             counter,
-            dirty_dirs: BTreeSet::new(),
+            ops: Vec::new(),
+            overlay: std::collections::HashMap::new(),
+            dirs_ensured: std::collections::HashSet::new(),
             dry_run,
         })
     }
 
-    fn read_json(path: &Path) -> Result<Option<Value>> {
+    pub(super) fn read_json(path: &Path) -> Result<Option<Value>> {
         match std::fs::read(path) {
-            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| StoreError::Corrupt {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            }),
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io(path)(e)),
         }
@@ -244,7 +343,10 @@ impl Store {
             return Ok(None);
         };
         let status_doc = Self::read_json(&self.status_path(key))?;
-        Ok(Some(Raw { spec_doc, status_doc }))
+        Ok(Some(Raw {
+            spec_doc,
+            status_doc,
+        }))
     }
 
     /// The whole object (spec, metadata and status), or None.
@@ -316,14 +418,26 @@ impl Store {
                 } else {
                     None
                 };
-                out.push(Raw { spec_doc, status_doc }.merged());
+                out.push(
+                    Raw {
+                        spec_doc,
+                        status_doc,
+                    }
+                    .merged(),
+                );
             }
         }
         Ok(out)
     }
 
-    fn check_precondition(key: &ObjectKey, current: Option<&Value>, expected: Option<&str>) -> Result<()> {
-        let Some(expected) = expected else { return Ok(()) };
+    fn check_precondition(
+        key: &ObjectKey,
+        current: Option<&Value>,
+        expected: Option<&str>,
+    ) -> Result<()> {
+        let Some(expected) = expected else {
+            return Ok(());
+        };
         let actual = current.map(|c| rv_of(c).to_string());
         if actual.as_deref() != Some(expected) {
             return Err(StoreError::Conflict {
@@ -350,7 +464,11 @@ impl Store {
     /// Applies many objects under one lock (all-or-nothing is the caller's
     /// job: validate first). Stops at the first error, reporting the
     /// outcomes so far.
-    pub fn apply_all(&self, desired: &[Value], dry_run: bool) -> (Vec<(Outcome, Value)>, Option<StoreError>) {
+    pub fn apply_all(
+        &self,
+        desired: &[Value],
+        dry_run: bool,
+    ) -> (Vec<(Outcome, Value)>, Option<StoreError>) {
         let mut txn = match self.txn(dry_run) {
             Ok(t) => t,
             Err(e) => return (vec![], Some(e)),
@@ -372,9 +490,16 @@ impl Store {
     /// Replaces the status of an object. With `expected_rv`, fails with a
     /// conflict unless the object is still at that version. Never touches
     /// the spec.
-    pub fn write_status(&self, key: &ObjectKey, status: &Value, expected_rv: Option<&str>) -> Result<Value> {
+    pub fn write_status(
+        &self,
+        key: &ObjectKey,
+        status: &Value,
+        expected_rv: Option<&str>,
+    ) -> Result<Value> {
         let mut txn = self.txn(false)?;
-        let raw = txn.store().read_raw(key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
+        let raw = txn
+            .read_raw(key)?
+            .ok_or_else(|| StoreError::NotFound(key.clone()))?;
         let current = raw.merged();
         Self::check_precondition(key, Some(&current), expected_rv)?;
         if current.get("status").unwrap_or(&Value::Null) == status {
@@ -400,16 +525,30 @@ impl Store {
         f: impl FnOnce(&mut Map<String, Value>),
     ) -> Result<Option<Value>> {
         let mut txn = self.txn(false)?;
-        let raw = txn.store().read_raw(key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
+        let raw = txn
+            .read_raw(key)?
+            .ok_or_else(|| StoreError::NotFound(key.clone()))?;
         let status_doc = raw.status_doc.clone();
         let current = raw.merged();
         Self::check_precondition(key, Some(&current), expected_rv)?;
         let mut spec_doc = current.clone();
-        spec_doc.as_object_mut().expect("objects are maps").remove("status");
-        let meta = spec_doc["metadata"].as_object_mut().expect("metadata is a map");
+        spec_doc
+            .as_object_mut()
+            .expect("objects are maps")
+            .remove("status");
+        let meta = spec_doc["metadata"]
+            .as_object_mut()
+            .expect("metadata is a map");
         let before = meta.clone();
         f(meta);
-        for k in ["name", "namespace", "uid", "creationTimestamp", "generation", "resourceVersion"] {
+        for k in [
+            "name",
+            "namespace",
+            "uid",
+            "creationTimestamp",
+            "generation",
+            "resourceVersion",
+        ] {
             match before.get(k) {
                 Some(v) => meta.insert(k.to_string(), v.clone()),
                 None => meta.remove(k),
@@ -424,9 +563,9 @@ impl Store {
         let terminating = meta.contains_key("deletionTimestamp");
         let no_finalizers = !meta.contains_key("finalizers");
         if terminating && no_finalizers {
-            txn.remove(&self.spec_path(key))?;
             txn.remove(&self.status_path(key))?;
             super::events::remove(&mut txn, key)?;
+            txn.remove(&self.spec_path(key))?;
             txn.commit()?;
             return Ok(None);
         }
@@ -434,13 +573,26 @@ impl Store {
         spec_doc["metadata"]["resourceVersion"] = json!(rv);
         txn.write_json(&self.spec_path(key), &spec_doc)?;
         txn.commit()?;
-        Ok(Some(Raw { spec_doc, status_doc }.merged()))
+        Ok(Some(
+            Raw {
+                spec_doc,
+                status_doc,
+            }
+            .merged(),
+        ))
     }
 
     /// Deletes an object (or marks it terminating when it has finalizers).
-    pub fn delete(&self, key: &ObjectKey, expected_rv: Option<&str>, dry_run: bool) -> Result<DeleteOutcome> {
+    pub fn delete(
+        &self,
+        key: &ObjectKey,
+        expected_rv: Option<&str>,
+        dry_run: bool,
+    ) -> Result<DeleteOutcome> {
         let mut txn = self.txn(dry_run)?;
-        let raw = txn.store().read_raw(key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
+        let raw = txn
+            .read_raw(key)?
+            .ok_or_else(|| StoreError::NotFound(key.clone()))?;
         let current = raw.merged();
         Self::check_precondition(key, Some(&current), expected_rv)?;
         let has_finalizers = current
@@ -450,17 +602,21 @@ impl Store {
         if has_finalizers {
             if current.pointer("/metadata/deletionTimestamp").is_none() {
                 let mut spec_doc = current;
-                spec_doc.as_object_mut().expect("objects are maps").remove("status");
-                spec_doc["metadata"]["deletionTimestamp"] = serde_json::to_value(crate::api::now()).expect("time serializes");
+                spec_doc
+                    .as_object_mut()
+                    .expect("objects are maps")
+                    .remove("status");
+                spec_doc["metadata"]["deletionTimestamp"] =
+                    serde_json::to_value(crate::api::now()).expect("time serializes");
                 spec_doc["metadata"]["resourceVersion"] = json!(txn.next_rv());
                 txn.write_json(&self.spec_path(key), &spec_doc)?;
             }
             txn.commit()?;
             return Ok(DeleteOutcome::Terminating);
         }
-        txn.remove(&self.spec_path(key))?;
         txn.remove(&self.status_path(key))?;
         super::events::remove(&mut txn, key)?;
+        txn.remove(&self.spec_path(key))?;
         txn.commit()?;
         Ok(DeleteOutcome::Deleted)
     }
@@ -500,13 +656,15 @@ fn txn_apply(txn: &mut Txn<'_>, desired: &Value) -> Result<(Outcome, Value)> {
     let meta = &desired["metadata"];
     let key = ObjectKey::new(
         kind,
-        meta["namespace"].as_str().unwrap_or(crate::api::DEFAULT_NAMESPACE),
+        meta["namespace"]
+            .as_str()
+            .unwrap_or(crate::api::DEFAULT_NAMESPACE),
         meta["name"].as_str().expect("decoded objects have a name"),
     );
     let expected = meta.get("resourceVersion").and_then(Value::as_str);
     let store = txn.store().clone();
     let spec_path = store.spec_path(&key);
-    let existing = store.read_raw(&key)?;
+    let existing = txn.read_raw(&key)?;
     let spec = desired.get("spec").cloned().unwrap_or(json!({}));
     match existing {
         None => {
@@ -530,12 +688,15 @@ fn txn_apply(txn: &mut Txn<'_>, desired: &Value) -> Result<(Outcome, Value)> {
             drop_empty(&mut m, "labels");
             drop_empty(&mut m, "annotations");
             m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
-            m.insert("creationTimestamp".into(), serde_json::to_value(crate::api::now()).expect("time serializes"));
+            m.insert(
+                "creationTimestamp".into(),
+                serde_json::to_value(crate::api::now()).expect("time serializes"),
+            );
             m.insert("generation".into(), json!(1));
             m.insert("resourceVersion".into(), json!(rv));
             let doc = json!({"apiVersion": API_VERSION, "kind": kind.name(), "metadata": m, "spec": spec});
-            // A status left behind by an interrupted delete must not be inherited.
-            txn.remove(&store.status_path(&key))?;
+            // No stale status can be inherited here: deletes remove the
+            // status file before the spec file, in one commit.
             txn.write_json(&spec_path, &doc)?;
             Ok((Outcome::Created, doc))
         }
@@ -546,7 +707,9 @@ fn txn_apply(txn: &mut Txn<'_>, desired: &Value) -> Result<(Outcome, Value)> {
             if current.pointer("/metadata/deletionTimestamp").is_some() {
                 return Err(StoreError::Invalid {
                     key,
-                    message: "is being deleted (waiting for its finalizers); apply again once it is gone".into(),
+                    message:
+                        "is being deleted (waiting for its finalizers); apply again once it is gone"
+                            .into(),
                 });
             }
             let mut doc = raw_spec_doc(&current);
@@ -579,7 +742,14 @@ fn txn_apply(txn: &mut Txn<'_>, desired: &Value) -> Result<(Outcome, Value)> {
             let rv = txn.next_rv();
             doc["metadata"]["resourceVersion"] = json!(rv);
             txn.write_json(&spec_path, &doc)?;
-            Ok((Outcome::Configured, Raw { spec_doc: doc, status_doc }.merged()))
+            Ok((
+                Outcome::Configured,
+                Raw {
+                    spec_doc: doc,
+                    status_doc,
+                }
+                .merged(),
+            ))
         }
     }
 }
@@ -588,7 +758,9 @@ fn txn_apply(txn: &mut Txn<'_>, desired: &Value) -> Result<(Outcome, Value)> {
 /// file's own resourceVersion irrelevant (it is rewritten on every write).
 fn raw_spec_doc(current: &Value) -> Value {
     let mut doc = current.clone();
-    doc.as_object_mut().expect("objects are maps").remove("status");
+    doc.as_object_mut()
+        .expect("objects are maps")
+        .remove("status");
     doc
 }
 
@@ -604,7 +776,9 @@ impl<K: Object> Api<K> {
     fn key(&self, name: &str) -> ObjectKey {
         ObjectKey::new(
             K::KIND,
-            self.namespace.as_deref().unwrap_or(crate::api::DEFAULT_NAMESPACE),
+            self.namespace
+                .as_deref()
+                .unwrap_or(crate::api::DEFAULT_NAMESPACE),
             name,
         )
     }
@@ -621,7 +795,10 @@ impl<K: Object> Api<K> {
     }
 
     pub fn get(&self, name: &str) -> Result<Option<K>> {
-        self.store.get(&self.key(name))?.map(|v| self.decode(v)).transpose()
+        self.store
+            .get(&self.key(name))?
+            .map(|v| self.decode(v))
+            .transpose()
     }
 
     pub fn list(&self) -> Result<Vec<K>> {
@@ -641,7 +818,8 @@ impl<K: Object> Api<K> {
     /// Writes `obj`'s status, failing with a conflict if `obj` is stale.
     pub fn replace_status(&self, obj: &K) -> Result<K> {
         let name = obj.meta().name.as_deref().unwrap_or_default();
-        let v = serde_json::to_value(obj.status().cloned().unwrap_or_default()).expect("status serializes");
+        let v = serde_json::to_value(obj.status().cloned().unwrap_or_default())
+            .expect("status serializes");
         let rv = obj.meta().resource_version.as_deref();
         self.decode(self.store.write_status(&self.key(name), &v, rv)?)
     }

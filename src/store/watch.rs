@@ -47,7 +47,10 @@ fn invalid(msg: String) -> WatchError {
 
 /// Watches objects of kind `K`. Must be polled inside a tokio runtime; the
 /// background task ends when the stream is dropped.
-pub fn watch<K: Object>(store: Store, cfg: WatchConfig) -> impl Stream<Item = Result<Event<K>, WatchError>> + Send + 'static {
+pub fn watch<K: Object>(
+    store: Store,
+    cfg: WatchConfig,
+) -> impl Stream<Item = Result<Event<K>, WatchError>> + Send + 'static {
     let (tx, mut rx) = mpsc::channel(256);
     tokio::spawn(run::<K>(store, cfg, tx));
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
@@ -63,7 +66,8 @@ struct State<K> {
 
 impl<K: Object> State<K> {
     fn decode(&self, v: Value) -> Result<K, WatchError> {
-        serde_json::from_value::<K>(v).map_err(|e| invalid(format!("stored {} cannot be decoded: {e}", K::KIND)))
+        serde_json::from_value::<K>(v)
+            .map_err(|e| invalid(format!("stored {} cannot be decoded: {e}", K::KIND)))
     }
 
     async fn relist(&mut self, tx: &Tx<K>) -> bool {
@@ -106,7 +110,11 @@ impl<K: Object> State<K> {
         match self.store.get(&key) {
             Ok(Some(v)) => {
                 let rv = rv(&v);
-                if self.known.get(&key).is_some_and(|(known_rv, _)| *known_rv == rv) {
+                if self
+                    .known
+                    .get(&key)
+                    .is_some_and(|(known_rv, _)| *known_rv == rv)
+                {
                     return true;
                 }
                 match self.decode(v) {
@@ -131,10 +139,17 @@ impl<K: Object> State<K> {
         let Some(ns) = dir.file_name().and_then(|n| n.to_str()) else {
             return true;
         };
-        let Ok(rd) = std::fs::read_dir(dir) else { return true };
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return true;
+        };
         let names: Vec<String> = rd
             .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().to_str().and_then(object_name).map(str::to_string))
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(object_name)
+                    .map(str::to_string)
+            })
             .collect();
         for name in names {
             if !self.refresh(ObjectKey::new(K::KIND, ns, &name), tx).await {
@@ -166,7 +181,8 @@ fn object_name(file: &str) -> Option<&str> {
     if file.starts_with('.') {
         return None;
     }
-    file.strip_suffix(".status.json").or_else(|| file.strip_suffix(".json"))
+    file.strip_suffix(".status.json")
+        .or_else(|| file.strip_suffix(".json"))
 }
 
 enum Change {
@@ -180,7 +196,9 @@ fn classify<K: Object>(kind_dir: &Path, path: &Path) -> Option<Change> {
     let parts: Vec<&str> = rel.iter().filter_map(|p| p.to_str()).collect();
     match parts.as_slice() {
         [ns] if !ns.starts_with('.') => Some(Change::Dir(path.to_path_buf())),
-        [ns, file] => object_name(file).map(|name| Change::Object(ObjectKey::new(K::KIND, ns, name))),
+        [ns, file] => {
+            object_name(file).map(|name| Change::Object(ObjectKey::new(K::KIND, ns, name)))
+        }
         _ => None,
     }
 }

@@ -46,7 +46,12 @@ impl Env {
     }
 
     pub fn run(&self, args: &[&str]) -> Out {
-        Out::from(self.cmd(args).stdin(Stdio::null()).output().expect("spawn claude-failover"))
+        Out::from(
+            self.cmd(args)
+                .stdin(Stdio::null())
+                .output()
+                .expect("spawn claude-failover"),
+        )
     }
 
     pub fn run_stdin(&self, args: &[&str], input: &str) -> Out {
@@ -58,14 +63,23 @@ impl Env {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn");
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
         Out::from(child.wait_with_output().unwrap())
     }
 
     /// Runs and insists on success.
     pub fn ok(&self, args: &[&str]) -> String {
         let o = self.run(args);
-        assert_eq!(o.code, 0, "claude-failover {args:?} failed:\n{}\n{}", o.stdout, o.stderr);
+        assert_eq!(
+            o.code, 0,
+            "claude-failover {args:?} failed:\n{}\n{}",
+            o.stdout, o.stderr
+        );
         o.stdout
     }
 
@@ -100,7 +114,10 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -130,5 +147,7 @@ pub fn examples() -> PathBuf {
 pub const HEAD: &str = "apiVersion: claude-failover.io/v1alpha1\n";
 
 pub fn session_yaml(name: &str, extra_spec: &str) -> String {
-    format!("{HEAD}kind: Session\nmetadata:\n  name: {name}\nspec:\n  workdir: /tmp/{name}\n{extra_spec}")
+    format!(
+        "{HEAD}kind: Session\nmetadata:\n  name: {name}\nspec:\n  workdir: /tmp/{name}\n{extra_spec}"
+    )
 }
