@@ -9,3 +9,4 @@ pub mod manifest;
 pub mod selector;
 pub mod store;
 pub mod sync;
+pub mod tmux;

@@ -1,0 +1,292 @@
+//! The tmux driver.
+//!
+//! Every call goes to the project's own tmux server (`-S SOCKET`, default in
+//! the state dir), so a user's `tmux kill-server` cannot take the pool down
+//! and tests never touch a user's tmux. `TMUX` is removed from the
+//! environment of every call. Sessions are found by their exact name on that
+//! server (`=NAME`); no process is ever found or killed by name.
+//!
+//! The server runs with `remain-on-exit on`: when the agent exits, its pane
+//! stays (dead, with its exit status) so the controller sees the exit
+//! instead of a vanished session.
+//!
+//! Every call is asynchronous and bounded by a timeout.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TmuxError {
+    #[error("cannot run tmux: {0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("tmux {cmd} timed out after {timeout:?}")]
+    Timeout { cmd: String, timeout: Duration },
+    #[error("tmux {cmd} failed: {stderr}")]
+    Failed { cmd: String, stderr: String },
+}
+
+pub type Result<T, E = TmuxError> = std::result::Result<T, E>;
+
+/// One pane (the agent's), as tmux reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pane {
+    pub session: String,
+    /// `%N`: stable for the pane's life; every command targets it.
+    pub id: String,
+    /// The agent's process id (the pane's first process).
+    pub pid: u32,
+    /// The agent has exited; the pane remains.
+    pub dead: bool,
+    /// Exit status of a dead pane.
+    pub exit_status: Option<i32>,
+}
+
+const PANE_FORMAT: &str =
+    "#{session_name}\t#{pane_id}\t#{pane_pid}\t#{pane_dead}\t#{pane_dead_status}";
+
+fn parse_pane(line: &str) -> Option<Pane> {
+    let mut f = line.split('\t');
+    let session = f.next()?.to_string();
+    let id = f.next()?.to_string();
+    let pid = f.next()?.parse().ok()?;
+    let dead = f.next()? == "1";
+    let exit_status = f.next().and_then(|s| s.parse().ok());
+    Some(Pane {
+        session,
+        id,
+        pid,
+        dead,
+        exit_status,
+    })
+}
+
+static BUFFER_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Longest text sent with `send-keys -l`; longer or multi-line text is pasted.
+const SEND_KEYS_MAX: usize = 512;
+
+/// How the agent's window is created.
+#[derive(Debug, Clone)]
+pub struct NewSession<'a> {
+    pub name: &'a str,
+    pub cwd: &'a Path,
+    pub env: &'a [(String, String)],
+    /// The program and its arguments (executed directly, no shell).
+    pub argv: &'a [String],
+    pub width: u16,
+    pub height: u16,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tmux {
+    socket: PathBuf,
+    timeout: Duration,
+}
+
+impl Tmux {
+    pub fn new(socket: impl Into<PathBuf>) -> Tmux {
+        Tmux {
+            socket: socket.into(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    async fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<String> {
+        let cmd_name = args.first().copied().unwrap_or_default().to_string();
+        let mut cmd = tokio::process::Command::new("tmux");
+        cmd.arg("-S")
+            .arg(&self.socket)
+            .args(args)
+            .env_remove("TMUX")
+            .env_remove("TMUX_PANE")
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let fut = async {
+            let mut child = cmd.spawn().map_err(TmuxError::Spawn)?;
+            if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
+                pipe.write_all(data).await.map_err(TmuxError::Spawn)?;
+                drop(pipe);
+            }
+            child.wait_with_output().await.map_err(TmuxError::Spawn)
+        };
+        let out = tokio::time::timeout(self.timeout, fut)
+            .await
+            .map_err(|_| TmuxError::Timeout {
+                cmd: cmd_name.clone(),
+                timeout: self.timeout,
+            })??;
+        if !out.status.success() {
+            return Err(TmuxError::Failed {
+                cmd: cmd_name,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// True when the error means "no server / no such session".
+    pub fn is_absent(e: &TmuxError) -> bool {
+        match e {
+            TmuxError::Failed { stderr, .. } => {
+                stderr.contains("no server running")
+                    || stderr.contains("can't find session")
+                    || stderr.contains("can't find pane")
+                    || stderr.contains("can't find window")
+                    || stderr.contains("No such file or directory")
+                    || stderr.contains("error connecting to")
+            }
+            _ => false,
+        }
+    }
+
+    /// Starts a detached session running `argv` and returns its pane.
+    pub async fn new_session(&self, s: &NewSession<'_>) -> Result<Pane> {
+        if let Some(dir) = self.socket.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let cwd = s.cwd.to_string_lossy();
+        let (w, h) = (s.width.to_string(), s.height.to_string());
+        let mut args: Vec<&str> = vec![
+            "set-option",
+            "-g",
+            "remain-on-exit",
+            "on",
+            ";",
+            "set-option",
+            "-g",
+            "history-limit",
+            "5000",
+            ";",
+            "new-session",
+            "-d",
+            "-s",
+            s.name,
+            "-c",
+            &cwd,
+            "-x",
+            &w,
+            "-y",
+            &h,
+            "-P",
+            "-F",
+            PANE_FORMAT,
+        ];
+        let env: Vec<String> = s.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        for e in &env {
+            args.push("-e");
+            args.push(e);
+        }
+        args.push("--");
+        args.extend(s.argv.iter().map(String::as_str));
+        let out = self.run(&args, None).await?;
+        out.lines()
+            .find_map(parse_pane)
+            .ok_or_else(|| TmuxError::Failed {
+                cmd: "new-session".into(),
+                stderr: format!("unexpected output: {out}"),
+            })
+    }
+
+    /// The pane of session `name`, or None when there is no such session.
+    pub async fn pane(&self, name: &str) -> Result<Option<Pane>> {
+        let target = format!("={name}");
+        match self
+            .run(&["list-panes", "-t", &target, "-F", PANE_FORMAT], None)
+            .await
+        {
+            Ok(out) => Ok(out.lines().find_map(parse_pane)),
+            Err(e) if Self::is_absent(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every session's first pane on this server.
+    pub async fn panes(&self) -> Result<Vec<Pane>> {
+        match self
+            .run(&["list-panes", "-a", "-F", PANE_FORMAT], None)
+            .await
+        {
+            Ok(out) => Ok(out.lines().filter_map(parse_pane).collect()),
+            Err(e) if Self::is_absent(&e) => Ok(vec![]),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Kills session `name`; absent is fine.
+    pub async fn kill_session(&self, name: &str) -> Result<()> {
+        let target = format!("={name}");
+        match self.run(&["kill-session", "-t", &target], None).await {
+            Err(e) if !Self::is_absent(&e) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Types `text` into the pane without submitting it: `send-keys -l` for
+    /// a short single line, a bracketed paste from a uniquely named buffer
+    /// otherwise (`-r` keeps line feeds from submitting).
+    pub async fn send_text(&self, pane: &str, text: &str) -> Result<()> {
+        if text.len() <= SEND_KEYS_MAX && !text.contains(['\n', '\r']) {
+            self.run(&["send-keys", "-t", pane, "-l", "--", text], None)
+                .await?;
+            return Ok(());
+        }
+        let buffer = format!(
+            "cf-{}-{}",
+            std::process::id(),
+            BUFFER_SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        self.run(&["load-buffer", "-b", &buffer, "-"], Some(text.as_bytes()))
+            .await?;
+        self.run(
+            &["paste-buffer", "-p", "-r", "-d", "-b", &buffer, "-t", pane],
+            None,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Sends named keys (`Enter`, `Escape`, `C-c`, ...).
+    pub async fn send_keys(&self, pane: &str, keys: &[&str]) -> Result<()> {
+        let mut args = vec!["send-keys", "-t", pane];
+        args.extend_from_slice(keys);
+        self.run(&args, None).await.map(|_| ())
+    }
+
+    /// Types `text`, lets the terminal settle, then submits with a separate
+    /// Enter (Claude Code drops an Enter that arrives inside the paste).
+    pub async fn type_and_submit(&self, pane: &str, text: &str) -> Result<()> {
+        self.send_text(pane, text).await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.send_keys(pane, &["Enter"]).await
+    }
+
+    /// The visible screen; with `escapes`, with attributes (`-e`).
+    pub async fn capture(&self, pane: &str, escapes: bool) -> Result<String> {
+        let mut args = vec!["capture-pane", "-p", "-t", pane];
+        if escapes {
+            args.push("-e");
+        }
+        self.run(&args, None).await
+    }
+
+    /// Stops the whole server (tests, and `demo` cleanup).
+    pub async fn kill_server(&self) -> Result<()> {
+        match self.run(&["kill-server"], None).await {
+            Err(e) if !Self::is_absent(&e) => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
