@@ -1,6 +1,7 @@
 //! claude-failover: keeps a pool of Claude Code sessions working across
 //! several Anthropic accounts. See the README's module map.
 
+pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod config;

@@ -1,0 +1,286 @@
+//! Preparing an account's config dir (`CLAUDE_CONFIG_DIR`) before a launch,
+//! so Claude Code starts straight at its prompt instead of a dialog.
+//!
+//! Everything here merges into what is there and never clobbers:
+//! - `.claude.json`: onboarding marked done and the workdir trusted (other
+//!   keys, other projects, the user's own state are kept). It is rewritten
+//!   only when something was missing.
+//! - `projects/` becomes a symlink to one shared transcript folder, so any
+//!   account can `--resume` any conversation. A real `projects/` folder is
+//!   merged into the shared one first; no transcript is ever deleted (a
+//!   name clash keeps both files).
+
+use crate::fsutil::write_atomic;
+use serde_json::{Map, Value, json};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SeedError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not valid JSON, left untouched: {message}")]
+    Corrupt { path: PathBuf, message: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SeedError + '_ {
+    move |source| SeedError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+pub struct Seed<'a> {
+    /// Claude Code's version, for `lastOnboardingVersion`.
+    pub version: &'a str,
+    /// The directory the agent runs in (trusted).
+    pub workdir: &'a Path,
+    /// An API key the agent will use, if any: pre-approved so no dialog asks.
+    pub api_key: Option<&'a str>,
+    /// The shared transcript folder.
+    pub shared_projects: &'a Path,
+}
+
+/// Seeds `config_dir` for one launch.
+pub fn seed_account(config_dir: &Path, s: &Seed<'_>) -> Result<(), SeedError> {
+    std::fs::create_dir_all(config_dir).map_err(io(config_dir))?;
+    merge_claude_json(config_dir, s)?;
+    share_projects(config_dir, s.shared_projects)?;
+    Ok(())
+}
+
+fn merge_claude_json(config_dir: &Path, s: &Seed<'_>) -> Result<(), SeedError> {
+    let path = config_dir.join(".claude.json");
+    let mut root = match std::fs::read(&path) {
+        Ok(b) if b.iter().all(u8::is_ascii_whitespace) => json!({}),
+        Ok(b) => serde_json::from_slice::<Value>(&b).map_err(|e| SeedError::Corrupt {
+            path: path.clone(),
+            message: e.to_string(),
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => json!({}),
+        Err(e) => return Err(io(&path)(e)),
+    };
+    let Some(obj) = root.as_object_mut() else {
+        return Err(SeedError::Corrupt {
+            path,
+            message: "the top level is not an object".into(),
+        });
+    };
+    let before = obj.clone();
+    obj.insert("hasCompletedOnboarding".into(), json!(true));
+    if obj
+        .get("lastOnboardingVersion")
+        .and_then(Value::as_str)
+        .is_none()
+    {
+        obj.insert("lastOnboardingVersion".into(), json!(s.version));
+    }
+    let workdir = s.workdir.to_string_lossy().to_string();
+    let projects = obj.entry("projects").or_insert_with(|| json!({}));
+    if let Some(projects) = projects.as_object_mut() {
+        let p = projects.entry(workdir).or_insert_with(|| json!({}));
+        if let Some(p) = p.as_object_mut() {
+            p.insert("hasTrustDialogAccepted".into(), json!(true));
+        }
+    }
+    if let Some(key) = s.api_key {
+        let tail: String = key
+            .chars()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        let responses = obj
+            .entry("customApiKeyResponses")
+            .or_insert_with(|| json!({}));
+        if let Some(r) = responses.as_object_mut() {
+            let approved = r.entry("approved").or_insert_with(|| json!([]));
+            if let Some(a) = approved.as_array_mut()
+                && !a.iter().any(|v| v.as_str() == Some(&tail))
+            {
+                a.push(json!(tail));
+            }
+            r.entry("rejected").or_insert_with(|| json!([]));
+        }
+    }
+    if *obj == before {
+        return Ok(());
+    }
+    let data = serde_json::to_vec_pretty(&Value::Object(std::mem::take(obj) as Map<String, Value>))
+        .expect("JSON serializes");
+    write_atomic(&path, &data, Some(0o600), true).map_err(io(&path))
+}
+
+/// Makes `config_dir/projects` a symlink to `shared`.
+pub fn share_projects(config_dir: &Path, shared: &Path) -> Result<(), SeedError> {
+    std::fs::create_dir_all(shared).map_err(io(shared))?;
+    let link = config_dir.join("projects");
+    match std::fs::symlink_metadata(&link) {
+        Ok(m) if m.is_symlink() => {
+            let target = std::fs::read_link(&link).map_err(io(&link))?;
+            if same_dir(&target, shared) {
+                return Ok(());
+            }
+            // A symlink elsewhere holds no data of its own: repoint it.
+            std::fs::remove_file(&link).map_err(io(&link))?;
+        }
+        Ok(m) if m.is_dir() => {
+            merge_dir(&link, shared)?;
+            std::fs::remove_dir(&link).map_err(io(&link))?;
+        }
+        Ok(_) => {
+            // A plain file named `projects`: keep it aside, never delete.
+            let aside = config_dir.join("projects.file-kept-by-claude-failover");
+            std::fs::rename(&link, &aside).map_err(io(&link))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(&link)(e)),
+    }
+    std::os::unix::fs::symlink(shared, &link).map_err(io(&link))
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// Moves everything under `from` into `to`, keeping both files on a clash.
+fn merge_dir(from: &Path, to: &Path) -> Result<(), SeedError> {
+    std::fs::create_dir_all(to).map_err(io(to))?;
+    for entry in std::fs::read_dir(from).map_err(io(from))? {
+        let entry = entry.map_err(io(from))?;
+        let src = entry.path();
+        let dst = to.join(entry.file_name());
+        let is_dir = entry.file_type().map_err(io(&src))?.is_dir();
+        if is_dir && dst.is_dir() {
+            merge_dir(&src, &dst)?;
+            std::fs::remove_dir(&src).map_err(io(&src))?;
+        } else if !dst.exists() {
+            std::fs::rename(&src, &dst).map_err(io(&src))?;
+        } else if !is_dir && std::fs::read(&src).ok() == std::fs::read(&dst).ok() {
+            std::fs::remove_file(&src).map_err(io(&src))?; // an identical copy
+        } else {
+            let mut n = 1;
+            let kept = loop {
+                let name = format!("{}.moved-{n}", entry.file_name().to_string_lossy());
+                let candidate = to.join(name);
+                if !candidate.exists() {
+                    break candidate;
+                }
+                n += 1;
+            };
+            std::fs::rename(&src, &kept).map_err(io(&src))?;
+        }
+    }
+    Ok(())
+}
+
+/// True when a transcript for `agent_session_id` exists in the shared
+/// folder (then the agent is started with `--resume`).
+pub fn transcript_exists(shared: &Path, agent_session_id: &str) -> bool {
+    let file = format!("{agent_session_id}.jsonl");
+    std::fs::read_dir(shared)
+        .map(|rd| rd.flatten().any(|e| e.path().join(&file).is_file()))
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claude_json_is_merged_not_clobbered() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = d.path().join("acct");
+        std::fs::create_dir_all(&cfg).unwrap();
+        std::fs::write(
+            cfg.join(".claude.json"),
+            r#"{"userID":"u1","projects":{"/other":{"allowedTools":["x"]}},"lastOnboardingVersion":"2.0.0"}"#,
+        )
+        .unwrap();
+        let shared = d.path().join("shared");
+        let s = Seed {
+            version: "2.1.197",
+            workdir: Path::new("/code/api"),
+            api_key: Some("sk-ant-api03-abcdefghijklmnopqrstuvwxyz0123456789"),
+            shared_projects: &shared,
+        };
+        seed_account(&cfg, &s).unwrap();
+        let v: Value =
+            serde_json::from_slice(&std::fs::read(cfg.join(".claude.json")).unwrap()).unwrap();
+        assert_eq!(v["userID"], "u1");
+        assert_eq!(
+            v["lastOnboardingVersion"], "2.0.0",
+            "the user's own value is kept"
+        );
+        assert_eq!(v["hasCompletedOnboarding"], true);
+        assert_eq!(v["projects"]["/other"]["allowedTools"][0], "x");
+        assert_eq!(v["projects"]["/code/api"]["hasTrustDialogAccepted"], true);
+        assert_eq!(
+            v["customApiKeyResponses"]["approved"][0],
+            "qrstuvwxyz0123456789"
+        );
+        // idempotent: a second seed writes nothing
+        let before = std::fs::metadata(cfg.join(".claude.json"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        seed_account(&cfg, &s).unwrap();
+        assert_eq!(
+            std::fs::metadata(cfg.join(".claude.json"))
+                .unwrap()
+                .modified()
+                .unwrap(),
+            before
+        );
+        // corrupt JSON is reported and left alone
+        std::fs::write(cfg.join(".claude.json"), "{not json").unwrap();
+        assert!(matches!(
+            seed_account(&cfg, &s),
+            Err(SeedError::Corrupt { .. })
+        ));
+        assert_eq!(
+            std::fs::read_to_string(cfg.join(".claude.json")).unwrap(),
+            "{not json"
+        );
+    }
+
+    #[test]
+    fn projects_become_a_shared_symlink_and_no_transcript_is_lost() {
+        let d = tempfile::tempdir().unwrap();
+        let shared = d.path().join("shared");
+        std::fs::create_dir_all(shared.join("-code-api")).unwrap();
+        std::fs::write(shared.join("-code-api/a.jsonl"), "shared a").unwrap();
+        let cfg = d.path().join("acct");
+        std::fs::create_dir_all(cfg.join("projects/-code-api")).unwrap();
+        std::fs::write(cfg.join("projects/-code-api/a.jsonl"), "local a (differs)").unwrap();
+        std::fs::write(cfg.join("projects/-code-api/b.jsonl"), "local b").unwrap();
+        std::fs::create_dir_all(cfg.join("projects/-code-web")).unwrap();
+        std::fs::write(cfg.join("projects/-code-web/c.jsonl"), "local c").unwrap();
+        share_projects(&cfg, &shared).unwrap();
+        assert!(
+            std::fs::symlink_metadata(cfg.join("projects"))
+                .unwrap()
+                .is_symlink()
+        );
+        let read = |p: &str| std::fs::read_to_string(shared.join(p)).unwrap();
+        assert_eq!(read("-code-api/a.jsonl"), "shared a");
+        assert_eq!(read("-code-api/a.jsonl.moved-1"), "local a (differs)");
+        assert_eq!(read("-code-api/b.jsonl"), "local b");
+        assert_eq!(read("-code-web/c.jsonl"), "local c");
+        assert_eq!(
+            std::fs::read_to_string(cfg.join("projects/-code-web/c.jsonl")).unwrap(),
+            "local c"
+        );
+        assert!(transcript_exists(&shared, "c"));
+        assert!(!transcript_exists(&shared, "zzz"));
+        share_projects(&cfg, &shared).unwrap(); // idempotent
+    }
+}
