@@ -1,0 +1,88 @@
+//! The daemon's loopback HTTP endpoint for Claude Code: hooks and the
+//! statusLine feed. Each Session's URLs carry its secret; a post with an
+//! unknown session or a wrong secret gets 403 and changes nothing.
+
+use super::signals::Signals;
+use crate::api::{Kind, ObjectKey};
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use serde_json::Value;
+use std::sync::Arc;
+
+/// The URL path prefix of one Session's endpoints.
+pub fn agent_path(key: &ObjectKey, secret: &str) -> String {
+    format!("/v1/agents/{}/{}/{secret}", key.namespace, key.name)
+}
+
+pub fn router(signals: Arc<Signals>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/agents/{ns}/{name}/{secret}/hook", post(hook))
+        .route(
+            "/v1/agents/{ns}/{name}/{secret}/statusline",
+            post(statusline),
+        )
+        .with_state(signals)
+}
+
+type Params = Path<(String, String, String)>;
+
+async fn hook(
+    State(s): State<Arc<Signals>>,
+    Path((ns, name, secret)): Params,
+    body: axum::body::Bytes,
+) -> (StatusCode, String) {
+    let key = ObjectKey::new(Kind::Session, &ns, &name);
+    if !s.authorized(&key, &secret) {
+        return (StatusCode::FORBIDDEN, String::new());
+    }
+    let Ok(payload) = serde_json::from_slice::<Value>(&body) else {
+        return (StatusCode::BAD_REQUEST, String::new());
+    };
+    let event = payload
+        .get("hook_event_name")
+        .and_then(|e| e.as_str())
+        .unwrap_or("?");
+    tracing::debug!(session = %key, event, "hook");
+    s.hook(&key, &payload);
+    // An empty JSON object: no decision, no extra context.
+    (StatusCode::OK, "{}".into())
+}
+
+async fn statusline(
+    State(s): State<Arc<Signals>>,
+    Path((ns, name, secret)): Params,
+    body: axum::body::Bytes,
+) -> (StatusCode, String) {
+    let key = ObjectKey::new(Kind::Session, &ns, &name);
+    if !s.authorized(&key, &secret) {
+        return (StatusCode::FORBIDDEN, String::new());
+    }
+    let Ok(input) = serde_json::from_slice::<Value>(&body) else {
+        return (StatusCode::BAD_REQUEST, String::new());
+    };
+    s.statusline(&key, &input);
+    (StatusCode::OK, status_text(&name, &input))
+}
+
+/// The line Claude Code shows in its footer.
+fn status_text(name: &str, input: &Value) -> String {
+    let pct = |w: &str| {
+        input
+            .pointer(&format!("/rate_limits/{w}/used_percentage"))
+            .and_then(Value::as_f64)
+            .map(|p| format!(" · {} {p:.0}%", if w == "five_hour" { "5h" } else { "7d" }))
+            .unwrap_or_default()
+    };
+    let model = input
+        .pointer("/model/display_name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    format!(
+        "claude-failover · {name} · {model}{}{}",
+        pct("five_hour"),
+        pct("seven_day")
+    )
+}

@@ -1,0 +1,245 @@
+//! What the agents tell us, pushed by Claude Code's hooks and statusLine
+//! feed, kept in memory per Session. Every update wakes that Session's
+//! reconcile; the controller reads the latest state, level-triggered.
+
+use crate::api::{ObjectKey, Session};
+use kube::runtime::reflector::ObjectRef;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::SystemTime;
+use tokio::sync::mpsc;
+
+/// The agent's state as its hooks describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookState {
+    Idle,
+    Busy,
+    /// Waiting for the user: `permission_prompt`, a dialog, ...
+    Waiting(String),
+    Exited(String),
+}
+
+/// Everything learnt from one agent since it was (re)launched.
+#[derive(Debug, Clone, Default)]
+pub struct AgentSignals {
+    /// The state the latest hook implies, and when it arrived.
+    pub state: Option<(HookState, SystemTime)>,
+    /// `session_id` of the latest payload.
+    pub agent_session_id: Option<String>,
+    /// `source` of the latest `SessionStart` (`startup`, `resume`, `clear`).
+    pub session_start: Option<(String, SystemTime)>,
+    /// Prompts confirmed by `UserPromptSubmit`, latest last (bounded).
+    pub prompts: Vec<(String, SystemTime)>,
+    /// `last_assistant_message` of the latest `Stop`.
+    pub last_reply: Option<String>,
+    /// `error` and message of the latest `StopFailure`.
+    pub last_failure: Option<(String, String, SystemTime)>,
+    /// `tool_name` and `tool_input` of the latest tool call.
+    pub last_tool: Option<(String, Value)>,
+    /// The latest statusLine input.
+    pub statusline: Option<(Value, SystemTime)>,
+    /// Time of the latest payload of any kind.
+    pub last_activity: Option<SystemTime>,
+    /// Payloads received.
+    pub count: u64,
+}
+
+const PROMPTS_KEPT: usize = 20;
+
+/// Maps a hook payload to the state it implies.
+pub fn state_of(payload: &Value) -> Option<HookState> {
+    let event = payload.get("hook_event_name")?.as_str()?;
+    let s = |k: &str| {
+        payload
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    Some(match event {
+        "SessionStart" | "Stop" | "StopFailure" => HookState::Idle,
+        "UserPromptSubmit" | "PreToolUse" | "PostToolUse" => HookState::Busy,
+        "Notification" => match s("notification_type").as_str() {
+            "idle_prompt" => HookState::Idle,
+            "" => HookState::Waiting("notification".into()),
+            other => HookState::Waiting(other.into()),
+        },
+        "SessionEnd" => HookState::Exited(s("reason")),
+        _ => return None,
+    })
+}
+
+/// The registry, shared by the HTTP endpoint and the controllers.
+pub struct Signals {
+    agents: Mutex<HashMap<ObjectKey, AgentSignals>>,
+    secrets: Mutex<HashMap<ObjectKey, String>>,
+    wake: mpsc::UnboundedSender<ObjectRef<Session>>,
+}
+
+impl Signals {
+    /// The registry and the stream of Sessions to reconcile because an
+    /// agent said something.
+    pub fn new() -> (Signals, mpsc::UnboundedReceiver<ObjectRef<Session>>) {
+        let (wake, rx) = mpsc::unbounded_channel();
+        (
+            Signals {
+                agents: Mutex::new(HashMap::new()),
+                secrets: Mutex::new(HashMap::new()),
+                wake,
+            },
+            rx,
+        )
+    }
+
+    /// Accepts posts for `key` carrying `secret`.
+    pub fn register(&self, key: &ObjectKey, secret: &str) {
+        self.secrets
+            .lock()
+            .expect("lock")
+            .insert(key.clone(), secret.to_string());
+    }
+
+    pub fn unregister(&self, key: &ObjectKey) {
+        self.secrets.lock().expect("lock").remove(key);
+        self.agents.lock().expect("lock").remove(key);
+    }
+
+    /// Constant-time check of a posted secret.
+    pub fn authorized(&self, key: &ObjectKey, secret: &str) -> bool {
+        let secrets = self.secrets.lock().expect("lock");
+        let Some(want) = secrets.get(key) else {
+            return false;
+        };
+        let (a, b) = (want.as_bytes(), secret.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+
+    /// Forgets what an earlier run of the agent said (called at launch).
+    pub fn reset(&self, key: &ObjectKey) {
+        self.agents
+            .lock()
+            .expect("lock")
+            .insert(key.clone(), AgentSignals::default());
+    }
+
+    pub fn get(&self, key: &ObjectKey) -> AgentSignals {
+        self.agents
+            .lock()
+            .expect("lock")
+            .get(key)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn wake(&self, key: &ObjectKey) {
+        let _ = self
+            .wake
+            .send(ObjectRef::new(&key.name).within(&key.namespace));
+    }
+
+    /// Records one hook payload.
+    pub fn hook(&self, key: &ObjectKey, payload: &Value) {
+        let now = SystemTime::now();
+        {
+            let mut agents = self.agents.lock().expect("lock");
+            let a = agents.entry(key.clone()).or_default();
+            a.count += 1;
+            a.last_activity = Some(now);
+            if let Some(id) = payload.get("session_id").and_then(Value::as_str) {
+                a.agent_session_id = Some(id.to_string());
+            }
+            if let Some(st) = state_of(payload) {
+                a.state = Some((st, now));
+            }
+            let s = |k: &str| payload.get(k).and_then(Value::as_str).map(str::to_string);
+            match payload.get("hook_event_name").and_then(Value::as_str) {
+                Some("SessionStart") => {
+                    a.session_start = Some((s("source").unwrap_or_default(), now))
+                }
+                Some("UserPromptSubmit") => {
+                    a.prompts.push((s("prompt").unwrap_or_default(), now));
+                    if a.prompts.len() > PROMPTS_KEPT {
+                        a.prompts.remove(0);
+                    }
+                }
+                Some("Stop") => a.last_reply = s("last_assistant_message"),
+                Some("StopFailure") => {
+                    a.last_failure = Some((
+                        s("error").unwrap_or_default(),
+                        s("message").unwrap_or_default(),
+                        now,
+                    ))
+                }
+                Some("PreToolUse") | Some("PostToolUse") => {
+                    a.last_tool = Some((
+                        s("tool_name").unwrap_or_default(),
+                        payload.get("tool_input").cloned().unwrap_or(Value::Null),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        self.wake(key);
+    }
+
+    /// Records one statusLine input.
+    pub fn statusline(&self, key: &ObjectKey, input: &Value) {
+        let now = SystemTime::now();
+        {
+            let mut agents = self.agents.lock().expect("lock");
+            let a = agents.entry(key.clone()).or_default();
+            a.count += 1;
+            a.statusline = Some((input.clone(), now));
+            if let Some(id) = input.get("session_id").and_then(Value::as_str) {
+                a.agent_session_id = Some(id.to_string());
+            }
+        }
+        self.wake(key);
+    }
+
+    /// Wakes a session's reconcile without a new signal.
+    pub fn poke(&self, key: &ObjectKey) {
+        self.wake(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn hooks_map_to_states_and_secrets_are_checked() {
+        let (s, mut rx) = Signals::new();
+        let k = ObjectKey::new(crate::api::Kind::Session, "default", "a");
+        s.register(&k, "secret-1");
+        assert!(s.authorized(&k, "secret-1"));
+        assert!(!s.authorized(&k, "secret-2"));
+        assert!(!s.authorized(
+            &ObjectKey::new(crate::api::Kind::Session, "default", "b"),
+            "secret-1"
+        ));
+        s.hook(
+            &k,
+            &json!({"hook_event_name": "UserPromptSubmit", "session_id": "u", "prompt": "hi"}),
+        );
+        assert_eq!(s.get(&k).state.unwrap().0, HookState::Busy);
+        assert_eq!(s.get(&k).prompts[0].0, "hi");
+        s.hook(
+            &k,
+            &json!({"hook_event_name": "Notification", "notification_type": "permission_prompt"}),
+        );
+        assert_eq!(
+            s.get(&k).state.unwrap().0,
+            HookState::Waiting("permission_prompt".into())
+        );
+        s.hook(
+            &k,
+            &json!({"hook_event_name": "Stop", "last_assistant_message": "done"}),
+        );
+        assert_eq!(s.get(&k).state.unwrap().0, HookState::Idle);
+        assert_eq!(s.get(&k).last_reply.as_deref(), Some("done"));
+        assert_eq!(rx.try_recv().unwrap().name, "a");
+    }
+}
