@@ -10,6 +10,7 @@ mod get;
 mod init;
 mod print;
 mod run;
+mod statusline;
 mod wait;
 
 use crate::api::{DEFAULT_NAMESPACE, Kind};
@@ -80,6 +81,13 @@ pub enum Command {
     Version,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completion { shell: clap_complete::Shell },
+    /// Claude Code's statusLine command (installed by the daemon): forwards
+    /// its input to the daemon, prints the daemon's line
+    #[command(hide = true)]
+    Statusline {
+        #[arg(long)]
+        url: String,
+    },
 }
 
 /// Settings resolved from flags, environment and the config file.
@@ -171,6 +179,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             );
             return Ok(ExitCode::SUCCESS);
         }
+        Command::Statusline { url } => return Ok(statusline::statusline(&url)),
         _ => {}
     }
     let ctx = Ctx::resolve(&cli.global)?;
@@ -183,7 +192,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Wait(a) => wait::wait(&ctx, a),
         Command::Run(a) => run::run(&ctx, a),
         Command::Init(a) => init::init(&ctx, a),
-        Command::Version | Command::Crds | Command::Completion { .. } => {
+        Command::Version
+        | Command::Crds
+        | Command::Completion { .. }
+        | Command::Statusline { .. } => {
             unreachable!("handled above")
         }
     }

@@ -205,12 +205,28 @@ pub struct Failure {
     pub headers: Vec<(String, String)>,
 }
 
+/// A scripted answer for one main request (see [`FakeApi::queue_answer`]).
+#[derive(Clone, Debug)]
+pub enum Answer {
+    /// A text reply.
+    Text(String),
+    /// A tool call (`stop_reason: "tool_use"`): Claude Code runs the tool and
+    /// sends its result in a new request. Optional text before it.
+    ToolUse {
+        text: Option<String>,
+        name: String,
+        input: Value,
+    },
+}
+
 type ReplyFn = Arc<dyn Fn(&Recorded) -> String + Send + Sync>;
 
 /// Everything the handler reads and the tests change, under one lock.
 struct State {
     log: Vec<Recorded>,
     reply: Option<ReplyFn>,
+    /// Scripted answers, one consumed per main request before `reply`.
+    answers: std::collections::VecDeque<Answer>,
     /// Added to every `/v1/messages` answer (success or failure).
     headers: Vec<(String, String)>,
     /// Queue of failures, one consumed per main request.
@@ -268,6 +284,7 @@ impl FakeApi {
             state: Mutex::new(State {
                 log: Vec::new(),
                 reply: None,
+                answers: Default::default(),
                 headers: Vec::new(),
                 failures: Vec::new(),
                 routes: HashMap::new(),
@@ -455,6 +472,22 @@ impl FakeApi {
         self.shared.lock().reply = Some(Arc::new(f));
     }
 
+    /// The next main request (after those already queued) gets `answer`
+    /// instead of the reply text; failures queued with `fail_next` come first.
+    pub fn queue_answer(&self, answer: Answer) {
+        self.shared.lock().answers.push_back(answer);
+    }
+
+    /// Shorthand: the next main request asks Claude Code to run `tool`
+    /// (e.g. `"Bash"` with `{"command": "true", "description": "noop"}`).
+    pub fn queue_tool_use(&self, tool: &str, input: Value) {
+        self.queue_answer(Answer::ToolUse {
+            text: None,
+            name: tool.to_string(),
+            input,
+        });
+    }
+
     /// Back to the default reply, `"ok: " + last user text`.
     pub fn reset_reply(&self) {
         self.shared.lock().reply = None;
@@ -596,7 +629,7 @@ enum Plan {
     Status(u16),
     Json(u16, Value),
     Fail(Failure),
-    Reply(String),
+    Reply(Answer),
 }
 
 async fn handle(shared: Arc<Shared>, req: Request<Body>) -> Response<Body> {
@@ -642,12 +675,14 @@ async fn handle(shared: Arc<Shared>, req: Request<Body>) -> Response<Body> {
                 )
             } else if main && !st.failures.is_empty() {
                 Plan::Fail(st.failures.remove(0))
+            } else if let Some(a) = main.then(|| st.answers.pop_front()).flatten() {
+                Plan::Reply(a)
             } else {
                 let text = match &st.reply {
                     Some(f) => f(&rec),
                     None => FakeApi::default_reply(&rec),
                 };
-                Plan::Reply(text)
+                Plan::Reply(Answer::Text(text))
             }
         } else if let Some((status, body)) = st
             .routes
@@ -687,19 +722,19 @@ async fn handle(shared: Arc<Shared>, req: Request<Body>) -> Response<Body> {
             add_headers(&mut r, &f.headers);
             r
         }
-        Plan::Reply(text) => {
+        Plan::Reply(answer) => {
             let model = rec.model().unwrap_or("claude-sonnet-4-5").to_string();
             let input_tokens = (rec.raw_body.len() / 4).max(1) as u64;
             if rec.stream() {
                 plain(
                     200,
-                    Body::from(sse_reply(id, &model, &text, input_tokens)),
+                    Body::from(sse_reply(id, &model, &answer, input_tokens)),
                     "text/event-stream; charset=utf-8",
                 )
             } else {
                 plain(
                     200,
-                    Body::from(json_reply(id, &model, &text, input_tokens).to_string()),
+                    Body::from(json_reply(id, &model, &answer, input_tokens).to_string()),
                     "application/json",
                 )
             }
@@ -763,55 +798,97 @@ fn add_headers(r: &mut Response<Body>, headers: &[(String, String)]) {
     }
 }
 
-fn output_tokens(text: &str) -> u64 {
-    (text.split_whitespace().count() as u64).max(1)
+fn output_tokens(answer: &Answer) -> u64 {
+    let words = match answer {
+        Answer::Text(t) => t.split_whitespace().count(),
+        Answer::ToolUse { text, input, .. } => {
+            text.as_deref().unwrap_or("").split_whitespace().count() + input.to_string().len() / 4
+        }
+    };
+    (words as u64).max(1)
 }
 
-/// The event stream of one text reply, as the real API sends it.
-fn sse_reply(id: u64, model: &str, text: &str, input_tokens: u64) -> String {
-    let mut events: Vec<(&str, Value)> = vec![
-        (
-            "message_start",
-            json!({"type": "message_start", "message": {
-                "id": format!("msg_fake_{id:06}"),
-                "type": "message",
-                "role": "assistant",
-                "model": model,
-                "content": [],
-                "stop_reason": null,
-                "stop_sequence": null,
-                "usage": {
-                    "input_tokens": input_tokens,
-                    "cache_creation_input_tokens": 0,
-                    "cache_read_input_tokens": 0,
-                    "output_tokens": 1
-                }
-            }}),
+/// The (text, tool call) parts of an answer.
+fn answer_parts(answer: &Answer, id: u64) -> (Option<&str>, Option<(String, &str, &Value)>) {
+    match answer {
+        Answer::Text(t) => (Some(t.as_str()), None),
+        Answer::ToolUse { text, name, input } => (
+            text.as_deref(),
+            Some((format!("toolu_fake_{id:06}"), name.as_str(), input)),
         ),
-        (
+    }
+}
+
+/// The event stream of one answer, as the real API sends it.
+fn sse_reply(id: u64, model: &str, answer: &Answer, input_tokens: u64) -> String {
+    let (text, tool) = answer_parts(answer, id);
+    let mut events: Vec<(&str, Value)> = vec![(
+        "message_start",
+        json!({"type": "message_start", "message": {
+            "id": format!("msg_fake_{id:06}"),
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [],
+            "stop_reason": null,
+            "stop_sequence": null,
+            "usage": {
+                "input_tokens": input_tokens,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+                "output_tokens": 1
+            }
+        }}),
+    )];
+    let mut index = 0;
+    if let Some(text) = text {
+        events.push((
             "content_block_start",
-            json!({"type": "content_block_start", "index": 0,
+            json!({"type": "content_block_start", "index": index,
                    "content_block": {"type": "text", "text": ""}}),
-        ),
-        ("ping", json!({"type": "ping"})),
-    ];
-    // A few deltas, cut after whitespace, as the real stream does.
-    for chunk in chunks(text, 24) {
+        ));
+        events.push(("ping", json!({"type": "ping"})));
+        // A few deltas, cut after whitespace, as the real stream does.
+        for chunk in chunks(text, 24) {
+            events.push((
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": index,
+                       "delta": {"type": "text_delta", "text": chunk}}),
+            ));
+        }
+        events.push((
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": index}),
+        ));
+        index += 1;
+    }
+    if let Some((tool_id, name, input)) = &tool {
+        events.push((
+            "content_block_start",
+            json!({"type": "content_block_start", "index": index,
+                   "content_block": {"type": "tool_use", "id": tool_id, "name": name,
+                                     "input": {}}}),
+        ));
         events.push((
             "content_block_delta",
-            json!({"type": "content_block_delta", "index": 0,
-                   "delta": {"type": "text_delta", "text": chunk}}),
+            json!({"type": "content_block_delta", "index": index,
+                   "delta": {"type": "input_json_delta", "partial_json": input.to_string()}}),
+        ));
+        events.push((
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": index}),
         ));
     }
-    events.push((
-        "content_block_stop",
-        json!({"type": "content_block_stop", "index": 0}),
-    ));
+    let stop_reason = if tool.is_some() {
+        "tool_use"
+    } else {
+        "end_turn"
+    };
     events.push((
         "message_delta",
         json!({"type": "message_delta",
-               "delta": {"stop_reason": "end_turn", "stop_sequence": null},
-               "usage": {"output_tokens": output_tokens(text)}}),
+               "delta": {"stop_reason": stop_reason, "stop_sequence": null},
+               "usage": {"output_tokens": output_tokens(answer)}}),
     ));
     events.push(("message_stop", json!({"type": "message_stop"})));
     let mut out = String::new();
@@ -821,21 +898,29 @@ fn sse_reply(id: u64, model: &str, text: &str, input_tokens: u64) -> String {
     out
 }
 
-/// The non-streaming form of the same reply.
-fn json_reply(id: u64, model: &str, text: &str, input_tokens: u64) -> Value {
+/// The non-streaming form of the same answer.
+fn json_reply(id: u64, model: &str, answer: &Answer, input_tokens: u64) -> Value {
+    let (text, tool) = answer_parts(answer, id);
+    let mut content = Vec::new();
+    if let Some(t) = text {
+        content.push(json!({"type": "text", "text": t}));
+    }
+    if let Some((tool_id, name, input)) = &tool {
+        content.push(json!({"type": "tool_use", "id": tool_id, "name": name, "input": input}));
+    }
     json!({
         "id": format!("msg_fake_{id:06}"),
         "type": "message",
         "role": "assistant",
         "model": model,
-        "content": [{"type": "text", "text": text}],
-        "stop_reason": "end_turn",
+        "content": content,
+        "stop_reason": if tool.is_some() { "tool_use" } else { "end_turn" },
         "stop_sequence": null,
         "usage": {
             "input_tokens": input_tokens,
             "cache_creation_input_tokens": 0,
             "cache_read_input_tokens": 0,
-            "output_tokens": output_tokens(text)
+            "output_tokens": output_tokens(answer)
         }
     })
 }
