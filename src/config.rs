@@ -17,8 +17,17 @@ pub struct Config {
     pub namespace: Option<String>,
     /// Desired-state directory synced into the store by `run`.
     pub manifests: Option<String>,
-    /// Full resync period of the manifest sync, seconds.
+    /// Full resync period of the manifest sync and of the controllers, seconds.
     pub resync_seconds: Option<u64>,
+    /// Controller-owned state: runtime records, settings files, the leader
+    /// lease, the tmux socket.
+    pub state_dir: Option<String>,
+    /// Address of the daemon's HTTP endpoint (agents' hooks post here).
+    pub listen: Option<String>,
+    /// The tmux server socket of the pool.
+    pub tmux_socket: Option<String>,
+    /// The transcript folder every account's `projects/` links to.
+    pub transcripts_dir: Option<String>,
     #[serde(default)]
     pub log: LogConfig,
 }

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod controller;
 pub mod daemon;
 pub mod fsutil;
 pub mod manifest;

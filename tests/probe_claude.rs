@@ -125,12 +125,33 @@ impl Lab {
             }
             hooks.insert(e.to_string(), json!([{ "hooks": [h] }]));
         }
+        // SessionStart: HTTP hooks are skipped for it; add a command hook too.
+        let hook_sh = self.root.join("hook.sh");
+        std::fs::write(
+            &hook_sh,
+            format!(
+                "#!/bin/sh\nt=$(date +%s%N)\ncat > {out}/hook-$1-$t.json\nenv | sort > {out}/hookenv-$1-$t.txt\n",
+                out = self.root.join("out").display()
+            ),
+        )
+        .unwrap();
+        Command::new("chmod")
+            .arg("+x")
+            .arg(&hook_sh)
+            .status()
+            .unwrap();
+        if let Some(arr) = hooks.get_mut("SessionStart").and_then(|v| v.as_array_mut()) {
+            arr.push(json!({"hooks": [{"type": "command", "command": format!("{} SessionStart", hook_sh.display()), "timeout": 5}]}));
+        }
+        if let Some(arr) = hooks.get_mut("SessionEnd").and_then(|v| v.as_array_mut()) {
+            arr.push(json!({"hooks": [{"type": "command", "command": format!("{} SessionEnd", hook_sh.display()), "timeout": 5}]}));
+        }
         let script = self.root.join("statusline.sh");
         let out = self.root.join("out");
         std::fs::write(
             &script,
             format!(
-                "#!/bin/sh\nf={}/status-$(date +%s%N).json\ncat > \"$f\"\necho \"SLINE $(date +%H:%M:%S) $$\"\n",
+                "#!/bin/sh\nf={}/status-$(date +%s%N).json\ncat > \"$f\"\necho \"SLINE $(date +%H:%M:%S.%N | cut -c1-12)\"\n",
                 out.display()
             ),
         )
@@ -494,4 +515,416 @@ fn probe_launch_hooks_status() {
             std::fs::read_to_string(f).unwrap()
         ));
     }
+}
+
+fn out_files(lab: &Lab, prefix: &str) -> Vec<(String, String)> {
+    let mut files: Vec<_> = std::fs::read_dir(lab.root.join("out"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read_to_string(&p).unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+fn claude_args<'a>(settings: &'a str, flag: &'a str, sid: &'a str) -> Vec<&'a str> {
+    vec![
+        "--settings",
+        settings,
+        flag,
+        sid,
+        "--dangerously-skip-permissions",
+        "--model",
+        "sonnet",
+    ]
+}
+
+/// Where skipDangerousModePermissionPrompt must be, and the dialog otherwise.
+#[test]
+#[ignore]
+fn probe_bypass_prompt() {
+    for (case, in_settings_file, in_account) in [
+        ("neither", false, false),
+        ("account", false, true),
+        ("flagfile", true, false),
+    ] {
+        let lab = Lab::new(&format!("bypass-{case}"));
+        let acct = api_key_account(
+            &lab,
+            "a",
+            KEY_A,
+            in_account.then(|| json!({"skipDangerousModePermissionPrompt": true})),
+        );
+        let extra = if in_settings_file {
+            json!({"skipDangerousModePermissionPrompt": true})
+        } else {
+            json!({})
+        };
+        let settings = lab.settings("settings", extra, None);
+        let mut env = lab.base_env(&acct);
+        env.push(("ANTHROPIC_API_KEY".into(), KEY_A.into()));
+        let sid = uuid();
+        let t0 = Instant::now();
+        let pane = lab.launch(
+            "s",
+            &env,
+            &claude_args(settings.to_str().unwrap(), "--session-id", &sid),
+            &[],
+        );
+        let r = lab.wait_screen(&pane, "idle or dialog", Duration::from_secs(15), |s| {
+            idle(s)
+                || s.contains("Bypass Permissions")
+                || s.contains("WARNING")
+                || s.contains("Yes, I accept")
+        });
+        std::thread::sleep(Duration::from_millis(700));
+        let scr = lab.screen(&pane);
+        log(format!(
+            "CASE {case}: after {:?} idle={} screen:\n{}",
+            t0.elapsed(),
+            r.map(|r| idle(&r.0)).unwrap_or(false),
+            trim(&scr)
+        ));
+        if !idle(&scr) {
+            // What does accepting it do to the files?
+            let before = std::fs::read_to_string(acct.join("settings.json")).unwrap_or_default();
+            log(format!("account settings before: {before}"));
+        }
+    }
+}
+
+/// API key without customApiKeyResponses: a dialog?
+#[test]
+#[ignore]
+fn probe_api_key_unapproved() {
+    let lab = Lab::new("key-unapproved");
+    let acct = lab.account("a", json!({}), None);
+    let settings = lab.settings(
+        "settings",
+        json!({"skipDangerousModePermissionPrompt": true}),
+        None,
+    );
+    let mut env = lab.base_env(&acct);
+    env.push(("ANTHROPIC_API_KEY".into(), KEY_A.into()));
+    let sid = uuid();
+    let pane = lab.launch(
+        "s",
+        &env,
+        &claude_args(settings.to_str().unwrap(), "--session-id", &sid),
+        &[],
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    log(format!("SCREEN:\n{}", trim(&lab.screen(&pane))));
+    lab.dump_requests();
+}
+
+/// Launch timings: fresh and resumed.
+#[test]
+#[ignore]
+fn probe_timing() {
+    let lab = Lab::new("timing");
+    let acct = api_key_account(&lab, "a", KEY_A, None);
+    let settings = lab.settings(
+        "settings",
+        json!({"skipDangerousModePermissionPrompt": true}),
+        None,
+    );
+    let mut env = lab.base_env(&acct);
+    env.push(("ANTHROPIC_API_KEY".into(), KEY_A.into()));
+    for i in 0..5 {
+        let sid = uuid();
+        let sess = format!("t{i}");
+        let t0 = Instant::now();
+        let pane = lab.launch(
+            &sess,
+            &env,
+            &claude_args(settings.to_str().unwrap(), "--session-id", &sid),
+            &[],
+        );
+        let (_, d) = lab
+            .wait_screen(&pane, "idle", Duration::from_secs(20), idle)
+            .unwrap();
+        let n = lab.api.main_requests().len();
+        let t = lab.type_line(&pane, &format!("timing prompt {i}"));
+        let reqs = lab.api.wait_for_main(n + 1, Duration::from_secs(10));
+        let first = reqs[n].at.duration_since(t);
+        lab.wait_hook("Stop", i * 2 + 1, Duration::from_secs(10));
+        let n = lab.api.main_requests().len();
+        let t = lab.type_line(&pane, "second");
+        let reqs = lab.api.wait_for_main(n + 1, Duration::from_secs(10));
+        let warm = reqs[n].at.duration_since(t);
+        lab.wait_hook("Stop", i * 2 + 2, Duration::from_secs(10));
+        lab.type_line(&pane, "/exit");
+        lab.wait_hook("SessionEnd", 2 * i + 1, Duration::from_secs(10));
+        // resume
+        let t1 = Instant::now();
+        let pane2 = lab.launch(
+            &format!("r{i}"),
+            &env,
+            &claude_args(settings.to_str().unwrap(), "--resume", &sid),
+            &[],
+        );
+        let (_, d2) = lab
+            .wait_screen(&pane2, "idle", Duration::from_secs(20), |s| {
+                idle(s) && s.contains("timing prompt")
+            })
+            .unwrap();
+        let _ = t1;
+        lab.type_line(&pane2, "/exit");
+        lab.wait_hook("SessionEnd", 2 * i + 2, Duration::from_secs(10));
+        log(format!(
+            "TIMING launch->idle {d:?}  first send->request {first:?}  warm send->request {warm:?}  resume->idle {d2:?}"
+        ));
+    }
+}
+
+const OAT_A: &str = "sk-ant-oat01-probeOAuthAccessTokenAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA-AAAAAAAA";
+const ORT_A: &str = "sk-ant-ort01-probeOAuthRefreshTokenAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA-AAAAAAAA";
+
+fn write_credentials(acct: &Path, access: &str, refresh: &str) {
+    let far = 4_102_444_800_000u64; // 2100-01-01 in ms
+    let c = json!({"claudeAiOauth": {
+        "accessToken": access, "refreshToken": refresh, "expiresAt": far,
+        "scopes": ["user:inference", "user:profile"], "subscriptionType": "max"}});
+    std::fs::write(acct.join(".credentials.json"), c.to_string()).unwrap();
+}
+
+/// Auth by .credentials.json (PROBE_AUTH=creds) or CLAUDE_CODE_OAUTH_TOKEN (PROBE_AUTH=env).
+#[test]
+#[ignore]
+fn probe_oauth() {
+    let mode = std::env::var("PROBE_AUTH").unwrap_or_else(|_| "creds".into());
+    let lab = Lab::new(&format!("oauth-{mode}"));
+    let acct = lab.account("a", json!({}), None);
+    let settings = lab.settings(
+        "settings",
+        json!({"skipDangerousModePermissionPrompt": true}),
+        None,
+    );
+    let mut env = lab.base_env(&acct);
+    if mode == "creds" {
+        write_credentials(&acct, OAT_A, ORT_A);
+    } else {
+        env.push(("CLAUDE_CODE_OAUTH_TOKEN".into(), OAT_A.into()));
+        env.push(("CLAUDE_CODE_SUBSCRIPTION_TYPE".into(), "max".into()));
+    }
+    lab.api.set_headers(&[
+        ("anthropic-ratelimit-unified-status", "allowed"),
+        ("anthropic-ratelimit-unified-5h-utilization", "0.42"),
+        ("anthropic-ratelimit-unified-5h-reset", "1795750000"),
+        ("anthropic-ratelimit-unified-7d-utilization", "0.17"),
+        ("anthropic-ratelimit-unified-7d-reset", "1796000000"),
+        (
+            "anthropic-ratelimit-unified-representative-claim",
+            "five_hour",
+        ),
+    ]);
+    let sid = uuid();
+    let strace_out = lab.root.join("out/strace.txt");
+    let so = strace_out.to_str().unwrap().to_string();
+    let t0 = Instant::now();
+    let pane = lab.launch(
+        "s",
+        &env,
+        &claude_args(settings.to_str().unwrap(), "--session-id", &sid),
+        &["strace", "-f", "-qq", "-e", "trace=connect", "-o", &so],
+    );
+    let r = lab.wait_screen(&pane, "idle", Duration::from_secs(30), |s| {
+        idle(s) && !s.contains("Enter to confirm")
+    });
+    log(format!("after {:?}, idle={}", t0.elapsed(), r.is_some()));
+    std::thread::sleep(Duration::from_secs(2));
+    log(format!("SCREEN:\n{}", trim(&lab.screen(&pane))));
+    if r.is_some() {
+        let t = lab.type_line(&pane, "oauth prompt one");
+        let got = lab
+            .api
+            .try_wait_for(|r| r.iter().any(|r| r.is_main()), Duration::from_secs(15));
+        log(format!(
+            "main request arrived: {} ({:?})",
+            got.is_some(),
+            t.elapsed()
+        ));
+        lab.wait_hook("Stop", 1, Duration::from_secs(15));
+        std::thread::sleep(Duration::from_millis(1500));
+        log(format!("DONE SCREEN:\n{}", trim(&lab.screen(&pane))));
+    }
+    lab.dump_requests();
+    let st = out_files(&lab, "status-");
+    log(format!("statusLine calls: {}", st.len()));
+    if let Some((f, c)) = st.last() {
+        log(format!("LAST STATUS {f}: {c}"));
+    }
+    lab.type_line(&pane, "/exit");
+    lab.wait_hook("SessionEnd", 1, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    let trace = std::fs::read_to_string(&strace_out).unwrap_or_default();
+    let mut non_loop: Vec<&str> = trace
+        .lines()
+        .filter(|l| l.contains("sin_addr") || l.contains("sin6_addr") || l.contains("sun_path"))
+        .filter(|l| !l.contains("127.0.0.1"))
+        .collect();
+    non_loop.dedup();
+    log(format!(
+        "CONNECT attempts not to 127.0.0.1 ({}):",
+        non_loop.len()
+    ));
+    for l in non_loop.iter().take(40) {
+        log(format!("  {l}"));
+    }
+    log(format!(
+        "credentials after: {}",
+        std::fs::read_to_string(acct.join(".credentials.json")).unwrap_or_default()
+    ));
+    let cj: Value =
+        serde_json::from_str(&std::fs::read_to_string(acct.join(".claude.json")).unwrap()).unwrap();
+    log(format!(
+        "claude.json keys: {:?}",
+        cj.as_object().unwrap().keys().collect::<Vec<_>>()
+    ));
+    for k in [
+        "oauthAccount",
+        "userID",
+        "cachedExtraUsageDisabledReason",
+        "s1mAccessCache",
+        "passesEligibilityCache",
+    ] {
+        if let Some(v) = cj.get(k) {
+            log(format!("claude.json {k}: {v}"));
+        }
+    }
+}
+
+const KEY_B: &str = "sk-ant-api03-probeBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB-2222222BB";
+
+/// Resume the same session under a second account sharing projects/.
+/// PROBE_B=creds makes account B use .credentials.json instead of an API key.
+#[test]
+#[ignore]
+fn probe_resume_other_account() {
+    let lab = Lab::new("resume");
+    let shared = lab.root.join("shared-projects");
+    std::fs::create_dir_all(&shared).unwrap();
+    let a = api_key_account(&lab, "a", KEY_A, None);
+    let b_creds = std::env::var("PROBE_B").is_ok_and(|v| v == "creds");
+    let b = if b_creds {
+        let b = lab.account("b", json!({}), None);
+        write_credentials(&b, OAT_A, ORT_A);
+        b
+    } else {
+        api_key_account(&lab, "b", KEY_B, None)
+    };
+    std::os::unix::fs::symlink(&shared, a.join("projects")).unwrap();
+    std::os::unix::fs::symlink(&shared, b.join("projects")).unwrap();
+    let settings = lab.settings(
+        "settings",
+        json!({"skipDangerousModePermissionPrompt": true}),
+        None,
+    );
+    let sid = uuid();
+    let mut env_a = lab.base_env(&a);
+    env_a.push(("ANTHROPIC_API_KEY".into(), KEY_A.into()));
+    let pane = lab.launch(
+        "a",
+        &env_a,
+        &claude_args(settings.to_str().unwrap(), "--session-id", &sid),
+        &[],
+    );
+    lab.wait_screen(&pane, "idle", Duration::from_secs(20), idle)
+        .unwrap();
+    lab.type_line(&pane, "first exchange under account A");
+    lab.wait_hook("Stop", 1, Duration::from_secs(15)).unwrap();
+    lab.type_line(&pane, "/exit");
+    lab.wait_hook("SessionEnd", 1, Duration::from_secs(10))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    log(format!("A after exit:\n{}", trim(&lab.screen(&pane))));
+    let files: Vec<_> = walk(&shared);
+    log(format!("shared projects files: {files:?}"));
+
+    let mut env_b = lab.base_env(&b);
+    if !b_creds {
+        env_b.push(("ANTHROPIC_API_KEY".into(), KEY_B.into()));
+    }
+    let t0 = Instant::now();
+    let pane_b = lab.launch(
+        "b",
+        &env_b,
+        &claude_args(settings.to_str().unwrap(), "--resume", &sid),
+        &[],
+    );
+    let r = lab.wait_screen(&pane_b, "idle", Duration::from_secs(20), |s| {
+        idle(s) && !s.contains("Enter to confirm")
+    });
+    log(format!("B idle after {:?}: {}", t0.elapsed(), r.is_some()));
+    log(format!("B SCREEN:\n{}", trim(&lab.screen(&pane_b))));
+    let n = lab.api.main_requests().len();
+    lab.type_line(&pane_b, "second exchange under account B");
+    let mains = lab.api.wait_for_main(n + 1, Duration::from_secs(15));
+    let last = &mains[n];
+    log(format!(
+        "B request: cred={:?} sid={:?} messages={:?}",
+        last.credential(),
+        last.session_id(),
+        last.messages()
+            .iter()
+            .map(|(r, t)| (r.clone(), t.chars().take(60).collect::<String>()))
+            .collect::<Vec<_>>()
+    ));
+    lab.wait_hook("Stop", 2, Duration::from_secs(15));
+    std::thread::sleep(Duration::from_millis(800));
+    log(format!("B DONE SCREEN:\n{}", trim(&lab.screen(&pane_b))));
+    for (f, c) in lab.sessions_json(&b) {
+        log(format!("B sessions {f}: {c}"));
+    }
+    lab.type_line(&pane_b, "/exit");
+    lab.wait_hook("SessionEnd", 2, Duration::from_secs(10));
+    for (f, c) in out_files(&lab, "hook-SessionStart") {
+        log(format!("{f}: {c}"));
+    }
+    for (f, c) in out_files(&lab, "hook-SessionEnd") {
+        log(format!("{f}: {c}"));
+    }
+    let files: Vec<_> = walk(&shared);
+    log(format!("shared projects files after: {files:?}"));
+    let t = std::fs::read_to_string(shared.join(format!("-tmp-probe-resume-work/{sid}.jsonl")))
+        .unwrap_or_default();
+    for l in t.lines() {
+        let v: Value = serde_json::from_str(l).unwrap_or(Value::Null);
+        log(format!(
+            "TRANSCRIPT type={} subtype={} sessionId={} model={} keys={:?}",
+            v["type"],
+            v["subtype"],
+            v["sessionId"],
+            v["message"]["model"],
+            v.as_object()
+                .map(|o| o.keys().cloned().collect::<Vec<_>>())
+                .unwrap_or_default()
+        ));
+    }
+    lab.dump_requests();
+}
+
+fn walk(d: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(d) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p.display().to_string());
+            }
+        }
+    }
+    out
 }

@@ -56,6 +56,10 @@ fn config_example_covers_every_key() {
         namespace: Some(_),
         manifests: Some(_),
         resync_seconds: Some(_),
+        state_dir: Some(_),
+        listen: Some(_),
+        tmux_socket: Some(_),
+        transcripts_dir: Some(_),
         log: LogConfig {
             format: Some(_),
             level: Some(_),

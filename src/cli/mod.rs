@@ -131,6 +131,15 @@ impl Ctx {
         })
     }
 
+    /// Controller-owned state (config `stateDir`, default the XDG state dir).
+    pub fn state_dir(&self) -> PathBuf {
+        self.config
+            .state_dir
+            .as_deref()
+            .map(crate::fsutil::expand_home)
+            .unwrap_or_else(config::state_dir)
+    }
+
     pub fn store(&self) -> Result<Store> {
         Store::open(&self.store_dir)
             .with_context(|| format!("cannot open the store at {}", self.store_dir.display()))

@@ -1,14 +1,25 @@
-//! `run`: the daemon. It syncs the desired-state directory into the store
-//! until SIGTERM or SIGINT.
+//! `run`: the daemon. It waits for the leader lease, then serves the agents'
+//! endpoint, runs the session controller and (with a manifests directory)
+//! the sync, until SIGTERM or SIGINT. The agents keep running after it
+//! stops; the next daemon adopts them.
 
 use super::Ctx;
 use super::wait::parse_duration;
+use crate::api::Session;
 use crate::config::LogFormat;
+use crate::controller::{Context, Settings, session};
+use crate::daemon::{http, lease, signals::Signals};
+use crate::store::watch::{WatchConfig, watch};
 use crate::sync::Syncer;
-use anyhow::{Context as _, Result, bail};
+use crate::tmux::Tmux;
+use anyhow::{Context as _, Result};
 use clap::Args;
+use futures::{StreamExt, TryStreamExt};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, applier};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Args, Debug)]
@@ -16,9 +27,12 @@ pub struct RunArgs {
     /// Desired-state directory to keep synced into the store [config: manifests]
     #[arg(long, value_name = "DIR")]
     pub manifests: Option<PathBuf>,
-    /// Full resync period, also the drift-correction delay [config: resyncSeconds; default: 30s]
+    /// Full resync period of the sync and the controllers [config: resyncSeconds; default: 30s]
     #[arg(long, value_parser = parse_duration)]
     pub resync: Option<Duration>,
+    /// Address for the agents' hooks [config: listen; default: 127.0.0.1:7817]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
     /// Log format [config: log.format; default: text]
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -26,6 +40,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub log_level: Option<String>,
 }
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7817";
 
 pub fn run(ctx: &Ctx, a: RunArgs) -> Result<ExitCode> {
     let format = a
@@ -38,41 +54,152 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<ExitCode> {
         .or(ctx.config.log.level.clone())
         .unwrap_or_else(|| "info".into());
     super::init_logging(format, &level);
-    let Some(dir) = a.manifests.clone().or_else(|| {
-        ctx.config
-            .manifests
-            .as_deref()
-            .map(crate::fsutil::expand_home)
-    }) else {
-        bail!(
-            "nothing to run: pass --manifests DIR (or set `manifests` in {})",
-            ctx.config_path.display()
-        );
-    };
+    let cfg = &ctx.config;
     let resync = a
         .resync
-        .or(ctx.config.resync_seconds.map(Duration::from_secs))
+        .or(cfg.resync_seconds.map(Duration::from_secs))
         .unwrap_or(Duration::from_secs(30))
         .max(Duration::from_millis(100));
+    let state_dir = ctx.state_dir();
+    let tmux_socket = cfg
+        .tmux_socket
+        .as_deref()
+        .map(crate::fsutil::expand_home)
+        .unwrap_or_else(|| state_dir.join("tmux.sock"));
+    let shared_projects = cfg
+        .transcripts_dir
+        .as_deref()
+        .map(crate::fsutil::expand_home)
+        .unwrap_or_else(|| state_dir.join("projects"));
+    let listen = a
+        .listen
+        .clone()
+        .or(cfg.listen.clone())
+        .unwrap_or_else(|| DEFAULT_LISTEN.into());
+    let manifests = a
+        .manifests
+        .clone()
+        .or_else(|| cfg.manifests.as_deref().map(crate::fsutil::expand_home));
     let store = ctx.store()?;
-    let syncer = Syncer::new(store, &dir, &ctx.namespace)
-        .with_context(|| format!("cannot read the manifests directory {}", dir.display()))?;
+    let syncer = match &manifests {
+        Some(dir) => Some(
+            Syncer::new(store.clone(), dir, &ctx.namespace).with_context(|| {
+                format!("cannot read the manifests directory {}", dir.display())
+            })?,
+        ),
+        None => None,
+    };
+    let exe = std::env::current_exe().context("cannot find this program's path")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        tracing::info!(
-            store = %ctx.store_dir.display(),
-            manifests = %syncer.dir().display(),
-            resync_seconds = resync.as_secs_f64(),
-            version = env!("CARGO_PKG_VERSION"),
-            "daemon starting"
-        );
-        syncer.run(resync, shutdown_signal()).await;
-        tracing::info!("daemon stopped");
-    });
+        tracing::info!(store = %ctx.store_dir.display(), state = %state_dir.display(), version = env!("CARGO_PKG_VERSION"), "daemon starting");
+        let shutdown = shutdown_signal();
+        tokio::pin!(shutdown);
+        let lease = match lease::try_acquire(&state_dir)? {
+            Some(l) => l,
+            None => {
+                let holder = lease::current(&state_dir).map(|r| r.holder).unwrap_or_default();
+                tracing::info!(leader = %holder, "standby: another daemon leads this store; waiting for its lease");
+                tokio::select! {
+                    l = lease::acquire(&state_dir) => l?,
+                    _ = &mut shutdown => { tracing::info!("daemon stopped"); return Ok(()); }
+                }
+            }
+        };
+        tracing::info!(holder = %lease.record.holder, "leader lease acquired");
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let addr = listener.local_addr()?;
+        let (signals, wake) = Signals::new();
+        let signals = Arc::new(signals);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let server = {
+            let mut stop = stop_rx.clone();
+            let router = http::router(signals.clone());
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.changed().await;
+                    })
+                    .await;
+            })
+        };
+        tracing::info!(%addr, "agents' endpoint listening");
+        let context = Arc::new(Context {
+            store: store.clone(),
+            tmux: Tmux::new(&tmux_socket),
+            signals: signals.clone(),
+            settings: Settings {
+                state_dir: state_dir.clone(),
+                shared_projects,
+                agent_base_url: format!("http://{addr}"),
+                exe,
+                resync,
+                stop_step: Duration::from_secs(5),
+                max_backoff: Duration::from_secs(60),
+            },
+            memory: Default::default(),
+        });
+        let sessions = tokio::spawn(run_session_controller(context, wake, resync));
+        let sync = syncer.map(|s| {
+            let mut stop = stop_rx.clone();
+            tokio::spawn(s.run(resync, async move {
+                let _ = stop.changed().await;
+            }))
+        });
+        (&mut shutdown).await;
+        let _ = stop_tx.send(true);
+        sessions.abort();
+        if let Some(s) = sync {
+            let _ = s.await;
+        }
+        let _ = server.await;
+        drop(lease);
+        tracing::info!("daemon stopped (the agents keep running)");
+        Ok::<(), anyhow::Error>(())
+    })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The session controller: the applier over the Sessions' watch, plus a
+/// wake-up for each Session whose agent posted something.
+async fn run_session_controller(
+    ctx: Arc<Context>,
+    mut wake: tokio::sync::mpsc::UnboundedReceiver<ObjectRef<Session>>,
+    resync: Duration,
+) {
+    let (reader, writer) = reflector::store::<Session>();
+    let watch = watch::<Session>(
+        ctx.store.clone(),
+        WatchConfig {
+            namespace: None,
+            resync,
+        },
+    );
+    let from_store = reflector::reflector(writer, watch)
+        .touched_objects()
+        .map_ok(|s| ObjectRef::from(&s));
+    let from_agents = futures::stream::poll_fn(move |cx| wake.poll_recv(cx)).map(Ok);
+    let queue = futures::stream::select(from_store, from_agents);
+    let reconcile = |s, c| Box::pin(session::reconcile(s, c));
+    applier(
+        reconcile,
+        session::error_policy,
+        ctx,
+        reader,
+        queue,
+        Default::default(),
+    )
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "session controller");
+        }
+    })
+    .await;
 }
 
 /// Resolves on SIGINT or SIGTERM.

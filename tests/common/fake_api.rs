@@ -677,6 +677,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Body>) -> Response<Body> {
                 Plan::Fail(st.failures.remove(0))
             } else if let Some(a) = main.then(|| st.answers.pop_front()).flatten() {
                 Plan::Reply(a)
+            } else if !main && wants_title(&rec.body) {
+                // The title request asks for `{"title": ...}` (structured output).
+                Plan::Reply(Answer::Text(
+                    json!({"title": "Fake session title"}).to_string(),
+                ))
             } else {
                 let text = match &st.reply {
                     Some(f) => f(&rec),
@@ -748,6 +753,13 @@ async fn handle(shared: Arc<Shared>, req: Request<Body>) -> Response<Body> {
         add_headers(&mut resp, &extra_headers);
     }
     resp
+}
+
+/// Whether a request asks for structured output with a `title` field (the
+/// session-title request Claude Code sends to a haiku model).
+fn wants_title(body: &Value) -> bool {
+    body.pointer("/output_config/format/schema/properties/title")
+        .is_some()
 }
 
 /// Waits while the gate is closed (unless a pass is available).

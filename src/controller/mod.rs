@@ -1,0 +1,40 @@
+//! Controllers: each one reconciles one kind, driven by
+//! `kube_runtime::applier` over the store's watch (see docs/daemon.md).
+
+pub mod runtime;
+pub mod session;
+
+use crate::daemon::signals::Signals;
+use crate::store::Store;
+use crate::tmux::Tmux;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Settings of the controllers.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Controller-owned state (runtime records, settings files).
+    pub state_dir: PathBuf,
+    /// The transcript folder every account's `projects/` points to.
+    pub shared_projects: PathBuf,
+    /// `http://127.0.0.1:PORT` of the daemon's agent endpoint.
+    pub agent_base_url: String,
+    /// This binary (the statusLine command).
+    pub exe: PathBuf,
+    /// Requeue period of a settled session.
+    pub resync: Duration,
+    /// Each step of a graceful stop (`/exit`, SIGTERM, SIGKILL) waits this long.
+    pub stop_step: Duration,
+    /// Longest restart back-off.
+    pub max_backoff: Duration,
+}
+
+/// Everything a reconcile needs, shared by all of them.
+pub struct Context {
+    pub store: Store,
+    pub tmux: Tmux,
+    pub signals: Arc<Signals>,
+    pub settings: Settings,
+    pub memory: std::sync::Mutex<std::collections::HashMap<crate::api::ObjectKey, session::Memory>>,
+}

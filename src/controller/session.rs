@@ -1,0 +1,914 @@
+//! The session controller: keeps each Session's agent alive in tmux under
+//! the right account.
+//!
+//! A reconcile observes (tmux pane, the agent's signals, the account
+//! objects), asks the pure [`plan`] what to do, executes the steps, and
+//! writes status and conditions. Conditions: `AgentAlive` (the process
+//! runs) and `Ready` (at its prompt, idle or working), reasons in CamelCase.
+
+use super::Context;
+use super::runtime::{Runtime, settings_path, unix_now};
+use crate::agent::launch::{self, LaunchInput};
+use crate::agent::screen::{self, Screen};
+use crate::agent::seed::{self, Seed};
+use crate::agent::state::{self, AgentState};
+use crate::api::{Account, ObjectKey, Session, SessionPhase, set_condition};
+use crate::daemon::http::agent_path;
+use crate::fsutil::expand_home;
+use crate::store::StoreError;
+use crate::tmux::{NewSession, Pane, Tmux, TmuxError};
+use kube::runtime::controller::Action;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Held by every Session the controller manages: deleting one stops its
+/// agent and cleans up before the object goes.
+pub const FINALIZER: &str = "claude-failover.io/session";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Tmux(#[from] TmuxError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Per-session memory that need not survive a restart (screen debounce).
+#[derive(Debug, Default, Clone)]
+pub struct Memory {
+    last_screen: Option<(Screen, Instant)>,
+}
+
+/// The tmux session name of a Session.
+pub fn tmux_name(key: &ObjectKey) -> String {
+    if key.namespace == crate::api::DEFAULT_NAMESPACE {
+        key.name.clone()
+    } else {
+        format!("{}_{}", key.namespace, key.name)
+    }
+}
+
+// ---------------------------------------------------------------- planning
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    pub deleting: bool,
+    pub has_finalizer: bool,
+    pub suspend: bool,
+    /// The account to run under (None: Claude Code's default config), or
+    /// why none can be used.
+    pub account: Result<Option<String>, String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    /// The tmux pane; None when the tmux session is gone.
+    pub pane: Option<Pane>,
+    pub state: AgentState,
+    /// From the runtime record: launched at least once.
+    pub launched: bool,
+    pub running_account: Option<String>,
+    pub now: u64,
+    pub next_start_at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    AddFinalizer,
+    /// A live agent with no record of ours: take it over as it is.
+    Adopt,
+    /// Stop the agent gracefully and remove its tmux session.
+    Stop,
+    /// Remove the tmux session of an agent that has exited.
+    Clear,
+    Launch,
+    WaitBackoff(u64),
+    /// Forget the session and release the finalizer.
+    Cleanup,
+    /// Running, nothing to change: report its state.
+    Observe,
+    /// Running under another account than desired and busy: switch at the
+    /// end of the turn.
+    WaitTurn,
+    /// Cannot run: the reason.
+    Blocked(String),
+}
+
+/// What to do, from what is wanted and what is seen. Pure.
+pub fn plan(d: &Desired, o: &Observed) -> Vec<Step> {
+    let alive = o.pane.as_ref().is_some_and(|p| !p.dead);
+    let dead = o.pane.as_ref().is_some_and(|p| p.dead);
+    let mut steps = Vec::new();
+    if d.deleting {
+        if alive {
+            steps.push(Step::Stop);
+        } else if dead {
+            steps.push(Step::Clear);
+        }
+        steps.push(Step::Cleanup);
+        return steps;
+    }
+    if !d.has_finalizer {
+        steps.push(Step::AddFinalizer);
+    }
+    if d.suspend {
+        if alive {
+            steps.push(Step::Stop);
+        } else if dead {
+            steps.push(Step::Clear);
+        }
+        return steps;
+    }
+    if alive {
+        if !o.launched {
+            steps.push(Step::Adopt);
+            return steps;
+        }
+        let wrong_account = matches!(&d.account, Ok(want) if *want != o.running_account);
+        if wrong_account {
+            if o.state == AgentState::Busy {
+                steps.push(Step::WaitTurn);
+            } else {
+                steps.push(Step::Stop);
+                steps.push(Step::Launch);
+            }
+        } else {
+            steps.push(Step::Observe);
+        }
+        return steps;
+    }
+    if dead {
+        steps.push(Step::Clear);
+    }
+    match &d.account {
+        Err(reason) => steps.push(Step::Blocked(reason.clone())),
+        Ok(_) if o.launched && o.now < o.next_start_at => {
+            steps.push(Step::WaitBackoff(o.next_start_at - o.now))
+        }
+        Ok(_) => steps.push(Step::Launch),
+    }
+    steps
+}
+
+/// The account a Session should run under: its own if named and usable,
+/// else the usable one with the lowest priority value. No Accounts at all:
+/// Claude Code's default config.
+pub fn pick_account(s: &Session, accounts: &[Account]) -> Result<Option<String>, String> {
+    let usable = |a: &&Account| !a.spec.suspend && a.metadata.deletion_timestamp.is_none();
+    if let Some(want) = &s.spec.account {
+        match accounts
+            .iter()
+            .find(|a| a.metadata.name.as_deref() == Some(want))
+        {
+            None => return Err(format!("Account {want} not found")),
+            Some(a) if usable(&a) => return Ok(Some(want.clone())),
+            Some(_) => {}
+        }
+    }
+    if accounts.is_empty() {
+        return Ok(None);
+    }
+    accounts
+        .iter()
+        .filter(usable)
+        .min_by_key(|a| (a.spec.priority, a.metadata.name.clone()))
+        .map(|a| Some(a.metadata.name.clone().unwrap_or_default()))
+        .ok_or_else(|| "no usable Account: every one is suspended".into())
+}
+
+// --------------------------------------------------------------- execution
+
+struct Report {
+    phase: SessionPhase,
+    alive: (bool, &'static str, String),
+    ready: (bool, String, String),
+    requeue: Duration,
+}
+
+fn camel(s: &str) -> String {
+    s.split(['_', ' ', '-'])
+        .filter(|w| !w.is_empty())
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+fn report_of(state: &AgentState, resync: Duration) -> Report {
+    let alive = (true, "Running", String::new());
+    let quick = Duration::from_millis(500);
+    match state {
+        AgentState::Starting => Report {
+            phase: SessionPhase::Starting,
+            alive,
+            ready: (
+                false,
+                "Starting".into(),
+                "the agent has not reached its prompt yet".into(),
+            ),
+            requeue: quick,
+        },
+        AgentState::Idle => Report {
+            phase: SessionPhase::Idle,
+            alive,
+            ready: (true, "AgentIdle".into(), "waiting at the prompt".into()),
+            requeue: resync,
+        },
+        AgentState::Busy => Report {
+            phase: SessionPhase::Busy,
+            alive,
+            ready: (true, "AgentBusy".into(), "working on a turn".into()),
+            requeue: resync,
+        },
+        AgentState::Waiting(w) => Report {
+            phase: SessionPhase::Waiting,
+            alive,
+            ready: (
+                false,
+                format!("WaitingFor{}", camel(w)),
+                format!("waiting for {}", w.replace('_', " ")),
+            ),
+            requeue: resync,
+        },
+        AgentState::Exited => Report {
+            phase: SessionPhase::Starting,
+            alive: (true, "Exiting", "the agent is ending its session".into()),
+            ready: (false, "AgentExiting".into(), String::new()),
+            requeue: quick,
+        },
+    }
+}
+
+async fn wait_gone(tmux: &Tmux, name: &str, limit: Duration) -> Result<bool, Error> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match tmux.pane(name).await? {
+            None => return Ok(true),
+            Some(p) if p.dead => return Ok(true),
+            Some(_) => {}
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `/exit`, then SIGTERM, then SIGKILL, each with a deadline; then the
+/// tmux session goes. Returns how it stopped.
+async fn stop_agent(
+    ctx: &Context,
+    name: &str,
+    pane: &Pane,
+    busy: bool,
+) -> Result<&'static str, Error> {
+    let step = ctx.settings.stop_step;
+    let signal = |sig: i32| {
+        // SAFETY: kill(2) with a pid we launched and a valid signal number.
+        unsafe { libc::kill(pane.pid as libc::pid_t, sig) };
+    };
+    let mut how = "exited after /exit";
+    if busy {
+        ctx.tmux.send_keys(&pane.id, &["Escape"]).await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ctx.tmux.type_and_submit(&pane.id, "/exit").await?;
+    if !wait_gone(&ctx.tmux, name, step).await? {
+        signal(libc::SIGTERM);
+        how = "stopped with SIGTERM";
+        if !wait_gone(&ctx.tmux, name, step).await? {
+            signal(libc::SIGKILL);
+            how = "killed with SIGKILL";
+            wait_gone(&ctx.tmux, name, step).await?;
+        }
+    }
+    ctx.tmux.kill_session(name).await?;
+    Ok(how)
+}
+
+/// Reads the agent's state from its signals, its pid file and, only when
+/// those are silent (or a turn just failed), the debounced screen.
+async fn observe_state(
+    ctx: &Context,
+    key: &ObjectKey,
+    rt: &Runtime,
+    pane: &Pane,
+) -> Result<AgentState, Error> {
+    let sig = ctx.signals.get(key);
+    let config_dir = rt
+        .config_dir
+        .clone()
+        .unwrap_or_else(|| crate::fsutil::home().join(".claude"));
+    let pid = state::read_pid_file(&config_dir, pane.pid);
+    let pushed_idle = matches!(
+        sig.state.as_ref().map(|s| &s.0),
+        Some(crate::daemon::signals::HookState::Idle)
+    );
+    let need_screen =
+        (sig.state.is_none() && pid.is_none()) || (pushed_idle && sig.last_failure.is_some());
+    let screen = if need_screen {
+        let now = screen::classify(&ctx.tmux.capture(&pane.id, false).await?);
+        let mut mem = ctx.memory.lock().expect("lock");
+        let m = mem.entry(key.clone()).or_default();
+        let agreed = match m.last_screen {
+            Some((prev, at)) if prev == now && at.elapsed() >= Duration::from_millis(300) => {
+                Some(now)
+            }
+            Some((prev, _)) if prev == now => None,
+            _ => {
+                m.last_screen = Some((now, Instant::now()));
+                None
+            }
+        };
+        agreed
+    } else {
+        None
+    };
+    Ok(state::fuse(sig.state.as_ref(), pid.as_ref(), screen))
+}
+
+/// Reads `CLAUDE_CONFIG_DIR` from a running process's environment.
+fn process_config_dir(pid: u32) -> Option<PathBuf> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    env.split(|b| *b == 0)
+        .find_map(|kv| kv.strip_prefix(b"CLAUDE_CONFIG_DIR="))
+        .map(|v| PathBuf::from(String::from_utf8_lossy(v).into_owned()))
+}
+
+pub async fn reconcile(s: Arc<Session>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = s
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| crate::api::DEFAULT_NAMESPACE.into());
+    let key = ObjectKey::new(
+        crate::api::Kind::Session,
+        &ns,
+        s.metadata.name.as_deref().unwrap_or_default(),
+    );
+    let span = tracing::info_span!("reconcile", session = %key);
+    let _e = span.enter();
+    drop(_e);
+    reconcile_inner(&s, &ctx, &key).await
+}
+
+async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<Action, Error> {
+    let api = ctx.store.api::<Session>(Some(&key.namespace));
+    let state_dir = &ctx.settings.state_dir;
+    let name = tmux_name(key);
+    let mut rt = Runtime::load(state_dir, key);
+    ctx.signals.register(key, &rt.secret);
+    let pane = ctx.tmux.pane(&name).await?;
+    let accounts = ctx.store.api::<Account>(Some(&key.namespace)).list()?;
+    let desired = Desired {
+        deleting: s.metadata.deletion_timestamp.is_some(),
+        has_finalizer: s
+            .metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .any(|f| f == FINALIZER),
+        suspend: s.spec.suspend,
+        account: pick_account(s, &accounts),
+    };
+    let now = unix_now();
+    let gone_or_dead = pane.as_ref().is_none_or(|p| p.dead);
+    // A death not yet scheduled for restart: set its back-off now.
+    if rt.launches > 0
+        && gone_or_dead
+        && rt.next_start_at <= rt.launched_at
+        && !desired.suspend
+        && !desired.deleting
+    {
+        rt.backoff_seconds = if now.saturating_sub(rt.launched_at) >= 300 {
+            1
+        } else {
+            (rt.backoff_seconds * 2).clamp(1, ctx.settings.max_backoff.as_secs().max(1))
+        };
+        rt.next_start_at = now + rt.backoff_seconds;
+        rt.save(state_dir, key)?;
+    }
+    let agent_state = match &pane {
+        Some(p) if !p.dead && rt.launches > 0 => observe_state(ctx, key, &rt, p).await?,
+        _ => AgentState::Starting,
+    };
+    let observed = Observed {
+        pane: pane.clone(),
+        state: agent_state.clone(),
+        launched: rt.launches > 0,
+        running_account: rt.account.clone(),
+        now,
+        next_start_at: rt.next_start_at,
+    };
+    let steps = plan(&desired, &observed);
+    let mut status = s.status.clone().unwrap_or_default();
+    let generation = s.metadata.generation;
+    let mut report = None;
+    let mut deliberate_stop = false;
+    for step in steps {
+        match step {
+            Step::AddFinalizer => {
+                api.set_finalizer(&key.name, FINALIZER, true)?;
+            }
+            Step::Adopt => {
+                let p = pane.as_ref().expect("planned for a live pane");
+                let config_dir = process_config_dir(p.pid);
+                rt.account = accounts
+                    .iter()
+                    .find(|a| {
+                        config_dir.as_deref() == Some(expand_home(&a.spec.config_dir).as_path())
+                    })
+                    .and_then(|a| a.metadata.name.clone());
+                rt.config_dir = config_dir;
+                rt.launches = 1;
+                rt.launched_at = now;
+                rt.pid = Some(p.pid);
+                rt.pane_id = Some(p.id.clone());
+                rt.save(state_dir, key)?;
+                record(
+                    ctx,
+                    key,
+                    false,
+                    "Adopted",
+                    &format!("took over the running agent (pane {}, pid {})", p.id, p.pid),
+                );
+                report = Some(report_of(&AgentState::Starting, ctx.settings.resync));
+            }
+            Step::Stop => {
+                let p = pane.as_ref().expect("planned for a live pane");
+                let how = stop_agent(ctx, &name, p, agent_state == AgentState::Busy).await?;
+                deliberate_stop = true;
+                record(ctx, key, false, "Stopped", &format!("agent {how}"));
+            }
+            Step::Clear => {
+                let p = pane.as_ref().expect("planned for a dead pane");
+                let why = match p.exit_status {
+                    Some(code) => format!("agent exited with status {code}"),
+                    None => "agent exited".into(),
+                };
+                ctx.tmux.kill_session(&name).await?;
+                if !deliberate_stop && !desired.suspend && !desired.deleting {
+                    record(ctx, key, true, "AgentExited", &why);
+                }
+                status.pid = None;
+            }
+            Step::Launch => {
+                let restart = rt.launches > 0 && !deliberate_stop;
+                match launch(ctx, s, key, &mut rt, &accounts, &desired).await {
+                    Ok(p) => {
+                        if restart {
+                            rt.restarts += 1;
+                        }
+                        rt.next_start_at = 0;
+                        let verb = if deliberate_stop {
+                            "Relaunched"
+                        } else if restart {
+                            "Restarted"
+                        } else {
+                            "Launched"
+                        };
+                        let under = rt
+                            .account
+                            .as_deref()
+                            .map(|a| format!(" under account {a}"))
+                            .unwrap_or_default();
+                        let how = if rt.launches > 1 || deliberate_stop {
+                            "resuming"
+                        } else {
+                            "new conversation"
+                        };
+                        record(
+                            ctx,
+                            key,
+                            false,
+                            verb,
+                            &format!(
+                                "agent started in pane {}{under} ({how} {})",
+                                p.id, rt.agent_session_id
+                            ),
+                        );
+                        report = Some(report_of(&AgentState::Starting, ctx.settings.resync));
+                    }
+                    Err(message) => {
+                        rt.backoff_seconds = (rt.backoff_seconds * 2)
+                            .clamp(1, ctx.settings.max_backoff.as_secs().max(1));
+                        rt.next_start_at = now + rt.backoff_seconds;
+                        record(ctx, key, true, "LaunchFailed", &message);
+                        report = Some(Report {
+                            phase: SessionPhase::Failed,
+                            alive: (false, "LaunchFailed", message.clone()),
+                            ready: (false, "LaunchFailed".into(), message),
+                            requeue: Duration::from_secs(rt.backoff_seconds),
+                        });
+                    }
+                }
+                rt.save(state_dir, key)?;
+            }
+            Step::WaitBackoff(secs) => {
+                let exited = pane.as_ref().and_then(|p| p.exit_status);
+                let message = match (pane.is_some(), exited) {
+                    (true, Some(c)) => {
+                        format!("agent exited with status {c}; restarting in {secs}s")
+                    }
+                    (true, None) => format!("agent exited; restarting in {secs}s"),
+                    (false, _) => format!("tmux session lost; restarting in {secs}s"),
+                };
+                let reason = if pane.is_some() {
+                    "AgentExited"
+                } else {
+                    "TmuxSessionLost"
+                };
+                if pane.is_none() && status.phase != Some(SessionPhase::Starting) {
+                    record(ctx, key, true, reason, "the tmux session is gone");
+                }
+                report = Some(Report {
+                    phase: SessionPhase::Starting,
+                    alive: (false, reason, message.clone()),
+                    ready: (false, "BackOff".into(), message),
+                    requeue: Duration::from_secs(secs),
+                });
+            }
+            Step::Cleanup => {
+                ctx.signals.unregister(key);
+                ctx.memory.lock().expect("lock").remove(key);
+                Runtime::remove(state_dir, key)?;
+                api.set_finalizer(&key.name, FINALIZER, false)?;
+                return Ok(Action::await_change());
+            }
+            Step::Observe => {
+                let p = pane.as_ref().expect("planned for a live pane");
+                rt.pid = Some(p.pid);
+                rt.pane_id = Some(p.id.clone());
+                // `/clear` starts a new conversation: follow it.
+                if let Some(id) = ctx.signals.get(key).agent_session_id
+                    && id != rt.agent_session_id
+                {
+                    rt.agent_session_id = id;
+                    rt.save(state_dir, key)?;
+                }
+                report = Some(report_of(&agent_state, ctx.settings.resync));
+            }
+            Step::WaitTurn => {
+                let mut r = report_of(&agent_state, ctx.settings.resync);
+                r.requeue = Duration::from_millis(500);
+                report = Some(r);
+            }
+            Step::Blocked(reason) => {
+                report = Some(Report {
+                    phase: SessionPhase::Pending,
+                    alive: (false, "NotStarted", reason.clone()),
+                    ready: (false, "AccountUnavailable".into(), reason),
+                    requeue: ctx.settings.resync,
+                });
+            }
+        }
+    }
+    let report = report.unwrap_or_else(|| {
+        if desired.suspend {
+            Report {
+                phase: SessionPhase::Stopped,
+                alive: (false, "Suspended", "spec.suspend is true".into()),
+                ready: (false, "Suspended".into(), "spec.suspend is true".into()),
+                requeue: ctx.settings.resync,
+            }
+        } else {
+            report_of(&agent_state, ctx.settings.resync)
+        }
+    });
+    // Status: what runs now.
+    let running = rt.launches > 0 && !desired.suspend && report.alive.0;
+    let t = crate::api::now();
+    status.phase = Some(report.phase);
+    status.account = if running { rt.account.clone() } else { None };
+    status.agent_session_id = (rt.launches > 0).then(|| rt.agent_session_id.clone());
+    status.pane_id = if running { rt.pane_id.clone() } else { None };
+    status.pid = if running { rt.pid } else { None };
+    status.restarts = Some(rt.restarts);
+    status.observed_generation = generation;
+    if let Some(at) = ctx.signals.get(key).last_activity {
+        status.last_activity = Some(crate::api::Time(
+            k8s_openapi::jiff::Timestamp::try_from(at)
+                .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now()),
+        ));
+    }
+    set_condition(
+        &mut status.conditions,
+        "AgentAlive",
+        report.alive.0,
+        report.alive.1,
+        &report.alive.2,
+        generation,
+        t.clone(),
+    );
+    set_condition(
+        &mut status.conditions,
+        "Ready",
+        report.ready.0,
+        &report.ready.1,
+        &report.ready.2,
+        generation,
+        t,
+    );
+    if s.status.as_ref() != Some(&status) {
+        api.patch_status(&key.name, &status)?;
+    }
+    Ok(Action::requeue(report.requeue))
+}
+
+fn record(ctx: &Context, key: &ObjectKey, warning: bool, reason: &str, message: &str) {
+    if warning {
+        tracing::warn!(session = %key, reason, "{message}");
+    } else {
+        tracing::info!(session = %key, reason, "{message}");
+    }
+    if let Err(e) = ctx
+        .store
+        .record_event(key, warning, reason, message, "session-controller")
+    {
+        tracing::warn!(session = %key, error = %e, "cannot record an event");
+    }
+}
+
+/// Seeds the account, writes the settings file and starts the agent.
+async fn launch(
+    ctx: &Context,
+    s: &Session,
+    key: &ObjectKey,
+    rt: &mut Runtime,
+    accounts: &[Account],
+    desired: &Desired,
+) -> Result<Pane, String> {
+    let account_name = desired.account.clone().map_err(|e| e)?;
+    let account = account_name.as_ref().and_then(|n| {
+        accounts
+            .iter()
+            .find(|a| a.metadata.name.as_ref() == Some(n))
+    });
+    let config_dir = account.map(|a| expand_home(&a.spec.config_dir));
+    let workdir = expand_home(&s.spec.workdir);
+    let workdir = std::fs::canonicalize(&workdir)
+        .ok()
+        .filter(|p| p.is_dir())
+        .ok_or_else(|| format!("workdir {} does not exist", workdir.display()))?;
+    let shared = &ctx.settings.shared_projects;
+    if let Some(dir) = &config_dir {
+        let key_from_env = s
+            .spec
+            .agent
+            .env
+            .get("ANTHROPIC_API_KEY")
+            .cloned()
+            .or_else(|| std::env::var("ANTHROPIC_API_KEY").ok());
+        seed::seed_account(
+            dir,
+            &Seed {
+                version: screen::OBSERVED_ON,
+                workdir: &workdir,
+                api_key: key_from_env.as_deref(),
+                shared_projects: shared,
+            },
+        )
+        .map_err(|e| format!("cannot prepare the account's config dir: {e}"))?;
+    }
+    let settings_file = settings_path(&ctx.settings.state_dir, key);
+    let url = format!(
+        "{}{}",
+        ctx.settings.agent_base_url,
+        agent_path(key, &rt.secret)
+    );
+    let settings = launch::settings(&url, &ctx.settings.exe, launch::bypasses_permissions(s));
+    if let Some(d) = settings_file.parent() {
+        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+    }
+    crate::fsutil::write_atomic(
+        &settings_file,
+        &serde_json::to_vec_pretty(&settings).expect("JSON"),
+        Some(0o600),
+        false,
+    )
+    .map_err(|e| format!("{}: {e}", settings_file.display()))?;
+    let resume = seed::transcript_exists(shared, &rt.agent_session_id);
+    let plan = launch::plan(&LaunchInput {
+        session: s,
+        config_dir: config_dir.as_deref(),
+        settings_path: &settings_file,
+        agent_session_id: &rt.agent_session_id,
+        resume,
+    });
+    ctx.signals.reset(key);
+    ctx.memory.lock().expect("lock").remove(key);
+    let name = tmux_name(key);
+    ctx.tmux
+        .kill_session(&name)
+        .await
+        .map_err(|e| e.to_string())?;
+    let pane = ctx
+        .tmux
+        .new_session(&NewSession {
+            name: &name,
+            cwd: &workdir,
+            env: &plan.env,
+            argv: &plan.argv,
+            width: 200,
+            height: 50,
+        })
+        .await
+        .map_err(|e| format!("cannot start the tmux session: {e}"))?;
+    rt.account = account_name;
+    rt.config_dir = config_dir;
+    rt.pid = Some(pane.pid);
+    rt.pane_id = Some(pane.id.clone());
+    rt.launches += 1;
+    rt.launched_at = unix_now();
+    Ok(pane)
+}
+
+/// Requeue after a failed reconcile (store or tmux trouble).
+pub fn error_policy(s: Arc<Session>, e: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(session = s.metadata.name.as_deref().unwrap_or_default(), error = %e, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pane(dead: bool) -> Pane {
+        Pane {
+            session: "a".into(),
+            id: "%1".into(),
+            pid: 10,
+            dead,
+            exit_status: dead.then_some(1),
+        }
+    }
+
+    fn want(account: Option<&str>) -> Desired {
+        Desired {
+            deleting: false,
+            has_finalizer: true,
+            suspend: false,
+            account: Ok(account.map(str::to_string)),
+        }
+    }
+
+    fn seen(p: Option<Pane>, launched: bool, account: Option<&str>, state: AgentState) -> Observed {
+        Observed {
+            pane: p,
+            state,
+            launched,
+            running_account: account.map(str::to_string),
+            now: 100,
+            next_start_at: 0,
+        }
+    }
+
+    #[test]
+    fn first_launch_restart_and_backoff() {
+        assert_eq!(
+            plan(
+                &want(Some("a")),
+                &seen(None, false, None, AgentState::Starting)
+            ),
+            [Step::Launch]
+        );
+        let mut d = want(Some("a"));
+        d.has_finalizer = false;
+        assert_eq!(
+            plan(&d, &seen(None, false, None, AgentState::Starting)),
+            [Step::AddFinalizer, Step::Launch]
+        );
+        assert_eq!(
+            plan(
+                &want(Some("a")),
+                &seen(Some(pane(true)), true, Some("a"), AgentState::Starting)
+            ),
+            [Step::Clear, Step::Launch]
+        );
+        let mut o = seen(None, true, Some("a"), AgentState::Starting);
+        o.next_start_at = 104;
+        assert_eq!(plan(&want(Some("a")), &o), [Step::WaitBackoff(4)]);
+    }
+
+    #[test]
+    fn running_agents_are_observed_adopted_or_switched() {
+        let live = Some(pane(false));
+        assert_eq!(
+            plan(
+                &want(Some("a")),
+                &seen(live.clone(), true, Some("a"), AgentState::Idle)
+            ),
+            [Step::Observe]
+        );
+        assert_eq!(
+            plan(
+                &want(Some("a")),
+                &seen(live.clone(), false, None, AgentState::Starting)
+            ),
+            [Step::Adopt]
+        );
+        assert_eq!(
+            plan(
+                &want(Some("b")),
+                &seen(live.clone(), true, Some("a"), AgentState::Idle)
+            ),
+            [Step::Stop, Step::Launch]
+        );
+        assert_eq!(
+            plan(
+                &want(Some("b")),
+                &seen(live, true, Some("a"), AgentState::Busy)
+            ),
+            [Step::WaitTurn]
+        );
+    }
+
+    #[test]
+    fn suspend_delete_and_blocked() {
+        let live = Some(pane(false));
+        let mut d = want(Some("a"));
+        d.suspend = true;
+        assert_eq!(
+            plan(&d, &seen(live.clone(), true, Some("a"), AgentState::Idle)),
+            [Step::Stop]
+        );
+        assert_eq!(
+            plan(&d, &seen(None, true, Some("a"), AgentState::Idle)),
+            Vec::<Step>::new()
+        );
+        let mut d = want(Some("a"));
+        d.deleting = true;
+        assert_eq!(
+            plan(&d, &seen(live, true, Some("a"), AgentState::Idle)),
+            [Step::Stop, Step::Cleanup]
+        );
+        assert_eq!(
+            plan(&d, &seen(None, true, None, AgentState::Idle)),
+            [Step::Cleanup]
+        );
+        let d = Desired {
+            account: Err("Account x not found".into()),
+            ..want(None)
+        };
+        assert_eq!(
+            plan(&d, &seen(None, false, None, AgentState::Starting)),
+            [Step::Blocked("Account x not found".into())]
+        );
+    }
+
+    #[test]
+    fn account_choice() {
+        use crate::api::AccountSpec;
+        let acct = |n: &str, prio: i32, suspend: bool| {
+            let mut a = Account::new(
+                n,
+                AccountSpec {
+                    config_dir: format!("/a/{n}"),
+                    priority: prio,
+                    thresholds: Default::default(),
+                    suspend,
+                },
+            );
+            a.metadata.namespace = Some("default".into());
+            a
+        };
+        let mut s = Session::new(
+            "s",
+            crate::api::SessionSpec {
+                workdir: "/w".into(),
+                account: Some("work".into()),
+                agent: Default::default(),
+                suspend: false,
+            },
+        );
+        let accounts = vec![
+            acct("work", 10, false),
+            acct("spare", 20, false),
+            acct("cheap", 5, true),
+        ];
+        assert_eq!(pick_account(&s, &accounts), Ok(Some("work".into())));
+        s.spec.account = None;
+        assert_eq!(
+            pick_account(&s, &accounts),
+            Ok(Some("work".into())),
+            "lowest priority among usable"
+        );
+        s.spec.account = Some("cheap".into());
+        assert_eq!(
+            pick_account(&s, &accounts),
+            Ok(Some("work".into())),
+            "a suspended preference falls back"
+        );
+        s.spec.account = Some("nope".into());
+        assert!(pick_account(&s, &accounts).is_err());
+        s.spec.account = None;
+        assert_eq!(pick_account(&s, &[]), Ok(None));
+        assert_eq!(camel("permission_prompt"), "PermissionPrompt");
+    }
+}
