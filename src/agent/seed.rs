@@ -182,13 +182,47 @@ fn merge_dir(from: &Path, to: &Path) -> Result<(), SeedError> {
     Ok(())
 }
 
-/// True when a transcript for `agent_session_id` exists in the shared
-/// folder (then the agent is started with `--resume`).
-pub fn transcript_exists(shared: &Path, agent_session_id: &str) -> bool {
+/// The transcript of `agent_session_id` in the shared folder, if any.
+pub fn transcript(shared: &Path, agent_session_id: &str) -> Option<PathBuf> {
     let file = format!("{agent_session_id}.jsonl");
     std::fs::read_dir(shared)
-        .map(|rd| rd.flatten().any(|e| e.path().join(&file).is_file()))
-        .unwrap_or(false)
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join(&file))
+        .find(|p| p.is_file())
+}
+
+/// True when a transcript for `agent_session_id` exists in the shared
+/// folder.
+pub fn transcript_exists(shared: &Path, agent_session_id: &str) -> bool {
+    transcript(shared, agent_session_id).is_some()
+}
+
+/// True when the transcript holds a conversation `--resume` can continue.
+/// Claude Code writes messages lazily: an agent killed early leaves a
+/// transcript with only its title, and `--resume` then refuses it
+/// ("No conversation found").
+pub fn transcript_resumable(shared: &Path, agent_session_id: &str) -> bool {
+    use std::io::BufRead;
+    let Some(path) = transcript(shared, agent_session_id) else {
+        return false;
+    };
+    let Ok(f) = std::fs::File::open(path) else {
+        return false;
+    };
+    std::io::BufReader::new(f)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| {
+            serde_json::from_str::<Value>(&l)
+                .ok()
+                .and_then(|v| {
+                    v.get("type")
+                        .and_then(Value::as_str)
+                        .map(|t| t == "user" || t == "assistant")
+                })
+                .unwrap_or(false)
+        })
 }
 
 #[cfg(test)]
@@ -280,6 +314,13 @@ mod tests {
             "local c"
         );
         assert!(transcript_exists(&shared, "c"));
+        assert!(!transcript_resumable(&shared, "c"), "no messages in it");
+        std::fs::write(
+            shared.join("-code-web/d.jsonl"),
+            "{\"type\":\"ai-title\"}\n{\"type\":\"user\",\"message\":{}}\n",
+        )
+        .unwrap();
+        assert!(transcript_resumable(&shared, "d"));
         assert!(!transcript_exists(&shared, "zzz"));
         share_projects(&cfg, &shared).unwrap(); // idempotent
     }

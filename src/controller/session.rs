@@ -448,10 +448,22 @@ async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<
             }
             Step::Clear => {
                 let p = pane.as_ref().expect("planned for a dead pane");
-                let why = match p.exit_status {
+                let mut why = match p.exit_status {
                     Some(code) => format!("agent exited with status {code}"),
                     None => "agent exited".into(),
                 };
+                // Its last words, for the event: why it exited is usually on screen.
+                if let Ok(screen) = ctx.tmux.capture(&p.id, false).await {
+                    let last: Vec<&str> = screen
+                        .lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty() && !l.starts_with("Pane is dead"))
+                        .collect();
+                    let tail = last[last.len().saturating_sub(3)..].join(" | ");
+                    if !tail.is_empty() {
+                        why = format!("{why}: {tail}");
+                    }
+                }
                 ctx.tmux.kill_session(&name).await?;
                 if !deliberate_stop && !desired.suspend && !desired.deleting {
                     record(ctx, key, true, "AgentExited", &why);
@@ -693,7 +705,12 @@ async fn launch(
         false,
     )
     .map_err(|e| format!("{}: {e}", settings_file.display()))?;
-    let resume = seed::transcript_exists(shared, &rt.agent_session_id);
+    let resume = seed::transcript_resumable(shared, &rt.agent_session_id);
+    if !resume && rt.launches > 0 {
+        // Nothing to continue (the agent died before Claude Code wrote any
+        // message): a fresh conversation, under a fresh id.
+        rt.agent_session_id = uuid::Uuid::new_v4().to_string();
+    }
     let plan = launch::plan(&LaunchInput {
         session: s,
         config_dir: config_dir.as_deref(),

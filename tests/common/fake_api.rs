@@ -12,14 +12,21 @@
 //! - extra response headers (e.g. `anthropic-ratelimit-unified-*`);
 //! - an error status (e.g. 429 with a JSON error body) for the next N main
 //!   requests;
-//! - static answers for other paths (e.g. a usage endpoint, hook receivers).
+//! - scripted answers for the next main requests, e.g. a tool call
+//!   ([`FakeApi::queue_tool_use`]) so Claude Code runs a tool and fires its
+//!   `PreToolUse` / `PostToolUse` hooks;
+//! - static answers for other paths (e.g. a usage endpoint, or HTTP hook
+//!   receivers: hook bodies are then recorded like any request).
 //!
 //! It runs on its own thread with its own tokio runtime, so sync tests and
 //! `#[tokio::test]` tests can both use it, and stops when dropped.
 //!
-//! "Main" requests are `POST /v1/messages` whose model does not contain
-//! `haiku`: Claude Code also sends a small title request to a haiku model
-//! with each first prompt, which tests usually want to ignore.
+//! "Main" requests are the `POST /v1/messages` of the conversation itself.
+//! Claude Code also sends a session-title request with each prompt (to a
+//! haiku model with an API key, to the main model in subscription mode),
+//! recognised by its structured-output schema with a `title` field; main
+//! requests exclude it and any haiku-model request. The title request is
+//! answered `{"title":"Fake session title"}`.
 //!
 //! Nothing on the request path unwraps: a malformed request gets an error
 //! answer and is still recorded, it never brings the server down.
@@ -86,9 +93,17 @@ impl Recorded {
         self.method == "POST" && self.path_only() == "/v1/messages"
     }
 
-    /// A messages request to a model other than a haiku one (not a title request).
+    /// A messages request that is part of the conversation: a JSON body with
+    /// a model that is not a haiku one, and not the session-title request (see [`Recorded::is_title`]).
     pub fn is_main(&self) -> bool {
-        self.is_messages() && !self.model().is_some_and(|m| m.contains("haiku"))
+        self.is_messages() && self.model().is_some_and(|m| !m.contains("haiku")) && !self.is_title()
+    }
+
+    /// The session-title request Claude Code sends with a prompt: structured
+    /// output asking for `{"title": ...}`. It goes to a haiku model with an API
+    /// key, but to the main model in subscription (OAuth) mode.
+    pub fn is_title(&self) -> bool {
+        self.is_messages() && wants_title(&self.body)
     }
 
     /// `body.model`.
@@ -630,6 +645,10 @@ enum Plan {
     Json(u16, Value),
     Fail(Failure),
     Reply(Answer),
+    /// A text reply from the test's reply function (or the default echo),
+    /// computed once the lock is released, so the function may call back
+    /// into [`FakeApi`].
+    Text(Option<ReplyFn>),
 }
 
 async fn handle(shared: Arc<Shared>, req: Request<Body>) -> Response<Body> {
@@ -677,17 +696,13 @@ async fn handle(shared: Arc<Shared>, req: Request<Body>) -> Response<Body> {
                 Plan::Fail(st.failures.remove(0))
             } else if let Some(a) = main.then(|| st.answers.pop_front()).flatten() {
                 Plan::Reply(a)
-            } else if !main && wants_title(&rec.body) {
+            } else if rec.is_title() {
                 // The title request asks for `{"title": ...}` (structured output).
                 Plan::Reply(Answer::Text(
                     json!({"title": "Fake session title"}).to_string(),
                 ))
             } else {
-                let text = match &st.reply {
-                    Some(f) => f(&rec),
-                    None => FakeApi::default_reply(&rec),
-                };
-                Plan::Reply(Answer::Text(text))
+                Plan::Text(st.reply.clone())
             }
         } else if let Some((status, body)) = st
             .routes
@@ -702,7 +717,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Body>) -> Response<Body> {
         rec.status = match &plan {
             Plan::Status(s) | Plan::Json(s, _) => *s,
             Plan::Fail(f) => f.status,
-            Plan::Reply(_) => 200,
+            Plan::Reply(_) | Plan::Text(_) => 200,
         };
         let extra = if rec.is_messages() {
             st.headers.clone()
@@ -718,6 +733,13 @@ async fn handle(shared: Arc<Shared>, req: Request<Body>) -> Response<Body> {
         gate(&shared).await;
     }
 
+    let plan = match plan {
+        Plan::Text(f) => Plan::Reply(Answer::Text(match f {
+            Some(f) => f(&rec),
+            None => FakeApi::default_reply(&rec),
+        })),
+        other => other,
+    };
     let id = shared.msg_ids.fetch_add(1, Ordering::Relaxed);
     let mut resp = match plan {
         Plan::Status(s) => plain(s, Body::empty(), "text/plain"),
@@ -727,6 +749,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Body>) -> Response<Body> {
             add_headers(&mut r, &f.headers);
             r
         }
+        Plan::Text(_) => plain(500, Body::empty(), "text/plain"), // resolved above
         Plan::Reply(answer) => {
             let model = rec.model().unwrap_or("claude-sonnet-4-5").to_string();
             let input_tokens = (rec.raw_body.len() / 4).max(1) as u64;

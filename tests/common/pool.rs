@@ -1,0 +1,303 @@
+//! A pool for the end-to-end tests: the real daemon binary, the real
+//! Claude Code in real tmux (on the pool's own socket), a fake Anthropic
+//! API on 127.0.0.1, and a private store and state dir.
+
+use super::fake_api::FakeApi;
+use super::{BIN, Env, wait_for};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Generous: a loaded 2-core machine runs several Claude Codes at once.
+pub const LONG: Duration = Duration::from_secs(90);
+
+/// The Claude Code binary: `CLAUDE_BIN`, or the copy pinned in
+/// tools/claude-code (installed by `.ci/run`).
+pub fn claude_bin() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("CLAUDE_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tools/claude-code/node_modules/@anthropic-ai/claude-code-linux-x64/claude");
+    p.exists().then_some(p)
+}
+
+/// The binary, or None after saying clearly that `test` is skipped. Under
+/// CI (or with CLAUDE_FAILOVER_REQUIRE_CLAUDE set) a missing binary fails.
+pub fn require_claude(test: &str) -> Option<PathBuf> {
+    if let Some(p) = claude_bin() {
+        return Some(p);
+    }
+    if std::env::var_os("CI").is_some()
+        || std::env::var_os("CLAUDE_FAILOVER_REQUIRE_CLAUDE").is_some()
+    {
+        panic!("{test}: Claude Code is required here: npm ci --prefix tools/claude-code");
+    }
+    eprintln!(
+        "SKIPPED {test}: Claude Code is not installed (npm ci --prefix tools/claude-code, or set CLAUDE_BIN)"
+    );
+    None
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Pool {
+    pub env: Env,
+    pub api: FakeApi,
+    pub claude: PathBuf,
+    pub port: u16,
+    daemons: Vec<Option<Child>>,
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for i in 0..self.daemons.len() {
+                let log = self.daemon_log(i);
+                let tail: Vec<&str> = log.lines().rev().take(60).collect();
+                eprintln!("--- daemon {i} log (last 60 lines) ---");
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+            eprintln!("--- fake API ---\n{}", self.api.summary());
+            for name in self
+                .tmux(&["list-sessions", "-F", "#{session_name}"])
+                .lines()
+            {
+                eprintln!("--- screen of {name} ---\n{}", self.screen(name));
+            }
+        }
+        for d in self.daemons.iter_mut().flatten() {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+        let _ = Command::new("tmux")
+            .arg("-S")
+            .arg(self.socket())
+            .arg("kill-server")
+            .env_remove("TMUX")
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Pool {
+    pub fn new(claude: PathBuf) -> Pool {
+        let env = Env::new();
+        let port = free_port();
+        let d = env.dir.path();
+        std::fs::create_dir_all(d.join("work")).unwrap();
+        std::fs::write(
+            d.join("config.yaml"),
+            format!(
+                "store: {d}/store\nstateDir: {d}/state\nlisten: 127.0.0.1:{port}\ntmuxSocket: {d}/tmux.sock\ntranscriptsDir: {d}/projects\nresyncSeconds: 5\n",
+                d = d.display()
+            ),
+        )
+        .unwrap();
+        Pool {
+            env,
+            api: FakeApi::start(),
+            claude,
+            port,
+            daemons: Vec::new(),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.env.path(rel)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.path("tmux.sock")
+    }
+
+    pub fn workdir(&self) -> PathBuf {
+        self.path("work")
+    }
+
+    /// The CLI with the pool's config.
+    pub fn cli(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("--config").arg(self.path("config.yaml")).args(args);
+        c.env_remove("CLAUDE_FAILOVER_STORE")
+            .env_remove("TMUX")
+            .env("HOME", self.env.dir.path());
+        c
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "claude-failover {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn apply(&self, yaml: &str) {
+        let f = self.path(&format!("m-{}.yaml", uuid_like()));
+        std::fs::write(&f, yaml).unwrap();
+        self.ok(&["apply", "-f", f.to_str().unwrap()]);
+    }
+
+    /// Starts a daemon; returns its index (for `kill_daemon`).
+    pub fn start_daemon(&mut self) -> usize {
+        let i = self.daemons.len();
+        let log = std::fs::File::create(self.path(&format!("daemon-{i}.log"))).unwrap();
+        let child = self
+            .cli(&["run", "--log-level", "claude_failover=debug,info"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.daemons.push(Some(child));
+        i
+    }
+
+    pub fn daemon_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.path(&format!("daemon-{i}.log"))).unwrap_or_default()
+    }
+
+    pub fn wait_log(&self, i: usize, needle: &str) {
+        wait_for(&format!("daemon {i} to log {needle:?}"), LONG, || {
+            self.daemon_log(i).contains(needle).then_some(())
+        });
+    }
+
+    /// Stops daemon `i` with a signal (`libc::SIGTERM`, `libc::SIGKILL`).
+    pub fn signal_daemon(&mut self, i: usize, sig: i32) {
+        let mut child = self.daemons[i].take().expect("running");
+        unsafe { libc::kill(child.id() as i32, sig) };
+        child.wait().unwrap();
+    }
+
+    /// An Account whose config dir is `accounts/NAME`.
+    pub fn account_yaml(&self, name: &str, priority: i32) -> String {
+        format!(
+            "apiVersion: claude-failover.io/v1alpha1\nkind: Account\nmetadata:\n  name: {name}\nspec:\n  configDir: {}\n  priority: {priority}\n",
+            self.path(&format!("accounts/{name}")).display()
+        )
+    }
+
+    /// The environment that keeps Claude Code on the fake API.
+    pub fn agent_env(&self) -> Vec<(String, String)> {
+        [
+            ("ANTHROPIC_BASE_URL", self.api.url()),
+            ("DISABLE_TELEMETRY", "1".into()),
+            ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".into()),
+            ("DISABLE_AUTOUPDATER", "1".into()),
+            ("DISABLE_ERROR_REPORTING", "1".into()),
+            (
+                "CLAUDE_CODE_DISABLE_OFFICIAL_MARKETPLACE_AUTOINSTALL",
+                "1".into(),
+            ),
+            ("IS_SANDBOX", "1".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// A Session running the real Claude Code in the pool's workdir.
+    pub fn session_yaml(
+        &self,
+        name: &str,
+        account: Option<&str>,
+        extra_env: &[(&str, &str)],
+    ) -> String {
+        let mut env: String = self
+            .agent_env()
+            .iter()
+            .map(|(k, v)| format!("      {k}: \"{v}\"\n"))
+            .collect();
+        for (k, v) in extra_env {
+            env.push_str(&format!("      {k}: \"{v}\"\n"));
+        }
+        let account = account
+            .map(|a| format!("  account: {a}\n"))
+            .unwrap_or_default();
+        format!(
+            "apiVersion: claude-failover.io/v1alpha1\nkind: Session\nmetadata:\n  name: {name}\nspec:\n  workdir: {}\n{account}  agent:\n    command: {}\n    args: [\"--dangerously-skip-permissions\"]\n    env:\n{env}",
+            self.workdir().display(),
+            self.claude.display()
+        )
+    }
+
+    pub fn session(&self, name: &str) -> Option<Value> {
+        let out = self
+            .cli(&["get", "session", name, "-o", "json"])
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).unwrap())
+    }
+
+    /// Waits until the Session's object satisfies `pred`; returns it.
+    pub fn wait_session(&self, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        wait_for(&format!("session {name}: {what}"), LONG, || {
+            self.session(name).filter(|v| pred(v))
+        })
+    }
+
+    pub fn wait_phase(&self, name: &str, phase: &str) -> Value {
+        self.wait_session(name, &format!("phase {phase}"), |v| {
+            v["status"]["phase"] == phase
+        })
+    }
+
+    /// `tmux` on the pool's socket.
+    pub fn tmux(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .arg("-S")
+            .arg(self.socket())
+            .args(args)
+            .env_remove("TMUX")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Types a prompt into a session's pane and submits it, the way the
+    /// daemon does (the project's tmux driver).
+    pub fn type_prompt(&self, session: &str, text: &str) {
+        let tmux = claude_failover::tmux::Tmux::new(self.socket());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let pane = tmux
+                .pane(session)
+                .await
+                .unwrap()
+                .expect("the session's pane");
+            tmux.type_and_submit(&pane.id, text).await.unwrap();
+        });
+    }
+
+    pub fn screen(&self, session: &str) -> String {
+        self.tmux(&["capture-pane", "-p", "-t", &format!("={session}")])
+    }
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
