@@ -122,3 +122,135 @@ fn a_session_runs_reports_its_state_and_comes_back() {
         "runtime state cleaned up"
     );
 }
+
+#[test]
+fn a_standby_daemon_takes_over_and_adopts_the_running_agents() {
+    let Some(claude) = require_claude("a_standby_daemon_takes_over_and_adopts_the_running_agents")
+    else {
+        return;
+    };
+    let mut pool = Pool::new(claude);
+    pool.apply(&pool.account_yaml("a", 10));
+    pool.apply(&pool.session_yaml(
+        "ccl-1",
+        Some("a"),
+        &[(
+            "ANTHROPIC_API_KEY",
+            "sk-ant-api03-test-key-account-a-1111111111",
+        )],
+    ));
+    let first = pool.start_daemon();
+    let v = pool.wait_phase("ccl-1", "Idle");
+    let agent_pid = pid(&v);
+
+    // A second daemon on the same store waits.
+    let second = pool.start_daemon();
+    pool.wait_log(second, "standby");
+    assert!(!pool.daemon_log(second).contains("leader lease acquired"));
+
+    // The leader dies hard: the standby takes over at once and adopts the
+    // running agent instead of restarting it.
+    pool.signal_daemon(first, libc::SIGKILL);
+    pool.wait_log(second, "leader lease acquired");
+    pool.api.hold();
+    pool.type_prompt("ccl-1", "are you still there");
+    let v = pool.wait_phase("ccl-1", "Busy");
+    pool.api.release();
+    assert_eq!(
+        pid(&v),
+        agent_pid,
+        "the agent was restarted instead of adopted"
+    );
+    assert_eq!(v["status"]["restarts"], 0);
+    pool.wait_phase("ccl-1", "Idle");
+
+    // A graceful stop leaves the agents running; the next daemon adopts.
+    pool.signal_daemon(second, libc::SIGTERM);
+    assert!(pool.daemon_log(second).contains("daemon stopped"));
+    assert!(
+        pool.tmux(&["list-panes", "-t", "=ccl-1", "-F", "#{pane_pid}"])
+            .trim()
+            == agent_pid.to_string()
+    );
+    let third = pool.start_daemon();
+    pool.wait_log(third, "leader lease acquired");
+    // It manages the agent: a kill is noticed and repaired.
+    unsafe { libc::kill(agent_pid as i32, libc::SIGKILL) };
+    let v = pool.wait_session("ccl-1", "restarted by the third daemon", |v| {
+        v["status"]["restarts"] == 1 && ready(v)
+    });
+    assert_ne!(pid(&v), agent_pid);
+}
+
+#[test]
+fn moving_to_another_account_continues_the_conversation() {
+    let Some(claude) = require_claude("moving_to_another_account_continues_the_conversation")
+    else {
+        return;
+    };
+    let mut pool = Pool::new(claude);
+    let (token_a, token_b) = (
+        "sk-ant-oat01-token-of-account-a",
+        "sk-ant-oat01-token-of-account-b",
+    );
+    pool.apply(&pool.account_with_token("a", 10, token_a));
+    pool.apply(&pool.account_with_token("b", 20, token_b));
+    pool.apply(&pool.session_yaml("ccl-2", Some("a"), &[]));
+    pool.start_daemon();
+    pool.wait_phase("ccl-2", "Idle");
+    pool.type_prompt("ccl-2", "first message: remember the word PAPAYA");
+    let reqs = pool.api.wait_for(
+        |r| {
+            r.iter()
+                .any(|q| q.is_main() && q.mentions("remember the word PAPAYA"))
+        },
+        std::time::Duration::from_secs(60),
+    );
+    let first = reqs
+        .iter()
+        .find(|q| q.is_main() && q.mentions("remember the word PAPAYA"))
+        .unwrap();
+    assert_eq!(first.credential(), Some(token_a));
+    let conversation = first.session_id().map(str::to_string);
+    pool.wait_phase("ccl-2", "Idle");
+
+    // Move it: the controller stops the agent and resumes it under b.
+    pool.apply(&pool.session_yaml("ccl-2", Some("b"), &[]));
+    let v = pool.wait_session("ccl-2", "running under b", |v| {
+        v["status"]["account"] == "b" && ready(v)
+    });
+    assert_eq!(v["status"]["restarts"], 0, "a switch is not a crash");
+    pool.type_prompt("ccl-2", "second message: which word?");
+    let reqs = pool.api.wait_for(
+        |r| {
+            r.iter()
+                .any(|q| q.is_main() && q.mentions("second message: which word?"))
+        },
+        std::time::Duration::from_secs(60),
+    );
+    let second = reqs
+        .iter()
+        .rev()
+        .find(|q| q.is_main() && q.mentions("second message: which word?"))
+        .unwrap();
+    assert_eq!(
+        second.credential(),
+        Some(token_b),
+        "the second account's credentials"
+    );
+    let texts = second.message_texts();
+    assert!(
+        texts.iter().any(|t| t.contains("remember the word PAPAYA")),
+        "the earlier conversation was not sent: {texts:?}"
+    );
+    assert_eq!(
+        second.session_id().map(str::to_string),
+        conversation,
+        "the same conversation"
+    );
+    let described = pool.ok(&["describe", "session", "ccl-2"]);
+    assert!(
+        described.contains("Relaunched") && described.contains("under account b"),
+        "{described}"
+    );
+}

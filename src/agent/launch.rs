@@ -22,6 +22,9 @@ pub const HOOK_EVENTS: &[&str] = &[
     "SessionEnd",
 ];
 
+/// Events for which Claude Code only runs command hooks.
+const COMMAND_ONLY_EVENTS: &[&str] = &["SessionStart"];
+
 /// Events that take a tool matcher.
 const TOOL_EVENTS: &[&str] = &["PreToolUse", "PostToolUse"];
 
@@ -29,9 +32,16 @@ const TOOL_EVENTS: &[&str] = &["PreToolUse", "PostToolUse"];
 /// prefix (with its secret); `statusline_program` is this binary.
 pub fn settings(agent_url: &str, statusline_program: &Path, skip_permission_prompt: bool) -> Value {
     let mut hooks = serde_json::Map::new();
+    let program = shell_quote(&statusline_program.to_string_lossy());
     for ev in HOOK_EVENTS {
-        let mut entry =
-            json!({"hooks": [{"type": "http", "url": format!("{agent_url}/hook"), "timeout": 5}]});
+        // Claude Code runs no HTTP hook for SessionStart: that one goes
+        // through this binary, which posts the same JSON.
+        let hook = if COMMAND_ONLY_EVENTS.contains(ev) {
+            json!({"type": "command", "command": format!("{program} hook --url {agent_url}/hook"), "timeout": 5})
+        } else {
+            json!({"type": "http", "url": format!("{agent_url}/hook"), "timeout": 5})
+        };
+        let mut entry = json!({ "hooks": [hook] });
         if TOOL_EVENTS.contains(ev) {
             entry["matcher"] = json!("*");
         }
@@ -41,7 +51,7 @@ pub fn settings(agent_url: &str, statusline_program: &Path, skip_permission_prom
         "hooks": hooks,
         "statusLine": {
             "type": "command",
-            "command": format!("{} statusline --url {agent_url}/statusline", shell_quote(&statusline_program.to_string_lossy())),
+            "command": format!("{program} statusline --url {agent_url}/statusline"),
             "padding": 0,
         },
     });
@@ -203,12 +213,16 @@ mod tests {
             Path::new("/bin/claude-failover"),
             true,
         );
-        for ev in HOOK_EVENTS {
+        for ev in HOOK_EVENTS.iter().filter(|e| **e != "SessionStart") {
             assert_eq!(
                 v["hooks"][ev][0]["hooks"][0]["url"],
                 "http://127.0.0.1:9/v1/agents/default/a/s3cr3t/hook"
             );
         }
+        assert_eq!(
+            v["hooks"]["SessionStart"][0]["hooks"][0]["command"],
+            "/bin/claude-failover hook --url http://127.0.0.1:9/v1/agents/default/a/s3cr3t/hook"
+        );
         assert_eq!(v["hooks"]["PreToolUse"][0]["matcher"], "*");
         assert_eq!(
             v["statusLine"]["command"],

@@ -43,6 +43,12 @@ pub const PATTERNS: &[Pattern] = &[
         state: Screen::PermissionPrompt,
         all: &["Do you want to proceed?", "1. Yes"],
     },
+    // Start-up dialogs (bypass-mode warning, custom API key): they show `❯`
+    // between rules too, so they must be caught before the idle check.
+    Pattern {
+        state: Screen::Dialog,
+        all: &["Enter to confirm"],
+    },
 ];
 
 /// Spinner glyphs that start the "working" line (`✢ Generating…`).

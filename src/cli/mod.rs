@@ -88,6 +88,13 @@ pub enum Command {
         #[arg(long)]
         url: String,
     },
+    /// A command hook for Claude Code (installed by the daemon): posts its
+    /// input to the daemon
+    #[command(hide = true)]
+    Hook {
+        #[arg(long)]
+        url: String,
+    },
 }
 
 /// Settings resolved from flags, environment and the config file.
@@ -189,6 +196,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         Command::Statusline { url } => return Ok(statusline::statusline(&url)),
+        Command::Hook { url } => return Ok(statusline::hook(&url)),
         _ => {}
     }
     let ctx = Ctx::resolve(&cli.global)?;
@@ -204,7 +212,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Version
         | Command::Crds
         | Command::Completion { .. }
-        | Command::Statusline { .. } => {
+        | Command::Statusline { .. }
+        | Command::Hook { .. } => {
             unreachable!("handled above")
         }
     }

@@ -49,3 +49,13 @@ pub fn statusline(url: &str) -> std::process::ExitCode {
     }
     std::process::ExitCode::SUCCESS
 }
+
+/// `hook --url URL`: a command hook (for the events Claude Code runs no
+/// HTTP hook for). Posts its input to the daemon, prints nothing, and never
+/// fails the hook: a failing hook must not disturb the agent.
+pub fn hook(url: &str) -> std::process::ExitCode {
+    let mut input = Vec::new();
+    let _ = std::io::stdin().take(1 << 20).read_to_end(&mut input);
+    let _ = post(url, &input, Duration::from_secs(2));
+    std::process::ExitCode::SUCCESS
+}

@@ -190,6 +190,24 @@ impl Pool {
         )
     }
 
+    /// An Account with its own subscription credentials in its config dir
+    /// (`.credentials.json`, as on a real Linux machine): the token only has
+    /// the inference scope, so Claude Code fetches no profile from the
+    /// public host.
+    pub fn account_with_token(&self, name: &str, priority: i32, token: &str) -> String {
+        let dir = self.path(&format!("accounts/{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let creds = serde_json::json!({"claudeAiOauth": {
+            "accessToken": token,
+            "refreshToken": format!("sk-ant-ort01-refresh-{name}"),
+            "expiresAt": 4102444800000u64,
+            "scopes": ["user:inference"],
+            "subscriptionType": "max",
+        }});
+        std::fs::write(dir.join(".credentials.json"), creds.to_string()).unwrap();
+        self.account_yaml(name, priority)
+    }
+
     /// The environment that keeps Claude Code on the fake API.
     pub fn agent_env(&self) -> Vec<(String, String)> {
         [
