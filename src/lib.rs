@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod fsutil;
 pub mod manifest;
 pub mod selector;
+pub mod sim;
 pub mod store;
 pub mod sync;
 pub mod tmux;

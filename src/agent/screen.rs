@@ -136,7 +136,7 @@ mod tests {
     #[test]
     fn dialogs() {
         let perm =
-            format!("Bash command\n  rm -rf x\nDo you want to proceed?\n❯ 1. Yes\n  2. No\n");
+            "Bash command\n  rm -rf x\nDo you want to proceed?\n❯ 1. Yes\n  2. No\n".to_string();
         assert_eq!(classify(&perm), Screen::PermissionPrompt);
         let limit = "You've hit your session limit · resets 8am (UTC)\n❯ 1. Stop and wait for limit to reset\n  2. Upgrade\n";
         assert_eq!(classify(limit), Screen::UsageLimitDialog);

@@ -88,6 +88,9 @@ pub enum Command {
         #[arg(long)]
         url: String,
     },
+    /// A simulated Claude Code for demos and large pools: same screen
+    /// states, hooks, statusLine feed, transcripts and usage limits
+    SimAgent(crate::sim::SimArgs),
     /// A command hook for Claude Code (installed by the daemon): posts its
     /// input to the daemon
     #[command(hide = true)]
@@ -197,6 +200,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Statusline { url } => return Ok(statusline::statusline(&url)),
         Command::Hook { url } => return Ok(statusline::hook(&url)),
+        Command::SimAgent(a) => return Ok(crate::sim::run(a)),
         _ => {}
     }
     let ctx = Ctx::resolve(&cli.global)?;
@@ -213,7 +217,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         | Command::Crds
         | Command::Completion { .. }
         | Command::Statusline { .. }
-        | Command::Hook { .. } => {
+        | Command::Hook { .. }
+        | Command::SimAgent(_) => {
             unreachable!("handled above")
         }
     }

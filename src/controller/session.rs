@@ -316,7 +316,7 @@ async fn observe_state(
         let now = screen::classify(&ctx.tmux.capture(&pane.id, false).await?);
         let mut mem = ctx.memory.lock().expect("lock");
         let m = mem.entry(key.clone()).or_default();
-        let agreed = match m.last_screen {
+        match m.last_screen {
             Some((prev, at)) if prev == now && at.elapsed() >= Duration::from_millis(300) => {
                 Some(now)
             }
@@ -325,8 +325,7 @@ async fn observe_state(
                 m.last_screen = Some((now, Instant::now()));
                 None
             }
-        };
-        agreed
+        }
     } else {
         None
     };
@@ -656,7 +655,7 @@ async fn launch(
     accounts: &[Account],
     desired: &Desired,
 ) -> Result<Pane, String> {
-    let account_name = desired.account.clone().map_err(|e| e)?;
+    let account_name = desired.account.clone()?;
     let account = account_name.as_ref().and_then(|n| {
         accounts
             .iter()
