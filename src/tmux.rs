@@ -84,13 +84,59 @@ pub struct NewSession<'a> {
 pub struct Tmux {
     socket: PathBuf,
     timeout: Duration,
+    /// A shell command run (in the background, `#{session_name}` expanded)
+    /// when an agent's pane dies or its session closes, so the daemon
+    /// hears of it at once instead of at its next resync.
+    notify: Option<String>,
 }
+
+/// The tmux events that make the server run [`Tmux::with_notify`]'s command.
+const NOTIFY_HOOKS: &[&str] = &["pane-died", "session-closed"];
 
 impl Tmux {
     pub fn new(socket: impl Into<PathBuf>) -> Tmux {
         Tmux {
             socket: socket.into(),
             timeout: Duration::from_secs(10),
+            notify: None,
+        }
+    }
+
+    /// Runs `command` (a shell command; `#{session_name}` is expanded) when
+    /// a pane dies or a session closes.
+    pub fn with_notify(mut self, command: String) -> Tmux {
+        self.notify = Some(command);
+        self
+    }
+
+    /// `set-hook` arguments for the notify command (empty without one).
+    fn hook_args(&self) -> Vec<String> {
+        let Some(cmd) = &self.notify else {
+            return vec![];
+        };
+        let mut args = Vec::new();
+        for hook in NOTIFY_HOOKS {
+            args.extend(["set-hook", "-g", hook].map(String::from));
+            args.push(format!(
+                "run-shell -b \"{}\"",
+                cmd.replace('\\', "\\\\").replace('"', "\\\"")
+            ));
+            args.push(";".into());
+        }
+        args
+    }
+
+    /// Installs the notify hooks on a running server (a server started
+    /// later gets them with its first session). No server: nothing to do.
+    pub async fn install_hooks(&self) -> Result<()> {
+        let args = self.hook_args();
+        if args.is_empty() {
+            return Ok(());
+        }
+        let refs: Vec<&str> = args[..args.len() - 1].iter().map(String::as_str).collect();
+        match self.run(&refs, None).await {
+            Err(e) if !Self::is_absent(&e) => Err(e),
+            _ => Ok(()),
         }
     }
 
@@ -159,7 +205,9 @@ impl Tmux {
         }
         let cwd = s.cwd.to_string_lossy();
         let (w, h) = (s.width.to_string(), s.height.to_string());
-        let mut args: Vec<&str> = vec![
+        let hooks = self.hook_args();
+        let mut args: Vec<&str> = hooks.iter().map(String::as_str).collect();
+        args.extend([
             "set-option",
             "-g",
             "remain-on-exit",
@@ -183,7 +231,7 @@ impl Tmux {
             "-P",
             "-F",
             PANE_FORMAT,
-        ];
+        ]);
         let env: Vec<String> = s.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         for e in &env {
             args.push("-e");

@@ -129,15 +129,24 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<ExitCode> {
             })
         };
         tracing::info!(%addr, "agents' endpoint listening");
+        let notify = format!(
+            "{} hook --url http://{addr}{} </dev/null",
+            exe.display(),
+            http::tmux_path(signals.tmux_secret())
+        );
+        let tmux = Tmux::new(&tmux_socket).with_notify(notify);
+        if let Err(e) = tmux.install_hooks().await {
+            tracing::warn!(error = %e, "cannot install the tmux notifications; relying on resync");
+        }
         let context = Arc::new(Context {
             store: store.clone(),
-            tmux: Tmux::new(&tmux_socket),
+            tmux,
             signals: signals.clone(),
             settings: Settings {
                 state_dir: state_dir.clone(),
                 shared_projects,
                 agent_base_url: format!("http://{addr}"),
-                exe,
+                exe: exe.clone(),
                 resync,
                 stop_step: Duration::from_secs(5),
                 max_backoff: Duration::from_secs(60),

@@ -51,6 +51,18 @@ pub fn tmux_name(key: &ObjectKey) -> String {
     }
 }
 
+/// The Session a tmux session name belongs to (see [`tmux_name`]).
+pub fn key_of_tmux_name(name: &str) -> ObjectKey {
+    match name.split_once('_') {
+        Some((ns, n)) => ObjectKey::new(crate::api::Kind::Session, ns, n),
+        None => ObjectKey::new(
+            crate::api::Kind::Session,
+            crate::api::DEFAULT_NAMESPACE,
+            name,
+        ),
+    }
+}
+
 // ---------------------------------------------------------------- planning
 
 #[derive(Debug, Clone, PartialEq)]

@@ -20,6 +20,7 @@ pub fn router(signals: Arc<Signals>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/agents/{ns}/{name}/{secret}/hook", post(hook))
+        .route("/v1/tmux/{secret}/{session}", post(tmux_event))
         .route(
             "/v1/agents/{ns}/{name}/{secret}/statusline",
             post(statusline),
@@ -65,6 +66,23 @@ async fn statusline(
     };
     s.statusline(&key, &input);
     (StatusCode::OK, status_text(&name, &input))
+}
+
+/// The pool's tmux server says a pane died or a session closed.
+async fn tmux_event(
+    State(s): State<Arc<Signals>>,
+    Path((secret, session)): Path<(String, String)>,
+) -> StatusCode {
+    if secret != s.tmux_secret() {
+        return StatusCode::FORBIDDEN;
+    }
+    s.poke(&crate::controller::session::key_of_tmux_name(&session));
+    StatusCode::OK
+}
+
+/// The path the tmux server posts to (`#{session_name}` expanded by tmux).
+pub fn tmux_path(secret: &str) -> String {
+    format!("/v1/tmux/{secret}/#{{session_name}}")
 }
 
 /// The line Claude Code shows in its footer.

@@ -72,6 +72,8 @@ pub fn state_of(payload: &Value) -> Option<HookState> {
 
 /// The registry, shared by the HTTP endpoint and the controllers.
 pub struct Signals {
+    /// Authenticates the tmux server's notifications (per daemon run).
+    tmux_secret: String,
     agents: Mutex<HashMap<ObjectKey, AgentSignals>>,
     secrets: Mutex<HashMap<ObjectKey, String>>,
     wake: mpsc::UnboundedSender<ObjectRef<Session>>,
@@ -84,12 +86,17 @@ impl Signals {
         let (wake, rx) = mpsc::unbounded_channel();
         (
             Signals {
+                tmux_secret: uuid::Uuid::new_v4().simple().to_string(),
                 agents: Mutex::new(HashMap::new()),
                 secrets: Mutex::new(HashMap::new()),
                 wake,
             },
             rx,
         )
+    }
+
+    pub fn tmux_secret(&self) -> &str {
+        &self.tmux_secret
     }
 
     /// Accepts posts for `key` carrying `secret`.

@@ -95,10 +95,12 @@ impl Pool {
         let port = free_port();
         let d = env.dir.path();
         std::fs::create_dir_all(d.join("work")).unwrap();
+        // A long resync: the tests must pass on the event paths alone
+        // (store watch, hooks, tmux notifications); the resync is a safety net.
         std::fs::write(
             d.join("config.yaml"),
             format!(
-                "store: {d}/store\nstateDir: {d}/state\nlisten: 127.0.0.1:{port}\ntmuxSocket: {d}/tmux.sock\ntranscriptsDir: {d}/projects\nresyncSeconds: 5\n",
+                "store: {d}/store\nstateDir: {d}/state\nlisten: 127.0.0.1:{port}\ntmuxSocket: {d}/tmux.sock\ntranscriptsDir: {d}/projects\nresyncSeconds: 120\n",
                 d = d.display()
             ),
         )
