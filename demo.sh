@@ -10,7 +10,7 @@ work=$(mktemp -d)
 daemon=""
 cleanup() { [ -n "$daemon" ] && kill "$daemon" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
-export CLAUDE_FAILOVER_STORE="$work/store"
+export CLAUDE_FAILOVER_STORE="$work/store" XDG_STATE_HOME="$work/state" XDG_CONFIG_HOME="$work/config"
 cf() { echo "\$ claude-failover $*" >&2; "$bin" "$@"; }
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 # Waits (up to 10 s) until the command succeeds.
@@ -23,7 +23,7 @@ cf apply -f "$work/pool"
 cf get all
 
 step "Keep the directory synced (the daemon; logs below are its own)"
-"$bin" run --manifests "$work/pool" --resync 2s >"$work/daemon.log" 2>&1 &
+"$bin" run --manifests "$work/pool" --resync 2s --listen 127.0.0.1:0 >"$work/daemon.log" 2>&1 &
 daemon=$!
 until_ok grep -q "sync pass complete" "$work/daemon.log"
 cf get sessions -o wide

@@ -32,6 +32,9 @@ fn start(env: &Env, dir: &std::path::Path, resync: &str) -> Daemon {
             resync,
             "--log-format",
             "json",
+            // Tests run in parallel: no fixed port.
+            "--listen",
+            "127.0.0.1:0",
         ])
         .stdout(Stdio::null())
         .stderr(log)
