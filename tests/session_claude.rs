@@ -254,3 +254,33 @@ fn moving_to_another_account_continues_the_conversation() {
         "{described}"
     );
 }
+
+#[test]
+fn a_permission_prompt_is_reported_as_waiting() {
+    let Some(claude) = require_claude("a_permission_prompt_is_reported_as_waiting") else {
+        return;
+    };
+    let mut pool = Pool::new(claude);
+    pool.apply(&pool.account_yaml("a", 10));
+    // Default permission mode: a Bash call asks first.
+    let yaml = pool
+        .session_yaml(
+            "ccl-3",
+            Some("a"),
+            &[(
+                "ANTHROPIC_API_KEY",
+                "sk-ant-api03-test-key-account-a-3333333333",
+            )],
+        )
+        .replace("    args: [\"--dangerously-skip-permissions\"]\n", "");
+    pool.apply(&yaml);
+    pool.start_daemon();
+    pool.wait_phase("ccl-3", "Idle");
+    pool.api.queue_tool_use("Bash", serde_json::json!({"command": "touch permission-was-granted", "description": "Create a file"}));
+    pool.type_prompt("ccl-3", "please create the file");
+    let v = pool.wait_phase("ccl-3", "Waiting");
+    let ready = cond(&v, "Ready").unwrap();
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "WaitingForPermissionPrompt", "{v}");
+    assert!(!pool.workdir().join("permission-was-granted").exists());
+}
