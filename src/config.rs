@@ -30,6 +30,32 @@ pub struct Config {
     pub transcripts_dir: Option<String>,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub dispatch: DispatchConfig,
+    #[serde(default)]
+    pub janitor: JanitorConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DispatchConfig {
+    /// Seconds a session rests after a task before it takes the next.
+    pub cooldown_seconds: Option<u64>,
+    /// Seconds one attempt of a task may run.
+    pub timeout_seconds: Option<u64>,
+    /// Attempts before a task fails.
+    pub max_attempts: Option<u32>,
+    /// Model per priority when a task names none.
+    pub models: Option<std::collections::BTreeMap<crate::api::TaskPriority, String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JanitorConfig {
+    /// Seconds between janitor passes.
+    pub interval_seconds: Option<u64>,
+    /// Finished tasks, their inbox files and rejected files older than this go.
+    pub keep_finished_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]

@@ -8,6 +8,8 @@ pub mod config;
 pub mod controller;
 pub mod daemon;
 pub mod fsutil;
+pub mod inbox;
+pub mod janitor;
 pub mod manifest;
 pub mod selector;
 pub mod sim;

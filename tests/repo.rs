@@ -1,6 +1,6 @@
 //! Files in the repository that must stay in step with the code.
 
-use claude_failover::config::{Config, LogConfig};
+use claude_failover::config::{Config, DispatchConfig, JanitorConfig, LogConfig};
 use std::path::Path;
 
 fn repo(rel: &str) -> std::path::PathBuf {
@@ -64,6 +64,18 @@ fn config_example_covers_every_key() {
             format: Some(_),
             level: Some(_),
         },
+        dispatch:
+            DispatchConfig {
+                cooldown_seconds: Some(_),
+                timeout_seconds: Some(_),
+                max_attempts: Some(_),
+                models: Some(_),
+            },
+        janitor:
+            JanitorConfig {
+                interval_seconds: Some(_),
+                keep_finished_seconds: Some(_),
+            },
     } = cfg
     else {
         panic!("config.example.yaml leaves a key unset: {cfg:?}");

@@ -5,6 +5,7 @@
 //! dispatches. Errors go to stderr as `error: ...` with a non-zero exit.
 
 mod apply;
+mod cancel;
 mod describe;
 mod get;
 mod init;
@@ -69,6 +70,8 @@ pub enum Command {
     Delete(apply::DeleteArgs),
     /// Show what apply would change (exit 0: none, 1: differences, >1: error)
     Diff(apply::DiffArgs),
+    /// Cancel tasks: a running one is interrupted, a pending one never runs
+    Cancel(cancel::CancelArgs),
     /// Wait for a condition on objects, or for their deletion
     Wait(wait::WaitArgs),
     /// Run the daemon: sync the manifests directory into the store
@@ -211,6 +214,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Delete(a) => apply::delete(&ctx, a),
         Command::Diff(a) => apply::diff(&ctx, a),
         Command::Wait(a) => wait::wait(&ctx, a),
+        Command::Cancel(a) => cancel::cancel(&ctx, a),
         Command::Run(a) => run::run(&ctx, a),
         Command::Init(a) => init::init(&ctx, a),
         Command::Version

@@ -5,9 +5,9 @@
 
 use super::Ctx;
 use super::wait::parse_duration;
-use crate::api::Session;
+use crate::api::{Object, Session, Task};
 use crate::config::LogFormat;
-use crate::controller::{Context, Settings, session};
+use crate::controller::{Context, Settings, session, task};
 use crate::daemon::{http, lease, signals::Signals};
 use crate::store::watch::{WatchConfig, watch};
 use crate::sync::Syncer;
@@ -90,6 +90,28 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<ExitCode> {
         None => None,
     };
     let exe = std::env::current_exe().context("cannot find this program's path")?;
+    let d = &cfg.dispatch;
+    let mut dispatch = task::DispatchSettings::default();
+    if let Some(c) = d.cooldown_seconds {
+        dispatch.cooldown = Duration::from_secs(c);
+    }
+    if let Some(t) = d.timeout_seconds {
+        dispatch.default_timeout = Duration::from_secs(t);
+    }
+    if let Some(m) = d.max_attempts {
+        dispatch.max_attempts = m.max(1);
+    }
+    if let Some(models) = &d.models {
+        dispatch
+            .models
+            .extend(models.iter().map(|(p, m)| (*p, m.clone())));
+    }
+    let janitor_settings = crate::janitor::Settings {
+        interval: Duration::from_secs(cfg.janitor.interval_seconds.unwrap_or(600).max(1)),
+        keep_finished: Duration::from_secs(
+            cfg.janitor.keep_finished_seconds.unwrap_or(7 * 24 * 3600),
+        ),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -153,7 +175,15 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<ExitCode> {
             },
             memory: Default::default(),
         });
-        let sessions = tokio::spawn(run_session_controller(context, wake, resync));
+        let sessions = tokio::spawn(run_session_controller(context.clone(), wake, resync));
+        // The task dispatcher, woken by any Task or Session change.
+        let store_changed = Arc::new(tokio::sync::Notify::new());
+        let watchers = [
+            tokio::spawn(notify_on_change::<Task>(store.clone(), store_changed.clone(), resync)),
+            tokio::spawn(notify_on_change::<Session>(store.clone(), store_changed.clone(), resync)),
+        ];
+        let tasks = tokio::spawn(task::run(context.clone(), dispatch, store_changed));
+        let janitor = tokio::spawn(crate::janitor::run(store.clone(), janitor_settings));
         let sync = syncer.map(|s| {
             let mut stop = stop_rx.clone();
             tokio::spawn(s.run(resync, async move {
@@ -163,6 +193,11 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<ExitCode> {
         (&mut shutdown).await;
         let _ = stop_tx.send(true);
         sessions.abort();
+        tasks.abort();
+        janitor.abort();
+        for w in watchers {
+            w.abort();
+        }
         if let Some(s) = sync {
             let _ = s.await;
         }
@@ -209,6 +244,24 @@ async fn run_session_controller(
         }
     })
     .await;
+}
+
+/// Notifies `changed` on every change of a `K` in the store.
+async fn notify_on_change<K: Object>(
+    store: crate::store::Store,
+    changed: Arc<tokio::sync::Notify>,
+    resync: Duration,
+) {
+    let mut events = std::pin::pin!(watch::<K>(
+        store,
+        WatchConfig {
+            namespace: None,
+            resync,
+        }
+    ));
+    while events.next().await.is_some() {
+        changed.notify_one();
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

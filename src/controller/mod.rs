@@ -3,6 +3,7 @@
 
 pub mod runtime;
 pub mod session;
+pub mod task;
 
 use crate::daemon::signals::Signals;
 use crate::store::Store;

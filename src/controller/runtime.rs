@@ -75,7 +75,10 @@ impl Runtime {
         std::fs::create_dir_all(&d)?;
         // Secrets inside: only the owner may look.
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(state_dir.join("sessions"), std::fs::Permissions::from_mode(0o700))?;
+        std::fs::set_permissions(
+            state_dir.join("sessions"),
+            std::fs::Permissions::from_mode(0o700),
+        )?;
         let data = serde_json::to_vec_pretty(self).expect("runtime serializes");
         write_atomic(&d.join("runtime.json"), &data, Some(0o600), false)
     }

@@ -614,6 +614,30 @@ async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<
     status.pid = if running { rt.pid } else { None };
     status.restarts = Some(rt.restarts);
     status.observed_generation = generation;
+    // The task on this session, as the task controller recorded it.
+    status.current_task = ctx
+        .store
+        .api::<crate::api::Task>(Some(&key.namespace))
+        .list()?
+        .into_iter()
+        .find(|t| {
+            t.status.as_ref().is_some_and(|st| {
+                matches!(
+                    st.phase,
+                    Some(crate::api::TaskPhase::Dispatched | crate::api::TaskPhase::Running)
+                ) && st.session.as_deref() == Some(key.name.as_str())
+            })
+        })
+        .and_then(|t| t.metadata.name);
+    if let Ok(workdir) = std::fs::canonicalize(expand_home(&s.spec.workdir)) {
+        crate::inbox::write_status(
+            &workdir,
+            &key.name,
+            &report.phase.to_string(),
+            status.current_task.as_deref(),
+            status.account.as_deref(),
+        );
+    }
     if let Some(at) = ctx.signals.get(key).last_activity {
         status.last_activity = Some(crate::api::Time(
             k8s_openapi::jiff::Timestamp::try_from(at)

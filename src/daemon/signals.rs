@@ -31,8 +31,8 @@ pub struct AgentSignals {
     pub session_start: Option<(String, SystemTime)>,
     /// Prompts confirmed by `UserPromptSubmit`, latest last (bounded).
     pub prompts: Vec<(String, SystemTime)>,
-    /// `last_assistant_message` of the latest `Stop`.
-    pub last_reply: Option<String>,
+    /// `last_assistant_message` of the latest `Stop`, and when it came.
+    pub last_stop: Option<(String, SystemTime)>,
     /// `error` and message of the latest `StopFailure`.
     pub last_failure: Option<(String, String, SystemTime)>,
     /// `tool_name` and `tool_input` of the latest tool call.
@@ -77,6 +77,8 @@ pub struct Signals {
     agents: Mutex<HashMap<ObjectKey, AgentSignals>>,
     secrets: Mutex<HashMap<ObjectKey, String>>,
     wake: mpsc::UnboundedSender<ObjectRef<Session>>,
+    /// Signalled on every payload: wakes the task dispatcher.
+    changed: tokio::sync::Notify,
 }
 
 impl Signals {
@@ -90,6 +92,7 @@ impl Signals {
                 agents: Mutex::new(HashMap::new()),
                 secrets: Mutex::new(HashMap::new()),
                 wake,
+                changed: tokio::sync::Notify::new(),
             },
             rx,
         )
@@ -143,6 +146,12 @@ impl Signals {
         let _ = self
             .wake
             .send(ObjectRef::new(&key.name).within(&key.namespace));
+        self.changed.notify_one();
+    }
+
+    /// Resolves at the next payload from any agent.
+    pub fn changed(&self) -> &tokio::sync::Notify {
+        &self.changed
     }
 
     /// Records one hook payload.
@@ -170,7 +179,9 @@ impl Signals {
                         a.prompts.remove(0);
                     }
                 }
-                Some("Stop") => a.last_reply = s("last_assistant_message"),
+                Some("Stop") => {
+                    a.last_stop = Some((s("last_assistant_message").unwrap_or_default(), now))
+                }
                 Some("StopFailure") => {
                     a.last_failure = Some((
                         s("error").unwrap_or_default(),
@@ -246,7 +257,7 @@ mod tests {
             &json!({"hook_event_name": "Stop", "last_assistant_message": "done"}),
         );
         assert_eq!(s.get(&k).state.unwrap().0, HookState::Idle);
-        assert_eq!(s.get(&k).last_reply.as_deref(), Some("done"));
+        assert_eq!(s.get(&k).last_stop.unwrap().0, "done");
         assert_eq!(rx.try_recv().unwrap().name, "a");
     }
 }

@@ -1,0 +1,924 @@
+//! The task dispatcher: Pending tasks go to free sessions, each exactly
+//! once, and are followed to their end.
+//!
+//! Choosing which task goes to which session is one decision over all
+//! tasks and sessions (priority order, one task per session), so this
+//! controller is one level-triggered loop rather than a per-object
+//! reconcile: each pass re-reads every Task and Session from the store and
+//! the agents' signals, moves in-flight tasks along, then assigns. Passes
+//! run on every store change, every agent signal, and a short tick while
+//! anything is in flight.
+//!
+//! Delivery is exactly once:
+//! 1. the intent (phase Dispatched, attempt, a fresh marker, the agent's
+//!    pid) is written to the store before anything is typed;
+//! 2. the prompt is typed with the marker at its end;
+//! 3. it is confirmed by the `UserPromptSubmit` hook carrying the marker, or
+//!    after a daemon crash by the marker in the account's `history.jsonl`
+//!    (Claude Code writes it at submit) or on screen in the composer (then
+//!    only Enter is sent again, never the text). Text that provably never
+//!    reached the agent is delivered again.
+
+use super::Context;
+use crate::api::{
+    Account, ObjectKey, Session, SessionPhase, Task, TaskPhase, TaskPriority, TaskStatus,
+};
+use crate::selector::Selector;
+use crate::store::StoreError;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Held by every task in flight: deleting it interrupts the session first.
+pub const FINALIZER: &str = "claude-failover.io/task";
+/// Set (by `cancel`) to stop a task.
+pub const CANCEL: &str = "claude-failover.io/cancel";
+/// Set on tasks imported from an inbox file: the file's path.
+pub const INBOX_FILE: &str = "claude-failover.io/inbox-file";
+
+/// Settings of the dispatcher.
+#[derive(Debug, Clone)]
+pub struct DispatchSettings {
+    /// A session takes its next task this long after its last one finished.
+    pub cooldown: Duration,
+    pub default_timeout: Duration,
+    pub max_attempts: u32,
+    /// Model per priority when a task names none.
+    pub models: HashMap<TaskPriority, String>,
+}
+
+impl Default for DispatchSettings {
+    fn default() -> Self {
+        DispatchSettings {
+            cooldown: Duration::ZERO,
+            default_timeout: Duration::from_secs(3600),
+            max_attempts: 3,
+            models: [
+                (TaskPriority::Critical, "opus"),
+                (TaskPriority::High, "sonnet"),
+                (TaskPriority::Normal, "sonnet"),
+                (TaskPriority::Low, "sonnet"),
+            ]
+            .into_iter()
+            .map(|(p, m)| (p, m.to_string()))
+            .collect(),
+        }
+    }
+}
+
+/// What the dispatcher remembers between passes (lost on restart, by design:
+/// everything here can be re-derived or safely redone).
+#[derive(Default)]
+pub struct Memory {
+    /// The model each agent (by pid) was last switched to.
+    models: HashMap<u32, String>,
+    /// When Enter was last re-sent for a task.
+    enter_sent: HashMap<ObjectKey, SystemTime>,
+}
+
+// ---------------------------------------------------------------- planning
+
+/// A session as the assignment sees it.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub key: ObjectKey,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub workdir: PathBuf,
+    pub free: bool,
+}
+
+fn norm(p: &str) -> PathBuf {
+    let p = crate::fsutil::expand_home(p);
+    std::fs::canonicalize(&p).unwrap_or(p)
+}
+
+/// Whether `task` may run on `session`.
+pub fn eligible(task: &Task, session: &Candidate) -> bool {
+    let ns = task
+        .metadata
+        .namespace
+        .as_deref()
+        .unwrap_or(crate::api::DEFAULT_NAMESPACE);
+    if session.key.namespace != ns {
+        return false;
+    }
+    if let Some(name) = &task.spec.session {
+        return *name == session.key.name;
+    }
+    if let Some(sel) = &task.spec.session_selector
+        && !Selector::from_label_selector(sel).matches(Some(&session.labels))
+    {
+        return false;
+    }
+    if let Some(w) = &task.spec.workdir
+        && norm(w) != session.workdir
+    {
+        return false;
+    }
+    true
+}
+
+/// The order tasks are served in: priority, then age, then name.
+pub fn queue_order(a: &Task, b: &Task) -> std::cmp::Ordering {
+    let created = |t: &Task| t.metadata.creation_timestamp.clone();
+    a.spec
+        .priority
+        .cmp(&b.spec.priority)
+        .then_with(|| created(a).cmp(&created(b)))
+        .then_with(|| a.metadata.name.cmp(&b.metadata.name))
+}
+
+/// Pairs pending tasks (already in queue order) with free sessions: each
+/// task takes the first eligible free session; each session takes one task.
+pub fn assign(pending: &[&Task], sessions: &[Candidate]) -> Vec<(usize, usize)> {
+    let mut taken = vec![false; sessions.len()];
+    let mut out = Vec::new();
+    for (ti, t) in pending.iter().enumerate() {
+        if let Some(si) = (0..sessions.len())
+            .find(|&si| !taken[si] && sessions[si].free && eligible(t, &sessions[si]))
+        {
+            taken[si] = true;
+            out.push((ti, si));
+        }
+    }
+    out
+}
+
+/// The model a task runs with.
+pub fn model_for(task: &Task, s: &DispatchSettings) -> Option<String> {
+    task.spec
+        .model
+        .clone()
+        .or_else(|| s.models.get(&task.spec.priority).cloned())
+}
+
+/// The marker typed after the prompt.
+pub fn marker_text(marker: &str) -> String {
+    format!(" ⟦task {marker}⟧")
+}
+
+// --------------------------------------------------------------- execution
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Tmux(#[from] crate::tmux::TmuxError),
+}
+
+fn key_of_task(t: &Task) -> ObjectKey {
+    ObjectKey::new(
+        crate::api::Kind::Task,
+        t.metadata.namespace.as_deref().unwrap_or_default(),
+        t.metadata.name.as_deref().unwrap_or_default(),
+    )
+}
+
+fn key_of_session(ns: &str, name: &str) -> ObjectKey {
+    ObjectKey::new(crate::api::Kind::Session, ns, name)
+}
+
+fn time(t: SystemTime) -> crate::api::Time {
+    crate::api::Time(
+        k8s_openapi::jiff::Timestamp::try_from(t)
+            .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now()),
+    )
+}
+
+fn system_time(t: &crate::api::Time) -> SystemTime {
+    SystemTime::try_from(t.0).unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+fn phase(t: &Task) -> TaskPhase {
+    t.status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .unwrap_or(TaskPhase::Pending)
+}
+
+fn finished(p: TaskPhase) -> bool {
+    matches!(
+        p,
+        TaskPhase::Succeeded | TaskPhase::Failed | TaskPhase::Cancelled
+    )
+}
+
+fn short(s: &str, n: usize) -> String {
+    let line = s
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default()
+        .trim();
+    if line.chars().count() > n {
+        format!("{}…", line.chars().take(n).collect::<String>())
+    } else {
+        line.to_string()
+    }
+}
+
+/// The config dir a session's agent runs with.
+fn config_dir(s: &Session, accounts: &[Account]) -> PathBuf {
+    let acc = s.status.as_ref().and_then(|st| st.account.clone());
+    acc.and_then(|a| {
+        accounts
+            .iter()
+            .find(|x| x.metadata.name.as_deref() == Some(&a))
+    })
+    .map(|a| crate::fsutil::expand_home(&a.spec.config_dir))
+    .unwrap_or_else(|| crate::fsutil::home().join(".claude"))
+}
+
+/// Claude Code records every submitted prompt in `history.jsonl` at once;
+/// after a crash this proves a submit the hook could not report.
+fn in_history(config_dir: &Path, marker: &str) -> bool {
+    std::fs::read_to_string(config_dir.join("history.jsonl"))
+        .map(|h| h.lines().any(|l| l.contains(marker)))
+        .unwrap_or(false)
+}
+
+/// The dispatcher: runs passes until the process ends. `store_changed` is
+/// notified on every Task or Session change (and by inbox folders).
+pub async fn run(
+    ctx: Arc<Context>,
+    settings: DispatchSettings,
+    store_changed: Arc<tokio::sync::Notify>,
+) {
+    let mut memory = Memory::default();
+    let mut inboxes = crate::inbox::InboxWatcher::new(store_changed.clone());
+    loop {
+        // Inbox files become Tasks first (and new inboxes get watched).
+        match ctx.store.api::<Session>(None).list() {
+            Ok(sessions) => {
+                if let Some(w) = inboxes.as_mut() {
+                    w.sync(&sessions);
+                }
+                crate::inbox::import(&ctx.store, &sessions);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot list sessions for the inboxes"),
+        }
+        let next = match pass(&ctx, &settings, &mut memory).await {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::warn!(error = %e, "task dispatch pass failed; retrying");
+                Duration::from_secs(1)
+            }
+        };
+        let signals = ctx.signals.clone();
+        tokio::select! {
+            _ = signals.changed().notified() => {}
+            _ = store_changed.notified() => {}
+            _ = tokio::time::sleep(next) => {}
+        }
+    }
+}
+
+struct View {
+    sessions: Vec<Session>,
+    accounts: HashMap<String, Vec<Account>>,
+    tasks: Vec<Task>,
+}
+
+fn load(ctx: &Context) -> Result<View, Error> {
+    let store = &ctx.store;
+    let sessions = store.api::<Session>(None).list()?;
+    let tasks = store.api::<Task>(None).list()?;
+    let mut accounts: HashMap<String, Vec<Account>> = HashMap::new();
+    for a in store.api::<Account>(None).list()? {
+        accounts
+            .entry(a.metadata.namespace.clone().unwrap_or_default())
+            .or_default()
+            .push(a);
+    }
+    Ok(View {
+        sessions,
+        accounts,
+        tasks,
+    })
+}
+
+fn session_of<'a>(v: &'a View, t: &Task) -> Option<&'a Session> {
+    let name = t.status.as_ref()?.session.as_deref()?;
+    let ns = t.metadata.namespace.as_deref().unwrap_or_default();
+    v.sessions.iter().find(|s| {
+        s.metadata.name.as_deref() == Some(name) && s.metadata.namespace.as_deref() == Some(ns)
+    })
+}
+
+/// One pass; returns how soon the next one should run without an event.
+async fn pass(ctx: &Context, st: &DispatchSettings, mem: &mut Memory) -> Result<Duration, Error> {
+    let view = load(ctx)?;
+    let mut in_flight = false;
+    // 1. Move in-flight and cancelled/deleted tasks along.
+    for t in &view.tasks {
+        let p = phase(t);
+        let deleting = t.metadata.deletion_timestamp.is_some();
+        let cancel = t
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(CANCEL));
+        if (deleting || cancel) && !finished(p) {
+            stop_task(ctx, &view, t, deleting).await?;
+            continue;
+        }
+        if deleting {
+            release(ctx, t)?;
+            continue;
+        }
+        match p {
+            TaskPhase::Dispatched | TaskPhase::Running => {
+                in_flight = true;
+                progress(ctx, st, mem, &view, t).await?;
+            }
+            p if finished(p) => {
+                if t.metadata
+                    .finalizers
+                    .iter()
+                    .flatten()
+                    .any(|f| f == FINALIZER)
+                {
+                    release(ctx, t)?;
+                }
+            }
+            _ => {}
+        }
+    }
+    // 2. Assign pending tasks to free sessions (re-read: step 1 changed things).
+    let view = load(ctx)?;
+    let busy: HashSet<(String, String)> = view
+        .tasks
+        .iter()
+        .filter(|t| matches!(phase(t), TaskPhase::Dispatched | TaskPhase::Running))
+        .filter_map(|t| {
+            let s = t.status.as_ref()?.session.clone()?;
+            Some((t.metadata.namespace.clone().unwrap_or_default(), s))
+        })
+        .collect();
+    let now = SystemTime::now();
+    let last_finished: HashMap<(String, String), SystemTime> = view
+        .tasks
+        .iter()
+        .filter(|t| finished(phase(t)))
+        .filter_map(|t| {
+            let s = t.status.as_ref()?;
+            Some((
+                (
+                    t.metadata.namespace.clone().unwrap_or_default(),
+                    s.session.clone()?,
+                ),
+                system_time(s.finished_at.as_ref()?),
+            ))
+        })
+        .fold(HashMap::new(), |mut m, (k, t)| {
+            let e = m.entry(k).or_insert(t);
+            if t > *e {
+                *e = t;
+            }
+            m
+        });
+    let candidates: Vec<Candidate> = view
+        .sessions
+        .iter()
+        .map(|s| {
+            let ns = s.metadata.namespace.clone().unwrap_or_default();
+            let name = s.metadata.name.clone().unwrap_or_default();
+            let status = s.status.clone().unwrap_or_default();
+            let ready = status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            let cooled = last_finished
+                .get(&(ns.clone(), name.clone()))
+                .is_none_or(|t| now.duration_since(*t).unwrap_or_default() >= st.cooldown);
+            let free = ready
+                && status.phase == Some(SessionPhase::Idle)
+                && status.pid.is_some()
+                && !s.spec.suspend
+                && s.metadata.deletion_timestamp.is_none()
+                && !busy.contains(&(ns.clone(), name.clone()))
+                && cooled;
+            Candidate {
+                key: key_of_session(&ns, &name),
+                labels: s.metadata.labels.clone().unwrap_or_default(),
+                workdir: norm(&s.spec.workdir),
+                free,
+            }
+        })
+        .collect();
+    let mut pending: Vec<&Task> = view
+        .tasks
+        .iter()
+        .filter(|t| phase(t) == TaskPhase::Pending && t.metadata.deletion_timestamp.is_none())
+        .collect();
+    pending.sort_by(|a, b| queue_order(a, b));
+    let mut next = if in_flight {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(5)
+    };
+    // Cooldowns end without an event: wake then.
+    if let Some(wait) = last_finished
+        .values()
+        .filter_map(|t| (*t + st.cooldown).duration_since(now).ok())
+        .filter(|d| !d.is_zero())
+        .min()
+        && !pending.is_empty()
+    {
+        next = next.min(wait);
+    }
+    for (ti, si) in assign(&pending, &candidates) {
+        let task = pending[ti];
+        let sess = view
+            .sessions
+            .iter()
+            .find(|s| {
+                s.metadata.name.as_deref() == Some(&candidates[si].key.name)
+                    && s.metadata.namespace.as_deref() == Some(&candidates[si].key.namespace)
+            })
+            .expect("candidates come from the sessions");
+        deliver(ctx, st, mem, task, sess).await?;
+        next = Duration::from_millis(200);
+    }
+    Ok(next)
+}
+
+fn record(ctx: &Context, key: &ObjectKey, warning: bool, reason: &str, message: &str) {
+    if warning {
+        tracing::warn!(task = %key, reason, "{message}");
+    } else {
+        tracing::info!(task = %key, reason, "{message}");
+    }
+    if let Err(e) = ctx
+        .store
+        .record_event(key, warning, reason, message, "task-controller")
+    {
+        tracing::warn!(task = %key, error = %e, "cannot record an event");
+    }
+}
+
+/// Writes a task's status, unless it changed under us (then the next pass
+/// decides again). Returns whether it was written. The sessions involved
+/// are woken, so their `currentTask` follows at once.
+fn write(ctx: &Context, t: &Task, status: TaskStatus) -> Result<bool, Error> {
+    let ns = t.metadata.namespace.clone().unwrap_or_default();
+    let sessions: Vec<String> = [
+        t.status.as_ref().and_then(|s| s.session.clone()),
+        status.session.clone(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let mut next = t.clone();
+    next.status = Some(status);
+    let api = ctx.store.api::<Task>(t.metadata.namespace.as_deref());
+    match api.replace_status(&next) {
+        Ok(_) => {
+            for s in sessions {
+                ctx.signals.poke(&key_of_session(&ns, &s));
+            }
+            Ok(true)
+        }
+        Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound(_)) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn release(ctx: &Context, t: &Task) -> Result<(), Error> {
+    let api = ctx.store.api::<Task>(t.metadata.namespace.as_deref());
+    match api.set_finalizer(
+        t.metadata.name.as_deref().unwrap_or_default(),
+        FINALIZER,
+        false,
+    ) {
+        Ok(_) | Err(StoreError::NotFound(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn deliver(
+    ctx: &Context,
+    st: &DispatchSettings,
+    mem: &mut Memory,
+    t: &Task,
+    s: &Session,
+) -> Result<(), Error> {
+    let key = key_of_task(t);
+    let api = ctx.store.api::<Task>(t.metadata.namespace.as_deref());
+    let session_name = s.metadata.name.clone().unwrap_or_default();
+    let Some(pid) = s.status.as_ref().and_then(|x| x.pid) else {
+        return Ok(());
+    };
+    let Some(pane) = ctx
+        .tmux
+        .pane(&super::session::tmux_name(&key_of_session(
+            &key.namespace,
+            &session_name,
+        )))
+        .await?
+    else {
+        return Ok(());
+    };
+    if pane.dead || pane.pid != pid {
+        return Ok(()); // the session controller will catch up first
+    }
+    // The finalizer first, so a delete from now on waits for us.
+    let Some(t) = api.set_finalizer(&key.name, FINALIZER, true)? else {
+        return Ok(());
+    };
+    let marker = format!("{:08x}", uuid::Uuid::new_v4().as_u128() as u32);
+    let model = model_for(&t, st);
+    let mut status = t.status.clone().unwrap_or_default();
+    status.phase = Some(TaskPhase::Dispatched);
+    status.session = Some(session_name.clone());
+    status.session_pid = Some(pid);
+    status.attempts = Some(status.attempts.unwrap_or(0) + 1);
+    status.marker = Some(marker.clone());
+    status.model = model.clone();
+    status.dispatched_at = Some(crate::api::now());
+    status.started_at = None;
+    status.finished_at = None;
+    status.message = None;
+    status.observed_generation = t.metadata.generation;
+    // 1. The intent, durable before anything is typed.
+    if !write(ctx, &t, status.clone())? {
+        return Ok(());
+    }
+    // 2. The model, when the agent runs another one.
+    let current = mem
+        .models
+        .get(&pid)
+        .cloned()
+        .or_else(|| s.spec.agent.model.clone());
+    if let Some(m) = &model
+        && current.as_deref() != Some(m.as_str())
+    {
+        ctx.tmux
+            .type_and_submit(&pane.id, &format!("/model {m}"))
+            .await?;
+        mem.models.insert(pid, m.clone());
+    }
+    // 3. The prompt, the marker, then Enter.
+    ctx.tmux
+        .send_text(&pane.id, t.spec.prompt.trim_end())
+        .await?;
+    ctx.tmux
+        .type_and_submit(&pane.id, &marker_text(&marker))
+        .await?;
+    if let Some(file) = t
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(INBOX_FILE))
+    {
+        crate::inbox::mark_dispatched(Path::new(file), &key.name, &marker);
+    }
+    record(
+        ctx,
+        &key,
+        false,
+        "Dispatched",
+        &format!(
+            "typed into session {session_name} (attempt {}{})",
+            status.attempts.unwrap_or(1),
+            model.map(|m| format!(", model {m}")).unwrap_or_default()
+        ),
+    );
+    Ok(())
+}
+
+/// Back to the queue (`rewind`: the attempt never reached the agent).
+fn requeue(ctx: &Context, t: &Task, why: &str, rewind: bool) -> Result<(), Error> {
+    let mut s = t.status.clone().unwrap_or_default();
+    s.phase = Some(TaskPhase::Pending);
+    s.session = None;
+    s.session_pid = None;
+    s.marker = None;
+    s.message = Some(why.to_string());
+    if rewind {
+        s.attempts = Some(s.attempts.unwrap_or(1).saturating_sub(1));
+    }
+    if write(ctx, t, s)? {
+        record(ctx, &key_of_task(t), false, "Requeued", why);
+    }
+    Ok(())
+}
+
+fn finish(ctx: &Context, t: &Task, phase: TaskPhase, message: &str) -> Result<(), Error> {
+    let mut s = t.status.clone().unwrap_or_default();
+    s.phase = Some(phase);
+    s.finished_at = Some(crate::api::now());
+    s.message = Some(message.to_string());
+    if write(ctx, t, s)? {
+        let (warn, reason) = match phase {
+            TaskPhase::Succeeded => (false, "Succeeded"),
+            TaskPhase::Cancelled => (false, "Cancelled"),
+            _ => (true, "Failed"),
+        };
+        record(ctx, &key_of_task(t), warn, reason, message);
+        if let Some(file) = t
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(INBOX_FILE))
+        {
+            crate::inbox::mark_finished(Path::new(file), phase == TaskPhase::Succeeded, message);
+        }
+    }
+    Ok(())
+}
+
+/// Failed for good, or back to the queue while attempts remain.
+fn retry_or_fail(ctx: &Context, st: &DispatchSettings, t: &Task, why: &str) -> Result<(), Error> {
+    let attempts = t.status.as_ref().and_then(|s| s.attempts).unwrap_or(1);
+    let max = t.spec.max_attempts.unwrap_or(st.max_attempts);
+    if attempts >= max {
+        finish(
+            ctx,
+            t,
+            TaskPhase::Failed,
+            &format!("{why} (attempt {attempts} of {max})"),
+        )
+    } else {
+        requeue(ctx, t, why, false)
+    }
+}
+
+async fn progress(
+    ctx: &Context,
+    st: &DispatchSettings,
+    mem: &mut Memory,
+    v: &View,
+    t: &Task,
+) -> Result<(), Error> {
+    let key = key_of_task(t);
+    let status = t.status.clone().unwrap_or_default();
+    let marker = status.marker.clone().unwrap_or_default();
+    let Some(sess) = session_of(v, t) else {
+        return requeue(ctx, t, "its session is gone", false);
+    };
+    let ns = key.namespace.clone();
+    let skey = key_of_session(&ns, sess.metadata.name.as_deref().unwrap_or_default());
+    let sig = ctx.signals.get(&skey);
+    let sstatus = sess.status.clone().unwrap_or_default();
+    let same_agent = sstatus.pid.is_some() && sstatus.pid == status.session_pid;
+    let accounts = v.accounts.get(&ns).cloned().unwrap_or_default();
+    let now = SystemTime::now();
+    match phase(t) {
+        TaskPhase::Dispatched => {
+            let dispatched = status
+                .dispatched_at
+                .as_ref()
+                .map(system_time)
+                .unwrap_or(now);
+            let hooked = sig
+                .prompts
+                .iter()
+                .find(|(p, _)| !marker.is_empty() && p.contains(&marker))
+                .map(|(_, at)| *at);
+            let confirmed =
+                hooked.or_else(|| in_history(&config_dir(sess, &accounts), &marker).then_some(now));
+            if let Some(at) = confirmed {
+                let mut s = status.clone();
+                s.phase = Some(TaskPhase::Running);
+                s.started_at = Some(time(at));
+                if write(ctx, t, s)? {
+                    let how = if hooked.is_some() {
+                        "the agent's UserPromptSubmit hook"
+                    } else {
+                        "the agent's prompt history"
+                    };
+                    record(
+                        ctx,
+                        &key,
+                        false,
+                        "Confirmed",
+                        &format!("received by session {} ({how})", skey.name),
+                    );
+                }
+                return Ok(());
+            }
+            if !same_agent {
+                return requeue(
+                    ctx,
+                    t,
+                    "the session's agent restarted before it received the task",
+                    true,
+                );
+            }
+            let age = now.duration_since(dispatched).unwrap_or_default();
+            if age < Duration::from_secs(3) {
+                return Ok(());
+            }
+            // Not confirmed after a while: is the text still in the composer?
+            let pane = ctx.tmux.pane(&super::session::tmux_name(&skey)).await?;
+            let Some(pane) = pane.filter(|p| !p.dead) else {
+                return requeue(ctx, t, "the session's agent is gone", true);
+            };
+            let screen = ctx.tmux.capture(&pane.id, false).await?;
+            if screen.contains(&marker) {
+                let last = mem
+                    .enter_sent
+                    .get(&key)
+                    .copied()
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                if now.duration_since(last).unwrap_or_default() >= Duration::from_secs(3) {
+                    ctx.tmux.send_keys(&pane.id, &["Enter"]).await?;
+                    mem.enter_sent.insert(key.clone(), now);
+                    record(
+                        ctx,
+                        &key,
+                        false,
+                        "EnterResent",
+                        "the prompt was still in the composer: sent Enter again (not the text)",
+                    );
+                }
+            } else if age > Duration::from_secs(10) {
+                return requeue(ctx, t, "the typed text never reached the agent", true);
+            }
+            Ok(())
+        }
+        TaskPhase::Running => {
+            let started = status.started_at.as_ref().map(system_time).unwrap_or(now);
+            if !same_agent {
+                return retry_or_fail(ctx, st, t, "the session's agent exited during the task");
+            }
+            if let Some((reply, at)) = &sig.last_stop
+                && *at >= started
+            {
+                return finish(ctx, t, TaskPhase::Succeeded, &short(reply, 200));
+            }
+            if let Some((error, message, at)) = &sig.last_failure
+                && *at >= started
+            {
+                if error == "rate_limit" {
+                    // Not the task's fault: another session or account takes it.
+                    return requeue(
+                        ctx,
+                        t,
+                        &format!("usage limit: {}", short(message, 160)),
+                        true,
+                    );
+                }
+                return retry_or_fail(
+                    ctx,
+                    st,
+                    t,
+                    &format!("the turn failed: {error}: {}", short(message, 160)),
+                );
+            }
+            let timeout = t
+                .spec
+                .timeout_seconds
+                .map(Duration::from_secs)
+                .unwrap_or(st.default_timeout);
+            if now.duration_since(started).unwrap_or_default() > timeout {
+                if let Some(pane) = ctx.tmux.pane(&super::session::tmux_name(&skey)).await? {
+                    ctx.tmux.send_keys(&pane.id, &["Escape"]).await?;
+                }
+                return retry_or_fail(
+                    ctx,
+                    st,
+                    t,
+                    &format!("timed out after {}s", timeout.as_secs()),
+                );
+            }
+            // The daemon was down when the turn ended: the agent's own state
+            // file says it has been idle since after the task started.
+            if sig.last_stop.is_none()
+                && sstatus.phase == Some(SessionPhase::Idle)
+                && let Some(pidf) = sstatus.pid.and_then(|pid| {
+                    crate::agent::state::read_pid_file(&config_dir(sess, &accounts), pid)
+                })
+                && pidf.status == "idle"
+                && pidf.modified > started
+            {
+                return finish(
+                    ctx,
+                    t,
+                    TaskPhase::Succeeded,
+                    "finished while the daemon was away",
+                );
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Cancel or delete: interrupt the session if the task is on it.
+async fn stop_task(ctx: &Context, v: &View, t: &Task, deleting: bool) -> Result<(), Error> {
+    if matches!(phase(t), TaskPhase::Dispatched | TaskPhase::Running)
+        && let Some(sess) = session_of(v, t)
+    {
+        let skey = key_of_session(
+            t.metadata.namespace.as_deref().unwrap_or_default(),
+            sess.metadata.name.as_deref().unwrap_or_default(),
+        );
+        if let Some(pane) = ctx.tmux.pane(&super::session::tmux_name(&skey)).await?
+            && !pane.dead
+        {
+            ctx.tmux.send_keys(&pane.id, &["Escape"]).await?;
+        }
+    }
+    let why = if deleting { "deleted" } else { "cancelled" };
+    finish(ctx, t, TaskPhase::Cancelled, why)?;
+    if deleting {
+        release(ctx, t)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::TaskSpec;
+
+    fn task(name: &str, prio: TaskPriority, created: i64) -> Task {
+        let mut t = Task::new(
+            name,
+            TaskSpec {
+                prompt: "p".into(),
+                priority: prio,
+                model: None,
+                session: None,
+                session_selector: None,
+                workdir: None,
+                timeout_seconds: None,
+                max_attempts: None,
+            },
+        );
+        t.metadata.namespace = Some("default".into());
+        t.metadata.creation_timestamp = Some(crate::api::Time(
+            k8s_openapi::jiff::Timestamp::from_second(created).unwrap(),
+        ));
+        t
+    }
+
+    fn cand(name: &str, labels: &[(&str, &str)], free: bool) -> Candidate {
+        Candidate {
+            key: key_of_session("default", name),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            workdir: PathBuf::from(format!("/w/{name}")),
+            free,
+        }
+    }
+
+    #[test]
+    fn priority_then_age_and_one_task_per_session() {
+        let mut tasks = [
+            task("old-low", TaskPriority::Low, 1),
+            task("new-critical", TaskPriority::Critical, 5),
+            task("old-normal", TaskPriority::Normal, 2),
+            task("new-normal", TaskPriority::Normal, 3),
+        ];
+        tasks.sort_by(queue_order);
+        let names: Vec<_> = tasks
+            .iter()
+            .map(|t| t.metadata.name.clone().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            ["new-critical", "old-normal", "new-normal", "old-low"]
+        );
+        let refs: Vec<&Task> = tasks.iter().collect();
+        let sessions = [
+            cand("a", &[], true),
+            cand("b", &[], false),
+            cand("c", &[], true),
+        ];
+        assert_eq!(assign(&refs, &sessions), [(0, 0), (1, 2)]);
+    }
+
+    #[test]
+    fn targeting() {
+        let mut t = task("t", TaskPriority::Normal, 1);
+        t.spec.session = Some("b".into());
+        assert!(!eligible(&t, &cand("a", &[], true)));
+        assert!(eligible(&t, &cand("b", &[], true)));
+        let mut t = task("t", TaskPriority::Normal, 1);
+        t.spec.session_selector = Some(crate::api::LabelSelector {
+            match_labels: Some([("project".to_string(), "api".to_string())].into()),
+            match_expressions: None,
+        });
+        assert!(eligible(&t, &cand("a", &[("project", "api")], true)));
+        assert!(!eligible(&t, &cand("b", &[("project", "web")], true)));
+        let mut t = task("t", TaskPriority::Normal, 1);
+        t.spec.workdir = Some("/w/c".into());
+        assert!(eligible(&t, &cand("c", &[], true)));
+        assert!(!eligible(&t, &cand("a", &[], true)));
+        let s = DispatchSettings::default();
+        assert_eq!(
+            model_for(&task("t", TaskPriority::Critical, 1), &s).as_deref(),
+            Some("opus")
+        );
+        assert_eq!(
+            model_for(&task("t", TaskPriority::Low, 1), &s).as_deref(),
+            Some("sonnet")
+        );
+    }
+}

@@ -1,0 +1,144 @@
+//! The janitor: removes what is finished and old, logging every removal.
+//!
+//! - Tasks that finished (Succeeded, Failed, Cancelled) longer ago than
+//!   `keep_finished`, with their `done/` or `failed/` inbox files;
+//! - files in `.agent-queue/rejected/` older than that;
+//! - `.dispatched` markers whose task is gone or finished.
+
+use crate::api::{Session, Task, TaskPhase};
+use crate::controller::task::INBOX_FILE;
+use crate::store::Store;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub interval: Duration,
+    pub keep_finished: Duration,
+}
+
+/// Runs a pass every `interval`, forever.
+pub async fn run(store: Store, settings: Settings) {
+    let mut tick = tokio::time::interval(settings.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (s, st) = (store.clone(), settings.clone());
+        match tokio::task::spawn_blocking(move || pass(&s, &st, SystemTime::now())).await {
+            Ok(Ok(n)) if n > 0 => tracing::info!(removed = n, "janitor pass complete"),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "janitor pass failed"),
+            Err(e) => tracing::warn!(error = %e, "janitor pass panicked"),
+        }
+    }
+}
+
+fn old(t: SystemTime, now: SystemTime, keep: Duration) -> bool {
+    now.duration_since(t).unwrap_or_default() > keep
+}
+
+fn remove(path: &Path, why: &str) -> bool {
+    match std::fs::remove_file(path) {
+        Ok(()) => {
+            tracing::info!(file = %path.display(), "janitor removed {why}");
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// One pass; returns how many things were removed.
+pub fn pass(
+    store: &Store,
+    s: &Settings,
+    now: SystemTime,
+) -> Result<usize, crate::store::StoreError> {
+    let mut removed = 0;
+    let tasks = store.api::<Task>(None).list()?;
+    for t in &tasks {
+        let st = t.status.clone().unwrap_or_default();
+        let done = matches!(
+            st.phase,
+            Some(TaskPhase::Succeeded | TaskPhase::Failed | TaskPhase::Cancelled)
+        );
+        let Some(finished) = st
+            .finished_at
+            .as_ref()
+            .map(|f| SystemTime::try_from(f.0).unwrap_or(now))
+        else {
+            continue;
+        };
+        if !done || !old(finished, now, s.keep_finished) {
+            continue;
+        }
+        if let Some(file) = t
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(INBOX_FILE))
+        {
+            let file = Path::new(file);
+            if let (Some(queue), Some(name)) =
+                (file.parent().and_then(Path::parent), file.file_name())
+            {
+                for dir in ["done", "failed"] {
+                    let f = queue.join(dir).join(name);
+                    for p in [
+                        f.clone(),
+                        f.with_extension("md.result"),
+                        f.with_extension("md.error"),
+                    ] {
+                        removed += remove(&p, "a finished task's inbox file") as usize;
+                    }
+                }
+            }
+        }
+        let api = store.api::<Task>(t.metadata.namespace.as_deref());
+        let name = t.metadata.name.as_deref().unwrap_or_default();
+        if api.delete(name).is_ok() {
+            tracing::info!(task = name, "janitor removed a finished task");
+            removed += 1;
+        }
+    }
+    let live: std::collections::HashSet<String> = tasks
+        .iter()
+        .filter(|t| {
+            matches!(
+                t.status.as_ref().and_then(|s| s.phase),
+                Some(TaskPhase::Dispatched | TaskPhase::Running)
+            )
+        })
+        .filter_map(|t| t.metadata.name.clone())
+        .collect();
+    for sess in store.api::<Session>(None).list()? {
+        let Ok(workdir) = std::fs::canonicalize(crate::fsutil::expand_home(&sess.spec.workdir))
+        else {
+            continue;
+        };
+        let queue = crate::inbox::queue_dir(&workdir);
+        if let Ok(rd) = std::fs::read_dir(queue.join("inbox")) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "dispatched") {
+                    let task = std::fs::read_to_string(&p)
+                        .ok()
+                        .and_then(|c| c.split_whitespace().nth(1).map(str::to_string))
+                        .unwrap_or_default();
+                    if !live.contains(&task) {
+                        removed += remove(&p, "a stale .dispatched marker") as usize;
+                    }
+                }
+            }
+        }
+        if let Ok(rd) = std::fs::read_dir(queue.join("rejected")) {
+            for e in rd.flatten() {
+                let p = e.path();
+                let modified = e.metadata().and_then(|m| m.modified()).unwrap_or(now);
+                if old(modified, now, s.keep_finished) {
+                    removed += remove(&p, "an old rejected inbox file") as usize;
+                }
+            }
+        }
+    }
+    Ok(removed)
+}
