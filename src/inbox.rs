@@ -48,7 +48,12 @@ pub fn queue_dir(workdir: &Path) -> PathBuf {
 pub struct ImportReport {
     pub created: Vec<ObjectKey>,
     pub rejected: Vec<(PathBuf, String)>,
+    /// Some file was too fresh to read: scan again shortly.
+    pub waiting: bool,
 }
+
+/// A file modified more recently than this may still be being written.
+pub const YOUNG: std::time::Duration = std::time::Duration::from_millis(500);
 
 fn fnv(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
@@ -151,6 +156,16 @@ pub fn import(store: &Store, sessions: &[Session]) -> ImportReport {
             .collect();
         files.sort();
         for file in files {
+            // A file still being written (an editor, `cp`) is left for the
+            // next scan: read half-written, it would be rejected.
+            let young = std::fs::metadata(&file)
+                .and_then(|m| m.modified())
+                .map(|t| t.elapsed().unwrap_or_default() < YOUNG)
+                .unwrap_or(true);
+            if young {
+                report.waiting = true;
+                continue;
+            }
             match import_file(store, &ns, &workdir, &file) {
                 Ok(Some(key)) => {
                     tracing::info!(file = %file.display(), task = %key, "inbox file imported");
@@ -277,9 +292,10 @@ pub fn mark_finished(file: &Path, ok: bool, message: &str) {
         return;
     }
     let dest = dir.join(name);
+    // The result first: whoever sees the file in done/ finds its result.
+    let side = with_suffix(&dest, if ok { ".result" } else { ".error" });
+    let _ = write_atomic(&side, format!("{message}\n").as_bytes(), None, true);
     if std::fs::rename(file, &dest).is_ok() {
-        let side = with_suffix(&dest, if ok { ".result" } else { ".error" });
-        let _ = write_atomic(&side, format!("{message}\n").as_bytes(), None, true);
         tracing::info!(file = %dest.display(), "inbox file moved");
     }
 }

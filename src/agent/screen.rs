@@ -90,6 +90,34 @@ fn composer_visible(lines: &[&str]) -> bool {
     })
 }
 
+/// What sits in the composer (typed but not submitted), if the composer
+/// is on screen: `Some("")` when it is empty.
+pub fn composer_text(screen: &str) -> Option<String> {
+    let lines: Vec<&str> = screen.lines().collect();
+    if !composer_visible(&lines) {
+        return None;
+    }
+    let i = lines
+        .iter()
+        .rposition(|l| l.trim_start().starts_with(COMPOSER))?;
+    let mut text = lines[i]
+        .trim_start()
+        .trim_start_matches(COMPOSER)
+        .trim()
+        .to_string();
+    // Continuation lines, up to the closing rule.
+    for l in &lines[i + 1..] {
+        if l.contains(RULE) {
+            break;
+        }
+        if !l.trim().is_empty() {
+            text.push('\n');
+            text.push_str(l.trim());
+        }
+    }
+    Some(text)
+}
+
 /// Classifies a plain capture (`capture-pane -p`).
 pub fn classify(screen: &str) -> Screen {
     for p in PATTERNS {
@@ -131,6 +159,19 @@ mod tests {
         assert_eq!(classify(&busy), Screen::Busy);
         // the composer is visible while busy: ❯ alone never means idle
         assert!(busy.contains('❯'));
+    }
+
+    #[test]
+    fn composer_content() {
+        assert_eq!(composer_text(&idle()).as_deref(), Some(""));
+        let typed = format!("{RULE_LINE}\n❯ fix the bug ⟦task 1a2b⟧\n{RULE_LINE}\n");
+        assert_eq!(
+            composer_text(&typed).as_deref(),
+            Some("fix the bug ⟦task 1a2b⟧")
+        );
+        let pasted = format!("{RULE_LINE}\n❯ [Pasted text #1 +12 lines]\n{RULE_LINE}\n");
+        assert!(composer_text(&pasted).unwrap().starts_with("[Pasted text"));
+        assert_eq!(composer_text("no composer here"), None);
     }
 
     #[test]

@@ -75,6 +75,9 @@ pub struct Memory {
     models: HashMap<u32, String>,
     /// When Enter was last re-sent for a task.
     enter_sent: HashMap<ObjectKey, SystemTime>,
+    /// When each running task was submitted, precisely (the status keeps
+    /// whole seconds).
+    started: HashMap<ObjectKey, SystemTime>,
 }
 
 // ---------------------------------------------------------------- planning
@@ -231,11 +234,16 @@ fn config_dir(s: &Session, accounts: &[Account]) -> PathBuf {
 }
 
 /// Claude Code records every submitted prompt in `history.jsonl` at once;
-/// after a crash this proves a submit the hook could not report.
-fn in_history(config_dir: &Path, marker: &str) -> bool {
-    std::fs::read_to_string(config_dir.join("history.jsonl"))
-        .map(|h| h.lines().any(|l| l.contains(marker)))
-        .unwrap_or(false)
+/// after a crash this proves a submit the hook could not report. Returns
+/// when it was submitted (the line's `timestamp`, milliseconds).
+fn in_history(config_dir: &Path, marker: &str) -> Option<SystemTime> {
+    let h = std::fs::read_to_string(config_dir.join("history.jsonl")).ok()?;
+    let line = h.lines().rev().find(|l| l.contains(marker))?;
+    let ms = serde_json::from_str::<serde_json::Value>(line)
+        .ok()
+        .and_then(|v| v.get("timestamp").and_then(serde_json::Value::as_u64))
+        .unwrap_or(0);
+    Some(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
 }
 
 /// The dispatcher: runs passes until the process ends. `store_changed` is
@@ -248,13 +256,14 @@ pub async fn run(
     let mut memory = Memory::default();
     let mut inboxes = crate::inbox::InboxWatcher::new(store_changed.clone());
     loop {
+        let mut inbox_waiting = false;
         // Inbox files become Tasks first (and new inboxes get watched).
         match ctx.store.api::<Session>(None).list() {
             Ok(sessions) => {
                 if let Some(w) = inboxes.as_mut() {
                     w.sync(&sessions);
                 }
-                crate::inbox::import(&ctx.store, &sessions);
+                inbox_waiting = crate::inbox::import(&ctx.store, &sessions).waiting;
             }
             Err(e) => tracing::warn!(error = %e, "cannot list sessions for the inboxes"),
         }
@@ -264,6 +273,11 @@ pub async fn run(
                 tracing::warn!(error = %e, "task dispatch pass failed; retrying");
                 Duration::from_secs(1)
             }
+        };
+        let next = if inbox_waiting {
+            next.min(crate::inbox::YOUNG)
+        } else {
+            next
         };
         let signals = ctx.signals.clone();
         tokio::select! {
@@ -545,27 +559,25 @@ async fn deliver(
     if !write(ctx, &t, status.clone())? {
         return Ok(());
     }
-    // 2. The model, when the agent runs another one.
-    let current = mem
-        .models
-        .get(&pid)
-        .cloned()
+    // 2. The model, when the agent runs another one (the statusLine feed
+    //    says which; else what it was launched or last switched with).
+    let running = sig_model(ctx, &key_of_session(&key.namespace, &session_name))
+        .or_else(|| mem.models.get(&pid).cloned())
         .or_else(|| s.spec.agent.model.clone());
     if let Some(m) = &model
-        && current.as_deref() != Some(m.as_str())
+        && !running.as_deref().is_some_and(|r| r.contains(m.as_str()))
     {
         ctx.tmux
             .type_and_submit(&pane.id, &format!("/model {m}"))
             .await?;
         mem.models.insert(pid, m.clone());
+        // Let Claude Code take the command before the task is typed.
+        wait_composer_empty(ctx, &pane.id, Duration::from_secs(5)).await?;
     }
-    // 3. The prompt, the marker, then Enter.
-    ctx.tmux
-        .send_text(&pane.id, t.spec.prompt.trim_end())
-        .await?;
-    ctx.tmux
-        .type_and_submit(&pane.id, &marker_text(&marker))
-        .await?;
+    // 3. The prompt and its marker in ONE tmux command (a crash leaves all
+    //    of it in the composer or none of it), then Enter.
+    let text = format!("{}{}", t.spec.prompt.trim_end(), marker_text(&marker));
+    ctx.tmux.type_and_submit(&pane.id, &text).await?;
     if let Some(file) = t
         .metadata
         .annotations
@@ -585,6 +597,28 @@ async fn deliver(
             model.map(|m| format!(", model {m}")).unwrap_or_default()
         ),
     );
+    Ok(())
+}
+
+/// The model the agent says it runs (statusLine input), lower-case.
+fn sig_model(ctx: &Context, session: &ObjectKey) -> Option<String> {
+    let (input, _) = ctx.signals.get(session).statusline?;
+    let id = input
+        .pointer("/model/id")
+        .and_then(serde_json::Value::as_str)?;
+    Some(id.to_ascii_lowercase())
+}
+
+/// Waits until the composer is on screen and empty (bounded).
+async fn wait_composer_empty(ctx: &Context, pane: &str, limit: Duration) -> Result<(), Error> {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        let screen = ctx.tmux.capture(pane, false).await?;
+        if crate::agent::screen::composer_text(&screen).is_some_and(|t| t.is_empty()) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     Ok(())
 }
 
@@ -677,13 +711,20 @@ async fn progress(
                 .iter()
                 .find(|(p, _)| !marker.is_empty() && p.contains(&marker))
                 .map(|(_, at)| *at);
-            let confirmed =
-                hooked.or_else(|| in_history(&config_dir(sess, &accounts), &marker).then_some(now));
-            if let Some(at) = confirmed {
+            let age = now.duration_since(dispatched).unwrap_or_default();
+            // The hook normally arrives within milliseconds; the history is
+            // the witness when it cannot have reached us (a crash).
+            let from_history = if hooked.is_none() && age >= Duration::from_secs(2) {
+                in_history(&config_dir(sess, &accounts), &marker)
+            } else {
+                None
+            };
+            if let Some(at) = hooked.or(from_history) {
                 let mut s = status.clone();
                 s.phase = Some(TaskPhase::Running);
                 s.started_at = Some(time(at));
                 if write(ctx, t, s)? {
+                    mem.started.insert(key.clone(), at);
                     let how = if hooked.is_some() {
                         "the agent's UserPromptSubmit hook"
                     } else {
@@ -707,7 +748,6 @@ async fn progress(
                     true,
                 );
             }
-            let age = now.duration_since(dispatched).unwrap_or_default();
             if age < Duration::from_secs(3) {
                 return Ok(());
             }
@@ -717,30 +757,47 @@ async fn progress(
                 return requeue(ctx, t, "the session's agent is gone", true);
             };
             let screen = ctx.tmux.capture(&pane.id, false).await?;
-            if screen.contains(&marker) {
-                let last = mem
-                    .enter_sent
-                    .get(&key)
-                    .copied()
-                    .unwrap_or(SystemTime::UNIX_EPOCH);
-                if now.duration_since(last).unwrap_or_default() >= Duration::from_secs(3) {
-                    ctx.tmux.send_keys(&pane.id, &["Enter"]).await?;
-                    mem.enter_sent.insert(key.clone(), now);
-                    record(
-                        ctx,
-                        &key,
-                        false,
-                        "EnterResent",
-                        "the prompt was still in the composer: sent Enter again (not the text)",
-                    );
+            match crate::agent::screen::composer_text(&screen) {
+                // Our text waits there (only tasks are typed into a pool
+                // session): submit it, never type it again.
+                Some(text) if !text.is_empty() => {
+                    let last = mem
+                        .enter_sent
+                        .get(&key)
+                        .copied()
+                        .unwrap_or(SystemTime::UNIX_EPOCH);
+                    if now.duration_since(last).unwrap_or_default() >= Duration::from_secs(3) {
+                        ctx.tmux.send_keys(&pane.id, &["Enter"]).await?;
+                        mem.enter_sent.insert(key.clone(), now);
+                        record(
+                            ctx,
+                            &key,
+                            false,
+                            "EnterResent",
+                            "the prompt was still in the composer: sent Enter again (not the text)",
+                        );
+                    }
                 }
-            } else if age > Duration::from_secs(10) {
-                return requeue(ctx, t, "the typed text never reached the agent", true);
+                // An empty composer and no trace in the history: the text
+                // never arrived (the daemon died before typing it).
+                Some(_) if age > Duration::from_secs(6) => {
+                    return requeue(ctx, t, "the typed text never reached the agent", true);
+                }
+                _ => {}
             }
             Ok(())
         }
         TaskPhase::Running => {
-            let started = status.started_at.as_ref().map(system_time).unwrap_or(now);
+            let started = match mem.started.get(&key) {
+                Some(t) => *t,
+                None => {
+                    let precise = in_history(&config_dir(sess, &accounts), &marker)
+                        .or_else(|| status.started_at.as_ref().map(system_time))
+                        .unwrap_or(now);
+                    mem.started.insert(key.clone(), precise);
+                    precise
+                }
+            };
             if !same_agent {
                 return retry_or_fail(ctx, st, t, "the session's agent exited during the task");
             }
@@ -784,22 +841,27 @@ async fn progress(
                     &format!("timed out after {}s", timeout.as_secs()),
                 );
             }
-            // The daemon was down when the turn ended: the agent's own state
-            // file says it has been idle since after the task started.
-            if sig.last_stop.is_none()
-                && sstatus.phase == Some(SessionPhase::Idle)
+            // The turn ended without a Stop hook reaching us: either the
+            // daemon was down when the prompt and its end happened (no hook
+            // of this task here at all), or the Stop hook was lost. The
+            // agent's own state file says it has been idle since.
+            let hook_seen = sig.prompts.iter().any(|(p, _)| p.contains(&marker));
+            if sstatus.phase == Some(SessionPhase::Idle)
                 && let Some(pidf) = sstatus.pid.and_then(|pid| {
                     crate::agent::state::read_pid_file(&config_dir(sess, &accounts), pid)
                 })
                 && pidf.status == "idle"
                 && pidf.modified > started
+                && (!hook_seen
+                    || now.duration_since(pidf.modified).unwrap_or_default()
+                        > Duration::from_secs(10))
             {
-                return finish(
-                    ctx,
-                    t,
-                    TaskPhase::Succeeded,
-                    "finished while the daemon was away",
-                );
+                let why = if hook_seen {
+                    "finished (its Stop hook never arrived; the agent has been idle since)"
+                } else {
+                    "finished while the daemon was away"
+                };
+                return finish(ctx, t, TaskPhase::Succeeded, why);
             }
             Ok(())
         }

@@ -254,6 +254,29 @@ impl Pool {
         )
     }
 
+    /// A Task (`extra` goes under spec, indented two spaces).
+    pub fn task_yaml(&self, name: &str, prompt: &str, extra: &str) -> String {
+        format!(
+            "apiVersion: claude-failover.io/v1alpha1\nkind: Task\nmetadata:\n  name: {name}\nspec:\n  prompt: \"{prompt}\"\n{extra}"
+        )
+    }
+
+    pub fn task(&self, name: &str) -> Option<Value> {
+        let out = self
+            .cli(&["get", "task", name, "-o", "json"])
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).unwrap())
+    }
+
+    pub fn wait_task_phase(&self, name: &str, phase: &str) -> Value {
+        wait_for(&format!("task {name}: phase {phase}"), LONG, || {
+            self.task(name).filter(|v| v["status"]["phase"] == phase)
+        })
+    }
+
     pub fn session(&self, name: &str) -> Option<Value> {
         let out = self
             .cli(&["get", "session", name, "-o", "json"])

@@ -1,0 +1,213 @@
+//! Task dispatch end to end: real Claude Code in real tmux, a fake API on
+//! 127.0.0.1, the real daemon.
+
+mod common;
+use common::pool::{LONG, Pool, require_claude};
+use std::time::Duration;
+
+const KEY: (&str, &str) = (
+    "ANTHROPIC_API_KEY",
+    "sk-ant-api03-test-key-tasks-0000000000000",
+);
+
+/// How many main requests carried `text` as their newest user message.
+fn deliveries(pool: &Pool, text: &str) -> usize {
+    pool.api
+        .main_requests()
+        .iter()
+        .filter(|r| r.last_user_text().is_some_and(|t| t.contains(text)))
+        .count()
+}
+
+#[test]
+fn tasks_spread_over_sessions_each_delivered_once() {
+    let Some(claude) = require_claude("tasks_spread_over_sessions_each_delivered_once") else {
+        return;
+    };
+    let mut pool = Pool::new(claude);
+    pool.apply(&pool.account_yaml("a", 10));
+    for s in ["w-0", "w-1"] {
+        pool.apply(&pool.session_yaml(s, Some("a"), &[KEY]));
+    }
+    pool.start_daemon();
+    for s in ["w-0", "w-1"] {
+        pool.wait_phase(s, "Idle");
+    }
+    // While replies are held, each session holds one task: one per session.
+    pool.api.hold();
+    for i in 0..6 {
+        pool.apply(&pool.task_yaml(&format!("t{i}"), &format!("unique job number {i}"), ""));
+    }
+    let running = common::wait_for("two tasks running", LONG, || {
+        let out = pool.ok(&["get", "tasks", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let sessions: Vec<String> = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["status"]["phase"] == "Running")
+            .map(|t| t["status"]["session"].as_str().unwrap().to_string())
+            .collect();
+        (sessions.len() == 2).then_some(sessions)
+    });
+    assert_ne!(running[0], running[1], "one task per session at a time");
+    pool.api.release();
+    let mut used = std::collections::HashSet::new();
+    for i in 0..6 {
+        let v = pool.wait_task_phase(&format!("t{i}"), "Succeeded");
+        assert_eq!(v["status"]["attempts"], 1);
+        // The summary is the start of the agent's reply (the fake API echoes).
+        assert!(
+            v["status"]["message"].as_str().unwrap().starts_with("ok: "),
+            "{v}"
+        );
+        used.insert(v["status"]["session"].as_str().unwrap().to_string());
+    }
+    assert_eq!(used.len(), 2, "both sessions worked");
+    for i in 0..6 {
+        assert_eq!(
+            deliveries(&pool, &format!("unique job number {i}")),
+            1,
+            "task t{i}"
+        );
+    }
+    let d = pool.ok(&["describe", "task", "t3"]);
+    for want in ["Dispatched", "Confirmed", "Succeeded"] {
+        assert!(d.contains(want), "describe lacks {want}:\n{d}");
+    }
+    let table = pool.ok(&["get", "tasks"]);
+    assert!(
+        table.lines().filter(|l| l.contains("Succeeded")).count() == 6,
+        "{table}"
+    );
+}
+
+#[test]
+fn priorities_are_served_first_and_models_follow() {
+    let Some(claude) = require_claude("priorities_are_served_first_and_models_follow") else {
+        return;
+    };
+    let mut pool = Pool::new(claude);
+    pool.apply(&pool.account_yaml("a", 10));
+    pool.apply(&pool.session_yaml("solo", Some("a"), &[KEY]));
+    pool.start_daemon();
+    pool.wait_phase("solo", "Idle");
+    // Keep the session busy while the queue fills.
+    pool.api.hold();
+    pool.apply(&pool.task_yaml("blocker", "the blocking job", ""));
+    pool.wait_task_phase("blocker", "Running");
+    pool.apply(&pool.task_yaml("low", "the low job", "  priority: low\n"));
+    pool.apply(&pool.task_yaml("normal", "the normal job", "  priority: normal\n"));
+    pool.apply(&pool.task_yaml("critical", "the critical job", "  priority: critical\n"));
+    pool.api.release();
+    for t in ["blocker", "critical", "normal", "low"] {
+        pool.wait_task_phase(t, "Succeeded");
+    }
+    let order: Vec<String> = pool
+        .api
+        .main_requests()
+        .iter()
+        .filter_map(|r| r.last_user_text())
+        .filter(|t| t.contains(" job"))
+        .collect();
+    let pos = |needle: &str| order.iter().position(|t| t.contains(needle)).unwrap();
+    assert!(
+        pos("the critical job") < pos("the normal job")
+            && pos("the normal job") < pos("the low job"),
+        "{order:?}"
+    );
+    // critical → opus by the default priority map, the others sonnet.
+    let model_of = |needle: &str| {
+        pool.api
+            .main_requests()
+            .into_iter()
+            .find(|r| r.last_user_text().is_some_and(|t| t.contains(needle)))
+            .and_then(|r| r.model().map(str::to_string))
+            .unwrap()
+    };
+    assert!(
+        model_of("the critical job").contains("opus"),
+        "{}",
+        model_of("the critical job")
+    );
+    assert!(
+        model_of("the low job").contains("sonnet"),
+        "{}",
+        model_of("the low job")
+    );
+}
+
+#[test]
+fn inbox_files_flow_to_done_and_bad_ones_to_rejected() {
+    let Some(claude) = require_claude("inbox_files_flow_to_done_and_bad_ones_to_rejected") else {
+        return;
+    };
+    let mut pool = Pool::new(claude);
+    pool.apply(&pool.account_yaml("a", 10));
+    pool.apply(&pool.session_yaml("inboxed", Some("a"), &[KEY]));
+    pool.start_daemon();
+    pool.wait_phase("inboxed", "Idle");
+    let queue = pool.workdir().join(".agent-queue");
+    let inbox = queue.join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    std::fs::write(
+        inbox.join("refactor.md"),
+        "---\npriority: high\nmodel: sonnet\n---\nPlease do the inbox job\nacross two lines.\n",
+    )
+    .unwrap();
+    std::fs::write(
+        inbox.join("broken.md"),
+        "---\npriority: urgent\n---\nwhatever\n",
+    )
+    .unwrap();
+    common::wait_for("refactor.md in done/", LONG, || {
+        queue.join("done/refactor.md").exists().then_some(())
+    });
+    let result = std::fs::read_to_string(queue.join("done/refactor.md.result")).unwrap();
+    assert!(result.starts_with("ok: "), "{result}");
+    assert_eq!(deliveries(&pool, "across two lines."), 1);
+    assert!(!inbox.join("refactor.md").exists() && !inbox.join("refactor.md.dispatched").exists());
+    common::wait_for("broken.md in rejected/", LONG, || {
+        queue
+            .join("rejected/broken.md.error")
+            .exists()
+            .then_some(())
+    });
+    let why = std::fs::read_to_string(queue.join("rejected/broken.md.error")).unwrap();
+    assert!(
+        why.contains("broken.md:2:1: priority: unknown variant `urgent`"),
+        "{why}"
+    );
+    // status.json follows the session for tools that read it.
+    common::wait_for("status.json to say idle", LONG, || {
+        let status: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(queue.join("status.json")).ok()?).ok()?;
+        (status["state"] == "idle"
+            && status["sessions"]["inboxed"]["phase"] == "Idle"
+            && status["sessions"]["inboxed"]["currentTask"].is_null())
+        .then_some(())
+    });
+}
+
+#[test]
+fn a_running_task_can_be_cancelled() {
+    let Some(claude) = require_claude("a_running_task_can_be_cancelled") else {
+        return;
+    };
+    let mut pool = Pool::new(claude);
+    pool.apply(&pool.account_yaml("a", 10));
+    pool.apply(&pool.session_yaml("c-0", Some("a"), &[KEY]));
+    pool.start_daemon();
+    pool.api.hold();
+    pool.apply(&pool.task_yaml("long", "a very long job", ""));
+    pool.wait_task_phase("long", "Running");
+    let v = pool.wait_phase("c-0", "Busy");
+    assert_eq!(v["status"]["currentTask"], "long");
+    pool.ok(&["cancel", "task", "long"]);
+    pool.wait_task_phase("long", "Cancelled");
+    pool.api.release();
+    pool.wait_session("c-0", "idle without a task", |v| {
+        v["status"]["phase"] == "Idle" && v["status"]["currentTask"].is_null()
+    });
+    let _ = Duration::ZERO;
+}
