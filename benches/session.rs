@@ -24,15 +24,21 @@ const ROUNDS: usize = 7;
 const IDLE_SESSIONS: usize = 50;
 
 fn claude_bin() -> PathBuf {
-    std::env::var_os("CLAUDE_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/claude-code/node_modules/@anthropic-ai/claude-code-linux-x64/claude")
-    })
+    std::env::var_os("CLAUDE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tools/claude-code/node_modules/@anthropic-ai/claude-code-linux-x64/claude")
+        })
 }
 
 fn offline_env(api: &str) -> Vec<(String, String)> {
     [
         ("ANTHROPIC_BASE_URL", api),
-        ("ANTHROPIC_API_KEY", "sk-ant-api03-bench-key-0000000000000000"),
+        (
+            "ANTHROPIC_API_KEY",
+            "sk-ant-api03-bench-key-0000000000000000",
+        ),
         ("DISABLE_TELEMETRY", "1"),
         ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
         ("DISABLE_AUTOUPDATER", "1"),
@@ -46,7 +52,13 @@ fn offline_env(api: &str) -> Vec<(String, String)> {
 }
 
 fn tmux(socket: &Path, args: &[&str]) -> String {
-    let out = Command::new("tmux").arg("-S").arg(socket).args(args).env_remove("TMUX").output().unwrap();
+    let out = Command::new("tmux")
+        .arg("-S")
+        .arg(socket)
+        .args(args)
+        .env_remove("TMUX")
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -79,7 +91,18 @@ fn floor_launch(dir: &Path, api: &str, claude: &Path) -> Duration {
     let mut samples = Vec::new();
     for i in 0..ROUNDS {
         let id = uuid::Uuid::new_v4().to_string();
-        let mut args: Vec<String> = vec!["new-session".into(), "-d".into(), "-s".into(), format!("f{i}"), "-c".into(), work.display().to_string(), "-x".into(), "200".into(), "-y".into(), "50".into()];
+        let mut args: Vec<String> = vec![
+            "new-session".into(),
+            "-d".into(),
+            "-s".into(),
+            format!("f{i}"),
+            "-c".into(),
+            work.display().to_string(),
+            "-x".into(),
+            "200".into(),
+            "-y".into(),
+            "50".into(),
+        ];
         for (k, v) in offline_env(api) {
             args.push("-e".into());
             args.push(format!("{k}={v}"));
@@ -87,17 +110,31 @@ fn floor_launch(dir: &Path, api: &str, claude: &Path) -> Duration {
         args.push("-e".into());
         args.push(format!("CLAUDE_CONFIG_DIR={}", config.display()));
         args.push("--".into());
-        for a in [claude.display().to_string(), "--settings".into(), settings.display().to_string(), "--session-id".into(), id, "--dangerously-skip-permissions".into()] {
+        for a in [
+            claude.display().to_string(),
+            "--settings".into(),
+            settings.display().to_string(),
+            "--session-id".into(),
+            id,
+            "--dangerously-skip-permissions".into(),
+        ] {
             args.push(a);
         }
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let t = Instant::now();
         tmux(&socket, &refs);
         loop {
-            if classify(&tmux(&socket, &["capture-pane", "-p", "-t", &format!("=f{i}")])) == Screen::Idle {
+            if classify(&tmux(
+                &socket,
+                &["capture-pane", "-p", "-t", &format!("=f{i}")],
+            )) == Screen::Idle
+            {
                 break;
             }
-            assert!(t.elapsed() < Duration::from_secs(60), "Claude Code never reached its prompt");
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "Claude Code never reached its prompt"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         samples.push(t.elapsed());
@@ -153,8 +190,17 @@ fn cli(dir: &Path, args: &[&str], stdin: &str) {
     assert!(c.wait().unwrap().success());
 }
 
-fn session_yaml(name: &str, dir: &Path, command: &str, args: &str, env: &[(String, String)]) -> String {
-    let env: String = env.iter().map(|(k, v)| format!("      {k}: \"{v}\"\n")).collect();
+fn session_yaml(
+    name: &str,
+    dir: &Path,
+    command: &str,
+    args: &str,
+    env: &[(String, String)],
+) -> String {
+    let env: String = env
+        .iter()
+        .map(|(k, v)| format!("      {k}: \"{v}\"\n"))
+        .collect();
     format!(
         "apiVersion: claude-failover.io/v1alpha1\nkind: Session\nmetadata:\n  name: {name}\nspec:\n  workdir: {}\n  account: a\n  agent:\n    command: {command}\n    args: [{args}]\n    env:\n{env}",
         dir.join("work").display()
@@ -187,7 +233,12 @@ fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 /// utime + stime of a process, in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
@@ -206,7 +257,11 @@ fn main() {
         return;
     }
     let claude = claude_bin();
-    assert!(claude.exists(), "Claude Code not found at {} (npm ci --prefix tools/claude-code)", claude.display());
+    assert!(
+        claude.exists(),
+        "Claude Code not found at {} (npm ci --prefix tools/claude-code)",
+        claude.display()
+    );
     let api = fake_api::FakeApi::start();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
@@ -214,7 +269,11 @@ fn main() {
 
     // --- 1. applied → Ready, next to Claude Code's own launch ---
     let floor = floor_launch(dir, &api.url(), &claude);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let daemon = start_daemon(dir, port);
     let account = format!(
         "apiVersion: claude-failover.io/v1alpha1\nkind: Account\nmetadata:\n  name: a\nspec:\n  configDir: {}\n",
@@ -226,14 +285,23 @@ fn main() {
     let mut samples = Vec::new();
     for i in 0..ROUNDS {
         let name = format!("s{i}");
-        let yaml = session_yaml(&name, dir, &claude.display().to_string(), "\"--dangerously-skip-permissions\"", &env);
+        let yaml = session_yaml(
+            &name,
+            dir,
+            &claude.display().to_string(),
+            "\"--dangerously-skip-permissions\"",
+            &env,
+        );
         let t = Instant::now();
         cli(dir, &["apply", "-f", "-"], &yaml);
         wait_until("Ready", Duration::from_secs(60), || is_ready(&store, &name));
         samples.push(t.elapsed());
         cli(dir, &["delete", "session", &name], "");
         wait_until("deleted", Duration::from_secs(60), || {
-            store.get(&ObjectKey::new(Kind::Session, "default", &name)).unwrap().is_none()
+            store
+                .get(&ObjectKey::new(Kind::Session, "default", &name))
+                .unwrap()
+                .is_none()
         });
     }
     let applied_ready = median(samples);
@@ -243,13 +311,21 @@ fn main() {
     let mut all = String::new();
     for i in 0..IDLE_SESSIONS {
         all.push_str("---\n");
-        all.push_str(&session_yaml(&format!("sim-{i}"), dir, BIN, "\"sim-agent\"", &sim_env));
+        all.push_str(&session_yaml(
+            &format!("sim-{i}"),
+            dir,
+            BIN,
+            "\"sim-agent\"",
+            &sim_env,
+        ));
     }
     let t = Instant::now();
     cli(dir, &["apply", "-f", "-"], &all);
-    wait_until("50 simulated sessions Ready", Duration::from_secs(300), || {
-        (0..IDLE_SESSIONS).all(|i| is_ready(&store, &format!("sim-{i}")))
-    });
+    wait_until(
+        "50 simulated sessions Ready",
+        Duration::from_secs(300),
+        || (0..IDLE_SESSIONS).all(|i| is_ready(&store, &format!("sim-{i}"))),
+    );
     let all_ready = t.elapsed();
     // Let the start-up settle, then measure a quiet window.
     std::thread::sleep(Duration::from_secs(5));
@@ -262,14 +338,25 @@ fn main() {
     let cpu = (cpu_ticks(pid) - c0) as f64 / ticks_per_s / t0.elapsed().as_secs_f64() * 100.0;
     let rss = rss_kib(pid);
 
-    println!("session benchmark (median of {ROUNDS}; {} cores)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    println!("floor: Claude Code launch → idle prompt (tmux)   {}", ms(floor));
+    println!(
+        "session benchmark (median of {ROUNDS}; {} cores)",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    println!(
+        "floor: Claude Code launch → idle prompt (tmux)   {}",
+        ms(floor)
+    );
     println!(
         "Session applied → Ready (daemon, same binary)    {}   {:.2}x floor",
         ms(applied_ready),
         applied_ready.as_secs_f64() / floor.as_secs_f64()
     );
-    println!("{IDLE_SESSIONS} simulated sessions applied → all Ready   {}", ms(all_ready));
+    println!(
+        "{IDLE_SESSIONS} simulated sessions applied → all Ready   {}",
+        ms(all_ready)
+    );
     println!(
         "daemon with {IDLE_SESSIONS} idle sessions: CPU {cpu:.2}% of a core over {}s, RSS {rss} KiB",
         window.as_secs()

@@ -61,11 +61,7 @@ pub fn pass(
             st.phase,
             Some(TaskPhase::Succeeded | TaskPhase::Failed | TaskPhase::Cancelled)
         );
-        let Some(finished) = st
-            .finished_at
-            .as_ref()
-            .map(|f| SystemTime::try_from(f.0).unwrap_or(now))
-        else {
+        let Some(finished) = st.finished_at.as_ref().map(|f| SystemTime::from(f.0)) else {
             continue;
         };
         if !done || !old(finished, now, s.keep_finished) {

@@ -92,11 +92,17 @@ pub struct LaunchInput<'a> {
 /// The command line and environment for `input`.
 pub fn plan(input: &LaunchInput<'_>) -> LaunchPlan {
     let agent = &input.session.spec.agent;
-    let mut argv = vec![
-        agent.command.clone(),
-        "--settings".into(),
-        input.settings_path.to_string_lossy().into_owned(),
-    ];
+    // Leading arguments that are not flags name a subcommand of the
+    // program (`claude-failover sim-agent`): they stay right after it.
+    let lead = agent
+        .args
+        .iter()
+        .take_while(|a| !a.starts_with('-'))
+        .count();
+    let mut argv = vec![agent.command.clone()];
+    argv.extend(agent.args[..lead].iter().cloned());
+    argv.push("--settings".into());
+    argv.push(input.settings_path.to_string_lossy().into_owned());
     argv.push(
         if input.resume {
             "--resume"
@@ -110,7 +116,7 @@ pub fn plan(input: &LaunchInput<'_>) -> LaunchPlan {
         argv.push("--model".into());
         argv.push(m.clone());
     }
-    argv.extend(agent.args.iter().cloned());
+    argv.extend(agent.args[lead..].iter().cloned());
     let mut env: Vec<(String, String)> = Vec::new();
     if let Some(dir) = input.config_dir {
         env.push((
@@ -204,6 +210,19 @@ mod tests {
         });
         assert_eq!(&p.argv[3..5], ["--resume", "1111"]);
         assert!(bypasses_permissions(&s));
+        // A subcommand stays in front of the controller's flags.
+        let mut sim = session();
+        sim.spec.agent.command = "/bin/claude-failover".into();
+        sim.spec.agent.args = vec!["sim-agent".into(), "--verbose".into()];
+        let p = plan(&LaunchInput {
+            session: &sim,
+            ..input
+        });
+        assert_eq!(
+            &p.argv[..3],
+            ["/bin/claude-failover", "sim-agent", "--settings"]
+        );
+        assert_eq!(p.argv.last().unwrap(), "--verbose");
     }
 
     #[test]

@@ -55,7 +55,8 @@ pub struct AgentSpec {
     /// The program to run.
     #[serde(default = "default_command")]
     pub command: String,
-    /// Extra arguments, after the ones the controller adds.
+    /// Extra arguments, after the ones the controller adds; leading ones
+    /// that are not flags (a subcommand, e.g. `sim-agent`) go before them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
     /// Model alias or name (`sonnet`, `opus`, ...).

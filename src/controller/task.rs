@@ -191,7 +191,7 @@ fn time(t: SystemTime) -> crate::api::Time {
 }
 
 fn system_time(t: &crate::api::Time) -> SystemTime {
-    SystemTime::try_from(t.0).unwrap_or(SystemTime::UNIX_EPOCH)
+    SystemTime::from(t.0)
 }
 
 fn phase(t: &Task) -> TaskPhase {
@@ -346,15 +346,14 @@ async fn pass(ctx: &Context, st: &DispatchSettings, mem: &mut Memory) -> Result<
                 in_flight = true;
                 progress(ctx, st, mem, &view, t).await?;
             }
-            p if finished(p) => {
-                if t.metadata
+            p if finished(p)
+                && t.metadata
                     .finalizers
                     .iter()
                     .flatten()
-                    .any(|f| f == FINALIZER)
-                {
-                    release(ctx, t)?;
-                }
+                    .any(|f| f == FINALIZER) =>
+            {
+                release(ctx, t)?;
             }
             _ => {}
         }

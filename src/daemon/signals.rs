@@ -185,7 +185,9 @@ impl Signals {
                 Some("StopFailure") => {
                     a.last_failure = Some((
                         s("error").unwrap_or_default(),
-                        s("message").unwrap_or_default(),
+                        s("message")
+                            .or_else(|| s("last_assistant_message"))
+                            .unwrap_or_default(),
                         now,
                     ))
                 }

@@ -546,6 +546,13 @@ impl FakeApi {
         self.shared.signal();
     }
 
+    /// A handle that other threads can use to pace the gate.
+    pub fn handle(&self) -> ApiHandle {
+        ApiHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// Main requests waiting at the gate right now.
     pub fn held_count(&self) -> usize {
         self.shared.lock().waiting
@@ -975,4 +982,18 @@ fn chunks(text: &str, size: usize) -> Vec<String> {
         out.push(cur);
     }
     out
+}
+
+/// Lets another thread open the gate one reply at a time.
+#[derive(Clone)]
+pub struct ApiHandle {
+    shared: Arc<Shared>,
+}
+
+impl ApiHandle {
+    /// As [`FakeApi::release_one`].
+    pub fn release_one(&self) {
+        self.shared.lock().passes += 1;
+        self.shared.signal();
+    }
 }
