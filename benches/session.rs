@@ -124,16 +124,13 @@ fn floor_launch(dir: &Path, api: &str, claude: &Path) -> Duration {
         let t = Instant::now();
         tmux(&socket, &refs);
         loop {
-            if classify(&tmux(
-                &socket,
-                &["capture-pane", "-p", "-t", &format!("=f{i}")],
-            )) == Screen::Idle
-            {
+            let screen = tmux(&socket, &["capture-pane", "-p", "-t", &format!("=f{i}:")]);
+            if classify(&screen) == Screen::Idle {
                 break;
             }
             assert!(
                 t.elapsed() < Duration::from_secs(60),
-                "Claude Code never reached its prompt"
+                "Claude Code never reached its prompt:\n{screen}"
             );
             std::thread::sleep(Duration::from_millis(5));
         }

@@ -536,6 +536,18 @@ async fn deliver(
     if pane.dead || pane.pid != pid {
         return Ok(()); // the session controller will catch up first
     }
+    // The session's status may lag behind the agent: its own state file,
+    // read now, must agree that it is idle (text typed into a busy agent
+    // would be queued, not submitted).
+    let accounts = ctx
+        .store
+        .api::<Account>(s.metadata.namespace.as_deref())
+        .list()?;
+    if let Some(pidf) = crate::agent::state::read_pid_file(&config_dir(s, &accounts), pid)
+        && pidf.status != "idle"
+    {
+        return Ok(());
+    }
     // The finalizer first, so a delete from now on waits for us.
     let Some(t) = api.set_finalizer(&key.name, FINALIZER, true)? else {
         return Ok(());

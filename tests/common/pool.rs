@@ -331,7 +331,7 @@ impl Pool {
     }
 
     pub fn screen(&self, session: &str) -> String {
-        self.tmux(&["capture-pane", "-p", "-t", &format!("={session}")])
+        self.tmux(&["capture-pane", "-p", "-t", &format!("={session}:")])
     }
 }
 
