@@ -548,12 +548,46 @@ async fn deliver(
     {
         return Ok(());
     }
+    // The composer must be on screen and empty: text typed into anything
+    // else (a dialog, a half-typed line, a UI still starting) goes astray.
+    if !wait_composer_empty(ctx, &pane.id, Duration::from_secs(2)).await? {
+        return Ok(());
+    }
+    let model = model_for(t, st);
+    // 1. The model, when the agent runs another one (the statusLine feed
+    //    says which; else what it was launched or last switched with). A
+    //    local command: nothing is sent to the API, nothing to deliver once.
+    let running = sig_model(ctx, &key_of_session(&key.namespace, &session_name))
+        .or_else(|| mem.models.get(&pid).cloned())
+        .or_else(|| s.spec.agent.model.clone());
+    if let Some(m) = &model
+        && !running.as_deref().is_some_and(|r| r.contains(m.as_str()))
+    {
+        type_then_enter(ctx, &pane.id, &format!("/model {m}")).await?;
+        // Taken when the composer is empty again; an Enter the UI missed
+        // is sent once more.
+        let mut taken = wait_composer_empty(ctx, &pane.id, Duration::from_secs(3)).await?;
+        if !taken {
+            ctx.tmux.send_keys(&pane.id, &["Enter"]).await?;
+            taken = wait_composer_empty(ctx, &pane.id, Duration::from_secs(3)).await?;
+        }
+        if !taken {
+            record(
+                ctx,
+                &key,
+                true,
+                "ModelSwitchFailed",
+                &format!("session {session_name} did not take `/model {m}`; will try again"),
+            );
+            return Ok(());
+        }
+        mem.models.insert(pid, m.clone());
+    }
     // The finalizer first, so a delete from now on waits for us.
     let Some(t) = api.set_finalizer(&key.name, FINALIZER, true)? else {
         return Ok(());
     };
     let marker = format!("{:08x}", uuid::Uuid::new_v4().as_u128() as u32);
-    let model = model_for(&t, st);
     let mut status = t.status.clone().unwrap_or_default();
     status.phase = Some(TaskPhase::Dispatched);
     status.session = Some(session_name.clone());
@@ -566,29 +600,14 @@ async fn deliver(
     status.finished_at = None;
     status.message = None;
     status.observed_generation = t.metadata.generation;
-    // 1. The intent, durable before anything is typed.
+    // 2. The intent, durable before anything is typed.
     if !write(ctx, &t, status.clone())? {
         return Ok(());
-    }
-    // 2. The model, when the agent runs another one (the statusLine feed
-    //    says which; else what it was launched or last switched with).
-    let running = sig_model(ctx, &key_of_session(&key.namespace, &session_name))
-        .or_else(|| mem.models.get(&pid).cloned())
-        .or_else(|| s.spec.agent.model.clone());
-    if let Some(m) = &model
-        && !running.as_deref().is_some_and(|r| r.contains(m.as_str()))
-    {
-        ctx.tmux
-            .type_and_submit(&pane.id, &format!("/model {m}"))
-            .await?;
-        mem.models.insert(pid, m.clone());
-        // Let Claude Code take the command before the task is typed.
-        wait_composer_empty(ctx, &pane.id, Duration::from_secs(5)).await?;
     }
     // 3. The prompt and its marker in ONE tmux command (a crash leaves all
     //    of it in the composer or none of it), then Enter.
     let text = format!("{}{}", t.spec.prompt.trim_end(), marker_text(&marker));
-    ctx.tmux.type_and_submit(&pane.id, &text).await?;
+    type_then_enter(ctx, &pane.id, &text).await?;
     if let Some(file) = t
         .metadata
         .annotations
@@ -620,17 +639,41 @@ fn sig_model(ctx: &Context, session: &ObjectKey) -> Option<String> {
     Some(id.to_ascii_lowercase())
 }
 
-/// Waits until the composer is on screen and empty (bounded).
-async fn wait_composer_empty(ctx: &Context, pane: &str, limit: Duration) -> Result<(), Error> {
+/// Types `text`, waits (bounded) until the composer shows something, then
+/// presses Enter: an Enter that arrives before the UI has taken the text is
+/// lost or, worse, submits half of it.
+async fn type_then_enter(ctx: &Context, pane: &str, text: &str) -> Result<(), Error> {
+    ctx.tmux.send_text(pane, text).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let screen = ctx.tmux.capture(pane, false).await?;
+        if crate::agent::screen::composer_text(&screen).is_some_and(|t| !t.is_empty())
+            || tokio::time::Instant::now() >= deadline
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    // The same settle as the driver's own submit.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    ctx.tmux.send_keys(pane, &["Enter"]).await?;
+    Ok(())
+}
+
+/// Waits until the composer is on screen and empty (bounded); false if
+/// it never was.
+async fn wait_composer_empty(ctx: &Context, pane: &str, limit: Duration) -> Result<bool, Error> {
     let deadline = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < deadline {
+    loop {
         let screen = ctx.tmux.capture(pane, false).await?;
         if crate::agent::screen::composer_text(&screen).is_some_and(|t| t.is_empty()) {
-            return Ok(());
+            return Ok(true);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(false);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok(())
 }
 
 /// Back to the queue (`rewind`: the attempt never reached the agent).
