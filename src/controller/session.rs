@@ -669,17 +669,7 @@ async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<
 }
 
 fn record(ctx: &Context, key: &ObjectKey, warning: bool, reason: &str, message: &str) {
-    if warning {
-        tracing::warn!(session = %key, reason, "{message}");
-    } else {
-        tracing::info!(session = %key, reason, "{message}");
-    }
-    if let Err(e) = ctx
-        .store
-        .record_event(key, warning, reason, message, "session-controller")
-    {
-        tracing::warn!(session = %key, error = %e, "cannot record an event");
-    }
+    super::record(ctx, key, warning, reason, message, "session-controller");
 }
 
 /// Seeds the account, writes the settings file and starts the agent.

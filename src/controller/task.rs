@@ -458,17 +458,7 @@ async fn pass(ctx: &Context, st: &DispatchSettings, mem: &mut Memory) -> Result<
 }
 
 fn record(ctx: &Context, key: &ObjectKey, warning: bool, reason: &str, message: &str) {
-    if warning {
-        tracing::warn!(task = %key, reason, "{message}");
-    } else {
-        tracing::info!(task = %key, reason, "{message}");
-    }
-    if let Err(e) = ctx
-        .store
-        .record_event(key, warning, reason, message, "task-controller")
-    {
-        tracing::warn!(task = %key, error = %e, "cannot record an event");
-    }
+    super::record(ctx, key, warning, reason, message, "task-controller");
 }
 
 /// Writes a task's status, unless it changed under us (then the next pass
@@ -551,6 +541,15 @@ async fn deliver(
     // The composer must be on screen and empty: text typed into anything
     // else (a dialog, a half-typed line, a UI still starting) goes astray.
     if !wait_composer_empty(ctx, &pane.id, Duration::from_secs(2)).await? {
+        // A `/model` switch typed by a daemon that died before its Enter:
+        // finish it. Anything else there is someone's typing: leave it.
+        let screen = ctx.tmux.capture(&pane.id, false).await?;
+        let leftover = crate::agent::screen::composer_text(&screen).unwrap_or_default();
+        if leftover.starts_with("/model ") && !leftover.contains('\n') {
+            ctx.tmux.send_keys(&pane.id, &["Enter"]).await?;
+        } else if !leftover.is_empty() {
+            tracing::debug!(session = %session_name, "composer not empty: not typing a task into it");
+        }
         return Ok(());
     }
     let model = model_for(t, st);

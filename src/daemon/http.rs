@@ -30,42 +30,35 @@ pub fn router(signals: Arc<Signals>) -> Router {
 
 type Params = Path<(String, String, String)>;
 
-async fn hook(
-    State(s): State<Arc<Signals>>,
-    Path((ns, name, secret)): Params,
-    body: axum::body::Bytes,
-) -> (StatusCode, String) {
+/// The Session a post is for, if its secret is right, and its JSON body.
+fn accept(s: &Signals, (ns, name, secret): (String, String, String), body: &[u8]) -> Result<(ObjectKey, Value), StatusCode> {
     let key = ObjectKey::new(Kind::Session, &ns, &name);
     if !s.authorized(&key, &secret) {
-        return (StatusCode::FORBIDDEN, String::new());
+        return Err(StatusCode::FORBIDDEN);
     }
-    let Ok(payload) = serde_json::from_slice::<Value>(&body) else {
-        return (StatusCode::BAD_REQUEST, String::new());
+    let body = serde_json::from_slice::<Value>(body).map_err(|_| StatusCode::BAD_REQUEST)?;
+    Ok((key, body))
+}
+
+async fn hook(State(s): State<Arc<Signals>>, Path(p): Params, body: axum::body::Bytes) -> (StatusCode, String) {
+    let (key, payload) = match accept(&s, p, &body) {
+        Ok(x) => x,
+        Err(code) => return (code, String::new()),
     };
-    let event = payload
-        .get("hook_event_name")
-        .and_then(|e| e.as_str())
-        .unwrap_or("?");
+    let event = payload.get("hook_event_name").and_then(|e| e.as_str()).unwrap_or("?");
     tracing::debug!(session = %key, event, "hook");
     s.hook(&key, &payload);
     // An empty JSON object: no decision, no extra context.
     (StatusCode::OK, "{}".into())
 }
 
-async fn statusline(
-    State(s): State<Arc<Signals>>,
-    Path((ns, name, secret)): Params,
-    body: axum::body::Bytes,
-) -> (StatusCode, String) {
-    let key = ObjectKey::new(Kind::Session, &ns, &name);
-    if !s.authorized(&key, &secret) {
-        return (StatusCode::FORBIDDEN, String::new());
-    }
-    let Ok(input) = serde_json::from_slice::<Value>(&body) else {
-        return (StatusCode::BAD_REQUEST, String::new());
+async fn statusline(State(s): State<Arc<Signals>>, Path(p): Params, body: axum::body::Bytes) -> (StatusCode, String) {
+    let (key, input) = match accept(&s, p, &body) {
+        Ok(x) => x,
+        Err(code) => return (code, String::new()),
     };
     s.statusline(&key, &input);
-    (StatusCode::OK, status_text(&name, &input))
+    (StatusCode::OK, status_text(&key.name, &input))
 }
 
 /// The pool's tmux server says a pane died or a session closed.
