@@ -48,7 +48,8 @@ pub fn queue_dir(workdir: &Path) -> PathBuf {
 pub struct ImportReport {
     pub created: Vec<ObjectKey>,
     pub rejected: Vec<(PathBuf, String)>,
-    /// Some file was too fresh to read: scan again shortly.
+    /// Some fresh file did not read well (maybe still being written): scan
+    /// again shortly.
     pub waiting: bool,
 }
 
@@ -156,17 +157,14 @@ pub fn import(store: &Store, sessions: &[Session]) -> ImportReport {
             .collect();
         files.sort();
         for file in files {
-            // A file still being written (an editor, `cp`) is left for the
-            // next scan: read half-written, it would be rejected.
             let young = std::fs::metadata(&file)
                 .and_then(|m| m.modified())
                 .map(|t| t.elapsed().unwrap_or_default() < YOUNG)
                 .unwrap_or(true);
-            if young {
-                report.waiting = true;
-                continue;
-            }
             match import_file(store, &ns, &workdir, &file) {
+                // A file still being written may read as broken: only a
+                // settled file is rejected.
+                Err(_) if young => report.waiting = true,
                 Ok(Some(key)) => {
                     tracing::info!(file = %file.display(), task = %key, "inbox file imported");
                     report.created.push(key);

@@ -11,16 +11,31 @@ const TASKS: usize = 60;
 
 #[test]
 fn sigkill_at_random_points_loses_no_task_and_types_none_twice() {
-    let Some(claude) = require_claude("sigkill_at_random_points_loses_no_task_and_types_none_twice") else { return };
+    let Some(claude) =
+        require_claude("sigkill_at_random_points_loses_no_task_and_types_none_twice")
+    else {
+        return;
+    };
     let mut pool = Pool::new(claude);
     pool.apply(&pool.account_yaml("a", 10));
     for s in ["k-0", "k-1"] {
-        pool.apply(&pool.session_yaml(s, Some("a"), &[("ANTHROPIC_API_KEY", "sk-ant-api03-test-key-crash-00000000000")]));
+        pool.apply(&pool.session_yaml(
+            s,
+            Some("a"),
+            &[(
+                "ANTHROPIC_API_KEY",
+                "sk-ant-api03-test-key-crash-00000000000",
+            )],
+        ));
     }
     let mut all = String::new();
     for i in 0..TASKS {
         all.push_str("---\n");
-        all.push_str(&pool.task_yaml(&format!("job-{i:02}"), &format!("crash test job {i:02}"), ""));
+        all.push_str(&pool.task_yaml(
+            &format!("job-{i:02}"),
+            &format!("crash test job {i:02}"),
+            "",
+        ));
     }
     pool.apply(&all);
     // The API answers one reply at a time, paced, so dispatch is still
@@ -85,6 +100,8 @@ fn sigkill_at_random_points_loses_no_task_and_types_none_twice() {
     }
     assert!(lost.is_empty(), "never reached the API: {lost:?}");
     assert!(twice.is_empty(), "typed more than once: {twice:?}");
-    eprintln!("{KILLS} SIGKILLs, {TASKS} tasks each delivered exactly once (drained in {took:?} after the last kill)");
+    eprintln!(
+        "{KILLS} SIGKILLs, {TASKS} tasks each delivered exactly once (drained in {took:?} after the last kill)"
+    );
     let _ = LONG;
 }

@@ -42,13 +42,23 @@ pub struct Context {
 
 /// Logs an event about an object and records it in the store (shown by
 /// `describe`); one call, so the log line and the event never drift.
-pub fn record(ctx: &Context, key: &crate::api::ObjectKey, warning: bool, reason: &str, message: &str, source: &str) {
+pub fn record(
+    ctx: &Context,
+    key: &crate::api::ObjectKey,
+    warning: bool,
+    reason: &str,
+    message: &str,
+    source: &str,
+) {
     if warning {
         tracing::warn!(object = %key, reason, "{message}");
     } else {
         tracing::info!(object = %key, reason, "{message}");
     }
-    if let Err(e) = ctx.store.record_event(key, warning, reason, message, source) {
+    if let Err(e) = ctx
+        .store
+        .record_event(key, warning, reason, message, source)
+    {
         tracing::warn!(object = %key, error = %e, "cannot record an event");
     }
 }

@@ -643,6 +643,8 @@ fn sig_model(ctx: &Context, session: &ObjectKey) -> Option<String> {
 /// lost or, worse, submits half of it.
 async fn type_then_enter(ctx: &Context, pane: &str, text: &str) -> Result<(), Error> {
     ctx.tmux.send_text(pane, text).await?;
+    // The settle Claude Code needs runs from the typing, while we look.
+    let settled = tokio::time::Instant::now() + Duration::from_millis(100);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     loop {
         let screen = ctx.tmux.capture(pane, false).await?;
@@ -651,10 +653,9 @@ async fn type_then_enter(ctx: &Context, pane: &str, text: &str) -> Result<(), Er
         {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // The same settle as the driver's own submit.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::sleep_until(settled).await;
     ctx.tmux.send_keys(pane, &["Enter"]).await?;
     Ok(())
 }
@@ -671,7 +672,7 @@ async fn wait_composer_empty(ctx: &Context, pane: &str, limit: Duration) -> Resu
         if tokio::time::Instant::now() >= deadline {
             return Ok(false);
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

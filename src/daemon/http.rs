@@ -31,7 +31,11 @@ pub fn router(signals: Arc<Signals>) -> Router {
 type Params = Path<(String, String, String)>;
 
 /// The Session a post is for, if its secret is right, and its JSON body.
-fn accept(s: &Signals, (ns, name, secret): (String, String, String), body: &[u8]) -> Result<(ObjectKey, Value), StatusCode> {
+fn accept(
+    s: &Signals,
+    (ns, name, secret): (String, String, String),
+    body: &[u8],
+) -> Result<(ObjectKey, Value), StatusCode> {
     let key = ObjectKey::new(Kind::Session, &ns, &name);
     if !s.authorized(&key, &secret) {
         return Err(StatusCode::FORBIDDEN);
@@ -40,19 +44,30 @@ fn accept(s: &Signals, (ns, name, secret): (String, String, String), body: &[u8]
     Ok((key, body))
 }
 
-async fn hook(State(s): State<Arc<Signals>>, Path(p): Params, body: axum::body::Bytes) -> (StatusCode, String) {
+async fn hook(
+    State(s): State<Arc<Signals>>,
+    Path(p): Params,
+    body: axum::body::Bytes,
+) -> (StatusCode, String) {
     let (key, payload) = match accept(&s, p, &body) {
         Ok(x) => x,
         Err(code) => return (code, String::new()),
     };
-    let event = payload.get("hook_event_name").and_then(|e| e.as_str()).unwrap_or("?");
+    let event = payload
+        .get("hook_event_name")
+        .and_then(|e| e.as_str())
+        .unwrap_or("?");
     tracing::debug!(session = %key, event, "hook");
     s.hook(&key, &payload);
     // An empty JSON object: no decision, no extra context.
     (StatusCode::OK, "{}".into())
 }
 
-async fn statusline(State(s): State<Arc<Signals>>, Path(p): Params, body: axum::body::Bytes) -> (StatusCode, String) {
+async fn statusline(
+    State(s): State<Arc<Signals>>,
+    Path(p): Params,
+    body: axum::body::Bytes,
+) -> (StatusCode, String) {
     let (key, input) = match accept(&s, p, &body) {
         Ok(x) => x,
         Err(code) => return (code, String::new()),
