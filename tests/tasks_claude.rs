@@ -201,8 +201,9 @@ fn a_running_task_can_be_cancelled() {
     pool.api.hold();
     pool.apply(&pool.task_yaml("long", "a very long job", ""));
     pool.wait_task_phase("long", "Running");
-    let v = pool.wait_phase("c-0", "Busy");
-    assert_eq!(v["status"]["currentTask"], "long");
+    pool.wait_session("c-0", "working on the task", |v| {
+        v["status"]["currentTask"] == "long"
+    });
     pool.ok(&["cancel", "task", "long"]);
     pool.wait_task_phase("long", "Cancelled");
     pool.api.release();
