@@ -174,7 +174,9 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<ExitCode> {
                 max_backoff: Duration::from_secs(60),
             },
             memory: Default::default(),
+            pids: Default::default(),
         });
+        let liveness = tokio::spawn(crate::controller::liveness(context.clone(), Duration::from_secs(2)));
         let sessions = tokio::spawn(run_session_controller(context.clone(), wake, resync));
         // The task dispatcher, woken by any Task or Session change.
         let store_changed = Arc::new(tokio::sync::Notify::new());
@@ -193,6 +195,7 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<ExitCode> {
         (&mut shutdown).await;
         let _ = stop_tx.send(true);
         sessions.abort();
+        liveness.abort();
         tasks.abort();
         janitor.abort();
         for w in watchers {

@@ -38,6 +38,43 @@ pub struct Context {
     pub signals: Arc<Signals>,
     pub settings: Settings,
     pub memory: std::sync::Mutex<std::collections::HashMap<crate::api::ObjectKey, session::Memory>>,
+    /// The agent process of each running session, for the liveness watch.
+    pub pids: std::sync::Mutex<std::collections::HashMap<crate::api::ObjectKey, u32>>,
+}
+
+/// True when process `pid` has exited (gone, or a zombie nobody reaped).
+pub fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+    }
+}
+
+/// Watches the agents' processes (a cheap /proc read each, no process
+/// spawned) and wakes the reconcile of any session whose agent died: tmux's
+/// own notification does not always come (a pane whose process tmux never
+/// reaps shows no death at all).
+pub async fn liveness(ctx: std::sync::Arc<Context>, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let dead: Vec<crate::api::ObjectKey> = ctx
+            .pids
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(_, pid)| process_gone(**pid))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in dead {
+            ctx.pids.lock().expect("lock").remove(&key);
+            ctx.signals.poke(&key);
+        }
+    }
 }
 
 /// Logs an event about an object and records it in the store (shown by

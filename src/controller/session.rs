@@ -375,7 +375,14 @@ async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<
     let name = tmux_name(key);
     let mut rt = Runtime::load(state_dir, key);
     ctx.signals.register(key, &rt.secret);
-    let pane = ctx.tmux.pane(&name).await?;
+    // A pane whose agent exited but was never reaped by tmux looks alive:
+    // the process table says otherwise.
+    let pane = ctx.tmux.pane(&name).await?.map(|mut p| {
+        if !p.dead && super::process_gone(p.pid) {
+            p.dead = true;
+        }
+        p
+    });
     let accounts = ctx.store.api::<Account>(Some(&key.namespace)).list()?;
     let desired = Desired {
         deleting: s.metadata.deletion_timestamp.is_some(),
@@ -606,6 +613,13 @@ async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<
     });
     // Status: what runs now.
     let running = rt.launches > 0 && !desired.suspend && report.alive.0;
+    {
+        let mut pids = ctx.pids.lock().expect("lock");
+        match (running, rt.pid) {
+            (true, Some(pid)) => pids.insert(key.clone(), pid),
+            _ => pids.remove(key),
+        };
+    }
     let t = crate::api::now();
     status.phase = Some(report.phase);
     status.account = if running { rt.account.clone() } else { None };

@@ -324,6 +324,8 @@ fn session_of<'a>(v: &'a View, t: &Task) -> Option<&'a Session> {
 async fn pass(ctx: &Context, st: &DispatchSettings, mem: &mut Memory) -> Result<Duration, Error> {
     let view = load(ctx)?;
     let mut in_flight = false;
+    // Whether step 1 may have written anything (then step 2 re-reads).
+    let mut touched = false;
     // 1. Move in-flight and cancelled/deleted tasks along.
     for t in &view.tasks {
         let p = phase(t);
@@ -334,16 +336,19 @@ async fn pass(ctx: &Context, st: &DispatchSettings, mem: &mut Memory) -> Result<
             .as_ref()
             .is_some_and(|a| a.contains_key(CANCEL));
         if (deleting || cancel) && !finished(p) {
+            touched = true;
             stop_task(ctx, &view, t, deleting).await?;
             continue;
         }
         if deleting {
+            touched = true;
             release(ctx, t)?;
             continue;
         }
         match p {
             TaskPhase::Dispatched | TaskPhase::Running => {
                 in_flight = true;
+                touched = true;
                 progress(ctx, st, mem, &view, t).await?;
             }
             p if finished(p)
@@ -353,13 +358,15 @@ async fn pass(ctx: &Context, st: &DispatchSettings, mem: &mut Memory) -> Result<
                     .flatten()
                     .any(|f| f == FINALIZER) =>
             {
+                touched = true;
                 release(ctx, t)?;
             }
             _ => {}
         }
     }
-    // 2. Assign pending tasks to free sessions (re-read: step 1 changed things).
-    let view = load(ctx)?;
+    // 2. Assign pending tasks to free sessions (re-read if step 1 may have
+    //    changed things).
+    let view = if touched { load(ctx)? } else { view };
     let busy: HashSet<(String, String)> = view
         .tasks
         .iter()
