@@ -149,6 +149,12 @@ fn drift_is_corrected() {
     let mut v = get(&store, Kind::Session, "ccl-0").unwrap();
     v["spec"]["workdir"] = json!("/somewhere/else");
     v.as_object_mut().unwrap().remove("status");
+    // Like a person's edit: no resourceVersion precondition (the daemon's
+    // controllers write the object's status meanwhile).
+    v["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("resourceVersion");
     store.apply(&v, false).unwrap();
     wait_for("drift corrected", T, || {
         get(&store, Kind::Session, "ccl-0").filter(|v| v["spec"]["workdir"] == "/tmp/ccl-0")
