@@ -7,7 +7,6 @@ use common::*;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
-use std::time::Duration;
 
 fn ex() -> String {
     examples().to_str().unwrap().to_string()
@@ -452,5 +451,4 @@ fn crds_version_completion_help() {
         help.contains("--dry-run") && help.contains("-R, --recursive"),
         "{help}"
     );
-    let _ = Duration::ZERO;
 }

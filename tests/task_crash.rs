@@ -3,7 +3,7 @@
 //! sessions work through a queue. No task may be lost, none typed twice.
 
 mod common;
-use common::pool::{LONG, Pool, require_claude};
+use common::pool::{Pool, require_claude};
 use std::time::{Duration, Instant};
 
 const KILLS: usize = 50;
@@ -103,5 +103,4 @@ fn sigkill_at_random_points_loses_no_task_and_types_none_twice() {
     eprintln!(
         "{KILLS} SIGKILLs, {TASKS} tasks each delivered exactly once (drained in {took:?} after the last kill)"
     );
-    let _ = LONG;
 }

@@ -3,7 +3,6 @@
 
 mod common;
 use common::pool::{LONG, Pool, require_claude};
-use std::time::Duration;
 
 const KEY: (&str, &str) = (
     "ANTHROPIC_API_KEY",
@@ -210,5 +209,4 @@ fn a_running_task_can_be_cancelled() {
     pool.wait_session("c-0", "idle without a task", |v| {
         v["status"]["phase"] == "Idle" && v["status"]["currentTask"].is_null()
     });
-    let _ = Duration::ZERO;
 }

@@ -364,9 +364,7 @@ pub async fn reconcile(s: Arc<Session>, ctx: Arc<Context>) -> Result<Action, Err
         s.metadata.name.as_deref().unwrap_or_default(),
     );
     let span = tracing::info_span!("reconcile", session = %key);
-    let _e = span.enter();
-    drop(_e);
-    reconcile_inner(&s, &ctx, &key).await
+    tracing::Instrument::instrument(reconcile_inner(&s, &ctx, &key), span).await
 }
 
 async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<Action, Error> {
