@@ -34,6 +34,95 @@ pub struct Config {
     pub dispatch: DispatchConfig,
     #[serde(default)]
     pub janitor: JanitorConfig,
+    #[serde(default)]
+    pub quota: QuotaConfig,
+    #[serde(default)]
+    pub notify: NotifyConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+}
+
+/// Usage monitoring and failover (see docs/failover.md).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct QuotaConfig {
+    /// Base URL of the usage endpoint (`GET BASE/api/oauth/usage`).
+    pub usage_base_url: Option<String>,
+    /// Seconds between two polls of one account's usage, at least.
+    pub poll_interval_seconds: Option<u64>,
+    /// Readings older than this no longer count.
+    pub stale_seconds: Option<u64>,
+    /// Points below its threshold an account must fall to leave NearLimit.
+    pub hysteresis_percent: Option<u8>,
+    /// How long a swap waits for a busy session's turn to end.
+    pub turn_wait_seconds: Option<u64>,
+    /// How long a relaunched session may take to confirm its resume.
+    pub confirm_seconds: Option<u64>,
+    /// How a failover target is chosen.
+    pub strategy: Option<FailoverStrategy>,
+    /// Typed into a session whose turn a usage limit cut short, once its
+    /// account is back (when no task is there to replay). Empty: nothing.
+    pub continue_message: Option<String>,
+    /// Seconds between periodic checkpoints of each session.
+    pub checkpoint_seconds: Option<u64>,
+    /// Checkpoints of sessions that no longer exist go after this long.
+    pub keep_checkpoints_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum FailoverStrategy {
+    /// The account with the most headroom; priority breaks ties.
+    #[default]
+    Headroom,
+    /// The account with the lowest priority value; headroom breaks ties.
+    Priority,
+}
+
+/// Where notifications go (the log always).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NotifyConfig {
+    pub telegram: Option<TelegramConfig>,
+    pub webhook: Option<WebhookConfig>,
+    /// At most one message per destination this often; more are merged.
+    pub min_interval_seconds: Option<u64>,
+    /// The same notice (kind + object) is not repeated within this.
+    pub dedup_seconds: Option<u64>,
+    /// Attempts per message before it is dropped (and logged).
+    pub max_attempts: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TelegramConfig {
+    /// Bot API base URL.
+    pub base_url: Option<String>,
+    pub chat_id: String,
+    /// Environment variable holding the bot token.
+    pub token_env: Option<String>,
+    /// File holding the bot token (used when `tokenEnv` is unset or empty).
+    pub token_file: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// Environment variable holding a bearer token sent with each post.
+    pub token_env: Option<String>,
+    /// File holding that token.
+    pub token_file: Option<String>,
+}
+
+/// The HTTP control plane.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Also serve the API on this Unix socket.
+    pub socket: Option<String>,
+    /// The bearer token file (created with mode 0600 when missing).
+    pub token_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]

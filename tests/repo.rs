@@ -1,6 +1,9 @@
 //! Files in the repository that must stay in step with the code.
 
-use claude_failover::config::{Config, DispatchConfig, JanitorConfig, LogConfig};
+use claude_failover::config::{
+    ApiConfig, Config, DispatchConfig, JanitorConfig, LogConfig, NotifyConfig, QuotaConfig,
+    TelegramConfig, WebhookConfig,
+};
 use std::path::Path;
 
 fn repo(rel: &str) -> std::path::PathBuf {
@@ -76,6 +79,42 @@ fn config_example_covers_every_key() {
                 interval_seconds: Some(_),
                 keep_finished_seconds: Some(_),
             },
+        quota:
+            QuotaConfig {
+                usage_base_url: Some(_),
+                poll_interval_seconds: Some(_),
+                stale_seconds: Some(_),
+                hysteresis_percent: Some(_),
+                turn_wait_seconds: Some(_),
+                confirm_seconds: Some(_),
+                strategy: Some(_),
+                continue_message: Some(_),
+                checkpoint_seconds: Some(_),
+                keep_checkpoints_seconds: Some(_),
+            },
+        notify:
+            NotifyConfig {
+                telegram:
+                    Some(TelegramConfig {
+                        base_url: Some(_),
+                        chat_id: _,
+                        token_env: Some(_),
+                        token_file: Some(_),
+                    }),
+                webhook:
+                    Some(WebhookConfig {
+                        url: _,
+                        token_env: Some(_),
+                        token_file: Some(_),
+                    }),
+                min_interval_seconds: Some(_),
+                dedup_seconds: Some(_),
+                max_attempts: Some(_),
+            },
+        api: ApiConfig {
+            socket: Some(_),
+            token_file: Some(_),
+        },
     } = cfg
     else {
         panic!("config.example.yaml leaves a key unset: {cfg:?}");

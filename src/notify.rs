@@ -1,0 +1,1 @@
+//! Notifications: Telegram, a JSON webhook and the log.

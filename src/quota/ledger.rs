@@ -1,0 +1,1 @@
+//! The token ledger: tokens per 5-hour block read from the transcripts.

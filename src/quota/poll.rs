@@ -1,0 +1,1 @@
+//! The budgeted poll of the usage endpoint.
