@@ -105,6 +105,9 @@ pub struct AccountStatus {
     /// When the current burn rate reaches the threshold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub projected_limit_at: Option<Time>,
+    /// The latest hard limit (a request rejected for usage), while it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<AccountLimit>,
     /// Sessions currently running on this account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sessions: Option<u32>,
@@ -134,4 +137,14 @@ pub struct UsageWindow {
     /// Which signal produced the reading (statusLine, poll, hook, transcript, screen).
     pub source: String,
     pub observed_at: Time,
+}
+
+/// A request rejected for usage on this account.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccountLimit {
+    pub at: Time,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resets_at: Option<Time>,
+    pub source: String,
 }

@@ -12,9 +12,12 @@ mod condition;
 mod session;
 mod task;
 
-pub use account::{Account, AccountPhase, AccountSpec, AccountStatus, Thresholds, UsageWindow};
+pub use account::{
+    Account, AccountLimit, AccountPhase, AccountSpec, AccountStatus, AccountUsage, Thresholds,
+    UsageWindow,
+};
 pub use condition::{Conditions, set_condition};
-pub use session::{AgentSpec, Session, SessionPhase, SessionSpec, SessionStatus};
+pub use session::{AgentSpec, Session, SessionPhase, SessionSpec, SessionStatus, SwapStatus};
 pub use task::{Task, TaskPhase, TaskPriority, TaskSpec, TaskStatus};
 
 pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{

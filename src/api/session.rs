@@ -122,8 +122,27 @@ pub struct SessionStatus {
     pub last_activity: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restarts: Option<u32>,
+    /// The latest failover of this session to another account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_swap: Option<SwapStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// One move of a session from one account to another.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SwapStatus {
+    /// The fencing epoch of the swap lease under which it ran.
+    pub epoch: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    pub to: String,
+    /// `NearLimit`, `Exhausted`, `Manual`, `Drain`, `AuthenticationFailed`.
+    pub reason: String,
+    /// `Swapping`, `Done`, `RolledBack`.
+    pub state: String,
+    pub started_at: Time,
 }

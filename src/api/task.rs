@@ -134,6 +134,10 @@ pub struct TaskStatus {
     /// The start of the agent's last reply (Succeeded), or what went wrong.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// A usage limit or a failover cut the task short on this session: it
+    /// is replayed there (same conversation) once the session is back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_on: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

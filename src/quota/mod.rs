@@ -4,3 +4,418 @@
 
 pub mod ledger;
 pub mod poll;
+
+use crate::api::{AccountPhase, Thresholds};
+use crate::config::FailoverStrategy;
+use std::time::{Duration, SystemTime};
+
+/// The two usage windows of a subscription.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Window {
+    FiveHour,
+    SevenDay,
+}
+
+impl Window {
+    pub const ALL: [Window; 2] = [Window::FiveHour, Window::SevenDay];
+
+    /// The name Claude Code and the usage endpoint use (`five_hour`, `seven_day`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Window::FiveHour => "five_hour",
+            Window::SevenDay => "seven_day",
+        }
+    }
+
+    pub fn threshold(self, t: &Thresholds) -> f64 {
+        f64::from(match self {
+            Window::FiveHour => t.five_hour,
+            Window::SevenDay => t.seven_day,
+        })
+    }
+
+    /// How long the window lasts (the fallback reset of an unexplained limit).
+    pub fn length(self) -> Duration {
+        match self {
+            Window::FiveHour => Duration::from_secs(5 * 3600),
+            Window::SevenDay => Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// One reading of one window, from one signal.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reading {
+    /// Percent used, 0..=100.
+    pub utilization: f64,
+    pub resets_at: Option<SystemTime>,
+    /// `statusLine`, `poll`, `hook`, `ledger`, `screen`.
+    pub source: String,
+    pub observed_at: SystemTime,
+}
+
+/// The freshest reading not older than `stale`. A window whose reset time
+/// has passed reads 0: it started over.
+pub fn fuse(readings: &[Reading], now: SystemTime, stale: Duration) -> Option<Reading> {
+    let r = readings
+        .iter()
+        .filter(|r| now.duration_since(r.observed_at).unwrap_or_default() <= stale)
+        .max_by_key(|r| r.observed_at)?;
+    let mut r = r.clone();
+    if r.resets_at.is_some_and(|t| t <= now) {
+        r.utilization = 0.0;
+        r.resets_at = None;
+        r.source = format!("{} (window reset)", r.source);
+    }
+    Some(r)
+}
+
+/// A hard limit: a request was rejected for usage.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Limit {
+    pub at: SystemTime,
+    /// When the limited window resets, when known.
+    pub resets_at: Option<SystemTime>,
+    /// Which signal said so.
+    pub source: String,
+}
+
+impl Limit {
+    /// Whether the limit still holds at `now`: until its reset time, or for
+    /// a whole 5-hour window when that time is unknown (a later reading
+    /// below the limit lifts it earlier: see [`AccountInputs::lifted`]).
+    pub fn holds(&self, now: SystemTime) -> bool {
+        match self.resets_at {
+            Some(t) => now < t,
+            None => now < self.at + Window::FiveHour.length(),
+        }
+    }
+}
+
+/// What the phase of one account is computed from.
+#[derive(Clone, Debug)]
+pub struct AccountInputs {
+    pub suspend: bool,
+    pub thresholds: Thresholds,
+    /// Points below the threshold needed to leave NearLimit.
+    pub hysteresis: f64,
+    pub five_hour: Option<Reading>,
+    pub seven_day: Option<Reading>,
+    pub limit: Option<Limit>,
+    /// The latest authentication failure not followed by a success.
+    pub auth_failed: Option<SystemTime>,
+    pub previous: AccountPhase,
+}
+
+/// The phase and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verdict {
+    pub phase: AccountPhase,
+    /// CamelCase reason, for the condition and the event.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl AccountInputs {
+    fn reading(&self, w: Window) -> Option<&Reading> {
+        match w {
+            Window::FiveHour => self.five_hour.as_ref(),
+            Window::SevenDay => self.seven_day.as_ref(),
+        }
+    }
+
+    /// True when a reading taken after the limit shows every window below
+    /// 100 %: the limit is over before its announced reset.
+    pub fn lifted(&self) -> bool {
+        let Some(l) = &self.limit else { return false };
+        let after: Vec<&Reading> = Window::ALL
+            .iter()
+            .filter_map(|w| self.reading(*w))
+            .filter(|r| r.observed_at > l.at && !r.source.ends_with("(window reset)"))
+            .collect();
+        !after.is_empty() && after.iter().all(|r| r.utilization < 100.0)
+    }
+
+    /// Free percent before the threshold in the tightest window (a window
+    /// with no reading counts as unused).
+    pub fn headroom(&self) -> f64 {
+        Window::ALL
+            .iter()
+            .map(|w| w.threshold(&self.thresholds) - self.reading(*w).map_or(0.0, |r| r.utilization))
+            .fold(f64::INFINITY, f64::min)
+    }
+}
+
+fn pct(x: f64) -> String {
+    format!("{}%", (x * 10.0).round() / 10.0)
+}
+
+/// The phase of an account, with hysteresis: once NearLimit (or
+/// Exhausted), it stays NearLimit until every window is `hysteresis`
+/// points below its threshold or has reset. Pure.
+pub fn phase(i: &AccountInputs, now: SystemTime) -> Verdict {
+    if i.suspend {
+        return Verdict {
+            phase: AccountPhase::Suspended,
+            reason: "Suspended",
+            message: "spec.suspend is true: draining".into(),
+        };
+    }
+    if i.auth_failed.is_some() {
+        return Verdict {
+            phase: AccountPhase::Unavailable,
+            reason: "AuthenticationFailed",
+            message: "requests on this account fail authentication".into(),
+        };
+    }
+    if let Some(l) = &i.limit
+        && l.holds(now)
+        && !i.lifted()
+    {
+        let until = l
+            .resets_at
+            .map(|t| format!("; resets at {}", jiff_of(t).round(k8s_openapi::jiff::Unit::Second).unwrap_or(jiff_of(t))))
+            .unwrap_or_default();
+        return Verdict {
+            phase: AccountPhase::Exhausted,
+            reason: "LimitReached",
+            message: format!("usage limit reached ({}){until}", l.source),
+        };
+    }
+    for w in Window::ALL {
+        if let Some(r) = i.reading(w)
+            && r.utilization >= 100.0
+        {
+            return Verdict {
+                phase: AccountPhase::Exhausted,
+                reason: "LimitReached",
+                message: format!("{} window at {} ({})", w.label(), pct(r.utilization), r.source),
+            };
+        }
+    }
+    let sticky = matches!(
+        i.previous,
+        AccountPhase::NearLimit | AccountPhase::Exhausted
+    );
+    for w in Window::ALL {
+        let Some(r) = i.reading(w) else { continue };
+        let t = w.threshold(&i.thresholds);
+        if r.utilization >= t || (sticky && r.utilization > t - i.hysteresis) {
+            return Verdict {
+                phase: AccountPhase::NearLimit,
+                reason: "ThresholdReached",
+                message: format!(
+                    "{} window at {} (threshold {}, {})",
+                    w.label(),
+                    pct(r.utilization),
+                    pct(t),
+                    r.source
+                ),
+            };
+        }
+    }
+    Verdict {
+        phase: AccountPhase::Available,
+        reason: "UsageBelowThreshold",
+        message: match (&i.five_hour, &i.seven_day) {
+            (None, None) => "no usage reading yet".into(),
+            (a, b) => format!(
+                "five_hour {}, seven_day {}",
+                a.as_ref().map_or("unknown".into(), |r| pct(r.utilization)),
+                b.as_ref().map_or("unknown".into(), |r| pct(r.utilization))
+            ),
+        },
+    }
+}
+
+pub fn jiff_of(t: SystemTime) -> k8s_openapi::jiff::Timestamp {
+    k8s_openapi::jiff::Timestamp::try_from(t).unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)
+}
+
+/// A failover target as the choice sees it.
+#[derive(Clone, Debug)]
+pub struct TargetCandidate {
+    pub name: String,
+    pub phase: AccountPhase,
+    pub priority: i32,
+    pub headroom: f64,
+    /// Recently failed as a target (preflight or confirmation).
+    pub excluded: bool,
+}
+
+/// The account sessions leaving `from` go to: Available ones only, never
+/// `from`, never one marked after a failed swap. Pure.
+pub fn pick_target(
+    cands: &[TargetCandidate],
+    from: &str,
+    strategy: FailoverStrategy,
+) -> Option<String> {
+    let ok: Vec<&TargetCandidate> = cands
+        .iter()
+        .filter(|c| c.name != from && c.phase == AccountPhase::Available && !c.excluded)
+        .collect();
+    let by_headroom = |a: &&TargetCandidate, b: &&TargetCandidate| {
+        b.headroom
+            .partial_cmp(&a.headroom)
+            .unwrap_or(std::cmp::Ordering::Equal)
+    };
+    let best = ok.into_iter().min_by(|a, b| match strategy {
+        FailoverStrategy::Headroom => by_headroom(a, b)
+            .then(a.priority.cmp(&b.priority))
+            .then(a.name.cmp(&b.name)),
+        FailoverStrategy::Priority => a
+            .priority
+            .cmp(&b.priority)
+            .then(by_headroom(a, b))
+            .then(a.name.cmp(&b.name)),
+    })?;
+    Some(best.name.clone())
+}
+
+/// Readings from one statusLine input (`rate_limits.*.used_percentage`,
+/// `resets_at` in epoch seconds); empty in API-key mode.
+pub fn from_statusline(input: &serde_json::Value, at: SystemTime) -> Vec<(Window, Reading)> {
+    Window::ALL
+        .iter()
+        .filter_map(|w| {
+            let v = input.get("rate_limits")?.get(w.label())?;
+            let used = v.get("used_percentage")?.as_f64()?;
+            let resets_at = v
+                .get("resets_at")
+                .and_then(serde_json::Value::as_f64)
+                .filter(|s| *s > 0.0)
+                .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs_f64(s));
+            Some((
+                *w,
+                Reading {
+                    utilization: used.clamp(0.0, 100.0),
+                    resets_at,
+                    source: "statusLine".into(),
+                    observed_at: at,
+                },
+            ))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + s)
+    }
+
+    fn reading(u: f64, t: u64) -> Reading {
+        Reading {
+            utilization: u,
+            resets_at: Some(at(10_000)),
+            source: "statusLine".into(),
+            observed_at: at(t),
+        }
+    }
+
+    fn inputs(five: Option<f64>, previous: AccountPhase) -> AccountInputs {
+        AccountInputs {
+            suspend: false,
+            thresholds: Thresholds::default(),
+            hysteresis: 5.0,
+            five_hour: five.map(|u| reading(u, 100)),
+            seven_day: None,
+            limit: None,
+            auth_failed: None,
+            previous,
+        }
+    }
+
+    #[test]
+    fn thresholds_with_hysteresis() {
+        use AccountPhase::*;
+        let now = at(200);
+        assert_eq!(phase(&inputs(None, Available), now).phase, Available);
+        assert_eq!(phase(&inputs(Some(89.0), Available), now).phase, Available);
+        assert_eq!(phase(&inputs(Some(90.0), Available), now).phase, NearLimit);
+        // Stays NearLimit until 5 points below the threshold.
+        assert_eq!(phase(&inputs(Some(86.0), NearLimit), now).phase, NearLimit);
+        assert_eq!(phase(&inputs(Some(85.0), NearLimit), now).phase, Available);
+        assert_eq!(phase(&inputs(Some(100.0), Available), now).phase, Exhausted);
+        let mut i = inputs(Some(50.0), Available);
+        i.suspend = true;
+        assert_eq!(phase(&i, now).phase, Suspended);
+        i.suspend = false;
+        i.auth_failed = Some(now);
+        assert_eq!(phase(&i, now).phase, Unavailable);
+    }
+
+    #[test]
+    fn a_limit_holds_until_its_reset_or_a_later_reading() {
+        use AccountPhase::*;
+        let mut i = inputs(Some(50.0), Available);
+        i.limit = Some(Limit {
+            at: at(150),
+            resets_at: Some(at(300)),
+            source: "StopFailure rate_limit".into(),
+        });
+        assert_eq!(phase(&i, at(200)).phase, Exhausted);
+        // Reset time passed: usable again.
+        assert_eq!(phase(&i, at(301)).phase, Available);
+        // A reading after the limit, below 100 %, lifts it.
+        i.five_hour = Some(reading(40.0, 250));
+        assert_eq!(phase(&i, at(260)).phase, Available);
+        // Unknown reset: a whole 5-hour window.
+        i.five_hour = Some(reading(40.0, 100));
+        i.limit.as_mut().unwrap().resets_at = None;
+        assert_eq!(phase(&i, at(4 * 3600)).phase, Exhausted);
+        assert_eq!(phase(&i, at(5 * 3600 + 200)).phase, Available);
+    }
+
+    #[test]
+    fn fusion_takes_the_freshest_and_ages_out() {
+        let stale = Duration::from_secs(900);
+        let rs = vec![reading(30.0, 100), reading(60.0, 200)];
+        assert_eq!(fuse(&rs, at(300), stale).unwrap().utilization, 60.0);
+        assert!(fuse(&rs, at(2000), stale).is_none());
+        // Past the reset: the window started over.
+        let r = fuse(&rs, at(10_001), Duration::from_secs(100_000)).unwrap();
+        assert_eq!(r.utilization, 0.0);
+    }
+
+    #[test]
+    fn target_choice() {
+        use AccountPhase::*;
+        let c = |name: &str, phase, priority, headroom| TargetCandidate {
+            name: name.into(),
+            phase,
+            priority,
+            headroom,
+            excluded: false,
+        };
+        let cands = vec![
+            c("a", NearLimit, 0, 1.0),
+            c("b", Available, 5, 50.0),
+            c("c", Available, 1, 80.0),
+            c("d", Exhausted, 0, 90.0),
+            c("e", Available, 0, 80.0),
+        ];
+        assert_eq!(
+            pick_target(&cands, "a", FailoverStrategy::Headroom).as_deref(),
+            Some("e")
+        );
+        assert_eq!(
+            pick_target(&cands, "e", FailoverStrategy::Priority).as_deref(),
+            Some("c")
+        );
+        assert_eq!(pick_target(&cands[..1], "x", FailoverStrategy::Headroom), None);
+    }
+
+    #[test]
+    fn statusline_readings() {
+        let v = serde_json::json!({"rate_limits": {"five_hour": {"used_percentage": 42, "resets_at": 1795750000}, "seven_day": {"used_percentage": 17.5}}});
+        let r = from_statusline(&v, at(0));
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].1.utilization, 42.0);
+        assert!(r[0].1.resets_at.is_some());
+        assert_eq!(r[1].0, Window::SevenDay);
+        assert!(from_statusline(&serde_json::json!({}), at(0)).is_empty());
+    }
+}
