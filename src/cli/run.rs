@@ -5,7 +5,7 @@
 
 use super::Ctx;
 use super::wait::parse_duration;
-use crate::api::{Object, Session, Task};
+use crate::api::{Account, Object, Session, Task};
 use crate::config::LogFormat;
 use crate::controller::{Context, Settings, session, task};
 use crate::daemon::{http, lease, signals::Signals};
@@ -112,6 +112,22 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<ExitCode> {
             cfg.janitor.keep_finished_seconds.unwrap_or(7 * 24 * 3600),
         ),
     };
+    let q = cfg.quota.clone();
+    let quota_settings = crate::controller::account::QuotaSettings {
+        stale: Duration::from_secs(q.stale_seconds.unwrap_or(900).max(1)),
+        hysteresis: f64::from(q.hysteresis_percent.unwrap_or(5)),
+        poll_interval: Duration::from_secs(q.poll_interval_seconds.unwrap_or(300).max(1)),
+        usage_base_url: q
+            .usage_base_url
+            .clone()
+            .unwrap_or_else(|| "https://api.anthropic.com".into()),
+    };
+    let failover_settings = crate::controller::failover::FailoverSettings {
+        turn_wait: Duration::from_secs(q.turn_wait_seconds.unwrap_or(120)),
+        confirm: Duration::from_secs(q.confirm_seconds.unwrap_or(60).max(1)),
+        strategy: q.strategy.unwrap_or_default(),
+        continue_message: q.continue_message.clone().unwrap_or_else(|| "continue".into()),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -132,6 +148,7 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<ExitCode> {
             }
         };
         tracing::info!(holder = %lease.record.holder, "leader lease acquired");
+        let notifier = crate::notify::Notifier::disabled();
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
@@ -172,9 +189,11 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<ExitCode> {
                 resync,
                 stop_step: Duration::from_secs(5),
                 max_backoff: Duration::from_secs(60),
+                checkpoint_every: Duration::from_secs(q.checkpoint_seconds.unwrap_or(60).max(1)),
             },
             memory: Default::default(),
             pids: Default::default(),
+            quota: crate::controller::account::Hub::new(notifier),
         });
         let liveness = tokio::spawn(crate::controller::liveness(context.clone(), Duration::from_secs(2)));
         let sessions = tokio::spawn(run_session_controller(context.clone(), wake, resync));
@@ -185,6 +204,13 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<ExitCode> {
             tokio::spawn(notify_on_change::<Session>(store.clone(), store_changed.clone(), resync)),
         ];
         let tasks = tokio::spawn(task::run(context.clone(), dispatch, store_changed));
+        let accounts_changed = Arc::new(tokio::sync::Notify::new());
+        let account_watchers = [
+            tokio::spawn(notify_on_change::<Account>(store.clone(), accounts_changed.clone(), resync)),
+            tokio::spawn(notify_on_change::<Session>(store.clone(), accounts_changed.clone(), resync)),
+        ];
+        let accounts = tokio::spawn(crate::controller::account::run(context.clone(), quota_settings, accounts_changed));
+        let failover = tokio::spawn(crate::controller::failover::run(context.clone(), failover_settings));
         let janitor = tokio::spawn(crate::janitor::run(store.clone(), janitor_settings));
         let sync = syncer.map(|s| {
             let mut stop = stop_rx.clone();
@@ -198,7 +224,9 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<ExitCode> {
         liveness.abort();
         tasks.abort();
         janitor.abort();
-        for w in watchers {
+        accounts.abort();
+        failover.abort();
+        for w in watchers.into_iter().chain(account_watchers) {
             w.abort();
         }
         if let Some(s) = sync {

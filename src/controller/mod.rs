@@ -1,6 +1,9 @@
 //! Controllers: each one reconciles one kind, driven by
 //! `kube_runtime::applier` over the store's watch (see docs/daemon.md).
 
+pub mod account;
+pub mod checkpoint;
+pub mod failover;
 pub mod runtime;
 pub mod session;
 pub mod task;
@@ -29,6 +32,8 @@ pub struct Settings {
     pub stop_step: Duration,
     /// Longest restart back-off.
     pub max_backoff: Duration,
+    /// A session's checkpoint is rewritten at least this often.
+    pub checkpoint_every: Duration,
 }
 
 /// Everything a reconcile needs, shared by all of them.
@@ -40,6 +45,8 @@ pub struct Context {
     pub memory: std::sync::Mutex<std::collections::HashMap<crate::api::ObjectKey, session::Memory>>,
     /// The agent process of each running session, for the liveness watch.
     pub pids: std::sync::Mutex<std::collections::HashMap<crate::api::ObjectKey, u32>>,
+    /// Usage memory, failover wake-ups and the notifier.
+    pub quota: account::Hub,
 }
 
 /// True when process `pid` has exited (gone, or a zombie nobody reaped).

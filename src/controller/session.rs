@@ -36,10 +36,12 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
-/// Per-session memory that need not survive a restart (screen debounce).
+/// Per-session memory that need not survive a restart (screen debounce,
+/// when the checkpoint was last written).
 #[derive(Debug, Default, Clone)]
 pub struct Memory {
     last_screen: Option<(Screen, Instant)>,
+    checkpoint: Option<(u64, Instant)>,
 }
 
 /// The tmux session name of a Session.
@@ -73,6 +75,9 @@ pub struct Desired {
     /// The account to run under (None: Claude Code's default config), or
     /// why none can be used.
     pub account: Result<Option<String>, String>,
+    /// A failover placed the session on `account`: switch even mid-turn
+    /// (the failover controller already waited for the turn boundary).
+    pub switch_now: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -141,7 +146,7 @@ pub fn plan(d: &Desired, o: &Observed) -> Vec<Step> {
         }
         let wrong_account = matches!(&d.account, Ok(want) if *want != o.running_account);
         if wrong_account {
-            if o.state == AgentState::Busy {
+            if o.state == AgentState::Busy && !d.switch_now {
                 steps.push(Step::WaitTurn);
             } else {
                 steps.push(Step::Stop);
@@ -165,30 +170,74 @@ pub fn plan(d: &Desired, o: &Observed) -> Vec<Step> {
     steps
 }
 
-/// The account a Session should run under: its own if named and usable,
-/// else the usable one with the lowest priority value. No Accounts at all:
-/// Claude Code's default config.
-pub fn pick_account(s: &Session, accounts: &[Account]) -> Result<Option<String>, String> {
-    let usable = |a: &&Account| !a.spec.suspend && a.metadata.deletion_timestamp.is_none();
-    if let Some(want) = &s.spec.account {
-        match accounts
+fn account_phase(a: &Account) -> crate::api::AccountPhase {
+    a.status.as_ref().and_then(|s| s.phase).unwrap_or_default()
+}
+
+/// Whether new work may start on `a`.
+fn runnable(a: &Account) -> bool {
+    use crate::api::AccountPhase::*;
+    a.metadata.deletion_timestamp.is_none()
+        && !a.spec.suspend
+        && !matches!(account_phase(a), Exhausted | Unavailable | Suspended)
+}
+
+/// The account a Session should be launched under: its own if named and
+/// runnable; else the one it ran under last (a failover moves it if that
+/// one is in trouble); else the runnable one with the lowest priority
+/// value (Available before NearLimit); when every account is exhausted,
+/// one to wait on. No Accounts at all: Claude Code's default config.
+pub fn pick_account(
+    s: &Session,
+    accounts: &[Account],
+    last: Option<&str>,
+) -> Result<Option<String>, String> {
+    let find = |n: &str| {
+        accounts
             .iter()
-            .find(|a| a.metadata.name.as_deref() == Some(want))
-        {
+            .find(|a| a.metadata.name.as_deref() == Some(n))
+    };
+    let present = |a: &Account| a.metadata.deletion_timestamp.is_none() && !a.spec.suspend;
+    if let Some(want) = &s.spec.account {
+        match find(want) {
             None => return Err(format!("Account {want} not found")),
-            Some(a) if usable(&a) => return Ok(Some(want.clone())),
+            Some(a) if runnable(a) => return Ok(Some(want.clone())),
             Some(_) => {}
         }
+    }
+    if let Some(a) = last.and_then(find).filter(|a| present(a)) {
+        return Ok(a.metadata.name.clone());
     }
     if accounts.is_empty() {
         return Ok(None);
     }
+    let key = |a: &&Account| {
+        (
+            account_phase(a) != crate::api::AccountPhase::Available,
+            a.spec.priority,
+            a.metadata.name.clone(),
+        )
+    };
     accounts
         .iter()
-        .filter(usable)
-        .min_by_key(|a| (a.spec.priority, a.metadata.name.clone()))
+        .filter(|a| runnable(a))
+        .min_by_key(key)
+        .or_else(|| accounts.iter().filter(|a| present(a)).min_by_key(key))
         .map(|a| Some(a.metadata.name.clone().unwrap_or_default()))
         .ok_or_else(|| "no usable Account: every one is suspended".into())
+}
+
+/// The account a running Session should stay on: the one it runs under,
+/// unless a person named another (runnable) one in its spec.
+pub fn keep_account(s: &Session, accounts: &[Account], running: Option<&str>) -> Option<String> {
+    if let Some(want) = &s.spec.account
+        && accounts
+            .iter()
+            .any(|a| a.metadata.name.as_ref() == Some(want) && runnable(a))
+    {
+        return Some(want.clone());
+    }
+    running.map(str::to_string)
 }
 
 // --------------------------------------------------------------- execution
@@ -382,6 +431,14 @@ async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<
         p
     });
     let accounts = ctx.store.api::<Account>(Some(&key.namespace)).list()?;
+    let placement = super::failover::Placement::effective(state_dir, key, s)
+        .filter(|p| accounts.iter().any(|a| a.metadata.name.as_ref() == Some(&p.account)));
+    let alive_agent = rt.launches > 0 && pane.as_ref().is_some_and(|p| !p.dead);
+    let account = match &placement {
+        Some(p) => Ok(Some(p.account.clone())),
+        None if alive_agent => Ok(keep_account(s, &accounts, rt.account.as_deref())),
+        None => pick_account(s, &accounts, rt.account.as_deref()),
+    };
     let desired = Desired {
         deleting: s.metadata.deletion_timestamp.is_some(),
         has_finalizer: s
@@ -391,7 +448,8 @@ async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<
             .flatten()
             .any(|f| f == FINALIZER),
         suspend: s.spec.suspend,
-        account: pick_account(s, &accounts),
+        account,
+        switch_now: placement.as_ref().is_some_and(|p| p.swapping()),
     };
     let now = unix_now();
     let gone_or_dead = pane.as_ref().is_none_or(|p| p.dead);
@@ -458,7 +516,14 @@ async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<
             }
             Step::Stop => {
                 let p = pane.as_ref().expect("planned for a live pane");
-                let how = stop_agent(ctx, &name, p, agent_state == AgentState::Busy).await?;
+                // A failover stop may meet a turn or a usage-limit dialog: Esc first.
+                let how = stop_agent(
+                    ctx,
+                    &name,
+                    p,
+                    agent_state == AgentState::Busy || desired.switch_now,
+                )
+                .await?;
                 deliberate_stop = true;
                 record(ctx, key, false, "Stopped", &format!("agent {how}"));
             }
@@ -609,6 +674,44 @@ async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<
             report_of(&agent_state, ctx.settings.resync)
         }
     });
+    let mut report = report;
+    let running_on = accounts
+        .iter()
+        .find(|a| rt.account.is_some() && a.metadata.name == rt.account);
+    if let Some(p) = placement.as_ref().filter(|p| p.swapping()) {
+        report.phase = SessionPhase::Swapping;
+        report.ready = (
+            false,
+            "Swapping".into(),
+            format!(
+                "moving from {} to {} (swap epoch {})",
+                p.from.as_deref().unwrap_or("?"),
+                p.account,
+                p.epoch
+            ),
+        );
+        report.requeue = report.requeue.min(Duration::from_millis(500));
+    } else if let Some(a) = running_on
+        && account_phase(a) == crate::api::AccountPhase::Exhausted
+        && matches!(report.phase, SessionPhase::Idle | SessionPhase::Waiting)
+    {
+        let resets = a
+            .status
+            .as_ref()
+            .and_then(|st| st.limit.as_ref())
+            .and_then(|l| l.resets_at.as_ref())
+            .map(|t| format!("; it resets at {}", t.0))
+            .unwrap_or_default();
+        report.phase = SessionPhase::Waiting;
+        report.ready = (
+            false,
+            "QuotaExhausted".into(),
+            format!(
+                "account {} hit its usage limit and no other account is available{resets}",
+                a.metadata.name.as_deref().unwrap_or_default()
+            ),
+        );
+    }
     // Status: what runs now.
     let running = rt.launches > 0 && !desired.suspend && report.alive.0;
     {
@@ -625,6 +728,16 @@ async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<
     status.pane_id = if running { rt.pane_id.clone() } else { None };
     status.pid = if running { rt.pid } else { None };
     status.restarts = Some(rt.restarts);
+    status.last_swap = placement.as_ref().map(|p| crate::api::SwapStatus {
+        epoch: p.epoch,
+        from: p.from.clone(),
+        to: p.account.clone(),
+        reason: p.reason.clone(),
+        state: p.state.clone(),
+        started_at: crate::api::Time(crate::quota::jiff_of(
+            std::time::UNIX_EPOCH + Duration::from_millis(p.at),
+        )),
+    });
     status.observed_generation = generation;
     // The task on this session, as the task controller recorded it.
     status.current_task = ctx
@@ -641,6 +754,9 @@ async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<
             })
         })
         .and_then(|t| t.metadata.name);
+    if running && placement.as_ref().is_none_or(|p| !p.swapping()) {
+        checkpoint(ctx, s, key, &rt, &status);
+    }
     if let Ok(workdir) = std::fs::canonicalize(expand_home(&s.spec.workdir)) {
         crate::inbox::write_status(
             &workdir,
@@ -682,6 +798,43 @@ async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<
 
 fn record(ctx: &Context, key: &ObjectKey, warning: bool, reason: &str, message: &str) {
     super::record(ctx, key, warning, reason, message, "session-controller");
+}
+
+/// Rewrites the session's checkpoint when its agent said something new,
+/// or when the last one is `checkpoint_every` old.
+fn checkpoint(
+    ctx: &Context,
+    s: &Session,
+    key: &ObjectKey,
+    rt: &Runtime,
+    status: &crate::api::SessionStatus,
+) {
+    let sig = ctx.signals.get(key);
+    {
+        let mut mem = ctx.memory.lock().expect("lock");
+        let m = mem.entry(key.clone()).or_default();
+        let due = m.checkpoint.is_none_or(|(count, at)| {
+            count != sig.count || at.elapsed() >= ctx.settings.checkpoint_every
+        });
+        if !due {
+            return;
+        }
+        m.checkpoint = Some((sig.count, Instant::now()));
+    }
+    let cp = super::checkpoint::Checkpoint {
+        session: key.name.clone(),
+        namespace: key.namespace.clone(),
+        agent_session_id: rt.agent_session_id.clone(),
+        account: rt.account.clone(),
+        workdir: s.spec.workdir.clone(),
+        current_task: status.current_task.clone(),
+        at: super::checkpoint::unix_ms(std::time::SystemTime::now()),
+        ..Default::default()
+    }
+    .from_signals(&sig);
+    if let Err(e) = cp.save(&ctx.settings.state_dir, key) {
+        tracing::warn!(session = %key, error = %e, "cannot write the checkpoint");
+    }
 }
 
 /// Seeds the account, writes the settings file and starts the agent.
@@ -809,6 +962,7 @@ mod tests {
             has_finalizer: true,
             suspend: false,
             account: Ok(account.map(str::to_string)),
+            switch_now: false,
         }
     }
 
@@ -946,23 +1100,52 @@ mod tests {
             acct("spare", 20, false),
             acct("cheap", 5, true),
         ];
-        assert_eq!(pick_account(&s, &accounts), Ok(Some("work".into())));
+        assert_eq!(pick_account(&s, &accounts, None), Ok(Some("work".into())));
         s.spec.account = None;
         assert_eq!(
-            pick_account(&s, &accounts),
+            pick_account(&s, &accounts, None),
             Ok(Some("work".into())),
             "lowest priority among usable"
         );
         s.spec.account = Some("cheap".into());
         assert_eq!(
-            pick_account(&s, &accounts),
+            pick_account(&s, &accounts, None),
             Ok(Some("work".into())),
             "a suspended preference falls back"
         );
         s.spec.account = Some("nope".into());
-        assert!(pick_account(&s, &accounts).is_err());
+        assert!(pick_account(&s, &accounts, None).is_err());
         s.spec.account = None;
-        assert_eq!(pick_account(&s, &[]), Ok(None));
+        assert_eq!(pick_account(&s, &[], None), Ok(None));
+        // It stays where it ran last, unless that account is suspended.
+        assert_eq!(
+            pick_account(&s, &accounts, Some("spare")),
+            Ok(Some("spare".into()))
+        );
+        assert_eq!(
+            pick_account(&s, &accounts, Some("cheap")),
+            Ok(Some("work".into()))
+        );
+        // An exhausted account is passed over; with all exhausted, one waits.
+        let mut tired = accounts.clone();
+        tired[0].status = Some(crate::api::AccountStatus {
+            phase: Some(crate::api::AccountPhase::Exhausted),
+            ..Default::default()
+        });
+        assert_eq!(
+            pick_account(&s, &tired, None),
+            Ok(Some("spare".into()))
+        );
+        tired[1].status = tired[0].status.clone();
+        assert_eq!(pick_account(&s, &tired, None), Ok(Some("work".into())));
+        // Running: it stays, unless its spec names another runnable account.
+        assert_eq!(
+            keep_account(&s, &accounts, Some("spare")),
+            Some("spare".into())
+        );
+        s.spec.account = Some("work".into());
+        assert_eq!(keep_account(&s, &accounts, Some("spare")), Some("work".into()));
+        assert_eq!(keep_account(&s, &tired, Some("spare")), Some("spare".into()));
         assert_eq!(camel("permission_prompt"), "PermissionPrompt");
     }
 }

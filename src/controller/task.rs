@@ -109,6 +109,10 @@ pub fn eligible(task: &Task, session: &Candidate) -> bool {
     if let Some(name) = &task.spec.session {
         return *name == session.key.name;
     }
+    // Cut short by a usage limit or a failover: back to its conversation.
+    if let Some(name) = task.status.as_ref().and_then(|s| s.replay_on.as_ref()) {
+        return *name == session.key.name;
+    }
     if let Some(sel) = &task.spec.session_selector
         && !Selector::from_label_selector(sel).matches(Some(&session.labels))
     {
@@ -427,6 +431,22 @@ async fn pass(ctx: &Context, st: &DispatchSettings, mem: &mut Memory) -> Result<
             }
         })
         .collect();
+    // A replay whose session is gone (or going) may run anywhere.
+    for t in &view.tasks {
+        if let Some(name) = t.status.as_ref().and_then(|s| s.replay_on.as_ref())
+            && phase(t) == TaskPhase::Pending
+            && !view.sessions.iter().any(|s| {
+                s.metadata.name.as_ref() == Some(name)
+                    && s.metadata.namespace == t.metadata.namespace
+                    && s.metadata.deletion_timestamp.is_none()
+                    && !s.spec.suspend
+            })
+        {
+            let mut s = t.status.clone().unwrap_or_default();
+            s.replay_on = None;
+            write(ctx, t, s)?;
+        }
+    }
     let mut pending: Vec<&Task> = view
         .tasks
         .iter()
@@ -605,6 +625,7 @@ async fn deliver(
     status.started_at = None;
     status.finished_at = None;
     status.message = None;
+    let replay = status.replay_on.take().is_some();
     status.observed_generation = t.metadata.generation;
     // 2. The intent, durable before anything is typed.
     if !write(ctx, &t, status.clone())? {
@@ -628,7 +649,8 @@ async fn deliver(
         false,
         "Dispatched",
         &format!(
-            "typed into session {session_name} (attempt {}{})",
+            "{} session {session_name} (attempt {}{})",
+            if replay { "replayed in" } else { "typed into" },
             status.attempts.unwrap_or(1),
             model.map(|m| format!(", model {m}")).unwrap_or_default()
         ),
@@ -648,7 +670,7 @@ fn sig_model(ctx: &Context, session: &ObjectKey) -> Option<String> {
 /// Types `text`, waits (bounded) until the composer shows something, then
 /// presses Enter: an Enter that arrives before the UI has taken the text is
 /// lost or, worse, submits half of it.
-async fn type_then_enter(ctx: &Context, pane: &str, text: &str) -> Result<(), Error> {
+pub(crate) async fn type_then_enter(ctx: &Context, pane: &str, text: &str) -> Result<(), Error> {
     ctx.tmux.send_text(pane, text).await?;
     // The settle Claude Code needs runs from the typing, while we look.
     let settled = tokio::time::Instant::now() + Duration::from_millis(100);
@@ -669,7 +691,7 @@ async fn type_then_enter(ctx: &Context, pane: &str, text: &str) -> Result<(), Er
 
 /// Waits until the composer is on screen and empty (bounded); false if
 /// it never was.
-async fn wait_composer_empty(ctx: &Context, pane: &str, limit: Duration) -> Result<bool, Error> {
+pub(crate) async fn wait_composer_empty(ctx: &Context, pane: &str, limit: Duration) -> Result<bool, Error> {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let screen = ctx.tmux.capture(pane, false).await?;
@@ -685,7 +707,20 @@ async fn wait_composer_empty(ctx: &Context, pane: &str, limit: Duration) -> Resu
 
 /// Back to the queue (`rewind`: the attempt never reached the agent).
 fn requeue(ctx: &Context, t: &Task, why: &str, rewind: bool) -> Result<(), Error> {
+    requeue_on(ctx, t, why, rewind, None)
+}
+
+/// Back to the queue, to be replayed on session `replay_on` (the same
+/// conversation) once it can take it; the attempt does not count.
+fn requeue_on(
+    ctx: &Context,
+    t: &Task,
+    why: &str,
+    rewind: bool,
+    replay_on: Option<&str>,
+) -> Result<(), Error> {
     let mut s = t.status.clone().unwrap_or_default();
+    s.replay_on = replay_on.map(str::to_string);
     s.phase = Some(TaskPhase::Pending);
     s.session = None;
     s.session_pid = None;
@@ -860,6 +895,22 @@ async fn progress(
                 }
             };
             if !same_agent {
+                // Stopped by a failover: not the task's fault either.
+                if let Some(p) = super::failover::Placement::load(&ctx.settings.state_dir, &skey)
+                    && SystemTime::UNIX_EPOCH + Duration::from_millis(p.at) >= started
+                {
+                    return requeue_on(
+                        ctx,
+                        t,
+                        &format!(
+                            "interrupted by a failover from {} to {}",
+                            p.from.as_deref().unwrap_or("?"),
+                            p.account
+                        ),
+                        true,
+                        Some(&skey.name),
+                    );
+                }
                 return retry_or_fail(ctx, st, t, "the session's agent exited during the task");
             }
             if let Some((reply, at)) = &sig.last_stop
@@ -871,12 +922,15 @@ async fn progress(
                 && *at >= started
             {
                 if error == "rate_limit" {
-                    // Not the task's fault: another session or account takes it.
-                    return requeue(
+                    // Not the task's fault: replayed in the same conversation
+                    // once the session is on an account with room (a failover,
+                    // or the window's reset).
+                    return requeue_on(
                         ctx,
                         t,
                         &format!("usage limit: {}", short(message, 160)),
                         true,
+                        Some(&skey.name),
                     );
                 }
                 return retry_or_fail(

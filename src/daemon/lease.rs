@@ -87,6 +87,81 @@ pub fn current(state_dir: &Path) -> Option<LeaseRecord> {
         .and_then(|b| serde_json::from_slice(&b).ok())
 }
 
+/// The swap lease: one account swap at a time per store, across daemons.
+///
+/// A kernel lock on `STATE/swap.lock` held for the swap's duration, and
+/// `STATE/swap.json` with the fencing epoch: each acquisition takes the
+/// next epoch, written durably before the swap does anything, and every
+/// swap and placement carries it. A record left `active` is a swap whose
+/// daemon died in the middle.
+pub struct SwapLease {
+    _lock: File,
+    pub record: SwapLeaseRecord,
+    /// The record found on acquisition, when its swap never released.
+    pub interrupted: Option<SwapLeaseRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SwapLeaseRecord {
+    pub epoch: u64,
+    pub holder: String,
+    pub pid: u32,
+    pub active: bool,
+}
+
+fn swap_paths(state_dir: &Path) -> (PathBuf, PathBuf) {
+    (state_dir.join("swap.lock"), state_dir.join("swap.json"))
+}
+
+/// The latest swap lease record (epoch 0: never taken).
+pub fn swap_record(state_dir: &Path) -> SwapLeaseRecord {
+    std::fs::read(swap_paths(state_dir).1)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Waits for the swap lease and takes it with the next epoch.
+pub async fn acquire_swap(state_dir: &Path) -> std::io::Result<SwapLease> {
+    let dir = state_dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir)?;
+        let (lock_path, record_path) = swap_paths(&dir);
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(lock_path)?;
+        f.lock()?;
+        let previous = swap_record(&dir);
+        let record = SwapLeaseRecord {
+            epoch: previous.epoch + 1,
+            holder: format!("{}:{}", hostname(), std::process::id()),
+            pid: std::process::id(),
+            active: true,
+        };
+        let data = serde_json::to_vec_pretty(&record).expect("swap record serializes");
+        write_atomic(&record_path, &data, None, true)?;
+        Ok(SwapLease {
+            _lock: f,
+            record,
+            interrupted: previous.active.then_some(previous),
+        })
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+impl SwapLease {
+    /// Marks the swap over, then lets the lock go.
+    pub fn release(mut self, state_dir: &Path) -> std::io::Result<()> {
+        self.record.active = false;
+        let data = serde_json::to_vec_pretty(&self.record).expect("swap record serializes");
+        write_atomic(&swap_paths(state_dir).1, &data, None, true)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,5 +174,20 @@ mod tests {
         assert_eq!(current(d.path()).unwrap().pid, std::process::id());
         drop(first);
         assert!(try_acquire(d.path()).unwrap().is_some(), "released on drop");
+    }
+
+    #[tokio::test]
+    async fn swap_epochs_increase_and_interruptions_show() {
+        let d = tempfile::tempdir().unwrap();
+        let a = acquire_swap(d.path()).await.unwrap();
+        assert_eq!(a.record.epoch, 1);
+        assert!(a.interrupted.is_none());
+        a.release(d.path()).unwrap();
+        let b = acquire_swap(d.path()).await.unwrap();
+        assert_eq!(b.record.epoch, 2);
+        drop(b); // as if the daemon died mid-swap
+        let c = acquire_swap(d.path()).await.unwrap();
+        assert_eq!(c.record.epoch, 3);
+        assert_eq!(c.interrupted.as_ref().map(|r| r.epoch), Some(2));
     }
 }

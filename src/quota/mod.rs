@@ -124,14 +124,16 @@ impl AccountInputs {
         }
     }
 
-    /// True when a reading taken after the limit shows every window below
+    /// True when a poll taken after the limit shows every window below
     /// 100 %: the limit is over before its announced reset.
     pub fn lifted(&self) -> bool {
         let Some(l) = &self.limit else { return false };
         let after: Vec<&Reading> = Window::ALL
             .iter()
             .filter_map(|w| self.reading(*w))
-            .filter(|r| r.observed_at > l.at && !r.source.ends_with("(window reset)"))
+            // Only a poll measures afresh: the statusLine keeps showing the
+            // values of the last allowed request after a rejection.
+            .filter(|r| r.observed_at > l.at && r.source == "poll")
             .collect();
         !after.is_empty() && after.iter().all(|r| r.utilization < 100.0)
     }
@@ -359,8 +361,11 @@ mod tests {
         assert_eq!(phase(&i, at(200)).phase, Exhausted);
         // Reset time passed: usable again.
         assert_eq!(phase(&i, at(301)).phase, Available);
-        // A reading after the limit, below 100 %, lifts it.
+        // The statusLine repeating old values after the limit does not lift it...
         i.five_hour = Some(reading(40.0, 250));
+        assert_eq!(phase(&i, at(260)).phase, Exhausted);
+        // ...a poll after the limit, below 100 %, does.
+        i.five_hour.as_mut().unwrap().source = "poll".into();
         assert_eq!(phase(&i, at(260)).phase, Available);
         // Unknown reset: a whole 5-hour window.
         i.five_hour = Some(reading(40.0, 100));
