@@ -393,7 +393,7 @@ fn announce(
     v: &crate::quota::Verdict,
     first: bool,
 ) {
-    let object = format!("Account {key}");
+    let object = key.to_string();
     let bad = |p: AccountPhase| {
         matches!(
             p,

@@ -578,7 +578,7 @@ async fn swap(
             record(ctx, &from_key, true, "NoFailoverTarget", &format!("{why}{waiting}"));
             ctx.quota.notifier.send(Notice {
                 kind: NoticeKind::FailoverFailed,
-                object: format!("Account {from_key}"),
+                object: from_key.to_string(),
                 message: format!("cannot move {} session(s) off {from}: {why}{waiting}", names.len()),
             });
         }
@@ -595,7 +595,7 @@ async fn swap(
     record(ctx, &from_key, reason != "Manual" && reason != "Drain", "FailoverStarted", &summary);
     ctx.quota.notifier.send(Notice {
         kind: NoticeKind::FailoverStarted,
-        object: format!("Account {from_key}"),
+        object: from_key.to_string(),
         message: summary.clone(),
     });
 
@@ -634,7 +634,7 @@ async fn swap(
         record(ctx, &from_key, false, "FailoverDone", &rec.message);
         ctx.quota.notifier.send(Notice {
             kind: NoticeKind::FailoverDone,
-            object: format!("Account {from_key}"),
+            object: from_key.to_string(),
             message: format!("{} from {from} to {target}: {}", names.join(", "), rec.message),
         });
         "succeeded"
@@ -646,7 +646,7 @@ async fn swap(
         record(ctx, &akey(ns, &target), true, "SwapTargetFailed", &format!("a swap to this account failed ({}); not a target for {}s", rec.message, TARGET_PENALTY.as_secs()));
         ctx.quota.notifier.send(Notice {
             kind: NoticeKind::FailoverFailed,
-            object: format!("Account {from_key}"),
+            object: from_key.to_string(),
             message: format!("from {from} to {target}: {}", rec.message),
         });
         "rolled_back"

@@ -244,6 +244,8 @@ struct State {
     answers: std::collections::VecDeque<Answer>,
     /// Added to every `/v1/messages` answer (success or failure).
     headers: Vec<(String, String)>,
+    /// Added to the `/v1/messages` answers of one credential (after `headers`).
+    headers_for: HashMap<String, Vec<(String, String)>>,
     /// Queue of failures, one consumed per main request.
     failures: Vec<Failure>,
     /// Static answers: (method, path without query) -> (status, JSON body).
@@ -301,6 +303,7 @@ impl FakeApi {
                 reply: None,
                 answers: Default::default(),
                 headers: Vec::new(),
+                headers_for: HashMap::new(),
                 failures: Vec::new(),
                 routes: HashMap::new(),
                 held: false,
@@ -577,6 +580,19 @@ impl FakeApi {
             .collect();
     }
 
+    /// Replaces the headers added to the answers of requests made with
+    /// `credential` (an API key or a bearer token), e.g. one account's
+    /// `anthropic-ratelimit-unified-*` figures.
+    pub fn set_headers_for(&self, credential: &str, headers: &[(&str, &str)]) {
+        self.shared.lock().headers_for.insert(
+            credential.to_string(),
+            headers
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+                .collect(),
+        );
+    }
+
     pub fn clear_headers(&self) {
         self.shared.lock().headers.clear();
     }
@@ -727,7 +743,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Body>) -> Response<Body> {
             Plan::Reply(_) | Plan::Text(_) => 200,
         };
         let extra = if rec.is_messages() {
-            st.headers.clone()
+            let mut h = st.headers.clone();
+            if let Some(more) = rec.credential().and_then(|c| st.headers_for.get(c)) {
+                h.extend(more.iter().cloned());
+            }
+            h
         } else {
             Vec::new()
         };
@@ -780,7 +800,12 @@ async fn handle(shared: Arc<Shared>, req: Request<Body>) -> Response<Body> {
             &mut resp,
             &[("request-id".into(), format!("req_fake_{id:06}"))],
         );
-        add_headers(&mut resp, &extra_headers);
+        // A failure's own headers (e.g. `...-unified-status: rejected`) win.
+        let extra: Vec<(String, String)> = extra_headers
+            .into_iter()
+            .filter(|(k, _)| !resp.headers().contains_key(k.as_str()))
+            .collect();
+        add_headers(&mut resp, &extra);
     }
     resp
 }

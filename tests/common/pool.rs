@@ -114,6 +114,38 @@ impl Pool {
         }
     }
 
+    /// Appends to the daemon's config file (before the daemon starts).
+    pub fn add_config(&self, yaml: &str) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.path("config.yaml"))
+            .unwrap();
+        f.write_all(yaml.as_bytes()).unwrap();
+    }
+
+    /// The swap records the daemons wrote, oldest epoch first.
+    pub fn swaps(&self) -> Vec<claude_failover::controller::failover::SwapRecord> {
+        claude_failover::controller::failover::SwapRecord::list(&self.path("state"))
+    }
+
+    pub fn account(&self, name: &str) -> Option<Value> {
+        let out = self
+            .cli(&["get", "account", name, "-o", "json"])
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).unwrap())
+    }
+
+    /// Waits until the Account's object satisfies `pred`; returns it.
+    pub fn wait_account(&self, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        wait_for(&format!("account {name}: {what}"), LONG, || {
+            self.account(name).filter(|v| pred(v))
+        })
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.env.path(rel)
     }

@@ -1,0 +1,299 @@
+//! Quota monitoring and failover end to end: the real daemon, the real
+//! Claude Code in real tmux, in subscription mode (per-account
+//! `.credentials.json`), against a fake Anthropic API on 127.0.0.1 that
+//! sends each account's `anthropic-ratelimit-unified-*` headers.
+
+mod common;
+use common::fake_api::{FakeApi, Failure};
+use common::pool::{Pool, require_claude};
+use common::wait_for;
+use serde_json::Value;
+use std::time::{Duration, SystemTime};
+
+const TOKEN_A: &str = "sk-ant-oat01-failover-test-account-a";
+const TOKEN_B: &str = "sk-ant-oat01-failover-test-account-b";
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn epoch_in(secs: u64) -> String {
+    (SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + secs)
+        .to_string()
+}
+
+/// One account's usage as the API reports it on each answer.
+fn usage(api: &FakeApi, token: &str, five_hour: f64, reset_in: u64) {
+    let reset = epoch_in(reset_in);
+    let week = epoch_in(6 * 24 * 3600);
+    api.set_headers_for(
+        token,
+        &[
+            ("anthropic-ratelimit-unified-status", "allowed"),
+            (
+                "anthropic-ratelimit-unified-5h-utilization",
+                &five_hour.to_string(),
+            ),
+            ("anthropic-ratelimit-unified-5h-reset", &reset),
+            ("anthropic-ratelimit-unified-7d-utilization", "0.1"),
+            ("anthropic-ratelimit-unified-7d-reset", &week),
+            ("anthropic-ratelimit-unified-representative-claim", "five_hour"),
+        ],
+    );
+}
+
+/// The next main request is rejected for usage (HTTP 429, `rejected`).
+fn reject_next(api: &FakeApi, reset_in: u64) {
+    let reset = epoch_in(reset_in);
+    api.fail_next_with(
+        1,
+        Failure {
+            status: 429,
+            body: FakeApi::error_body("rate_limit_error", "You've hit your session limit"),
+            headers: vec![
+                ("anthropic-ratelimit-unified-status".into(), "rejected".into()),
+                ("anthropic-ratelimit-unified-5h-utilization".into(), "1.0".into()),
+                ("anthropic-ratelimit-unified-5h-reset".into(), reset),
+                (
+                    "anthropic-ratelimit-unified-representative-claim".into(),
+                    "five_hour".into(),
+                ),
+                ("x-should-retry".into(), "false".into()),
+            ],
+        },
+    );
+}
+
+fn events(pool: &Pool, kind: &str, name: &str) -> String {
+    pool.ok(&["describe", kind, name])
+}
+
+fn ready_on(v: &Value, account: &str) -> bool {
+    v["status"]["account"] == account
+        && v["status"]["phase"] == "Idle"
+        && v["status"]["lastSwap"]["state"] == "Done"
+}
+
+/// Waits for a main request mentioning `needle`; returns the last such.
+fn request_with(pool: &Pool, needle: &str) -> common::fake_api::Recorded {
+    let reqs = pool.api.wait_for(
+        |r| r.iter().any(|q| q.is_main() && q.mentions(needle)),
+        2 * MINUTE,
+    );
+    reqs.into_iter()
+        .rev()
+        .find(|q| q.is_main() && q.mentions(needle))
+        .unwrap()
+}
+
+#[test]
+fn crossing_the_threshold_moves_every_session_and_the_conversation_goes_on() {
+    let Some(claude) = require_claude("crossing_the_threshold_moves_every_session") else {
+        return;
+    };
+    let mut pool = Pool::new(claude);
+    usage(&pool.api, TOKEN_A, 0.5, 3600);
+    usage(&pool.api, TOKEN_B, 0.1, 3600);
+    pool.apply(&pool.account_with_token("a", 0, TOKEN_A));
+    pool.apply(&pool.account_with_token("b", 10, TOKEN_B));
+    pool.apply(&pool.session_yaml("one", None, &[]));
+    pool.apply(&pool.session_yaml("two", None, &[]));
+    pool.start_daemon();
+    for s in ["one", "two"] {
+        pool.wait_session(s, "idle on a", |v| {
+            v["status"]["account"] == "a" && v["status"]["phase"] == "Idle"
+        });
+    }
+    // A first turn on a: its statusLine reports 50 % of the 5-hour window.
+    pool.type_prompt("one", "first turn: remember the word TANGERINE");
+    assert_eq!(
+        request_with(&pool, "remember the word TANGERINE").credential(),
+        Some(TOKEN_A)
+    );
+    let a = pool.wait_account("a", "50% used", |v| {
+        v["status"]["usage"]["fiveHour"]["utilization"] == 50.0
+    });
+    assert_eq!(a["status"]["phase"], "Available");
+    assert_eq!(a["status"]["usage"]["fiveHour"]["source"], "statusLine");
+    pool.wait_phase("one", "Idle");
+
+    // The next answer says 95 %: over the 90 % threshold.
+    usage(&pool.api, TOKEN_A, 0.95, 3600);
+    pool.type_prompt("one", "second turn: and the colour ORANGE");
+    request_with(&pool, "and the colour ORANGE");
+    pool.wait_account("a", "NearLimit", |v| v["status"]["phase"] == "NearLimit");
+
+    // Both sessions move to b, resumed.
+    let one = pool.wait_session("one", "resumed on b", |v| ready_on(v, "b"));
+    pool.wait_session("two", "resumed on b", |v| ready_on(v, "b"));
+    assert_eq!(one["status"]["restarts"], 0, "a swap is not a crash");
+    assert_eq!(one["status"]["lastSwap"]["from"], "a");
+    assert_eq!(one["status"]["lastSwap"]["reason"], "NearLimit");
+
+    // The conversation goes on under b's credentials, with its history.
+    pool.type_prompt("one", "third turn: which word and colour?");
+    let third = request_with(&pool, "which word and colour?");
+    assert_eq!(third.credential(), Some(TOKEN_B), "b's credentials");
+    let texts = third.message_texts();
+    for earlier in ["remember the word TANGERINE", "and the colour ORANGE"] {
+        assert!(
+            texts.iter().any(|t| t.contains(earlier)),
+            "{earlier:?} missing from the resumed conversation: {texts:?}"
+        );
+    }
+
+    // One swap, recorded with its epoch, and told in the events.
+    let swaps = pool.swaps();
+    assert_eq!(swaps.len(), 1, "{swaps:?}");
+    let s = &swaps[0];
+    assert_eq!(
+        (s.epoch, s.from.as_str(), s.to.as_deref(), s.result.as_str()),
+        (1, "a", Some("b"), "Succeeded")
+    );
+    let mut names = s.sessions.clone();
+    names.sort();
+    assert_eq!(names, ["one", "two"]);
+    let a = events(&pool, "account", "a");
+    for reason in ["NearLimit", "FailoverStarted", "FailoverDone"] {
+        assert!(a.contains(reason), "{reason} missing:\n{a}");
+    }
+    let one = events(&pool, "session", "one");
+    assert!(one.contains("Swapped"), "{one}");
+    // The session's checkpoint follows it (written on hook events).
+    let id = pool.session("one").unwrap()["status"]["agentSessionId"].clone();
+    wait_for("the checkpoint on b", MINUTE, || {
+        let cp: Value = serde_json::from_slice(
+            &std::fs::read(pool.path("state/checkpoints/default/one.json")).ok()?,
+        )
+        .ok()?;
+        (cp["account"] == "b"
+            && cp["agentSessionId"] == id
+            && cp["lastPrompt"]
+                .as_str()
+                .is_some_and(|p| p.contains("which word and colour")))
+        .then_some(())
+    });
+}
+
+#[test]
+fn a_usage_limit_in_the_middle_of_a_task_swaps_and_replays_it() {
+    let Some(claude) = require_claude("a_usage_limit_in_the_middle_of_a_task_swaps") else {
+        return;
+    };
+    let mut pool = Pool::new(claude);
+    usage(&pool.api, TOKEN_A, 0.6, 3600);
+    usage(&pool.api, TOKEN_B, 0.1, 3600);
+    pool.apply(&pool.account_with_token("a", 0, TOKEN_A));
+    pool.apply(&pool.account_with_token("b", 10, TOKEN_B));
+    pool.apply(&pool.session_yaml("worker", None, &[]));
+    pool.start_daemon();
+    pool.wait_session("worker", "idle on a", |v| {
+        v["status"]["account"] == "a" && v["status"]["phase"] == "Idle"
+    });
+    // The task's request is rejected: a's limit is reached mid-task.
+    reject_next(&pool.api, 3600);
+    pool.apply(&pool.task_yaml("refactor", "refactor the LEMON module", ""));
+    let rejected = request_with(&pool, "refactor the LEMON module");
+    assert_eq!(rejected.credential(), Some(TOKEN_A));
+
+    pool.wait_account("a", "Exhausted", |v| v["status"]["phase"] == "Exhausted");
+    pool.wait_session("worker", "resumed on b", |v| ready_on(v, "b"));
+    // The task is typed again into the same conversation, now on b.
+    let t = pool.wait_task_phase("refactor", "Succeeded");
+    assert_eq!(t["status"]["session"], "worker");
+    assert_eq!(t["status"]["attempts"], 1, "a usage limit is not an attempt");
+    let replayed: Vec<_> = pool
+        .api
+        .main_requests()
+        .into_iter()
+        .filter(|q| q.last_user_text().is_some_and(|t| t.contains("refactor the LEMON module")))
+        .collect();
+    assert_eq!(replayed.len(), 2, "rejected once, replayed once");
+    assert_eq!(replayed[1].credential(), Some(TOKEN_B));
+    assert_eq!(
+        replayed[0].session_id(),
+        replayed[1].session_id(),
+        "the same conversation"
+    );
+    let swaps = pool.swaps();
+    assert_eq!(swaps.len(), 1, "{swaps:?}");
+    assert_eq!(swaps[0].reason, "Exhausted");
+    let described = events(&pool, "task", "refactor");
+    assert!(described.contains("usage limit"), "{described}");
+    assert!(described.contains("replayed in session worker"), "{described}");
+}
+
+#[test]
+fn with_no_account_left_sessions_wait_and_continue_after_the_reset() {
+    let Some(claude) = require_claude("with_no_account_left_sessions_wait") else {
+        return;
+    };
+    let mut pool = Pool::new(claude);
+    pool.apply(&pool.account_with_token("a", 0, TOKEN_A));
+    pool.apply(&pool.session_yaml("solo", None, &[]));
+    pool.apply(&pool.session_yaml("idle", None, &[]));
+    pool.start_daemon();
+    for s in ["solo", "idle"] {
+        pool.wait_session(s, "idle on a", |v| {
+            v["status"]["account"] == "a" && v["status"]["phase"] == "Idle"
+        });
+    }
+    // The window resets 25 s from now; the first answer says so.
+    let reset_in = 25;
+    usage(&pool.api, TOKEN_A, 0.8, reset_in);
+    pool.type_prompt("idle", "a first turn on the IDLE session");
+    request_with(&pool, "a first turn on the IDLE session");
+    pool.wait_account("a", "a reading with its reset", |v| {
+        v["status"]["usage"]["fiveHour"]["utilization"] == 80.0
+    });
+    pool.wait_phase("idle", "Idle");
+    // Then the limit, in the middle of a task on `solo`, and on a plain
+    // prompt of `idle`.
+    reject_next(&pool.api, reset_in);
+    pool.apply(&pool.task_yaml("nightly", "run the nightly KIWI report", "  session: solo\n"));
+    request_with(&pool, "run the nightly KIWI report");
+    let a = pool.wait_account("a", "Exhausted", |v| v["status"]["phase"] == "Exhausted");
+    assert!(a["status"]["limit"]["resetsAt"].is_string(), "{a}");
+    reject_next(&pool.api, reset_in);
+    pool.type_prompt("idle", "a second turn on the IDLE session");
+    request_with(&pool, "a second turn on the IDLE session");
+
+    // No other account: they wait, and say why.
+    for s in ["solo", "idle"] {
+        let v = pool.wait_session(s, "waiting for the quota", |v| {
+            v["status"]["phase"] == "Waiting"
+                && v["status"]["conditions"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c["reason"] == "QuotaExhausted"))
+        });
+        assert_eq!(v["status"]["account"], "a");
+    }
+    assert!(
+        events(&pool, "account", "a").contains("NoFailoverTarget"),
+        "the missing target is told"
+    );
+
+    // The reset comes: the task is replayed, the cut turn continued.
+    usage(&pool.api, TOKEN_A, 0.0, 3600);
+    pool.wait_account("a", "Available again", |v| v["status"]["phase"] == "Available");
+    let t = pool.wait_task_phase("nightly", "Succeeded");
+    assert_eq!(t["status"]["session"], "solo");
+    let continued = wait_for("the continue message", 2 * MINUTE, || {
+        pool.api.main_requests().into_iter().find(|q| {
+            q.last_user_text()
+                .is_some_and(|t| t.trim() == "continue")
+        })
+    });
+    assert_eq!(continued.credential(), Some(TOKEN_A));
+    assert!(
+        continued
+            .message_texts()
+            .iter()
+            .any(|t| t.contains("a second turn on the IDLE session")),
+        "continued in the same conversation"
+    );
+    assert!(pool.swaps().is_empty(), "nothing to swap to");
+    let a = events(&pool, "account", "a");
+    assert!(a.contains("Recovered"), "{a}");
+}
