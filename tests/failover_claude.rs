@@ -281,8 +281,10 @@ fn with_no_account_left_sessions_wait_and_continue_after_the_reset() {
     assert_eq!(t["status"]["session"], "solo");
     let continued = wait_for("the continue message", 2 * MINUTE, || {
         pool.api.main_requests().into_iter().find(|q| {
-            q.last_user_text()
-                .is_some_and(|t| t.trim() == "continue")
+            // Claude Code sends the cut turn and the continue together.
+            q.last_user_text().is_some_and(|t| {
+                t.contains("a second turn on the IDLE session") && t.trim_end().ends_with("continue")
+            })
         })
     });
     assert_eq!(continued.credential(), Some(TOKEN_A));
@@ -290,7 +292,7 @@ fn with_no_account_left_sessions_wait_and_continue_after_the_reset() {
         continued
             .message_texts()
             .iter()
-            .any(|t| t.contains("a second turn on the IDLE session")),
+            .any(|t| t.contains("a first turn on the IDLE session")),
         "continued in the same conversation"
     );
     assert!(pool.swaps().is_empty(), "nothing to swap to");

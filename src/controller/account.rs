@@ -363,6 +363,11 @@ pub fn pass(ctx: &Context, st: &QuotaSettings) -> Result<Duration, crate::store:
         }
         if verdict.phase != previous || before.phase.is_none() {
             wake_failover = true;
+            // Its sessions report the account's state (Waiting on an
+            // exhausted one): let them look again now.
+            for s in &live {
+                ctx.signals.poke(s);
+            }
             announce(ctx, &key, previous, &verdict, before.phase.is_none());
         }
         // Wake at the next reset or expiry that could change the phase.
