@@ -299,3 +299,71 @@ fn with_no_account_left_sessions_wait_and_continue_after_the_reset() {
     let a = events(&pool, "account", "a");
     assert!(a.contains("Recovered"), "{a}");
 }
+
+#[test]
+fn concurrent_triggers_and_two_daemons_never_swap_twice_at_once() {
+    let Some(claude) = require_claude("concurrent_triggers_and_two_daemons") else {
+        return;
+    };
+    const TOKEN_C: &str = "sk-ant-oat01-failover-test-account-c";
+    let mut pool = Pool::new(claude);
+    usage(&pool.api, TOKEN_A, 0.5, 3600);
+    usage(&pool.api, TOKEN_B, 0.5, 3600);
+    usage(&pool.api, TOKEN_C, 0.1, 3600);
+    pool.apply(&pool.account_with_token("a", 0, TOKEN_A));
+    pool.apply(&pool.account_with_token("b", 0, TOKEN_B));
+    pool.apply(&pool.account_with_token("c", 10, TOKEN_C));
+    pool.apply(&pool.session_yaml("on-a", Some("a"), &[]));
+    pool.apply(&pool.session_yaml("on-b", Some("b"), &[]));
+    let first = pool.start_daemon();
+    pool.wait_log(first, "leader lease acquired");
+    let second = pool.start_daemon();
+    pool.wait_log(second, "standby");
+    pool.wait_session("on-a", "idle on a", |v| {
+        v["status"]["account"] == "a" && v["status"]["phase"] == "Idle"
+    });
+    pool.wait_session("on-b", "idle on b", |v| {
+        v["status"]["account"] == "b" && v["status"]["phase"] == "Idle"
+    });
+    // Both a and b cross their threshold at once.
+    usage(&pool.api, TOKEN_A, 0.97, 3600);
+    usage(&pool.api, TOKEN_B, 0.97, 3600);
+    pool.type_prompt("on-a", "the turn that fills account a");
+    pool.type_prompt("on-b", "the turn that fills account b");
+    // The leader dies in the middle of the first swap.
+    wait_for("a swap under way", 2 * MINUTE, || {
+        pool.swaps().into_iter().find(|s| s.result == "Running")
+    });
+    let killed_at = claude_failover::controller::checkpoint::unix_ms(SystemTime::now());
+    pool.signal_daemon(first, libc::SIGKILL);
+    pool.wait_log(second, "leader lease acquired");
+    // The standby finishes the work: both sessions end on c, resumed.
+    for s in ["on-a", "on-b"] {
+        pool.wait_session(s, "resumed on c", |v| ready_on(v, "c"));
+    }
+    let swaps = pool.swaps();
+    assert!(swaps.len() >= 2, "{swaps:?}");
+    // Epochs are unique and increase with time; no two swaps overlap.
+    for w in swaps.windows(2) {
+        let (x, y) = (&w[0], &w[1]);
+        assert!(x.epoch < y.epoch, "{swaps:#?}");
+        match x.finished_at {
+            Some(end) => assert!(end <= y.started_at, "overlapping swaps: {swaps:#?}"),
+            // Cut short by the kill: the next one began after it.
+            None => assert!(y.started_at >= killed_at, "{swaps:#?}"),
+        }
+    }
+    let lease = claude_failover::daemon::lease::swap_record(&pool.path("state"));
+    assert_eq!(lease.epoch, swaps.last().unwrap().epoch);
+    assert!(!lease.active, "the lease was released");
+    // Each session moved once, to c, and its conversation went with it.
+    for (s, token, text) in [
+        ("on-a", TOKEN_C, "the turn that fills account a"),
+        ("on-b", TOKEN_C, "the turn that fills account b"),
+    ] {
+        pool.type_prompt(s, &format!("after the move: {s}"));
+        let q = request_with(&pool, &format!("after the move: {s}"));
+        assert_eq!(q.credential(), Some(token));
+        assert!(q.message_texts().iter().any(|t| t.contains(text)));
+    }
+}

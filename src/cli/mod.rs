@@ -7,6 +7,7 @@
 mod apply;
 mod cancel;
 mod describe;
+mod failover;
 mod get;
 mod init;
 mod print;
@@ -72,6 +73,10 @@ pub enum Command {
     Diff(apply::DiffArgs),
     /// Cancel tasks: a running one is interrupted, a pending one never runs
     Cancel(cancel::CancelArgs),
+    /// Move the sessions off an account now (to --to, or the best one)
+    Failover(failover::FailoverArgs),
+    /// List the recorded account swaps (epoch, from, to, reason, result)
+    Swaps,
     /// Wait for a condition on objects, or for their deletion
     Wait(wait::WaitArgs),
     /// Run the daemon: sync the manifests directory into the store
@@ -215,6 +220,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Diff(a) => apply::diff(&ctx, a),
         Command::Wait(a) => wait::wait(&ctx, a),
         Command::Cancel(a) => cancel::cancel(&ctx, a),
+        Command::Failover(a) => failover::failover(&ctx, a),
+        Command::Swaps => failover::swaps(&ctx),
         Command::Run(a) => run::run(&ctx, a),
         Command::Init(a) => init::init(&ctx, a),
         Command::Version

@@ -325,12 +325,12 @@ async fn pass(ctx: &Arc<Context>, st: &FailoverSettings, mem: &mut Memory) -> an
             .into_iter()
             .cloned()
             .collect();
-        let _ = std::fs::remove_file(&file);
         if !accounts
             .iter()
             .any(|a| ns_of(&a.metadata) == ns && a.metadata.name.as_deref() == Some(&req.account))
         {
             tracing::warn!(account = %req.account, namespace = %ns, "failover requested for an unknown account");
+            let _ = std::fs::remove_file(&file);
             continue;
         }
         if on.is_empty() {
@@ -341,9 +341,13 @@ async fn pass(ctx: &Arc<Context>, st: &FailoverSettings, mem: &mut Memory) -> an
                 "FailoverSkipped",
                 "failover requested, but no session runs on this account",
             );
+            let _ = std::fs::remove_file(&file);
             continue;
         }
+        // The request goes once the swap is over: a daemon dying in the
+        // middle leaves it for the next leader.
         swap(ctx, st, mem, &accounts, &ns, &req.account, "Manual", req.to.as_deref(), on).await?;
+        let _ = std::fs::remove_file(&file);
     }
 
     // 2. Accounts sessions must leave.
@@ -506,6 +510,26 @@ fn checkpoint_of(ctx: &Context, s: &Session, tasks: &[Task]) -> Checkpoint {
     .from_signals(&ctx.signals.get(&key))
 }
 
+/// The swap of a lease that was never released: its daemon died. Its
+/// record says so (its end is unknown: no `finishedAt`).
+fn mark_interrupted(state_dir: &Path, lease: &lease::SwapLease) {
+    let Some(old) = &lease.interrupted else { return };
+    tracing::warn!(epoch = old.epoch, holder = %old.holder, "the previous swap was interrupted (its daemon died)");
+    if let Some(mut r) = SwapRecord::list(state_dir)
+        .into_iter()
+        .find(|r| r.epoch == old.epoch && r.result == "Running")
+    {
+        r.result = "Interrupted".into();
+        r.message = format!(
+            "its daemon ({}) died during the swap; epoch {} took over",
+            old.holder, lease.record.epoch
+        );
+        if let Err(e) = r.save(state_dir) {
+            tracing::warn!(error = %e, "cannot update the interrupted swap's record");
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn swap(
     ctx: &Arc<Context>,
@@ -524,9 +548,7 @@ async fn swap(
     let epoch = lease.record.epoch;
     let started = std::time::Instant::now();
     let started_at = SystemTime::now();
-    if let Some(old) = &lease.interrupted {
-        tracing::warn!(epoch = old.epoch, holder = %old.holder, "the previous swap was interrupted (its daemon died)");
-    }
+    mark_interrupted(&state_dir, &lease);
     // The accounts as they are now (the lease may have taken a while).
     let accounts = ctx.store.api::<Account>(None).list().unwrap_or_else(|_| accounts.to_vec());
     let cands = candidates(ctx, &accounts, ns);
@@ -793,6 +815,7 @@ async fn type_continue(ctx: &Context, key: &ObjectKey, message: &str, limit: Dur
 async fn resume_interrupted(ctx: &Arc<Context>, st: &FailoverSettings, orphans: &[&Session]) -> anyhow::Result<()> {
     let state_dir = ctx.settings.state_dir.clone();
     let lease = lease::acquire_swap(&state_dir).await?;
+    mark_interrupted(&state_dir, &lease);
     let epoch = lease.record.epoch;
     let tasks = ctx.store.api::<Task>(None).list()?;
     for s in orphans {
