@@ -246,12 +246,20 @@ pub fn crds_yaml() -> String {
     out
 }
 
-/// Sets up `tracing` for the daemon.
-pub fn init_logging(format: LogFormat, level: &str) {
+/// The daemon's log filter: `RUST_LOG` when set, else `level`, with the
+/// HTTP client capped at `info` whatever they say (at `trace` it logs request
+/// paths, and a Telegram bot token is part of one; see
+/// [`crate::notify::quiet_http_client`]).
+pub fn log_filter(level: &str) -> tracing_subscriber::EnvFilter {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    crate::notify::quiet_http_client(filter)
+}
+
+/// Sets up `tracing` for the daemon.
+pub fn init_logging(format: LogFormat, level: &str) {
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(log_filter(level))
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
