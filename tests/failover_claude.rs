@@ -99,7 +99,21 @@ fn crossing_the_threshold_moves_every_session_and_the_conversation_goes_on() {
     pool.apply(&pool.account_with_token("b", 10, TOKEN_B));
     pool.apply(&pool.session_yaml("one", None, &[]));
     pool.apply(&pool.session_yaml("two", None, &[]));
+    // The usage endpoint, polled for accounts no live session reports on.
+    pool.api.route(
+        "GET",
+        "/api/oauth/usage",
+        200,
+        serde_json::json!({
+            "five_hour": {"utilization": 12.0, "resets_at": "2099-01-01T00:00:00+00:00"},
+            "seven_day": {"utilization": 3.0, "resets_at": null},
+        }),
+    );
     pool.start_daemon();
+    let b = pool.wait_account("b", "its usage polled", |v| {
+        v["status"]["usage"]["fiveHour"]["source"] == "poll"
+    });
+    assert_eq!(b["status"]["usage"]["fiveHour"]["utilization"], 12.0);
     for s in ["one", "two"] {
         pool.wait_session(s, "idle on a", |v| {
             v["status"]["account"] == "a" && v["status"]["phase"] == "Idle"
@@ -160,6 +174,17 @@ fn crossing_the_threshold_moves_every_session_and_the_conversation_goes_on() {
     }
     let one = events(&pool, "session", "one");
     assert!(one.contains("Swapped"), "{one}");
+    // The poll kept to its budget: at most one per account here (the
+    // interval is 5 minutes), each with the account's own token.
+    let polls = pool.api.requests_to("/api/oauth/usage");
+    for token in [TOKEN_A, TOKEN_B] {
+        let n = polls.iter().filter(|q| q.credential() == Some(token)).count();
+        assert!(n <= 1, "{n} polls with {token}");
+    }
+    assert!(polls.iter().any(|q| q.credential() == Some(TOKEN_B)));
+    for q in &polls {
+        assert_eq!(q.header("anthropic-beta"), Some("oauth-2025-04-20"));
+    }
     // The session's checkpoint follows it (written on hook events).
     let id = pool.session("one").unwrap()["status"]["agentSessionId"].clone();
     wait_for("the checkpoint on b", MINUTE, || {
@@ -306,13 +331,18 @@ fn concurrent_triggers_and_two_daemons_never_swap_twice_at_once() {
         return;
     };
     const TOKEN_C: &str = "sk-ant-oat01-failover-test-account-c";
+    const TOKEN_D: &str = "sk-ant-oat01-failover-test-account-d";
     let mut pool = Pool::new(claude);
-    usage(&pool.api, TOKEN_A, 0.5, 3600);
-    usage(&pool.api, TOKEN_B, 0.5, 3600);
-    usage(&pool.api, TOKEN_C, 0.1, 3600);
+    for t in [TOKEN_A, TOKEN_B] {
+        usage(&pool.api, t, 0.5, 3600);
+    }
+    for t in [TOKEN_C, TOKEN_D] {
+        usage(&pool.api, t, 0.1, 3600);
+    }
     pool.apply(&pool.account_with_token("a", 0, TOKEN_A));
     pool.apply(&pool.account_with_token("b", 0, TOKEN_B));
     pool.apply(&pool.account_with_token("c", 10, TOKEN_C));
+    pool.apply(&pool.account_with_token("d", 20, TOKEN_D));
     pool.apply(&pool.session_yaml("on-a", Some("a"), &[]));
     pool.apply(&pool.session_yaml("on-b", Some("b"), &[]));
     let first = pool.start_daemon();
@@ -325,45 +355,68 @@ fn concurrent_triggers_and_two_daemons_never_swap_twice_at_once() {
     pool.wait_session("on-b", "idle on b", |v| {
         v["status"]["account"] == "b" && v["status"]["phase"] == "Idle"
     });
-    // Both a and b cross their threshold at once.
+
+    // 1. Concurrent triggers: a and b cross their threshold at once. The
+    //    swaps take turns under the lease; both sessions land on c (the
+    //    most headroom, then priority).
     usage(&pool.api, TOKEN_A, 0.97, 3600);
     usage(&pool.api, TOKEN_B, 0.97, 3600);
     pool.type_prompt("on-a", "the turn that fills account a");
     pool.type_prompt("on-b", "the turn that fills account b");
-    // The leader dies in the middle of the first swap.
-    wait_for("a swap under way", 2 * MINUTE, || {
+    for s in ["on-a", "on-b"] {
+        pool.wait_session(s, "resumed on c", |v| ready_on(v, "c"));
+    }
+    let before = pool.swaps().len();
+    assert_eq!(before, 2, "{:#?}", pool.swaps());
+
+    // 2. Two daemons: a swap by hand (c to d), and the leader dies in the
+    //    middle of it. The standby takes over and finishes it.
+    let out = pool
+        .cli(&["failover", "c", "--to", "d", "--no-wait"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for("the manual swap under way", 2 * MINUTE, || {
         pool.swaps().into_iter().find(|s| s.result == "Running")
     });
     let killed_at = claude_failover::controller::checkpoint::unix_ms(SystemTime::now());
     pool.signal_daemon(first, libc::SIGKILL);
     pool.wait_log(second, "leader lease acquired");
-    // The standby finishes the work: both sessions end on c, resumed.
     for s in ["on-a", "on-b"] {
-        pool.wait_session(s, "resumed on c", |v| ready_on(v, "c"));
+        pool.wait_session(s, "resumed on d", |v| ready_on(v, "d"));
     }
-    let swaps = pool.swaps();
-    assert!(swaps.len() >= 2, "{swaps:?}");
+
     // Epochs are unique and increase with time; no two swaps overlap.
+    let swaps = wait_for("every swap finished", MINUTE, || {
+        let s = pool.swaps();
+        s.iter().all(|r| r.result != "Running").then_some(s)
+    });
+    assert!(swaps.len() > before, "{swaps:#?}");
     for w in swaps.windows(2) {
         let (x, y) = (&w[0], &w[1]);
         assert!(x.epoch < y.epoch, "{swaps:#?}");
         match x.finished_at {
             Some(end) => assert!(end <= y.started_at, "overlapping swaps: {swaps:#?}"),
             // Cut short by the kill: the next one began after it.
-            None => assert!(y.started_at >= killed_at, "{swaps:#?}"),
+            None => {
+                assert_eq!(x.result, "Interrupted", "{swaps:#?}");
+                assert!(y.started_at >= killed_at, "{swaps:#?}");
+            }
         }
     }
     let lease = claude_failover::daemon::lease::swap_record(&pool.path("state"));
     assert_eq!(lease.epoch, swaps.last().unwrap().epoch);
     assert!(!lease.active, "the lease was released");
-    // Each session moved once, to c, and its conversation went with it.
-    for (s, token, text) in [
-        ("on-a", TOKEN_C, "the turn that fills account a"),
-        ("on-b", TOKEN_C, "the turn that fills account b"),
+    // The conversations went along.
+    for (s, text) in [
+        ("on-a", "the turn that fills account a"),
+        ("on-b", "the turn that fills account b"),
     ] {
-        pool.type_prompt(s, &format!("after the move: {s}"));
-        let q = request_with(&pool, &format!("after the move: {s}"));
-        assert_eq!(q.credential(), Some(token));
+        pool.type_prompt(s, &format!("after the moves: {s}"));
+        let q = request_with(&pool, &format!("after the moves: {s}"));
+        assert_eq!(q.credential(), Some(TOKEN_D));
         assert!(q.message_texts().iter().any(|t| t.contains(text)));
     }
+    let listed = pool.ok(&["swaps"]);
+    assert!(listed.contains("Manual") && listed.contains("NearLimit"), "{listed}");
 }

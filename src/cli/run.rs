@@ -113,6 +113,7 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<ExitCode> {
         ),
     };
     let q = cfg.quota.clone();
+    let notify_config = cfg.notify.clone();
     let quota_settings = crate::controller::account::QuotaSettings {
         stale: Duration::from_secs(q.stale_seconds.unwrap_or(900).max(1)),
         hysteresis: f64::from(q.hysteresis_percent.unwrap_or(5)),
@@ -148,7 +149,8 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<ExitCode> {
             }
         };
         tracing::info!(holder = %lease.record.holder, "leader lease acquired");
-        let notifier = crate::notify::Notifier::disabled();
+        let notifier = crate::notify::Notifier::start(&notify_config)
+            .context("cannot set up the notifications (config key notify)")?;
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;

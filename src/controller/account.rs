@@ -58,6 +58,12 @@ struct Memory {
     limit: Option<Limit>,
     auth_failed: Option<SystemTime>,
     seen: HashMap<ObjectKey, Seen>,
+    /// A poll of the usage endpoint is in flight.
+    polling: bool,
+    /// The ledger's projection and when it was computed.
+    ledger: Option<(std::time::Instant, Option<SystemTime>)>,
+    /// The usage endpoint refused the token (told once).
+    poll_refused: bool,
 }
 
 const READINGS_KEPT: usize = 32;
@@ -267,7 +273,7 @@ fn record(ctx: &Context, key: &ObjectKey, warning: bool, reason: &str, message: 
 
 /// One pass over every account; returns when the next is due without an
 /// event (a reset time, a reading ageing out).
-pub fn pass(ctx: &Context, st: &QuotaSettings) -> Result<Duration, crate::store::StoreError> {
+pub fn pass(ctx: &Arc<Context>, st: &QuotaSettings) -> Result<Duration, crate::store::StoreError> {
     let now = SystemTime::now();
     let accounts = ctx.store.api::<Account>(None).list()?;
     let sessions = ctx.store.api::<Session>(None).list()?;
@@ -325,7 +331,40 @@ pub fn pass(ctx: &Context, st: &QuotaSettings) -> Result<Duration, crate::store:
                 m.limit = None;
                 inputs.limit = None;
             }
-            let projection = m.projection(f64::from(a.spec.thresholds.five_hour));
+            // The poll: for an account no live session reports on, or one
+            // whose limit has no known end. Budgeted per account.
+            let config_dir = crate::fsutil::expand_home(&a.spec.config_dir);
+            let wants_poll = live.is_empty()
+                || inputs.limit.as_ref().is_some_and(|l| l.resets_at.is_none());
+            if wants_poll && !m.polling && !a.spec.suspend {
+                let schedule = crate::quota::poll::PollSchedule::load(
+                    &ctx.settings.state_dir,
+                    &ns,
+                    &name,
+                )
+                .unwrap_or_default();
+                if schedule.due(now)
+                    && let Some(token) = crate::quota::poll::access_token(&config_dir)
+                {
+                    m.polling = true;
+                    tokio::spawn(poll(ctx.clone(), st.clone(), key.clone(), token, schedule));
+                } else if !schedule.due(now) {
+                    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(schedule.next_poll_at);
+                    if let Ok(d) = at.duration_since(now) {
+                        next = next.min(d + Duration::from_millis(50));
+                    }
+                }
+            }
+            let threshold = f64::from(a.spec.thresholds.five_hour);
+            let projection = match m.ledger {
+                Some((at, p)) if at.elapsed() < LEDGER_EVERY => p,
+                _ => {
+                    let p = ledger_projection(ctx, &sessions, &ns, &name, threshold, inputs.five_hour.as_ref(), now)
+                        .or_else(|| m.projection(threshold));
+                    m.ledger = Some((std::time::Instant::now(), p));
+                    p
+                }
+            };
             (inputs, projection)
         };
         let verdict = phase(&inputs, now);
@@ -388,6 +427,107 @@ pub fn pass(ctx: &Context, st: &QuotaSettings) -> Result<Duration, crate::store:
         ctx.quota.wake_failover.notify_one();
     }
     Ok(next.max(Duration::from_millis(100)))
+}
+
+/// How often the transcripts are read for the projection, at most.
+const LEDGER_EVERY: Duration = Duration::from_secs(30);
+
+/// When the 5-hour window reaches `threshold` at the burn rate of the
+/// account's transcripts (tokens of its live sessions since they came to
+/// it, the last 30 minutes), scaled by the utilization the current block
+/// shows. None without a reading or a burn.
+fn ledger_projection(
+    ctx: &Context,
+    sessions: &[Session],
+    ns: &str,
+    account: &str,
+    threshold: f64,
+    five_hour: Option<&Reading>,
+    now: SystemTime,
+) -> Option<SystemTime> {
+    use crate::quota::ledger;
+    let reading = five_hour?;
+    let mut entries = Vec::new();
+    for s in sessions.iter().filter(|s| {
+        ns_of(&s.metadata) == ns
+            && s.status
+                .as_ref()
+                .is_some_and(|st| st.account.as_deref() == Some(account))
+    }) {
+        let key = ObjectKey::new(Kind::Session, ns, s.metadata.name.as_deref().unwrap_or_default());
+        let rt = super::runtime::Runtime::load(&ctx.settings.state_dir, &key);
+        let since = SystemTime::UNIX_EPOCH + Duration::from_secs(rt.launched_at);
+        if let Some(path) = crate::agent::seed::transcript(&ctx.settings.shared_projects, &rt.agent_session_id) {
+            entries.extend(ledger::read_entries(&path, since));
+        }
+    }
+    entries.sort_by_key(|e| e.at);
+    let block = ledger::blocks(&entries).into_iter().last()?;
+    let rate = ledger::burn_rate(&entries, now, Duration::from_secs(1800));
+    let at = ledger::projected_time_to(threshold, reading.utilization, block.tokens, rate, now)?;
+    match reading.resets_at {
+        Some(r) if at >= r => None,
+        _ => Some(at),
+    }
+}
+
+/// One poll of the usage endpoint, in the background; its readings wake
+/// the controller.
+async fn poll(
+    ctx: Arc<Context>,
+    st: QuotaSettings,
+    key: ObjectKey,
+    token: String,
+    mut schedule: crate::quota::poll::PollSchedule,
+) {
+    use crate::quota::poll::{PollError, poll_usage};
+    let result = poll_usage(&st.usage_base_url, &token).await;
+    let now = SystemTime::now();
+    let state_dir = &ctx.settings.state_dir;
+    match &result {
+        Ok(_) => schedule.after_success(now, st.poll_interval),
+        Err(e) => schedule.after_error(now, st.poll_interval, e),
+    }
+    if let Err(e) = schedule.save(state_dir, &key.namespace, &key.name) {
+        tracing::warn!(account = %key, error = %e, "cannot save the usage poll schedule");
+    }
+    let mut tell = None;
+    {
+        let mut all = ctx.quota.memory.lock().expect("lock");
+        let m = all.entry(key.clone()).or_default();
+        m.polling = false;
+        match result {
+            Ok(snapshot) => {
+                m.poll_refused = false;
+                for (w, r) in [
+                    (Window::FiveHour, snapshot.five_hour),
+                    (Window::SevenDay, snapshot.seven_day),
+                ] {
+                    if let Some(r) = r {
+                        m.push(
+                            w,
+                            Reading {
+                                utilization: r.utilization,
+                                resets_at: r.resets_at,
+                                source: "poll".into(),
+                                observed_at: now,
+                            },
+                        );
+                    }
+                }
+                tracing::debug!(account = %key, "usage polled");
+            }
+            Err(PollError::Unauthorized) if !m.poll_refused => {
+                m.poll_refused = true;
+                tell = Some("the usage endpoint refused the account's token; its usage is known only from live sessions".to_string());
+            }
+            Err(e) => tracing::info!(account = %key, error = %e, "usage poll failed; next one later"),
+        }
+    }
+    if let Some(message) = tell {
+        record(&ctx, &key, true, "UsagePollRefused", &message);
+    }
+    ctx.signals.quota_changed().notify_one();
 }
 
 /// Events and notifications of a phase change.

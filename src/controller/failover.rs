@@ -434,11 +434,7 @@ fn preflight(ctx: &Context, target: &Account, s: &Session) -> Result<(), String>
         },
     )
     .map_err(|e| format!("cannot prepare {}: {e}", dir.display()))?;
-    let has_credentials = std::fs::read(dir.join(".credentials.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v.pointer("/claudeAiOauth/accessToken")?.as_str().map(|t| !t.is_empty()))
-            .unwrap_or(false)
+    let has_credentials = crate::quota::poll::access_token(&dir).is_some()
         || api_key.is_some()
         || s.spec.agent.env.contains_key("CLAUDE_CODE_OAUTH_TOKEN")
         || std::env::var_os("CLAUDE_CODE_OAUTH_TOKEN").is_some();

@@ -93,6 +93,7 @@ impl Pool {
     pub fn new(claude: PathBuf) -> Pool {
         let env = Env::new();
         let port = free_port();
+        let api = FakeApi::start();
         let d = env.dir.path();
         std::fs::create_dir_all(d.join("work")).unwrap();
         // A long resync: the tests must pass on the event paths alone
@@ -100,14 +101,15 @@ impl Pool {
         std::fs::write(
             d.join("config.yaml"),
             format!(
-                "store: {d}/store\nstateDir: {d}/state\nlisten: 127.0.0.1:{port}\ntmuxSocket: {d}/tmux.sock\ntranscriptsDir: {d}/projects\nresyncSeconds: 120\n",
-                d = d.display()
+                "store: {d}/store\nstateDir: {d}/state\nlisten: 127.0.0.1:{port}\ntmuxSocket: {d}/tmux.sock\ntranscriptsDir: {d}/projects\nresyncSeconds: 120\nquota:\n  usageBaseUrl: {url}\n",
+                d = d.display(),
+                url = api.url()
             ),
         )
         .unwrap();
         Pool {
             env,
-            api: FakeApi::start(),
+            api,
             claude,
             port,
             daemons: Vec::new(),
