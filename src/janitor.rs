@@ -3,7 +3,9 @@
 //! - Tasks that finished (Succeeded, Failed, Cancelled) longer ago than
 //!   `keep_finished`, with their `done/` or `failed/` inbox files;
 //! - files in `.agent-queue/rejected/` older than that;
-//! - `.dispatched` markers whose task is gone or finished.
+//! - `.dispatched` markers whose task is gone or finished;
+//! - checkpoints (`STATE/checkpoints/NS/NAME.json`) of sessions that no
+//!   longer exist, older than `keep_checkpoints`.
 
 use crate::api::{Session, Task, TaskPhase};
 use crate::controller::task::INBOX_FILE;
@@ -15,6 +17,9 @@ use std::time::{Duration, SystemTime};
 pub struct Settings {
     pub interval: Duration,
     pub keep_finished: Duration,
+    /// The daemon's state dir (checkpoints).
+    pub state_dir: std::path::PathBuf,
+    pub keep_checkpoints: Duration,
 }
 
 /// Runs a pass every `interval`, forever.
@@ -106,7 +111,26 @@ pub fn pass(
         })
         .filter_map(|t| t.metadata.name.clone())
         .collect();
-    for sess in store.api::<Session>(None).list()? {
+    let sessions = store.api::<Session>(None).list()?;
+    let checkpoints = s.state_dir.join("checkpoints");
+    for ns in std::fs::read_dir(&checkpoints).into_iter().flatten().flatten() {
+        let namespace = ns.file_name().to_string_lossy().into_owned();
+        for e in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+            let p = e.path();
+            let Some(name) = p.file_stem().map(|n| n.to_string_lossy().into_owned()) else {
+                continue;
+            };
+            let exists = sessions.iter().any(|x| {
+                x.metadata.name.as_deref() == Some(name.as_str())
+                    && x.metadata.namespace.as_deref() == Some(namespace.as_str())
+            });
+            let modified = e.metadata().and_then(|m| m.modified()).unwrap_or(now);
+            if !exists && old(modified, now, s.keep_checkpoints) {
+                removed += remove(&p, "the checkpoint of a deleted session") as usize;
+            }
+        }
+    }
+    for sess in sessions {
         let Ok(workdir) = std::fs::canonicalize(crate::fsutil::expand_home(&sess.spec.workdir))
         else {
             continue;

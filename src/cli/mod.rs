@@ -6,6 +6,7 @@
 
 mod apply;
 mod cancel;
+mod demo;
 mod describe;
 mod failover;
 mod get;
@@ -73,6 +74,8 @@ pub enum Command {
     Diff(apply::DiffArgs),
     /// Cancel tasks: a running one is interrupted, a pending one never runs
     Cancel(cancel::CancelArgs),
+    /// Watch a pool fail over: simulated agents on temporary directories, a minute
+    Demo(demo::DemoArgs),
     /// Move the sessions off an account now (to --to, or the best one)
     Failover(failover::FailoverArgs),
     /// List the recorded account swaps (epoch, from, to, reason, result)
@@ -209,6 +212,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Statusline { url } => return Ok(statusline::statusline(&url)),
         Command::Hook { url } => return Ok(statusline::hook(&url)),
         Command::SimAgent(a) => return Ok(crate::sim::run(a)),
+        Command::Demo(a) => return demo::demo(a),
         _ => {}
     }
     let ctx = Ctx::resolve(&cli.global)?;
@@ -229,7 +233,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         | Command::Completion { .. }
         | Command::Statusline { .. }
         | Command::Hook { .. }
-        | Command::SimAgent(_) => {
+        | Command::SimAgent(_)
+        | Command::Demo(_) => {
             unreachable!("handled above")
         }
     }

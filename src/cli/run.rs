@@ -111,6 +111,10 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<ExitCode> {
         keep_finished: Duration::from_secs(
             cfg.janitor.keep_finished_seconds.unwrap_or(7 * 24 * 3600),
         ),
+        state_dir: state_dir.clone(),
+        keep_checkpoints: Duration::from_secs(
+            cfg.quota.keep_checkpoints_seconds.unwrap_or(7 * 24 * 3600),
+        ),
     };
     let q = cfg.quota.clone();
     let notify_config = cfg.notify.clone();
