@@ -401,6 +401,9 @@ pub fn pass(ctx: &Arc<Context>, st: &QuotaSettings) -> Result<Duration, crate::s
                 .patch_status(&name, &status)?;
         }
         if verdict.phase != previous || before.phase.is_none() {
+            // The failover controller acts on the written phase: wake it
+            // before anything else is written.
+            ctx.quota.wake_failover.notify_one();
             wake_failover = true;
             // Its sessions report the account's state (Waiting on an
             // exhausted one): let them look again now.

@@ -246,9 +246,25 @@ fn record(ctx: &Context, key: &ObjectKey, warning: bool, reason: &str, message: 
     super::record(ctx, key, warning, reason, message, "failover-controller");
 }
 
+/// Wakes the controller when a request lands in `STATE/failover-requests`
+/// (written by the CLI from another process, or by the API).
+fn watch_requests(ctx: &Arc<Context>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let dir = requests_dir(&ctx.settings.state_dir);
+    std::fs::create_dir_all(&dir).ok()?;
+    let c = ctx.clone();
+    let mut w = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
+        c.quota.wake_failover.notify_one();
+    })
+    .ok()?;
+    w.watch(&dir, notify::RecursiveMode::Recursive).ok()?;
+    Some(w)
+}
+
 /// Runs until the process ends.
 pub async fn run(ctx: Arc<Context>, st: FailoverSettings) {
     let mut mem = Memory::default();
+    let _requests = watch_requests(&ctx);
     loop {
         let result = pass(&ctx, &st, &mut mem).await;
         if let Err(e) = result {

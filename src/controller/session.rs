@@ -516,12 +516,12 @@ async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<
             }
             Step::Stop => {
                 let p = pane.as_ref().expect("planned for a live pane");
-                // A failover stop may meet a turn or a usage-limit dialog: Esc first.
+                // A turn or a dialog (a usage-limit one, say) is escaped first.
                 let how = stop_agent(
                     ctx,
                     &name,
                     p,
-                    agent_state == AgentState::Busy || desired.switch_now,
+                    matches!(agent_state, AgentState::Busy | AgentState::Waiting(_)),
                 )
                 .await?;
                 deliberate_stop = true;

@@ -1,0 +1,255 @@
+//! Failover figures, with the real Claude Code against the fake API:
+//!
+//! 1. the floor: one `--resume` launch to an idle prompt, by hand in tmux
+//!    (no daemon), median of 3;
+//! 2. a failover of 8 sessions, each with a conversation to resume: from
+//!    the trigger (`claude-failover failover a --to b`) to all 8 Ready on b,
+//!    resumed;
+//! 3. from a `StopFailure` hook (`rate_limit`) reaching the daemon to the
+//!    swap starting (its record's start), twice.
+//!
+//! Run: `cargo bench --bench failover` (prints its figures; asserts nothing).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use claude_failover::agent::screen::composer_text;
+use claude_failover::tmux::{NewSession, Tmux};
+use common::pool::{Pool, claude_bin};
+use common::wait_for;
+use serde_json::Value;
+use std::time::{Duration, Instant, SystemTime};
+
+const N: usize = 8;
+const TOKENS: [&str; 3] = [
+    "sk-ant-oat01-bench-account-a",
+    "sk-ant-oat01-bench-account-b",
+    "sk-ant-oat01-bench-account-c",
+];
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:7.0} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn on(v: &Value, account: &str) -> bool {
+    v["status"]["account"] == account
+        && v["status"]["phase"] == "Idle"
+        && v["status"]["lastSwap"]["state"] == "Done"
+}
+
+/// Launch to idle prompt of `n` copies of `claude --resume ID` started at
+/// once, each in its own tmux session (no daemon): until the last is idle.
+fn resume_floor(pool: &Pool, rt: &tokio::runtime::Runtime, id: &str, n: usize) -> Duration {
+    let tmux = Tmux::new(pool.path("floor.sock"));
+    let mut env = pool.agent_env();
+    env.push((
+        "CLAUDE_CONFIG_DIR".into(),
+        pool.path("accounts/b").display().to_string(),
+    ));
+    let claude = pool.claude.display().to_string();
+    // As the daemon launches it: bypass mode without its confirmation.
+    let settings = pool.path("floor-settings.json");
+    std::fs::write(&settings, r#"{"skipDangerousModePermissionPrompt": true}"#).unwrap();
+    let argv = vec![
+        claude,
+        "--settings".into(),
+        settings.display().to_string(),
+        "--dangerously-skip-permissions".into(),
+        "--resume".into(),
+        id.into(),
+    ];
+    rt.block_on(async {
+        let t = Instant::now();
+        let mut panes = Vec::new();
+        for i in 0..n {
+            let pane = tmux
+                .new_session(&NewSession {
+                    name: &format!("floor-{i}"),
+                    cwd: &pool.workdir(),
+                    env: &env,
+                    argv: &argv,
+                    width: 200,
+                    height: 50,
+                })
+                .await
+                .unwrap();
+            panes.push(pane);
+        }
+        let mut idle = vec![false; n];
+        while idle.iter().any(|i| !i) {
+            for (i, pane) in panes.iter().enumerate() {
+                if idle[i] {
+                    continue;
+                }
+                let screen = tmux.capture(&pane.id, false).await.unwrap();
+                idle[i] = composer_text(&screen).is_some_and(|c| c.is_empty())
+                    && screen.contains("probe turn");
+            }
+            assert!(t.elapsed() < Duration::from_secs(120), "floor never idle");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let took = t.elapsed();
+        for i in 0..n {
+            tmux.kill_session(&format!("floor-{i}")).await.unwrap();
+        }
+        took
+    })
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let claude = claude_bin().expect("Claude Code: npm ci --prefix tools/claude-code");
+    let mut pool = Pool::new(claude);
+    for (i, name) in ["a", "b", "c"].iter().enumerate() {
+        pool.apply(&pool.account_with_token(name, i as i32 * 10, TOKENS[i]));
+    }
+    let names: Vec<String> = (0..N).map(|i| format!("s{i}")).collect();
+    let mut all = String::new();
+    for n in &names {
+        all.push_str("---\n");
+        all.push_str(&pool.session_yaml(n, None, &[]));
+    }
+    // A probe session gives the floor a conversation of its own.
+    all.push_str("---\n");
+    all.push_str(&pool.session_yaml("probe", Some("b"), &[]));
+    pool.apply(&all);
+    pool.start_daemon();
+    for n in names.iter().chain(std::iter::once(&"probe".to_string())) {
+        pool.wait_phase(n, "Idle");
+    }
+    // Every session has a conversation to resume.
+    for n in &names {
+        pool.type_prompt(n, &format!("bench turn of {n}"));
+    }
+    pool.type_prompt("probe", "probe turn");
+    for n in names.iter().chain(std::iter::once(&"probe".to_string())) {
+        pool.api.wait_for(
+            |r| {
+                r.iter().any(|q| {
+                    q.is_main()
+                        && q.mentions(if n == "probe" { "probe turn" } else { n })
+                })
+            },
+            Duration::from_secs(120),
+        );
+    }
+    for n in names.iter().chain(std::iter::once(&"probe".to_string())) {
+        pool.wait_phase(n, "Idle");
+    }
+    let probe_id = pool.session("probe").unwrap()["status"]["agentSessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    pool.apply(&pool.session_yaml("probe", Some("b"), &[]).replace(
+        "spec:\n",
+        "spec:\n  suspend: true\n",
+    ));
+    pool.wait_phase("probe", "Stopped");
+
+    // 1. The floor.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut floors: Vec<Duration> = (0..3)
+        .map(|_| resume_floor(&pool, &rt, &probe_id, 1))
+        .collect();
+    floors.sort();
+    let floor = floors[1];
+    // What the machine itself takes to start N at once (no daemon).
+    let floor_n = resume_floor(&pool, &rt, &probe_id, N);
+
+    // 2. The failover of 8.
+    let t = Instant::now();
+    pool.ok(&["failover", "a", "--to", "b", "--no-wait"]);
+    for n in &names {
+        wait_for(&format!("{n} on b"), Duration::from_secs(180), || {
+            pool.session(n).filter(|v| on(v, "b"))
+        });
+    }
+    let failover = t.elapsed();
+    let record = pool.swaps().into_iter().last().unwrap();
+    let swap = Duration::from_millis(record.finished_at.unwrap() - record.started_at);
+
+    // 3. StopFailure to swap start: the account s0 runs on is told its
+    //    limit is hit (twice: three accounts give two moves).
+    let mut hook_to_swap = Vec::new();
+    for _ in 0..2 {
+        let rt_record: Value = serde_json::from_slice(
+            &std::fs::read(pool.path("state/sessions/default/s0/runtime.json")).unwrap(),
+        )
+        .unwrap();
+        let url = format!(
+            "http://127.0.0.1:{}/v1/agents/default/s0/{}/hook",
+            pool.port,
+            rt_record["secret"].as_str().unwrap()
+        );
+        let body = serde_json::json!({
+            "hook_event_name": "StopFailure",
+            "error": "rate_limit",
+            "session_id": rt_record["agentSessionId"],
+            "last_assistant_message": "You've hit your session limit",
+        })
+        .to_string();
+        let before = pool.swaps().len();
+        let sent = unix_ms();
+        ureq::post(&url)
+            .header("content-type", "application/json")
+            .send(&body)
+            .unwrap();
+        let started = wait_for("the swap to start", Duration::from_secs(60), || {
+            pool.swaps().into_iter().nth(before).map(|r| r.started_at)
+        });
+        hook_to_swap.push(Duration::from_millis(started.saturating_sub(sent)));
+        let done = wait_for("the swap to end", Duration::from_secs(180), || {
+            pool.swaps()
+                .into_iter()
+                .nth(before)
+                .filter(|r| r.result != "Running")
+        });
+        let to = done.to.clone().expect("a target");
+        for n in &names {
+            wait_for(&format!("{n} on {to}"), Duration::from_secs(180), || {
+                pool.session(n).filter(|v| on(v, &to))
+            });
+        }
+    }
+
+    println!(
+        "failover benchmark ({} cores, Claude Code against the fake API)",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    println!(
+        "  floor: one --resume launch to idle        {} (median of 3: {})",
+        ms(floor),
+        floors.iter().map(|d| ms(*d).trim().to_string()).collect::<Vec<_>>().join(", ")
+    );
+    println!(
+        "  failover of {N} sessions, trigger to all Ready on the target  {}  ({:.2}x the floor)",
+        ms(failover),
+        failover.as_secs_f64() / floor.as_secs_f64()
+    );
+    println!(
+        "  {N} --resume launches at once, by hand, to all idle   {}  (the machine's own floor for {N})",
+        ms(floor_n)
+    );
+    println!(
+        "  daemon overhead over that floor                    {}",
+        ms(failover.saturating_sub(floor_n))
+    );
+    println!("  the swap itself (its record: lease to release)    {}", ms(swap));
+    for (i, d) in hook_to_swap.iter().enumerate() {
+        println!("  StopFailure hook to swap start, sample {}          {}", i + 1, ms(*d));
+    }
+}
