@@ -264,8 +264,8 @@ fn with_no_account_left_sessions_wait_and_continue_after_the_reset() {
             v["status"]["account"] == "a" && v["status"]["phase"] == "Idle"
         });
     }
-    // The window resets 25 s from now; the first answer says so.
-    let reset_in = 25;
+    // The window resets a minute from now; the first answer says so.
+    let reset_in = 60;
     usage(&pool.api, TOKEN_A, 0.8, reset_in);
     pool.type_prompt("idle", "a first turn on the IDLE session");
     request_with(&pool, "a first turn on the IDLE session");

@@ -325,6 +325,19 @@ pub fn pass(ctx: &Arc<Context>, st: &QuotaSettings) -> Result<Duration, crate::s
                 auth_failed: m.auth_failed,
                 previous,
             };
+            // A limit of unknown end learns it from a later poll.
+            if let Some(l) = m.limit.as_mut()
+                && l.resets_at.is_none()
+                && let Some(end) = Window::ALL
+                    .iter()
+                    .filter_map(|w| m.readings.get(w)?.iter().max_by_key(|r| r.observed_at))
+                    .filter(|r| r.source == "poll" && r.observed_at > l.at && r.utilization >= 100.0)
+                    .filter_map(|r| r.resets_at)
+                    .max()
+            {
+                l.resets_at = Some(end);
+                inputs.limit = Some(l.clone());
+            }
             if let Some(l) = &m.limit
                 && (!l.holds(now) || inputs.lifted())
             {

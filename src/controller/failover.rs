@@ -150,6 +150,8 @@ impl SwapRecord {
             .into_iter()
             .flatten()
             .flatten()
+            // Hidden files are atomic writes under way (or left by a crash).
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
             .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok())
             .collect();
         out.sort_by_key(|r: &SwapRecord| r.epoch);
@@ -196,6 +198,9 @@ fn pending_requests(state_dir: &Path) -> Vec<(String, FailoverRequest, PathBuf)>
     {
         let ns_name = ns.file_name().to_string_lossy().into_owned();
         for f in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+            if f.file_name().to_string_lossy().starts_with('.') {
+                continue; // a request being written
+            }
             let p = f.path();
             match std::fs::read(&p)
                 .ok()
