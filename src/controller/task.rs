@@ -417,6 +417,7 @@ async fn pass(ctx: &Context, st: &DispatchSettings, mem: &mut Memory) -> Result<
                 .get(&(ns.clone(), name.clone()))
                 .is_none_or(|t| now.duration_since(*t).unwrap_or_default() >= st.cooldown);
             let free = ready
+                && account_takes_work(ctx, &view, s)
                 && status.phase == Some(SessionPhase::Idle)
                 && status.pid.is_some()
                 && !s.spec.suspend
@@ -486,6 +487,61 @@ async fn pass(ctx: &Context, st: &DispatchSettings, mem: &mut Memory) -> Result<
 
 fn record(ctx: &Context, key: &ObjectKey, warning: bool, reason: &str, message: &str) {
     super::record(ctx, key, warning, reason, message, "task-controller");
+}
+
+/// Whether the account a session runs on may take work now: not being
+/// left (a swap under way), not exhausted, unauthenticated or suspended;
+/// and when the session's last turn hit a usage limit, only once the
+/// account controller has seen that limit and the account came back
+/// (otherwise a task requeued by the limit would go straight back into the
+/// same limit before the account is marked).
+fn account_takes_work(ctx: &Context, v: &View, s: &Session) -> bool {
+    use crate::api::AccountPhase;
+    let ns = s.metadata.namespace.clone().unwrap_or_default();
+    let key = key_of_session(&ns, s.metadata.name.as_deref().unwrap_or_default());
+    if super::failover::Placement::effective(&ctx.settings.state_dir, &key, s)
+        .is_some_and(|p| p.swapping())
+    {
+        return false;
+    }
+    let Some(name) = s.status.as_ref().and_then(|st| st.account.clone()) else {
+        return true;
+    };
+    let Some(account) = v
+        .accounts
+        .get(&ns)
+        .and_then(|all| all.iter().find(|a| a.metadata.name.as_deref() == Some(&name)))
+    else {
+        return true;
+    };
+    let status = account.status.clone().unwrap_or_default();
+    if !matches!(
+        status.phase,
+        None | Some(AccountPhase::Available | AccountPhase::NearLimit)
+    ) {
+        return false;
+    }
+    let sig = ctx.signals.get(&key);
+    let cut_short = sig.last_failure.as_ref().and_then(|(error, _, at)| {
+        (error == "rate_limit"
+            && sig.prompts.last().is_none_or(|(_, p)| at >= p)
+            && sig.last_stop.as_ref().is_none_or(|(_, s)| at >= s))
+        .then_some(*at)
+    });
+    match cut_short {
+        None => true,
+        Some(at) => {
+            let at_secs = at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs() as i64;
+            status.conditions.iter().any(|c| {
+                c.type_ == "Available"
+                    && c.status == "True"
+                    && c.last_transition_time.0.as_second() > at_secs
+            })
+        }
+    }
 }
 
 /// Writes a task's status, unless it changed under us (then the next pass
