@@ -270,6 +270,23 @@ fn watch_requests(ctx: &Arc<Context>) -> Option<notify::RecommendedWatcher> {
 pub async fn run(ctx: Arc<Context>, st: FailoverSettings) {
     let mut mem = Memory::default();
     let _requests = watch_requests(&ctx);
+    // A swap lease left active by a daemon that died after its swap's
+    // last step: nothing to finish, only to say so.
+    match lease::clear_stale_swap(&ctx.settings.state_dir) {
+        Ok(Some(old)) => {
+            tracing::warn!(epoch = old.epoch, holder = %old.holder, "the swap lease was left active by a daemon that died; released");
+            if let Some(mut r) = SwapRecord::list(&ctx.settings.state_dir)
+                .into_iter()
+                .find(|r| r.epoch == old.epoch && r.result == "Running")
+            {
+                r.result = "Interrupted".into();
+                r.message = format!("its daemon ({}) died during the swap", old.holder);
+                let _ = r.save(&ctx.settings.state_dir);
+            }
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot check the swap lease"),
+    }
     loop {
         let result = pass(&ctx, &st, &mut mem).await;
         if let Err(e) = result {
@@ -547,6 +564,18 @@ fn mark_interrupted(state_dir: &Path, lease: &lease::SwapLease) {
     }
 }
 
+/// Runs `f` under the swap lease, released whatever `f` returns.
+async fn under_lease<T>(
+    state_dir: &Path,
+    f: impl AsyncFnOnce(&lease::SwapLease) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let lease = lease::acquire_swap(state_dir).await?;
+    mark_interrupted(state_dir, &lease);
+    let result = f(&lease).await;
+    lease.release(state_dir)?;
+    result
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn swap(
     ctx: &Arc<Context>,
@@ -560,12 +589,30 @@ async fn swap(
     sessions: Vec<Session>,
 ) -> anyhow::Result<()> {
     let state_dir = ctx.settings.state_dir.clone();
+    under_lease(&state_dir, async |lease| {
+        swap_locked(ctx, st, mem, accounts, ns, from, reason, to, sessions, lease).await
+    })
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn swap_locked(
+    ctx: &Arc<Context>,
+    st: &FailoverSettings,
+    mem: &mut Memory,
+    accounts: &[Account],
+    ns: &str,
+    from: &str,
+    reason: &str,
+    to: Option<&str>,
+    sessions: Vec<Session>,
+    lease: &lease::SwapLease,
+) -> anyhow::Result<()> {
+    let state_dir = ctx.settings.state_dir.clone();
     let from_key = akey(ns, from);
-    let lease = lease::acquire_swap(&state_dir).await?;
     let epoch = lease.record.epoch;
     let started = std::time::Instant::now();
     let started_at = SystemTime::now();
-    mark_interrupted(&state_dir, &lease);
     // The accounts as they are now (the lease may have taken a while).
     let accounts = ctx.store.api::<Account>(None).list().unwrap_or_else(|_| accounts.to_vec());
     let cands = candidates(ctx, &accounts, ns);
@@ -621,8 +668,7 @@ async fn swap(
                 message: format!("cannot move {} session(s) off {from}: {why}{waiting}", names.len()),
             });
         }
-        // Nothing was done under this epoch: release it unrecorded.
-        lease.release(&state_dir)?;
+        // Nothing was done under this epoch: it goes unrecorded.
         return Ok(());
     };
     rec.save(&state_dir)?;
@@ -691,7 +737,6 @@ async fn swap(
         "rolled_back"
     };
     rec.save(&state_dir)?;
-    lease.release(&state_dir)?;
     Ok(())
 }
 
@@ -831,9 +876,19 @@ async fn type_continue(ctx: &Context, key: &ObjectKey, message: &str, limit: Dur
 /// a new epoch (confirmed or rolled back).
 async fn resume_interrupted(ctx: &Arc<Context>, st: &FailoverSettings, orphans: &[&Session]) -> anyhow::Result<()> {
     let state_dir = ctx.settings.state_dir.clone();
-    let lease = lease::acquire_swap(&state_dir).await?;
-    mark_interrupted(&state_dir, &lease);
-    let epoch = lease.record.epoch;
+    under_lease(&state_dir.clone(), async |lease| {
+        resume_locked(ctx, st, orphans, lease.record.epoch).await
+    })
+    .await
+}
+
+async fn resume_locked(
+    ctx: &Arc<Context>,
+    st: &FailoverSettings,
+    orphans: &[&Session],
+    epoch: u64,
+) -> anyhow::Result<()> {
+    let state_dir = ctx.settings.state_dir.clone();
     let tasks = ctx.store.api::<Task>(None).list()?;
     for s in orphans {
         let key = skey(s);
@@ -888,7 +943,6 @@ async fn resume_interrupted(ctx: &Arc<Context>, st: &FailoverSettings, orphans: 
         }
         .save(&state_dir)?;
     }
-    lease.release(&state_dir)?;
     Ok(())
 }
 

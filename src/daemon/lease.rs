@@ -153,11 +153,47 @@ pub async fn acquire_swap(state_dir: &Path) -> std::io::Result<SwapLease> {
     .map_err(std::io::Error::other)?
 }
 
+/// Releases a swap lease record left active by a dead holder (the lock is
+/// free); returns that record. Does nothing while a live holder has it.
+pub fn clear_stale_swap(state_dir: &Path) -> std::io::Result<Option<SwapLeaseRecord>> {
+    let (lock_path, record_path) = swap_paths(state_dir);
+    let record = swap_record(state_dir);
+    if !record.active {
+        return Ok(None);
+    }
+    std::fs::create_dir_all(state_dir)?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(lock_path)?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => return Err(e),
+    }
+    // Read again under the lock: a holder may have finished meanwhile.
+    let record = swap_record(state_dir);
+    if !record.active {
+        return Ok(None);
+    }
+    let released = SwapLeaseRecord {
+        active: false,
+        ..record.clone()
+    };
+    let data = serde_json::to_vec_pretty(&released).expect("swap record serializes");
+    write_atomic(&record_path, &data, None, true)?;
+    Ok(Some(record))
+}
+
 impl SwapLease {
     /// Marks the swap over, then lets the lock go.
-    pub fn release(mut self, state_dir: &Path) -> std::io::Result<()> {
-        self.record.active = false;
-        let data = serde_json::to_vec_pretty(&self.record).expect("swap record serializes");
+    pub fn release(self, state_dir: &Path) -> std::io::Result<()> {
+        let record = SwapLeaseRecord {
+            active: false,
+            ..self.record.clone()
+        };
+        let data = serde_json::to_vec_pretty(&record).expect("swap record serializes");
         write_atomic(&swap_paths(state_dir).1, &data, None, true)
     }
 }
@@ -189,5 +225,10 @@ mod tests {
         let c = acquire_swap(d.path()).await.unwrap();
         assert_eq!(c.record.epoch, 3);
         assert_eq!(c.interrupted.as_ref().map(|r| r.epoch), Some(2));
+        // Held: nothing stale to clear.
+        assert_eq!(clear_stale_swap(d.path()).unwrap(), None);
+        drop(c); // died after its last step
+        assert_eq!(clear_stale_swap(d.path()).unwrap().map(|r| r.epoch), Some(3));
+        assert!(!swap_record(d.path()).active);
     }
 }
