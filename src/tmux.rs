@@ -193,6 +193,10 @@ impl Tmux {
                     || stderr.contains("can't find window")
                     || stderr.contains("No such file or directory")
                     || stderr.contains("error connecting to")
+                    // The server is exiting: its last session just went.
+                    || stderr.contains("no current target")
+                    || stderr.contains("server exited unexpectedly")
+                    || stderr.contains("lost server")
             }
             _ => false,
         }
@@ -239,7 +243,18 @@ impl Tmux {
         }
         args.push("--");
         args.extend(s.argv.iter().map(String::as_str));
-        let out = self.run(&args, None).await?;
+        // A server exiting (its last session just closed) refuses the
+        // command; the next attempt starts a new one.
+        let mut attempt = 0;
+        let out = loop {
+            match self.run(&args, None).await {
+                Err(e) if Self::is_absent(&e) && attempt < 5 => {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+                }
+                other => break other?,
+            }
+        };
         out.lines()
             .find_map(parse_pane)
             .ok_or_else(|| TmuxError::Failed {
