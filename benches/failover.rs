@@ -134,10 +134,8 @@ fn main() {
     for n in names.iter().chain(std::iter::once(&"probe".to_string())) {
         pool.api.wait_for(
             |r| {
-                r.iter().any(|q| {
-                    q.is_main()
-                        && q.mentions(if n == "probe" { "probe turn" } else { n })
-                })
+                r.iter()
+                    .any(|q| q.is_main() && q.mentions(if n == "probe" { "probe turn" } else { n }))
             },
             Duration::from_secs(120),
         );
@@ -149,10 +147,11 @@ fn main() {
         .as_str()
         .unwrap()
         .to_string();
-    pool.apply(&pool.session_yaml("probe", Some("b"), &[]).replace(
-        "spec:\n",
-        "spec:\n  suspend: true\n",
-    ));
+    pool.apply(
+        &pool
+            .session_yaml("probe", Some("b"), &[])
+            .replace("spec:\n", "spec:\n  suspend: true\n"),
+    );
     pool.wait_phase("probe", "Stopped");
 
     // 1. The floor.
@@ -233,7 +232,11 @@ fn main() {
     println!(
         "  floor: one --resume launch to idle        {} (median of 3: {})",
         ms(floor),
-        floors.iter().map(|d| ms(*d).trim().to_string()).collect::<Vec<_>>().join(", ")
+        floors
+            .iter()
+            .map(|d| ms(*d).trim().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     println!(
         "  failover of {N} sessions, trigger to all Ready on the target  {}  ({:.2}x the floor)",
@@ -248,8 +251,15 @@ fn main() {
         "  daemon overhead over that floor                    {}",
         ms(failover.saturating_sub(floor_n))
     );
-    println!("  the swap itself (its record: lease to release)    {}", ms(swap));
+    println!(
+        "  the swap itself (its record: lease to release)    {}",
+        ms(swap)
+    );
     for (i, d) in hook_to_swap.iter().enumerate() {
-        println!("  StopFailure hook to swap start, sample {}          {}", i + 1, ms(*d));
+        println!(
+            "  StopFailure hook to swap start, sample {}          {}",
+            i + 1,
+            ms(*d)
+        );
     }
 }

@@ -113,7 +113,11 @@ pub fn pass(
         .collect();
     let sessions = store.api::<Session>(None).list()?;
     let checkpoints = s.state_dir.join("checkpoints");
-    for ns in std::fs::read_dir(&checkpoints).into_iter().flatten().flatten() {
+    for ns in std::fs::read_dir(&checkpoints)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let namespace = ns.file_name().to_string_lossy().into_owned();
         for e in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
             let p = e.path();

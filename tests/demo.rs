@@ -28,5 +28,8 @@ fn the_demo_fails_over_and_finishes_on_its_own() {
         .lines()
         .find_map(|l| l.strip_prefix("claude-failover demo in "))
         .expect("the demo names its directory");
-    assert!(!std::path::Path::new(dir.trim()).exists(), "{dir} left behind");
+    assert!(
+        !std::path::Path::new(dir.trim()).exists(),
+        "{dir} left behind"
+    );
 }

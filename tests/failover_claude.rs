@@ -4,7 +4,7 @@
 //! sends each account's `anthropic-ratelimit-unified-*` headers.
 
 mod common;
-use common::fake_api::{FakeApi, Failure};
+use common::fake_api::{Failure, FakeApi};
 use common::pool::{Pool, require_claude};
 use common::wait_for;
 use serde_json::Value;
@@ -38,7 +38,10 @@ fn usage(api: &FakeApi, token: &str, five_hour: f64, reset_in: u64) {
             ("anthropic-ratelimit-unified-5h-reset", &reset),
             ("anthropic-ratelimit-unified-7d-utilization", "0.1"),
             ("anthropic-ratelimit-unified-7d-reset", &week),
-            ("anthropic-ratelimit-unified-representative-claim", "five_hour"),
+            (
+                "anthropic-ratelimit-unified-representative-claim",
+                "five_hour",
+            ),
         ],
     );
 }
@@ -52,8 +55,14 @@ fn reject_next(api: &FakeApi, reset_in: u64) {
             status: 429,
             body: FakeApi::error_body("rate_limit_error", "You've hit your session limit"),
             headers: vec![
-                ("anthropic-ratelimit-unified-status".into(), "rejected".into()),
-                ("anthropic-ratelimit-unified-5h-utilization".into(), "1.0".into()),
+                (
+                    "anthropic-ratelimit-unified-status".into(),
+                    "rejected".into(),
+                ),
+                (
+                    "anthropic-ratelimit-unified-5h-utilization".into(),
+                    "1.0".into(),
+                ),
                 ("anthropic-ratelimit-unified-5h-reset".into(), reset),
                 (
                     "anthropic-ratelimit-unified-representative-claim".into(),
@@ -178,7 +187,10 @@ fn crossing_the_threshold_moves_every_session_and_the_conversation_goes_on() {
     // interval is 5 minutes), each with the account's own token.
     let polls = pool.api.requests_to("/api/oauth/usage");
     for token in [TOKEN_A, TOKEN_B] {
-        let n = polls.iter().filter(|q| q.credential() == Some(token)).count();
+        let n = polls
+            .iter()
+            .filter(|q| q.credential() == Some(token))
+            .count();
         assert!(n <= 1, "{n} polls with {token}");
     }
     assert!(polls.iter().any(|q| q.credential() == Some(TOKEN_B)));
@@ -227,12 +239,18 @@ fn a_usage_limit_in_the_middle_of_a_task_swaps_and_replays_it() {
     // The task is typed again into the same conversation, now on b.
     let t = pool.wait_task_phase("refactor", "Succeeded");
     assert_eq!(t["status"]["session"], "worker");
-    assert_eq!(t["status"]["attempts"], 1, "a usage limit is not an attempt");
+    assert_eq!(
+        t["status"]["attempts"], 1,
+        "a usage limit is not an attempt"
+    );
     let replayed: Vec<_> = pool
         .api
         .main_requests()
         .into_iter()
-        .filter(|q| q.last_user_text().is_some_and(|t| t.contains("refactor the LEMON module")))
+        .filter(|q| {
+            q.last_user_text()
+                .is_some_and(|t| t.contains("refactor the LEMON module"))
+        })
         .collect();
     assert_eq!(replayed.len(), 2, "rejected once, replayed once");
     assert_eq!(replayed[1].credential(), Some(TOKEN_B));
@@ -246,7 +264,10 @@ fn a_usage_limit_in_the_middle_of_a_task_swaps_and_replays_it() {
     assert_eq!(swaps[0].reason, "Exhausted");
     let described = events(&pool, "task", "refactor");
     assert!(described.contains("usage limit"), "{described}");
-    assert!(described.contains("replayed in session worker"), "{described}");
+    assert!(
+        described.contains("replayed in session worker"),
+        "{described}"
+    );
 }
 
 #[test]
@@ -276,7 +297,11 @@ fn with_no_account_left_sessions_wait_and_continue_after_the_reset() {
     // Then the limit, in the middle of a task on `solo`, and on a plain
     // prompt of `idle`.
     reject_next(&pool.api, reset_in);
-    pool.apply(&pool.task_yaml("nightly", "run the nightly KIWI report", "  session: solo\n"));
+    pool.apply(&pool.task_yaml(
+        "nightly",
+        "run the nightly KIWI report",
+        "  session: solo\n",
+    ));
     request_with(&pool, "run the nightly KIWI report");
     let a = pool.wait_account("a", "Exhausted", |v| v["status"]["phase"] == "Exhausted");
     assert!(a["status"]["limit"]["resetsAt"].is_string(), "{a}");
@@ -301,14 +326,17 @@ fn with_no_account_left_sessions_wait_and_continue_after_the_reset() {
 
     // The reset comes: the task is replayed, the cut turn continued.
     usage(&pool.api, TOKEN_A, 0.0, 3600);
-    pool.wait_account("a", "Available again", |v| v["status"]["phase"] == "Available");
+    pool.wait_account("a", "Available again", |v| {
+        v["status"]["phase"] == "Available"
+    });
     let t = pool.wait_task_phase("nightly", "Succeeded");
     assert_eq!(t["status"]["session"], "solo");
     let continued = wait_for("the continue message", 2 * MINUTE, || {
         pool.api.main_requests().into_iter().find(|q| {
             // Claude Code sends the cut turn and the continue together.
             q.last_user_text().is_some_and(|t| {
-                t.contains("a second turn on the IDLE session") && t.trim_end().ends_with("continue")
+                t.contains("a second turn on the IDLE session")
+                    && t.trim_end().ends_with("continue")
             })
         })
     });
@@ -375,7 +403,11 @@ fn concurrent_triggers_and_two_daemons_never_swap_twice_at_once() {
         .cli(&["failover", "c", "--to", "d", "--no-wait"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     wait_for("the manual swap under way", 2 * MINUTE, || {
         pool.swaps().into_iter().find(|s| s.result == "Running")
     });
@@ -421,5 +453,8 @@ fn concurrent_triggers_and_two_daemons_never_swap_twice_at_once() {
         assert!(q.message_texts().iter().any(|t| t.contains(text)));
     }
     let listed = pool.ok(&["swaps"]);
-    assert!(listed.contains("Manual") && listed.contains("NearLimit"), "{listed}");
+    assert!(
+        listed.contains("Manual") && listed.contains("NearLimit"),
+        "{listed}"
+    );
 }

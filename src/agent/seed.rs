@@ -45,6 +45,39 @@ pub struct Seed<'a> {
 }
 
 /// Seeds `config_dir` for one launch.
+/// The API key a session's agent runs with: its own `agent.env`, else the
+/// daemon's environment.
+pub fn session_api_key(session: &crate::api::Session) -> Option<String> {
+    session
+        .spec
+        .agent
+        .env
+        .get("ANTHROPIC_API_KEY")
+        .cloned()
+        .or_else(|| std::env::var("ANTHROPIC_API_KEY").ok())
+}
+
+/// Seeds `config_dir` for `session` running in `workdir` (see
+/// [`seed_account`]); the one preparation a launch and a failover's
+/// preflight share.
+pub fn seed_for_session(
+    config_dir: &Path,
+    workdir: &Path,
+    session: &crate::api::Session,
+    shared_projects: &Path,
+) -> Result<(), SeedError> {
+    let api_key = session_api_key(session);
+    seed_account(
+        config_dir,
+        &Seed {
+            version: crate::agent::screen::OBSERVED_ON,
+            workdir,
+            api_key: api_key.as_deref(),
+            shared_projects,
+        },
+    )
+}
+
 pub fn seed_account(config_dir: &Path, s: &Seed<'_>) -> Result<(), SeedError> {
     std::fs::create_dir_all(config_dir).map_err(io(config_dir))?;
     merge_claude_json(config_dir, s)?;

@@ -139,7 +139,9 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
         c
     };
     println!("claude-failover demo in {}", dir.display());
-    println!("2 accounts (a: small budget, threshold 60%; b: room), 3 simulated agents, {TASKS} tasks\n");
+    println!(
+        "2 accounts (a: small budget, threshold 60%; b: room), 3 simulated agents, {TASKS} tasks\n"
+    );
     let log = std::fs::File::create(dir.join("daemon.log"))?;
     run.daemon = Some(
         cf(&["run", "--log-level", "info"])
@@ -148,12 +150,16 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
             .spawn()
             .context("cannot start the daemon")?,
     );
-    let out = cf(&["apply", "-f", dir.join("pool.yaml").to_str().unwrap_or_default()])
-        .output()?;
+    let out = cf(&[
+        "apply",
+        "-f",
+        dir.join("pool.yaml").to_str().unwrap_or_default(),
+    ])
+    .output()?;
     if !out.status.success() {
         bail!("apply failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let store = Store::open(&dir.join("store"))?;
+    let store = Store::open(dir.join("store"))?;
     let tty = std::io::stdout().is_terminal();
     let started = Instant::now();
     let mut last = String::new();
@@ -169,13 +175,18 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
         last = frame.key;
         if done {
             println!("\nEvery task ran; the sessions moved from a to b when a neared its limit.");
-            println!("Replay it with your own pool: claude-failover init, then claude-failover run.");
+            println!(
+                "Replay it with your own pool: claude-failover init, then claude-failover run."
+            );
             return Ok(ExitCode::SUCCESS);
         }
         if started.elapsed() > a.timeout {
             let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            eprintln!("the demo did not finish in {}s; daemon log:", a.timeout.as_secs());
+            eprintln!(
+                "the demo did not finish in {}s; daemon log:",
+                a.timeout.as_secs()
+            );
             for l in tail.iter().rev() {
                 eprintln!("{l}");
             }
@@ -246,7 +257,12 @@ fn render(store: &Store, state: &Path, started: Instant) -> Result<Frame> {
             .count()
     };
     use crate::api::TaskPhase::*;
-    let pending = tasks.len() - count(Dispatched) - count(Running) - count(Succeeded) - count(Failed) - count(Cancelled);
+    let pending = tasks.len()
+        - count(Dispatched)
+        - count(Running)
+        - count(Succeeded)
+        - count(Failed)
+        - count(Cancelled);
     t.push_str(&format!(
         "TASKS  pending {pending}  running {}  succeeded {}  failed {}\n",
         count(Dispatched) + count(Running),
@@ -269,7 +285,10 @@ fn render(store: &Store, state: &Path, started: Instant) -> Result<Frame> {
         && count(Succeeded) + count(Failed) == TASKS
         && swaps.iter().any(|s| s.result == "Succeeded");
     Ok(Frame {
-        text: format!("claude-failover demo · {:>4.1}s\n\n{t}", started.elapsed().as_secs_f64()),
+        text: format!(
+            "claude-failover demo · {:>4.1}s\n\n{t}",
+            started.elapsed().as_secs_f64()
+        ),
         key,
         finished,
     })

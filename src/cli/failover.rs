@@ -94,12 +94,11 @@ pub fn swaps(ctx: &Ctx) -> Result<ExitCode> {
     let rows: Vec<Vec<String>> = SwapRecord::list(&ctx.state_dir())
         .into_iter()
         .map(|r| {
-            let started = crate::quota::jiff_of(
-                std::time::UNIX_EPOCH + Duration::from_millis(r.started_at),
-            )
-            .round(k8s_openapi::jiff::Unit::Second)
-            .map(|t| t.to_string())
-            .unwrap_or_default();
+            let started =
+                crate::quota::jiff_of(std::time::UNIX_EPOCH + Duration::from_millis(r.started_at))
+                    .round(k8s_openapi::jiff::Unit::Second)
+                    .map(|t| t.to_string())
+                    .unwrap_or_default();
             let took = r
                 .finished_at
                 .map(|f| format!("{:.1}s", f.saturating_sub(r.started_at) as f64 / 1000.0))
@@ -125,7 +124,14 @@ pub fn swaps(ctx: &Ctx) -> Result<ExitCode> {
         "{}",
         super::print::table(
             &[
-                "EPOCH", "NAMESPACE", "FROM", "TO", "REASON", "SESSIONS", "STARTED", "TOOK",
+                "EPOCH",
+                "NAMESPACE",
+                "FROM",
+                "TO",
+                "REASON",
+                "SESSIONS",
+                "STARTED",
+                "TOOK",
                 "RESULT"
             ],
             &rows

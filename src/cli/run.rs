@@ -131,7 +131,10 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<ExitCode> {
         turn_wait: Duration::from_secs(q.turn_wait_seconds.unwrap_or(120)),
         confirm: Duration::from_secs(q.confirm_seconds.unwrap_or(60).max(1)),
         strategy: q.strategy.unwrap_or_default(),
-        continue_message: q.continue_message.clone().unwrap_or_else(|| "continue".into()),
+        continue_message: q
+            .continue_message
+            .clone()
+            .unwrap_or_else(|| "continue".into()),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -77,7 +77,10 @@ impl Memory {
     fn from_status(s: &AccountStatus) -> Memory {
         let mut m = Memory::default();
         if let Some(u) = &s.usage {
-            for (w, r) in [(Window::FiveHour, &u.five_hour), (Window::SevenDay, &u.seven_day)] {
+            for (w, r) in [
+                (Window::FiveHour, &u.five_hour),
+                (Window::SevenDay, &u.seven_day),
+            ] {
                 if let Some(r) = r {
                     m.push(
                         w,
@@ -166,7 +169,8 @@ impl Memory {
             return None;
         }
         let per_sec = rise / span.as_secs_f64();
-        let at = last.observed_at + Duration::from_secs_f64((threshold - last.utilization) / per_sec);
+        let at =
+            last.observed_at + Duration::from_secs_f64((threshold - last.utilization) / per_sec);
         // Past the reset the window starts over: no limit this window.
         match last.resets_at {
             Some(r) if at >= r => None,
@@ -331,7 +335,9 @@ pub fn pass(ctx: &Arc<Context>, st: &QuotaSettings) -> Result<Duration, crate::s
                 && let Some(end) = Window::ALL
                     .iter()
                     .filter_map(|w| m.readings.get(w)?.iter().max_by_key(|r| r.observed_at))
-                    .filter(|r| r.source == "poll" && r.observed_at > l.at && r.utilization >= 100.0)
+                    .filter(|r| {
+                        r.source == "poll" && r.observed_at > l.at && r.utilization >= 100.0
+                    })
                     .filter_map(|r| r.resets_at)
                     .max()
             {
@@ -347,15 +353,12 @@ pub fn pass(ctx: &Arc<Context>, st: &QuotaSettings) -> Result<Duration, crate::s
             // The poll: for an account no live session reports on, or one
             // whose limit has no known end. Budgeted per account.
             let config_dir = crate::fsutil::expand_home(&a.spec.config_dir);
-            let wants_poll = live.is_empty()
-                || inputs.limit.as_ref().is_some_and(|l| l.resets_at.is_none());
+            let wants_poll =
+                live.is_empty() || inputs.limit.as_ref().is_some_and(|l| l.resets_at.is_none());
             if wants_poll && !m.polling && !a.spec.suspend {
-                let schedule = crate::quota::poll::PollSchedule::load(
-                    &ctx.settings.state_dir,
-                    &ns,
-                    &name,
-                )
-                .unwrap_or_default();
+                let schedule =
+                    crate::quota::poll::PollSchedule::load(&ctx.settings.state_dir, &ns, &name)
+                        .unwrap_or_default();
                 if schedule.due(now)
                     && let Some(token) = crate::quota::poll::access_token(&config_dir)
                 {
@@ -372,8 +375,16 @@ pub fn pass(ctx: &Arc<Context>, st: &QuotaSettings) -> Result<Duration, crate::s
             let projection = match m.ledger {
                 Some((at, p)) if at.elapsed() < LEDGER_EVERY => p,
                 _ => {
-                    let p = ledger_projection(ctx, &sessions, &ns, &name, threshold, inputs.five_hour.as_ref(), now)
-                        .or_else(|| m.projection(threshold));
+                    let p = ledger_projection(
+                        ctx,
+                        &sessions,
+                        &ns,
+                        &name,
+                        threshold,
+                        inputs.five_hour.as_ref(),
+                        now,
+                    )
+                    .or_else(|| m.projection(threshold));
                     m.ledger = Some((std::time::Instant::now(), p));
                     p
                 }
@@ -383,12 +394,11 @@ pub fn pass(ctx: &Arc<Context>, st: &QuotaSettings) -> Result<Duration, crate::s
         let verdict = phase(&inputs, now);
         let mut status = before.clone();
         status.phase = Some(verdict.phase);
-        status.usage = (inputs.five_hour.is_some() || inputs.seven_day.is_some()).then(|| {
-            AccountUsage {
+        status.usage =
+            (inputs.five_hour.is_some() || inputs.seven_day.is_some()).then(|| AccountUsage {
                 five_hour: inputs.five_hour.as_ref().map(window_status),
                 seven_day: inputs.seven_day.as_ref().map(window_status),
-            }
-        });
+            });
         status.limit = inputs.limit.as_ref().map(|l| AccountLimit {
             at: crate::api::Time(jiff_of(l.at)),
             resets_at: l.resets_at.map(|t| crate::api::Time(jiff_of(t))),
@@ -470,10 +480,16 @@ fn ledger_projection(
                 .as_ref()
                 .is_some_and(|st| st.account.as_deref() == Some(account))
     }) {
-        let key = ObjectKey::new(Kind::Session, ns, s.metadata.name.as_deref().unwrap_or_default());
+        let key = ObjectKey::new(
+            Kind::Session,
+            ns,
+            s.metadata.name.as_deref().unwrap_or_default(),
+        );
         let rt = super::runtime::Runtime::load(&ctx.settings.state_dir, &key);
         let since = SystemTime::UNIX_EPOCH + Duration::from_secs(rt.launched_at);
-        if let Some(path) = crate::agent::seed::transcript(&ctx.settings.shared_projects, &rt.agent_session_id) {
+        if let Some(path) =
+            crate::agent::seed::transcript(&ctx.settings.shared_projects, &rt.agent_session_id)
+        {
             entries.extend(ledger::read_entries(&path, since));
         }
     }
@@ -537,7 +553,9 @@ async fn poll(
                 m.poll_refused = true;
                 tell = Some("the usage endpoint refused the account's token; its usage is known only from live sessions".to_string());
             }
-            Err(e) => tracing::info!(account = %key, error = %e, "usage poll failed; next one later"),
+            Err(e) => {
+                tracing::info!(account = %key, error = %e, "usage poll failed; next one later")
+            }
         }
     }
     if let Some(message) = tell {
@@ -566,7 +584,13 @@ fn announce(
             record(ctx, key, false, "Available", &v.message);
         }
         AccountPhase::Available => {
-            record(ctx, key, false, "Recovered", &format!("available again: {}", v.message));
+            record(
+                ctx,
+                key,
+                false,
+                "Recovered",
+                &format!("available again: {}", v.message),
+            );
             if bad(previous) {
                 ctx.quota.notifier.send(Notice {
                     kind: NoticeKind::AccountRecovered,

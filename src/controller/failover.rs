@@ -348,9 +348,7 @@ async fn pass(ctx: &Arc<Context>, st: &FailoverSettings, mem: &mut Memory) -> an
     // 0. A swap whose daemon died in the middle: finish following it.
     let orphans: Vec<&Session> = sessions
         .iter()
-        .filter(|s| {
-            Placement::effective(&state_dir, &skey(s), s).is_some_and(|p| p.swapping())
-        })
+        .filter(|s| Placement::effective(&state_dir, &skey(s), s).is_some_and(|p| p.swapping()))
         .collect();
     if !orphans.is_empty() {
         resume_interrupted(ctx, st, &orphans).await?;
@@ -384,7 +382,18 @@ async fn pass(ctx: &Arc<Context>, st: &FailoverSettings, mem: &mut Memory) -> an
         }
         // The request goes once the swap is over: a daemon dying in the
         // middle leaves it for the next leader.
-        swap(ctx, st, mem, &accounts, &ns, &req.account, "Manual", req.to.as_deref(), on).await?;
+        swap(
+            ctx,
+            st,
+            mem,
+            &accounts,
+            &ns,
+            &req.account,
+            "Manual",
+            req.to.as_deref(),
+            on,
+        )
+        .await?;
         let _ = std::fs::remove_file(&file);
     }
 
@@ -410,7 +419,9 @@ async fn pass(ctx: &Arc<Context>, st: &FailoverSettings, mem: &mut Memory) -> an
                 ns_of(&o.metadata) == ns
                     && o.metadata.name != a.metadata.name
                     && phase_of(o) == AccountPhase::Available
-                    && !ctx.quota.excluded(&ns, o.metadata.name.as_deref().unwrap_or_default())
+                    && !ctx
+                        .quota
+                        .excluded(&ns, o.metadata.name.as_deref().unwrap_or_default())
             })
         {
             continue;
@@ -455,23 +466,9 @@ fn preflight(ctx: &Context, target: &Account, s: &Session) -> Result<(), String>
     let dir = crate::fsutil::expand_home(&target.spec.config_dir);
     let workdir = std::fs::canonicalize(crate::fsutil::expand_home(&s.spec.workdir))
         .map_err(|e| format!("workdir {}: {e}", s.spec.workdir))?;
-    let api_key = s
-        .spec
-        .agent
-        .env
-        .get("ANTHROPIC_API_KEY")
-        .cloned()
-        .or_else(|| std::env::var("ANTHROPIC_API_KEY").ok());
-    crate::agent::seed::seed_account(
-        &dir,
-        &crate::agent::seed::Seed {
-            version: crate::agent::screen::OBSERVED_ON,
-            workdir: &workdir,
-            api_key: api_key.as_deref(),
-            shared_projects: &ctx.settings.shared_projects,
-        },
-    )
-    .map_err(|e| format!("cannot prepare {}: {e}", dir.display()))?;
+    let api_key = crate::agent::seed::session_api_key(s);
+    crate::agent::seed::seed_for_session(&dir, &workdir, s, &ctx.settings.shared_projects)
+        .map_err(|e| format!("cannot prepare {}: {e}", dir.display()))?;
     let has_credentials = crate::quota::poll::access_token(&dir).is_some()
         || api_key.is_some()
         || s.spec.agent.env.contains_key("CLAUDE_CODE_OAUTH_TOKEN")
@@ -496,7 +493,14 @@ fn preflight(ctx: &Context, target: &Account, s: &Session) -> Result<(), String>
 }
 
 /// Whether the session's agent confirmed it runs on `target`, resumed.
-fn confirmed(ctx: &Context, key: &ObjectKey, target: &str, since: SystemTime, cp: &Checkpoint, resumable: bool) -> bool {
+fn confirmed(
+    ctx: &Context,
+    key: &ObjectKey,
+    target: &str,
+    since: SystemTime,
+    cp: &Checkpoint,
+    resumable: bool,
+) -> bool {
     let rt = Runtime::load(&ctx.settings.state_dir, key);
     if rt.account.as_deref() != Some(target) {
         return false;
@@ -547,7 +551,9 @@ fn checkpoint_of(ctx: &Context, s: &Session, tasks: &[Task]) -> Checkpoint {
 /// The swap of a lease that was never released: its daemon died. Its
 /// record says so (its end is unknown: no `finishedAt`).
 fn mark_interrupted(state_dir: &Path, lease: &lease::SwapLease) {
-    let Some(old) = &lease.interrupted else { return };
+    let Some(old) = &lease.interrupted else {
+        return;
+    };
     tracing::warn!(epoch = old.epoch, holder = %old.holder, "the previous swap was interrupted (its daemon died)");
     if let Some(mut r) = SwapRecord::list(state_dir)
         .into_iter()
@@ -590,7 +596,10 @@ async fn swap(
 ) -> anyhow::Result<()> {
     let state_dir = ctx.settings.state_dir.clone();
     under_lease(&state_dir, async |lease| {
-        swap_locked(ctx, st, mem, accounts, ns, from, reason, to, sessions, lease).await
+        swap_locked(
+            ctx, st, mem, accounts, ns, from, reason, to, sessions, lease,
+        )
+        .await
     })
     .await
 }
@@ -614,7 +623,11 @@ async fn swap_locked(
     let started = std::time::Instant::now();
     let started_at = SystemTime::now();
     // The accounts as they are now (the lease may have taken a while).
-    let accounts = ctx.store.api::<Account>(None).list().unwrap_or_else(|_| accounts.to_vec());
+    let accounts = ctx
+        .store
+        .api::<Account>(None)
+        .list()
+        .unwrap_or_else(|_| accounts.to_vec());
     let cands = candidates(ctx, &accounts, ns);
     let target = match to {
         Some(t) => cands
@@ -652,7 +665,9 @@ async fn swap_locked(
             .map(phase_of)
             .unwrap_or_default();
         let why = match to {
-            Some(t) => format!("account {t} cannot take sessions (missing, the same, exhausted, unavailable or suspended)"),
+            Some(t) => format!(
+                "account {t} cannot take sessions (missing, the same, exhausted, unavailable or suspended)"
+            ),
             None => "no other account is available".into(),
         };
         if mem.no_target.insert(from_key.clone(), phase) != Some(phase) || to.is_some() {
@@ -661,11 +676,20 @@ async fn swap_locked(
             } else {
                 "; its sessions stay"
             };
-            record(ctx, &from_key, true, "NoFailoverTarget", &format!("{why}{waiting}"));
+            record(
+                ctx,
+                &from_key,
+                true,
+                "NoFailoverTarget",
+                &format!("{why}{waiting}"),
+            );
             ctx.quota.notifier.send(Notice {
                 kind: NoticeKind::FailoverFailed,
                 object: from_key.to_string(),
-                message: format!("cannot move {} session(s) off {from}: {why}{waiting}", names.len()),
+                message: format!(
+                    "cannot move {} session(s) off {from}: {why}{waiting}",
+                    names.len()
+                ),
             });
         }
         // Nothing was done under this epoch: it goes unrecorded.
@@ -677,7 +701,13 @@ async fn swap_locked(
         names.len(),
         names.join(", ")
     );
-    record(ctx, &from_key, reason != "Manual" && reason != "Drain", "FailoverStarted", &summary);
+    record(
+        ctx,
+        &from_key,
+        reason != "Manual" && reason != "Drain",
+        "FailoverStarted",
+        &summary,
+    );
     ctx.quota.notifier.send(Notice {
         kind: NoticeKind::FailoverStarted,
         object: from_key.to_string(),
@@ -699,14 +729,23 @@ async fn swap_locked(
     }
     let outcome: Vec<Result<(), String>> = if let Some(why) = failure {
         ctx.quota.exclude(ns, &target);
-        record(ctx, &akey(ns, &target), true, "PreflightFailed", &format!("{why}; not a failover target for {}s", TARGET_PENALTY.as_secs()));
+        record(
+            ctx,
+            &akey(ns, &target),
+            true,
+            "PreflightFailed",
+            &format!(
+                "{why}; not a failover target for {}s",
+                TARGET_PENALTY.as_secs()
+            ),
+        );
         vec![Err(format!("preflight of {target} failed: {why}"))]
     } else {
         let tasks = ctx.store.api::<Task>(None).list()?;
         let exhausted = reason == "Exhausted" || reason == "AuthenticationFailed";
-        let moves = sessions.iter().map(|s| {
-            move_session(ctx, st, s, &tasks, from, &target, epoch, reason, exhausted)
-        });
+        let moves = sessions
+            .iter()
+            .map(|s| move_session(ctx, st, s, &tasks, from, &target, epoch, reason, exhausted));
         futures::future::join_all(moves).await
     };
 
@@ -715,20 +754,47 @@ async fn swap_locked(
     rec.finished_at = Some(unix_ms(SystemTime::now()));
     let result = if failed.is_empty() {
         rec.result = "Succeeded".into();
-        rec.message = format!("{} session(s) resumed on {target} in {:.1}s", names.len(), elapsed.as_secs_f64());
+        rec.message = format!(
+            "{} session(s) resumed on {target} in {:.1}s",
+            names.len(),
+            elapsed.as_secs_f64()
+        );
         record(ctx, &from_key, false, "FailoverDone", &rec.message);
         ctx.quota.notifier.send(Notice {
             kind: NoticeKind::FailoverDone,
             object: from_key.to_string(),
-            message: format!("{} from {from} to {target}: {}", names.join(", "), rec.message),
+            message: format!(
+                "{} from {from} to {target}: {}",
+                names.join(", "),
+                rec.message
+            ),
         });
         "succeeded"
     } else {
         ctx.quota.exclude(ns, &target);
-        rec.result = if failed.len() == outcome.len() { "Failed" } else { "RolledBack" }.into();
-        rec.message = failed.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; ");
+        rec.result = if failed.len() == outcome.len() {
+            "Failed"
+        } else {
+            "RolledBack"
+        }
+        .into();
+        rec.message = failed
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
         record(ctx, &from_key, true, "FailoverFailed", &rec.message);
-        record(ctx, &akey(ns, &target), true, "SwapTargetFailed", &format!("a swap to this account failed ({}); not a target for {}s", rec.message, TARGET_PENALTY.as_secs()));
+        record(
+            ctx,
+            &akey(ns, &target),
+            true,
+            "SwapTargetFailed",
+            &format!(
+                "a swap to this account failed ({}); not a target for {}s",
+                rec.message,
+                TARGET_PENALTY.as_secs()
+            ),
+        );
         ctx.quota.notifier.send(Notice {
             kind: NoticeKind::FailoverFailed,
             object: from_key.to_string(),
@@ -736,6 +802,12 @@ async fn swap_locked(
         });
         "rolled_back"
     };
+    tracing::debug!(
+        epoch,
+        result,
+        elapsed_ms = elapsed.as_millis() as u64,
+        "swap finished"
+    );
     rec.save(&state_dir)?;
     Ok(())
 }
@@ -771,7 +843,16 @@ async fn move_session(
                 break;
             }
             if tokio::time::Instant::now() >= deadline {
-                record(ctx, &key, true, "TurnWaitExpired", &format!("the turn did not end within {}s: interrupting it", st.turn_wait.as_secs()));
+                record(
+                    ctx,
+                    &key,
+                    true,
+                    "TurnWaitExpired",
+                    &format!(
+                        "the turn did not end within {}s: interrupting it",
+                        st.turn_wait.as_secs()
+                    ),
+                );
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -779,8 +860,12 @@ async fn move_session(
     }
     // 2. Checkpoint.
     let cp = checkpoint_of(ctx, s, tasks);
-    cp.save(state_dir, &key).map_err(|e| format!("{}: checkpoint: {e}", key.name))?;
-    let resumable = crate::agent::seed::transcript_resumable(&ctx.settings.shared_projects, &cp.agent_session_id);
+    cp.save(state_dir, &key)
+        .map_err(|e| format!("{}: checkpoint: {e}", key.name))?;
+    let resumable = crate::agent::seed::transcript_resumable(
+        &ctx.settings.shared_projects,
+        &cp.agent_session_id,
+    );
     // 3. Place it on the target: the session controller stops the agent
     //    and relaunches it there with --resume.
     let since = SystemTime::now();
@@ -793,8 +878,16 @@ async fn move_session(
         at: unix_ms(since),
         spec_account: s.spec.account.clone(),
     };
-    placement.save(state_dir, &key).map_err(|e| format!("{}: placement: {e}", key.name))?;
-    record(ctx, &key, false, "Swapping", &format!("moving from {from} to {target} (swap epoch {epoch}, reason {reason})"));
+    placement
+        .save(state_dir, &key)
+        .map_err(|e| format!("{}: placement: {e}", key.name))?;
+    record(
+        ctx,
+        &key,
+        false,
+        "Swapping",
+        &format!("moving from {from} to {target} (swap epoch {epoch}, reason {reason})"),
+    );
     ctx.signals.poke(&key);
     // 4. Confirm the resume.
     let deadline = tokio::time::Instant::now() + st.confirm;
@@ -813,15 +906,31 @@ async fn move_session(
         placement.state = ROLLED_BACK.into();
         let _ = placement.save(state_dir, &key);
         ctx.signals.poke(&key);
-        let why = format!("{}: the agent did not confirm its resume on {target} within {}s", key.name, st.confirm.as_secs());
+        let why = format!(
+            "{}: the agent did not confirm its resume on {target} within {}s",
+            key.name,
+            st.confirm.as_secs()
+        );
         record(ctx, &key, true, "SwapRolledBack", &why);
         return Err(why);
     }
     placement.state = DONE.into();
-    placement.save(state_dir, &key).map_err(|e| format!("{}: placement: {e}", key.name))?;
+    placement
+        .save(state_dir, &key)
+        .map_err(|e| format!("{}: placement: {e}", key.name))?;
     ctx.signals.poke(&key);
-    let how = if resumable { format!("resumed conversation {}", cp.agent_session_id) } else { "started (nothing to resume yet)".into() };
-    record(ctx, &key, false, "Swapped", &format!("now on {target}: {how} (swap epoch {epoch})"));
+    let how = if resumable {
+        format!("resumed conversation {}", cp.agent_session_id)
+    } else {
+        "started (nothing to resume yet)".into()
+    };
+    record(
+        ctx,
+        &key,
+        false,
+        "Swapped",
+        &format!("now on {target}: {how} (swap epoch {epoch})"),
+    );
     // 5. Replay.
     replay(ctx, st, &key, &cp, tasks).await;
     Ok(())
@@ -829,10 +938,19 @@ async fn move_session(
 
 /// After a swap: the interrupted task goes back to this session; a turn
 /// cut short with no task gets the continue message.
-async fn replay(ctx: &Arc<Context>, st: &FailoverSettings, key: &ObjectKey, cp: &Checkpoint, tasks: &[Task]) {
+async fn replay(
+    ctx: &Arc<Context>,
+    st: &FailoverSettings,
+    key: &ObjectKey,
+    cp: &Checkpoint,
+    tasks: &[Task],
+) {
     if let Some(task) = &cp.current_task {
         // The dispatcher replays it (status.replayOn) once the session is idle.
-        if let Some(t) = tasks.iter().find(|t| t.metadata.name.as_deref() == Some(task.as_str()) && t.metadata.namespace.as_deref() == Some(key.namespace.as_str())) {
+        if let Some(t) = tasks.iter().find(|t| {
+            t.metadata.name.as_deref() == Some(task.as_str())
+                && t.metadata.namespace.as_deref() == Some(key.namespace.as_str())
+        }) {
             let api = ctx.store.api::<Task>(Some(&key.namespace));
             if let Ok(Some(now)) = api.get(task)
                 && now.status.as_ref().and_then(|s| s.phase) == Some(TaskPhase::Pending)
@@ -844,7 +962,13 @@ async fn replay(ctx: &Arc<Context>, st: &FailoverSettings, key: &ObjectKey, cp: 
                 }
             }
             let _ = t;
-            record(ctx, key, false, "ReplayQueued", &format!("task {task} will be typed again here once the agent is idle"));
+            record(
+                ctx,
+                key,
+                false,
+                "ReplayQueued",
+                &format!("task {task} will be typed again here once the agent is idle"),
+            );
         }
         return;
     }
@@ -855,7 +979,12 @@ async fn replay(ctx: &Arc<Context>, st: &FailoverSettings, key: &ObjectKey, cp: 
 
 /// Types the continue message into an idle session (dismissing a usage
 /// limit dialog first). True when typed.
-async fn type_continue(ctx: &Context, key: &ObjectKey, message: &str, limit: Duration) -> anyhow::Result<bool> {
+async fn type_continue(
+    ctx: &Context,
+    key: &ObjectKey,
+    message: &str,
+    limit: Duration,
+) -> anyhow::Result<bool> {
     let name = super::session::tmux_name(key);
     let Some(pane) = ctx.tmux.pane(&name).await?.filter(|p| !p.dead) else {
         return Ok(false);
@@ -868,13 +997,23 @@ async fn type_continue(ctx: &Context, key: &ObjectKey, message: &str, limit: Dur
         return Ok(false);
     }
     super::task::type_then_enter(ctx, &pane.id, message).await?;
-    record(ctx, key, false, "Continued", &format!("typed {message:?}: the turn a usage limit cut short goes on"));
+    record(
+        ctx,
+        key,
+        false,
+        "Continued",
+        &format!("typed {message:?}: the turn a usage limit cut short goes on"),
+    );
     Ok(true)
 }
 
 /// A swap whose daemon died: its placements are followed to the end under
 /// a new epoch (confirmed or rolled back).
-async fn resume_interrupted(ctx: &Arc<Context>, st: &FailoverSettings, orphans: &[&Session]) -> anyhow::Result<()> {
+async fn resume_interrupted(
+    ctx: &Arc<Context>,
+    st: &FailoverSettings,
+    orphans: &[&Session],
+) -> anyhow::Result<()> {
     let state_dir = ctx.settings.state_dir.clone();
     under_lease(&state_dir.clone(), async |lease| {
         resume_locked(ctx, st, orphans, lease.record.epoch).await
@@ -892,9 +1031,15 @@ async fn resume_locked(
     let tasks = ctx.store.api::<Task>(None).list()?;
     for s in orphans {
         let key = skey(s);
-        let Some(mut p) = Placement::effective(&state_dir, &key, s) else { continue };
-        let cp = Checkpoint::load(&state_dir, &key).unwrap_or_else(|| checkpoint_of(ctx, s, &tasks));
-        let resumable = crate::agent::seed::transcript_resumable(&ctx.settings.shared_projects, &cp.agent_session_id);
+        let Some(mut p) = Placement::effective(&state_dir, &key, s) else {
+            continue;
+        };
+        let cp =
+            Checkpoint::load(&state_dir, &key).unwrap_or_else(|| checkpoint_of(ctx, s, &tasks));
+        let resumable = crate::agent::seed::transcript_resumable(
+            &ctx.settings.shared_projects,
+            &cp.agent_session_id,
+        );
         let since = SystemTime::UNIX_EPOCH + Duration::from_millis(p.at);
         let deadline = tokio::time::Instant::now() + st.confirm;
         let ok = loop {
@@ -919,12 +1064,30 @@ async fn resume_locked(
         let from = p.from.clone();
         if ok {
             p.state = DONE.into();
-            record(ctx, &key, false, "Swapped", &format!("now on {} (swap of epoch {} finished under epoch {epoch})", p.account, p.epoch));
+            record(
+                ctx,
+                &key,
+                false,
+                "Swapped",
+                &format!(
+                    "now on {} (swap of epoch {} finished under epoch {epoch})",
+                    p.account, p.epoch
+                ),
+            );
         } else {
             let target = std::mem::replace(&mut p.account, from.clone().unwrap_or_default());
             p.state = ROLLED_BACK.into();
             ctx.quota.exclude(&key.namespace, &target);
-            record(ctx, &key, true, "SwapRolledBack", &format!("the interrupted swap to {target} never confirmed; back to {}", p.account));
+            record(
+                ctx,
+                &key,
+                true,
+                "SwapRolledBack",
+                &format!(
+                    "the interrupted swap to {target} never confirmed; back to {}",
+                    p.account
+                ),
+            );
         }
         p.epoch = epoch;
         p.save(&state_dir, &key)?;
@@ -962,17 +1125,29 @@ async fn continue_waiting(
     for s in sessions {
         let key = skey(s);
         let Some(status) = &s.status else { continue };
-        let (Some(account), Some(_)) = (&status.account, status.pid) else { continue };
+        let (Some(account), Some(_)) = (&status.account, status.pid) else {
+            continue;
+        };
         let usable = accounts.iter().any(|a| {
             ns_of(&a.metadata) == key.namespace
                 && a.metadata.name.as_deref() == Some(account)
-                && matches!(phase_of(a), AccountPhase::Available | AccountPhase::NearLimit)
+                && matches!(
+                    phase_of(a),
+                    AccountPhase::Available | AccountPhase::NearLimit
+                )
         });
-        if !usable || !matches!(status.phase, Some(SessionPhase::Idle | SessionPhase::Waiting)) {
+        if !usable
+            || !matches!(
+                status.phase,
+                Some(SessionPhase::Idle | SessionPhase::Waiting)
+            )
+        {
             continue;
         }
         let sig = ctx.signals.get(&key);
-        let Some((error, _, failed_at)) = &sig.last_failure else { continue };
+        let Some((error, _, failed_at)) = &sig.last_failure else {
+            continue;
+        };
         let cut_short = error == "rate_limit"
             && sig.prompts.last().is_none_or(|(_, p)| failed_at >= p)
             && sig.last_stop.as_ref().is_none_or(|(_, s)| failed_at >= s);
@@ -995,9 +1170,16 @@ async fn continue_waiting(
         mem.continued.insert(key.clone(), *failed_at);
         if has_task {
             // The dispatcher replays the task; dismiss a limit dialog so it can.
-            if let Some(pane) = ctx.tmux.pane(&super::session::tmux_name(&key)).await?.filter(|p| !p.dead) {
+            if let Some(pane) = ctx
+                .tmux
+                .pane(&super::session::tmux_name(&key))
+                .await?
+                .filter(|p| !p.dead)
+            {
                 let screen = ctx.tmux.capture(&pane.id, false).await?;
-                if crate::agent::screen::classify(&screen) == crate::agent::screen::Screen::UsageLimitDialog {
+                if crate::agent::screen::classify(&screen)
+                    == crate::agent::screen::Screen::UsageLimitDialog
+                {
                     ctx.tmux.send_keys(&pane.id, &["Escape"]).await?;
                 }
             }

@@ -10,7 +10,7 @@ use super::Context;
 use super::runtime::{Runtime, settings_path, unix_now};
 use crate::agent::launch::{self, LaunchInput};
 use crate::agent::screen::{self, Screen};
-use crate::agent::seed::{self, Seed};
+use crate::agent::seed;
 use crate::agent::state::{self, AgentState};
 use crate::api::{Account, ObjectKey, Session, SessionPhase, set_condition};
 use crate::daemon::http::agent_path;
@@ -431,8 +431,11 @@ async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<
         p
     });
     let accounts = ctx.store.api::<Account>(Some(&key.namespace)).list()?;
-    let placement = super::failover::Placement::effective(state_dir, key, s)
-        .filter(|p| accounts.iter().any(|a| a.metadata.name.as_ref() == Some(&p.account)));
+    let placement = super::failover::Placement::effective(state_dir, key, s).filter(|p| {
+        accounts
+            .iter()
+            .any(|a| a.metadata.name.as_ref() == Some(&p.account))
+    });
     let alive_agent = rt.launches > 0 && pane.as_ref().is_some_and(|p| !p.dead);
     let account = match &placement {
         Some(p) => Ok(Some(p.account.clone())),
@@ -860,23 +863,8 @@ async fn launch(
         .ok_or_else(|| format!("workdir {} does not exist", workdir.display()))?;
     let shared = &ctx.settings.shared_projects;
     if let Some(dir) = &config_dir {
-        let key_from_env = s
-            .spec
-            .agent
-            .env
-            .get("ANTHROPIC_API_KEY")
-            .cloned()
-            .or_else(|| std::env::var("ANTHROPIC_API_KEY").ok());
-        seed::seed_account(
-            dir,
-            &Seed {
-                version: screen::OBSERVED_ON,
-                workdir: &workdir,
-                api_key: key_from_env.as_deref(),
-                shared_projects: shared,
-            },
-        )
-        .map_err(|e| format!("cannot prepare the account's config dir: {e}"))?;
+        seed::seed_for_session(dir, &workdir, s, shared)
+            .map_err(|e| format!("cannot prepare the account's config dir: {e}"))?;
     }
     let settings_file = settings_path(&ctx.settings.state_dir, key);
     let url = format!(
@@ -1132,10 +1120,7 @@ mod tests {
             phase: Some(crate::api::AccountPhase::Exhausted),
             ..Default::default()
         });
-        assert_eq!(
-            pick_account(&s, &tired, None),
-            Ok(Some("spare".into()))
-        );
+        assert_eq!(pick_account(&s, &tired, None), Ok(Some("spare".into())));
         tired[1].status = tired[0].status.clone();
         assert_eq!(pick_account(&s, &tired, None), Ok(Some("work".into())));
         // Running: it stays, unless its spec names another runnable account.
@@ -1144,8 +1129,14 @@ mod tests {
             Some("spare".into())
         );
         s.spec.account = Some("work".into());
-        assert_eq!(keep_account(&s, &accounts, Some("spare")), Some("work".into()));
-        assert_eq!(keep_account(&s, &tired, Some("spare")), Some("spare".into()));
+        assert_eq!(
+            keep_account(&s, &accounts, Some("spare")),
+            Some("work".into())
+        );
+        assert_eq!(
+            keep_account(&s, &tired, Some("spare")),
+            Some("spare".into())
+        );
         assert_eq!(camel("permission_prompt"), "PermissionPrompt");
     }
 }

@@ -507,11 +507,10 @@ fn account_takes_work(ctx: &Context, v: &View, s: &Session) -> bool {
     let Some(name) = s.status.as_ref().and_then(|st| st.account.clone()) else {
         return true;
     };
-    let Some(account) = v
-        .accounts
-        .get(&ns)
-        .and_then(|all| all.iter().find(|a| a.metadata.name.as_deref() == Some(&name)))
-    else {
+    let Some(account) = v.accounts.get(&ns).and_then(|all| {
+        all.iter()
+            .find(|a| a.metadata.name.as_deref() == Some(&name))
+    }) else {
         return true;
     };
     let status = account.status.clone().unwrap_or_default();
@@ -747,7 +746,11 @@ pub(crate) async fn type_then_enter(ctx: &Context, pane: &str, text: &str) -> Re
 
 /// Waits until the composer is on screen and empty (bounded); false if
 /// it never was.
-pub(crate) async fn wait_composer_empty(ctx: &Context, pane: &str, limit: Duration) -> Result<bool, Error> {
+pub(crate) async fn wait_composer_empty(
+    ctx: &Context,
+    pane: &str,
+    limit: Duration,
+) -> Result<bool, Error> {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let screen = ctx.tmux.capture(pane, false).await?;

@@ -228,7 +228,10 @@ mod tests {
         // Held: nothing stale to clear.
         assert_eq!(clear_stale_swap(d.path()).unwrap(), None);
         drop(c); // died after its last step
-        assert_eq!(clear_stale_swap(d.path()).unwrap().map(|r| r.epoch), Some(3));
+        assert_eq!(
+            clear_stale_swap(d.path()).unwrap().map(|r| r.epoch),
+            Some(3)
+        );
         assert!(!swap_record(d.path()).active);
     }
 }

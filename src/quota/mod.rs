@@ -143,7 +143,9 @@ impl AccountInputs {
     pub fn headroom(&self) -> f64 {
         Window::ALL
             .iter()
-            .map(|w| w.threshold(&self.thresholds) - self.reading(*w).map_or(0.0, |r| r.utilization))
+            .map(|w| {
+                w.threshold(&self.thresholds) - self.reading(*w).map_or(0.0, |r| r.utilization)
+            })
             .fold(f64::INFINITY, f64::min)
     }
 }
@@ -176,7 +178,14 @@ pub fn phase(i: &AccountInputs, now: SystemTime) -> Verdict {
     {
         let until = l
             .resets_at
-            .map(|t| format!("; resets at {}", jiff_of(t).round(k8s_openapi::jiff::Unit::Second).unwrap_or(jiff_of(t))))
+            .map(|t| {
+                format!(
+                    "; resets at {}",
+                    jiff_of(t)
+                        .round(k8s_openapi::jiff::Unit::Second)
+                        .unwrap_or(jiff_of(t))
+                )
+            })
             .unwrap_or_default();
         return Verdict {
             phase: AccountPhase::Exhausted,
@@ -191,7 +200,12 @@ pub fn phase(i: &AccountInputs, now: SystemTime) -> Verdict {
             return Verdict {
                 phase: AccountPhase::Exhausted,
                 reason: "LimitReached",
-                message: format!("{} window at {} ({})", w.label(), pct(r.utilization), r.source),
+                message: format!(
+                    "{} window at {} ({})",
+                    w.label(),
+                    pct(r.utilization),
+                    r.source
+                ),
             };
         }
     }
@@ -410,7 +424,10 @@ mod tests {
             pick_target(&cands, "e", FailoverStrategy::Priority).as_deref(),
             Some("c")
         );
-        assert_eq!(pick_target(&cands[..1], "x", FailoverStrategy::Headroom), None);
+        assert_eq!(
+            pick_target(&cands[..1], "x", FailoverStrategy::Headroom),
+            None
+        );
     }
 
     #[test]
