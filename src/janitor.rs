@@ -166,3 +166,52 @@ pub fn pass(
     }
     Ok(removed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_of_deleted_sessions_go_when_old() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(d.path().join("store")).unwrap();
+        let state = d.path().join("state");
+        let (workdir, keep) = (d.path().join("w"), Duration::from_secs(3600));
+        std::fs::create_dir_all(&workdir).unwrap();
+        store
+            .apply(
+                &serde_json::json!({
+                    "apiVersion": "claude-failover.io/v1alpha1", "kind": "Session",
+                    "metadata": {"name": "alive", "namespace": "default"},
+                    "spec": {"workdir": workdir.display().to_string()},
+                }),
+                false,
+            )
+            .unwrap();
+        let dir = state.join("checkpoints/default");
+        std::fs::create_dir_all(&dir).unwrap();
+        let old = SystemTime::now() - Duration::from_secs(7200);
+        for name in ["alive", "gone-old", "gone-new"] {
+            let p = dir.join(format!("{name}.json"));
+            std::fs::write(&p, "{}").unwrap();
+            if name != "gone-new" {
+                std::fs::File::options()
+                    .write(true)
+                    .open(&p)
+                    .unwrap()
+                    .set_modified(old)
+                    .unwrap();
+            }
+        }
+        let settings = Settings {
+            interval: Duration::from_secs(60),
+            keep_finished: keep,
+            state_dir: state,
+            keep_checkpoints: keep,
+        };
+        assert_eq!(pass(&store, &settings, SystemTime::now()).unwrap(), 1);
+        assert!(dir.join("alive.json").exists(), "its session exists");
+        assert!(!dir.join("gone-old.json").exists(), "deleted and old");
+        assert!(dir.join("gone-new.json").exists(), "deleted, but recent");
+    }
+}
