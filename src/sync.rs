@@ -208,8 +208,14 @@ impl Syncer {
     }
 
     /// Syncs now, then on every change under the directory (debounced) and
-    /// every `resync`, until `shutdown` resolves.
-    pub async fn run(self, resync: Duration, shutdown: impl std::future::Future<Output = ()>) {
+    /// every `resync`, until `shutdown` resolves. `after_pass` runs after
+    /// each pass (the daemon's readiness waits for the first).
+    pub async fn run(
+        self,
+        resync: Duration,
+        shutdown: impl std::future::Future<Output = ()>,
+        after_pass: impl Fn(&SyncReport),
+    ) {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             // Our own reads of the directory are not changes.
@@ -248,6 +254,7 @@ impl Syncer {
                 }
             };
             log_report(&this.dir, &report);
+            after_pass(&report);
         }
     }
 }

@@ -6,6 +6,7 @@
 
 mod apply;
 mod cancel;
+mod client;
 mod describe;
 mod get;
 mod init;
@@ -72,6 +73,10 @@ pub enum Command {
     Diff(apply::DiffArgs),
     /// Cancel tasks: a running one is interrupted, a pending one never runs
     Cancel(cancel::CancelArgs),
+    /// Restart sessions' agents: stopped gracefully, relaunched resuming their conversation
+    Restart(cancel::RestartArgs),
+    /// Print the control plane's bearer token (created when missing)
+    Token,
     /// Wait for a condition on objects, or for their deletion
     Wait(wait::WaitArgs),
     /// Run the daemon: sync the manifests directory into the store
@@ -215,6 +220,12 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Diff(a) => apply::diff(&ctx, a),
         Command::Wait(a) => wait::wait(&ctx, a),
         Command::Cancel(a) => cancel::cancel(&ctx, a),
+        Command::Restart(a) => cancel::restart(&ctx, a),
+        Command::Token => {
+            let path = crate::daemon::access::token_path(&ctx.config, &ctx.state_dir());
+            println!("{}", crate::daemon::access::load_or_create_token(&path)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run(a) => run::run(&ctx, a),
         Command::Init(a) => init::init(&ctx, a),
         Command::Version

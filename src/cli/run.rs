@@ -1,14 +1,17 @@
-//! `run`: the daemon. It waits for the leader lease, then serves the agents'
-//! endpoint, runs the session controller and (with a manifests directory)
-//! the sync, until SIGTERM or SIGINT. The agents keep running after it
-//! stops; the next daemon adopts them.
+//! `run`: the daemon. It waits for the leader lease, then serves the control
+//! plane and the agents' endpoint, runs the controllers and (with a
+//! manifests directory) the sync, until SIGTERM or SIGINT. The agents keep
+//! running after it stops; the next daemon adopts them.
 
 use super::Ctx;
 use super::wait::parse_duration;
-use crate::api::{Object, Session, Task};
+use crate::api::{Account, Session, Task};
 use crate::config::LogFormat;
 use crate::controller::{Context, Settings, session, task};
-use crate::daemon::{http, lease, signals::Signals};
+use crate::daemon::api::{ApiState, Readiness};
+use crate::daemon::bus::Bus;
+use crate::daemon::{access, api, http, lease, signals::Signals};
+use crate::metrics::metrics;
 use crate::store::watch::{WatchConfig, watch};
 use crate::sync::Syncer;
 use crate::tmux::Tmux;
@@ -30,7 +33,7 @@ pub struct RunArgs {
     /// Full resync period of the sync and the controllers [config: resyncSeconds; default: 30s]
     #[arg(long, value_parser = parse_duration)]
     pub resync: Option<Duration>,
-    /// Address for the agents' hooks [config: listen; default: 127.0.0.1:7817]
+    /// Address of the control plane and the agents' hooks [config: listen; default: 127.0.0.1:7817]
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
     /// Log format [config: log.format; default: text]
@@ -80,6 +83,10 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<ExitCode> {
         .manifests
         .clone()
         .or_else(|| cfg.manifests.as_deref().map(crate::fsutil::expand_home));
+    let token_path = access::token_path(cfg, &state_dir);
+    let token = access::load_or_create_token(&token_path)
+        .context("cannot prepare the control plane's bearer token")?;
+    let api_socket = cfg.api.socket.as_deref().map(crate::fsutil::expand_home);
     let store = ctx.store()?;
     let syncer = match &manifests {
         Some(dir) => Some(
@@ -132,16 +139,37 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<ExitCode> {
             }
         };
         tracing::info!(holder = %lease.record.holder, "leader lease acquired");
+        metrics().leader.set(1);
+        metrics().leader_transitions_total.inc();
+        let readiness = Arc::new(Readiness::new(syncer.is_some()));
+        readiness.set_leader(true);
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
+        let unix_listener = match &api_socket {
+            Some(path) => Some(bind_unix(path)?),
+            None => None,
+        };
         let (signals, wake) = Signals::new();
         let signals = Arc::new(signals);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let server = {
+        let bus = Bus::new();
+        let api_state = Arc::new(ApiState {
+            store: store.clone(),
+            state_dir: state_dir.clone(),
+            token,
+            readiness: readiness.clone(),
+            bus: bus.clone(),
+            stop: stop_rx.clone(),
+        });
+        let mut router = api::router(api_state).merge(http::router(signals.clone()));
+        if addr.ip().is_loopback() {
+            router = router.layer(axum::middleware::from_fn(api::loopback_host_only));
+        }
+        let mut servers = vec![{
             let mut stop = stop_rx.clone();
-            let router = http::router(signals.clone());
+            let router = router.clone();
             tokio::spawn(async move {
                 let _ = axum::serve(listener, router)
                     .with_graceful_shutdown(async move {
@@ -149,8 +177,28 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<ExitCode> {
                     })
                     .await;
             })
-        };
-        tracing::info!(%addr, "agents' endpoint listening");
+        }];
+        if let Some(l) = unix_listener {
+            let mut stop = stop_rx.clone();
+            servers.push(tokio::spawn(async move {
+                let _ = axum::serve(l, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.changed().await;
+                    })
+                    .await;
+            }));
+        }
+        access::write_endpoint(
+            &state_dir,
+            &access::Endpoint {
+                url: format!("http://{addr}"),
+                socket: api_socket.clone(),
+                pid: std::process::id(),
+                store: std::fs::canonicalize(&ctx.store_dir).unwrap_or_else(|_| ctx.store_dir.clone()),
+            },
+        )
+        .with_context(|| format!("cannot write {}", access::endpoint_path(&state_dir).display()))?;
+        tracing::info!(%addr, socket = ?api_socket, token_file = %token_path.display(), "control plane and agents' endpoint listening");
         let notify = format!(
             "{} hook --url http://{addr}{} </dev/null",
             exe.display(),
@@ -177,34 +225,51 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<ExitCode> {
             pids: Default::default(),
         });
         let liveness = tokio::spawn(crate::controller::liveness(context.clone(), Duration::from_secs(2)));
-        let sessions = tokio::spawn(run_session_controller(context.clone(), wake, resync));
-        // The task dispatcher, woken by any Task or Session change.
+        let sessions = tokio::spawn(run_session_controller(context.clone(), wake, resync, readiness.clone()));
+        // The feed of changes: the event stream's source; it also wakes the
+        // task dispatcher (any Task or Session change) and the object gauges.
         let store_changed = Arc::new(tokio::sync::Notify::new());
-        let watchers = [
-            tokio::spawn(notify_on_change::<Task>(store.clone(), store_changed.clone(), resync)),
-            tokio::spawn(notify_on_change::<Session>(store.clone(), store_changed.clone(), resync)),
+        let objects_changed = Arc::new(tokio::sync::Notify::new());
+        let feeds = [
+            tokio::spawn(bus.clone().follow::<Task>(store.clone(), resync, vec![store_changed.clone(), objects_changed.clone()])),
+            tokio::spawn(bus.clone().follow::<Session>(store.clone(), resync, vec![store_changed.clone(), objects_changed.clone()])),
+            tokio::spawn(bus.clone().follow::<Account>(store.clone(), resync, vec![objects_changed.clone()])),
+            tokio::spawn(bus.clone().follow_events(store.clone(), resync)),
+            tokio::spawn(count_objects(store.clone(), objects_changed, resync, readiness.clone())),
         ];
         let tasks = tokio::spawn(task::run(context.clone(), dispatch, store_changed));
         let janitor = tokio::spawn(crate::janitor::run(store.clone(), janitor_settings));
         let sync = syncer.map(|s| {
             let mut stop = stop_rx.clone();
-            tokio::spawn(s.run(resync, async move {
-                let _ = stop.changed().await;
-            }))
+            let readiness = readiness.clone();
+            tokio::spawn(s.run(
+                resync,
+                async move {
+                    let _ = stop.changed().await;
+                },
+                move |_| readiness.manifests_synced(),
+            ))
         });
         (&mut shutdown).await;
+        access::remove_endpoint(&state_dir);
         let _ = stop_tx.send(true);
         sessions.abort();
         liveness.abort();
         tasks.abort();
         janitor.abort();
-        for w in watchers {
-            w.abort();
+        for f in feeds {
+            f.abort();
         }
         if let Some(s) = sync {
             let _ = s.await;
         }
-        let _ = server.await;
+        for s in servers {
+            let _ = s.await;
+        }
+        if let Some(p) = &api_socket {
+            let _ = std::fs::remove_file(p);
+        }
+        metrics().leader.set(0);
         drop(lease);
         tracing::info!("daemon stopped (the agents keep running)");
         Ok::<(), anyhow::Error>(())
@@ -218,8 +283,15 @@ async fn run_session_controller(
     ctx: Arc<Context>,
     mut wake: tokio::sync::mpsc::UnboundedReceiver<ObjectRef<Session>>,
     resync: Duration,
+    readiness: Arc<Readiness>,
 ) {
     let (reader, writer) = reflector::store::<Session>();
+    let listed = reader.clone();
+    tokio::spawn(async move {
+        if listed.wait_until_ready().await.is_ok() {
+            readiness.sessions_listed();
+        }
+    });
     let watch = watch::<Session>(
         ctx.store.clone(),
         WatchConfig {
@@ -249,22 +321,67 @@ async fn run_session_controller(
     .await;
 }
 
-/// Notifies `changed` on every change of a `K` in the store.
-async fn notify_on_change<K: Object>(
+/// Keeps the object gauges (sessions and tasks by phase, the accounts')
+/// in step with the store: at start, on every change (bursts coalesced)
+/// and every `resync`.
+async fn count_objects(
     store: crate::store::Store,
     changed: Arc<tokio::sync::Notify>,
     resync: Duration,
+    readiness: Arc<Readiness>,
 ) {
-    let mut events = std::pin::pin!(watch::<K>(
-        store,
-        WatchConfig {
-            namespace: None,
-            resync,
+    loop {
+        let s = store.clone();
+        let listed = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::store::StoreError>((
+                s.api::<Account>(None).list()?,
+                s.api::<Session>(None).list()?,
+                s.api::<Task>(None).list()?,
+            ))
+        })
+        .await;
+        match listed {
+            Ok(Ok((accounts, sessions, tasks))) => {
+                crate::metrics::fill_from_objects(&accounts, &sessions, &tasks);
+                readiness.objects_counted();
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot count the store's objects for the metrics")
+            }
+            Err(e) => tracing::warn!(error = %e, "counting the store's objects panicked"),
         }
-    ));
-    while events.next().await.is_some() {
-        changed.notify_one();
+        tokio::select! {
+            _ = changed.notified() => {
+                // A burst of writes (an apply of many objects) is one recount.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            _ = tokio::time::sleep(resync) => {}
+        }
     }
+}
+
+/// Binds the control plane's Unix socket, mode 0600. A socket file left by
+/// a daemon that died is replaced (the leader lease says none serves it).
+fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Some(dir) = path.parent() {
+        crate::fsutil::ensure_dir(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)
+            .with_context(|| format!("cannot replace the stale socket {}", path.display()))?,
+        Ok(_) => anyhow::bail!(
+            "{} exists and is not a socket; refusing to replace it (api.socket)",
+            path.display()
+        ),
+        Err(_) => {}
+    }
+    let l = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on the Unix socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {} to its owner", path.display()))?;
+    Ok(l)
 }
 
 /// Resolves on SIGINT or SIGTERM.

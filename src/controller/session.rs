@@ -26,6 +26,37 @@ use std::time::{Duration, Instant};
 /// agent and cleans up before the object goes.
 pub const FINALIZER: &str = "claude-failover.io/session";
 
+/// Set (by `restart` or the API) to a fresh timestamp to restart a
+/// Session's agent: each new value restarts it once, gracefully, resuming
+/// its conversation. Like `kubectl rollout restart`'s `restartedAt`.
+pub const RESTART: &str = "claude-failover.io/restart-requested-at";
+
+/// Asks for a restart of the Session `key`'s agent (see [`RESTART`]) and
+/// records an event saying who asked.
+pub fn request_restart(
+    store: &crate::store::Store,
+    key: &ObjectKey,
+    source: &str,
+) -> Result<(), StoreError> {
+    let when = serde_json::to_value(k8s_openapi::jiff::Timestamp::now().to_string())
+        .expect("time serializes");
+    store.update_metadata(key, None, |m| {
+        let ann = m
+            .entry("annotations")
+            .or_insert_with(|| serde_json::json!({}));
+        if let Some(a) = ann.as_object_mut() {
+            a.insert(RESTART.into(), when);
+        }
+    })?;
+    store.record_event(
+        key,
+        false,
+        "RestartRequested",
+        &format!("restart requested through the {source}"),
+        source,
+    )
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
@@ -70,6 +101,8 @@ pub struct Desired {
     pub deleting: bool,
     pub has_finalizer: bool,
     pub suspend: bool,
+    /// The latest restart request (the [`RESTART`] annotation).
+    pub restart: Option<String>,
     /// The account to run under (None: Claude Code's default config), or
     /// why none can be used.
     pub account: Result<Option<String>, String>,
@@ -85,6 +118,8 @@ pub struct Observed {
     pub running_account: Option<String>,
     pub now: u64,
     pub next_start_at: u64,
+    /// The restart request the running agent already answers to.
+    pub restart_handled: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -140,7 +175,11 @@ pub fn plan(d: &Desired, o: &Observed) -> Vec<Step> {
             return steps;
         }
         let wrong_account = matches!(&d.account, Ok(want) if *want != o.running_account);
-        if wrong_account {
+        if restart_requested(d, o) {
+            // Asked for: now, even mid-turn (a stuck agent is a reason to ask).
+            steps.push(Step::Stop);
+            steps.push(Step::Launch);
+        } else if wrong_account {
             if o.state == AgentState::Busy {
                 steps.push(Step::WaitTurn);
             } else {
@@ -157,12 +196,17 @@ pub fn plan(d: &Desired, o: &Observed) -> Vec<Step> {
     }
     match &d.account {
         Err(reason) => steps.push(Step::Blocked(reason.clone())),
-        Ok(_) if o.launched && o.now < o.next_start_at => {
+        Ok(_) if o.launched && o.now < o.next_start_at && !restart_requested(d, o) => {
             steps.push(Step::WaitBackoff(o.next_start_at - o.now))
         }
         Ok(_) => steps.push(Step::Launch),
     }
     steps
+}
+
+/// A restart was asked for that the running agent has not answered yet.
+fn restart_requested(d: &Desired, o: &Observed) -> bool {
+    d.restart.is_some() && d.restart != o.restart_handled
 }
 
 /// The account a Session should run under: its own if named and usable,
@@ -364,7 +408,14 @@ pub async fn reconcile(s: Arc<Session>, ctx: Arc<Context>) -> Result<Action, Err
         s.metadata.name.as_deref().unwrap_or_default(),
     );
     let span = tracing::info_span!("reconcile", session = %key);
-    tracing::Instrument::instrument(reconcile_inner(&s, &ctx, &key), span).await
+    let started = Instant::now();
+    let r = tracing::Instrument::instrument(reconcile_inner(&s, &ctx, &key), span).await;
+    crate::metrics::metrics().observe_reconcile(
+        "session",
+        started.elapsed().as_secs_f64(),
+        r.is_err(),
+    );
+    r
 }
 
 async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<Action, Error> {
@@ -391,6 +442,12 @@ async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<
             .flatten()
             .any(|f| f == FINALIZER),
         suspend: s.spec.suspend,
+        restart: s
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(RESTART))
+            .cloned(),
         account: pick_account(s, &accounts),
     };
     let now = unix_now();
@@ -421,6 +478,7 @@ async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<
         running_account: rt.account.clone(),
         now,
         next_start_at: rt.next_start_at,
+        restart_handled: rt.restart_handled.clone(),
     };
     let steps = plan(&desired, &observed);
     let mut status = s.status.clone().unwrap_or_default();
@@ -444,6 +502,7 @@ async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<
                 rt.config_dir = config_dir;
                 rt.launches = 1;
                 rt.launched_at = now;
+                rt.restart_handled = desired.restart.clone();
                 rt.pid = Some(p.pid);
                 rt.pane_id = Some(p.id.clone());
                 rt.save(state_dir, key)?;
@@ -458,6 +517,16 @@ async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<
             }
             Step::Stop => {
                 let p = pane.as_ref().expect("planned for a live pane");
+                let restarting = restart_requested(&desired, &observed);
+                if restarting {
+                    record(
+                        ctx,
+                        key,
+                        false,
+                        "Restarting",
+                        "restart requested: stopping the agent, then resuming its conversation",
+                    );
+                }
                 let how = stop_agent(ctx, &name, p, agent_state == AgentState::Busy).await?;
                 deliberate_stop = true;
                 record(ctx, key, false, "Stopped", &format!("agent {how}"));
@@ -492,7 +561,10 @@ async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<
                     Ok(p) => {
                         if restart {
                             rt.restarts += 1;
+                            crate::metrics::metrics().session_restarts_total.inc();
                         }
+                        // Any launch answers the restart requests made so far.
+                        rt.restart_handled = desired.restart.clone();
                         rt.next_start_at = 0;
                         let verb = if deliberate_stop {
                             "Relaunched"
@@ -676,6 +748,26 @@ async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<
     );
     if s.status.as_ref() != Some(&status) {
         api.patch_status(&key.name, &status)?;
+        let before = s
+            .status
+            .as_ref()
+            .and_then(|st| st.phase)
+            .unwrap_or_default();
+        if before != report.phase {
+            // What it waits for, or why it failed; nothing that varies
+            // more (repeats of one message fold into one event).
+            let detail = match report.phase {
+                SessionPhase::Waiting | SessionPhase::Failed => format!(": {}", report.ready.2),
+                _ => String::new(),
+            };
+            record(
+                ctx,
+                key,
+                report.phase == SessionPhase::Failed,
+                "PhaseChanged",
+                &format!("{before} → {}{detail}", report.phase),
+            );
+        }
     }
     Ok(Action::requeue(report.requeue))
 }
@@ -808,6 +900,7 @@ mod tests {
             deleting: false,
             has_finalizer: true,
             suspend: false,
+            restart: None,
             account: Ok(account.map(str::to_string)),
         }
     }
@@ -820,6 +913,7 @@ mod tests {
             running_account: account.map(str::to_string),
             now: 100,
             next_start_at: 0,
+            restart_handled: None,
         }
     }
 
@@ -880,6 +974,29 @@ mod tests {
                 &seen(live, true, Some("a"), AgentState::Busy)
             ),
             [Step::WaitTurn]
+        );
+    }
+
+    #[test]
+    fn a_restart_request_is_answered_once() {
+        let live = Some(pane(false));
+        let mut d = want(Some("a"));
+        d.restart = Some("2025-01-01T00:00:00.1Z".into());
+        let mut o = seen(live.clone(), true, Some("a"), AgentState::Busy);
+        assert_eq!(plan(&d, &o), [Step::Stop, Step::Launch], "even mid-turn");
+        o.restart_handled = d.restart.clone();
+        assert_eq!(plan(&d, &o), [Step::Observe], "answered");
+        // Dead and backing off: a request skips the back-off.
+        let mut o = seen(Some(pane(true)), true, Some("a"), AgentState::Starting);
+        o.next_start_at = 130;
+        assert_eq!(plan(&d, &o), [Step::Clear, Step::Launch]);
+        o.restart_handled = d.restart.clone();
+        assert_eq!(plan(&d, &o), [Step::Clear, Step::WaitBackoff(30)]);
+        // Suspended: nothing to restart.
+        d.suspend = true;
+        assert_eq!(
+            plan(&d, &seen(None, true, Some("a"), AgentState::Starting)),
+            Vec::<Step>::new()
         );
     }
 

@@ -3,8 +3,10 @@
 
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod fake_api;
 pub mod pool;
+pub mod prom;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -155,16 +155,27 @@ impl Pool {
 
     /// Starts a daemon; returns its index (for `kill_daemon`).
     pub fn start_daemon(&mut self) -> usize {
+        self.start_daemon_with(&["--log-level", "claude_failover=debug,info"], &[])
+    }
+
+    /// Starts a daemon with more `run` arguments and environment variables.
+    pub fn start_daemon_with(&mut self, args: &[&str], vars: &[(&str, &str)]) -> usize {
         let i = self.daemons.len();
         let log = std::fs::File::create(self.path(&format!("daemon-{i}.log"))).unwrap();
-        let child = self
-            .cli(&["run", "--log-level", "claude_failover=debug,info"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let mut cmd = self.cli(&["run"]);
+        cmd.args(args);
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let out = std::fs::File::create(self.path(&format!("daemon-{i}.out"))).unwrap();
+        let child = cmd.stdout(out).stderr(log).spawn().unwrap();
         self.daemons.push(Some(child));
         i
+    }
+
+    /// The control plane's URL (`http://127.0.0.1:PORT`).
+    pub fn api_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
     }
 
     pub fn daemon_log(&self, i: usize) -> String {

@@ -1,0 +1,492 @@
+//! The daemon's feed of what changes in the store, for the control plane's
+//! event stream (`GET /api/v1/watch`) and for whatever must wake on a change.
+//!
+//! Two producers, both level-triggered like the rest of the daemon:
+//! - one store watch per kind ([`crate::store::watch`]): every object
+//!   added, modified or deleted becomes a [`Change`], and wakes the
+//!   [`Notify`]s registered for that kind (the task dispatcher, the object
+//!   gauges);
+//! - a watch of `STORE/events/`: every event recorded by any process (the
+//!   controllers, the sync, the CLI, the API) becomes an [`EventItem`] as
+//!   soon as its file changes; an event seen again (folded, count up) is
+//!   sent again with its new count.
+//!
+//! Both relist every `resync` period, so a missed file notification only
+//! delays an item. Subscribers that fall behind by more than
+//! [`CAPACITY`] items are told how many they missed.
+
+use crate::api::{Kind, Object, ObjectKey};
+use crate::store::watch::{WatchConfig, watch};
+use crate::store::{Store, StoredEvent};
+use futures::StreamExt;
+use kube::runtime::watcher::Event;
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, broadcast};
+
+/// Items kept for a slow subscriber before it starts missing them.
+pub const CAPACITY: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ChangeType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+/// An object that changed, whole (as `get -o json` shows it).
+#[derive(Debug, Clone, Serialize)]
+pub struct Change {
+    #[serde(rename = "type")]
+    pub type_: ChangeType,
+    pub object: Value,
+}
+
+/// Which object an event is about.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InvolvedObject {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl From<&ObjectKey> for InvolvedObject {
+    fn from(k: &ObjectKey) -> Self {
+        InvolvedObject {
+            kind: k.kind.name(),
+            namespace: k.namespace.clone(),
+            name: k.name.clone(),
+        }
+    }
+}
+
+/// One recorded event: object, type, reason, message, times, count, source.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventItem {
+    pub involved_object: InvolvedObject,
+    #[serde(flatten)]
+    pub event: StoredEvent,
+}
+
+#[derive(Debug, Clone)]
+pub enum Item {
+    Change(Kind, Change),
+    Event(EventItem),
+}
+
+impl Item {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Item::Change(k, _) => *k,
+            Item::Event(e) => {
+                Kind::from_kind_field(e.involved_object.kind).expect("events name one of the kinds")
+            }
+        }
+    }
+
+    pub fn namespace(&self) -> &str {
+        match self {
+            Item::Change(_, c) => c
+                .object
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or_default(),
+            Item::Event(e) => &e.involved_object.namespace,
+        }
+    }
+}
+
+/// The feed. Cheap to clone.
+#[derive(Clone)]
+pub struct Bus {
+    tx: broadcast::Sender<Item>,
+}
+
+impl Default for Bus {
+    fn default() -> Self {
+        Bus::new()
+    }
+}
+
+impl Bus {
+    pub fn new() -> Bus {
+        Bus {
+            tx: broadcast::channel(CAPACITY).0,
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Item> {
+        self.tx.subscribe()
+    }
+
+    fn send(&self, item: Item) {
+        // No subscriber is not an error.
+        let _ = self.tx.send(item);
+    }
+
+    /// Follows objects of kind `K`: sends their changes and wakes `wake` on
+    /// every watch item. Runs until the task is aborted.
+    pub async fn follow<K: Object>(self, store: Store, resync: Duration, wake: Vec<Arc<Notify>>) {
+        let mut events = std::pin::pin!(watch::<K>(
+            store,
+            WatchConfig {
+                namespace: None,
+                resync,
+            }
+        ));
+        let mut tracker = ChangeTracker::default();
+        while let Some(ev) = events.next().await {
+            for w in &wake {
+                w.notify_one();
+            }
+            let Ok(ev) = ev else { continue };
+            for change in tracker.track(ev) {
+                self.send(Item::Change(K::KIND, change));
+            }
+        }
+    }
+
+    /// Follows the events recorded in `store`. Runs until the task is aborted.
+    pub async fn follow_events(self, store: Store, resync: Duration) {
+        let dir = store.root().join("events");
+        let _ = std::fs::create_dir_all(&dir);
+        let (ntx, mut nrx) = tokio::sync::mpsc::unbounded_channel::<Option<PathBuf>>();
+        let watcher = {
+            use notify::Watcher;
+            notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+                Ok(ev) if matches!(ev.kind, notify::EventKind::Access(_)) => {}
+                Ok(ev) if !ev.need_rescan() => {
+                    for p in ev.paths {
+                        let _ = ntx.send(Some(p));
+                    }
+                }
+                _ => {
+                    let _ = ntx.send(None);
+                }
+            })
+            .and_then(|mut w| w.watch(&dir, notify::RecursiveMode::Recursive).map(|_| w))
+        };
+        let _watcher = match watcher {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the events; streaming them every resync period only");
+                None
+            }
+        };
+        let mut known: HashMap<ObjectKey, Vec<StoredEvent>> = HashMap::new();
+        for key in event_files(&dir) {
+            if let Ok(list) = store.events(&key) {
+                known.insert(key, list);
+            }
+        }
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + resync, resync);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let mut keys = Vec::new();
+            let mut rescan = false;
+            tokio::select! {
+                _ = tick.tick() => rescan = true,
+                Some(first) = nrx.recv() => {
+                    let mut batch = vec![first];
+                    while let Ok(more) = nrx.try_recv() {
+                        batch.push(more);
+                    }
+                    for p in batch {
+                        match p {
+                            None => rescan = true,
+                            Some(p) => match key_of_event_file(&dir, &p) {
+                                Some(k) => keys.push(k),
+                                // A directory appeared: its files may predate the watch.
+                                None if p.is_dir() => rescan = true,
+                                // Temp files of atomic writes.
+                                None => {}
+                            },
+                        }
+                    }
+                }
+            }
+            if rescan {
+                keys = event_files(&dir);
+                known.retain(|k, _| keys.contains(k));
+            }
+            keys.sort();
+            keys.dedup();
+            for key in keys {
+                let list = store.events(&key).unwrap_or_default();
+                let before = known.get(&key).map(Vec::as_slice).unwrap_or_default();
+                for event in new_events(before, &list) {
+                    self.send(Item::Event(EventItem {
+                        involved_object: InvolvedObject::from(&key),
+                        event,
+                    }));
+                }
+                if list.is_empty() {
+                    known.remove(&key);
+                } else {
+                    known.insert(key, list);
+                }
+            }
+        }
+    }
+}
+
+/// Turns a watch stream into added / modified / deleted changes. The
+/// first listing is the starting point and sends nothing; a later relist
+/// sends what differs from what was known.
+#[derive(Default)]
+struct ChangeTracker {
+    /// resourceVersion and object of everything known.
+    known: HashMap<(String, String), (String, Value)>,
+    relisting: Option<HashMap<(String, String), (String, Value)>>,
+    listed: bool,
+}
+
+fn id_rv(v: &Value) -> ((String, String), String) {
+    let s = |p: &str| {
+        v.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    (
+        (s("/metadata/namespace"), s("/metadata/name")),
+        s("/metadata/resourceVersion"),
+    )
+}
+
+impl ChangeTracker {
+    fn track<K: Object>(&mut self, ev: Event<K>) -> Vec<Change> {
+        let to_value = |o: &K| serde_json::to_value(o).expect("objects serialize");
+        let mut out = Vec::new();
+        match ev {
+            Event::Init => self.relisting = Some(HashMap::new()),
+            Event::InitApply(o) => {
+                let v = to_value(&o);
+                let (id, rv) = id_rv(&v);
+                if let Some(r) = self.relisting.as_mut() {
+                    r.insert(id, (rv, v));
+                }
+            }
+            Event::InitDone => {
+                let fresh = self.relisting.take().unwrap_or_default();
+                if self.listed {
+                    for (id, (rv, v)) in &fresh {
+                        match self.known.get(id) {
+                            None => out.push(Change {
+                                type_: ChangeType::Added,
+                                object: v.clone(),
+                            }),
+                            Some((old, _)) if old != rv => out.push(Change {
+                                type_: ChangeType::Modified,
+                                object: v.clone(),
+                            }),
+                            Some(_) => {}
+                        }
+                    }
+                    for (id, (_, v)) in &self.known {
+                        if !fresh.contains_key(id) {
+                            out.push(Change {
+                                type_: ChangeType::Deleted,
+                                object: v.clone(),
+                            });
+                        }
+                    }
+                }
+                self.known = fresh;
+                self.listed = true;
+            }
+            Event::Apply(o) => {
+                let v = to_value(&o);
+                let (id, rv) = id_rv(&v);
+                let type_ = if self.known.contains_key(&id) {
+                    ChangeType::Modified
+                } else {
+                    ChangeType::Added
+                };
+                self.known.insert(id, (rv, v.clone()));
+                out.push(Change { type_, object: v });
+            }
+            Event::Delete(o) => {
+                let v = to_value(&o);
+                let (id, _) = id_rv(&v);
+                self.known.remove(&id);
+                out.push(Change {
+                    type_: ChangeType::Deleted,
+                    object: v,
+                });
+            }
+        }
+        out
+    }
+}
+
+/// `STORE/events/<plural>/<ns>/<name>.json` → its object (None for
+/// anything else: directories, temp files).
+fn key_of_event_file(dir: &Path, p: &Path) -> Option<ObjectKey> {
+    let rel = p.strip_prefix(dir).ok()?;
+    let parts: Vec<&str> = rel.iter().filter_map(|c| c.to_str()).collect();
+    let [plural, ns, file] = parts.as_slice() else {
+        return None;
+    };
+    if file.starts_with('.') {
+        return None;
+    }
+    let kind = Kind::ALL.into_iter().find(|k| k.plural() == *plural)?;
+    Some(ObjectKey::new(kind, ns, file.strip_suffix(".json")?))
+}
+
+/// Every object that has an events file.
+fn event_files(dir: &Path) -> Vec<ObjectKey> {
+    let mut out = Vec::new();
+    let read = |d: &Path| {
+        std::fs::read_dir(d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect::<Vec<_>>()
+    };
+    for kind_dir in read(dir) {
+        for ns_dir in read(&kind_dir) {
+            for file in read(&ns_dir) {
+                if let Some(k) = key_of_event_file(dir, &file) {
+                    out.push(k);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The events of `after` that are new or were seen again since `before`.
+fn new_events(before: &[StoredEvent], after: &[StoredEvent]) -> Vec<StoredEvent> {
+    after
+        .iter()
+        .filter(|e| {
+            !before.iter().any(|b| {
+                b.type_ == e.type_
+                    && b.reason == e.reason
+                    && b.message == e.message
+                    && b.count == e.count
+                    && b.last_timestamp == e.last_timestamp
+            })
+        })
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Task, TaskSpec};
+
+    fn task(name: &str, rv: &str) -> Task {
+        let mut t = Task::new(
+            name,
+            TaskSpec {
+                prompt: "p".into(),
+                priority: Default::default(),
+                model: None,
+                session: None,
+                session_selector: None,
+                workdir: None,
+                timeout_seconds: None,
+                max_attempts: None,
+            },
+        );
+        t.metadata.namespace = Some("default".into());
+        t.metadata.resource_version = Some(rv.into());
+        t
+    }
+
+    fn types(c: &[Change]) -> Vec<(ChangeType, String)> {
+        c.iter()
+            .map(|c| {
+                (
+                    c.type_,
+                    c.object["metadata"]["name"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn changes_from_watch_events_and_relists() {
+        let mut t = ChangeTracker::default();
+        assert!(t.track::<Task>(Event::Init).is_empty());
+        assert!(t.track(Event::InitApply(task("a", "1"))).is_empty());
+        assert!(t.track(Event::InitApply(task("b", "1"))).is_empty());
+        assert!(
+            t.track::<Task>(Event::InitDone).is_empty(),
+            "the first list is the start"
+        );
+        assert_eq!(
+            types(&t.track(Event::Apply(task("c", "2")))),
+            [(ChangeType::Added, "c".into())]
+        );
+        assert_eq!(
+            types(&t.track(Event::Apply(task("a", "3")))),
+            [(ChangeType::Modified, "a".into())]
+        );
+        // A relist that finds b gone, a changed and d new.
+        t.track::<Task>(Event::Init);
+        t.track(Event::InitApply(task("a", "4")));
+        t.track(Event::InitApply(task("c", "2")));
+        t.track(Event::InitApply(task("d", "5")));
+        let mut got = types(&t.track::<Task>(Event::InitDone));
+        got.sort_by(|x, y| x.1.cmp(&y.1));
+        assert_eq!(
+            got,
+            [
+                (ChangeType::Modified, "a".into()),
+                (ChangeType::Deleted, "b".into()),
+                (ChangeType::Added, "d".into())
+            ]
+        );
+        assert_eq!(
+            types(&t.track(Event::Delete(task("d", "5")))),
+            [(ChangeType::Deleted, "d".into())]
+        );
+    }
+
+    #[test]
+    fn event_files_and_new_events() {
+        let dir = Path::new("/s/events");
+        assert_eq!(
+            key_of_event_file(dir, Path::new("/s/events/tasks/default/t1.json")),
+            Some(ObjectKey::new(Kind::Task, "default", "t1"))
+        );
+        assert_eq!(
+            key_of_event_file(dir, Path::new("/s/events/tasks/default/.t1.json.tmp.1.2")),
+            None
+        );
+        assert_eq!(
+            key_of_event_file(dir, Path::new("/s/events/tasks/default")),
+            None
+        );
+        let ev = |reason: &str, count: u32| StoredEvent {
+            type_: "Normal".into(),
+            reason: reason.into(),
+            message: "m".into(),
+            count,
+            first_timestamp: crate::api::now(),
+            last_timestamp: crate::api::now(),
+            source: "test".into(),
+        };
+        let a = ev("A", 1);
+        let b = ev("B", 1);
+        let mut a2 = a.clone();
+        a2.count = 2;
+        assert_eq!(
+            new_events(&[a.clone()], &[a.clone(), b.clone()]),
+            [b.clone()]
+        );
+        assert_eq!(new_events(&[a.clone(), b.clone()], &[a2.clone(), b]), [a2]);
+    }
+}
