@@ -469,18 +469,31 @@ fn a_session_restarts_through_the_api_and_resumes() {
     );
     let config = config.to_str().unwrap().to_string();
     let _tmux = TmuxServer(env.path("tmux.sock"));
-    env.ok(&[
-        "apply",
-        "-f",
-        env.write("s.yaml", &sim_session(&env, "sim-0"))
-            .to_str()
-            .unwrap(),
-    ]);
+    // An account: its config dir's projects/ is the shared transcript
+    // folder a relaunch resumes from.
+    let account = format!(
+        "{HEAD}kind: Account\nmetadata:\n  name: sim\nspec:\n  configDir: {}\n---\n",
+        env.path("accounts/sim").display()
+    );
+    let pool = env.write("s.yaml", &(account + &sim_session(&env, "sim-0")));
+    env.ok(&["apply", "-f", pool.to_str().unwrap()]);
     let d = Daemon::start(&env, &["--config", &config]);
     let session = || json(&env.ok(&["--config", &config, "get", "session", "sim-0", "-o", "json"]));
     let before = wait_for("sim-0 idle", T, || {
         let v = session();
         (v["status"]["phase"] == "Idle" && v["status"]["pid"].is_u64()).then_some(v)
+    });
+    // A conversation to resume: a task, typed into the agent and answered.
+    let (code, _) = call(
+        "POST",
+        &format!("{}/api/v1/namespaces/default/tasks", d.url),
+        Some(&token(&env)),
+        Some(&task_json("warm-up", "")),
+    );
+    assert_eq!(code, 201);
+    wait_for("warm-up done", T, || {
+        let v = json(&env.ok(&["--config", &config, "get", "task", "warm-up", "-o", "json"]));
+        (v["status"]["phase"] == "Succeeded").then_some(())
     });
     let out = env.run(&["--config", &config, "restart", "session", "sim-0"]);
     assert_eq!(out.code, 0, "{}", out.stderr);

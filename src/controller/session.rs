@@ -558,7 +558,7 @@ async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<
             Step::Launch => {
                 let restart = rt.launches > 0 && !deliberate_stop;
                 match launch(ctx, s, key, &mut rt, &accounts, &desired).await {
-                    Ok(p) => {
+                    Ok((p, resumed)) => {
                         if restart {
                             rt.restarts += 1;
                             crate::metrics::metrics().session_restarts_total.inc();
@@ -578,7 +578,7 @@ async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<
                             .as_deref()
                             .map(|a| format!(" under account {a}"))
                             .unwrap_or_default();
-                        let how = if rt.launches > 1 || deliberate_stop {
+                        let how = if resumed {
                             "resuming"
                         } else {
                             "new conversation"
@@ -777,6 +777,7 @@ fn record(ctx: &Context, key: &ObjectKey, warning: bool, reason: &str, message: 
 }
 
 /// Seeds the account, writes the settings file and starts the agent.
+/// Returns its pane and whether it resumes a conversation.
 async fn launch(
     ctx: &Context,
     s: &Session,
@@ -784,7 +785,7 @@ async fn launch(
     rt: &mut Runtime,
     accounts: &[Account],
     desired: &Desired,
-) -> Result<Pane, String> {
+) -> Result<(Pane, bool), String> {
     let account_name = desired.account.clone()?;
     let account = account_name.as_ref().and_then(|n| {
         accounts
@@ -872,7 +873,7 @@ async fn launch(
     rt.pane_id = Some(pane.id.clone());
     rt.launches += 1;
     rt.launched_at = unix_now();
-    Ok(pane)
+    Ok((pane, resume))
 }
 
 /// Requeue after a failed reconcile (store or tmux trouble).

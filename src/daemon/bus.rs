@@ -483,10 +483,9 @@ mod tests {
         let b = ev("B", 1);
         let mut a2 = a.clone();
         a2.count = 2;
-        assert_eq!(
-            new_events(&[a.clone()], &[a.clone(), b.clone()]),
-            [b.clone()]
-        );
+        let before = vec![a.clone()];
+        let after = vec![a.clone(), b.clone()];
+        assert_eq!(new_events(&before, &after), vec![b.clone()]);
         assert_eq!(new_events(&[a.clone(), b.clone()], &[a2.clone(), b]), [a2]);
     }
 }
