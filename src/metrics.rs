@@ -12,8 +12,9 @@
 //! alerts see a 0 rather than nothing. The gauges that describe objects
 //! (sessions and tasks by phase, the accounts' utilization, thresholds,
 //! resets, projections and phase) are filled from the store by
-//! [`fill_from_objects`], which the daemon runs on every store change; a
-//! controller that writes an Account's status does not set them itself.
+//! [`fill_from_objects`], which the daemon runs on every change of the
+//! store's watch (see [`crate::daemon::bus`]); a controller that writes an
+//! Account's status does not set them itself.
 //!
 //! How to record (a sketch of each call):
 //!
@@ -38,11 +39,12 @@
 //! m.account_utilization_ratio.with_label_values(&["work", "five_hour"]).set(0.42);
 //! ```
 
-use crate::api::{Account, AccountPhase, Session, SessionPhase, Task, TaskPhase};
+use crate::api::{Account, AccountPhase, Kind, SessionPhase, TaskPhase};
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use serde_json::Value;
 use std::sync::OnceLock;
 
 /// `window` label values.
@@ -385,41 +387,53 @@ fn unix_seconds(t: &crate::api::Time) -> f64 {
     t.0.as_millisecond() as f64 / 1000.0
 }
 
-/// Sets the object gauges from the store's objects: sessions and tasks by
-/// phase, and per declared Account its phase, thresholds and (when its
-/// status has them) utilization, reset times and projected limit. Label
-/// sets of Accounts no longer declared, and readings no longer reported,
-/// are removed.
-pub fn fill_from_objects(accounts: &[Account], sessions: &[Session], tasks: &[Task]) {
+/// Sets the object gauges of one kind from every object of that kind, as
+/// the store holds them (JSON): sessions and tasks by phase; per declared
+/// Account its phase, thresholds and (when its status has them)
+/// utilization, reset times and projected limit. Series of Accounts no
+/// longer declared, and readings no longer reported, are removed.
+pub fn fill_from_objects<'a>(kind: Kind, objects: impl IntoIterator<Item = &'a Value>) {
+    let phase_of = |v: &Value| {
+        v.pointer("/status/phase")
+            .and_then(Value::as_str)
+            .unwrap_or("Pending")
+            .to_string()
+    };
+    match kind {
+        Kind::Session => count_phases(
+            &metrics().sessions,
+            &SESSION_PHASES.map(|p| p.to_string()),
+            objects.into_iter().map(phase_of),
+        ),
+        Kind::Task => count_phases(
+            &metrics().tasks,
+            &TASK_PHASES.map(|p| p.to_string()),
+            objects.into_iter().map(phase_of),
+        ),
+        Kind::Account => {
+            let accounts: Vec<Account> = objects
+                .into_iter()
+                .filter_map(|v| serde_json::from_value(v.clone()).ok())
+                .collect();
+            fill_accounts(&accounts);
+        }
+    }
+}
+
+fn count_phases(gauge: &IntGaugeVec, phases: &[String], seen: impl Iterator<Item = String>) {
+    let mut counts = vec![0i64; phases.len()];
+    for p in seen {
+        if let Some(i) = phases.iter().position(|x| *x == p) {
+            counts[i] += 1;
+        }
+    }
+    for (p, n) in phases.iter().zip(counts) {
+        gauge.with_label_values(&[p.as_str()]).set(n);
+    }
+}
+
+fn fill_accounts(accounts: &[Account]) {
     let m = metrics();
-    for p in SESSION_PHASES {
-        let n = sessions
-            .iter()
-            .filter(|s| {
-                s.status
-                    .as_ref()
-                    .and_then(|st| st.phase)
-                    .unwrap_or_default()
-                    == p
-            })
-            .count();
-        m.sessions
-            .with_label_values(&[&p.to_string()])
-            .set(n as i64);
-    }
-    for p in TASK_PHASES {
-        let n = tasks
-            .iter()
-            .filter(|t| {
-                t.status
-                    .as_ref()
-                    .and_then(|st| st.phase)
-                    .unwrap_or_default()
-                    == p
-            })
-            .count();
-        m.tasks.with_label_values(&[&p.to_string()]).set(n as i64);
-    }
     // Accounts: set what is declared and reported, then remove every other
     // series (never reset first: a scrape in between would see a gap).
     let mut keep: std::collections::HashSet<Vec<String>> = std::collections::HashSet::new();
@@ -564,19 +578,13 @@ mod tests {
 
     #[test]
     fn object_gauges_follow_the_objects() {
-        use crate::api::{AccountSpec, TaskSpec, TaskStatus};
-        let mut a = Account::new(
-            "work",
-            AccountSpec {
-                config_dir: "/a".into(),
-                priority: 1,
-                thresholds: Default::default(),
-                suspend: false,
-            },
-        );
-        // As the account controller records a reading.
-        a.status = Some(
-            serde_json::from_value(serde_json::json!({
+        use serde_json::json;
+        let account = json!({
+            "apiVersion": "claude-failover.io/v1alpha1", "kind": "Account",
+            "metadata": {"name": "work", "namespace": "default"},
+            "spec": {"configDir": "/a", "priority": 1},
+            // As the account controller records a reading.
+            "status": {
                 "phase": "NearLimit",
                 "usage": {"fiveHour": {
                     "utilization": 91.0,
@@ -584,33 +592,16 @@ mod tests {
                     "source": "statusLine",
                     "observedAt": "2030-01-01T00:00:00Z",
                 }},
-            }))
-            .unwrap(),
-        );
-        let task = |phase| {
-            let mut t = Task::new(
-                "t",
-                TaskSpec {
-                    prompt: "p".into(),
-                    priority: Default::default(),
-                    model: None,
-                    session: None,
-                    session_selector: None,
-                    workdir: None,
-                    timeout_seconds: None,
-                    max_attempts: None,
-                },
-            );
-            t.status = Some(TaskStatus {
-                phase,
-                ..Default::default()
-            });
-            t
+            },
+        });
+        let task = |phase: Option<&str>| match phase {
+            Some(p) => json!({"kind": "Task", "status": {"phase": p}}),
+            None => json!({"kind": "Task"}),
         };
+        fill_from_objects(Kind::Account, &[account]);
         fill_from_objects(
-            &[a],
-            &[],
-            &[task(None), task(Some(TaskPhase::Running)), task(None)],
+            Kind::Task,
+            &[task(None), task(Some("Running")), task(Some("Pending"))],
         );
         let text = encode();
         let s = |series: &str| sample(&text, series);
@@ -644,7 +635,7 @@ mod tests {
             "no reading, no series"
         );
         // The Account goes: its series go.
-        fill_from_objects(&[], &[], &[]);
+        fill_from_objects(Kind::Account, &[]);
         assert!(!encode().contains("account=\"work\""));
     }
 }

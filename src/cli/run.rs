@@ -5,7 +5,7 @@
 
 use super::Ctx;
 use super::wait::parse_duration;
-use crate::api::{Account, Session, Task};
+use crate::api::{Account, Kind, Session, Task};
 use crate::config::LogFormat;
 use crate::controller::{Context, Settings, session, task};
 use crate::daemon::api::{ApiState, Readiness};
@@ -227,15 +227,21 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<ExitCode> {
         let liveness = tokio::spawn(crate::controller::liveness(context.clone(), Duration::from_secs(2)));
         let sessions = tokio::spawn(run_session_controller(context.clone(), wake, resync, readiness.clone()));
         // The feed of changes: the event stream's source; it also wakes the
-        // task dispatcher (any Task or Session change) and the object gauges.
+        // task dispatcher (any Task or Session change) and fills the object
+        // gauges.
         let store_changed = Arc::new(tokio::sync::Notify::new());
-        let objects_changed = Arc::new(tokio::sync::Notify::new());
+        let gauges = |kind: Kind| {
+            let readiness = readiness.clone();
+            move |objects: &mut dyn Iterator<Item = &serde_json::Value>| {
+                crate::metrics::fill_from_objects(kind, objects);
+                readiness.objects_counted(kind);
+            }
+        };
         let feeds = [
-            tokio::spawn(bus.clone().follow::<Task>(store.clone(), resync, vec![store_changed.clone(), objects_changed.clone()])),
-            tokio::spawn(bus.clone().follow::<Session>(store.clone(), resync, vec![store_changed.clone(), objects_changed.clone()])),
-            tokio::spawn(bus.clone().follow::<Account>(store.clone(), resync, vec![objects_changed.clone()])),
+            tokio::spawn(bus.clone().follow::<Task>(store.clone(), resync, vec![store_changed.clone()], gauges(Kind::Task))),
+            tokio::spawn(bus.clone().follow::<Session>(store.clone(), resync, vec![store_changed.clone()], gauges(Kind::Session))),
+            tokio::spawn(bus.clone().follow::<Account>(store.clone(), resync, vec![], gauges(Kind::Account))),
             tokio::spawn(bus.clone().follow_events(store.clone(), resync)),
-            tokio::spawn(count_objects(store.clone(), objects_changed, resync, readiness.clone())),
         ];
         let tasks = tokio::spawn(task::run(context.clone(), dispatch, store_changed));
         let janitor = tokio::spawn(crate::janitor::run(store.clone(), janitor_settings));
@@ -319,45 +325,6 @@ async fn run_session_controller(
         }
     })
     .await;
-}
-
-/// Keeps the object gauges (sessions and tasks by phase, the accounts')
-/// in step with the store: at start, on every change (bursts coalesced)
-/// and every `resync`.
-async fn count_objects(
-    store: crate::store::Store,
-    changed: Arc<tokio::sync::Notify>,
-    resync: Duration,
-    readiness: Arc<Readiness>,
-) {
-    loop {
-        let s = store.clone();
-        let listed = tokio::task::spawn_blocking(move || {
-            Ok::<_, crate::store::StoreError>((
-                s.api::<Account>(None).list()?,
-                s.api::<Session>(None).list()?,
-                s.api::<Task>(None).list()?,
-            ))
-        })
-        .await;
-        match listed {
-            Ok(Ok((accounts, sessions, tasks))) => {
-                crate::metrics::fill_from_objects(&accounts, &sessions, &tasks);
-                readiness.objects_counted();
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot count the store's objects for the metrics")
-            }
-            Err(e) => tracing::warn!(error = %e, "counting the store's objects panicked"),
-        }
-        tokio::select! {
-            _ = changed.notified() => {
-                // A burst of writes (an apply of many objects) is one recount.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            _ = tokio::time::sleep(resync) => {}
-        }
-    }
 }
 
 /// Binds the control plane's Unix socket, mode 0600. A socket file left by

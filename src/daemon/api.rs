@@ -42,7 +42,8 @@ pub struct Readiness {
     leader: AtomicBool,
     manifests: Option<AtomicBool>,
     sessions: AtomicBool,
-    objects: AtomicBool,
+    /// One bit per kind whose object gauges are filled.
+    objects: std::sync::atomic::AtomicU8,
 }
 
 impl Readiness {
@@ -51,7 +52,7 @@ impl Readiness {
             leader: AtomicBool::new(false),
             manifests: with_manifests.then(|| AtomicBool::new(false)),
             sessions: AtomicBool::new(false),
-            objects: AtomicBool::new(false),
+            objects: std::sync::atomic::AtomicU8::new(0),
         }
     }
 
@@ -69,8 +70,9 @@ impl Readiness {
         self.sessions.store(true, Ordering::SeqCst);
     }
 
-    pub fn objects_counted(&self) {
-        self.objects.store(true, Ordering::SeqCst);
+    /// The object gauges of `kind` are filled.
+    pub fn objects_counted(&self, kind: Kind) {
+        self.objects.fetch_or(1 << kind as u8, Ordering::SeqCst);
     }
 
     /// Whether all checks pass, and each check with its state.
@@ -85,7 +87,7 @@ impl Readiness {
             ),
             (
                 "objectMetrics",
-                get(&self.objects),
+                self.objects.load(Ordering::SeqCst) == (1 << Kind::ALL.len()) - 1,
                 "the object gauges are filled",
             ),
         ];
@@ -747,7 +749,9 @@ mod tests {
         assert!(!r.check().0);
         r.set_leader(true);
         r.sessions_listed();
-        r.objects_counted();
+        for k in Kind::ALL {
+            r.objects_counted(k);
+        }
         assert!(!r.check().0, "manifests not synced");
         r.manifests_synced();
         let (ready, body) = r.check();
@@ -755,7 +759,9 @@ mod tests {
         let r = Readiness::new(false);
         r.set_leader(true);
         r.sessions_listed();
-        r.objects_counted();
+        for k in Kind::ALL {
+            r.objects_counted(k);
+        }
         assert!(r.check().0);
     }
 }

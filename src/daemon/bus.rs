@@ -130,24 +130,39 @@ impl Bus {
         let _ = self.tx.send(item);
     }
 
-    /// Follows objects of kind `K`: sends their changes and wakes `wake` on
-    /// every watch item. Runs until the task is aborted.
-    pub async fn follow<K: Object>(self, store: Store, resync: Duration, wake: Vec<Arc<Notify>>) {
-        let mut events = std::pin::pin!(watch::<K>(
+    /// Follows objects of kind `K`: sends their changes, wakes `wake` on
+    /// every watch item, and hands every object of the kind to `settled`
+    /// whenever a batch of items is applied (never in the middle of a
+    /// relist). Runs until the task is aborted.
+    pub async fn follow<K: Object>(
+        self,
+        store: Store,
+        resync: Duration,
+        wake: Vec<Arc<Notify>>,
+        settled: impl Fn(&mut dyn Iterator<Item = &Value>),
+    ) {
+        let events = watch::<K>(
             store,
             WatchConfig {
                 namespace: None,
                 resync,
-            }
-        ));
+            },
+        );
+        // What is already queued is one batch: a burst (an apply of many
+        // objects) is settled once.
+        let mut batches = std::pin::pin!(events.ready_chunks(256));
         let mut tracker = ChangeTracker::default();
-        while let Some(ev) = events.next().await {
+        while let Some(batch) = batches.next().await {
             for w in &wake {
                 w.notify_one();
             }
-            let Ok(ev) = ev else { continue };
-            for change in tracker.track(ev) {
-                self.send(Item::Change(K::KIND, change));
+            for ev in batch.into_iter().flatten() {
+                for change in tracker.track(ev) {
+                    self.send(Item::Change(K::KIND, change));
+                }
+            }
+            if tracker.listed && tracker.relisting.is_none() {
+                settled(&mut tracker.known.values().map(|(_, v)| v));
             }
         }
     }
