@@ -343,7 +343,7 @@ fn call_cli_offline(env: &Env) {
 #[test]
 fn the_event_stream_carries_changes_and_events() {
     let env = Env::new();
-    let d = Daemon::start(&env, &[]);
+    let mut d = Daemon::start(&env, &[]);
     let tok = token(&env);
     let mut all = Sse::open(&d.addr(), "/api/v1/watch?namespace=default", &tok);
     let mut accounts = Sse::open(&d.addr(), "/api/v1/watch?kind=accounts", &tok);
@@ -402,6 +402,11 @@ fn the_event_stream_carries_changes_and_events() {
     // Without the token: 401.
     let (code, _) = call("GET", &format!("{}/api/v1/watch", d.url), None, None);
     assert_eq!(code, 401);
+    // Open streams do not hold the daemon up: SIGTERM ends them and it.
+    d.stop();
+    let deadline = Instant::now() + T;
+    while all.next(deadline).is_some() {}
+    assert!(Instant::now() < deadline, "the stream ended");
 }
 
 #[test]

@@ -82,11 +82,14 @@ impl Daemon {
         self.url.trim_start_matches("http://").to_string()
     }
 
-    /// SIGTERM, and wait for it to exit.
+    /// SIGTERM, and wait (bounded) for it to exit.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            c.wait().unwrap();
+            let exited = wait_for("the daemon to exit after SIGTERM", T, || {
+                c.try_wait().unwrap()
+            });
+            assert!(exited.success(), "{exited}");
         }
     }
 }
