@@ -524,7 +524,7 @@ async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<
                         key,
                         false,
                         "Restarting",
-                        "restart requested: stopping the agent, then resuming its conversation",
+                        "restart requested: stopping the agent and starting it again",
                     );
                 }
                 let how = stop_agent(ctx, &name, p, agent_state == AgentState::Busy).await?;
