@@ -210,6 +210,22 @@ fn the_api_lists_creates_and_acts_and_the_cli_goes_through_it() {
         call("GET", &format!("{ns}/tasks/nope"), Some(&tok), None).0,
         404
     );
+    // Names are checked before anything touches the store: no path tricks.
+    for path in [
+        format!("{api}/namespaces/..%2F..%2Fstore/tasks"),
+        format!("{ns}/tasks/..%2F..%2Finventory%2Fx"),
+        format!("{ns}/tasks/..%2Ft1/events"),
+    ] {
+        let (code, body) = call("GET", &path, Some(&tok), None);
+        assert_eq!(code, 400, "{path}: {body}");
+    }
+    let (code, _) = call(
+        "POST",
+        &format!("{api}/namespaces/..%2Fevil/tasks"),
+        Some(&tok),
+        Some(&task_json("t9", "")),
+    );
+    assert_eq!(code, 400);
     assert_eq!(
         call("GET", &format!("{ns}/widgets"), Some(&tok), None).0,
         404

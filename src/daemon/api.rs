@@ -213,6 +213,24 @@ fn kind_of(s: &str) -> ApiResult<Kind> {
     })
 }
 
+/// The object a URL names. Namespaces and names are DNS-1123 labels (as
+/// everywhere in the project), checked before anything touches the store:
+/// a path segment like `..` never reaches a file name.
+fn key_of(kind: Kind, ns: &str, name: Option<&str>) -> ApiResult<ObjectKey> {
+    let bad = |what: &str, e: String| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!("{what}: {e}"),
+        )
+    };
+    crate::manifest::validate::dns1123_label(ns).map_err(|e| bad("namespace", e))?;
+    if let Some(n) = name {
+        crate::manifest::validate::dns1123_label(n).map_err(|e| bad("name", e))?;
+    }
+    Ok(ObjectKey::new(kind, ns, name.unwrap_or_default()))
+}
+
 fn not_found(key: &ObjectKey) -> ApiError {
     ApiError::not_found(format!(
         "{} \"{}\" not found in namespace {}",
@@ -342,6 +360,9 @@ async fn list(
     q: ListQuery,
 ) -> ApiResult<axum::Json<Value>> {
     let kind = kind_of(plural)?;
+    if let Some(ns) = &ns {
+        key_of(kind, ns, None)?;
+    }
     let selector = q
         .label_selector
         .as_deref()
@@ -392,7 +413,7 @@ async fn get_one(
     State(s): State<Arc<ApiState>>,
     UrlPath((ns, plural, name)): UrlPath<(String, String, String)>,
 ) -> ApiResult<axum::Json<Value>> {
-    let key = ObjectKey::new(kind_of(&plural)?, &ns, &name);
+    let key = key_of(kind_of(&plural)?, &ns, Some(&name))?;
     let store = s.store.clone();
     let k = key.clone();
     match blocking(move || store.get(&k)).await?? {
@@ -405,7 +426,7 @@ async fn get_sub(
     State(s): State<Arc<ApiState>>,
     UrlPath((ns, plural, name, sub)): UrlPath<(String, String, String, String)>,
 ) -> ApiResult<axum::Json<Value>> {
-    let key = ObjectKey::new(kind_of(&plural)?, &ns, &name);
+    let key = key_of(kind_of(&plural)?, &ns, Some(&name))?;
     if sub != "events" {
         return Err(ApiError::not_found(format!("no such resource: {sub}")));
     }
@@ -440,6 +461,7 @@ async fn create(
     UrlPath((ns, plural)): UrlPath<(String, String)>,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
+    key_of(kind_of(&plural)?, &ns, None)?;
     if kind_of(&plural)? != Kind::Task {
         return Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -501,7 +523,7 @@ async fn post_sub(
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
     let kind = kind_of(&plural)?;
-    let key = ObjectKey::new(kind, &ns, &name);
+    let key = key_of(kind, &ns, Some(&name))?;
     let store = s.store.clone();
     match (kind, sub.as_str()) {
         (Kind::Task, "cancel") => {
