@@ -219,6 +219,17 @@ fn the_api_lists_creates_and_acts_and_the_cli_goes_through_it() {
         let (code, body) = call("GET", &path, Some(&tok), None);
         assert_eq!(code, 400, "{path}: {body}");
     }
+    let (code, body) = call(
+        "GET",
+        &format!("{ns}/tasks?labelSelektor=x"),
+        Some(&tok),
+        None,
+    );
+    assert_eq!(
+        (code, json(&body)["reason"].clone()),
+        (400, "BadRequest".into())
+    );
+    assert!(body.contains("labelSelektor"), "{body}");
     let (code, _) = call(
         "POST",
         &format!("{api}/namespaces/..%2Fevil/tasks"),

@@ -205,6 +205,14 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     })
 }
 
+type QueryResult<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
+
+/// A query string, or a 400 Status saying what is wrong with it.
+fn query<T>(q: QueryResult<T>) -> ApiResult<T> {
+    q.map(|Query(v)| v)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", e.body_text()))
+}
+
 fn kind_of(s: &str) -> ApiResult<Kind> {
     Kind::from_cli(s).ok_or_else(|| {
         ApiError::not_found(format!(
@@ -396,17 +404,17 @@ async fn list(
 async fn list_all(
     State(s): State<Arc<ApiState>>,
     UrlPath(plural): UrlPath<String>,
-    Query(q): Query<ListQuery>,
+    q: QueryResult<ListQuery>,
 ) -> ApiResult<axum::Json<Value>> {
-    list(&s, None, &plural, q).await
+    list(&s, None, &plural, query(q)?).await
 }
 
 async fn list_namespace(
     State(s): State<Arc<ApiState>>,
     UrlPath((ns, plural)): UrlPath<(String, String)>,
-    Query(q): Query<ListQuery>,
+    q: QueryResult<ListQuery>,
 ) -> ApiResult<axum::Json<Value>> {
-    list(&s, Some(ns), &plural, q).await
+    list(&s, Some(ns), &plural, query(q)?).await
 }
 
 async fn get_one(
@@ -673,8 +681,9 @@ struct WatchQuery {
 /// opens with the comment `: watching`, once the subscription is live.
 async fn watch(
     State(s): State<Arc<ApiState>>,
-    Query(q): Query<WatchQuery>,
+    q: QueryResult<WatchQuery>,
 ) -> ApiResult<Sse<impl futures::Stream<Item = Result<Event, Infallible>>>> {
+    let q = query(q)?;
     let kind = q.kind.as_deref().map(kind_of).transpose()?;
     let ns = q.namespace;
     let rx = s.bus.subscribe();
