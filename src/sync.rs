@@ -184,8 +184,20 @@ impl Syncer {
     }
 
     /// Deletes `key` if the sync still owns it. True when it was deleted
-    /// (or is now terminating).
+    /// (or is now terminating). The ownership check and the delete are tied
+    /// by the resourceVersion; a controller's status write in between is a
+    /// conflict, and the check is made again.
     fn prune(&self, key: &ObjectKey) -> Result<bool, StoreError> {
+        let mut attempts = 0;
+        loop {
+            match self.prune_once(key) {
+                Err(StoreError::Conflict { .. }) if attempts < 5 => attempts += 1,
+                r => return r,
+            }
+        }
+    }
+
+    fn prune_once(&self, key: &ObjectKey) -> Result<bool, StoreError> {
         let Some(current) = self.store.get(key)? else {
             return Ok(false);
         };
