@@ -8,7 +8,7 @@ use super::wait::parse_duration;
 use crate::api::{Account, Kind, Session, Task};
 use crate::config::LogFormat;
 use crate::controller::{Context, Settings, session, task};
-use crate::daemon::api::{ApiState, Readiness};
+use crate::daemon::api::{ApiState, Feed, Readiness};
 use crate::daemon::bus::Bus;
 use crate::daemon::{access, api, http, lease, signals::Signals};
 use crate::metrics::metrics;
@@ -163,6 +163,38 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<ExitCode> {
             bus: bus.clone(),
             stop: stop_rx.clone(),
         });
+        // The feeds of changes: the event stream's source; they also wake
+        // the task dispatcher (any Task or Session change) and fill the
+        // object gauges. Listed before anything is served, so a client of
+        // the event stream never misses a change made after it connected.
+        let store_changed = Arc::new(tokio::sync::Notify::new());
+        let gauges = |kind: Kind| {
+            let readiness = readiness.clone();
+            move |objects: &mut dyn Iterator<Item = &serde_json::Value>| {
+                crate::metrics::fill_from_objects(kind, objects);
+                readiness.feed_listed(Feed::Objects(kind));
+            }
+        };
+        let events_listed = {
+            let readiness = readiness.clone();
+            move || readiness.feed_listed(Feed::Events)
+        };
+        let feeds = [
+            tokio::spawn(bus.clone().follow::<Task>(store.clone(), resync, vec![store_changed.clone()], gauges(Kind::Task))),
+            tokio::spawn(bus.clone().follow::<Session>(store.clone(), resync, vec![store_changed.clone()], gauges(Kind::Session))),
+            tokio::spawn(bus.clone().follow::<Account>(store.clone(), resync, vec![], gauges(Kind::Account))),
+            tokio::spawn(bus.clone().follow_events(store.clone(), resync, events_listed)),
+        ];
+        tokio::select! {
+            _ = readiness.feeds_listed() => {}
+            _ = &mut shutdown => {
+                for f in feeds {
+                    f.abort();
+                }
+                tracing::info!("daemon stopped");
+                return Ok(());
+            }
+        }
         let mut router = api::router(api_state).merge(http::router(signals.clone()));
         if addr.ip().is_loopback() {
             router = router.layer(axum::middleware::from_fn(api::loopback_host_only));
@@ -226,23 +258,6 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<ExitCode> {
         });
         let liveness = tokio::spawn(crate::controller::liveness(context.clone(), Duration::from_secs(2)));
         let sessions = tokio::spawn(run_session_controller(context.clone(), wake, resync, readiness.clone()));
-        // The feed of changes: the event stream's source; it also wakes the
-        // task dispatcher (any Task or Session change) and fills the object
-        // gauges.
-        let store_changed = Arc::new(tokio::sync::Notify::new());
-        let gauges = |kind: Kind| {
-            let readiness = readiness.clone();
-            move |objects: &mut dyn Iterator<Item = &serde_json::Value>| {
-                crate::metrics::fill_from_objects(kind, objects);
-                readiness.objects_counted(kind);
-            }
-        };
-        let feeds = [
-            tokio::spawn(bus.clone().follow::<Task>(store.clone(), resync, vec![store_changed.clone()], gauges(Kind::Task))),
-            tokio::spawn(bus.clone().follow::<Session>(store.clone(), resync, vec![store_changed.clone()], gauges(Kind::Session))),
-            tokio::spawn(bus.clone().follow::<Account>(store.clone(), resync, vec![], gauges(Kind::Account))),
-            tokio::spawn(bus.clone().follow_events(store.clone(), resync)),
-        ];
         let tasks = tokio::spawn(task::run(context.clone(), dispatch, store_changed));
         let janitor = tokio::spawn(crate::janitor::run(store.clone(), janitor_settings));
         let sync = syncer.map(|s| {
@@ -292,12 +307,6 @@ async fn run_session_controller(
     readiness: Arc<Readiness>,
 ) {
     let (reader, writer) = reflector::store::<Session>();
-    let listed = reader.clone();
-    tokio::spawn(async move {
-        if listed.wait_until_ready().await.is_ok() {
-            readiness.sessions_listed();
-        }
-    });
     let watch = watch::<Session>(
         ctx.store.clone(),
         WatchConfig {
@@ -305,7 +314,15 @@ async fn run_session_controller(
             resync,
         },
     );
+    // Ready once the reflector holds the first listing. (Not with the
+    // reader's `wait_until_ready`: the applier waits on it too, and it
+    // wakes only one waiter.)
     let from_store = reflector::reflector(writer, watch)
+        .inspect(move |e| {
+            if matches!(e, Ok(kube::runtime::watcher::Event::InitDone)) {
+                readiness.sessions_listed();
+            }
+        })
         .touched_objects()
         .map_ok(|s| ObjectRef::from(&s));
     let from_agents = futures::stream::poll_fn(move |cx| wake.poll_recv(cx)).map(Ok);

@@ -37,13 +37,33 @@ use std::time::Duration;
 
 /// What `/readyz` waits for: the leader lease held, the manifests synced
 /// once (when there is a manifests directory), the session controller's
-/// first listing of the store, and the object gauges filled once.
+/// first listing of the store, and the feeds' (see [`super::bus`]) first
+/// listing: the event stream's starting point, and the object gauges.
 pub struct Readiness {
     leader: AtomicBool,
     manifests: Option<AtomicBool>,
     sessions: AtomicBool,
-    /// One bit per kind whose object gauges are filled.
-    objects: std::sync::atomic::AtomicU8,
+    /// One bit per feed that has listed the store ([`Feed::bit`]).
+    feeds: std::sync::atomic::AtomicU8,
+    feeds_changed: tokio::sync::Notify,
+}
+
+/// One of the daemon's feeds: objects of one kind, or the recorded events.
+#[derive(Debug, Clone, Copy)]
+pub enum Feed {
+    Objects(Kind),
+    Events,
+}
+
+impl Feed {
+    fn bit(self) -> u8 {
+        match self {
+            Feed::Objects(k) => 1 << k as u8,
+            Feed::Events => 1 << Kind::ALL.len(),
+        }
+    }
+
+    const ALL_BITS: u8 = (1 << (Kind::ALL.len() + 1)) - 1;
 }
 
 impl Readiness {
@@ -52,7 +72,8 @@ impl Readiness {
             leader: AtomicBool::new(false),
             manifests: with_manifests.then(|| AtomicBool::new(false)),
             sessions: AtomicBool::new(false),
-            objects: std::sync::atomic::AtomicU8::new(0),
+            feeds: std::sync::atomic::AtomicU8::new(0),
+            feeds_changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -70,9 +91,25 @@ impl Readiness {
         self.sessions.store(true, Ordering::SeqCst);
     }
 
-    /// The object gauges of `kind` are filled.
-    pub fn objects_counted(&self, kind: Kind) {
-        self.objects.fetch_or(1 << kind as u8, Ordering::SeqCst);
+    /// `feed` has listed the store (its changes from now on are streamed).
+    pub fn feed_listed(&self, feed: Feed) {
+        self.feeds.fetch_or(feed.bit(), Ordering::SeqCst);
+        self.feeds_changed.notify_waiters();
+    }
+
+    fn all_feeds_listed(&self) -> bool {
+        self.feeds.load(Ordering::SeqCst) == Feed::ALL_BITS
+    }
+
+    /// Resolves once every feed has listed the store.
+    pub async fn feeds_listed(&self) {
+        loop {
+            let changed = self.feeds_changed.notified();
+            if self.all_feeds_listed() {
+                return;
+            }
+            changed.await;
+        }
     }
 
     /// Whether all checks pass, and each check with its state.
@@ -86,9 +123,9 @@ impl Readiness {
                 "the store's sessions are listed",
             ),
             (
-                "objectMetrics",
-                self.objects.load(Ordering::SeqCst) == (1 << Kind::ALL.len()) - 1,
-                "the object gauges are filled",
+                "feeds",
+                self.all_feeds_listed(),
+                "the store's objects and events are listed (event stream, object gauges)",
             ),
         ];
         match &self.manifests {
@@ -781,8 +818,9 @@ mod tests {
         r.set_leader(true);
         r.sessions_listed();
         for k in Kind::ALL {
-            r.objects_counted(k);
+            r.feed_listed(Feed::Objects(k));
         }
+        r.feed_listed(Feed::Events);
         assert!(!r.check().0, "manifests not synced");
         r.manifests_synced();
         let (ready, body) = r.check();
@@ -791,8 +829,9 @@ mod tests {
         r.set_leader(true);
         r.sessions_listed();
         for k in Kind::ALL {
-            r.objects_counted(k);
+            r.feed_listed(Feed::Objects(k));
         }
+        r.feed_listed(Feed::Events);
         assert!(r.check().0);
     }
 }

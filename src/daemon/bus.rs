@@ -152,6 +152,7 @@ impl Bus {
         // objects) is settled once.
         let mut batches = std::pin::pin!(events.ready_chunks(256));
         let mut tracker = ChangeTracker::default();
+        let mut first = true;
         while let Some(batch) = batches.next().await {
             for w in &wake {
                 w.notify_one();
@@ -162,13 +163,19 @@ impl Bus {
                 }
             }
             if tracker.listed && tracker.relisting.is_none() {
+                if first {
+                    first = false;
+                    tracing::debug!(kind = %K::KIND, objects = tracker.known.len(), "feed listed");
+                }
                 settled(&mut tracker.known.values().map(|(_, v)| v));
             }
         }
     }
 
-    /// Follows the events recorded in `store`. Runs until the task is aborted.
-    pub async fn follow_events(self, store: Store, resync: Duration) {
+    /// Follows the events recorded in `store`; `listed` runs once the
+    /// existing events are read (the starting point: what is recorded from
+    /// then on is sent). Runs until the task is aborted.
+    pub async fn follow_events(self, store: Store, resync: Duration, listed: impl FnOnce()) {
         let dir = store.root().join("events");
         let _ = std::fs::create_dir_all(&dir);
         let (ntx, mut nrx) = tokio::sync::mpsc::unbounded_channel::<Option<PathBuf>>();
@@ -200,6 +207,8 @@ impl Bus {
                 known.insert(key, list);
             }
         }
+        tracing::debug!(objects = known.len(), "events feed listed");
+        listed();
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + resync, resync);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -236,6 +245,7 @@ impl Bus {
                 let list = store.events(&key).unwrap_or_default();
                 let before = known.get(&key).map(Vec::as_slice).unwrap_or_default();
                 for event in new_events(before, &list) {
+                    tracing::trace!(object = %key, reason = %event.reason, "event streamed");
                     self.send(Item::Event(EventItem {
                         involved_object: InvolvedObject::from(&key),
                         event,

@@ -43,18 +43,11 @@ impl Daemon {
     /// Starts `run` on 127.0.0.1:0 with `extra` arguments and waits until it
     /// serves (its endpoint record names its pid).
     pub fn start(env: &Env, extra: &[&str]) -> Daemon {
-        Self::start_with(env, extra, &[])
-    }
-
-    pub fn start_with(env: &Env, extra: &[&str], vars: &[(&str, &str)]) -> Daemon {
         let log = env.path(&format!("daemon-{}.log", uuid::Uuid::new_v4().simple()));
         let mut args = vec!["run", "--listen", "127.0.0.1:0", "--log-level", "debug"];
         args.extend_from_slice(extra);
-        let mut cmd = env.cmd(&args);
-        for (k, v) in vars {
-            cmd.env(k, v);
-        }
-        let child = cmd
+        let child = env
+            .cmd(&args)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -171,6 +164,11 @@ pub fn raw_unix(path: &Path, request: &str) -> (u16, String) {
 pub struct Sse {
     reader: BufReader<std::net::TcpStream>,
     pending: Vec<u8>,
+    /// The server closed the stream.
+    pub ended: bool,
+    /// Events read but not yet asked for (the stream's two sources, object
+    /// changes and recorded events, are not ordered with each other).
+    backlog: Vec<SseEvent>,
 }
 
 /// One server-sent event.
@@ -194,6 +192,8 @@ impl Sse {
         let mut sse = Sse {
             reader: BufReader::new(s),
             pending: Vec::new(),
+            ended: false,
+            backlog: Vec::new(),
         };
         let status = sse.line(Instant::now() + T).expect("a status line");
         assert!(status.contains(" 200 "), "{status}");
@@ -210,7 +210,10 @@ impl Sse {
         // Bytes, not a String: a read timing out mid-character keeps them.
         loop {
             match self.reader.read_until(b'\n', &mut self.pending) {
-                Ok(0) => return None,
+                Ok(0) => {
+                    self.ended = true;
+                    return None;
+                }
                 Ok(_) if self.pending.ends_with(b"\n") => {
                     let line = String::from_utf8_lossy(&self.pending)
                         .trim_end_matches(['\r', '\n'])
@@ -253,15 +256,21 @@ impl Sse {
         }
     }
 
-    /// Reads events until `pred` holds for one; returns it.
+    /// The first event, read before or from now on, for which `pred`
+    /// holds; the others stay for later calls.
     pub fn until(&mut self, what: &str, pred: impl Fn(&SseEvent) -> bool) -> SseEvent {
+        if let Some(i) = self.backlog.iter().position(&pred) {
+            return self.backlog.remove(i);
+        }
         let deadline = Instant::now() + T;
-        let mut seen = Vec::new();
         loop {
             match self.next(deadline) {
                 Some(e) if pred(&e) => return e,
-                Some(e) => seen.push(e),
-                None => panic!("no event {what} within {T:?}; saw {seen:#?}"),
+                Some(e) => self.backlog.push(e),
+                None if self.ended => {
+                    panic!("the stream ended before {what}; saw {:#?}", self.backlog)
+                }
+                None => panic!("no event {what} within {T:?}; saw {:#?}", self.backlog),
             }
         }
     }
