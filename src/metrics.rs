@@ -12,9 +12,10 @@
 //! alerts see a 0 rather than nothing. The gauges that describe objects
 //! (sessions and tasks by phase, the accounts' utilization, thresholds,
 //! resets, projections and phase) are filled from the store by
-//! [`fill_from_objects`], which the daemon runs on every change of the
-//! store's watch (see [`crate::daemon::bus`]); a controller that writes an
-//! Account's status does not set them itself.
+//! [`count_sessions`], [`count_tasks`] and [`fill_accounts`], which the
+//! daemon runs on every change of the store's watch (see
+//! [`crate::daemon::bus`]); a controller that writes an Account's status
+//! does not set them itself.
 //!
 //! How to record (a sketch of each call):
 //!
@@ -35,16 +36,15 @@
 //! m.statusline_updates_total.inc();
 //! m.usage_polls_total.with_label_values(&["retry_after"]).inc();
 //! m.notifications_total.with_label_values(&["telegram", "sent"]).inc();
-//! // Filled from the store (see fill_from_objects), settable all the same:
+//! // Filled from the store (see fill_accounts), settable all the same:
 //! m.account_utilization_ratio.with_label_values(&["work", "five_hour"]).set(0.42);
 //! ```
 
-use crate::api::{Account, AccountPhase, Kind, SessionPhase, TaskPhase};
+use crate::api::{Account, AccountPhase, SessionPhase, TaskPhase};
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use serde_json::Value;
 use std::sync::OnceLock;
 
 /// `window` label values.
@@ -387,52 +387,37 @@ fn unix_seconds(t: &crate::api::Time) -> f64 {
     t.0.as_millisecond() as f64 / 1000.0
 }
 
-/// Sets the object gauges of one kind from every object of that kind, as
-/// the store holds them (JSON): sessions and tasks by phase; per declared
-/// Account its phase, thresholds and (when its status has them)
-/// utilization, reset times and projected limit. Series of Accounts no
-/// longer declared, and readings no longer reported, are removed.
-pub fn fill_from_objects<'a>(kind: Kind, objects: impl IntoIterator<Item = &'a Value>) {
-    let phase_of = |v: &Value| {
-        v.pointer("/status/phase")
-            .and_then(Value::as_str)
-            .unwrap_or("Pending")
-            .to_string()
-    };
-    match kind {
-        Kind::Session => count_phases(
-            &metrics().sessions,
-            &SESSION_PHASES.map(|p| p.to_string()),
-            objects.into_iter().map(phase_of),
-        ),
-        Kind::Task => count_phases(
-            &metrics().tasks,
-            &TASK_PHASES.map(|p| p.to_string()),
-            objects.into_iter().map(phase_of),
-        ),
-        Kind::Account => {
-            let accounts: Vec<Account> = objects
-                .into_iter()
-                .filter_map(|v| serde_json::from_value(v.clone()).ok())
-                .collect();
-            fill_accounts(&accounts);
-        }
-    }
+/// Sets `claude_failover_sessions` from the phase of every Session.
+pub fn count_sessions<'a>(phases: impl IntoIterator<Item = &'a SessionPhase>) {
+    count_phases(&metrics().sessions, &SESSION_PHASES, phases);
 }
 
-fn count_phases(gauge: &IntGaugeVec, phases: &[String], seen: impl Iterator<Item = String>) {
-    let mut counts = vec![0i64; phases.len()];
+/// Sets `claude_failover_tasks` from the phase of every Task.
+pub fn count_tasks<'a>(phases: impl IntoIterator<Item = &'a TaskPhase>) {
+    count_phases(&metrics().tasks, &TASK_PHASES, phases);
+}
+
+fn count_phases<'a, P: PartialEq + std::fmt::Display + 'a>(
+    gauge: &IntGaugeVec,
+    all: &[P],
+    seen: impl IntoIterator<Item = &'a P>,
+) {
+    let mut counts = vec![0i64; all.len()];
     for p in seen {
-        if let Some(i) = phases.iter().position(|x| *x == p) {
+        if let Some(i) = all.iter().position(|x| x == p) {
             counts[i] += 1;
         }
     }
-    for (p, n) in phases.iter().zip(counts) {
-        gauge.with_label_values(&[p.as_str()]).set(n);
+    for (p, n) in all.iter().zip(counts) {
+        gauge.with_label_values(&[p.to_string()]).set(n);
     }
 }
 
-fn fill_accounts(accounts: &[Account]) {
+/// Sets the account gauges from every declared Account: its phase,
+/// thresholds and (when its status has them) utilization, reset times and
+/// projected limit. Series of Accounts no longer declared, and readings no
+/// longer reported, are removed.
+pub fn fill_accounts<'a>(accounts: impl IntoIterator<Item = &'a Account>) {
     let m = metrics();
     // Accounts: set what is declared and reported, then remove every other
     // series (never reset first: a scrape in between would see a gap).
@@ -441,10 +426,12 @@ fn fill_accounts(accounts: &[Account]) {
         v.with_label_values(labels).set(value);
         keep.insert(labels.iter().map(|l| l.to_string()).collect());
     };
+    let mut declared = Vec::new();
     for a in accounts {
         let Some(name) = a.metadata.name.as_deref() else {
             continue;
         };
+        declared.push(name);
         let status = a.status.clone().unwrap_or_default();
         let phase = status.phase.unwrap_or(if a.spec.suspend {
             AccountPhase::Suspended
@@ -488,10 +475,7 @@ fn fill_accounts(accounts: &[Account]) {
             );
         }
     }
-    let declared: std::collections::HashSet<&str> = accounts
-        .iter()
-        .filter_map(|a| a.metadata.name.as_deref())
-        .collect();
+    let declared: std::collections::HashSet<&str> = declared.into_iter().collect();
     retain(&m.account_phase, |l| declared.contains(l[0].as_str()));
     for v in [
         &m.account_threshold_ratio,
@@ -578,8 +562,7 @@ mod tests {
 
     #[test]
     fn object_gauges_follow_the_objects() {
-        use serde_json::json;
-        let account = json!({
+        let account: Account = serde_json::from_value(serde_json::json!({
             "apiVersion": "claude-failover.io/v1alpha1", "kind": "Account",
             "metadata": {"name": "work", "namespace": "default"},
             "spec": {"configDir": "/a", "priority": 1},
@@ -593,16 +576,10 @@ mod tests {
                     "observedAt": "2030-01-01T00:00:00Z",
                 }},
             },
-        });
-        let task = |phase: Option<&str>| match phase {
-            Some(p) => json!({"kind": "Task", "status": {"phase": p}}),
-            None => json!({"kind": "Task"}),
-        };
-        fill_from_objects(Kind::Account, &[account]);
-        fill_from_objects(
-            Kind::Task,
-            &[task(None), task(Some("Running")), task(Some("Pending"))],
-        );
+        }))
+        .unwrap();
+        fill_accounts([&account]);
+        count_tasks(&[TaskPhase::Pending, TaskPhase::Running, TaskPhase::Pending]);
         let text = encode();
         let s = |series: &str| sample(&text, series);
         assert_eq!(s("claude_failover_tasks{phase=\"Pending\"}"), Some(2.0));
@@ -635,7 +612,7 @@ mod tests {
             "no reading, no series"
         );
         // The Account goes: its series go.
-        fill_from_objects(Kind::Account, &[]);
+        fill_accounts([]);
         assert!(!encode().contains("account=\"work\""));
     }
 }

@@ -168,22 +168,47 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<ExitCode> {
         // object gauges. Listed before anything is served, so a client of
         // the event stream never misses a change made after it connected.
         let store_changed = Arc::new(tokio::sync::Notify::new());
-        let gauges = |kind: Kind| {
+        let listed = |feed: Feed| {
             let readiness = readiness.clone();
-            move |objects: &mut dyn Iterator<Item = &serde_json::Value>| {
-                crate::metrics::fill_from_objects(kind, objects);
-                readiness.feed_listed(Feed::Objects(kind));
-            }
+            move || readiness.feed_listed(feed)
         };
-        let events_listed = {
-            let readiness = readiness.clone();
-            move || readiness.feed_listed(Feed::Events)
-        };
+        let (tasks_listed, sessions_listed, accounts_listed) = (
+            listed(Feed::Objects(Kind::Task)),
+            listed(Feed::Objects(Kind::Session)),
+            listed(Feed::Objects(Kind::Account)),
+        );
         let feeds = [
-            tokio::spawn(bus.clone().follow::<Task>(store.clone(), resync, vec![store_changed.clone()], gauges(Kind::Task))),
-            tokio::spawn(bus.clone().follow::<Session>(store.clone(), resync, vec![store_changed.clone()], gauges(Kind::Session))),
-            tokio::spawn(bus.clone().follow::<Account>(store.clone(), resync, vec![], gauges(Kind::Account))),
-            tokio::spawn(bus.clone().follow_events(store.clone(), resync, events_listed)),
+            tokio::spawn(bus.clone().follow::<Task, _>(
+                store.clone(),
+                resync,
+                vec![store_changed.clone()],
+                |t| t.status.as_ref().and_then(|s| s.phase).unwrap_or_default(),
+                move |phases| {
+                    crate::metrics::count_tasks(phases);
+                    tasks_listed();
+                },
+            )),
+            tokio::spawn(bus.clone().follow::<Session, _>(
+                store.clone(),
+                resync,
+                vec![store_changed.clone()],
+                |s| s.status.as_ref().and_then(|st| st.phase).unwrap_or_default(),
+                move |phases| {
+                    crate::metrics::count_sessions(phases);
+                    sessions_listed();
+                },
+            )),
+            tokio::spawn(bus.clone().follow::<Account, _>(
+                store.clone(),
+                resync,
+                vec![],
+                Account::clone,
+                move |accounts| {
+                    crate::metrics::fill_accounts(accounts);
+                    accounts_listed();
+                },
+            )),
+            tokio::spawn(bus.clone().follow_events(store.clone(), resync, listed(Feed::Events))),
         ];
         tokio::select! {
             _ = readiness.feeds_listed() => {}

@@ -131,15 +131,17 @@ impl Bus {
     }
 
     /// Follows objects of kind `K`: sends their changes, wakes `wake` on
-    /// every watch item, and hands every object of the kind to `settled`
-    /// whenever a batch of items is applied (never in the middle of a
-    /// relist). Runs until the task is aborted.
-    pub async fn follow<K: Object>(
+    /// every watch item, and hands the `summary` of every object of the
+    /// kind to `settled` whenever a batch of items is applied (never in the
+    /// middle of a relist). Only summaries are kept in memory (the phase,
+    /// for counting), not the objects. Runs until the task is aborted.
+    pub async fn follow<K: Object, S>(
         self,
         store: Store,
         resync: Duration,
         wake: Vec<Arc<Notify>>,
-        settled: impl Fn(&mut dyn Iterator<Item = &Value>),
+        summary: impl Fn(&K) -> S,
+        settled: impl Fn(&mut dyn Iterator<Item = &S>),
     ) {
         let events = watch::<K>(
             store,
@@ -158,7 +160,7 @@ impl Bus {
                 w.notify_one();
             }
             for ev in batch.into_iter().flatten() {
-                for change in tracker.track(ev) {
+                for change in tracker.track(ev, &summary) {
                     self.send(Item::Change(K::KIND, change));
                 }
             }
@@ -167,7 +169,7 @@ impl Bus {
                     first = false;
                     tracing::debug!(kind = %K::KIND, objects = tracker.known.len(), "feed listed");
                 }
-                settled(&mut tracker.known.values().map(|(_, v)| v));
+                settled(&mut tracker.known.values().map(|(_, s)| s));
             }
         }
     }
@@ -263,62 +265,69 @@ impl Bus {
 
 /// Turns a watch stream into added / modified / deleted changes. The
 /// first listing is the starting point and sends nothing; a later relist
-/// sends what differs from what was known.
-#[derive(Default)]
-struct ChangeTracker {
-    /// resourceVersion and object of everything known.
-    known: HashMap<(String, String), (String, Value)>,
-    relisting: Option<HashMap<(String, String), (String, Value)>>,
+/// sends what differs from what was known. Keeps the resourceVersion and
+/// a summary of each object, not the object.
+struct ChangeTracker<S> {
+    known: HashMap<(String, String), (String, S)>,
+    relisting: Option<HashMap<(String, String), (String, S)>>,
     listed: bool,
 }
 
-fn id_rv(v: &Value) -> ((String, String), String) {
-    let s = |p: &str| {
-        v.pointer(p)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
-    };
-    (
-        (s("/metadata/namespace"), s("/metadata/name")),
-        s("/metadata/resourceVersion"),
-    )
+impl<S> Default for ChangeTracker<S> {
+    fn default() -> Self {
+        ChangeTracker {
+            known: HashMap::new(),
+            relisting: None,
+            listed: false,
+        }
+    }
 }
 
-impl ChangeTracker {
-    fn track<K: Object>(&mut self, ev: Event<K>) -> Vec<Change> {
-        let to_value = |o: &K| serde_json::to_value(o).expect("objects serialize");
+fn id_rv<K: Object>(o: &K) -> ((String, String), String) {
+    let m = o.meta();
+    let s = |x: &Option<String>| x.clone().unwrap_or_default();
+    ((s(&m.namespace), s(&m.name)), s(&m.resource_version))
+}
+
+fn change<K: Object>(type_: ChangeType, o: &K) -> Change {
+    Change {
+        type_,
+        object: serde_json::to_value(o).expect("objects serialize"),
+    }
+}
+
+impl<S> ChangeTracker<S> {
+    fn track<K: Object>(&mut self, ev: Event<K>, summary: &impl Fn(&K) -> S) -> Vec<Change> {
         let mut out = Vec::new();
         match ev {
             Event::Init => self.relisting = Some(HashMap::new()),
             Event::InitApply(o) => {
-                let v = to_value(&o);
-                let (id, rv) = id_rv(&v);
+                let (id, rv) = id_rv(&o);
+                if self.listed {
+                    match self.known.get(&id) {
+                        None => out.push(change(ChangeType::Added, &o)),
+                        Some((old, _)) if *old != rv => out.push(change(ChangeType::Modified, &o)),
+                        Some(_) => {}
+                    }
+                }
                 if let Some(r) = self.relisting.as_mut() {
-                    r.insert(id, (rv, v));
+                    r.insert(id, (rv, summary(&o)));
                 }
             }
             Event::InitDone => {
                 let fresh = self.relisting.take().unwrap_or_default();
                 if self.listed {
-                    for (id, (rv, v)) in &fresh {
-                        match self.known.get(id) {
-                            None => out.push(Change {
-                                type_: ChangeType::Added,
-                                object: v.clone(),
-                            }),
-                            Some((old, _)) if old != rv => out.push(Change {
-                                type_: ChangeType::Modified,
-                                object: v.clone(),
-                            }),
-                            Some(_) => {}
-                        }
-                    }
-                    for (id, (_, v)) in &self.known {
-                        if !fresh.contains_key(id) {
+                    // Gone while a notification was missed: only its name
+                    // and last resourceVersion are known.
+                    for ((ns, name), (rv, _)) in &self.known {
+                        if !fresh.contains_key(&(ns.clone(), name.clone())) {
                             out.push(Change {
                                 type_: ChangeType::Deleted,
-                                object: v.clone(),
+                                object: serde_json::json!({
+                                    "apiVersion": crate::api::API_VERSION,
+                                    "kind": K::KIND.name(),
+                                    "metadata": {"namespace": ns, "name": name, "resourceVersion": rv},
+                                }),
                             });
                         }
                     }
@@ -327,24 +336,19 @@ impl ChangeTracker {
                 self.listed = true;
             }
             Event::Apply(o) => {
-                let v = to_value(&o);
-                let (id, rv) = id_rv(&v);
+                let (id, rv) = id_rv(&o);
                 let type_ = if self.known.contains_key(&id) {
                     ChangeType::Modified
                 } else {
                     ChangeType::Added
                 };
-                self.known.insert(id, (rv, v.clone()));
-                out.push(Change { type_, object: v });
+                out.push(change(type_, &o));
+                self.known.insert(id, (rv, summary(&o)));
             }
             Event::Delete(o) => {
-                let v = to_value(&o);
-                let (id, _) = id_rv(&v);
+                let (id, _) = id_rv(&o);
                 self.known.remove(&id);
-                out.push(Change {
-                    type_: ChangeType::Deleted,
-                    object: v,
-                });
+                out.push(change(ChangeType::Deleted, &o));
             }
         }
         out
@@ -444,27 +448,28 @@ mod tests {
     #[test]
     fn changes_from_watch_events_and_relists() {
         let mut t = ChangeTracker::default();
-        assert!(t.track::<Task>(Event::Init).is_empty());
-        assert!(t.track(Event::InitApply(task("a", "1"))).is_empty());
-        assert!(t.track(Event::InitApply(task("b", "1"))).is_empty());
+        let s = |t: &Task| t.metadata.resource_version.clone().unwrap();
+        assert!(t.track::<Task>(Event::Init, &s).is_empty());
+        assert!(t.track(Event::InitApply(task("a", "1")), &s).is_empty());
+        assert!(t.track(Event::InitApply(task("b", "1")), &s).is_empty());
         assert!(
-            t.track::<Task>(Event::InitDone).is_empty(),
+            t.track::<Task>(Event::InitDone, &s).is_empty(),
             "the first list is the start"
         );
         assert_eq!(
-            types(&t.track(Event::Apply(task("c", "2")))),
+            types(&t.track(Event::Apply(task("c", "2")), &s)),
             [(ChangeType::Added, "c".into())]
         );
         assert_eq!(
-            types(&t.track(Event::Apply(task("a", "3")))),
+            types(&t.track(Event::Apply(task("a", "3")), &s)),
             [(ChangeType::Modified, "a".into())]
         );
         // A relist that finds b gone, a changed and d new.
-        t.track::<Task>(Event::Init);
-        t.track(Event::InitApply(task("a", "4")));
-        t.track(Event::InitApply(task("c", "2")));
-        t.track(Event::InitApply(task("d", "5")));
-        let mut got = types(&t.track::<Task>(Event::InitDone));
+        let mut got = types(&t.track::<Task>(Event::Init, &s));
+        for (name, rv) in [("a", "4"), ("c", "2"), ("d", "5")] {
+            got.extend(types(&t.track(Event::InitApply(task(name, rv)), &s)));
+        }
+        got.extend(types(&t.track::<Task>(Event::InitDone, &s)));
         got.sort_by(|x, y| x.1.cmp(&y.1));
         assert_eq!(
             got,
@@ -475,9 +480,13 @@ mod tests {
             ]
         );
         assert_eq!(
-            types(&t.track(Event::Delete(task("d", "5")))),
+            types(&t.track(Event::Delete(task("d", "5")), &s)),
             [(ChangeType::Deleted, "d".into())]
         );
+        // Summaries, not objects, are kept.
+        let mut kept: Vec<&String> = t.known.values().map(|(_, s)| s).collect();
+        kept.sort();
+        assert_eq!(kept, ["2", "4"]);
     }
 
     #[test]
