@@ -3,7 +3,7 @@
 //! API on 127.0.0.1, and a private store and state dir.
 
 use super::fake_api::FakeApi;
-use super::{BIN, Env, wait_for};
+use super::{BIN, Env, free_port, wait_for};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -38,14 +38,6 @@ pub fn require_claude(test: &str) -> Option<PathBuf> {
         "SKIPPED {test}: Claude Code is not installed (npm ci --prefix tools/claude-code, or set CLAUDE_BIN)"
     );
     None
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 pub struct Pool {

@@ -2,7 +2,7 @@
 //! `prometheus` server (Debian's `prometheus` package; `.ci/run` installs
 //! it).
 
-use super::wait_for;
+use super::{free_port, wait_for};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -77,14 +77,6 @@ impl Drop for Prometheus {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Prometheus {
