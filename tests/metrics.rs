@@ -202,26 +202,15 @@ fn every_dashboard_query_is_valid_promql_over_exported_metrics() {
         }
     }
     // And the dashboards show every family the daemon exports.
-    let families: BTreeSet<String> = exported
-        .iter()
-        .map(|n| {
-            ["_bucket", "_count", "_sum"]
-                .iter()
-                .find_map(|s| n.strip_suffix(s))
-                .unwrap_or(n)
-                .to_string()
-        })
-        .collect();
-    let used_families: BTreeSet<String> = used
-        .iter()
-        .map(|n| {
-            ["_bucket", "_count", "_sum"]
-                .iter()
-                .find_map(|s| n.strip_suffix(s))
-                .unwrap_or(n)
-                .to_string()
-        })
-        .collect();
+    let family = |n: &String| {
+        ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|s| n.strip_suffix(s))
+            .unwrap_or(n)
+            .to_string()
+    };
+    let families: BTreeSet<String> = exported.iter().map(family).collect();
+    let used_families: BTreeSet<String> = used.iter().map(family).collect();
     let unshown: Vec<_> = families.difference(&used_families).collect();
     assert!(unshown.is_empty(), "no dashboard shows {unshown:?}");
 }
