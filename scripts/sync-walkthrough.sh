@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# A walk through the store and the GitOps sync, on temporary directories:
-# declare a pool, watch the daemon keep the store in step with a manifest
-# directory (change, prune, a broken file that harms nothing), then clean up.
+# A walk through the store, the GitOps sync and the control plane, on
+# temporary directories: declare a pool, watch the daemon keep the store in
+# step with a manifest directory (change, prune, a broken file that harms
+# nothing), ask its HTTP API and metrics, then clean up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
@@ -27,6 +28,15 @@ step "Keep the directory synced (the daemon; logs below are its own)"
 daemon=$!
 until_ok grep -q "sync pass complete" "$work/daemon.log"
 cf get sessions -o wide
+
+step "The control plane: readiness, the token-guarded API, Prometheus metrics"
+url=$(sed -n 's/.*"url": "\(.*\)".*/\1/p' "$work/state/claude-failover/api.json")
+until_ok curl -sf "$url/readyz"
+curl -s "$url/readyz"; echo
+curl -s -o /dev/null -w 'GET /api/v1/tasks without the token: %{http_code}\n' "$url/api/v1/tasks"
+token=$(cf token)
+curl -s -H "Authorization: Bearer $token" "$url/api/v1/namespaces/default/tasks" | head -c 400; echo ...
+curl -s "$url/metrics" | grep -E '^claude_failover_(build_info|tasks)\{'
 
 step "Edit a manifest: ccl-2 moves to another workdir"
 sed -i 's|~/code/web|~/code/website|' "$work/pool/sessions.yaml"

@@ -184,8 +184,20 @@ impl Syncer {
     }
 
     /// Deletes `key` if the sync still owns it. True when it was deleted
-    /// (or is now terminating).
+    /// (or is now terminating). The ownership check and the delete are tied
+    /// by the resourceVersion; a controller's status write in between is a
+    /// conflict, and the check is made again.
     fn prune(&self, key: &ObjectKey) -> Result<bool, StoreError> {
+        let mut attempts = 0;
+        loop {
+            match self.prune_once(key) {
+                Err(StoreError::Conflict { .. }) if attempts < 5 => attempts += 1,
+                r => return r,
+            }
+        }
+    }
+
+    fn prune_once(&self, key: &ObjectKey) -> Result<bool, StoreError> {
         let Some(current) = self.store.get(key)? else {
             return Ok(false);
         };
@@ -208,8 +220,14 @@ impl Syncer {
     }
 
     /// Syncs now, then on every change under the directory (debounced) and
-    /// every `resync`, until `shutdown` resolves.
-    pub async fn run(self, resync: Duration, shutdown: impl std::future::Future<Output = ()>) {
+    /// every `resync`, until `shutdown` resolves. `after_pass` runs after
+    /// each pass (the daemon's readiness waits for the first).
+    pub async fn run(
+        self,
+        resync: Duration,
+        shutdown: impl std::future::Future<Output = ()>,
+        after_pass: impl Fn(&SyncReport),
+    ) {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             // Our own reads of the directory are not changes.
@@ -248,6 +266,7 @@ impl Syncer {
                 }
             };
             log_report(&this.dir, &report);
+            after_pass(&report);
         }
     }
 }

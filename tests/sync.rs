@@ -90,18 +90,21 @@ fn the_store_follows_the_directory() {
     wait_for("the change applied", T, || {
         get(&store, Kind::Session, "ccl-2").filter(|v| v["spec"]["workdir"] == "~/code/site")
     });
-    let describe = env.ok(&["describe", "session", "ccl-2"]);
-    assert!(
-        describe.contains("Synced") && describe.contains("sessions.yaml"),
-        "{describe}"
-    );
+    // The event follows the write (a second transaction).
+    let describe = wait_for("the Synced event", T, || {
+        Some(env.ok(&["describe", "session", "ccl-2"])).filter(|d| d.contains("Synced"))
+    });
+    assert!(describe.contains("sessions.yaml"), "{describe}");
 
     // A removed file prunes what it declared, and only that.
     std::fs::remove_file(dir.join("team/tasks.yaml")).unwrap();
+    // One pass deletes them one after the other: wait for all of them.
     wait_for("the tasks pruned", T, || {
-        get(&store, Kind::Task, "fix-login").is_none().then_some(())
+        ["fix-login", "update-deps", "write-changelog"]
+            .iter()
+            .all(|t| get(&store, Kind::Task, t).is_none())
+            .then_some(())
     });
-    assert!(get(&store, Kind::Task, "update-deps").is_none());
     assert!(
         get(&store, Kind::Session, "by-hand").is_some(),
         "a hand-made object was pruned"

@@ -1,9 +1,17 @@
-//! `cancel task NAME...`: stop tasks. A running task's session is
-//! interrupted (Esc) and the task ends Cancelled; a pending one never runs.
+//! `cancel task NAME...` and `restart session NAME...`: the operational
+//! verbs. Each goes through the daemon's control plane when a daemon serves
+//! the store, else (saying so) straight to the store, where the daemon
+//! finds the request when it runs.
+//!
+//! - cancel: a running task's session is interrupted (Esc) and the task
+//!   ends Cancelled; a pending one never runs.
+//! - restart: the session's agent is stopped gracefully and relaunched,
+//!   resuming its conversation.
 
+use super::client::act_on_each;
 use super::{Ctx, parse_kind};
 use crate::api::{Kind, ObjectKey};
-use crate::controller::task::CANCEL;
+use crate::controller::task::{CancelOutcome, request_cancel};
 use crate::store::StoreError;
 use anyhow::{Result, bail};
 use clap::Args;
@@ -18,36 +26,73 @@ pub struct CancelArgs {
     pub names: Vec<String>,
 }
 
+#[derive(Args, Debug)]
+pub struct RestartArgs {
+    /// `session` (the only kind that can be restarted)
+    pub kind: String,
+    /// Sessions whose agent to restart
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+
+fn not_found(kind: Kind, name: &str, ns: &str) -> String {
+    format!(
+        "{} \"{name}\" not found in namespace {ns}",
+        kind.qualified()
+    )
+}
+
 pub fn cancel(ctx: &Ctx, a: CancelArgs) -> Result<ExitCode> {
     if parse_kind(&a.kind)? != Kind::Task {
         bail!("only tasks can be cancelled");
     }
     let store = ctx.store()?;
-    let mut code = ExitCode::SUCCESS;
-    for name in &a.names {
-        let key = ObjectKey::new(Kind::Task, &ctx.namespace, name);
-        let when = serde_json::to_value(crate::api::now())?;
-        match store.update_metadata(&key, None, |m| {
-            let ann = m
-                .entry("annotations")
-                .or_insert_with(|| serde_json::json!({}));
-            if let Some(a) = ann.as_object_mut() {
-                a.entry(CANCEL).or_insert(when);
+    let ns = ctx.namespace.clone();
+    act_on_each(
+        ctx,
+        &Kind::Task.qualified(),
+        &a.names,
+        "cancel requested",
+        |name| format!("/api/v1/namespaces/{ns}/tasks/{name}/cancel"),
+        |name| {
+            let key = ObjectKey::new(Kind::Task, &ns, name);
+            match request_cancel(&store, &key, "cli") {
+                Ok(CancelOutcome::Requested | CancelOutcome::AlreadyRequested) => Ok(format!(
+                    "{}/{name} cancel requested",
+                    Kind::Task.qualified()
+                )),
+                Ok(CancelOutcome::Finished(phase)) => Err(format!(
+                    "task {name} has already ended ({phase}): nothing to cancel"
+                )),
+                Err(StoreError::NotFound(_)) => Err(not_found(Kind::Task, name, &ns)),
+                Err(e) => Err(e.to_string()),
             }
-        }) {
-            Ok(_) => println!("task.claude-failover.io/{name} cancel requested"),
-            Err(StoreError::NotFound(_)) => {
-                eprintln!(
-                    "error: task.claude-failover.io \"{name}\" not found in namespace {}",
-                    ctx.namespace
-                );
-                code = ExitCode::from(1);
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                code = ExitCode::from(1);
-            }
-        }
+        },
+    )
+}
+
+pub fn restart(ctx: &Ctx, a: RestartArgs) -> Result<ExitCode> {
+    if parse_kind(&a.kind)? != Kind::Session {
+        bail!("only sessions can be restarted");
     }
-    Ok(code)
+    let store = ctx.store()?;
+    let ns = ctx.namespace.clone();
+    act_on_each(
+        ctx,
+        &Kind::Session.qualified(),
+        &a.names,
+        "restart requested",
+        |name| format!("/api/v1/namespaces/{ns}/sessions/{name}/restart"),
+        |name| {
+            let key = ObjectKey::new(Kind::Session, &ns, name);
+            match crate::controller::session::request_restart(&store, &key, "cli") {
+                Ok(()) => Ok(format!(
+                    "{}/{name} restart requested",
+                    Kind::Session.qualified()
+                )),
+                Err(StoreError::NotFound(_)) => Err(not_found(Kind::Session, name, &ns)),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
 }

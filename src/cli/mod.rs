@@ -7,6 +7,7 @@
 mod apply;
 mod cancel;
 mod demo;
+mod client;
 mod describe;
 mod failover;
 mod get;
@@ -80,6 +81,10 @@ pub enum Command {
     Failover(failover::FailoverArgs),
     /// List the recorded account swaps (epoch, from, to, reason, result)
     Swaps,
+    /// Restart sessions' agents: stopped gracefully, relaunched resuming their conversation
+    Restart(cancel::RestartArgs),
+    /// Print the control plane's bearer token (created when missing)
+    Token,
     /// Wait for a condition on objects, or for their deletion
     Wait(wait::WaitArgs),
     /// Run the daemon: sync the manifests directory into the store
@@ -226,6 +231,12 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Cancel(a) => cancel::cancel(&ctx, a),
         Command::Failover(a) => failover::failover(&ctx, a),
         Command::Swaps => failover::swaps(&ctx),
+        Command::Restart(a) => cancel::restart(&ctx, a),
+        Command::Token => {
+            let path = crate::daemon::access::token_path(&ctx.config, &ctx.state_dir());
+            println!("{}", crate::daemon::access::load_or_create_token(&path)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run(a) => run::run(&ctx, a),
         Command::Init(a) => init::init(&ctx, a),
         Command::Version

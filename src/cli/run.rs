@@ -1,14 +1,17 @@
-//! `run`: the daemon. It waits for the leader lease, then serves the agents'
-//! endpoint, runs the session controller and (with a manifests directory)
-//! the sync, until SIGTERM or SIGINT. The agents keep running after it
-//! stops; the next daemon adopts them.
+//! `run`: the daemon. It waits for the leader lease, then serves the control
+//! plane and the agents' endpoint, runs the controllers and (with a
+//! manifests directory) the sync, until SIGTERM or SIGINT. The agents keep
+//! running after it stops; the next daemon adopts them.
 
 use super::Ctx;
 use super::wait::parse_duration;
-use crate::api::{Account, Object, Session, Task};
+use crate::api::{Account, Kind, Session, Task};
 use crate::config::LogFormat;
 use crate::controller::{Context, Settings, session, task};
-use crate::daemon::{http, lease, signals::Signals};
+use crate::daemon::api::{ApiState, Feed, Readiness};
+use crate::daemon::bus::Bus;
+use crate::daemon::{access, api, http, lease, signals::Signals};
+use crate::metrics::metrics;
 use crate::store::watch::{WatchConfig, watch};
 use crate::sync::Syncer;
 use crate::tmux::Tmux;
@@ -30,7 +33,7 @@ pub struct RunArgs {
     /// Full resync period of the sync and the controllers [config: resyncSeconds; default: 30s]
     #[arg(long, value_parser = parse_duration)]
     pub resync: Option<Duration>,
-    /// Address for the agents' hooks [config: listen; default: 127.0.0.1:7817]
+    /// Address of the control plane and the agents' hooks [config: listen; default: 127.0.0.1:7817]
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
     /// Log format [config: log.format; default: text]
@@ -80,6 +83,10 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<ExitCode> {
         .manifests
         .clone()
         .or_else(|| cfg.manifests.as_deref().map(crate::fsutil::expand_home));
+    let token_path = access::token_path(cfg, &state_dir);
+    let token = access::load_or_create_token(&token_path)
+        .context("cannot prepare the control plane's bearer token")?;
+    let api_socket = cfg.api.socket.as_deref().map(crate::fsutil::expand_home);
     let store = ctx.store()?;
     let syncer = match &manifests {
         Some(dir) => Some(
@@ -158,16 +165,96 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<ExitCode> {
         tracing::info!(holder = %lease.record.holder, "leader lease acquired");
         let notifier = crate::notify::Notifier::start(&notify_config)
             .context("cannot set up the notifications (config key notify)")?;
+        metrics().leader.set(1);
+        metrics().leader_transitions_total.inc();
+        let readiness = Arc::new(Readiness::new(syncer.is_some()));
+        readiness.set_leader(true);
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
+        let unix_listener = match &api_socket {
+            Some(path) => Some(bind_unix(path)?),
+            None => None,
+        };
         let (signals, wake) = Signals::new();
         let signals = Arc::new(signals);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let server = {
+        let bus = Bus::new();
+        let api_state = Arc::new(ApiState {
+            store: store.clone(),
+            state_dir: state_dir.clone(),
+            token,
+            readiness: readiness.clone(),
+            bus: bus.clone(),
+            stop: stop_rx.clone(),
+        });
+        // The feeds of changes: the event stream's source; they also wake
+        // the task dispatcher (any Task or Session change) and fill the
+        // object gauges. Listed before anything is served, so a client of
+        // the event stream never misses a change made after it connected.
+        let store_changed = Arc::new(tokio::sync::Notify::new());
+        // Account and Session changes wake the account controller.
+        let accounts_changed = Arc::new(tokio::sync::Notify::new());
+        let listed = |feed: Feed| {
+            let readiness = readiness.clone();
+            move || readiness.feed_listed(feed)
+        };
+        let (tasks_listed, sessions_listed, accounts_listed) = (
+            listed(Feed::Objects(Kind::Task)),
+            listed(Feed::Objects(Kind::Session)),
+            listed(Feed::Objects(Kind::Account)),
+        );
+        let feeds = [
+            tokio::spawn(bus.clone().follow::<Task, _>(
+                store.clone(),
+                resync,
+                vec![store_changed.clone()],
+                |t| t.status.as_ref().and_then(|s| s.phase).unwrap_or_default(),
+                move |phases| {
+                    crate::metrics::count_tasks(phases);
+                    tasks_listed();
+                },
+            )),
+            tokio::spawn(bus.clone().follow::<Session, _>(
+                store.clone(),
+                resync,
+                vec![store_changed.clone(), accounts_changed.clone()],
+                |s| s.status.as_ref().and_then(|st| st.phase).unwrap_or_default(),
+                move |phases| {
+                    crate::metrics::count_sessions(phases);
+                    sessions_listed();
+                },
+            )),
+            tokio::spawn(bus.clone().follow::<Account, _>(
+                store.clone(),
+                resync,
+                vec![accounts_changed.clone()],
+                Account::clone,
+                move |accounts| {
+                    crate::metrics::fill_accounts(accounts);
+                    accounts_listed();
+                },
+            )),
+            tokio::spawn(bus.clone().follow_events(store.clone(), resync, listed(Feed::Events))),
+        ];
+        tokio::select! {
+            _ = readiness.feeds_listed() => {}
+            _ = &mut shutdown => {
+                for f in feeds {
+                    f.abort();
+                }
+                tracing::info!("daemon stopped");
+                return Ok(());
+            }
+        }
+        let mut router = api::router(api_state).merge(http::router(signals.clone()));
+        if addr.ip().is_loopback() {
+            router = router.layer(axum::middleware::from_fn(api::loopback_host_only));
+        }
+        let mut servers = vec![{
             let mut stop = stop_rx.clone();
-            let router = http::router(signals.clone());
+            let router = router.clone();
             tokio::spawn(async move {
                 let _ = axum::serve(listener, router)
                     .with_graceful_shutdown(async move {
@@ -175,8 +262,28 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<ExitCode> {
                     })
                     .await;
             })
-        };
-        tracing::info!(%addr, "agents' endpoint listening");
+        }];
+        if let Some(l) = unix_listener {
+            let mut stop = stop_rx.clone();
+            servers.push(tokio::spawn(async move {
+                let _ = axum::serve(l, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.changed().await;
+                    })
+                    .await;
+            }));
+        }
+        access::write_endpoint(
+            &state_dir,
+            &access::Endpoint {
+                url: format!("http://{addr}"),
+                socket: api_socket.clone(),
+                pid: std::process::id(),
+                store: std::fs::canonicalize(&ctx.store_dir).unwrap_or_else(|_| ctx.store_dir.clone()),
+            },
+        )
+        .with_context(|| format!("cannot write {}", access::endpoint_path(&state_dir).display()))?;
+        tracing::info!(%addr, socket = ?api_socket, token_file = %token_path.display(), "control plane and agents' endpoint listening");
         let notify = format!(
             "{} hook --url http://{addr}{} </dev/null",
             exe.display(),
@@ -205,29 +312,24 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<ExitCode> {
             quota: crate::controller::account::Hub::new(notifier),
         });
         let liveness = tokio::spawn(crate::controller::liveness(context.clone(), Duration::from_secs(2)));
-        let sessions = tokio::spawn(run_session_controller(context.clone(), wake, resync));
-        // The task dispatcher, woken by any Task or Session change.
-        let store_changed = Arc::new(tokio::sync::Notify::new());
-        let watchers = [
-            tokio::spawn(notify_on_change::<Task>(store.clone(), store_changed.clone(), resync)),
-            tokio::spawn(notify_on_change::<Session>(store.clone(), store_changed.clone(), resync)),
-        ];
+        let sessions = tokio::spawn(run_session_controller(context.clone(), wake, resync, readiness.clone()));
         let tasks = tokio::spawn(task::run(context.clone(), dispatch, store_changed));
-        let accounts_changed = Arc::new(tokio::sync::Notify::new());
-        let account_watchers = [
-            tokio::spawn(notify_on_change::<Account>(store.clone(), accounts_changed.clone(), resync)),
-            tokio::spawn(notify_on_change::<Session>(store.clone(), accounts_changed.clone(), resync)),
-        ];
         let accounts = tokio::spawn(crate::controller::account::run(context.clone(), quota_settings, accounts_changed));
         let failover = tokio::spawn(crate::controller::failover::run(context.clone(), failover_settings));
         let janitor = tokio::spawn(crate::janitor::run(store.clone(), janitor_settings));
         let sync = syncer.map(|s| {
             let mut stop = stop_rx.clone();
-            tokio::spawn(s.run(resync, async move {
-                let _ = stop.changed().await;
-            }))
+            let readiness = readiness.clone();
+            tokio::spawn(s.run(
+                resync,
+                async move {
+                    let _ = stop.changed().await;
+                },
+                move |_| readiness.manifests_synced(),
+            ))
         });
         (&mut shutdown).await;
+        access::remove_endpoint(&state_dir);
         let _ = stop_tx.send(true);
         sessions.abort();
         liveness.abort();
@@ -235,13 +337,19 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<ExitCode> {
         janitor.abort();
         accounts.abort();
         failover.abort();
-        for w in watchers.into_iter().chain(account_watchers) {
-            w.abort();
+        for f in feeds {
+            f.abort();
         }
         if let Some(s) = sync {
             let _ = s.await;
         }
-        let _ = server.await;
+        for s in servers {
+            let _ = s.await;
+        }
+        if let Some(p) = &api_socket {
+            let _ = std::fs::remove_file(p);
+        }
+        metrics().leader.set(0);
         drop(lease);
         tracing::info!("daemon stopped (the agents keep running)");
         Ok::<(), anyhow::Error>(())
@@ -255,6 +363,7 @@ async fn run_session_controller(
     ctx: Arc<Context>,
     mut wake: tokio::sync::mpsc::UnboundedReceiver<ObjectRef<Session>>,
     resync: Duration,
+    readiness: Arc<Readiness>,
 ) {
     let (reader, writer) = reflector::store::<Session>();
     let watch = watch::<Session>(
@@ -264,7 +373,15 @@ async fn run_session_controller(
             resync,
         },
     );
+    // Ready once the reflector holds the first listing. (Not with the
+    // reader's `wait_until_ready`: the applier waits on it too, and it
+    // wakes only one waiter.)
     let from_store = reflector::reflector(writer, watch)
+        .inspect(move |e| {
+            if matches!(e, Ok(kube::runtime::watcher::Event::InitDone)) {
+                readiness.sessions_listed();
+            }
+        })
         .touched_objects()
         .map_ok(|s| ObjectRef::from(&s));
     let from_agents = futures::stream::poll_fn(move |cx| wake.poll_recv(cx)).map(Ok);
@@ -286,22 +403,28 @@ async fn run_session_controller(
     .await;
 }
 
-/// Notifies `changed` on every change of a `K` in the store.
-async fn notify_on_change<K: Object>(
-    store: crate::store::Store,
-    changed: Arc<tokio::sync::Notify>,
-    resync: Duration,
-) {
-    let mut events = std::pin::pin!(watch::<K>(
-        store,
-        WatchConfig {
-            namespace: None,
-            resync,
-        }
-    ));
-    while events.next().await.is_some() {
-        changed.notify_one();
+/// Binds the control plane's Unix socket, mode 0600. A socket file left by
+/// a daemon that died is replaced (the leader lease says none serves it).
+fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Some(dir) = path.parent() {
+        crate::fsutil::ensure_dir(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
     }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)
+            .with_context(|| format!("cannot replace the stale socket {}", path.display()))?,
+        Ok(_) => anyhow::bail!(
+            "{} exists and is not a socket; refusing to replace it (api.socket)",
+            path.display()
+        ),
+        Err(_) => {}
+    }
+    let l = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on the Unix socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {} to its owner", path.display()))?;
+    Ok(l)
 }
 
 /// Resolves on SIGINT or SIGTERM.

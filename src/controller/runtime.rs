@@ -32,6 +32,10 @@ pub struct Runtime {
     pub backoff_seconds: u64,
     /// Unix seconds before which no restart happens.
     pub next_start_at: u64,
+    /// The latest restart request (the Session's restart annotation) a
+    /// launch has answered.
+    #[serde(default)]
+    pub restart_handled: Option<String>,
 }
 
 pub fn dir(state_dir: &Path, key: &ObjectKey) -> PathBuf {
@@ -45,7 +49,8 @@ pub fn settings_path(state_dir: &Path, key: &ObjectKey) -> PathBuf {
     dir(state_dir, key).join("settings.json")
 }
 
-fn random_hex(bytes: usize) -> String {
+/// `bytes` random bytes from the OS generator, as lower-case hex.
+pub fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     // uuid's v4 source is the OS random generator.
     for chunk in buf.chunks_mut(16) {

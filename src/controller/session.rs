@@ -26,6 +26,37 @@ use std::time::{Duration, Instant};
 /// agent and cleans up before the object goes.
 pub const FINALIZER: &str = "claude-failover.io/session";
 
+/// Set (by `restart` or the API) to a fresh timestamp to restart a
+/// Session's agent: each new value restarts it once, gracefully, resuming
+/// its conversation. Like `kubectl rollout restart`'s `restartedAt`.
+pub const RESTART: &str = "claude-failover.io/restart-requested-at";
+
+/// Asks for a restart of the Session `key`'s agent (see [`RESTART`]) and
+/// records an event saying who asked.
+pub fn request_restart(
+    store: &crate::store::Store,
+    key: &ObjectKey,
+    source: &str,
+) -> Result<(), StoreError> {
+    let when = serde_json::to_value(k8s_openapi::jiff::Timestamp::now().to_string())
+        .expect("time serializes");
+    store.update_metadata(key, None, |m| {
+        let ann = m
+            .entry("annotations")
+            .or_insert_with(|| serde_json::json!({}));
+        if let Some(a) = ann.as_object_mut() {
+            a.insert(RESTART.into(), when);
+        }
+    })?;
+    store.record_event(
+        key,
+        false,
+        "RestartRequested",
+        &format!("restart requested through the {source}"),
+        source,
+    )
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
@@ -72,6 +103,8 @@ pub struct Desired {
     pub deleting: bool,
     pub has_finalizer: bool,
     pub suspend: bool,
+    /// The latest restart request (the [`RESTART`] annotation).
+    pub restart: Option<String>,
     /// The account to run under (None: Claude Code's default config), or
     /// why none can be used.
     pub account: Result<Option<String>, String>,
@@ -90,6 +123,8 @@ pub struct Observed {
     pub running_account: Option<String>,
     pub now: u64,
     pub next_start_at: u64,
+    /// The restart request the running agent already answers to.
+    pub restart_handled: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -145,7 +180,11 @@ pub fn plan(d: &Desired, o: &Observed) -> Vec<Step> {
             return steps;
         }
         let wrong_account = matches!(&d.account, Ok(want) if *want != o.running_account);
-        if wrong_account {
+        if restart_requested(d, o) {
+            // Asked for: now, even mid-turn (a stuck agent is a reason to ask).
+            steps.push(Step::Stop);
+            steps.push(Step::Launch);
+        } else if wrong_account {
             if o.state == AgentState::Busy && !d.switch_now {
                 steps.push(Step::WaitTurn);
             } else {
@@ -162,12 +201,17 @@ pub fn plan(d: &Desired, o: &Observed) -> Vec<Step> {
     }
     match &d.account {
         Err(reason) => steps.push(Step::Blocked(reason.clone())),
-        Ok(_) if o.launched && o.now < o.next_start_at => {
+        Ok(_) if o.launched && o.now < o.next_start_at && !restart_requested(d, o) => {
             steps.push(Step::WaitBackoff(o.next_start_at - o.now))
         }
         Ok(_) => steps.push(Step::Launch),
     }
     steps
+}
+
+/// A restart was asked for that the running agent has not answered yet.
+fn restart_requested(d: &Desired, o: &Observed) -> bool {
+    d.restart.is_some() && d.restart != o.restart_handled
 }
 
 fn account_phase(a: &Account) -> crate::api::AccountPhase {
@@ -413,7 +457,14 @@ pub async fn reconcile(s: Arc<Session>, ctx: Arc<Context>) -> Result<Action, Err
         s.metadata.name.as_deref().unwrap_or_default(),
     );
     let span = tracing::info_span!("reconcile", session = %key);
-    tracing::Instrument::instrument(reconcile_inner(&s, &ctx, &key), span).await
+    let started = Instant::now();
+    let r = tracing::Instrument::instrument(reconcile_inner(&s, &ctx, &key), span).await;
+    crate::metrics::metrics().observe_reconcile(
+        "session",
+        started.elapsed().as_secs_f64(),
+        r.is_err(),
+    );
+    r
 }
 
 async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<Action, Error> {
@@ -451,6 +502,12 @@ async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<
             .flatten()
             .any(|f| f == FINALIZER),
         suspend: s.spec.suspend,
+        restart: s
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(RESTART))
+            .cloned(),
         account,
         switch_now: placement.as_ref().is_some_and(|p| p.swapping()),
     };
@@ -482,6 +539,7 @@ async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<
         running_account: rt.account.clone(),
         now,
         next_start_at: rt.next_start_at,
+        restart_handled: rt.restart_handled.clone(),
     };
     let steps = plan(&desired, &observed);
     let mut status = s.status.clone().unwrap_or_default();
@@ -505,6 +563,7 @@ async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<
                 rt.config_dir = config_dir;
                 rt.launches = 1;
                 rt.launched_at = now;
+                rt.restart_handled = desired.restart.clone();
                 rt.pid = Some(p.pid);
                 rt.pane_id = Some(p.id.clone());
                 rt.save(state_dir, key)?;
@@ -519,6 +578,16 @@ async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<
             }
             Step::Stop => {
                 let p = pane.as_ref().expect("planned for a live pane");
+                let restarting = restart_requested(&desired, &observed);
+                if restarting {
+                    record(
+                        ctx,
+                        key,
+                        false,
+                        "Restarting",
+                        "restart requested: stopping the agent and starting it again",
+                    );
+                }
                 // A turn or a dialog (a usage-limit one, say) is escaped first.
                 let how = stop_agent(
                     ctx,
@@ -557,10 +626,13 @@ async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<
             Step::Launch => {
                 let restart = rt.launches > 0 && !deliberate_stop;
                 match launch(ctx, s, key, &mut rt, &accounts, &desired).await {
-                    Ok(p) => {
+                    Ok((p, resumed)) => {
                         if restart {
                             rt.restarts += 1;
+                            crate::metrics::metrics().session_restarts_total.inc();
                         }
+                        // Any launch answers the restart requests made so far.
+                        rt.restart_handled = desired.restart.clone();
                         rt.next_start_at = 0;
                         let verb = if deliberate_stop {
                             "Relaunched"
@@ -574,7 +646,7 @@ async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<
                             .as_deref()
                             .map(|a| format!(" under account {a}"))
                             .unwrap_or_default();
-                        let how = if rt.launches > 1 || deliberate_stop {
+                        let how = if resumed {
                             "resuming"
                         } else {
                             "new conversation"
@@ -795,6 +867,26 @@ async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<
     );
     if s.status.as_ref() != Some(&status) {
         api.patch_status(&key.name, &status)?;
+        let before = s
+            .status
+            .as_ref()
+            .and_then(|st| st.phase)
+            .unwrap_or_default();
+        if before != report.phase {
+            // What it waits for, or why it failed; nothing that varies
+            // more (repeats of one message fold into one event).
+            let detail = match report.phase {
+                SessionPhase::Waiting | SessionPhase::Failed => format!(": {}", report.ready.2),
+                _ => String::new(),
+            };
+            record(
+                ctx,
+                key,
+                report.phase == SessionPhase::Failed,
+                "PhaseChanged",
+                &format!("{before} → {}{detail}", report.phase),
+            );
+        }
     }
     Ok(Action::requeue(report.requeue))
 }
@@ -841,6 +933,7 @@ fn checkpoint(
 }
 
 /// Seeds the account, writes the settings file and starts the agent.
+/// Returns its pane and whether it resumes a conversation.
 async fn launch(
     ctx: &Context,
     s: &Session,
@@ -848,7 +941,7 @@ async fn launch(
     rt: &mut Runtime,
     accounts: &[Account],
     desired: &Desired,
-) -> Result<Pane, String> {
+) -> Result<(Pane, bool), String> {
     let account_name = desired.account.clone()?;
     let account = account_name.as_ref().and_then(|n| {
         accounts
@@ -921,7 +1014,7 @@ async fn launch(
     rt.pane_id = Some(pane.id.clone());
     rt.launches += 1;
     rt.launched_at = unix_now();
-    Ok(pane)
+    Ok((pane, resume))
 }
 
 /// Requeue after a failed reconcile (store or tmux trouble).
@@ -949,6 +1042,7 @@ mod tests {
             deleting: false,
             has_finalizer: true,
             suspend: false,
+            restart: None,
             account: Ok(account.map(str::to_string)),
             switch_now: false,
         }
@@ -962,6 +1056,7 @@ mod tests {
             running_account: account.map(str::to_string),
             now: 100,
             next_start_at: 0,
+            restart_handled: None,
         }
     }
 
@@ -1022,6 +1117,29 @@ mod tests {
                 &seen(live, true, Some("a"), AgentState::Busy)
             ),
             [Step::WaitTurn]
+        );
+    }
+
+    #[test]
+    fn a_restart_request_is_answered_once() {
+        let live = Some(pane(false));
+        let mut d = want(Some("a"));
+        d.restart = Some("2025-01-01T00:00:00.1Z".into());
+        let mut o = seen(live.clone(), true, Some("a"), AgentState::Busy);
+        assert_eq!(plan(&d, &o), [Step::Stop, Step::Launch], "even mid-turn");
+        o.restart_handled = d.restart.clone();
+        assert_eq!(plan(&d, &o), [Step::Observe], "answered");
+        // Dead and backing off: a request skips the back-off.
+        let mut o = seen(Some(pane(true)), true, Some("a"), AgentState::Starting);
+        o.next_start_at = 130;
+        assert_eq!(plan(&d, &o), [Step::Clear, Step::Launch]);
+        o.restart_handled = d.restart.clone();
+        assert_eq!(plan(&d, &o), [Step::Clear, Step::WaitBackoff(30)]);
+        // Suspended: nothing to restart.
+        d.suspend = true;
+        assert_eq!(
+            plan(&d, &seen(None, true, Some("a"), AgentState::Starting)),
+            Vec::<Step>::new()
         );
     }
 

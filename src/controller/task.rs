@@ -37,6 +37,60 @@ pub const CANCEL: &str = "claude-failover.io/cancel";
 /// Set on tasks imported from an inbox file: the file's path.
 pub const INBOX_FILE: &str = "claude-failover.io/inbox-file";
 
+/// What a cancel request found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// Asked for now (the dispatcher stops the task at its next pass).
+    Requested,
+    /// Asked for before; still on its way.
+    AlreadyRequested,
+    /// The task had already ended, in this phase: nothing to stop.
+    Finished(TaskPhase),
+}
+
+/// Asks for the Task `key` to be cancelled (the [`CANCEL`] annotation) and
+/// records an event saying who asked (`source`: `api`, `cli`).
+pub fn request_cancel(
+    store: &crate::store::Store,
+    key: &ObjectKey,
+    source: &str,
+) -> Result<CancelOutcome, StoreError> {
+    let current = store
+        .get(key)?
+        .ok_or_else(|| StoreError::NotFound(key.clone()))?;
+    let phase = current
+        .pointer("/status/phase")
+        .and_then(|p| serde_json::from_value::<TaskPhase>(p.clone()).ok())
+        .unwrap_or_default();
+    if finished(phase) {
+        return Ok(CancelOutcome::Finished(phase));
+    }
+    let when = serde_json::to_value(crate::api::now()).expect("time serializes");
+    let mut fresh = false;
+    store.update_metadata(key, None, |m| {
+        let ann = m
+            .entry("annotations")
+            .or_insert_with(|| serde_json::json!({}));
+        if let Some(a) = ann.as_object_mut()
+            && !a.contains_key(CANCEL)
+        {
+            a.insert(CANCEL.into(), when);
+            fresh = true;
+        }
+    })?;
+    if !fresh {
+        return Ok(CancelOutcome::AlreadyRequested);
+    }
+    store.record_event(
+        key,
+        false,
+        "CancelRequested",
+        &format!("cancel requested through the {source}"),
+        source,
+    )?;
+    Ok(CancelOutcome::Requested)
+}
+
 /// Settings of the dispatcher.
 #[derive(Debug, Clone)]
 pub struct DispatchSettings {
@@ -78,6 +132,9 @@ pub struct Memory {
     /// When each running task was submitted, precisely (the status keeps
     /// whole seconds).
     started: HashMap<ObjectKey, SystemTime>,
+    /// When each dispatched task's intent was written, precisely: the
+    /// start of its dispatch latency.
+    dispatched: HashMap<ObjectKey, SystemTime>,
 }
 
 // ---------------------------------------------------------------- planning
@@ -271,7 +328,14 @@ pub async fn run(
             }
             Err(e) => tracing::warn!(error = %e, "cannot list sessions for the inboxes"),
         }
-        let next = match pass(&ctx, &settings, &mut memory).await {
+        let started = std::time::Instant::now();
+        let result = pass(&ctx, &settings, &mut memory).await;
+        crate::metrics::metrics().observe_reconcile(
+            "task",
+            started.elapsed().as_secs_f64(),
+            result.is_err(),
+        );
+        let next = match result {
             Ok(next) => next,
             Err(e) => {
                 tracing::warn!(error = %e, "task dispatch pass failed; retrying");
@@ -327,6 +391,11 @@ fn session_of<'a>(v: &'a View, t: &Task) -> Option<&'a Session> {
 /// One pass; returns how soon the next one should run without an event.
 async fn pass(ctx: &Context, st: &DispatchSettings, mem: &mut Memory) -> Result<Duration, Error> {
     let view = load(ctx)?;
+    mem.dispatched.retain(|k, _| {
+        view.tasks
+            .iter()
+            .any(|t| phase(t) == TaskPhase::Dispatched && key_of_task(t) == *k)
+    });
     let mut in_flight = false;
     // Whether step 1 may have written anything (then step 2 re-reads).
     let mut touched = false;
@@ -686,6 +755,7 @@ async fn deliver(
     if !write(ctx, &t, status.clone())? {
         return Ok(());
     }
+    mem.dispatched.insert(key.clone(), SystemTime::now());
     // 3. The prompt and its marker in ONE tmux command (a crash leaves all
     //    of it in the composer or none of it), then Enter.
     let text = format!("{}{}", t.spec.prompt.trim_end(), marker_text(&marker));
@@ -880,6 +950,13 @@ async fn progress(
                 s.started_at = Some(time(at));
                 if write(ctx, t, s)? {
                     mem.started.insert(key.clone(), at);
+                    // Only dispatches this process made: after a restart the
+                    // time since the intent includes the daemon's absence.
+                    if let Some(intent) = mem.dispatched.remove(&key) {
+                        crate::metrics::metrics()
+                            .dispatch_latency_seconds
+                            .observe(at.duration_since(intent).unwrap_or_default().as_secs_f64());
+                    }
                     let how = if hooked.is_some() {
                         "the agent's UserPromptSubmit hook"
                     } else {

@@ -1,13 +1,16 @@
 //! The daemon's loopback HTTP endpoint for Claude Code: hooks and the
-//! statusLine feed. Each Session's URLs carry its secret; a post with an
-//! unknown session or a wrong secret gets 403 and changes nothing.
+//! statusLine feed, and the pool's tmux server notifications. Served on the
+//! same listener as the control plane ([`super::api`]), but authenticated
+//! differently: each Session's URLs carry its own secret (the agents never
+//! see the API token); a post with an unknown session or a wrong secret
+//! gets 403 and changes nothing.
 
 use super::signals::Signals;
 use crate::api::{Kind, ObjectKey};
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::post;
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -18,7 +21,6 @@ pub fn agent_path(key: &ObjectKey, secret: &str) -> String {
 
 pub fn router(signals: Arc<Signals>) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
         .route("/v1/agents/{ns}/{name}/{secret}/hook", post(hook))
         .route("/v1/tmux/{secret}/{session}", post(tmux_event))
         .route(
@@ -58,6 +60,10 @@ async fn hook(
         .and_then(|e| e.as_str())
         .unwrap_or("?");
     tracing::debug!(session = %key, event, "hook");
+    crate::metrics::metrics()
+        .hook_events_total
+        .with_label_values(&[crate::metrics::hook_event_label(event)])
+        .inc();
     s.hook(&key, &payload);
     // An empty JSON object: no decision, no extra context.
     (StatusCode::OK, "{}".into())
@@ -73,6 +79,7 @@ async fn statusline(
         Err(code) => return (code, String::new()),
     };
     s.statusline(&key, &input);
+    crate::metrics::metrics().statusline_updates_total.inc();
     (StatusCode::OK, status_text(&key.name, &input))
 }
 

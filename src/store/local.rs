@@ -20,6 +20,8 @@ pub enum StoreError {
     },
     #[error("{0} not found")]
     NotFound(ObjectKey),
+    #[error("{0} already exists")]
+    AlreadyExists(ObjectKey),
     #[error("{key}: {message}")]
     Invalid { key: ObjectKey, message: String },
     #[error("{path}: {source}")]
@@ -461,6 +463,20 @@ impl Store {
         Ok(r)
     }
 
+    /// Creates the object declared by `desired`; fails with
+    /// [`StoreError::AlreadyExists`] when one of that kind and name is
+    /// there (checked under the lock, so two creators never both succeed).
+    pub fn create(&self, desired: &Value) -> Result<Value> {
+        let mut txn = self.txn(false)?;
+        let key = key_of_desired(desired);
+        if txn.read_raw(&key)?.is_some() {
+            return Err(StoreError::AlreadyExists(key));
+        }
+        let (_, obj) = txn_apply(&mut txn, desired)?;
+        txn.commit()?;
+        Ok(obj)
+    }
+
     /// Applies many objects under one lock (all-or-nothing is the caller's
     /// job: validate first). Stops at the first error, reporting the
     /// outcomes so far.
@@ -647,20 +663,27 @@ fn drop_empty(meta: &mut Map<String, Value>, field: &str) {
 /// Fields of metadata that a manifest declares (the rest is the server's).
 const DECLARED_META: &[&str] = &["labels", "annotations", "finalizers"];
 
-fn txn_apply(txn: &mut Txn<'_>, desired: &Value) -> Result<(Outcome, Value)> {
+/// The key of a decoded object (as `apply` and `create` take them).
+fn key_of_desired(desired: &Value) -> ObjectKey {
     let kind = desired
         .get("kind")
         .and_then(Value::as_str)
         .and_then(Kind::from_kind_field)
         .expect("apply takes decoded objects");
     let meta = &desired["metadata"];
-    let key = ObjectKey::new(
+    ObjectKey::new(
         kind,
         meta["namespace"]
             .as_str()
             .unwrap_or(crate::api::DEFAULT_NAMESPACE),
         meta["name"].as_str().expect("decoded objects have a name"),
-    );
+    )
+}
+
+fn txn_apply(txn: &mut Txn<'_>, desired: &Value) -> Result<(Outcome, Value)> {
+    let key = key_of_desired(desired);
+    let kind = key.kind;
+    let meta = &desired["metadata"];
     let expected = meta.get("resourceVersion").and_then(Value::as_str);
     let store = txn.store().clone();
     let spec_path = store.spec_path(&key);

@@ -3,8 +3,10 @@
 
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod fake_api;
 pub mod pool;
+pub mod prom;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -108,6 +110,15 @@ impl From<Output> for Out {
             stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
         }
     }
+}
+
+/// A port free on 127.0.0.1 now (the OS picks it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Waits until `f` returns Some, checking every 20 ms, failing after `limit`.

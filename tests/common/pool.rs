@@ -3,7 +3,7 @@
 //! API on 127.0.0.1, and a private store and state dir.
 
 use super::fake_api::FakeApi;
-use super::{BIN, Env, wait_for};
+use super::{BIN, Env, free_port, wait_for};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -38,14 +38,6 @@ pub fn require_claude(test: &str) -> Option<PathBuf> {
         "SKIPPED {test}: Claude Code is not installed (npm ci --prefix tools/claude-code, or set CLAUDE_BIN)"
     );
     None
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 pub struct Pool {
@@ -189,16 +181,27 @@ impl Pool {
 
     /// Starts a daemon; returns its index (for `kill_daemon`).
     pub fn start_daemon(&mut self) -> usize {
+        self.start_daemon_with(&["--log-level", "claude_failover=debug,info"], &[])
+    }
+
+    /// Starts a daemon with more `run` arguments and environment variables.
+    pub fn start_daemon_with(&mut self, args: &[&str], vars: &[(&str, &str)]) -> usize {
         let i = self.daemons.len();
         let log = std::fs::File::create(self.path(&format!("daemon-{i}.log"))).unwrap();
-        let child = self
-            .cli(&["run", "--log-level", "claude_failover=debug,info"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let mut cmd = self.cli(&["run"]);
+        cmd.args(args);
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let out = std::fs::File::create(self.path(&format!("daemon-{i}.out"))).unwrap();
+        let child = cmd.stdout(out).stderr(log).spawn().unwrap();
         self.daemons.push(Some(child));
         i
+    }
+
+    /// The control plane's URL (`http://127.0.0.1:PORT`).
+    pub fn api_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
     }
 
     pub fn daemon_log(&self, i: usize) -> String {

@@ -1,0 +1,786 @@
+//! The HTTP control plane: health, readiness, metrics, a JSON API over the
+//! objects, actions, and a server-sent event stream. See
+//! docs/control-plane.md for every route.
+//!
+//! - `/healthz`, `/readyz` and `/metrics` are open; everything under
+//!   `/api/` takes `Authorization: Bearer TOKEN` (the token file, see
+//!   [`super::access`]); a request without it or with a wrong one gets 401
+//!   and changes nothing. The token is never logged.
+//! - Bound to loopback, the server also refuses requests whose `Host` is
+//!   not a loopback name ([`loopback_host_only`]): a web page in the
+//!   user's browser cannot reach it through DNS rebinding.
+//! - Writes go to the store (or, for a failover, to a request file the
+//!   failover controller consumes), like `apply` does; the controllers act
+//!   on them, level-triggered. Actions answer 202 Accepted.
+
+use super::access::token_matches;
+use super::bus::{Bus, EventItem, InvolvedObject, Item};
+use crate::api::{Kind, ObjectKey};
+use crate::selector::Selector;
+use crate::store::{Store, StoreError};
+use axum::Router;
+use axum::extract::{Path as UrlPath, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+// ------------------------------------------------------------- readiness
+
+/// What `/readyz` waits for: the leader lease held, the manifests synced
+/// once (when there is a manifests directory), the session controller's
+/// first listing of the store, and the feeds' (see [`super::bus`]) first
+/// listing: the event stream's starting point, and the object gauges.
+pub struct Readiness {
+    leader: AtomicBool,
+    manifests: Option<AtomicBool>,
+    sessions: AtomicBool,
+    /// One bit per feed that has listed the store ([`Feed::bit`]).
+    feeds: std::sync::atomic::AtomicU8,
+    feeds_changed: tokio::sync::Notify,
+}
+
+/// One of the daemon's feeds: objects of one kind, or the recorded events.
+#[derive(Debug, Clone, Copy)]
+pub enum Feed {
+    Objects(Kind),
+    Events,
+}
+
+impl Feed {
+    fn bit(self) -> u8 {
+        match self {
+            Feed::Objects(k) => 1 << k as u8,
+            Feed::Events => 1 << Kind::ALL.len(),
+        }
+    }
+
+    const ALL_BITS: u8 = (1 << (Kind::ALL.len() + 1)) - 1;
+}
+
+impl Readiness {
+    pub fn new(with_manifests: bool) -> Readiness {
+        Readiness {
+            leader: AtomicBool::new(false),
+            manifests: with_manifests.then(|| AtomicBool::new(false)),
+            sessions: AtomicBool::new(false),
+            feeds: std::sync::atomic::AtomicU8::new(0),
+            feeds_changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    pub fn set_leader(&self, v: bool) {
+        self.leader.store(v, Ordering::SeqCst);
+    }
+
+    pub fn manifests_synced(&self) {
+        if let Some(m) = &self.manifests {
+            m.store(true, Ordering::SeqCst);
+        }
+    }
+
+    pub fn sessions_listed(&self) {
+        self.sessions.store(true, Ordering::SeqCst);
+    }
+
+    /// `feed` has listed the store (its changes from now on are streamed).
+    pub fn feed_listed(&self, feed: Feed) {
+        self.feeds.fetch_or(feed.bit(), Ordering::SeqCst);
+        self.feeds_changed.notify_waiters();
+    }
+
+    fn all_feeds_listed(&self) -> bool {
+        self.feeds.load(Ordering::SeqCst) == Feed::ALL_BITS
+    }
+
+    /// Resolves once every feed has listed the store.
+    pub async fn feeds_listed(&self) {
+        loop {
+            let changed = self.feeds_changed.notified();
+            if self.all_feeds_listed() {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// Whether all checks pass, and each check with its state.
+    pub fn check(&self) -> (bool, Value) {
+        let get = |b: &AtomicBool| b.load(Ordering::SeqCst);
+        let mut checks = vec![
+            ("leaderLease", get(&self.leader), "held by this daemon"),
+            (
+                "sessionController",
+                get(&self.sessions),
+                "the store's sessions are listed",
+            ),
+            (
+                "feeds",
+                self.all_feeds_listed(),
+                "the store's objects and events are listed (event stream, object gauges)",
+            ),
+        ];
+        match &self.manifests {
+            Some(m) => checks.push(("manifests", get(m), "the first sync pass is done")),
+            None => checks.push(("manifests", true, "no manifests directory")),
+        }
+        let ready = checks.iter().all(|c| c.1);
+        let list: Vec<Value> = checks
+            .iter()
+            .map(|(name, ok, what)| json!({"name": name, "ok": ok, "message": what}))
+            .collect();
+        (ready, json!({"ready": ready, "checks": list}))
+    }
+}
+
+// ----------------------------------------------------------------- state
+
+/// Everything the handlers need.
+pub struct ApiState {
+    pub store: Store,
+    pub state_dir: PathBuf,
+    /// The bearer token (never logged).
+    pub token: String,
+    pub readiness: Arc<Readiness>,
+    pub bus: Bus,
+    /// Becomes true when the daemon stops: event streams end then.
+    pub stop: tokio::sync::watch::Receiver<bool>,
+}
+
+// ---------------------------------------------------------------- errors
+
+/// An error answer, as a Kubernetes `Status` object.
+#[derive(Debug)]
+pub struct ApiError {
+    code: StatusCode,
+    reason: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "NotFound", message)
+    }
+
+    fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", message)
+    }
+}
+
+fn status_body(code: StatusCode, reason: &str, message: &str, success: bool) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Status",
+        "status": if success { "Success" } else { "Failure" },
+        "reason": reason,
+        "message": message,
+        "code": code.as_u16(),
+    })
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.code,
+            axum::Json(status_body(self.code, self.reason, &self.message, false)),
+        )
+            .into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        let (code, reason) = match &e {
+            StoreError::NotFound(_) => (StatusCode::NOT_FOUND, "NotFound"),
+            StoreError::Conflict { .. } => (StatusCode::CONFLICT, "Conflict"),
+            StoreError::AlreadyExists(_) => (StatusCode::CONFLICT, "AlreadyExists"),
+            StoreError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
+            StoreError::Io { .. } | StoreError::Corrupt { .. } => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "InternalError")
+            }
+        };
+        ApiError::new(code, reason, e.to_string())
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// 202 Accepted with a Status saying what was asked for.
+fn accepted(message: String) -> Response {
+    let code = StatusCode::ACCEPTED;
+    (
+        code,
+        axum::Json(status_body(code, "Accepted", &message, true)),
+    )
+        .into_response()
+}
+
+/// Runs blocking store I/O off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            e.to_string(),
+        )
+    })
+}
+
+type QueryResult<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
+
+/// A query string, or a 400 Status saying what is wrong with it.
+fn query<T>(q: QueryResult<T>) -> ApiResult<T> {
+    q.map(|Query(v)| v)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", e.body_text()))
+}
+
+fn kind_of(s: &str) -> ApiResult<Kind> {
+    Kind::from_cli(s).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "the server doesn't have a resource type \"{s}\" (known: accounts, sessions, tasks)"
+        ))
+    })
+}
+
+/// The object a URL names. Namespaces and names are DNS-1123 labels (as
+/// everywhere in the project), checked before anything touches the store:
+/// a path segment like `..` never reaches a file name.
+fn key_of(kind: Kind, ns: &str, name: Option<&str>) -> ApiResult<ObjectKey> {
+    let bad = |what: &str, e: String| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!("{what}: {e}"),
+        )
+    };
+    crate::manifest::validate::dns1123_label(ns).map_err(|e| bad("namespace", e))?;
+    if let Some(n) = name {
+        crate::manifest::validate::dns1123_label(n).map_err(|e| bad("name", e))?;
+    }
+    Ok(ObjectKey::new(kind, ns, name.unwrap_or_default()))
+}
+
+fn not_found(key: &ObjectKey) -> ApiError {
+    ApiError::not_found(format!(
+        "{} \"{}\" not found in namespace {}",
+        key.kind.qualified(),
+        key.name,
+        key.namespace
+    ))
+}
+
+// ---------------------------------------------------------------- router
+
+/// The open routes (health, readiness, metrics) and the authenticated API.
+pub fn router(state: Arc<ApiState>) -> Router {
+    let api = Router::new()
+        .route("/api/v1/watch", get(watch))
+        .route("/api/v1/{plural}", get(list_all))
+        .route(
+            "/api/v1/namespaces/{ns}/{plural}",
+            get(list_namespace).post(create),
+        )
+        .route("/api/v1/namespaces/{ns}/{plural}/{name}", get(get_one))
+        .route(
+            "/api/v1/namespaces/{ns}/{plural}/{name}/{sub}",
+            get(get_sub).post(post_sub),
+        )
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(api)
+        .with_state(state)
+}
+
+/// Refuses requests without the right bearer token.
+async fn require_token(State(s): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(t) if token_matches(&s.token, t) => next.run(req).await,
+        _ => {
+            // The path, never the header.
+            tracing::debug!(path = %req.uri().path(), "API request without a valid token");
+            let mut r = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "a valid bearer token is required (`claude-failover token` prints it)",
+            )
+            .into_response();
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"claude-failover\""),
+            );
+            r
+        }
+    }
+}
+
+/// For a loopback listener: answers only requests addressed to a loopback
+/// name, so a page whose domain resolves to 127.0.0.1 (DNS rebinding)
+/// cannot talk to the daemon from the user's browser.
+pub async fn loopback_host_only(req: Request, next: Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .map(|h| h.to_str().unwrap_or("(not text)").to_string());
+    match host {
+        Some(h) if !is_loopback_host(&h) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!("Host {h:?} is not a loopback name; this server answers only 127.0.0.1, [::1] and localhost"),
+        )
+        .into_response(),
+        _ => next.run(req).await,
+    }
+}
+
+/// `127.0.0.1:7817`, `localhost`, `[::1]:80` → true; `evil.example:7817` → false.
+pub fn is_loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or_default()
+    } else {
+        host.rsplit_once(':').map(|(n, _)| n).unwrap_or(host)
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+// -------------------------------------------------------- open endpoints
+
+async fn readyz(State(s): State<Arc<ApiState>>) -> Response {
+    let (ready, body) = s.readiness.check();
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(body)).into_response()
+}
+
+async fn metrics() -> Response {
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        crate::metrics::encode(),
+    )
+        .into_response()
+}
+
+// ----------------------------------------------------------------- reads
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ListQuery {
+    label_selector: Option<String>,
+}
+
+async fn list(
+    s: &ApiState,
+    ns: Option<String>,
+    plural: &str,
+    q: ListQuery,
+) -> ApiResult<axum::Json<Value>> {
+    let kind = kind_of(plural)?;
+    if let Some(ns) = &ns {
+        key_of(kind, ns, None)?;
+    }
+    let selector = q
+        .label_selector
+        .as_deref()
+        .map(Selector::parse)
+        .transpose()
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!("labelSelector: {e}"),
+            )
+        })?;
+    let store = s.store.clone();
+    let items = blocking(move || store.list(kind, ns.as_deref())).await??;
+    let items: Vec<Value> = items
+        .into_iter()
+        .filter(|v| {
+            selector.as_ref().is_none_or(|sel| {
+                let labels = v
+                    .pointer("/metadata/labels")
+                    .and_then(|l| serde_json::from_value(l.clone()).ok());
+                sel.matches(labels.as_ref())
+            })
+        })
+        .collect();
+    Ok(axum::Json(
+        json!({"apiVersion": "v1", "kind": "List", "items": items}),
+    ))
+}
+
+async fn list_all(
+    State(s): State<Arc<ApiState>>,
+    UrlPath(plural): UrlPath<String>,
+    q: QueryResult<ListQuery>,
+) -> ApiResult<axum::Json<Value>> {
+    list(&s, None, &plural, query(q)?).await
+}
+
+async fn list_namespace(
+    State(s): State<Arc<ApiState>>,
+    UrlPath((ns, plural)): UrlPath<(String, String)>,
+    q: QueryResult<ListQuery>,
+) -> ApiResult<axum::Json<Value>> {
+    list(&s, Some(ns), &plural, query(q)?).await
+}
+
+async fn get_one(
+    State(s): State<Arc<ApiState>>,
+    UrlPath((ns, plural, name)): UrlPath<(String, String, String)>,
+) -> ApiResult<axum::Json<Value>> {
+    let key = key_of(kind_of(&plural)?, &ns, Some(&name))?;
+    let store = s.store.clone();
+    let k = key.clone();
+    match blocking(move || store.get(&k)).await?? {
+        Some(v) => Ok(axum::Json(v)),
+        None => Err(not_found(&key)),
+    }
+}
+
+async fn get_sub(
+    State(s): State<Arc<ApiState>>,
+    UrlPath((ns, plural, name, sub)): UrlPath<(String, String, String, String)>,
+) -> ApiResult<axum::Json<Value>> {
+    let key = key_of(kind_of(&plural)?, &ns, Some(&name))?;
+    if sub != "events" {
+        return Err(ApiError::not_found(format!("no such resource: {sub}")));
+    }
+    let store = s.store.clone();
+    let k = key.clone();
+    let (exists, events) = blocking(move || -> Result<_, StoreError> {
+        Ok((store.get(&k)?.is_some(), store.events(&k)?))
+    })
+    .await??;
+    if !exists && events.is_empty() {
+        return Err(not_found(&key));
+    }
+    let items: Vec<EventItem> = events
+        .into_iter()
+        .map(|event| EventItem {
+            involved_object: InvolvedObject::from(&key),
+            event,
+        })
+        .collect();
+    Ok(axum::Json(
+        json!({"apiVersion": "v1", "kind": "EventList", "items": items}),
+    ))
+}
+
+// ---------------------------------------------------------------- writes
+
+/// `POST /api/v1/namespaces/{ns}/tasks`: a Task as JSON (or YAML), decoded
+/// and validated exactly like `apply` does. 201 with the stored object;
+/// 409 when one of that name exists.
+async fn create(
+    State(s): State<Arc<ApiState>>,
+    UrlPath((ns, plural)): UrlPath<(String, String)>,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    key_of(kind_of(&plural)?, &ns, None)?;
+    if kind_of(&plural)? != Kind::Task {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "only tasks are created through the API; declare accounts and sessions with apply",
+        ));
+    }
+    let (mut docs, errors) = crate::manifest::decode_file("request body", &body);
+    if !errors.is_empty() {
+        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        return Err(ApiError::invalid(lines.join("\n")));
+    }
+    let mut obj = match (docs.pop(), docs.is_empty()) {
+        (Some(d), true) => d.object,
+        (None, _) => return Err(ApiError::invalid("request body: expected one Task")),
+        (Some(_), false) => {
+            return Err(ApiError::invalid(
+                "request body: expected one Task, got several documents",
+            ));
+        }
+    };
+    if obj.kind() != Kind::Task {
+        return Err(ApiError::invalid(format!(
+            "request body: kind: expected Task, got {}",
+            obj.kind()
+        )));
+    }
+    match obj.meta().namespace.as_deref() {
+        Some(declared) if declared != ns => {
+            return Err(ApiError::invalid(format!(
+                "request body: metadata.namespace: `{declared}` does not match the namespace `{ns}` of the URL"
+            )));
+        }
+        _ => obj.meta_mut().namespace = Some(ns.clone()),
+    }
+    let key = ObjectKey::new(Kind::Task, &ns, obj.name());
+    let store = s.store.clone();
+    let created = blocking(move || -> Result<Value, StoreError> {
+        let created = store.create(&obj.to_value())?;
+        store.record_event(&key, false, "Created", "created through the API", "api")?;
+        Ok(created)
+    })
+    .await??;
+    Ok((StatusCode::CREATED, axum::Json(created)).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FailoverBody {
+    /// The account to move to (else the failover policy chooses).
+    to: Option<String>,
+}
+
+/// Actions: `tasks/NAME/cancel`, `sessions/NAME/restart`,
+/// `accounts/NAME/failover`. 202 when the request is recorded.
+async fn post_sub(
+    State(s): State<Arc<ApiState>>,
+    UrlPath((ns, plural, name, sub)): UrlPath<(String, String, String, String)>,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    let kind = kind_of(&plural)?;
+    let key = key_of(kind, &ns, Some(&name))?;
+    let store = s.store.clone();
+    match (kind, sub.as_str()) {
+        (Kind::Task, "cancel") => {
+            use crate::controller::task::{CancelOutcome, request_cancel};
+            let k = key.clone();
+            match blocking(move || request_cancel(&store, &k, "api")).await? {
+                Ok(CancelOutcome::Requested) | Ok(CancelOutcome::AlreadyRequested) => {
+                    Ok(accepted(format!("cancel of task {name} requested")))
+                }
+                Ok(CancelOutcome::Finished(phase)) => Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "Conflict",
+                    format!("task {name} has already ended ({phase}): nothing to cancel"),
+                )),
+                Err(StoreError::NotFound(_)) => Err(not_found(&key)),
+                Err(e) => Err(e.into()),
+            }
+        }
+        (Kind::Session, "restart") => {
+            let k = key.clone();
+            match blocking(move || crate::controller::session::request_restart(&store, &k, "api"))
+                .await?
+            {
+                Ok(()) => Ok(accepted(format!("restart of session {name} requested"))),
+                Err(StoreError::NotFound(_)) => Err(not_found(&key)),
+                Err(e) => Err(e.into()),
+            }
+        }
+        (Kind::Account, "failover") => {
+            let req: FailoverBody = if body.iter().all(u8::is_ascii_whitespace) {
+                FailoverBody::default()
+            } else {
+                serde_json::from_slice(&body)
+                    .map_err(|e| ApiError::invalid(format!("request body: {e}")))?
+            };
+            let state_dir = s.state_dir.clone();
+            let k = key.clone();
+            let to = req.to.clone();
+            blocking(move || -> ApiResult<()> {
+                let exists = |n: &str| -> ApiResult<bool> {
+                    Ok(store
+                        .get(&ObjectKey::new(Kind::Account, &k.namespace, n))?
+                        .is_some())
+                };
+                if !exists(&k.name)? {
+                    return Err(not_found(&k));
+                }
+                if let Some(t) = &to {
+                    if *t == k.name {
+                        return Err(ApiError::invalid(format!(
+                            "to: the target must be another account than {t}"
+                        )));
+                    }
+                    if !exists(t)? {
+                        return Err(ApiError::invalid(format!(
+                            "to: account {t} not found in namespace {}",
+                            k.namespace
+                        )));
+                    }
+                }
+                crate::controller::failover::request(&state_dir, &k.namespace, &k.name, to.as_deref()).map_err(
+                    |e| {
+                        ApiError::new(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "InternalError",
+                            format!("cannot write the failover request: {e}"),
+                        )
+                    },
+                )?;
+                let target = to
+                    .as_deref()
+                    .map(|t| format!(" to account {t}"))
+                    .unwrap_or_default();
+                store.record_event(
+                    &k,
+                    false,
+                    "FailoverRequested",
+                    &format!("failover{target} requested through the API"),
+                    "api",
+                )?;
+                Ok(())
+            })
+            .await??;
+            let target = req
+                .to
+                .map(|t| format!(" to account {t}"))
+                .unwrap_or_default();
+            Ok(accepted(format!(
+                "failover of account {name}{target} requested"
+            )))
+        }
+        _ => Err(ApiError::not_found(format!(
+            "no action {sub} on {} (actions: tasks/NAME/cancel, sessions/NAME/restart, accounts/NAME/failover)",
+            kind.plural()
+        ))),
+    }
+}
+
+// ---------------------------------------------------------------- stream
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WatchQuery {
+    /// Only objects of this namespace.
+    namespace: Option<String>,
+    /// Only this kind (`tasks`, `session`, ...).
+    kind: Option<String>,
+}
+
+/// `GET /api/v1/watch`: server-sent events. `event: change` carries
+/// `{"type": "ADDED|MODIFIED|DELETED", "object": {...}}`; `event: event`
+/// carries a recorded event (`involvedObject`, `type`, `reason`,
+/// `message`, `count`, `firstTimestamp`, `lastTimestamp`, `source`);
+/// `event: lagged` says how many items a slow reader missed. The stream
+/// opens with the comment `: watching`, once the subscription is live.
+async fn watch(
+    State(s): State<Arc<ApiState>>,
+    q: QueryResult<WatchQuery>,
+) -> ApiResult<Sse<impl futures::Stream<Item = Result<Event, Infallible>>>> {
+    let q = query(q)?;
+    let kind = q.kind.as_deref().map(kind_of).transpose()?;
+    let ns = q.namespace;
+    let rx = s.bus.subscribe();
+    let stop = s.stop.clone();
+    let wanted = move |item: &Item| {
+        kind.is_none_or(|k| item.kind() == k) && ns.as_deref().is_none_or(|n| item.namespace() == n)
+    };
+    let hello = futures::stream::once(async { Ok(Event::default().comment("watching")) });
+    let items = futures::stream::unfold((rx, stop), move |(mut rx, mut stop)| {
+        let wanted = wanted.clone();
+        async move {
+            loop {
+                let next = tokio::select! {
+                    _ = stop.wait_for(|stopped| *stopped) => return None,
+                    r = rx.recv() => r,
+                };
+                let event = match next {
+                    Ok(item) if wanted(&item) => to_sse(&item),
+                    Ok(_) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        Event::default().event("lagged").data(n.to_string())
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                };
+                return Some((Ok(event), (rx, stop)));
+            }
+        }
+    });
+    Ok(Sse::new(futures::StreamExt::chain(hello, items))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+fn to_sse(item: &Item) -> Event {
+    let (name, data) = match item {
+        Item::Change(_, c) => ("change", serde_json::to_string(c)),
+        Item::Event(e) => ("event", serde_json::to_string(e)),
+    };
+    Event::default()
+        .event(name)
+        .data(data.expect("stream items serialize"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_names() {
+        for ok in [
+            "127.0.0.1:7817",
+            "127.0.0.1",
+            "localhost",
+            "LOCALHOST:80",
+            "[::1]:7817",
+            "[::1]",
+            "127.1.2.3:9",
+        ] {
+            assert!(is_loopback_host(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:7817",
+            "10.0.0.1:7817",
+            "localhost.evil.example",
+            "[::2]:1",
+            "",
+        ] {
+            assert!(!is_loopback_host(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn readiness_waits_for_every_check() {
+        let r = Readiness::new(true);
+        assert!(!r.check().0);
+        r.set_leader(true);
+        r.sessions_listed();
+        for k in Kind::ALL {
+            r.feed_listed(Feed::Objects(k));
+        }
+        r.feed_listed(Feed::Events);
+        assert!(!r.check().0, "manifests not synced");
+        r.manifests_synced();
+        let (ready, body) = r.check();
+        assert!(ready, "{body}");
+        let r = Readiness::new(false);
+        r.set_leader(true);
+        r.sessions_listed();
+        for k in Kind::ALL {
+            r.feed_listed(Feed::Objects(k));
+        }
+        r.feed_listed(Feed::Events);
+        assert!(r.check().0);
+    }
+}

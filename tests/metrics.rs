@@ -1,0 +1,253 @@
+//! Metrics against Prometheus' own tools: the daemon's `/metrics` passes
+//! `promtool check metrics`; every query of the Grafana dashboards is valid
+//! PromQL (`promtool check rules`) over metrics the live daemon exports; a
+//! real Prometheus server scrapes the daemon on loopback.
+
+mod common;
+use claude_failover::api::{Kind, ObjectKey};
+use claude_failover::store::Store;
+use common::daemon::{Daemon, T, call};
+use common::prom::{Prometheus, promtool, require};
+use common::*;
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::path::Path;
+
+/// A store with two Accounts (one with usage readings, as the account
+/// controller records them), a Session and three Tasks.
+fn populate(env: &Env) {
+    let accounts = format!(
+        "{HEAD}kind: Account\nmetadata:\n  name: work\nspec:\n  configDir: /tmp/cf-work\n  thresholds: {{fiveHour: 80, sevenDay: 95}}\n---\n{HEAD}kind: Account\nmetadata:\n  name: spare\nspec:\n  configDir: /tmp/cf-spare\n  priority: 20\n"
+    );
+    let tasks: String = (0..3)
+        .map(|i| {
+            format!("---\n{HEAD}kind: Task\nmetadata:\n  name: job-{i}\nspec:\n  prompt: job {i}\n")
+        })
+        .collect();
+    let f = env.write("pool.yaml", &format!("{accounts}{tasks}"));
+    env.ok(&["apply", "-f", f.to_str().unwrap()]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let ts =
+        |s: i64| claude_failover::api::Time(k8s_openapi::jiff::Timestamp::from_second(s).unwrap());
+    let store = Store::open(env.store()).unwrap();
+    store
+        .write_status(
+            &ObjectKey::new(Kind::Account, "default", "work"),
+            &json!({
+                "phase": "NearLimit",
+                "usage": {
+                    "fiveHour": {"utilization": 84.5, "resetsAt": ts(now + 3600), "source": "statusLine", "observedAt": ts(now)},
+                    "sevenDay": {"utilization": 40.0, "resetsAt": ts(now + 86400), "source": "poll", "observedAt": ts(now)},
+                },
+                "projectedLimitAt": ts(now + 1800),
+            }),
+            None,
+        )
+        .unwrap();
+}
+
+/// The sample names of a text exposition.
+fn sample_names(exposition: &str) -> BTreeSet<String> {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap().to_string())
+        .collect()
+}
+
+fn live_metrics(d: &Daemon) -> String {
+    // The object gauges are filled once the daemon has listed the store.
+    wait_for("the object gauges", T, || {
+        let (code, text) = call("GET", &format!("{}/metrics", d.url), None, None);
+        (code == 200 && text.contains("claude_failover_account_projected_limit_timestamp_seconds{"))
+            .then_some(text)
+    })
+}
+
+#[test]
+fn metrics_pass_promtool_check() {
+    let Some(promtool_bin) = require("promtool", "metrics_pass_promtool_check") else {
+        return;
+    };
+    let env = Env::new();
+    populate(&env);
+    let d = Daemon::start(&env, &[]);
+    let text = live_metrics(&d);
+    let (ok, out) = promtool(&promtool_bin, &["check", "metrics"], &text);
+    assert!(
+        ok && out.trim().is_empty(),
+        "promtool check metrics:\n{out}\n---\n{text}"
+    );
+    // Label sets stay bounded: no task or session name is a label value.
+    for name in ["job-0", "job-1", "job-2"] {
+        assert!(!text.contains(name), "{name} in /metrics");
+    }
+}
+
+/// Every PromQL query of a dashboard (panels' `expr`, and the metric of
+/// templating `label_values(METRIC, LABEL)` queries).
+fn queries(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                match (k.as_str(), x) {
+                    ("expr", Value::String(e)) => out.push(e.clone()),
+                    ("query" | "definition", Value::String(q))
+                        if q.starts_with("label_values(") =>
+                    {
+                        let inner = q.trim_start_matches("label_values(").trim_end_matches(')');
+                        let metric = inner.rsplit_once(',').map(|x| x.0).unwrap_or(inner);
+                        out.push(metric.trim().to_string());
+                    }
+                    _ => queries(x, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| queries(x, out)),
+        _ => {}
+    }
+}
+
+/// Grafana's variables replaced by what they stand for, so the query is
+/// plain PromQL.
+fn plain(expr: &str) -> String {
+    let e = expr
+        .replace("$__rate_interval", "1m")
+        .replace("$__interval", "1m")
+        .replace("$__range", "1h")
+        .replace("$account", ".*");
+    assert!(!e.contains('$'), "unknown Grafana variable in {expr}");
+    e
+}
+
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("claude_failover_") {
+        let name: String = rest[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[i + name.len()..];
+        out.push(name);
+    }
+    out
+}
+
+#[test]
+fn every_dashboard_query_is_valid_promql_over_exported_metrics() {
+    let Some(promtool_bin) = require(
+        "promtool",
+        "every_dashboard_query_is_valid_promql_over_exported_metrics",
+    ) else {
+        return;
+    };
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboards");
+    let mut boards: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    boards.sort();
+    let names: Vec<String> = boards
+        .iter()
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["controller", "pool", "quota"]);
+    let mut all = Vec::new();
+    for b in &boards {
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(b).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", b.display()));
+        let mut q = Vec::new();
+        queries(&v, &mut q);
+        assert!(q.len() >= 8, "{}: only {} queries", b.display(), q.len());
+        all.extend(q.into_iter().map(|e| (b.clone(), e)));
+    }
+    // 1. PromQL: every query as a recording rule, checked by promtool.
+    let env = Env::new();
+    let mut rules = String::from("groups:\n  - name: dashboards\n    rules:\n");
+    for (i, (_, e)) in all.iter().enumerate() {
+        rules.push_str(&format!(
+            "      - record: dashboard:query_{i}\n        expr: {}\n",
+            serde_json::to_string(&plain(e)).unwrap()
+        ));
+    }
+    let rules_file = env.write("rules.yml", &rules);
+    let (ok, out) = promtool(
+        &promtool_bin,
+        &["check", "rules", rules_file.to_str().unwrap()],
+        "",
+    );
+    assert!(ok, "promtool check rules:\n{out}\n{rules}");
+    assert!(
+        out.contains(&format!("SUCCESS: {} rules found", all.len())),
+        "{out}"
+    );
+    // 2. Every metric named exists in the live daemon's /metrics.
+    populate(&env);
+    let d = Daemon::start(&env, &[]);
+    let exported = sample_names(&live_metrics(&d));
+    let mut used = BTreeSet::new();
+    for (board, e) in &all {
+        for m in metric_names(e) {
+            assert!(
+                exported.contains(&m),
+                "{}: {m} is not exported by the daemon (query: {e})\nexported: {exported:#?}",
+                board.display()
+            );
+            used.insert(m);
+        }
+    }
+    // And the dashboards show every family the daemon exports.
+    let family = |n: &String| {
+        ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|s| n.strip_suffix(s))
+            .unwrap_or(n)
+            .to_string()
+    };
+    let families: BTreeSet<String> = exported.iter().map(family).collect();
+    let used_families: BTreeSet<String> = used.iter().map(family).collect();
+    let unshown: Vec<_> = families.difference(&used_families).collect();
+    assert!(unshown.is_empty(), "no dashboard shows {unshown:?}");
+}
+
+#[test]
+fn a_real_prometheus_scrapes_the_daemon() {
+    let Some(bin) = require("prometheus", "a_real_prometheus_scrapes_the_daemon") else {
+        return;
+    };
+    let env = Env::new();
+    populate(&env);
+    let d = Daemon::start(&env, &[]);
+    let prom = Prometheus::start(&bin, env.dir.path(), &d.addr());
+    prom.wait_value(r#"up{job="claude-failover"}"#, 1.0);
+    let build = prom.wait_value("claude_failover_build_info", 1.0);
+    assert_eq!(build["metric"]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(build["metric"]["instance"], d.addr());
+    prom.wait_value(r#"claude_failover_tasks{phase="Pending"}"#, 3.0);
+    prom.wait_value(r#"claude_failover_leader"#, 1.0);
+    prom.wait_value(
+        r#"claude_failover_account_phase{account="work",phase="NearLimit"}"#,
+        1.0,
+    );
+    prom.wait_value(
+        r#"claude_failover_account_utilization_ratio{account="work",window="five_hour"}"#,
+        0.845,
+    );
+    // A change in the store reaches Prometheus: a fourth task.
+    env.ok(&[
+        "apply",
+        "-f",
+        env.write(
+            "more.yaml",
+            &format!("{HEAD}kind: Task\nmetadata:\n  name: job-3\nspec:\n  prompt: job 3\n"),
+        )
+        .to_str()
+        .unwrap(),
+    ]);
+    prom.wait_value(r#"sum(claude_failover_tasks{phase="Pending"})"#, 4.0);
+}

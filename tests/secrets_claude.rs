@@ -1,0 +1,167 @@
+//! No secret reaches a log: a whole flow (real Claude Code, the real
+//! daemon, its control plane and the CLI) with configured secrets, then
+//! every line the daemon and the CLI wrote is searched for them.
+
+mod common;
+use common::daemon::{call, json};
+use common::pool::{Pool, require_claude};
+use std::os::unix::fs::PermissionsExt;
+
+/// Every secret carries this marker, so a leak of any part of one (a
+/// prefix, a suffix) is found too.
+const MARK: &str = "SECRET";
+const API_KEY: &str = "sk-ant-api03-SECRET-agent-key-5f1c9e7d2b4a6c8e0f1a3b5c7d9e1f2a";
+const API_TOKEN: &str = "cf-api-token-SECRET-7e3b1d9f5a2c4e6b8d0f1a3c5e7b9d1f";
+const TELEGRAM: &str = "123456:SECRET-telegram-bot-token-AAE9fKx2LmQ8rT";
+const WRONG_TOKEN: &str = "cf-wrong-token-SECRET-0b1c2d3e4f5a6b7c";
+
+#[test]
+fn no_secret_reaches_any_log() {
+    let Some(claude) = require_claude("no_secret_reaches_any_log") else {
+        return;
+    };
+    let mut pool = Pool::new(claude);
+    let token_file = pool.path("secrets/api-token");
+    std::fs::create_dir_all(token_file.parent().unwrap()).unwrap();
+    std::fs::write(&token_file, format!("{API_TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = pool.path("config.yaml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "api:\n  tokenFile: {}\nnotify:\n  telegram:\n    baseUrl: {}\n    chatId: \"42\"\n    tokenEnv: CF_TEST_TELEGRAM_TOKEN\n",
+        token_file.display(),
+        pool.api.url()
+    ));
+    std::fs::write(&config, text).unwrap();
+    pool.apply(&pool.account_yaml("a", 10));
+    // The key is in the daemon's environment, not in the store.
+    pool.apply(&pool.session_yaml("sec-0", Some("a"), &[]));
+    pool.start_daemon_with(
+        &["--log-level", "debug"],
+        &[
+            ("ANTHROPIC_API_KEY", API_KEY),
+            ("CF_TEST_TELEGRAM_TOKEN", TELEGRAM),
+        ],
+    );
+    let first = pool.wait_phase("sec-0", "Idle");
+    let api = format!("{}/api/v1/namespaces/default", pool.api_url());
+    let mut cli_output = String::new();
+    let mut cli = |args: &[&str]| {
+        let out = pool.cli(args).output().unwrap();
+        let (o, e) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert!(out.status.success(), "{args:?}: {o}{e}");
+        assert!(e.is_empty(), "{args:?} went through the daemon: {e}");
+        cli_output.push_str(&o);
+        cli_output.push_str(&e);
+    };
+
+    // A task through the API, typed into the real agent, answered.
+    let task = |name: &str| {
+        format!(
+            r#"{{"apiVersion": "claude-failover.io/v1alpha1", "kind": "Task", "metadata": {{"name": "{name}"}}, "spec": {{"prompt": "job {name}"}}}}"#
+        )
+    };
+    let (code, body) = call(
+        "POST",
+        &format!("{api}/tasks"),
+        Some(API_TOKEN),
+        Some(&task("s1")),
+    );
+    assert_eq!(code, 201, "{body}");
+    pool.wait_task_phase("s1", "Succeeded");
+    // The agent authenticated with the key from the daemon's environment.
+    assert!(
+        pool.api
+            .main_requests()
+            .iter()
+            .any(|r| r.credential() == Some(API_KEY)),
+        "{}",
+        pool.api.summary()
+    );
+
+    // Restart through the CLI (and so the API).
+    cli(&["restart", "session", "sec-0"]);
+    pool.wait_session("sec-0", "relaunched", |v| {
+        v["status"]["phase"] == "Idle" && v["status"]["pid"] != first["status"]["pid"]
+    });
+
+    // Cancel a running task through the CLI.
+    pool.api.hold();
+    let (code, _) = call(
+        "POST",
+        &format!("{api}/tasks"),
+        Some(API_TOKEN),
+        Some(&task("s2")),
+    );
+    assert_eq!(code, 201);
+    pool.wait_task_phase("s2", "Running");
+    cli(&["cancel", "task", "s2"]);
+    pool.wait_task_phase("s2", "Cancelled");
+    pool.api.release();
+
+    // A failover request, reads, the event stream's list, and refusals.
+    let (code, _) = call(
+        "POST",
+        &format!("{api}/accounts/a/failover"),
+        Some(API_TOKEN),
+        None,
+    );
+    assert_eq!(code, 202);
+    let (code, body) = call(
+        "GET",
+        &format!("{api}/sessions/sec-0/events"),
+        Some(API_TOKEN),
+        None,
+    );
+    assert_eq!(code, 200);
+    assert!(json(&body)["items"].as_array().unwrap().len() > 3);
+    for (method, tok) in [
+        ("GET", Some(WRONG_TOKEN)),
+        ("POST", Some(WRONG_TOKEN)),
+        ("GET", None),
+    ] {
+        let (code, _) = call(method, &format!("{api}/tasks"), tok, Some("{}"));
+        assert_eq!(code, 401);
+    }
+    let (code, metrics) = call("GET", &format!("{}/metrics", pool.api_url()), None, None);
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("claude_failover_dispatch_latency_seconds_count 2\n"),
+        "{metrics}"
+    );
+    pool.signal_daemon(0, libc::SIGTERM);
+
+    // Nothing the daemon or the CLI wrote holds a secret, or any part of one.
+    let logs = [
+        ("daemon stderr", pool.daemon_log(0)),
+        (
+            "daemon stdout",
+            std::fs::read_to_string(pool.path("daemon-0.out")).unwrap(),
+        ),
+        ("CLI output", cli_output),
+    ];
+    assert!(
+        logs[0].1.contains("DEBUG"),
+        "debug logging was on: {}",
+        logs[0].1
+    );
+    for (what, text) in &logs {
+        for secret in [API_KEY, API_TOKEN, TELEGRAM, WRONG_TOKEN] {
+            assert!(!text.contains(secret), "{what} holds a secret");
+        }
+        if let Some(line) = text.lines().find(|l| l.contains(MARK)) {
+            panic!("{what} holds part of a secret: {line}");
+        }
+    }
+    // Nor does the store (events, statuses, specs).
+    for (path, bytes) in common::snapshot(&pool.path("store")) {
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(MARK),
+            "{} holds a secret",
+            path.display()
+        );
+    }
+}
