@@ -68,8 +68,9 @@ pub const USAGE_POLL_RESULTS: [&str; 4] = ["ok", "retry_after", "unauthorized", 
 /// `channel` label values of `claude_failover_notifications_total`.
 pub const NOTIFY_CHANNELS: [&str; 2] = ["telegram", "webhook"];
 /// `result` label values of `claude_failover_notifications_total`: sent,
-/// failed (one attempt did not go through), dropped (given up).
-pub const NOTIFY_RESULTS: [&str; 3] = ["sent", "failed", "dropped"];
+/// failed (given up after its attempts), deduplicated (the same notice
+/// within the de-duplication window); see [`crate::notify::Outcome`].
+pub const NOTIFY_RESULTS: [&str; 3] = ["sent", "failed", "deduplicated"];
 /// The `event` label of a hook outside [`crate::agent::launch::HOOK_EVENTS`].
 pub const OTHER_HOOK_EVENT: &str = "other";
 

@@ -284,6 +284,10 @@ struct Counters {
 impl Counters {
     fn add(&self, channel: Channel, outcome: Outcome, n: usize) {
         self.counts[channel as usize][outcome as usize].fetch_add(n as u64, Ordering::Relaxed);
+        crate::metrics::metrics()
+            .notifications_total
+            .with_label_values(&[channel.as_str(), outcome.as_str()])
+            .inc_by(n as u64);
     }
 
     fn snapshot(&self) -> NotifyStats {

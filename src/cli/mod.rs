@@ -6,8 +6,8 @@
 
 mod apply;
 mod cancel;
-mod demo;
 mod client;
+mod demo;
 mod describe;
 mod failover;
 mod get;

@@ -256,7 +256,14 @@ fn oldest_observed(s: &AccountStatus) -> Option<SystemTime> {
 /// Session changes; agents' signals wake it through the registry.
 pub async fn run(ctx: Arc<Context>, st: QuotaSettings, changed: Arc<tokio::sync::Notify>) {
     loop {
-        let next = match pass(&ctx, &st) {
+        let started = std::time::Instant::now();
+        let result = pass(&ctx, &st);
+        crate::metrics::metrics().observe_reconcile(
+            "account",
+            started.elapsed().as_secs_f64(),
+            result.is_err(),
+        );
+        let next = match result {
             Ok(next) => next,
             Err(e) => {
                 tracing::warn!(error = %e, "account pass failed; retrying");
@@ -515,6 +522,15 @@ async fn poll(
     use crate::quota::poll::{PollError, poll_usage};
     let result = poll_usage(&st.usage_base_url, &token).await;
     let now = SystemTime::now();
+    crate::metrics::metrics()
+        .usage_polls_total
+        .with_label_values(&[match &result {
+            Ok(_) => "ok",
+            Err(PollError::RetryAfter(_)) => "retry_after",
+            Err(PollError::Unauthorized) => "unauthorized",
+            Err(_) => "error",
+        }])
+        .inc();
     let state_dir = &ctx.settings.state_dir;
     match &result {
         Ok(_) => schedule.after_success(now, st.poll_interval),

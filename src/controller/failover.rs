@@ -288,7 +288,13 @@ pub async fn run(ctx: Arc<Context>, st: FailoverSettings) {
         Err(e) => tracing::warn!(error = %e, "cannot check the swap lease"),
     }
     loop {
+        let started = std::time::Instant::now();
         let result = pass(&ctx, &st, &mut mem).await;
+        crate::metrics::metrics().observe_reconcile(
+            "failover",
+            started.elapsed().as_secs_f64(),
+            result.is_err(),
+        );
         if let Err(e) = result {
             tracing::warn!(error = %e, "failover pass failed; retrying");
         }
@@ -570,6 +576,21 @@ fn mark_interrupted(state_dir: &Path, lease: &lease::SwapLease) {
     }
 }
 
+/// `claude_failover_failovers_total{reason,result}`: the reason as a
+/// bounded label (a drain counts as a manual one).
+fn count_failover(reason: &str, result: &str) {
+    let label = match reason {
+        "NearLimit" => "near_limit",
+        "Exhausted" => "exhausted",
+        "AuthenticationFailed" => "auth",
+        _ => "manual",
+    };
+    crate::metrics::metrics()
+        .failovers_total
+        .with_label_values(&[label, result])
+        .inc();
+}
+
 /// Runs `f` under the swap lease, released whatever `f` returns.
 async fn under_lease<T>(
     state_dir: &Path,
@@ -620,6 +641,7 @@ async fn swap_locked(
     let state_dir = ctx.settings.state_dir.clone();
     let from_key = akey(ns, from);
     let epoch = lease.record.epoch;
+    crate::metrics::metrics().swap_lease_epoch.set(epoch as i64);
     let started = std::time::Instant::now();
     let started_at = SystemTime::now();
     // The accounts as they are now (the lease may have taken a while).
@@ -676,6 +698,7 @@ async fn swap_locked(
             } else {
                 "; its sessions stay"
             };
+            count_failover(reason, "failed");
             record(
                 ctx,
                 &from_key,
@@ -802,6 +825,10 @@ async fn swap_locked(
         });
         "rolled_back"
     };
+    count_failover(reason, result);
+    crate::metrics::metrics()
+        .swap_duration_seconds
+        .observe(elapsed.as_secs_f64());
     tracing::debug!(
         epoch,
         result,

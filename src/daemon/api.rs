@@ -629,15 +629,19 @@ async fn post_sub(
                         )));
                     }
                 }
-                crate::controller::failover::request(&state_dir, &k.namespace, &k.name, to.as_deref()).map_err(
-                    |e| {
-                        ApiError::new(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "InternalError",
-                            format!("cannot write the failover request: {e}"),
-                        )
-                    },
-                )?;
+                crate::controller::failover::request(
+                    &state_dir,
+                    &k.namespace,
+                    &k.name,
+                    to.as_deref(),
+                )
+                .map_err(|e| {
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "InternalError",
+                        format!("cannot write the failover request: {e}"),
+                    )
+                })?;
                 let target = to
                     .as_deref()
                     .map(|t| format!(" to account {t}"))
