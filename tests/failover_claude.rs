@@ -108,6 +108,12 @@ fn crossing_the_threshold_moves_every_session_and_the_conversation_goes_on() {
     pool.apply(&pool.account_with_token("b", 10, TOKEN_B));
     pool.apply(&pool.session_yaml("one", None, &[]));
     pool.apply(&pool.session_yaml("two", None, &[]));
+    // Notifications go to a JSON webhook (served by the fake API here).
+    pool.api.route("POST", "/notify", 200, serde_json::json!({}));
+    pool.add_config(&format!(
+        "notify:\n  webhook:\n    url: {}/notify\n  minIntervalSeconds: 0\n",
+        pool.api.url()
+    ));
     // The usage endpoint, polled for accounts no live session reports on.
     pool.api.route(
         "GET",
@@ -183,6 +189,16 @@ fn crossing_the_threshold_moves_every_session_and_the_conversation_goes_on() {
     }
     let one = events(&pool, "session", "one");
     assert!(one.contains("Swapped"), "{one}");
+    // The webhook heard the story.
+    wait_for("the notifications", MINUTE, || {
+        let posts: String = pool
+            .api
+            .requests_to("/notify")
+            .iter()
+            .map(|q| q.raw_body.clone())
+            .collect();
+        (posts.contains("failover-started") && posts.contains("failover-done")).then_some(())
+    });
     // The poll kept to its budget: at most one per account here (the
     // interval is 5 minutes), each with the account's own token.
     let polls = pool.api.requests_to("/api/oauth/usage");

@@ -411,7 +411,25 @@ pub fn pass(ctx: &Arc<Context>, st: &QuotaSettings) -> Result<Duration, crate::s
             resets_at: l.resets_at.map(|t| crate::api::Time(jiff_of(t))),
             source: l.source.clone(),
         });
-        status.projected_limit_at = projection.map(|t| crate::api::Time(jiff_of(t)));
+        // Nothing new to project from (say, after a restart, with one
+        // reading in memory): an earlier projection of the same reading
+        // still stands while it lies ahead.
+        let same_reading = before
+            .usage
+            .as_ref()
+            .and_then(|u| u.five_hour.as_ref())
+            .zip(inputs.five_hour.as_ref())
+            .is_some_and(|(b, r)| {
+                (b.utilization - (r.utilization * 10.0).round() / 10.0).abs() < 0.05
+                    && b.resets_at.as_ref().map(system) == r.resets_at
+            });
+        let kept = before
+            .projected_limit_at
+            .clone()
+            .filter(|t| same_reading && system(t) > now);
+        status.projected_limit_at = projection
+            .map(|t| crate::api::Time(jiff_of(t)))
+            .or(kept);
         status.sessions = Some(live.len() as u32);
         status.observed_generation = a.metadata.generation;
         set_condition(

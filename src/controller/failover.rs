@@ -167,6 +167,8 @@ impl SwapRecord {
 pub struct FailoverRequest {
     pub account: String,
     pub to: Option<String>,
+    #[serde(default)]
+    pub requested_at: Option<crate::api::Time>,
 }
 
 fn requests_dir(state_dir: &Path) -> PathBuf {
@@ -180,6 +182,7 @@ pub fn request(state_dir: &Path, ns: &str, account: &str, to: Option<&str>) -> s
     let r = FailoverRequest {
         account: account.into(),
         to: to.map(str::to_string),
+        requested_at: Some(crate::api::now()),
     };
     crate::fsutil::write_atomic(
         &d.join(format!("{account}.json")),
