@@ -183,6 +183,9 @@ fn main() {
     //    limit is hit (twice: three accounts give two moves).
     let mut hook_to_swap = Vec::new();
     for _ in 0..2 {
+        // Let the agents just relaunched finish starting (CPU-bound on two
+        // cores): the figure is the daemon's reaction, not the queue for a core.
+        std::thread::sleep(Duration::from_secs(10));
         let rt_record: Value = serde_json::from_slice(
             &std::fs::read(pool.path("state/sessions/default/s0/runtime.json")).unwrap(),
         )
@@ -223,6 +226,13 @@ fn main() {
         }
     }
 
+    if std::env::var_os("FAILOVER_BENCH_LOG").is_some() {
+        for l in pool.daemon_log(0).lines().filter(|l| {
+            l.contains("StopFailure") || l.contains("Exhausted") || l.contains("FailoverStarted")
+        }) {
+            eprintln!("{l}");
+        }
+    }
     println!(
         "failover benchmark ({} cores, Claude Code against the fake API)",
         std::thread::available_parallelism()

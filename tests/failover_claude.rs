@@ -109,7 +109,8 @@ fn crossing_the_threshold_moves_every_session_and_the_conversation_goes_on() {
     pool.apply(&pool.session_yaml("one", None, &[]));
     pool.apply(&pool.session_yaml("two", None, &[]));
     // Notifications go to a JSON webhook (served by the fake API here).
-    pool.api.route("POST", "/notify", 200, serde_json::json!({}));
+    pool.api
+        .route("POST", "/notify", 200, serde_json::json!({}));
     pool.add_config(&format!(
         "notify:\n  webhook:\n    url: {}/notify\n  minIntervalSeconds: 0\n",
         pool.api.url()

@@ -427,9 +427,7 @@ pub fn pass(ctx: &Arc<Context>, st: &QuotaSettings) -> Result<Duration, crate::s
             .projected_limit_at
             .clone()
             .filter(|t| same_reading && system(t) > now);
-        status.projected_limit_at = projection
-            .map(|t| crate::api::Time(jiff_of(t)))
-            .or(kept);
+        status.projected_limit_at = projection.map(|t| crate::api::Time(jiff_of(t))).or(kept);
         status.sessions = Some(live.len() as u32);
         status.observed_generation = a.metadata.generation;
         set_condition(
