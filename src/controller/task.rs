@@ -135,6 +135,10 @@ pub struct Memory {
     /// When each dispatched task's intent was written, precisely: the
     /// start of its dispatch latency.
     dispatched: HashMap<ObjectKey, SystemTime>,
+    /// When each dispatched task's text was typed and submitted: on a
+    /// loaded machine the typing itself can take seconds, and the wait for
+    /// the agent's confirmation runs from here, not from the intent.
+    typed: HashMap<ObjectKey, SystemTime>,
 }
 
 // ---------------------------------------------------------------- planning
@@ -760,6 +764,7 @@ async fn deliver(
     //    of it in the composer or none of it), then Enter.
     let text = format!("{}{}", t.spec.prompt.trim_end(), marker_text(&marker));
     type_then_enter(ctx, &pane.id, &text).await?;
+    mem.typed.insert(key.clone(), SystemTime::now());
     if let Some(file) = t
         .metadata
         .annotations
@@ -952,6 +957,7 @@ async fn progress(
                     mem.started.insert(key.clone(), at);
                     // Only dispatches this process made: after a restart the
                     // time since the intent includes the daemon's absence.
+                    mem.typed.remove(&key);
                     if let Some(intent) = mem.dispatched.remove(&key) {
                         crate::metrics::metrics()
                             .dispatch_latency_seconds
@@ -980,7 +986,14 @@ async fn progress(
                     true,
                 );
             }
-            if age < Duration::from_secs(3) {
+            // Since the text went in (after a restart of the daemon, only
+            // the intent's time is known).
+            let since_typed = mem
+                .typed
+                .get(&key)
+                .map(|at| now.duration_since(*at).unwrap_or_default())
+                .unwrap_or(age);
+            if since_typed < Duration::from_secs(3) {
                 return Ok(());
             }
             // Not confirmed after a while: is the text still in the composer?
@@ -1012,7 +1025,15 @@ async fn progress(
                 }
                 // An empty composer and no trace in the history: the text
                 // never arrived (the daemon died before typing it).
-                Some(_) if age > Duration::from_secs(6) => {
+                // (An agent busy with a turn has taken it: its hook is late.)
+                Some(_)
+                    if since_typed > Duration::from_secs(6)
+                        && crate::agent::state::read_pid_file(
+                            &config_dir(sess, &accounts),
+                            pane.pid,
+                        )
+                        .is_none_or(|p| p.status == "idle") =>
+                {
                     return requeue(ctx, t, "the typed text never reached the agent", true);
                 }
                 _ => {}
