@@ -960,6 +960,14 @@ async fn launch(
             .map_err(|e| format!("cannot prepare the account's config dir: {e}"))?;
     }
     let settings_file = settings_path(&ctx.settings.state_dir, key);
+    // A new secret for each launch: a post from the agent being replaced
+    // (a statusLine refresh racing its /exit, under the old account) is
+    // refused instead of being taken for the new agent's.
+    // Saved before the agent starts: a daemon dying next must know it.
+    rt.secret = super::runtime::random_hex(24);
+    rt.save(&ctx.settings.state_dir, key)
+        .map_err(|e| format!("cannot save the session's runtime record: {e}"))?;
+    ctx.signals.register(key, &rt.secret);
     let url = format!(
         "{}{}",
         ctx.settings.agent_base_url,
