@@ -325,11 +325,13 @@ fn report_of(state: &AgentState, resync: Duration) -> Report {
             ready: (true, "AgentIdle".into(), "waiting at the prompt".into()),
             requeue: resync,
         },
+        // A turn can end with no hook at all (Esc, a cancel): the agent's
+        // own state file says so, and nothing else wakes us to read it.
         AgentState::Busy => Report {
             phase: SessionPhase::Busy,
             alive,
             ready: (true, "AgentBusy".into(), "working on a turn".into()),
-            requeue: resync,
+            requeue: resync.min(Duration::from_secs(5)),
         },
         AgentState::Waiting(w) => Report {
             phase: SessionPhase::Waiting,
