@@ -977,7 +977,7 @@ async fn replay(
 ) {
     if let Some(task) = &cp.current_task {
         // The dispatcher replays it (status.replayOn) once the session is idle.
-        if let Some(t) = tasks.iter().find(|t| {
+        if tasks.iter().any(|t| {
             t.metadata.name.as_deref() == Some(task.as_str())
                 && t.metadata.namespace.as_deref() == Some(key.namespace.as_str())
         }) {
@@ -991,7 +991,6 @@ async fn replay(
                     let _ = api.patch_status(task, &status);
                 }
             }
-            let _ = t;
             record(
                 ctx,
                 key,
