@@ -128,3 +128,11 @@ mod tests {
         }
     }
 }
+
+/// Whether a file watcher's event may be a change: anything but an access.
+/// Opening or reading a watched directory (our own scans) raises access
+/// events; a watcher that woke on those and scanned again would spin.
+/// Errors count as changes (the caller rescans).
+pub fn is_change(res: &notify::Result<notify::Event>) -> bool {
+    !matches!(res, Ok(ev) if matches!(ev.kind, notify::EventKind::Access(_)))
+}

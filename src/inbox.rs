@@ -308,9 +308,7 @@ pub struct InboxWatcher {
 impl InboxWatcher {
     pub fn new(changed: std::sync::Arc<tokio::sync::Notify>) -> Option<InboxWatcher> {
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if let Ok(ev) = res
-                && !matches!(ev.kind, notify::EventKind::Access(_))
-            {
+            if res.is_ok() && crate::fsutil::is_change(&res) {
                 changed.notify_one();
             }
         });

@@ -231,7 +231,7 @@ impl Syncer {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             // Our own reads of the directory are not changes.
-            if !matches!(res, Ok(ref ev) if matches!(ev.kind, notify::EventKind::Access(_))) {
+            if crate::fsutil::is_change(&res) {
                 let _ = tx.send(());
             }
         })

@@ -251,3 +251,50 @@ fn a_real_prometheus_scrapes_the_daemon() {
     ]);
     prom.wait_value(r#"sum(claude_failover_tasks{phase="Pending"})"#, 4.0);
 }
+
+/// `claude_failover_reconciles_total{controller}` of an exposition.
+fn reconciles(exposition: &str) -> std::collections::BTreeMap<String, f64> {
+    exposition
+        .lines()
+        .filter_map(|l| l.strip_prefix("claude_failover_reconciles_total{controller=\""))
+        .filter_map(|l| {
+            let (controller, rest) = l.split_once('"')?;
+            let value = rest.rsplit(' ').next()?.parse().ok()?;
+            Some((controller.to_string(), value))
+        })
+        .collect()
+}
+
+/// A quiet daemon does not spin: over a quiet window no controller runs
+/// more than its timers ask for. (The failover controller once woke on the
+/// watcher events of its own directory scans and ran thousands of passes a
+/// second, taking a core from the agents.)
+#[test]
+fn a_quiet_daemon_reconciles_only_on_changes_and_timers() {
+    let env = Env::new();
+    populate(&env);
+    let d = Daemon::start(&env, &[]);
+    live_metrics(&d);
+    // Settled: the first passes after the start have run.
+    let before = wait_for("every controller's first pass", T, || {
+        let (_, text) = call("GET", &format!("{}/metrics", d.url), None, None);
+        let r = reconciles(&text);
+        ["account", "failover"]
+            .iter()
+            .all(|c| r.get(*c).is_some_and(|v| *v > 0.0))
+            .then_some(r)
+    });
+    // A measurement window, not a synchronisation: nothing changes in it.
+    let window = std::time::Duration::from_secs(3);
+    std::thread::sleep(window);
+    let (_, text) = call("GET", &format!("{}/metrics", d.url), None, None);
+    let after = reconciles(&text);
+    for (controller, n) in &after {
+        let ran = n - before.get(controller).copied().unwrap_or(0.0);
+        // The busiest timer is the failover controller's 1 s tick.
+        assert!(
+            ran <= 2.0 * window.as_secs_f64() + 2.0,
+            "the {controller} controller ran {ran} passes in a quiet {window:?}"
+        );
+    }
+}

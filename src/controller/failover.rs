@@ -261,8 +261,10 @@ fn watch_requests(ctx: &Arc<Context>) -> Option<notify::RecommendedWatcher> {
     let dir = requests_dir(&ctx.settings.state_dir);
     std::fs::create_dir_all(&dir).ok()?;
     let c = ctx.clone();
-    let mut w = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
-        c.quota.wake_failover.notify_one();
+    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if crate::fsutil::is_change(&res) {
+            c.quota.wake_failover.notify_one();
+        }
     })
     .ok()?;
     w.watch(&dir, notify::RecursiveMode::Recursive).ok()?;

@@ -184,7 +184,7 @@ impl Bus {
         let watcher = {
             use notify::Watcher;
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
-                Ok(ev) if matches!(ev.kind, notify::EventKind::Access(_)) => {}
+                ref r if !crate::fsutil::is_change(r) => {}
                 Ok(ev) if !ev.need_rescan() => {
                     for p in ev.paths {
                         let _ = ntx.send(Some(p));

@@ -244,9 +244,7 @@ async fn run<K: Object>(store: Store, cfg: WatchConfig, tx: Tx<K>) {
                     match res {
                         Err(_) => changes.push(Change::Rescan),
                         Ok(ev) if ev.need_rescan() => changes.push(Change::Rescan),
-                        // Reads (ours included) are not changes: reacting to
-                        // them would loop.
-                        Ok(ev) if matches!(ev.kind, EventKind::Access(_)) => {}
+                        ref r if !crate::fsutil::is_change(r) => {}
                         Ok(ev) => {
                             let dir_created = matches!(ev.kind, EventKind::Create(notify::event::CreateKind::Folder));
                             for p in &ev.paths {
