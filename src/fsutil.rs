@@ -102,6 +102,14 @@ pub fn home() -> std::path::PathBuf {
         .unwrap_or_else(|| std::path::PathBuf::from("/"))
 }
 
+/// Whether a file watcher's event may be a change: anything but an access.
+/// Opening or reading a watched directory (our own scans) raises access
+/// events; a watcher that woke on those and scanned again would spin.
+/// Errors count as changes (the caller rescans).
+pub fn is_change(res: &notify::Result<notify::Event>) -> bool {
+    !matches!(res, Ok(ev) if matches!(ev.kind, notify::EventKind::Access(_)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,12 +135,4 @@ mod tests {
             );
         }
     }
-}
-
-/// Whether a file watcher's event may be a change: anything but an access.
-/// Opening or reading a watched directory (our own scans) raises access
-/// events; a watcher that woke on those and scanned again would spin.
-/// Errors count as changes (the caller rescans).
-pub fn is_change(res: &notify::Result<notify::Event>) -> bool {
-    !matches!(res, Ok(ev) if matches!(ev.kind, notify::EventKind::Access(_)))
 }

@@ -276,6 +276,38 @@ impl Tmux {
         }
     }
 
+    /// Session `name`'s pane and its visible screen, in one tmux command
+    /// (the dispatcher's look before typing: one process instead of two).
+    pub async fn pane_and_screen(&self, name: &str) -> Result<Option<(Pane, String)>> {
+        let target = format!("={name}");
+        let pane = format!("={name}:");
+        match self
+            .run(
+                &[
+                    "list-panes",
+                    "-t",
+                    &target,
+                    "-F",
+                    PANE_FORMAT,
+                    ";",
+                    "capture-pane",
+                    "-p",
+                    "-t",
+                    &pane,
+                ],
+                None,
+            )
+            .await
+        {
+            Ok(out) => {
+                let (first, screen) = out.split_once('\n').unwrap_or((&out, ""));
+                Ok(parse_pane(first).map(|p| (p, screen.to_string())))
+            }
+            Err(e) if Self::is_absent(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Every session's first pane on this server.
     pub async fn panes(&self) -> Result<Vec<Pane>> {
         match self

@@ -291,3 +291,71 @@ fn concurrent_writers_lose_no_update() {
     assert_eq!(task.status.unwrap().attempts, Some(STATUS_WRITES));
     assert_eq!(task.metadata.generation, Some(1 + 2 * PER_APPLIER as i64));
 }
+
+/// The dispatcher's intent: a finalizer and a status in one transaction,
+/// against the object as the caller saw it, or nothing at all.
+#[test]
+fn a_finalizer_and_a_status_are_written_together_or_not_at_all() {
+    let d = tempfile::tempdir().unwrap();
+    let store = Store::open(d.path()).unwrap();
+    let (_, v) = store.apply(&session("s", "/a"), false).unwrap();
+    let api = store.api::<Session>(Some("default"));
+    let seen: Session = serde_json::from_value(v).unwrap();
+    // Someone else writes in between: the caller's view is stale.
+    store.apply(&session("s", "/b"), false).unwrap();
+    let mut stale = seen.clone();
+    stale.status = Some(SessionStatus {
+        phase: Some(SessionPhase::Busy),
+        ..Default::default()
+    });
+    assert!(matches!(
+        api.add_finalizer_with_status(&stale, "x/held"),
+        Err(StoreError::Conflict { .. })
+    ));
+    let now = store.get(&key("s")).unwrap().unwrap();
+    assert!(now["metadata"].get("finalizers").is_none(), "{now}");
+    assert!(now.get("status").is_none(), "{now}");
+    // Against the current object: both land, under one resourceVersion.
+    let mut fresh: Session = serde_json::from_value(now).unwrap();
+    fresh.status = stale.status.clone();
+    let written = api
+        .add_finalizer_with_status(&fresh, "x/held")
+        .unwrap()
+        .unwrap();
+    let on_disk = store.get(&key("s")).unwrap().unwrap();
+    assert_eq!(on_disk["metadata"]["finalizers"], json!(["x/held"]));
+    assert_eq!(on_disk["status"]["phase"], "Busy");
+    assert_eq!(
+        written.metadata.resource_version.as_deref(),
+        Some(rv(&on_disk).as_str())
+    );
+}
+
+/// A write that waits for the disk is visible at once, atomic, and made
+/// durable by the flush.
+#[test]
+fn a_lazy_status_write_is_visible_at_once() {
+    let d = tempfile::tempdir().unwrap();
+    let store = Store::open(d.path()).unwrap();
+    store.apply(&session("s", "/a"), false).unwrap();
+    store
+        .write_status_as(
+            &key("s"),
+            &json!({"phase": "Idle"}),
+            None,
+            claude_failover::store::Durability::Soon,
+        )
+        .unwrap();
+    assert_eq!(
+        store.get(&key("s")).unwrap().unwrap()["status"]["phase"],
+        "Idle"
+    );
+    claude_failover::store::flush_now().unwrap();
+    // No temp file is left behind.
+    let dir = d.path().join("sessions/default");
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
+}

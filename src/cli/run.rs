@@ -350,6 +350,11 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<ExitCode> {
             let _ = std::fs::remove_file(p);
         }
         metrics().leader.set(0);
+        // Lazily written events and progress reach the disk before the
+        // lease goes.
+        if let Err(e) = crate::store::flush_now() {
+            tracing::warn!(error = %e, "cannot flush the store");
+        }
         drop(lease);
         tracing::info!("daemon stopped (the agents keep running)");
         Ok::<(), anyhow::Error>(())

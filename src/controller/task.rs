@@ -24,7 +24,7 @@ use crate::api::{
     Account, ObjectKey, Session, SessionPhase, Task, TaskPhase, TaskPriority, TaskStatus,
 };
 use crate::selector::Selector;
-use crate::store::StoreError;
+use crate::store::{Durability, StoreError};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -620,6 +620,18 @@ fn account_takes_work(ctx: &Context, v: &View, s: &Session) -> bool {
 /// decides again). Returns whether it was written. The sessions involved
 /// are woken, so their `currentTask` follows at once.
 fn write(ctx: &Context, t: &Task, status: TaskStatus) -> Result<bool, Error> {
+    write_as(ctx, t, status, Durability::Now)
+}
+
+/// [`write`], choosing when it reaches the disk: a task's progress that the
+/// agent's own records tell again after a crash (its confirmation) need not
+/// hold up the agent that is starting on it.
+fn write_as(
+    ctx: &Context,
+    t: &Task,
+    status: TaskStatus,
+    durability: Durability,
+) -> Result<bool, Error> {
     let ns = t.metadata.namespace.clone().unwrap_or_default();
     let sessions: Vec<String> = [
         t.status.as_ref().and_then(|s| s.session.clone()),
@@ -631,7 +643,7 @@ fn write(ctx: &Context, t: &Task, status: TaskStatus) -> Result<bool, Error> {
     let mut next = t.clone();
     next.status = Some(status);
     let api = ctx.store.api::<Task>(t.metadata.namespace.as_deref());
-    match api.replace_status(&next) {
+    match api.replace_status_as(&next, durability) {
         Ok(_) => {
             for s in sessions {
                 ctx.signals.poke(&key_of_session(&ns, &s));
@@ -668,9 +680,9 @@ async fn deliver(
     let Some(pid) = s.status.as_ref().and_then(|x| x.pid) else {
         return Ok(());
     };
-    let Some(pane) = ctx
+    let Some((pane, screen)) = ctx
         .tmux
-        .pane(&super::session::tmux_name(&key_of_session(
+        .pane_and_screen(&super::session::tmux_name(&key_of_session(
             &key.namespace,
             &session_name,
         )))
@@ -695,7 +707,8 @@ async fn deliver(
     }
     // The composer must be on screen and empty: text typed into anything
     // else (a dialog, a half-typed line, a UI still starting) goes astray.
-    if !wait_composer_empty(ctx, &pane.id, Duration::from_secs(2)).await? {
+    let empty = crate::agent::screen::composer_text(&screen).is_some_and(|t| t.is_empty());
+    if !empty && !wait_composer_empty(ctx, &pane.id, Duration::from_secs(2)).await? {
         // A `/model` switch typed by a daemon that died before its Enter:
         // finish it. Anything else there is someone's typing: leave it.
         let screen = ctx.tmux.capture(&pane.id, false).await?;
@@ -737,10 +750,6 @@ async fn deliver(
         }
         mem.models.insert(pid, m.clone());
     }
-    // The finalizer first, so a delete from now on waits for us.
-    let Some(t) = api.set_finalizer(&key.name, FINALIZER, true)? else {
-        return Ok(());
-    };
     let marker = format!("{:08x}", uuid::Uuid::new_v4().as_u128() as u32);
     let mut status = t.status.clone().unwrap_or_default();
     status.phase = Some(TaskPhase::Dispatched);
@@ -755,9 +764,19 @@ async fn deliver(
     status.message = None;
     let replay = status.replay_on.take().is_some();
     status.observed_generation = t.metadata.generation;
-    // 2. The intent, durable before anything is typed.
-    if !write(ctx, &t, status.clone())? {
-        return Ok(());
+    // 2. The intent, durable before anything is typed, with the finalizer
+    //    (a delete from now on waits for us), in one write: the task as
+    //    this pass saw it, or nothing.
+    let mut next = t.clone();
+    next.status = Some(status.clone());
+    match api.add_finalizer_with_status(&next, FINALIZER) {
+        Ok(Some(_)) => ctx
+            .signals
+            .poke(&key_of_session(&key.namespace, &session_name)),
+        Ok(None) | Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound(_)) => {
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
     }
     mem.dispatched.insert(key.clone(), SystemTime::now());
     // 3. The prompt and its marker in ONE tmux command (a crash leaves all
@@ -802,9 +821,12 @@ fn sig_model(ctx: &Context, session: &ObjectKey) -> Option<String> {
 /// lost or, worse, submits half of it.
 pub(crate) async fn type_then_enter(ctx: &Context, pane: &str, text: &str) -> Result<(), Error> {
     ctx.tmux.send_text(pane, text).await?;
-    // The settle Claude Code needs runs from the typing, while we look.
+    // The settle Claude Code needs runs from the typing. One look near its
+    // end (more, only if the text is not there yet): looking while the
+    // agent takes the text in would compete with it for the CPU.
     let settled = tokio::time::Instant::now() + Duration::from_millis(100);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    tokio::time::sleep_until(settled - Duration::from_millis(15)).await;
     loop {
         let screen = ctx.tmux.capture(pane, false).await?;
         if crate::agent::screen::composer_text(&screen).is_some_and(|t| !t.is_empty())
@@ -953,7 +975,7 @@ async fn progress(
                 let mut s = status.clone();
                 s.phase = Some(TaskPhase::Running);
                 s.started_at = Some(time(at));
-                if write(ctx, t, s)? {
+                if write_as(ctx, t, s, Durability::Soon)? {
                     mem.started.insert(key.clone(), at);
                     // Only dispatches this process made: after a restart the
                     // time since the intent includes the daemon's absence.

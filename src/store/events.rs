@@ -57,7 +57,9 @@ impl Store {
         message: &str,
         source: &str,
     ) -> Result<()> {
+        // Events are told, not relied on: they wait for the disk.
         let mut txn = self.txn(false)?;
+        txn.durability = super::local::Durability::Soon;
         let mut list = self.events(key)?;
         let now = crate::api::now();
         let type_ = if warning { "Warning" } else { "Normal" };

@@ -87,7 +87,25 @@ pub(super) struct Txn<'a> {
     overlay: std::collections::HashMap<PathBuf, Option<Value>>,
     dirs_ensured: std::collections::HashSet<PathBuf>,
     dry_run: bool,
+    pub(super) durability: Durability,
 }
+
+/// When a write reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Durable when the call returns (fsync of the files and directories).
+    Now,
+    /// Visible and atomic when the call returns (temp file and rename: a
+    /// process killed at any point leaves the old or the new file), made
+    /// durable by a `syncfs` within [`LAZY_FLUSH`]. For what can be
+    /// observed again after a power loss (events, an agent's progress):
+    /// it keeps fsyncs, and the journal commits they force, out of the
+    /// moments an agent is writing its own files.
+    Soon,
+}
+
+/// How long a [`Durability::Soon`] write may wait for the disk.
+pub const LAZY_FLUSH: std::time::Duration = std::time::Duration::from_millis(500);
 
 enum Op {
     Write { tmp: PathBuf, path: PathBuf },
@@ -163,12 +181,14 @@ impl Txn<'_> {
         if self.dry_run || self.ops.is_empty() {
             return Ok(());
         }
+        let now = self.durability == Durability::Now;
         let writes = self
             .ops
             .iter()
             .filter(|o| matches!(o, Op::Write { .. }))
             .count();
-        if writes > SYNCFS_ABOVE {
+        if !now {
+        } else if writes > SYNCFS_ABOVE {
             fsutil::sync_filesystem(&self.store.root).map_err(io(&self.store.root))?;
         } else {
             for op in &self.ops {
@@ -207,6 +227,10 @@ impl Txn<'_> {
         self.lock
             .write_all_at(format!("{:<20}\n", self.counter).as_bytes(), 0)
             .map_err(io(&lock_path))?;
+        if !now {
+            super::flusher::flush_soon(&self.store.root);
+            return Ok(());
+        }
         for d in &dirs {
             fsutil::sync_dir(d).map_err(io(d))?;
             // A directory created in this transaction must be durable in its parent too.
@@ -324,6 +348,7 @@ impl Store {
             overlay: std::collections::HashMap::new(),
             dirs_ensured: std::collections::HashSet::new(),
             dry_run,
+            durability: Durability::Now,
         })
     }
 
@@ -512,7 +537,32 @@ impl Store {
         status: &Value,
         expected_rv: Option<&str>,
     ) -> Result<Value> {
+        self.write_status_as(key, status, expected_rv, Durability::Now)
+    }
+
+    /// [`Store::write_status`] with a choice of [`Durability`].
+    pub fn write_status_as(
+        &self,
+        key: &ObjectKey,
+        status: &Value,
+        expected_rv: Option<&str>,
+        durability: Durability,
+    ) -> Result<Value> {
         let mut txn = self.txn(false)?;
+        txn.durability = durability;
+        let obj = self.status_in(&mut txn, key, status, expected_rv)?;
+        txn.commit()?;
+        Ok(obj)
+    }
+
+    /// The status write, staged in `txn`.
+    fn status_in(
+        &self,
+        txn: &mut Txn<'_>,
+        key: &ObjectKey,
+        status: &Value,
+        expected_rv: Option<&str>,
+    ) -> Result<Value> {
         let raw = txn
             .read_raw(key)?
             .ok_or_else(|| StoreError::NotFound(key.clone()))?;
@@ -524,11 +574,29 @@ impl Store {
         let rv = txn.next_rv();
         let path = self.status_path(key);
         txn.write_json(&path, &json!({"resourceVersion": rv, "status": status}))?;
-        txn.commit()?;
         let mut obj = current;
         obj["metadata"]["resourceVersion"] = json!(rv);
         obj["status"] = status.clone();
         Ok(obj)
+    }
+
+    /// [`Store::update_metadata`] then [`Store::write_status`], in one
+    /// transaction (one wait for the disk): both happen or neither. None
+    /// when the metadata change completed a deletion.
+    pub fn update_metadata_and_status(
+        &self,
+        key: &ObjectKey,
+        expected_rv: Option<&str>,
+        f: impl FnOnce(&mut Map<String, Value>),
+        status: &Value,
+    ) -> Result<Option<Value>> {
+        let mut txn = self.txn(false)?;
+        let out = match self.metadata_in(&mut txn, key, expected_rv, f)? {
+            Some(_) => Some(self.status_in(&mut txn, key, status, None)?),
+            None => None,
+        };
+        txn.commit()?;
+        Ok(out)
     }
 
     /// Changes metadata (labels, annotations, finalizers) under the lock.
@@ -541,6 +609,19 @@ impl Store {
         f: impl FnOnce(&mut Map<String, Value>),
     ) -> Result<Option<Value>> {
         let mut txn = self.txn(false)?;
+        let out = self.metadata_in(&mut txn, key, expected_rv, f)?;
+        txn.commit()?;
+        Ok(out)
+    }
+
+    /// The metadata change, staged in `txn`.
+    fn metadata_in(
+        &self,
+        txn: &mut Txn<'_>,
+        key: &ObjectKey,
+        expected_rv: Option<&str>,
+        f: impl FnOnce(&mut Map<String, Value>),
+    ) -> Result<Option<Value>> {
         let raw = txn
             .read_raw(key)?
             .ok_or_else(|| StoreError::NotFound(key.clone()))?;
@@ -580,15 +661,13 @@ impl Store {
         let no_finalizers = !meta.contains_key("finalizers");
         if terminating && no_finalizers {
             txn.remove(&self.status_path(key))?;
-            super::events::remove(&mut txn, key)?;
+            super::events::remove(txn, key)?;
             txn.remove(&self.spec_path(key))?;
-            txn.commit()?;
             return Ok(None);
         }
         let rv = txn.next_rv();
         spec_doc["metadata"]["resourceVersion"] = json!(rv);
         txn.write_json(&self.spec_path(key), &spec_doc)?;
-        txn.commit()?;
         Ok(Some(
             Raw {
                 spec_doc,
@@ -840,29 +919,61 @@ impl<K: Object> Api<K> {
 
     /// Writes `obj`'s status, failing with a conflict if `obj` is stale.
     pub fn replace_status(&self, obj: &K) -> Result<K> {
+        self.replace_status_as(obj, Durability::Now)
+    }
+
+    /// [`Api::replace_status`] with a choice of [`Durability`].
+    pub fn replace_status_as(&self, obj: &K, durability: Durability) -> Result<K> {
         let name = obj.meta().name.as_deref().unwrap_or_default();
         let v = serde_json::to_value(obj.status().cloned().unwrap_or_default())
             .expect("status serializes");
         let rv = obj.meta().resource_version.as_deref();
-        self.decode(self.store.write_status(&self.key(name), &v, rv)?)
+        self.decode(
+            self.store
+                .write_status_as(&self.key(name), &v, rv, durability)?,
+        )
     }
 
     /// Adds or removes a finalizer. Returns the object, or None when the
     /// removal of the last finalizer completed a deletion.
     pub fn set_finalizer(&self, name: &str, finalizer: &str, present: bool) -> Result<Option<K>> {
-        let f = finalizer.to_string();
-        let v = self.store.update_metadata(&self.key(name), None, |m| {
-            let list = m.entry("finalizers").or_insert_with(|| json!([]));
-            let arr = list.as_array_mut().expect("finalizers is a list");
-            arr.retain(|x| x.as_str() != Some(&f));
-            if present {
-                arr.push(json!(f));
-            }
-        })?;
+        let v = self.store.update_metadata(
+            &self.key(name),
+            None,
+            finalizer_edit(finalizer, present),
+        )?;
+        v.map(|v| self.decode(v)).transpose()
+    }
+
+    /// Adds `finalizer` to `obj` and writes its status, in one transaction,
+    /// failing with a conflict if `obj` is stale.
+    pub fn add_finalizer_with_status(&self, obj: &K, finalizer: &str) -> Result<Option<K>> {
+        let name = obj.meta().name.as_deref().unwrap_or_default();
+        let status = serde_json::to_value(obj.status().cloned().unwrap_or_default())
+            .expect("status serializes");
+        let v = self.store.update_metadata_and_status(
+            &self.key(name),
+            obj.meta().resource_version.as_deref(),
+            finalizer_edit(finalizer, true),
+            &status,
+        )?;
         v.map(|v| self.decode(v)).transpose()
     }
 
     pub fn delete(&self, name: &str) -> Result<DeleteOutcome> {
         self.store.delete(&self.key(name), None, false)
+    }
+}
+
+/// Adds (or removes) one finalizer, keeping the others.
+fn finalizer_edit(finalizer: &str, present: bool) -> impl FnOnce(&mut Map<String, Value>) {
+    let f = finalizer.to_string();
+    move |m| {
+        let list = m.entry("finalizers").or_insert_with(|| json!([]));
+        let arr = list.as_array_mut().expect("finalizers is a list");
+        arr.retain(|x| x.as_str() != Some(&f));
+        if present {
+            arr.push(json!(f));
+        }
     }
 }

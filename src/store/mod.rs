@@ -12,7 +12,10 @@
 //! ```
 //!
 //! - Every file is written atomically (temp file, fsync, rename), so readers
-//!   never see a torn object and need no lock.
+//!   never see a torn object and need no lock. Writes of what can be
+//!   observed again (events, an agent's progress) may skip the fsyncs
+//!   ([`Durability::Soon`]): still atomic, made durable by one `syncfs`
+//!   within [`LAZY_FLUSH`] (and at the daemon's exit).
 //! - Writers (any process: the CLI, the daemon) serialise on an exclusive
 //!   kernel file lock on `.lock`, which also holds the resourceVersion
 //!   counter. Each write is a read-check-write under that lock, so two
@@ -31,8 +34,10 @@
 //!   `kube_runtime` reflectors and the applier.
 
 mod events;
+mod flusher;
 mod local;
 pub mod watch;
 
 pub use events::{EVENTS_KEPT, StoredEvent};
-pub use local::{Api, DeleteOutcome, Outcome, Store, StoreError};
+pub use flusher::flush_now;
+pub use local::{Api, DeleteOutcome, Durability, LAZY_FLUSH, Outcome, Store, StoreError};
