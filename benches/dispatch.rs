@@ -212,7 +212,7 @@ fn main() {
     println!(
         "floor: tmux send-keys + settle + Enter   p50 {}  p99 {}",
         ms(p50f),
-        ms(pct(floor, 0.99))
+        ms(pct(floor.clone(), 0.99))
     );
     println!(
         "(the Task's write itself, before the clock starts: p50 {})",
@@ -223,11 +223,21 @@ fn main() {
         ("inbox file created             ", via_inbox),
     ] {
         let p50 = pct(v.clone(), 0.5);
+        // Each sample next to the floor sample of the same round: Claude
+        // Code slows as its conversation grows over the run, and the pairs
+        // share that drift.
+        let mut paired: Vec<f64> = v
+            .iter()
+            .zip(&floor)
+            .map(|(d, f)| (d.as_secs_f64() - f.as_secs_f64()) * 1000.0)
+            .collect();
+        paired.sort_by(f64::total_cmp);
         println!(
-            "{name}  p50 {}  p99 {}   p50 - floor {:+.1} ms",
+            "{name}  p50 {}  p99 {}   p50 - floor {:+.1} ms   median of paired differences {:+.1} ms",
             ms(p50),
             ms(pct(v, 0.99)),
-            (p50.as_secs_f64() - p50f.as_secs_f64()) * 1000.0
+            (p50.as_secs_f64() - p50f.as_secs_f64()) * 1000.0,
+            paired[paired.len() / 2]
         );
     }
     Command::new("tmux")

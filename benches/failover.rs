@@ -44,9 +44,34 @@ fn on(v: &Value, account: &str) -> bool {
         && v["status"]["lastSwap"]["state"] == "Done"
 }
 
+/// CPU time (user + system) a process has used so far.
+fn cpu_of(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name: utime and stime are the 12th and 13th.
+    let f: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|i| f.get(*i)?.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
 /// Launch to idle prompt of `n` copies of `claude --resume ID` started at
-/// once, each in its own tmux session (no daemon): until the last is idle.
-fn resume_floor(pool: &Pool, rt: &tokio::runtime::Runtime, id: &str, n: usize) -> Duration {
+/// once, each in its own tmux session (no daemon): until the last is idle;
+/// and the CPU time the agents used to get there (all of them).
+fn resume_floor(
+    pool: &Pool,
+    rt: &tokio::runtime::Runtime,
+    id: &str,
+    n: usize,
+) -> (Duration, Duration) {
     let tmux = Tmux::new(pool.path("floor.sock"));
     let mut env = pool.agent_env();
     env.push((
@@ -93,13 +118,16 @@ fn resume_floor(pool: &Pool, rt: &tokio::runtime::Runtime, id: &str, n: usize) -
                     && screen.contains("probe turn");
             }
             assert!(t.elapsed() < Duration::from_secs(120), "floor never idle");
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            // Each look is a tmux process: looking more often would take
+            // the CPU the agents are starting with.
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let took = t.elapsed();
+        let cpu = panes.iter().map(|p| cpu_of(p.pid)).sum::<Duration>();
         for i in 0..n {
             tmux.kill_session(&format!("floor-{i}")).await.unwrap();
         }
-        took
+        (took, cpu)
     })
 }
 
@@ -159,13 +187,13 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let mut floors: Vec<Duration> = (0..3)
+    let mut floors: Vec<(Duration, Duration)> = (0..3)
         .map(|_| resume_floor(&pool, &rt, &probe_id, 1))
         .collect();
     floors.sort();
-    let floor = floors[1];
+    let (floor, cpu_one) = floors[1];
     // What the machine itself takes to start N at once (no daemon).
-    let floor_n = resume_floor(&pool, &rt, &probe_id, N);
+    let (floor_n, cpu_n) = resume_floor(&pool, &rt, &probe_id, N);
 
     // 2. The failover of 8.
     let t = Instant::now();
@@ -244,7 +272,7 @@ fn main() {
         ms(floor),
         floors
             .iter()
-            .map(|d| ms(*d).trim().to_string())
+            .map(|(d, _)| ms(*d).trim().to_string())
             .collect::<Vec<_>>()
             .join(", ")
     );
@@ -260,6 +288,19 @@ fn main() {
     println!(
         "  daemon overhead over that floor                    {}",
         ms(failover.saturating_sub(floor_n))
+    );
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    println!(
+        "  CPU of one --resume start-up (user+system)         {}; of {N} at once {}",
+        ms(cpu_one),
+        ms(cpu_n)
+    );
+    println!(
+        "  so {N} start-ups need at least {} of {cores} cores' time ({:.2}x the floor)",
+        ms(cpu_n / cores as u32),
+        (cpu_n / cores as u32).as_secs_f64() / floor.as_secs_f64()
     );
     println!(
         "  the swap itself (its record: lease to release)    {}",

@@ -868,7 +868,11 @@ async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<
         t,
     );
     if s.status.as_ref() != Some(&status) {
-        api.patch_status(&key.name, &status)?;
+        // What the agent is doing, observed again from the agent after any
+        // crash (what must survive one, the conversation's id and the
+        // account, is in the runtime record): it waits for the disk rather
+        // than stall the agent's own writes.
+        api.patch_status_as(&key.name, &status, crate::store::Durability::Soon)?;
         let before = s
             .status
             .as_ref()

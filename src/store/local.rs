@@ -86,6 +86,9 @@ pub(super) struct Txn<'a> {
     /// Staged content by final path (None: removed).
     overlay: std::collections::HashMap<PathBuf, Option<Value>>,
     dirs_ensured: std::collections::HashSet<PathBuf>,
+    /// Directories this transaction created (their parents must learn of
+    /// them durably too).
+    dirs_created: BTreeSet<PathBuf>,
     dry_run: bool,
     pub(super) durability: Durability,
 }
@@ -150,7 +153,10 @@ impl Txn<'_> {
         }
         let dir = path.parent().expect("store paths have a parent");
         if !self.dirs_ensured.contains(dir) {
+            let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
             fsutil::ensure_dir(dir).map_err(io(dir))?;
+            self.dirs_created
+                .extend(missing.into_iter().map(Path::to_path_buf));
             self.dirs_ensured.insert(dir.to_path_buf());
         }
         let data = serde_json::to_vec_pretty(v).expect("JSON values serialize");
@@ -231,12 +237,14 @@ impl Txn<'_> {
             super::flusher::flush_soon(&self.store.root);
             return Ok(());
         }
+        // A directory created in this transaction must be durable in its
+        // parent too.
+        for d in std::mem::take(&mut self.dirs_created) {
+            dirs.extend(d.parent().map(Path::to_path_buf));
+            dirs.insert(d);
+        }
         for d in &dirs {
             fsutil::sync_dir(d).map_err(io(d))?;
-            // A directory created in this transaction must be durable in its parent too.
-            if let Some(parent) = d.parent() {
-                fsutil::sync_dir(parent).map_err(io(parent))?;
-            }
         }
         Ok(())
     }
@@ -347,6 +355,7 @@ impl Store {
             ops: Vec::new(),
             overlay: std::collections::HashMap::new(),
             dirs_ensured: std::collections::HashSet::new(),
+            dirs_created: BTreeSet::new(),
             dry_run,
             durability: Durability::Now,
         })
@@ -913,8 +922,21 @@ impl<K: Object> Api<K> {
 
     /// Writes `status` without a precondition (the status is the writer's).
     pub fn patch_status(&self, name: &str, status: &K::Status) -> Result<K> {
+        self.patch_status_as(name, status, Durability::Now)
+    }
+
+    /// [`Api::patch_status`] with a choice of [`Durability`].
+    pub fn patch_status_as(
+        &self,
+        name: &str,
+        status: &K::Status,
+        durability: Durability,
+    ) -> Result<K> {
         let v = serde_json::to_value(status).expect("status serializes");
-        self.decode(self.store.write_status(&self.key(name), &v, None)?)
+        self.decode(
+            self.store
+                .write_status_as(&self.key(name), &v, None, durability)?,
+        )
     }
 
     /// Writes `obj`'s status, failing with a conflict if `obj` is stale.
