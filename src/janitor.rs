@@ -5,7 +5,10 @@
 //! - files in `.agent-queue/rejected/` older than that;
 //! - `.dispatched` markers whose task is gone or finished;
 //! - checkpoints (`STATE/checkpoints/NS/NAME.json`) of sessions that no
-//!   longer exist, older than `keep_checkpoints`.
+//!   longer exist, older than `keep_checkpoints`;
+//! - temp files of atomic writes (`.NAME.tmp.PID.N`) that a process killed
+//!   mid-write left in the store or the state dir, once older than
+//!   [`TEMP_AGE`] (no write takes that long). Readers skip them already.
 
 use crate::api::{Session, Task, TaskPhase};
 use crate::controller::task::INBOX_FILE;
@@ -36,6 +39,41 @@ pub async fn run(store: Store, settings: Settings) {
             Err(e) => tracing::warn!(error = %e, "janitor pass panicked"),
         }
     }
+}
+
+/// Age after which a write's temp file is taken as abandoned.
+pub const TEMP_AGE: Duration = Duration::from_secs(600);
+
+/// Whether `name` is a temp file of [`crate::fsutil::write_temp`]:
+/// `.NAME.tmp.PID.N`.
+fn is_write_temp(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('.') else {
+        return false;
+    };
+    let mut tail = rest.rsplitn(3, '.');
+    let (Some(n), Some(pid), Some(head)) = (tail.next(), tail.next(), tail.next()) else {
+        return false;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    digits(n) && digits(pid) && head.ends_with(".tmp") && head.len() > 4
+}
+
+/// Removes abandoned temp files under `dir` (not following symlinks).
+fn sweep_temp(dir: &Path, now: SystemTime, depth: usize) -> usize {
+    let mut removed = 0;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Ok(ft) = e.file_type() else { continue };
+        let p = e.path();
+        if ft.is_dir() && depth > 0 {
+            removed += sweep_temp(&p, now, depth - 1);
+        } else if ft.is_file() && is_write_temp(&e.file_name().to_string_lossy()) {
+            let modified = e.metadata().and_then(|m| m.modified()).unwrap_or(now);
+            if old(modified, now, TEMP_AGE) {
+                removed += remove(&p, "a temp file left by an interrupted write") as usize;
+            }
+        }
+    }
+    removed
 }
 
 fn old(t: SystemTime, now: SystemTime, keep: Duration) -> bool {
@@ -164,12 +202,61 @@ pub fn pass(
             }
         }
     }
+    for root in [store.root(), s.state_dir.as_path()] {
+        removed += sweep_temp(root, now, 4);
+    }
     Ok(removed)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn abandoned_temp_files_go_and_nothing_else() {
+        assert!(is_write_temp(".7.json.tmp.123.4"));
+        assert!(is_write_temp(".s0.status.json.tmp.99.0"));
+        for name in [
+            ".lock",
+            "a.json",
+            ".tmp.1.2",
+            ".x.tmp.1",
+            ".x.tmp.a.2",
+            ".x.tmpl.1.2",
+        ] {
+            assert!(!is_write_temp(name), "{name}");
+        }
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(d.path().join("store")).unwrap();
+        let state = d.path().join("state");
+        let swaps = state.join("swaps");
+        std::fs::create_dir_all(&swaps).unwrap();
+        let age = |p: &Path, secs: u64| {
+            std::fs::File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(SystemTime::now() - Duration::from_secs(secs))
+                .unwrap();
+        };
+        let abandoned = swaps.join(".7.json.tmp.123.4");
+        let in_flight = swaps.join(".8.json.tmp.123.5");
+        let record = swaps.join("7.json");
+        for p in [&abandoned, &in_flight, &record] {
+            std::fs::write(p, "{}").unwrap();
+        }
+        age(&abandoned, 3600);
+        age(&record, 3600);
+        let settings = Settings {
+            interval: Duration::from_secs(60),
+            keep_finished: Duration::from_secs(3600 * 24),
+            state_dir: state.clone(),
+            keep_checkpoints: Duration::from_secs(3600 * 24),
+        };
+        assert_eq!(pass(&store, &settings, SystemTime::now()).unwrap(), 1);
+        assert!(!abandoned.exists());
+        assert!(in_flight.exists() && record.exists());
+    }
 
     #[test]
     fn checkpoints_of_deleted_sessions_go_when_old() {

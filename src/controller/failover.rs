@@ -393,18 +393,15 @@ async fn pass(ctx: &Arc<Context>, st: &FailoverSettings, mem: &mut Memory) -> an
         }
         // The request goes once the swap is over: a daemon dying in the
         // middle leaves it for the next leader.
-        swap(
-            ctx,
-            st,
-            mem,
-            &accounts,
-            &ns,
-            &req.account,
-            "Manual",
-            req.to.as_deref(),
-            on,
-        )
-        .await?;
+        let mv = Move {
+            accounts: &accounts,
+            ns: &ns,
+            from: &req.account,
+            reason: "Manual",
+            to: req.to.as_deref(),
+            sessions: on,
+        };
+        swap(ctx, st, mem, mv).await?;
         let _ = std::fs::remove_file(&file);
     }
 
@@ -437,7 +434,15 @@ async fn pass(ctx: &Arc<Context>, st: &FailoverSettings, mem: &mut Memory) -> an
         {
             continue;
         }
-        swap(ctx, st, mem, &accounts, &ns, &name, reason, None, on).await?;
+        let mv = Move {
+            accounts: &accounts,
+            ns: &ns,
+            from: &name,
+            reason,
+            to: None,
+            sessions: on,
+        };
+        swap(ctx, st, mem, mv).await?;
     }
 
     // 3. Sessions whose turn a usage limit cut short, back on a usable
@@ -608,41 +613,45 @@ async fn under_lease<T>(
     result
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What one swap moves: `sessions` of account `from` in `ns`, to `to` or
+/// the best target among `accounts`.
+struct Move<'a> {
+    accounts: &'a [Account],
+    ns: &'a str,
+    from: &'a str,
+    reason: &'a str,
+    to: Option<&'a str>,
+    sessions: Vec<Session>,
+}
+
 async fn swap(
     ctx: &Arc<Context>,
     st: &FailoverSettings,
     mem: &mut Memory,
-    accounts: &[Account],
-    ns: &str,
-    from: &str,
-    reason: &str,
-    to: Option<&str>,
-    sessions: Vec<Session>,
+    mv: Move<'_>,
 ) -> anyhow::Result<()> {
     let state_dir = ctx.settings.state_dir.clone();
     under_lease(&state_dir, async |lease| {
-        swap_locked(
-            ctx, st, mem, accounts, ns, from, reason, to, sessions, lease,
-        )
-        .await
+        swap_locked(ctx, st, mem, mv, lease).await
     })
     .await
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn swap_locked(
     ctx: &Arc<Context>,
     st: &FailoverSettings,
     mem: &mut Memory,
-    accounts: &[Account],
-    ns: &str,
-    from: &str,
-    reason: &str,
-    to: Option<&str>,
-    sessions: Vec<Session>,
+    mv: Move<'_>,
     lease: &lease::SwapLease,
 ) -> anyhow::Result<()> {
+    let Move {
+        accounts,
+        ns,
+        from,
+        reason,
+        to,
+        sessions,
+    } = mv;
     let state_dir = ctx.settings.state_dir.clone();
     let from_key = akey(ns, from);
     let epoch = lease.record.epoch;
