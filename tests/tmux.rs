@@ -106,8 +106,14 @@ async fn an_exited_agent_leaves_a_dead_pane_with_its_status() {
         })
         .await
         .unwrap();
-    let dead = until("the pane to die", async || {
-        t.pane("x").await.unwrap().filter(|p| p.dead)
+    // tmux marks the pane dead when its terminal closes and learns the
+    // exit status when it reaps the process, which can come a moment later
+    // (seen in CI): the daemon reports "exited" without a status then.
+    let dead = until("the pane to die with its status", async || {
+        t.pane("x")
+            .await
+            .unwrap()
+            .filter(|p| p.dead && p.exit_status.is_some())
     })
     .await;
     assert_eq!(dead.id, pane.id);
