@@ -139,7 +139,17 @@ pub struct Memory {
     /// loaded machine the typing itself can take seconds, and the wait for
     /// the agent's confirmation runs from here, not from the intent.
     typed: HashMap<ObjectKey, SystemTime>,
+    /// When the last task was submitted (Enter).
+    submitted: Option<tokio::time::Instant>,
 }
+
+/// How long the dispatcher holds its next pass after submitting a task.
+/// The agent is then building its request (its hooks, its transcript, its
+/// statusLine): the passes its own hook and writes would wake (every object
+/// listed again, the confirmation written) took the CPU from it and put
+/// 20 to 40 ms between its Enter and its request (`cargo bench --bench
+/// dispatch`). What arrives meanwhile waits for the pass after.
+pub const AFTER_SUBMIT: Duration = Duration::from_millis(150);
 
 // ---------------------------------------------------------------- planning
 
@@ -351,6 +361,11 @@ pub async fn run(
         } else {
             next
         };
+        // Right after a submission, leave the agent the CPU (see AFTER_SUBMIT);
+        // wakes meanwhile are kept, and the next pass runs at once after.
+        if let Some(at) = memory.submitted.take() {
+            tokio::time::sleep_until(at + AFTER_SUBMIT).await;
+        }
         let signals = ctx.signals.clone();
         tokio::select! {
             _ = signals.changed().notified() => {}
@@ -783,6 +798,7 @@ async fn deliver(
     //    of it in the composer or none of it), then Enter.
     let text = format!("{}{}", t.spec.prompt.trim_end(), marker_text(&marker));
     type_then_enter(ctx, &pane.id, &text).await?;
+    mem.submitted = Some(tokio::time::Instant::now());
     mem.typed.insert(key.clone(), SystemTime::now());
     if let Some(file) = t
         .metadata
