@@ -57,6 +57,10 @@ pub fn request_restart(
     )
 }
 
+/// How long a stop waits for the agent's transcript to hold the turns it
+/// took (see the stop step).
+const TRANSCRIPT_WAIT: Duration = Duration::from_secs(3);
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
@@ -589,6 +593,21 @@ async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<
                         "Restarting",
                         "restart requested: stopping the agent and starting it again",
                     );
+                }
+                // Claude Code writes its transcript lazily: an agent that took
+                // a turn and is stopped before the write leaves nothing to
+                // resume, and the next launch would start a new conversation
+                // (seen in CI under load). Give the write a moment (bounded).
+                let sig = ctx.signals.get(key);
+                if !sig.prompts.is_empty() || sig.last_stop.is_some() {
+                    let deadline = tokio::time::Instant::now() + TRANSCRIPT_WAIT;
+                    while !seed::transcript_resumable(
+                        &ctx.settings.shared_projects,
+                        &rt.agent_session_id,
+                    ) && tokio::time::Instant::now() < deadline
+                    {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
                 }
                 // A turn or a dialog (a usage-limit one, say) is escaped first.
                 let how = stop_agent(
