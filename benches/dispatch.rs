@@ -1,9 +1,10 @@
 //! Dispatch latency: from a Task written to the store (the clock starts
 //! when its durable write returns; that write's own time is printed
-//! apart), and from an inbox file created, to its request arriving at the (fake) Anthropic API, on a
-//! warm idle session of the real Claude Code; next to the floor measured in
-//! the same run: typing straight into the pane with tmux (text, the 100 ms
-//! settle Claude Code needs, Enter) to the request.
+//! apart), and from an inbox file created, to its request arriving at the
+//! (fake) Anthropic API, on a warm idle session of the real Claude Code;
+//! next to the floor measured in the same run: typing straight into the
+//! pane with tmux (text, the 100 ms settle Claude Code needs, Enter) to the
+//! request.
 //!
 //! Run: `cargo bench --bench dispatch` (prints its figures; asserts nothing).
 

@@ -64,6 +64,19 @@ pub fn write_temp(
     Ok(tmp)
 }
 
+/// Whether `name` is a temp file of [`write_temp`]: `.NAME.tmp.PID.N`.
+pub fn is_temp_name(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('.') else {
+        return false;
+    };
+    let mut tail = rest.rsplitn(3, '.');
+    let (Some(n), Some(pid), Some(head)) = (tail.next(), tail.next(), tail.next()) else {
+        return false;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    digits(n) && digits(pid) && head.ends_with(".tmp") && head.len() > 4
+}
+
 /// Flushes every dirty page of the filesystem holding `path` (`syncfs`).
 pub fn sync_filesystem(path: &Path) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
@@ -113,6 +126,24 @@ pub fn is_change(res: &notify::Result<notify::Event>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn temp_names_are_told_apart() {
+        let d = tempfile::tempdir().unwrap();
+        let tmp = write_temp(&d.path().join("7.json"), b"{}", None).unwrap();
+        assert!(is_temp_name(&tmp.file_name().unwrap().to_string_lossy()));
+        assert!(is_temp_name(".s0.status.json.tmp.99.0"));
+        for name in [
+            ".lock",
+            "a.json",
+            ".tmp.1.2",
+            ".x.tmp.1",
+            ".x.tmp.a.2",
+            ".x.tmpl.1.2",
+        ] {
+            assert!(!is_temp_name(name), "{name}");
+        }
+    }
 
     #[test]
     fn atomic_write_replaces_and_leaves_no_temp() {

@@ -44,20 +44,6 @@ pub async fn run(store: Store, settings: Settings) {
 /// Age after which a write's temp file is taken as abandoned.
 pub const TEMP_AGE: Duration = Duration::from_secs(600);
 
-/// Whether `name` is a temp file of [`crate::fsutil::write_temp`]:
-/// `.NAME.tmp.PID.N`.
-fn is_write_temp(name: &str) -> bool {
-    let Some(rest) = name.strip_prefix('.') else {
-        return false;
-    };
-    let mut tail = rest.rsplitn(3, '.');
-    let (Some(n), Some(pid), Some(head)) = (tail.next(), tail.next(), tail.next()) else {
-        return false;
-    };
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    digits(n) && digits(pid) && head.ends_with(".tmp") && head.len() > 4
-}
-
 /// Removes abandoned temp files under `dir` (not following symlinks).
 fn sweep_temp(dir: &Path, now: SystemTime, depth: usize) -> usize {
     let mut removed = 0;
@@ -66,7 +52,7 @@ fn sweep_temp(dir: &Path, now: SystemTime, depth: usize) -> usize {
         let p = e.path();
         if ft.is_dir() && depth > 0 {
             removed += sweep_temp(&p, now, depth - 1);
-        } else if ft.is_file() && is_write_temp(&e.file_name().to_string_lossy()) {
+        } else if ft.is_file() && crate::fsutil::is_temp_name(&e.file_name().to_string_lossy()) {
             let modified = e.metadata().and_then(|m| m.modified()).unwrap_or(now);
             if old(modified, now, TEMP_AGE) {
                 removed += remove(&p, "a temp file left by an interrupted write") as usize;
@@ -214,18 +200,6 @@ mod tests {
 
     #[test]
     fn abandoned_temp_files_go_and_nothing_else() {
-        assert!(is_write_temp(".7.json.tmp.123.4"));
-        assert!(is_write_temp(".s0.status.json.tmp.99.0"));
-        for name in [
-            ".lock",
-            "a.json",
-            ".tmp.1.2",
-            ".x.tmp.1",
-            ".x.tmp.a.2",
-            ".x.tmpl.1.2",
-        ] {
-            assert!(!is_write_temp(name), "{name}");
-        }
         let d = tempfile::tempdir().unwrap();
         let store = Store::open(d.path().join("store")).unwrap();
         let state = d.path().join("state");

@@ -86,8 +86,14 @@ async fn sessions_are_created_inspected_and_killed() {
     assert!(t.pane("ab").await.unwrap().is_none());
     assert_eq!(t.pane("a").await.unwrap().unwrap().pid, pane.pid);
     assert_eq!(t.panes().await.unwrap().len(), 1);
+    // The pane and its screen in one command (the dispatcher's look).
+    let (p, shown) = t.pane_and_screen("a").await.unwrap().unwrap();
+    assert_eq!((p.id.as_str(), p.pid), (pane.id.as_str(), pane.pid));
+    assert!(shown.contains("hello there from /tmp"), "{shown}");
+    assert!(t.pane_and_screen("ab").await.unwrap().is_none());
     t.kill_session("a").await.unwrap();
     assert!(t.pane("a").await.unwrap().is_none());
+    assert!(t.pane_and_screen("a").await.unwrap().is_none());
     t.kill_session("a").await.unwrap(); // idempotent
 }
 

@@ -647,21 +647,28 @@ fn write_as(
     status: TaskStatus,
     durability: Durability,
 ) -> Result<bool, Error> {
-    let ns = t.metadata.namespace.clone().unwrap_or_default();
-    let sessions: Vec<String> = [
-        t.status.as_ref().and_then(|s| s.session.clone()),
-        status.session.clone(),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
     let mut next = t.clone();
     next.status = Some(status);
     let api = ctx.store.api::<Task>(t.metadata.namespace.as_deref());
-    match api.replace_status_as(&next, durability) {
+    written(ctx, t, &next, api.replace_status_as(&next, durability))
+}
+
+/// The outcome of writing `next` over `t`: the sessions involved (before
+/// and after) are woken, so their `currentTask` follows at once; a
+/// conflict or a task gone is "not written" (the next pass decides again).
+fn written<T>(
+    ctx: &Context,
+    t: &Task,
+    next: &Task,
+    result: Result<T, StoreError>,
+) -> Result<bool, Error> {
+    match result {
         Ok(_) => {
-            for s in sessions {
-                ctx.signals.poke(&key_of_session(&ns, &s));
+            let ns = t.metadata.namespace.clone().unwrap_or_default();
+            for task in [t, next] {
+                if let Some(s) = task.status.as_ref().and_then(|s| s.session.as_deref()) {
+                    ctx.signals.poke(&key_of_session(&ns, s));
+                }
             }
             Ok(true)
         }
@@ -784,14 +791,10 @@ async fn deliver(
     //    this pass saw it, or nothing.
     let mut next = t.clone();
     next.status = Some(status.clone());
-    match api.add_finalizer_with_status(&next, FINALIZER) {
-        Ok(Some(_)) => ctx
-            .signals
-            .poke(&key_of_session(&key.namespace, &session_name)),
-        Ok(None) | Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound(_)) => {
-            return Ok(());
-        }
-        Err(e) => return Err(e.into()),
+    let result = api.add_finalizer_with_status(&next, FINALIZER);
+    let deleted = matches!(result, Ok(None));
+    if !written(ctx, t, &next, result)? || deleted {
+        return Ok(());
     }
     mem.dispatched.insert(key.clone(), SystemTime::now());
     // 3. The prompt and its marker in ONE tmux command (a crash leaves all

@@ -193,10 +193,9 @@ impl Txn<'_> {
             .iter()
             .filter(|o| matches!(o, Op::Write { .. }))
             .count();
-        if !now {
-        } else if writes > SYNCFS_ABOVE {
+        if now && writes > SYNCFS_ABOVE {
             fsutil::sync_filesystem(&self.store.root).map_err(io(&self.store.root))?;
-        } else {
+        } else if now {
             for op in &self.ops {
                 if let Op::Write { tmp, .. } = op {
                     File::open(tmp)
