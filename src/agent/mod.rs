@@ -5,3 +5,4 @@ pub mod launch;
 pub mod screen;
 pub mod seed;
 pub mod state;
+pub mod version;
