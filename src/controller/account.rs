@@ -125,20 +125,33 @@ impl Memory {
                 self.push(w, r);
             }
         }
-        if let Some((error, _, t)) = &sig.last_failure
+        // A subagent's or a helper's limit is the account's limit too.
+        let newest_failure = [&sig.last_failure, &sig.side_failure]
+            .into_iter()
+            .flatten()
+            .max_by_key(|(_, _, t)| *t);
+        if let Some((error, _, t)) = newest_failure
             && seen.failure != Some(*t)
         {
             seen.failure = Some(*t);
             match error.as_str() {
                 "rate_limit" => {
-                    // The window that ran out: the fullest one we know of.
+                    // When it resets: the transcript's limit entry says so
+                    // (2.1.332), else the fullest window we know of.
+                    let logged = sig
+                        .transcript_path
+                        .as_deref()
+                        .and_then(|p| crate::agent::hooks::latest_limit(p.as_ref(), *t))
+                        .and_then(|e| e.resets_at);
                     let fullest = Window::ALL
                         .iter()
                         .filter_map(|w| self.latest(*w))
                         .max_by(|a, b| a.utilization.total_cmp(&b.utilization));
                     self.limit = Some(Limit {
                         at: *t,
-                        resets_at: fullest.and_then(|r| r.resets_at).filter(|r| r > t),
+                        resets_at: logged
+                            .or(fullest.and_then(|r| r.resets_at))
+                            .filter(|r| r > t),
                         source: format!("StopFailure rate_limit in session {}", session.name),
                     });
                 }
