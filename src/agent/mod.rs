@@ -3,6 +3,7 @@
 
 pub mod hooks;
 pub mod launch;
+pub mod login;
 pub mod screen;
 pub mod seed;
 pub mod state;

@@ -303,6 +303,7 @@ pub fn pass(ctx: &Arc<Context>, st: &QuotaSettings) -> Result<Duration, crate::s
     let sessions = ctx.store.api::<Session>(None).list()?;
     let mut next = Duration::from_secs(30);
     let mut wake_failover = false;
+    let logins = Logins::of(&accounts);
     for a in &accounts {
         let ns = ns_of(&a.metadata);
         let name = a.metadata.name.clone().unwrap_or_default();
@@ -411,7 +412,9 @@ pub fn pass(ctx: &Arc<Context>, st: &QuotaSettings) -> Result<Duration, crate::s
             };
             (inputs, projection)
         };
-        let verdict = phase(&inputs, now);
+        let verdict = logins
+            .unavailable(a, &name, &sessions)
+            .unwrap_or_else(|| phase(&inputs, now));
         let mut status = before.clone();
         status.phase = Some(verdict.phase);
         status.usage =
@@ -489,6 +492,75 @@ pub fn pass(ctx: &Arc<Context>, st: &QuotaSettings) -> Result<Duration, crate::s
         ctx.quota.wake_failover.notify_one();
     }
     Ok(next.max(Duration::from_millis(100)))
+}
+
+/// The accounts' logins, read once per pass (see [`crate::agent::login`]).
+struct Logins {
+    /// Account (namespace, name) holding a copy of another's login → that one.
+    copies: HashMap<(String, String), String>,
+    daemon_env: Vec<(String, String)>,
+}
+
+impl Logins {
+    fn of(accounts: &[Account]) -> Logins {
+        let mut copies = HashMap::new();
+        let mut by_ns: HashMap<String, Vec<&Account>> = HashMap::new();
+        for a in accounts.iter().filter(|a| !a.spec.suspend) {
+            by_ns.entry(ns_of(&a.metadata)).or_default().push(a);
+        }
+        for (ns, mut list) in by_ns {
+            // The preferred account keeps the login; later ones are copies.
+            list.sort_by_key(|a| (a.spec.priority, a.metadata.name.clone()));
+            let dirs: Vec<(String, std::path::PathBuf)> = list
+                .iter()
+                .map(|a| {
+                    (
+                        a.metadata.name.clone().unwrap_or_default(),
+                        crate::fsutil::expand_home(&a.spec.config_dir),
+                    )
+                })
+                .collect();
+            for (copy, original) in crate::agent::login::copied_logins(&dirs) {
+                copies.insert((ns.clone(), copy), original);
+            }
+        }
+        Logins {
+            copies,
+            daemon_env: std::env::vars().collect(),
+        }
+    }
+
+    /// `Unavailable` for want of a login, or None.
+    fn unavailable(
+        &self,
+        a: &Account,
+        name: &str,
+        sessions: &[Session],
+    ) -> Option<crate::quota::Verdict> {
+        use crate::agent::login;
+        if a.spec.suspend {
+            return None;
+        }
+        let ns = ns_of(&a.metadata);
+        let mine: Vec<Session> = sessions
+            .iter()
+            .filter(|s| ns_of(&s.metadata) == ns)
+            .cloned()
+            .collect();
+        let dir = crate::fsutil::expand_home(&a.spec.config_dir);
+        let state = login::check(
+            name,
+            &dir,
+            login::agents_credential(name, &mine, &self.daemon_env),
+        );
+        let copy_of = self.copies.get(&(ns, name.to_string()));
+        let (reason, message) = login::unavailable(&state, copy_of.map(String::as_str), name)?;
+        Some(crate::quota::Verdict {
+            phase: AccountPhase::Unavailable,
+            reason,
+            message,
+        })
+    }
 }
 
 /// How often the transcripts are read for the projection, at most.
