@@ -74,7 +74,7 @@ pub const NOTIFY_RESULTS: [&str; 3] = ["sent", "failed", "deduplicated"];
 /// The `event` label of a hook outside [`crate::agent::launch::HOOK_EVENTS`].
 pub const OTHER_HOOK_EVENT: &str = "other";
 
-const SESSION_PHASES: [SessionPhase; 8] = [
+const SESSION_PHASES: [SessionPhase; 9] = [
     SessionPhase::Pending,
     SessionPhase::Starting,
     SessionPhase::Idle,
@@ -83,6 +83,7 @@ const SESSION_PHASES: [SessionPhase; 8] = [
     SessionPhase::Swapping,
     SessionPhase::Stopped,
     SessionPhase::Failed,
+    SessionPhase::CrashLoopBackOff,
 ];
 const TASK_PHASES: [TaskPhase; 6] = [
     TaskPhase::Pending,

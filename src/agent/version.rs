@@ -161,6 +161,13 @@ pub fn reported(v: &serde_json::Value) -> Option<&str> {
     v.get("version").and_then(serde_json::Value::as_str)
 }
 
+/// The version in a running agent's `CONFIG_DIR/sessions/<pid>.json`.
+pub fn of_pid_file(config_dir: &Path, pid: u32) -> Option<String> {
+    let bytes = std::fs::read(config_dir.join("sessions").join(format!("{pid}.json"))).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    reported(&v).map(str::to_string)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

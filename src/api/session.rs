@@ -153,6 +153,9 @@ pub enum SessionPhase {
     Swapping,
     Stopped,
     Failed,
+    /// The agent exits at start (or cannot be launched): retried with
+    /// back-off; `status.nextRestartAt` says when, the Ready condition why.
+    CrashLoopBackOff,
 }
 
 impl std::fmt::Display for SessionPhase {
@@ -182,6 +185,9 @@ pub struct SessionStatus {
     pub last_activity: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restarts: Option<u32>,
+    /// In `CrashLoopBackOff`: when the next launch is tried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_restart_at: Option<Time>,
     /// The latest failover of this session to another account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_swap: Option<SwapStatus>,

@@ -36,6 +36,10 @@ pub struct Runtime {
     /// launch has answered.
     #[serde(default)]
     pub restart_handled: Option<String>,
+    /// Why the latest launch failed or the agent exited at start
+    /// (reason, message): a crash loop (see [`crate::agent::exit`]).
+    #[serde(default)]
+    pub crash: Option<(String, String)>,
 }
 
 pub fn dir(state_dir: &Path, key: &ObjectKey) -> PathBuf {

@@ -245,7 +245,13 @@ pub fn pick_account(
             .iter()
             .find(|a| a.metadata.name.as_deref() == Some(n))
     };
-    let present = |a: &Account| a.metadata.deletion_timestamp.is_none() && !a.spec.suspend;
+    // Present, and logged in: an Unavailable account (no login, failing
+    // authentication) is not even one to wait on.
+    let present = |a: &Account| {
+        a.metadata.deletion_timestamp.is_none()
+            && !a.spec.suspend
+            && account_phase(a) != crate::api::AccountPhase::Unavailable
+    };
     if let Some(want) = &s.spec.account {
         match find(want) {
             None => return Err(format!("Account {want} not found")),
@@ -272,7 +278,28 @@ pub fn pick_account(
         .min_by_key(key)
         .or_else(|| accounts.iter().filter(|a| present(a)).min_by_key(key))
         .map(|a| Some(a.metadata.name.clone().unwrap_or_default()))
-        .ok_or_else(|| "no usable Account: every one is suspended".into())
+        .ok_or_else(|| unusable(accounts))
+}
+
+/// Why no account can be used, one clause per account.
+fn unusable(accounts: &[Account]) -> String {
+    let why: Vec<String> = accounts
+        .iter()
+        .map(|a| {
+            let name = a.metadata.name.as_deref().unwrap_or_default();
+            let unavailable = a
+                .status
+                .as_ref()
+                .and_then(|st| st.conditions.iter().find(|c| c.type_ == "Available"))
+                .filter(|_| account_phase(a) == crate::api::AccountPhase::Unavailable);
+            match unavailable {
+                _ if a.spec.suspend => format!("{name} is suspended"),
+                Some(c) => format!("{name} is unavailable ({}: {})", c.reason, c.message),
+                None => format!("{name} is being deleted"),
+            }
+        })
+        .collect();
+    format!("no usable Account: {}", why.join("; "))
 }
 
 /// The account a running Session should stay on: the one it runs under,
@@ -622,25 +649,20 @@ async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<
             }
             Step::Clear => {
                 let p = pane.as_ref().expect("planned for a dead pane");
-                let mut why = match p.exit_status {
-                    Some(code) => format!("agent exited with status {code}"),
-                    None => "agent exited".into(),
-                };
-                // Its last words, for the event: why it exited is usually on screen.
-                if let Ok(screen) = ctx.tmux.capture(&p.id, false).await {
-                    let last: Vec<&str> = screen
-                        .lines()
-                        .map(str::trim)
-                        .filter(|l| !l.is_empty() && !l.starts_with("Pane is dead"))
-                        .collect();
-                    let tail = last[last.len().saturating_sub(3)..].join(" | ");
-                    if !tail.is_empty() {
-                        why = format!("{why}: {tail}");
-                    }
-                }
+                // Its last words: why it exited is usually on screen.
+                let screen = ctx.tmux.capture(&p.id, false).await.unwrap_or_default();
+                let exit = crate::agent::exit::diagnose(&crate::agent::exit::Exit {
+                    status: p.exit_status,
+                    screen: &screen,
+                    ran_for: Duration::from_secs(now.saturating_sub(rt.launched_at)),
+                });
                 ctx.tmux.kill_session(&name).await?;
                 if !deliberate_stop && !desired.suspend && !desired.deleting {
-                    record(ctx, key, true, "AgentExited", &why);
+                    record(ctx, key, true, exit.reason, &exit.message);
+                    rt.crash = exit
+                        .crash_loop
+                        .then(|| (exit.reason.to_string(), exit.message.clone()));
+                    rt.save(state_dir, key)?;
                 }
                 status.pid = None;
             }
@@ -655,6 +677,7 @@ async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<
                         // Any launch answers the restart requests made so far.
                         rt.restart_handled = desired.restart.clone();
                         rt.next_start_at = 0;
+                        rt.crash = None;
                         let verb = if deliberate_stop {
                             "Relaunched"
                         } else if restart {
@@ -688,16 +711,16 @@ async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<
                         rt.backoff_seconds = (rt.backoff_seconds * 2)
                             .clamp(1, ctx.settings.max_backoff.as_secs().max(1));
                         rt.next_start_at = now + rt.backoff_seconds;
-                        record(ctx, key, true, "LaunchFailed", &message);
-                        report = Some(Report {
-                            phase: SessionPhase::Failed,
-                            alive: (false, "LaunchFailed", message.clone()),
-                            ready: (false, "LaunchFailed".into(), message),
-                            requeue: Duration::from_secs(rt.backoff_seconds),
-                        });
+                        let reason = crate::agent::exit::launch_failure_reason(&message);
+                        record(ctx, key, true, reason, &message);
+                        rt.crash = Some((reason.to_string(), message));
+                        report = Some(crash_report(&rt, now));
                     }
                 }
                 rt.save(state_dir, key)?;
+            }
+            Step::WaitBackoff(_) if rt.crash.is_some() => {
+                report = Some(crash_report(&rt, now));
             }
             Step::WaitBackoff(secs) => {
                 let exited = pane.as_ref().and_then(|p| p.exit_status);
@@ -740,6 +763,30 @@ async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<
                 {
                     rt.agent_session_id = id;
                     rt.save(state_dir, key)?;
+                }
+                // Which Claude Code it is, against the supported range.
+                let config_dir = rt
+                    .config_dir
+                    .clone()
+                    .unwrap_or_else(|| crate::fsutil::home().join(".claude"));
+                if let Some(v) = ctx
+                    .signals
+                    .get(key)
+                    .statusline
+                    .as_ref()
+                    .and_then(|(v, _)| crate::agent::version::reported(v).map(str::to_string))
+                    .or_else(|| crate::agent::version::of_pid_file(&config_dir, p.pid))
+                {
+                    let (ok, reason, message) = crate::agent::version::Support::of(&v).condition();
+                    set_condition(
+                        &mut status.conditions,
+                        "AgentVersion",
+                        ok,
+                        reason,
+                        &message,
+                        generation,
+                        crate::api::now(),
+                    );
                 }
                 report = Some(report_of(&agent_state, ctx.settings.resync));
             }
@@ -824,6 +871,11 @@ async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<
     status.pane_id = if running { rt.pane_id.clone() } else { None };
     status.pid = if running { rt.pid } else { None };
     status.restarts = Some(rt.restarts);
+    status.next_restart_at = (report.phase == SessionPhase::CrashLoopBackOff).then(|| {
+        crate::api::Time(crate::quota::jiff_of(
+            std::time::UNIX_EPOCH + Duration::from_secs(rt.next_start_at),
+        ))
+    });
     status.last_swap = placement.as_ref().map(|p| crate::api::SwapStatus {
         epoch: p.epoch,
         from: p.from.clone(),
@@ -916,6 +968,19 @@ async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<
     Ok(Action::requeue(report.requeue))
 }
 
+/// A crash loop: the agent cannot start, retried at `rt.next_start_at`.
+fn crash_report(rt: &Runtime, now: u64) -> Report {
+    let (reason, message) = rt.crash.clone().unwrap_or_default();
+    let at = |s: u64| std::time::UNIX_EPOCH + Duration::from_secs(s);
+    let message = crate::agent::exit::with_next_try(&message, at(rt.next_start_at), at(now));
+    Report {
+        phase: SessionPhase::CrashLoopBackOff,
+        alive: (false, "CrashLoopBackOff", message.clone()),
+        ready: (false, reason, message),
+        requeue: Duration::from_secs(rt.next_start_at.saturating_sub(now).max(1)),
+    }
+}
+
 fn record(ctx: &Context, key: &ObjectKey, warning: bool, reason: &str, message: &str) {
     super::record(ctx, key, warning, reason, message, "session-controller");
 }
@@ -979,6 +1044,14 @@ async fn launch(
         .ok()
         .filter(|p| p.is_dir())
         .ok_or_else(|| format!("workdir {} does not exist", workdir.display()))?;
+    let path = s
+        .spec
+        .agent
+        .env
+        .get("PATH")
+        .cloned()
+        .or_else(|| std::env::var("PATH").ok());
+    crate::agent::exit::resolve_command(&s.spec.agent.command, path.as_deref(), &workdir)?;
     let shared = &ctx.settings.shared_projects;
     if let Some(dir) = &config_dir {
         seed::seed_for_session(dir, &workdir, s, shared)
@@ -1289,5 +1362,27 @@ mod tests {
             Some("spare".into())
         );
         assert_eq!(camel("permission_prompt"), "PermissionPrompt");
+        // An account without a login is not one to wait on: told why.
+        let mut out = vec![acct("solo", 10, false)];
+        out[0].status = Some(crate::api::AccountStatus {
+            phase: Some(crate::api::AccountPhase::Unavailable),
+            conditions: vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: "Available".into(),
+                status: "False".into(),
+                reason: "NotLoggedIn".into(),
+                message: "no credentials in /a/solo".into(),
+                observed_generation: None,
+                last_transition_time: crate::api::now(),
+            }],
+            ..Default::default()
+        });
+        s.spec.account = Some("solo".into());
+        assert_eq!(
+            pick_account(&s, &out, Some("solo")),
+            Err(
+                "no usable Account: solo is unavailable (NotLoggedIn: no credentials in /a/solo)"
+                    .into()
+            )
+        );
     }
 }
