@@ -43,8 +43,11 @@ pub enum Method {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Login {
     LoggedIn(Method),
-    /// Why not, in a sentence that says what to do.
-    NotLoggedIn(String),
+    /// What is missing, and what to do.
+    NotLoggedIn {
+        problem: String,
+        fix: String,
+    },
     /// The files cannot tell (the macOS Keychain).
     Unknown(String),
 }
@@ -52,6 +55,17 @@ pub enum Login {
 impl Login {
     pub fn logged_in(&self) -> bool {
         matches!(self, Login::LoggedIn(_))
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Method::Subscription => f.write_str("subscription login in .credentials.json"),
+            Method::ConsoleKey => f.write_str("Console API key in .claude.json"),
+            Method::KeyHelper => f.write_str("apiKeyHelper in settings.json"),
+            Method::Environment(v) => write!(f, "{v} in the agents' environment"),
+        }
     }
 }
 
@@ -76,29 +90,31 @@ fn non_empty(v: &Value, pointer: &str) -> bool {
 /// agents, if any (see [`env_credential`]).
 pub fn check(name: &str, config_dir: &Path, env_credential: Option<&str>) -> Login {
     let dir = config_dir.display();
-    let login_hint = format!(
-        "log in with `claude-failover login {name}`, or give its Sessions ANTHROPIC_API_KEY \
-         in spec.agent.env"
-    );
+    let not = |problem: String| Login::NotLoggedIn {
+        problem,
+        fix: format!(
+            "log in with `claude-failover login {name}`, or give its Sessions \
+             ANTHROPIC_API_KEY in spec.agent.env"
+        ),
+    };
     if let Some(var) = env_credential {
         return Login::LoggedIn(Method::Environment(var.into()));
     }
     if !config_dir.is_dir() {
-        return Login::NotLoggedIn(format!("config dir {dir} does not exist: {login_hint}"));
+        return not(format!("config dir {dir} does not exist"));
     }
     let creds = config_dir.join(".credentials.json");
     match read_json(&creds) {
-        Err(e) => return Login::NotLoggedIn(format!("{e}: {login_hint}")),
+        Err(e) => return not(e),
         Ok(Some(v)) if v.get("claudeAiOauth").is_some() => {
             if non_empty(&v, "/claudeAiOauth/accessToken")
                 || non_empty(&v, "/claudeAiOauth/refreshToken")
             {
                 return Login::LoggedIn(Method::Subscription);
             }
-            return Login::NotLoggedIn(format!(
+            return not(format!(
                 "the login in {dir} has expired (Claude Code emptied .credentials.json after a \
-                 refused token refresh; another copy of this login may have refreshed it): \
-                 {login_hint}"
+                 refused token refresh; another copy of this login may have refreshed it)"
             ));
         }
         Ok(_) => {}
@@ -107,7 +123,7 @@ pub fn check(name: &str, config_dir: &Path, env_credential: Option<&str>) -> Log
         Ok(Some(v)) if non_empty(&v, "/primaryApiKey") => {
             return Login::LoggedIn(Method::ConsoleKey);
         }
-        Err(e) => return Login::NotLoggedIn(format!("{e}: {login_hint}")),
+        Err(e) => return not(e),
         _ => {}
     }
     if let Ok(Some(v)) = read_json(&config_dir.join("settings.json"))
@@ -120,7 +136,7 @@ pub fn check(name: &str, config_dir: &Path, env_credential: Option<&str>) -> Log
             "no credentials in {dir}; on macOS a subscription login is kept in the Keychain"
         ));
     }
-    Login::NotLoggedIn(format!("no credentials in {dir}: {login_hint}"))
+    not(format!("no credentials in {dir}"))
 }
 
 /// The first variable of [`CREDENTIAL_ENV`] set (non-empty) in `env`.
@@ -196,7 +212,9 @@ pub fn unavailable(
     name: &str,
 ) -> Option<(&'static str, String)> {
     match (login, copy_of) {
-        (Login::NotLoggedIn(why), _) => Some(("NotLoggedIn", why.clone())),
+        (Login::NotLoggedIn { problem, fix }, _) => {
+            Some(("NotLoggedIn", format!("{problem}: {fix}")))
+        }
         (_, Some(original)) => Some(("CopiedLogin", copied_login_message(original, name))),
         _ => None,
     }
@@ -240,7 +258,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().join("acct");
         let not = |l: Login| match l {
-            Login::NotLoggedIn(why) => why,
+            Login::NotLoggedIn { problem, fix } => format!("{problem}: {fix}"),
             other => panic!("{other:?}"),
         };
         let why = not(check("work", &dir, None));
@@ -324,10 +342,13 @@ mod tests {
         let ok = Login::LoggedIn(Method::Subscription);
         assert_eq!(unavailable(&ok, None, "c"), None);
         assert_eq!(unavailable(&ok, Some("a"), "c").unwrap().0, "CopiedLogin");
-        let missing = Login::NotLoggedIn("no credentials".into());
+        let missing = Login::NotLoggedIn {
+            problem: "no credentials".into(),
+            fix: "log in".into(),
+        };
         assert_eq!(
             unavailable(&missing, None, "c"),
-            Some(("NotLoggedIn", "no credentials".into()))
+            Some(("NotLoggedIn", "no credentials: log in".into()))
         );
     }
 

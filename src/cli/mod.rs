@@ -9,9 +9,11 @@ mod cancel;
 mod client;
 mod demo;
 mod describe;
+mod doctor;
 mod failover;
 mod get;
 mod init;
+mod login;
 mod print;
 mod run;
 mod statusline;
@@ -91,6 +93,11 @@ pub enum Command {
     Run(run::RunArgs),
     /// Scaffold a config file, the store and example manifests
     Init(init::InitArgs),
+    /// Log an Account in: Claude Code's own login under its config dir, in the pool's tmux
+    Login(login::LoginArgs),
+    /// Check this machine: Claude Code and its version, tmux, each account's login, the
+    /// transcript folder, the daemon's address (exit 1 with one line per problem and its fix)
+    Doctor(doctor::DoctorArgs),
     /// Print the CustomResourceDefinitions (apiextensions.k8s.io/v1) as YAML
     Crds,
     /// Print the version
@@ -239,6 +246,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Run(a) => run::run(&ctx, a),
         Command::Init(a) => init::init(&ctx, a),
+        Command::Login(a) => login::login(&ctx, a),
+        Command::Doctor(a) => doctor::doctor(&ctx, a),
         Command::Version
         | Command::Crds
         | Command::Completion { .. }
