@@ -88,7 +88,8 @@ pub fn failure(payload: &Value) -> Option<(String, String, bool)> {
 pub enum Notice {
     /// At its prompt, nothing to do.
     Idle,
-    /// Someone must answer: `permission_prompt` or `dialog`.
+    /// Someone must answer: `permission_prompt` or `dialog_open` (the
+    /// names of Claude Code's own `sessions/<pid>.json`).
     Waiting(&'static str),
     /// Informational: no change.
     Nothing,
@@ -100,7 +101,7 @@ pub fn notice(notification_type: &str) -> Notice {
     match notification_type {
         "idle_prompt" => Notice::Idle,
         "permission_prompt" | "worker_permission_prompt" => Notice::Waiting("permission_prompt"),
-        "agent_needs_input" | "elicitation_dialog" => Notice::Waiting("dialog"),
+        "agent_needs_input" | "elicitation_dialog" => Notice::Waiting("dialog_open"),
         _ => Notice::Nothing,
     }
 }
@@ -249,7 +250,7 @@ mod tests {
             notice("permission_prompt"),
             Notice::Waiting("permission_prompt")
         );
-        assert_eq!(notice("agent_needs_input"), Notice::Waiting("dialog"));
+        assert_eq!(notice("agent_needs_input"), Notice::Waiting("dialog_open"));
         assert_eq!(notice("idle_prompt"), Notice::Idle);
         for informational in [
             "quota_auto_resume_fired",

@@ -5,6 +5,7 @@
 
 pub mod daemon;
 pub mod fake_api;
+pub mod fake_oauth;
 pub mod pool;
 pub mod prom;
 
