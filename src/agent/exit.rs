@@ -131,6 +131,27 @@ pub fn diagnose(e: &Exit<'_>) -> Diagnosis {
     }
 }
 
+/// How much of a dead pane's history is read for its last words.
+const HISTORY_LINES: &str = "-200";
+
+/// The text of a pane whose process ended, history included: when a pane
+/// dies, tmux (3.3) scrolls what it showed into the history and shows only
+/// `Pane is dead (...)`. Empty when it cannot be read.
+pub async fn dead_pane_text(tmux_socket: &Path, pane: &str) -> String {
+    tokio::process::Command::new("tmux")
+        .arg("-S")
+        .arg(tmux_socket)
+        .args(["capture-pane", "-p", "-J", "-S", HISTORY_LINES, "-t", pane])
+        .env_remove("TMUX")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
 /// The reason of a launch that failed before the agent ran.
 pub fn launch_failure_reason(message: &str) -> &'static str {
     if message.starts_with("command not found") {

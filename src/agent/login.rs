@@ -199,7 +199,7 @@ pub fn copied_login_message(original: &str, name: &str) -> String {
     format!(
         "holds a copy of account {original}'s login (the same refresh token): when one refreshes \
          it, Claude Code logs the other out; log in to this account on its own \
-         (`claude-failover login {name}`)"
+         (`claude-failover login {name} --force`)"
     )
 }
 

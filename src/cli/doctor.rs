@@ -246,7 +246,7 @@ pub fn accounts_checks(
             out.push(Check::Problem(
                 format!("account {name} holds a copy of account {original}'s login"),
                 format!(
-                    "when one refreshes it Claude Code logs the other out: log in to {name} on its own (`claude-failover login {name}`)"
+                    "when one refreshes it Claude Code logs the other out: log in to {name} on its own (`claude-failover login {name} --force`)"
                 ),
             ));
         }

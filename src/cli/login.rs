@@ -205,7 +205,7 @@ pub fn login(ctx: &Ctx, a: LoginArgs) -> Result<ExitCode> {
         if pane.as_ref().is_none_or(|p| p.dead) {
             // The login ended: its last words say why, if it failed.
             let screen = match &pane {
-                Some(p) => rt.block_on(tmux.capture(&p.id, false)).unwrap_or_default(),
+                Some(p) => rt.block_on(exit::dead_pane_text(&paths.tmux_socket, &p.id)),
                 None => String::new(),
             };
             let again = login::check(&a.account, &dir, None);

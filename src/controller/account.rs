@@ -468,9 +468,20 @@ pub fn pass(ctx: &Arc<Context>, st: &QuotaSettings) -> Result<Duration, crate::s
             ctx.quota.wake_failover.notify_one();
             wake_failover = true;
             // Its sessions report the account's state (Waiting on an
-            // exhausted one): let them look again now.
+            // exhausted one): let them look again now; so do the ones
+            // waiting to start (an account that became usable, say by a
+            // login, takes them at once).
             for s in &live {
                 ctx.signals.poke(s);
+            }
+            for s in sessions.iter().filter(|s| {
+                ns_of(&s.metadata) == ns && s.status.as_ref().is_none_or(|st| st.pid.is_none())
+            }) {
+                ctx.signals.poke(&ObjectKey::new(
+                    Kind::Session,
+                    &ns,
+                    s.metadata.name.as_deref().unwrap_or_default(),
+                ));
             }
             announce(ctx, &key, previous, &verdict, before.phase.is_none());
         }
@@ -553,8 +564,30 @@ impl Logins {
             &dir,
             login::agents_credential(name, &mine, &self.daemon_env),
         );
-        let copy_of = self.copies.get(&(ns, name.to_string()));
-        let (reason, message) = login::unavailable(&state, copy_of.map(String::as_str), name)?;
+        let copy_of = self.copies.get(&(ns, name.to_string())).cloned();
+        // A copy stays set aside after its twin refreshed (their tokens
+        // differ then, but this one's refresh token is spent) until the
+        // account is logged in again (its credentials file changes).
+        let copy_of = copy_of.or_else(|| {
+            let c = a
+                .status
+                .as_ref()?
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Available" && c.reason == "CopiedLogin")?;
+            let written = std::fs::metadata(dir.join(".credentials.json"))
+                .and_then(|m| m.modified())
+                .ok()?;
+            (written <= SystemTime::from(c.last_transition_time.0)).then(|| {
+                c.message
+                    .split("account ")
+                    .nth(1)
+                    .and_then(|m| m.split('\'').next())
+                    .unwrap_or("another")
+                    .to_string()
+            })
+        });
+        let (reason, message) = login::unavailable(&state, copy_of.as_deref(), name)?;
         Some(crate::quota::Verdict {
             phase: AccountPhase::Unavailable,
             reason,

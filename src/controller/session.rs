@@ -650,7 +650,7 @@ async fn reconcile_inner(s: &Session, ctx: &Context, key: &ObjectKey) -> Result<
             Step::Clear => {
                 let p = pane.as_ref().expect("planned for a dead pane");
                 // Its last words: why it exited is usually on screen.
-                let screen = ctx.tmux.capture(&p.id, false).await.unwrap_or_default();
+                let screen = crate::agent::exit::dead_pane_text(ctx.tmux.socket(), &p.id).await;
                 let exit = crate::agent::exit::diagnose(&crate::agent::exit::Exit {
                     status: p.exit_status,
                     screen: &screen,
