@@ -222,11 +222,18 @@ fn account_phase(a: &Account) -> crate::api::AccountPhase {
     a.status.as_ref().and_then(|s| s.phase).unwrap_or_default()
 }
 
+/// Whether the account controller has looked at `a` (its login among
+/// other things): nothing is launched on an account before.
+fn checked(a: &Account) -> bool {
+    a.status.as_ref().and_then(|s| s.phase).is_some()
+}
+
 /// Whether new work may start on `a`.
 fn runnable(a: &Account) -> bool {
     use crate::api::AccountPhase::*;
     a.metadata.deletion_timestamp.is_none()
         && !a.spec.suspend
+        && checked(a)
         && !matches!(account_phase(a), Exhausted | Unavailable | Suspended)
 }
 
@@ -250,6 +257,7 @@ pub fn pick_account(
     let present = |a: &Account| {
         a.metadata.deletion_timestamp.is_none()
             && !a.spec.suspend
+            && checked(a)
             && account_phase(a) != crate::api::AccountPhase::Unavailable
     };
     if let Some(want) = &s.spec.account {
@@ -294,6 +302,7 @@ fn unusable(accounts: &[Account]) -> String {
                 .filter(|_| account_phase(a) == crate::api::AccountPhase::Unavailable);
             match unavailable {
                 _ if a.spec.suspend => format!("{name} is suspended"),
+                _ if !checked(a) => format!("{name} is not checked yet"),
                 Some(c) => format!("{name} is unavailable ({}: {})", c.reason, c.message),
                 None => format!("{name} is being deleted"),
             }
@@ -1296,6 +1305,10 @@ mod tests {
                 },
             );
             a.metadata.namespace = Some("default".into());
+            a.status = Some(crate::api::AccountStatus {
+                phase: Some(crate::api::AccountPhase::Available),
+                ..Default::default()
+            });
             a
         };
         let mut s = Session::new(
@@ -1376,6 +1389,16 @@ mod tests {
             }],
             ..Default::default()
         });
+        // Not looked at yet: nothing is launched on it.
+        let mut fresh = accounts.clone();
+        for a in &mut fresh {
+            a.status = None;
+        }
+        s.spec.account = None;
+        assert_eq!(
+            pick_account(&s, &fresh[..1], None),
+            Err("no usable Account: work is not checked yet".into())
+        );
         s.spec.account = Some("solo".into());
         assert_eq!(
             pick_account(&s, &out, Some("solo")),
