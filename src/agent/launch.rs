@@ -151,8 +151,11 @@ pub fn plan(input: &LaunchInput<'_>) -> LaunchPlan {
 /// `--permission-mode MODE` or `--permission-mode=MODE`. `Err` holds a mode
 /// Claude Code's releases do not name alike (passed through as written).
 pub fn mode_in_args(args: &[String]) -> Option<Result<PermissionMode, String>> {
-    let parse =
-        |v: &str| serde_json::from_value::<PermissionMode>(json!(v)).map_err(|_| v.to_string());
+    let parse = |v: &str| {
+        // 2.1.3xx calls the default mode `manual` and takes both names.
+        let v = if v == "manual" { "default" } else { v };
+        serde_json::from_value::<PermissionMode>(json!(v)).map_err(|_| v.to_string())
+    };
     args.iter().enumerate().find_map(|(i, a)| {
         if a == "--dangerously-skip-permissions" {
             Some(Ok(PermissionMode::BypassPermissions))
