@@ -415,7 +415,7 @@ fn an_agent_that_cannot_start_is_a_crash_loop_that_says_why() {
         "{m}"
     );
     assert!(m.contains("next try at"), "{m}");
-    assert!(v["status"]["nextRestartAt"].is_string(), "{v}");
+    assert!(v["status"]["nextStartAt"].is_string(), "{v}");
     assert!(
         pool.tmux(&["list-sessions", "-F", "#{session_name}"])
             .lines()
@@ -452,6 +452,6 @@ fn an_agent_that_cannot_start_is_a_crash_loop_that_says_why() {
     pool.apply(&session("quits", runs.to_str().unwrap()));
     let v = pool.wait_session("quits", "running", |v| v["status"]["pid"].is_u64());
     assert_ne!(v["status"]["phase"], "CrashLoopBackOff", "{v}");
-    assert!(v["status"]["nextRestartAt"].is_null(), "{v}");
+    assert!(v["status"]["nextStartAt"].is_null(), "{v}");
     let _ = BIN;
 }
