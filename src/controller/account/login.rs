@@ -10,7 +10,10 @@ use crate::api::{Account, AccountPhase, Session};
 use crate::quota::Verdict;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+
+/// How precise a condition's `lastTransitionTime` is.
+const CONDITION_PRECISION: Duration = Duration::from_secs(1);
 
 /// `Unavailable` for want of a login, or None.
 pub async fn unavailable(ctx: &Context, a: &Account) -> Option<Verdict> {
@@ -74,12 +77,13 @@ pub async fn unavailable(ctx: &Context, a: &Account) -> Option<Verdict> {
             // A copy stays set aside after its twin refreshed (their tokens
             // differ then, but this one's refresh token is spent) until the
             // account is logged in again (its credentials file changes).
+            // The condition's time is whole seconds (rounded down).
             let still_aside = || {
                 let (since, message) = set_aside?;
                 let written = std::fs::metadata(dir.join(".credentials.json"))
                     .and_then(|m| m.modified())
                     .ok()?;
-                (written <= since).then_some(message)
+                (written < since + CONDITION_PRECISION).then_some(message)
             };
             match login::unavailable(&state, copy_of.as_deref(), &name) {
                 Some(v) => Some(v),
