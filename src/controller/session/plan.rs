@@ -211,6 +211,19 @@ pub fn pick_account(
             && checked(a)
             && account_phase(a) != AccountPhase::Unavailable
     };
+    // Until the account controller has looked at every account, a choice
+    // among those it has seen might not be the one it would make.
+    let unchecked: Vec<&str> = accounts
+        .iter()
+        .filter(|a| a.metadata.deletion_timestamp.is_none() && !a.spec.suspend && !checked(a))
+        .filter_map(|a| a.metadata.name.as_deref())
+        .collect();
+    if !unchecked.is_empty() {
+        return Err(format!(
+            "waiting for the account controller to check {}",
+            unchecked.join(", ")
+        ));
+    }
     if let Some(want) = &s.spec.account {
         match find(want) {
             None => return Err(format!("Account {want} not found")),
@@ -253,7 +266,6 @@ fn unusable(accounts: &[&Account]) -> String {
                 .filter(|_| account_phase(a) == AccountPhase::Unavailable);
             match unavailable {
                 _ if a.spec.suspend => format!("{name} is suspended"),
-                _ if !checked(a) => format!("{name} is not checked yet"),
                 Some(c) => format!("{name} is unavailable ({}: {})", c.reason, c.message),
                 None => format!("{name} is being deleted"),
             }
@@ -588,8 +600,9 @@ mod tests {
         fresh[0].status = None;
         s.spec.account = None;
         assert_eq!(
-            pick_account(&s, &[&fresh[0]], None),
-            Err("no usable Account: work is not checked yet".into())
+            pick_account(&s, &[&fresh[0], &owned[1]], None),
+            Err("waiting for the account controller to check work".into()),
+            "not the first one checked, but the best one"
         );
         // An account without a login is not one to wait on: told why.
         let mut solo = acct("solo", 10, false);
