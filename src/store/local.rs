@@ -751,7 +751,7 @@ fn drop_empty(meta: &mut Map<String, Value>, field: &str) {
 const DECLARED_META: &[&str] = &["labels", "annotations", "finalizers"];
 
 /// The key of a decoded object (as `apply` and `create` take them).
-fn key_of_desired(desired: &Value) -> ObjectKey {
+pub(super) fn key_of_desired(desired: &Value) -> ObjectKey {
     let kind = desired
         .get("kind")
         .and_then(Value::as_str)
@@ -767,7 +767,7 @@ fn key_of_desired(desired: &Value) -> ObjectKey {
     )
 }
 
-fn txn_apply(txn: &mut Txn<'_>, desired: &Value) -> Result<(Outcome, Value)> {
+pub(super) fn txn_apply(txn: &mut Txn<'_>, desired: &Value) -> Result<(Outcome, Value)> {
     let key = key_of_desired(desired);
     let kind = key.kind;
     let meta = &desired["metadata"];

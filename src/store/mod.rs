@@ -45,4 +45,4 @@ pub use events::{EVENTS_KEPT, StoredEvent};
 pub use flusher::flush_now;
 pub use leader::{LeaderLock, identity};
 pub use local::{Api, DeleteOutcome, Durability, LAZY_FLUSH, Outcome, Store, StoreError};
-pub use patch::{merge_patch, owned_fields_patch};
+pub use patch::{merge_patch, set_fields};
