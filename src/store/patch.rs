@@ -165,15 +165,19 @@ mod tests {
     }
 
     #[test]
-    fn owned_fields_are_set_or_removed_and_others_kept() {
-        let status = json!({"phase": "Idle", "pid": 3});
-        let patch = owned_fields_patch(&status, &["phase", "pid", "account"]);
-        assert_eq!(patch, json!({"phase": "Idle", "pid": 3, "account": null}));
-        let mut stored = json!({"phase": "Busy", "account": "a", "lastSwap": {"epoch": 2}});
-        merge_patch(&mut stored, &patch);
+    fn owned_fields_are_replaced_whole_or_removed_and_others_kept() {
+        let status = json!({"phase": "Idle", "pid": 3, "launch": {"at": "t2"}});
+        let mut stored = json!({
+            "phase": "Busy",
+            "account": "a",
+            "launch": {"at": "t1", "confirmedAt": "t1"},
+            "lastSwap": {"epoch": 2},
+        });
+        set_fields(&mut stored, &status, &["phase", "pid", "account", "launch"]);
         assert_eq!(
             stored,
-            json!({"phase": "Idle", "pid": 3, "lastSwap": {"epoch": 2}})
+            json!({"phase": "Idle", "pid": 3, "launch": {"at": "t2"}, "lastSwap": {"epoch": 2}}),
+            "a field is replaced, not merged: the old launch's confirmation goes"
         );
     }
 }

@@ -71,7 +71,11 @@ impl<K: Object> State<K> {
     }
 
     async fn relist(&mut self, tx: &Tx<K>) -> bool {
-        let list = match self.store.list(K::KIND, self.cfg.namespace.as_deref()) {
+        let (store, ns) = (self.store.clone(), self.cfg.namespace.clone());
+        let listed = tokio::task::spawn_blocking(move || store.list(K::KIND, ns.as_deref()))
+            .await
+            .expect("a store listing panicked");
+        let list = match listed {
             Ok(l) => l,
             Err(e) => return tx.send(Err(invalid(e.to_string()))).await.is_ok(),
         };
@@ -107,7 +111,11 @@ impl<K: Object> State<K> {
         {
             return true;
         }
-        match self.store.get(&key) {
+        let (store, k) = (self.store.clone(), key.clone());
+        let got = tokio::task::spawn_blocking(move || store.get(&k))
+            .await
+            .expect("a store read panicked");
+        match got {
             Ok(Some(v)) => {
                 let rv = rv(&v);
                 if self
@@ -139,18 +147,22 @@ impl<K: Object> State<K> {
         let Some(ns) = dir.file_name().and_then(|n| n.to_str()) else {
             return true;
         };
-        let Ok(rd) = std::fs::read_dir(dir) else {
-            return true;
-        };
-        let names: Vec<String> = rd
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                e.file_name()
-                    .to_str()
-                    .and_then(object_name)
-                    .map(str::to_string)
-            })
-            .collect();
+        let d = dir.to_path_buf();
+        let names: Vec<String> = tokio::task::spawn_blocking(move || {
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                return Vec::new();
+            };
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(object_name)
+                        .map(str::to_string)
+                })
+                .collect()
+        })
+        .await
+        .unwrap_or_default();
         for name in names {
             if !self.refresh(ObjectKey::new(K::KIND, ns, &name), tx).await {
                 return false;
