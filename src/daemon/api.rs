@@ -210,7 +210,9 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(_) => (StatusCode::NOT_FOUND, "NotFound"),
             StoreError::Conflict { .. } => (StatusCode::CONFLICT, "Conflict"),
             StoreError::AlreadyExists(_) => (StatusCode::CONFLICT, "AlreadyExists"),
-            StoreError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
+            StoreError::Invalid { .. } | StoreError::Malformed(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "Invalid")
+            }
             StoreError::Io { .. } | StoreError::Corrupt { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "InternalError")
             }

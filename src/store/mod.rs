@@ -33,11 +33,20 @@
 //!   (file notifications, relist on rescan, periodic resync) that feeds
 //!   `kube_runtime` reflectors and the applier.
 
+mod apply;
 mod events;
 mod flusher;
 mod local;
+mod names;
+mod quarantine;
+mod txn;
+mod typed;
 pub mod watch;
 
+pub use apply::Batch;
 pub use events::{EVENTS_KEPT, StoredEvent};
 pub use flusher::flush_now;
-pub use local::{Api, DeleteOutcome, Durability, LAZY_FLUSH, Outcome, Store, StoreError};
+pub use local::{DeleteOutcome, Outcome, Store, StoreError};
+pub use quarantine::{CorruptObject, Listing};
+pub use txn::{Durability, LAZY_FLUSH};
+pub use typed::Api;
