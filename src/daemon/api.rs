@@ -114,6 +114,13 @@ impl Readiness {
 
     /// Whether all checks pass, and each check with its state.
     pub fn check(&self) -> (bool, Value) {
+        self.check_with(&[])
+    }
+
+    /// [`Readiness::check`], degraded by the store's corrupt objects: the
+    /// daemon works on with the others, but is not ready until each is
+    /// fixed or deleted.
+    pub fn check_with(&self, corrupt: &[crate::store::CorruptObject]) -> (bool, Value) {
         let get = |b: &AtomicBool| b.load(Ordering::SeqCst);
         let mut checks = vec![
             ("leaderLease", get(&self.leader), "held by this daemon"),
@@ -132,12 +139,29 @@ impl Readiness {
             Some(m) => checks.push(("manifests", get(m), "the first sync pass is done")),
             None => checks.push(("manifests", true, "no manifests directory")),
         }
-        let ready = checks.iter().all(|c| c.1);
-        let list: Vec<Value> = checks
+        let ready = checks.iter().all(|c| c.1) && corrupt.is_empty();
+        let mut list: Vec<Value> = checks
             .iter()
             .map(|(name, ok, what)| json!({"name": name, "ok": ok, "message": what}))
             .collect();
-        (ready, json!({"ready": ready, "checks": list}))
+        let store_message = match corrupt {
+            [] => "every stored object reads".to_string(),
+            bad => format!(
+                "{} corrupt object(s) quarantined (skipped by the controllers; fix or delete them): {}",
+                bad.len(),
+                bad.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        };
+        list.push(json!({"name": "store", "ok": corrupt.is_empty(), "message": store_message}));
+        let mut body = json!({"ready": ready, "checks": list});
+        if !corrupt.is_empty() {
+            body["degraded"] = json!(true);
+            body["corrupt"] = serde_json::to_value(corrupt).expect("corrupt objects serialize");
+        }
+        (ready, body)
     }
 }
 
@@ -375,7 +399,7 @@ pub fn is_loopback_host(host: &str) -> bool {
 // -------------------------------------------------------- open endpoints
 
 async fn readyz(State(s): State<Arc<ApiState>>) -> Response {
-    let (ready, body) = s.readiness.check();
+    let (ready, body) = s.readiness.check_with(&s.store.corrupt());
     let code = if ready {
         StatusCode::OK
     } else {

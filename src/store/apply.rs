@@ -41,7 +41,7 @@ impl Store {
         &self,
         desired: &[Value],
         dry_run: bool,
-    ) -> Result<Vec<(Outcome, Value)>, (Option<usize>, StoreError)> {
+    ) -> Result<Vec<(Outcome, Value)>, BatchError> {
         let mut batch = self.batch(dry_run).map_err(|e| (None, e))?;
         let mut done = Vec::with_capacity(desired.len());
         for (i, d) in desired.iter().enumerate() {
@@ -59,6 +59,10 @@ impl Store {
         })
     }
 }
+
+/// Why a batch applied nothing: the index of the object that failed (None:
+/// the commit itself) and the error.
+pub type BatchError = (Option<usize>, StoreError);
 
 /// `STORE/<dir>/<name>.json`: both DNS-1123 labels, outside the objects'
 /// and events' directories.

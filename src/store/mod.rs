@@ -43,7 +43,7 @@ mod txn;
 mod typed;
 pub mod watch;
 
-pub use apply::Batch;
+pub use apply::{Batch, BatchError};
 pub use events::{EVENTS_KEPT, StoredEvent};
 pub use flusher::flush_now;
 pub use local::{DeleteOutcome, Outcome, Store, StoreError};
