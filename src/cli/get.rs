@@ -96,7 +96,7 @@ pub fn get(ctx: &Ctx, a: GetArgs) -> Result<ExitCode> {
     let mut first_table = true;
     let mut corrupt = Vec::new();
     for &kind in &kinds {
-        let listing = store.list_report(kind, ns)?;
+        let listing = store.list_checked(kind, ns)?;
         corrupt.extend(listing.corrupt);
         let items: Vec<Value> = listing
             .objects

@@ -447,7 +447,8 @@ async fn list(
             )
         })?;
     let store = s.store.clone();
-    let items = blocking(move || store.list(kind, ns.as_deref())).await??;
+    let items =
+        blocking(move || store.list_checked(kind, ns.as_deref()).map(|l| l.objects)).await??;
     let items: Vec<Value> = items
         .into_iter()
         .filter(|v| {
@@ -504,7 +505,13 @@ async fn get_sub(
     let store = s.store.clone();
     let k = key.clone();
     let (exists, events) = blocking(move || -> Result<_, StoreError> {
-        Ok((store.get(&k)?.is_some(), store.events(&k)?))
+        // A corrupt object exists: its events say why it is skipped.
+        let exists = match store.get(&k) {
+            Ok(v) => v.is_some(),
+            Err(StoreError::Corrupt { .. }) => true,
+            Err(e) => return Err(e),
+        };
+        Ok((exists, store.events(&k)?))
     })
     .await??;
     if !exists && events.is_empty() {

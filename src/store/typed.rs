@@ -2,11 +2,25 @@
 
 use super::Durability;
 use super::local::{DeleteOutcome, Result, Store, StoreError};
-use super::quarantine::{CorruptObject, Level};
+use super::quarantine::{CorruptObject, Level, Listing};
 use crate::api::{Object, ObjectKey};
 use serde_json::{Map, Value, json};
 
 impl Store {
+    /// [`Store::list_report`], with the objects that do not decode as their
+    /// kind (JSON of the wrong shape) moved to the corrupt ones, as the
+    /// typed [`Api::list`] finds them.
+    pub fn list_checked(&self, kind: crate::api::Kind, namespace: Option<&str>) -> Result<Listing> {
+        use crate::api::{Account, Kind, Session, Task};
+        let mut listing = match kind {
+            Kind::Account => self.api::<Account>(namespace).typed_listing()?.1,
+            Kind::Session => self.api::<Session>(namespace).typed_listing()?.1,
+            Kind::Task => self.api::<Task>(namespace).typed_listing()?.1,
+        };
+        listing.corrupt.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(listing)
+    }
+
     /// A typed view of one kind in one namespace (None: all namespaces, for
     /// reading).
     pub fn api<K: Object>(&self, namespace: Option<&str>) -> Api<K> {
@@ -54,6 +68,7 @@ impl<K: Object> Api<K> {
     pub fn get(&self, name: &str) -> Result<Option<K>> {
         let key = self.key(name);
         let Some(v) = self.store.get(&key)? else {
+            self.store.note_decoded(&key, Ok(()));
             return Ok(None);
         };
         let r = self.decode(v);
@@ -71,13 +86,23 @@ impl<K: Object> Api<K> {
     /// recorded, counted by [`Store::corrupt`]) and skipped, so one bad file
     /// never stalls a controller.
     pub fn list(&self) -> Result<Vec<K>> {
+        Ok(self.typed_listing()?.0)
+    }
+
+    /// The objects that decode, and the listing (the JSON of those, and
+    /// every corrupt one).
+    fn typed_listing(&self) -> Result<(Vec<K>, Listing)> {
         let ns = self.namespace.as_deref();
-        let listing = self.store.list_report(K::KIND, ns)?;
+        let mut listing = self.store.list_report(K::KIND, ns)?;
         let mut out = Vec::with_capacity(listing.objects.len());
+        let mut good = Vec::with_capacity(listing.objects.len());
         let mut bad = Vec::new();
-        for v in listing.objects {
+        for v in std::mem::take(&mut listing.objects) {
             match self.decode(v.clone()) {
-                Ok(o) => out.push(o),
+                Ok(o) => {
+                    out.push(o);
+                    good.push(v);
+                }
                 Err(StoreError::Corrupt { path, message }) => bad.push(CorruptObject {
                     key: key_in(K::KIND, &v),
                     path,
@@ -93,7 +118,9 @@ impl<K: Object> Api<K> {
         };
         let fresh = self.store.quarantine().relisted(&scope, Level::Typed, &bad);
         self.store.report_corrupt(&fresh);
-        Ok(out)
+        listing.objects = good;
+        listing.corrupt.extend(bad);
+        Ok((out, listing))
     }
 
     /// Writes `status` without a precondition (the status is the writer's).
