@@ -307,6 +307,11 @@ fn decode_document(root: &Node) -> Result<AnyObject, DocError> {
     if root.get("spec").is_none() {
         return Err((vec![k("spec")], "required field is missing".into()));
     }
+    // Every shape, key and range, at every depth, before serde can bend
+    // or drop anything.
+    if let Some(problem) = super::schema::check(kind, root) {
+        return Err(problem);
+    }
     let value = root.to_json();
     let object = match kind {
         Kind::Account => AnyObject::Account(typed(value)?),
