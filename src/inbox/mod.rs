@@ -19,6 +19,9 @@ use crate::api::{API_VERSION, ObjectKey, Session, TaskPriority};
 use crate::controller::task::INBOX_FILE;
 use crate::fsutil::write_atomic;
 use crate::store::Store;
+
+mod intake;
+pub use intake::{MAX_BYTES, SETTLE};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -48,13 +51,13 @@ pub fn queue_dir(workdir: &Path) -> PathBuf {
 pub struct ImportReport {
     pub created: Vec<ObjectKey>,
     pub rejected: Vec<(PathBuf, String)>,
-    /// Some fresh file did not read well (maybe still being written): scan
-    /// again shortly.
+    /// Some file is settling (written less than [`YOUNG`] ago): scan again
+    /// shortly.
     pub waiting: bool,
 }
 
-/// A file modified more recently than this may still be being written.
-pub const YOUNG: std::time::Duration = std::time::Duration::from_millis(500);
+/// How soon to scan again when a file is settling ([`intake::SETTLE`]).
+pub const YOUNG: std::time::Duration = intake::SETTLE;
 
 fn fnv(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
@@ -111,18 +114,68 @@ fn split(text: &str) -> Result<(Option<&str>, &str), String> {
     Err("front matter opened with --- is never closed".into())
 }
 
+/// `QUEUE/<name>/`, created if missing: only ever a real directory (a
+/// link there would send the files it receives elsewhere).
+pub(crate) fn queue_subdir(queue: &Path, name: &str) -> std::io::Result<PathBuf> {
+    let dir = queue.join(name);
+    match std::fs::symlink_metadata(&dir) {
+        Ok(m) if m.file_type().is_dir() => return Ok(dir),
+        Ok(_) => {
+            return Err(std::io::Error::other(format!(
+                "{} is not a directory (a link, a file): nothing is moved there",
+                dir.display()
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    match std::fs::create_dir(&dir) {
+        Ok(()) => Ok(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => queue_subdir(queue, name),
+        Err(e) => Err(e),
+    }
+}
+
+/// A name in `dir` not taken yet: `NAME`, else `NAME.1`, `NAME.2`...
+fn free_name(dir: &Path, name: &std::ffi::OsStr) -> PathBuf {
+    let first = dir.join(name);
+    if std::fs::symlink_metadata(&first).is_err() {
+        return first;
+    }
+    (1..)
+        .map(|i| {
+            let mut n = name.to_os_string();
+            n.push(format!(".{i}"));
+            dir.join(n)
+        })
+        .find(|p| std::fs::symlink_metadata(p).is_err())
+        .expect("some name is free")
+}
+
+/// Moves `file` (whatever it is: a file, a link, a FIFO, a directory) to
+/// `rejected/`, with `NAME.error` saying why.
 fn reject(queue: &Path, file: &Path, why: &str) -> std::io::Result<()> {
-    let dir = queue.join("rejected");
-    std::fs::create_dir_all(&dir)?;
-    let name = file.file_name().unwrap_or_default();
-    let dest = dir.join(name);
+    let dir = queue_subdir(queue, "rejected")?;
+    let dest = free_name(&dir, file.file_name().unwrap_or_default());
     std::fs::rename(file, &dest)?;
-    let mut err = dest.into_os_string();
-    err.push(".error");
-    write_atomic(Path::new(&err), format!("{why}\n").as_bytes(), None, true)
+    write_atomic(
+        &with_suffix(&dest, ".error"),
+        format!("{why}\n").as_bytes(),
+        None,
+        true,
+    )
+}
+
+/// Whether an inbox entry is the inbox's business: `*.md` (hidden ones and
+/// odd ones too, to be answered), never our own `.dispatched` markers.
+fn is_task_name(name: &std::ffi::OsStr) -> bool {
+    name.as_encoded_bytes().ends_with(b".md")
 }
 
 /// Scans the inboxes of every Session's workdir and creates the tasks.
+/// Every `*.md` entry becomes a task once complete, or is moved to
+/// `rejected/` with its reason (or, when it cannot be moved, the reason is
+/// logged).
 pub fn import(store: &Store, sessions: &[Session]) -> ImportReport {
     let mut report = ImportReport::default();
     let mut seen = std::collections::HashSet::new();
@@ -139,48 +192,88 @@ pub fn import(store: &Store, sessions: &[Session]) -> ImportReport {
         if !seen.insert((ns.clone(), workdir.clone())) {
             continue;
         }
-        let queue = queue_dir(&workdir);
-        let Ok(rd) = std::fs::read_dir(queue.join("inbox")) else {
-            continue;
+        import_inbox(store, &ns, &workdir, &mut report);
+    }
+    report
+}
+
+fn import_inbox(store: &Store, ns: &str, workdir: &Path, report: &mut ImportReport) {
+    let queue = queue_dir(workdir);
+    let inbox = queue.join("inbox");
+    if std::fs::symlink_metadata(&inbox).is_err() {
+        return;
+    }
+    let dir = match intake::open_inbox(workdir, &inbox) {
+        Ok(d) => d,
+        Err(why) => {
+            warn_once(&inbox, &why);
+            return;
+        }
+    };
+    let Ok(rd) = std::fs::read_dir(&inbox) else {
+        return;
+    };
+    let mut names: Vec<std::ffi::OsString> = rd
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| is_task_name(n))
+        .collect();
+    names.sort();
+    let now = std::time::SystemTime::now();
+    for name in names {
+        let file = inbox.join(&name);
+        let hidden = name.as_encoded_bytes().starts_with(b".");
+        let outcome = match intake::take(&dir, &file, &name, now) {
+            intake::Take::Ready(_) if hidden => Err(
+                "is hidden (its name starts with a dot): name task files without a leading dot"
+                    .to_string(),
+            ),
+            intake::Take::Ready(bytes) => import_file(store, ns, workdir, &file, &bytes),
+            intake::Take::Settling => {
+                report.waiting = true;
+                continue;
+            }
+            intake::Take::Open => {
+                tracing::debug!(file = %file.display(), "inbox file still open for writing; taken once closed");
+                continue;
+            }
+            intake::Take::Gone => continue,
+            intake::Take::Refuse(why) => Err(format!("{}: {why}", file.display())),
         };
-        let mut files: Vec<PathBuf> = rd
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                p.extension().is_some_and(|e| e == "md")
-                    && !p
-                        .file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with('.'))
-                    && p.is_file()
-            })
-            .collect();
-        files.sort();
-        for file in files {
-            let young = std::fs::metadata(&file)
-                .and_then(|m| m.modified())
-                .map(|t| t.elapsed().unwrap_or_default() < YOUNG)
-                .unwrap_or(true);
-            match import_file(store, &ns, &workdir, &file) {
-                // A file still being written may read as broken: only a
-                // settled file is rejected.
-                Err(_) if young => report.waiting = true,
-                Ok(Some(key)) => {
-                    tracing::info!(file = %file.display(), task = %key, "inbox file imported");
-                    report.created.push(key);
+        intake::forget(&file);
+        match outcome {
+            Ok(Some(key)) => {
+                tracing::info!(file = %file.display(), task = %key, "inbox file imported");
+                report.created.push(key);
+            }
+            Ok(None) => {}
+            Err(why) => {
+                tracing::warn!(file = %file.display(), "inbox file rejected: {why}");
+                if let Err(e) = reject(&queue, &file, &why) {
+                    warn_once(
+                        &file,
+                        &format!("cannot move it to rejected/: {e} (rejected: {why})"),
+                    );
                 }
-                Ok(None) => {}
-                Err(why) => {
-                    tracing::warn!(file = %file.display(), "inbox file rejected: {why}");
-                    if let Err(e) = reject(&queue, &file, &why) {
-                        tracing::warn!(file = %file.display(), error = %e, "cannot move a rejected inbox file");
-                    }
-                    report.rejected.push((file, why));
-                }
+                report.rejected.push((file, why));
             }
         }
     }
-    report
+}
+
+/// Logs `why` for `path`, once per reason (the inbox is scanned often).
+fn warn_once(path: &Path, why: &str) {
+    static SAID: std::sync::Mutex<Option<std::collections::HashMap<PathBuf, String>>> =
+        std::sync::Mutex::new(None);
+    let mut g = SAID.lock().unwrap_or_else(|e| e.into_inner());
+    let said = g.get_or_insert_with(Default::default);
+    if said.get(path).map(String::as_str) != Some(why) {
+        tracing::warn!(path = %path.display(), "inbox: {why}");
+        if said.len() > 1024 {
+            said.clear();
+        }
+        said.insert(path.to_path_buf(), why.to_string());
+    }
 }
 
 fn import_file(
@@ -188,15 +281,15 @@ fn import_file(
     ns: &str,
     workdir: &Path,
     file: &Path,
+    bytes: &[u8],
 ) -> Result<Option<ObjectKey>, String> {
     let shown = file.display().to_string();
-    let bytes = std::fs::read(file).map_err(|e| format!("{shown}: cannot read: {e}"))?;
-    let name = task_name(file, &bytes);
+    let name = task_name(file, bytes);
     let key = ObjectKey::new(crate::api::Kind::Task, ns, &name);
     if store.get(&key).map_err(|e| e.to_string())?.is_some() {
         return Ok(None); // imported before
     }
-    let text = std::str::from_utf8(&bytes).map_err(|e| {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
         format!(
             "{shown}:1:1: (file): not valid UTF-8 (offset {})",
             e.valid_up_to()
@@ -285,11 +378,14 @@ pub fn mark_finished(file: &Path, ok: bool, message: &str) {
     if !file.exists() {
         return;
     }
-    let dir = queue.join(if ok { "done" } else { "failed" });
-    if std::fs::create_dir_all(&dir).is_err() {
-        return;
-    }
-    let dest = dir.join(name);
+    let dir = match queue_subdir(queue, if ok { "done" } else { "failed" }) {
+        Ok(d) => d,
+        Err(e) => {
+            warn_once(file, &format!("cannot move it on: {e}"));
+            return;
+        }
+    };
+    let dest = free_name(&dir, name);
     // The result first: whoever sees the file in done/ finds its result.
     let side = with_suffix(&dest, if ok { ".result" } else { ".error" });
     let _ = write_atomic(&side, format!("{message}\n").as_bytes(), None, true);
@@ -307,8 +403,22 @@ pub struct InboxWatcher {
 
 impl InboxWatcher {
     pub fn new(changed: std::sync::Arc<tokio::sync::Notify>) -> Option<InboxWatcher> {
+        use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok() && crate::fsutil::is_change(&res) {
+            let Ok(ev) = &res else { return };
+            // A file renamed in is complete as it is (write-then-rename).
+            if let EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both)) = ev.kind
+                && let Some(to) = ev.paths.last()
+                && is_task_name(to.as_os_str())
+            {
+                intake::arrived_by_rename(to);
+            }
+            // A writer closing a file: it may be complete now.
+            let closed = matches!(
+                ev.kind,
+                EventKind::Access(AccessKind::Close(AccessMode::Write))
+            );
+            if closed || crate::fsutil::is_change(&res) {
                 changed.notify_one();
             }
         });
@@ -336,13 +446,23 @@ impl InboxWatcher {
             if self.watched.contains(&inbox) {
                 continue;
             }
-            if std::fs::create_dir_all(&inbox).is_ok()
-                && self
-                    .watcher
-                    .watch(&inbox, notify::RecursiveMode::NonRecursive)
-                    .is_ok()
-            {
-                self.watched.insert(inbox);
+            // Created as real directories, and watched only when inside
+            // the workdir.
+            let made = queue_subdir(&workdir, ".agent-queue")
+                .and_then(|q| queue_subdir(&q, "inbox"))
+                .map_err(|e| e.to_string())
+                .and_then(|inbox| intake::open_inbox(&workdir, &inbox).map(|_| inbox));
+            match made {
+                Ok(inbox) => {
+                    if self
+                        .watcher
+                        .watch(&inbox, notify::RecursiveMode::NonRecursive)
+                        .is_ok()
+                    {
+                        self.watched.insert(inbox);
+                    }
+                }
+                Err(why) => warn_once(&inbox, &why),
             }
         }
     }
@@ -361,10 +481,16 @@ pub fn write_status(
     account: Option<&str>,
 ) {
     let _g = STATUS_LOCK.lock().expect("lock");
-    let queue = queue_dir(workdir);
-    if std::fs::create_dir_all(&queue).is_err() {
-        return;
-    }
+    let queue = match queue_subdir(workdir, ".agent-queue") {
+        Ok(q) => q,
+        Err(e) => {
+            warn_once(
+                &queue_dir(workdir),
+                &format!("status.json not written: {e}"),
+            );
+            return;
+        }
+    };
     let path = queue.join("status.json");
     let mut doc: Value = std::fs::read(&path)
         .ok()
