@@ -96,6 +96,10 @@ const CASES: &[(&str, &str)] = &[
         "6:14: spec.configDir: contains the control character U+0000",
     ),
     (
+        "literal-secret.yaml",
+        "9:7: spec.agent.env.ANTHROPIC_API_KEY: a literal value that looks like a secret",
+    ),
+    (
         "escape-in-prompt.yaml",
         "6:11: spec.prompt: contains the control character U+001B",
     ),

@@ -17,7 +17,9 @@ pub use account::{
     UsageWindow,
 };
 pub use condition::{Conditions, set_condition};
-pub use session::{AgentSpec, Session, SessionPhase, SessionSpec, SessionStatus, SwapStatus};
+pub use session::{
+    AgentSpec, EnvValue, Session, SessionPhase, SessionSpec, SessionStatus, SwapStatus,
+};
 pub use task::{Task, TaskPhase, TaskPriority, TaskSpec, TaskStatus};
 
 pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{

@@ -3,7 +3,7 @@
 //! caller can point at the line that holds it.
 
 use super::yaml::Seg;
-use crate::api::{Account, LabelSelector, ObjectMeta, Session, Task};
+use crate::api::{Account, EnvValue, LabelSelector, ObjectMeta, Session, Task};
 use std::collections::BTreeMap;
 
 pub type Problem = (Vec<Seg>, String);
@@ -252,13 +252,34 @@ pub fn session(s: &Session) -> Vec<Problem> {
     out
 }
 
-fn check_env(env: &BTreeMap<String, String>, out: &mut Vec<Problem>) {
-    for k in env.keys() {
+fn check_env(env: &BTreeMap<String, EnvValue>, out: &mut Vec<Problem>) {
+    for (k, v) in env {
+        let path = ["spec", "agent", "env", k.as_str()];
         if !env_name_ok(k) {
             out.push((
-                at(&["spec", "agent", "env", k]),
+                at(&path),
                 format!("`{k}` is not a valid environment variable name"),
             ));
+            continue;
+        }
+        match v {
+            EnvValue::Value(value) => {
+                if let Some(why) = crate::agent::env::looks_secret(k, value) {
+                    out.push((
+                        at(&path),
+                        format!(
+                            "a literal value that looks like a secret ({why}) is refused: the store never holds one. Put it in a file only you can read (chmod 600) and write `{k}: {{valueFrom: {{file: /path/to/file}}}}`"
+                        ),
+                    ));
+                } else {
+                    check_line(value, &path, out);
+                }
+            }
+            EnvValue::FromFile(file) => {
+                let mut p = path.to_vec();
+                p.extend(["valueFrom", "file"]);
+                check_path(file, &p, out);
+            }
         }
     }
 }
