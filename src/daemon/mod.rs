@@ -5,6 +5,7 @@
 pub mod access;
 pub mod api;
 pub mod bus;
+pub mod guard;
 pub mod http;
 pub mod lease;
 pub mod signals;
