@@ -38,6 +38,8 @@ mod events;
 mod flusher;
 mod local;
 mod names;
+#[cfg(test)]
+mod proptests;
 mod quarantine;
 mod txn;
 mod typed;

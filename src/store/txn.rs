@@ -71,11 +71,30 @@ struct Record {
     steps: Vec<Step>,
 }
 
+/// Where an injected crash stops a commit (property tests).
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Crash {
+    /// Everything staged, no commit record yet.
+    BeforeRecord,
+    /// The record written, then this many steps done.
+    AfterSteps(usize),
+}
+
 #[cfg(test)]
 thread_local! {
-    /// Injected failures for the property tests: the commit stops (as a
-    /// killed writer would) after this many steps.
-    pub(super) static FAIL_AFTER_STEPS: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+    /// Injected crash for the property tests: the commit stops there, as a
+    /// killed writer would, leaving what it staged and recorded.
+    pub(super) static CRASH: std::cell::Cell<Option<Crash>> = const { std::cell::Cell::new(None) };
+}
+
+#[cfg(test)]
+fn injected(at: Crash) -> bool {
+    CRASH.with(|c| match (c.get(), at) {
+        (Some(Crash::BeforeRecord), Crash::BeforeRecord) => true,
+        (Some(Crash::AfterSteps(n)), Crash::AfterSteps(done)) => done >= n,
+        _ => false,
+    })
 }
 
 static TXN_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -235,6 +254,14 @@ impl<'a> Txn<'a> {
                 }
             }
         }
+        #[cfg(test)]
+        if injected(Crash::BeforeRecord) {
+            std::mem::take(&mut self.steps); // left staged, as by a killed writer
+            return Err(StoreError::Io {
+                path: root,
+                source: std::io::Error::other("injected crash"),
+            });
+        }
         let record = (self.steps.len() > 1).then(|| staging.join(format!("{}.commit", self.id)));
         if let Some(r) = &record {
             let data = serde_json::to_vec(&Record {
@@ -249,11 +276,11 @@ impl<'a> Txn<'a> {
         #[cfg_attr(not(test), allow(unused_variables))]
         for (n, step) in steps.iter().enumerate() {
             #[cfg(test)]
-            if n >= FAIL_AFTER_STEPS.with(std::cell::Cell::get) {
+            if injected(Crash::AfterSteps(n)) {
                 // As a killed writer: the rest is left to recovery.
                 return Err(StoreError::Io {
                     path: root,
-                    source: std::io::Error::other("injected failure"),
+                    source: std::io::Error::other("injected crash"),
                 });
             }
             if let Some(d) = apply_step(&root, step).map_err(|e| unfinished(&root, e))? {
