@@ -9,9 +9,14 @@
 //!   pruned, but only if the sync applied it and it still carries the
 //!   annotation: objects created by `apply`, the API or the inbox are never
 //!   pruned.
-//! - A bad file is reported (one line per problem) and skipped; the rest
-//!   syncs. The objects it declared before are neither changed nor pruned,
-//!   so a half-written or broken file loses nothing.
+//! - Each file is applied in one store transaction, with its inventory
+//!   entries: all its objects or none (a conflict, a full disk, a crash).
+//! - A bad file (any problem in any of its documents, or a FIFO or other
+//!   special file, refused without being read) is reported (one line per
+//!   problem) and skipped whole: none of its documents is applied, the
+//!   rest of the directory syncs. The objects it declared before are
+//!   neither changed nor pruned, so a half-written or broken file loses
+//!   nothing.
 //! - Drift (someone changed a synced object in the store) is corrected on
 //!   the next pass.
 //! - The directory is only read, never written.

@@ -283,12 +283,22 @@ fn import_file(
     file: &Path,
     bytes: &[u8],
 ) -> Result<Option<ObjectKey>, String> {
-    let shown = file.display().to_string();
     let name = task_name(file, bytes);
     let key = ObjectKey::new(crate::api::Kind::Task, ns, &name);
     if store.get(&key).map_err(|e| e.to_string())?.is_some() {
         return Ok(None); // imported before
     }
+    let task = parse_task(file, bytes, ns, workdir)?;
+    store.apply(&task, false).map_err(|e| e.to_string())?;
+    Ok(Some(key))
+}
+
+/// The Task an inbox file's bytes declare (front matter and prompt),
+/// decoded and validated as a manifest; or the one-line reason it is
+/// rejected (`FILE:LINE:COL: field: what`). Reads nothing but `bytes`.
+pub fn parse_task(file: &Path, bytes: &[u8], ns: &str, workdir: &Path) -> Result<Value, String> {
+    let shown = file.display().to_string();
+    let name = task_name(file, bytes);
     let text = std::str::from_utf8(bytes).map_err(|e| {
         format!(
             "{shown}:1:1: (file): not valid UTF-8 (offset {})",
@@ -337,17 +347,18 @@ fn import_file(
         "metadata": {"name": name, "namespace": ns, "annotations": {INBOX_FILE: shown}},
         "spec": spec,
     });
-    // Through the same strict decoding and validation as a manifest.
-    let yaml = serde_saphyr::to_string(&doc).expect("JSON serializes to YAML");
-    let (objs, errs) = crate::manifest::decode_file(&shown, yaml.as_bytes());
+    // Through the same strict decoding and validation as a manifest (JSON
+    // is YAML).
+    let text = serde_json::to_vec(&doc).expect("JSON values serialize");
+    let (objs, errs) = crate::manifest::decode_file(&shown, &text);
     if let Some(e) = errs.first() {
         return Err(format!("{shown}: {}: {}", e.path, e.message));
     }
-    let obj = objs.into_iter().next().expect("one document");
-    store
-        .apply(&obj.object.to_value(), false)
-        .map_err(|e| e.to_string())?;
-    Ok(Some(key))
+    let obj = objs
+        .into_iter()
+        .next()
+        .ok_or_else(|| format!("{shown}: no task"))?;
+    Ok(obj.object.to_value())
 }
 
 fn with_suffix(p: &Path, suffix: &str) -> PathBuf {

@@ -12,7 +12,7 @@
 //!   notification queue overflows, and every `resync` period, so a missed
 //!   notification is corrected within one period.
 //!
-//! A corrupt object (see [`super::quarantine`]) is skipped by the relist
+//! A corrupt object (see the store's `quarantine.rs`) is skipped by the relist
 //! and, when it turns corrupt while watched, keeps its last good version:
 //! no event is sent for it, and the watch goes on with the others.
 
