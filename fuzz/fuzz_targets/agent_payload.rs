@@ -3,7 +3,7 @@
 
 #![no_main]
 use claude_failover::api::{Kind, ObjectKey};
-use claude_failover::daemon::signals::{Signals, state_of};
+use claude_failover::agent::signals::{Signals, state_of};
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 

@@ -53,7 +53,7 @@ pub async fn require_token_for_api(token: &str, req: Request, next: Next) -> Res
         .and_then(|h| h.strip_prefix("Bearer "))
         .map(str::trim);
     match presented {
-        Some(t) if super::access::token_matches(token, t) => next.run(req).await,
+        Some(t) if crate::secret::token_matches(token, t) => next.run(req).await,
         _ => {
             // The path, never the header.
             tracing::debug!(path = %req.uri().path(), "API request without a valid token");

@@ -1,5 +1,8 @@
 use super::quarantine::{CorruptObject, Level, Listing, Quarantine};
+// What the store's other modules (status patches) take from here.
+pub(super) use super::txn::Durability;
 use super::txn::Txn;
+pub(super) use super::typed::Api;
 use crate::api::{Kind, ObjectKey};
 use crate::fsutil;
 use serde_json::{Map, Value, json};
@@ -372,7 +375,7 @@ impl Store {
     }
 
     /// The status write, staged in `txn`.
-    fn status_in(
+    pub(super) fn status_in(
         &self,
         txn: &mut Txn<'_>,
         key: &ObjectKey,

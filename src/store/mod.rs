@@ -49,10 +49,13 @@
 //!   `kube_runtime` reflectors and the applier.
 
 mod apply;
+pub mod cache;
 mod events;
 mod flusher;
+mod leader;
 mod local;
 mod names;
+mod patch;
 #[cfg(test)]
 mod proptests;
 mod quarantine;
@@ -63,7 +66,9 @@ pub mod watch;
 pub use apply::{Batch, BatchError};
 pub use events::{EVENTS_KEPT, StoredEvent};
 pub use flusher::flush_now;
+pub use leader::{LeaderLock, identity};
 pub use local::{DeleteOutcome, Outcome, Store, StoreError};
+pub use patch::{merge_patch, owned_fields_patch};
 pub use quarantine::{CorruptObject, Listing};
 pub use txn::{Durability, LAZY_FLUSH};
 pub use typed::Api;

@@ -11,11 +11,13 @@ impl Store {
     /// kind (JSON of the wrong shape) moved to the corrupt ones, as the
     /// typed [`Api::list`] finds them.
     pub fn list_checked(&self, kind: crate::api::Kind, namespace: Option<&str>) -> Result<Listing> {
-        use crate::api::{Account, Kind, Session, Task};
+        use crate::api::{Account, Kind, Lease, Session, Swap, Task};
         let mut listing = match kind {
             Kind::Account => self.api::<Account>(namespace).typed_listing()?.1,
             Kind::Session => self.api::<Session>(namespace).typed_listing()?.1,
             Kind::Task => self.api::<Task>(namespace).typed_listing()?.1,
+            Kind::Swap => self.api::<Swap>(namespace).typed_listing()?.1,
+            Kind::Lease => self.api::<Lease>(namespace).typed_listing()?.1,
         };
         listing.corrupt.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(listing)
@@ -41,7 +43,7 @@ pub struct Api<K> {
 }
 
 impl<K: Object> Api<K> {
-    fn key(&self, name: &str) -> ObjectKey {
+    pub(super) fn key(&self, name: &str) -> ObjectKey {
         ObjectKey::new(
             K::KIND,
             self.namespace
@@ -51,7 +53,7 @@ impl<K: Object> Api<K> {
         )
     }
 
-    fn decode(&self, v: Value) -> Result<K> {
+    pub(super) fn decode(&self, v: Value) -> Result<K> {
         let key = key_in(K::KIND, &v);
         serde_json::from_value(v).map_err(|e| StoreError::Corrupt {
             path: self.store.spec_file(&key),
