@@ -8,7 +8,13 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let (objects, errors) = decode_file("fuzz.yaml", data);
-    let lines = data.iter().filter(|b| **b == b'\n').count() + 1;
+    // YAML's line breaks: LF, CR LF, and a lone CR.
+    let lines = data
+        .iter()
+        .enumerate()
+        .filter(|&(i, b)| *b == b'\n' || (*b == b'\r' && data.get(i + 1) != Some(&b'\n')))
+        .count()
+        + 1;
     for e in &errors {
         assert!(e.pos.line >= 1 && e.pos.line <= lines, "{e}");
         assert!(!e.to_string().contains('\n') || e.message.contains('\n'), "{e}");

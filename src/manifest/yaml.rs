@@ -82,6 +82,9 @@ pub fn path_string(path: &[Seg]) -> String {
     let mut s = String::new();
     for seg in path {
         match seg {
+            // A key holding a line break or another control character is
+            // quoted and escaped: a problem stays on one line.
+            Seg::Key(k) if k.chars().any(char::is_control) => s.push_str(&format!("[{k:?}]")),
             Seg::Key(k) => {
                 if !s.is_empty() {
                     s.push('.');
@@ -652,6 +655,12 @@ mod tests {
     fn anchors_aliases_and_merge() {
         let n = one("base: &b {x: 1, y: 2}\nthing:\n  <<: *b\n  y: 3\n");
         assert_eq!(n.to_json()["thing"], serde_json::json!({"y":3,"x":1}));
+    }
+
+    #[test]
+    fn keys_with_line_breaks_stay_on_one_line() {
+        let p = path_string(&[Seg::Key("labels".into()), Seg::Key("a\nb".into())]);
+        assert_eq!(p, "labels[\"a\\nb\"]");
     }
 
     #[test]
