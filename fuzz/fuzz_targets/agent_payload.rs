@@ -2,8 +2,8 @@
 //! as the daemon's endpoint takes them: never panics.
 
 #![no_main]
-use claude_failover::api::{Kind, ObjectKey};
 use claude_failover::agent::signals::{Signals, state_of};
+use claude_failover::api::{Kind, ObjectKey};
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 

@@ -17,11 +17,15 @@ fuzz_target!(|data: &[u8]| {
         + 1;
     for e in &errors {
         assert!(e.pos.line >= 1 && e.pos.line <= lines, "{e}");
-        assert!(!e.to_string().contains('\n') || e.message.contains('\n'), "{e}");
+        assert!(
+            !e.to_string().contains('\n') || e.message.contains('\n'),
+            "{e}"
+        );
     }
     for d in objects {
         let v = d.object.to_value();
-        let again = AnyObject::from_value(d.object.kind(), v).expect("an accepted object decodes again");
+        let again =
+            AnyObject::from_value(d.object.kind(), v).expect("an accepted object decodes again");
         assert_eq!(again, d.object);
     }
 });
