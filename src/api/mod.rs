@@ -22,8 +22,8 @@ pub use account::{
 pub use condition::{Conditions, set_condition};
 pub use lease::{LEADER_LEASE, Lease, LeaseSpec, LeaseStatus, SWAP_LEASE};
 pub use session::{
-    AgentSpec, Interruption, LaunchStatus, RefusedPlacement, SWAP_DONE, SWAP_ROLLED_BACK, SWAPPING,
-    Session, SessionPhase, SessionSpec, SessionStatus, SwapStatus,
+    AgentSpec, EnvValue, Interruption, LaunchStatus, RefusedPlacement, SWAP_DONE, SWAP_ROLLED_BACK,
+    SWAPPING, Session, SessionPhase, SessionSpec, SessionStatus, SwapStatus,
 };
 pub use swap::{Swap, SwapPhase, SwapSessionState, SwapSpec, SwapState, SwapStep, swap_name};
 pub use task::{Task, TaskPhase, TaskPriority, TaskSpec, TaskStatus};

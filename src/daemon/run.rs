@@ -8,6 +8,7 @@
 
 use super::api::{ApiState, Feed, Readiness};
 use super::bus::Bus;
+use super::guard::{IDLE_TIMEOUT, IdleTimeout};
 use super::{access, api, http, projections};
 use crate::agent::driver::Driver;
 use crate::agent::signals::Signals;
@@ -235,8 +236,9 @@ async fn serve(
         .await
         .with_context(|| format!("cannot listen on {}", o.listen))?;
     let addr = listener.local_addr()?;
+    let listener = IdleTimeout::new(listener, IDLE_TIMEOUT);
     let unix = match &o.api_socket {
-        Some(path) => Some(bind_unix(path)?),
+        Some(path) => Some(IdleTimeout::new(bind_unix(path)?, IDLE_TIMEOUT)),
         None => None,
     };
     let mut router = api::router(state).merge(http::router(endpoint));

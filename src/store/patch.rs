@@ -4,7 +4,9 @@
 //! other (see docs/state.md). Also: a JSON merge patch of a status, and
 //! objects created with their status in one transaction.
 
-use super::local::{Api, Durability, Result, Store, StoreError};
+use super::local::{Result, Store, StoreError};
+use super::txn::Durability;
+use super::typed::Api;
 use crate::api::{Object, ObjectKey};
 use serde_json::{Map, Value};
 
@@ -103,10 +105,10 @@ impl Store {
         let mut txn = self.txn(false)?;
         let mut out = Vec::new();
         for o in objects {
-            let (_, obj) = super::local::txn_apply(&mut txn, o)?;
+            let (_, obj) = super::apply::txn_apply(&mut txn, o)?;
             let obj = match o.get("status") {
                 Some(st) if !st.is_null() => {
-                    let key = super::local::key_of_desired(o);
+                    let key = super::apply::key_of_desired(o)?;
                     self.status_in(&mut txn, &key, st, None)?
                 }
                 _ => obj,

@@ -576,9 +576,13 @@ fn prepare(
         .ok()
         .filter(|p| p.is_dir())
         .ok_or_else(|| format!("workdir {} does not exist", workdir.display()))?;
-    if let Some(dir) = config_dir {
-        seed::seed_for_session(dir, &workdir, s, shared)
-            .map_err(|e| format!("cannot prepare the account's config dir: {e}"))?;
+    match config_dir {
+        Some(dir) => seed::seed_for_session(dir, &workdir, s, shared)
+            .map_err(|e| format!("cannot prepare the account's config dir: {e}"))?,
+        // No account to seed: the agent's environment files are checked here.
+        None => {
+            crate::agent::env::resolve(&s.spec.agent.env).map_err(|e| e.to_string())?;
+        }
     }
     let resumable = id.is_some_and(|id| seed::transcript_resumable(shared, id));
     Ok(Prepared { workdir, resumable })
