@@ -101,6 +101,8 @@ pub async fn run(o: Options) -> Result<()> {
     }
     let (signals, wake) = Signals::new();
     let signals = Arc::new(signals);
+    // The running agents are heard from the first request on.
+    session::register_secrets(&signals, &o.state_dir, &caches.sessions.all()).await;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let api_state = Arc::new(ApiState {
         store: o.store.clone(),
