@@ -65,6 +65,10 @@ pub struct AgentSpec {
     /// Extra environment variables.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Give the agent the pool's MCP server (`--mcp-config`): it can read
+    /// the pool and hand tasks to other sessions (docs/mcp.md).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mcp: bool,
 }
 
 fn default_command() -> String {
@@ -78,6 +82,7 @@ impl Default for AgentSpec {
             args: Vec::new(),
             model: None,
             env: BTreeMap::new(),
+            mcp: false,
         }
     }
 }

@@ -248,7 +248,12 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<ExitCode> {
                 return Ok(());
             }
         }
-        let mut router = api::router(api_state).merge(http::router(signals.clone()));
+        let mcp = crate::mcp::http::router(api_state.clone(), &cfg.mcp, &ctx.namespace, {
+            let s = signals.clone();
+            Arc::new(move |k: &crate::api::ObjectKey, secret: &str| s.authorized(k, secret))
+        })
+        .context("cannot set up the MCP endpoint (config key mcp)")?;
+        let mut router = api::router(api_state).merge(http::router(signals.clone())).merge(mcp);
         if addr.ip().is_loopback() {
             router = router.layer(axum::middleware::from_fn(api::loopback_host_only));
         }

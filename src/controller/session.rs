@@ -1009,6 +1009,14 @@ async fn launch(
         false,
     )
     .map_err(|e| format!("{}: {e}", settings_file.display()))?;
+    crate::mcp::agent::prepare(
+        &settings_file,
+        s,
+        key,
+        &ctx.settings.agent_base_url,
+        &rt.secret,
+    )
+    .map_err(|e| format!("cannot write the agent's MCP config: {e}"))?;
     let resume = seed::transcript_resumable(shared, &rt.agent_session_id);
     if !resume && rt.launches > 0 {
         // Nothing to continue (the agent died before Claude Code wrote any

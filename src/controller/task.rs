@@ -177,6 +177,9 @@ pub fn eligible(task: &Task, session: &Candidate) -> bool {
     if session.key.namespace != ns {
         return false;
     }
+    if !crate::mcp::delegation::may_run_on(task, &session.key.name) {
+        return false;
+    }
     if let Some(name) = &task.spec.session {
         return *name == session.key.name;
     }
