@@ -76,7 +76,7 @@ fn schema<T: JsonSchema + 'static>() -> Arc<JsonObject> {
 
 // ------------------------------------------------------------ parameters
 
-#[derive(Deserialize, JsonSchema)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ListSessions {
     /// Namespace (default: the configured one).
@@ -85,14 +85,14 @@ struct ListSessions {
     selector: Option<String>,
 }
 
-#[derive(Deserialize, JsonSchema)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ListAccounts {
     /// Namespace (default: the configured one).
     namespace: Option<String>,
 }
 
-#[derive(Deserialize, JsonSchema)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ListTasks {
     /// Namespace (default: the configured one).
@@ -104,7 +104,7 @@ struct ListTasks {
 }
 
 /// A kind of object.
-#[derive(Deserialize, JsonSchema, Clone, Copy)]
+#[derive(Debug, Deserialize, JsonSchema, Clone, Copy)]
 #[serde(rename_all = "lowercase")]
 enum KindArg {
     Account,
@@ -122,7 +122,7 @@ impl From<KindArg> for Kind {
     }
 }
 
-#[derive(Deserialize, JsonSchema)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Describe {
     kind: KindArg,
@@ -131,7 +131,7 @@ struct Describe {
     namespace: Option<String>,
 }
 
-#[derive(Deserialize, JsonSchema)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RecentEvents {
     /// Only objects of this kind.
@@ -145,7 +145,7 @@ struct RecentEvents {
     limit: Option<usize>,
 }
 
-#[derive(Deserialize, JsonSchema)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct WaitTask {
     name: String,
@@ -157,7 +157,7 @@ struct WaitTask {
     timeout_seconds: Option<u64>,
 }
 
-#[derive(Deserialize, JsonSchema)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct CreateTask {
     /// The text typed into the session that takes the task.
@@ -185,7 +185,7 @@ struct CreateTask {
     wait_seconds: Option<u64>,
 }
 
-#[derive(Deserialize, JsonSchema)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Named {
     name: String,
@@ -193,7 +193,7 @@ struct Named {
     namespace: Option<String>,
 }
 
-#[derive(Deserialize, JsonSchema)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RequestFailover {
     /// The account whose sessions move.
@@ -489,6 +489,9 @@ async fn recent_events(
         offline = offline.or(r.offline);
         events.extend(r.value);
     }
+    // Each object's events come oldest first: reversed, a stable sort keeps
+    // the newest first within one second too.
+    events.reverse();
     events.sort_by(|a, b| last_timestamp(b).cmp(last_timestamp(a)));
     events.truncate(limit);
     Ok(listing(events, offline))
