@@ -157,7 +157,7 @@ async fn authenticate(State(auth): State<Arc<Auth>>, mut req: Request, next: Nex
                 "id": null,
                 "error": {
                     "code": -32001,
-                    "message": "a valid bearer token is required: the API token (`claude-failover token`), a token of mcp.tokens, or an agent's own"
+                    "message": "unauthorized (401): a valid bearer token is required: the API token (`claude-failover token`), a token of mcp.tokens, or an agent's own"
                 }
             });
             let mut r = (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
