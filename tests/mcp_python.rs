@@ -492,7 +492,7 @@ fn python_sdk_over_stdio_with_and_without_the_daemon() {
     // with the reason.
     let steps = run(
         &py,
-        json!({"server": stdio(&env, &["--write"]), "steps": [
+        json!({"server": stdio(&env, &["--write"]), "mode": "auto", "steps": [
             {"op": "tools"},
             call("list_sessions", json!({})),
             call("create_task", json!({"name": "t1", "prompt": "x"})),

@@ -25,6 +25,9 @@ pub const SCHEME: &str = "claude-failover://";
 pub const DEBOUNCE: Duration = Duration::from_millis(300);
 /// With no daemon (or after its stream ended), look for one this often.
 pub const RECONNECT: Duration = Duration::from_secs(2);
+/// With nothing changing, a follower asks this often whether its
+/// subscriber is still there (a closed one ends it).
+pub const IDLE_CHECK: Duration = Duration::from_secs(30);
 
 /// What a resource URI names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,7 +167,9 @@ pub async fn read(pool: &Pool, target: &Target) -> Result<Value, String> {
 
 /// Follows the pool's changes and tells `tell` which URIs changed (and
 /// whether the list changed), at most once per [`DEBOUNCE`], until `tell`
-/// answers false. With no daemon it looks for one every [`RECONNECT`].
+/// answers false. With no daemon it looks for one every [`RECONNECT`];
+/// with nothing changing it calls `tell` with nothing every
+/// [`IDLE_CHECK`], so a subscriber that left is noticed.
 pub async fn follow<F, Fut>(pool: Pool, mut tell: F)
 where
     F: FnMut(BTreeSet<String>, bool) -> Fut + Send,
@@ -212,6 +217,11 @@ where
                 _ = timer => {
                     due = None;
                     if !tell(std::mem::take(&mut dirty), std::mem::take(&mut list)).await {
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep(IDLE_CHECK), if due.is_none() => {
+                    if !tell(BTreeSet::new(), false).await {
                         return;
                     }
                 }
