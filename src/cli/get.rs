@@ -77,7 +77,7 @@ fn row(kind: Kind, v: &Value, wide: bool, all_ns: bool) -> Vec<String> {
 
 pub fn get(ctx: &Ctx, a: GetArgs) -> Result<ExitCode> {
     let kinds: Vec<Kind> = if a.kind == "all" {
-        Kind::ALL.to_vec()
+        Kind::DECLARED.to_vec()
     } else {
         vec![parse_kind(&a.kind)?]
     };
@@ -181,6 +181,8 @@ fn watch_kind(ctx: &Ctx, kind: Kind, a: &GetArgs, filter: &Filter) -> Result<Exi
             Kind::Account => watch_typed::<Account>(ctx, a, filter).await,
             Kind::Session => watch_typed::<Session>(ctx, a, filter).await,
             Kind::Task => watch_typed::<Task>(ctx, a, filter).await,
+            Kind::Swap => watch_typed::<crate::api::Swap>(ctx, a, filter).await,
+            Kind::Lease => watch_typed::<crate::api::Lease>(ctx, a, filter).await,
         }
     })
 }

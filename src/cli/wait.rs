@@ -152,6 +152,12 @@ pub fn wait(ctx: &Ctx, a: WaitArgs) -> Result<ExitCode> {
                 Kind::Task => watch::<Task>(store.clone(), cfg.clone())
                     .map(|_| ())
                     .boxed(),
+                Kind::Swap => watch::<crate::api::Swap>(store.clone(), cfg.clone())
+                    .map(|_| ())
+                    .boxed(),
+                Kind::Lease => watch::<crate::api::Lease>(store.clone(), cfg.clone())
+                    .map(|_| ())
+                    .boxed(),
             }
         }));
         let check = |pending: &mut Vec<ObjectKey>| -> Result<()> {

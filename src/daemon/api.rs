@@ -59,11 +59,11 @@ impl Feed {
     fn bit(self) -> u8 {
         match self {
             Feed::Objects(k) => 1 << k as u8,
-            Feed::Events => 1 << Kind::ALL.len(),
+            Feed::Events => 1 << Kind::DECLARED.len(),
         }
     }
 
-    const ALL_BITS: u8 = (1 << (Kind::ALL.len() + 1)) - 1;
+    const ALL_BITS: u8 = (1 << (Kind::DECLARED.len() + 1)) - 1;
 }
 
 impl Readiness {
@@ -770,7 +770,7 @@ mod tests {
         assert!(!r.check().0);
         r.set_leader(true);
         r.sessions_listed();
-        for k in Kind::ALL {
+        for k in Kind::DECLARED {
             r.feed_listed(Feed::Objects(k));
         }
         r.feed_listed(Feed::Events);
@@ -781,7 +781,7 @@ mod tests {
         let r = Readiness::new(false);
         r.set_leader(true);
         r.sessions_listed();
-        for k in Kind::ALL {
+        for k in Kind::DECLARED {
             r.feed_listed(Feed::Objects(k));
         }
         r.feed_listed(Feed::Events);

@@ -36,8 +36,10 @@
 mod events;
 mod flusher;
 mod local;
+mod patch;
 pub mod watch;
 
 pub use events::{EVENTS_KEPT, StoredEvent};
 pub use flusher::flush_now;
 pub use local::{Api, DeleteOutcome, Durability, LAZY_FLUSH, Outcome, Store, StoreError};
+pub use patch::{merge_patch, owned_fields_patch};
