@@ -461,7 +461,7 @@ async fn recent_events(
     let limit = p.limit.unwrap_or(DEFAULT_EVENTS).clamp(1, MAX_EVENTS);
     let kinds: Vec<Kind> = match p.kind {
         Some(k) => vec![k.into()],
-        None => Kind::ALL.to_vec(),
+        None => vec![Kind::Account, Kind::Session, Kind::Task],
     };
     let mut keys: Vec<ObjectKey> = Vec::new();
     let mut offline = None;
