@@ -227,10 +227,10 @@ where
                 }
             }
         }
-        if !dirty.is_empty() || list {
-            if !tell(std::mem::take(&mut dirty), std::mem::take(&mut list)).await {
-                return;
-            }
+        if (!dirty.is_empty() || list)
+            && !tell(std::mem::take(&mut dirty), std::mem::take(&mut list)).await
+        {
+            return;
         }
         tokio::time::sleep(RECONNECT).await;
     }

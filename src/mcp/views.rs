@@ -63,7 +63,7 @@ fn conditions(v: &Value) -> Option<Value> {
             Value::Object(m)
         })
         .collect();
-    (!list.is_empty()).then(|| Value::Array(list))
+    (!list.is_empty()).then_some(Value::Array(list))
 }
 
 /// A Session in a list.
