@@ -217,7 +217,7 @@ fn python_sdk_over_http_sees_and_steers_the_pool() {
             call("list_sessions", json!({"selector": "team=api"})),
             call("list_accounts", json!({})),
             call("describe", json!({"kind": "session", "name": "s1"})),
-            call("create_task", json!({"name": "t1", "prompt": "do it", "priority": "high", "labels": {"team": "api"}})),
+            call("create_task", json!({"name": "t1", "prompt": "do it", "priority": "high", "selector": "team=api"})),
             call("list_tasks", json!({"phase": "Pending"})),
             call("wait_task", json!({"name": "t1", "timeoutSeconds": 1})),
             call("cancel_task", json!({"name": "t1"})),

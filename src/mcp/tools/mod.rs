@@ -118,7 +118,7 @@ pub const CATALOG: &[ToolDef] = &[
     },
     ToolDef {
         name: "create_task",
-        description: "Queue a task: a prompt typed into a free session of the pool (by `session`, `labels`, `workdir`, or any). Validated like `claude-failover apply`. With `waitSeconds`, also waits for its result. An agent of the pool can create tasks only for other sessions.",
+        description: "Queue a task: a prompt typed into a free session of the pool (by `session`, label `selector`, `workdir`, or any). Validated like `claude-failover apply`. With `waitSeconds`, also waits for its result. An agent of the pool can create tasks only for other sessions.",
         access: Access::Delegate,
         schema: schema::<CreateTask>,
     },
@@ -270,7 +270,7 @@ mod tests {
             "prompt",
             "priority",
             "session",
-            "labels",
+            "selector",
             "model",
             "waitSeconds",
         ] {

@@ -4,7 +4,6 @@
 use crate::api::{Kind, TaskPhase, TaskPriority};
 use schemars::JsonSchema;
 use serde::Deserialize;
-use std::collections::BTreeMap;
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -100,8 +99,9 @@ pub(super) struct CreateTask {
     pub(super) model: Option<String>,
     /// Run on this session only.
     pub(super) session: Option<String>,
-    /// Run on a session carrying these labels.
-    pub(super) labels: Option<BTreeMap<String, String>>,
+    /// Run on a session whose labels match this selector (kubectl's `-l`
+    /// syntax, e.g. `role=worker,tier in (a,b)`).
+    pub(super) selector: Option<String>,
     /// Run on a session with this working directory.
     pub(super) workdir: Option<String>,
     /// Give up on an attempt after this long.

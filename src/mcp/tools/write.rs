@@ -43,8 +43,10 @@ pub(super) async fn create_task(
     opt(&mut spec, "priority", json!(p.priority));
     opt(&mut spec, "model", json!(p.model));
     opt(&mut spec, "session", json!(p.session));
-    if let Some(labels) = &p.labels {
-        spec.insert("sessionSelector".into(), json!({"matchLabels": labels}));
+    if let Some(sel) = &p.selector {
+        let sel = crate::selector::Selector::parse(sel)
+            .map_err(|e| ToolError(format!("selector: {e}")))?;
+        spec.insert("sessionSelector".into(), json!(sel.to_label_selector()));
     }
     opt(&mut spec, "workdir", json!(p.workdir));
     opt(&mut spec, "timeoutSeconds", json!(p.timeout_seconds));
@@ -143,18 +145,19 @@ async fn delegate(
 }
 
 /// Whether the session object `s` matches the target of `p` (the
-/// dispatcher's rule: a named session, labels, a workdir).
+/// dispatcher's rule: a named session, a selector, a workdir).
 fn targets(p: &CreateTask, s: &Value) -> bool {
     let name = s.pointer("/metadata/name").and_then(Value::as_str);
     if let Some(want) = &p.session {
         return name == Some(want.as_str());
     }
-    if let Some(want) = &p.labels {
-        let labels = s.pointer("/metadata/labels").and_then(Value::as_object);
-        if !want
-            .iter()
-            .all(|(k, v)| labels.and_then(|l| l.get(k)).and_then(Value::as_str) == Some(v))
-        {
+    if let Some(sel) = &p.selector {
+        let labels: Option<std::collections::BTreeMap<String, String>> = s
+            .pointer("/metadata/labels")
+            .and_then(|l| serde_json::from_value(l.clone()).ok());
+        let matches =
+            crate::selector::Selector::parse(sel).is_ok_and(|sel| sel.matches(labels.as_ref()));
+        if !matches {
             return false;
         }
     }
@@ -270,11 +273,11 @@ mod tests {
         assert!(targets(&p(json!({"prompt": "x", "session": "b"})), &s));
         assert!(!targets(&p(json!({"prompt": "x", "session": "c"})), &s));
         assert!(targets(
-            &p(json!({"prompt": "x", "labels": {"team": "api"}})),
+            &p(json!({"prompt": "x", "selector": "team=api"})),
             &s
         ));
         assert!(!targets(
-            &p(json!({"prompt": "x", "labels": {"team": "web"}})),
+            &p(json!({"prompt": "x", "selector": "team in (web,db)"})),
             &s
         ));
         assert!(targets(
