@@ -178,6 +178,16 @@ fn an_agent_delegates_a_task_and_gets_its_result() {
         });
     assert!(next.seq > first.seq);
 
+    // The agent's token stays in its private file: never in a log.
+    let cfg: Value =
+        serde_json::from_slice(&std::fs::read(state.join("lead/mcp.json")).unwrap()).unwrap();
+    let auth = cfg["mcpServers"]["claude-failover"]["headers"]["Authorization"]
+        .as_str()
+        .unwrap();
+    let secret = auth.rsplit('.').next().unwrap();
+    assert!(secret.len() >= 32, "{auth}");
+    assert!(!pool.daemon_log(0).contains(secret), "the agent's secret was logged");
+
     // Who asked is recorded on the task.
     let d = pool.ok(&[
         "describe",

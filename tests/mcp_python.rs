@@ -465,6 +465,19 @@ fn python_sdk_hears_resource_changes() {
     let heard = c.next();
     assert_eq!(heard["event"], "ResourceUpdated", "{heard}");
     assert_eq!(heard["uri"], account);
+
+    // A subscriber still connected does not hold the daemon up at SIGTERM.
+    let mut c = PyClient::start(
+        &py,
+        json!({"server": http(&d, OPS_TOKEN), "mode": "legacy", "steps": [
+            {"op": "subscribe", "uri": pool_uri},
+            {"op": "updated", "uri": "claude-failover://pool/never", "timeout": 600},
+        ]}),
+    );
+    assert_eq!(c.next()["op"], "connected");
+    assert_eq!(c.next()["ok"], true, "subscribed");
+    let mut d = d;
+    d.stop();
 }
 
 fn stdio(env: &Env, args: &[&str]) -> Value {
