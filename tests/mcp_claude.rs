@@ -63,6 +63,86 @@ fn tool_results(r: &Recorded) -> Vec<String> {
     out
 }
 
+/// A plain JSON-RPC client of the MCP endpoint (protocol 2025-06-18, a
+/// session), to call tools with an agent's own token.
+struct Rpc {
+    url: String,
+    auth: String,
+    session: Option<String>,
+    id: u64,
+}
+
+impl Rpc {
+    fn new(url: &str, auth: &str) -> Rpc {
+        let mut rpc = Rpc {
+            url: url.to_string(),
+            auth: auth.to_string(),
+            session: None,
+            id: 0,
+        };
+        rpc.request(
+            "initialize",
+            json!({"protocolVersion": "2025-06-18", "capabilities": {},
+                   "clientInfo": {"name": "test", "version": "1"}}),
+        );
+        rpc.send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+        rpc
+    }
+
+    fn send(&mut self, body: Value) -> String {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(common::daemon::T))
+            .build()
+            .into();
+        let mut req = agent
+            .post(&self.url)
+            .header("authorization", &self.auth)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-06-18");
+        if let Some(s) = &self.session {
+            req = req.header("mcp-session-id", s);
+        }
+        let mut resp = req.send(body.to_string()).unwrap();
+        assert!(resp.status().is_success(), "{}", resp.status());
+        if let Some(s) = resp.headers().get("mcp-session-id") {
+            self.session = Some(s.to_str().unwrap().to_string());
+        }
+        resp.body_mut().read_to_string().unwrap_or_default()
+    }
+
+    /// A request's result (from a JSON or an event-stream answer).
+    fn request(&mut self, method: &str, params: Value) -> Value {
+        self.id += 1;
+        let id = self.id;
+        let text =
+            self.send(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
+        text.lines()
+            .map(|l| l.strip_prefix("data:").unwrap_or(l).trim())
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["id"] == id)
+            .map(|v| {
+                v.get("result")
+                    .cloned()
+                    .unwrap_or_else(|| v["error"].clone())
+            })
+            .unwrap_or_else(|| panic!("no answer to {method}: {text}"))
+    }
+
+    /// A tool's result: (is it an error, its text).
+    fn call(&mut self, tool: &str, args: Value) -> (bool, String) {
+        let r = self.request("tools/call", json!({"name": tool, "arguments": args}));
+        (
+            r["isError"] == true,
+            r["content"][0]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    }
+}
+
 fn annotation<'a>(t: &'a Value, key: &str) -> Option<&'a str> {
     t["metadata"]["annotations"][key].as_str()
 }
@@ -186,7 +266,50 @@ fn an_agent_delegates_a_task_and_gets_its_result() {
         .unwrap();
     let secret = auth.rsplit('.').next().unwrap();
     assert!(secret.len() >= 32, "{auth}");
-    assert!(!pool.daemon_log(0).contains(secret), "the agent's secret was logged");
+    assert!(
+        !pool.daemon_log(0).contains(secret),
+        "the agent's secret was logged"
+    );
+
+    // With its token, an agent gets its scope and no more.
+    let mut rpc = Rpc::new(&format!("{}/mcp", pool.api_url()), auth);
+    let listed = rpc.request("tools/list", json!({}));
+    let names: Vec<&str> = listed["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"create_task") && names.contains(&"cancel_task"),
+        "{names:?}"
+    );
+    assert!(
+        !names.contains(&"restart_session") && !names.contains(&"request_failover"),
+        "{names:?}"
+    );
+    let (err, why) = rpc.call("restart_session", json!({"name": "worker"}));
+    assert!(err && why.contains("not available to agents"), "{why}");
+    let (err, why) = rpc.call("create_task", json!({"prompt": "x", "session": "lead"}));
+    assert!(
+        err && why.contains("session that asks for it (lead)"),
+        "{why}"
+    );
+    let (err, why) = rpc.call("cancel_task", json!({"name": "parent"}));
+    assert!(err && why.contains("only the tasks it created"), "{why}");
+    let (err, why) = rpc.call("list_sessions", json!({"namespace": "other"}));
+    assert!(err && why.contains("its own namespace (default)"), "{why}");
+    let (err, _) = rpc.call("list_sessions", json!({}));
+    assert!(!err);
+    // A wrong secret is no agent.
+    let wrong = format!("{}x", auth);
+    let (code, _) = common::daemon::call(
+        "POST",
+        &format!("{}/mcp", pool.api_url()),
+        Some(wrong.trim_start_matches("Bearer ")),
+        Some(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#),
+    );
+    assert_eq!(code, 401);
 
     // Who asked is recorded on the task.
     let d = pool.ok(&[
