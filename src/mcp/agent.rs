@@ -39,6 +39,11 @@ pub fn launch_args(session: &Session, settings_path: &Path) -> Vec<String> {
     ]
 }
 
+/// How long Claude Code lets one call of the pool's tools run: the longest
+/// wait a tool takes ([`super::tools::MAX_WAIT`]) and a minute more (its
+/// own default for an HTTP server's request is 60 s).
+pub const CALL_TIMEOUT_MS: u64 = (super::tools::MAX_WAIT.as_secs() + 60) * 1000;
+
 /// The content of the agent's MCP config: the daemon at `base_url`
 /// (`http://HOST:PORT`), with the agent's token.
 pub fn config(base_url: &str, key: &ObjectKey, secret: &str) -> Value {
@@ -48,6 +53,7 @@ pub fn config(base_url: &str, key: &ObjectKey, secret: &str) -> Value {
                 "type": "http",
                 "url": format!("{base_url}{PATH}"),
                 "headers": {"Authorization": format!("Bearer {}", agent_token(key, secret))},
+                "timeout": CALL_TIMEOUT_MS,
             }
         }
     })
@@ -111,6 +117,7 @@ mod tests {
         let server = &v["mcpServers"]["claude-failover"];
         assert_eq!(server["type"], "http");
         assert_eq!(server["url"], "http://127.0.0.1:7817/mcp");
+        assert_eq!(server["timeout"], 660_000);
         assert_eq!(
             server["headers"]["Authorization"],
             "Bearer agent.default.ccl-0.s3cr3t"
