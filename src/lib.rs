@@ -15,6 +15,8 @@ pub mod mcp;
 pub mod metrics;
 pub mod notify;
 pub mod quota;
+pub mod requests;
+pub mod secret;
 pub mod selector;
 pub mod sim;
 pub mod store;

@@ -3,7 +3,7 @@
 //! epoch). Written only by the daemon, always with a resourceVersion
 //! precondition; lives in [`super::SYSTEM_NAMESPACE`].
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime as Time;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

@@ -9,23 +9,27 @@
 
 mod account;
 mod condition;
+pub mod keys;
 mod lease;
 mod session;
 mod swap;
 mod task;
 
 pub use account::{
-    Account, AccountLimit, AccountPhase, AccountSpec, AccountStatus, AccountUsage, Thresholds,
-    UsageWindow,
+    Account, AccountFailover, AccountLimit, AccountPhase, AccountSpec, AccountStatus, AccountUsage,
+    FailoverNote, RequestAnswer, SetAside, Thresholds, UsageWindow,
 };
 pub use condition::{Conditions, set_condition};
 pub use lease::{LEADER_LEASE, Lease, LeaseSpec, LeaseStatus, SWAP_LEASE};
-pub use session::{AgentSpec, Session, SessionPhase, SessionSpec, SessionStatus, SwapStatus};
+pub use session::{
+    AgentSpec, Interruption, LaunchStatus, RefusedPlacement, SWAP_DONE, SWAP_ROLLED_BACK, SWAPPING,
+    Session, SessionPhase, SessionSpec, SessionStatus, SwapStatus,
+};
 pub use swap::{Swap, SwapPhase, SwapSessionState, SwapSpec, SwapState, SwapStep, swap_name};
 pub use task::{Task, TaskPhase, TaskPriority, TaskSpec, TaskStatus};
 
 pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-    Condition, LabelSelector, LabelSelectorRequirement, ObjectMeta, Time,
+    Condition, LabelSelector, LabelSelectorRequirement, MicroTime, ObjectMeta, Time,
 };
 use kube::CustomResourceExt;
 use serde::{Serialize, de::DeserializeOwned};
@@ -240,6 +244,19 @@ pub fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
 }
 
+/// Now, to the microsecond (for what is compared with other precise times).
+pub fn micro_now() -> MicroTime {
+    MicroTime(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// A precise time from a system time.
+pub fn micro(t: std::time::SystemTime) -> MicroTime {
+    MicroTime(
+        k8s_openapi::jiff::Timestamp::try_from(t)
+            .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+    )
+}
+
 /// Identifies one object in the store.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
 pub struct ObjectKey {
@@ -255,6 +272,18 @@ impl ObjectKey {
             namespace: namespace.to_string(),
             name: name.to_string(),
         }
+    }
+}
+
+impl ObjectKey {
+    /// The key of a stored object (its kind, namespace and name).
+    pub fn of<K: Object>(o: &K) -> ObjectKey {
+        let m = o.meta();
+        ObjectKey::new(
+            K::KIND,
+            m.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE),
+            m.name.as_deref().unwrap_or_default(),
+        )
     }
 }
 

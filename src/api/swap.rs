@@ -3,7 +3,7 @@
 //! spec when the swap starts, its status as the swap advances (each
 //! session's step, with the deadline of the wait it is in), and its result.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime as Time;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

@@ -19,8 +19,8 @@ use super::scope::Caller;
 use super::server::McpServer;
 use super::tools::Shared;
 use crate::api::{Kind, ObjectKey};
-use crate::daemon::access::token_matches;
 use crate::daemon::api::ApiState;
+use crate::secret::token_matches;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -93,15 +93,32 @@ pub fn agent_token(key: &ObjectKey, secret: &str) -> String {
     format!("{AGENT_PREFIX}{}.{}.{secret}", key.namespace, key.name)
 }
 
+/// What the daemon passes to the endpoint: the `mcp` config and the
+/// namespace used when a call names none.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub config: McpConfig,
+    pub namespace: String,
+}
+
 /// The MCP endpoint, to merge into the daemon's router: the API's state
-/// (its router is called in-process for every read and write), the `mcp`
-/// config, the default namespace, and how to check an agent's secret.
+/// (its router is called in-process for every read and write), the
+/// settings, and the agents' signals (whose secrets prove an agent).
 pub fn router(
     api: Arc<ApiState>,
-    config: &McpConfig,
-    namespace: &str,
+    settings: &Settings,
+    signals: Arc<crate::agent::signals::Signals>,
+) -> Result<Router, TokenFileError> {
+    let agent: AgentAuth = Arc::new(move |key, secret| signals.authorized(key, secret));
+    router_with(api, settings, agent)
+}
+
+fn router_with(
+    api: Arc<ApiState>,
+    settings: &Settings,
     agent: AgentAuth,
 ) -> Result<Router, TokenFileError> {
+    let config = &settings.config;
     let auth = Arc::new(Auth {
         api_token: api.token.clone(),
         api_write: config.write(),
@@ -115,7 +132,7 @@ pub fn router(
             crate::daemon::api::router(api.clone()),
             api.token.clone(),
         ),
-        namespace: namespace.to_string(),
+        namespace: settings.namespace.clone(),
         limits,
         rate: RateLimiter::new(&limits),
     });

@@ -24,7 +24,7 @@ pub(super) async fn create_task(
             name_arg("name", n)?;
             n.clone()
         }
-        None => format!("mcp-{}", crate::controller::runtime::random_hex(4)),
+        None => format!("mcp-{}", crate::secret::random_hex(4)),
     };
     let mut annotations = serde_json::Map::new();
     if let Some(agent) = caller.agent_session() {
