@@ -103,6 +103,10 @@ pub fn plan(input: &LaunchInput<'_>) -> LaunchPlan {
     argv.extend(agent.args[..lead].iter().cloned());
     argv.push("--settings".into());
     argv.push(input.settings_path.to_string_lossy().into_owned());
+    argv.extend(crate::mcp::agent::launch_args(
+        input.session,
+        input.settings_path,
+    ));
     argv.push(
         if input.resume {
             "--resume"
@@ -164,6 +168,7 @@ mod tests {
                     args: vec!["--dangerously-skip-permissions".into()],
                     model: Some("sonnet".into()),
                     env: [("FOO".to_string(), "bar".into())].into(),
+                    mcp: false,
                 },
                 suspend: false,
             },

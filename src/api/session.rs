@@ -68,6 +68,10 @@ pub struct AgentSpec {
     /// looks like one is refused).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, EnvValue>,
+    /// Give the agent the pool's MCP server (`--mcp-config`): it can read
+    /// the pool and hand tasks to other sessions (docs/mcp.md).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mcp: bool,
 }
 
 /// The value of one environment variable of an agent.
@@ -157,6 +161,7 @@ impl Default for AgentSpec {
             args: Vec::new(),
             model: None,
             env: BTreeMap::new(),
+            mcp: false,
         }
     }
 }

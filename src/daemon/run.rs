@@ -54,6 +54,8 @@ pub struct Options {
     pub notify: crate::config::NotifyConfig,
     pub checkpoint_every: Duration,
     pub continue_message: String,
+    /// The MCP server on the listener (docs/mcp.md).
+    pub mcp: crate::mcp::http::Settings,
 }
 
 /// Runs the daemon until a signal (or the loss of its state dir).
@@ -243,7 +245,9 @@ async fn serve(
         Some(path) => Some(IdleTimeout::new(bind_unix(path)?, IDLE_TIMEOUT)),
         None => None,
     };
-    let mut router = api::router(state).merge(http::router(endpoint));
+    let mcp = crate::mcp::http::router(state.clone(), &o.mcp, endpoint.signals.clone())
+        .context("cannot set up the MCP endpoint (config key mcp)")?;
+    let mut router = api::router(state).merge(http::router(endpoint)).merge(mcp);
     if addr.ip().is_loopback() {
         router = router.layer(axum::middleware::from_fn(api::loopback_host_only));
     }

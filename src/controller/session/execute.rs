@@ -522,9 +522,13 @@ async fn launch(
     let settings = launch::settings(&url, &sh.settings.exe, launch::bypasses_permissions(s));
     let settings_file = {
         let (dir, k, sec) = (sh.settings.state_dir.clone(), key.clone(), secret.clone());
+        let (session, base) = (s.clone(), sh.settings.agent_base_url.clone());
         sh.blocking(move |_| {
             private::save_secret(&dir, &k, &sec)?;
-            private::save_settings(&dir, &k, &settings)
+            let path = private::save_settings(&dir, &k, &settings)?;
+            // The pool's MCP server for a Session that opted in (docs/mcp.md).
+            crate::mcp::agent::prepare(&path, &session, &k, &base, &sec)?;
+            Ok::<_, std::io::Error>(path)
         })
         .await
         .map_err(|e| format!("cannot save the session's launch files: {e}"))?
