@@ -9,15 +9,20 @@
 //!   pruned, but only if the sync applied it and it still carries the
 //!   annotation: objects created by `apply`, the API or the inbox are never
 //!   pruned.
-//! - A bad file is reported (one line per problem) and skipped; the rest
-//!   syncs. The objects it declared before are neither changed nor pruned,
-//!   so a half-written or broken file loses nothing.
+//! - Each file is applied in one store transaction, with its inventory
+//!   entries: all its objects or none (a conflict, a full disk, a crash).
+//! - A bad file (any problem in any of its documents, or a FIFO or other
+//!   special file, refused without being read) is reported (one line per
+//!   problem) and skipped whole: none of its documents is applied, the
+//!   rest of the directory syncs. The objects it declared before are
+//!   neither changed nor pruned, so a half-written or broken file loses
+//!   nothing.
 //! - Drift (someone changed a synced object in the store) is corrected on
 //!   the next pass.
 //! - The directory is only read, never written.
 
 use crate::api::ObjectKey;
-use crate::manifest::{LoadOptions, ManifestError, load_paths};
+use crate::manifest::{Decoded, LoadOptions, ManifestError, load_paths};
 use crate::store::{Outcome, Store, StoreError};
 use notify::{RecursiveMode, Watcher};
 use serde::{Deserialize, Serialize};
@@ -57,7 +62,8 @@ pub struct Syncer {
     store: Store,
     dir: PathBuf,
     namespace: String,
-    inventory_path: PathBuf,
+    /// The inventory's record name (`STORE/inventory/<id>.json`).
+    inventory_id: String,
 }
 
 /// FNV-1a: a stable id for a directory path.
@@ -67,16 +73,17 @@ fn fnv1a(s: &str) -> u64 {
     })
 }
 
+const INVENTORY: &str = "inventory";
+
 impl Syncer {
     pub fn new(store: Store, dir: &Path, namespace: &str) -> std::io::Result<Syncer> {
         let dir = std::fs::canonicalize(dir)?;
-        let id = format!("{:016x}", fnv1a(&dir.display().to_string()));
-        let inventory_path = store.root().join("inventory").join(format!("{id}.json"));
+        let inventory_id = format!("{:016x}", fnv1a(&dir.display().to_string()));
         Ok(Syncer {
             store,
             dir,
             namespace: namespace.to_string(),
-            inventory_path,
+            inventory_id,
         })
     }
 
@@ -85,21 +92,20 @@ impl Syncer {
     }
 
     fn load_inventory(&self) -> Inventory {
-        std::fs::read(&self.inventory_path)
+        self.store
+            .record(INVENTORY, &self.inventory_id)
             .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
+            .flatten()
+            .and_then(|v| serde_json::from_value(v).ok())
             .unwrap_or_default()
     }
 
-    fn save_inventory(&self, inv: &Inventory) -> std::io::Result<()> {
-        if let Some(d) = self.inventory_path.parent() {
-            std::fs::create_dir_all(d)?;
-        }
-        let data = serde_json::to_vec_pretty(inv).expect("inventory serializes");
-        crate::fsutil::write_atomic(&self.inventory_path, &data, None, true)
+    fn inventory_value(inv: &Inventory) -> Value {
+        serde_json::to_value(inv).expect("inventory serializes")
     }
 
-    /// One full pass: apply, prune, save the inventory.
+    /// One full pass: each good file applied all or nothing, then prune,
+    /// then the inventory.
     pub fn sync_once(&self) -> SyncReport {
         let loaded = load_paths(
             std::slice::from_ref(&self.dir),
@@ -112,57 +118,36 @@ impl Syncer {
             errors: loaded.errors.clone(),
             ..Default::default()
         };
-        let bad_files: HashSet<&str> = loaded.bad_files();
+        // A file with any problem is skipped whole: none of its objects is
+        // applied (its good documents neither), none of its old ones pruned.
+        let mut skipped: HashSet<String> =
+            loaded.bad_files().into_iter().map(str::to_string).collect();
         let old = self.load_inventory();
+        // While applying, the inventory holds the old entries and what is
+        // declared so far: a pass cut short loses track of nothing.
         let mut inv = Inventory {
             dir: self.dir.display().to_string(),
-            objects: BTreeMap::new(),
+            objects: old.objects.clone(),
         };
-        let mut objects = loaded.objects.clone();
-        objects.sort_by_key(|d| d.object.kind());
-        for d in &objects {
-            let mut obj = d.object.clone();
-            let meta = obj.meta_mut();
-            meta.resource_version = None; // the directory is authoritative
-            meta.annotations
-                .get_or_insert_with(Default::default)
-                .insert(MANAGED_BY.into(), MANAGED_BY_SYNC.into());
-            let key = obj.key();
-            inv.objects.insert(
-                key.to_string(),
-                InventoryEntry {
-                    key: key.clone(),
-                    file: d.source.file.clone(),
-                },
-            );
-            match self.store.apply(&obj.to_value(), false) {
-                Ok((outcome, _)) => {
-                    if outcome != Outcome::Unchanged {
-                        let _ = self.store.record_event(
-                            &key,
-                            false,
-                            if outcome == Outcome::Created {
-                                "Created"
-                            } else {
-                                "Synced"
-                            },
-                            &format!("{outcome} from {}", d.source),
-                            "sync",
-                        );
-                    }
-                    report.applied.push((key, outcome));
+        let mut declared = BTreeMap::new();
+        for (file, objects) in by_file(&loaded.objects, &skipped) {
+            match self.apply_file(&file, &objects, &mut inv, &mut report) {
+                Ok(entries) => declared.extend(entries),
+                Err(()) => {
+                    skipped.insert(file);
                 }
-                Err(e) => report.failed.push((key, e.to_string())),
             }
         }
+        let mut kept = BTreeMap::new();
         for (name, entry) in old.objects {
-            if inv.objects.contains_key(&name) {
+            if declared.contains_key(&name) {
                 continue;
             }
-            // Its file is broken or the object is declared twice: keep it,
-            // and keep it in the inventory so it is pruned once truly gone.
-            if bad_files.contains(entry.file.as_str()) || loaded.contested.contains(&entry.key) {
-                inv.objects.insert(name, entry);
+            // Its file is broken or was not applied, or the object is
+            // declared twice: keep it, and keep it in the inventory so it is
+            // pruned once truly gone.
+            if skipped.contains(entry.file.as_str()) || loaded.contested.contains(&entry.key) {
+                kept.insert(name, entry);
                 continue;
             }
             match self.prune(&entry.key) {
@@ -170,17 +155,112 @@ impl Syncer {
                 Ok(false) => {}
                 Err(e) => {
                     report.failed.push((entry.key.clone(), e.to_string()));
-                    inv.objects.insert(name, entry);
+                    kept.insert(name, entry);
                 }
             }
         }
+        declared.extend(kept);
+        let inv = Inventory {
+            dir: inv.dir,
+            objects: declared,
+        };
         if let Err(e) = self.save_inventory(&inv) {
             report.failed.push((
                 ObjectKey::new(crate::api::Kind::Account, "-", "inventory"),
-                format!("{}: {e}", self.inventory_path.display()),
+                format!("{INVENTORY}/{}: {e}", self.inventory_id),
             ));
         }
         report
+    }
+
+    fn save_inventory(&self, inv: &Inventory) -> Result<(), StoreError> {
+        let v = Self::inventory_value(inv);
+        if self.store.record(INVENTORY, &self.inventory_id)?.as_ref() == Some(&v) {
+            return Ok(());
+        }
+        let mut batch = self.store.batch(false)?;
+        batch.write_record(INVENTORY, &self.inventory_id, &v)?;
+        batch.commit()
+    }
+
+    /// Applies one file's objects in one batch (with the inventory, when
+    /// they add to it): all or none. Returns their inventory entries.
+    fn apply_file(
+        &self,
+        file: &str,
+        objects: &[&Decoded],
+        inv: &mut Inventory,
+        report: &mut SyncReport,
+    ) -> Result<BTreeMap<String, InventoryEntry>, ()> {
+        let fail = |report: &mut SyncReport, key: ObjectKey, e: StoreError| {
+            report.failed.push((
+                key,
+                format!("{e}; nothing of {file} was applied (all or nothing)"),
+            ));
+            Err(())
+        };
+        let mut batch = match self.store.batch(false) {
+            Ok(b) => b,
+            Err(e) => return fail(report, objects[0].object.key(), e),
+        };
+        let mut entries = BTreeMap::new();
+        let mut outcomes = Vec::new();
+        for d in objects {
+            let mut obj = d.object.clone();
+            let meta = obj.meta_mut();
+            meta.resource_version = None; // the directory is authoritative
+            meta.annotations
+                .get_or_insert_with(Default::default)
+                .insert(MANAGED_BY.into(), MANAGED_BY_SYNC.into());
+            let key = obj.key();
+            match batch.apply(&obj.to_value()) {
+                Ok((outcome, _)) => outcomes.push((key.clone(), outcome, &d.source)),
+                Err(e) => return fail(report, key, e),
+            }
+            entries.insert(
+                key.to_string(),
+                InventoryEntry {
+                    key,
+                    file: file.to_string(),
+                },
+            );
+        }
+        let grows = entries
+            .iter()
+            .any(|(name, e)| inv.objects.get(name).is_none_or(|old| old.file != e.file));
+        if grows {
+            let mut next = inv.objects.clone();
+            next.extend(entries.clone());
+            let v = Self::inventory_value(&Inventory {
+                dir: inv.dir.clone(),
+                objects: next,
+            });
+            if let Err(e) = batch.write_record(INVENTORY, &self.inventory_id, &v) {
+                return fail(report, objects[0].object.key(), e);
+            }
+        }
+        if let Err(e) = batch.commit() {
+            return fail(report, objects[0].object.key(), e);
+        }
+        inv.objects.extend(entries.clone());
+        for (key, outcome, source) in outcomes {
+            if outcome != Outcome::Unchanged {
+                let reason = if outcome == Outcome::Created {
+                    "Created"
+                } else {
+                    "Synced"
+                };
+                let _ = self.store.record_event(
+                    &key,
+                    false,
+                    reason,
+                    &format!("{outcome} from {source}"),
+                    "sync",
+                );
+            }
+            report.applied.push((key, outcome));
+        }
+        Ok(entries)
     }
 
     /// Deletes `key` if the sync still owns it. True when it was deleted
@@ -269,6 +349,30 @@ impl Syncer {
             after_pass(&report);
         }
     }
+}
+
+/// The good objects by file, files in the order they are applied: those
+/// declaring accounts first, then sessions, then tasks (objects that name
+/// others come after them), each file's objects in that order too.
+fn by_file<'a>(
+    objects: &'a [Decoded],
+    skipped: &HashSet<String>,
+) -> Vec<(String, Vec<&'a Decoded>)> {
+    let mut files: BTreeMap<&str, Vec<&Decoded>> = BTreeMap::new();
+    for d in objects {
+        if !skipped.contains(&d.source.file) {
+            files.entry(&d.source.file).or_default().push(d);
+        }
+    }
+    let mut out: Vec<(String, Vec<&Decoded>)> = files
+        .into_iter()
+        .map(|(f, mut objs)| {
+            objs.sort_by_key(|d| d.object.kind());
+            (f.to_string(), objs)
+        })
+        .collect();
+    out.sort_by_key(|(f, objs)| (objs[0].object.kind(), f.clone()));
+    out
 }
 
 fn log_report(dir: &Path, r: &SyncReport) {

@@ -5,7 +5,7 @@
 
 mod common;
 use common::fake_oauth::FakeOAuth;
-use common::pool::{LONG, Pool, claude_bin, require_claude};
+use common::pool::{LONG, Pool, claude, claude_bin};
 use common::{BIN, Env, HEAD, wait_for};
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
@@ -177,10 +177,12 @@ fn doctor_names_each_missing_piece_with_its_fix() {
 }
 
 #[test]
+#[cfg_attr(
+    not(claude_code),
+    ignore = "needs Claude Code: npm ci --prefix tools/claude-code"
+)]
 fn doctor_passes_on_a_ready_machine() {
-    let Some(claude) = require_claude("doctor_passes_on_a_ready_machine") else {
-        return;
-    };
+    let claude = claude();
     let env = Env::new();
     let port = common::free_port();
     let config = env.write(
@@ -239,10 +241,12 @@ fn start_login(pool: &Pool, account: &str, vars: &[(String, String)]) -> std::pr
 }
 
 #[test]
+#[cfg_attr(
+    not(claude_code),
+    ignore = "needs Claude Code: npm ci --prefix tools/claude-code"
+)]
 fn login_runs_claude_codes_own_login_and_the_account_becomes_available() {
-    let Some(claude) = require_claude("login_runs_claude_codes_own_login") else {
-        return;
-    };
+    let claude = claude();
     let mut pool = Pool::new(claude.clone());
     let oauth = FakeOAuth::start(&[]);
     // The account: no login yet. Its session brings the gateway's address.

@@ -4,6 +4,7 @@ use claude_failover::config::{
     ApiConfig, Config, DispatchConfig, JanitorConfig, LogConfig, NotifyConfig, QuotaConfig,
     TelegramConfig, WebhookConfig,
 };
+use claude_failover::mcp::config::{DelegationConfig, McpConfig, TokenConfig};
 use std::path::Path;
 
 fn repo(rel: &str) -> std::path::PathBuf {
@@ -24,7 +25,7 @@ fn crds_are_valid_apiextensions_v1() {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let text = std::fs::read_to_string(repo("manifests/crds.yaml")).unwrap();
     let crds: Vec<CustomResourceDefinition> = serde_saphyr::from_multiple(&text).unwrap();
-    assert_eq!(crds.len(), 3);
+    assert_eq!(crds.len(), claude_failover::api::Kind::ALL.len());
     for crd in crds {
         let v = &crd.spec.versions[0];
         assert_eq!(crd.spec.group, "claude-failover.io");
@@ -115,9 +116,23 @@ fn config_example_covers_every_key() {
             socket: Some(_),
             token_file: Some(_),
         },
+        mcp:
+            McpConfig {
+                write: Some(_),
+                tokens,
+                delegation:
+                    DelegationConfig {
+                        max_depth: Some(_),
+                        max_tasks: Some(_),
+                        window_seconds: Some(_),
+                    },
+            },
     } = cfg
     else {
         panic!("config.example.yaml leaves a key unset: {cfg:?}");
+    };
+    let [TokenConfig { .. }] = tokens.as_slice() else {
+        panic!("config.example.yaml shows one MCP token: {tokens:?}");
     };
 }
 

@@ -4,7 +4,7 @@
 
 mod common;
 use common::daemon::{call, json};
-use common::pool::{Pool, require_claude};
+use common::pool::{Pool, claude};
 use std::os::unix::fs::PermissionsExt;
 
 /// Every secret carries this marker, so a leak of any part of one (a
@@ -16,10 +16,12 @@ const TELEGRAM: &str = "123456:SECRET-telegram-bot-token-AAE9fKx2LmQ8rT";
 const WRONG_TOKEN: &str = "cf-wrong-token-SECRET-0b1c2d3e4f5a6b7c";
 
 #[test]
+#[cfg_attr(
+    not(claude_code),
+    ignore = "needs Claude Code: npm ci --prefix tools/claude-code"
+)]
 fn no_secret_reaches_any_log() {
-    let Some(claude) = require_claude("no_secret_reaches_any_log") else {
-        return;
-    };
+    let claude = claude();
     let mut pool = Pool::new(claude);
     let token_file = pool.path("secrets/api-token");
     std::fs::create_dir_all(token_file.parent().unwrap()).unwrap();
@@ -34,14 +36,35 @@ fn no_secret_reaches_any_log() {
     ));
     std::fs::write(&config, text).unwrap();
     pool.apply(&pool.account_yaml("a", 10));
-    // The key is in the daemon's environment, not in the store.
-    pool.apply(&pool.session_yaml("sec-0", Some("a"), &[]));
+    // A literal key in agent.env is refused, naming the way that works.
+    let literal = pool.session_yaml("sec-0", Some("a"), &[]).replace(
+        "    env:\n",
+        &format!("    env:\n      ANTHROPIC_API_KEY: \"{API_KEY}\"\n"),
+    );
+    std::fs::write(pool.path("literal.yaml"), literal).unwrap();
+    let out = pool
+        .cli(&["apply", "-f", pool.path("literal.yaml").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let refusal = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success() && refusal.contains("valueFrom"),
+        "{refusal}"
+    );
+    assert!(
+        !refusal.contains(MARK),
+        "the refusal repeats the secret: {refusal}"
+    );
+    // The key is in a file the Session names (valueFrom), read at launch.
+    pool.apply(&pool.session_yaml("sec-0", Some("a"), &[("ANTHROPIC_API_KEY", API_KEY)]));
+    assert!(
+        pool.ok(&["get", "session", "sec-0", "-o", "yaml"])
+            .contains("valueFrom"),
+        "the key is not read from a file"
+    );
     pool.start_daemon_with(
         &["--log-level", "debug"],
-        &[
-            ("ANTHROPIC_API_KEY", API_KEY),
-            ("CF_TEST_TELEGRAM_TOKEN", TELEGRAM),
-        ],
+        &[("CF_TEST_TELEGRAM_TOKEN", TELEGRAM)],
     );
     let first = pool.wait_phase("sec-0", "Idle");
     let api = format!("{}/api/v1/namespaces/default", pool.api_url());
@@ -72,7 +95,7 @@ fn no_secret_reaches_any_log() {
     );
     assert_eq!(code, 201, "{body}");
     pool.wait_task_phase("s1", "Succeeded");
-    // The agent authenticated with the key from the daemon's environment.
+    // The agent authenticated with the key from its file.
     assert!(
         pool.api
             .main_requests()
@@ -81,6 +104,11 @@ fn no_secret_reaches_any_log() {
         "{}",
         pool.api.summary()
     );
+
+    // What people read of the session shows the file, not the key.
+    cli(&["get", "session", "sec-0", "-o", "yaml"]);
+    cli(&["get", "session", "sec-0", "-o", "json"]);
+    cli(&["describe", "session", "sec-0"]);
 
     // Restart through the CLI (and so the API).
     cli(&["restart", "session", "sec-0"]);
@@ -156,7 +184,14 @@ fn no_secret_reaches_any_log() {
             panic!("{what} holds part of a secret: {line}");
         }
     }
-    // Nor does the store (events, statuses, specs).
+    // Nor does the store (events, statuses, specs), which only its owner
+    // may enter.
+    let mode = std::fs::metadata(pool.path("store"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o700, "store directory mode {mode:o}");
     for (path, bytes) in common::snapshot(&pool.path("store")) {
         assert!(
             !String::from_utf8_lossy(&bytes).contains(MARK),
@@ -173,11 +208,13 @@ fn no_secret_reaches_any_log() {
 /// writes the credentials nor logs anyone out. A copy of the same login in
 /// a second account is refused: a refresh in one would log the other out.
 #[test]
+#[cfg_attr(
+    not(claude_code),
+    ignore = "needs Claude Code: npm ci --prefix tools/claude-code"
+)]
 fn sessions_of_one_account_share_its_login_through_token_refreshes() {
     use common::fake_oauth::FakeOAuth;
-    let Some(claude) = require_claude("sessions_of_one_account_share_its_login") else {
-        return;
-    };
+    let claude = claude();
     let mut pool = Pool::new(claude);
     const FIRST_REFRESH: &str = "sk-ant-ort01-fake-refresh-0";
     let oauth = FakeOAuth::start(&[FIRST_REFRESH]);

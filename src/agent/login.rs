@@ -232,13 +232,15 @@ pub fn agents_credential(
         .iter()
         .filter(|s| s.spec.account.as_deref() == Some(account))
         .find_map(|s| {
-            env_credential(
-                s.spec
-                    .agent
-                    .env
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str())),
-            )
+            // A value from a file counts when the file can be read.
+            let env: Vec<(&str, String)> = s
+                .spec
+                .agent
+                .env
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str(), super::env::value(k, v).ok()?)))
+                .collect();
+            env_credential(env.iter().map(|(k, v)| (*k, v.as_str())))
         })
         .or_else(|| env_credential(daemon_env.iter().map(|(k, v)| (k.as_str(), v.as_str()))))
 }

@@ -22,7 +22,7 @@ pub use account::{
 pub use condition::{Conditions, set_condition};
 pub use lease::{LEADER_LEASE, Lease, LeaseSpec, LeaseStatus, SWAP_LEASE};
 pub use session::{
-    AgentSpec, Interruption, LaunchStatus, PermissionMode, RefusedPlacement, SWAP_DONE,
+    AgentSpec, EnvValue, Interruption, LaunchStatus, PermissionMode, RefusedPlacement, SWAP_DONE,
     SWAP_ROLLED_BACK, SWAPPING, Session, SessionPhase, SessionSpec, SessionStatus, SwapStatus,
 };
 pub use swap::{Swap, SwapPhase, SwapSessionState, SwapSpec, SwapState, SwapStep, swap_name};

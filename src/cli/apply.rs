@@ -97,7 +97,18 @@ pub fn apply(ctx: &Ctx, a: ApplyArgs) -> Result<ExitCode> {
     };
     let store = ctx.store()?;
     let values: Vec<Value> = objects.iter().map(|d| d.object.to_value()).collect();
-    let (done, err) = store.apply_all(&values, a.dry_run);
+    // One transaction: every object is applied, or none is.
+    let done = match store.apply_all(&values, a.dry_run) {
+        Ok(done) => done,
+        Err((at, e)) => {
+            match at.map(|i| &objects[i]) {
+                Some(d) => eprintln!("{}: {e}", d.source),
+                None => eprintln!("error: {e}"),
+            }
+            eprintln!("error: nothing applied");
+            return Ok(ExitCode::from(1));
+        }
+    };
     let suffix = if a.dry_run { " (dry run)" } else { "" };
     for (d, (outcome, _)) in objects.iter().zip(&done) {
         println!(
@@ -105,11 +116,6 @@ pub fn apply(ctx: &Ctx, a: ApplyArgs) -> Result<ExitCode> {
             d.object.kind().qualified(),
             d.object.name()
         );
-    }
-    if let Some(e) = err {
-        let d = &objects[done.len()];
-        eprintln!("{}: {e}", d.source);
-        return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
 }

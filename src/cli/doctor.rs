@@ -128,7 +128,7 @@ pub fn agents(sessions: &[Session], env: &[(String, String)]) -> Vec<Check> {
         .map(|s| {
             (
                 s.spec.agent.command.clone(),
-                s.spec.agent.env.get("PATH").cloned(),
+                crate::agent::env::lookup(&s.spec.agent.env, "PATH"),
             )
         })
         .collect();

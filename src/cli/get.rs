@@ -94,16 +94,23 @@ pub fn get(ctx: &Ctx, a: GetArgs) -> Result<ExitCode> {
     let mut all_items = Vec::new();
     let mut missing = Vec::new();
     let mut first_table = true;
+    let mut corrupt = Vec::new();
     for &kind in &kinds {
-        let items: Vec<Value> = store
-            .list(kind, ns)?
+        let listing = store.list_checked(kind, ns)?;
+        corrupt.extend(listing.corrupt);
+        let items: Vec<Value> = listing
+            .objects
             .into_iter()
             .filter(|v| filter.keep(v))
             .collect();
         for n in &a.names {
-            if !items
+            let is_corrupt = corrupt
                 .iter()
-                .any(|v| v.pointer("/metadata/name").and_then(Value::as_str) == Some(n))
+                .any(|c| c.key.kind == kind && c.key.name == *n);
+            if !is_corrupt
+                && !items
+                    .iter()
+                    .any(|v| v.pointer("/metadata/name").and_then(Value::as_str) == Some(n))
             {
                 missing.push(format!("{} \"{n}\" not found", kind.qualified()));
             }
@@ -162,10 +169,30 @@ pub fn get(ctx: &Ctx, a: GetArgs) -> Result<ExitCode> {
         }
         _ => {}
     }
+    // Objects whose files do not read: named, never hidden.
+    let mut named_corrupt = false;
+    for c in &corrupt {
+        let named = a.names.contains(&c.key.name);
+        if !a.names.is_empty() && !named {
+            continue;
+        }
+        named_corrupt |= named;
+        eprintln!(
+            "{}: {} \"{}\" in namespace {} is corrupt and skipped: {}: {} (fix the file, or `delete {} {}`)",
+            if named { "error" } else { "warning" },
+            c.key.kind.qualified(),
+            c.key.name,
+            c.key.namespace,
+            c.path.display(),
+            c.reason,
+            c.key.kind.singular(),
+            c.key.name
+        );
+    }
     for m in &missing {
         eprintln!("error: {m}");
     }
-    Ok(if missing.is_empty() {
+    Ok(if missing.is_empty() && !named_corrupt {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

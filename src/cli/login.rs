@@ -117,7 +117,7 @@ pub fn login(ctx: &Ctx, a: LoginArgs) -> Result<ExitCode> {
         .unwrap_or_else(|| "claude".into());
     let path = agent
         .as_ref()
-        .and_then(|g| g.env.get("PATH").cloned())
+        .and_then(|g| crate::agent::env::lookup(&g.env, "PATH"))
         .or_else(|| std::env::var("PATH").ok());
     let cwd = std::env::current_dir().unwrap_or_else(|_| dir.clone());
     let program =
@@ -127,7 +127,8 @@ pub fn login(ctx: &Ctx, a: LoginArgs) -> Result<ExitCode> {
     // The account's agent environment (a gateway's ANTHROPIC_BASE_URL, ...),
     // what this shell has for the browser and the network, its config dir.
     let mut env: Vec<(String, String)> = agent
-        .map(|g| g.env.into_iter().collect())
+        .map(|g| crate::agent::env::resolve(&g.env))
+        .transpose()?
         .unwrap_or_default();
     for k in PASSED_ON {
         if let Ok(v) = std::env::var(k) {

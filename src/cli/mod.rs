@@ -14,6 +14,7 @@ mod failover;
 mod get;
 mod init;
 mod login;
+mod mcp;
 mod print;
 mod run;
 mod statusline;
@@ -87,6 +88,8 @@ pub enum Command {
     Restart(cancel::RestartArgs),
     /// Print the control plane's bearer token (created when missing)
     Token,
+    /// Serve the pool as MCP tools and resources over stdio (for Claude Code and other MCP clients)
+    Mcp(mcp::McpArgs),
     /// Wait for a condition on objects, or for their deletion
     Wait(wait::WaitArgs),
     /// Run the daemon: sync the manifests directory into the store
@@ -245,6 +248,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(a) => run::run(&ctx, a),
+        Command::Mcp(a) => mcp::mcp(&ctx, a),
         Command::Init(a) => init::init(&ctx, a),
         Command::Login(a) => login::login(&ctx, a),
         Command::Doctor(a) => doctor::doctor(&ctx, a),

@@ -45,10 +45,12 @@ impl std::fmt::Display for Source {
 }
 
 /// An object of any of the three kinds.
+// Short-lived and few (one per declared object): boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum AnyObject {
     Account(Account),
-    Session(Session),
+    Session(Box<Session>),
     Task(Task),
 }
 
@@ -102,7 +104,7 @@ impl AnyObject {
     pub fn from_value(kind: Kind, v: Value) -> Result<AnyObject, serde_json::Error> {
         Ok(match kind {
             Kind::Account => AnyObject::Account(serde_json::from_value(v)?),
-            Kind::Session => AnyObject::Session(serde_json::from_value(v)?),
+            Kind::Session => AnyObject::Session(Box::new(serde_json::from_value(v)?)),
             Kind::Task => AnyObject::Task(serde_json::from_value(v)?),
             Kind::Swap | Kind::Lease => {
                 return Err(serde::de::Error::custom(format!(
@@ -315,10 +317,15 @@ fn decode_document(root: &Node) -> Result<AnyObject, DocError> {
     if root.get("spec").is_none() {
         return Err((vec![k("spec")], "required field is missing".into()));
     }
+    // Every shape, key and range, at every depth, before serde can bend
+    // or drop anything.
+    if let Some(problem) = super::schema::check(kind, root) {
+        return Err(problem);
+    }
     let value = root.to_json();
     let object = match kind {
         Kind::Account => AnyObject::Account(typed(value)?),
-        Kind::Session => AnyObject::Session(typed(value)?),
+        Kind::Session => AnyObject::Session(Box::new(typed(value)?)),
         Kind::Task => AnyObject::Task(typed(value)?),
         Kind::Swap | Kind::Lease => {
             return Err((vec![k("kind")], format!("kind `{kind}` cannot be declared")));
