@@ -544,8 +544,8 @@ async fn launch(
     });
     // Claude Code not installed (or not on the agents' PATH): said before
     // anything is launched.
-    let path = crate::agent::env::lookup(&s.spec.agent.env, "PATH")
-        .or_else(|| std::env::var("PATH").ok());
+    let path =
+        crate::agent::env::lookup(&s.spec.agent.env, "PATH").or_else(|| std::env::var("PATH").ok());
     let workdir = expand_home(&s.spec.workdir);
     crate::agent::exit::resolve_command(&s.spec.agent.command, path.as_deref(), &workdir)?;
     let prepared = {
