@@ -232,15 +232,15 @@ pub fn agents_credential(
         .iter()
         .filter(|s| s.spec.account.as_deref() == Some(account))
         .find_map(|s| {
-            // A value from a file counts when the file can be read.
-            let env: Vec<(&str, String)> = s
-                .spec
-                .agent
-                .env
-                .iter()
-                .filter_map(|(k, v)| Some((k.as_str(), super::env::value(k, v).ok()?)))
-                .collect();
-            env_credential(env.iter().map(|(k, v)| (*k, v.as_str())))
+            // A value from a file counts as set: the file is read at launch,
+            // where one that is missing or unreadable fails naming it.
+            env_credential(s.spec.agent.env.iter().map(|(k, v)| {
+                let v = match v {
+                    crate::api::EnvValue::Value(v) => v.as_str(),
+                    crate::api::EnvValue::FromFile(f) => f.as_str(),
+                };
+                (k.as_str(), v)
+            }))
         })
         .or_else(|| env_credential(daemon_env.iter().map(|(k, v)| (k.as_str(), v.as_str()))))
 }
@@ -380,6 +380,18 @@ mod tests {
         assert_eq!(
             agents_credential("other", &sessions, &daemon),
             Some("CLAUDE_CODE_OAUTH_TOKEN")
+        );
+        // A key from a file counts before the file is there: the launch,
+        // not the account, says the file is missing.
+        let mut from_file = sessions[0].clone();
+        from_file.spec.account = Some("filed".into());
+        from_file.spec.agent.env.insert(
+            "ANTHROPIC_API_KEY".into(),
+            crate::api::EnvValue::FromFile("/nonexistent/key".into()),
+        );
+        assert_eq!(
+            agents_credential("filed", &[from_file], &[]),
+            Some("ANTHROPIC_API_KEY")
         );
     }
 }
