@@ -238,7 +238,7 @@ pub enum SessionPhase {
     Stopped,
     Failed,
     /// The agent exits at start (or cannot be launched): retried with
-    /// back-off; `status.nextRestartAt` says when, the Ready condition why.
+    /// back-off; `status.nextStartAt` says when, the Ready condition why.
     CrashLoopBackOff,
 }
 
