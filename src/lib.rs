@@ -13,6 +13,7 @@ pub mod janitor;
 pub mod manifest;
 pub mod metrics;
 pub mod notify;
+pub mod output;
 pub mod quota;
 pub mod selector;
 pub mod sim;

@@ -208,7 +208,9 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         let (code, reason) = match &e {
             StoreError::NotFound(_) => (StatusCode::NOT_FOUND, "NotFound"),
-            StoreError::Conflict { .. } => (StatusCode::CONFLICT, "Conflict"),
+            StoreError::Conflict { .. } | StoreError::FieldConflicts { .. } => {
+                (StatusCode::CONFLICT, "Conflict")
+            }
             StoreError::AlreadyExists(_) => (StatusCode::CONFLICT, "AlreadyExists"),
             StoreError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
             StoreError::Io { .. } | StoreError::Corrupt { .. } => {

@@ -36,8 +36,12 @@
 mod events;
 mod flusher;
 mod local;
+pub mod ownership;
 pub mod watch;
 
 pub use events::{EVENTS_KEPT, StoredEvent};
 pub use flusher::flush_now;
-pub use local::{Api, DeleteOutcome, Durability, LAZY_FLUSH, Outcome, Store, StoreError};
+pub use local::{
+    Api, ApplyRequest, ApplyResult, DEFAULT_MANAGER, DeleteOutcome, Durability, LAZY_FLUSH,
+    Outcome, Store, StoreError,
+};
