@@ -18,7 +18,10 @@ pub use account::{
 };
 pub use condition::{Conditions, set_condition};
 pub use session::{AgentSpec, Session, SessionPhase, SessionSpec, SessionStatus, SwapStatus};
-pub use task::{Task, TaskPhase, TaskPriority, TaskSpec, TaskStatus};
+pub use task::{
+    CANCELLED, COMPLETE, FAILED, Task, TaskPhase, TaskPriority, TaskSpec, TaskStatus,
+    job_condition, set_job_conditions,
+};
 
 pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     Condition, LabelSelector, LabelSelectorRequirement, ObjectMeta, Time,

@@ -328,7 +328,7 @@ impl Store {
         self.root.join(kind.plural())
     }
 
-    fn spec_path(&self, key: &ObjectKey) -> PathBuf {
+    pub(super) fn spec_path(&self, key: &ObjectKey) -> PathBuf {
         self.kind_dir(key.kind)
             .join(&key.namespace)
             .join(format!("{}.json", key.name))
@@ -471,7 +471,7 @@ impl Store {
         Ok(out)
     }
 
-    fn check_precondition(
+    pub(super) fn check_precondition(
         key: &ObjectKey,
         current: Option<&Value>,
         expected: Option<&str>,
@@ -514,21 +514,18 @@ impl Store {
     /// [`StoreError::AlreadyExists`] when one of that kind and name is
     /// there (checked under the lock, so two creators never both succeed).
     pub fn create(&self, desired: &Value) -> Result<Value> {
-        self.create_as(desired, DEFAULT_MANAGER)
+        self.create_as(&ApplyRequest::whole(desired))
     }
 
-    /// [`Store::create`], recording `manager` as the owner of its fields.
-    pub fn create_as(&self, desired: &Value, manager: &str) -> Result<Value> {
+    /// [`Store::create`] of an apply request (its manager owns the fields
+    /// it declares).
+    pub fn create_as(&self, req: &ApplyRequest) -> Result<Value> {
         let mut txn = self.txn(false)?;
-        let key = key_of_desired(desired);
+        let key = key_of_desired(&req.object);
         if txn.read_raw(&key)?.is_some() {
             return Err(StoreError::AlreadyExists(key));
         }
-        let req = ApplyRequest {
-            manager: manager.into(),
-            ..ApplyRequest::whole(desired)
-        };
-        let r = txn_apply(&mut txn, &req)?;
+        let r = txn_apply(&mut txn, req)?;
         txn.commit()?;
         Ok(r.object)
     }

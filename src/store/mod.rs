@@ -37,6 +37,7 @@ mod events;
 mod flusher;
 mod local;
 pub mod ownership;
+mod update;
 pub mod watch;
 
 pub use events::{EVENTS_KEPT, StoredEvent};
@@ -45,3 +46,4 @@ pub use local::{
     Api, ApplyRequest, ApplyResult, DEFAULT_MANAGER, DeleteOutcome, Durability, LAZY_FLUSH,
     Outcome, Store, StoreError,
 };
+pub use update::Updated;

@@ -167,6 +167,11 @@ pub fn fields_of(obj: &Value) -> FieldSet {
     out
 }
 
+/// True when `x` is the set item written `item` (its JSON form).
+fn is_item(x: &Value, item: &str) -> bool {
+    serde_json::from_str::<Value>(item).is_ok_and(|v| v == *x)
+}
+
 /// The value at `path` (for a set item: the item, when present).
 pub fn get<'a>(obj: &'a Value, path: &[Seg]) -> Option<&'a Value> {
     let mut cur = obj;
@@ -210,7 +215,7 @@ fn set(obj: &mut Value, path: &[Seg], value: &Value) {
                 *cur = json!([]);
             }
             let a = cur.as_array_mut().expect("made a list");
-            if !a.iter().any(|x| x.to_string() == *item) {
+            if !a.iter().any(|x| is_item(x, item)) {
                 a.push(value.clone());
             }
         }
@@ -235,7 +240,7 @@ fn remove(obj: &mut Value, path: &[Seg]) -> bool {
         Seg::Item(item) => match cur.as_array_mut() {
             Some(a) => {
                 let before = a.len();
-                a.retain(|x| x.to_string() != *item);
+                a.retain(|x| !is_item(x, item));
                 a.len() != before
             }
             None => false,
