@@ -165,3 +165,28 @@ pub fn session_yaml(name: &str, extra_spec: &str) -> String {
         "{HEAD}kind: Session\nmetadata:\n  name: {name}\nspec:\n  workdir: /tmp/{name}\n{extra_spec}"
     )
 }
+
+/// `/usr/bin/TOOL` or TOOL on the PATH, or None after saying clearly that
+/// `test` is skipped (with how to install it). Under CI (or with
+/// CLAUDE_FAILOVER_REQUIRE_TOOLS set) a missing tool fails the test.
+pub fn require_tool(tool: &str, install: &str, test: &str) -> Option<PathBuf> {
+    let fixed = Path::new("/usr/bin").join(tool);
+    if fixed.exists() {
+        return Some(fixed);
+    }
+    if let Some(p) = std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(tool))
+        .find(|p| p.exists())
+    {
+        return Some(p);
+    }
+    if std::env::var_os("CI").is_some()
+        || std::env::var_os("CLAUDE_FAILOVER_REQUIRE_TOOLS").is_some()
+    {
+        panic!("{test}: {tool} is required here: {install}");
+    }
+    eprintln!("SKIPPED {test}: {tool} is not installed ({install})");
+    None
+}
