@@ -12,13 +12,17 @@
 //! - A bad file is reported (one line per problem) and skipped; the rest
 //!   syncs. The objects it declared before are neither changed nor pruned,
 //!   so a half-written or broken file loses nothing.
-//! - Drift (someone changed a synced object in the store) is corrected on
-//!   the next pass.
+//! - The sync is a server-side apply by its own field manager
+//!   (`claude-failover-sync`, see `store::ownership`): it sets the fields
+//!   its files declare and keeps every other writer's (a cancel or restart
+//!   request, a label added by hand, the daemon's finalizers). Drift (a
+//!   field the files declare changed in the store) is taken back on the
+//!   next pass, with an event naming the fields and who had set them.
 //! - The directory is only read, never written.
 
 use crate::api::ObjectKey;
 use crate::manifest::{LoadOptions, ManifestError, load_paths};
-use crate::store::{Outcome, Store, StoreError};
+use crate::store::{ApplyRequest, Outcome, Store, StoreError};
 use notify::{RecursiveMode, Watcher};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -29,6 +33,8 @@ use std::time::Duration;
 /// The annotation that marks objects owned by the manifest sync.
 pub const MANAGED_BY: &str = "claude-failover.io/managed-by";
 pub const MANAGED_BY_SYNC: &str = "sync";
+/// The field manager of the sync's applies (see `store::ownership`).
+pub const FIELD_MANAGER: &str = "claude-failover-sync";
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Inventory {
@@ -135,9 +141,33 @@ impl Syncer {
                     file: d.source.file.clone(),
                 },
             );
-            match self.store.apply(&obj.to_value(), false) {
-                Ok((outcome, _)) => {
+            // The fields the file declares, owned by the sync; the
+            // directory is authoritative, so fields another writer changed
+            // are taken back (drift correction), and the rest (a cancel, a
+            // label added by hand, the daemon's finalizers) is kept.
+            let mut declared = d.declared.clone();
+            declared["metadata"]["annotations"][MANAGED_BY] = MANAGED_BY_SYNC.into();
+            let req = ApplyRequest {
+                object: obj.to_value(),
+                declared: Some(declared),
+                manager: FIELD_MANAGER.into(),
+                force: true,
+            };
+            match self.store.apply_request(&req, false) {
+                Ok(r) => {
+                    let outcome = r.outcome;
                     if outcome != Outcome::Unchanged {
+                        let taken: Vec<String> =
+                            r.taken_over.iter().map(|c| c.to_string()).collect();
+                        let message = if taken.is_empty() {
+                            format!("{outcome} from {}", d.source)
+                        } else {
+                            format!(
+                                "{outcome} from {} (took back {})",
+                                d.source,
+                                taken.join(", ")
+                            )
+                        };
                         let _ = self.store.record_event(
                             &key,
                             false,
@@ -146,7 +176,7 @@ impl Syncer {
                             } else {
                                 "Synced"
                             },
-                            &format!("{outcome} from {}", d.source),
+                            &message,
                             "sync",
                         );
                     }
