@@ -108,10 +108,10 @@ fn load_at(dir: &Path, namespace: &str, depth: usize) -> Result<Vec<Decoded>, Ve
         && let Some(root) = docs.first().and_then(|d| d.root.as_ref())
     {
         for f in UNSUPPORTED {
-            if let Some(n) = root.get(f) {
+            if let Some((key, _)) = root.entry(f) {
                 return Err(vec![ManifestError {
                     file: shown,
-                    pos: n.pos,
+                    pos: key.pos,
                     path: (*f).into(),
                     message: format!(
                         "kustomize's `{f}` is not supported by -k here (supported: resources, namespace, namePrefix, nameSuffix, commonLabels, labels, commonAnnotations); render it with `kustomize build {} | claude-failover apply -f -`",
