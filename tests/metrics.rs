@@ -118,7 +118,9 @@ fn plain(expr: &str) -> String {
         .replace("$__rate_interval", "1m")
         .replace("$__interval", "1m")
         .replace("$__range", "1h")
-        .replace("$account", ".*");
+        .replace("$account", ".*")
+        .replace("$job", ".*")
+        .replace("$instance", ".*");
     assert!(!e.contains('$'), "unknown Grafana variable in {expr}");
     e
 }
@@ -165,6 +167,29 @@ fn every_dashboard_query_is_valid_promql_over_exported_metrics() {
         queries(&v, &mut q);
         assert!(q.len() >= 8, "{}: only {} queries", b.display(), q.len());
         all.extend(q.into_iter().map(|e| (b.clone(), e)));
+    }
+    // 0. Every panel's selectors follow the dashboards' job and instance
+    // variables, so one Grafana shows several daemons apart.
+    for b in &boards {
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(b).unwrap()).unwrap();
+        let mut exprs = Vec::new();
+        queries(&v["panels"], &mut exprs);
+        for e in &exprs {
+            let mut rest = e.as_str();
+            while let Some(i) = rest.find("claude_failover_") {
+                let tail = &rest[i..];
+                let name_len = tail
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(tail.len());
+                assert!(
+                    tail[name_len..].starts_with(r#"{job=~"$job",instance=~"$instance""#),
+                    "{}: {} is not filtered by $job and $instance: {e}",
+                    b.display(),
+                    &tail[..name_len]
+                );
+                rest = &tail[name_len..];
+            }
+        }
     }
     // 1. PromQL: every query as a recording rule, checked by promtool.
     let env = Env::new();
