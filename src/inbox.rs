@@ -15,8 +15,8 @@
 //! dropped silently: a file that cannot be read as a task moves to
 //! `rejected/` beside an `.error` file that says why.
 
+use crate::api::keys::INBOX_FILE;
 use crate::api::{API_VERSION, ObjectKey, Session, TaskPriority};
-use crate::controller::task::INBOX_FILE;
 use crate::fsutil::write_atomic;
 use crate::store::Store;
 use serde::Deserialize;

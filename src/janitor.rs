@@ -10,8 +10,8 @@
 //!   mid-write left in the store or the state dir, once older than
 //!   [`TEMP_AGE`] (no write takes that long). Readers skip them already.
 
+use crate::api::keys::INBOX_FILE;
 use crate::api::{Session, Task, TaskPhase};
-use crate::controller::task::INBOX_FILE;
 use crate::store::Store;
 use std::path::Path;
 use std::time::{Duration, SystemTime};

@@ -15,6 +15,8 @@ pub mod metrics;
 pub mod notify;
 pub mod output;
 pub mod quota;
+pub mod requests;
+pub mod secret;
 pub mod selector;
 pub mod sim;
 pub mod store;

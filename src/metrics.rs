@@ -1,8 +1,9 @@
 //! Prometheus metrics of the daemon (prefix `claude_failover_`).
 //!
 //! One registry, one struct: every family is a pub field of [`Metrics`],
-//! reached through [`metrics()`] from anywhere in the daemon, and served as
-//! text by `GET /metrics` ([`encode`]). Conventions (Prometheus' own): base
+//! built once by the daemon's composition root and handed to each part that
+//! records (the controllers' contexts, the endpoints, the notifier), and
+//! served as text by `GET /metrics` ([`Metrics::encode`]). Conventions (Prometheus' own): base
 //! units (`_seconds`, `_ratio`, `_timestamp_seconds`), `_total` on counters,
 //! and bounded label sets: a label is a value from a fixed list below, or
 //! the name of a declared Account; never a Task or Session name.
@@ -11,17 +12,17 @@
 //! values are created at zero when the registry is built, so dashboards and
 //! alerts see a 0 rather than nothing. The gauges that describe objects
 //! (sessions and tasks by phase, the accounts' utilization, thresholds,
-//! resets, projections and phase) are filled from the store by
-//! [`count_sessions`], [`count_tasks`] and [`fill_accounts`], which the
-//! daemon runs on every change of the store's watch (see
-//! [`crate::daemon::bus`]); a controller that writes an Account's status
-//! does not set them itself.
+//! resets, projections and phase) are filled from the caches by
+//! [`Metrics::count_sessions`], [`Metrics::count_tasks`] and
+//! [`Metrics::fill_accounts`], which the daemon runs on every change (see
+//! `crate::daemon::projections`); a controller that writes an Account's
+//! status does not set them itself.
 //!
 //! How to record (a sketch of each call):
 //!
 //! ```no_run
-//! use claude_failover::metrics::metrics;
-//! let m = metrics();
+//! use claude_failover::metrics::Metrics;
+//! let m = Metrics::new();
 //! m.failovers_total.with_label_values(&["near_limit", "succeeded"]).inc();
 //! m.swap_duration_seconds.observe(12.5);
 //! m.swap_lease_epoch.set(7);
@@ -45,7 +46,6 @@ use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use std::sync::OnceLock;
 
 /// `window` label values.
 pub const WINDOWS: [&str; 2] = ["five_hour", "seven_day"];
@@ -153,7 +153,9 @@ fn hopts(name: &str, help: &str, buckets: &[f64]) -> HistogramOpts {
 }
 
 impl Metrics {
-    fn new() -> Metrics {
+    /// A registry with every family, the label sets with known values at zero.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Metrics {
         let int_gauge_vec =
             |n: &str, h: &str, l: &[&str]| IntGaugeVec::new(opts(n, h), l).expect("metric");
         let gauge_vec =
@@ -355,22 +357,36 @@ impl Metrics {
     }
 }
 
-/// The daemon's metrics (built on first use).
-pub fn metrics() -> &'static Metrics {
-    static M: OnceLock<Metrics> = OnceLock::new();
-    M.get_or_init(Metrics::new)
+impl Metrics {
+    /// Every family in Prometheus' text exposition format (version 0.0.4).
+    pub fn encode(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding into memory cannot fail");
+        String::from_utf8(buf).expect("the text format is UTF-8")
+    }
+
+    /// Sets `claude_failover_sessions` from the phase of every Session.
+    pub fn count_sessions<'a>(&self, phases: impl IntoIterator<Item = &'a SessionPhase>) {
+        count_phases(&self.sessions, &SESSION_PHASES, phases);
+    }
+
+    /// Sets `claude_failover_tasks` from the phase of every Task.
+    pub fn count_tasks<'a>(&self, phases: impl IntoIterator<Item = &'a TaskPhase>) {
+        count_phases(&self.tasks, &TASK_PHASES, phases);
+    }
+
+    /// Sets the account gauges from every declared Account: its phase,
+    /// thresholds and (when its status has them) utilization, reset times
+    /// and projected limit. Series of Accounts no longer declared, and
+    /// readings no longer reported, are removed.
+    pub fn fill_accounts<'a>(&self, accounts: impl IntoIterator<Item = &'a Account>) {
+        fill_accounts(self, accounts)
+    }
 }
 
-/// Every family in Prometheus' text exposition format (version 0.0.4).
-pub fn encode() -> String {
-    let mut buf = Vec::new();
-    TextEncoder::new()
-        .encode(&metrics().registry.gather(), &mut buf)
-        .expect("text encoding into memory cannot fail");
-    String::from_utf8(buf).expect("the text format is UTF-8")
-}
-
-/// The `Content-Type` of [`encode`]'s output.
+/// The `Content-Type` of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
 
 /// The `event` label of a hook: its name when it is one the daemon
@@ -386,16 +402,6 @@ pub fn hook_event_label(event: &str) -> &'static str {
 
 fn unix_seconds(t: &crate::api::Time) -> f64 {
     t.0.as_millisecond() as f64 / 1000.0
-}
-
-/// Sets `claude_failover_sessions` from the phase of every Session.
-pub fn count_sessions<'a>(phases: impl IntoIterator<Item = &'a SessionPhase>) {
-    count_phases(&metrics().sessions, &SESSION_PHASES, phases);
-}
-
-/// Sets `claude_failover_tasks` from the phase of every Task.
-pub fn count_tasks<'a>(phases: impl IntoIterator<Item = &'a TaskPhase>) {
-    count_phases(&metrics().tasks, &TASK_PHASES, phases);
 }
 
 fn count_phases<'a, P: PartialEq + std::fmt::Display + 'a>(
@@ -414,12 +420,7 @@ fn count_phases<'a, P: PartialEq + std::fmt::Display + 'a>(
     }
 }
 
-/// Sets the account gauges from every declared Account: its phase,
-/// thresholds and (when its status has them) utilization, reset times and
-/// projected limit. Series of Accounts no longer declared, and readings no
-/// longer reported, are removed.
-pub fn fill_accounts<'a>(accounts: impl IntoIterator<Item = &'a Account>) {
-    let m = metrics();
+fn fill_accounts<'a>(m: &Metrics, accounts: impl IntoIterator<Item = &'a Account>) {
     // Accounts: set what is declared and reported, then remove every other
     // series (never reset first: a scrape in between would see a gap).
     let mut keep: std::collections::HashSet<Vec<String>> = std::collections::HashSet::new();
@@ -524,7 +525,7 @@ mod tests {
 
     #[test]
     fn every_family_is_exported_from_the_start() {
-        let text = encode();
+        let text = Metrics::new().encode();
         for family in [
             "build_info",
             "failovers_total",
@@ -579,9 +580,10 @@ mod tests {
             },
         }))
         .unwrap();
-        fill_accounts([&account]);
-        count_tasks(&[TaskPhase::Pending, TaskPhase::Running, TaskPhase::Pending]);
-        let text = encode();
+        let m = Metrics::new();
+        m.fill_accounts([&account]);
+        m.count_tasks(&[TaskPhase::Pending, TaskPhase::Running, TaskPhase::Pending]);
+        let text = m.encode();
         let s = |series: &str| sample(&text, series);
         assert_eq!(s("claude_failover_tasks{phase=\"Pending\"}"), Some(2.0));
         assert_eq!(s("claude_failover_tasks{phase=\"Running\"}"), Some(1.0));
@@ -613,7 +615,7 @@ mod tests {
             "no reading, no series"
         );
         // The Account goes: its series go.
-        fill_accounts([]);
-        assert!(!encode().contains("account=\"work\""));
+        m.fill_accounts([]);
+        assert!(!m.encode().contains("account=\"work\""));
     }
 }

@@ -279,15 +279,18 @@ impl NotifyStats {
 #[derive(Default)]
 struct Counters {
     counts: [[AtomicU64; 3]; 2],
+    /// `claude_failover_notifications_total`, once the daemon hands it over.
+    metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
 }
 
 impl Counters {
     fn add(&self, channel: Channel, outcome: Outcome, n: usize) {
         self.counts[channel as usize][outcome as usize].fetch_add(n as u64, Ordering::Relaxed);
-        crate::metrics::metrics()
-            .notifications_total
-            .with_label_values(&[channel.as_str(), outcome.as_str()])
-            .inc_by(n as u64);
+        if let Some(m) = self.metrics.get() {
+            m.notifications_total
+                .with_label_values(&[channel.as_str(), outcome.as_str()])
+                .inc_by(n as u64);
+        }
     }
 
     fn snapshot(&self) -> NotifyStats {
@@ -786,6 +789,20 @@ impl Notifier {
                 counters,
             }),
         })
+    }
+
+    /// Counts notices in `metrics` from now on (the counts so far too).
+    pub fn record_to(&self, metrics: Arc<crate::metrics::Metrics>) {
+        let c = &self.inner.counters;
+        for (channel, outcome, n) in c.snapshot().iter() {
+            if n > 0 {
+                metrics
+                    .notifications_total
+                    .with_label_values(&[channel.as_str(), outcome.as_str()])
+                    .inc_by(n);
+            }
+        }
+        let _ = c.metrics.set(metrics);
     }
 
     /// A notifier that only logs.

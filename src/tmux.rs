@@ -18,31 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
-#[derive(Debug, thiserror::Error)]
-pub enum TmuxError {
-    #[error("cannot run tmux: {0}")]
-    Spawn(#[source] std::io::Error),
-    #[error("tmux {cmd} timed out after {timeout:?}")]
-    Timeout { cmd: String, timeout: Duration },
-    #[error("tmux {cmd} failed: {stderr}")]
-    Failed { cmd: String, stderr: String },
-}
+use crate::agent::terminal::Terminal;
+pub use crate::agent::terminal::{NewSession, Pane, TerminalError as TmuxError};
 
 pub type Result<T, E = TmuxError> = std::result::Result<T, E>;
-
-/// One pane (the agent's), as tmux reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pane {
-    pub session: String,
-    /// `%N`: stable for the pane's life; every command targets it.
-    pub id: String,
-    /// The agent's process id (the pane's first process).
-    pub pid: u32,
-    /// The agent has exited; the pane remains.
-    pub dead: bool,
-    /// Exit status of a dead pane.
-    pub exit_status: Option<i32>,
-}
 
 const PANE_FORMAT: &str =
     "#{session_name}\t#{pane_id}\t#{pane_pid}\t#{pane_dead}\t#{pane_dead_status}";
@@ -67,18 +46,6 @@ static BUFFER_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// Longest text sent with `send-keys -l`; longer or multi-line text is pasted.
 const SEND_KEYS_MAX: usize = 512;
-
-/// How the agent's window is created.
-#[derive(Debug, Clone)]
-pub struct NewSession<'a> {
-    pub name: &'a str,
-    pub cwd: &'a Path,
-    pub env: &'a [(String, String)],
-    /// The program and its arguments (executed directly, no shell).
-    pub argv: &'a [String],
-    pub width: u16,
-    pub height: u16,
-}
 
 #[derive(Debug, Clone)]
 pub struct Tmux {
@@ -361,7 +328,7 @@ impl Tmux {
     }
 
     /// Types `text`, lets the terminal settle, then submits with a separate
-    /// Enter (Claude Code drops an Enter that arrives inside the paste).
+    /// Enter (for tests and tools; the agent driver types with checks).
     pub async fn type_and_submit(&self, pane: &str, text: &str) -> Result<()> {
         self.send_text(pane, text).await?;
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -383,5 +350,29 @@ impl Tmux {
             Err(e) if !Self::is_absent(&e) => Err(e),
             _ => Ok(()),
         }
+    }
+}
+
+impl Terminal for Tmux {
+    async fn new_session(&self, s: &NewSession<'_>) -> Result<Pane> {
+        Tmux::new_session(self, s).await
+    }
+    async fn pane(&self, name: &str) -> Result<Option<Pane>> {
+        Tmux::pane(self, name).await
+    }
+    async fn pane_and_screen(&self, name: &str) -> Result<Option<(Pane, String)>> {
+        Tmux::pane_and_screen(self, name).await
+    }
+    async fn kill_session(&self, name: &str) -> Result<()> {
+        Tmux::kill_session(self, name).await
+    }
+    async fn send_text(&self, pane: &str, text: &str) -> Result<()> {
+        Tmux::send_text(self, pane, text).await
+    }
+    async fn send_keys(&self, pane: &str, keys: &[&str]) -> Result<()> {
+        Tmux::send_keys(self, pane, keys).await
+    }
+    async fn capture(&self, pane: &str, escapes: bool) -> Result<String> {
+        Tmux::capture(self, pane, escapes).await
     }
 }

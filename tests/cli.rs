@@ -433,7 +433,10 @@ fn config_file_sets_store_and_namespace_and_bad_config_is_located() {
 fn crds_version_completion_help() {
     let env = Env::new();
     let crds = env.ok(&["crds"]);
-    assert_eq!(crds.matches("kind: CustomResourceDefinition").count(), 3);
+    assert_eq!(
+        crds.matches("kind: CustomResourceDefinition").count(),
+        Kind::ALL.len()
+    );
     for want in [
         "name: sessions.claude-failover.io",
         "- sess",

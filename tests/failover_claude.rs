@@ -454,11 +454,11 @@ fn concurrent_triggers_and_two_daemons_never_swap_twice_at_once() {
         }
     }
     // The lease ends released, at the last swap's epoch.
-    let lease = wait_for("the swap lease released", MINUTE, || {
-        let l = claude_failover::daemon::lease::swap_record(&pool.path("state"));
-        (!l.active).then_some(l)
+    let epoch = wait_for("the swap lease released", MINUTE, || {
+        let (held, epoch) = pool.swap_lease();
+        (!held).then_some(epoch)
     });
-    assert_eq!(lease.epoch, swaps.last().unwrap().epoch);
+    assert_eq!(epoch, swaps.last().unwrap().epoch);
     // The conversations went along.
     for (s, text) in [
         ("on-a", "the turn that fills account a"),

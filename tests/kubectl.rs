@@ -609,7 +609,10 @@ fn api_resources_explain_events() {
         t.contains("sessions   sess         claude-failover.io/v1alpha1   true         Session"),
         "{t}"
     );
-    assert_eq!(env.ok(&["api-resources", "-o", "name"]).lines().count(), 3);
+    assert_eq!(
+        env.ok(&["api-resources", "-o", "name"]).lines().count(),
+        Kind::ALL.len()
+    );
     let e = env.ok(&["explain", "task.spec.priority"]);
     assert!(
         e.contains("FIELD: priority <string>") && e.contains("critical"),
@@ -692,42 +695,78 @@ fn api_resources_explain_events() {
 #[test]
 fn apply_prune_and_kustomize() {
     let env = Env::new();
-    env.write("k/base/sessions.yaml", &format!("{}---\n{}", session_yaml("a", ""), session_yaml("b", "")));
+    env.write(
+        "k/base/sessions.yaml",
+        &format!("{}---\n{}", session_yaml("a", ""), session_yaml("b", "")),
+    );
     env.write("k/base/kustomization.yaml", "resources:\n- sessions.yaml\n");
     env.write(
         "k/prod/kustomization.yaml",
         "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: prod\nnamePrefix: p-\ncommonLabels:\n  env: prod\ncommonAnnotations:\n  owner: team-x\nresources:\n- ../base\n- task.yaml\n",
     );
-    env.write("k/prod/task.yaml", &format!("{HEAD}kind: Task\nmetadata:\n  name: t\nspec:\n  prompt: hi\n"));
+    env.write(
+        "k/prod/task.yaml",
+        &format!("{HEAD}kind: Task\nmetadata:\n  name: t\nspec:\n  prompt: hi\n"),
+    );
     let prod = env.path("k/prod");
     let out = env.ok(&["apply", "-k", prod.to_str().unwrap()]);
     assert_eq!(
         out,
         "session.claude-failover.io/p-a created\nsession.claude-failover.io/p-b created\ntask.claude-failover.io/p-t created\n"
     );
-    let v: Value = serde_json::from_str(&env.ok(&["-n", "prod", "get", "session", "p-a", "-o", "json"])).unwrap();
+    let v: Value =
+        serde_json::from_str(&env.ok(&["-n", "prod", "get", "session", "p-a", "-o", "json"]))
+            .unwrap();
     assert_eq!(v["metadata"]["labels"]["env"], "prod");
     assert_eq!(v["metadata"]["annotations"]["owner"], "team-x");
     // diff -k and delete -k
     assert_eq!(env.run(&["diff", "-k", prod.to_str().unwrap()]).code, 0);
     // Unsupported kustomize features are named, with the way around.
-    env.write("k/bad/kustomization.yaml", "resources: []\npatches:\n- path: x.yaml\n");
+    env.write(
+        "k/bad/kustomization.yaml",
+        "resources: []\npatches:\n- path: x.yaml\n",
+    );
     let out = env.run(&["apply", "-k", env.path("k/bad").to_str().unwrap()]);
     assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("kustomization.yaml:2:1: patches: kustomize's `patches` is not supported"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("kustomization.yaml:2:1: patches: kustomize's `patches` is not supported"),
+        "{}",
+        out.stderr
+    );
     assert!(out.stderr.contains("kustomize build"), "{}", out.stderr);
     // --prune: objects this manager applied before and the manifests no
     // longer declare go; others (another manager's, opted out) stay.
     let dir = env.path("app");
-    env.write("app/s.yaml", &format!("{}---\n{}---\n{}", session_yaml("x", ""), session_yaml("y", ""), session_yaml("z", "")));
+    env.write(
+        "app/s.yaml",
+        &format!(
+            "{}---\n{}---\n{}",
+            session_yaml("x", ""),
+            session_yaml("y", ""),
+            session_yaml("z", "")
+        ),
+    );
     env.ok(&["apply", "-f", dir.to_str().unwrap()]);
     env.ok(&["create", "task", "by-create", "--prompt", "p"]);
-    env.ok(&["annotate", "session", "z", "claude-failover.io/prune=disabled"]);
+    env.ok(&[
+        "annotate",
+        "session",
+        "z",
+        "claude-failover.io/prune=disabled",
+    ]);
     env.write("app/s.yaml", &session_yaml("x", ""));
     let out = env.run(&["apply", "-f", dir.to_str().unwrap(), "--prune"]);
     assert_eq!(out.code, 1, "--prune needs a selector or --all");
     assert_eq!(
-        env.ok(&["apply", "-f", dir.to_str().unwrap(), "--prune", "--all", "--dry-run=server"]),
+        env.ok(&[
+            "apply",
+            "-f",
+            dir.to_str().unwrap(),
+            "--prune",
+            "--all",
+            "--dry-run=server"
+        ]),
         "session.claude-failover.io/x unchanged (server dry run)\nsession.claude-failover.io/y pruned (server dry run)\n"
     );
     assert_eq!(

@@ -1,7 +1,10 @@
 //! Everything the project knows about Claude Code: its screen, its config
 //! dir, how to launch it, and how to read its state.
 
+pub mod driver;
 pub mod launch;
 pub mod screen;
 pub mod seed;
+pub mod signals;
 pub mod state;
+pub mod terminal;

@@ -57,6 +57,48 @@ pub fn session_api_key(session: &crate::api::Session) -> Option<String> {
         .or_else(|| std::env::var("ANTHROPIC_API_KEY").ok())
 }
 
+/// Whether account `account` (config dir `config_dir`) can take `session`
+/// now: its config dir seeded for the session's workdir, credentials
+/// present (its `.credentials.json`, or an API key or OAuth token in the
+/// agent's or the daemon's environment), and its `projects/` leading to
+/// the shared transcripts so the conversation can be resumed there. Err:
+/// what is missing.
+pub fn preflight(
+    config_dir: &Path,
+    session: &crate::api::Session,
+    shared_projects: &Path,
+    account: &str,
+) -> Result<(), String> {
+    let workdir = std::fs::canonicalize(crate::fsutil::expand_home(&session.spec.workdir))
+        .map_err(|e| format!("workdir {}: {e}", session.spec.workdir))?;
+    seed_for_session(config_dir, &workdir, session, shared_projects)
+        .map_err(|e| format!("cannot prepare {}: {e}", config_dir.display()))?;
+    let has_credentials = crate::quota::poll::access_token(config_dir).is_some()
+        || session_api_key(session).is_some()
+        || session
+            .spec
+            .agent
+            .env
+            .contains_key("CLAUDE_CODE_OAUTH_TOKEN")
+        || std::env::var_os("CLAUDE_CODE_OAUTH_TOKEN").is_some();
+    if !has_credentials {
+        return Err(format!(
+            "no credentials for account {account}: neither {}/.credentials.json nor an API key or OAuth token in the environment",
+            config_dir.display()
+        ));
+    }
+    let projects = config_dir.join("projects");
+    let linked =
+        std::fs::canonicalize(&projects).ok() == std::fs::canonicalize(shared_projects).ok();
+    if !linked {
+        return Err(format!(
+            "{} does not lead to the shared transcripts",
+            projects.display()
+        ));
+    }
+    Ok(())
+}
+
 /// Seeds `config_dir` for `session` running in `workdir` (see
 /// [`seed_account`]); the one preparation a launch and a failover's
 /// preflight share.

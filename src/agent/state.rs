@@ -2,7 +2,7 @@
 //! (`sessions/<pid>.json`) and, last, what its screen shows.
 
 use super::screen::Screen;
-use crate::daemon::signals::HookState;
+use crate::agent::signals::HookState;
 use serde_json::Value;
 use std::path::Path;
 use std::time::SystemTime;

@@ -95,6 +95,8 @@ impl std::fmt::Display for AccountPhase {
     }
 }
 
+/// An Account's status. Each field has one writer (docs/state.md): the
+/// account controller all but `failover` (the failover controller).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AccountStatus {
@@ -111,10 +113,71 @@ pub struct AccountStatus {
     /// Sessions currently running on this account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sessions: Option<u32>,
+    /// What the failover controller says of this account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<AccountFailover>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+impl AccountStatus {
+    /// The fields the account controller writes.
+    pub const ACCOUNT_CONTROLLER: &[&str] = &[
+        "phase",
+        "usage",
+        "projectedLimitAt",
+        "limit",
+        "sessions",
+        "observedGeneration",
+        "conditions",
+    ];
+    /// The field the failover controller writes.
+    pub const FAILOVER_CONTROLLER: &[&str] = &["failover"];
+}
+
+/// The failover controller's word on an account.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccountFailover {
+    /// Its sessions must leave, and no other account can take them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_target: Option<FailoverNote>,
+    /// Left out as a failover target after a failed swap, until `until`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_aside: Option<SetAside>,
+    /// The latest failover request (the request annotation) answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<RequestAnswer>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FailoverNote {
+    pub since: Time,
+    pub message: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SetAside {
+    pub until: Time,
+    pub reason: String,
+}
+
+/// How a failover request was answered.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestAnswer {
+    /// The request annotation's value this answers.
+    pub requested_at: String,
+    /// `Started` (a swap runs: `swap`), `Refused` (with `message`).
+    pub result: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -9,22 +9,30 @@
 
 mod account;
 mod condition;
+pub mod keys;
+mod lease;
 mod session;
+mod swap;
 mod task;
 
 pub use account::{
-    Account, AccountLimit, AccountPhase, AccountSpec, AccountStatus, AccountUsage, Thresholds,
-    UsageWindow,
+    Account, AccountFailover, AccountLimit, AccountPhase, AccountSpec, AccountStatus, AccountUsage,
+    FailoverNote, RequestAnswer, SetAside, Thresholds, UsageWindow,
 };
 pub use condition::{Conditions, set_condition};
-pub use session::{AgentSpec, Session, SessionPhase, SessionSpec, SessionStatus, SwapStatus};
+pub use lease::{LEADER_LEASE, Lease, LeaseSpec, LeaseStatus, SWAP_LEASE};
+pub use session::{
+    AgentSpec, Interruption, LaunchStatus, RefusedPlacement, SWAP_DONE, SWAP_ROLLED_BACK, SWAPPING,
+    Session, SessionPhase, SessionSpec, SessionStatus, SwapStatus,
+};
+pub use swap::{Swap, SwapPhase, SwapSessionState, SwapSpec, SwapState, SwapStep, swap_name};
 pub use task::{
     CANCELLED, COMPLETE, FAILED, Task, TaskPhase, TaskPriority, TaskSpec, TaskStatus,
     job_condition, set_job_conditions,
 };
 
 pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-    Condition, LabelSelector, LabelSelectorRequirement, ObjectMeta, Time,
+    Condition, LabelSelector, LabelSelectorRequirement, MicroTime, ObjectMeta, Time,
 };
 use kube::CustomResourceExt;
 use serde::{Serialize, de::DeserializeOwned};
@@ -37,6 +45,8 @@ pub const VERSION: &str = "v1alpha1";
 pub const API_VERSION: &str = "claude-failover.io/v1alpha1";
 /// The namespace used when a manifest or the command line names none.
 pub const DEFAULT_NAMESPACE: &str = "default";
+/// Where the daemon keeps its own objects (the leases).
+pub const SYSTEM_NAMESPACE: &str = "claude-failover-system";
 
 /// The three kinds, in the order they are applied (accounts before the
 /// sessions that name them, sessions before the tasks that target them).
@@ -47,52 +57,119 @@ pub enum Kind {
     Account,
     Session,
     Task,
+    Swap,
+    Lease,
 }
 
-impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Account, Kind::Session, Kind::Task];
+/// Static facts about a kind: one row per kind.
+struct KindInfo {
+    name: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+    short_name: &'static str,
+    /// Written by people (manifests, `apply`); else only by the daemon.
+    declared: bool,
+}
 
-    /// The `kind` field, e.g. `Session`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Account => "Account",
-            Kind::Session => "Session",
-            Kind::Task => "Task",
-        }
+const KINDS: [(Kind, KindInfo); 5] = [
+    (
+        Kind::Account,
+        KindInfo {
+            name: "Account",
+            plural: "accounts",
+            singular: "account",
+            short_name: "acct",
+            declared: true,
+        },
+    ),
+    (
+        Kind::Session,
+        KindInfo {
+            name: "Session",
+            plural: "sessions",
+            singular: "session",
+            short_name: "sess",
+            declared: true,
+        },
+    ),
+    (
+        Kind::Task,
+        KindInfo {
+            name: "Task",
+            plural: "tasks",
+            singular: "task",
+            short_name: "tsk",
+            declared: true,
+        },
+    ),
+    (
+        Kind::Swap,
+        KindInfo {
+            name: "Swap",
+            plural: "swaps",
+            singular: "swap",
+            short_name: "swp",
+            declared: false,
+        },
+    ),
+    (
+        Kind::Lease,
+        KindInfo {
+            name: "Lease",
+            plural: "leases",
+            singular: "lease",
+            short_name: "lease",
+            declared: false,
+        },
+    ),
+];
+
+impl Kind {
+    /// Every kind, in the order `get all` shows them.
+    pub const ALL: [Kind; 5] = [
+        Kind::Account,
+        Kind::Session,
+        Kind::Task,
+        Kind::Swap,
+        Kind::Lease,
+    ];
+    /// The kinds people declare in manifests.
+    pub const DECLARED: [Kind; 3] = [Kind::Account, Kind::Session, Kind::Task];
+
+    fn info(self) -> &'static KindInfo {
+        &KINDS
+            .iter()
+            .find(|(k, _)| *k == self)
+            .expect("every kind has a row")
+            .1
     }
 
-    /// Lower-case plural, the directory name in the store and the CRD plural.
+    pub fn name(self) -> &'static str {
+        self.info().name
+    }
+
     pub fn plural(self) -> &'static str {
-        match self {
-            Kind::Account => "accounts",
-            Kind::Session => "sessions",
-            Kind::Task => "tasks",
-        }
+        self.info().plural
     }
 
     pub fn singular(self) -> &'static str {
-        match self {
-            Kind::Account => "account",
-            Kind::Session => "session",
-            Kind::Task => "task",
-        }
+        self.info().singular
     }
 
     pub fn short_name(self) -> &'static str {
-        match self {
-            Kind::Account => "acct",
-            Kind::Session => "sess",
-            Kind::Task => "tsk",
-        }
+        self.info().short_name
     }
 
-    /// `session.claude-failover.io`, as kubectl prints it.
+    /// Whether people declare objects of this kind (else only the daemon
+    /// writes them: `apply` refuses them).
+    pub fn declared(self) -> bool {
+        self.info().declared
+    }
+
     pub fn qualified(self) -> String {
         format!("{}.{}", self.singular(), GROUP)
     }
 
-    /// Resolves what a user types on the command line: `session`,
-    /// `sessions`, `sess`, `Session`, `sessions.claude-failover.io`, ...
     pub fn from_cli(s: &str) -> Option<Kind> {
         let lower = s.to_ascii_lowercase();
         let base = lower
@@ -103,12 +180,10 @@ impl Kind {
             .find(|k| base == k.singular() || base == k.plural() || base == k.short_name())
     }
 
-    /// Resolves the `kind` field of a manifest (exact, case-sensitive).
     pub fn from_kind_field(s: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| k.name() == s)
     }
 
-    /// The CustomResourceDefinition of this kind.
     pub fn crd(
         self,
     ) -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition
@@ -117,6 +192,8 @@ impl Kind {
             Kind::Account => Account::crd(),
             Kind::Session => Session::crd(),
             Kind::Task => Task::crd(),
+            Kind::Swap => Swap::crd(),
+            Kind::Lease => Lease::crd(),
         }
     }
 }
@@ -162,10 +239,25 @@ macro_rules! impl_object {
 impl_object!(Account, Kind::Account, AccountStatus);
 impl_object!(Session, Kind::Session, SessionStatus);
 impl_object!(Task, Kind::Task, TaskStatus);
+impl_object!(Swap, Kind::Swap, SwapState);
+impl_object!(Lease, Kind::Lease, LeaseStatus);
 
 /// The current time as a Kubernetes `Time`.
 pub fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// Now, to the microsecond (for what is compared with other precise times).
+pub fn micro_now() -> MicroTime {
+    MicroTime(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// A precise time from a system time.
+pub fn micro(t: std::time::SystemTime) -> MicroTime {
+    MicroTime(
+        k8s_openapi::jiff::Timestamp::try_from(t)
+            .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+    )
 }
 
 /// Identifies one object in the store.
@@ -183,6 +275,18 @@ impl ObjectKey {
             namespace: namespace.to_string(),
             name: name.to_string(),
         }
+    }
+}
+
+impl ObjectKey {
+    /// The key of a stored object (its kind, namespace and name).
+    pub fn of<K: Object>(o: &K) -> ObjectKey {
+        let m = o.meta();
+        ObjectKey::new(
+            K::KIND,
+            m.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE),
+            m.name.as_deref().unwrap_or_default(),
+        )
     }
 }
 

@@ -1,4 +1,4 @@
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -101,6 +101,9 @@ impl std::fmt::Display for SessionPhase {
     }
 }
 
+/// A Session's status. Each field has one writer (docs/state.md): the
+/// session controller all but `lastSwap` (the failover controller: the
+/// placement) and `currentTask` (the task controller).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SessionStatus {
@@ -109,7 +112,8 @@ pub struct SessionStatus {
     /// The account the agent runs under now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account: Option<String>,
-    /// Claude Code's conversation id (pinned with `--session-id`).
+    /// Claude Code's conversation id (pinned with `--session-id`, resumed
+    /// with `--resume`): chosen and written before the first launch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_session_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -120,9 +124,34 @@ pub struct SessionStatus {
     pub current_task: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_activity: Option<Time>,
+    /// Launches of an agent for this session so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launches: Option<u32>,
+    /// Restarts after an exit or a lost tmux session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restarts: Option<u32>,
-    /// The latest failover of this session to another account.
+    /// The current agent's launch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch: Option<LaunchStatus>,
+    /// The restart back-off now, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_seconds: Option<u64>,
+    /// No restart before this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_start_at: Option<Time>,
+    /// The latest restart request (the restart annotation's value) a
+    /// launch has answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_handled: Option<String>,
+    /// The last turn was cut short (a usage limit) and has not been
+    /// continued yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<Interruption>,
+    /// A placement this session's controller refused to carry out (its
+    /// target failed the preflight); the failover controller rolls back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_placement: Option<RefusedPlacement>,
+    /// Where the failover controller placed the session (written by it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_swap: Option<SwapStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -131,18 +160,100 @@ pub struct SessionStatus {
     pub conditions: Vec<Condition>,
 }
 
-/// One move of a session from one account to another.
+impl SessionStatus {
+    /// The fields the session controller writes.
+    pub const SESSION_CONTROLLER: &[&str] = &[
+        "phase",
+        "account",
+        "agentSessionId",
+        "paneId",
+        "pid",
+        "lastActivity",
+        "launches",
+        "restarts",
+        "launch",
+        "backoffSeconds",
+        "nextStartAt",
+        "restartHandled",
+        "interrupted",
+        "refusedPlacement",
+        "observedGeneration",
+        "conditions",
+    ];
+    /// The field the failover controller writes: the placement.
+    pub const FAILOVER_CONTROLLER: &[&str] = &["lastSwap"];
+    /// The field the task controller writes.
+    pub const TASK_CONTROLLER: &[&str] = &["currentTask"];
+}
+
+/// One launch of a session's agent.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LaunchStatus {
+    /// The account it was launched under (None: Claude Code's default config).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    pub at: MicroTime,
+    /// Launched with `--resume` (else a new conversation).
+    #[serde(default)]
+    pub resumed: bool,
+    /// The placement (swap epoch) it answers, if one asked for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    /// The agent confirmed it started the expected conversation: its
+    /// `SessionStart` hook (`resume` with the same id when resumed), or its
+    /// own state file naming the conversation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed_at: Option<MicroTime>,
+}
+
+/// A turn cut short.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Interruption {
+    /// The `StopFailure` error (`rate_limit`).
+    pub by: String,
+    pub at: MicroTime,
+}
+
+/// A placement refused by the session controller.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RefusedPlacement {
+    pub epoch: u64,
+    pub account: String,
+    pub message: String,
+}
+
+/// Where the failover controller placed a session: the account it must run
+/// on, the swap that placed it there and how far that swap went.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SwapStatus {
-    /// The fencing epoch of the swap lease under which it ran.
+    /// The fencing epoch of the swap lease under which it was placed.
     pub epoch: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+    /// The account the session must run on.
     pub to: String,
-    /// `NearLimit`, `Exhausted`, `Manual`, `Drain`, `AuthenticationFailed`.
+    /// `NearLimit`, `Exhausted`, `Manual`, `Drain`, `AuthenticationFailed`, `Recovery`.
     pub reason: String,
     /// `Swapping`, `Done`, `RolledBack`.
     pub state: String,
-    pub started_at: Time,
+    pub started_at: MicroTime,
+    /// The Session's `spec.account` when placed: a later edit of it by a
+    /// person wins over the placement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_account: Option<String>,
+}
+
+/// `SwapStatus::state` while the move runs, and at its two ends.
+pub const SWAPPING: &str = "Swapping";
+pub const SWAP_DONE: &str = "Done";
+pub const SWAP_ROLLED_BACK: &str = "RolledBack";
+
+impl SwapStatus {
+    pub fn swapping(&self) -> bool {
+        self.state == SWAPPING
+    }
 }

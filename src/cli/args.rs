@@ -74,8 +74,10 @@ pub fn targets(args: &[String]) -> Result<Vec<Target>> {
         check_name(n)?;
     }
     for k in first.split(',') {
+        // `all`: the kinds people declare (as kubectl's `all` leaves out
+        // what only the system writes).
         let kinds: Vec<Kind> = if k == "all" {
-            Kind::ALL.to_vec()
+            Kind::DECLARED.to_vec()
         } else {
             vec![parse_kind(k)?]
         };
@@ -148,6 +150,8 @@ pub fn selectable_fields(kind: Kind) -> &'static [&'static str] {
             "spec.priority",
             "spec.model",
         ],
+        Kind::Swap => &["status.phase", "spec.from", "spec.to", "spec.reason"],
+        Kind::Lease => &["spec.holderIdentity"],
     }
 }
 

@@ -11,7 +11,7 @@
 use super::client::act_on_each;
 use super::{Ctx, parse_kind};
 use crate::api::{Kind, ObjectKey};
-use crate::controller::task::{CancelOutcome, request_cancel};
+use crate::requests::{CancelOutcome, request_cancel};
 use crate::store::StoreError;
 use anyhow::{Result, bail};
 use clap::Args;
@@ -85,7 +85,7 @@ pub fn restart(ctx: &Ctx, a: RestartArgs) -> Result<ExitCode> {
         |name| format!("/api/v1/namespaces/{ns}/sessions/{name}/restart"),
         |name| {
             let key = ObjectKey::new(Kind::Session, &ns, name);
-            match crate::controller::session::request_restart(&store, &key, "cli") {
+            match crate::requests::request_restart(&store, &key, "cli") {
                 Ok(()) => Ok(format!(
                     "{}/{name} restart requested",
                     Kind::Session.qualified()

@@ -648,6 +648,7 @@ mod tests {
                 ],
                 Kind::Task => vec![("fix-login".into(), "Pending".into())],
                 Kind::Account => vec![("work".into(), "Available".into())],
+                Kind::Swap | Kind::Lease => vec![],
             }
         }
         fn namespaces(&self) -> Vec<String> {

@@ -8,7 +8,6 @@
 //! shows it all; the run ends by itself (within a minute) and cleans up.
 
 use crate::api::{Account, Session, Task};
-use crate::controller::failover::SwapRecord;
 use crate::store::Store;
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
@@ -207,7 +206,9 @@ fn render(store: &Store, state: &Path, started: Instant) -> Result<Frame> {
     let accounts = store.api::<Account>(None).list()?;
     let sessions = store.api::<Session>(None).list()?;
     let tasks = store.api::<Task>(None).list()?;
-    let swaps = SwapRecord::list(state);
+    let mut swaps = store.api::<crate::api::Swap>(None).list()?;
+    swaps.sort_by_key(|s| s.spec.epoch);
+    let _ = state;
     let mut t = String::new();
     let acct_rows: Vec<Vec<String>> = accounts
         .iter()
@@ -272,18 +273,20 @@ fn render(store: &Store, state: &Path, started: Instant) -> Result<Frame> {
     for s in &swaps {
         t.push_str(&format!(
             "SWAP   epoch {}: {} -> {} ({}), {} session(s): {}\n",
-            s.epoch,
-            s.from,
-            s.to.as_deref().unwrap_or("-"),
-            s.reason,
-            s.sessions.len(),
-            s.result
+            s.spec.epoch,
+            s.spec.from,
+            s.spec.to,
+            s.spec.reason,
+            s.spec.sessions.len(),
+            s.status.clone().unwrap_or_default().phase
         ));
     }
     let key = t.clone();
     let finished = tasks.len() == TASKS
         && count(Succeeded) + count(Failed) == TASKS
-        && swaps.iter().any(|s| s.result == "Succeeded");
+        && swaps
+            .iter()
+            .any(|s| s.status.as_ref().map(|x| x.phase) == Some(crate::api::SwapPhase::Succeeded));
     Ok(Frame {
         text: format!(
             "claude-failover demo · {:>4.1}s\n\n{t}",

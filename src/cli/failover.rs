@@ -2,18 +2,20 @@
 //! hand, and `swaps`: the record of every swap.
 
 use super::Ctx;
-use crate::api::{Account, Kind, ObjectKey};
-use crate::controller::failover::{SwapRecord, request};
+use crate::api::{Account, Kind, ObjectKey, Swap, SwapPhase};
 use anyhow::{Result, bail};
 use clap::Args;
 use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
+
+/// How often the outcome of a request is looked for.
+const POLL: Duration = Duration::from_millis(200);
 
 #[derive(Args, Debug)]
 pub struct FailoverArgs {
     /// The account whose sessions move
     pub account: String,
-    /// The account they move to (default: the one with the most headroom)
+    /// The account they move to (default: the one the failover policy picks)
     #[arg(long)]
     pub to: Option<String>,
     /// Return at once instead of waiting for the swap's outcome
@@ -38,9 +40,8 @@ pub fn failover(ctx: &Ctx, a: FailoverArgs) -> Result<ExitCode> {
     if a.to.as_deref() == Some(a.account.as_str()) {
         bail!("--to names the account the sessions leave");
     }
-    let state_dir = ctx.state_dir();
-    let since = crate::controller::checkpoint::unix_ms(SystemTime::now());
-    request(&state_dir, &ctx.namespace, &a.account, a.to.as_deref())?;
+    let key = ObjectKey::new(Kind::Account, &ctx.namespace, &a.account);
+    let requested = crate::requests::request_failover(&store, &key, a.to.as_deref(), "cli")?;
     println!(
         "failover of account {} requested{}",
         a.account,
@@ -51,33 +52,39 @@ pub fn failover(ctx: &Ctx, a: FailoverArgs) -> Result<ExitCode> {
     if a.no_wait {
         return Ok(ExitCode::SUCCESS);
     }
-    let key = ObjectKey::new(Kind::Account, &ctx.namespace, &a.account);
     let deadline = Instant::now() + a.timeout;
+    let swaps = store.api::<Swap>(Some(&ctx.namespace));
     loop {
-        if let Some(r) = SwapRecord::list(&state_dir)
-            .into_iter()
-            .find(|r| r.from == a.account && r.started_at >= since && r.result != "Running")
-        {
-            println!(
-                "swap {} {}: {}",
-                r.epoch,
-                r.result.to_ascii_lowercase(),
-                r.message
-            );
-            return Ok(if r.result == "Succeeded" {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            });
-        }
-        // Nothing to move, or no target: the daemon says so in the events.
-        let told = store.events(&key)?.into_iter().rev().find(|e| {
-            crate::controller::checkpoint::unix_ms(SystemTime::from(e.last_timestamp.0)) >= since
-                && matches!(e.reason.as_str(), "FailoverSkipped" | "NoFailoverTarget")
-        });
-        if let Some(e) = told {
-            println!("{}", e.message);
-            return Ok(ExitCode::from(1));
+        // The failover controller answers in the Account's status, then
+        // the swap it started tells how it ended.
+        let answer = accounts
+            .get(&a.account)?
+            .and_then(|acc| acc.status?.failover?.request)
+            .filter(|r| r.requested_at == requested);
+        if let Some(answer) = answer {
+            match answer.swap {
+                None => {
+                    println!("{}", answer.message);
+                    return Ok(ExitCode::from(1));
+                }
+                Some(name) => {
+                    if let Some(s) = swaps.get(&name)?
+                        && let Some(st) = s.status.as_ref().filter(|st| st.phase.finished())
+                    {
+                        println!(
+                            "swap {} {}: {}",
+                            s.spec.epoch,
+                            st.phase.to_string().to_ascii_lowercase(),
+                            st.message
+                        );
+                        return Ok(if st.phase == SwapPhase::Succeeded {
+                            ExitCode::SUCCESS
+                        } else {
+                            ExitCode::from(1)
+                        });
+                    }
+                }
+            }
         }
         if Instant::now() >= deadline {
             bail!(
@@ -85,34 +92,41 @@ pub fn failover(ctx: &Ctx, a: FailoverArgs) -> Result<ExitCode> {
                 a.timeout.as_secs()
             );
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(POLL);
     }
 }
 
 /// `swaps`: every recorded swap, oldest first.
 pub fn swaps(ctx: &Ctx) -> Result<ExitCode> {
-    let rows: Vec<Vec<String>> = SwapRecord::list(&ctx.state_dir())
+    let mut all = ctx.store()?.api::<Swap>(None).list()?;
+    all.sort_by_key(|s| s.spec.epoch);
+    let rows: Vec<Vec<String>> = all
         .into_iter()
-        .map(|r| {
-            let started =
-                crate::quota::jiff_of(std::time::UNIX_EPOCH + Duration::from_millis(r.started_at))
-                    .round(k8s_openapi::jiff::Unit::Second)
-                    .map(|t| t.to_string())
-                    .unwrap_or_default();
-            let took = r
-                .finished_at
-                .map(|f| format!("{:.1}s", f.saturating_sub(r.started_at) as f64 / 1000.0))
+        .map(|s| {
+            let st = s.status.clone().unwrap_or_default();
+            let started = st
+                .started_at
+                .as_ref()
+                .and_then(|t| t.0.round(k8s_openapi::jiff::Unit::Second).ok())
+                .map(|t| t.to_string())
                 .unwrap_or_else(|| "-".into());
+            let took = match (&st.started_at, &st.finished_at) {
+                (Some(a), Some(b)) => format!(
+                    "{:.1}s",
+                    (b.0.as_millisecond() - a.0.as_millisecond()).max(0) as f64 / 1000.0
+                ),
+                _ => "-".into(),
+            };
             vec![
-                r.epoch.to_string(),
-                r.namespace,
-                r.from,
-                r.to.unwrap_or_else(|| "-".into()),
-                r.reason,
-                r.sessions.join(","),
+                s.spec.epoch.to_string(),
+                s.metadata.namespace.clone().unwrap_or_default(),
+                s.spec.from.clone(),
+                s.spec.to.clone(),
+                s.spec.reason.clone(),
+                s.spec.sessions.join(","),
                 started,
                 took,
-                r.result,
+                st.phase.to_string(),
             ]
         })
         .collect();

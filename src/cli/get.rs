@@ -335,6 +335,8 @@ fn watch_kind(
             Kind::Account => watch_typed::<Account>(ctx, a, format, filter).await,
             Kind::Session => watch_typed::<Session>(ctx, a, format, filter).await,
             Kind::Task => watch_typed::<Task>(ctx, a, format, filter).await,
+            Kind::Swap => watch_typed::<crate::api::Swap>(ctx, a, format, filter).await,
+            Kind::Lease => watch_typed::<crate::api::Lease>(ctx, a, format, filter).await,
         }
     })
 }

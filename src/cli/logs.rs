@@ -76,7 +76,7 @@ fn tmux(ctx: &Ctx, args: &[&str]) -> Result<std::process::Output> {
 
 /// The pane target of a session on the pool's server (`=NAME:`).
 fn target(key: &ObjectKey) -> String {
-    format!("={}:", crate::controller::session::tmux_name(key))
+    format!("={}:", crate::agent::driver::tmux_name(key))
 }
 
 fn no_pane(key: &ObjectKey, stderr: &[u8]) -> anyhow::Error {
@@ -324,7 +324,7 @@ pub fn logs(ctx: &Ctx, a: LogsArgs) -> Result<ExitCode> {
 pub fn attach(ctx: &Ctx, a: AttachArgs) -> Result<ExitCode> {
     use std::os::unix::process::CommandExt;
     let key = session_key(ctx, &a.session)?;
-    let name = format!("={}", crate::controller::session::tmux_name(&key));
+    let name = format!("={}", crate::agent::driver::tmux_name(&key));
     let check = tmux(ctx, &["has-session", "-t", &name])?;
     if !check.status.success() {
         return Err(no_pane(&key, &check.stderr));

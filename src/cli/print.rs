@@ -80,12 +80,16 @@ pub fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
         Kind::Account => vec!["NAME", "PHASE", "5H", "7D", "SESSIONS", "PRIORITY", "AGE"],
         Kind::Session => vec!["NAME", "PHASE", "ACCOUNT", "TASK", "RESTARTS", "AGE"],
         Kind::Task => vec!["NAME", "PHASE", "PRIORITY", "SESSION", "ATTEMPTS", "AGE"],
+        Kind::Swap => vec!["NAME", "EPOCH", "FROM", "TO", "REASON", "RESULT", "AGE"],
+        Kind::Lease => vec!["NAME", "HOLDER", "EPOCH", "RENEWED", "AGE"],
     };
     if wide {
         c.extend(match kind {
             Kind::Account => vec!["5H-RESETS", "7D-RESETS", "CONFIGDIR", "LABELS"],
             Kind::Session => vec!["WORKDIR", "MODEL", "PANE", "AGENT-SESSION", "LABELS"],
             Kind::Task => vec!["MODEL", "TARGET", "LABELS"],
+            Kind::Swap => vec!["SESSIONS", "MESSAGE"],
+            Kind::Lease => vec!["ACQUIRED", "TRANSITIONS"],
         });
     }
     c
@@ -125,6 +129,22 @@ pub fn row(kind: Kind, v: &Value, wide: bool) -> Vec<String> {
             s(v, "/status/attempts").replace('-', "0"),
             age(created),
         ],
+        Kind::Swap => vec![
+            name,
+            s(v, "/spec/epoch"),
+            s(v, "/spec/from"),
+            s(v, "/spec/to"),
+            s(v, "/spec/reason"),
+            s(v, "/status/phase"),
+            age(created),
+        ],
+        Kind::Lease => vec![
+            name,
+            s(v, "/spec/holderIdentity"),
+            s(v, "/spec/epoch"),
+            age(v.pointer("/spec/renewTime").and_then(Value::as_str)),
+            age(created),
+        ],
     };
     if wide {
         match kind {
@@ -160,6 +180,22 @@ pub fn row(kind: Kind, v: &Value, wide: bool) -> Vec<String> {
                 };
                 r.extend([s(v, "/spec/model"), target, labels(v)]);
             }
+            Kind::Swap => r.extend([
+                v.pointer("/spec/sessions")
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .unwrap_or_default(),
+                s(v, "/status/message"),
+            ]),
+            Kind::Lease => r.extend([
+                age(v.pointer("/spec/acquireTime").and_then(Value::as_str)),
+                s(v, "/spec/leaseTransitions"),
+            ]),
         }
     }
     r

@@ -233,6 +233,12 @@ fn wait_for(
                 Kind::Task => watch::<Task>(store.clone(), cfg.clone())
                     .map(|_| ())
                     .boxed(),
+                Kind::Swap => watch::<crate::api::Swap>(store.clone(), cfg.clone())
+                    .map(|_| ())
+                    .boxed(),
+                Kind::Lease => watch::<crate::api::Lease>(store.clone(), cfg.clone())
+                    .map(|_| ())
+                    .boxed(),
             }
         }));
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);

@@ -6,8 +6,8 @@
 //! `checkpointSeconds`, and by the failover controller before it stops an
 //! agent. The janitor removes those of sessions gone for a while.
 
+use crate::agent::signals::AgentSignals;
 use crate::api::ObjectKey;
-use crate::daemon::signals::AgentSignals;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 

@@ -1,24 +1,36 @@
-//! Controllers: each one reconciles one kind, driven by
-//! `kube_runtime::applier` over the store's watch (see docs/daemon.md).
+//! Controllers. Each one observes (through the reflector caches and the
+//! agents' signals), asks a pure decision function what to do, executes it
+//! through narrow interfaces (the agent driver, the store, the clock) and
+//! writes status and conditions. They coordinate only through the store
+//! (see docs/state.md and docs/daemon.md).
 
 pub mod account;
 pub mod checkpoint;
 pub mod failover;
-pub mod runtime;
 pub mod session;
 pub mod task;
 
-use crate::daemon::signals::Signals;
+use crate::agent::driver::Driver;
+use crate::agent::signals::Signals;
+use crate::api::{Account, Lease, ObjectKey, Session, Swap, Task};
+use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::store::Store;
+use crate::store::cache::{Cache, IndexFn, index_key};
+use crate::store::watch::WatchConfig;
 use crate::tmux::Tmux;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-/// Settings of the controllers.
+/// The agent driver over the pool's tmux server.
+pub type AgentDriver = Driver<Tmux>;
+
+/// Settings shared by the controllers.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Controller-owned state (runtime records, settings files).
+    /// Private state of this daemon's controllers (hook secrets, settings
+    /// files, checkpoints, the usage poll's schedule).
     pub state_dir: PathBuf,
     /// The transcript folder every account's `projects/` points to.
     pub shared_projects: PathBuf,
@@ -26,83 +38,180 @@ pub struct Settings {
     pub agent_base_url: String,
     /// This binary (the statusLine command).
     pub exe: PathBuf,
-    /// Requeue period of a settled session.
+    /// Requeue period of a settled object.
     pub resync: Duration,
-    /// Each step of a graceful stop (`/exit`, SIGTERM, SIGKILL) waits this long.
-    pub stop_step: Duration,
     /// Longest restart back-off.
     pub max_backoff: Duration,
     /// A session's checkpoint is rewritten at least this often.
     pub checkpoint_every: Duration,
+    /// Typed into a session whose turn a usage limit cut short, once its
+    /// account can take work again (empty: nothing is typed).
+    pub continue_message: String,
 }
 
-/// Everything a reconcile needs, shared by all of them.
-pub struct Context {
-    pub store: Store,
-    pub tmux: Tmux,
-    pub signals: Arc<Signals>,
-    pub settings: Settings,
-    pub memory: std::sync::Mutex<std::collections::HashMap<crate::api::ObjectKey, session::Memory>>,
-    /// The agent process of each running session, for the liveness watch.
-    pub pids: std::sync::Mutex<std::collections::HashMap<crate::api::ObjectKey, u32>>,
-    /// Usage memory, failover wake-ups and the notifier.
-    pub quota: account::Hub,
+/// The time. Decisions take `now` as an argument; executors ask this.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> SystemTime;
 }
 
-/// True when process `pid` has exited (gone, or a zombie nobody reaped).
-pub fn process_gone(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state == "Z" || state == "X"),
+/// The system clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
     }
 }
 
-/// Watches the agents' processes (a cheap /proc read each, no process
-/// spawned) and wakes the reconcile of any session whose agent died: tmux's
-/// own notification does not always come (a pane whose process tmux never
-/// reaps shows no death at all).
-pub async fn liveness(ctx: std::sync::Arc<Context>, every: std::time::Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let dead: Vec<crate::api::ObjectKey> = ctx
-            .pids
-            .lock()
-            .expect("lock")
-            .iter()
-            .filter(|(_, pid)| process_gone(**pid))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in dead {
-            ctx.pids.lock().expect("lock").remove(&key);
-            ctx.signals.poke(&key);
+/// The reflector caches every controller reads through.
+#[derive(Clone)]
+pub struct Caches {
+    pub accounts: Cache<Account>,
+    pub sessions: Cache<Session>,
+    pub tasks: Cache<Task>,
+    pub swaps: Cache<Swap>,
+    pub leases: Cache<Lease>,
+}
+
+/// Index of Sessions by the account they run on (`NS/ACCOUNT`).
+pub const BY_ACCOUNT: &str = "account";
+/// Index of Tasks by the session they were dispatched to, or are to be
+/// replayed on (`NS/SESSION`).
+pub const BY_SESSION: &str = "session";
+
+fn session_account(s: &Session) -> Vec<String> {
+    let ns = s.metadata.namespace.as_deref().unwrap_or_default();
+    s.status
+        .as_ref()
+        .and_then(|st| st.account.as_deref())
+        .map(|a| vec![index_key(ns, a)])
+        .unwrap_or_default()
+}
+
+fn task_session(t: &Task) -> Vec<String> {
+    let ns = t.metadata.namespace.as_deref().unwrap_or_default();
+    let Some(st) = t.status.as_ref() else {
+        return vec![];
+    };
+    let mut v: Vec<String> = [st.session.as_deref(), st.replay_on.as_deref()]
+        .into_iter()
+        .flatten()
+        .map(|s| index_key(ns, s))
+        .collect();
+    v.dedup();
+    v
+}
+
+impl Caches {
+    /// Starts one watch per kind; the tasks run until aborted.
+    pub fn start(store: &Store, resync: Duration) -> (Caches, Vec<tokio::task::JoinHandle<()>>) {
+        let cfg = WatchConfig {
+            namespace: None,
+            resync,
+        };
+        let (accounts, a) = Cache::start(store.clone(), cfg.clone(), &[]);
+        let by_account: IndexFn<Session> = session_account;
+        let (sessions, s) = Cache::start(store.clone(), cfg.clone(), &[(BY_ACCOUNT, by_account)]);
+        let by_session: IndexFn<Task> = task_session;
+        let (tasks, t) = Cache::start(store.clone(), cfg.clone(), &[(BY_SESSION, by_session)]);
+        let (swaps, w) = Cache::start(store.clone(), cfg.clone(), &[]);
+        let (leases, l) = Cache::start(store.clone(), cfg, &[]);
+        (
+            Caches {
+                accounts,
+                sessions,
+                tasks,
+                swaps,
+                leases,
+            },
+            vec![a, s, t, w, l],
+        )
+    }
+
+    /// Resolves once every cache holds its first listing.
+    pub async fn listed(&self) {
+        self.accounts.listed().await;
+        self.sessions.listed().await;
+        self.tasks.listed().await;
+        self.swaps.listed().await;
+        self.leases.listed().await;
+    }
+
+    /// The swap lease's current fencing epoch (0: never taken).
+    pub fn swap_epoch(&self) -> u64 {
+        self.leases
+            .get(crate::api::SYSTEM_NAMESPACE, crate::api::SWAP_LEASE)
+            .map(|l| l.spec.epoch)
+            .unwrap_or(0)
+    }
+
+    /// The Accounts of one namespace.
+    pub fn accounts_in(&self, ns: &str) -> Vec<Arc<Account>> {
+        self.accounts
+            .all()
+            .into_iter()
+            .filter(|a| a.metadata.namespace.as_deref() == Some(ns))
+            .collect()
+    }
+}
+
+/// What every controller uses.
+pub struct Shared {
+    pub store: Store,
+    pub caches: Caches,
+    pub driver: AgentDriver,
+    pub signals: Arc<Signals>,
+    pub metrics: Arc<Metrics>,
+    pub notifier: Notifier,
+    pub clock: Arc<dyn Clock>,
+    pub settings: Settings,
+}
+
+impl Shared {
+    pub fn now(&self) -> SystemTime {
+        self.clock.now()
+    }
+
+    /// Runs store or file I/O on the blocking pool, never on an async
+    /// worker thread.
+    pub async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> T + Send + 'static,
+    ) -> T {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .expect("a blocking store call panicked")
+    }
+
+    /// Logs an event about an object and records it in the store (shown by
+    /// `describe`); one call, so the log line and the event never drift.
+    pub async fn record(
+        &self,
+        key: &ObjectKey,
+        warning: bool,
+        reason: &str,
+        message: &str,
+        source: &'static str,
+    ) {
+        if warning {
+            tracing::warn!(object = %key, reason, "{message}");
+        } else {
+            tracing::info!(object = %key, reason, "{message}");
+        }
+        let (k, r, m) = (key.clone(), reason.to_string(), message.to_string());
+        let result = self
+            .blocking(move |s| s.record_event(&k, warning, &r, &m, source))
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(object = %key, error = %e, "cannot record an event");
         }
     }
 }
 
-/// Logs an event about an object and records it in the store (shown by
-/// `describe`); one call, so the log line and the event never drift.
-pub fn record(
-    ctx: &Context,
-    key: &crate::api::ObjectKey,
-    warning: bool,
-    reason: &str,
-    message: &str,
-    source: &str,
-) {
-    if warning {
-        tracing::warn!(object = %key, reason, "{message}");
-    } else {
-        tracing::info!(object = %key, reason, "{message}");
-    }
-    if let Err(e) = ctx
-        .store
-        .record_event(key, warning, reason, message, source)
-    {
-        tracing::warn!(object = %key, error = %e, "cannot record an event");
-    }
+/// `NS/NAME` keys of a namespace and a name.
+pub fn ns_of(m: &crate::api::ObjectMeta) -> String {
+    m.namespace
+        .clone()
+        .unwrap_or_else(|| crate::api::DEFAULT_NAMESPACE.into())
 }

@@ -79,7 +79,7 @@ pub fn load_or_create_token(path: &Path) -> Result<String, TokenError> {
     }
     let dir = path.parent().unwrap_or(Path::new("."));
     fsutil::ensure_dir(dir).map_err(io(dir))?;
-    let token = crate::controller::runtime::random_hex(32);
+    let token = crate::secret::random_hex(32);
     let tmp =
         fsutil::write_temp(path, format!("{token}\n").as_bytes(), Some(0o600)).map_err(io(path))?;
     let made = std::fs::File::open(&tmp)
@@ -99,12 +99,6 @@ pub fn load_or_create_token(path: &Path) -> Result<String, TokenError> {
         }
         Err(e) => Err(io(path)(e)),
     }
-}
-
-/// Constant-time comparison of a presented token with the real one.
-pub fn token_matches(real: &str, presented: &str) -> bool {
-    let (a, b) = (real.as_bytes(), presented.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Where the running leader serves.
@@ -156,9 +150,6 @@ mod tests {
         let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert_eq!(load_or_create_token(&p).unwrap(), t, "stable");
-        assert!(token_matches(&t, &t));
-        assert!(!token_matches(&t, &t[..63]));
-        assert!(!token_matches(&t, "x"));
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(
             read_token(&p),

@@ -13,9 +13,9 @@
 //!   failover controller consumes), like `apply` does; the controllers act
 //!   on them, level-triggered. Actions answer 202 Accepted.
 
-use super::access::token_matches;
 use super::bus::{Bus, EventItem, InvolvedObject, Item};
 use crate::api::{Kind, ObjectKey};
+use crate::secret::token_matches;
 use crate::selector::Selector;
 use crate::store::{Store, StoreError};
 use axum::Router;
@@ -59,11 +59,11 @@ impl Feed {
     fn bit(self) -> u8 {
         match self {
             Feed::Objects(k) => 1 << k as u8,
-            Feed::Events => 1 << Kind::ALL.len(),
+            Feed::Events => 1 << Kind::DECLARED.len(),
         }
     }
 
-    const ALL_BITS: u8 = (1 << (Kind::ALL.len() + 1)) - 1;
+    const ALL_BITS: u8 = (1 << (Kind::DECLARED.len() + 1)) - 1;
 }
 
 impl Readiness {
@@ -151,6 +151,7 @@ pub struct ApiState {
     pub token: String,
     pub readiness: Arc<Readiness>,
     pub bus: Bus,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Becomes true when the daemon stops: event streams end then.
     pub stop: tokio::sync::watch::Receiver<bool>,
 }
@@ -384,10 +385,10 @@ async fn readyz(State(s): State<Arc<ApiState>>) -> Response {
     (code, axum::Json(body)).into_response()
 }
 
-async fn metrics() -> Response {
+async fn metrics(State(s): State<Arc<ApiState>>) -> Response {
     (
         [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
-        crate::metrics::encode(),
+        s.metrics.encode(),
     )
         .into_response()
 }
@@ -574,7 +575,7 @@ async fn post_sub(
     let store = s.store.clone();
     match (kind, sub.as_str()) {
         (Kind::Task, "cancel") => {
-            use crate::controller::task::{CancelOutcome, request_cancel};
+            use crate::requests::{CancelOutcome, request_cancel};
             let k = key.clone();
             match blocking(move || request_cancel(&store, &k, "api")).await? {
                 Ok(CancelOutcome::Requested) | Ok(CancelOutcome::AlreadyRequested) => {
@@ -591,9 +592,7 @@ async fn post_sub(
         }
         (Kind::Session, "restart") => {
             let k = key.clone();
-            match blocking(move || crate::controller::session::request_restart(&store, &k, "api"))
-                .await?
-            {
+            match blocking(move || crate::requests::request_restart(&store, &k, "api")).await? {
                 Ok(()) => Ok(accepted(format!("restart of session {name} requested"))),
                 Err(StoreError::NotFound(_)) => Err(not_found(&key)),
                 Err(e) => Err(e.into()),
@@ -606,7 +605,6 @@ async fn post_sub(
                 serde_json::from_slice(&body)
                     .map_err(|e| ApiError::invalid(format!("request body: {e}")))?
             };
-            let state_dir = s.state_dir.clone();
             let k = key.clone();
             let to = req.to.clone();
             blocking(move || -> ApiResult<()> {
@@ -631,30 +629,7 @@ async fn post_sub(
                         )));
                     }
                 }
-                crate::controller::failover::request(
-                    &state_dir,
-                    &k.namespace,
-                    &k.name,
-                    to.as_deref(),
-                )
-                .map_err(|e| {
-                    ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "InternalError",
-                        format!("cannot write the failover request: {e}"),
-                    )
-                })?;
-                let target = to
-                    .as_deref()
-                    .map(|t| format!(" to account {t}"))
-                    .unwrap_or_default();
-                store.record_event(
-                    &k,
-                    false,
-                    "FailoverRequested",
-                    &format!("failover{target} requested through the API"),
-                    "api",
-                )?;
+                crate::requests::request_failover(&store, &k, to.as_deref(), "api")?;
                 Ok(())
             })
             .await??;
@@ -772,7 +747,7 @@ mod tests {
         assert!(!r.check().0);
         r.set_leader(true);
         r.sessions_listed();
-        for k in Kind::ALL {
+        for k in Kind::DECLARED {
             r.feed_listed(Feed::Objects(k));
         }
         r.feed_listed(Feed::Events);
@@ -783,7 +758,7 @@ mod tests {
         let r = Readiness::new(false);
         r.set_leader(true);
         r.sessions_listed();
-        for k in Kind::ALL {
+        for k in Kind::DECLARED {
             r.feed_listed(Feed::Objects(k));
         }
         r.feed_listed(Feed::Events);

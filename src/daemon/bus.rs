@@ -2,10 +2,8 @@
 //! event stream (`GET /api/v1/watch`) and for whatever must wake on a change.
 //!
 //! Two producers, both level-triggered like the rest of the daemon:
-//! - one store watch per kind ([`crate::store::watch`]): every object
-//!   added, modified or deleted becomes a [`Change`], and wakes the
-//!   [`Notify`]s registered for that kind (the task dispatcher, the object
-//!   gauges);
+//! - the reflector cache of each kind ([`crate::store::cache`]): every
+//!   object added, modified or deleted becomes a [`Change`];
 //! - a watch of `STORE/events/`: every event recorded by any process (the
 //!   controllers, the sync, the CLI, the API) becomes an [`EventItem`] as
 //!   soon as its file changes; an event seen again (folded, count up) is
@@ -16,17 +14,15 @@
 //! [`CAPACITY`] items are told how many they missed.
 
 use crate::api::{Kind, Object, ObjectKey};
-use crate::store::watch::{WatchConfig, watch};
+use crate::store::cache::{Cache, Changed};
 use crate::store::{Store, StoredEvent};
 use futures::StreamExt;
-use kube::runtime::watcher::Event;
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::broadcast;
 
 /// Items kept for a slow subscriber before it starts missing them.
 pub const CAPACITY: usize = 1024;
@@ -130,47 +126,24 @@ impl Bus {
         let _ = self.tx.send(item);
     }
 
-    /// Follows objects of kind `K`: sends their changes, wakes `wake` on
-    /// every watch item, and hands the `summary` of every object of the
-    /// kind to `settled` whenever a batch of items is applied (never in the
-    /// middle of a relist). Only summaries are kept in memory (the phase,
-    /// for counting), not the objects. Runs until the task is aborted.
-    pub async fn follow<K: Object, S>(
-        self,
-        store: Store,
-        resync: Duration,
-        wake: Vec<Arc<Notify>>,
-        summary: impl Fn(&K) -> S,
-        settled: impl Fn(&mut dyn Iterator<Item = &S>),
-    ) {
-        let events = watch::<K>(
-            store,
-            WatchConfig {
-                namespace: None,
-                resync,
-            },
-        );
-        // What is already queued is one batch: a burst (an apply of many
-        // objects) is settled once.
-        let mut batches = std::pin::pin!(events.ready_chunks(256));
-        let mut tracker = ChangeTracker::default();
-        let mut first = true;
-        while let Some(batch) = batches.next().await {
-            for w in &wake {
-                w.notify_one();
-            }
-            for ev in batch.into_iter().flatten() {
-                for change in tracker.track(ev, &summary) {
-                    self.send(Item::Change(K::KIND, change));
-                }
-            }
-            if tracker.listed && tracker.relisting.is_none() {
-                if first {
-                    first = false;
-                    tracing::debug!(kind = %K::KIND, objects = tracker.known.len(), "feed listed");
-                }
-                settled(&mut tracker.known.values().map(|(_, s)| s));
-            }
+    /// Follows a cache of kind `K`: sends every change of its objects.
+    /// `listed` runs once the cache holds its first listing (changes before
+    /// it are the starting point, not sent). Runs until the task is aborted.
+    pub async fn follow<K: Object>(self, cache: Cache<K>, listed: impl FnOnce())
+    where
+        K: kube::Resource<DynamicType = ()>,
+    {
+        let mut changes = Box::pin(cache.changes());
+        cache.listed().await;
+        listed();
+        while let Some(c) = changes.next().await {
+            let (type_, o) = match &c {
+                Changed::Added(o) => (ChangeType::Added, o),
+                Changed::Modified(_, o) => (ChangeType::Modified, o),
+                Changed::Deleted(o) => (ChangeType::Deleted, o),
+                Changed::Listed | Changed::Lagged => continue,
+            };
+            self.send(Item::Change(K::KIND, change(type_, o.as_ref())));
         }
     }
 
@@ -263,95 +236,10 @@ impl Bus {
     }
 }
 
-/// Turns a watch stream into added / modified / deleted changes. The
-/// first listing is the starting point and sends nothing; a later relist
-/// sends what differs from what was known. Keeps the resourceVersion and
-/// a summary of each object, not the object.
-struct ChangeTracker<S> {
-    known: HashMap<(String, String), (String, S)>,
-    relisting: Option<HashMap<(String, String), (String, S)>>,
-    listed: bool,
-}
-
-impl<S> Default for ChangeTracker<S> {
-    fn default() -> Self {
-        ChangeTracker {
-            known: HashMap::new(),
-            relisting: None,
-            listed: false,
-        }
-    }
-}
-
-fn id_rv<K: Object>(o: &K) -> ((String, String), String) {
-    let m = o.meta();
-    let s = |x: &Option<String>| x.clone().unwrap_or_default();
-    ((s(&m.namespace), s(&m.name)), s(&m.resource_version))
-}
-
 fn change<K: Object>(type_: ChangeType, o: &K) -> Change {
     Change {
         type_,
         object: serde_json::to_value(o).expect("objects serialize"),
-    }
-}
-
-impl<S> ChangeTracker<S> {
-    fn track<K: Object>(&mut self, ev: Event<K>, summary: &impl Fn(&K) -> S) -> Vec<Change> {
-        let mut out = Vec::new();
-        match ev {
-            Event::Init => self.relisting = Some(HashMap::new()),
-            Event::InitApply(o) => {
-                let (id, rv) = id_rv(&o);
-                if self.listed {
-                    match self.known.get(&id) {
-                        None => out.push(change(ChangeType::Added, &o)),
-                        Some((old, _)) if *old != rv => out.push(change(ChangeType::Modified, &o)),
-                        Some(_) => {}
-                    }
-                }
-                if let Some(r) = self.relisting.as_mut() {
-                    r.insert(id, (rv, summary(&o)));
-                }
-            }
-            Event::InitDone => {
-                let fresh = self.relisting.take().unwrap_or_default();
-                if self.listed {
-                    // Gone while a notification was missed: only its name
-                    // and last resourceVersion are known.
-                    for ((ns, name), (rv, _)) in &self.known {
-                        if !fresh.contains_key(&(ns.clone(), name.clone())) {
-                            out.push(Change {
-                                type_: ChangeType::Deleted,
-                                object: serde_json::json!({
-                                    "apiVersion": crate::api::API_VERSION,
-                                    "kind": K::KIND.name(),
-                                    "metadata": {"namespace": ns, "name": name, "resourceVersion": rv},
-                                }),
-                            });
-                        }
-                    }
-                }
-                self.known = fresh;
-                self.listed = true;
-            }
-            Event::Apply(o) => {
-                let (id, rv) = id_rv(&o);
-                let type_ = if self.known.contains_key(&id) {
-                    ChangeType::Modified
-                } else {
-                    ChangeType::Added
-                };
-                out.push(change(type_, &o));
-                self.known.insert(id, (rv, summary(&o)));
-            }
-            Event::Delete(o) => {
-                let (id, _) = id_rv(&o);
-                self.known.remove(&id);
-                out.push(change(ChangeType::Deleted, &o));
-            }
-        }
-        out
     }
 }
 
@@ -413,81 +301,6 @@ fn new_events(before: &[StoredEvent], after: &[StoredEvent]) -> Vec<StoredEvent>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{Task, TaskSpec};
-
-    fn task(name: &str, rv: &str) -> Task {
-        let mut t = Task::new(
-            name,
-            TaskSpec {
-                prompt: "p".into(),
-                priority: Default::default(),
-                model: None,
-                session: None,
-                session_selector: None,
-                workdir: None,
-                timeout_seconds: None,
-                max_attempts: None,
-            },
-        );
-        t.metadata.namespace = Some("default".into());
-        t.metadata.resource_version = Some(rv.into());
-        t
-    }
-
-    fn types(c: &[Change]) -> Vec<(ChangeType, String)> {
-        c.iter()
-            .map(|c| {
-                (
-                    c.type_,
-                    c.object["metadata"]["name"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect()
-    }
-
-    #[test]
-    fn changes_from_watch_events_and_relists() {
-        let mut t = ChangeTracker::default();
-        let s = |t: &Task| t.metadata.resource_version.clone().unwrap();
-        assert!(t.track::<Task>(Event::Init, &s).is_empty());
-        assert!(t.track(Event::InitApply(task("a", "1")), &s).is_empty());
-        assert!(t.track(Event::InitApply(task("b", "1")), &s).is_empty());
-        assert!(
-            t.track::<Task>(Event::InitDone, &s).is_empty(),
-            "the first list is the start"
-        );
-        assert_eq!(
-            types(&t.track(Event::Apply(task("c", "2")), &s)),
-            [(ChangeType::Added, "c".into())]
-        );
-        assert_eq!(
-            types(&t.track(Event::Apply(task("a", "3")), &s)),
-            [(ChangeType::Modified, "a".into())]
-        );
-        // A relist that finds b gone, a changed and d new.
-        let mut got = types(&t.track::<Task>(Event::Init, &s));
-        for (name, rv) in [("a", "4"), ("c", "2"), ("d", "5")] {
-            got.extend(types(&t.track(Event::InitApply(task(name, rv)), &s)));
-        }
-        got.extend(types(&t.track::<Task>(Event::InitDone, &s)));
-        got.sort_by(|x, y| x.1.cmp(&y.1));
-        assert_eq!(
-            got,
-            [
-                (ChangeType::Modified, "a".into()),
-                (ChangeType::Deleted, "b".into()),
-                (ChangeType::Added, "d".into())
-            ]
-        );
-        assert_eq!(
-            types(&t.track(Event::Delete(task("d", "5")), &s)),
-            [(ChangeType::Deleted, "d".into())]
-        );
-        // Summaries, not objects, are kept.
-        let mut kept: Vec<&String> = t.known.values().map(|(_, s)| s).collect();
-        kept.sort();
-        assert_eq!(kept, ["2", "4"]);
-    }
 
     #[test]
     fn event_files_and_new_events() {

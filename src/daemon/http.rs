@@ -5,8 +5,9 @@
 //! see the API token); a post with an unknown session or a wrong secret
 //! gets 403 and changes nothing.
 
-use super::signals::Signals;
+use crate::agent::signals::Signals;
 use crate::api::{Kind, ObjectKey};
+use crate::metrics::Metrics;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -14,12 +15,15 @@ use axum::routing::post;
 use serde_json::Value;
 use std::sync::Arc;
 
-/// The URL path prefix of one Session's endpoints.
-pub fn agent_path(key: &ObjectKey, secret: &str) -> String {
-    format!("/v1/agents/{}/{}/{secret}", key.namespace, key.name)
+/// What the endpoint feeds and counts.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub signals: Arc<Signals>,
+    pub metrics: Arc<Metrics>,
 }
 
-pub fn router(signals: Arc<Signals>) -> Router {
+/// The routes; their paths follow [`crate::agent::signals::agent_path`].
+pub fn router(endpoint: Endpoint) -> Router {
     Router::new()
         .route("/v1/agents/{ns}/{name}/{secret}/hook", post(hook))
         .route("/v1/tmux/{secret}/{session}", post(tmux_event))
@@ -27,7 +31,7 @@ pub fn router(signals: Arc<Signals>) -> Router {
             "/v1/agents/{ns}/{name}/{secret}/statusline",
             post(statusline),
         )
-        .with_state(signals)
+        .with_state(endpoint)
 }
 
 type Params = Path<(String, String, String)>;
@@ -47,11 +51,12 @@ fn accept(
 }
 
 async fn hook(
-    State(s): State<Arc<Signals>>,
+    State(e): State<Endpoint>,
     Path(p): Params,
     body: axum::body::Bytes,
 ) -> (StatusCode, String) {
-    let (key, payload) = match accept(&s, p, &body) {
+    let s = &e.signals;
+    let (key, payload) = match accept(s, p, &body) {
         Ok(x) => x,
         Err(code) => return (code, String::new()),
     };
@@ -60,7 +65,7 @@ async fn hook(
         .and_then(|e| e.as_str())
         .unwrap_or("?");
     tracing::debug!(session = %key, event, "hook");
-    crate::metrics::metrics()
+    e.metrics
         .hook_events_total
         .with_label_values(&[crate::metrics::hook_event_label(event)])
         .inc();
@@ -70,28 +75,29 @@ async fn hook(
 }
 
 async fn statusline(
-    State(s): State<Arc<Signals>>,
+    State(e): State<Endpoint>,
     Path(p): Params,
     body: axum::body::Bytes,
 ) -> (StatusCode, String) {
-    let (key, input) = match accept(&s, p, &body) {
+    let (key, input) = match accept(&e.signals, p, &body) {
         Ok(x) => x,
         Err(code) => return (code, String::new()),
     };
-    s.statusline(&key, &input);
-    crate::metrics::metrics().statusline_updates_total.inc();
+    e.signals.statusline(&key, &input);
+    e.metrics.statusline_updates_total.inc();
     (StatusCode::OK, status_text(&key.name, &input))
 }
 
 /// The pool's tmux server says a pane died or a session closed.
 async fn tmux_event(
-    State(s): State<Arc<Signals>>,
+    State(e): State<Endpoint>,
     Path((secret, session)): Path<(String, String)>,
 ) -> StatusCode {
-    if secret != s.tmux_secret() {
+    if !crate::secret::token_matches(e.signals.tmux_secret(), &secret) {
         return StatusCode::FORBIDDEN;
     }
-    s.poke(&crate::controller::session::key_of_tmux_name(&session));
+    e.signals
+        .terminal_event(&crate::agent::driver::key_of_tmux_name(&session));
     StatusCode::OK
 }
 

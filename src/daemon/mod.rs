@@ -1,10 +1,11 @@
-//! The daemon: leader lease, the HTTP control plane and the endpoint for
-//! agents, the feed of changes, the signals registry, and the wiring of the
-//! controllers. See docs/daemon.md and docs/control-plane.md.
+//! The daemon: the composition root ([`run`]: leadership, the caches, the
+//! controllers, shutdown), the HTTP control plane and the endpoint for
+//! agents, the feed of changes and the projections of the caches. See
+//! docs/daemon.md and docs/control-plane.md.
 
 pub mod access;
 pub mod api;
 pub mod bus;
 pub mod http;
-pub mod lease;
-pub mod signals;
+pub mod projections;
+pub mod run;

@@ -104,6 +104,11 @@ impl AnyObject {
             Kind::Account => AnyObject::Account(serde_json::from_value(v)?),
             Kind::Session => AnyObject::Session(serde_json::from_value(v)?),
             Kind::Task => AnyObject::Task(serde_json::from_value(v)?),
+            Kind::Swap | Kind::Lease => {
+                return Err(serde::de::Error::custom(format!(
+                    "kind {kind} is not a declared kind"
+                )));
+            }
         })
     }
 
@@ -332,11 +337,14 @@ fn decode_document(root: &Node) -> Result<AnyObject, DocError> {
             .as_str()
             .ok_or_else(|| (vec![k("kind")], "must be a string".to_string()))?,
     };
-    let Some(kind) = Kind::from_kind_field(kind) else {
-        return Err((
-            vec![k("kind")],
-            format!("unknown kind `{kind}`: expected Account, Session or Task"),
-        ));
+    let Some(kind) = Kind::from_kind_field(kind).filter(|k| k.declared()) else {
+        let why = match Kind::from_kind_field(kind) {
+            Some(_) => {
+                format!("kind `{kind}` is written by the daemon only; it cannot be declared")
+            }
+            None => format!("unknown kind `{kind}`: expected Account, Session or Task"),
+        };
+        return Err((vec![k("kind")], why));
     };
     match root.get("metadata") {
         None => {
@@ -367,6 +375,9 @@ fn decode_document(root: &Node) -> Result<AnyObject, DocError> {
         Kind::Account => AnyObject::Account(typed(value)?),
         Kind::Session => AnyObject::Session(typed(value)?),
         Kind::Task => AnyObject::Task(typed(value)?),
+        Kind::Swap | Kind::Lease => {
+            return Err((vec![k("kind")], format!("kind `{kind}` cannot be declared")));
+        }
     };
     if let Some((path, msg)) = object.problems().into_iter().next() {
         return Err((path, msg));

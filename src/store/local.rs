@@ -598,7 +598,7 @@ impl Store {
     }
 
     /// The status write, staged in `txn`.
-    fn status_in(
+    pub(super) fn status_in(
         &self,
         txn: &mut Txn<'_>,
         key: &ObjectKey,
@@ -964,7 +964,7 @@ pub struct Api<K> {
 }
 
 impl<K: Object> Api<K> {
-    fn key(&self, name: &str) -> ObjectKey {
+    pub(super) fn key(&self, name: &str) -> ObjectKey {
         ObjectKey::new(
             K::KIND,
             self.namespace
@@ -974,7 +974,7 @@ impl<K: Object> Api<K> {
         )
     }
 
-    fn decode(&self, v: Value) -> Result<K> {
+    pub(super) fn decode(&self, v: Value) -> Result<K> {
         serde_json::from_value(v).map_err(|e| StoreError::Corrupt {
             path: self.store.kind_dir(K::KIND),
             message: e.to_string(),

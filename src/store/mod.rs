@@ -33,17 +33,22 @@
 //!   (file notifications, relist on rescan, periodic resync) that feeds
 //!   `kube_runtime` reflectors and the applier.
 
+pub mod cache;
 mod events;
 mod flusher;
+mod leader;
 mod local;
 pub mod ownership;
+mod patch;
 mod update;
 pub mod watch;
 
 pub use events::{EVENTS_KEPT, StoredEvent};
 pub use flusher::flush_now;
+pub use leader::{LeaderLock, identity};
 pub use local::{
     Api, ApplyRequest, ApplyResult, DEFAULT_MANAGER, DeleteOutcome, Durability, LAZY_FLUSH,
     Outcome, Store, StoreError,
 };
+pub use patch::{merge_patch, owned_fields_patch};
 pub use update::Updated;

@@ -504,7 +504,7 @@ pub fn record_update(before: Option<&Value>, after: &mut Value, manager: &str, n
 /// optional fields dropped, and checked (unknown fields, ranges, names).
 /// What an apply or an update leaves must be a valid object too.
 pub fn normalize(kind: Kind, doc: &Value) -> Result<Value, String> {
-    use crate::api::{Account, Session, Task};
+    use crate::api::{Account, Lease, Session, Swap, Task};
     use crate::manifest::validate;
     fn typed<T: serde::de::DeserializeOwned + serde::Serialize>(
         doc: &Value,
@@ -526,6 +526,8 @@ pub fn normalize(kind: Kind, doc: &Value) -> Result<Value, String> {
         Kind::Account => typed::<Account>(doc, validate::account)?,
         Kind::Session => typed::<Session>(doc, validate::session)?,
         Kind::Task => typed::<Task>(doc, validate::task)?,
+        Kind::Swap => typed::<Swap>(doc, |_| Vec::new())?,
+        Kind::Lease => typed::<Lease>(doc, |_| Vec::new())?,
     };
     if let Some(o) = out.as_object_mut() {
         o.remove("status");

@@ -124,6 +124,12 @@ impl Store {
                 object: current,
             });
         }
+        if doc["spec"] != live["spec"] && !key.kind.declared() {
+            return Err(invalid(format!(
+                "{} are written by the daemon only: their spec cannot be changed",
+                key.kind.plural()
+            )));
+        }
         if doc["spec"] != live["spec"] {
             let g = live["metadata"]["generation"].as_i64().unwrap_or(0);
             doc["metadata"]["generation"] = json!(g + 1);

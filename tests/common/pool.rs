@@ -12,6 +12,36 @@ use std::time::Duration;
 /// Generous: a loaded 2-core machine runs several Claude Codes at once.
 pub const LONG: Duration = Duration::from_secs(90);
 
+/// One swap as the tests look at it (times in Unix milliseconds).
+#[derive(Debug, Clone)]
+pub struct SwapRecord {
+    pub epoch: u64,
+    pub from: String,
+    pub to: Option<String>,
+    pub reason: String,
+    pub sessions: Vec<String>,
+    pub started_at: u64,
+    pub finished_at: Option<u64>,
+    pub result: String,
+}
+
+impl From<claude_failover::api::Swap> for SwapRecord {
+    fn from(s: claude_failover::api::Swap) -> Self {
+        let st = s.status.unwrap_or_default();
+        let ms = |t: &claude_failover::api::MicroTime| t.0.as_millisecond().max(0) as u64;
+        SwapRecord {
+            epoch: s.spec.epoch,
+            from: s.spec.from,
+            to: Some(s.spec.to),
+            reason: s.spec.reason,
+            sessions: s.spec.sessions,
+            started_at: st.started_at.as_ref().map(ms).unwrap_or(0),
+            finished_at: st.finished_at.as_ref().map(ms),
+            result: st.phase.to_string(),
+        }
+    }
+}
+
 /// The Claude Code binary: `CLAUDE_BIN`, or the copy pinned in
 /// tools/claude-code (installed by `.ci/run`).
 pub fn claude_bin() -> Option<PathBuf> {
@@ -119,8 +149,28 @@ impl Pool {
     }
 
     /// The swap records the daemons wrote, oldest epoch first.
-    pub fn swaps(&self) -> Vec<claude_failover::controller::failover::SwapRecord> {
-        claude_failover::controller::failover::SwapRecord::list(&self.path("state"))
+    pub fn swaps(&self) -> Vec<SwapRecord> {
+        let store = claude_failover::store::Store::open(self.env.store()).unwrap();
+        let mut all: Vec<SwapRecord> = store
+            .api::<claude_failover::api::Swap>(None)
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(SwapRecord::from)
+            .collect();
+        all.sort_by_key(|r| r.epoch);
+        all
+    }
+
+    /// The swap lease: (held, epoch).
+    pub fn swap_lease(&self) -> (bool, u64) {
+        let store = claude_failover::store::Store::open(self.env.store()).unwrap();
+        store
+            .api::<claude_failover::api::Lease>(Some(claude_failover::api::SYSTEM_NAMESPACE))
+            .get(claude_failover::api::SWAP_LEASE)
+            .unwrap()
+            .map(|l| (l.spec.holder_identity.is_some(), l.spec.epoch))
+            .unwrap_or((false, 0))
     }
 
     pub fn account(&self, name: &str) -> Option<Value> {

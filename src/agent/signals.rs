@@ -10,6 +10,12 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 use tokio::sync::mpsc;
 
+/// The URL path prefix of one Session's hook and statusLine endpoints
+/// (served by the daemon, carrying the launch's secret).
+pub fn agent_path(key: &ObjectKey, secret: &str) -> String {
+    format!("/v1/agents/{}/{}/{secret}", key.namespace, key.name)
+}
+
 /// The agent's state as its hooks describe it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HookState {
@@ -114,6 +120,11 @@ impl Signals {
             .insert(key.clone(), secret.to_string());
     }
 
+    /// Whether posts for `key` are accepted (a secret is registered).
+    pub fn registered(&self, key: &ObjectKey) -> bool {
+        self.secrets.lock().expect("lock").contains_key(key)
+    }
+
     pub fn unregister(&self, key: &ObjectKey) {
         self.secrets.lock().expect("lock").remove(key);
         self.agents.lock().expect("lock").remove(key);
@@ -124,7 +135,7 @@ impl Signals {
         let secrets = self.secrets.lock().expect("lock");
         secrets
             .get(key)
-            .is_some_and(|want| super::access::token_matches(want, secret))
+            .is_some_and(|want| crate::secret::token_matches(want, secret))
     }
 
     /// Forgets what an earlier run of the agent said (called at launch).
@@ -232,8 +243,10 @@ impl Signals {
         self.wake(key);
     }
 
-    /// Wakes a session's reconcile without a new signal.
-    pub fn poke(&self, key: &ObjectKey) {
+    /// The terminal says the session's pane died or its session closed,
+    /// or the liveness watch saw its agent's process gone: a signal from
+    /// the agent's side like the hooks, for the session controller.
+    pub fn terminal_event(&self, key: &ObjectKey) {
         self.wake(key);
     }
 }

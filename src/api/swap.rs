@@ -1,0 +1,133 @@
+//! `Swap`: one move of an account's sessions to another account, under one
+//! epoch of the swap lease. Written only by the failover controller: its
+//! spec when the swap starts, its status as the swap advances (each
+//! session's step, with the deadline of the wait it is in), and its result.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime as Time;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+// kube-derive takes one `printcolumn(...)` per column; clippy mistakes them for duplicates.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "claude-failover.io",
+    version = "v1alpha1",
+    kind = "Swap",
+    namespaced,
+    status = "SwapState",
+    derive = "PartialEq",
+    category = "claude-failover",
+    doc = "One move of an account's sessions to another account, under one swap epoch",
+    printcolumn(name = "Epoch", type_ = "integer", json_path = ".spec.epoch"),
+    printcolumn(name = "From", type_ = "string", json_path = ".spec.from"),
+    printcolumn(name = "To", type_ = "string", json_path = ".spec.to"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".spec.reason"),
+    printcolumn(name = "Result", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SwapSpec {
+    pub epoch: u64,
+    pub from: String,
+    pub to: String,
+    /// `NearLimit`, `Exhausted`, `AuthenticationFailed`, `Drain`, `Manual`, `Recovery`.
+    pub reason: String,
+    /// The sessions it moves.
+    pub sessions: Vec<String>,
+    /// The failover request it answers (the Account's annotation value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    /// A recovery: the epoch of the interrupted swap it finishes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovers: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum SwapPhase {
+    #[default]
+    Running,
+    Succeeded,
+    /// Some sessions moved, the others went back.
+    RolledBack,
+    /// None moved.
+    Failed,
+    /// Its daemon died; a recovery swap finished it.
+    Interrupted,
+}
+
+impl SwapPhase {
+    pub fn finished(self) -> bool {
+        self != SwapPhase::Running
+    }
+}
+
+impl std::fmt::Display for SwapPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Where one session is in a swap.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum SwapStep {
+    /// Its turn is running: placed once it ends (or at the deadline).
+    #[default]
+    WaitingForTurn,
+    /// Placed on the target: waiting for its agent to confirm the resume.
+    Placed,
+    Confirmed,
+    RolledBack,
+}
+
+impl SwapStep {
+    pub fn finished(self) -> bool {
+        matches!(self, SwapStep::Confirmed | SwapStep::RolledBack)
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SwapSessionState {
+    pub name: String,
+    pub step: SwapStep,
+    /// When the current wait gives up (the turn, or the confirmation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Time>,
+    /// When the session was placed on the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placed_at: Option<Time>,
+    /// The conversation it carries over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_session_id: Option<String>,
+    /// The task it was running, replayed on the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SwapState {
+    #[serde(default)]
+    pub phase: SwapPhase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sessions: Vec<SwapSessionState>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// The name of the Swap of `epoch`.
+pub fn swap_name(epoch: u64) -> String {
+    format!("swap-{epoch}")
+}

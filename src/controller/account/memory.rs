@@ -1,0 +1,211 @@
+//! What the account controller remembers of one account between passes:
+//! the usage readings of each window (from every source), the hard limit
+//! a rejected turn revealed, an authentication failure. Its durable side
+//! is the Account's status, which a restarted daemon starts from. Pure.
+
+use crate::agent::signals::AgentSignals;
+use crate::api::{AccountStatus, ObjectKey, Time};
+use crate::quota::{Limit, Reading, Window};
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+/// Readings kept per window.
+pub const READINGS_KEPT: usize = 32;
+
+/// What one session's signals last contributed.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Seen {
+    statusline: Option<SystemTime>,
+    failure: Option<SystemTime>,
+}
+
+#[derive(Debug, Default)]
+pub struct Memory {
+    pub readings: HashMap<Window, Vec<Reading>>,
+    pub limit: Option<Limit>,
+    pub auth_failed: Option<SystemTime>,
+    seen: HashMap<ObjectKey, Seen>,
+    /// A poll of the usage endpoint is in flight.
+    pub polling: bool,
+    /// The ledger's projection and when it was computed.
+    pub ledger: Option<(std::time::Instant, Option<SystemTime>)>,
+    /// The usage endpoint refused the token (told once).
+    pub poll_refused: bool,
+}
+
+fn system(t: &Time) -> SystemTime {
+    SystemTime::from(t.0)
+}
+
+impl Memory {
+    /// Starts from what an earlier run wrote.
+    pub fn from_status(s: &AccountStatus) -> Memory {
+        let mut m = Memory::default();
+        if let Some(u) = &s.usage {
+            for (w, r) in [
+                (Window::FiveHour, &u.five_hour),
+                (Window::SevenDay, &u.seven_day),
+            ] {
+                if let Some(r) = r {
+                    m.push(
+                        w,
+                        Reading {
+                            utilization: r.utilization,
+                            resets_at: r.resets_at.as_ref().map(system),
+                            source: r.source.trim_end_matches(" (window reset)").to_string(),
+                            observed_at: system(&r.observed_at),
+                        },
+                    );
+                }
+            }
+        }
+        m.limit = s.limit.as_ref().map(|l| Limit {
+            at: system(&l.at),
+            resets_at: l.resets_at.as_ref().map(system),
+            source: l.source.clone(),
+        });
+        m
+    }
+
+    pub fn push(&mut self, w: Window, r: Reading) {
+        let v = self.readings.entry(w).or_default();
+        v.push(r);
+        if v.len() > READINGS_KEPT {
+            v.remove(0);
+        }
+    }
+
+    pub fn latest(&self, w: Window) -> Option<&Reading> {
+        self.readings.get(&w)?.iter().max_by_key(|r| r.observed_at)
+    }
+
+    /// Takes in what one session's agent said since the last pass.
+    pub fn absorb(&mut self, session: &ObjectKey, sig: &AgentSignals) {
+        let mut seen = self.seen.get(session).cloned().unwrap_or_default();
+        if let Some((v, t)) = &sig.statusline
+            && seen.statusline != Some(*t)
+        {
+            seen.statusline = Some(*t);
+            for (w, r) in crate::quota::from_statusline(v, *t) {
+                self.push(w, r);
+            }
+        }
+        if let Some((error, _, t)) = &sig.last_failure
+            && seen.failure != Some(*t)
+        {
+            seen.failure = Some(*t);
+            match error.as_str() {
+                "rate_limit" => {
+                    // The window that ran out: the fullest one we know of.
+                    let fullest = Window::ALL
+                        .iter()
+                        .filter_map(|w| self.latest(*w))
+                        .max_by(|a, b| a.utilization.total_cmp(&b.utilization));
+                    self.limit = Some(Limit {
+                        at: *t,
+                        resets_at: fullest.and_then(|r| r.resets_at).filter(|r| r > t),
+                        source: format!("StopFailure rate_limit in session {}", session.name),
+                    });
+                }
+                "authentication_failed" => self.auth_failed = Some(*t),
+                _ => {}
+            }
+        }
+        if let (Some(failed), Some((_, stop))) = (self.auth_failed, &sig.last_stop)
+            && *stop > failed
+        {
+            self.auth_failed = None;
+        }
+        self.seen.insert(session.clone(), seen);
+    }
+
+    /// When the 5-hour window reaches `threshold` at the pace of the
+    /// readings of the current window (None: not rising, or too few).
+    pub fn projection(&self, threshold: f64) -> Option<SystemTime> {
+        let v = self.readings.get(&Window::FiveHour)?;
+        let last = v.iter().max_by_key(|r| r.observed_at)?;
+        let first = v
+            .iter()
+            .filter(|r| r.resets_at == last.resets_at)
+            .min_by_key(|r| r.observed_at)?;
+        let span = last.observed_at.duration_since(first.observed_at).ok()?;
+        let rise = last.utilization - first.utilization;
+        if span < Duration::from_secs(60) || rise <= 0.0 || last.utilization >= threshold {
+            return None;
+        }
+        let per_sec = rise / span.as_secs_f64();
+        let at =
+            last.observed_at + Duration::from_secs_f64((threshold - last.utilization) / per_sec);
+        // Past the reset the window starts over: no limit this window.
+        match last.resets_at {
+            Some(r) if at >= r => None,
+            _ => Some(at),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn at(s: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(s)
+    }
+
+    fn statusline(used: f64, t: u64) -> AgentSignals {
+        AgentSignals {
+            statusline: Some((
+                json!({"rate_limits": {"five_hour": {"used_percentage": used, "resets_at": 10_000}}}),
+                at(t),
+            )),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn signals_become_readings_limits_and_auth_failures_once_each() {
+        let k = ObjectKey::new(crate::api::Kind::Session, "default", "s");
+        let mut m = Memory::default();
+        m.absorb(&k, &statusline(40.0, 100));
+        m.absorb(&k, &statusline(40.0, 100));
+        assert_eq!(
+            m.readings[&Window::FiveHour].len(),
+            1,
+            "the same input once"
+        );
+        m.absorb(&k, &statusline(55.0, 200));
+        assert_eq!(m.latest(Window::FiveHour).unwrap().utilization, 55.0);
+        let mut sig = statusline(55.0, 200);
+        sig.last_failure = Some(("rate_limit".into(), "hit".into(), at(300)));
+        m.absorb(&k, &sig);
+        let l = m.limit.clone().unwrap();
+        assert_eq!((l.at, l.resets_at), (at(300), Some(at(10_000))));
+        sig.last_failure = Some(("authentication_failed".into(), "x".into(), at(400)));
+        m.absorb(&k, &sig);
+        assert_eq!(m.auth_failed, Some(at(400)));
+        sig.last_stop = Some(("ok".into(), at(500)));
+        m.absorb(&k, &sig);
+        assert_eq!(m.auth_failed, None, "a turn that succeeded since");
+    }
+
+    #[test]
+    fn the_projection_follows_the_pace_of_the_current_window() {
+        let k = ObjectKey::new(crate::api::Kind::Session, "default", "s");
+        let mut m = Memory::default();
+        m.absorb(&k, &statusline(40.0, 1000));
+        assert_eq!(m.projection(90.0), None, "one reading");
+        m.absorb(&k, &statusline(50.0, 1600));
+        // 10 points in 600 s: 40 more points in 2400 s.
+        assert_eq!(m.projection(90.0), Some(at(4000)));
+        let mut m = Memory::default();
+        m.absorb(&k, &statusline(10.0, 1000));
+        m.absorb(&k, &statusline(11.0, 1600));
+        assert_eq!(m.projection(90.0), None, "reached after the window resets");
+        let mut m = Memory::default();
+        m.absorb(&k, &statusline(80.0, 1000));
+        m.absorb(&k, &statusline(85.0, 1600));
+        assert_eq!(m.projection(90.0), Some(at(2200)));
+        assert_eq!(m.projection(80.0), None, "already past");
+    }
+}

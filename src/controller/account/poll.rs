@@ -1,0 +1,125 @@
+//! The budgeted poll of the usage endpoint, for an account no live session
+//! reports on (or one whose limit has no known end): at most one per
+//! `pollIntervalSeconds`, `Retry-After` honoured, its schedule kept in the
+//! state dir (`STATE/quota/NS/NAME.json`, this controller's own file).
+
+use super::Context;
+use crate::api::{Account, ObjectKey};
+use crate::quota::poll::{PollError, PollSchedule, access_token, poll_usage};
+use crate::quota::{Reading, Window};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Starts a poll of `a` in the background if one is due and a token is
+/// there; else when the next one is due.
+pub async fn maybe_start(
+    ctx: &Arc<Context>,
+    key: &ObjectKey,
+    a: &Account,
+    now: SystemTime,
+) -> Option<Duration> {
+    let (dir, k) = (ctx.shared.settings.state_dir.clone(), key.clone());
+    let config_dir = crate::fsutil::expand_home(&a.spec.config_dir);
+    let (schedule, token) = ctx
+        .shared
+        .blocking(move |_| {
+            let s = PollSchedule::load(&dir, &k.namespace, &k.name).unwrap_or_default();
+            (s, access_token(&config_dir))
+        })
+        .await;
+    if !schedule.due(now) {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(schedule.next_poll_at);
+        return at
+            .duration_since(now)
+            .ok()
+            .map(|d| d + Duration::from_millis(50));
+    }
+    let token = token?;
+    {
+        let mut all = ctx.memory.lock().expect("lock");
+        let m = all.entry(key.clone()).or_default();
+        if m.polling {
+            return None;
+        }
+        m.polling = true;
+    }
+    tokio::spawn(run(ctx.clone(), key.clone(), token, schedule));
+    None
+}
+
+/// One poll; its readings go to memory and wake the controller.
+async fn run(ctx: Arc<Context>, key: ObjectKey, token: String, mut schedule: PollSchedule) {
+    let st = ctx.settings.clone();
+    let result = poll_usage(&st.usage_base_url, &token).await;
+    let now = SystemTime::now();
+    ctx.shared
+        .metrics
+        .usage_polls_total
+        .with_label_values(&[match &result {
+            Ok(_) => "ok",
+            Err(PollError::RetryAfter(_)) => "retry_after",
+            Err(PollError::Unauthorized) => "unauthorized",
+            Err(_) => "error",
+        }])
+        .inc();
+    match &result {
+        Ok(_) => schedule.after_success(now, st.poll_interval),
+        Err(e) => schedule.after_error(now, st.poll_interval, e),
+    }
+    let (dir, k) = (ctx.shared.settings.state_dir.clone(), key.clone());
+    if let Err(e) = ctx
+        .shared
+        .blocking(move |_| schedule.save(&dir, &k.namespace, &k.name))
+        .await
+    {
+        tracing::warn!(account = %key, error = %e, "cannot save the usage poll schedule");
+    }
+    let tell = absorb(&ctx, &key, result, now);
+    if let Some(message) = tell {
+        ctx.record(&key, true, "UsagePollRefused", &message).await;
+    }
+    ctx.polled.notify_one();
+}
+
+/// Takes a poll's outcome into memory; what to tell, if anything.
+fn absorb(
+    ctx: &Context,
+    key: &ObjectKey,
+    result: Result<crate::quota::poll::UsageSnapshot, PollError>,
+    now: SystemTime,
+) -> Option<String> {
+    let mut all = ctx.memory.lock().expect("lock");
+    let m = all.entry(key.clone()).or_default();
+    m.polling = false;
+    match result {
+        Ok(snapshot) => {
+            m.poll_refused = false;
+            for (w, r) in [
+                (Window::FiveHour, snapshot.five_hour),
+                (Window::SevenDay, snapshot.seven_day),
+            ] {
+                if let Some(r) = r {
+                    m.push(
+                        w,
+                        Reading {
+                            utilization: r.utilization,
+                            resets_at: r.resets_at,
+                            source: "poll".into(),
+                            observed_at: now,
+                        },
+                    );
+                }
+            }
+            tracing::debug!(account = %key, "usage polled");
+            None
+        }
+        Err(PollError::Unauthorized) if !m.poll_refused => {
+            m.poll_refused = true;
+            Some("the usage endpoint refused the account's token; its usage is known only from live sessions".into())
+        }
+        Err(e) => {
+            tracing::info!(account = %key, error = %e, "usage poll failed; next one later");
+            None
+        }
+    }
+}

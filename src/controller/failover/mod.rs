@@ -1,0 +1,140 @@
+//! The failover controller: moves the sessions off an account that is near
+//! its limit, exhausted, failing authentication or being drained, one swap
+//! at a time (see docs/failover.md and docs/state.md).
+//!
+//! Who owns what:
+//! - the account controller decides each account's phase;
+//! - this controller decides *where* a session runs: it writes the
+//!   session's placement (`status.lastSwap`) under the swap lease, with the
+//!   lease's fencing epoch, and follows the swap to its end (confirmed, or
+//!   rolled back), all recorded in the swap's `Swap` object;
+//! - the session controller executes: it reads the placement, checks the
+//!   target, stops the agent and relaunches it there with `--resume`, and
+//!   reports the launch and its confirmation in its own status fields;
+//! - the task dispatcher replays an interrupted task (`status.replayOn`).
+//!
+//! A pass is observe (the caches) → [`plan::plan`] (pure) → execute (store
+//! writes, events, notices). It never waits: each wait of a swap is a step
+//! with a deadline in its `Swap`, and the next pass comes with the next
+//! change or at the nearest deadline.
+
+mod execute;
+pub mod plan;
+pub mod target;
+
+use super::Shared;
+use crate::api::{Kind, ObjectKey};
+use futures::{Stream, StreamExt};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use plan::{FailoverSettings, TARGET_PENALTY};
+
+/// The next pass runs at most this long after the last without an event
+/// (a missed change is caught then).
+const SAFETY: Duration = Duration::from_secs(30);
+/// After a failed pass.
+const RETRY: Duration = Duration::from_secs(1);
+/// A deadline is acted on this long after it passes (clocks and rounding).
+const LATE: Duration = Duration::from_millis(50);
+/// Passes that wrote something run again at once (what they wrote may let
+/// the swap go further), this many in a row; then they pause this long,
+/// so a decision that keeps writing can never spin.
+const AT_ONCE: u32 = 8;
+const PAUSE: Duration = Duration::from_millis(200);
+
+/// The failover controller's dependencies.
+pub struct Context {
+    pub shared: Arc<Shared>,
+    pub settings: FailoverSettings,
+    /// This daemon, as the swap lease names its holder.
+    pub me: String,
+}
+
+/// Runs until the process ends, woken by `wake` (changes of Accounts,
+/// Sessions, Swaps and Leases).
+pub async fn run(ctx: Arc<Context>, wake: impl Stream<Item = ()> + Send + 'static) {
+    let mut wake = Box::pin(wake);
+    let mut in_a_row = 0;
+    loop {
+        let started = Instant::now();
+        let result = pass(&ctx).await;
+        let acted = matches!(result, Ok(d) if d.is_zero());
+        in_a_row = if acted { in_a_row + 1 } else { 0 };
+        let result = result.map(|d| if in_a_row > AT_ONCE { PAUSE } else { d });
+        ctx.shared.metrics.observe_reconcile(
+            "failover",
+            started.elapsed().as_secs_f64(),
+            result.is_err(),
+        );
+        let next = result.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "failover pass failed; retrying");
+            RETRY
+        });
+        tokio::select! {
+            _ = wake.next() => {}
+            _ = tokio::time::sleep(next) => {}
+        }
+    }
+}
+
+/// One pass: how soon the next is due without an event.
+async fn pass(ctx: &Context) -> Result<Duration, crate::store::StoreError> {
+    let sh = &ctx.shared;
+    let c = &sh.caches;
+    let (accounts, sessions, swaps) = (c.accounts.all(), c.sessions.all(), c.swaps.all());
+    let lease = c
+        .leases
+        .get(crate::api::SYSTEM_NAMESPACE, crate::api::SWAP_LEASE)
+        .map(|l| plan::LeaseView {
+            holder: l.spec.holder_identity.clone(),
+            epoch: l.spec.epoch,
+        })
+        .unwrap_or_default();
+    let world = plan::World {
+        me: &ctx.me,
+        now: sh.now(),
+        lease,
+        accounts: accounts.iter().map(Arc::as_ref).collect(),
+        sessions: sessions.iter().map(Arc::as_ref).collect(),
+        swaps: swaps.iter().map(Arc::as_ref).collect(),
+        tasks_on: tasks_on(ctx),
+    };
+    let actions = plan::plan(&world, &ctx.settings);
+    let wait = plan::next_deadline(&world)
+        .and_then(|t| t.duration_since(world.now).ok())
+        .map(|d| d + LATE)
+        .unwrap_or(SAFETY)
+        .min(SAFETY);
+    let acted = !actions.is_empty();
+    execute::run(ctx, actions).await?;
+    // Something was written: look again at once (the caches carry it).
+    Ok(if acted { Duration::ZERO } else { wait })
+}
+
+/// The task in flight on each session.
+fn tasks_on(ctx: &Context) -> HashMap<(String, String), String> {
+    use crate::api::TaskPhase;
+    ctx.shared
+        .caches
+        .tasks
+        .all()
+        .iter()
+        .filter_map(|t| {
+            let st = t.status.as_ref()?;
+            matches!(st.phase, Some(TaskPhase::Dispatched | TaskPhase::Running)).then_some(())?;
+            let key = ObjectKey::of(t.as_ref());
+            Some(((key.namespace, st.session.clone()?), key.name))
+        })
+        .collect()
+}
+
+/// The key of the swap lease.
+pub fn lease_key() -> ObjectKey {
+    ObjectKey::new(
+        Kind::Lease,
+        crate::api::SYSTEM_NAMESPACE,
+        crate::api::SWAP_LEASE,
+    )
+}

@@ -1,0 +1,892 @@
+//! The session controller's side effects: carrying out the planned steps
+//! through the agent driver, and writing its status fields.
+
+use super::observe::{self, config_dir};
+use super::plan::{self, Desired, Observed, Step};
+use super::report::{self, Report};
+use super::{Context, Error, OWNED, private};
+use crate::agent::launch::{self, LaunchInput};
+use crate::agent::seed;
+use crate::agent::signals::AgentSignals;
+use crate::agent::state::AgentState;
+use crate::agent::terminal::Pane;
+use crate::api::keys::{RESTART, SESSION_FINALIZER};
+use crate::api::{
+    Account, AccountPhase, LaunchStatus, ObjectKey, RefusedPlacement, Session, SessionPhase,
+    SessionStatus, SwapStatus, Time, set_condition,
+};
+use crate::fsutil::expand_home;
+use crate::store::Durability;
+use std::time::{Duration, SystemTime};
+
+/// How long a stop waits for the agent's transcript to hold the turns it
+/// took (Claude Code writes it lazily).
+const TRANSCRIPT_WAIT: Duration = Duration::from_secs(3);
+/// How often the transcript is looked at meanwhile.
+const TRANSCRIPT_POLL: Duration = Duration::from_millis(50);
+/// Longest wait for the composer before typing the continue message.
+const CONTINUE_COMPOSER: Duration = Duration::from_secs(10);
+
+pub enum Outcome {
+    Report(Report),
+    /// The session is gone (its finalizer released).
+    Gone,
+}
+
+fn time(t: SystemTime) -> Time {
+    Time(crate::quota::jiff_of(t))
+}
+
+fn system(t: &Time) -> SystemTime {
+    SystemTime::from(t.0)
+}
+
+fn system_micro(t: &crate::api::MicroTime) -> SystemTime {
+    SystemTime::from(t.0)
+}
+
+/// Makes sure posts from the running agent are heard: after a restart of
+/// the daemon the secret is read back from the state dir.
+pub async fn hear(ctx: &Context, key: &ObjectKey) {
+    let sh = &ctx.shared;
+    if sh.signals.registered(key) {
+        return;
+    }
+    let (dir, k) = (sh.settings.state_dir.clone(), key.clone());
+    if let Some(secret) = sh.blocking(move |_| private::load_secret(&dir, &k)).await {
+        sh.signals.register(key, &secret);
+    }
+}
+
+/// A death not yet scheduled for restart gets its back-off now.
+pub fn schedule_restart(
+    ctx: &Context,
+    s: &Session,
+    st: &mut SessionStatus,
+    pane: Option<&Pane>,
+    now: SystemTime,
+) {
+    let Some(launch) = &st.launch else { return };
+    let gone_or_dead = pane.is_none_or(|p| p.dead);
+    let launched_at = system_micro(&launch.at);
+    let scheduled = st
+        .next_start_at
+        .as_ref()
+        .is_some_and(|t| system(t) > launched_at);
+    if st.launches.unwrap_or(0) == 0
+        || !gone_or_dead
+        || scheduled
+        || s.spec.suspend
+        || s.metadata.deletion_timestamp.is_some()
+    {
+        return;
+    }
+    let (secs, at) = plan::backoff(
+        st.backoff_seconds.unwrap_or(0),
+        launched_at,
+        now,
+        ctx.shared.settings.max_backoff,
+    );
+    st.backoff_seconds = Some(secs);
+    st.next_start_at = Some(time(at));
+}
+
+/// What the planner sees, with the agent's news taken into `st`.
+pub async fn observe(
+    ctx: &Context,
+    key: &ObjectKey,
+    st: &mut SessionStatus,
+    pane: Option<Pane>,
+    accounts: &[&Account],
+    now: SystemTime,
+) -> Result<(Observed, AgentSignals), Error> {
+    let sig = ctx.shared.signals.get(key);
+    let ours = |p: &Pane| st.launches.unwrap_or(0) > 0 && st.pid == Some(p.pid);
+    let live = pane.as_ref().filter(|p| !p.dead);
+    let launched = live.is_some_and(ours);
+    let mut state = AgentState::Starting;
+    if let Some(p) = live.filter(|_| launched) {
+        let pidf = observe::pid_file(ctx, config_dir(st, accounts), p.pid).await;
+        state = observe::agent_state(ctx, key, p, &sig, pidf.as_ref()).await?;
+        observe::absorb(st, &sig, pidf.as_ref());
+    }
+    let observed = Observed {
+        launched: launched || (live.is_none() && st.launches.unwrap_or(0) > 0),
+        running_account: st.launch.as_ref().and_then(|l| l.account.clone()),
+        next_start_at: st.next_start_at.as_ref().map(system),
+        restart_handled: st.restart_handled.clone(),
+        pane,
+        state,
+        now,
+    };
+    Ok((observed, sig))
+}
+
+/// What is wanted of the session.
+pub fn desired(
+    s: &Session,
+    st: &SessionStatus,
+    accounts: &[&Account],
+    placement: Option<&SwapStatus>,
+    o: &Observed,
+) -> Desired {
+    let alive = o.launched && o.pane.as_ref().is_some_and(|p| !p.dead);
+    let last = st.launch.as_ref().and_then(|l| l.account.as_deref());
+    // A placement its controller refused (the target failed the preflight)
+    // is not carried out; the failover controller rolls it back.
+    let refused = |p: &SwapStatus| {
+        st.refused_placement
+            .as_ref()
+            .is_some_and(|r| r.epoch == p.epoch && r.account == p.to)
+    };
+    let placement = placement.filter(|p| !refused(p));
+    let account = match placement {
+        Some(p) => Ok(Some(p.to.clone())),
+        None if alive => Ok(plan::keep_account(s, accounts, last)),
+        None => plan::pick_account(s, accounts, last),
+    };
+    Desired {
+        deleting: s.metadata.deletion_timestamp.is_some(),
+        has_finalizer: s
+            .metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .any(|f| f == SESSION_FINALIZER),
+        suspend: s.spec.suspend,
+        restart: s
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(RESTART))
+            .cloned(),
+        account,
+        placed: placement.filter(|p| p.swapping()).map(|p| p.epoch),
+    }
+}
+
+/// Carries out `steps` in order; the report of the last one that says
+/// something.
+pub async fn run(
+    ctx: &Context,
+    s: &Session,
+    st: &mut SessionStatus,
+    d: &Desired,
+    o: &Observed,
+    accounts: &[&Account],
+    steps: Vec<Step>,
+) -> Result<Outcome, Error> {
+    let key = ObjectKey::of(s);
+    let resync = ctx.shared.settings.resync;
+    let mut report = None;
+    let mut deliberate = false;
+    for step in steps {
+        match step {
+            Step::AddFinalizer => add_finalizer(ctx, &key).await?,
+            Step::Adopt => report = Some(adopt(ctx, &key, st, d, o, accounts).await),
+            Step::Preflight => {
+                if let Err(why) = preflight(ctx, s, d, accounts).await {
+                    refuse(ctx, &key, st, d, why).await;
+                    report = Some(report::of_state(&o.state, resync));
+                    break;
+                }
+            }
+            Step::Stop => {
+                stop(ctx, &key, st, d, o).await?;
+                deliberate = true;
+            }
+            Step::Clear => clear(ctx, &key, st, d, o, deliberate).await?,
+            Step::Launch => {
+                report = Some(launch_step(ctx, s, st, d, accounts, deliberate).await);
+            }
+            Step::WaitBackoff(secs) => report = Some(wait_backoff(ctx, &key, st, o, secs).await),
+            Step::Cleanup => {
+                cleanup(ctx, &key).await?;
+                return Ok(Outcome::Gone);
+            }
+            Step::Observe => report = Some(report::of_state(&o.state, resync)),
+            Step::WaitTurn => {
+                let mut r = report::of_state(&o.state, resync);
+                r.requeue = report::QUICK;
+                report = Some(r);
+            }
+            Step::Blocked(reason) => {
+                let mut r =
+                    report::not_running(SessionPhase::Pending, "NotStarted", &reason, resync);
+                r.ready.reason = "AccountUnavailable".into();
+                report = Some(r);
+            }
+        }
+    }
+    Ok(Outcome::Report(report.unwrap_or_else(|| {
+        if d.suspend {
+            report::not_running(
+                SessionPhase::Stopped,
+                "Suspended",
+                "spec.suspend is true",
+                resync,
+            )
+        } else {
+            report::of_state(&o.state, resync)
+        }
+    })))
+}
+
+async fn add_finalizer(ctx: &Context, key: &ObjectKey) -> Result<(), Error> {
+    let k = key.clone();
+    let obj = ctx
+        .shared
+        .blocking(move |store| {
+            store
+                .api::<Session>(Some(&k.namespace))
+                .set_finalizer(&k.name, SESSION_FINALIZER, true)
+        })
+        .await?;
+    if let Some(obj) = obj {
+        ctx.shared.caches.sessions.wrote(obj);
+    }
+    Ok(())
+}
+
+async fn adopt(
+    ctx: &Context,
+    key: &ObjectKey,
+    st: &mut SessionStatus,
+    d: &Desired,
+    o: &Observed,
+    accounts: &[&Account],
+) -> Report {
+    let p = o.pane.as_ref().expect("planned for a live pane");
+    let pid = p.pid;
+    let dir = ctx
+        .shared
+        .blocking(move |_| crate::agent::driver::process_config_dir(pid))
+        .await;
+    let account = accounts
+        .iter()
+        .find(|a| dir.as_deref() == Some(expand_home(&a.spec.config_dir).as_path()))
+        .and_then(|a| a.metadata.name.clone());
+    st.launches = Some(st.launches.unwrap_or(0).max(1));
+    st.launch = Some(LaunchStatus {
+        account,
+        at: crate::api::micro(o.now),
+        resumed: false,
+        epoch: None,
+        confirmed_at: Some(crate::api::micro(o.now)),
+    });
+    st.restart_handled = d.restart.clone();
+    st.pid = Some(p.pid);
+    st.pane_id = Some(p.id.clone());
+    ctx.record(
+        key,
+        false,
+        "Adopted",
+        &format!("took over the running agent (pane {}, pid {})", p.id, p.pid),
+    )
+    .await;
+    report::of_state(&AgentState::Starting, ctx.shared.settings.resync)
+}
+
+/// The checks a placement's target must pass before the running agent is
+/// stopped: its config dir seeded for the workdir, credentials present,
+/// the conversation reachable from it.
+async fn preflight(
+    ctx: &Context,
+    s: &Session,
+    d: &Desired,
+    accounts: &[&Account],
+) -> Result<(), String> {
+    let Ok(Some(target)) = d.account.clone() else {
+        return Ok(());
+    };
+    let Some(acct) = accounts
+        .iter()
+        .find(|a| a.metadata.name.as_deref() == Some(target.as_str()))
+    else {
+        return Err(format!("account {target} is gone"));
+    };
+    let dir = expand_home(&acct.spec.config_dir);
+    let shared = ctx.shared.settings.shared_projects.clone();
+    let s = s.clone();
+    ctx.shared
+        .blocking(move |_| seed::preflight(&dir, &s, &shared, &target))
+        .await
+}
+
+async fn refuse(ctx: &Context, key: &ObjectKey, st: &mut SessionStatus, d: &Desired, why: String) {
+    let (Some(epoch), Ok(Some(account))) = (d.placed, d.account.clone()) else {
+        return;
+    };
+    ctx.record(
+        key,
+        true,
+        "PreflightFailed",
+        &format!("cannot move to {account}: {why}"),
+    )
+    .await;
+    st.refused_placement = Some(RefusedPlacement {
+        epoch,
+        account,
+        message: why,
+    });
+}
+
+async fn stop(
+    ctx: &Context,
+    key: &ObjectKey,
+    st: &SessionStatus,
+    d: &Desired,
+    o: &Observed,
+) -> Result<(), Error> {
+    let p = o.pane.as_ref().expect("planned for a live pane");
+    if plan::restart_requested(d, o) {
+        ctx.record(
+            key,
+            false,
+            "Restarting",
+            "restart requested: stopping the agent and starting it again",
+        )
+        .await;
+    }
+    let sig = ctx.shared.signals.get(key);
+    if let Some(id) = st.agent_session_id.clone()
+        && (!sig.prompts.is_empty() || sig.last_stop.is_some())
+    {
+        wait_transcript(ctx, id).await;
+    }
+    // A turn or a dialog (a usage-limit one, say) is escaped first.
+    let interrupt = matches!(o.state, AgentState::Busy | AgentState::Waiting(_));
+    let how = ctx.shared.driver.stop(key, p, interrupt).await?;
+    ctx.record(key, false, "Stopped", &format!("agent {how}"))
+        .await;
+    Ok(())
+}
+
+/// Claude Code writes its transcript lazily: an agent that took a turn
+/// and is stopped before the write leaves nothing to resume, and the next
+/// launch would start a new conversation. Give the write a moment.
+async fn wait_transcript(ctx: &Context, id: String) {
+    let deadline = tokio::time::Instant::now() + TRANSCRIPT_WAIT;
+    let shared = ctx.shared.settings.shared_projects.clone();
+    loop {
+        let (sh, i) = (shared.clone(), id.clone());
+        let ready = ctx
+            .shared
+            .blocking(move |_| seed::transcript_resumable(&sh, &i))
+            .await;
+        if ready || tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(TRANSCRIPT_POLL).await;
+    }
+}
+
+async fn clear(
+    ctx: &Context,
+    key: &ObjectKey,
+    st: &mut SessionStatus,
+    d: &Desired,
+    o: &Observed,
+    deliberate: bool,
+) -> Result<(), Error> {
+    let p = o.pane.as_ref().expect("planned for a dead pane");
+    let mut why = match p.exit_status {
+        Some(code) => format!("agent exited with status {code}"),
+        None => "agent exited".into(),
+    };
+    // Its last words, for the event: why it exited is usually on screen.
+    let tail = ctx.shared.driver.last_words(p, 3).await;
+    if !tail.is_empty() {
+        why = format!("{why}: {tail}");
+    }
+    ctx.shared.driver.clear(key).await?;
+    if !deliberate && !d.suspend && !d.deleting {
+        ctx.record(key, true, "AgentExited", &why).await;
+    }
+    st.pid = None;
+    Ok(())
+}
+
+async fn launch_step(
+    ctx: &Context,
+    s: &Session,
+    st: &mut SessionStatus,
+    d: &Desired,
+    accounts: &[&Account],
+    deliberate: bool,
+) -> Report {
+    let key = ObjectKey::of(s);
+    let restart = st.launches.unwrap_or(0) > 0 && !deliberate;
+    match launch(ctx, s, st, d, accounts).await {
+        Ok(resumed) => {
+            if restart {
+                st.restarts = Some(st.restarts.unwrap_or(0) + 1);
+                ctx.shared.metrics.session_restarts_total.inc();
+            }
+            // Any launch answers the restart requests made so far.
+            st.restart_handled = d.restart.clone();
+            st.next_start_at = None;
+            let verb = if deliberate {
+                "Relaunched"
+            } else if restart {
+                "Restarted"
+            } else {
+                "Launched"
+            };
+            let under = st
+                .account
+                .as_deref()
+                .map(|a| format!(" under account {a}"))
+                .unwrap_or_default();
+            let how = if resumed {
+                "resuming"
+            } else {
+                "new conversation"
+            };
+            let message = format!(
+                "agent started in pane {}{under} ({how} {})",
+                st.pane_id.as_deref().unwrap_or("?"),
+                st.agent_session_id.as_deref().unwrap_or("?")
+            );
+            ctx.record(&key, false, verb, &message).await;
+            report::of_state(&AgentState::Starting, ctx.shared.settings.resync)
+        }
+        Err(message) => {
+            let now = ctx.shared.now();
+            let secs = (st.backoff_seconds.unwrap_or(0) * 2)
+                .clamp(1, ctx.shared.settings.max_backoff.as_secs().max(1));
+            st.backoff_seconds = Some(secs);
+            st.next_start_at = Some(time(now + Duration::from_secs(secs)));
+            ctx.record(&key, true, "LaunchFailed", &message).await;
+            let mut r = report::not_running(
+                SessionPhase::Failed,
+                "LaunchFailed",
+                &message,
+                Duration::from_secs(secs),
+            );
+            r.ready.reason = "LaunchFailed".into();
+            r
+        }
+    }
+}
+
+/// Seeds the account, writes the conversation id (before anything starts),
+/// the hook secret and the settings file, and starts the agent. Returns
+/// whether it resumes a conversation.
+async fn launch(
+    ctx: &Context,
+    s: &Session,
+    st: &mut SessionStatus,
+    d: &Desired,
+    accounts: &[&Account],
+) -> Result<bool, String> {
+    let sh = &ctx.shared;
+    let key = ObjectKey::of(s);
+    let account_name = d.account.clone()?;
+    let config_dir = account_name.as_ref().and_then(|n| {
+        accounts
+            .iter()
+            .find(|a| a.metadata.name.as_ref() == Some(n))
+            .map(|a| expand_home(&a.spec.config_dir))
+    });
+    let prepared = {
+        let (s, dir, shared) = (
+            s.clone(),
+            config_dir.clone(),
+            sh.settings.shared_projects.clone(),
+        );
+        let id = st.agent_session_id.clone();
+        sh.blocking(move |_| prepare(&s, dir.as_deref(), &shared, id.as_deref()))
+            .await?
+    };
+    // A conversation to continue, or a new one under a fresh id (nothing
+    // to continue: the agent died before Claude Code wrote any message).
+    let resume = prepared.resumable;
+    if !resume && (st.agent_session_id.is_none() || st.launches.unwrap_or(0) > 0) {
+        st.agent_session_id = Some(uuid::Uuid::new_v4().to_string());
+    }
+    let id = st.agent_session_id.clone().expect("chosen above");
+    // The conversation id is durable before the agent starts with it.
+    write(ctx, &key, st, Durability::Now)
+        .await
+        .map_err(|e| format!("cannot record the conversation id: {e}"))?;
+    // A new secret for each launch: a post from the agent being replaced
+    // (a statusLine refresh racing its /exit) is refused instead of being
+    // taken for the new agent's.
+    let secret = crate::secret::random_hex(24);
+    let url = format!(
+        "{}{}",
+        sh.settings.agent_base_url,
+        crate::agent::signals::agent_path(&key, &secret)
+    );
+    let settings = launch::settings(&url, &sh.settings.exe, launch::bypasses_permissions(s));
+    let settings_file = {
+        let (dir, k, sec) = (sh.settings.state_dir.clone(), key.clone(), secret.clone());
+        sh.blocking(move |_| {
+            private::save_secret(&dir, &k, &sec)?;
+            private::save_settings(&dir, &k, &settings)
+        })
+        .await
+        .map_err(|e| format!("cannot save the session's launch files: {e}"))?
+    };
+    sh.signals.register(&key, &secret);
+    let lp = launch::plan(&LaunchInput {
+        session: s,
+        config_dir: config_dir.as_deref(),
+        settings_path: &settings_file,
+        agent_session_id: &id,
+        resume,
+    });
+    sh.signals.reset(&key);
+    ctx.memory.lock().expect("lock").remove(&key);
+    let pane = sh
+        .driver
+        .start(&key, &prepared.workdir, &lp.env, &lp.argv)
+        .await
+        .map_err(|e| format!("cannot start the tmux session: {e}"))?;
+    st.launch = Some(LaunchStatus {
+        account: account_name.clone(),
+        at: crate::api::micro(sh.now()),
+        resumed: resume,
+        epoch: d.placed,
+        confirmed_at: None,
+    });
+    st.account = account_name;
+    st.launches = Some(st.launches.unwrap_or(0) + 1);
+    st.pid = Some(pane.pid);
+    st.pane_id = Some(pane.id);
+    Ok(resume)
+}
+
+struct Prepared {
+    workdir: std::path::PathBuf,
+    resumable: bool,
+}
+
+/// The file side of a launch: the workdir, the account seeded for it, and
+/// whether the conversation can be resumed.
+fn prepare(
+    s: &Session,
+    config_dir: Option<&std::path::Path>,
+    shared: &std::path::Path,
+    id: Option<&str>,
+) -> Result<Prepared, String> {
+    let workdir = expand_home(&s.spec.workdir);
+    let workdir = std::fs::canonicalize(&workdir)
+        .ok()
+        .filter(|p| p.is_dir())
+        .ok_or_else(|| format!("workdir {} does not exist", workdir.display()))?;
+    if let Some(dir) = config_dir {
+        seed::seed_for_session(dir, &workdir, s, shared)
+            .map_err(|e| format!("cannot prepare the account's config dir: {e}"))?;
+    }
+    let resumable = id.is_some_and(|id| seed::transcript_resumable(shared, id));
+    Ok(Prepared { workdir, resumable })
+}
+
+async fn wait_backoff(
+    ctx: &Context,
+    key: &ObjectKey,
+    st: &SessionStatus,
+    o: &Observed,
+    secs: u64,
+) -> Report {
+    let exited = o.pane.as_ref().and_then(|p| p.exit_status);
+    let message = match (o.pane.is_some(), exited) {
+        (true, Some(c)) => format!("agent exited with status {c}; restarting in {secs}s"),
+        (true, None) => format!("agent exited; restarting in {secs}s"),
+        (false, _) => format!("tmux session lost; restarting in {secs}s"),
+    };
+    let reason = if o.pane.is_some() {
+        "AgentExited"
+    } else {
+        "TmuxSessionLost"
+    };
+    if o.pane.is_none() && st.phase != Some(SessionPhase::Starting) {
+        ctx.record(key, true, reason, "the tmux session is gone")
+            .await;
+    }
+    let mut r = report::not_running(
+        SessionPhase::Starting,
+        reason,
+        &message,
+        Duration::from_secs(secs),
+    );
+    r.ready.reason = "BackOff".into();
+    r
+}
+
+async fn cleanup(ctx: &Context, key: &ObjectKey) -> Result<(), Error> {
+    ctx.shared.signals.unregister(key);
+    ctx.memory.lock().expect("lock").remove(key);
+    ctx.pids.lock().expect("lock").remove(key);
+    let (dir, k) = (ctx.shared.settings.state_dir.clone(), key.clone());
+    ctx.shared
+        .blocking(move |store| -> Result<(), Error> {
+            private::remove(&dir, &k)?;
+            store.api::<Session>(Some(&k.namespace)).set_finalizer(
+                &k.name,
+                SESSION_FINALIZER,
+                false,
+            )?;
+            Ok(())
+        })
+        .await
+}
+
+/// A turn a usage limit cut short goes on once the session's account can
+/// take work again: a task to replay is the dispatcher's (only the limit
+/// dialog is dismissed for it); otherwise the continue message is typed,
+/// once per interruption.
+pub async fn continue_cut_turn(
+    ctx: &Context,
+    s: &Session,
+    st: &mut SessionStatus,
+    o: &Observed,
+    running_on: Option<&Account>,
+) -> Result<(), Error> {
+    let sh = &ctx.shared;
+    let key = ObjectKey::of(s);
+    let Some(cut) = st.interrupted.clone() else {
+        return Ok(());
+    };
+    let usable = running_on.is_some_and(|a| {
+        matches!(
+            a.status.as_ref().and_then(|x| x.phase),
+            Some(AccountPhase::Available | AccountPhase::NearLimit) | None
+        )
+    });
+    let at_prompt = matches!(o.state, AgentState::Idle | AgentState::Waiting(_));
+    let Some(pane) = o.pane.as_ref().filter(|p| !p.dead && o.launched) else {
+        return Ok(());
+    };
+    let moving = st.launch.as_ref().is_some_and(|l| l.confirmed_at.is_none());
+    if !usable || !at_prompt || moving || sh.settings.continue_message.is_empty() {
+        return Ok(());
+    }
+    let cut_at = system_micro(&cut.at);
+    if ctx
+        .memory
+        .lock()
+        .expect("lock")
+        .get(&key)
+        .and_then(|m| m.continued)
+        == Some(cut_at)
+    {
+        return Ok(());
+    }
+    ctx.memory
+        .lock()
+        .expect("lock")
+        .entry(key.clone())
+        .or_default()
+        .continued = Some(cut_at);
+    sh.driver.dismiss_limit_dialog(pane).await?;
+    if has_task(ctx, &key) {
+        return Ok(());
+    }
+    // Typed before (a daemon that died before the agent's hook reached it):
+    // the agent's own history says so.
+    let accounts: Vec<&Account> = running_on.into_iter().collect();
+    let (dir, msg) = (
+        observe::config_dir(st, &accounts),
+        sh.settings.continue_message.clone(),
+    );
+    let typed = sh
+        .blocking(move |_| crate::agent::driver::in_history(&dir, &msg))
+        .await
+        .is_some_and(|t| t > cut_at);
+    if typed
+        || !sh
+            .driver
+            .wait_composer_empty(pane, CONTINUE_COMPOSER)
+            .await?
+    {
+        return Ok(());
+    }
+    sh.driver
+        .type_then_enter(pane, &sh.settings.continue_message)
+        .await?;
+    ctx.record(
+        &key,
+        false,
+        "Continued",
+        &format!(
+            "typed {:?}: the turn a usage limit cut short goes on",
+            sh.settings.continue_message
+        ),
+    )
+    .await;
+    Ok(())
+}
+
+/// A task is in flight on the session, or waits to be replayed there.
+fn has_task(ctx: &Context, key: &ObjectKey) -> bool {
+    use crate::api::TaskPhase;
+    ctx.shared
+        .caches
+        .tasks
+        .indexed(
+            super::super::BY_SESSION,
+            &crate::store::cache::index_key(&key.namespace, &key.name),
+        )
+        .iter()
+        .any(|t| {
+            t.status.as_ref().is_some_and(|ts| {
+                ts.replay_on.as_deref() == Some(key.name.as_str())
+                    && ts.phase == Some(TaskPhase::Pending)
+                    || ts.session.as_deref() == Some(key.name.as_str())
+                        && matches!(ts.phase, Some(TaskPhase::Dispatched | TaskPhase::Running))
+            })
+        })
+}
+
+/// Writes this controller's status fields (as they are in `st`).
+async fn write(
+    ctx: &Context,
+    key: &ObjectKey,
+    st: &SessionStatus,
+    durability: Durability,
+) -> Result<(), crate::store::StoreError> {
+    let (k, status) = (key.clone(), st.clone());
+    let obj = ctx
+        .shared
+        .blocking(move |store| {
+            store
+                .api::<Session>(Some(&k.namespace))
+                .patch_status_fields(&k.name, &status, OWNED, durability)
+        })
+        .await?;
+    ctx.shared.caches.sessions.wrote(obj);
+    Ok(())
+}
+
+/// The status as the report says, the checkpoint, the inbox's status
+/// file, and an event on a phase change.
+pub async fn finish(
+    ctx: &Context,
+    s: &Session,
+    before: &SessionStatus,
+    mut st: SessionStatus,
+    r: &Report,
+    sig: &AgentSignals,
+) -> Result<(), Error> {
+    let key = ObjectKey::of(s);
+    let running = st.launches.unwrap_or(0) > 0 && !s.spec.suspend && r.alive.ok;
+    {
+        let mut pids = ctx.pids.lock().expect("lock");
+        match (running, st.pid) {
+            (true, Some(pid)) => pids.insert(key.clone(), pid),
+            _ => pids.remove(&key),
+        };
+    }
+    st.phase = Some(r.phase);
+    st.restarts = Some(st.restarts.unwrap_or(0));
+    if !running {
+        st.account = None;
+        st.pane_id = None;
+        st.pid = None;
+    } else {
+        st.account = st.launch.as_ref().and_then(|l| l.account.clone());
+    }
+    let generation = s.metadata.generation;
+    st.observed_generation = generation;
+    let t = crate::api::now();
+    for (kind, c) in [("AgentAlive", &r.alive), ("Ready", &r.ready)] {
+        set_condition(
+            &mut st.conditions,
+            kind,
+            c.ok,
+            &c.reason,
+            &c.message,
+            generation,
+            t.clone(),
+        );
+    }
+    let swapping = r.phase == SessionPhase::Swapping;
+    if running && !swapping {
+        checkpoint(ctx, s, &key, &st, sig).await;
+    }
+    inbox_status(ctx, s, &st).await;
+    if owned_changed(before, &st) {
+        // What the agent is doing is observed again after any crash (what
+        // must survive one, the conversation id, was written durably
+        // before the launch): it waits for the disk rather than stall the
+        // agent's own writes.
+        write(ctx, &key, &st, Durability::Soon).await?;
+        let was = before.phase.unwrap_or_default();
+        if was != r.phase {
+            let detail = match r.phase {
+                SessionPhase::Waiting | SessionPhase::Failed => format!(": {}", r.ready.message),
+                _ => String::new(),
+            };
+            ctx.record(
+                &key,
+                r.phase == SessionPhase::Failed,
+                "PhaseChanged",
+                &format!("{was} → {}{detail}", r.phase),
+            )
+            .await;
+        }
+    }
+    Ok(())
+}
+
+fn owned_changed(before: &SessionStatus, after: &SessionStatus) -> bool {
+    let a = serde_json::to_value(before).unwrap_or_default();
+    let b = serde_json::to_value(after).unwrap_or_default();
+    OWNED.iter().any(|f| a.get(*f) != b.get(*f))
+}
+
+/// Rewrites the session's checkpoint when its agent said something new,
+/// or when the last one is `checkpoint_every` old.
+async fn checkpoint(
+    ctx: &Context,
+    s: &Session,
+    key: &ObjectKey,
+    st: &SessionStatus,
+    sig: &AgentSignals,
+) {
+    {
+        let mut mem = ctx.memory.lock().expect("lock");
+        let m = mem.entry(key.clone()).or_default();
+        let every = ctx.shared.settings.checkpoint_every;
+        let due = m
+            .checkpoint
+            .is_none_or(|(count, at)| count != sig.count || at.elapsed() >= every);
+        if !due {
+            return;
+        }
+        m.checkpoint = Some((sig.count, std::time::Instant::now()));
+    }
+    let cp = crate::controller::checkpoint::Checkpoint {
+        session: key.name.clone(),
+        namespace: key.namespace.clone(),
+        agent_session_id: st.agent_session_id.clone().unwrap_or_default(),
+        account: st.account.clone(),
+        workdir: s.spec.workdir.clone(),
+        current_task: st.current_task.clone(),
+        at: crate::controller::checkpoint::unix_ms(SystemTime::now()),
+        ..Default::default()
+    }
+    .from_signals(sig);
+    let (dir, k) = (ctx.shared.settings.state_dir.clone(), key.clone());
+    if let Err(e) = ctx.shared.blocking(move |_| cp.save(&dir, &k)).await {
+        tracing::warn!(session = %key, error = %e, "cannot write the checkpoint");
+    }
+}
+
+/// `.agent-queue/status.json` for tools that read it.
+async fn inbox_status(ctx: &Context, s: &Session, st: &SessionStatus) {
+    let workdir = s.spec.workdir.clone();
+    let name = s.metadata.name.clone().unwrap_or_default();
+    let phase = st.phase.unwrap_or_default().to_string();
+    let (task, account) = (st.current_task.clone(), st.account.clone());
+    ctx.shared
+        .blocking(move |_| {
+            if let Ok(w) = std::fs::canonicalize(expand_home(&workdir)) {
+                crate::inbox::write_status(&w, &name, &phase, task.as_deref(), account.as_deref());
+            }
+        })
+        .await;
+}

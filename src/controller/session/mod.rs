@@ -1,0 +1,164 @@
+//! The session controller: keeps each Session's agent alive in tmux under
+//! the right account.
+//!
+//! A reconcile observes (the Session and the Accounts from the caches, the
+//! tmux pane, the agent's signals and state file), asks the pure
+//! [`plan::plan`] what to do, executes the steps through the agent driver,
+//! and writes its own status fields (docs/state.md) and conditions:
+//! `AgentAlive` (the process runs) and `Ready` (at its prompt, idle or
+//! working), reasons in CamelCase. It acts on the failover controller's
+//! placement (`status.lastSwap`), which it never writes.
+
+mod execute;
+mod observe;
+pub mod plan;
+mod private;
+pub mod report;
+
+use super::Shared;
+use crate::agent::screen::Screen;
+use crate::agent::terminal::TerminalError;
+use crate::api::{Account, ObjectKey, Session, SessionStatus};
+use crate::store::StoreError;
+use kube::runtime::controller::Action;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+pub use plan::{keep_account, pick_account};
+pub use private::settings_path;
+
+/// Source of this controller's events.
+const SOURCE: &str = "session-controller";
+/// How often the liveness watch reads each running agent's process state.
+pub const LIVENESS_EVERY: Duration = Duration::from_secs(2);
+/// Requeue after a failed reconcile.
+const RETRY: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Terminal(#[from] TerminalError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Per-session memory that need not survive a restart.
+#[derive(Debug, Default, Clone)]
+struct Memory {
+    /// Screen debounce.
+    last_screen: Option<(Screen, Instant)>,
+    /// When the checkpoint was last written, at which signal count.
+    checkpoint: Option<(u64, Instant)>,
+    /// The interruption a continue was typed for.
+    continued: Option<SystemTime>,
+}
+
+/// The session controller's dependencies and memory.
+pub struct Context {
+    pub shared: Arc<Shared>,
+    memory: Mutex<HashMap<ObjectKey, Memory>>,
+    /// The agent process of each running session, for the liveness watch.
+    pids: Mutex<HashMap<ObjectKey, u32>>,
+}
+
+impl Context {
+    pub fn new(shared: Arc<Shared>) -> Context {
+        Context {
+            shared,
+            memory: Mutex::default(),
+            pids: Mutex::default(),
+        }
+    }
+
+    async fn record(&self, key: &ObjectKey, warning: bool, reason: &str, message: &str) {
+        self.shared
+            .record(key, warning, reason, message, SOURCE)
+            .await;
+    }
+}
+
+pub async fn reconcile(s: Arc<Session>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let key = ObjectKey::of(s.as_ref());
+    let span = tracing::info_span!("reconcile", session = %key);
+    let started = Instant::now();
+    let r = tracing::Instrument::instrument(reconcile_inner(&ctx, &key), span).await;
+    ctx.shared
+        .metrics
+        .observe_reconcile("session", started.elapsed().as_secs_f64(), r.is_err());
+    r
+}
+
+async fn reconcile_inner(ctx: &Context, key: &ObjectKey) -> Result<Action, Error> {
+    let sh = &ctx.shared;
+    // The newest copy (the applier's may predate our own last write).
+    let Some(s) = sh.caches.sessions.get(&key.namespace, &key.name) else {
+        return Ok(Action::await_change());
+    };
+    let owned = sh.caches.accounts_in(&key.namespace);
+    let accounts: Vec<&Account> = owned.iter().map(Arc::as_ref).collect();
+    execute::hear(ctx, key).await;
+    let mut st = s.status.clone().unwrap_or_default();
+    let before = st.clone();
+    let pane = sh.driver.pane(key).await?;
+    let placement = plan::effective_placement(&s, sh.caches.swap_epoch())
+        .filter(|p| {
+            accounts
+                .iter()
+                .any(|a| a.metadata.name.as_ref() == Some(&p.to))
+        })
+        .cloned();
+    let now = sh.now();
+    execute::schedule_restart(ctx, &s, &mut st, pane.as_ref(), now);
+    let (observed, sig) = execute::observe(ctx, key, &mut st, pane, &accounts, now).await?;
+    let desired = execute::desired(&s, &st, &accounts, placement.as_ref(), &observed);
+    let steps = plan::plan(&desired, &observed);
+    let report = match execute::run(ctx, &s, &mut st, &desired, &observed, &accounts, steps).await?
+    {
+        execute::Outcome::Report(r) => r,
+        execute::Outcome::Gone => return Ok(Action::await_change()),
+    };
+    let running_on = accounts
+        .iter()
+        .copied()
+        .find(|a| st.account.is_some() && a.metadata.name == st.account);
+    let report = report::overlay(report, placement.as_ref(), running_on);
+    execute::continue_cut_turn(ctx, &s, &mut st, &observed, running_on).await?;
+    execute::finish(ctx, &s, &before, st, &report, &sig).await?;
+    Ok(Action::requeue(report.requeue))
+}
+
+/// Requeue after a failed reconcile (store or tmux trouble).
+pub fn error_policy(s: Arc<Session>, e: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(session = s.metadata.name.as_deref().unwrap_or_default(), error = %e, "reconcile failed; retrying");
+    Action::requeue(RETRY)
+}
+
+/// Watches the agents' processes (a cheap /proc read each, no process
+/// spawned) and wakes the reconcile of any session whose agent died: tmux's
+/// own notification does not always come (a pane whose process tmux never
+/// reaps shows no death at all).
+pub async fn liveness(ctx: Arc<Context>) {
+    let mut tick = tokio::time::interval(LIVENESS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let dead: Vec<ObjectKey> = ctx
+            .pids
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(_, pid)| crate::agent::driver::process_gone(**pid))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in dead {
+            ctx.pids.lock().expect("lock").remove(&key);
+            ctx.shared.signals.terminal_event(&key);
+        }
+    }
+}
+
+/// The status fields this controller writes, for the caller's patch.
+pub const OWNED: &[&str] = SessionStatus::SESSION_CONTROLLER;

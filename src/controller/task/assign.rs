@@ -1,0 +1,447 @@
+//! Which task goes to which session: the queue order, eligibility, the
+//! sessions free to take work, the model. Pure.
+
+use crate::api::{
+    Account, AccountPhase, Conditions, Session, SessionPhase, Task, TaskPhase, TaskPriority,
+};
+use crate::selector::Selector;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+/// Settings of the dispatcher.
+#[derive(Debug, Clone)]
+pub struct DispatchSettings {
+    /// A session takes its next task this long after its last one finished.
+    pub cooldown: Duration,
+    pub default_timeout: Duration,
+    pub max_attempts: u32,
+    /// Model per priority when a task names none.
+    pub models: HashMap<TaskPriority, String>,
+}
+
+impl Default for DispatchSettings {
+    fn default() -> Self {
+        DispatchSettings {
+            cooldown: Duration::ZERO,
+            default_timeout: Duration::from_secs(3600),
+            max_attempts: 3,
+            models: [
+                (TaskPriority::Critical, "opus"),
+                (TaskPriority::High, "sonnet"),
+                (TaskPriority::Normal, "sonnet"),
+                (TaskPriority::Low, "sonnet"),
+            ]
+            .into_iter()
+            .map(|(p, m)| (p, m.to_string()))
+            .collect(),
+        }
+    }
+}
+
+pub fn phase(t: &Task) -> TaskPhase {
+    t.status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .unwrap_or(TaskPhase::Pending)
+}
+
+pub fn finished(p: TaskPhase) -> bool {
+    matches!(
+        p,
+        TaskPhase::Succeeded | TaskPhase::Failed | TaskPhase::Cancelled
+    )
+}
+
+pub fn in_flight(p: TaskPhase) -> bool {
+    matches!(p, TaskPhase::Dispatched | TaskPhase::Running)
+}
+
+/// A session as the assignment sees it.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub namespace: String,
+    pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub workdir: PathBuf,
+    pub free: bool,
+}
+
+/// A workdir as written, with `~` expanded and (on the machine that runs
+/// the session) symlinks resolved.
+pub fn norm(p: &str) -> PathBuf {
+    let p = crate::fsutil::expand_home(p);
+    std::fs::canonicalize(&p).unwrap_or(p)
+}
+
+/// Whether `task` may run on `session`.
+pub fn eligible(task: &Task, session: &Candidate) -> bool {
+    let ns = task
+        .metadata
+        .namespace
+        .as_deref()
+        .unwrap_or(crate::api::DEFAULT_NAMESPACE);
+    if session.namespace != ns {
+        return false;
+    }
+    if let Some(name) = &task.spec.session {
+        return *name == session.name;
+    }
+    // Cut short by a usage limit or a failover: back to its conversation.
+    if let Some(name) = task.status.as_ref().and_then(|s| s.replay_on.as_ref()) {
+        return *name == session.name;
+    }
+    if let Some(sel) = &task.spec.session_selector
+        && !Selector::from_label_selector(sel).matches(Some(&session.labels))
+    {
+        return false;
+    }
+    if let Some(w) = &task.spec.workdir
+        && norm(w) != session.workdir
+    {
+        return false;
+    }
+    true
+}
+
+/// The order tasks are served in: priority, then age, then name.
+pub fn queue_order(a: &Task, b: &Task) -> std::cmp::Ordering {
+    let created = |t: &Task| t.metadata.creation_timestamp.clone();
+    a.spec
+        .priority
+        .cmp(&b.spec.priority)
+        .then_with(|| created(a).cmp(&created(b)))
+        .then_with(|| a.metadata.name.cmp(&b.metadata.name))
+}
+
+/// Pairs pending tasks (already in queue order) with free sessions: each
+/// task takes the first eligible free session; each session takes one task.
+pub fn assign(pending: &[&Task], sessions: &[Candidate]) -> Vec<(usize, usize)> {
+    let mut taken = vec![false; sessions.len()];
+    let mut out = Vec::new();
+    for (ti, t) in pending.iter().enumerate() {
+        if let Some(si) = (0..sessions.len())
+            .find(|&si| !taken[si] && sessions[si].free && eligible(t, &sessions[si]))
+        {
+            taken[si] = true;
+            out.push((ti, si));
+        }
+    }
+    out
+}
+
+/// The model a task runs with.
+pub fn model_for(task: &Task, s: &DispatchSettings) -> Option<String> {
+    task.spec
+        .model
+        .clone()
+        .or_else(|| s.models.get(&task.spec.priority).cloned())
+}
+
+/// The marker typed after the prompt.
+pub fn marker_text(marker: &str) -> String {
+    format!(" ⟦task {marker}⟧")
+}
+
+/// Whether the account a session runs on may take work now: not being
+/// left (a swap under way), not exhausted, unauthenticated or suspended;
+/// and when the session's last turn was cut short by a usage limit, only
+/// once the account controller has seen that limit and the account came
+/// back (otherwise a task requeued by the limit would go straight back into
+/// the same limit before the account is marked).
+pub fn account_takes_work(s: &Session, account: Option<&Account>) -> bool {
+    let status = s.status.clone().unwrap_or_default();
+    if status.last_swap.as_ref().is_some_and(|p| p.swapping()) {
+        return false;
+    }
+    let Some(account) = account else {
+        return true;
+    };
+    let a = account.status.clone().unwrap_or_default();
+    if !matches!(
+        a.phase,
+        None | Some(AccountPhase::Available | AccountPhase::NearLimit)
+    ) {
+        return false;
+    }
+    match &status.interrupted {
+        None => true,
+        Some(cut) => a.conditions.iter().any(|c| {
+            c.type_ == "Available" && c.status == "True" && c.last_transition_time.0 > cut.at.0
+        }),
+    }
+}
+
+/// Whether `s` can take a task now. `busy`: a task is in flight on it;
+/// `last_finished`: when its last task ended.
+pub fn session_free(
+    s: &Session,
+    account: Option<&Account>,
+    busy: bool,
+    last_finished: Option<SystemTime>,
+    now: SystemTime,
+    cooldown: Duration,
+) -> bool {
+    let status = s.status.clone().unwrap_or_default();
+    let cooled =
+        last_finished.is_none_or(|t| now.duration_since(t).unwrap_or_default() >= cooldown);
+    status.conditions.is_true("Ready")
+        && status.phase == Some(SessionPhase::Idle)
+        && status.pid.is_some()
+        && !s.spec.suspend
+        && s.metadata.deletion_timestamp.is_none()
+        && !busy
+        && cooled
+        && account_takes_work(s, account)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::TaskSpec;
+
+    pub fn task(name: &str, prio: TaskPriority, created: i64) -> Task {
+        let mut t = Task::new(
+            name,
+            TaskSpec {
+                prompt: "p".into(),
+                priority: prio,
+                model: None,
+                session: None,
+                session_selector: None,
+                workdir: None,
+                timeout_seconds: None,
+                max_attempts: None,
+            },
+        );
+        t.metadata.namespace = Some("default".into());
+        t.metadata.creation_timestamp = Some(crate::api::Time(
+            k8s_openapi::jiff::Timestamp::from_second(created).unwrap(),
+        ));
+        t
+    }
+
+    fn cand(name: &str, labels: &[(&str, &str)], free: bool) -> Candidate {
+        Candidate {
+            namespace: "default".into(),
+            name: name.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            workdir: PathBuf::from(format!("/w/{name}")),
+            free,
+        }
+    }
+
+    #[test]
+    fn priority_then_age_and_one_task_per_session() {
+        let mut tasks = [
+            task("old-low", TaskPriority::Low, 1),
+            task("new-critical", TaskPriority::Critical, 5),
+            task("old-normal", TaskPriority::Normal, 2),
+            task("new-normal", TaskPriority::Normal, 3),
+        ];
+        tasks.sort_by(queue_order);
+        let names: Vec<_> = tasks
+            .iter()
+            .map(|t| t.metadata.name.clone().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            ["new-critical", "old-normal", "new-normal", "old-low"]
+        );
+        let refs: Vec<&Task> = tasks.iter().collect();
+        let sessions = [
+            cand("a", &[], true),
+            cand("b", &[], false),
+            cand("c", &[], true),
+        ];
+        assert_eq!(assign(&refs, &sessions), [(0, 0), (1, 2)]);
+    }
+
+    #[test]
+    fn targeting() {
+        let mut t = task("t", TaskPriority::Normal, 1);
+        t.spec.session = Some("b".into());
+        assert!(!eligible(&t, &cand("a", &[], true)));
+        assert!(eligible(&t, &cand("b", &[], true)));
+        let mut t = task("t", TaskPriority::Normal, 1);
+        t.spec.session_selector = Some(crate::api::LabelSelector {
+            match_labels: Some([("project".to_string(), "api".to_string())].into()),
+            match_expressions: None,
+        });
+        assert!(eligible(&t, &cand("a", &[("project", "api")], true)));
+        assert!(!eligible(&t, &cand("b", &[("project", "web")], true)));
+        let mut t = task("t", TaskPriority::Normal, 1);
+        t.spec.workdir = Some("/w/c".into());
+        assert!(eligible(&t, &cand("c", &[], true)));
+        assert!(!eligible(&t, &cand("a", &[], true)));
+        let mut t = task("t", TaskPriority::Normal, 1);
+        t.status = Some(crate::api::TaskStatus {
+            replay_on: Some("b".into()),
+            ..Default::default()
+        });
+        assert!(!eligible(&t, &cand("a", &[], true)), "a replay goes home");
+        assert!(eligible(&t, &cand("b", &[], true)));
+        let s = DispatchSettings::default();
+        assert_eq!(
+            model_for(&task("t", TaskPriority::Critical, 1), &s).as_deref(),
+            Some("opus")
+        );
+        assert_eq!(
+            model_for(&task("t", TaskPriority::Low, 1), &s).as_deref(),
+            Some("sonnet")
+        );
+    }
+
+    fn session(phase: SessionPhase, ready: bool) -> Session {
+        let mut s = Session::new(
+            "s",
+            crate::api::SessionSpec {
+                workdir: "/w".into(),
+                account: None,
+                agent: Default::default(),
+                suspend: false,
+            },
+        );
+        let mut st = crate::api::SessionStatus {
+            phase: Some(phase),
+            pid: Some(1),
+            account: Some("a".into()),
+            ..Default::default()
+        };
+        crate::api::set_condition(
+            &mut st.conditions,
+            "Ready",
+            ready,
+            "AgentIdle",
+            "",
+            None,
+            crate::api::now(),
+        );
+        s.status = Some(st);
+        s
+    }
+
+    fn account(phase: AccountPhase, available_since: i64) -> Account {
+        let mut a = Account::new(
+            "a",
+            crate::api::AccountSpec {
+                config_dir: "/a".into(),
+                priority: 0,
+                thresholds: Default::default(),
+                suspend: false,
+            },
+        );
+        let mut st = crate::api::AccountStatus {
+            phase: Some(phase),
+            ..Default::default()
+        };
+        crate::api::set_condition(
+            &mut st.conditions,
+            "Available",
+            phase == AccountPhase::Available,
+            "x",
+            "",
+            None,
+            crate::api::Time(k8s_openapi::jiff::Timestamp::from_second(available_since).unwrap()),
+        );
+        a.status = Some(st);
+        a
+    }
+
+    #[test]
+    fn free_sessions() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let cool = Duration::from_secs(60);
+        let ok = account(AccountPhase::Available, 10);
+        let idle = session(SessionPhase::Idle, true);
+        let cases: Vec<(&str, Session, Option<Account>, bool, Option<u64>, bool)> = vec![
+            ("idle", idle.clone(), Some(ok.clone()), false, None, true),
+            (
+                "busy phase",
+                session(SessionPhase::Busy, true),
+                Some(ok.clone()),
+                false,
+                None,
+                false,
+            ),
+            (
+                "not ready",
+                session(SessionPhase::Idle, false),
+                Some(ok.clone()),
+                false,
+                None,
+                false,
+            ),
+            (
+                "a task in flight",
+                idle.clone(),
+                Some(ok.clone()),
+                true,
+                None,
+                false,
+            ),
+            (
+                "cooling down",
+                idle.clone(),
+                Some(ok.clone()),
+                false,
+                Some(970),
+                false,
+            ),
+            (
+                "cooled",
+                idle.clone(),
+                Some(ok.clone()),
+                false,
+                Some(900),
+                true,
+            ),
+            (
+                "exhausted",
+                idle.clone(),
+                Some(account(AccountPhase::Exhausted, 10)),
+                false,
+                None,
+                false,
+            ),
+            ("no account", idle.clone(), None, false, None, true),
+        ];
+        for (what, s, a, busy, last, want) in cases {
+            let last = last.map(|t| SystemTime::UNIX_EPOCH + Duration::from_secs(t));
+            assert_eq!(
+                session_free(&s, a.as_ref(), busy, last, now, cool),
+                want,
+                "{what}"
+            );
+        }
+        // A turn cut by a limit: only once the account came back after it.
+        let mut cut = idle.clone();
+        cut.status.as_mut().unwrap().interrupted = Some(crate::api::Interruption {
+            by: "rate_limit".into(),
+            at: crate::api::MicroTime(k8s_openapi::jiff::Timestamp::from_second(500).unwrap()),
+        });
+        assert!(!account_takes_work(
+            &cut,
+            Some(&account(AccountPhase::Available, 10))
+        ));
+        assert!(account_takes_work(
+            &cut,
+            Some(&account(AccountPhase::Available, 600))
+        ));
+        // Being moved.
+        let mut moving = idle;
+        moving.status.as_mut().unwrap().last_swap = Some(crate::api::SwapStatus {
+            epoch: 1,
+            from: Some("a".into()),
+            to: "b".into(),
+            reason: "NearLimit".into(),
+            state: crate::api::SWAPPING.into(),
+            started_at: crate::api::micro_now(),
+            spec_account: None,
+        });
+        assert!(!account_takes_work(&moving, Some(&ok)));
+    }
+}

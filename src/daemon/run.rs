@@ -1,0 +1,487 @@
+//! The composition root: builds every part of the daemon from the config,
+//! runs them, and stops them. It waits to lead the store (or stands by),
+//! serves the control plane and the agents' endpoint, follows the store
+//! through the caches, runs the controllers and (with a manifests
+//! directory) the sync, until SIGTERM or SIGINT or the loss of its state
+//! dir. The agents keep running after it stops; the next daemon adopts
+//! them.
+
+use super::api::{ApiState, Feed, Readiness};
+use super::bus::Bus;
+use super::{access, api, http, projections};
+use crate::agent::driver::Driver;
+use crate::agent::signals::Signals;
+use crate::api::{Account, Kind, Lease, Session, Task};
+use crate::controller::{self, Caches, Shared, account, failover, session, task};
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::store::cache::Cache;
+use crate::tmux::Tmux;
+use anyhow::{Context as _, Result};
+use futures::{Stream, StreamExt};
+use kube::runtime::applier;
+use kube::runtime::reflector::ObjectRef;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often the daemon checks that its state dir still exists.
+const STATE_DIR_CHECK: Duration = Duration::from_secs(2);
+/// Each step of a graceful agent stop (`/exit`, SIGTERM, SIGKILL).
+const STOP_STEP: Duration = Duration::from_secs(5);
+/// Longest restart back-off of an agent.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Everything the daemon is built from (read from the config and flags by
+/// the command line).
+pub struct Options {
+    pub store: Store,
+    pub store_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub tmux_socket: PathBuf,
+    pub shared_projects: PathBuf,
+    pub listen: String,
+    pub api_socket: Option<PathBuf>,
+    pub token: String,
+    pub token_path: PathBuf,
+    pub syncer: Option<crate::sync::Syncer>,
+    pub resync: Duration,
+    pub dispatch: task::DispatchSettings,
+    pub quota: account::QuotaSettings,
+    pub failover: failover::FailoverSettings,
+    pub janitor: crate::janitor::Settings,
+    pub notify: crate::config::NotifyConfig,
+    pub checkpoint_every: Duration,
+    pub continue_message: String,
+}
+
+/// Runs the daemon until a signal (or the loss of its state dir).
+pub async fn run(o: Options) -> Result<()> {
+    crate::fsutil::ensure_dir(&o.state_dir)
+        .with_context(|| format!("cannot create the state dir {}", o.state_dir.display()))?;
+    let shutdown = shutdown_signal(o.state_dir.clone());
+    tokio::pin!(shutdown);
+    let identity = crate::store::identity();
+    tracing::info!(store = %o.store_dir.display(), state = %o.state_dir.display(), version = env!("CARGO_PKG_VERSION"), "daemon starting");
+    let lock = match o.store.try_lead(&identity)? {
+        Some(l) => l,
+        None => {
+            let holder = o.store.leader().ok().flatten().unwrap_or_default();
+            tracing::info!(leader = %holder, "standby: another daemon leads this store; waiting for its lease");
+            tokio::select! {
+                l = o.store.lead(&identity) => l?,
+                _ = &mut shutdown => { tracing::info!("daemon stopped"); return Ok(()); }
+            }
+        }
+    };
+    tracing::info!(holder = %lock.identity, "leader lease acquired");
+    let metrics = Arc::new(Metrics::new());
+    metrics.leader.set(1);
+    metrics.leader_transitions_total.inc();
+    let notifier = crate::notify::Notifier::start(&o.notify)
+        .context("cannot set up the notifications (config key notify)")?;
+    notifier.record_to(metrics.clone());
+    let readiness = Arc::new(Readiness::new(o.syncer.is_some()));
+    readiness.set_leader(true);
+    let (caches, mut tasks) = Caches::start(&o.store, o.resync);
+    let bus = Bus::new();
+    tasks.extend(feeds(&bus, &caches, &o.store, o.resync, &readiness));
+    tasks.push(tokio::spawn(projections::gauges(
+        caches.clone(),
+        metrics.clone(),
+    )));
+    tokio::select! {
+        _ = caches.listed() => readiness.sessions_listed(),
+        _ = &mut shutdown => {
+            abort(tasks);
+            tracing::info!("daemon stopped");
+            return Ok(());
+        }
+    }
+    let (signals, wake) = Signals::new();
+    let signals = Arc::new(signals);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let api_state = Arc::new(ApiState {
+        store: o.store.clone(),
+        state_dir: o.state_dir.clone(),
+        token: o.token.clone(),
+        readiness: readiness.clone(),
+        bus: bus.clone(),
+        metrics: metrics.clone(),
+        stop: stop_rx.clone(),
+    });
+    let endpoint = http::Endpoint {
+        signals: signals.clone(),
+        metrics: metrics.clone(),
+    };
+    let (addr, servers) = serve(&o, api_state, endpoint, &stop_rx).await?;
+    tracing::info!(%addr, socket = ?o.api_socket, token_file = %o.token_path.display(), "control plane and agents' endpoint listening");
+    let exe = std::env::current_exe().context("cannot find this program's path")?;
+    let notify = format!(
+        "{} hook --url http://{addr}{} </dev/null",
+        exe.display(),
+        http::tmux_path(signals.tmux_secret())
+    );
+    let tmux = Tmux::new(&o.tmux_socket).with_notify(notify);
+    if let Err(e) = tmux.install_hooks().await {
+        tracing::warn!(error = %e, "cannot install the tmux notifications; relying on resync");
+    }
+    let shared = Arc::new(Shared {
+        store: o.store.clone(),
+        caches: caches.clone(),
+        driver: Driver::new(tmux, STOP_STEP),
+        signals: signals.clone(),
+        metrics: metrics.clone(),
+        notifier,
+        clock: Arc::new(controller::SystemClock),
+        settings: controller::Settings {
+            state_dir: o.state_dir.clone(),
+            shared_projects: o.shared_projects.clone(),
+            agent_base_url: format!("http://{addr}"),
+            exe,
+            resync: o.resync,
+            max_backoff: MAX_BACKOFF,
+            checkpoint_every: o.checkpoint_every,
+            continue_message: o.continue_message.clone(),
+        },
+    });
+    tasks.extend(controllers(&o, &shared, &identity, wake));
+    tasks.push(tokio::spawn(crate::janitor::run(
+        o.store.clone(),
+        o.janitor.clone(),
+    )));
+    let sync = o.syncer.map(|s| {
+        let mut stop = stop_rx.clone();
+        let readiness = readiness.clone();
+        tokio::spawn(s.run(
+            o.resync,
+            async move {
+                let _ = stop.changed().await;
+            },
+            move |_| readiness.manifests_synced(),
+        ))
+    });
+    (&mut shutdown).await;
+    access::remove_endpoint(&o.state_dir);
+    let _ = stop_tx.send(true);
+    abort(tasks);
+    if let Some(s) = sync {
+        let _ = s.await;
+    }
+    for s in servers {
+        let _ = s.await;
+    }
+    if let Some(p) = &o.api_socket {
+        let _ = std::fs::remove_file(p);
+    }
+    metrics.leader.set(0);
+    // Lazily written events and progress reach the disk before the lease goes.
+    if let Err(e) = crate::store::flush_now() {
+        tracing::warn!(error = %e, "cannot flush the store");
+    }
+    drop(lock);
+    tracing::info!("daemon stopped (the agents keep running)");
+    Ok(())
+}
+
+fn abort(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for t in tasks {
+        t.abort();
+    }
+}
+
+/// The event stream's feeds: each cache's changes and the recorded events.
+fn feeds(
+    bus: &Bus,
+    caches: &Caches,
+    store: &Store,
+    resync: Duration,
+    readiness: &Arc<Readiness>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let listed = |feed: Feed| {
+        let r = readiness.clone();
+        move || r.feed_listed(feed)
+    };
+    vec![
+        tokio::spawn(
+            bus.clone()
+                .follow(caches.tasks.clone(), listed(Feed::Objects(Kind::Task))),
+        ),
+        tokio::spawn(bus.clone().follow(
+            caches.sessions.clone(),
+            listed(Feed::Objects(Kind::Session)),
+        )),
+        tokio::spawn(bus.clone().follow(
+            caches.accounts.clone(),
+            listed(Feed::Objects(Kind::Account)),
+        )),
+        tokio::spawn(bus.clone().follow(caches.swaps.clone(), || {})),
+        tokio::spawn(
+            bus.clone()
+                .follow_events(store.clone(), resync, listed(Feed::Events)),
+        ),
+    ]
+}
+
+/// Binds the control plane (TCP, and the Unix socket if configured), starts
+/// serving, and says where in `STATE/api.json`.
+async fn serve(
+    o: &Options,
+    state: Arc<ApiState>,
+    endpoint: http::Endpoint,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Result<(std::net::SocketAddr, Vec<tokio::task::JoinHandle<()>>)> {
+    let listener = tokio::net::TcpListener::bind(&o.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", o.listen))?;
+    let addr = listener.local_addr()?;
+    let unix = match &o.api_socket {
+        Some(path) => Some(bind_unix(path)?),
+        None => None,
+    };
+    let mut router = api::router(state).merge(http::router(endpoint));
+    if addr.ip().is_loopback() {
+        router = router.layer(axum::middleware::from_fn(api::loopback_host_only));
+    }
+    let graceful = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stop.changed().await;
+    };
+    let mut servers = vec![{
+        let (router, g) = (router.clone(), graceful(stop.clone()));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(g)
+                .await;
+        })
+    }];
+    if let Some(l) = unix {
+        let g = graceful(stop.clone());
+        servers.push(tokio::spawn(async move {
+            let _ = axum::serve(l, router).with_graceful_shutdown(g).await;
+        }));
+    }
+    access::write_endpoint(
+        &o.state_dir,
+        &access::Endpoint {
+            url: format!("http://{addr}"),
+            socket: o.api_socket.clone(),
+            pid: std::process::id(),
+            store: std::fs::canonicalize(&o.store_dir).unwrap_or_else(|_| o.store_dir.clone()),
+        },
+    )
+    .with_context(|| {
+        format!(
+            "cannot write {}",
+            access::endpoint_path(&o.state_dir).display()
+        )
+    })?;
+    Ok((addr, servers))
+}
+
+/// Every controller, each on its own task.
+fn controllers(
+    o: &Options,
+    shared: &Arc<Shared>,
+    identity: &str,
+    wake: tokio::sync::mpsc::UnboundedReceiver<ObjectRef<Session>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let c = &shared.caches;
+    let sessions = Arc::new(session::Context::new(shared.clone()));
+    let tasks = Arc::new(task::Context {
+        shared: shared.clone(),
+        settings: o.dispatch.clone(),
+    });
+    let accounts = Arc::new(account::Context::new(shared.clone(), o.quota.clone()));
+    let failovers = Arc::new(failover::Context {
+        shared: shared.clone(),
+        settings: o.failover.clone(),
+        me: identity.to_string(),
+    });
+    vec![
+        tokio::spawn(session::liveness(sessions.clone())),
+        tokio::spawn(run_sessions(sessions, wake)),
+        tokio::spawn(task::run(
+            tasks,
+            any_of(vec![
+                changes(&c.tasks),
+                changes(&c.sessions),
+                changes(&c.accounts),
+            ]),
+        )),
+        tokio::spawn(account::run(
+            accounts,
+            any_of(vec![changes(&c.accounts), changes(&c.sessions)]),
+        )),
+        tokio::spawn(failover::run(
+            failovers,
+            any_of(vec![
+                changes(&c.accounts),
+                changes(&c.sessions),
+                changes(&c.swaps),
+                changes(&c.leases),
+            ]),
+        )),
+    ]
+}
+
+type Wake = std::pin::Pin<Box<dyn Stream<Item = ()> + Send>>;
+
+fn changes<K>(cache: &Cache<K>) -> Wake
+where
+    K: crate::api::Object + kube::Resource<DynamicType = ()>,
+{
+    Box::pin(cache.changes().map(|_| ()))
+}
+
+fn any_of(streams: Vec<Wake>) -> impl Stream<Item = ()> + Send + 'static {
+    futures::stream::select_all(streams)
+}
+
+/// The session controller: the applier over the Sessions' cache, woken by
+/// changes of a session, of the accounts it may run on, of its tasks, of
+/// the swap lease, and by its agent's signals.
+async fn run_sessions(
+    ctx: Arc<session::Context>,
+    mut wake: tokio::sync::mpsc::UnboundedReceiver<ObjectRef<Session>>,
+) {
+    let c = ctx.shared.caches.clone();
+    let all = {
+        let c = c.clone();
+        move || {
+            c.sessions
+                .all()
+                .iter()
+                .map(|s| ObjectRef::from(s.as_ref()))
+                .collect::<Vec<_>>()
+        }
+    };
+    let own = c
+        .sessions
+        .triggers(|s: &Session| vec![ObjectRef::from(s)], all.clone());
+    let by_account = {
+        let c2 = c.clone();
+        c.accounts
+            .triggers(move |a: &Account| sessions_of_account(&c2, a), all.clone())
+    };
+    let by_task = c.tasks.triggers(task_session, all.clone());
+    let by_lease = {
+        let c2 = c.clone();
+        c.leases.triggers(move |_: &Lease| moving(&c2), all.clone())
+    };
+    let from_agents = futures::stream::poll_fn(move |cx| wake.poll_recv(cx));
+    let queue = futures::stream::select_all(vec![
+        own.boxed(),
+        by_account.boxed(),
+        by_task.boxed(),
+        by_lease.boxed(),
+        from_agents.boxed(),
+    ])
+    .map(Ok::<_, kube::runtime::watcher::Error>);
+    let reconcile = |s, c| Box::pin(session::reconcile(s, c));
+    applier(
+        reconcile,
+        session::error_policy,
+        ctx,
+        c.sessions.reader().clone(),
+        queue,
+        Default::default(),
+    )
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "session controller");
+        }
+    })
+    .await;
+}
+
+/// The sessions an account's change concerns: those running on it, naming
+/// it, or not running (waiting for an account).
+fn sessions_of_account(c: &Caches, a: &Account) -> Vec<ObjectRef<Session>> {
+    let name = a.metadata.name.as_deref();
+    c.sessions
+        .all()
+        .iter()
+        .filter(|s| s.metadata.namespace == a.metadata.namespace)
+        .filter(|s| {
+            let st = s.status.clone().unwrap_or_default();
+            st.account.as_deref() == name || s.spec.account.as_deref() == name || st.pid.is_none()
+        })
+        .map(|s| ObjectRef::from(s.as_ref()))
+        .collect()
+}
+
+fn task_session(t: &Task) -> Vec<ObjectRef<Session>> {
+    let ns = t.metadata.namespace.clone().unwrap_or_default();
+    t.status
+        .iter()
+        .flat_map(|s| [s.session.clone(), s.replay_on.clone()])
+        .flatten()
+        .map(|n| ObjectRef::new(&n).within(&ns))
+        .collect()
+}
+
+/// Sessions being moved (their placement's fencing follows the lease).
+fn moving(c: &Caches) -> Vec<ObjectRef<Session>> {
+    c.sessions
+        .all()
+        .iter()
+        .filter(|s| {
+            s.status
+                .as_ref()
+                .and_then(|st| st.last_swap.as_ref())
+                .is_some_and(|p| p.swapping())
+        })
+        .map(|s| ObjectRef::from(s.as_ref()))
+        .collect()
+}
+
+/// Binds the control plane's Unix socket, mode 0600. A socket file left by
+/// a daemon that died is replaced (the store's leader lock says none serves
+/// it).
+fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Some(dir) = path.parent() {
+        crate::fsutil::ensure_dir(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)
+            .with_context(|| format!("cannot replace the stale socket {}", path.display()))?,
+        Ok(_) => anyhow::bail!(
+            "{} exists and is not a socket; refusing to replace it (api.socket)",
+            path.display()
+        ),
+        Err(_) => {}
+    }
+    let l = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on the Unix socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {} to its owner", path.display()))?;
+    Ok(l)
+}
+
+/// Resolves on SIGINT or SIGTERM, or when the state dir is gone (its
+/// secrets and the agents' settings with it: the daemon stops rather than
+/// run agents it can no longer hear).
+pub async fn shutdown_signal(state_dir: PathBuf) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    let gone = async {
+        let mut tick = tokio::time::interval(STATE_DIR_CHECK);
+        loop {
+            tick.tick().await;
+            let d = state_dir.clone();
+            let present = tokio::task::spawn_blocking(move || d.is_dir())
+                .await
+                .unwrap_or(true);
+            if !present {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = gone => tracing::error!(state = %state_dir.display(), "the state dir was removed: stopping (the agents keep running)"),
+    }
+}

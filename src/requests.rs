@@ -1,0 +1,137 @@
+//! Requests people make of the daemon (cancel a task, restart a session,
+//! fail an account over), written to the store as annotations on the
+//! object, each with an event naming who asked. The controller that acts
+//! answers in its own status field; it never removes the request.
+
+use crate::api::keys::{CANCEL, FAILOVER_REQUEST, FAILOVER_TO, RESTART};
+use crate::api::{Kind, ObjectKey, TaskPhase};
+use crate::store::{Store, StoreError};
+use serde_json::{Value, json};
+
+/// What a cancel request found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// Asked for now (the dispatcher stops the task at its next pass).
+    Requested,
+    /// Asked for before; still on its way.
+    AlreadyRequested,
+    /// The task had already ended, in this phase: nothing to stop.
+    Finished(TaskPhase),
+}
+
+/// A fresh request value: the time, precise enough to tell two apart.
+fn stamp() -> String {
+    k8s_openapi::jiff::Timestamp::now().to_string()
+}
+
+/// Sets annotations `set` on `key` (None removes one).
+fn annotate(
+    store: &Store,
+    key: &ObjectKey,
+    set: &[(&str, Option<&str>)],
+) -> Result<(), StoreError> {
+    store.update_metadata(key, None, |m| {
+        let ann = m.entry("annotations").or_insert_with(|| json!({}));
+        if let Some(a) = ann.as_object_mut() {
+            for (k, v) in set {
+                match v {
+                    Some(v) => a.insert(k.to_string(), Value::from(*v)),
+                    None => a.remove(*k),
+                };
+            }
+        }
+    })?;
+    Ok(())
+}
+
+/// Asks for the Task `key` to be cancelled and records an event saying who
+/// asked (`origin`: `api`, `cli`, ...).
+pub fn request_cancel(
+    store: &Store,
+    key: &ObjectKey,
+    origin: &str,
+) -> Result<CancelOutcome, StoreError> {
+    let current = store
+        .get(key)?
+        .ok_or_else(|| StoreError::NotFound(key.clone()))?;
+    let phase = current
+        .pointer("/status/phase")
+        .and_then(|p| serde_json::from_value::<TaskPhase>(p.clone()).ok())
+        .unwrap_or_default();
+    if matches!(
+        phase,
+        TaskPhase::Succeeded | TaskPhase::Failed | TaskPhase::Cancelled
+    ) {
+        return Ok(CancelOutcome::Finished(phase));
+    }
+    if current
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(CANCEL))
+        .is_some()
+    {
+        return Ok(CancelOutcome::AlreadyRequested);
+    }
+    let mut fresh = false;
+    let when = serde_json::to_value(crate::api::now()).expect("time serializes");
+    store.update_metadata(key, None, |m| {
+        let ann = m.entry("annotations").or_insert_with(|| json!({}));
+        if let Some(a) = ann.as_object_mut()
+            && !a.contains_key(CANCEL)
+        {
+            a.insert(CANCEL.into(), when);
+            fresh = true;
+        }
+    })?;
+    if !fresh {
+        return Ok(CancelOutcome::AlreadyRequested);
+    }
+    store.record_event(
+        key,
+        false,
+        "CancelRequested",
+        &format!("cancel requested through the {origin}"),
+        origin,
+    )?;
+    Ok(CancelOutcome::Requested)
+}
+
+/// Asks for a restart of the Session `key`'s agent and records an event
+/// saying who asked.
+pub fn request_restart(store: &Store, key: &ObjectKey, origin: &str) -> Result<(), StoreError> {
+    annotate(store, key, &[(RESTART, Some(&stamp()))])?;
+    store.record_event(
+        key,
+        false,
+        "RestartRequested",
+        &format!("restart requested through the {origin}"),
+        origin,
+    )
+}
+
+/// Asks for the sessions of Account `key` to move now (to `to`, or the
+/// account the policy picks) and records an event saying who asked.
+/// Returns the request's value, which the failover controller's answer
+/// (`status.failover.request.requestedAt`) carries.
+pub fn request_failover(
+    store: &Store,
+    key: &ObjectKey,
+    to: Option<&str>,
+    origin: &str,
+) -> Result<String, StoreError> {
+    debug_assert_eq!(key.kind, Kind::Account);
+    let value = stamp();
+    annotate(
+        store,
+        key,
+        &[(FAILOVER_REQUEST, Some(&value)), (FAILOVER_TO, to)],
+    )?;
+    let target = to.map(|t| format!(" to account {t}")).unwrap_or_default();
+    store.record_event(
+        key,
+        false,
+        "FailoverRequested",
+        &format!("failover{target} requested through the {origin}"),
+        origin,
+    )?;
+    Ok(value)
+}
