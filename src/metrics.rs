@@ -71,6 +71,10 @@ pub const NOTIFY_CHANNELS: [&str; 2] = ["telegram", "webhook"];
 /// failed (given up after its attempts), deduplicated (the same notice
 /// within the de-duplication window); see [`crate::notify::Outcome`].
 pub const NOTIFY_RESULTS: [&str; 3] = ["sent", "failed", "deduplicated"];
+/// `condition` label values of `claude_failover_sync_condition`.
+pub const SYNC_CONDITIONS: [&str; 3] = ["Ready", "Reconciling", "Stalled"];
+/// `result` label values of `claude_failover_sync_objects`.
+pub const SYNC_RESULTS: [&str; 4] = ["applied", "unchanged", "pruned", "failed"];
 /// The `event` label of a hook outside [`crate::agent::launch::HOOK_EVENTS`].
 pub const OTHER_HOOK_EVENT: &str = "other";
 
@@ -140,6 +144,16 @@ pub struct Metrics {
     pub usage_polls_total: IntCounterVec,
     /// `claude_failover_notifications_total{channel,result}`.
     pub notifications_total: IntCounterVec,
+    /// `claude_failover_sync_condition{sync,condition}`: 1 while the
+    /// manifest sync's condition (Ready, Reconciling, Stalled) is True.
+    pub sync_condition: IntGaugeVec,
+    /// `claude_failover_sync_objects{sync,result}`: the last pass's objects
+    /// by result (applied, unchanged, pruned, failed).
+    pub sync_objects: IntGaugeVec,
+    /// `claude_failover_sync_last_success_timestamp_seconds{sync}`.
+    pub sync_last_success_timestamp_seconds: GaugeVec,
+    /// `claude_failover_sync_duration_seconds`: one sync pass.
+    pub sync_duration_seconds: Histogram,
 }
 
 const P: &str = "claude_failover_";
@@ -274,6 +288,29 @@ impl Metrics {
                 "Notifications, by channel and result.",
                 &["channel", "result"],
             ),
+            sync_condition: int_gauge_vec(
+                "sync_condition",
+                "1 while the manifest sync's condition is True (Ready, Reconciling, Stalled).",
+                &["sync", "condition"],
+            ),
+            sync_objects: int_gauge_vec(
+                "sync_objects",
+                "Objects of the manifest sync's last pass, by result.",
+                &["sync", "result"],
+            ),
+            sync_last_success_timestamp_seconds: gauge_vec(
+                "sync_last_success_timestamp_seconds",
+                "When the manifest sync last applied every manifest (Unix time).",
+                &["sync"],
+            ),
+            sync_duration_seconds: Histogram::with_opts(hopts(
+                "sync_duration_seconds",
+                "Duration of one manifest sync pass (read, apply, prune).",
+                &[
+                    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                ],
+            ))
+            .expect("metric"),
         };
         m.register_all();
         m.build_info
@@ -337,6 +374,10 @@ impl Metrics {
             Box::new(self.statusline_updates_total.clone()),
             Box::new(self.usage_polls_total.clone()),
             Box::new(self.notifications_total.clone()),
+            Box::new(self.sync_condition.clone()),
+            Box::new(self.sync_objects.clone()),
+            Box::new(self.sync_last_success_timestamp_seconds.clone()),
+            Box::new(self.sync_duration_seconds.clone()),
         ];
         for c in all {
             r.register(c).expect("metric names are unique");

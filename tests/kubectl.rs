@@ -601,12 +601,30 @@ fn edit_in_an_editor_and_again_after_a_bad_edit() {
 fn api_resources_explain_events() {
     let env = pool();
     let t = env.ok(&["api-resources"]);
-    assert!(
-        t.starts_with("NAME       SHORTNAMES   APIVERSION                    NAMESPACED   KIND\n"),
+    let rows: Vec<Vec<&str>> = t.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(
+        rows[0],
+        ["NAME", "SHORTNAMES", "APIVERSION", "NAMESPACED", "KIND"],
         "{t}"
     );
     assert!(
-        t.contains("sessions   sess         claude-failover.io/v1alpha1   true         Session"),
+        rows.contains(&vec![
+            "sessions",
+            "sess",
+            "claude-failover.io/v1alpha1",
+            "true",
+            "Session"
+        ]),
+        "{t}"
+    );
+    assert!(
+        rows.contains(&vec![
+            "manifestsyncs",
+            "msync",
+            "claude-failover.io/v1alpha1",
+            "true",
+            "ManifestSync"
+        ]),
         "{t}"
     );
     assert_eq!(

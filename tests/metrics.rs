@@ -58,6 +58,23 @@ fn sample_names(exposition: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// The exposition after one pass of a manifest sync that records into its
+/// own registry (the families only a daemon with `--manifests` has).
+fn sync_pass_metrics(env: &Env) -> String {
+    let m = std::sync::Arc::new(claude_failover::metrics::Metrics::new());
+    let dir = env.path("sync-manifests");
+    env.write(
+        "sync-manifests/t.yaml",
+        &format!("{HEAD}kind: Task\nmetadata:\n  name: synced\nspec:\n  prompt: p\n"),
+    );
+    let store = Store::open(env.path("sync-store")).unwrap();
+    let syncer = claude_failover::sync::Syncer::new(store, &dir, "default")
+        .unwrap()
+        .with_metrics(m.clone());
+    assert!(syncer.pass().unwrap().is_some());
+    m.encode()
+}
+
 fn live_metrics(d: &Daemon) -> String {
     // The object gauges are filled once the daemon has listed the store.
     wait_for("the object gauges", T, || {
@@ -214,7 +231,9 @@ fn every_dashboard_query_is_valid_promql_over_exported_metrics() {
     // 2. Every metric named exists in the live daemon's /metrics.
     populate(&env);
     let d = Daemon::start(&env, &[]);
-    let exported = sample_names(&live_metrics(&d));
+    let mut exported = sample_names(&live_metrics(&d));
+    // The manifest sync's families: what a sync pass records.
+    exported.extend(sample_names(&sync_pass_metrics(&env)));
     let mut used = BTreeSet::new();
     for (board, e) in &all {
         for m in metric_names(e) {
@@ -322,4 +341,36 @@ fn a_quiet_daemon_reconciles_only_on_changes_and_timers() {
             "the {controller} controller ran {ran} passes in a quiet {window:?}"
         );
     }
+}
+
+/// The alert rules of deploy/ name only metrics the daemon exports (a live
+/// daemon's /metrics and a sync pass's), and each parses as PromQL.
+#[test]
+fn alert_rules_name_only_exported_metrics() {
+    let Some(promtool_bin) = require("promtool", "alert_rules_name_only_exported_metrics") else {
+        return;
+    };
+    let rules =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/claude-failover.rules.yml");
+    let (ok, out) = promtool(
+        &promtool_bin,
+        &["check", "rules", rules.to_str().unwrap()],
+        "",
+    );
+    assert!(ok, "{out}");
+    let doc: Value = serde_saphyr::from_str(&std::fs::read_to_string(&rules).unwrap()).unwrap();
+    let env = Env::new();
+    populate(&env);
+    let d = Daemon::start(&env, &[]);
+    let mut exported = sample_names(&live_metrics(&d));
+    exported.extend(sample_names(&sync_pass_metrics(&env)));
+    let mut named = 0;
+    for r in doc["groups"][0]["rules"].as_array().unwrap() {
+        let expr = r["expr"].as_str().unwrap();
+        for m in metric_names(expr) {
+            assert!(exported.contains(&m), "{}: {m} is not exported", r["alert"]);
+            named += 1;
+        }
+    }
+    assert!(named >= 6, "{named}");
 }

@@ -18,10 +18,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// The annotation that keeps an object from being pruned (by `apply
-/// --prune` and by the sync), whatever its manifests say.
-pub const PRUNE: &str = "claude-failover.io/prune";
-pub const PRUNE_DISABLED: &str = "disabled";
+use crate::sync::{PRUNE, PRUNE_DISABLED};
 
 #[derive(Args, Debug)]
 pub struct ApplyArgs {

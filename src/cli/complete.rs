@@ -648,7 +648,7 @@ mod tests {
                 ],
                 Kind::Task => vec![("fix-login".into(), "Pending".into())],
                 Kind::Account => vec![("work".into(), "Available".into())],
-                Kind::Swap | Kind::Lease => vec![],
+                Kind::Swap | Kind::Lease | Kind::ManifestSync => vec![],
             }
         }
         fn namespaces(&self) -> Vec<String> {

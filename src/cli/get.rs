@@ -244,8 +244,12 @@ pub fn get(ctx: &Ctx, a: GetArgs) -> Result<ExitCode> {
         listed.push((*kind, items));
     }
     let single = targets.len() == 1 && targets[0].names.len() == 1;
-    print_listed(&listed, &opts, single, a.no_headers)?;
+    // Only missing names: nothing to print but the errors (as kubectl).
+    let named = targets.iter().all(|t| !t.names.is_empty());
     let nothing = listed.iter().all(|(_, i)| i.is_empty());
+    if !(named && nothing) {
+        print_listed(&listed, &opts, single, a.no_headers)?;
+    }
     if nothing && missing.is_empty() && is_table(&format) {
         let where_ = if a.all_namespaces {
             String::new()
@@ -337,6 +341,9 @@ fn watch_kind(
             Kind::Task => watch_typed::<Task>(ctx, a, format, filter).await,
             Kind::Swap => watch_typed::<crate::api::Swap>(ctx, a, format, filter).await,
             Kind::Lease => watch_typed::<crate::api::Lease>(ctx, a, format, filter).await,
+            Kind::ManifestSync => {
+                watch_typed::<crate::api::ManifestSync>(ctx, a, format, filter).await
+            }
         }
     })
 }

@@ -279,14 +279,14 @@ pub fn label(ctx: &Ctx, a: MetaArgs, which: Which) -> Result<ExitCode> {
 }
 
 /// `suspend` (true) and `resume` (false): sets `spec.suspend` of sessions
-/// (their agents stop gracefully) or accounts (they take no new sessions
-/// and are drained).
+/// (their agents stop gracefully), accounts (they take no new sessions and
+/// are drained) or manifest syncs (no pass runs).
 pub fn suspend(ctx: &Ctx, a: SuspendArgs, on: bool) -> Result<ExitCode> {
     let targets = targets(&a.resources)?;
     for t in &targets {
-        if !matches!(t.kind, Kind::Session | Kind::Account) {
+        if !matches!(t.kind, Kind::Session | Kind::Account | Kind::ManifestSync) {
             bail!(
-                "only sessions and accounts can be suspended and resumed, not {}",
+                "only sessions, accounts and manifestsyncs can be suspended and resumed, not {}",
                 t.kind.plural()
             );
         }

@@ -104,9 +104,9 @@ pub enum Command {
     Logs(logs::LogsArgs),
     /// Attach your terminal to a session's tmux (the pool's own server)
     Attach(logs::AttachArgs),
-    /// Stop sessions' agents (or drain accounts) until resumed: sets spec.suspend
+    /// Stop sessions' agents, drain accounts or pause a manifest sync until resumed (spec.suspend)
     Suspend(label::SuspendArgs),
-    /// Undo suspend: sessions' agents start again, accounts take sessions again
+    /// Undo suspend: agents start again, accounts take sessions, the sync runs
     Resume(label::SuspendArgs),
     /// Cancel tasks: a running one is interrupted, a pending one never runs
     Cancel(cancel::CancelArgs),

@@ -62,6 +62,14 @@ fn phase(v: &Value) -> String {
     s(v, "/status/phase")
 }
 
+/// The condition of type `t` in the object's status.
+fn condition<'a>(v: &'a Value, t: &str) -> Option<&'a Value> {
+    v.pointer("/status/conditions")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some(t))
+}
+
 /// `a=b,c=d` or `<none>`, as `--show-labels` prints them.
 pub fn labels(v: &Value) -> String {
     match v.pointer("/metadata/labels").and_then(Value::as_object) {
@@ -82,6 +90,7 @@ pub fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
         Kind::Task => vec!["NAME", "PHASE", "PRIORITY", "SESSION", "ATTEMPTS", "AGE"],
         Kind::Swap => vec!["NAME", "EPOCH", "FROM", "TO", "REASON", "RESULT", "AGE"],
         Kind::Lease => vec!["NAME", "HOLDER", "EPOCH", "RENEWED", "AGE"],
+        Kind::ManifestSync => vec!["NAME", "READY", "STATUS", "REVISION", "LAST-SYNC", "AGE"],
     };
     if wide {
         c.extend(match kind {
@@ -90,6 +99,16 @@ pub fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
             Kind::Task => vec!["MODEL", "TARGET", "LABELS"],
             Kind::Swap => vec!["SESSIONS", "MESSAGE"],
             Kind::Lease => vec!["ACQUIRED", "TRANSITIONS"],
+            Kind::ManifestSync => {
+                vec![
+                    "PATH",
+                    "SUSPENDED",
+                    "OBJECTS",
+                    "APPLIED",
+                    "PRUNED",
+                    "FAILED",
+                ]
+            }
         });
     }
     c
@@ -145,6 +164,31 @@ pub fn row(kind: Kind, v: &Value, wide: bool) -> Vec<String> {
             age(v.pointer("/spec/renewTime").and_then(Value::as_str)),
             age(created),
         ],
+        Kind::ManifestSync => {
+            let ready = condition(v, "Ready");
+            vec![
+                name,
+                ready
+                    .and_then(|c| c.get("status"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("Unknown")
+                    .to_string(),
+                if v.pointer("/spec/suspend") == Some(&Value::Bool(true)) {
+                    "Suspended".into()
+                } else {
+                    ready
+                        .and_then(|c| c.get("message"))
+                        .and_then(Value::as_str)
+                        .filter(|m| !m.is_empty())
+                        .or_else(|| ready.and_then(|c| c.get("reason")).and_then(Value::as_str))
+                        .unwrap_or("-")
+                        .to_string()
+                },
+                s(v, "/status/revision"),
+                age(v.pointer("/status/lastSyncTime").and_then(Value::as_str)),
+                age(created),
+            ]
+        }
     };
     if wide {
         match kind {
@@ -195,6 +239,17 @@ pub fn row(kind: Kind, v: &Value, wide: bool) -> Vec<String> {
             Kind::Lease => r.extend([
                 age(v.pointer("/spec/acquireTime").and_then(Value::as_str)),
                 s(v, "/spec/leaseTransitions"),
+            ]),
+            Kind::ManifestSync => r.extend([
+                s(v, "/spec/path"),
+                s(v, "/spec/suspend"),
+                s(v, "/status/objects").replace('-', "0"),
+                s(v, "/status/applied").replace('-', "0"),
+                s(v, "/status/pruned").replace('-', "0"),
+                v.pointer("/status/failed")
+                    .and_then(Value::as_array)
+                    .map_or(0, Vec::len)
+                    .to_string(),
             ]),
         }
     }

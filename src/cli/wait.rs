@@ -239,6 +239,9 @@ fn wait_for(
                 Kind::Lease => watch::<crate::api::Lease>(store.clone(), cfg.clone())
                     .map(|_| ())
                     .boxed(),
+                Kind::ManifestSync => watch::<crate::api::ManifestSync>(store.clone(), cfg.clone())
+                    .map(|_| ())
+                    .boxed(),
             }
         }));
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);

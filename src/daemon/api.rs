@@ -376,7 +376,17 @@ pub fn is_loopback_host(host: &str) -> bool {
 // -------------------------------------------------------- open endpoints
 
 async fn readyz(State(s): State<Arc<ApiState>>) -> Response {
-    let (ready, body) = s.readiness.check();
+    let (mut ready, mut body) = s.readiness.check();
+    // A stalled manifest sync (manifests that need a fix) fails its check.
+    let store = s.store.clone();
+    let syncs = blocking(move || crate::sync::status::readiness_checks(&store))
+        .await
+        .unwrap_or_default();
+    ready &= syncs.iter().all(|c| c["ok"] == true);
+    body["ready"] = ready.into();
+    if let Some(checks) = body["checks"].as_array_mut() {
+        checks.extend(syncs);
+    }
     let code = if ready {
         StatusCode::OK
     } else {

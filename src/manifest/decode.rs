@@ -104,7 +104,7 @@ impl AnyObject {
             Kind::Account => AnyObject::Account(serde_json::from_value(v)?),
             Kind::Session => AnyObject::Session(serde_json::from_value(v)?),
             Kind::Task => AnyObject::Task(serde_json::from_value(v)?),
-            Kind::Swap | Kind::Lease => {
+            Kind::Swap | Kind::Lease | Kind::ManifestSync => {
                 return Err(serde::de::Error::custom(format!(
                     "kind {kind} is not a declared kind"
                 )));
@@ -375,7 +375,7 @@ fn decode_document(root: &Node) -> Result<AnyObject, DocError> {
         Kind::Account => AnyObject::Account(typed(value)?),
         Kind::Session => AnyObject::Session(typed(value)?),
         Kind::Task => AnyObject::Task(typed(value)?),
-        Kind::Swap | Kind::Lease => {
+        Kind::Swap | Kind::Lease | Kind::ManifestSync => {
             return Err((vec![k("kind")], format!("kind `{kind}` cannot be declared")));
         }
     };

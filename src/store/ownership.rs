@@ -528,6 +528,7 @@ pub fn normalize(kind: Kind, doc: &Value) -> Result<Value, String> {
         Kind::Task => typed::<Task>(doc, validate::task)?,
         Kind::Swap => typed::<Swap>(doc, |_| Vec::new())?,
         Kind::Lease => typed::<Lease>(doc, |_| Vec::new())?,
+        Kind::ManifestSync => typed::<crate::api::ManifestSync>(doc, |_| Vec::new())?,
     };
     if let Some(o) = out.as_object_mut() {
         o.remove("status");

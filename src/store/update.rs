@@ -19,6 +19,14 @@ const SERVER_META: &[&str] = &[
     ownership::MANAGED_FIELDS,
 ];
 
+/// Of the spec of a kind only the daemon writes, the fields people may set.
+fn people_set(kind: crate::api::Kind) -> &'static [&'static str] {
+    match kind {
+        crate::api::Kind::ManifestSync => &["suspend", "prune"],
+        _ => &[],
+    }
+}
+
 /// What an update did.
 #[derive(Debug, Clone)]
 pub struct Updated {
@@ -124,11 +132,31 @@ impl Store {
                 object: current,
             });
         }
-        if doc["spec"] != live["spec"] && !key.kind.declared() {
-            return Err(invalid(format!(
-                "{} are written by the daemon only: their spec cannot be changed",
-                key.kind.plural()
-            )));
+        // The daemon's own kinds: their spec is the daemon's, except the
+        // fields people set (a ManifestSync's `suspend` and `prune`).
+        let daemons = |v: &Value| {
+            let mut s = v["spec"].clone();
+            if let Some(m) = s.as_object_mut() {
+                for f in people_set(key.kind) {
+                    m.remove(*f);
+                }
+            }
+            s
+        };
+        if !key.kind.declared() && daemons(&doc) != daemons(&live) {
+            let open = people_set(key.kind);
+            return Err(invalid(if open.is_empty() {
+                format!(
+                    "{} are written by the daemon only: their spec cannot be changed",
+                    key.kind.plural()
+                )
+            } else {
+                format!(
+                    "{} are written by the daemon: of their spec, only {} can be changed",
+                    key.kind.plural(),
+                    open.join(" and ")
+                )
+            }));
         }
         if doc["spec"] != live["spec"] {
             let g = live["metadata"]["generation"].as_i64().unwrap_or(0);
