@@ -142,10 +142,18 @@ fn plain(expr: &str) -> String {
     e
 }
 
+/// The daemon's metric names in a query: `claude_failover_*` and the
+/// process collector's `process_*`.
 fn metric_names(expr: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut rest = expr;
-    while let Some(i) = rest.find("claude_failover_") {
+    let next = |r: &str| {
+        [r.find("claude_failover_"), r.find("process_")]
+            .into_iter()
+            .flatten()
+            .min()
+    };
+    while let Some(i) = next(rest) {
         let name: String = rest[i..]
             .chars()
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
@@ -193,7 +201,10 @@ fn every_dashboard_query_is_valid_promql_over_exported_metrics() {
         queries(&v["panels"], &mut exprs);
         for e in &exprs {
             let mut rest = e.as_str();
-            while let Some(i) = rest.find("claude_failover_") {
+            while let Some(i) = metric_names(rest)
+                .first()
+                .and_then(|n| rest.find(n.as_str()))
+            {
                 let tail = &rest[i..];
                 let name_len = tail
                     .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
@@ -373,4 +384,99 @@ fn alert_rules_name_only_exported_metrics() {
         }
     }
     assert!(named >= 6, "{named}");
+}
+
+/// Each row of docs/control-plane.md's metrics table: the family names in
+/// the first column, and each label with the values listed in parentheses.
+fn documented() -> Vec<(Vec<String>, Vec<(String, Vec<String>)>)> {
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/control-plane.md"),
+    )
+    .unwrap();
+    let table = doc
+        .split("## Metrics")
+        .nth(1)
+        .unwrap()
+        .split("\n\n")
+        .nth(2)
+        .unwrap();
+    let ticks = |s: &str| -> Vec<String> {
+        s.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect()
+    };
+    table
+        .lines()
+        .skip(2)
+        .map(|row| {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let names = ticks(cells[1]);
+            // `label` (`v1`, `v2`), `other`: split at top-level commas.
+            let mut labels = Vec::new();
+            let (mut depth, mut start) = (0, 0);
+            let col = cells[3];
+            for (i, c) in col.char_indices().chain([(col.len(), ',')]) {
+                match c {
+                    '(' => depth += 1,
+                    ')' => depth -= 1,
+                    ',' if depth == 0 => {
+                        let part = &col[start..i];
+                        start = i + 1;
+                        let Some((name, rest)) = part
+                            .trim()
+                            .strip_prefix('`')
+                            .and_then(|p| p.split_once('`'))
+                        else {
+                            continue;
+                        };
+                        labels.push((name.to_string(), ticks(rest)));
+                    }
+                    _ => {}
+                }
+            }
+            (names, labels)
+        })
+        .collect()
+}
+
+#[test]
+fn the_docs_name_every_exported_metric_and_only_those() {
+    let env = Env::new();
+    populate(&env);
+    let d = Daemon::start(&env, &[]);
+    let text = format!("{}{}", live_metrics(&d), sync_pass_metrics(&env));
+    let families: BTreeSet<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| l.split(' ').next().unwrap().to_string())
+        .collect();
+    let rows = documented();
+    assert!(rows.len() > 20, "{rows:?}");
+    let mut in_docs = BTreeSet::new();
+    for (names, labels) in &rows {
+        for n in names {
+            assert!(
+                families.contains(n),
+                "docs/control-plane.md names {n}, which is not exported"
+            );
+            in_docs.insert(n.clone());
+            for (label, values) in labels {
+                for v in values {
+                    let series = format!("{label}=\"{v}\"");
+                    assert!(
+                        text.lines()
+                            .any(|l| l.starts_with(n.as_str()) && l.contains(&series)),
+                        "docs: {n}{{{series}}} is not exported"
+                    );
+                }
+            }
+        }
+    }
+    let undocumented: Vec<_> = families.difference(&in_docs).collect();
+    assert!(
+        undocumented.is_empty(),
+        "exported but not in docs/control-plane.md: {undocumented:?}"
+    );
 }

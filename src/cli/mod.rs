@@ -244,7 +244,12 @@ pub fn main() -> ExitCode {
 fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Version => {
-            println!("claude-failover {}", env!("CARGO_PKG_VERSION"));
+            println!(
+                "claude-failover {} (revision {}, rustc {})",
+                crate::metrics::VERSION,
+                crate::metrics::REVISION,
+                crate::metrics::RUSTC
+            );
             println!("apiVersion {}", crate::api::API_VERSION);
             return Ok(ExitCode::SUCCESS);
         }
