@@ -1,9 +1,24 @@
-//! Build facts for `claude_failover_build_info` and `version`: the git
-//! commit the binary is built from (`unknown` outside a checkout, e.g. a
-//! crate from a registry) and the compiler's version.
+//! Build facts.
+//!
+//! - Which external programs the tests can use, so a test that needs one
+//!   that is missing is reported as ignored (never as passed):
+//!   `cfg(claude_code)` when the pinned Claude Code (or `CLAUDE_BIN`) is
+//!   there, `cfg(prometheus)` when `prometheus` and `promtool` are. CI sets
+//!   `CLAUDE_FAILOVER_REQUIRE_CLAUDE` / `CLAUDE_FAILOVER_REQUIRE_TOOLS`: then
+//!   a missing program fails the build instead.
+//! - For `claude_failover_build_info` and `version`: the git commit the
+//!   binary is built from (`unknown` outside a checkout, e.g. a crate from
+//!   a registry) and the compiler's version.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+const CLAUDE: &str = "tools/claude-code/node_modules/@anthropic-ai/claude-code-linux-x64/claude";
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+}
 
 fn git(args: &[&str]) -> Option<String> {
     let out = Command::new("git").args(args).output().ok()?;
@@ -13,9 +28,10 @@ fn git(args: &[&str]) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-fn main() {
+/// `CLAUDE_FAILOVER_REVISION` and `CLAUDE_FAILOVER_RUSTC`.
+fn build_info() {
     let revision = git(&["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".into());
-    println!("cargo:rustc-env=CLAUDE_FAILOVER_REVISION={revision}");
+    println!("cargo::rustc-env=CLAUDE_FAILOVER_REVISION={revision}");
     // Run again when HEAD moves: a commit, a checkout. Only files that
     // exist (a missing one would make cargo run this every build).
     let mut watch = vec![];
@@ -29,9 +45,8 @@ fn main() {
         }
     }
     for w in watch.iter().filter(|w| Path::new(w).exists()) {
-        println!("cargo:rerun-if-changed={w}");
+        println!("cargo::rerun-if-changed={w}");
     }
-    println!("cargo:rerun-if-changed=build.rs");
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     let version = Command::new(rustc)
         .arg("--version")
@@ -44,5 +59,61 @@ fn main() {
                 .map(str::to_string)
         })
         .unwrap_or_else(|| "unknown".into());
-    println!("cargo:rustc-env=CLAUDE_FAILOVER_RUSTC={version}");
+    println!("cargo::rustc-env=CLAUDE_FAILOVER_RUSTC={version}");
+}
+
+fn main() {
+    build_info();
+    println!("cargo::rerun-if-changed=build.rs");
+    println!("cargo::rustc-check-cfg=cfg(claude_code)");
+    println!("cargo::rustc-check-cfg=cfg(prometheus)");
+    for var in [
+        "CLAUDE_BIN",
+        "PATH",
+        "CLAUDE_FAILOVER_REQUIRE_CLAUDE",
+        "CLAUDE_FAILOVER_REQUIRE_TOOLS",
+    ] {
+        println!("cargo::rerun-if-env-changed={var}");
+    }
+    // `npm ci` replaces node_modules: the folder's entry list changes.
+    println!("cargo::rerun-if-changed=tools/claude-code");
+    let claude = std::env::var_os("CLAUDE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(CLAUDE).to_path_buf());
+    if claude.is_file() {
+        println!("cargo::rustc-cfg=claude_code");
+    } else if std::env::var_os("CLAUDE_FAILOVER_REQUIRE_CLAUDE").is_some() {
+        panic!(
+            "Claude Code is required (CLAUDE_FAILOVER_REQUIRE_CLAUDE) but {} is missing: npm ci --prefix tools/claude-code, or set CLAUDE_BIN",
+            claude.display()
+        );
+    }
+    // The programs the CLI's and the operator's kit's tests drive: kubectl
+    // (the output formats' reference), the shells of the completion tests,
+    // systemd-analyze (the user unit), python3 (plistlib, the launchd
+    // plist), git (the sync's revision).
+    for (cfg, program) in [
+        ("kubectl", "kubectl"),
+        ("zsh", "zsh"),
+        ("fish", "fish"),
+        ("systemd_analyze", "systemd-analyze"),
+        ("python3", "python3"),
+        ("git", "git"),
+    ] {
+        println!("cargo::rustc-check-cfg=cfg({cfg})");
+        if on_path(program) {
+            println!("cargo::rustc-cfg={cfg}");
+        } else if std::env::var_os("CLAUDE_FAILOVER_REQUIRE_TOOLS").is_some() {
+            panic!(
+                "{program} is required (CLAUDE_FAILOVER_REQUIRE_TOOLS) but not on PATH: see .ci/run"
+            );
+        }
+    }
+    if on_path("prometheus") && on_path("promtool") {
+        println!("cargo::rustc-cfg=prometheus");
+    } else if std::env::var_os("CLAUDE_FAILOVER_REQUIRE_TOOLS").is_some() {
+        panic!(
+            "prometheus and promtool are required (CLAUDE_FAILOVER_REQUIRE_TOOLS) but not on PATH"
+        );
+    }
 }

@@ -78,9 +78,7 @@ fn bash_complete(bash: &Path, env: &Env, words: &[&str]) -> Vec<String> {
 
 #[test]
 fn bash_completes_subcommands_flags_kinds_and_names() {
-    let Some(bash) = require_tool("bash", "apt-get install bash", "bash_completes") else {
-        return;
-    };
+    let bash = program("bash");
     let env = pool();
     let c = |w: &[&str]| bash_complete(&bash, &env, w);
     assert_eq!(c(&["claude-failover", "ge"]), ["get"]);
@@ -228,76 +226,74 @@ fn wait_for_opt<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<
 }
 
 #[test]
-fn interactive_bash_and_zsh_complete_on_tab() {
-    if require_tool("tmux", "apt-get install tmux", "interactive_completion").is_none() {
-        return;
-    }
+fn interactive_bash_completes_on_tab() {
     let env = pool();
-    if let Some(bash) = require_tool("bash", "apt-get install bash", "interactive_bash") {
-        let b = bash.display().to_string();
-        let shell = [b.as_str(), "--norc", "--noprofile", "-i"];
-        let setup = "source <(claude-failover completion bash); PS1='READY> '";
-        interactive(
-            &shell,
-            setup,
-            &env,
-            "claude-failover get ses",
-            1,
-            &["READY> claude-failover get sessions "],
-        );
-        interactive(
-            &shell,
-            setup,
-            &env,
-            "claude-failover describe sessions c",
-            4,
-            &["ccl-0", "ccl-1", "ccl-2"],
-        );
-    }
-    if let Some(zsh) = require_tool("zsh", "apt-get install zsh", "interactive_zsh") {
-        let z = zsh.display().to_string();
-        let shell = [z.as_str(), "-f", "-i"];
-        let setup = "autoload -U compinit && compinit -u && source <(claude-failover completion zsh) && PS1='READY> '";
-        interactive(
-            &shell,
-            setup,
-            &env,
-            "claude-failover get ses",
-            1,
-            &["READY> claude-failover get sessions "],
-        );
-        interactive(
-            &shell,
-            setup,
-            &env,
-            "claude-failover logs c",
-            4,
-            &["ccl-0", "ccl-1", "ccl-2"],
-        );
-        interactive(
-            &shell,
-            setup,
-            &env,
-            "claude-failover get tasks --sort",
-            1,
-            &["--sort-by"],
-        );
-        interactive(
-            &shell,
-            setup,
-            &env,
-            "claude-failover wait task fix",
-            1,
-            &["READY> claude-failover wait task fix-login "],
-        );
-    }
+    let b = program("bash").display().to_string();
+    let shell = [b.as_str(), "--norc", "--noprofile", "-i"];
+    let setup = "source <(claude-failover completion bash); PS1='READY> '";
+    interactive(
+        &shell,
+        setup,
+        &env,
+        "claude-failover get ses",
+        1,
+        &["READY> claude-failover get sessions "],
+    );
+    interactive(
+        &shell,
+        setup,
+        &env,
+        "claude-failover describe sessions c",
+        4,
+        &["ccl-0", "ccl-1", "ccl-2"],
+    );
 }
 
 #[test]
+#[cfg_attr(not(zsh), ignore = "needs zsh: apt-get install zsh")]
+fn interactive_zsh_completes_on_tab() {
+    let env = pool();
+    let z = program("zsh").display().to_string();
+    let shell = [z.as_str(), "-f", "-i"];
+    let setup = "autoload -U compinit && compinit -u && source <(claude-failover completion zsh) && PS1='READY> '";
+    interactive(
+        &shell,
+        setup,
+        &env,
+        "claude-failover get ses",
+        1,
+        &["READY> claude-failover get sessions "],
+    );
+    interactive(
+        &shell,
+        setup,
+        &env,
+        "claude-failover logs c",
+        4,
+        &["ccl-0", "ccl-1", "ccl-2"],
+    );
+    interactive(
+        &shell,
+        setup,
+        &env,
+        "claude-failover get tasks --sort",
+        1,
+        &["--sort-by"],
+    );
+    interactive(
+        &shell,
+        setup,
+        &env,
+        "claude-failover wait task fix",
+        1,
+        &["READY> claude-failover wait task fix-login "],
+    );
+}
+
+#[test]
+#[cfg_attr(not(fish), ignore = "needs fish: apt-get install fish")]
 fn fish_completes_with_its_own_engine() {
-    let Some(fish) = require_tool("fish", "apt-get install fish", "fish_completes") else {
-        return;
-    };
+    let fish = program("fish");
     let env = pool();
     let c = |line: &str| -> Vec<String> {
         let out = Command::new(&fish)

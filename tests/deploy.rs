@@ -4,7 +4,7 @@
 //! config and alert rules (promtool check, and promtool's unit tests).
 
 mod common;
-use common::prom::{promtool, require};
+use common::prom::{promtool, tool};
 use common::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -32,10 +32,12 @@ fn program_takes(args: &[&str]) {
 }
 
 #[test]
+#[cfg_attr(
+    not(prometheus),
+    ignore = "needs prometheus and promtool: apt-get install prometheus"
+)]
 fn the_prometheus_rules_and_config_check_and_their_tests_pass() {
-    let Some(bin) = require("promtool", "the_prometheus_rules_and_config_check") else {
-        return;
-    };
+    let bin = tool("promtool");
     let rules = deploy("prometheus/claude-failover.rules.yml");
     let (ok, out) = promtool(&bin, &["check", "rules", rules.to_str().unwrap()], "");
     assert!(ok && out.contains("SUCCESS: 7 rules found"), "{out}");
@@ -76,14 +78,12 @@ fn the_prometheus_rules_and_config_check_and_their_tests_pass() {
 }
 
 #[test]
+#[cfg_attr(
+    not(systemd_analyze),
+    ignore = "needs systemd-analyze: apt-get install systemd"
+)]
 fn the_systemd_user_unit_verifies() {
-    let Some(analyze) = require_tool(
-        "systemd-analyze",
-        "apt-get install systemd",
-        "the_systemd_user_unit_verifies",
-    ) else {
-        return;
-    };
+    let analyze = program("systemd-analyze");
     let env = Env::new();
     // Where the unit looks for the program (`cargo install`'s place).
     let home = env.path("home");
@@ -125,11 +125,12 @@ fn the_systemd_user_unit_verifies() {
 }
 
 #[test]
+#[cfg_attr(
+    not(python3),
+    ignore = "needs python3 (plistlib): apt-get install python3"
+)]
 fn the_launchd_plist_is_a_property_list_the_program_takes() {
-    let Some(python) = require_tool("python3", "apt-get install python3", "the_launchd_plist")
-    else {
-        return;
-    };
+    let python = program("python3");
     let out = Command::new(python)
         .args([
             "-c",

@@ -5,7 +5,7 @@
 
 mod common;
 use common::fake_api::{Failure, FakeApi};
-use common::pool::{Pool, require_claude};
+use common::pool::{Pool, claude};
 use common::wait_for;
 use serde_json::Value;
 use std::time::{Duration, SystemTime};
@@ -97,10 +97,12 @@ fn request_with(pool: &Pool, needle: &str) -> common::fake_api::Recorded {
 }
 
 #[test]
+#[cfg_attr(
+    not(claude_code),
+    ignore = "needs Claude Code: npm ci --prefix tools/claude-code"
+)]
 fn crossing_the_threshold_moves_every_session_and_the_conversation_goes_on() {
-    let Some(claude) = require_claude("crossing_the_threshold_moves_every_session") else {
-        return;
-    };
+    let claude = claude();
     let mut pool = Pool::new(claude);
     usage(&pool.api, TOKEN_A, 0.5, 3600);
     usage(&pool.api, TOKEN_B, 0.1, 3600);
@@ -231,10 +233,12 @@ fn crossing_the_threshold_moves_every_session_and_the_conversation_goes_on() {
 }
 
 #[test]
+#[cfg_attr(
+    not(claude_code),
+    ignore = "needs Claude Code: npm ci --prefix tools/claude-code"
+)]
 fn a_usage_limit_in_the_middle_of_a_task_swaps_and_replays_it() {
-    let Some(claude) = require_claude("a_usage_limit_in_the_middle_of_a_task_swaps") else {
-        return;
-    };
+    let claude = claude();
     let mut pool = Pool::new(claude);
     usage(&pool.api, TOKEN_A, 0.6, 3600);
     usage(&pool.api, TOKEN_B, 0.1, 3600);
@@ -288,10 +292,12 @@ fn a_usage_limit_in_the_middle_of_a_task_swaps_and_replays_it() {
 }
 
 #[test]
+#[cfg_attr(
+    not(claude_code),
+    ignore = "needs Claude Code: npm ci --prefix tools/claude-code"
+)]
 fn with_no_account_left_sessions_wait_and_continue_after_the_reset() {
-    let Some(claude) = require_claude("with_no_account_left_sessions_wait") else {
-        return;
-    };
+    let claude = claude();
     let mut pool = Pool::new(claude);
     pool.apply(&pool.account_with_token("a", 0, TOKEN_A));
     pool.apply(&pool.session_yaml("solo", None, &[]));
@@ -371,10 +377,12 @@ fn with_no_account_left_sessions_wait_and_continue_after_the_reset() {
 }
 
 #[test]
+#[cfg_attr(
+    not(claude_code),
+    ignore = "needs Claude Code: npm ci --prefix tools/claude-code"
+)]
 fn concurrent_triggers_and_two_daemons_never_swap_twice_at_once() {
-    let Some(claude) = require_claude("concurrent_triggers_and_two_daemons") else {
-        return;
-    };
+    let claude = claude();
     const TOKEN_C: &str = "sk-ant-oat01-failover-test-account-c";
     const TOKEN_D: &str = "sk-ant-oat01-failover-test-account-d";
     let mut pool = Pool::new(claude);

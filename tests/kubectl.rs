@@ -10,7 +10,6 @@ use claude_failover::api::{Kind, ObjectKey};
 use claude_failover::store::Store;
 use common::*;
 use serde_json::{Value, json};
-use std::path::PathBuf;
 
 fn ex() -> String {
     examples().to_str().unwrap().to_string()
@@ -53,15 +52,10 @@ fn pool() -> Env {
     env
 }
 
-fn kubectl(test: &str) -> Option<PathBuf> {
-    require_tool("kubectl", "install kubectl 1.32 (see .ci/run)", test)
-}
-
 #[test]
+#[cfg_attr(not(kubectl), ignore = "needs kubectl (the reference): see .ci/run")]
 fn jsonpath_custom_columns_and_sort_by_print_what_kubectl_prints() {
-    let Some(k) = kubectl("jsonpath_custom_columns_and_sort_by_print_what_kubectl_prints") else {
-        return;
-    };
+    let k = program("kubectl");
     let env = pool();
     let api = kube_api::KubeApi::start(&env.store());
     let cases: Vec<Vec<&str>> = vec![

@@ -7,7 +7,7 @@ mod common;
 use claude_failover::api::{Kind, ObjectKey};
 use claude_failover::store::Store;
 use common::daemon::{Daemon, T, call};
-use common::prom::{Prometheus, promtool, require};
+use common::prom::{Prometheus, promtool, tool};
 use common::*;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -85,10 +85,12 @@ fn live_metrics(d: &Daemon) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    not(prometheus),
+    ignore = "needs prometheus and promtool: apt-get install prometheus"
+)]
 fn metrics_pass_promtool_check() {
-    let Some(promtool_bin) = require("promtool", "metrics_pass_promtool_check") else {
-        return;
-    };
+    let promtool_bin = tool("promtool");
     let env = Env::new();
     populate(&env);
     let d = Daemon::start(&env, &[]);
@@ -165,13 +167,12 @@ fn metric_names(expr: &str) -> Vec<String> {
 }
 
 #[test]
+#[cfg_attr(
+    not(prometheus),
+    ignore = "needs prometheus and promtool: apt-get install prometheus"
+)]
 fn every_dashboard_query_is_valid_promql_over_exported_metrics() {
-    let Some(promtool_bin) = require(
-        "promtool",
-        "every_dashboard_query_is_valid_promql_over_exported_metrics",
-    ) else {
-        return;
-    };
+    let promtool_bin = tool("promtool");
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboards");
     let mut boards: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
@@ -271,10 +272,12 @@ fn every_dashboard_query_is_valid_promql_over_exported_metrics() {
 }
 
 #[test]
+#[cfg_attr(
+    not(prometheus),
+    ignore = "needs prometheus and promtool: apt-get install prometheus"
+)]
 fn a_real_prometheus_scrapes_the_daemon() {
-    let Some(bin) = require("prometheus", "a_real_prometheus_scrapes_the_daemon") else {
-        return;
-    };
+    let bin = tool("prometheus");
     let env = Env::new();
     populate(&env);
     let d = Daemon::start(&env, &[]);
@@ -357,10 +360,12 @@ fn a_quiet_daemon_reconciles_only_on_changes_and_timers() {
 /// The alert rules of deploy/ name only metrics the daemon exports (a live
 /// daemon's /metrics and a sync pass's), and each parses as PromQL.
 #[test]
+#[cfg_attr(
+    not(prometheus),
+    ignore = "needs prometheus and promtool: apt-get install prometheus"
+)]
 fn alert_rules_name_only_exported_metrics() {
-    let Some(promtool_bin) = require("promtool", "alert_rules_name_only_exported_metrics") else {
-        return;
-    };
+    let promtool_bin = tool("promtool");
     let rules =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/claude-failover.rules.yml");
     let (ok, out) = promtool(

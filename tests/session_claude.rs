@@ -2,7 +2,7 @@
 //! real tmux, against a fake Anthropic API on 127.0.0.1.
 
 mod common;
-use common::pool::{Pool, require_claude};
+use common::pool::{Pool, claude};
 use serde_json::Value;
 
 fn cond<'a>(v: &'a Value, t: &str) -> Option<&'a Value> {
@@ -21,10 +21,12 @@ fn pid(v: &Value) -> u64 {
 }
 
 #[test]
+#[cfg_attr(
+    not(claude_code),
+    ignore = "needs Claude Code: npm ci --prefix tools/claude-code"
+)]
 fn a_session_runs_reports_its_state_and_comes_back() {
-    let Some(claude) = require_claude("a_session_runs_reports_its_state_and_comes_back") else {
-        return;
-    };
+    let claude = claude();
     let mut pool = Pool::new(claude);
     pool.apply(&pool.account_yaml("a", 10));
     pool.apply(&pool.session_yaml(
@@ -124,11 +126,12 @@ fn a_session_runs_reports_its_state_and_comes_back() {
 }
 
 #[test]
+#[cfg_attr(
+    not(claude_code),
+    ignore = "needs Claude Code: npm ci --prefix tools/claude-code"
+)]
 fn a_standby_daemon_takes_over_and_adopts_the_running_agents() {
-    let Some(claude) = require_claude("a_standby_daemon_takes_over_and_adopts_the_running_agents")
-    else {
-        return;
-    };
+    let claude = claude();
     let mut pool = Pool::new(claude);
     pool.apply(&pool.account_yaml("a", 10));
     pool.apply(&pool.session_yaml(
@@ -183,11 +186,12 @@ fn a_standby_daemon_takes_over_and_adopts_the_running_agents() {
 }
 
 #[test]
+#[cfg_attr(
+    not(claude_code),
+    ignore = "needs Claude Code: npm ci --prefix tools/claude-code"
+)]
 fn moving_to_another_account_continues_the_conversation() {
-    let Some(claude) = require_claude("moving_to_another_account_continues_the_conversation")
-    else {
-        return;
-    };
+    let claude = claude();
     let mut pool = Pool::new(claude);
     let (token_a, token_b) = (
         "sk-ant-oat01-token-of-account-a",
@@ -256,10 +260,12 @@ fn moving_to_another_account_continues_the_conversation() {
 }
 
 #[test]
+#[cfg_attr(
+    not(claude_code),
+    ignore = "needs Claude Code: npm ci --prefix tools/claude-code"
+)]
 fn a_permission_prompt_is_reported_as_waiting() {
-    let Some(claude) = require_claude("a_permission_prompt_is_reported_as_waiting") else {
-        return;
-    };
+    let claude = claude();
     let mut pool = Pool::new(claude);
     pool.apply(&pool.account_yaml("a", 10));
     // Default permission mode: a Bash call asks first.

@@ -4,7 +4,7 @@
 //! and `delete` waiting for the agent to be stopped.
 
 mod common;
-use common::pool::{LONG, Pool, require_claude};
+use common::pool::{LONG, Pool, claude};
 use common::wait_for;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -52,11 +52,12 @@ impl Drop for Follow {
 }
 
 #[test]
+#[cfg_attr(
+    not(claude_code),
+    ignore = "needs Claude Code: npm ci --prefix tools/claude-code"
+)]
 fn logs_attach_suspend_and_delete_a_session() {
-    let Some(claude) = require_claude("logs_attach_suspend_and_delete_a_session") else {
-        return;
-    };
-    let mut pool = Pool::new(claude);
+    let mut pool = Pool::new(claude());
     pool.apply(&pool.account_yaml("a", 10));
     pool.apply(&pool.session_yaml(
         "verbs",

@@ -55,10 +55,8 @@ fn condition(v: &Value, t: &str) -> (String, String, String) {
 }
 
 #[test]
+#[cfg_attr(not(git), ignore = "needs git: apt-get install git")]
 fn the_sync_is_an_object_with_conditions_revision_and_problems() {
-    if require_tool("git", "apt-get install git", "the_sync_is_an_object").is_none() {
-        return;
-    }
     let env = Env::new();
     let dir = env.path("repo");
     env.write("repo/tasks/a.yaml", &task("a", ""));

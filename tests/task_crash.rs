@@ -3,19 +3,19 @@
 //! sessions work through a queue. No task may be lost, none typed twice.
 
 mod common;
-use common::pool::{Pool, require_claude};
+use common::pool::{Pool, claude};
 use std::time::{Duration, Instant};
 
 const KILLS: usize = 50;
 const TASKS: usize = 60;
 
 #[test]
+#[cfg_attr(
+    not(claude_code),
+    ignore = "needs Claude Code: npm ci --prefix tools/claude-code"
+)]
 fn sigkill_at_random_points_loses_no_task_and_types_none_twice() {
-    let Some(claude) =
-        require_claude("sigkill_at_random_points_loses_no_task_and_types_none_twice")
-    else {
-        return;
-    };
+    let claude = claude();
     let mut pool = Pool::new(claude);
     pool.apply(&pool.account_yaml("a", 10));
     for s in ["k-0", "k-1"] {

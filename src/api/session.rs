@@ -214,6 +214,9 @@ pub struct Interruption {
     /// The `StopFailure` error (`rate_limit`).
     pub by: String,
     pub at: MicroTime,
+    /// The account the turn ran on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
 }
 
 /// A placement refused by the session controller.

@@ -129,10 +129,7 @@ impl Bus {
     /// Follows a cache of kind `K`: sends every change of its objects.
     /// `listed` runs once the cache holds its first listing (changes before
     /// it are the starting point, not sent). Runs until the task is aborted.
-    pub async fn follow<K: Object>(self, cache: Cache<K>, listed: impl FnOnce())
-    where
-        K: kube::Resource<DynamicType = ()>,
-    {
+    pub async fn follow<K: Object>(self, cache: Cache<K>, listed: impl FnOnce()) {
         let mut changes = Box::pin(cache.changes());
         cache.listed().await;
         listed();

@@ -54,7 +54,7 @@ pub async fn gauges(caches: Caches, metrics: Arc<Metrics>) {
 /// after each burst of changes (all that arrived while it ran, once).
 async fn follow<K>(cache: Cache<K>, settle: impl Fn(&[Arc<K>]))
 where
-    K: crate::api::Object + kube::Resource<DynamicType = ()>,
+    K: crate::api::Object,
 {
     let changes = cache.changes().ready_chunks(1024);
     let mut changes = Box::pin(changes);

@@ -328,7 +328,7 @@ type Wake = std::pin::Pin<Box<dyn Stream<Item = ()> + Send>>;
 
 fn changes<K>(cache: &Cache<K>) -> Wake
 where
-    K: crate::api::Object + kube::Resource<DynamicType = ()>,
+    K: crate::api::Object,
 {
     Box::pin(cache.changes().map(|_| ()))
 }
@@ -369,7 +369,11 @@ async fn run_sessions(
         c.leases.triggers(move |_: &Lease| moving(&c2), all.clone())
     };
     let from_agents = futures::stream::poll_fn(move |cx| wake.poll_recv(cx));
+    // Every session once at the start: the caches' first listing went by
+    // before these triggers subscribed.
+    let initial = futures::stream::iter(all());
     let queue = futures::stream::select_all(vec![
+        initial.boxed(),
         own.boxed(),
         by_account.boxed(),
         by_task.boxed(),

@@ -48,7 +48,7 @@ impl std::fmt::Display for Source {
 #[derive(Debug, Clone, PartialEq)]
 pub enum AnyObject {
     Account(Account),
-    Session(Session),
+    Session(Box<Session>),
     Task(Task),
 }
 
@@ -102,7 +102,7 @@ impl AnyObject {
     pub fn from_value(kind: Kind, v: Value) -> Result<AnyObject, serde_json::Error> {
         Ok(match kind {
             Kind::Account => AnyObject::Account(serde_json::from_value(v)?),
-            Kind::Session => AnyObject::Session(serde_json::from_value(v)?),
+            Kind::Session => AnyObject::Session(Box::new(serde_json::from_value(v)?)),
             Kind::Task => AnyObject::Task(serde_json::from_value(v)?),
             Kind::Swap | Kind::Lease | Kind::ManifestSync => {
                 return Err(serde::de::Error::custom(format!(
@@ -373,7 +373,7 @@ fn decode_document(root: &Node) -> Result<AnyObject, DocError> {
     let value = root.to_json();
     let object = match kind {
         Kind::Account => AnyObject::Account(typed(value)?),
-        Kind::Session => AnyObject::Session(typed(value)?),
+        Kind::Session => AnyObject::Session(Box::new(typed(value)?)),
         Kind::Task => AnyObject::Task(typed(value)?),
         Kind::Swap | Kind::Lease | Kind::ManifestSync => {
             return Err((vec![k("kind")], format!("kind `{kind}` cannot be declared")));

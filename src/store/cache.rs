@@ -114,10 +114,7 @@ impl<K: Object> Clone for Cache<K> {
     }
 }
 
-impl<K: Object> Cache<K>
-where
-    K: kube::Resource<DynamicType = ()>,
-{
+impl<K: Object> Cache<K> {
     /// Starts following the store (a task that runs until the process
     /// ends or the returned handle is aborted). `indexes`: the indexes to
     /// keep, by name.
@@ -363,14 +360,10 @@ where
     /// The changes as a stream; a lag becomes [`Changed::Lagged`].
     pub fn changes(&self) -> impl Stream<Item = Changed<K>> + Send + 'static {
         futures::stream::unfold(self.subscribe(), |mut rx| async move {
-            loop {
-                match rx.recv().await {
-                    Ok(c) => return Some((c, rx)),
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        return Some((Changed::Lagged, rx));
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                }
+            match rx.recv().await {
+                Ok(c) => Some((c, rx)),
+                Err(broadcast::error::RecvError::Lagged(_)) => Some((Changed::Lagged, rx)),
+                Err(broadcast::error::RecvError::Closed) => None,
             }
         })
     }
@@ -381,10 +374,7 @@ where
         &self,
         map: impl Fn(&K) -> Vec<ObjectRef<T>> + Send + 'static,
         all: impl Fn() -> Vec<ObjectRef<T>> + Send + 'static,
-    ) -> impl Stream<Item = ObjectRef<T>> + Send + 'static
-    where
-        T: kube::Resource<DynamicType = ()>,
-    {
+    ) -> impl Stream<Item = ObjectRef<T>> + Send + 'static {
         self.changes().flat_map(move |c| {
             let refs = match &c {
                 Changed::Added(o) | Changed::Deleted(o) => map(o),

@@ -373,6 +373,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(not(git), ignore = "needs git: apt-get install git")]
     fn revisions_of_a_checkout() {
         let d = tempfile::tempdir().unwrap();
         assert_eq!(git_revision(d.path()), None, "not a checkout");

@@ -21,6 +21,8 @@
 mod execute;
 pub mod plan;
 pub mod target;
+#[cfg(test)]
+mod tests;
 
 use super::Shared;
 use crate::api::{Kind, ObjectKey};

@@ -121,6 +121,7 @@ pub fn absorb(st: &mut SessionStatus, sig: &AgentSignals, pid_file: Option<&PidF
         st.interrupted = Some(Interruption {
             by: error.clone(),
             at: crate::api::micro(*at),
+            account: st.launch.as_ref().and_then(|l| l.account.clone()),
         });
     }
     // A prompt submitted since: the turn went on (a continue, a replay).

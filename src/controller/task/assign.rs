@@ -165,6 +165,8 @@ pub fn account_takes_work(s: &Session, account: Option<&Account>) -> bool {
         return false;
     }
     match &status.interrupted {
+        // Cut on another account: this one has not seen that limit.
+        Some(cut) if cut.account.is_some() && cut.account != account.metadata.name => true,
         None => true,
         Some(cut) => a.conditions.iter().any(|c| {
             c.type_ == "Available" && c.status == "True" && c.last_transition_time.0 > cut.at.0
@@ -357,7 +359,15 @@ mod tests {
         let cool = Duration::from_secs(60);
         let ok = account(AccountPhase::Available, 10);
         let idle = session(SessionPhase::Idle, true);
-        let cases: Vec<(&str, Session, Option<Account>, bool, Option<u64>, bool)> = vec![
+        type Case = (
+            &'static str,
+            Session,
+            Option<Account>,
+            bool,
+            Option<u64>,
+            bool,
+        );
+        let cases: Vec<Case> = vec![
             ("idle", idle.clone(), Some(ok.clone()), false, None, true),
             (
                 "busy phase",
@@ -422,7 +432,12 @@ mod tests {
         cut.status.as_mut().unwrap().interrupted = Some(crate::api::Interruption {
             by: "rate_limit".into(),
             at: crate::api::MicroTime(k8s_openapi::jiff::Timestamp::from_second(500).unwrap()),
+            account: Some("a".into()),
         });
+        // Moved to another account since the cut: that one takes work.
+        let mut other = account(AccountPhase::Available, 10);
+        other.metadata.name = Some("b".into());
+        assert!(account_takes_work(&cut, Some(&other)));
         assert!(!account_takes_work(
             &cut,
             Some(&account(AccountPhase::Available, 10))
