@@ -393,7 +393,10 @@ fn alert_rules_name_only_exported_metrics() {
 
 /// Each row of docs/control-plane.md's metrics table: the family names in
 /// the first column, and each label with the values listed in parentheses.
-fn documented() -> Vec<(Vec<String>, Vec<(String, Vec<String>)>)> {
+/// A documented row: its family names, and each label with its values.
+type DocRow = (Vec<String>, Vec<(String, Vec<String>)>);
+
+fn documented() -> Vec<DocRow> {
     let doc = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/control-plane.md"),
     )
