@@ -3,7 +3,8 @@
 //! - Which external programs the tests can use, so a test that needs one
 //!   that is missing is reported as ignored (never as passed):
 //!   `cfg(claude_code)` when the pinned Claude Code (or `CLAUDE_BIN`) is
-//!   there, `cfg(prometheus)` when `prometheus` and `promtool` are. CI sets
+//!   there, `cfg(prometheus)` when `prometheus` and `promtool` are,
+//!   `cfg(mcp_sdk)` when the MCP Python SDK's venv is. CI sets
 //!   `CLAUDE_FAILOVER_REQUIRE_CLAUDE` / `CLAUDE_FAILOVER_REQUIRE_TOOLS`: then
 //!   a missing program fails the build instead.
 //! - For `claude_failover_build_info` and `version`: the git commit the
@@ -67,8 +68,10 @@ fn main() {
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rustc-check-cfg=cfg(claude_code)");
     println!("cargo::rustc-check-cfg=cfg(prometheus)");
+    println!("cargo::rustc-check-cfg=cfg(mcp_sdk)");
     for var in [
         "CLAUDE_BIN",
+        "MCP_PYTHON",
         "PATH",
         "CLAUDE_FAILOVER_REQUIRE_CLAUDE",
         "CLAUDE_FAILOVER_REQUIRE_TOOLS",
@@ -108,6 +111,19 @@ fn main() {
                 "{program} is required (CLAUDE_FAILOVER_REQUIRE_TOOLS) but not on PATH: see .ci/run"
             );
         }
+    }
+    // The official MCP Python SDK in its venv (a real MCP client).
+    println!("cargo::rerun-if-changed=tools/mcp-client");
+    let python = std::env::var_os("MCP_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new("tools/mcp-client/.venv/bin/python").to_path_buf());
+    if python.exists() {
+        println!("cargo::rustc-cfg=mcp_sdk");
+    } else if std::env::var_os("CLAUDE_FAILOVER_REQUIRE_TOOLS").is_some() {
+        panic!(
+            "the MCP Python SDK is required (CLAUDE_FAILOVER_REQUIRE_TOOLS) but {} is missing: see tools/mcp-client/requirements.txt",
+            python.display()
+        );
     }
     if on_path("prometheus") && on_path("promtool") {
         println!("cargo::rustc-cfg=prometheus");

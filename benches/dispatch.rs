@@ -84,8 +84,15 @@ fn main() {
     )
     .unwrap();
     let store = Store::open(d.join("store")).unwrap();
+    // The key in a file the Session names: the store holds no secret.
+    let key_file = d.join("api-key");
+    std::fs::write(&key_file, "sk-ant-api03-bench-dispatch-000000000000\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let env = json!({
-        "ANTHROPIC_BASE_URL": api.url(), "ANTHROPIC_API_KEY": "sk-ant-api03-bench-dispatch-000000000000",
+        "ANTHROPIC_BASE_URL": api.url(), "ANTHROPIC_API_KEY": {"valueFrom": {"file": key_file.display().to_string()}},
         "DISABLE_TELEMETRY": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_AUTOUPDATER": "1",
         "DISABLE_ERROR_REPORTING": "1", "CLAUDE_CODE_DISABLE_OFFICIAL_MARKETPLACE_AUTOINSTALL": "1", "IS_SANDBOX": "1"
     });

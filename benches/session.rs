@@ -194,9 +194,24 @@ fn session_yaml(
     args: &str,
     env: &[(String, String)],
 ) -> String {
+    // Keys go to a file the Session names (the store holds no secret).
     let env: String = env
         .iter()
-        .map(|(k, v)| format!("      {k}: \"{v}\"\n"))
+        .map(|(k, v)| {
+            if claude_failover::agent::env::looks_secret(k, v).is_some() {
+                use std::os::unix::fs::PermissionsExt;
+                let file = dir.join(format!("secrets/{k}"));
+                std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+                std::fs::write(&file, v).unwrap();
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+                format!(
+                    "      {k}: {{valueFrom: {{file: \"{}\"}}}}\n",
+                    file.display()
+                )
+            } else {
+                format!("      {k}: \"{v}\"\n")
+            }
+        })
         .collect();
     format!(
         "apiVersion: claude-failover.io/v1alpha1\nkind: Session\nmetadata:\n  name: {name}\nspec:\n  workdir: {}\n  account: a\n  agent:\n    command: {command}\n    args: [{args}]\n    env:\n{env}",

@@ -133,8 +133,8 @@ fn main() {
                 );
                 assert!(loaded.errors.is_empty());
                 let values: Vec<_> = loaded.objects.iter().map(|d| d.object.to_value()).collect();
-                let (done, err) = store.apply_all(&values, false);
-                assert!(err.is_none() && done.len() == 1000);
+                let done = store.apply_all(&values, false).unwrap();
+                assert_eq!(done.len(), 1000);
                 t.elapsed()
             })
             .collect(),

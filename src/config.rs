@@ -40,6 +40,9 @@ pub struct Config {
     pub notify: NotifyConfig,
     #[serde(default)]
     pub api: ApiConfig,
+    /// The MCP server (`claude-failover mcp`, `/mcp` on the listener).
+    #[serde(default)]
+    pub mcp: crate::mcp::McpConfig,
 }
 
 /// Usage monitoring and failover (see docs/failover.md).

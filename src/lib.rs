@@ -11,6 +11,7 @@ pub mod fsutil;
 pub mod inbox;
 pub mod janitor;
 pub mod manifest;
+pub mod mcp;
 pub mod metrics;
 pub mod notify;
 pub mod output;

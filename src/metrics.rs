@@ -15,7 +15,7 @@
 //! resets, projections and phase) are filled from the caches by
 //! [`Metrics::count_sessions`], [`Metrics::count_tasks`] and
 //! [`Metrics::fill_accounts`], which the daemon runs on every change (see
-//! `crate::daemon::projections`); a controller that writes an Account's
+//! the daemon's projections); a controller that writes an Account's
 //! status does not set them itself.
 //!
 //! How to record (a sketch of each call):
@@ -77,7 +77,7 @@ pub const USAGE_POLL_RESULTS: [&str; 4] = ["ok", "retry_after", "unauthorized", 
 pub const NOTIFY_CHANNELS: [&str; 2] = ["telegram", "webhook"];
 /// `result` label values of `claude_failover_notifications_total`: sent,
 /// failed (given up after its attempts), deduplicated (the same notice
-/// within the de-duplication window); see [`crate::notify::Outcome`].
+/// within the de-duplication window); as the notifier counts them.
 pub const NOTIFY_RESULTS: [&str; 3] = ["sent", "failed", "deduplicated"];
 /// `condition` label values of `claude_failover_sync_condition`.
 pub const SYNC_CONDITIONS: [&str; 3] = ["Ready", "Reconciling", "Stalled"];

@@ -70,6 +70,35 @@ impl Selector {
         self.0.is_empty()
     }
 
+    /// The same selector as a `LabelSelector` (`a=b` in `matchLabels`, the
+    /// rest as `matchExpressions`; `a!=b` is `NotIn [b]`).
+    pub fn to_label_selector(&self) -> LabelSelector {
+        use crate::api::LabelSelectorRequirement as R;
+        let mut sel = LabelSelector::default();
+        let expr = |key: &str, operator: &str, values: Option<Vec<String>>| R {
+            key: key.to_string(),
+            operator: operator.to_string(),
+            values,
+        };
+        for r in &self.0 {
+            let e = match r {
+                Req::Eq(k, v) => {
+                    sel.match_labels
+                        .get_or_insert_with(Default::default)
+                        .insert(k.clone(), v.clone());
+                    continue;
+                }
+                Req::NotEq(k, v) => expr(k, "NotIn", Some(vec![v.clone()])),
+                Req::In(k, vs) => expr(k, "In", Some(vs.clone())),
+                Req::NotIn(k, vs) => expr(k, "NotIn", Some(vs.clone())),
+                Req::Exists(k) => expr(k, "Exists", None),
+                Req::NotExists(k) => expr(k, "DoesNotExist", None),
+            };
+            sel.match_expressions.get_or_insert_with(Vec::new).push(e);
+        }
+        sel
+    }
+
     pub fn matches(&self, labels: Option<&BTreeMap<String, String>>) -> bool {
         let get = |k: &str| labels.and_then(|l| l.get(k));
         self.0.iter().all(|r| match r {
@@ -159,5 +188,36 @@ mod tests {
         assert!(Selector::parse("a in x").is_err());
         assert!(Selector::parse("a in (x").is_err());
         assert!(Selector::parse("Bad Key=x").is_err());
+    }
+
+    #[test]
+    fn the_same_selector_as_a_label_selector() {
+        let text = "project=api,tier!=gold,zone in (a,b),env notin (x),team,!legacy";
+        let sel = Selector::parse(text).unwrap().to_label_selector();
+        let back = Selector::from_label_selector(&sel);
+        for l in [
+            labels(&[("project", "api"), ("zone", "a"), ("team", "t")]),
+            labels(&[("project", "api"), ("zone", "c"), ("team", "t")]),
+            labels(&[
+                ("project", "api"),
+                ("tier", "gold"),
+                ("zone", "a"),
+                ("team", "t"),
+            ]),
+            labels(&[
+                ("project", "api"),
+                ("zone", "b"),
+                ("team", "t"),
+                ("legacy", "1"),
+            ]),
+        ] {
+            assert_eq!(
+                back.matches(Some(&l)),
+                Selector::parse(text).unwrap().matches(Some(&l)),
+                "{l:?}"
+            );
+        }
+        assert_eq!(sel.match_labels.unwrap()["project"], "api");
+        assert_eq!(sel.match_expressions.unwrap().len(), 5);
     }
 }

@@ -9,9 +9,14 @@
 //!   pruned, but only if the sync applied it and it still carries the
 //!   annotation: objects created by `apply`, the API or the inbox are never
 //!   pruned.
-//! - A bad file is reported (one line per problem) and skipped; the rest
-//!   syncs. The objects it declared before are neither changed nor pruned,
-//!   so a half-written or broken file loses nothing.
+//! - Each file is applied in one store transaction, with its inventory
+//!   entries: all its objects or none (a conflict, a full disk, a crash).
+//! - A bad file (any problem in any of its documents, or a FIFO or other
+//!   special file, refused without being read) is reported (one line per
+//!   problem) and skipped whole: none of its documents is applied, the
+//!   rest of the directory syncs. The objects it declared before are
+//!   neither changed nor pruned, so a half-written or broken file loses
+//!   nothing.
 //! - The sync is a server-side apply by its own field manager
 //!   (`claude-failover-sync`, see `store::ownership`): it sets the fields
 //!   its files declare and keeps every other writer's (a cancel or restart
@@ -30,7 +35,7 @@
 pub mod status;
 
 use crate::api::{Kind, ManifestSync, ObjectKey};
-use crate::manifest::{LoadOptions, ManifestError, load_paths};
+use crate::manifest::{Decoded, LoadOptions, ManifestError, load_paths};
 use crate::store::{ApplyRequest, Outcome, Store, StoreError};
 use notify::{RecursiveMode, Watcher};
 use serde::{Deserialize, Serialize};
@@ -83,7 +88,8 @@ pub struct Syncer {
     store: Store,
     dir: PathBuf,
     namespace: String,
-    inventory_path: PathBuf,
+    /// The inventory's record name (`STORE/inventory/<id>.json`).
+    inventory_id: String,
     /// The ManifestSync object that stands for this sync.
     key: ObjectKey,
     metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
@@ -96,16 +102,17 @@ fn fnv1a(s: &str) -> u64 {
     })
 }
 
+const INVENTORY: &str = "inventory";
+
 impl Syncer {
     pub fn new(store: Store, dir: &Path, namespace: &str) -> std::io::Result<Syncer> {
         let dir = std::fs::canonicalize(dir)?;
-        let id = format!("{:016x}", fnv1a(&dir.display().to_string()));
-        let inventory_path = store.root().join("inventory").join(format!("{id}.json"));
+        let inventory_id = format!("{:016x}", fnv1a(&dir.display().to_string()));
         Ok(Syncer {
             store,
             dir,
             namespace: namespace.to_string(),
-            inventory_path,
+            inventory_id,
             key: ObjectKey::new(Kind::ManifestSync, namespace, crate::api::MANIFESTS_SYNC),
             metrics: None,
         })
@@ -127,21 +134,20 @@ impl Syncer {
     }
 
     fn load_inventory(&self) -> Inventory {
-        std::fs::read(&self.inventory_path)
+        self.store
+            .record(INVENTORY, &self.inventory_id)
             .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
+            .flatten()
+            .and_then(|v| serde_json::from_value(v).ok())
             .unwrap_or_default()
     }
 
-    fn save_inventory(&self, inv: &Inventory) -> std::io::Result<()> {
-        if let Some(d) = self.inventory_path.parent() {
-            std::fs::create_dir_all(d)?;
-        }
-        let data = serde_json::to_vec_pretty(inv).expect("inventory serializes");
-        crate::fsutil::write_atomic(&self.inventory_path, &data, None, true)
+    fn inventory_value(inv: &Inventory) -> Value {
+        serde_json::to_value(inv).expect("inventory serializes")
     }
 
-    /// One full pass: apply, prune, save the inventory.
+    /// One full pass: each good file applied all or nothing, then prune,
+    /// then the inventory.
     pub fn sync_once(&self) -> SyncReport {
         self.sync_with(true)
     }
@@ -200,15 +206,97 @@ impl Syncer {
                 .collect(),
             ..Default::default()
         };
-        let bad_files: HashSet<&str> = loaded.bad_files();
+        // A file with any problem is skipped whole: none of its objects is
+        // applied (its good documents neither), none of its old ones pruned.
+        let mut skipped: HashSet<String> =
+            loaded.bad_files().into_iter().map(str::to_string).collect();
         let old = self.load_inventory();
+        // While applying, the inventory holds the old entries and what is
+        // declared so far: a pass cut short loses track of nothing.
         let mut inv = Inventory {
             dir: self.dir.display().to_string(),
-            objects: BTreeMap::new(),
+            objects: old.objects.clone(),
         };
-        let mut objects = loaded.objects.clone();
-        objects.sort_by_key(|d| d.object.kind());
-        for d in &objects {
+        let mut declared = BTreeMap::new();
+        for (file, objects) in by_file(&loaded.objects, &skipped) {
+            match self.apply_file(&file, &objects, &mut inv, &mut report) {
+                Ok(entries) => declared.extend(entries),
+                Err(()) => {
+                    skipped.insert(file);
+                }
+            }
+        }
+        let mut kept = BTreeMap::new();
+        for (name, entry) in old.objects {
+            if declared.contains_key(&name) {
+                continue;
+            }
+            // Its file is broken or was not applied, or the object is
+            // declared twice (or the sync does not prune): keep it, and keep
+            // it in the inventory so it is pruned once truly gone.
+            if !prune
+                || skipped.contains(entry.file.as_str())
+                || loaded.contested.contains(&entry.key)
+            {
+                kept.insert(name, entry);
+                continue;
+            }
+            match self.prune(&entry.key) {
+                Ok(true) => report.pruned.push(entry.key),
+                Ok(false) => {}
+                Err(e) => {
+                    report.failed.push((entry.key.clone(), e.to_string()));
+                    kept.insert(name, entry);
+                }
+            }
+        }
+        declared.extend(kept);
+        let inv = Inventory {
+            dir: inv.dir,
+            objects: declared,
+        };
+        if let Err(e) = self.save_inventory(&inv) {
+            report.failed.push((
+                ObjectKey::new(crate::api::Kind::Account, "-", "inventory"),
+                format!("{INVENTORY}/{}: {e}", self.inventory_id),
+            ));
+        }
+        report
+    }
+
+    fn save_inventory(&self, inv: &Inventory) -> Result<(), StoreError> {
+        let v = Self::inventory_value(inv);
+        if self.store.record(INVENTORY, &self.inventory_id)?.as_ref() == Some(&v) {
+            return Ok(());
+        }
+        let mut batch = self.store.batch(false)?;
+        batch.write_record(INVENTORY, &self.inventory_id, &v)?;
+        batch.commit()
+    }
+
+    /// Applies one file's objects in one batch (with the inventory, when
+    /// they add to it): all or none. Returns their inventory entries.
+    fn apply_file(
+        &self,
+        file: &str,
+        objects: &[&Decoded],
+        inv: &mut Inventory,
+        report: &mut SyncReport,
+    ) -> Result<BTreeMap<String, InventoryEntry>, ()> {
+        let fail = |report: &mut SyncReport, key: ObjectKey, e: StoreError| {
+            report.failed.push((
+                key,
+                format!("{e}; nothing of {file} was applied (all or nothing)"),
+            ));
+            Err(())
+        };
+        let mut batch = match self.store.batch(false) {
+            Ok(b) => b,
+            Err(e) => return fail(report, objects[0].object.key(), e),
+        };
+        let mut entries = BTreeMap::new();
+        let mut outcomes = Vec::new();
+        for d in objects {
             let mut obj = d.object.clone();
             let meta = obj.meta_mut();
             meta.resource_version = None; // the directory is authoritative
@@ -216,13 +304,6 @@ impl Syncer {
                 .get_or_insert_with(Default::default)
                 .insert(MANAGED_BY.into(), MANAGED_BY_SYNC.into());
             let key = obj.key();
-            inv.objects.insert(
-                key.to_string(),
-                InventoryEntry {
-                    key: key.clone(),
-                    file: d.source.file.clone(),
-                },
-            );
             // The fields the file declares, owned by the sync; the
             // directory is authoritative, so fields another writer changed
             // are taken back (drift correction), and the rest (a cancel, a
@@ -235,68 +316,54 @@ impl Syncer {
                 manager: FIELD_MANAGER.into(),
                 force: true,
             };
-            match self.store.apply_request(&req, false) {
-                Ok(r) => {
-                    let outcome = r.outcome;
-                    if outcome != Outcome::Unchanged {
-                        let taken: Vec<String> =
-                            r.taken_over.iter().map(|c| c.to_string()).collect();
-                        let message = if taken.is_empty() {
-                            format!("{outcome} from {}", d.source)
-                        } else {
-                            format!(
-                                "{outcome} from {} (took back {})",
-                                d.source,
-                                taken.join(", ")
-                            )
-                        };
-                        let _ = self.store.record_event(
-                            &key,
-                            false,
-                            if outcome == Outcome::Created {
-                                "Created"
-                            } else {
-                                "Synced"
-                            },
-                            &message,
-                            "sync",
-                        );
-                    }
-                    report.applied.push((key, outcome));
-                }
-                Err(e) => report.failed.push((key, e.to_string())),
+            match batch.apply_request(&req) {
+                Ok(r) => outcomes.push((key.clone(), r.outcome, &d.source, r.taken_over)),
+                Err(e) => return fail(report, key, e),
+            }
+            entries.insert(
+                key.to_string(),
+                InventoryEntry {
+                    key,
+                    file: file.to_string(),
+                },
+            );
+        }
+        let grows = entries
+            .iter()
+            .any(|(name, e)| inv.objects.get(name).is_none_or(|old| old.file != e.file));
+        if grows {
+            let mut next = inv.objects.clone();
+            next.extend(entries.clone());
+            let v = Self::inventory_value(&Inventory {
+                dir: inv.dir.clone(),
+                objects: next,
+            });
+            if let Err(e) = batch.write_record(INVENTORY, &self.inventory_id, &v) {
+                return fail(report, objects[0].object.key(), e);
             }
         }
-        for (name, entry) in old.objects {
-            if inv.objects.contains_key(&name) {
-                continue;
-            }
-            // Its file is broken or the object is declared twice (or the
-            // sync does not prune): keep it, and keep it in the inventory
-            // so it is pruned once truly gone.
-            if !prune
-                || bad_files.contains(entry.file.as_str())
-                || loaded.contested.contains(&entry.key)
-            {
-                inv.objects.insert(name, entry);
-                continue;
-            }
-            match self.prune(&entry.key) {
-                Ok(true) => report.pruned.push(entry.key),
-                Ok(false) => {}
-                Err(e) => {
-                    report.failed.push((entry.key.clone(), e.to_string()));
-                    inv.objects.insert(name, entry);
-                }
-            }
+        if let Err(e) = batch.commit() {
+            return fail(report, objects[0].object.key(), e);
         }
-        if let Err(e) = self.save_inventory(&inv) {
-            report.failed.push((
-                ObjectKey::new(crate::api::Kind::Account, "-", "inventory"),
-                format!("{}: {e}", self.inventory_path.display()),
-            ));
+        inv.objects.extend(entries.clone());
+        for (key, outcome, source, taken_over) in outcomes {
+            if outcome != Outcome::Unchanged {
+                let reason = if outcome == Outcome::Created {
+                    "Created"
+                } else {
+                    "Synced"
+                };
+                let taken: Vec<String> = taken_over.iter().map(|c| c.to_string()).collect();
+                let message = if taken.is_empty() {
+                    format!("{outcome} from {source}")
+                } else {
+                    format!("{outcome} from {source} (took back {})", taken.join(", "))
+                };
+                let _ = self.store.record_event(&key, false, reason, &message, "sync");
+            }
+            report.applied.push((key, outcome));
         }
-        report
+        Ok(entries)
     }
 
     /// Deletes `key` if the sync still owns it. True when it was deleted
@@ -431,6 +498,30 @@ impl Syncer {
             after_pass(&report);
         }
     }
+}
+
+/// The good objects by file, files in the order they are applied: those
+/// declaring accounts first, then sessions, then tasks (objects that name
+/// others come after them), each file's objects in that order too.
+fn by_file<'a>(
+    objects: &'a [Decoded],
+    skipped: &HashSet<String>,
+) -> Vec<(String, Vec<&'a Decoded>)> {
+    let mut files: BTreeMap<&str, Vec<&Decoded>> = BTreeMap::new();
+    for d in objects {
+        if !skipped.contains(&d.source.file) {
+            files.entry(&d.source.file).or_default().push(d);
+        }
+    }
+    let mut out: Vec<(String, Vec<&Decoded>)> = files
+        .into_iter()
+        .map(|(f, mut objs)| {
+            objs.sort_by_key(|d| d.object.kind());
+            (f.to_string(), objs)
+        })
+        .collect();
+    out.sort_by_key(|(f, objs)| (objs[0].object.kind(), f.clone()));
+    out
 }
 
 fn log_report(dir: &Path, r: &SyncReport) {

@@ -58,6 +58,51 @@ const CASES: &[(&str, &str)] = &[
         "7:3: spec.workdir: duplicate key `workdir` (first at line 6)",
     ),
     ("not-a-mapping.yaml", "1:1: (root): expected a mapping"),
+    // Refused, never bent or dropped.
+    (
+        "thresholds-list.yaml",
+        "7:3: spec.thresholds: invalid type: a list, expected a mapping",
+    ),
+    (
+        "not-finite.yaml",
+        "7:10: spec.model: `.nan` is not a finite number",
+    ),
+    (
+        "float-too-large.yaml",
+        "7:13: spec.priority: `1e400` is too large for a number",
+    ),
+    (
+        "integer-too-large.yaml",
+        "7:13: spec.priority: `99999999999999999999` is too large",
+    ),
+    (
+        "int32-too-large.yaml",
+        "7:3: spec.priority: 3000000000 is too large: expected an integer of at most 2147483647",
+    ),
+    (
+        "selector-unknown-key.yaml",
+        "9:5: spec.sessionSelector.matchLabel: unknown field `matchLabel`",
+    ),
+    (
+        "labels-same-key.yaml",
+        "5:18: metadata.labels.1: duplicate key `1` (first at line 5, written another way",
+    ),
+    (
+        "timeout-zero.yaml",
+        "7:3: spec.timeoutSeconds: 0 is out of range",
+    ),
+    (
+        "nul-in-path.yaml",
+        "6:14: spec.configDir: contains the control character U+0000",
+    ),
+    (
+        "literal-secret.yaml",
+        "9:7: spec.agent.env.ANTHROPIC_API_KEY: a literal value that looks like a secret",
+    ),
+    (
+        "escape-in-prompt.yaml",
+        "6:11: spec.prompt: contains the control character U+001B",
+    ),
 ];
 
 /// The lines of stderr that report a problem (not the closing summary).

@@ -4,6 +4,7 @@ use claude_failover::config::{
     ApiConfig, Config, DispatchConfig, JanitorConfig, LogConfig, NotifyConfig, QuotaConfig,
     TelegramConfig, WebhookConfig,
 };
+use claude_failover::mcp::config::{DelegationConfig, McpConfig, TokenConfig};
 use std::path::Path;
 
 fn repo(rel: &str) -> std::path::PathBuf {
@@ -127,9 +128,23 @@ fn config_example_covers_every_key() {
             socket: Some(_),
             token_file: Some(_),
         },
+        mcp:
+            McpConfig {
+                write: Some(_),
+                tokens,
+                delegation:
+                    DelegationConfig {
+                        max_depth: Some(_),
+                        max_tasks: Some(_),
+                        window_seconds: Some(_),
+                    },
+            },
     } = cfg
     else {
         panic!("config.example.yaml leaves a key unset: {cfg:?}");
+    };
+    let [TokenConfig { .. }] = tokens.as_slice() else {
+        panic!("config.example.yaml shows one MCP token: {tokens:?}");
     };
 }
 

@@ -36,14 +36,35 @@ fn no_secret_reaches_any_log() {
     ));
     std::fs::write(&config, text).unwrap();
     pool.apply(&pool.account_yaml("a", 10));
-    // The key is in the daemon's environment, not in the store.
-    pool.apply(&pool.session_yaml("sec-0", Some("a"), &[]));
+    // A literal key in agent.env is refused, naming the way that works.
+    let literal = pool.session_yaml("sec-0", Some("a"), &[]).replace(
+        "    env:\n",
+        &format!("    env:\n      ANTHROPIC_API_KEY: \"{API_KEY}\"\n"),
+    );
+    std::fs::write(pool.path("literal.yaml"), literal).unwrap();
+    let out = pool
+        .cli(&["apply", "-f", pool.path("literal.yaml").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let refusal = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success() && refusal.contains("valueFrom"),
+        "{refusal}"
+    );
+    assert!(
+        !refusal.contains(MARK),
+        "the refusal repeats the secret: {refusal}"
+    );
+    // The key is in a file the Session names (valueFrom), read at launch.
+    pool.apply(&pool.session_yaml("sec-0", Some("a"), &[("ANTHROPIC_API_KEY", API_KEY)]));
+    assert!(
+        pool.ok(&["get", "session", "sec-0", "-o", "yaml"])
+            .contains("valueFrom"),
+        "the key is not read from a file"
+    );
     pool.start_daemon_with(
         &["--log-level", "debug"],
-        &[
-            ("ANTHROPIC_API_KEY", API_KEY),
-            ("CF_TEST_TELEGRAM_TOKEN", TELEGRAM),
-        ],
+        &[("CF_TEST_TELEGRAM_TOKEN", TELEGRAM)],
     );
     let first = pool.wait_phase("sec-0", "Idle");
     let api = format!("{}/api/v1/namespaces/default", pool.api_url());
@@ -74,7 +95,7 @@ fn no_secret_reaches_any_log() {
     );
     assert_eq!(code, 201, "{body}");
     pool.wait_task_phase("s1", "Succeeded");
-    // The agent authenticated with the key from the daemon's environment.
+    // The agent authenticated with the key from its file.
     assert!(
         pool.api
             .main_requests()
@@ -83,6 +104,11 @@ fn no_secret_reaches_any_log() {
         "{}",
         pool.api.summary()
     );
+
+    // What people read of the session shows the file, not the key.
+    cli(&["get", "session", "sec-0", "-o", "yaml"]);
+    cli(&["get", "session", "sec-0", "-o", "json"]);
+    cli(&["describe", "session", "sec-0"]);
 
     // Restart through the CLI (and so the API).
     cli(&["restart", "session", "sec-0"]);
@@ -158,7 +184,14 @@ fn no_secret_reaches_any_log() {
             panic!("{what} holds part of a secret: {line}");
         }
     }
-    // Nor does the store (events, statuses, specs).
+    // Nor does the store (events, statuses, specs), which only its owner
+    // may enter.
+    let mode = std::fs::metadata(pool.path("store"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o700, "store directory mode {mode:o}");
     for (path, bytes) in common::snapshot(&pool.path("store")) {
         assert!(
             !String::from_utf8_lossy(&bytes).contains(MARK),

@@ -103,6 +103,10 @@ pub fn plan(input: &LaunchInput<'_>) -> LaunchPlan {
     argv.extend(agent.args[..lead].iter().cloned());
     argv.push("--settings".into());
     argv.push(input.settings_path.to_string_lossy().into_owned());
+    argv.extend(crate::mcp::agent::launch_args(
+        input.session,
+        input.settings_path,
+    ));
     argv.push(
         if input.resume {
             "--resume"
@@ -124,9 +128,9 @@ pub fn plan(input: &LaunchInput<'_>) -> LaunchPlan {
             dir.to_string_lossy().into_owned(),
         ));
     }
-    for (k, v) in &agent.env {
-        env.retain(|(ek, _)| ek != k);
-        env.push((k.clone(), v.clone()));
+    for (k, v) in crate::agent::env::resolve_or_skip(&agent.env) {
+        env.retain(|(ek, _)| *ek != k);
+        env.push((k, v));
     }
     LaunchPlan {
         argv,
@@ -163,7 +167,8 @@ mod tests {
                     command: "/opt/claude".into(),
                     args: vec!["--dangerously-skip-permissions".into()],
                     model: Some("sonnet".into()),
-                    env: [("FOO".to_string(), "bar".to_string())].into(),
+                    env: [("FOO".to_string(), "bar".into())].into(),
+                    mcp: false,
                 },
                 suspend: false,
             },

@@ -2,6 +2,7 @@
 //! dir, how to launch it, and how to read its state.
 
 pub mod driver;
+pub mod env;
 pub mod launch;
 pub mod screen;
 pub mod seed;

@@ -24,6 +24,8 @@ pub enum SeedError {
     },
     #[error("{path}: not valid JSON, left untouched: {message}")]
     Corrupt { path: PathBuf, message: String },
+    #[error(transparent)]
+    Env(#[from] crate::agent::env::EnvError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SeedError + '_ {
@@ -48,12 +50,7 @@ pub struct Seed<'a> {
 /// The API key a session's agent runs with: its own `agent.env`, else the
 /// daemon's environment.
 pub fn session_api_key(session: &crate::api::Session) -> Option<String> {
-    session
-        .spec
-        .agent
-        .env
-        .get("ANTHROPIC_API_KEY")
-        .cloned()
+    crate::agent::env::lookup(&session.spec.agent.env, "ANTHROPIC_API_KEY")
         .or_else(|| std::env::var("ANTHROPIC_API_KEY").ok())
 }
 
@@ -108,6 +105,9 @@ pub fn seed_for_session(
     session: &crate::api::Session,
     shared_projects: &Path,
 ) -> Result<(), SeedError> {
+    // Every value file of the agent's environment reads, or the launch
+    // (and a failover's preflight) fails saying which.
+    crate::agent::env::resolve(&session.spec.agent.env)?;
     let api_key = session_api_key(session);
     seed_account(
         config_dir,

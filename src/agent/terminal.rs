@@ -1,6 +1,6 @@
 //! The terminal an agent runs in, as the agent driver needs it: sessions
 //! by exact name, their one pane, the screen, text and keys. tmux
-//! implements it ([`crate::tmux::Tmux`]).
+//! implements it (`Tmux`, in `src/tmux.rs`).
 
 use std::future::Future;
 use std::path::Path;

@@ -24,6 +24,7 @@ pub const SWAP_LEASE: &str = "swap";
     status = "LeaseStatus",
     derive = "PartialEq",
     derive = "Default",
+    shortname = "cflease",
     category = "claude-failover",
     doc = "A lock shared by the daemons of one store (the leader, the swap) and its fencing epoch",
     printcolumn(name = "Holder", type_ = "string", json_path = ".spec.holderIdentity"),

@@ -62,9 +62,92 @@ pub struct AgentSpec {
     /// Model alias or name (`sonnet`, `opus`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
-    /// Extra environment variables.
+    /// Extra environment variables: a literal value, or
+    /// `{valueFrom: {file: PATH}}`, read when the agent starts (for keys
+    /// and tokens: the store never holds a secret, and a literal value that
+    /// looks like one is refused).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub env: BTreeMap<String, String>,
+    pub env: BTreeMap<String, EnvValue>,
+    /// Give the agent the pool's MCP server (`--mcp-config`): it can read
+    /// the pool and hand tasks to other sessions (docs/mcp.md).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mcp: bool,
+}
+
+/// The value of one environment variable of an agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EnvValue {
+    /// `NAME: value`
+    Value(String),
+    /// `NAME: {valueFrom: {file: PATH}}`: the file's content (without its
+    /// final line break), read at each launch.
+    FromFile(String),
+}
+
+impl From<&str> for EnvValue {
+    fn from(v: &str) -> EnvValue {
+        EnvValue::Value(v.to_string())
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct EnvFrom {
+    value_from: EnvSource,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvSource {
+    /// An absolute path (or `~/...`) of a file holding the value.
+    file: String,
+}
+
+impl Serialize for EnvValue {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            EnvValue::Value(v) => s.serialize_str(v),
+            EnvValue::FromFile(f) => EnvFrom {
+                value_from: EnvSource { file: f.clone() },
+            }
+            .serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for EnvValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = EnvValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string, or {valueFrom: {file: PATH}}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<EnvValue, E> {
+                Ok(EnvValue::Value(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<EnvValue, A::Error> {
+                let from = EnvFrom::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(EnvValue::FromFile(from.value_from.file))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for EnvValue {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "EnvValue".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        // A string or an object: not one structural type, so the API server
+        // keeps it as it is and the typed decoding checks it.
+        schemars::json_schema!({
+            "description": "A literal value, or {valueFrom: {file: PATH}} read when the agent starts",
+            "x-kubernetes-preserve-unknown-fields": true
+        })
+    }
 }
 
 fn default_command() -> String {
@@ -78,6 +161,7 @@ impl Default for AgentSpec {
             args: Vec::new(),
             model: None,
             env: BTreeMap::new(),
+            mcp: false,
         }
     }
 }

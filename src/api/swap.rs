@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
     namespaced,
     status = "SwapState",
     derive = "PartialEq",
+    shortname = "swp",
     category = "claude-failover",
     doc = "One move of an account's sessions to another account, under one swap epoch",
     printcolumn(name = "Epoch", type_ = "integer", json_path = ".spec.epoch"),

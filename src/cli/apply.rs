@@ -10,7 +10,9 @@ use super::{Ctx, kustomize, print};
 use crate::api::{Kind, ObjectKey};
 use crate::manifest::{Decoded, LoadOptions, Loaded, ManifestError, load_paths};
 use crate::store::ownership;
-use crate::store::{ApplyRequest, DEFAULT_MANAGER, DeleteOutcome, Outcome, Store, StoreError};
+use crate::store::{
+    ApplyRequest, BatchError, DEFAULT_MANAGER, DeleteOutcome, Outcome, Store, StoreError,
+};
 use anyhow::{Result, bail};
 use clap::Args;
 use serde_json::Value;
@@ -261,27 +263,32 @@ pub fn apply(ctx: &Ctx, a: ApplyArgs) -> Result<ExitCode> {
         .iter()
         .map(|d| request(d, &a.field_manager, a.force_conflicts))
         .collect();
-    let (done, err): (Vec<(Outcome, Value)>, Option<StoreError>) = match a.dry_run {
-        DryRun::Client => {
-            let mut done = Vec::new();
-            let mut err = None;
-            for r in &reqs {
-                match preview(&store, r) {
-                    Ok(x) => done.push(x),
-                    Err(e) => {
-                        err = Some(e);
-                        break;
-                    }
-                }
+    // One transaction: every object is applied, or none is.
+    let result: Result<Vec<(Outcome, Value)>, BatchError> = match a.dry_run {
+        DryRun::Client => reqs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| preview(&store, r).map_err(|e| (Some(i), e)))
+            .collect(),
+        mode => store
+            .apply_requests(&reqs, mode == DryRun::Server)
+            .map(|done| done.into_iter().map(|r| (r.outcome, r.object)).collect()),
+    };
+    let done = match result {
+        Ok(done) => done,
+        Err((at, e)) => {
+            match (at.map(|i| &objects[i]), e) {
+                (Some(d), StoreError::FieldConflicts { conflicts, .. }) => eprintln!(
+                    "{}: {}/{}: {conflicts}",
+                    d.source,
+                    d.object.kind().qualified(),
+                    d.object.name()
+                ),
+                (Some(d), e) => eprintln!("{}: {e}", d.source),
+                (None, e) => eprintln!("error: {e}"),
             }
-            (done, err)
-        }
-        mode => {
-            let (done, err) = store.apply_requests(&reqs, mode == DryRun::Server);
-            (
-                done.into_iter().map(|r| (r.outcome, r.object)).collect(),
-                err,
-            )
+            eprintln!("error: nothing applied");
+            return Ok(ExitCode::from(1));
         }
     };
     let suffix = a.dry_run.suffix();
@@ -295,19 +302,6 @@ pub fn apply(ctx: &Ctx, a: ApplyArgs) -> Result<ExitCode> {
                 d.object.name()
             );
         }
-    }
-    if let Some(e) = err {
-        let d = &objects[done.len()];
-        match e {
-            StoreError::FieldConflicts { conflicts, .. } => eprintln!(
-                "{}: {}/{}: {conflicts}",
-                d.source,
-                d.object.kind().qualified(),
-                d.object.name()
-            ),
-            e => eprintln!("{}: {e}", d.source),
-        }
-        return Ok(ExitCode::from(1));
     }
     if a.prune {
         let applied: Vec<ObjectKey> = objects.iter().map(|d| d.object.key()).collect();

@@ -211,6 +211,7 @@ pub fn get(ctx: &Ctx, a: GetArgs) -> Result<ExitCode> {
     let ns = (!a.all_namespaces).then_some(ctx.namespace.as_str());
     let mut listed: Vec<(Kind, Vec<Value>)> = Vec::new();
     let mut missing = Vec::new();
+    let mut corrupt = Vec::new();
     for Target { kind, names } in &targets {
         let filter = Filter::new(
             names,
@@ -218,8 +219,10 @@ pub fn get(ctx: &Ctx, a: GetArgs) -> Result<ExitCode> {
             a.field_selector.as_deref(),
             &kinds,
         )?;
-        let mut items: Vec<Value> = store
-            .list(*kind, ns)?
+        let listing = store.list_checked(*kind, ns)?;
+        corrupt.extend(listing.corrupt.iter().cloned());
+        let mut items: Vec<Value> = listing
+            .objects
             .into_iter()
             .filter(|v| filter.keep(v))
             .map(|v| {
@@ -231,10 +234,11 @@ pub fn get(ctx: &Ctx, a: GetArgs) -> Result<ExitCode> {
             })
             .collect();
         for n in names {
+            let is_corrupt = listing.corrupt.iter().any(|c| c.key.name == *n);
             let found = items
                 .iter()
                 .any(|v| v.pointer("/metadata/name").and_then(Value::as_str) == Some(n));
-            if !found && !a.ignore_not_found {
+            if !found && !is_corrupt && !a.ignore_not_found {
                 missing.push(format!("{} \"{n}\" not found", kind.qualified()));
             }
         }
@@ -258,10 +262,32 @@ pub fn get(ctx: &Ctx, a: GetArgs) -> Result<ExitCode> {
         };
         eprintln!("No resources found{where_}.");
     }
+    // Objects whose files do not read: named, never hidden.
+    let mut named_corrupt = false;
+    for c in &corrupt {
+        let target = targets.iter().find(|t| t.kind == c.key.kind);
+        let names: &[String] = target.map(|t| t.names.as_slice()).unwrap_or_default();
+        let named = names.contains(&c.key.name);
+        if !names.is_empty() && !named {
+            continue;
+        }
+        named_corrupt |= named;
+        eprintln!(
+            "{}: {} \"{}\" in namespace {} is corrupt and skipped: {}: {} (fix the file, or `delete {} {}`)",
+            if named { "error" } else { "warning" },
+            c.key.kind.qualified(),
+            c.key.name,
+            c.key.namespace,
+            c.path.display(),
+            c.reason,
+            c.key.kind.singular(),
+            c.key.name
+        );
+    }
     for m in &missing {
         eprintln!("error: {m}");
     }
-    Ok(if missing.is_empty() {
+    Ok(if missing.is_empty() && !named_corrupt {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -21,6 +21,7 @@ mod init;
 mod kustomize;
 mod label;
 mod logs;
+mod mcp;
 mod print;
 mod run;
 mod statusline;
@@ -120,6 +121,8 @@ pub enum Command {
     Restart(cancel::RestartArgs),
     /// Print the control plane's bearer token (created when missing)
     Token,
+    /// Serve the pool as MCP tools and resources over stdio (for Claude Code and other MCP clients)
+    Mcp(mcp::McpArgs),
     /// Run the daemon: sync the manifests directory into the store
     Run(run::RunArgs),
     /// Scaffold a config file, the store and example manifests
@@ -295,6 +298,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(a) => run::run(&ctx, a),
+        Command::Mcp(a) => mcp::mcp(&ctx, a),
         Command::Init(a) => init::init(&ctx, a),
         Command::Version
         | Command::Crds

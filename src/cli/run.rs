@@ -126,6 +126,10 @@ fn options(ctx: &Ctx, a: &RunArgs) -> Result<Options> {
             .continue_message
             .clone()
             .unwrap_or_else(|| "continue".into()),
+        mcp: crate::mcp::http::Settings {
+            config: cfg.mcp.clone(),
+            namespace: ctx.namespace.clone(),
+        },
         state_dir,
     })
 }

@@ -4,23 +4,24 @@
 //!
 //! - `/healthz`, `/readyz` and `/metrics` are open; everything under
 //!   `/api/` takes `Authorization: Bearer TOKEN` (the token file, see
-//!   [`super::access`]); a request without it or with a wrong one gets 401
-//!   and changes nothing. The token is never logged.
+//!   [`super::access`]), asked for before routing: a request without it or
+//!   with a wrong one gets 401 (also on a path that matches no route) and
+//!   changes nothing. The token is never logged.
 //! - Bound to loopback, the server also refuses requests whose `Host` is
-//!   not a loopback name ([`loopback_host_only`]): a web page in the
-//!   user's browser cannot reach it through DNS rebinding.
+//!   not exactly one loopback name ([`loopback_host_only`]): a web page in
+//!   the user's browser cannot reach it through DNS rebinding. Idle
+//!   connections close ([`super::guard::IdleTimeout`]).
 //! - Writes go to the store (or, for a failover, to a request file the
 //!   failover controller consumes), like `apply` does; the controllers act
 //!   on them, level-triggered. Actions answer 202 Accepted.
 
 use super::bus::{Bus, EventItem, InvolvedObject, Item};
 use crate::api::{Kind, ObjectKey};
-use crate::secret::token_matches;
 use crate::selector::Selector;
 use crate::store::{Store, StoreError};
 use axum::Router;
 use axum::extract::{Path as UrlPath, Query, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -114,6 +115,13 @@ impl Readiness {
 
     /// Whether all checks pass, and each check with its state.
     pub fn check(&self) -> (bool, Value) {
+        self.check_with(&[])
+    }
+
+    /// [`Readiness::check`], degraded by the store's corrupt objects: the
+    /// daemon works on with the others, but is not ready until each is
+    /// fixed or deleted.
+    pub fn check_with(&self, corrupt: &[crate::store::CorruptObject]) -> (bool, Value) {
         let get = |b: &AtomicBool| b.load(Ordering::SeqCst);
         let mut checks = vec![
             ("leaderLease", get(&self.leader), "held by this daemon"),
@@ -132,12 +140,29 @@ impl Readiness {
             Some(m) => checks.push(("manifests", get(m), "the first sync pass is done")),
             None => checks.push(("manifests", true, "no manifests directory")),
         }
-        let ready = checks.iter().all(|c| c.1);
-        let list: Vec<Value> = checks
+        let ready = checks.iter().all(|c| c.1) && corrupt.is_empty();
+        let mut list: Vec<Value> = checks
             .iter()
             .map(|(name, ok, what)| json!({"name": name, "ok": ok, "message": what}))
             .collect();
-        (ready, json!({"ready": ready, "checks": list}))
+        let store_message = match corrupt {
+            [] => "every stored object reads".to_string(),
+            bad => format!(
+                "{} corrupt object(s) quarantined (skipped by the controllers; fix or delete them): {}",
+                bad.len(),
+                bad.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        };
+        list.push(json!({"name": "store", "ok": corrupt.is_empty(), "message": store_message}));
+        let mut body = json!({"ready": ready, "checks": list});
+        if !corrupt.is_empty() {
+            body["degraded"] = json!(true);
+            body["corrupt"] = serde_json::to_value(corrupt).expect("corrupt objects serialize");
+        }
+        (ready, body)
     }
 }
 
@@ -213,7 +238,9 @@ impl From<StoreError> for ApiError {
                 (StatusCode::CONFLICT, "Conflict")
             }
             StoreError::AlreadyExists(_) => (StatusCode::CONFLICT, "AlreadyExists"),
-            StoreError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
+            StoreError::Invalid { .. } | StoreError::Malformed(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "Invalid")
+            }
             StoreError::Io { .. } | StoreError::Corrupt { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "InternalError")
             }
@@ -292,7 +319,12 @@ fn not_found(key: &ObjectKey) -> ApiError {
 
 /// The open routes (health, readiness, metrics) and the authenticated API.
 pub fn router(state: Arc<ApiState>) -> Router {
-    let api = Router::new()
+    // The token is asked for before routing (a layer, not a route layer):
+    // every path under /api/, known or not, needs it.
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/api/v1/watch", get(watch))
         .route("/api/v1/{plural}", get(list_all))
         .route(
@@ -304,79 +336,24 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/api/v1/namespaces/{ns}/{plural}/{name}/{sub}",
             get(get_sub).post(post_sub),
         )
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .merge(api)
+        .fallback(|req: Request| async move {
+            ApiError::not_found(format!("no such path: {}", req.uri().path()))
+        })
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
 }
 
-/// Refuses requests without the right bearer token.
+pub use super::guard::{is_loopback_host, loopback_host_only};
+
+/// The token guard of [`router`], with the daemon's token.
 async fn require_token(State(s): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(str::trim);
-    match presented {
-        Some(t) if token_matches(&s.token, t) => next.run(req).await,
-        _ => {
-            // The path, never the header.
-            tracing::debug!(path = %req.uri().path(), "API request without a valid token");
-            let mut r = ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "Unauthorized",
-                "a valid bearer token is required (`claude-failover token` prints it)",
-            )
-            .into_response();
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"claude-failover\""),
-            );
-            r
-        }
-    }
-}
-
-/// For a loopback listener: answers only requests addressed to a loopback
-/// name, so a page whose domain resolves to 127.0.0.1 (DNS rebinding)
-/// cannot talk to the daemon from the user's browser.
-pub async fn loopback_host_only(req: Request, next: Next) -> Response {
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .map(|h| h.to_str().unwrap_or("(not text)").to_string());
-    match host {
-        Some(h) if !is_loopback_host(&h) => ApiError::new(
-            StatusCode::FORBIDDEN,
-            "Forbidden",
-            format!("Host {h:?} is not a loopback name; this server answers only 127.0.0.1, [::1] and localhost"),
-        )
-        .into_response(),
-        _ => next.run(req).await,
-    }
-}
-
-/// `127.0.0.1:7817`, `localhost`, `[::1]:80` → true; `evil.example:7817` → false.
-pub fn is_loopback_host(host: &str) -> bool {
-    let name = if let Some(rest) = host.strip_prefix('[') {
-        rest.split(']').next().unwrap_or_default()
-    } else {
-        host.rsplit_once(':').map(|(n, _)| n).unwrap_or(host)
-    };
-    name.eq_ignore_ascii_case("localhost")
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    super::guard::require_token_for_api(&s.token, req, next).await
 }
 
 // -------------------------------------------------------- open endpoints
 
 async fn readyz(State(s): State<Arc<ApiState>>) -> Response {
-    let (mut ready, mut body) = s.readiness.check();
+    let (mut ready, mut body) = s.readiness.check_with(&s.store.corrupt());
     // A stalled manifest sync (manifests that need a fix) fails its check.
     let store = s.store.clone();
     let syncs = blocking(move || crate::sync::status::readiness_checks(&store))
@@ -434,7 +411,8 @@ async fn list(
             )
         })?;
     let store = s.store.clone();
-    let items = blocking(move || store.list(kind, ns.as_deref())).await??;
+    let items =
+        blocking(move || store.list_checked(kind, ns.as_deref()).map(|l| l.objects)).await??;
     let items: Vec<Value> = items
         .into_iter()
         .filter(|v| {
@@ -491,7 +469,13 @@ async fn get_sub(
     let store = s.store.clone();
     let k = key.clone();
     let (exists, events) = blocking(move || -> Result<_, StoreError> {
-        Ok((store.get(&k)?.is_some(), store.events(&k)?))
+        // A corrupt object exists: its events say why it is skipped.
+        let exists = match store.get(&k) {
+            Ok(v) => v.is_some(),
+            Err(StoreError::Corrupt { .. }) => true,
+            Err(e) => return Err(e),
+        };
+        Ok((exists, store.events(&k)?))
     })
     .await??;
     if !exists && events.is_empty() {
@@ -725,31 +709,6 @@ fn to_sse(item: &Item) -> Event {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn loopback_names() {
-        for ok in [
-            "127.0.0.1:7817",
-            "127.0.0.1",
-            "localhost",
-            "LOCALHOST:80",
-            "[::1]:7817",
-            "[::1]",
-            "127.1.2.3:9",
-        ] {
-            assert!(is_loopback_host(ok), "{ok}");
-        }
-        for bad in [
-            "evil.example",
-            "evil.example:7817",
-            "10.0.0.1:7817",
-            "localhost.evil.example",
-            "[::2]:1",
-            "",
-        ] {
-            assert!(!is_loopback_host(bad), "{bad}");
-        }
-    }
 
     #[test]
     fn readiness_waits_for_every_check() {

@@ -173,12 +173,17 @@ impl Bus {
                 None
             }
         };
-        let mut known: HashMap<ObjectKey, Vec<StoredEvent>> = HashMap::new();
-        for key in event_files(&dir) {
-            if let Ok(list) = store.events(&key) {
-                known.insert(key, list);
-            }
-        }
+        let mut known: HashMap<ObjectKey, Vec<StoredEvent>> = {
+            let (store, dir) = (store.clone(), dir.clone());
+            tokio::task::spawn_blocking(move || {
+                event_files(&dir)
+                    .into_iter()
+                    .filter_map(|k| Some((k.clone(), store.events(&k).ok()?)))
+                    .collect()
+            })
+            .await
+            .unwrap_or_default()
+        };
         tracing::debug!(objects = known.len(), "events feed listed");
         listed();
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + resync, resync);
@@ -207,14 +212,28 @@ impl Bus {
                     }
                 }
             }
+            let read = {
+                let (store, dir) = (store.clone(), dir.clone());
+                tokio::task::spawn_blocking(move || {
+                    if rescan {
+                        keys = event_files(&dir);
+                    }
+                    keys.sort();
+                    keys.dedup();
+                    keys.into_iter()
+                        .map(|k| {
+                            let list = store.events(&k).unwrap_or_default();
+                            (k, list)
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .await
+                .unwrap_or_default()
+            };
             if rescan {
-                keys = event_files(&dir);
-                known.retain(|k, _| keys.contains(k));
+                known.retain(|k, _| read.iter().any(|(r, _)| r == k));
             }
-            keys.sort();
-            keys.dedup();
-            for key in keys {
-                let list = store.events(&key).unwrap_or_default();
+            for (key, list) in read {
                 let before = known.get(&key).map(Vec::as_slice).unwrap_or_default();
                 for event in new_events(before, &list) {
                     tracing::trace!(object = %key, reason = %event.reason, "event streamed");

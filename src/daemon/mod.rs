@@ -6,6 +6,7 @@
 pub mod access;
 pub mod api;
 pub mod bus;
+pub mod guard;
 pub mod http;
 pub mod projections;
 pub mod run;

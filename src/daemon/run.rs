@@ -8,6 +8,7 @@
 
 use super::api::{ApiState, Feed, Readiness};
 use super::bus::Bus;
+use super::guard::{IDLE_TIMEOUT, IdleTimeout};
 use super::{access, api, http, projections};
 use crate::agent::driver::Driver;
 use crate::agent::signals::Signals;
@@ -53,6 +54,8 @@ pub struct Options {
     pub notify: crate::config::NotifyConfig,
     pub checkpoint_every: Duration,
     pub continue_message: String,
+    /// The MCP server on the listener (docs/mcp.md).
+    pub mcp: crate::mcp::http::Settings,
 }
 
 /// Runs the daemon until a signal (or the loss of its state dir).
@@ -100,6 +103,8 @@ pub async fn run(o: Options) -> Result<()> {
     }
     let (signals, wake) = Signals::new();
     let signals = Arc::new(signals);
+    // The running agents are heard from the first request on.
+    session::register_secrets(&signals, &o.state_dir, &caches.sessions.all()).await;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let api_state = Arc::new(ApiState {
         store: o.store.clone(),
@@ -235,11 +240,14 @@ async fn serve(
         .await
         .with_context(|| format!("cannot listen on {}", o.listen))?;
     let addr = listener.local_addr()?;
+    let listener = IdleTimeout::new(listener, IDLE_TIMEOUT);
     let unix = match &o.api_socket {
-        Some(path) => Some(bind_unix(path)?),
+        Some(path) => Some(IdleTimeout::new(bind_unix(path)?, IDLE_TIMEOUT)),
         None => None,
     };
-    let mut router = api::router(state).merge(http::router(endpoint));
+    let mcp = crate::mcp::http::router(state.clone(), &o.mcp, endpoint.signals.clone())
+        .context("cannot set up the MCP endpoint (config key mcp)")?;
+    let mut router = api::router(state).merge(http::router(endpoint)).merge(mcp);
     if addr.ip().is_loopback() {
         router = router.layer(axum::middleware::from_fn(api::loopback_host_only));
     }

@@ -45,6 +45,8 @@ impl std::fmt::Display for Source {
 }
 
 /// An object of any of the three kinds.
+// Short-lived and few (one per declared object): boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum AnyObject {
     Account(Account),
@@ -369,6 +371,11 @@ fn decode_document(root: &Node) -> Result<AnyObject, DocError> {
     }
     if root.get("spec").is_none() {
         return Err((vec![k("spec")], "required field is missing".into()));
+    }
+    // Every shape, key and range, at every depth, before serde can bend
+    // or drop anything.
+    if let Some(problem) = super::schema::check(kind, root) {
+        return Err(problem);
     }
     let value = root.to_json();
     let object = match kind {

@@ -84,7 +84,10 @@ pub fn load_paths(paths: &[PathBuf], opts: &LoadOptions) -> Loaded {
                 let mut ancestors = Vec::new();
                 walk(p, opts.recursive, &mut ancestors, &mut files, &mut errors);
             }
-            Ok(_) => files.push((p.display().to_string(), read_limited(p))),
+            Ok(m) => files.push((
+                p.display().to_string(),
+                regular(&m).and_then(|_| read_limited(p)),
+            )),
         }
     }
     let mut loaded = Loaded {
@@ -111,8 +114,44 @@ pub fn load_paths(paths: &[PathBuf], opts: &LoadOptions) -> Loaded {
     loaded
 }
 
+/// What a special file is, by its type.
+fn special_kind(t: std::fs::FileType) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_fifo() {
+        Some("a FIFO")
+    } else if t.is_socket() {
+        Some("a socket")
+    } else if t.is_char_device() {
+        Some("a character device")
+    } else if t.is_block_device() {
+        Some("a block device")
+    } else {
+        None
+    }
+}
+
+/// Refuses anything but a regular file at once: reading a FIFO (or a
+/// device) would block, or never end.
+fn regular(m: &std::fs::Metadata) -> Result<(), String> {
+    match special_kind(m.file_type()) {
+        Some(what) => Err(format!(
+            "is {what}, not a regular file: manifests are read from regular files only"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Reads at most [`super::MAX_FILE_BYTES`] (+1, to tell a file too large)
+/// of a regular file. Opened without blocking, and checked again once open:
+/// a file swapped for a FIFO after it was listed is refused too.
 fn read_limited(p: &Path) -> Result<Vec<u8>, String> {
-    let f = std::fs::File::open(p).map_err(|e| format!("cannot read: {e}"))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(p)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    regular(&f.metadata().map_err(|e| format!("cannot read: {e}"))?)?;
     let mut buf = Vec::new();
     f.take(super::MAX_FILE_BYTES as u64 + 1)
         .read_to_end(&mut buf)
@@ -164,7 +203,9 @@ fn walk(
                     walk(&path, recursive, ancestors, files, errors);
                 }
             }
-            Ok(_) if is_manifest(&path) => files.push((shown, read_limited(&path))),
+            Ok(m) if is_manifest(&path) => {
+                files.push((shown, regular(&m).and_then(|_| read_limited(&path))))
+            }
             Ok(_) => {}
         }
     }

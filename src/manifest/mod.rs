@@ -4,6 +4,7 @@
 
 mod decode;
 mod load;
+pub mod schema;
 pub mod validate;
 pub mod yaml;
 

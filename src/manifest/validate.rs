@@ -3,7 +3,7 @@
 //! caller can point at the line that holds it.
 
 use super::yaml::Seg;
-use crate::api::{Account, LabelSelector, ObjectMeta, Session, Task};
+use crate::api::{Account, EnvValue, LabelSelector, ObjectMeta, Session, Task};
 use std::collections::BTreeMap;
 
 pub type Problem = (Vec<Seg>, String);
@@ -118,8 +118,28 @@ fn check_meta(meta: &ObjectMeta, out: &mut Vec<Problem>) {
     }
 }
 
+/// A one-line value (a path, a name, a command): no control character at
+/// all, line breaks and tabs included.
+fn single_line(value: &str) -> Result<(), String> {
+    match value.chars().find(|c| c.is_control()) {
+        Some(c) => Err(format!(
+            "contains the control character U+{:04X}: this field is one line of text",
+            c as u32
+        )),
+        None => Ok(()),
+    }
+}
+
+fn check_line(value: &str, path: &[&str], out: &mut Vec<Problem>) {
+    if let Err(e) = single_line(value) {
+        out.push((at(path), e));
+    }
+}
+
 fn check_path(value: &str, path: &[&str], out: &mut Vec<Problem>) {
-    if value.trim().is_empty() {
+    if let Err(e) = single_line(value) {
+        out.push((at(path), e));
+    } else if value.trim().is_empty() {
         out.push((at(path), "must not be empty".into()));
     } else if !(value.starts_with('/') || value == "~" || value.starts_with("~/")) {
         out.push((
@@ -207,25 +227,59 @@ pub fn session(s: &Session) -> Vec<Problem> {
             "must not be empty".into(),
         ));
     }
-    if let Some(m) = &s.spec.agent.model
-        && m.trim().is_empty()
-    {
-        out.push((
-            at(&["spec", "agent", "model"]),
-            "must not be empty when set".into(),
-        ));
+    check_line(
+        &s.spec.agent.command,
+        &["spec", "agent", "command"],
+        &mut out,
+    );
+    for (i, a) in s.spec.agent.args.iter().enumerate() {
+        if let Err(e) = single_line(a) {
+            let mut p = at(&["spec", "agent", "args"]);
+            p.push(Seg::Index(i));
+            out.push((p, e));
+        }
+    }
+    if let Some(m) = &s.spec.agent.model {
+        if m.trim().is_empty() {
+            out.push((
+                at(&["spec", "agent", "model"]),
+                "must not be empty when set".into(),
+            ));
+        }
+        check_line(m, &["spec", "agent", "model"], &mut out);
     }
     check_env(&s.spec.agent.env, &mut out);
     out
 }
 
-fn check_env(env: &BTreeMap<String, String>, out: &mut Vec<Problem>) {
-    for k in env.keys() {
+fn check_env(env: &BTreeMap<String, EnvValue>, out: &mut Vec<Problem>) {
+    for (k, v) in env {
+        let path = ["spec", "agent", "env", k.as_str()];
         if !env_name_ok(k) {
             out.push((
-                at(&["spec", "agent", "env", k]),
+                at(&path),
                 format!("`{k}` is not a valid environment variable name"),
             ));
+            continue;
+        }
+        match v {
+            EnvValue::Value(value) => {
+                if let Some(why) = crate::agent::env::looks_secret(k, value) {
+                    out.push((
+                        at(&path),
+                        format!(
+                            "a literal value that looks like a secret ({why}) is refused: the store never holds one. Put it in a file only you can read (chmod 600) and write `{k}: {{valueFrom: {{file: /path/to/file}}}}`"
+                        ),
+                    ));
+                } else {
+                    check_line(value, &path, out);
+                }
+            }
+            EnvValue::FromFile(file) => {
+                let mut p = path.to_vec();
+                p.extend(["valueFrom", "file"]);
+                check_path(file, &p, out);
+            }
         }
     }
 }
@@ -251,10 +305,25 @@ pub fn task(t: &Task) -> Vec<Problem> {
     if let Some(w) = &t.spec.workdir {
         check_path(w, &["spec", "workdir"], &mut out);
     }
-    if let Some(m) = &t.spec.model
-        && m.trim().is_empty()
-    {
-        out.push((at(&["spec", "model"]), "must not be empty when set".into()));
+    if let Some(m) = &t.spec.model {
+        if m.trim().is_empty() {
+            out.push((at(&["spec", "model"]), "must not be empty when set".into()));
+        }
+        check_line(m, &["spec", "model"], &mut out);
+    }
+    // Durations are whole seconds, at least one: 0 would time an attempt
+    // out before the agent saw it (and retry it at once).
+    if t.spec.timeout_seconds == Some(0) {
+        out.push((
+            at(&["spec", "timeoutSeconds"]),
+            "0 is out of range: a timeout is at least 1 (second)".into(),
+        ));
+    }
+    if t.spec.max_attempts == Some(0) {
+        out.push((
+            at(&["spec", "maxAttempts"]),
+            "0 is out of range: at least 1 attempt".into(),
+        ));
     }
     out
 }

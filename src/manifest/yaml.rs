@@ -82,6 +82,9 @@ pub fn path_string(path: &[Seg]) -> String {
     let mut s = String::new();
     for seg in path {
         match seg {
+            // A key holding a line break or another control character is
+            // quoted and escaped: a problem stays on one line.
+            Seg::Key(k) if k.chars().any(char::is_control) => s.push_str(&format!("[{k:?}]")),
             Seg::Key(k) => {
                 if !s.is_empty() {
                     s.push('.');
@@ -105,6 +108,7 @@ impl Node {
             NodeKind::Null => Value::Null,
             NodeKind::Bool(b) => Value::Bool(*b),
             NodeKind::Int(i) => Value::Number((*i).into()),
+            // Non-finite numbers are refused when read.
             NodeKind::Float(f) => Number::from_f64(*f)
                 .map(Value::Number)
                 .unwrap_or(Value::Null),
@@ -305,7 +309,10 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, YamlError> {
                 Some(Frame::Map(p, mut entries, merged, _, anchor)) => {
                     // Explicit keys win over merged ones.
                     for (k, v) in merged {
-                        if !entries.iter().any(|(ek, _)| ek.kind == k.kind) {
+                        if !entries
+                            .iter()
+                            .any(|(ek, _)| ek.key_string() == k.key_string())
+                        {
                             entries.push((k, v));
                         }
                     }
@@ -418,21 +425,35 @@ fn insert_entry(
             };
             for (k, v) in src_entries {
                 // Earlier merges win over later ones.
-                if !merged.iter().any(|(mk, _)| mk.kind == k.kind) {
+                if !merged
+                    .iter()
+                    .any(|(mk, _)| mk.key_string() == k.key_string())
+                {
                     merged.push((k, v));
                 }
             }
         }
         return Ok(());
     }
-    if let Some((first, _)) = entries.iter().find(|(k, _)| k.kind == key.kind) {
+    // Keys are compared as they end up (`1` and "1" are one key once the
+    // document is JSON): a repeated key is a mistake, never a silent win.
+    if let Some((first, _)) = entries
+        .iter()
+        .find(|(k, _)| k.key_string() == key.key_string())
+    {
+        let same_text = first.kind == key.kind;
         return Err(YamlError {
             pos: key.pos,
             path: vec![Seg::Key(key.key_string())],
             message: format!(
-                "duplicate key `{}` (first at line {})",
+                "duplicate key `{}` (first at line {}{})",
                 key.key_string(),
-                first.pos.line
+                first.pos.line,
+                if same_text {
+                    ""
+                } else {
+                    ", written another way: both are the same key"
+                }
             ),
         });
     }
@@ -444,27 +465,32 @@ const CORE: &str = "tag:yaml.org,2002:";
 
 /// YAML 1.2 core schema: plain scalars may be null, bool, int or float;
 /// quoted and block scalars are strings; `!!str` and friends force a type.
+/// Refused rather than dropped or bent: numbers that are not finite or do
+/// not fit (they have no JSON form), and control characters (a NUL or an
+/// escape sequence has no business in a manifest, and would reach logs and
+/// terminals).
 fn resolve_scalar(
     value: &str,
     style: ScalarStyle,
     tag: Option<(&str, &str)>,
 ) -> Result<NodeKind, String> {
+    check_text(value)?;
     if let Some((handle, suffix)) = tag {
         if handle != CORE {
             return Err(format!("unsupported tag `{handle}{suffix}`"));
         }
         return match suffix {
             "str" => Ok(NodeKind::Str(value.to_string())),
-            "null" => resolve_plain(value)
+            "null" => resolve_plain(value)?
                 .filter(|k| *k == NodeKind::Null)
                 .ok_or_else(|| format!("`{value}` is not a null")),
-            "bool" => resolve_plain(value)
+            "bool" => resolve_plain(value)?
                 .filter(|k| matches!(k, NodeKind::Bool(_)))
                 .ok_or_else(|| format!("`{value}` is not a boolean")),
-            "int" => resolve_plain(value)
+            "int" => resolve_plain(value)?
                 .filter(|k| matches!(k, NodeKind::Int(_)))
                 .ok_or_else(|| format!("`{value}` is not an integer")),
-            "float" => match resolve_plain(value) {
+            "float" => match resolve_plain(value)? {
                 Some(NodeKind::Int(i)) => Ok(NodeKind::Float(i as f64)),
                 Some(k @ NodeKind::Float(_)) => Ok(k),
                 _ => Err(format!("`{value}` is not a number")),
@@ -475,35 +501,73 @@ fn resolve_scalar(
     if style != ScalarStyle::Plain {
         return Ok(NodeKind::Str(value.to_string()));
     }
-    Ok(resolve_plain(value).unwrap_or_else(|| NodeKind::Str(value.to_string())))
+    Ok(resolve_plain(value)?.unwrap_or_else(|| NodeKind::Str(value.to_string())))
 }
 
-fn resolve_plain(v: &str) -> Option<NodeKind> {
+/// Refuses control characters other than tab, line feed and carriage
+/// return (NUL, escape, DEL, the C1 range).
+pub fn check_text(value: &str) -> Result<(), String> {
+    match value
+        .chars()
+        .find(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    {
+        Some(c) => Err(format!(
+            "contains the control character U+{:04X}; control characters (other than tab and line breaks) are not accepted",
+            c as u32
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The type a plain scalar resolves to (None: a string). A number that is
+/// not finite, or does not fit, is an error naming it.
+fn resolve_plain(v: &str) -> Result<Option<NodeKind>, String> {
+    let not_finite = || {
+        Err(format!(
+            "`{v}` is not a finite number: manifests take finite numbers only (quote it for a string)"
+        ))
+    };
     match v {
-        "" | "~" | "null" | "Null" | "NULL" => return Some(NodeKind::Null),
-        "true" | "True" | "TRUE" => return Some(NodeKind::Bool(true)),
-        "false" | "False" | "FALSE" => return Some(NodeKind::Bool(false)),
-        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => {
-            return Some(NodeKind::Float(f64::INFINITY));
-        }
-        "-.inf" | "-.Inf" | "-.INF" => return Some(NodeKind::Float(f64::NEG_INFINITY)),
-        ".nan" | ".NaN" | ".NAN" => return Some(NodeKind::Float(f64::NAN)),
+        "" | "~" | "null" | "Null" | "NULL" => return Ok(Some(NodeKind::Null)),
+        "true" | "True" | "TRUE" => return Ok(Some(NodeKind::Bool(true))),
+        "false" | "False" | "FALSE" => return Ok(Some(NodeKind::Bool(false))),
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" | "-.inf" | "-.Inf" | "-.INF"
+        | ".nan" | ".NaN" | ".NAN" => return not_finite(),
         _ => {}
     }
-    if let Some(oct) = v.strip_prefix("0o") {
-        return i64::from_str_radix(oct, 8).ok().map(NodeKind::Int);
-    }
-    if let Some(hex) = v.strip_prefix("0x") {
-        return i64::from_str_radix(hex, 16).ok().map(NodeKind::Int);
+    let too_large = || {
+        Err(format!(
+            "`{v}` is too large: integers must lie within -9223372036854775808..=9223372036854775807"
+        ))
+    };
+    for (prefix, radix) in [("0o", 8), ("0x", 16)] {
+        if let Some(digits) = v.strip_prefix(prefix) {
+            if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+                return Ok(None);
+            }
+            return match i64::from_str_radix(digits, radix) {
+                Ok(i) => Ok(Some(NodeKind::Int(i))),
+                Err(_) => too_large(),
+            };
+        }
     }
     let digits = v.strip_prefix(['-', '+']).unwrap_or(v);
     if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-        return v.parse::<i64>().ok().map(NodeKind::Int);
+        return match v.parse::<i64>() {
+            Ok(i) => Ok(Some(NodeKind::Int(i))),
+            Err(_) => too_large(),
+        };
     }
     if is_float(digits) {
-        return v.parse::<f64>().ok().map(NodeKind::Float);
+        return match v.parse::<f64>() {
+            Ok(f) if f.is_finite() => Ok(Some(NodeKind::Float(f))),
+            Ok(_) => Err(format!(
+                "`{v}` is too large for a number (at most about 1.8e308)"
+            )),
+            Err(_) => Ok(None),
+        };
     }
-    None
+    Ok(None)
 }
 
 /// `( \. [0-9]+ | [0-9]+ ( \. [0-9]* )? ) ( [eE] [-+]? [0-9]+ )?`
@@ -591,6 +655,12 @@ mod tests {
     fn anchors_aliases_and_merge() {
         let n = one("base: &b {x: 1, y: 2}\nthing:\n  <<: *b\n  y: 3\n");
         assert_eq!(n.to_json()["thing"], serde_json::json!({"y":3,"x":1}));
+    }
+
+    #[test]
+    fn keys_with_line_breaks_stay_on_one_line() {
+        let p = path_string(&[Seg::Key("labels".into()), Seg::Key("a\nb".into())]);
+        assert_eq!(p, "labels[\"a\\nb\"]");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! and shown by `describe`. Repeats of the same reason and message are
 //! folded into one entry with a count, as Kubernetes does.
 
-use super::local::{Result, Store, Txn};
+use super::local::{Result, Store};
+use super::txn::Txn;
 use crate::api::{ObjectKey, Time};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -25,24 +26,25 @@ pub struct StoredEvent {
     pub source: String,
 }
 
-fn path(store: &Store, key: &ObjectKey) -> PathBuf {
-    store
+fn path(store: &Store, key: &ObjectKey) -> Result<PathBuf> {
+    super::names::check_key(key)?;
+    Ok(store
         .root()
         .join("events")
         .join(key.kind.plural())
         .join(&key.namespace)
-        .join(format!("{}.json", key.name))
+        .join(format!("{}.json", key.name)))
 }
 
 pub(super) fn remove(txn: &mut Txn<'_>, key: &ObjectKey) -> Result<()> {
-    let p = path(txn.store(), key);
+    let p = path(txn.store(), key)?;
     txn.remove(&p)
 }
 
 impl Store {
     /// The recent events of an object, oldest first.
     pub fn events(&self, key: &ObjectKey) -> Result<Vec<StoredEvent>> {
-        match std::fs::read(path(self, key)) {
+        match std::fs::read(path(self, key)?) {
             Ok(b) => Ok(serde_json::from_slice(&b).unwrap_or_default()),
             Err(_) => Ok(Vec::new()),
         }
@@ -59,7 +61,7 @@ impl Store {
     ) -> Result<()> {
         // Events are told, not relied on: they wait for the disk.
         let mut txn = self.txn(false)?;
-        txn.durability = super::local::Durability::Soon;
+        txn.durability = super::Durability::Soon;
         let mut list = self.events(key)?;
         let now = crate::api::now();
         let type_ = if warning { "Warning" } else { "Normal" };
@@ -85,7 +87,7 @@ impl Store {
         if list.len() > EVENTS_KEPT {
             list.drain(..list.len() - EVENTS_KEPT);
         }
-        let p = path(self, key);
+        let p = path(self, key)?;
         txn.write_json(&p, &serde_json::to_value(&list).expect("events serialize"))?;
         txn.commit()
     }

@@ -1,9 +1,12 @@
 //! Status writes by field owner: each status field has one writer, and a
-//! writer changes only its own fields (a JSON merge patch of them), so two
-//! controllers writing one object's status never undo each other (see
-//! docs/state.md).
+//! writer sets only its own top-level fields (each replaced whole, or
+//! removed), so two controllers writing one object's status never undo each
+//! other (see docs/state.md). Also: a JSON merge patch of a status, and
+//! objects created with their status in one transaction.
 
-use super::local::{Api, Durability, Result, Store, StoreError};
+use super::local::{Result, Store, StoreError};
+use super::txn::Durability;
+use super::typed::Api;
 use crate::api::{Object, ObjectKey};
 use serde_json::{Map, Value};
 
@@ -27,17 +30,23 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
-/// The merge patch that sets each of `fields` to its value in `status`, or
-/// removes it where `status` has none.
-pub fn owned_fields_patch(status: &Value, fields: &[&str]) -> Value {
-    let mut patch = Map::new();
-    for f in fields {
-        patch.insert(
-            f.to_string(),
-            status.get(*f).cloned().unwrap_or(Value::Null),
-        );
+/// Sets each of `fields` of `target` (a status) to its value in `status`,
+/// replaced whole, or removes it where `status` has none.
+pub fn set_fields(target: &mut Value, status: &Value, fields: &[&str]) {
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
     }
-    Value::Object(patch)
+    let t = target.as_object_mut().expect("made a map above");
+    for f in fields {
+        match status.get(*f) {
+            Some(v) if !v.is_null() => {
+                t.insert(f.to_string(), v.clone());
+            }
+            _ => {
+                t.remove(*f);
+            }
+        }
+    }
 }
 
 impl Store {
@@ -65,6 +74,52 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Sets the status fields `fields` of `key` as they are in `status`
+    /// (each replaced whole, or removed), under the lock; the others stay.
+    pub fn set_status_fields(
+        &self,
+        key: &ObjectKey,
+        status: &Value,
+        fields: &[&str],
+        durability: Durability,
+    ) -> Result<Value> {
+        let mut txn = self.txn(false)?;
+        txn.durability = durability;
+        let current = txn
+            .read_raw(key)?
+            .ok_or_else(|| StoreError::NotFound(key.clone()))?
+            .merged();
+        let mut next = current.get("status").cloned().unwrap_or(Value::Null);
+        set_fields(&mut next, status, fields);
+        let obj = self.status_in(&mut txn, key, &next, None)?;
+        txn.commit()?;
+        Ok(obj)
+    }
+
+    /// Creates or updates each object of `objects` (as `apply` does) and
+    /// writes the status each carries, all in one transaction: every
+    /// object with its status, or (an error) none. A
+    /// `metadata.resourceVersion` in an object is a precondition.
+    pub fn apply_with_status(&self, objects: &[Value]) -> Result<Vec<Value>> {
+        let mut txn = self.txn(false)?;
+        let mut out = Vec::new();
+        for o in objects {
+            let (_, obj) = super::apply::txn_apply(&mut txn, o)?;
+            let obj = match o.get("status") {
+                Some(st) if !st.is_null() => {
+                    let key = super::apply::key_of_desired(o)?;
+                    self.status_in(&mut txn, &key, st, None)?
+                }
+                _ => obj,
+            };
+            out.push(obj);
+        }
+        txn.commit()?;
+        Ok(out)
+    }
+}
+
 impl<K: Object> Api<K> {
     /// Writes the status fields `fields` (top-level names, camelCase) as
     /// they are in `status`, and no other: the write of one field owner.
@@ -76,10 +131,9 @@ impl<K: Object> Api<K> {
         durability: Durability,
     ) -> Result<K> {
         let v = serde_json::to_value(status).expect("status serializes");
-        let patch = owned_fields_patch(&v, fields);
         self.decode(
             self.store()
-                .patch_status(&self.key(name), &patch, None, durability)?,
+                .set_status_fields(&self.key(name), &v, fields, durability)?,
         )
     }
 }
@@ -113,15 +167,19 @@ mod tests {
     }
 
     #[test]
-    fn owned_fields_are_set_or_removed_and_others_kept() {
-        let status = json!({"phase": "Idle", "pid": 3});
-        let patch = owned_fields_patch(&status, &["phase", "pid", "account"]);
-        assert_eq!(patch, json!({"phase": "Idle", "pid": 3, "account": null}));
-        let mut stored = json!({"phase": "Busy", "account": "a", "lastSwap": {"epoch": 2}});
-        merge_patch(&mut stored, &patch);
+    fn owned_fields_are_replaced_whole_or_removed_and_others_kept() {
+        let status = json!({"phase": "Idle", "pid": 3, "launch": {"at": "t2"}});
+        let mut stored = json!({
+            "phase": "Busy",
+            "account": "a",
+            "launch": {"at": "t1", "confirmedAt": "t1"},
+            "lastSwap": {"epoch": 2},
+        });
+        set_fields(&mut stored, &status, &["phase", "pid", "account", "launch"]);
         assert_eq!(
             stored,
-            json!({"phase": "Idle", "pid": 3, "lastSwap": {"epoch": 2}})
+            json!({"phase": "Idle", "pid": 3, "launch": {"at": "t2"}, "lastSwap": {"epoch": 2}}),
+            "a field is replaced, not merged: the old launch's confirmation goes"
         );
     }
 }

@@ -163,7 +163,7 @@ impl Store {
             doc["metadata"]["generation"] = json!(g + 1);
         }
         doc["metadata"]["resourceVersion"] = json!(txn.next_rv());
-        txn.write_json(&self.spec_path(key), &doc)?;
+        txn.write_json(&self.spec_path(key)?, &doc)?;
         txn.commit()?;
         Ok(Updated {
             changed: true,

@@ -11,13 +11,16 @@
 //! - a relist (`Init`, `InitApply`..., `InitDone`) at start, whenever the
 //!   notification queue overflows, and every `resync` period, so a missed
 //!   notification is corrected within one period.
+//!
+//! A corrupt object (see the store's `quarantine.rs`) is skipped by the relist
+//! and, when it turns corrupt while watched, keeps its last good version:
+//! no event is sent for it, and the watch goes on with the others.
 
 use super::Store;
 use crate::api::{Object, ObjectKey};
 use futures::Stream;
 use kube::runtime::watcher::{Error as WatchError, Event};
 use notify::{EventKind, RecursiveMode, Watcher};
-use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -65,13 +68,14 @@ struct State<K> {
 }
 
 impl<K: Object> State<K> {
-    fn decode(&self, v: Value) -> Result<K, WatchError> {
-        serde_json::from_value::<K>(v)
-            .map_err(|e| invalid(format!("stored {} cannot be decoded: {e}", K::KIND)))
-    }
-
     async fn relist(&mut self, tx: &Tx<K>) -> bool {
-        let list = match self.store.list(K::KIND, self.cfg.namespace.as_deref()) {
+        // Corrupt objects are skipped (and quarantined) by the typed list:
+        // one bad file never holds up the listing. Off the async workers.
+        let (store, ns) = (self.store.clone(), self.cfg.namespace.clone());
+        let listed = tokio::task::spawn_blocking(move || store.api::<K>(ns.as_deref()).list())
+            .await
+            .expect("a store listing panicked");
+        let list = match listed {
             Ok(l) => l,
             Err(e) => return tx.send(Err(invalid(e.to_string()))).await.is_ok(),
         };
@@ -79,21 +83,11 @@ impl<K: Object> State<K> {
             return false;
         }
         let mut known = HashMap::with_capacity(list.len());
-        for v in list {
-            let rv = rv(&v);
-            match self.decode(v) {
-                Ok(obj) => {
-                    let key = key_of(&obj);
-                    known.insert(key, (rv, obj.clone()));
-                    if tx.send(Ok(Event::InitApply(obj))).await.is_err() {
-                        return false;
-                    }
-                }
-                Err(e) => {
-                    if tx.send(Err(e)).await.is_err() {
-                        return false;
-                    }
-                }
+        for obj in list {
+            let rv = obj.meta().resource_version.clone().unwrap_or_default();
+            known.insert(key_of(&obj), (rv, obj.clone()));
+            if tx.send(Ok(Event::InitApply(obj))).await.is_err() {
+                return false;
             }
         }
         self.known = known;
@@ -107,9 +101,14 @@ impl<K: Object> State<K> {
         {
             return true;
         }
-        match self.store.get(&key) {
-            Ok(Some(v)) => {
-                let rv = rv(&v);
+        let (store, k) = (self.store.clone(), key.clone());
+        let got =
+            tokio::task::spawn_blocking(move || store.api::<K>(Some(&k.namespace)).get(&k.name))
+                .await
+                .expect("a store read panicked");
+        match got {
+            Ok(Some(obj)) => {
+                let rv = obj.meta().resource_version.clone().unwrap_or_default();
                 if self
                     .known
                     .get(&key)
@@ -117,18 +116,18 @@ impl<K: Object> State<K> {
                 {
                     return true;
                 }
-                match self.decode(v) {
-                    Ok(obj) => {
-                        self.known.insert(key, (rv, obj.clone()));
-                        tx.send(Ok(Event::Apply(obj))).await.is_ok()
-                    }
-                    Err(e) => tx.send(Err(e)).await.is_ok(),
-                }
+                self.known.insert(key, (rv, obj.clone()));
+                tx.send(Ok(Event::Apply(obj))).await.is_ok()
             }
             Ok(None) => match self.known.remove(&key) {
                 Some((_, obj)) => tx.send(Ok(Event::Delete(obj))).await.is_ok(),
                 None => true,
             },
+            // Quarantined by the read: the last good version stays (its
+            // controllers are not told it went), nothing is sent.
+            Err(crate::store::StoreError::Corrupt { .. }) => true,
+            // A name that is not a key (a stray file): not an object.
+            Err(crate::store::StoreError::Invalid { .. }) => true,
             Err(e) => tx.send(Err(invalid(e.to_string()))).await.is_ok(),
         }
     }
@@ -139,18 +138,22 @@ impl<K: Object> State<K> {
         let Some(ns) = dir.file_name().and_then(|n| n.to_str()) else {
             return true;
         };
-        let Ok(rd) = std::fs::read_dir(dir) else {
-            return true;
-        };
-        let names: Vec<String> = rd
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                e.file_name()
-                    .to_str()
-                    .and_then(object_name)
-                    .map(str::to_string)
-            })
-            .collect();
+        let d = dir.to_path_buf();
+        let names: Vec<String> = tokio::task::spawn_blocking(move || {
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                return Vec::new();
+            };
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(object_name)
+                        .map(str::to_string)
+                })
+                .collect()
+        })
+        .await
+        .unwrap_or_default();
         for name in names {
             if !self.refresh(ObjectKey::new(K::KIND, ns, &name), tx).await {
                 return false;
@@ -158,13 +161,6 @@ impl<K: Object> State<K> {
         }
         true
     }
-}
-
-fn rv(v: &Value) -> String {
-    v.pointer("/metadata/resourceVersion")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string()
 }
 
 fn key_of<K: Object>(o: &K) -> ObjectKey {

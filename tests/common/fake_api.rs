@@ -235,11 +235,15 @@ pub enum Answer {
 }
 
 type ReplyFn = Arc<dyn Fn(&Recorded) -> String + Send + Sync>;
+/// Decides a main request's answer from the request (None: the reply text).
+type AnswerFn = Arc<dyn Fn(&Recorded) -> Option<Answer> + Send + Sync>;
 
 /// Everything the handler reads and the tests change, under one lock.
 struct State {
     log: Vec<Recorded>,
     reply: Option<ReplyFn>,
+    /// Consulted for main requests after the scripted answers, before `reply`.
+    answer_fn: Option<AnswerFn>,
     /// Scripted answers, one consumed per main request before `reply`.
     answers: std::collections::VecDeque<Answer>,
     /// Added to every `/v1/messages` answer (success or failure).
@@ -301,6 +305,7 @@ impl FakeApi {
             state: Mutex::new(State {
                 log: Vec::new(),
                 reply: None,
+                answer_fn: None,
                 answers: Default::default(),
                 headers: Vec::new(),
                 headers_for: HashMap::new(),
@@ -506,6 +511,13 @@ impl FakeApi {
         });
     }
 
+    /// Main requests (once the scripted answers are used up) get the answer
+    /// `f` computes from the request, or the reply text when it gives None:
+    /// e.g. a tool call for a fresh prompt and text after the tool's result.
+    pub fn set_answer_fn(&self, f: impl Fn(&Recorded) -> Option<Answer> + Send + Sync + 'static) {
+        self.shared.lock().answer_fn = Some(Arc::new(f));
+    }
+
     /// Back to the default reply, `"ok: " + last user text`.
     pub fn reset_reply(&self) {
         self.shared.lock().reply = None;
@@ -672,6 +684,8 @@ enum Plan {
     /// computed once the lock is released, so the function may call back
     /// into [`FakeApi`].
     Text(Option<ReplyFn>),
+    /// The test's answer function decides (outside the lock too).
+    Decide(AnswerFn, Option<ReplyFn>),
 }
 
 async fn handle(shared: Arc<Shared>, req: Request<Body>) -> Response<Body> {
@@ -719,6 +733,8 @@ async fn handle(shared: Arc<Shared>, req: Request<Body>) -> Response<Body> {
                 Plan::Fail(st.failures.remove(0))
             } else if let Some(a) = main.then(|| st.answers.pop_front()).flatten() {
                 Plan::Reply(a)
+            } else if let Some(f) = st.answer_fn.clone().filter(|_| main) {
+                Plan::Decide(f, st.reply.clone())
             } else if rec.is_title() {
                 // The title request asks for `{"title": ...}` (structured output).
                 Plan::Reply(Answer::Text(
@@ -740,7 +756,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Body>) -> Response<Body> {
         rec.status = match &plan {
             Plan::Status(s) | Plan::Json(s, _) => *s,
             Plan::Fail(f) => f.status,
-            Plan::Reply(_) | Plan::Text(_) => 200,
+            Plan::Reply(_) | Plan::Text(_) | Plan::Decide(..) => 200,
         };
         let extra = if rec.is_messages() {
             let mut h = st.headers.clone();
@@ -760,11 +776,13 @@ async fn handle(shared: Arc<Shared>, req: Request<Body>) -> Response<Body> {
         gate(&shared).await;
     }
 
+    let text = |f: Option<ReplyFn>| match f {
+        Some(f) => f(&rec),
+        None => FakeApi::default_reply(&rec),
+    };
     let plan = match plan {
-        Plan::Text(f) => Plan::Reply(Answer::Text(match f {
-            Some(f) => f(&rec),
-            None => FakeApi::default_reply(&rec),
-        })),
+        Plan::Text(f) => Plan::Reply(Answer::Text(text(f))),
+        Plan::Decide(d, f) => Plan::Reply(d(&rec).unwrap_or_else(|| Answer::Text(text(f)))),
         other => other,
     };
     let id = shared.msg_ids.fetch_add(1, Ordering::Relaxed);
@@ -776,7 +794,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Body>) -> Response<Body> {
             add_headers(&mut r, &f.headers);
             r
         }
-        Plan::Text(_) => plain(500, Body::empty(), "text/plain"), // resolved above
+        Plan::Text(_) | Plan::Decide(..) => plain(500, Body::empty(), "text/plain"), // resolved above
         Plan::Reply(answer) => {
             let model = rec.model().unwrap_or("claude-sonnet-4-5").to_string();
             let input_tokens = (rec.raw_body.len() / 4).max(1) as u64;

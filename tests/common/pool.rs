@@ -308,7 +308,18 @@ impl Pool {
         .collect()
     }
 
-    /// A Session running the real Claude Code in the pool's workdir.
+    /// Writes `value` to `secrets/NAME` (mode 0600) and returns its path.
+    pub fn secret_file(&self, name: &str, value: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = self.path(&format!("secrets/{name}"));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, format!("{value}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        p
+    }
+
+    /// A Session running the real Claude Code in the pool's workdir
+    /// (`extra_env` values that are keys go to files, `valueFrom`).
     pub fn session_yaml(
         &self,
         name: &str,
@@ -321,7 +332,16 @@ impl Pool {
             .map(|(k, v)| format!("      {k}: \"{v}\"\n"))
             .collect();
         for (k, v) in extra_env {
-            env.push_str(&format!("      {k}: \"{v}\"\n"));
+            // Keys and tokens never go into the store: a file read at launch.
+            if claude_failover::agent::env::looks_secret(k, v).is_some() {
+                let file = self.secret_file(&format!("{name}-{k}"), v);
+                env.push_str(&format!(
+                    "      {k}: {{valueFrom: {{file: \"{}\"}}}}\n",
+                    file.display()
+                ));
+            } else {
+                env.push_str(&format!("      {k}: \"{v}\"\n"));
+            }
         }
         let account = account
             .map(|a| format!("  account: {a}\n"))

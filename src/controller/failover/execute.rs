@@ -118,26 +118,17 @@ async fn start(ctx: &Context, swap: Swap) -> Result<(), StoreError> {
             + u32::from(changed_hands),
     };
     let lease = lease_doc(current.as_deref(), spec);
-    let mut swap_doc = serde_json::to_value(&swap).expect("swap serializes");
-    let state = swap_doc
-        .as_object_mut()
-        .and_then(|o| o.remove("status"))
-        .unwrap_or_default();
-    let key = ObjectKey::of(&swap);
-    let (written, state) = sh
-        .blocking(move |store| {
-            let (done, err) = store.apply_all(&[lease, swap_doc], false);
-            if let Some(e) = err {
-                return Err(e);
-            }
-            let st = store.write_status(&key, &state, None)?;
-            Ok((done, st))
-        })
+    let swap_doc = serde_json::to_value(&swap).expect("swap serializes");
+    let written = sh
+        .blocking(move |store| store.apply_with_status(&[lease, swap_doc]))
         .await?;
-    if let Some((_, l)) = written.first() {
-        sh.caches.leases.wrote(decode(l.clone())?);
+    let mut written = written.into_iter();
+    if let Some(l) = written.next() {
+        sh.caches.leases.wrote(decode(l)?);
     }
-    sh.caches.swaps.wrote(decode(state)?);
+    if let Some(s) = written.next() {
+        sh.caches.swaps.wrote(decode(s)?);
+    }
     sh.metrics.swap_lease_epoch.set(swap.spec.epoch as i64);
     tracing::info!(epoch = swap.spec.epoch, from = %swap.spec.from, to = %swap.spec.to, reason = %swap.spec.reason, "swap lease taken");
     Ok(())

@@ -522,9 +522,13 @@ async fn launch(
     let settings = launch::settings(&url, &sh.settings.exe, launch::bypasses_permissions(s));
     let settings_file = {
         let (dir, k, sec) = (sh.settings.state_dir.clone(), key.clone(), secret.clone());
+        let (session, base) = (s.clone(), sh.settings.agent_base_url.clone());
         sh.blocking(move |_| {
             private::save_secret(&dir, &k, &sec)?;
-            private::save_settings(&dir, &k, &settings)
+            let path = private::save_settings(&dir, &k, &settings)?;
+            // The pool's MCP server for a Session that opted in (docs/mcp.md).
+            crate::mcp::agent::prepare(&path, &session, &k, &base, &sec)?;
+            Ok::<_, std::io::Error>(path)
         })
         .await
         .map_err(|e| format!("cannot save the session's launch files: {e}"))?
@@ -576,9 +580,13 @@ fn prepare(
         .ok()
         .filter(|p| p.is_dir())
         .ok_or_else(|| format!("workdir {} does not exist", workdir.display()))?;
-    if let Some(dir) = config_dir {
-        seed::seed_for_session(dir, &workdir, s, shared)
-            .map_err(|e| format!("cannot prepare the account's config dir: {e}"))?;
+    match config_dir {
+        Some(dir) => seed::seed_for_session(dir, &workdir, s, shared)
+            .map_err(|e| format!("cannot prepare the account's config dir: {e}"))?,
+        // No account to seed: the agent's environment files are checked here.
+        None => {
+            crate::agent::env::resolve(&s.spec.agent.env).map_err(|e| e.to_string())?;
+        }
     }
     let resumable = id.is_some_and(|id| seed::transcript_resumable(shared, id));
     Ok(Prepared { workdir, resumable })

@@ -160,5 +160,27 @@ pub async fn liveness(ctx: Arc<Context>) {
     }
 }
 
+/// Registers the hook secret of every session's running agent (kept in the
+/// state dir), so a daemon taking over hears the agents from its first
+/// request on, before any reconcile has run.
+pub async fn register_secrets(
+    signals: &crate::agent::signals::Signals,
+    state_dir: &std::path::Path,
+    sessions: &[Arc<Session>],
+) {
+    let keys: Vec<ObjectKey> = sessions.iter().map(|s| ObjectKey::of(s.as_ref())).collect();
+    let dir = state_dir.to_path_buf();
+    let found = tokio::task::spawn_blocking(move || {
+        keys.into_iter()
+            .filter_map(|k| private::load_secret(&dir, &k).map(|s| (k, s)))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    for (k, secret) in found {
+        signals.register(&k, &secret);
+    }
+}
+
 /// The status fields this controller writes, for the caller's patch.
 pub const OWNED: &[&str] = SessionStatus::SESSION_CONTROLLER;

@@ -84,6 +84,9 @@ pub fn eligible(task: &Task, session: &Candidate) -> bool {
     if session.namespace != ns {
         return false;
     }
+    if !crate::mcp::delegation::may_run_on(task, &session.name) {
+        return false;
+    }
     if let Some(name) = &task.spec.session {
         return *name == session.name;
     }
