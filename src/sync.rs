@@ -359,7 +359,9 @@ impl Syncer {
                 } else {
                     format!("{outcome} from {source} (took back {})", taken.join(", "))
                 };
-                let _ = self.store.record_event(&key, false, reason, &message, "sync");
+                let _ = self
+                    .store
+                    .record_event(&key, false, reason, &message, "sync");
             }
             report.applied.push((key, outcome));
         }
