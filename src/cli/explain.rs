@@ -282,7 +282,8 @@ mod tests {
         assert!(p.contains("critical"), "{p}");
         let r = explain_text("session.spec", true).unwrap();
         assert!(r.contains("    command\t<string>"), "{r}");
-        assert!(r.contains("    env\t<map[string]string>"), "{r}");
+        // A literal value or `{valueFrom: ...}`: no one type.
+        assert!(r.contains("    env\t<map[string]Object>"), "{r}");
         let e = explain_text("task.spec.nope", false)
             .unwrap_err()
             .to_string();
