@@ -124,7 +124,7 @@ const KINDS: [(Kind, KindInfo); 6] = [
             name: "Lease",
             plural: "leases",
             singular: "lease",
-            short_name: "lease",
+            short_name: "cflease",
             declared: false,
         },
     ),
