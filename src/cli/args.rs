@@ -51,6 +51,17 @@ pub fn targets(args: &[String]) -> Result<Vec<Target>> {
     };
     let mut out: Vec<Target> = Vec::new();
     if args.iter().any(|a| a.contains('/')) {
+        // `KIND NAME` with a NAME like a path (`../x`): a bad name, not
+        // KIND/NAME form.
+        if !first.contains('/') && parse_kind(first).is_ok() {
+            for a in &args[1..] {
+                if a.split_once('/')
+                    .is_none_or(|(k, _)| parse_kind(k).is_err())
+                {
+                    check_name(a)?;
+                }
+            }
+        }
         for a in args {
             let Some((k, n)) = a.split_once('/') else {
                 bail!(
@@ -235,8 +246,15 @@ mod tests {
             ]
         );
         assert_eq!(targets(&s(&["all"])).unwrap().len(), 3);
-        assert!(targets(&s(&["session", "session/x"])).is_err());
-        assert!(targets(&s(&["task", "../x"])).is_err());
+        let e = targets(&s(&["session", "session/x"])).unwrap_err();
+        assert!(
+            e.to_string().contains("no need to specify a resource type"),
+            "{e}"
+        );
+        for path in ["../x", "../../accounts/default/work", "a/b"] {
+            let e = targets(&s(&["task", path])).unwrap_err().to_string();
+            assert!(e.contains("is not a valid name"), "{path}: {e}");
+        }
         assert!(targets(&[]).is_err());
     }
 
