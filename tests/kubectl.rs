@@ -631,7 +631,7 @@ fn api_resources_explain_events() {
         "{e}"
     );
     let e = env.ok(&["explain", "sessions", "--recursive"]);
-    assert!(e.contains("      env\t<map[string]string>"), "{e}");
+    assert!(e.contains("      env\t<map[string]Object>"), "{e}");
     let out = env.run(&["explain", "task.spec.nope"]);
     assert_eq!(out.code, 1);
     // events: the apply recorded none; a store event shows with its object.
