@@ -1,7 +1,8 @@
-//! Shell completion: `completion bash|zsh|fish` prints a small script that
-//! asks this program (`__complete`, hidden) for the candidates of the word
-//! being typed: subcommands, flags, flag values, kinds, and the names of
-//! the objects in the store (with their phase as a description).
+//! Shell completion's engine: `__complete` (hidden), which the scripts of
+//! `completion bash|zsh|fish` ([`super::completion`]) call with the words
+//! typed, answers the candidates of the last one: subcommands, flags, flag
+//! values, kinds, and the names of the objects in the store (with their
+//! phase as a description).
 //!
 //! Why not clap_complete's scripts: they cannot know object names, and its
 //! bash script's function names for a hyphenated program name do not match
@@ -11,28 +12,14 @@
 //! design: the program knows its arguments, the scripts only relay.
 //! elvish and powershell keep clap_complete's static scripts.
 
+use super::completion::CompletionShell;
 use super::{Cli, Ctx, Global};
 use crate::api::Kind;
 use crate::output::FORMAT_NAMES;
 use anyhow::Result;
-use clap::{Arg, Args, Command, CommandFactory, ValueEnum, ValueHint};
+use clap::{Arg, Args, Command, CommandFactory, ValueHint};
 use std::path::PathBuf;
 use std::process::ExitCode;
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum CompletionShell {
-    Bash,
-    Zsh,
-    Fish,
-    Elvish,
-    Powershell,
-}
-
-#[derive(Args, Debug)]
-pub struct CompletionArgs {
-    /// bash, zsh, fish (kinds and object names too), elvish or powershell
-    pub shell: CompletionShell,
-}
 
 #[derive(Args, Debug)]
 pub struct CompleteArgs {
@@ -51,98 +38,9 @@ pub struct CompleteArgs {
     pub words: Vec<String>,
 }
 
-/// The shell asks for file names when this line is among the candidates.
-const FILES: &str = ":files";
-
-const BASH: &str = r#"# bash completion for claude-failover
-# Load it: source <(claude-failover completion bash)
-# or save it as ~/.local/share/bash-completion/completions/claude-failover
-_claude_failover() {
-    local cur=${COMP_WORDS[COMP_CWORD]}
-    [[ $cur == [=:] ]] && cur=
-    local prog=${COMP_WORDS[0]}
-    local IFS=$'\n' line files=
-    local -a out
-    out=($("$prog" __complete --shell bash --current "$cur" --line "${COMP_LINE:0:COMP_POINT}" 2>/dev/null))
-    COMPREPLY=()
-    for line in "${out[@]}"; do
-        if [[ $line == ":files" ]]; then files=1; else COMPREPLY+=("$line"); fi
-    done
-    if [[ -n $files ]]; then
-        compopt -o filenames 2>/dev/null
-        COMPREPLY+=($(compgen -f -- "$cur"))
-    fi
-    if [[ ${#COMPREPLY[@]} -eq 1 && ${COMPREPLY[0]} == *[=/,] ]]; then
-        compopt -o nospace 2>/dev/null
-    fi
-}
-complete -F _claude_failover claude-failover
-"#;
-
-const ZSH: &str = r#"#compdef claude-failover
-# zsh completion for claude-failover
-# Load it: source <(claude-failover completion zsh)   (after compinit)
-# or save it as _claude-failover in a directory of your $fpath
-_claude_failover() {
-    local -a out vals descs cont contdescs
-    local line v d files=
-    out=("${(@f)$(${words[1]} __complete --shell zsh -- "${(@)words[2,CURRENT]}" 2>/dev/null)}")
-    for line in $out; do
-        [[ -z $line ]] && continue
-        if [[ $line == ":files" ]]; then files=1; continue; fi
-        v=${line%%$'\t'*}
-        d=$v
-        [[ $line == *$'\t'* ]] && d="$v  -- ${line#*$'\t'}"
-        if [[ $v == *[=/,] ]]; then cont+=("$v"); contdescs+=("$d"); else vals+=("$v"); descs+=("$d"); fi
-    done
-    (( ${#vals} )) && compadd -Q -l -d descs -- "${vals[@]}"
-    (( ${#cont} )) && compadd -Q -S '' -l -d contdescs -- "${cont[@]}"
-    [[ -n $files ]] && _files
-    return 0
-}
-if (( $+functions[compdef] )); then
-    compdef _claude_failover claude-failover
-fi
-"#;
-
-const FISH: &str = r#"# fish completion for claude-failover
-# Load it: claude-failover completion fish | source
-# or save it as ~/.config/fish/completions/claude-failover.fish
-function __claude_failover_complete
-    set -l prev (commandline -opc)
-    set -l cur (commandline -ct)
-    set -q cur[1]; or set cur ''
-    for line in ($prev[1] __complete --shell fish -- $prev[2..-1] "$cur" 2>/dev/null)
-        if test "$line" = ':files'
-            __fish_complete_path "$cur"
-        else
-            echo $line
-        end
-    end
-end
-complete -c claude-failover -f -a '(__claude_failover_complete)'
-"#;
-
-pub fn script(a: CompletionArgs) -> Result<ExitCode> {
-    let text = match a.shell {
-        CompletionShell::Bash => BASH.to_string(),
-        CompletionShell::Zsh => ZSH.to_string(),
-        CompletionShell::Fish => FISH.to_string(),
-        CompletionShell::Elvish | CompletionShell::Powershell => {
-            let shell = match a.shell {
-                CompletionShell::Elvish => clap_complete::Shell::Elvish,
-                _ => clap_complete::Shell::PowerShell,
-            };
-            let mut buf = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "claude-failover", &mut buf);
-            String::from_utf8_lossy(&buf).into_owned()
-        }
-    };
-    use std::io::Write;
-    // A closed pipe (`| head`) is not an error worth a panic.
-    let _ = std::io::stdout().write_all(text.as_bytes());
-    Ok(ExitCode::SUCCESS)
-}
+/// The shell asks for file names when this line is among the candidates
+/// (the scripts know it).
+pub(super) const FILES: &str = ":files";
 
 /// Splits a command line like a shell (quotes, backslashes), tolerating an
 /// unfinished quote at the end. A trailing space starts an empty word.

@@ -9,6 +9,7 @@ mod args;
 mod cancel;
 mod client;
 mod complete;
+mod completion;
 mod create;
 mod demo;
 mod describe;
@@ -133,7 +134,7 @@ pub enum Command {
     Version,
     /// Print a shell completion script (bash, zsh or fish): subcommands,
     /// flags, kinds and object names
-    Completion(complete::CompletionArgs),
+    Completion(completion::CompletionArgs),
     /// The completion scripts' helper: candidates for the word being typed
     #[command(name = "__complete", hide = true)]
     Complete(complete::CompleteArgs),
@@ -260,7 +261,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             print!("{}", crds_yaml());
             return Ok(ExitCode::SUCCESS);
         }
-        Command::Completion(a) => return complete::script(a),
+        Command::Completion(a) => return completion::script(a),
         Command::Complete(a) => return complete::complete(a),
         Command::ApiResources(a) => return explain::api_resources(a),
         Command::Explain(a) => return explain::explain(a),
