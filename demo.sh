@@ -2,7 +2,9 @@
 # The demo: a pool of three simulated agents on two accounts, on temporary
 # directories. Tasks flow, account a nears its limit, the sessions fail over
 # to b with their conversations, the rest of the tasks finish there. Ends by
-# itself within a minute and cleans up. Needs cargo and tmux.
+# itself within a minute and cleans up. Needs cargo and tmux. The binary is
+# built where cargo builds (CARGO_TARGET_DIR and the workspace's settings
+# are honoured: `cargo run` finds it).
 set -euo pipefail
 cd "$(dirname "$0")"
 if ! command -v tmux >/dev/null; then
@@ -13,5 +15,4 @@ if ! command -v tmux >/dev/null; then
         exit 1
     fi
 fi
-cargo build --release --quiet
-exec ./target/release/claude-failover demo "$@"
+exec cargo run --release --quiet -- demo "$@"

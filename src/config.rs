@@ -189,7 +189,8 @@ pub fn default_config_path() -> PathBuf {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{0}")]
+    /// Said once: the problem's own line (file, line, column, field).
+    #[error(transparent)]
     Invalid(#[from] ManifestError),
     #[error("{path}: {source}")]
     Io {

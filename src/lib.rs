@@ -14,6 +14,7 @@ pub mod manifest;
 pub mod mcp;
 pub mod metrics;
 pub mod notify;
+pub mod output;
 pub mod quota;
 pub mod requests;
 pub mod secret;

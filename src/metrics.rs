@@ -47,6 +47,14 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+/// The daemon's version (`build_info`'s `version`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The git commit it was built from (`build_info`'s `revision`; `unknown`
+/// outside a checkout), set by build.rs.
+pub const REVISION: &str = env!("CLAUDE_FAILOVER_REVISION");
+/// The compiler's version (`build_info`'s `rustc`), set by build.rs.
+pub const RUSTC: &str = env!("CLAUDE_FAILOVER_RUSTC");
+
 /// `window` label values.
 pub const WINDOWS: [&str; 2] = ["five_hour", "seven_day"];
 /// `phase` label values of `claude_failover_account_phase`.
@@ -71,6 +79,10 @@ pub const NOTIFY_CHANNELS: [&str; 2] = ["telegram", "webhook"];
 /// failed (given up after its attempts), deduplicated (the same notice
 /// within the de-duplication window); as the notifier counts them.
 pub const NOTIFY_RESULTS: [&str; 3] = ["sent", "failed", "deduplicated"];
+/// `condition` label values of `claude_failover_sync_condition`.
+pub const SYNC_CONDITIONS: [&str; 3] = ["Ready", "Reconciling", "Stalled"];
+/// `result` label values of `claude_failover_sync_objects`.
+pub const SYNC_RESULTS: [&str; 4] = ["applied", "unchanged", "pruned", "failed"];
 /// The `event` label of a hook outside [`crate::agent::launch::HOOK_EVENTS`].
 pub const OTHER_HOOK_EVENT: &str = "other";
 
@@ -141,6 +153,25 @@ pub struct Metrics {
     pub usage_polls_total: IntCounterVec,
     /// `claude_failover_notifications_total{channel,result}`.
     pub notifications_total: IntCounterVec,
+    /// `claude_failover_sync_condition{sync,condition}`: 1 while the
+    /// manifest sync's condition (Ready, Reconciling, Stalled) is True.
+    pub sync_condition: IntGaugeVec,
+    /// `claude_failover_sync_objects{sync,result}`: the last pass's objects
+    /// by result (applied, unchanged, pruned, failed).
+    pub sync_objects: IntGaugeVec,
+    /// `claude_failover_sync_last_success_timestamp_seconds{sync}`.
+    pub sync_last_success_timestamp_seconds: GaugeVec,
+    /// `claude_failover_sync_duration_seconds`: one sync pass.
+    pub sync_duration_seconds: Histogram,
+    /// `claude_failover_task_queue_wait_seconds`: a task's creation → its
+    /// dispatch (the attempt that ended it).
+    pub task_queue_wait_seconds: Histogram,
+    /// `claude_failover_task_run_seconds`: a task's start (its prompt
+    /// confirmed) → its end.
+    pub task_run_seconds: Histogram,
+    /// `claude_failover_session_launch_seconds`: an agent's launch → its
+    /// session Ready.
+    pub session_launch_seconds: Histogram,
 }
 
 const P: &str = "claude_failover_";
@@ -167,8 +198,8 @@ impl Metrics {
             registry: Registry::new(),
             build_info: int_gauge_vec(
                 "build_info",
-                "Always 1; the version of the running daemon is its label.",
-                &["version"],
+                "Always 1; the running daemon's version, git revision and compiler are its labels.",
+                &["version", "revision", "rustc"],
             ),
             account_utilization_ratio: gauge_vec(
                 "account_utilization_ratio",
@@ -275,10 +306,51 @@ impl Metrics {
                 "Notifications, by channel and result.",
                 &["channel", "result"],
             ),
+            sync_condition: int_gauge_vec(
+                "sync_condition",
+                "1 while the manifest sync's condition is True (Ready, Reconciling, Stalled).",
+                &["sync", "condition"],
+            ),
+            sync_objects: int_gauge_vec(
+                "sync_objects",
+                "Objects of the manifest sync's last pass, by result.",
+                &["sync", "result"],
+            ),
+            sync_last_success_timestamp_seconds: gauge_vec(
+                "sync_last_success_timestamp_seconds",
+                "When the manifest sync last applied every manifest (Unix time).",
+                &["sync"],
+            ),
+            sync_duration_seconds: Histogram::with_opts(hopts(
+                "sync_duration_seconds",
+                "Duration of one manifest sync pass (read, apply, prune).",
+                &[
+                    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                ],
+            ))
+            .expect("metric"),
+            task_queue_wait_seconds: Histogram::with_opts(hopts(
+                "task_queue_wait_seconds",
+                "From a task's creation to its dispatch into a session (the attempt that ended it).",
+                &[1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 14400.0],
+            ))
+            .expect("metric"),
+            task_run_seconds: Histogram::with_opts(hopts(
+                "task_run_seconds",
+                "From a task's start (its prompt confirmed) to its end, for tasks that ran.",
+                &[5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0],
+            ))
+            .expect("metric"),
+            session_launch_seconds: Histogram::with_opts(hopts(
+                "session_launch_seconds",
+                "From an agent's launch to its session being Ready (at its prompt).",
+                &[0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0],
+            ))
+            .expect("metric"),
         };
         m.register_all();
         m.build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .with_label_values(&[VERSION, REVISION, RUSTC])
             .set(1);
         for r in FAILOVER_REASONS {
             for x in FAILOVER_RESULTS {
@@ -338,9 +410,54 @@ impl Metrics {
             Box::new(self.statusline_updates_total.clone()),
             Box::new(self.usage_polls_total.clone()),
             Box::new(self.notifications_total.clone()),
+            Box::new(self.sync_condition.clone()),
+            Box::new(self.sync_objects.clone()),
+            Box::new(self.sync_last_success_timestamp_seconds.clone()),
+            Box::new(self.sync_duration_seconds.clone()),
+            Box::new(self.task_queue_wait_seconds.clone()),
+            Box::new(self.task_run_seconds.clone()),
+            Box::new(self.session_launch_seconds.clone()),
         ];
         for c in all {
             r.register(c).expect("metric names are unique");
+        }
+        // process_cpu_seconds_total, process_resident_memory_bytes,
+        // process_open_fds, ... (Linux: read from /proc/self).
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("process metric names are unique");
+    }
+
+    /// A task ended (its status holds its end): observes its wait in the
+    /// queue and, when it ran, its run time. The task controller calls it
+    /// once, when it writes the task's end.
+    pub fn observe_task_end(
+        &self,
+        created: Option<&crate::api::Time>,
+        status: &crate::api::TaskStatus,
+    ) {
+        let (wait, run) = task_durations(created, status);
+        if let Some(w) = wait {
+            self.task_queue_wait_seconds.observe(w);
+        }
+        if let Some(r) = run {
+            self.task_run_seconds.observe(r);
+        }
+    }
+
+    /// An agent launched at `launched` is Ready now: observes the launch
+    /// time. The session controller calls it when a launch's session first
+    /// becomes Ready.
+    pub fn observe_launch_ready(
+        &self,
+        launched: &crate::api::MicroTime,
+        now: &crate::api::MicroTime,
+    ) {
+        let s = (now.0.as_millisecond() - launched.0.as_millisecond()) as f64 / 1000.0;
+        if s >= 0.0 {
+            self.session_launch_seconds.observe(s);
         }
     }
 
@@ -399,6 +516,28 @@ pub fn hook_event_label(event: &str) -> &'static str {
         .find(|e| **e == event)
         .copied()
         .unwrap_or(OTHER_HOOK_EVENT)
+}
+
+/// A task's wait in the queue (creation → dispatch) and run time (start →
+/// end), in seconds, from its timestamps; None where one is missing (a task
+/// cancelled before it ran has no run time).
+pub fn task_durations(
+    created: Option<&crate::api::Time>,
+    status: &crate::api::TaskStatus,
+) -> (Option<f64>, Option<f64>) {
+    let secs = |a: &crate::api::Time, b: &crate::api::Time| {
+        let d = (b.0.as_millisecond() - a.0.as_millisecond()) as f64 / 1000.0;
+        (d >= 0.0).then_some(d)
+    };
+    let wait = match (created, &status.dispatched_at) {
+        (Some(c), Some(d)) => secs(c, d),
+        _ => None,
+    };
+    let run = match (&status.started_at, &status.finished_at) {
+        (Some(s), Some(f)) => secs(s, f),
+        _ => None,
+    };
+    (wait, run)
 }
 
 fn unix_seconds(t: &crate::api::Time) -> f64 {
@@ -545,17 +684,22 @@ mod tests {
             "statusline_updates_total",
             "usage_polls_total",
             "notifications_total",
+            "sync_duration_seconds",
+            "task_queue_wait_seconds",
+            "task_run_seconds",
+            "session_launch_seconds",
         ] {
             assert!(
                 text.contains(&format!("# TYPE claude_failover_{family} ")),
                 "{family} missing:\n{text}"
             );
         }
-        let version = env!("CARGO_PKG_VERSION");
         assert_eq!(
             sample(
                 &text,
-                &format!("claude_failover_build_info{{version=\"{version}\"}}")
+                &format!(
+                    "claude_failover_build_info{{revision=\"{REVISION}\",rustc=\"{RUSTC}\",version=\"{VERSION}\"}}"
+                )
             ),
             Some(1.0)
         );
@@ -618,5 +762,61 @@ mod tests {
         // The Account goes: its series go.
         m.fill_accounts([]);
         assert!(!m.encode().contains("account=\"work\""));
+    }
+
+    #[test]
+    fn build_info_process_and_the_new_histograms() {
+        let m = Metrics::new();
+        let text = m.encode();
+        let build = text
+            .lines()
+            .find(|l| l.starts_with("claude_failover_build_info{"))
+            .unwrap();
+        assert!(build.contains(&format!("version=\"{VERSION}\"")), "{build}");
+        assert!(
+            build.contains("revision=\"") && build.contains("rustc=\""),
+            "{build}"
+        );
+        assert!(
+            !REVISION.is_empty() && RUSTC.chars().next().unwrap().is_ascii_digit(),
+            "{RUSTC}"
+        );
+        #[cfg(target_os = "linux")]
+        for p in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_start_time_seconds",
+        ] {
+            assert!(text.lines().any(|l| l.starts_with(p)), "{p} missing");
+        }
+        let t = |s: i64| crate::api::Time(k8s_openapi::jiff::Timestamp::from_second(s).unwrap());
+        let status = crate::api::TaskStatus {
+            dispatched_at: Some(t(130)),
+            started_at: Some(t(131)),
+            finished_at: Some(t(191)),
+            ..Default::default()
+        };
+        assert_eq!(
+            task_durations(Some(&t(100)), &status),
+            (Some(30.0), Some(60.0))
+        );
+        let cancelled = crate::api::TaskStatus {
+            finished_at: Some(t(150)),
+            ..Default::default()
+        };
+        assert_eq!(task_durations(Some(&t(100)), &cancelled), (None, None));
+        m.observe_task_end(Some(&t(100)), &status);
+        let mt =
+            |s: i64| crate::api::MicroTime(k8s_openapi::jiff::Timestamp::from_second(s).unwrap());
+        m.observe_launch_ready(&mt(10), &mt(12));
+        let text = m.encode();
+        for (series, v) in [
+            ("claude_failover_task_queue_wait_seconds_sum", 30.0),
+            ("claude_failover_task_run_seconds_sum", 60.0),
+            ("claude_failover_session_launch_seconds_sum", 2.0),
+        ] {
+            assert_eq!(sample(&text, series), Some(v), "{series}");
+        }
     }
 }

@@ -17,13 +17,26 @@
 //!   rest of the directory syncs. The objects it declared before are
 //!   neither changed nor pruned, so a half-written or broken file loses
 //!   nothing.
-//! - Drift (someone changed a synced object in the store) is corrected on
-//!   the next pass.
+//! - The sync is a server-side apply by its own field manager
+//!   (`claude-failover-sync`, see `store::ownership`): it sets the fields
+//!   its files declare and keeps every other writer's (a cancel or restart
+//!   request, a label added by hand, the daemon's finalizers). Drift (a
+//!   field the files declare changed in the store) is taken back on the
+//!   next pass, with an event naming the fields and who had set them.
 //! - The directory is only read, never written.
+//! - The sync is an object ([`status`]): a `ManifestSync` (named
+//!   `manifests`) whose status tells how the last pass went (Ready /
+//!   Reconciling / Stalled, the git revision, the files it could not read
+//!   with FILE:LINE:COL, counts, the time), with events and metrics of each
+//!   pass; `spec.suspend` pauses it, `spec.prune: false` keeps it from
+//!   deleting; an object annotated `claude-failover.io/prune: disabled` is
+//!   never pruned.
 
-use crate::api::ObjectKey;
+pub mod status;
+
+use crate::api::{Kind, ManifestSync, ObjectKey};
 use crate::manifest::{Decoded, LoadOptions, ManifestError, load_paths};
-use crate::store::{Outcome, Store, StoreError};
+use crate::store::{ApplyRequest, Outcome, Store, StoreError};
 use notify::{RecursiveMode, Watcher};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -34,6 +47,15 @@ use std::time::Duration;
 /// The annotation that marks objects owned by the manifest sync.
 pub const MANAGED_BY: &str = "claude-failover.io/managed-by";
 pub const MANAGED_BY_SYNC: &str = "sync";
+/// The field manager of the sync's applies (see `store::ownership`).
+pub const FIELD_MANAGER: &str = "claude-failover-sync";
+/// The annotation that keeps an object from being pruned (by the sync and
+/// by `apply --prune`), whatever its manifests say.
+pub const PRUNE: &str = "claude-failover.io/prune";
+pub const PRUNE_DISABLED: &str = "disabled";
+/// How long a change under the directory settles (an editor or `git
+/// checkout` finishing its writes) before a pass.
+const SETTLE: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Inventory {
@@ -56,6 +78,10 @@ pub struct SyncReport {
     pub errors: Vec<ManifestError>,
     /// Objects that could not be written (conflicts, terminating, I/O).
     pub failed: Vec<(ObjectKey, String)>,
+    /// Manifest files read.
+    pub files: usize,
+    /// The file that declared each object.
+    pub files_of: BTreeMap<ObjectKey, String>,
 }
 
 pub struct Syncer {
@@ -64,6 +90,9 @@ pub struct Syncer {
     namespace: String,
     /// The inventory's record name (`STORE/inventory/<id>.json`).
     inventory_id: String,
+    /// The ManifestSync object that stands for this sync.
+    key: ObjectKey,
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 /// FNV-1a: a stable id for a directory path.
@@ -84,11 +113,24 @@ impl Syncer {
             dir,
             namespace: namespace.to_string(),
             inventory_id,
+            key: ObjectKey::new(Kind::ManifestSync, namespace, crate::api::MANIFESTS_SYNC),
+            metrics: None,
         })
+    }
+
+    /// Records each pass's metrics (`claude_failover_sync_*`) here.
+    pub fn with_metrics(mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Syncer {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The ManifestSync object of this sync.
+    pub fn key(&self) -> &ObjectKey {
+        &self.key
     }
 
     fn load_inventory(&self) -> Inventory {
@@ -107,6 +149,46 @@ impl Syncer {
     /// One full pass: each good file applied all or nothing, then prune,
     /// then the inventory.
     pub fn sync_once(&self) -> SyncReport {
+        self.sync_with(true)
+    }
+
+    /// One pass as the daemon runs it: the ManifestSync object declared,
+    /// nothing done while it is suspended (None), else marked reconciling,
+    /// synced (pruning as its spec says), and its status, events and
+    /// metrics written.
+    pub fn pass(&self) -> Result<Option<SyncReport>, StoreError> {
+        let obj: ManifestSync = status::declare(&self.store, &self.key, &self.dir)?;
+        if obj.spec.suspend {
+            let st = status::mark(&self.store, &obj, false, true)?;
+            if let Some(m) = &self.metrics {
+                status::record_metrics(m, &self.key.name, &st, None);
+            }
+            return Ok(None);
+        }
+        let started = std::time::Instant::now();
+        let before = status::mark(&self.store, &obj, true, false)?;
+        let report = self.sync_with(obj.spec.prune);
+        let after = status::status_after(
+            &before,
+            &report,
+            &self.dir,
+            status::git_revision(&self.dir),
+            obj.metadata.generation,
+        );
+        status::write_status(&self.store, &self.key, &before, &after)?;
+        status::record_events(&self.store, &self.key, &before, &after);
+        if let Some(m) = &self.metrics {
+            status::record_metrics(
+                m,
+                &self.key.name,
+                &after,
+                Some(started.elapsed().as_secs_f64()),
+            );
+        }
+        Ok(Some(report))
+    }
+
+    fn sync_with(&self, prune: bool) -> SyncReport {
         let loaded = load_paths(
             std::slice::from_ref(&self.dir),
             &LoadOptions {
@@ -116,6 +198,12 @@ impl Syncer {
         );
         let mut report = SyncReport {
             errors: loaded.errors.clone(),
+            files: loaded.files.len(),
+            files_of: loaded
+                .objects
+                .iter()
+                .map(|d| (d.object.key(), d.source.file.clone()))
+                .collect(),
             ..Default::default()
         };
         // A file with any problem is skipped whole: none of its objects is
@@ -144,9 +232,12 @@ impl Syncer {
                 continue;
             }
             // Its file is broken or was not applied, or the object is
-            // declared twice: keep it, and keep it in the inventory so it is
-            // pruned once truly gone.
-            if skipped.contains(entry.file.as_str()) || loaded.contested.contains(&entry.key) {
+            // declared twice (or the sync does not prune): keep it, and keep
+            // it in the inventory so it is pruned once truly gone.
+            if !prune
+                || skipped.contains(entry.file.as_str())
+                || loaded.contested.contains(&entry.key)
+            {
                 kept.insert(name, entry);
                 continue;
             }
@@ -213,8 +304,20 @@ impl Syncer {
                 .get_or_insert_with(Default::default)
                 .insert(MANAGED_BY.into(), MANAGED_BY_SYNC.into());
             let key = obj.key();
-            match batch.apply(&obj.to_value()) {
-                Ok((outcome, _)) => outcomes.push((key.clone(), outcome, &d.source)),
+            // The fields the file declares, owned by the sync; the
+            // directory is authoritative, so fields another writer changed
+            // are taken back (drift correction), and the rest (a cancel, a
+            // label added by hand, the daemon's finalizers) is kept.
+            let mut declared = d.declared.clone();
+            declared["metadata"]["annotations"][MANAGED_BY] = MANAGED_BY_SYNC.into();
+            let req = ApplyRequest {
+                object: obj.to_value(),
+                declared: Some(declared),
+                manager: FIELD_MANAGER.into(),
+                force: true,
+            };
+            match batch.apply_request(&req) {
+                Ok(r) => outcomes.push((key.clone(), r.outcome, &d.source, r.taken_over)),
                 Err(e) => return fail(report, key, e),
             }
             entries.insert(
@@ -243,20 +346,22 @@ impl Syncer {
             return fail(report, objects[0].object.key(), e);
         }
         inv.objects.extend(entries.clone());
-        for (key, outcome, source) in outcomes {
+        for (key, outcome, source, taken_over) in outcomes {
             if outcome != Outcome::Unchanged {
                 let reason = if outcome == Outcome::Created {
                     "Created"
                 } else {
                     "Synced"
                 };
-                let _ = self.store.record_event(
-                    &key,
-                    false,
-                    reason,
-                    &format!("{outcome} from {source}"),
-                    "sync",
-                );
+                let taken: Vec<String> = taken_over.iter().map(|c| c.to_string()).collect();
+                let message = if taken.is_empty() {
+                    format!("{outcome} from {source}")
+                } else {
+                    format!("{outcome} from {source} (took back {})", taken.join(", "))
+                };
+                let _ = self
+                    .store
+                    .record_event(&key, false, reason, &message, "sync");
             }
             report.applied.push((key, outcome));
         }
@@ -286,7 +391,12 @@ impl Syncer {
             .and_then(|a| a.get(MANAGED_BY))
             .and_then(Value::as_str)
             == Some(MANAGED_BY_SYNC);
-        if !owned {
+        let opted_out = current
+            .pointer("/metadata/annotations")
+            .and_then(|a| a.get(PRUNE))
+            .and_then(Value::as_str)
+            == Some(PRUNE_DISABLED);
+        if !owned || opted_out {
             return Ok(false);
         }
         let rv = current
@@ -299,9 +409,11 @@ impl Syncer {
         }
     }
 
-    /// Syncs now, then on every change under the directory (debounced) and
-    /// every `resync`, until `shutdown` resolves. `after_pass` runs after
-    /// each pass (the daemon's readiness waits for the first).
+    /// Syncs now, then on every change under the directory (debounced),
+    /// every change of its ManifestSync object's spec (a suspend, a
+    /// resume) and every `resync`, until `shutdown` resolves. `after_pass`
+    /// runs after each pass (the daemon's readiness waits for the first; a
+    /// suspended sync counts as passed, with nothing done).
     pub async fn run(
         self,
         resync: Duration,
@@ -309,13 +421,37 @@ impl Syncer {
         after_pass: impl Fn(&SyncReport),
     ) {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        // The object's spec file, written by `suspend`/`resume` (not its
+        // status file: the passes write that).
+        let spec_file = self
+            .store
+            .root()
+            .join(Kind::ManifestSync.plural())
+            .join(&self.key.namespace)
+            .join(format!("{}.json", self.key.name));
+        let object_dir = spec_file.parent().map(Path::to_path_buf);
+        if let Some(d) = &object_dir {
+            let _ = crate::fsutil::ensure_dir(d);
+        }
+        let dir = self.dir.clone();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             // Our own reads of the directory are not changes.
-            if crate::fsutil::is_change(&res) {
+            let ours = res.as_ref().is_ok_and(|e| {
+                e.paths
+                    .iter()
+                    .any(|p| p.starts_with(&dir) || *p == spec_file)
+            });
+            if ours && crate::fsutil::is_change(&res) {
                 let _ = tx.send(());
             }
         })
-        .and_then(|mut w| w.watch(&self.dir, RecursiveMode::Recursive).map(|_| w));
+        .and_then(|mut w| {
+            w.watch(&self.dir, RecursiveMode::Recursive)?;
+            if let Some(d) = &object_dir {
+                w.watch(d, RecursiveMode::NonRecursive)?;
+            }
+            Ok(w)
+        });
         let _watcher = match watcher {
             Ok(w) => Some(w),
             Err(e) => {
@@ -332,14 +468,29 @@ impl Syncer {
                 _ = &mut shutdown => return,
                 _ = tick.tick() => {}
                 Some(()) = rx.recv() => {
-                    // Let an editor or `git checkout` finish writing.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(SETTLE).await;
                     while rx.try_recv().is_ok() {}
                 }
             }
             let s = this.clone();
-            let report = match tokio::task::spawn_blocking(move || s.sync_once()).await {
-                Ok(r) => r,
+            let report = match tokio::task::spawn_blocking(move || s.pass()).await {
+                Ok(Ok(Some(r))) => r,
+                Ok(Ok(None)) => {
+                    tracing::debug!(target: "claude_failover::sync", "suspended: no pass");
+                    after_pass(&SyncReport::default());
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(target: "claude_failover::sync", error = %e, "cannot record the sync's status; syncing anyway");
+                    let s = this.clone();
+                    match tokio::task::spawn_blocking(move || s.sync_once()).await {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::error!(error = %e, "sync pass panicked");
+                            continue;
+                        }
+                    }
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "sync pass panicked");
                     continue;

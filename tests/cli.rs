@@ -435,7 +435,7 @@ fn crds_version_completion_help() {
     let crds = env.ok(&["crds"]);
     assert_eq!(
         crds.matches("kind: CustomResourceDefinition").count(),
-        claude_failover::api::Kind::ALL.len()
+        Kind::ALL.len()
     );
     for want in [
         "name: sessions.claude-failover.io",

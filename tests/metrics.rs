@@ -69,6 +69,23 @@ fn sample_names(exposition: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// The exposition after one pass of a manifest sync that records into its
+/// own registry (the families only a daemon with `--manifests` has).
+fn sync_pass_metrics(env: &Env) -> String {
+    let m = std::sync::Arc::new(claude_failover::metrics::Metrics::new());
+    let dir = env.path("sync-manifests");
+    env.write(
+        "sync-manifests/t.yaml",
+        &format!("{HEAD}kind: Task\nmetadata:\n  name: synced\nspec:\n  prompt: p\n"),
+    );
+    let store = Store::open(env.path("sync-store")).unwrap();
+    let syncer = claude_failover::sync::Syncer::new(store, &dir, "default")
+        .unwrap()
+        .with_metrics(m.clone());
+    assert!(syncer.pass().unwrap().is_some());
+    m.encode()
+}
+
 fn live_metrics(d: &Daemon) -> String {
     // The object gauges are filled once the daemon has listed the store.
     wait_for("the object gauges", T, || {
@@ -131,15 +148,25 @@ fn plain(expr: &str) -> String {
         .replace("$__rate_interval", "1m")
         .replace("$__interval", "1m")
         .replace("$__range", "1h")
-        .replace("$account", ".*");
+        .replace("$account", ".*")
+        .replace("$job", ".*")
+        .replace("$instance", ".*");
     assert!(!e.contains('$'), "unknown Grafana variable in {expr}");
     e
 }
 
+/// The daemon's metric names in a query: `claude_failover_*` and the
+/// process collector's `process_*`.
 fn metric_names(expr: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut rest = expr;
-    while let Some(i) = rest.find("claude_failover_") {
+    let next = |r: &str| {
+        [r.find("claude_failover_"), r.find("process_")]
+            .into_iter()
+            .flatten()
+            .min()
+    };
+    while let Some(i) = next(rest) {
         let name: String = rest[i..]
             .chars()
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
@@ -178,6 +205,32 @@ fn every_dashboard_query_is_valid_promql_over_exported_metrics() {
         assert!(q.len() >= 8, "{}: only {} queries", b.display(), q.len());
         all.extend(q.into_iter().map(|e| (b.clone(), e)));
     }
+    // 0. Every panel's selectors follow the dashboards' job and instance
+    // variables, so one Grafana shows several daemons apart.
+    for b in &boards {
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(b).unwrap()).unwrap();
+        let mut exprs = Vec::new();
+        queries(&v["panels"], &mut exprs);
+        for e in &exprs {
+            let mut rest = e.as_str();
+            while let Some(i) = metric_names(rest)
+                .first()
+                .and_then(|n| rest.find(n.as_str()))
+            {
+                let tail = &rest[i..];
+                let name_len = tail
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(tail.len());
+                assert!(
+                    tail[name_len..].starts_with(r#"{job=~"$job",instance=~"$instance""#),
+                    "{}: {} is not filtered by $job and $instance: {e}",
+                    b.display(),
+                    &tail[..name_len]
+                );
+                rest = &tail[name_len..];
+            }
+        }
+    }
     // 1. PromQL: every query as a recording rule, checked by promtool.
     let env = Env::new();
     let mut rules = String::from("groups:\n  - name: dashboards\n    rules:\n");
@@ -201,7 +254,9 @@ fn every_dashboard_query_is_valid_promql_over_exported_metrics() {
     // 2. Every metric named exists in the live daemon's /metrics.
     populate(&env);
     let d = Daemon::start(&env, &[]);
-    let exported = sample_names(&live_metrics(&d));
+    let mut exported = sample_names(&live_metrics(&d));
+    // The manifest sync's families: what a sync pass records.
+    exported.extend(sample_names(&sync_pass_metrics(&env)));
     let mut used = BTreeSet::new();
     for (board, e) in &all {
         for m in metric_names(e) {
@@ -311,4 +366,136 @@ fn a_quiet_daemon_reconciles_only_on_changes_and_timers() {
             "the {controller} controller ran {ran} passes in a quiet {window:?}"
         );
     }
+}
+
+/// The alert rules of deploy/ name only metrics the daemon exports (a live
+/// daemon's /metrics and a sync pass's), and each parses as PromQL.
+#[test]
+#[cfg_attr(
+    not(prometheus),
+    ignore = "needs prometheus and promtool: apt-get install prometheus"
+)]
+fn alert_rules_name_only_exported_metrics() {
+    let promtool_bin = tool("promtool");
+    let rules =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/claude-failover.rules.yml");
+    let (ok, out) = promtool(
+        &promtool_bin,
+        &["check", "rules", rules.to_str().unwrap()],
+        "",
+    );
+    assert!(ok, "{out}");
+    let doc: Value = serde_saphyr::from_str(&std::fs::read_to_string(&rules).unwrap()).unwrap();
+    let env = Env::new();
+    populate(&env);
+    let d = Daemon::start(&env, &[]);
+    let mut exported = sample_names(&live_metrics(&d));
+    exported.extend(sample_names(&sync_pass_metrics(&env)));
+    let mut named = 0;
+    for r in doc["groups"][0]["rules"].as_array().unwrap() {
+        let expr = r["expr"].as_str().unwrap();
+        for m in metric_names(expr) {
+            assert!(exported.contains(&m), "{}: {m} is not exported", r["alert"]);
+            named += 1;
+        }
+    }
+    assert!(named >= 6, "{named}");
+}
+
+/// Each row of docs/control-plane.md's metrics table: the family names in
+/// the first column, and each label with the values listed in parentheses.
+/// A documented row: its family names, and each label with its values.
+type DocRow = (Vec<String>, Vec<(String, Vec<String>)>);
+
+fn documented() -> Vec<DocRow> {
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/control-plane.md"),
+    )
+    .unwrap();
+    let table = doc
+        .split("## Metrics")
+        .nth(1)
+        .unwrap()
+        .split("\n\n")
+        .nth(2)
+        .unwrap();
+    let ticks = |s: &str| -> Vec<String> {
+        s.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect()
+    };
+    table
+        .lines()
+        .skip(2)
+        .map(|row| {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let names = ticks(cells[1]);
+            // `label` (`v1`, `v2`), `other`: split at top-level commas.
+            let mut labels = Vec::new();
+            let (mut depth, mut start) = (0, 0);
+            let col = cells[3];
+            for (i, c) in col.char_indices().chain([(col.len(), ',')]) {
+                match c {
+                    '(' => depth += 1,
+                    ')' => depth -= 1,
+                    ',' if depth == 0 => {
+                        let part = &col[start..i];
+                        start = i + 1;
+                        let Some((name, rest)) = part
+                            .trim()
+                            .strip_prefix('`')
+                            .and_then(|p| p.split_once('`'))
+                        else {
+                            continue;
+                        };
+                        labels.push((name.to_string(), ticks(rest)));
+                    }
+                    _ => {}
+                }
+            }
+            (names, labels)
+        })
+        .collect()
+}
+
+#[test]
+fn the_docs_name_every_exported_metric_and_only_those() {
+    let env = Env::new();
+    populate(&env);
+    let d = Daemon::start(&env, &[]);
+    let text = format!("{}{}", live_metrics(&d), sync_pass_metrics(&env));
+    let families: BTreeSet<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| l.split(' ').next().unwrap().to_string())
+        .collect();
+    let rows = documented();
+    assert!(rows.len() > 20, "{rows:?}");
+    let mut in_docs = BTreeSet::new();
+    for (names, labels) in &rows {
+        for n in names {
+            assert!(
+                families.contains(n),
+                "docs/control-plane.md names {n}, which is not exported"
+            );
+            in_docs.insert(n.clone());
+            for (label, values) in labels {
+                for v in values {
+                    let series = format!("{label}=\"{v}\"");
+                    assert!(
+                        text.lines()
+                            .any(|l| l.starts_with(n.as_str()) && l.contains(&series)),
+                        "docs: {n}{{{series}}} is not exported"
+                    );
+                }
+            }
+        }
+    }
+    let undocumented: Vec<_> = families.difference(&in_docs).collect();
+    assert!(
+        undocumented.is_empty(),
+        "exported but not in docs/control-plane.md: {undocumented:?}"
+    );
 }

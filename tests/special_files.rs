@@ -85,10 +85,22 @@ fn the_sync_skips_a_fifo_applies_the_rest_and_stops_on_sigterm() {
     // Sorted after the FIFO: it must be applied too.
     std::fs::write(dir.join("z.yaml"), account("last")).unwrap();
     let mut d = Daemon::start(&env, &["--manifests", dir.to_str().unwrap()]);
-    wait_for("the sync's first pass (/readyz)", T, || {
-        let (code, _) = call("GET", &format!("{}/readyz", d.url), None, None);
-        (code == 200).then_some(())
+    // The first pass done: /readyz's manifests check; the FIFO leaves the
+    // sync stalled (a file needs a fix), so /readyz is 503 and names it.
+    let (code, body) = wait_for("the sync's first pass (/readyz)", T, || {
+        let (code, body) = call("GET", &format!("{}/readyz", d.url), None, None);
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let checks = v["checks"].as_array()?;
+        let passed = checks
+            .iter()
+            .any(|c| c["name"] == "manifests" && c["ok"] == true);
+        let stalled = checks
+            .iter()
+            .any(|c| c["name"] == "manifestsync/default/manifests" && c["ok"] == false);
+        (passed && stalled).then_some((code, body))
     });
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("m-pipe.yaml"), "{body}");
     let names = env.ok(&["get", "accounts", "-o", "name"]);
     assert_eq!(
         names,

@@ -148,17 +148,20 @@ fn drift_is_corrected() {
     let _d = start(&env, &dir, "300ms");
     let store = Store::open(env.store()).unwrap();
     wait_for("synced", T, || get(&store, Kind::Session, "ccl-0"));
-    // Someone edits the synced object in the store.
-    let mut v = get(&store, Kind::Session, "ccl-0").unwrap();
-    v["spec"]["workdir"] = json!("/somewhere/else");
-    v.as_object_mut().unwrap().remove("status");
-    // Like a person's edit: no resourceVersion precondition (the daemon's
-    // controllers write the object's status meanwhile).
-    v["metadata"]
-        .as_object_mut()
-        .unwrap()
-        .remove("resourceVersion");
-    store.apply(&v, false).unwrap();
+    // Someone edits the synced object in the store (an update by another
+    // writer, like `edit` or `patch`).
+    store
+        .update_object(
+            &claude_failover::api::ObjectKey::new(Kind::Session, "default", "ccl-0"),
+            None,
+            "someone",
+            false,
+            |v| {
+                v["spec"]["workdir"] = json!("/somewhere/else");
+                Ok(())
+            },
+        )
+        .unwrap();
     wait_for("drift corrected", T, || {
         get(&store, Kind::Session, "ccl-0").filter(|v| v["spec"]["workdir"] == "/tmp/ccl-0")
     });

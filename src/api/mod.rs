@@ -11,6 +11,7 @@ mod account;
 mod condition;
 pub mod keys;
 mod lease;
+mod manifestsync;
 mod session;
 mod swap;
 mod task;
@@ -21,12 +22,19 @@ pub use account::{
 };
 pub use condition::{Conditions, set_condition};
 pub use lease::{LEADER_LEASE, Lease, LeaseSpec, LeaseStatus, SWAP_LEASE};
+pub use manifestsync::{
+    MANIFESTS_SYNC, ManifestSync, ManifestSyncSpec, ManifestSyncStatus, PassResult, SYNC_READY,
+    SYNC_RECONCILING, SYNC_STALLED, SyncFailure, set_sync_conditions,
+};
 pub use session::{
     AgentSpec, EnvValue, Interruption, LaunchStatus, PermissionMode, RefusedPlacement, SWAP_DONE,
     SWAP_ROLLED_BACK, SWAPPING, Session, SessionPhase, SessionSpec, SessionStatus, SwapStatus,
 };
 pub use swap::{Swap, SwapPhase, SwapSessionState, SwapSpec, SwapState, SwapStep, swap_name};
-pub use task::{Task, TaskPhase, TaskPriority, TaskSpec, TaskStatus};
+pub use task::{
+    CANCELLED, COMPLETE, FAILED, Task, TaskPhase, TaskPriority, TaskSpec, TaskStatus,
+    job_condition, set_job_conditions,
+};
 
 pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     Condition, LabelSelector, LabelSelectorRequirement, MicroTime, ObjectMeta, Time,
@@ -56,6 +64,7 @@ pub enum Kind {
     Task,
     Swap,
     Lease,
+    ManifestSync,
 }
 
 /// Static facts about a kind: one row per kind.
@@ -68,7 +77,7 @@ struct KindInfo {
     declared: bool,
 }
 
-const KINDS: [(Kind, KindInfo); 5] = [
+const KINDS: [(Kind, KindInfo); 6] = [
     (
         Kind::Account,
         KindInfo {
@@ -115,7 +124,17 @@ const KINDS: [(Kind, KindInfo); 5] = [
             name: "Lease",
             plural: "leases",
             singular: "lease",
-            short_name: "lease",
+            short_name: "cflease",
+            declared: false,
+        },
+    ),
+    (
+        Kind::ManifestSync,
+        KindInfo {
+            name: "ManifestSync",
+            plural: "manifestsyncs",
+            singular: "manifestsync",
+            short_name: "msync",
             declared: false,
         },
     ),
@@ -123,12 +142,13 @@ const KINDS: [(Kind, KindInfo); 5] = [
 
 impl Kind {
     /// Every kind, in the order `get all` shows them.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Account,
         Kind::Session,
         Kind::Task,
         Kind::Swap,
         Kind::Lease,
+        Kind::ManifestSync,
     ];
     /// The kinds people declare in manifests.
     pub const DECLARED: [Kind; 3] = [Kind::Account, Kind::Session, Kind::Task];
@@ -191,6 +211,7 @@ impl Kind {
             Kind::Task => Task::crd(),
             Kind::Swap => Swap::crd(),
             Kind::Lease => Lease::crd(),
+            Kind::ManifestSync => ManifestSync::crd(),
         }
     }
 }
@@ -238,6 +259,7 @@ impl_object!(Session, Kind::Session, SessionStatus);
 impl_object!(Task, Kind::Task, TaskStatus);
 impl_object!(Swap, Kind::Swap, SwapState);
 impl_object!(Lease, Kind::Lease, LeaseStatus);
+impl_object!(ManifestSync, Kind::ManifestSync, ManifestSyncStatus);
 
 /// The current time as a Kubernetes `Time`.
 pub fn now() -> Time {

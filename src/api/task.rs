@@ -143,3 +143,115 @@ pub struct TaskStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
+
+/// The condition types a Task gets when it ends, in the style of a
+/// Kubernetes Job: `Complete` (it succeeded), `Failed`, `Cancelled`. Each
+/// is added with status `True` when the task reaches that end, so
+/// `wait --for=condition=Complete` works as it does for a Job.
+pub const COMPLETE: &str = "Complete";
+pub const FAILED: &str = "Failed";
+pub const CANCELLED: &str = "Cancelled";
+
+/// The Job-style condition a status calls for: `(type, reason, message)`,
+/// or None while the task has not ended.
+pub fn job_condition(status: &TaskStatus) -> Option<(&'static str, &'static str, String)> {
+    let message = status.message.clone().unwrap_or_default();
+    match status.phase? {
+        TaskPhase::Succeeded => Some((COMPLETE, "Succeeded", message)),
+        TaskPhase::Failed => Some((FAILED, "TaskFailed", message)),
+        TaskPhase::Cancelled => Some((CANCELLED, "Cancelled", message)),
+        TaskPhase::Pending | TaskPhase::Dispatched | TaskPhase::Running => None,
+    }
+}
+
+/// Brings `status.conditions` in line with its phase: the end's condition
+/// `True` (its transition time kept once set), and no end condition while
+/// the task has not ended (a task re-queued by hand). Other condition types
+/// are left alone. Returns true when anything changed. The task controller
+/// calls it before each status write.
+pub fn set_job_conditions(
+    status: &mut TaskStatus,
+    observed_generation: Option<i64>,
+    now: Time,
+) -> bool {
+    let want = job_condition(status);
+    let before = status.conditions.len();
+    status.conditions.retain(|c| {
+        ![COMPLETE, FAILED, CANCELLED].contains(&c.type_.as_str())
+            || want.as_ref().is_some_and(|(t, ..)| *t == c.type_)
+    });
+    let mut changed = status.conditions.len() != before;
+    if let Some((t, reason, message)) = want {
+        changed |= super::set_condition(
+            &mut status.conditions,
+            t,
+            true,
+            reason,
+            &message,
+            observed_generation,
+            now,
+        );
+    }
+    changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Conditions;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn t(s: i64) -> Time {
+        Time(Timestamp::from_second(s).unwrap())
+    }
+
+    fn status(phase: TaskPhase, message: &str) -> TaskStatus {
+        TaskStatus {
+            phase: Some(phase),
+            message: Some(message.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn job_conditions_follow_the_phase() {
+        for (phase, want) in [
+            (TaskPhase::Pending, None),
+            (TaskPhase::Dispatched, None),
+            (TaskPhase::Running, None),
+            (TaskPhase::Succeeded, Some((COMPLETE, "Succeeded"))),
+            (TaskPhase::Failed, Some((FAILED, "TaskFailed"))),
+            (TaskPhase::Cancelled, Some((CANCELLED, "Cancelled"))),
+        ] {
+            let mut s = status(phase, "m");
+            let changed = set_job_conditions(&mut s, Some(1), t(10));
+            assert_eq!(changed, want.is_some(), "{phase}");
+            match want {
+                None => assert!(s.conditions.is_empty(), "{phase}"),
+                Some((ty, reason)) => {
+                    assert_eq!(s.conditions.len(), 1);
+                    assert!(s.conditions.is_true(ty));
+                    assert_eq!(s.conditions[0].reason, reason);
+                    assert_eq!(s.conditions[0].message, "m");
+                    assert_eq!(s.conditions[0].observed_generation, Some(1));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn set_again_is_no_change_and_keeps_the_time_and_other_types() {
+        let mut s = status(TaskPhase::Succeeded, "done");
+        crate::api::set_condition(&mut s.conditions, "Custom", true, "X", "", None, t(1));
+        assert!(set_job_conditions(&mut s, None, t(10)));
+        assert!(!set_job_conditions(&mut s, None, t(20)));
+        let c = s.conditions.condition(COMPLETE).unwrap();
+        assert_eq!(c.last_transition_time, t(10));
+        assert!(s.conditions.is_true("Custom"));
+        // Put back in the queue by hand: the end condition goes.
+        s.phase = Some(TaskPhase::Pending);
+        assert!(set_job_conditions(&mut s, None, t(30)));
+        assert!(s.conditions.condition(COMPLETE).is_none());
+        assert!(s.conditions.is_true("Custom"));
+    }
+}

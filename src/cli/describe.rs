@@ -1,7 +1,9 @@
 //! `describe`: one object in full, for people.
 
+use super::Ctx;
+use super::args::targets;
+use super::get::Filter;
 use super::print::{self, age};
-use super::{Ctx, parse_kind};
 use crate::api::ObjectKey;
 use anyhow::Result;
 use clap::Args;
@@ -11,11 +13,16 @@ use std::process::ExitCode;
 
 #[derive(Args, Debug)]
 pub struct DescribeArgs {
-    /// accounts, sessions or tasks
-    pub kind: String,
-    /// Objects to describe
-    #[arg(required = true)]
-    pub names: Vec<String>,
+    /// KIND[,KIND] [NAME...] or KIND/NAME...; without names, every object
+    /// of the kind
+    #[arg(required = true, value_name = "RESOURCE")]
+    pub resources: Vec<String>,
+    /// Only objects whose labels match
+    #[arg(short = 'l', long)]
+    pub selector: Option<String>,
+    /// All namespaces (when no names are given)
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
 }
 
 fn indent(text: &str, by: usize) -> String {
@@ -161,27 +168,53 @@ pub fn render(v: &Value, events: &[crate::store::StoredEvent]) -> String {
 }
 
 pub fn describe(ctx: &Ctx, a: DescribeArgs) -> Result<ExitCode> {
-    let kind = parse_kind(&a.kind)?;
     let store = ctx.store()?;
     let mut code = ExitCode::SUCCESS;
-    for (i, name) in a.names.iter().enumerate() {
-        let key = ObjectKey::new(kind, &ctx.namespace, name);
-        match store.get(&key)? {
-            None => {
-                eprintln!(
-                    "error: {} \"{name}\" not found in namespace {}",
-                    kind.qualified(),
-                    ctx.namespace
-                );
-                code = ExitCode::from(1);
-            }
-            Some(v) => {
-                if i > 0 {
-                    println!();
+    let mut first = true;
+    let mut shown = 0;
+    let mut show = |v: &Value, key: &ObjectKey| -> Result<()> {
+        if !first {
+            println!();
+        }
+        first = false;
+        shown += 1;
+        print!("{}", render(v, &store.events(key)?));
+        Ok(())
+    };
+    for t in targets(&a.resources)? {
+        if t.names.is_empty() {
+            let ns = (!a.all_namespaces).then_some(ctx.namespace.as_str());
+            let filter = Filter::new(&[], a.selector.as_deref(), None, &[t.kind])?;
+            for v in store.list(t.kind, ns)? {
+                if filter.keep(&v) {
+                    let m = &v["metadata"];
+                    let key = ObjectKey::new(
+                        t.kind,
+                        m["namespace"].as_str().unwrap_or_default(),
+                        m["name"].as_str().unwrap_or_default(),
+                    );
+                    show(&v, &key)?;
                 }
-                print!("{}", render(&v, &store.events(&key)?));
+            }
+            continue;
+        }
+        for name in &t.names {
+            let key = ObjectKey::new(t.kind, &ctx.namespace, name);
+            match store.get(&key)? {
+                None => {
+                    eprintln!(
+                        "error: {} \"{name}\" not found in namespace {}",
+                        t.kind.qualified(),
+                        ctx.namespace
+                    );
+                    code = ExitCode::from(1);
+                }
+                Some(v) => show(&v, &key)?,
             }
         }
+    }
+    if shown == 0 && code == ExitCode::SUCCESS {
+        eprintln!("No resources found in {} namespace.", ctx.namespace);
     }
     Ok(code)
 }

@@ -1,8 +1,11 @@
-//! `get`: list objects as a table, YAML, JSON or names; `-w` keeps watching.
+//! `get`: list objects as a table, YAML, JSON, names, a JSONPath template
+//! or custom columns; `-w` keeps watching.
 
-use super::print::{self, Output};
-use super::{Ctx, parse_kind};
+use super::Ctx;
+use super::args::{FieldSelector, Target, targets};
+use super::print;
 use crate::api::{Account, Kind, Object, Session, Task};
+use crate::output::{Format, SortKey};
 use crate::selector::Selector;
 use crate::store::watch::{WatchConfig, watch};
 use anyhow::{Result, bail};
@@ -10,35 +13,79 @@ use clap::Args;
 use futures::StreamExt;
 use kube::runtime::watcher::Event;
 use serde_json::{Value, json};
+use std::io::Write;
 use std::process::ExitCode;
 
 #[derive(Args, Debug)]
 pub struct GetArgs {
-    /// accounts (acct), sessions (sess), tasks (tsk), or all
-    pub kind: String,
-    /// Only these objects
-    pub names: Vec<String>,
-    /// Output format
-    #[arg(short = 'o', long, value_enum)]
-    pub output: Option<Output>,
+    /// KIND[,KIND...] [NAME...], KIND/NAME..., or `all`
+    #[arg(required = true, value_name = "RESOURCE")]
+    pub resources: Vec<String>,
+    /// Output format: wide, yaml, json, name, jsonpath=TEMPLATE,
+    /// jsonpath-file=FILE, jsonpath-as-json=TEMPLATE, custom-columns=SPEC,
+    /// custom-columns-file=FILE
+    #[arg(short = 'o', long, value_parser = Format::parse)]
+    pub output: Option<Format>,
     /// After listing, keep printing changes
     #[arg(short = 'w', long)]
     pub watch: bool,
     /// Label selector, e.g. `project=api,tier in (gold,silver)`
     #[arg(short = 'l', long)]
     pub selector: Option<String>,
+    /// Field selector, e.g. `status.phase=Running,spec.session!=ccl-0`
+    #[arg(long)]
+    pub field_selector: Option<String>,
     /// All namespaces
     #[arg(short = 'A', long)]
     pub all_namespaces: bool,
+    /// Sort by a field (a JSONPath, e.g. `.metadata.creationTimestamp`)
+    #[arg(long, value_name = "PATH")]
+    pub sort_by: Option<String>,
+    /// Add a LABELS column to the table
+    #[arg(long)]
+    pub show_labels: bool,
+    /// Add a column with the value of each of these labels
+    #[arg(
+        short = 'L',
+        long = "label-columns",
+        value_delimiter = ',',
+        value_name = "KEY"
+    )]
+    pub label_columns: Vec<String>,
+    /// Print tables without their header line
+    #[arg(long)]
+    pub no_headers: bool,
+    /// Keep metadata.managedFields (who set which field) in yaml and json
+    #[arg(long)]
+    pub show_managed_fields: bool,
+    /// A missing named object is not an error
+    #[arg(long)]
+    pub ignore_not_found: bool,
 }
 
-struct Filter {
+/// Which objects are shown.
+pub(super) struct Filter {
     names: Vec<String>,
-    selector: Selector,
+    labels: Selector,
+    fields: FieldSelector,
 }
 
 impl Filter {
-    fn keep(&self, v: &Value) -> bool {
+    pub(super) fn new(
+        names: &[String],
+        labels: Option<&str>,
+        fields: Option<&str>,
+        kinds: &[Kind],
+    ) -> Result<Filter> {
+        Ok(Filter {
+            names: names.to_vec(),
+            labels: Selector::parse(labels.unwrap_or_default())
+                .map_err(|e| anyhow::anyhow!("-l: {e}"))?,
+            fields: FieldSelector::parse(fields.unwrap_or_default(), kinds)?,
+        })
+    }
+
+    pub(super) fn keep(&self, v: &Value) -> bool {
         let name = v
             .pointer("/metadata/name")
             .and_then(Value::as_str)
@@ -49,131 +96,179 @@ impl Filter {
         let labels: Option<std::collections::BTreeMap<String, String>> = v
             .pointer("/metadata/labels")
             .and_then(|l| serde_json::from_value(l.clone()).ok());
-        self.selector.matches(labels.as_ref())
+        self.labels.matches(labels.as_ref()) && self.fields.matches(v)
     }
 }
 
-fn headers(kind: Kind, wide: bool, all_ns: bool) -> Vec<&'static str> {
-    let mut h = print::columns(kind, wide);
-    if all_ns {
-        h.insert(0, "NAMESPACE");
-    }
-    h
+/// How tables are laid out.
+struct TableOpts<'a> {
+    format: &'a Format,
+    all_ns: bool,
+    show_labels: bool,
+    label_columns: &'a [String],
+    /// Names as `kind.group/name` (several kinds in one command).
+    qualified: bool,
 }
 
-fn row(kind: Kind, v: &Value, wide: bool, all_ns: bool) -> Vec<String> {
-    let mut r = print::row(kind, v, wide);
-    if all_ns {
-        r.insert(
-            0,
-            v.pointer("/metadata/namespace")
+impl TableOpts<'_> {
+    fn wide(&self) -> bool {
+        matches!(self.format, Format::Wide)
+    }
+
+    fn headers(&self, kind: Kind) -> Vec<String> {
+        let mut h: Vec<String> = match self.format {
+            Format::CustomColumns(c) => c.headers.clone(),
+            _ => print::columns(kind, self.wide())
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
+        };
+        if self.all_ns {
+            h.insert(0, "NAMESPACE".into());
+        }
+        if !matches!(self.format, Format::CustomColumns(_)) {
+            h.extend(
+                self.label_columns
+                    .iter()
+                    .map(|l| l.rsplit('/').next().unwrap_or(l).to_ascii_uppercase()),
+            );
+            if self.show_labels && !self.wide() {
+                h.push("LABELS".into());
+            }
+        }
+        h
+    }
+
+    fn row(&self, kind: Kind, v: &Value) -> Vec<String> {
+        let mut r = match self.format {
+            Format::CustomColumns(c) => c.row(v),
+            _ => {
+                let mut r = print::row(kind, v, self.wide());
+                if self.qualified {
+                    r[0] = print::name_of(kind, v);
+                }
+                r
+            }
+        };
+        if self.all_ns {
+            let ns = v
+                .pointer("/metadata/namespace")
                 .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string(),
-        );
+                .unwrap_or_default();
+            r.insert(0, ns.to_string());
+        }
+        if !matches!(self.format, Format::CustomColumns(_)) {
+            for l in self.label_columns {
+                let val = v
+                    .pointer("/metadata/labels")
+                    .and_then(|m| m.get(l))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                r.push(val.to_string());
+            }
+            if self.show_labels && !self.wide() {
+                r.push(print::labels(v));
+            }
+        }
+        r
     }
-    r
+}
+
+fn is_table(f: &Format) -> bool {
+    matches!(f, Format::Table | Format::Wide | Format::CustomColumns(_))
 }
 
 pub fn get(ctx: &Ctx, a: GetArgs) -> Result<ExitCode> {
-    let kinds: Vec<Kind> = if a.kind == "all" {
-        Kind::DECLARED.to_vec()
-    } else {
-        vec![parse_kind(&a.kind)?]
-    };
-    if a.watch && kinds.len() > 1 {
-        bail!("-w watches one kind at a time");
+    let targets = targets(&a.resources)?;
+    let kinds: Vec<Kind> = targets.iter().map(|t| t.kind).collect();
+    let format = a.output.clone().unwrap_or(Format::Table);
+    let sort = a
+        .sort_by
+        .as_deref()
+        .map(SortKey::parse)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--sort-by: {e}"))?;
+    if a.watch {
+        if targets.len() > 1 {
+            bail!("-w watches one kind at a time");
+        }
+        let filter = Filter::new(
+            &targets[0].names,
+            a.selector.as_deref(),
+            a.field_selector.as_deref(),
+            &kinds,
+        )?;
+        return watch_kind(ctx, targets[0].kind, &a, &format, &filter);
     }
-    let filter = Filter {
-        names: a.names.clone(),
-        selector: Selector::parse(a.selector.as_deref().unwrap_or_default())
-            .map_err(|e| anyhow::anyhow!("-l: {e}"))?,
+    let opts = TableOpts {
+        format: &format,
+        all_ns: a.all_namespaces,
+        show_labels: a.show_labels,
+        label_columns: &a.label_columns,
+        qualified: targets.len() > 1,
     };
     let store = ctx.store()?;
     let ns = (!a.all_namespaces).then_some(ctx.namespace.as_str());
-    let mut all_items = Vec::new();
+    let mut listed: Vec<(Kind, Vec<Value>)> = Vec::new();
     let mut missing = Vec::new();
-    let mut first_table = true;
     let mut corrupt = Vec::new();
-    for &kind in &kinds {
-        let listing = store.list_checked(kind, ns)?;
-        corrupt.extend(listing.corrupt);
-        let items: Vec<Value> = listing
+    for Target { kind, names } in &targets {
+        let filter = Filter::new(
+            names,
+            a.selector.as_deref(),
+            a.field_selector.as_deref(),
+            &kinds,
+        )?;
+        let listing = store.list_checked(*kind, ns)?;
+        corrupt.extend(listing.corrupt.iter().cloned());
+        let mut items: Vec<Value> = listing
             .objects
             .into_iter()
             .filter(|v| filter.keep(v))
+            .map(|v| {
+                if a.show_managed_fields {
+                    v
+                } else {
+                    print::without_managed_fields(&v)
+                }
+            })
             .collect();
-        for n in &a.names {
-            let is_corrupt = corrupt
+        for n in names {
+            let is_corrupt = listing.corrupt.iter().any(|c| c.key.name == *n);
+            let found = items
                 .iter()
-                .any(|c| c.key.kind == kind && c.key.name == *n);
-            if !is_corrupt
-                && !items
-                    .iter()
-                    .any(|v| v.pointer("/metadata/name").and_then(Value::as_str) == Some(n))
-            {
+                .any(|v| v.pointer("/metadata/name").and_then(Value::as_str) == Some(n));
+            if !found && !is_corrupt && !a.ignore_not_found {
                 missing.push(format!("{} \"{n}\" not found", kind.qualified()));
             }
         }
-        match a.output {
-            None | Some(Output::Wide) if !a.watch => {
-                if items.is_empty() {
-                    continue;
-                }
-                if !first_table {
-                    println!();
-                }
-                first_table = false;
-                let wide = a.output == Some(Output::Wide);
-                let rows: Vec<Vec<String>> = items
-                    .iter()
-                    .map(|v| row(kind, v, wide, a.all_namespaces))
-                    .collect();
-                print!(
-                    "{}",
-                    print::table(&headers(kind, wide, a.all_namespaces), &rows)
-                );
-            }
-            Some(Output::Name) if !a.watch => {
-                for v in &items {
-                    println!("{}", print::name_of(kind, v));
-                }
-            }
-            _ => all_items.extend(items),
+        if let Some(s) = &sort {
+            s.sort(&mut items).map_err(anyhow::Error::msg)?;
         }
+        listed.push((*kind, items));
     }
-    if a.watch {
-        let kind = kinds[0];
-        return watch_kind(ctx, kind, &a, &filter);
+    let single = targets.len() == 1 && targets[0].names.len() == 1;
+    // Only missing names: nothing to print but the errors (as kubectl).
+    let named = targets.iter().all(|t| !t.names.is_empty());
+    let nothing = listed.iter().all(|(_, i)| i.is_empty());
+    if !(named && nothing) {
+        print_listed(&listed, &opts, single, a.no_headers)?;
     }
-    match a.output {
-        Some(Output::Yaml) | Some(Output::Json) => {
-            let doc = if a.names.len() == 1 && all_items.len() == 1 {
-                all_items.pop().expect("one item")
-            } else {
-                json!({"apiVersion": "v1", "kind": "List", "items": all_items})
-            };
-            if a.output == Some(Output::Yaml) {
-                print!("{}", print::to_yaml(&doc));
-            } else {
-                println!("{}", serde_json::to_string_pretty(&doc)?);
-            }
-        }
-        None | Some(Output::Wide) if first_table && missing.is_empty() => {
-            let where_ = if a.all_namespaces {
-                String::new()
-            } else {
-                format!(" in {} namespace", ctx.namespace)
-            };
-            eprintln!("No resources found{where_}.");
-        }
-        _ => {}
+    if nothing && missing.is_empty() && is_table(&format) {
+        let where_ = if a.all_namespaces {
+            String::new()
+        } else {
+            format!(" in {} namespace", ctx.namespace)
+        };
+        eprintln!("No resources found{where_}.");
     }
     // Objects whose files do not read: named, never hidden.
     let mut named_corrupt = false;
     for c in &corrupt {
-        let named = a.names.contains(&c.key.name);
-        if !a.names.is_empty() && !named {
+        let target = targets.iter().find(|t| t.kind == c.key.kind);
+        let names: &[String] = target.map(|t| t.names.as_slice()).unwrap_or_default();
+        let named = names.contains(&c.key.name);
+        if !names.is_empty() && !named {
             continue;
         }
         named_corrupt |= named;
@@ -199,59 +294,142 @@ pub fn get(ctx: &Ctx, a: GetArgs) -> Result<ExitCode> {
     })
 }
 
-fn watch_kind(ctx: &Ctx, kind: Kind, a: &GetArgs, filter: &Filter) -> Result<ExitCode> {
+fn print_listed(
+    listed: &[(Kind, Vec<Value>)],
+    opts: &TableOpts,
+    single: bool,
+    no_headers: bool,
+) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    let all: Vec<&Value> = listed.iter().flat_map(|(_, i)| i).collect();
+    // One document: the object when one was named, else a List.
+    let doc = || {
+        if single && all.len() == 1 {
+            all[0].clone()
+        } else {
+            json!({"apiVersion": "v1", "kind": "List", "items": all, "metadata": {"resourceVersion": ""}})
+        }
+    };
+    match opts.format {
+        Format::Yaml => write!(out, "{}", print::to_yaml(&doc()))?,
+        Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(&doc())?)?,
+        Format::Name => {
+            for (kind, items) in listed {
+                for v in items {
+                    writeln!(out, "{}", print::name_of(*kind, v))?;
+                }
+            }
+        }
+        Format::JsonPath { template, as_json } => {
+            write!(out, "{}", Format::jsonpath(template, *as_json, &doc()))?
+        }
+        Format::CustomColumns(c) => {
+            let rows: Vec<Vec<String>> = listed
+                .iter()
+                .flat_map(|(k, items)| items.iter().map(|v| opts.row(*k, v)))
+                .collect();
+            if !rows.is_empty() {
+                let h: Vec<&str> = c.headers.iter().map(String::as_str).collect();
+                write!(out, "{}", print::table_opt(&h, &rows, !no_headers))?;
+            }
+        }
+        Format::Table | Format::Wide => {
+            let mut first = true;
+            for (kind, items) in listed.iter().filter(|(_, i)| !i.is_empty()) {
+                if !first {
+                    writeln!(out)?;
+                }
+                first = false;
+                let headers = opts.headers(*kind);
+                let h: Vec<&str> = headers.iter().map(String::as_str).collect();
+                let rows: Vec<Vec<String>> = items.iter().map(|v| opts.row(*kind, v)).collect();
+                write!(out, "{}", print::table_opt(&h, &rows, !no_headers))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn watch_kind(
+    ctx: &Ctx,
+    kind: Kind,
+    a: &GetArgs,
+    format: &Format,
+    filter: &Filter,
+) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
         match kind {
-            Kind::Account => watch_typed::<Account>(ctx, a, filter).await,
-            Kind::Session => watch_typed::<Session>(ctx, a, filter).await,
-            Kind::Task => watch_typed::<Task>(ctx, a, filter).await,
-            Kind::Swap => watch_typed::<crate::api::Swap>(ctx, a, filter).await,
-            Kind::Lease => watch_typed::<crate::api::Lease>(ctx, a, filter).await,
+            Kind::Account => watch_typed::<Account>(ctx, a, format, filter).await,
+            Kind::Session => watch_typed::<Session>(ctx, a, format, filter).await,
+            Kind::Task => watch_typed::<Task>(ctx, a, format, filter).await,
+            Kind::Swap => watch_typed::<crate::api::Swap>(ctx, a, format, filter).await,
+            Kind::Lease => watch_typed::<crate::api::Lease>(ctx, a, format, filter).await,
+            Kind::ManifestSync => {
+                watch_typed::<crate::api::ManifestSync>(ctx, a, format, filter).await
+            }
         }
     })
 }
 
-async fn watch_typed<K: Object>(ctx: &Ctx, a: &GetArgs, filter: &Filter) -> Result<ExitCode> {
+async fn watch_typed<K: Object>(
+    ctx: &Ctx,
+    a: &GetArgs,
+    format: &Format,
+    filter: &Filter,
+) -> Result<ExitCode> {
     let store = ctx.store()?;
     let cfg = WatchConfig {
         namespace: (!a.all_namespaces).then(|| ctx.namespace.clone()),
         ..Default::default()
     };
     let kind = K::KIND;
-    let wide = a.output == Some(Output::Wide);
-    let widths_from = headers(kind, wide, a.all_namespaces);
+    let opts = TableOpts {
+        format,
+        all_ns: a.all_namespaces,
+        show_labels: a.show_labels,
+        label_columns: &a.label_columns,
+        qualified: false,
+    };
+    let headers = opts.headers(kind);
     let mut stream = Box::pin(watch::<K>(store, cfg));
     let mut printed_header = false;
     let mut initial: Vec<Value> = Vec::new();
     let mut in_init = false;
     let emit = |v: &Value, deleted: bool, printed_header: &mut bool| {
-        match a.output {
-            Some(Output::Yaml) => print!("---\n{}", print::to_yaml(v)),
-            Some(Output::Json) => println!("{}", serde_json::to_string(v).unwrap_or_default()),
-            Some(Output::Name) => println!("{}", print::name_of(kind, v)),
-            None | Some(Output::Wide) => {
-                let mut r = row(kind, v, wide, a.all_namespaces);
-                if deleted {
+        let v = if a.show_managed_fields {
+            v.clone()
+        } else {
+            print::without_managed_fields(v)
+        };
+        let mut out = std::io::stdout().lock();
+        let _ = match format {
+            Format::Yaml => write!(out, "---\n{}", print::to_yaml(&v)),
+            Format::Json => writeln!(out, "{}", serde_json::to_string(&v).unwrap_or_default()),
+            Format::Name => writeln!(out, "{}", print::name_of(kind, &v)),
+            Format::JsonPath { template, as_json } => {
+                write!(out, "{}", Format::jsonpath(template, *as_json, &v))
+            }
+            Format::Table | Format::Wide | Format::CustomColumns(_) => {
+                let mut r = opts.row(kind, &v);
+                if deleted && !matches!(format, Format::CustomColumns(_)) {
                     let i = if a.all_namespaces { 2 } else { 1 };
                     r[i] = "Deleted".into();
                 }
-                let t = print::table(&widths_from, &[r]);
+                let h: Vec<&str> = headers.iter().map(String::as_str).collect();
+                let t = print::table(&h, &[r]);
                 let mut lines = t.lines();
                 let header = lines.next().unwrap_or_default();
-                if !*printed_header {
-                    println!("{header}");
-                    *printed_header = true;
+                if !*printed_header && !a.no_headers {
+                    let _ = writeln!(out, "{header}");
                 }
-                for l in lines {
-                    println!("{l}");
-                }
+                *printed_header = true;
+                writeln!(out, "{}", lines.next().unwrap_or_default())
             }
-        }
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
+        };
+        let _ = out.flush();
     };
     while let Some(ev) = stream.next().await {
         match ev {
@@ -264,13 +442,20 @@ async fn watch_typed<K: Object>(ctx: &Ctx, a: &GetArgs, filter: &Filter) -> Resu
                 // The first listing prints everything; later relists are
                 // resyncs and print nothing new.
                 if in_init && !printed_header {
-                    for v in initial.iter().filter(|v| filter.keep(v)) {
+                    let mut first: Vec<Value> =
+                        initial.drain(..).filter(|v| filter.keep(v)).collect();
+                    if let Some(s) = &a.sort_by {
+                        SortKey::parse(s)
+                            .and_then(|k| k.sort(&mut first))
+                            .map_err(|e| anyhow::anyhow!("--sort-by: {e}"))?;
+                    }
+                    for v in &first {
                         emit(v, false, &mut printed_header);
                     }
-                    if !printed_header && matches!(a.output, None | Some(Output::Wide)) {
-                        println!("{}", widths_from.join("   "));
-                        printed_header = true;
+                    if !printed_header && is_table(format) && !a.no_headers {
+                        println!("{}", headers.join("   "));
                     }
+                    printed_header = true;
                 }
                 in_init = false;
             }

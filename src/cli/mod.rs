@@ -5,15 +5,25 @@
 //! dispatches. Errors go to stderr as `error: ...` with a non-zero exit.
 
 mod apply;
+mod args;
 mod cancel;
 mod client;
+mod complete;
+mod completion;
+mod create;
 mod demo;
 mod describe;
 mod doctor;
+mod edit;
+mod events;
+mod explain;
 mod failover;
 mod get;
 mod init;
+mod kustomize;
+mod label;
 mod login;
+mod logs;
 mod mcp;
 mod print;
 mod run;
@@ -23,12 +33,12 @@ mod wait;
 use crate::api::{DEFAULT_NAMESPACE, Kind};
 use crate::config::{self, Config, LogFormat};
 use crate::store::Store;
-use anyhow::{Context as _, Result, bail};
-use clap::{Args, CommandFactory, Parser, Subcommand};
+use anyhow::{Context as _, Result};
+use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-pub use print::Output;
+pub use args::parse_kind;
 
 const ABOUT: &str =
     "Keeps a pool of Claude Code sessions working across several Anthropic accounts.
@@ -68,14 +78,40 @@ pub struct Global {
 pub enum Command {
     /// Create or update objects from manifests (FILE, DIR or - for stdin)
     Apply(apply::ApplyArgs),
-    /// List objects: get KIND [NAME...]
+    /// List objects: get KIND[,KIND] [NAME...] or KIND/NAME
     Get(get::GetArgs),
-    /// Show one object in detail: spec, status, conditions and events
+    /// Show objects in detail: spec, status, conditions and events
     Describe(describe::DescribeArgs),
+    /// Create objects that do not exist yet (-f FILE, or `create task NAME --prompt ...`)
+    Create(create::CreateArgs),
+    /// Edit objects in $KUBE_EDITOR or $EDITOR
+    Edit(edit::EditArgs),
+    /// Change objects with a JSON merge patch or a JSON patch
+    Patch(edit::PatchArgs),
+    /// Set (KEY=VALUE) or remove (KEY-) labels
+    Label(label::MetaArgs),
+    /// Set (KEY=VALUE) or remove (KEY-) annotations
+    Annotate(label::MetaArgs),
     /// Delete objects by name or by the manifests that declare them
     Delete(apply::DeleteArgs),
     /// Show what apply would change (exit 0: none, 1: differences, >1: error)
     Diff(apply::DiffArgs),
+    /// Wait for a condition, a field's value, the creation or the deletion of objects
+    Wait(wait::WaitArgs),
+    /// List recent events (of every object, or one with --for)
+    Events(events::EventsArgs),
+    /// The kinds this tool serves
+    ApiResources(explain::ApiResourcesArgs),
+    /// Describe a kind's fields (explain task, explain task.spec.priority)
+    Explain(explain::ExplainArgs),
+    /// Print a session's screen, or its conversation with --transcript
+    Logs(logs::LogsArgs),
+    /// Attach your terminal to a session's tmux (the pool's own server)
+    Attach(logs::AttachArgs),
+    /// Stop sessions' agents, drain accounts or pause a manifest sync until resumed (spec.suspend)
+    Suspend(label::SuspendArgs),
+    /// Undo suspend: agents start again, accounts take sessions, the sync runs
+    Resume(label::SuspendArgs),
     /// Cancel tasks: a running one is interrupted, a pending one never runs
     Cancel(cancel::CancelArgs),
     /// Watch a pool fail over: simulated agents on temporary directories, a minute
@@ -90,8 +126,6 @@ pub enum Command {
     Token,
     /// Serve the pool as MCP tools and resources over stdio (for Claude Code and other MCP clients)
     Mcp(mcp::McpArgs),
-    /// Wait for a condition on objects, or for their deletion
-    Wait(wait::WaitArgs),
     /// Run the daemon: sync the manifests directory into the store
     Run(run::RunArgs),
     /// Scaffold a config file, the store and example manifests
@@ -105,8 +139,12 @@ pub enum Command {
     Crds,
     /// Print the version
     Version,
-    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
-    Completion { shell: clap_complete::Shell },
+    /// Print a shell completion script (bash, zsh or fish): subcommands,
+    /// flags, kinds and object names
+    Completion(completion::CompletionArgs),
+    /// The completion scripts' helper: candidates for the word being typed
+    #[command(name = "__complete", hide = true)]
+    Complete(complete::CompleteArgs),
     /// Claude Code's statusLine command (installed by the daemon): forwards
     /// its input to the daemon, prints the daemon's line
     #[command(hide = true)]
@@ -180,15 +218,25 @@ impl Ctx {
         Store::open(&self.store_dir)
             .with_context(|| format!("cannot open the store at {}", self.store_dir.display()))
     }
-}
 
-/// Resolves a KIND argument (`sessions`, `sess`, `session.claude-failover.io`, ...).
-pub fn parse_kind(s: &str) -> Result<Kind> {
-    match Kind::from_cli(s) {
-        Some(k) => Ok(k),
-        None => bail!(
-            "the server doesn't have a resource type \"{s}\" (known: accounts (acct), sessions (sess), tasks (tsk))"
-        ),
+    /// The pool's tmux server socket (config `tmuxSocket`, default
+    /// `STATE/tmux.sock`), as the daemon resolves it.
+    pub fn tmux_socket(&self) -> PathBuf {
+        self.config
+            .tmux_socket
+            .as_deref()
+            .map(crate::fsutil::expand_home)
+            .unwrap_or_else(|| self.state_dir().join("tmux.sock"))
+    }
+
+    /// The shared transcript folder (config `transcriptsDir`, default
+    /// `STATE/projects`), as the daemon resolves it.
+    pub fn transcripts_dir(&self) -> PathBuf {
+        self.config
+            .transcripts_dir
+            .as_deref()
+            .map(crate::fsutil::expand_home)
+            .unwrap_or_else(|| self.state_dir().join("projects"))
     }
 }
 
@@ -207,7 +255,12 @@ pub fn main() -> ExitCode {
 fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Version => {
-            println!("claude-failover {}", env!("CARGO_PKG_VERSION"));
+            println!(
+                "claude-failover {} (revision {}, rustc {})",
+                crate::metrics::VERSION,
+                crate::metrics::REVISION,
+                crate::metrics::RUSTC
+            );
             println!("apiVersion {}", crate::api::API_VERSION);
             return Ok(ExitCode::SUCCESS);
         }
@@ -215,15 +268,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             print!("{}", crds_yaml());
             return Ok(ExitCode::SUCCESS);
         }
-        Command::Completion { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "claude-failover",
-                &mut std::io::stdout(),
-            );
-            return Ok(ExitCode::SUCCESS);
-        }
+        Command::Completion(a) => return completion::script(a),
+        Command::Complete(a) => return complete::complete(a),
+        Command::ApiResources(a) => return explain::api_resources(a),
+        Command::Explain(a) => return explain::explain(a),
         Command::Statusline { url } => return Ok(statusline::statusline(&url)),
         Command::Hook { url } => return Ok(statusline::hook(&url)),
         Command::SimAgent(a) => return Ok(crate::sim::run(a)),
@@ -235,9 +283,19 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Apply(a) => apply::apply(&ctx, a),
         Command::Get(a) => get::get(&ctx, a),
         Command::Describe(a) => describe::describe(&ctx, a),
+        Command::Create(a) => create::create(&ctx, a),
+        Command::Edit(a) => edit::edit(&ctx, a),
+        Command::Patch(a) => edit::patch(&ctx, a),
+        Command::Label(a) => label::label(&ctx, a, label::Which::Labels),
+        Command::Annotate(a) => label::label(&ctx, a, label::Which::Annotations),
         Command::Delete(a) => apply::delete(&ctx, a),
         Command::Diff(a) => apply::diff(&ctx, a),
         Command::Wait(a) => wait::wait(&ctx, a),
+        Command::Events(a) => events::events(&ctx, a),
+        Command::Logs(a) => logs::logs(&ctx, a),
+        Command::Attach(a) => logs::attach(&ctx, a),
+        Command::Suspend(a) => label::suspend(&ctx, a, true),
+        Command::Resume(a) => label::suspend(&ctx, a, false),
         Command::Cancel(a) => cancel::cancel(&ctx, a),
         Command::Failover(a) => failover::failover(&ctx, a),
         Command::Swaps => failover::swaps(&ctx),
@@ -254,7 +312,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Doctor(a) => doctor::doctor(&ctx, a),
         Command::Version
         | Command::Crds
-        | Command::Completion { .. }
+        | Command::Completion(_)
+        | Command::Complete(_)
+        | Command::ApiResources(_)
+        | Command::Explain(_)
         | Command::Statusline { .. }
         | Command::Hook { .. }
         | Command::SimAgent(_)
@@ -285,13 +346,24 @@ pub fn log_filter(level: &str) -> tracing_subscriber::EnvFilter {
     crate::notify::quiet_http_client(filter)
 }
 
-/// Sets up `tracing` for the daemon.
+/// Sets up `tracing` for the daemon. Text logs carry colour only when
+/// stderr is a terminal (and `NO_COLOR` is unset), so a pipe, a file or
+/// journald gets plain lines; JSON logs put the message and the event's
+/// fields at the top level of each line (`{"timestamp","level","message",
+/// "target",...}`), as log shippers expect.
 pub fn init_logging(format: LogFormat, level: &str) {
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(log_filter(level))
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
         LogFormat::Text => builder.try_init(),
     };
 }

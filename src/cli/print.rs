@@ -1,15 +1,13 @@
-//! Output: tables with kubectl-like columns, YAML, JSON and names.
+//! Output: tables with kubectl-like columns, YAML, JSON and names (the
+//! template formats are in [`crate::output`]).
 
 use crate::api::Kind;
 use serde_json::Value;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Output {
-    Wide,
-    Yaml,
-    Json,
-    Name,
-}
+/// kubectl's table writer: each column is as wide as its widest cell plus
+/// three spaces, and at least six.
+const COLUMN_PADDING: usize = 3;
+const COLUMN_MIN_WIDTH: usize = 6;
 
 /// `5s`, `4m12s`, `3h`, `6d`: kubectl's human durations.
 pub fn human_age(secs: i64) -> String {
@@ -64,7 +62,16 @@ fn phase(v: &Value) -> String {
     s(v, "/status/phase")
 }
 
-fn labels(v: &Value) -> String {
+/// The condition of type `t` in the object's status.
+fn condition<'a>(v: &'a Value, t: &str) -> Option<&'a Value> {
+    v.pointer("/status/conditions")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some(t))
+}
+
+/// `a=b,c=d` or `<none>`, as `--show-labels` prints them.
+pub fn labels(v: &Value) -> String {
     match v.pointer("/metadata/labels").and_then(Value::as_object) {
         Some(m) if !m.is_empty() => m
             .iter()
@@ -83,6 +90,7 @@ pub fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
         Kind::Task => vec!["NAME", "PHASE", "PRIORITY", "SESSION", "ATTEMPTS", "AGE"],
         Kind::Swap => vec!["NAME", "EPOCH", "FROM", "TO", "REASON", "RESULT", "AGE"],
         Kind::Lease => vec!["NAME", "HOLDER", "EPOCH", "RENEWED", "AGE"],
+        Kind::ManifestSync => vec!["NAME", "READY", "STATUS", "REVISION", "LAST-SYNC", "AGE"],
     };
     if wide {
         c.extend(match kind {
@@ -91,6 +99,16 @@ pub fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
             Kind::Task => vec!["MODEL", "TARGET", "LABELS"],
             Kind::Swap => vec!["SESSIONS", "MESSAGE"],
             Kind::Lease => vec!["ACQUIRED", "TRANSITIONS"],
+            Kind::ManifestSync => {
+                vec![
+                    "PATH",
+                    "SUSPENDED",
+                    "OBJECTS",
+                    "APPLIED",
+                    "PRUNED",
+                    "FAILED",
+                ]
+            }
         });
     }
     c
@@ -146,6 +164,31 @@ pub fn row(kind: Kind, v: &Value, wide: bool) -> Vec<String> {
             age(v.pointer("/spec/renewTime").and_then(Value::as_str)),
             age(created),
         ],
+        Kind::ManifestSync => {
+            let ready = condition(v, "Ready");
+            vec![
+                name,
+                ready
+                    .and_then(|c| c.get("status"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("Unknown")
+                    .to_string(),
+                if v.pointer("/spec/suspend") == Some(&Value::Bool(true)) {
+                    "Suspended".into()
+                } else {
+                    ready
+                        .and_then(|c| c.get("message"))
+                        .and_then(Value::as_str)
+                        .filter(|m| !m.is_empty())
+                        .or_else(|| ready.and_then(|c| c.get("reason")).and_then(Value::as_str))
+                        .unwrap_or("-")
+                        .to_string()
+                },
+                s(v, "/status/revision"),
+                age(v.pointer("/status/lastSyncTime").and_then(Value::as_str)),
+                age(created),
+            ]
+        }
     };
     if wide {
         match kind {
@@ -197,6 +240,17 @@ pub fn row(kind: Kind, v: &Value, wide: bool) -> Vec<String> {
                 age(v.pointer("/spec/acquireTime").and_then(Value::as_str)),
                 s(v, "/spec/leaseTransitions"),
             ]),
+            Kind::ManifestSync => r.extend([
+                s(v, "/spec/path"),
+                s(v, "/spec/suspend"),
+                s(v, "/status/objects").replace('-', "0"),
+                s(v, "/status/applied").replace('-', "0"),
+                s(v, "/status/pruned").replace('-', "0"),
+                v.pointer("/status/failed")
+                    .and_then(Value::as_array)
+                    .map_or(0, Vec::len)
+                    .to_string(),
+            ]),
         }
     }
     r
@@ -204,11 +258,19 @@ pub fn row(kind: Kind, v: &Value, wide: bool) -> Vec<String> {
 
 /// Formats rows under headers, columns padded to their widest cell.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    table_opt(headers, rows, true)
+}
+
+/// [`table`], optionally without the header line (`--no-headers`).
+pub fn table_opt(headers: &[&str], rows: &[Vec<String>], with_headers: bool) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
             widths[i] = widths[i].max(c.chars().count());
         }
+    }
+    for w in &mut widths {
+        *w = (*w + COLUMN_PADDING).max(COLUMN_MIN_WIDTH) - COLUMN_PADDING;
     }
     let mut out = String::new();
     let line = |cells: Vec<&str>, out: &mut String| {
@@ -221,11 +283,23 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
         }
         out.push('\n');
     };
-    line(headers.to_vec(), &mut out);
+    if with_headers {
+        line(headers.to_vec(), &mut out);
+    }
     for r in rows {
         line(r.iter().map(String::as_str).collect(), &mut out);
     }
     out
+}
+
+/// The object without `metadata.managedFields` (kubectl hides them unless
+/// `--show-managed-fields`).
+pub fn without_managed_fields(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove(crate::store::ownership::MANAGED_FIELDS);
+    }
+    v
 }
 
 pub fn to_yaml(v: &Value) -> String {
@@ -254,5 +328,8 @@ mod tests {
     fn table_pads() {
         let t = table(&["NAME", "PHASE"], &[vec!["a".into(), "Idle".into()]]);
         assert_eq!(t, "NAME   PHASE\na      Idle\n");
+        // kubectl's minimum width: six.
+        let t = table(&["A", "B"], &[vec!["x".into(), "y".into()]]);
+        assert_eq!(t, "A     B\nx     y\n");
     }
 }

@@ -234,7 +234,9 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         let (code, reason) = match &e {
             StoreError::NotFound(_) => (StatusCode::NOT_FOUND, "NotFound"),
-            StoreError::Conflict { .. } => (StatusCode::CONFLICT, "Conflict"),
+            StoreError::Conflict { .. } | StoreError::FieldConflicts { .. } => {
+                (StatusCode::CONFLICT, "Conflict")
+            }
             StoreError::AlreadyExists(_) => (StatusCode::CONFLICT, "AlreadyExists"),
             StoreError::Invalid { .. } | StoreError::Malformed(_) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "Invalid")
@@ -351,7 +353,17 @@ async fn require_token(State(s): State<Arc<ApiState>>, req: Request, next: Next)
 // -------------------------------------------------------- open endpoints
 
 async fn readyz(State(s): State<Arc<ApiState>>) -> Response {
-    let (ready, body) = s.readiness.check_with(&s.store.corrupt());
+    let (mut ready, mut body) = s.readiness.check_with(&s.store.corrupt());
+    // A stalled manifest sync (manifests that need a fix) fails its check.
+    let store = s.store.clone();
+    let syncs = blocking(move || crate::sync::status::readiness_checks(&store))
+        .await
+        .unwrap_or_default();
+    ready &= syncs.iter().all(|c| c["ok"] == true);
+    body["ready"] = ready.into();
+    if let Some(checks) = body["checks"].as_array_mut() {
+        checks.extend(syncs);
+    }
     let code = if ready {
         StatusCode::OK
     } else {

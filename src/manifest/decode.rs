@@ -106,7 +106,7 @@ impl AnyObject {
             Kind::Account => AnyObject::Account(serde_json::from_value(v)?),
             Kind::Session => AnyObject::Session(Box::new(serde_json::from_value(v)?)),
             Kind::Task => AnyObject::Task(serde_json::from_value(v)?),
-            Kind::Swap | Kind::Lease => {
+            Kind::Swap | Kind::Lease | Kind::ManifestSync => {
                 return Err(serde::de::Error::custom(format!(
                     "kind {kind} is not a declared kind"
                 )));
@@ -132,6 +132,9 @@ fn to_value<T: Serialize>(o: &T) -> Value {
 pub struct Decoded {
     pub object: AnyObject,
     pub source: Source,
+    /// The document as written (JSON), without defaults: the fields its
+    /// author set, which an apply owns (see `store::ownership`).
+    pub declared: Value,
 }
 
 /// The fields a manifest's `metadata` may carry (those of Kubernetes'
@@ -207,17 +210,34 @@ pub fn decode_file(file: &str, bytes: &[u8]) -> (Vec<Decoded>, Vec<ManifestError
     let mut errors = Vec::new();
     for doc in &docs {
         let Some(root) = &doc.root else { continue };
-        match decode_document(root) {
-            Ok(object) => objects.push(Decoded {
-                object,
-                source: Source {
-                    file: file.to_string(),
-                    pos: root.pos,
-                },
-            }),
-            Err((path, message)) => {
-                let pos = root.locate(&path);
-                errors.push(err(pos, &path_string(&path), message));
+        // `kind: List` (what `get -o yaml|json` prints): its items.
+        let items: Vec<(Vec<Seg>, &Node)> = match list_items(root) {
+            Some(Ok(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (vec![k("items"), Seg::Index(i)], n))
+                .collect(),
+            Some(Err((path, message))) => {
+                errors.push(err(root.locate(&path), &path_string(&path), message));
+                continue;
+            }
+            None => vec![(vec![], root)],
+        };
+        for (prefix, node) in items {
+            match decode_document(node) {
+                Ok(object) => objects.push(Decoded {
+                    object,
+                    source: Source {
+                        file: file.to_string(),
+                        pos: node.pos,
+                    },
+                    declared: node.to_json(),
+                }),
+                Err((path, message)) => {
+                    let path: Vec<Seg> = prefix.into_iter().chain(path).collect();
+                    let pos = root.locate(&path);
+                    errors.push(err(pos, &path_string(&path), message));
+                }
             }
         }
     }
@@ -232,6 +252,41 @@ pub fn decode_file(file: &str, bytes: &[u8]) -> (Vec<Decoded>, Vec<ManifestError
 }
 
 type DocError = (Vec<Seg>, String);
+
+/// The items of a `kind: List` document (`apiVersion: v1`), or None when
+/// the document is not a list.
+fn list_items(root: &Node) -> Option<Result<&[Node], DocError>> {
+    if root.get("kind").and_then(Node::as_str) != Some("List") {
+        return None;
+    }
+    let NodeKind::Map(entries) = &root.kind else {
+        return None;
+    };
+    for (key, _) in entries {
+        let name = key.key_string();
+        if !["apiVersion", "kind", "metadata", "items"].contains(&name.as_str()) {
+            return Some(Err((
+                vec![k(&name)],
+                format!(
+                    "unknown field `{name}` in a List, expected apiVersion, kind, metadata, items"
+                ),
+            )));
+        }
+    }
+    if let Some(v) = root.get("apiVersion").and_then(Node::as_str)
+        && v != "v1"
+    {
+        return Some(Err((
+            vec![k("apiVersion")],
+            format!("a List has apiVersion v1, not `{v}`"),
+        )));
+    }
+    Some(match root.get("items").map(|n| &n.kind) {
+        Some(NodeKind::Seq(items)) => Ok(items.as_slice()),
+        Some(NodeKind::Null) | None => Ok(&[]),
+        Some(_) => Err((vec![k("items")], "must be a list of objects".into())),
+    })
+}
 
 fn k(s: &str) -> Seg {
     Seg::Key(s.to_string())
@@ -327,7 +382,7 @@ fn decode_document(root: &Node) -> Result<AnyObject, DocError> {
         Kind::Account => AnyObject::Account(typed(value)?),
         Kind::Session => AnyObject::Session(Box::new(typed(value)?)),
         Kind::Task => AnyObject::Task(typed(value)?),
-        Kind::Swap | Kind::Lease => {
+        Kind::Swap | Kind::Lease | Kind::ManifestSync => {
             return Err((vec![k("kind")], format!("kind `{kind}` cannot be declared")));
         }
     };
@@ -500,6 +555,27 @@ mod tests {
             e[0].contains("spec.prompt: required field is missing"),
             "{}",
             e[0]
+        );
+    }
+
+    #[test]
+    fn a_list_is_its_items() {
+        let text = format!(
+            "apiVersion: v1\nkind: List\nitems:\n- {HEAD}  kind: Task\n  metadata: {{name: a}}\n  spec: {{prompt: hi}}\n- {HEAD}  kind: Task\n  metadata: {{name: b}}\n  spec: {{prompt: hi, bad: 1}}\n"
+        );
+        let (objs, errs) = decode_file("l.yaml", text.as_bytes());
+        assert_eq!(objs.len(), 1);
+        assert_eq!(
+            objs[0].declared["spec"],
+            serde_json::json!({"prompt": "hi"})
+        );
+        assert_eq!(errs.len(), 1);
+        assert!(
+            errs[0]
+                .to_string()
+                .starts_with("l.yaml:11:22: items[1].spec.bad: unknown field"),
+            "{}",
+            errs[0]
         );
     }
 }

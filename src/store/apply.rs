@@ -2,19 +2,28 @@
 //! nothing), and [`Batch`] for callers that write more with them.
 
 use super::local::{Outcome, Raw, Result, Store, StoreError, drop_empty};
+use super::ownership;
 use super::txn::Txn;
 use crate::api::{API_VERSION, Kind, ObjectKey};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 impl Store {
     /// Creates or updates the object declared by `desired` (a whole object
-    /// as JSON, as decoded from a manifest). The declared labels, annotations,
-    /// finalizers and spec replace the stored ones; status and server-set
-    /// metadata are kept. A `metadata.resourceVersion` in `desired` is a
-    /// precondition.
+    /// as JSON, as decoded from a manifest), as [`DEFAULT_MANAGER`]
+    /// applying all its fields: see [`Store::apply_request`].
     pub fn apply(&self, desired: &Value, dry_run: bool) -> Result<(Outcome, Value)> {
+        let r = self.apply_request(&ApplyRequest::whole(desired), dry_run)?;
+        Ok((r.outcome, r.object))
+    }
+
+    /// Creates or updates an object by server-side apply (see
+    /// [`super::ownership`]): the declared fields take their values, the
+    /// manager's fields it no longer declares go, everything else (other
+    /// writers' fields, status, server-set metadata) is kept. A
+    /// `metadata.resourceVersion` in the object is a precondition.
+    pub fn apply_request(&self, req: &ApplyRequest, dry_run: bool) -> Result<ApplyResult> {
         let mut txn = self.txn(dry_run)?;
-        let r = txn_apply(&mut txn, desired)?;
+        let r = txn_apply_request(&mut txn, req)?;
         txn.commit()?;
         Ok(r)
     }
@@ -23,14 +32,20 @@ impl Store {
     /// [`StoreError::AlreadyExists`] when one of that kind and name is
     /// there (checked under the lock, so two creators never both succeed).
     pub fn create(&self, desired: &Value) -> Result<Value> {
+        self.create_as(&ApplyRequest::whole(desired))
+    }
+
+    /// [`Store::create`] of an apply request (its manager owns the fields
+    /// it declares).
+    pub fn create_as(&self, req: &ApplyRequest) -> Result<Value> {
         let mut txn = self.txn(false)?;
-        let key = key_of_desired(desired)?;
+        let key = key_of_desired(&req.object)?;
         if txn.read_raw(&key)?.is_some() {
             return Err(StoreError::AlreadyExists(key));
         }
-        let (_, obj) = txn_apply(&mut txn, desired)?;
+        let r = txn_apply_request(&mut txn, req)?;
         txn.commit()?;
-        Ok(obj)
+        Ok(r.object)
     }
 
     /// Applies many objects in one transaction: all or nothing. A conflict,
@@ -42,10 +57,22 @@ impl Store {
         desired: &[Value],
         dry_run: bool,
     ) -> Result<Vec<(Outcome, Value)>, BatchError> {
+        let reqs: Vec<ApplyRequest> = desired.iter().map(ApplyRequest::whole).collect();
+        let done = self.apply_requests(&reqs, dry_run)?;
+        Ok(done.into_iter().map(|r| (r.outcome, r.object)).collect())
+    }
+
+    /// [`Store::apply_request`] for many objects in one transaction: all or
+    /// nothing, as [`Store::apply_all`].
+    pub fn apply_requests(
+        &self,
+        reqs: &[ApplyRequest],
+        dry_run: bool,
+    ) -> Result<Vec<ApplyResult>, BatchError> {
         let mut batch = self.batch(dry_run).map_err(|e| (None, e))?;
-        let mut done = Vec::with_capacity(desired.len());
-        for (i, d) in desired.iter().enumerate() {
-            done.push(batch.apply(d).map_err(|e| (Some(i), e))?);
+        let mut done = Vec::with_capacity(reqs.len());
+        for (i, r) in reqs.iter().enumerate() {
+            done.push(batch.apply_request(r).map_err(|e| (Some(i), e))?);
         }
         batch.commit().map_err(|e| (None, e))?;
         Ok(done)
@@ -95,6 +122,11 @@ impl Batch<'_> {
         txn_apply(&mut self.txn, desired)
     }
 
+    /// As [`Store::apply_request`], inside the batch.
+    pub fn apply_request(&mut self, req: &ApplyRequest) -> Result<ApplyResult> {
+        txn_apply_request(&mut self.txn, req)
+    }
+
     /// A record of the store (`STORE/<dir>/<name>.json`, for what is not an
     /// object: a sync's inventory), as the batch sees it.
     pub fn read_record(&self, dir: &str, name: &str) -> Result<Option<Value>> {
@@ -117,9 +149,6 @@ impl Batch<'_> {
         self.txn.commit()
     }
 }
-
-/// Fields of metadata that a manifest declares (the rest is the server's).
-const DECLARED_META: &[&str] = &["labels", "annotations", "finalizers"];
 
 /// The key of a declared object (as `apply` and `create` take them).
 pub(super) fn key_of_desired(desired: &Value) -> Result<ObjectKey> {
@@ -145,101 +174,154 @@ pub(super) fn key_of_desired(desired: &Value) -> Result<ObjectKey> {
     Ok(key)
 }
 
-pub(super) fn txn_apply(txn: &mut Txn<'_>, desired: &Value) -> Result<(Outcome, Value)> {
-    let key = key_of_desired(desired)?;
-    let kind = key.kind;
-    let meta = &desired["metadata"];
-    let expected = meta.get("resourceVersion").and_then(Value::as_str);
-    let store = txn.store().clone();
-    let spec_path = store.spec_path(&key)?;
-    let existing = txn.read_raw(&key)?;
-    let spec = desired.get("spec").cloned().unwrap_or(json!({}));
-    match existing {
-        None => {
-            if let Some(exp) = expected {
-                return Err(StoreError::Conflict {
-                    key,
-                    expected: exp.to_string(),
-                    actual: "(none: the object does not exist)".into(),
-                });
-            }
-            let rv = txn.next_rv();
-            let mut m = Map::new();
-            m.insert("name".into(), json!(key.name));
-            m.insert("namespace".into(), json!(key.namespace));
-            for f in DECLARED_META {
-                if let Some(v) = meta.get(*f) {
-                    m.insert(f.to_string(), v.clone());
-                }
-            }
-            drop_empty(&mut m, "finalizers");
-            drop_empty(&mut m, "labels");
-            drop_empty(&mut m, "annotations");
-            m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
-            m.insert(
-                "creationTimestamp".into(),
-                serde_json::to_value(crate::api::now()).expect("time serializes"),
-            );
-            m.insert("generation".into(), json!(1));
-            m.insert("resourceVersion".into(), json!(rv));
-            let doc = json!({"apiVersion": API_VERSION, "kind": kind.name(), "metadata": m, "spec": spec});
-            // No stale status can be inherited here: deletes remove the
-            // status file before the spec file, in one commit.
-            txn.write_json(&spec_path, &doc)?;
-            Ok((Outcome::Created, doc))
-        }
-        Some(raw) => {
-            let status_doc = raw.status_doc.clone();
-            let current = raw.merged();
-            Store::check_precondition(&key, Some(&current), expected)?;
-            if current.pointer("/metadata/deletionTimestamp").is_some() {
-                return Err(StoreError::Invalid {
-                    key,
-                    message:
-                        "is being deleted (waiting for its finalizers); apply again once it is gone"
-                            .into(),
-                });
-            }
-            let mut doc = raw_spec_doc(&current);
-            let m = doc["metadata"].as_object_mut().expect("metadata is a map");
-            for f in DECLARED_META {
-                // finalizers are also owned by controllers: a manifest that
-                // does not list any leaves them alone.
-                match meta.get(*f) {
-                    Some(v) => {
-                        m.insert(f.to_string(), v.clone());
-                    }
-                    None if *f != "finalizers" => {
-                        m.remove(*f);
-                    }
-                    None => {}
-                }
-            }
-            drop_empty(m, "finalizers");
-            drop_empty(m, "labels");
-            drop_empty(m, "annotations");
-            let spec_changed = doc["spec"] != spec;
-            if !spec_changed && doc["metadata"] == raw_spec_doc(&current)["metadata"] {
-                return Ok((Outcome::Unchanged, current));
-            }
-            if spec_changed {
-                let g = doc["metadata"]["generation"].as_i64().unwrap_or(0);
-                doc["metadata"]["generation"] = json!(g + 1);
-                doc["spec"] = spec;
-            }
-            let rv = txn.next_rv();
-            doc["metadata"]["resourceVersion"] = json!(rv);
-            txn.write_json(&spec_path, &doc)?;
-            Ok((
-                Outcome::Configured,
-                Raw {
-                    spec_doc: doc,
-                    status_doc,
-                }
-                .merged(),
-            ))
+/// An apply: the object (decoded and valid), the fields its manifest set
+/// (None: all of them), and who applies it (see [`super::ownership`]).
+#[derive(Debug, Clone)]
+pub struct ApplyRequest {
+    pub object: Value,
+    pub declared: Option<Value>,
+    pub manager: String,
+    /// Take over fields other managers set to other values, instead of
+    /// failing with [`StoreError::FieldConflicts`].
+    pub force: bool,
+}
+
+/// The field manager of writes that name none.
+pub const DEFAULT_MANAGER: &str = "claude-failover";
+
+impl ApplyRequest {
+    /// All of `object`'s fields, by [`DEFAULT_MANAGER`].
+    pub fn whole(object: &Value) -> ApplyRequest {
+        ApplyRequest {
+            object: object.clone(),
+            declared: None,
+            manager: DEFAULT_MANAGER.into(),
+            force: false,
         }
     }
+}
+
+/// What one apply did.
+#[derive(Debug, Clone)]
+pub struct ApplyResult {
+    pub outcome: Outcome,
+    pub object: Value,
+    /// Fields a forced apply took over from other managers.
+    pub taken_over: Vec<ownership::Conflict>,
+}
+
+/// [`txn_apply_request`] of a whole object by [`DEFAULT_MANAGER`].
+pub(super) fn txn_apply(txn: &mut Txn<'_>, desired: &Value) -> Result<(Outcome, Value)> {
+    let r = txn_apply_request(txn, &ApplyRequest::whole(desired))?;
+    Ok((r.outcome, r.object))
+}
+
+fn txn_apply_request(txn: &mut Txn<'_>, req: &ApplyRequest) -> Result<ApplyResult> {
+    let desired = &req.object;
+    let declared = req.declared.as_ref().unwrap_or(desired);
+    let key = key_of_desired(desired)?;
+    let expected = desired["metadata"]
+        .get("resourceVersion")
+        .and_then(Value::as_str);
+    let spec_path = txn.store().spec_path(&key)?;
+    let now = crate::api::now();
+    let conflicts = |c: ownership::Conflicts| StoreError::FieldConflicts {
+        key: key.clone(),
+        conflicts: c,
+    };
+    let Some(raw) = txn.read_raw(&key)? else {
+        if let Some(exp) = expected {
+            return Err(StoreError::Conflict {
+                key,
+                expected: exp.to_string(),
+                actual: "(none: the object does not exist)".into(),
+            });
+        }
+        let skeleton = json!({"apiVersion": API_VERSION, "kind": key.kind.name(),
+            "metadata": {"name": key.name, "namespace": key.namespace}, "spec": {}});
+        let applied = ownership::apply(&skeleton, declared, &req.manager, req.force, &now)
+            .map_err(conflicts)?;
+        let mut doc = normalized(&key, &applied.doc)?;
+        let m = doc["metadata"].as_object_mut().expect("metadata is a map");
+        m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+        m.insert(
+            "creationTimestamp".into(),
+            serde_json::to_value(&now).expect("time serializes"),
+        );
+        m.insert("generation".into(), json!(1));
+        m.insert("resourceVersion".into(), json!(txn.next_rv()));
+        // No stale status can be inherited here: deletes remove the
+        // status file before the spec file, in one commit.
+        txn.write_json(&spec_path, &doc)?;
+        return Ok(ApplyResult {
+            outcome: Outcome::Created,
+            object: doc,
+            taken_over: applied.taken_over,
+        });
+    };
+    let status_doc = raw.status_doc.clone();
+    let current = raw.merged();
+    Store::check_precondition(&key, Some(&current), expected)?;
+    if current.pointer("/metadata/deletionTimestamp").is_some() {
+        return Err(StoreError::Invalid {
+            key,
+            message: "is being deleted (waiting for its finalizers); apply again once it is gone"
+                .into(),
+        });
+    }
+    let live = raw_spec_doc(&current);
+    let applied =
+        ownership::apply(&live, declared, &req.manager, req.force, &now).map_err(conflicts)?;
+    let mut doc = normalized(&key, &applied.doc)?;
+    let result = |outcome, object| ApplyResult {
+        outcome,
+        object,
+        taken_over: applied.taken_over.clone(),
+    };
+    if doc == live {
+        return Ok(result(Outcome::Unchanged, current));
+    }
+    let without_owners = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove(ownership::MANAGED_FIELDS);
+        }
+        v
+    };
+    let changed = without_owners(&doc) != without_owners(&live);
+    if doc["spec"] != live["spec"] {
+        let g = live["metadata"]["generation"].as_i64().unwrap_or(0);
+        doc["metadata"]["generation"] = json!(g + 1);
+    }
+    doc["metadata"]["resourceVersion"] = json!(txn.next_rv());
+    txn.write_json(&spec_path, &doc)?;
+    let object = Raw {
+        spec_doc: doc,
+        status_doc,
+    }
+    .merged();
+    // Only the record of who owns what changed: nothing to report.
+    let outcome = if changed {
+        Outcome::Configured
+    } else {
+        Outcome::Unchanged
+    };
+    Ok(result(outcome, object))
+}
+
+/// The applied document in the kind's normal form, without empty
+/// finalizers, labels or annotations.
+fn normalized(key: &ObjectKey, applied: &Value) -> Result<Value> {
+    let mut doc =
+        ownership::normalize(key.kind, applied).map_err(|message| StoreError::Invalid {
+            key: key.clone(),
+            message,
+        })?;
+    let m = doc["metadata"].as_object_mut().expect("metadata is a map");
+    drop_empty(m, "finalizers");
+    drop_empty(m, "labels");
+    drop_empty(m, "annotations");
+    Ok(doc)
 }
 
 /// The spec document of a merged object: without status, with the spec

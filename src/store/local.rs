@@ -23,6 +23,12 @@ pub enum StoreError {
     AlreadyExists(ObjectKey),
     #[error("{key}: {message}")]
     Invalid { key: ObjectKey, message: String },
+    /// An apply would change fields other writers own.
+    #[error("{key}: {conflicts}")]
+    FieldConflicts {
+        key: ObjectKey,
+        conflicts: super::ownership::Conflicts,
+    },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

@@ -55,15 +55,17 @@ mod flusher;
 mod leader;
 mod local;
 mod names;
+pub mod ownership;
 mod patch;
 #[cfg(test)]
 mod proptests;
 mod quarantine;
 mod txn;
 mod typed;
+mod update;
 pub mod watch;
 
-pub use apply::{Batch, BatchError};
+pub use apply::{ApplyRequest, ApplyResult, Batch, BatchError, DEFAULT_MANAGER};
 pub use events::{EVENTS_KEPT, StoredEvent};
 pub use flusher::flush_now;
 pub use leader::{LeaderLock, identity};
@@ -72,3 +74,4 @@ pub use patch::{merge_patch, set_fields};
 pub use quarantine::{CorruptObject, Listing};
 pub use txn::{Durability, LAZY_FLUSH};
 pub use typed::Api;
+pub use update::Updated;

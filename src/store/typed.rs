@@ -11,13 +11,14 @@ impl Store {
     /// kind (JSON of the wrong shape) moved to the corrupt ones, as the
     /// typed [`Api::list`] finds them.
     pub fn list_checked(&self, kind: crate::api::Kind, namespace: Option<&str>) -> Result<Listing> {
-        use crate::api::{Account, Kind, Lease, Session, Swap, Task};
+        use crate::api::{Account, Kind, Lease, ManifestSync, Session, Swap, Task};
         let mut listing = match kind {
             Kind::Account => self.api::<Account>(namespace).typed_listing()?.1,
             Kind::Session => self.api::<Session>(namespace).typed_listing()?.1,
             Kind::Task => self.api::<Task>(namespace).typed_listing()?.1,
             Kind::Swap => self.api::<Swap>(namespace).typed_listing()?.1,
             Kind::Lease => self.api::<Lease>(namespace).typed_listing()?.1,
+            Kind::ManifestSync => self.api::<ManifestSync>(namespace).typed_listing()?.1,
         };
         listing.corrupt.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(listing)

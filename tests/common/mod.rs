@@ -166,3 +166,19 @@ pub fn session_yaml(name: &str, extra_spec: &str) -> String {
         "{HEAD}kind: Session\nmetadata:\n  name: {name}\nspec:\n  workdir: /tmp/{name}\n{extra_spec}"
     )
 }
+
+/// `/usr/bin/NAME`, or NAME on the PATH. Only called by tests that the
+/// build marks as needing it (`cfg(kubectl)`, `cfg(zsh)`, ...): they are
+/// reported as ignored where it is missing.
+pub fn program(name: &str) -> PathBuf {
+    let fixed = Path::new("/usr/bin").join(name);
+    if fixed.exists() {
+        return fixed;
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{name} is not installed (see .ci/run)"))
+}

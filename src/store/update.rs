@@ -1,0 +1,177 @@
+//! Updates of a whole object by a named writer (`label`, `annotate`,
+//! `patch`, `edit`, `suspend`): the change is made under the store's lock,
+//! its changed fields are recorded as the writer's (see
+//! [`super::ownership`]), and the result must be a valid object of its
+//! kind.
+
+use super::local::{Raw, Result, Store, StoreError};
+use super::ownership;
+use crate::api::ObjectKey;
+use serde_json::{Value, json};
+
+/// Metadata the server keeps, whatever an update says.
+const SERVER_META: &[&str] = &[
+    "uid",
+    "creationTimestamp",
+    "generation",
+    "resourceVersion",
+    "deletionTimestamp",
+    ownership::MANAGED_FIELDS,
+];
+
+/// Of the spec of a kind only the daemon writes, the fields people may set.
+fn people_set(kind: crate::api::Kind) -> &'static [&'static str] {
+    match kind {
+        crate::api::Kind::ManifestSync => &["suspend", "prune"],
+        _ => &[],
+    }
+}
+
+/// What an update did.
+#[derive(Debug, Clone)]
+pub struct Updated {
+    /// False when the change left the object as it was (nothing written).
+    pub changed: bool,
+    /// The object (as it is now, or would be after a dry run).
+    pub object: Value,
+}
+
+impl Store {
+    /// Changes an object by `manager`. `f` gets the object without status
+    /// and edits its labels, annotations, finalizers or spec (changing the
+    /// apiVersion, kind, name or namespace is an error; the server's
+    /// metadata is kept). With `expected_rv`, a stale object is a conflict.
+    pub fn update_object(
+        &self,
+        key: &ObjectKey,
+        expected_rv: Option<&str>,
+        manager: &str,
+        dry_run: bool,
+        f: impl FnOnce(&mut Value) -> std::result::Result<(), String>,
+    ) -> Result<Updated> {
+        let invalid = |message: String| StoreError::Invalid {
+            key: key.clone(),
+            message,
+        };
+        let mut txn = self.txn(dry_run)?;
+        let raw = txn
+            .read_raw(key)?
+            .ok_or_else(|| StoreError::NotFound(key.clone()))?;
+        let status_doc = raw.status_doc.clone();
+        let current = raw.merged();
+        Store::check_precondition(key, Some(&current), expected_rv)?;
+        let mut live = current.clone();
+        live.as_object_mut()
+            .expect("objects are maps")
+            .remove("status");
+        let mut edited = live.clone();
+        f(&mut edited).map_err(invalid)?;
+        if let Some(o) = edited.as_object_mut() {
+            o.remove("status");
+        }
+        for (what, a, b) in [
+            ("apiVersion", &live["apiVersion"], &edited["apiVersion"]),
+            ("kind", &live["kind"], &edited["kind"]),
+            (
+                "metadata.name",
+                &live["metadata"]["name"],
+                &edited["metadata"]["name"],
+            ),
+            (
+                "metadata.namespace",
+                &live["metadata"]["namespace"],
+                &edited["metadata"]["namespace"],
+            ),
+        ] {
+            if a != b {
+                return Err(invalid(format!("{what} cannot be changed ({a} → {b})")));
+            }
+        }
+        let meta = edited["metadata"]
+            .as_object_mut()
+            .ok_or_else(|| invalid("metadata must be a map".into()))?;
+        for k in SERVER_META {
+            match live["metadata"].get(*k) {
+                Some(v) => meta.insert(k.to_string(), v.clone()),
+                None => meta.remove(*k),
+            };
+        }
+        for k in ["labels", "annotations", "finalizers"] {
+            let empty = match meta.get(k) {
+                Some(Value::Object(m)) => m.is_empty(),
+                Some(Value::Array(a)) => a.is_empty(),
+                Some(Value::Null) => true,
+                _ => false,
+            };
+            if empty {
+                meta.remove(k);
+            }
+        }
+        let mut doc = ownership::normalize(key.kind, &edited).map_err(invalid)?;
+        if let Some(m) = doc["metadata"].as_object_mut() {
+            for k in ["labels", "annotations", "finalizers"] {
+                if m.get(k).is_some_and(|v| {
+                    v.as_object().is_some_and(|o| o.is_empty())
+                        || v.as_array().is_some_and(|a| a.is_empty())
+                }) {
+                    m.remove(k);
+                }
+            }
+        }
+        ownership::record_update(Some(&live), &mut doc, manager, &crate::api::now());
+        let strip = |v: &Value| {
+            let mut v = v.clone();
+            if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+                m.remove(ownership::MANAGED_FIELDS);
+            }
+            v
+        };
+        if strip(&doc) == strip(&live) {
+            return Ok(Updated {
+                changed: false,
+                object: current,
+            });
+        }
+        // The daemon's own kinds: their spec is the daemon's, except the
+        // fields people set (a ManifestSync's `suspend` and `prune`).
+        let daemons = |v: &Value| {
+            let mut s = v["spec"].clone();
+            if let Some(m) = s.as_object_mut() {
+                for f in people_set(key.kind) {
+                    m.remove(*f);
+                }
+            }
+            s
+        };
+        if !key.kind.declared() && daemons(&doc) != daemons(&live) {
+            let open = people_set(key.kind);
+            return Err(invalid(if open.is_empty() {
+                format!(
+                    "{} are written by the daemon only: their spec cannot be changed",
+                    key.kind.plural()
+                )
+            } else {
+                format!(
+                    "{} are written by the daemon: of their spec, only {} can be changed",
+                    key.kind.plural(),
+                    open.join(" and ")
+                )
+            }));
+        }
+        if doc["spec"] != live["spec"] {
+            let g = live["metadata"]["generation"].as_i64().unwrap_or(0);
+            doc["metadata"]["generation"] = json!(g + 1);
+        }
+        doc["metadata"]["resourceVersion"] = json!(txn.next_rv());
+        txn.write_json(&self.spec_path(key)?, &doc)?;
+        txn.commit()?;
+        Ok(Updated {
+            changed: true,
+            object: Raw {
+                spec_doc: doc,
+                status_doc,
+            }
+            .merged(),
+        })
+    }
+}
