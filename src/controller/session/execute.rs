@@ -822,6 +822,15 @@ pub async fn finish(
         // before the launch): it waits for the disk rather than stall the
         // agent's own writes.
         write(ctx, &key, &st, Durability::Soon).await?;
+        // A launch that became Ready: how long the start-up took.
+        if r.ready.ok
+            && !crate::api::Conditions::is_true(before.conditions.as_slice(), "Ready")
+            && let Some(l) = &st.launch
+        {
+            ctx.shared
+                .metrics
+                .observe_launch_ready(&l.at, &crate::api::micro_now());
+        }
         let was = before.phase.unwrap_or_default();
         if was != r.phase {
             let detail = match r.phase {

@@ -649,6 +649,11 @@ async fn write(
     status: TaskStatus,
     durability: Durability,
 ) -> Result<bool, Error> {
+    let mut status = status;
+    crate::api::set_job_conditions(&mut status, t.metadata.generation, crate::api::now());
+    let ended = |s: Option<&TaskStatus>| s.and_then(|s| s.phase).is_some_and(assign::finished);
+    // Its end is observed once: by the write that records it.
+    let ends = (ended(Some(&status)) && !ended(t.status.as_ref())).then(|| status.clone());
     let mut next = t.clone();
     next.status = Some(status);
     let result = ctx
@@ -661,6 +666,11 @@ async fn write(
         .await;
     match result {
         Ok(obj) => {
+            if let Some(end) = ends {
+                ctx.shared
+                    .metrics
+                    .observe_task_end(obj.metadata.creation_timestamp.as_ref(), &end);
+            }
             ctx.shared.caches.tasks.wrote(obj);
             Ok(true)
         }
