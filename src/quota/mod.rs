@@ -3,10 +3,10 @@
 //! reading per window, and the account phase they imply.
 
 pub mod ledger;
+pub mod policy;
 pub mod poll;
 
 use crate::api::{AccountPhase, Thresholds};
-use crate::config::FailoverStrategy;
 use std::time::{Duration, SystemTime};
 
 /// The two usage windows of a subscription.
@@ -248,46 +248,6 @@ pub fn jiff_of(t: SystemTime) -> k8s_openapi::jiff::Timestamp {
     k8s_openapi::jiff::Timestamp::try_from(t).unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)
 }
 
-/// A failover target as the choice sees it.
-#[derive(Clone, Debug)]
-pub struct TargetCandidate {
-    pub name: String,
-    pub phase: AccountPhase,
-    pub priority: i32,
-    pub headroom: f64,
-    /// Recently failed as a target (preflight or confirmation).
-    pub excluded: bool,
-}
-
-/// The account sessions leaving `from` go to: Available ones only, never
-/// `from`, never one marked after a failed swap. Pure.
-pub fn pick_target(
-    cands: &[TargetCandidate],
-    from: &str,
-    strategy: FailoverStrategy,
-) -> Option<String> {
-    let ok: Vec<&TargetCandidate> = cands
-        .iter()
-        .filter(|c| c.name != from && c.phase == AccountPhase::Available && !c.excluded)
-        .collect();
-    let by_headroom = |a: &&TargetCandidate, b: &&TargetCandidate| {
-        b.headroom
-            .partial_cmp(&a.headroom)
-            .unwrap_or(std::cmp::Ordering::Equal)
-    };
-    let best = ok.into_iter().min_by(|a, b| match strategy {
-        FailoverStrategy::Headroom => by_headroom(a, b)
-            .then(a.priority.cmp(&b.priority))
-            .then(a.name.cmp(&b.name)),
-        FailoverStrategy::Priority => a
-            .priority
-            .cmp(&b.priority)
-            .then(by_headroom(a, b))
-            .then(a.name.cmp(&b.name)),
-    })?;
-    Some(best.name.clone())
-}
-
 /// Readings from one statusLine input (`rate_limits.*.used_percentage`,
 /// `resets_at` in epoch seconds); empty in API-key mode.
 pub fn from_statusline(input: &serde_json::Value, at: SystemTime) -> Vec<(Window, Reading)> {
@@ -397,37 +357,6 @@ mod tests {
         // Past the reset: the window started over.
         let r = fuse(&rs, at(10_001), Duration::from_secs(100_000)).unwrap();
         assert_eq!(r.utilization, 0.0);
-    }
-
-    #[test]
-    fn target_choice() {
-        use AccountPhase::*;
-        let c = |name: &str, phase, priority, headroom| TargetCandidate {
-            name: name.into(),
-            phase,
-            priority,
-            headroom,
-            excluded: false,
-        };
-        let cands = vec![
-            c("a", NearLimit, 0, 1.0),
-            c("b", Available, 5, 50.0),
-            c("c", Available, 1, 80.0),
-            c("d", Exhausted, 0, 90.0),
-            c("e", Available, 0, 80.0),
-        ];
-        assert_eq!(
-            pick_target(&cands, "a", FailoverStrategy::Headroom).as_deref(),
-            Some("e")
-        );
-        assert_eq!(
-            pick_target(&cands, "e", FailoverStrategy::Priority).as_deref(),
-            Some("c")
-        );
-        assert_eq!(
-            pick_target(&cands[..1], "x", FailoverStrategy::Headroom),
-            None
-        );
     }
 
     #[test]

@@ -197,6 +197,7 @@ async fn assign_pending(ctx: &Context, mem: &mut Memory) -> Result<bool, Error> 
             let free = assign::session_free(
                 s,
                 account_of(&accounts, s),
+                &ctx.settings.policy,
                 busy,
                 last,
                 now,
