@@ -54,13 +54,39 @@ pub struct Reading {
     pub observed_at: SystemTime,
 }
 
-/// The freshest reading not older than `stale`. A window whose reset time
-/// has passed reads 0: it started over.
+/// Two readings whose reset times are this close describe the same window
+/// (the same 5-hour or weekly period; periods are hours apart).
+pub const SAME_WINDOW: Duration = Duration::from_secs(300);
+
+/// Whether two reset times name the same period of a window.
+fn same_window(a: SystemTime, b: SystemTime) -> bool {
+    let d = a.duration_since(b).or_else(|_| b.duration_since(a));
+    d.is_ok_and(|d| d <= SAME_WINDOW)
+}
+
+/// The freshest reading not older than `stale`, raised to the highest
+/// fresh reading of the same period: usage never falls within a period, so
+/// a lower figure of that period is an agent repeating what it learnt
+/// earlier (several sessions on one account report at their own pace). A
+/// window whose reset time has passed reads 0: it started over.
 pub fn fuse(readings: &[Reading], now: SystemTime, stale: Duration) -> Option<Reading> {
-    let r = readings
-        .iter()
-        .filter(|r| now.duration_since(r.observed_at).unwrap_or_default() <= stale)
-        .max_by_key(|r| r.observed_at)?;
+    let fresh = || {
+        readings
+            .iter()
+            .filter(|r| now.duration_since(r.observed_at).unwrap_or_default() <= stale)
+    };
+    let latest = fresh().max_by_key(|r| r.observed_at)?;
+    let r = match latest.resets_at {
+        Some(period) => fresh()
+            .filter(|x| x.resets_at.is_some_and(|t| same_window(t, period)))
+            .max_by(|a, b| {
+                a.utilization
+                    .total_cmp(&b.utilization)
+                    .then(a.observed_at.cmp(&b.observed_at))
+            })
+            .unwrap_or(latest),
+        None => latest,
+    };
     let mut r = r.clone();
     if r.resets_at.is_some_and(|t| t <= now) {
         r.utilization = 0.0;
@@ -357,6 +383,49 @@ mod tests {
         // Past the reset: the window started over.
         let r = fuse(&rs, at(10_001), Duration::from_secs(100_000)).unwrap();
         assert_eq!(r.utilization, 0.0);
+    }
+
+    #[test]
+    fn a_lower_figure_of_the_same_period_does_not_lower_the_reading() {
+        let stale = Duration::from_secs(900);
+        let with_reset = |used, observed, reset| Reading {
+            resets_at: Some(at(reset)),
+            ..reading(used, observed)
+        };
+        let no_reset = |used, observed| Reading {
+            resets_at: None,
+            ..reading(used, observed)
+        };
+        // (readings, now, expected utilization)
+        let cases = [
+            // Session two repeats the 50 % it learnt before session one's 95 %.
+            (
+                vec![with_reset(95.0, 100, 10_000), with_reset(50.0, 110, 10_000)],
+                120,
+                95.0,
+            ),
+            // The same period, its reset time a few seconds apart.
+            (
+                vec![with_reset(95.0, 100, 10_000), with_reset(50.0, 110, 10_030)],
+                120,
+                95.0,
+            ),
+            // A new period (its reset hours later): the lower figure is true.
+            (
+                vec![with_reset(95.0, 100, 10_000), with_reset(5.0, 110, 28_000)],
+                120,
+                5.0,
+            ),
+            // Unknown reset times: the freshest.
+            (vec![no_reset(95.0, 100), no_reset(50.0, 110)], 120, 50.0),
+        ];
+        for (rs, now, want) in cases {
+            assert_eq!(
+                fuse(&rs, at(now), stale).unwrap().utilization,
+                want,
+                "{rs:?}"
+            );
+        }
     }
 
     #[test]

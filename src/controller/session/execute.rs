@@ -541,7 +541,7 @@ async fn launch(
         agent_session_id: &id,
         resume,
     });
-    sh.signals.reset(&key);
+    sh.signals.reset(&key, account_name.as_deref());
     ctx.memory.lock().expect("lock").remove(&key);
     let pane = sh
         .driver
