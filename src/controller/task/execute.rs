@@ -626,6 +626,21 @@ async fn look(
                 _ => Composer::Gone,
             });
         }
+        Look::Transcript => {
+            let marker = t.status.as_ref().and_then(|x| x.marker.clone());
+            let id = s.status.as_ref().and_then(|x| x.agent_session_id.clone());
+            let shared = sh.settings.shared_projects.clone();
+            o.probes.reply = Some(match (marker, id) {
+                (Some(marker), Some(id)) => {
+                    sh.blocking(move |_| {
+                        let path = crate::agent::seed::transcript(&shared, &id)?;
+                        crate::agent::transcript::reply_to(&path, &marker)
+                    })
+                    .await
+                }
+                _ => None,
+            });
+        }
         Look::PidFile => {
             let pid = s.status.as_ref().and_then(|x| x.pid);
             o.probes.pid_file = Some(match pid {
