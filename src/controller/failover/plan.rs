@@ -490,7 +490,7 @@ impl Planner<'_, '_> {
                 deadline: Some(time(w.now + self.st.turn_wait)),
                 ..Default::default()
             };
-            if no_turn || !busy(s) {
+            if no_turn || !busy(w, s) {
                 self.place(&swap, s, &mut x);
             }
             state.sessions.push(x);
@@ -536,8 +536,15 @@ fn next_epoch(w: &World) -> u64 {
         + 1
 }
 
-fn busy(s: &Session) -> bool {
+/// A turn runs on `s`: its agent is busy, or a task is in flight on it (it
+/// may have been typed a moment ago, before the agent said so).
+fn busy(w: &World, s: &Session) -> bool {
+    let key = (
+        ns_of(&s.metadata).to_string(),
+        s.metadata.name.clone().unwrap_or_default(),
+    );
     s.status.as_ref().and_then(|x| x.phase) == Some(SessionPhase::Busy)
+        || w.tasks_on.contains_key(&key)
 }
 
 /// The request annotation of `a`, if its answer has not been given.
@@ -611,9 +618,9 @@ impl Planner<'_, '_> {
             };
             let expired = x.deadline.as_ref().is_some_and(|d| system(d) <= w.now);
             match x.step {
-                SwapStep::WaitingForTurn if busy(s) && !expired => {}
+                SwapStep::WaitingForTurn if busy(self.w, s) && !expired => {}
                 SwapStep::WaitingForTurn => {
-                    if busy(s) {
+                    if busy(w, s) {
                         let why = format!(
                             "the turn did not end within {}s: interrupting it",
                             self.st.turn_wait.as_secs()

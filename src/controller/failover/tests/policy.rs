@@ -236,3 +236,23 @@ fn consume_first_moves_to_the_account_whose_window_resets_soonest() {
     w.settings.policy.strategy = FailoverStrategy::Headroom;
     assert_eq!(starts(&w.plan())[0].spec.to, "b");
 }
+
+#[test]
+fn a_session_with_a_task_just_typed_waits_for_its_turn() {
+    // Idle as far as its agent said, but a task was typed a moment ago.
+    let mut w = Scene::new(1000);
+    w.tasks_on
+        .insert(("default".into(), "s1".into()), "t1".into());
+    let actions = w.plan();
+    assert_eq!(starts(&actions).len(), 1);
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::Place { .. })),
+        "placed while its turn runs"
+    );
+    w.apply(&actions);
+    assert_eq!(w.step_of("s1"), crate::api::SwapStep::WaitingForTurn);
+    // Its task done: placed at the next pass.
+    w.tasks_on.clear();
+    let next = w.plan();
+    assert!(next.iter().any(|a| matches!(a, Action::Place { .. })));
+}
