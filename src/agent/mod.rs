@@ -9,3 +9,4 @@ pub mod seed;
 pub mod signals;
 pub mod state;
 pub mod terminal;
+pub mod transcript;

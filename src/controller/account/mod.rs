@@ -135,7 +135,7 @@ async fn account(
             .or_insert_with(|| Memory::from_status(&before));
         for s in &live {
             let sk = ObjectKey::of(s.as_ref());
-            m.absorb(&sk, &ctx.shared.signals.get(&sk));
+            m.absorb(&key.name, &sk, &ctx.shared.signals.get(&sk));
         }
         let inputs = decide::inputs(m, a, &ctx.settings, now);
         let wants_poll = (live.is_empty()

@@ -541,8 +541,11 @@ async fn launch(
         agent_session_id: &id,
         resume,
     });
-    sh.signals.reset(&key);
+    sh.signals.reset(&key, account_name.as_deref());
     ctx.memory.lock().expect("lock").remove(&key);
+    // Before the start: a quick agent's SessionStart can arrive before
+    // `start` returns, and must count as this launch's.
+    let launched_at = crate::api::micro(sh.now());
     let pane = sh
         .driver
         .start(&key, &prepared.workdir, &lp.env, &lp.argv)
@@ -550,7 +553,7 @@ async fn launch(
         .map_err(|e| format!("cannot start the tmux session: {e}"))?;
     st.launch = Some(LaunchStatus {
         account: account_name.clone(),
-        at: crate::api::micro(sh.now()),
+        at: launched_at,
         resumed: resume,
         epoch: d.placed,
         confirmed_at: None,

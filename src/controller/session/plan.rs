@@ -479,6 +479,7 @@ mod tests {
                     priority: prio,
                     thresholds: Default::default(),
                     suspend,
+                    policy: None,
                 },
             );
             a.metadata.namespace = Some("default".into());
