@@ -63,6 +63,11 @@ pub struct QuotaConfig {
     pub confirm_seconds: Option<u64>,
     /// How a failover target is chosen.
     pub strategy: Option<FailoverStrategy>,
+    /// From NearLimit on, an account takes no new task while its sessions
+    /// can move (an Account's `spec.policy.drain` overrides it).
+    pub drain: Option<bool>,
+    /// Moving sessions back to their preferred account once it has room.
+    pub failback: Option<FailbackConfig>,
     /// Typed into a session whose turn a usage limit cut short, once its
     /// account is back (when no task is there to replay). Empty: nothing.
     pub continue_message: Option<String>,
@@ -80,6 +85,20 @@ pub enum FailoverStrategy {
     Headroom,
     /// The account with the lowest priority value; headroom breaks ties.
     Priority,
+    /// The account whose usage window resets soonest (its quota would be
+    /// lost at the reset); headroom breaks ties.
+    ConsumeFirst,
+}
+
+/// Failback: sessions that failed over go back to their preferred account
+/// at a turn boundary once its usage is `marginPercent` points below its
+/// thresholds, at most once per `cooldownSeconds` per session.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FailbackConfig {
+    pub enabled: Option<bool>,
+    pub margin_percent: Option<u8>,
+    pub cooldown_seconds: Option<u64>,
 }
 
 /// Where notifications go (the log always).

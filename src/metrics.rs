@@ -66,7 +66,7 @@ pub const ACCOUNT_PHASES: [AccountPhase; 5] = [
     AccountPhase::Suspended,
 ];
 /// `reason` label values of `claude_failover_failovers_total`.
-pub const FAILOVER_REASONS: [&str; 4] = ["near_limit", "exhausted", "manual", "auth"];
+pub const FAILOVER_REASONS: [&str; 5] = ["near_limit", "exhausted", "manual", "auth", "failback"];
 /// `result` label values of `claude_failover_failovers_total`.
 pub const FAILOVER_RESULTS: [&str; 3] = ["succeeded", "failed", "rolled_back"];
 /// `controller` label values of the reconcile families.

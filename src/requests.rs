@@ -3,7 +3,7 @@
 //! object, each with an event naming who asked. The controller that acts
 //! answers in its own status field; it never removes the request.
 
-use crate::api::keys::{CANCEL, FAILOVER_REQUEST, FAILOVER_TO, RESTART};
+use crate::api::keys::{CANCEL, FAILOVER_REQUEST, FAILOVER_TO, REINSTATE, RESTART};
 use crate::api::{Kind, ObjectKey, TaskPhase};
 use crate::store::{Store, StoreError};
 use serde_json::{Value, json};
@@ -131,6 +131,27 @@ pub fn request_failover(
         false,
         "FailoverRequested",
         &format!("failover{target} requested through the {origin}"),
+        origin,
+    )?;
+    Ok(value)
+}
+
+/// Asks for Account `key` to be taken back as a failover target now,
+/// though a failed swap set it aside, and records an event saying who
+/// asked. Returns the request's value (`status.failover.reinstated`).
+pub fn request_reinstate(
+    store: &Store,
+    key: &ObjectKey,
+    origin: &str,
+) -> Result<String, StoreError> {
+    debug_assert_eq!(key.kind, Kind::Account);
+    let value = stamp();
+    annotate(store, key, &[(REINSTATE, Some(&value))])?;
+    store.record_event(
+        key,
+        false,
+        "ReinstateRequested",
+        &format!("reinstating as a failover target requested through the {origin}"),
         origin,
     )?;
     Ok(value)

@@ -19,6 +19,25 @@ enum Req {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Selector(Vec<Req>);
 
+/// In kubectl's `-l` syntax, which [`Selector::parse`] reads back.
+impl std::fmt::Display for Selector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|r| match r {
+                Req::Eq(k, v) => format!("{k}={v}"),
+                Req::NotEq(k, v) => format!("{k}!={v}"),
+                Req::In(k, vs) => format!("{k} in ({})", vs.join(",")),
+                Req::NotIn(k, vs) => format!("{k} notin ({})", vs.join(",")),
+                Req::Exists(k) => k.clone(),
+                Req::NotExists(k) => format!("!{k}"),
+            })
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
 impl Selector {
     /// Parses kubectl's `-l` syntax.
     pub fn parse(s: &str) -> Result<Selector, String> {
@@ -188,6 +207,11 @@ mod tests {
         assert!(Selector::parse("a in x").is_err());
         assert!(Selector::parse("a in (x").is_err());
         assert!(Selector::parse("Bad Key=x").is_err());
+        // Written back in the same syntax.
+        let text = "project=api,tier!=gold,zone in (a,b),env notin (x),team,!legacy";
+        let sel = Selector::parse(text).unwrap();
+        assert_eq!(sel.to_string(), text);
+        assert_eq!(Selector::parse(&sel.to_string()).unwrap(), sel);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Files in the repository that must stay in step with the code.
 
 use claude_failover::config::{
-    ApiConfig, Config, DispatchConfig, JanitorConfig, LogConfig, NotifyConfig, QuotaConfig,
-    TelegramConfig, WebhookConfig,
+    ApiConfig, Config, DispatchConfig, FailbackConfig, JanitorConfig, LogConfig, NotifyConfig,
+    QuotaConfig, TelegramConfig, WebhookConfig,
 };
 use claude_failover::mcp::config::{DelegationConfig, McpConfig, TokenConfig};
 use std::path::Path;
@@ -101,6 +101,13 @@ fn config_example_covers_every_key() {
                 turn_wait_seconds: Some(_),
                 confirm_seconds: Some(_),
                 strategy: Some(_),
+                drain: Some(_),
+                failback:
+                    Some(FailbackConfig {
+                        enabled: Some(_),
+                        margin_percent: Some(_),
+                        cooldown_seconds: Some(_),
+                    }),
                 continue_message: Some(_),
                 checkpoint_seconds: Some(_),
                 keep_checkpoints_seconds: Some(_),

@@ -270,3 +270,39 @@ fn a_subagents_usage_limit_does_not_end_the_task_it_runs_in() {
     // Yet the limit is the account's: the next request would be refused too.
     pool.wait_account("a", "Exhausted", |v| v["status"]["phase"] == "Exhausted");
 }
+
+#[test]
+#[cfg_attr(
+    not(claude_code),
+    ignore = "needs Claude Code: npm ci --prefix tools/claude-code"
+)]
+fn a_task_that_ends_while_the_daemon_is_down_keeps_its_reply() {
+    let claude = claude();
+    let mut pool = Pool::new(claude);
+    pool.apply(&pool.account_yaml("a", 10));
+    pool.apply(&pool.session_yaml("r-0", Some("a"), &[KEY]));
+    let d = pool.start_daemon();
+    pool.wait_phase("r-0", "Idle");
+    pool.api.set_reply("The answer is FORTY-TWO.");
+    pool.api.hold();
+    pool.apply(&pool.task_yaml("q", "what is the answer", ""));
+    pool.wait_task_phase("q", "Running");
+    // The daemon dies mid-turn; the turn ends with nobody to hear its
+    // Stop hook.
+    pool.signal_daemon(d, libc::SIGKILL);
+    pool.api.release();
+    // Over before the next daemon starts: the reply is in the transcript.
+    common::wait_for("the reply in the transcript", LONG, || {
+        let dir = std::fs::read_dir(pool.path("projects")).ok()?;
+        dir.flatten()
+            .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
+            .any(|f| std::fs::read_to_string(f.path()).is_ok_and(|t| t.contains("FORTY-TWO")))
+            .then_some(())
+    });
+    pool.start_daemon();
+    let v = pool.wait_task_phase("q", "Succeeded");
+    assert_eq!(
+        v["status"]["message"], "The answer is FORTY-TWO.",
+        "the reply, read from the transcript"
+    );
+}

@@ -12,4 +12,5 @@ pub mod seed;
 pub mod signals;
 pub mod state;
 pub mod terminal;
+pub mod transcript;
 pub mod version;

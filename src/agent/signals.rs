@@ -29,6 +29,11 @@ pub enum HookState {
 /// Everything learnt from one agent since it was (re)launched.
 #[derive(Debug, Clone, Default)]
 pub struct AgentSignals {
+    /// The account the agent was launched under, when this daemon launched
+    /// it (None: an agent heard again after a restart of the daemon). Its
+    /// usage signals count for that account only, whatever a stale copy of
+    /// the Session says.
+    pub account: Option<String>,
     /// The state the latest hook implies, and when it arrived.
     pub state: Option<(HookState, SystemTime)>,
     /// `session_id` of the latest payload.
@@ -145,12 +150,16 @@ impl Signals {
             .is_some_and(|want| crate::secret::token_matches(want, secret))
     }
 
-    /// Forgets what an earlier run of the agent said (called at launch).
-    pub fn reset(&self, key: &ObjectKey) {
-        self.agents
-            .lock()
-            .expect("lock")
-            .insert(key.clone(), AgentSignals::default());
+    /// Forgets what an earlier run of the agent said (called at launch,
+    /// with the account the new agent runs under).
+    pub fn reset(&self, key: &ObjectKey, account: Option<&str>) {
+        self.agents.lock().expect("lock").insert(
+            key.clone(),
+            AgentSignals {
+                account: account.map(str::to_string),
+                ..Default::default()
+            },
+        );
     }
 
     pub fn get(&self, key: &ObjectKey) -> AgentSignals {

@@ -50,6 +50,22 @@ pub struct AccountSpec {
     /// True: take no new sessions, drain the existing ones.
     #[serde(default)]
     pub suspend: bool,
+    /// This account's failover policy; what it leaves unset follows the
+    /// config's `quota:` section.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<AccountPolicy>,
+}
+
+/// An account's own failover policy (docs/failover.md, "Policy").
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccountPolicy {
+    /// From NearLimit on, take no new task while its sessions can move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<bool>,
+    /// Sessions that prefer this account come back to it once it has room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failback: Option<bool>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema)]
@@ -137,6 +153,19 @@ impl AccountStatus {
     pub const FAILOVER_CONTROLLER: &[&str] = &["failover"];
 }
 
+/// Until when an Account (as JSON) is set aside as a failover target, if it
+/// is now, and why.
+pub fn set_aside_now(v: &serde_json::Value) -> Option<(k8s_openapi::jiff::Timestamp, String)> {
+    let x = v.pointer("/status/failover/setAside")?;
+    let until = x
+        .get("until")?
+        .as_str()?
+        .parse::<k8s_openapi::jiff::Timestamp>()
+        .ok()?;
+    let reason = x.get("reason").and_then(|r| r.as_str()).unwrap_or_default();
+    (until > k8s_openapi::jiff::Timestamp::now()).then(|| (until, reason.to_string()))
+}
+
 /// The failover controller's word on an account.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -150,6 +179,9 @@ pub struct AccountFailover {
     /// The latest failover request (the request annotation) answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<RequestAnswer>,
+    /// The latest reinstate request (the annotation's value) answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reinstated: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

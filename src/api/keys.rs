@@ -20,3 +20,7 @@ pub const INBOX_FILE: &str = "claude-failover.io/inbox-file";
 pub const FAILOVER_REQUEST: &str = "claude-failover.io/failover-requested-at";
 /// With [`FAILOVER_REQUEST`]: the account to move them to (else the best).
 pub const FAILOVER_TO: &str = "claude-failover.io/failover-to";
+/// On an Account, set by `reinstate` (CLI) to a fresh timestamp: take it
+/// back as a failover target now, though a failed swap set it aside.
+/// Answered in `status.failover.reinstated`.
+pub const REINSTATE: &str = "claude-failover.io/reinstate-requested-at";

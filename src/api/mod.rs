@@ -17,8 +17,9 @@ mod swap;
 mod task;
 
 pub use account::{
-    Account, AccountFailover, AccountLimit, AccountPhase, AccountSpec, AccountStatus, AccountUsage,
-    FailoverNote, RequestAnswer, SetAside, Thresholds, UsageWindow,
+    Account, AccountFailover, AccountLimit, AccountPhase, AccountPolicy, AccountSpec,
+    AccountStatus, AccountUsage, FailoverNote, RequestAnswer, SetAside, Thresholds, UsageWindow,
+    set_aside_now,
 };
 pub use condition::{Conditions, set_condition};
 pub use lease::{LEADER_LEASE, Lease, LeaseSpec, LeaseStatus, SWAP_LEASE};

@@ -1,5 +1,6 @@
 //! `failover ACCOUNT [--to OTHER]`: move the sessions off an account by
-//! hand, and `swaps`: the record of every swap.
+//! hand; `swaps`: the record of every swap; `reinstate ACCOUNT`: take a
+//! set-aside account back as a target.
 
 use super::Ctx;
 use crate::api::{Account, Kind, ObjectKey, Swap, SwapPhase};
@@ -152,4 +153,62 @@ pub fn swaps(ctx: &Ctx) -> Result<ExitCode> {
         )
     );
     Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args, Debug)]
+pub struct ReinstateArgs {
+    /// The account to take back as a failover target
+    pub account: String,
+    /// How long to wait for the failover controller's answer
+    #[arg(long, default_value = "30s", value_parser = super::wait::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// Asks the failover controller to end `account`'s set-aside and waits for
+/// its answer (exit 1 when none comes: no daemon is running).
+pub fn reinstate(ctx: &Ctx, a: ReinstateArgs) -> Result<ExitCode> {
+    let store = ctx.store()?;
+    let accounts = store.api::<Account>(Some(&ctx.namespace));
+    let Some(acc) = accounts.get(&a.account)? else {
+        bail!(
+            "account.claude-failover.io \"{}\" not found in namespace {}",
+            a.account,
+            ctx.namespace
+        );
+    };
+    let aside = acc
+        .status
+        .as_ref()
+        .and_then(|s| s.failover.as_ref()?.set_aside.clone());
+    let key = ObjectKey::new(Kind::Account, &ctx.namespace, &a.account);
+    let requested = crate::requests::request_reinstate(&store, &key, "cli")?;
+    match &aside {
+        Some(x) => println!(
+            "reinstating account {} (set aside until {}: {})",
+            a.account, x.until.0, x.reason
+        ),
+        None => println!(
+            "account {} is not set aside; recorded the request",
+            a.account
+        ),
+    }
+    let deadline = Instant::now() + a.timeout;
+    loop {
+        let answered = accounts
+            .get(&a.account)?
+            .and_then(|acc| acc.status?.failover?.reinstated)
+            .is_some_and(|r| r == requested);
+        if answered {
+            println!("account {} is a failover target again", a.account);
+            return Ok(ExitCode::SUCCESS);
+        }
+        if Instant::now() >= deadline {
+            println!(
+                "no answer within {}s: is the daemon running? (the request stays; it is answered when the daemon runs)",
+                a.timeout.as_secs()
+            );
+            return Ok(ExitCode::from(1));
+        }
+        std::thread::sleep(POLL);
+    }
 }

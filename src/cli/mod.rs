@@ -120,6 +120,8 @@ pub enum Command {
     Failover(failover::FailoverArgs),
     /// List the recorded account swaps (epoch, from, to, reason, result)
     Swaps,
+    /// Take an account back as a failover target now, though a failed swap set it aside
+    Reinstate(failover::ReinstateArgs),
     /// Restart sessions' agents: stopped gracefully, relaunched resuming their conversation
     Restart(cancel::RestartArgs),
     /// Print the control plane's bearer token (created when missing)
@@ -299,6 +301,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Cancel(a) => cancel::cancel(&ctx, a),
         Command::Failover(a) => failover::failover(&ctx, a),
         Command::Swaps => failover::swaps(&ctx),
+        Command::Reinstate(a) => failover::reinstate(&ctx, a),
         Command::Restart(a) => cancel::restart(&ctx, a),
         Command::Token => {
             let path = crate::daemon::access::token_path(&ctx.config, &ctx.state_dir());

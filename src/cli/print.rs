@@ -59,7 +59,14 @@ fn phase(v: &Value) -> String {
     if v.pointer("/metadata/deletionTimestamp").is_some() {
         return "Terminating".into();
     }
-    s(v, "/status/phase")
+    let phase = s(v, "/status/phase");
+    // An account set aside as a failover target says so, as kubectl says
+    // `Ready,SchedulingDisabled` of a cordoned node.
+    if crate::api::set_aside_now(v).is_some() {
+        format!("{phase},SetAside")
+    } else {
+        phase
+    }
 }
 
 /// The condition of type `t` in the object's status.

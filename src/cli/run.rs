@@ -108,7 +108,7 @@ fn options(ctx: &Ctx, a: &RunArgs) -> Result<Options> {
         failover: failover::FailoverSettings {
             turn_wait: Duration::from_secs(q.turn_wait_seconds.unwrap_or(120)),
             confirm: Duration::from_secs(q.confirm_seconds.unwrap_or(60).max(1)),
-            strategy: q.strategy.unwrap_or_default(),
+            policy: crate::quota::policy::Policy::from_config(q),
         },
         janitor: crate::janitor::Settings {
             interval: Duration::from_secs(cfg.janitor.interval_seconds.unwrap_or(600).max(1)),
@@ -149,5 +149,6 @@ fn dispatch_settings(cfg: &crate::config::Config) -> task::DispatchSettings {
     if let Some(models) = &d.models {
         s.models.extend(models.iter().map(|(p, m)| (*p, m.clone())));
     }
+    s.policy = crate::quota::policy::Policy::from_config(&cfg.quota);
     s
 }

@@ -156,6 +156,7 @@ pub async fn run(o: Options) -> Result<()> {
         o.janitor.clone(),
     )));
     let sync = o.syncer.map(|s| {
+        let s = s.with_metrics(metrics.clone());
         let mut stop = stop_rx.clone();
         let readiness = readiness.clone();
         tokio::spawn(s.run(

@@ -274,6 +274,12 @@ fn takes_sessions(a: &Value) -> Result<(), String> {
     if a.pointer("/spec/suspend").and_then(Value::as_bool) == Some(true) {
         return Err("suspended".into());
     }
+    if let Some((until, why)) = crate::api::set_aside_now(a) {
+        let name = s(a, "/metadata/name").unwrap_or_default();
+        return Err(format!(
+            "set aside as a target until {until} ({why}); `claude-failover reinstate {name}` takes it back"
+        ));
+    }
     match phase(a) {
         None | Some("Available") => Ok(()),
         Some(p) => Err(p.to_string()),
@@ -452,5 +458,16 @@ mod tests {
             failover_check(&ok, &sessions, "default", "a", Some("d")).unwrap(),
             "sessions s1 move from account a to account d"
         );
+        // Set aside after a failed swap: refused, with the way out.
+        ok[3]["status"]["failover"] = serde_json::json!({"setAside": {
+            "until": "2999-01-01T00:00:00Z", "reason": "a swap to it failed"}});
+        let why = failover_check(&ok, &sessions, "default", "a", Some("d")).unwrap_err();
+        assert!(
+            why.contains("set aside") && why.contains("claude-failover reinstate d"),
+            "{why}"
+        );
+        // Once it has passed, no longer.
+        ok[3]["status"]["failover"]["setAside"]["until"] = "2000-01-01T00:00:00Z".into();
+        assert!(failover_check(&ok, &sessions, "default", "a", Some("d")).is_ok());
     }
 }

@@ -3,10 +3,10 @@
 //! reading per window, and the account phase they imply.
 
 pub mod ledger;
+pub mod policy;
 pub mod poll;
 
 use crate::api::{AccountPhase, Thresholds};
-use crate::config::FailoverStrategy;
 use std::time::{Duration, SystemTime};
 
 /// The two usage windows of a subscription.
@@ -54,13 +54,39 @@ pub struct Reading {
     pub observed_at: SystemTime,
 }
 
-/// The freshest reading not older than `stale`. A window whose reset time
-/// has passed reads 0: it started over.
+/// Two readings whose reset times are this close describe the same window
+/// (the same 5-hour or weekly period; periods are hours apart).
+pub const SAME_WINDOW: Duration = Duration::from_secs(300);
+
+/// Whether two reset times name the same period of a window.
+fn same_window(a: SystemTime, b: SystemTime) -> bool {
+    let d = a.duration_since(b).or_else(|_| b.duration_since(a));
+    d.is_ok_and(|d| d <= SAME_WINDOW)
+}
+
+/// The freshest reading not older than `stale`, raised to the highest
+/// fresh reading of the same period: usage never falls within a period, so
+/// a lower figure of that period is an agent repeating what it learnt
+/// earlier (several sessions on one account report at their own pace). A
+/// window whose reset time has passed reads 0: it started over.
 pub fn fuse(readings: &[Reading], now: SystemTime, stale: Duration) -> Option<Reading> {
-    let r = readings
-        .iter()
-        .filter(|r| now.duration_since(r.observed_at).unwrap_or_default() <= stale)
-        .max_by_key(|r| r.observed_at)?;
+    let fresh = || {
+        readings
+            .iter()
+            .filter(|r| now.duration_since(r.observed_at).unwrap_or_default() <= stale)
+    };
+    let latest = fresh().max_by_key(|r| r.observed_at)?;
+    let r = match latest.resets_at {
+        Some(period) => fresh()
+            .filter(|x| x.resets_at.is_some_and(|t| same_window(t, period)))
+            .max_by(|a, b| {
+                a.utilization
+                    .total_cmp(&b.utilization)
+                    .then(a.observed_at.cmp(&b.observed_at))
+            })
+            .unwrap_or(latest),
+        None => latest,
+    };
     let mut r = r.clone();
     if r.resets_at.is_some_and(|t| t <= now) {
         r.utilization = 0.0;
@@ -248,46 +274,6 @@ pub fn jiff_of(t: SystemTime) -> k8s_openapi::jiff::Timestamp {
     k8s_openapi::jiff::Timestamp::try_from(t).unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)
 }
 
-/// A failover target as the choice sees it.
-#[derive(Clone, Debug)]
-pub struct TargetCandidate {
-    pub name: String,
-    pub phase: AccountPhase,
-    pub priority: i32,
-    pub headroom: f64,
-    /// Recently failed as a target (preflight or confirmation).
-    pub excluded: bool,
-}
-
-/// The account sessions leaving `from` go to: Available ones only, never
-/// `from`, never one marked after a failed swap. Pure.
-pub fn pick_target(
-    cands: &[TargetCandidate],
-    from: &str,
-    strategy: FailoverStrategy,
-) -> Option<String> {
-    let ok: Vec<&TargetCandidate> = cands
-        .iter()
-        .filter(|c| c.name != from && c.phase == AccountPhase::Available && !c.excluded)
-        .collect();
-    let by_headroom = |a: &&TargetCandidate, b: &&TargetCandidate| {
-        b.headroom
-            .partial_cmp(&a.headroom)
-            .unwrap_or(std::cmp::Ordering::Equal)
-    };
-    let best = ok.into_iter().min_by(|a, b| match strategy {
-        FailoverStrategy::Headroom => by_headroom(a, b)
-            .then(a.priority.cmp(&b.priority))
-            .then(a.name.cmp(&b.name)),
-        FailoverStrategy::Priority => a
-            .priority
-            .cmp(&b.priority)
-            .then(by_headroom(a, b))
-            .then(a.name.cmp(&b.name)),
-    })?;
-    Some(best.name.clone())
-}
-
 /// Readings from one statusLine input (`rate_limits.*.used_percentage`,
 /// `resets_at` in epoch seconds); empty in API-key mode.
 pub fn from_statusline(input: &serde_json::Value, at: SystemTime) -> Vec<(Window, Reading)> {
@@ -400,34 +386,46 @@ mod tests {
     }
 
     #[test]
-    fn target_choice() {
-        use AccountPhase::*;
-        let c = |name: &str, phase, priority, headroom| TargetCandidate {
-            name: name.into(),
-            phase,
-            priority,
-            headroom,
-            excluded: false,
+    fn a_lower_figure_of_the_same_period_does_not_lower_the_reading() {
+        let stale = Duration::from_secs(900);
+        let with_reset = |used, observed, reset| Reading {
+            resets_at: Some(at(reset)),
+            ..reading(used, observed)
         };
-        let cands = vec![
-            c("a", NearLimit, 0, 1.0),
-            c("b", Available, 5, 50.0),
-            c("c", Available, 1, 80.0),
-            c("d", Exhausted, 0, 90.0),
-            c("e", Available, 0, 80.0),
+        let no_reset = |used, observed| Reading {
+            resets_at: None,
+            ..reading(used, observed)
+        };
+        // (readings, now, expected utilization)
+        let cases = [
+            // Session two repeats the 50 % it learnt before session one's 95 %.
+            (
+                vec![with_reset(95.0, 100, 10_000), with_reset(50.0, 110, 10_000)],
+                120,
+                95.0,
+            ),
+            // The same period, its reset time a few seconds apart.
+            (
+                vec![with_reset(95.0, 100, 10_000), with_reset(50.0, 110, 10_030)],
+                120,
+                95.0,
+            ),
+            // A new period (its reset hours later): the lower figure is true.
+            (
+                vec![with_reset(95.0, 100, 10_000), with_reset(5.0, 110, 28_000)],
+                120,
+                5.0,
+            ),
+            // Unknown reset times: the freshest.
+            (vec![no_reset(95.0, 100), no_reset(50.0, 110)], 120, 50.0),
         ];
-        assert_eq!(
-            pick_target(&cands, "a", FailoverStrategy::Headroom).as_deref(),
-            Some("e")
-        );
-        assert_eq!(
-            pick_target(&cands, "e", FailoverStrategy::Priority).as_deref(),
-            Some("c")
-        );
-        assert_eq!(
-            pick_target(&cands[..1], "x", FailoverStrategy::Headroom),
-            None
-        );
+        for (rs, now, want) in cases {
+            assert_eq!(
+                fuse(&rs, at(now), stale).unwrap().utilization,
+                want,
+                "{rs:?}"
+            );
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod chart;
 pub mod daemon;
 pub mod fake_api;
 pub mod fake_oauth;

@@ -88,15 +88,21 @@ impl Memory {
         self.readings.get(&w)?.iter().max_by_key(|r| r.observed_at)
     }
 
-    /// Takes in what one session's agent said since the last pass.
+    /// Takes in what one session's agent said since the last pass, if that
+    /// agent runs under `account` (as far as is known: a Session copy that
+    /// is not yet updated may still show a moved session here).
     /// `logged_reset` is the reset time its transcript's limit entry gives
     /// for its newest usage-limit failure, if any (2.1.332 writes one).
     pub fn absorb(
         &mut self,
+        account: &str,
         session: &ObjectKey,
         sig: &AgentSignals,
         logged_reset: Option<SystemTime>,
     ) {
+        if sig.account.as_deref().is_some_and(|a| a != account) {
+            return;
+        }
         let mut seen = self.seen.get(session).cloned().unwrap_or_default();
         if let Some((v, t)) = &sig.statusline
             && seen.statusline != Some(*t)
@@ -186,49 +192,66 @@ mod tests {
     fn signals_become_readings_limits_and_auth_failures_once_each() {
         let k = ObjectKey::new(crate::api::Kind::Session, "default", "s");
         let mut m = Memory::default();
-        m.absorb(&k, &statusline(40.0, 100), None);
-        m.absorb(&k, &statusline(40.0, 100), None);
+        m.absorb("a", &k, &statusline(40.0, 100), None);
+        m.absorb("a", &k, &statusline(40.0, 100), None);
         assert_eq!(
             m.readings[&Window::FiveHour].len(),
             1,
             "the same input once"
         );
-        m.absorb(&k, &statusline(55.0, 200), None);
+        m.absorb("a", &k, &statusline(55.0, 200), None);
         assert_eq!(m.latest(Window::FiveHour).unwrap().utilization, 55.0);
         let mut sig = statusline(55.0, 200);
         sig.last_failure = Some(("rate_limit".into(), "hit".into(), at(300)));
-        m.absorb(&k, &sig, None);
+        m.absorb("a", &k, &sig, None);
         let l = m.limit.clone().unwrap();
         assert_eq!((l.at, l.resets_at), (at(300), Some(at(10_000))));
         sig.last_failure = Some(("authentication_failed".into(), "x".into(), at(400)));
-        m.absorb(&k, &sig, None);
+        m.absorb("a", &k, &sig, None);
         assert_eq!(m.auth_failed, Some(at(400)));
         sig.last_stop = Some(("ok".into(), at(500)));
-        m.absorb(&k, &sig, None);
+        m.absorb("a", &k, &sig, None);
         assert_eq!(m.auth_failed, None, "a turn that succeeded since");
         // A subagent's limit is the account's; the transcript tells its end.
         sig.side_failure = Some(("rate_limit".into(), "in a subagent".into(), at(600)));
-        m.absorb(&k, &sig, Some(at(4_000)));
+        m.absorb("a", &k, &sig, Some(at(4_000)));
         let l = m.limit.clone().unwrap();
         assert_eq!((l.at, l.resets_at), (at(600), Some(at(4_000))));
+    }
+
+    #[test]
+    fn an_agent_launched_under_another_account_does_not_count_here() {
+        // A session moved from a to b: the cache may still show it on a
+        // while its new agent reports b's usage.
+        let k = ObjectKey::new(crate::api::Kind::Session, "default", "s");
+        let mut m = Memory::default();
+        m.absorb("a", &k, &statusline(95.0, 100), None);
+        let mut on_b = statusline(10.0, 200);
+        on_b.account = Some("b".into());
+        m.absorb("a", &k, &on_b, None);
+        assert_eq!(m.latest(Window::FiveHour).unwrap().utilization, 95.0);
+        let mut on_a = statusline(96.0, 300);
+        on_a.account = Some("a".into());
+        m.absorb("a", &k, &on_a, None);
+        assert_eq!(m.latest(Window::FiveHour).unwrap().utilization, 96.0);
     }
 
     #[test]
     fn the_projection_follows_the_pace_of_the_current_window() {
         let k = ObjectKey::new(crate::api::Kind::Session, "default", "s");
         let mut m = Memory::default();
-        m.absorb(&k, &statusline(40.0, 1000), None);
+        m.absorb("a", &k, &statusline(40.0, 1000), None);
         assert_eq!(m.projection(90.0), None, "one reading");
-        m.absorb(&k, &statusline(50.0, 1600), None);
+        m.absorb("a", &k, &statusline(50.0, 1600), None);
         // 10 points in 600 s: 40 more points in 2400 s.
         assert_eq!(m.projection(90.0), Some(at(4000)));
         let mut m = Memory::default();
-        m.absorb(&k, &statusline(10.0, 1000), None);
-        m.absorb(&k, &statusline(11.0, 1600), None);
+        m.absorb("a", &k, &statusline(10.0, 1000), None);
+        m.absorb("a", &k, &statusline(11.0, 1600), None);
         assert_eq!(m.projection(90.0), None, "reached after the window resets");
         let mut m = Memory::default();
-        m.absorb(&k, &statusline(80.0, 1000), None);
-        m.absorb(&k, &statusline(85.0, 1600), None);
+        m.absorb("a", &k, &statusline(80.0, 1000), None);
+        m.absorb("a", &k, &statusline(85.0, 1600), None);
         assert_eq!(m.projection(90.0), Some(at(2200)));
         assert_eq!(m.projection(80.0), None, "already past");
     }

@@ -145,7 +145,7 @@ async fn account(
             .entry(key.clone())
             .or_insert_with(|| Memory::from_status(&before));
         for ((sk, sig), reset) in signals.iter().zip(logged) {
-            m.absorb(sk, sig, reset);
+            m.absorb(&key.name, sk, sig, reset);
         }
         let inputs = decide::inputs(m, a, &ctx.settings, now);
         let wants_poll = (live.is_empty()

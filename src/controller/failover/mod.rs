@@ -19,6 +19,7 @@
 //! change or at the nearest deadline.
 
 mod execute;
+pub mod failback;
 pub mod plan;
 pub mod target;
 #[cfg(test)]

@@ -9,14 +9,14 @@
 //! change or the nearest deadline ([`next_deadline`]).
 
 use super::target::{self, ns_of, phase_of, reason_to_leave, sessions_on};
-use crate::api::keys::{FAILOVER_REQUEST, FAILOVER_TO};
+use crate::api::keys::{FAILOVER_REQUEST, FAILOVER_TO, REINSTATE};
 use crate::api::{
     Account, AccountFailover, FailoverNote, Kind, MicroTime, ObjectKey, RequestAnswer, SWAP_DONE,
     SWAP_ROLLED_BACK, SWAPPING, Session, SessionPhase, SetAside, Swap, SwapPhase, SwapSessionState,
     SwapSpec, SwapState, SwapStatus, SwapStep, Time, swap_name,
 };
-use crate::config::FailoverStrategy;
 use crate::notify::NoticeKind;
+use crate::quota::policy::Policy;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
 
@@ -29,7 +29,8 @@ pub struct FailoverSettings {
     pub turn_wait: Duration,
     /// How long it waits for an agent to confirm its resume on the target.
     pub confirm: Duration,
-    pub strategy: FailoverStrategy,
+    /// The strategy, drain and failback.
+    pub policy: Policy,
 }
 
 impl Default for FailoverSettings {
@@ -37,7 +38,7 @@ impl Default for FailoverSettings {
         FailoverSettings {
             turn_wait: Duration::from_secs(120),
             confirm: Duration::from_secs(60),
-            strategy: FailoverStrategy::Headroom,
+            policy: Policy::default(),
         }
     }
 }
@@ -126,9 +127,13 @@ fn skey(ns: &str, name: &str) -> ObjectKey {
     ObjectKey::new(Kind::Session, ns, name)
 }
 
+/// The reason of a swap that moves sessions back to their preferred account.
+pub const FAILBACK: &str = "Failback";
+
 /// `claude_failover_failovers_total`'s bounded reason label.
 pub fn reason_label(reason: &str) -> &'static str {
     match reason {
+        FAILBACK => "failback",
         "NearLimit" => "near_limit",
         "Exhausted" => "exhausted",
         "AuthenticationFailed" => "auth",
@@ -265,6 +270,7 @@ impl Planner<'_, '_> {
                 .as_ref()
                 .and_then(|s| s.failover.as_ref())
                 .is_some_and(|f| f.no_target.is_some());
+            self.reinstate(a);
             if aside_over || (noted && !must_leave) {
                 let n = self.note(&ns, &name).get_or_insert_with(Default::default);
                 if aside_over {
@@ -275,6 +281,38 @@ impl Planner<'_, '_> {
                 }
             }
         }
+    }
+}
+
+impl Planner<'_, '_> {
+    /// Answers a reinstate request on `a`: its set-aside ends now.
+    fn reinstate(&mut self, a: &Account) {
+        let Some(req) = a
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|x| x.get(REINSTATE))
+        else {
+            return;
+        };
+        let failover = a.status.as_ref().and_then(|s| s.failover.clone());
+        if failover.as_ref().and_then(|f| f.reinstated.as_ref()) == Some(req) {
+            return;
+        }
+        let ns = ns_of(&a.metadata).to_string();
+        let name = a.metadata.name.clone().unwrap_or_default();
+        let aside = failover.and_then(|f| f.set_aside);
+        let n = self.note(&ns, &name).get_or_insert_with(Default::default);
+        n.reinstated = Some(req.clone());
+        n.set_aside = None;
+        let message = match aside {
+            Some(x) => format!(
+                "taken back as a failover target (set aside until {}: {})",
+                x.until.0, x.reason
+            ),
+            None => "reinstate requested; it was not set aside".into(),
+        };
+        self.event(akey(&ns, &name), false, "Reinstated", message);
     }
 }
 
@@ -312,6 +350,15 @@ impl Planner<'_, '_> {
                 return;
             }
         }
+        if let Some(fb) = super::failback::next(
+            &w.accounts,
+            &w.sessions,
+            &w.tasks_on,
+            &self.st.policy,
+            w.now,
+        ) {
+            self.start(fb.from, FAILBACK, fb.to, fb.sessions, None);
+        }
     }
 
     /// Starts a swap off `a`, or says why none can start. True if started.
@@ -348,17 +395,18 @@ impl Planner<'_, '_> {
             );
             return false;
         }
-        let target = match target::target(&w.accounts, &ns, &from, to, self.st.strategy, w.now) {
-            Ok(t) => t,
-            Err(why) if req.is_some() => {
-                refuse(self, "NoFailoverTarget", format!("cannot fail over: {why}"));
-                return false;
-            }
-            Err(why) => {
-                self.no_target(a, reason, on.len(), why);
-                return false;
-            }
-        };
+        let target =
+            match target::target(&w.accounts, &ns, &from, to, self.st.policy.strategy, w.now) {
+                Ok(t) => t,
+                Err(why) if req.is_some() => {
+                    refuse(self, "NoFailoverTarget", format!("cannot fail over: {why}"));
+                    return false;
+                }
+                Err(why) => {
+                    self.no_target(a, reason, on.len(), why);
+                    return false;
+                }
+            };
         self.start(a, reason, target, on, req);
         true
     }
@@ -442,7 +490,7 @@ impl Planner<'_, '_> {
                 deadline: Some(time(w.now + self.st.turn_wait)),
                 ..Default::default()
             };
-            if no_turn || !busy(s) {
+            if no_turn || !busy(w, s) {
                 self.place(&swap, s, &mut x);
             }
             state.sessions.push(x);
@@ -467,7 +515,7 @@ impl Planner<'_, '_> {
             });
         }
         let key = akey(&ns, &from);
-        let alarm = reason != "Manual" && reason != "Drain";
+        let alarm = !matches!(reason, "Manual" | "Drain" | FAILBACK);
         self.event(key.clone(), alarm, "FailoverStarted", summary.clone());
         self.out.push(Action::Notify {
             kind: NoticeKind::FailoverStarted,
@@ -488,8 +536,15 @@ fn next_epoch(w: &World) -> u64 {
         + 1
 }
 
-fn busy(s: &Session) -> bool {
+/// A turn runs on `s`: its agent is busy, or a task is in flight on it (it
+/// may have been typed a moment ago, before the agent said so).
+fn busy(w: &World, s: &Session) -> bool {
+    let key = (
+        ns_of(&s.metadata).to_string(),
+        s.metadata.name.clone().unwrap_or_default(),
+    );
     s.status.as_ref().and_then(|x| x.phase) == Some(SessionPhase::Busy)
+        || w.tasks_on.contains_key(&key)
 }
 
 /// The request annotation of `a`, if its answer has not been given.
@@ -563,9 +618,9 @@ impl Planner<'_, '_> {
             };
             let expired = x.deadline.as_ref().is_some_and(|d| system(d) <= w.now);
             match x.step {
-                SwapStep::WaitingForTurn if busy(s) && !expired => {}
+                SwapStep::WaitingForTurn if busy(self.w, s) && !expired => {}
                 SwapStep::WaitingForTurn => {
-                    if busy(s) {
+                    if busy(w, s) {
                         let why = format!(
                             "the turn did not end within {}s: interrupting it",
                             self.st.turn_wait.as_secs()

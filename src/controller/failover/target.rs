@@ -2,7 +2,7 @@
 
 use crate::api::{Account, AccountPhase, Session};
 use crate::config::FailoverStrategy;
-use crate::quota::{TargetCandidate, pick_target};
+use crate::quota::policy::{TargetCandidate, pick_target};
 use std::time::SystemTime;
 
 /// Why sessions leave an account in `phase`, if they must.
@@ -68,7 +68,18 @@ pub fn candidates(accounts: &[&Account], ns: &str, now: SystemTime) -> Vec<Targe
                 f64::from(a.spec.thresholds.seven_day)
                     - used(usage.as_ref().and_then(|u| u.seven_day.as_ref())),
             );
+            let resets_at = [
+                usage.as_ref().and_then(|u| u.five_hour.as_ref()),
+                usage.as_ref().and_then(|u| u.seven_day.as_ref()),
+            ]
+            .into_iter()
+            .flatten()
+            .filter_map(|w| w.resets_at.as_ref())
+            .map(|t| SystemTime::from(t.0))
+            .filter(|t| *t > now)
+            .min();
             TargetCandidate {
+                resets_at,
                 excluded: set_aside_until(a).is_some_and(|u| u > now) || a.spec.suspend,
                 name: a.metadata.name.clone().unwrap_or_default(),
                 phase: phase_of(a),
@@ -97,6 +108,25 @@ pub fn target(
             };
             if c.name == from {
                 return Err(format!("account {t} is the one the sessions leave"));
+            }
+            if let Some(a) = accounts
+                .iter()
+                .find(|a| ns_of(&a.metadata) == ns && a.metadata.name.as_deref() == Some(t))
+                && let Some(until) = set_aside_until(a).filter(|u| *u > now)
+            {
+                let why = a
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.failover.as_ref()?.set_aside.as_ref())
+                    .map(|x| x.reason.clone())
+                    .unwrap_or_default();
+                return Err(format!(
+                    "account {t} is set aside as a target until {} ({why}); `claude-failover reinstate {t}` takes it back",
+                    crate::api::Time(crate::quota::jiff_of(until))
+                        .0
+                        .round(k8s_openapi::jiff::Unit::Second)
+                        .unwrap_or_default()
+                ));
             }
             if matches!(
                 c.phase,

@@ -9,13 +9,15 @@ use crate::api::{
 };
 use std::time::{Duration, SystemTime};
 
+mod policy;
+
 const ME: &str = "me";
 
-fn at(s: u64) -> SystemTime {
+pub(super) fn at(s: u64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(s)
 }
 
-fn account(name: &str, phase: AccountPhase, used: f64) -> Account {
+pub(super) fn account(name: &str, phase: AccountPhase, used: f64) -> Account {
     let mut a = Account::new(
         name,
         AccountSpec {
@@ -23,6 +25,7 @@ fn account(name: &str, phase: AccountPhase, used: f64) -> Account {
             priority: 0,
             thresholds: Default::default(),
             suspend: false,
+            policy: None,
         },
     );
     a.metadata.namespace = Some("default".into());
@@ -42,7 +45,7 @@ fn account(name: &str, phase: AccountPhase, used: f64) -> Account {
     a
 }
 
-fn session(name: &str, on: &str, phase: SessionPhase) -> Session {
+pub(super) fn session(name: &str, on: &str, phase: SessionPhase) -> Session {
     let mut s = Session::new(
         name,
         SessionSpec {
@@ -63,16 +66,18 @@ fn session(name: &str, on: &str, phase: SessionPhase) -> Session {
     s
 }
 
-struct Scene {
+pub(super) struct Scene {
     now: SystemTime,
     lease: LeaseView,
     accounts: Vec<Account>,
     sessions: Vec<Session>,
     swaps: Vec<Swap>,
+    settings: FailoverSettings,
+    tasks_on: std::collections::HashMap<(String, String), String>,
 }
 
 impl Scene {
-    fn new(now: u64) -> Scene {
+    pub(super) fn new(now: u64) -> Scene {
         Scene {
             now: at(now),
             lease: LeaseView::default(),
@@ -82,10 +87,12 @@ impl Scene {
             ],
             sessions: vec![session("s1", "a", SessionPhase::Idle)],
             swaps: vec![],
+            settings: FailoverSettings::default(),
+            tasks_on: Default::default(),
         }
     }
 
-    fn plan_as(&self, me: &str) -> Vec<Action> {
+    pub(super) fn plan_as(&self, me: &str) -> Vec<Action> {
         let w = World {
             me,
             now: self.now,
@@ -93,18 +100,18 @@ impl Scene {
             accounts: self.accounts.iter().collect(),
             sessions: self.sessions.iter().collect(),
             swaps: self.swaps.iter().collect(),
-            tasks_on: Default::default(),
+            tasks_on: self.tasks_on.clone(),
         };
-        plan(&w, &FailoverSettings::default())
+        plan(&w, &self.settings)
     }
 
-    fn plan(&self) -> Vec<Action> {
+    pub(super) fn plan(&self) -> Vec<Action> {
         self.plan_as(ME)
     }
 
     /// Applies what the executor would write (the store as the caches
     /// would show it next), for the writes this plan makes.
-    fn apply(&mut self, actions: &[Action]) {
+    pub(super) fn apply(&mut self, actions: &[Action]) {
         for a in actions {
             match a {
                 Action::Start(swap) => {
@@ -144,7 +151,7 @@ impl Scene {
         }
     }
 
-    fn step_of(&self, session: &str) -> SwapStep {
+    pub(super) fn step_of(&self, session: &str) -> SwapStep {
         let sw = self.swaps.last().unwrap();
         state_of(sw)
             .sessions
@@ -155,7 +162,7 @@ impl Scene {
     }
 
     /// The session's agent relaunched on `to` under `epoch`, confirmed.
-    fn relaunched(&mut self, name: &str, to: &str, epoch: u64, confirmed: bool) {
+    pub(super) fn relaunched(&mut self, name: &str, to: &str, epoch: u64, confirmed: bool) {
         let s = self
             .sessions
             .iter_mut()
@@ -173,7 +180,7 @@ impl Scene {
     }
 }
 
-fn starts(actions: &[Action]) -> Vec<&Swap> {
+pub(super) fn starts(actions: &[Action]) -> Vec<&Swap> {
     actions
         .iter()
         .filter_map(|a| match a {
@@ -183,7 +190,7 @@ fn starts(actions: &[Action]) -> Vec<&Swap> {
         .collect()
 }
 
-fn events(actions: &[Action]) -> Vec<&'static str> {
+pub(super) fn events(actions: &[Action]) -> Vec<&'static str> {
     actions
         .iter()
         .filter_map(|a| match a {

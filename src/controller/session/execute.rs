@@ -600,8 +600,11 @@ async fn launch(
         agent_session_id: &id,
         resume,
     });
-    sh.signals.reset(&key);
+    sh.signals.reset(&key, account_name.as_deref());
     ctx.memory.lock().expect("lock").remove(&key);
+    // Before the start: a quick agent's SessionStart can arrive before
+    // `start` returns, and must count as this launch's.
+    let launched_at = crate::api::micro(sh.now());
     let pane = sh
         .driver
         .start(&key, &prepared.workdir, &lp.env, &lp.argv)
@@ -609,7 +612,7 @@ async fn launch(
         .map_err(|e| format!("cannot start the tmux session: {e}"))?;
     st.launch = Some(LaunchStatus {
         account: account_name.clone(),
-        at: crate::api::micro(sh.now()),
+        at: launched_at,
         resumed: resume,
         epoch: d.placed,
         confirmed_at: None,
@@ -906,6 +909,15 @@ pub async fn finish(
         // before the launch): it waits for the disk rather than stall the
         // agent's own writes.
         write(ctx, &key, &st, Durability::Soon).await?;
+        // A launch that became Ready: how long the start-up took.
+        if r.ready.ok
+            && !crate::api::Conditions::is_true(before.conditions.as_slice(), "Ready")
+            && let Some(l) = &st.launch
+        {
+            ctx.shared
+                .metrics
+                .observe_launch_ready(&l.at, &crate::api::micro_now());
+        }
         let was = before.phase.unwrap_or_default();
         if was != r.phase {
             let detail = match r.phase {

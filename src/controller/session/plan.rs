@@ -527,6 +527,7 @@ mod tests {
                     priority: prio,
                     thresholds: Default::default(),
                     suspend,
+                    policy: None,
                 },
             );
             a.metadata.namespace = Some("default".into());

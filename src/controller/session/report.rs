@@ -169,6 +169,7 @@ mod tests {
                 priority: 0,
                 thresholds: Default::default(),
                 suspend: false,
+                policy: None,
             },
         );
         a.status = Some(AccountStatus {

@@ -22,6 +22,10 @@ pub const ENTER_EVERY: Duration = Duration::from_secs(3);
 /// A turn whose Stop hook was seen for its prompt but never for its end is
 /// taken as finished once the agent's state file has said idle this long.
 pub const LOST_STOP_GRACE: Duration = Duration::from_secs(10);
+/// Claude Code writes its transcript lazily: a turn's reply is looked for
+/// there this long after the agent went idle before the task ends without
+/// it.
+pub const REPLY_GRACE: Duration = Duration::from_secs(5);
 
 /// The session a task is on, as the dispatcher sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,6 +51,8 @@ pub struct Probes {
     pub history: Option<Option<SystemTime>>,
     pub composer: Option<Composer>,
     pub pid_file: Option<Option<PidFile>>,
+    /// The reply to the task's prompt in the conversation's transcript.
+    pub reply: Option<Option<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +60,7 @@ pub enum Look {
     History,
     Composer,
     PidFile,
+    Transcript,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -280,14 +287,22 @@ fn running(
         && p.modified > started
         && (!hook_seen || since(now, p.modified) > LOST_STOP_GRACE)
     {
-        let why = if hook_seen {
-            "finished (its Stop hook never arrived; the agent has been idle since)"
-        } else {
-            "finished while the daemon was away"
+        // The agent's reply is in the transcript, hooks or not.
+        let reply = match &o.probes.reply {
+            None => return Step::Look(Look::Transcript),
+            Some(r) => r,
+        };
+        let message = match reply {
+            Some(r) => short(r, 200),
+            None if since(now, p.modified) < REPLY_GRACE => return Step::Wait,
+            None if hook_seen => {
+                "finished (its Stop hook never arrived; the agent has been idle since)".into()
+            }
+            None => "finished while the daemon was away".into(),
         };
         return Step::Finish {
             phase: TaskPhase::Succeeded,
-            message: why.into(),
+            message,
         };
     }
     Step::Wait
@@ -486,13 +501,27 @@ mod tests {
         o.started = Some(at(100));
         assert_eq!(advance(&t, &o, at(130), HOUR), Step::Look(Look::PidFile));
         o.probes.pid_file = Some(pid_file("idle", 120));
-        assert!(matches!(
+        // Its reply is read from the transcript.
+        assert_eq!(advance(&t, &o, at(130), HOUR), Step::Look(Look::Transcript));
+        o.probes.reply = Some(Some("All done.\nDetails follow.".into()));
+        assert_eq!(
             advance(&t, &o, at(130), HOUR),
             Step::Finish {
                 phase: TaskPhase::Succeeded,
-                ..
+                message: "All done.".into()
             }
-        ));
+        );
+        // No reply found there: it waits for the lazy write a moment...
+        o.probes.reply = Some(None);
+        assert_eq!(advance(&t, &o, at(124), HOUR), Step::Wait);
+        // ...then says how it knows the task ended.
+        assert_eq!(
+            advance(&t, &o, at(130), HOUR),
+            Step::Finish {
+                phase: TaskPhase::Succeeded,
+                message: "finished while the daemon was away".into()
+            }
+        );
         // Its prompt hook came: the Stop hook may just be late.
         o.hooked = Some(at(100));
         assert_eq!(advance(&t, &o, at(125), HOUR), Step::Wait);

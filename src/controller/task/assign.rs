@@ -4,6 +4,7 @@
 use crate::api::{
     Account, AccountPhase, Conditions, Session, SessionPhase, Task, TaskPhase, TaskPriority,
 };
+use crate::quota::policy::Policy;
 use crate::selector::Selector;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -18,6 +19,8 @@ pub struct DispatchSettings {
     pub max_attempts: u32,
     /// Model per priority when a task names none.
     pub models: HashMap<TaskPriority, String>,
+    /// The failover policy (drain: no new task onto a NearLimit account).
+    pub policy: Policy,
 }
 
 impl Default for DispatchSettings {
@@ -35,6 +38,7 @@ impl Default for DispatchSettings {
             .into_iter()
             .map(|(p, m)| (p, m.to_string()))
             .collect(),
+            policy: Policy::default(),
         }
     }
 }
@@ -148,11 +152,13 @@ pub fn marker_text(marker: &str) -> String {
 
 /// Whether the account a session runs on may take work now: not being
 /// left (a swap under way), not exhausted, unauthenticated or suspended;
-/// and when the session's last turn was cut short by a usage limit, only
+/// not NearLimit when the policy drains it, unless the failover controller
+/// said its sessions have nowhere to go (then work goes on until the
+/// limit); and when the session's last turn was cut short by a usage limit, only
 /// once the account controller has seen that limit and the account came
 /// back (otherwise a task requeued by the limit would go straight back into
 /// the same limit before the account is marked).
-pub fn account_takes_work(s: &Session, account: Option<&Account>) -> bool {
+pub fn account_takes_work(s: &Session, account: Option<&Account>, policy: &Policy) -> bool {
     let status = s.status.clone().unwrap_or_default();
     if status.last_swap.as_ref().is_some_and(|p| p.swapping()) {
         return false;
@@ -165,6 +171,10 @@ pub fn account_takes_work(s: &Session, account: Option<&Account>) -> bool {
         a.phase,
         None | Some(AccountPhase::Available | AccountPhase::NearLimit)
     ) {
+        return false;
+    }
+    let stuck = a.failover.as_ref().is_some_and(|f| f.no_target.is_some());
+    if a.phase == Some(AccountPhase::NearLimit) && policy.drains(account) && !stuck {
         return false;
     }
     // A launch since the cut (a failover to another account, a restart)
@@ -191,6 +201,7 @@ pub fn account_takes_work(s: &Session, account: Option<&Account>) -> bool {
 pub fn session_free(
     s: &Session,
     account: Option<&Account>,
+    policy: &Policy,
     busy: bool,
     last_finished: Option<SystemTime>,
     now: SystemTime,
@@ -206,7 +217,7 @@ pub fn session_free(
         && s.metadata.deletion_timestamp.is_none()
         && !busy
         && cooled
-        && account_takes_work(s, account)
+        && account_takes_work(s, account, policy)
 }
 
 #[cfg(test)]
@@ -346,6 +357,7 @@ mod tests {
                 priority: 0,
                 thresholds: Default::default(),
                 suspend: false,
+                policy: None,
             },
         );
         let mut st = crate::api::AccountStatus {
@@ -362,6 +374,25 @@ mod tests {
             crate::api::Time(k8s_openapi::jiff::Timestamp::from_second(available_since).unwrap()),
         );
         a.status = Some(st);
+        a
+    }
+
+    fn stuck(mut a: Account) -> Account {
+        a.status.as_mut().unwrap().failover = Some(crate::api::AccountFailover {
+            no_target: Some(crate::api::FailoverNote {
+                since: crate::api::now(),
+                message: "no other account is available".into(),
+            }),
+            ..Default::default()
+        });
+        a
+    }
+
+    fn no_drain(mut a: Account) -> Account {
+        a.spec.policy = Some(crate::api::AccountPolicy {
+            drain: Some(false),
+            failback: None,
+        });
         a
     }
 
@@ -430,15 +461,50 @@ mod tests {
                 false,
             ),
             ("no account", idle.clone(), None, false, None, true),
+            (
+                "near its limit: drained",
+                idle.clone(),
+                Some(account(AccountPhase::NearLimit, 10)),
+                false,
+                None,
+                false,
+            ),
+            (
+                "near its limit, nowhere to go: used until the limit",
+                idle.clone(),
+                Some(stuck(account(AccountPhase::NearLimit, 10))),
+                false,
+                None,
+                true,
+            ),
+            (
+                "near its limit, the account does not drain",
+                idle.clone(),
+                Some(no_drain(account(AccountPhase::NearLimit, 10))),
+                false,
+                None,
+                true,
+            ),
         ];
+        let policy = Policy::default();
         for (what, s, a, busy, last, want) in cases {
             let last = last.map(|t| SystemTime::UNIX_EPOCH + Duration::from_secs(t));
             assert_eq!(
-                session_free(&s, a.as_ref(), busy, last, now, cool),
+                session_free(&s, a.as_ref(), &policy, busy, last, now, cool),
                 want,
                 "{what}"
             );
         }
+        // The config's drain off: a NearLimit account keeps taking work.
+        let off = Policy {
+            drain: false,
+            ..Policy::default()
+        };
+        assert!(account_takes_work(
+            &idle,
+            Some(&account(AccountPhase::NearLimit, 10)),
+            &off
+        ));
         // A turn cut by a limit: only once the account came back after it.
         let mut cut = idle.clone();
         cut.status.as_mut().unwrap().interrupted = Some(crate::api::Interruption {
@@ -449,14 +515,16 @@ mod tests {
         // Moved to another account since the cut: that one takes work.
         let mut other = account(AccountPhase::Available, 10);
         other.metadata.name = Some("b".into());
-        assert!(account_takes_work(&cut, Some(&other)));
+        assert!(account_takes_work(&cut, Some(&other), &policy));
         assert!(!account_takes_work(
             &cut,
-            Some(&account(AccountPhase::Available, 10))
+            Some(&account(AccountPhase::Available, 10)),
+            &policy
         ));
         assert!(account_takes_work(
             &cut,
-            Some(&account(AccountPhase::Available, 600))
+            Some(&account(AccountPhase::Available, 600)),
+            &policy
         ));
         // Moved since to another account (available from before the cut).
         cut.status.as_mut().unwrap().launch = Some(crate::api::LaunchStatus {
@@ -468,7 +536,8 @@ mod tests {
         });
         assert!(account_takes_work(
             &cut,
-            Some(&account(AccountPhase::Available, 10))
+            Some(&account(AccountPhase::Available, 10)),
+            &policy
         ));
         // Being moved.
         let mut moving = idle;
@@ -481,6 +550,6 @@ mod tests {
             started_at: crate::api::micro_now(),
             spec_account: None,
         });
-        assert!(!account_takes_work(&moving, Some(&ok)));
+        assert!(!account_takes_work(&moving, Some(&ok), &policy));
     }
 }

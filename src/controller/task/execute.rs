@@ -3,6 +3,7 @@
 
 use super::advance::{self, Composer, Look, Observation, SessionView, Step};
 use super::assign::{self, Candidate, finished, in_flight, phase};
+use super::placement::{self, Place};
 use super::{AFTER_ASSIGN, Context, Error, IDLE_TICK, IN_FLIGHT_TICK, Memory};
 use crate::agent::driver::in_history;
 use crate::api::keys::{CANCEL, INBOX_FILE, TASK_FINALIZER};
@@ -197,6 +198,7 @@ async fn assign_pending(ctx: &Context, mem: &mut Memory) -> Result<bool, Error> 
             let free = assign::session_free(
                 s,
                 account_of(&accounts, s),
+                &ctx.settings.policy,
                 busy,
                 last,
                 now,
@@ -215,7 +217,78 @@ async fn assign_pending(ctx: &Context, mem: &mut Memory) -> Result<bool, Error> 
     for (ti, si) in &pairs {
         deliver(ctx, mem, pending[*ti], &sessions[*si], &accounts).await?;
     }
+    let assigned: Vec<usize> = pairs.iter().map(|(ti, _)| *ti).collect();
+    let places: Vec<Place> = sessions
+        .iter()
+        .zip(candidates)
+        .map(|(s, candidate)| Place {
+            blocked: session_blocked(s, &accounts),
+            candidate,
+        })
+        .collect();
+    let waiting = pending
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !assigned.contains(i))
+        .map(|(_, t)| *t);
+    tell_unplaceable(ctx, waiting, &places).await?;
     Ok(!pairs.is_empty())
+}
+
+/// Why a session cannot take work for a while, if it cannot.
+fn session_blocked(s: &Session, accounts: &[Arc<Account>]) -> Option<String> {
+    if s.metadata.deletion_timestamp.is_some() {
+        return Some("being deleted".into());
+    }
+    if s.spec.suspend {
+        return Some("suspended".into());
+    }
+    account_of(accounts, s).and_then(placement::account_blocked)
+}
+
+/// Writes the `Scheduled` condition of the pending tasks that cannot be
+/// placed (and takes it off those that now can). Tasks with the same
+/// targeting share one answer.
+async fn tell_unplaceable<'a>(
+    ctx: &Context,
+    waiting: impl Iterator<Item = &'a Task>,
+    places: &[Place],
+) -> Result<(), Error> {
+    let mut answers: HashMap<String, Option<(&'static str, String)>> = HashMap::new();
+    for t in waiting {
+        let targeting = serde_json::json!([
+            t.metadata.namespace,
+            t.spec.session,
+            t.spec.session_selector,
+            t.spec.workdir,
+            t.status.as_ref().and_then(|s| s.replay_on.clone()),
+        ])
+        .to_string();
+        let why = answers
+            .entry(targeting)
+            .or_insert_with(|| placement::unplaceable(t, places));
+        if !placement::needs_write(t, why.as_ref()) {
+            continue;
+        }
+        let mut st = t.status.clone().unwrap_or_default();
+        st.phase = Some(TaskPhase::Pending);
+        match why {
+            Some((reason, message)) => {
+                crate::api::set_condition(
+                    &mut st.conditions,
+                    placement::SCHEDULED,
+                    false,
+                    reason,
+                    message,
+                    t.metadata.generation,
+                    crate::api::now(),
+                );
+            }
+            None => st.conditions.retain(|c| c.type_ != placement::SCHEDULED),
+        }
+        write(ctx, t, st, Durability::Soon).await?;
+    }
+    Ok(())
 }
 
 /// A replay whose session is gone (or going) may run anywhere.
@@ -307,6 +380,15 @@ async fn deliver(
     status.message = None;
     let replay = status.replay_on.take().is_some();
     status.observed_generation = t.metadata.generation;
+    crate::api::set_condition(
+        &mut status.conditions,
+        placement::SCHEDULED,
+        true,
+        placement::DISPATCHED,
+        &format!("dispatched to session {}", skey.name),
+        t.metadata.generation,
+        crate::api::now(),
+    );
     // The intent, durable before anything is typed, with the finalizer (a
     // delete from now on waits for us), in one write: the task as this
     // pass saw it, or nothing.
@@ -544,6 +626,21 @@ async fn look(
                 _ => Composer::Gone,
             });
         }
+        Look::Transcript => {
+            let marker = t.status.as_ref().and_then(|x| x.marker.clone());
+            let id = s.status.as_ref().and_then(|x| x.agent_session_id.clone());
+            let shared = sh.settings.shared_projects.clone();
+            o.probes.reply = Some(match (marker, id) {
+                (Some(marker), Some(id)) => {
+                    sh.blocking(move |_| {
+                        let path = crate::agent::seed::transcript(&shared, &id)?;
+                        crate::agent::transcript::reply_to(&path, &marker)
+                    })
+                    .await
+                }
+                _ => None,
+            });
+        }
         Look::PidFile => {
             let pid = s.status.as_ref().and_then(|x| x.pid);
             o.probes.pid_file = Some(match pid {
@@ -649,6 +746,11 @@ async fn write(
     status: TaskStatus,
     durability: Durability,
 ) -> Result<bool, Error> {
+    let mut status = status;
+    crate::api::set_job_conditions(&mut status, t.metadata.generation, crate::api::now());
+    let ended = |s: Option<&TaskStatus>| s.and_then(|s| s.phase).is_some_and(assign::finished);
+    // Its end is observed once: by the write that records it.
+    let ends = (ended(Some(&status)) && !ended(t.status.as_ref())).then(|| status.clone());
     let mut next = t.clone();
     next.status = Some(status);
     let result = ctx
@@ -661,6 +763,11 @@ async fn write(
         .await;
     match result {
         Ok(obj) => {
+            if let Some(end) = ends {
+                ctx.shared
+                    .metrics
+                    .observe_task_end(obj.metadata.creation_timestamp.as_ref(), &end);
+            }
             ctx.shared.caches.tasks.wrote(obj);
             Ok(true)
         }

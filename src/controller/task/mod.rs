@@ -25,6 +25,7 @@
 pub mod advance;
 pub mod assign;
 mod execute;
+mod placement;
 
 use super::Shared;
 use crate::agent::terminal::TerminalError;

@@ -102,19 +102,47 @@ async fn delegate(
         .await?
         .value
         .ok_or_else(|| ToolError(format!("session {} no longer exists", agent.name)))?;
-    let current = match me.pointer("/status/currentTask").and_then(Value::as_str) {
-        Some(t) => {
-            let key = ObjectKey::new(Kind::Task, &agent.namespace, t);
-            let depth = shared
-                .pool
-                .get(&key)
-                .await?
-                .value
-                .map(|v| delegation::depth_of(&v))
-                .unwrap_or(0);
-            Some((t.to_string(), depth))
-        }
-        None => None,
+    // The task the agent is working on: the one in flight on its session
+    // (the Session's currentTask can lag behind a quick turn, and a stale
+    // one would make a delegation look shallower than it is).
+    let tasks = shared
+        .pool
+        .list(Kind::Task, Some(&agent.namespace))
+        .await?
+        .value;
+    let in_flight = tasks
+        .iter()
+        .filter(|t| t.pointer("/status/session").and_then(Value::as_str) == Some(&agent.name))
+        .filter(|t| {
+            matches!(
+                t.pointer("/status/phase").and_then(Value::as_str),
+                Some("Dispatched" | "Running")
+            )
+        })
+        .max_by_key(|t| {
+            t.pointer("/status/dispatchedAt")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        });
+    let current = match in_flight {
+        Some(t) => t
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .map(|n| (n.to_string(), delegation::depth_of(t))),
+        None => match me.pointer("/status/currentTask").and_then(Value::as_str) {
+            Some(t) => {
+                let key = ObjectKey::new(Kind::Task, &agent.namespace, t);
+                let depth = shared
+                    .pool
+                    .get(&key)
+                    .await?
+                    .value
+                    .map(|v| delegation::depth_of(&v))
+                    .unwrap_or(0);
+                Some((t.to_string(), depth))
+            }
+            None => None,
+        },
     };
     let d = delegation::plan(
         &agent.name,
