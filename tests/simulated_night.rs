@@ -160,14 +160,7 @@ fn a_night_of_windows_loses_nothing_and_never_flaps() {
     over.store(true, Ordering::Relaxed);
     sampler.join().unwrap();
     let samples = samples.lock().unwrap().clone();
-    let mut swaps: Vec<SwapRecord> = store
-        .api::<claude_failover::api::Swap>(None)
-        .list()
-        .unwrap()
-        .into_iter()
-        .map(SwapRecord::from)
-        .collect();
-    swaps.sort_by_key(|s| s.epoch);
+    let swaps: Vec<SwapRecord> = common::pool::swaps_in(&env.store());
 
     // The night, for a person to look at.
     let table = chart::table(&samples, &swaps, &ACCOUNTS, t0, Duration::from_secs(2));
