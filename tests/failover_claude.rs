@@ -23,29 +23,6 @@ fn epoch_in(secs: u64) -> String {
         .to_string()
 }
 
-/// One account's usage as the API reports it on each answer.
-fn usage(api: &FakeApi, token: &str, five_hour: f64, reset_in: u64) {
-    let reset = epoch_in(reset_in);
-    let week = epoch_in(6 * 24 * 3600);
-    api.set_headers_for(
-        token,
-        &[
-            ("anthropic-ratelimit-unified-status", "allowed"),
-            (
-                "anthropic-ratelimit-unified-5h-utilization",
-                &five_hour.to_string(),
-            ),
-            ("anthropic-ratelimit-unified-5h-reset", &reset),
-            ("anthropic-ratelimit-unified-7d-utilization", "0.1"),
-            ("anthropic-ratelimit-unified-7d-reset", &week),
-            (
-                "anthropic-ratelimit-unified-representative-claim",
-                "five_hour",
-            ),
-        ],
-    );
-}
-
 /// The next main request is rejected for usage (HTTP 429, `rejected`).
 fn reject_next(api: &FakeApi, reset_in: u64) {
     let reset = epoch_in(reset_in);
@@ -84,18 +61,6 @@ fn ready_on(v: &Value, account: &str) -> bool {
         && v["status"]["lastSwap"]["state"] == "Done"
 }
 
-/// Waits for a main request mentioning `needle`; returns the last such.
-fn request_with(pool: &Pool, needle: &str) -> common::fake_api::Recorded {
-    let reqs = pool.api.wait_for(
-        |r| r.iter().any(|q| q.is_main() && q.mentions(needle)),
-        2 * MINUTE,
-    );
-    reqs.into_iter()
-        .rev()
-        .find(|q| q.is_main() && q.mentions(needle))
-        .unwrap()
-}
-
 #[test]
 #[cfg_attr(
     not(claude_code),
@@ -104,8 +69,8 @@ fn request_with(pool: &Pool, needle: &str) -> common::fake_api::Recorded {
 fn crossing_the_threshold_moves_every_session_and_the_conversation_goes_on() {
     let claude = claude();
     let mut pool = Pool::new(claude);
-    usage(&pool.api, TOKEN_A, 0.5, 3600);
-    usage(&pool.api, TOKEN_B, 0.1, 3600);
+    pool.api.set_usage_for(TOKEN_A, 0.5, 3600);
+    pool.api.set_usage_for(TOKEN_B, 0.1, 3600);
     pool.apply(&pool.account_with_token("a", 0, TOKEN_A));
     pool.apply(&pool.account_with_token("b", 10, TOKEN_B));
     pool.apply(&pool.session_yaml("one", None, &[]));
@@ -140,7 +105,8 @@ fn crossing_the_threshold_moves_every_session_and_the_conversation_goes_on() {
     // A first turn on a: its statusLine reports 50 % of the 5-hour window.
     pool.type_prompt("one", "first turn: remember the word TANGERINE");
     assert_eq!(
-        request_with(&pool, "remember the word TANGERINE").credential(),
+        pool.request_with("remember the word TANGERINE")
+            .credential(),
         Some(TOKEN_A)
     );
     let a = pool.wait_account("a", "50% used", |v| {
@@ -151,9 +117,9 @@ fn crossing_the_threshold_moves_every_session_and_the_conversation_goes_on() {
     pool.wait_phase("one", "Idle");
 
     // The next answer says 95 %: over the 90 % threshold.
-    usage(&pool.api, TOKEN_A, 0.95, 3600);
+    pool.api.set_usage_for(TOKEN_A, 0.95, 3600);
     pool.type_prompt("one", "second turn: and the colour ORANGE");
-    request_with(&pool, "and the colour ORANGE");
+    pool.request_with("and the colour ORANGE");
     pool.wait_account("a", "NearLimit", |v| v["status"]["phase"] == "NearLimit");
 
     // Both sessions move to b, resumed.
@@ -165,7 +131,7 @@ fn crossing_the_threshold_moves_every_session_and_the_conversation_goes_on() {
 
     // The conversation goes on under b's credentials, with its history.
     pool.type_prompt("one", "third turn: which word and colour?");
-    let third = request_with(&pool, "which word and colour?");
+    let third = pool.request_with("which word and colour?");
     assert_eq!(third.credential(), Some(TOKEN_B), "b's credentials");
     let texts = third.message_texts();
     for earlier in ["remember the word TANGERINE", "and the colour ORANGE"] {
@@ -240,8 +206,8 @@ fn crossing_the_threshold_moves_every_session_and_the_conversation_goes_on() {
 fn a_usage_limit_in_the_middle_of_a_task_swaps_and_replays_it() {
     let claude = claude();
     let mut pool = Pool::new(claude);
-    usage(&pool.api, TOKEN_A, 0.6, 3600);
-    usage(&pool.api, TOKEN_B, 0.1, 3600);
+    pool.api.set_usage_for(TOKEN_A, 0.6, 3600);
+    pool.api.set_usage_for(TOKEN_B, 0.1, 3600);
     pool.apply(&pool.account_with_token("a", 0, TOKEN_A));
     pool.apply(&pool.account_with_token("b", 10, TOKEN_B));
     pool.apply(&pool.session_yaml("worker", None, &[]));
@@ -252,7 +218,7 @@ fn a_usage_limit_in_the_middle_of_a_task_swaps_and_replays_it() {
     // The task's request is rejected: a's limit is reached mid-task.
     reject_next(&pool.api, 3600);
     pool.apply(&pool.task_yaml("refactor", "refactor the LEMON module", ""));
-    let rejected = request_with(&pool, "refactor the LEMON module");
+    let rejected = pool.request_with("refactor the LEMON module");
     assert_eq!(rejected.credential(), Some(TOKEN_A));
 
     pool.wait_account("a", "Exhausted", |v| v["status"]["phase"] == "Exhausted");
@@ -315,9 +281,9 @@ fn with_no_account_left_sessions_wait_and_continue_after_the_reset() {
     }
     // The window resets a minute from now; the first answer says so.
     let reset_in = 60;
-    usage(&pool.api, TOKEN_A, 0.8, reset_in);
+    pool.api.set_usage_for(TOKEN_A, 0.8, reset_in);
     pool.type_prompt("idle", "a first turn on the IDLE session");
-    request_with(&pool, "a first turn on the IDLE session");
+    pool.request_with("a first turn on the IDLE session");
     pool.wait_account("a", "a reading with its reset", |v| {
         v["status"]["usage"]["fiveHour"]["utilization"] == 80.0
     });
@@ -330,12 +296,12 @@ fn with_no_account_left_sessions_wait_and_continue_after_the_reset() {
         "run the nightly KIWI report",
         "  session: solo\n",
     ));
-    request_with(&pool, "run the nightly KIWI report");
+    pool.request_with("run the nightly KIWI report");
     let a = pool.wait_account("a", "Exhausted", |v| v["status"]["phase"] == "Exhausted");
     assert!(a["status"]["limit"]["resetsAt"].is_string(), "{a}");
     reject_next(&pool.api, reset_in);
     pool.type_prompt("idle", "a second turn on the IDLE session");
-    request_with(&pool, "a second turn on the IDLE session");
+    pool.request_with("a second turn on the IDLE session");
 
     // No other account: they wait, and say why.
     for s in ["solo", "idle"] {
@@ -353,7 +319,7 @@ fn with_no_account_left_sessions_wait_and_continue_after_the_reset() {
     );
 
     // The reset comes: the task is replayed, the cut turn continued.
-    usage(&pool.api, TOKEN_A, 0.0, 3600);
+    pool.api.set_usage_for(TOKEN_A, 0.0, 3600);
     pool.wait_account("a", "Available again", |v| {
         v["status"]["phase"] == "Available"
     });
@@ -423,10 +389,10 @@ fn concurrent_triggers_and_two_daemons_never_swap_twice_at_once() {
     const TOKEN_D: &str = "sk-ant-oat01-failover-test-account-d";
     let mut pool = Pool::new(claude);
     for t in [TOKEN_A, TOKEN_B] {
-        usage(&pool.api, t, 0.5, 3600);
+        pool.api.set_usage_for(t, 0.5, 3600);
     }
     for t in [TOKEN_C, TOKEN_D] {
-        usage(&pool.api, t, 0.1, 3600);
+        pool.api.set_usage_for(t, 0.1, 3600);
     }
     pool.apply(&pool.account_with_token("a", 0, TOKEN_A));
     pool.apply(&pool.account_with_token("b", 0, TOKEN_B));
@@ -448,8 +414,8 @@ fn concurrent_triggers_and_two_daemons_never_swap_twice_at_once() {
     // 1. Concurrent triggers: a and b cross their threshold at once. The
     //    swaps take turns under the lease; both sessions land on c (the
     //    most headroom, then priority).
-    usage(&pool.api, TOKEN_A, 0.97, 3600);
-    usage(&pool.api, TOKEN_B, 0.97, 3600);
+    pool.api.set_usage_for(TOKEN_A, 0.97, 3600);
+    pool.api.set_usage_for(TOKEN_B, 0.97, 3600);
     pool.type_prompt("on-a", "the turn that fills account a");
     pool.type_prompt("on-b", "the turn that fills account b");
     for s in ["on-a", "on-b"] {
@@ -509,7 +475,7 @@ fn concurrent_triggers_and_two_daemons_never_swap_twice_at_once() {
         ("on-b", "the turn that fills account b"),
     ] {
         pool.type_prompt(s, &format!("after the moves: {s}"));
-        let q = request_with(&pool, &format!("after the moves: {s}"));
+        let q = pool.request_with(&format!("after the moves: {s}"));
         assert_eq!(q.credential(), Some(TOKEN_D));
         assert!(q.message_texts().iter().any(|t| t.contains(text)));
     }

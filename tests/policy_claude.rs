@@ -4,62 +4,16 @@
 //! conversation going on), with the fake API's per-credential usage.
 
 mod common;
-use common::fake_api::FakeApi;
 use common::pool::{Pool, claude};
-use std::time::{Duration, SystemTime};
 
 const TOKEN_A: &str = "sk-ant-oat01-policy-test-account-a";
 const TOKEN_B: &str = "sk-ant-oat01-policy-test-account-b";
-const MINUTE: Duration = Duration::from_secs(60);
-
-/// One account's 5-hour usage as the API reports it on each answer.
-fn usage(api: &FakeApi, token: &str, five_hour: f64) {
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    api.set_headers_for(
-        token,
-        &[
-            ("anthropic-ratelimit-unified-status", "allowed"),
-            (
-                "anthropic-ratelimit-unified-5h-utilization",
-                &five_hour.to_string(),
-            ),
-            (
-                "anthropic-ratelimit-unified-5h-reset",
-                &(now + 3600).to_string(),
-            ),
-            ("anthropic-ratelimit-unified-7d-utilization", "0.1"),
-            (
-                "anthropic-ratelimit-unified-7d-reset",
-                &(now + 6 * 86400).to_string(),
-            ),
-            (
-                "anthropic-ratelimit-unified-representative-claim",
-                "five_hour",
-            ),
-        ],
-    );
-}
 
 fn on(v: &serde_json::Value, account: &str) -> bool {
     v["status"]["account"] == account
         && v["status"]["phase"] == "Idle"
         && v["status"]["lastSwap"]["state"] == "Done"
         && v["status"]["lastSwap"]["to"] == account
-}
-
-/// The last main request that mentions `needle`.
-fn request_with(pool: &Pool, needle: &str) -> common::fake_api::Recorded {
-    let reqs = pool.api.wait_for(
-        |r| r.iter().any(|q| q.is_main() && q.mentions(needle)),
-        2 * MINUTE,
-    );
-    reqs.into_iter()
-        .rev()
-        .find(|q| q.is_main() && q.mentions(needle))
-        .unwrap()
 }
 
 #[test]
@@ -69,8 +23,8 @@ fn request_with(pool: &Pool, needle: &str) -> common::fake_api::Recorded {
 )]
 fn a_draining_account_takes_no_task_and_its_sessions_come_back_when_it_reopens() {
     let mut pool = Pool::new(claude());
-    usage(&pool.api, TOKEN_A, 0.5);
-    usage(&pool.api, TOKEN_B, 0.1);
+    pool.api.set_usage_for(TOKEN_A, 0.5, 3600);
+    pool.api.set_usage_for(TOKEN_B, 0.1, 3600);
     // a is preferred (lowest priority value); both sessions start there.
     pool.apply(&pool.account_with_token("a", 0, TOKEN_A));
     pool.apply(&pool.account_with_token("b", 10, TOKEN_B));
@@ -88,12 +42,12 @@ fn a_draining_account_takes_no_task_and_its_sessions_come_back_when_it_reopens()
     // A task on a, whose answer says 95 %: a is near its limit.
     pool.apply(&pool.task_yaml("fill", "first: remember the word QUINCE", ""));
     assert_eq!(
-        request_with(&pool, "remember the word QUINCE").credential(),
+        pool.request_with("remember the word QUINCE").credential(),
         Some(TOKEN_A)
     );
-    usage(&pool.api, TOKEN_A, 0.95);
+    pool.api.set_usage_for(TOKEN_A, 0.95, 3600);
     pool.apply(&pool.task_yaml("over", "second: and the number SEVEN", ""));
-    request_with(&pool, "and the number SEVEN");
+    pool.request_with("and the number SEVEN");
     pool.wait_account("a", "NearLimit", |v| v["status"]["phase"] == "NearLimit");
     // Work queued from here on goes to b only (drain), once the sessions
     // have moved there.
@@ -108,7 +62,7 @@ fn a_draining_account_takes_no_task_and_its_sessions_come_back_when_it_reopens()
     }
     for needle in ["the first queued task", "the second queued task"] {
         assert_eq!(
-            request_with(&pool, needle).credential(),
+            pool.request_with(needle).credential(),
             Some(TOKEN_B),
             "{needle}: typed into a session on the draining account"
         );
@@ -121,7 +75,7 @@ fn a_draining_account_takes_no_task_and_its_sessions_come_back_when_it_reopens()
     );
 
     // a's window reopens: its poll (no session reports on it now) says 5 %.
-    usage(&pool.api, TOKEN_A, 0.05);
+    pool.api.set_usage_for(TOKEN_A, 0.05, 3600);
     pool.api.route(
         "GET",
         "/api/oauth/usage",
@@ -160,7 +114,7 @@ fn a_draining_account_takes_no_task_and_its_sessions_come_back_when_it_reopens()
         "fifth: which word?",
         &format!("  session: {who}\n"),
     ));
-    let fifth = request_with(&pool, "fifth: which word?");
+    let fifth = pool.request_with("fifth: which word?");
     assert_eq!(fifth.credential(), Some(TOKEN_A));
     assert!(
         fifth

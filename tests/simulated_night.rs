@@ -23,15 +23,17 @@ const ACCOUNTS: [&str; 3] = ["a", "b", "c"];
 const SESSIONS: usize = 4;
 /// A "5-hour" window of the simulated accounts.
 const WINDOW: Duration = Duration::from_secs(24);
-/// Tokens per window per account: twenty turns.
-const BUDGET: u64 = 40_000;
+/// Tokens per window per account: thirty turns (eighteen before it
+/// drains), so that the three accounts' supply is twice the stream's
+/// demand even when a loaded machine lets a backlog build and then clears
+/// it in a burst.
+const BUDGET: u64 = 60_000;
 const TOKENS_PER_TURN: u64 = 2_000;
 /// Near its limit at 60 %: the turns under way when it drains (one per
 /// session at most) stay within the budget.
 const THRESHOLD: u8 = 60;
 const TASKS: usize = 80;
-/// The stream's pace: below the pool's supply (three accounts of twelve
-/// turns each per window before they drain), above one account's, so
+/// The stream's pace: below the pool's supply, above one account's, so
 /// accounts fill, drain and reset.
 const TASK_EVERY: Duration = Duration::from_millis(1000);
 /// How often the timeline looks at the store.
@@ -160,14 +162,7 @@ fn a_night_of_windows_loses_nothing_and_never_flaps() {
     over.store(true, Ordering::Relaxed);
     sampler.join().unwrap();
     let samples = samples.lock().unwrap().clone();
-    let mut swaps: Vec<SwapRecord> = store
-        .api::<claude_failover::api::Swap>(None)
-        .list()
-        .unwrap()
-        .into_iter()
-        .map(SwapRecord::from)
-        .collect();
-    swaps.sort_by_key(|s| s.epoch);
+    let swaps: Vec<SwapRecord> = common::pool::swaps_in(&env.store());
 
     // The night, for a person to look at.
     let table = chart::table(&samples, &swaps, &ACCOUNTS, t0, Duration::from_secs(2));
@@ -181,6 +176,14 @@ fn a_night_of_windows_loses_nothing_and_never_flaps() {
         chart::save(std::path::Path::new(&p), &svg);
     }
 
+    // Within quota: the drain kept every account off its hard limit (where
+    // a swap cuts the turns under way, and replays them).
+    for (i, name) in ACCOUNTS.iter().enumerate() {
+        assert!(
+            samples.iter().all(|s| s.accounts[i].1 != "Exhausted"),
+            "{name} hit its limit\n{table}"
+        );
+    }
     // No task lost, none typed twice.
     let taken = prompts(&env);
     for i in 0..TASKS {
@@ -189,7 +192,10 @@ fn a_night_of_windows_loses_nothing_and_never_flaps() {
             .values()
             .map(|v| v.iter().filter(|(_, p)| p.starts_with(&want)).count())
             .sum();
-        assert_eq!(n, 1, "{want} typed {n} times\n{table}");
+        if n != 1 {
+            let story = env.ok(&["describe", "task", &format!("night-{i:03}")]);
+            panic!("{want} typed {n} times\n{story}\n{table}");
+        }
     }
     // One swap at a time: each starts after the one before ended.
     for pair in swaps.windows(2) {
@@ -239,13 +245,6 @@ fn a_night_of_windows_loses_nothing_and_never_flaps() {
                 "{prompt:?} typed into {name} at {t:?} while it drained\n{table}"
             );
         }
-    }
-    // Within quota: the drain kept every account off its hard limit.
-    for (i, name) in ACCOUNTS.iter().enumerate() {
-        assert!(
-            samples.iter().all(|s| s.accounts[i].1 != "Exhausted"),
-            "{name} hit its limit\n{table}"
-        );
     }
     let used = ACCOUNTS.iter().filter(|a| !taken[**a].is_empty()).count();
     assert!(used >= 2, "the night stayed on one account\n{table}");

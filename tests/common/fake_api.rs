@@ -610,6 +610,40 @@ impl FakeApi {
         );
     }
 
+    /// One account's usage as the API reports it on each answer to
+    /// `credential`: the 5-hour window at `five_hour` (0..1), resetting in
+    /// `reset_in` seconds; the weekly one at 10 %.
+    pub fn set_usage_for(&self, credential: &str, five_hour: f64, reset_in: u64) {
+        let epoch_in = |secs: u64| {
+            (std::time::SystemTime::now()
+                .duration_since(std::time::SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                + secs)
+                .to_string()
+        };
+        self.set_headers_for(
+            credential,
+            &[
+                ("anthropic-ratelimit-unified-status", "allowed"),
+                (
+                    "anthropic-ratelimit-unified-5h-utilization",
+                    &five_hour.to_string(),
+                ),
+                ("anthropic-ratelimit-unified-5h-reset", &epoch_in(reset_in)),
+                ("anthropic-ratelimit-unified-7d-utilization", "0.1"),
+                (
+                    "anthropic-ratelimit-unified-7d-reset",
+                    &epoch_in(6 * 24 * 3600),
+                ),
+                (
+                    "anthropic-ratelimit-unified-representative-claim",
+                    "five_hour",
+                ),
+            ],
+        );
+    }
+
     pub fn clear_headers(&self) {
         self.shared.lock().headers.clear();
     }

@@ -25,6 +25,20 @@ pub struct SwapRecord {
     pub result: String,
 }
 
+/// The swap records in the store at `store`, oldest epoch first.
+pub fn swaps_in(store: &Path) -> Vec<SwapRecord> {
+    let store = claude_failover::store::Store::open(store).unwrap();
+    let mut all: Vec<SwapRecord> = store
+        .api::<claude_failover::api::Swap>(None)
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(SwapRecord::from)
+        .collect();
+    all.sort_by_key(|r| r.epoch);
+    all
+}
+
 impl From<claude_failover::api::Swap> for SwapRecord {
     fn from(s: claude_failover::api::Swap) -> Self {
         let st = s.status.unwrap_or_default();
@@ -143,16 +157,19 @@ impl Pool {
 
     /// The swap records the daemons wrote, oldest epoch first.
     pub fn swaps(&self) -> Vec<SwapRecord> {
-        let store = claude_failover::store::Store::open(self.env.store()).unwrap();
-        let mut all: Vec<SwapRecord> = store
-            .api::<claude_failover::api::Swap>(None)
-            .list()
+        swaps_in(&self.env.store())
+    }
+
+    /// Waits for a main request mentioning `needle`; returns the last such.
+    pub fn request_with(&self, needle: &str) -> super::fake_api::Recorded {
+        let reqs = self.api.wait_for(
+            |r| r.iter().any(|q| q.is_main() && q.mentions(needle)),
+            LONG,
+        );
+        reqs.into_iter()
+            .rev()
+            .find(|q| q.is_main() && q.mentions(needle))
             .unwrap()
-            .into_iter()
-            .map(SwapRecord::from)
-            .collect();
-        all.sort_by_key(|r| r.epoch);
-        all
     }
 
     /// The swap lease: (held, epoch).
