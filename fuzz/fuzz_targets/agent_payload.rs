@@ -28,5 +28,5 @@ fuzz_target!(|data: &[u8]| {
     s.statusline(key, &payload);
     let _ = claude_failover::quota::from_statusline(&payload, std::time::SystemTime::now());
     let _ = s.get(key);
-    s.reset(key);
+    s.reset(key, Some("a"));
 });

@@ -43,7 +43,8 @@ pub struct WaitArgs {
 /// `30s`, `5m`, `1h`, `500ms`, `1m30s`; a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if let Ok(n) = s.parse::<f64>() {
-        return Ok(Duration::from_secs_f64(n.max(0.0)));
+        return Duration::try_from_secs_f64(n.max(0.0))
+            .map_err(|_| format!("{s}: too long a duration"));
     }
     let mut total = Duration::ZERO;
     let mut rest = s;

@@ -353,6 +353,23 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, YamlError> {
                 Ok(())
             }
             Some(Frame::Map(_, entries, merged, pending, _)) => match pending.take() {
+                // Keys end up as JSON object keys: text. A mapping or a list
+                // as a key (YAML's `? ` complex keys) has no meaning here, and
+                // rendering nested ones as text grows exponentially.
+                None if matches!(node.kind, NodeKind::Seq(_) | NodeKind::Map(_)) => {
+                    Err(YamlError {
+                        pos: node.pos,
+                        path: Vec::new(),
+                        message: format!(
+                            "a {} cannot be a key: keys are plain text",
+                            if matches!(node.kind, NodeKind::Seq(_)) {
+                                "list"
+                            } else {
+                                "mapping"
+                            }
+                        ),
+                    })
+                }
                 None => {
                     *pending = Some(node);
                     Ok(())
@@ -655,6 +672,28 @@ mod tests {
     fn anchors_aliases_and_merge() {
         let n = one("base: &b {x: 1, y: 2}\nthing:\n  <<: *b\n  y: 3\n");
         assert_eq!(n.to_json()["thing"], serde_json::json!({"y":3,"x":1}));
+    }
+
+    #[test]
+    fn a_mapping_or_a_list_is_no_key() {
+        for (text, what) in [("? {a: 1}\n: x\n", "mapping"), ("? [a, b]\n: x\n", "list")] {
+            let e = parse_documents(text).unwrap_err();
+            assert_eq!(
+                e.message,
+                format!("a {what} cannot be a key: keys are plain text")
+            );
+            assert_eq!((e.pos.line, e.pos.col), (1, 3));
+        }
+        // Nested complex keys (a fuzzer's find: their text doubled at each
+        // level, fuzz/corpus/manifest_decode/nested-complex-keys) are refused
+        // at the innermost.
+        let nested = " ? ? - ? ? ".repeat(12) + "z\n";
+        assert!(
+            parse_documents(&nested)
+                .unwrap_err()
+                .message
+                .contains("cannot be a key")
+        );
     }
 
     #[test]

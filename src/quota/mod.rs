@@ -286,7 +286,11 @@ pub fn from_statusline(input: &serde_json::Value, at: SystemTime) -> Vec<(Window
                 .get("resets_at")
                 .and_then(serde_json::Value::as_f64)
                 .filter(|s| *s > 0.0)
-                .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs_f64(s));
+                // A time past what the clock holds is no time (a fuzzer's
+                // find: it panicked).
+                .and_then(|s| {
+                    SystemTime::UNIX_EPOCH.checked_add(Duration::try_from_secs_f64(s).ok()?)
+                });
             Some((
                 *w,
                 Reading {
@@ -426,6 +430,14 @@ mod tests {
                 "{rs:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_reset_time_past_the_clock_is_none() {
+        let v = serde_json::json!({"rate_limits": {"five_hour": {"used_percentage": 42, "resets_at": 1.75e76}}});
+        let r = from_statusline(&v, SystemTime::UNIX_EPOCH);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].1.resets_at, None);
     }
 
     #[test]

@@ -159,8 +159,9 @@ impl Memory {
             return None;
         }
         let per_sec = rise / span.as_secs_f64();
-        let at =
-            last.observed_at + Duration::from_secs_f64((threshold - last.utilization) / per_sec);
+        let at = last.observed_at.checked_add(
+            Duration::try_from_secs_f64((threshold - last.utilization) / per_sec).ok()?,
+        )?;
         // Past the reset the window starts over: no limit this window.
         match last.resets_at {
             Some(r) if at >= r => None,

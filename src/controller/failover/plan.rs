@@ -659,8 +659,15 @@ impl Planner<'_, '_> {
             self.roll_back(swap, s, x, why);
             return;
         }
+        // Launched for this placement (its epoch), or on the target since
+        // the session was placed there: a daemon that took over may have
+        // relaunched it from the placement of the interrupted epoch before
+        // the recovery re-stamped it, and the resume is just as good.
+        let placed_at = x.placed_at.as_ref().map(system);
         let launch = st.launch.as_ref().filter(|l| {
-            l.epoch == Some(epoch) && l.account.as_deref() == Some(to) && l.confirmed_at.is_some()
+            let ours =
+                l.epoch == Some(epoch) || placed_at.is_some_and(|p| SystemTime::from(l.at.0) >= p);
+            ours && l.account.as_deref() == Some(to) && l.confirmed_at.is_some()
         });
         if let Some(l) = launch {
             x.step = SwapStep::Confirmed;

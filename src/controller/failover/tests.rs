@@ -151,6 +151,23 @@ impl Scene {
         }
     }
 
+    /// Applies what daemon `who` would write: whatever it starts, it holds.
+    pub(super) fn apply_as(&mut self, who: &str, actions: Vec<Action>) {
+        let (started, rest): (Vec<Action>, Vec<Action>) = actions
+            .into_iter()
+            .partition(|x| matches!(x, Action::Start(_)));
+        for x in started {
+            if let Action::Start(s) = x {
+                self.lease = LeaseView {
+                    holder: Some(who.into()),
+                    epoch: s.spec.epoch,
+                };
+                self.swaps.push(*s);
+            }
+        }
+        self.apply(&rest);
+    }
+
     pub(super) fn step_of(&self, session: &str) -> SwapStep {
         let sw = self.swaps.last().unwrap();
         state_of(sw)
@@ -423,21 +440,7 @@ fn a_leader_dying_at_any_step_is_taken_over_under_a_new_epoch() {
             if a.is_empty() {
                 break;
             }
-            // Whatever the new leader starts, it holds.
-            for x in &a {
-                if let Action::Start(s) = x {
-                    w.lease = LeaseView {
-                        holder: Some("next".into()),
-                        epoch: s.spec.epoch,
-                    };
-                    w.swaps.push((**s).clone());
-                }
-            }
-            let rest: Vec<Action> = a
-                .into_iter()
-                .filter(|x| !matches!(x, Action::Start(_)))
-                .collect();
-            w.apply(&rest);
+            w.apply_as("next", a);
             // Agents answer the re-stamped placements.
             for name in ["s1", "s2"] {
                 let p = w
@@ -485,4 +488,45 @@ fn a_leader_dying_at_any_step_is_taken_over_under_a_new_epoch() {
             );
         }
     }
+}
+
+#[test]
+fn a_relaunch_from_the_interrupted_epoch_confirms_the_recovery() {
+    // The leader placed s1 (epoch 1) and died; the next leader's session
+    // controller relaunched s1 on b from that placement before the
+    // recovery (epoch 2) re-stamped it.
+    let mut w = Scene::new(1000);
+    let a = w.plan();
+    w.apply(&a);
+    w.now = at(1010);
+    let recovery = w.plan_as("next");
+    assert!(
+        starts(&recovery)
+            .iter()
+            .any(|s| s.spec.reason == "Recovery")
+    );
+    w.apply_as("next", recovery);
+    // Launched on b under the old epoch, after the placement, and resumed.
+    w.relaunched("s1", "b", 1, true);
+    w.sessions[0]
+        .status
+        .as_mut()
+        .unwrap()
+        .launch
+        .as_mut()
+        .unwrap()
+        .at = crate::api::micro(at(1005));
+    let next = w.plan_as("next");
+    assert!(events(&next).contains(&"Swapped"), "{next:#?}");
+    // A launch on b from before the placement is no confirmation.
+    let mut old = w;
+    old.sessions[0]
+        .status
+        .as_mut()
+        .unwrap()
+        .launch
+        .as_mut()
+        .unwrap()
+        .at = crate::api::micro(at(900));
+    assert!(!events(&old.plan_as("next")).contains(&"Swapped"));
 }

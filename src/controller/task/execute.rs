@@ -256,14 +256,26 @@ async fn tell_unplaceable<'a>(
 ) -> Result<(), Error> {
     let mut answers: HashMap<String, Option<(&'static str, String)>> = HashMap::new();
     for t in waiting {
-        let targeting = serde_json::json!([
-            t.metadata.namespace,
-            t.spec.session,
-            t.spec.session_selector,
-            t.spec.workdir,
-            t.status.as_ref().and_then(|s| s.replay_on.clone()),
-        ])
-        .to_string();
+        // Most of a long queue targets nothing in particular: those share
+        // their namespace's answer without a key to build.
+        let replay_on = t.status.as_ref().and_then(|s| s.replay_on.as_ref());
+        let targeted = t.spec.session.is_some()
+            || t.spec.session_selector.is_some()
+            || t.spec.workdir.is_some()
+            || replay_on.is_some();
+        let ns = t.metadata.namespace.clone().unwrap_or_default();
+        let targeting = if targeted {
+            serde_json::json!([
+                ns,
+                t.spec.session,
+                t.spec.session_selector,
+                t.spec.workdir,
+                replay_on,
+            ])
+            .to_string()
+        } else {
+            ns
+        };
         let why = answers
             .entry(targeting)
             .or_insert_with(|| placement::unplaceable(t, places));
