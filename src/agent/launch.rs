@@ -133,7 +133,10 @@ pub fn plan(input: &LaunchInput<'_>) -> LaunchPlan {
         argv.push(permission_mode(agent).flag_value().into());
     }
     argv.extend(agent.args[lead..].iter().cloned());
-    let mut env: Vec<(String, String)> = Vec::new();
+    let mut env: Vec<(String, String)> = CLASSIC_RENDERER
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     if let Some(dir) = input.config_dir {
         env.push((
             "CLAUDE_CONFIG_DIR".into(),
@@ -150,6 +153,14 @@ pub fn plan(input: &LaunchInput<'_>) -> LaunchPlan {
         cwd: crate::fsutil::expand_home(&input.session.spec.workdir),
     }
 }
+
+/// Claude Code 2.1.3xx draws in the terminal's alternate screen (its
+/// "fullscreen" renderer, with its own virtual scrollback) for new installs;
+/// then nothing the agent prints reaches the pane's history, and `logs`,
+/// `attach` and a person scrolling back in tmux see only the last screen. The
+/// classic renderer prints into the main screen as 2.1.197 does. A Session's
+/// `spec.agent.env` may set it otherwise.
+const CLASSIC_RENDERER: &[(&str, &str)] = &[("CLAUDE_CODE_DISABLE_ALTERNATE_SCREEN", "1")];
 
 /// The permission mode `args` choose, if any: `--dangerously-skip-permissions`,
 /// `--permission-mode MODE` or `--permission-mode=MODE`. `Err` holds a mode
@@ -276,6 +287,7 @@ mod tests {
         assert_eq!(
             p.env,
             [
+                ("CLAUDE_CODE_DISABLE_ALTERNATE_SCREEN".into(), "1".into()),
                 ("CLAUDE_CONFIG_DIR".into(), "/acct/work".into()),
                 ("FOO".into(), "bar".into())
             ]
