@@ -138,15 +138,18 @@ async fn account(
             m.absorb(&key.name, &sk, &ctx.shared.signals.get(&sk));
         }
         let inputs = decide::inputs(m, a, &ctx.settings, now);
-        let wants_poll = (live.is_empty()
-            || inputs.limit.as_ref().is_some_and(|l| l.resets_at.is_none()))
-            && !m.polling
-            && !a.spec.suspend;
+        // Every account is polled on its budget: only the endpoint tells
+        // the per-model windows. With live sessions (and a limit whose end
+        // is known) the statusLine tells the others.
+        let wants_poll = !m.polling && !a.spec.suspend;
+        let models_only =
+            !live.is_empty() && inputs.limit.as_ref().is_none_or(|l| l.resets_at.is_some());
         let ledger_due = m.ledger.is_none_or(|(at, _)| at.elapsed() >= LEDGER_EVERY);
-        (inputs, wants_poll, ledger_due)
+        (inputs, (wants_poll, models_only), ledger_due)
     };
+    let (wants_poll, models_only) = wants_poll;
     let poll_in = if wants_poll {
-        poll::maybe_start(ctx, &key, a, now).await
+        poll::maybe_start(ctx, &key, a, now, models_only).await
     } else {
         None
     };

@@ -5,18 +5,21 @@
 
 use super::Context;
 use crate::api::{Account, ObjectKey};
+use crate::quota::Reading;
 use crate::quota::poll::{PollError, PollSchedule, access_token, poll_usage};
-use crate::quota::{Reading, Window};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// Starts a poll of `a` in the background if one is due and a token is
-/// there; else when the next one is due.
+/// there; else when the next one is due. `models_only`: live sessions
+/// report the 5-hour and weekly windows (their statusLine is fresher), so
+/// only the per-model windows, which only the endpoint tells, are taken.
 pub async fn maybe_start(
     ctx: &Arc<Context>,
     key: &ObjectKey,
     a: &Account,
     now: SystemTime,
+    models_only: bool,
 ) -> Option<Duration> {
     let (dir, k) = (ctx.shared.settings.state_dir.clone(), key.clone());
     let config_dir = crate::fsutil::expand_home(&a.spec.config_dir);
@@ -43,12 +46,18 @@ pub async fn maybe_start(
         }
         m.polling = true;
     }
-    tokio::spawn(run(ctx.clone(), key.clone(), token, schedule));
+    tokio::spawn(run(ctx.clone(), key.clone(), token, schedule, models_only));
     None
 }
 
 /// One poll; its readings go to memory and wake the controller.
-async fn run(ctx: Arc<Context>, key: ObjectKey, token: String, mut schedule: PollSchedule) {
+async fn run(
+    ctx: Arc<Context>,
+    key: ObjectKey,
+    token: String,
+    mut schedule: PollSchedule,
+    models_only: bool,
+) {
     let st = ctx.settings.clone();
     let result = poll_usage(&st.usage_base_url, &token).await;
     let now = SystemTime::now();
@@ -74,7 +83,7 @@ async fn run(ctx: Arc<Context>, key: ObjectKey, token: String, mut schedule: Pol
     {
         tracing::warn!(account = %key, error = %e, "cannot save the usage poll schedule");
     }
-    let tell = absorb(&ctx, &key, result, now);
+    let tell = absorb(&ctx, &key, result, now, models_only);
     if let Some(message) = tell {
         ctx.record(&key, true, "UsagePollRefused", &message).await;
     }
@@ -87,6 +96,7 @@ fn absorb(
     key: &ObjectKey,
     result: Result<crate::quota::poll::UsageSnapshot, PollError>,
     now: SystemTime,
+    models_only: bool,
 ) -> Option<String> {
     let mut all = ctx.memory.lock().expect("lock");
     let m = all.entry(key.clone()).or_default();
@@ -94,21 +104,19 @@ fn absorb(
     match result {
         Ok(snapshot) => {
             m.poll_refused = false;
-            for (w, r) in [
-                (Window::FiveHour, snapshot.five_hour),
-                (Window::SevenDay, snapshot.seven_day),
-            ] {
-                if let Some(r) = r {
-                    m.push(
-                        w,
-                        Reading {
-                            utilization: r.utilization,
-                            resets_at: r.resets_at,
-                            source: "poll".into(),
-                            observed_at: now,
-                        },
-                    );
+            for (w, r) in snapshot.windows() {
+                if models_only && w.family().is_none() {
+                    continue;
                 }
+                m.push(
+                    w,
+                    Reading {
+                        utilization: r.utilization,
+                        resets_at: r.resets_at,
+                        source: "poll".into(),
+                        observed_at: now,
+                    },
+                );
             }
             tracing::debug!(account = %key, "usage polled");
             None
