@@ -5,8 +5,8 @@
 
 use super::Context;
 use crate::api::{Account, ObjectKey};
-use crate::quota::Reading;
 use crate::quota::poll::{PollError, PollSchedule, access_token, poll_usage};
+use crate::quota::{Reading, Window};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -104,19 +104,8 @@ fn absorb(
     match result {
         Ok(snapshot) => {
             m.poll_refused = false;
-            for (w, r) in snapshot.windows() {
-                if models_only && w.family().is_none() {
-                    continue;
-                }
-                m.push(
-                    w,
-                    Reading {
-                        utilization: r.utilization,
-                        resets_at: r.resets_at,
-                        source: "poll".into(),
-                        observed_at: now,
-                    },
-                );
+            for (w, r) in readings(snapshot, models_only, now) {
+                m.push(w, r);
             }
             tracing::debug!(account = %key, "usage polled");
             None
@@ -128,6 +117,57 @@ fn absorb(
         Err(e) => {
             tracing::info!(account = %key, error = %e, "usage poll failed; next one later");
             None
+        }
+    }
+}
+
+/// The readings a poll's answer gives: with `models_only`, the per-model
+/// windows alone.
+fn readings(
+    snapshot: crate::quota::poll::UsageSnapshot,
+    models_only: bool,
+    now: SystemTime,
+) -> Vec<(Window, Reading)> {
+    snapshot
+        .windows()
+        .into_iter()
+        .filter(|(w, _)| !models_only || w.family().is_some())
+        .map(|(w, r)| {
+            let reading = Reading {
+                utilization: r.utilization,
+                resets_at: r.resets_at,
+                source: "poll".into(),
+                observed_at: now,
+            };
+            (w, reading)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quota::poll::parse_usage;
+
+    #[test]
+    fn with_live_sessions_a_poll_gives_only_the_per_model_windows() {
+        let answer = parse_usage(
+            br#"{"five_hour": {"utilization": 5.0}, "seven_day": {"utilization": 9.0},
+                 "seven_day_opus": {"utilization": 97.0}, "seven_day_sonnet": null}"#,
+        )
+        .unwrap();
+        let now = SystemTime::UNIX_EPOCH;
+        // (models only, windows taken)
+        let table: [(bool, &[&str]); 2] = [
+            (false, &["five_hour", "seven_day", "seven_day_opus"]),
+            (true, &["seven_day_opus"]),
+        ];
+        for (models_only, want) in table {
+            let got: Vec<&str> = readings(answer.clone(), models_only, now)
+                .iter()
+                .map(|(w, _)| w.label())
+                .collect();
+            assert_eq!(got, want, "models only: {models_only}");
         }
     }
 }
