@@ -2,7 +2,7 @@
 
 use crate::api::{Account, AccountPhase, Session};
 use crate::config::FailoverStrategy;
-use crate::quota::policy::{TargetCandidate, pick_target};
+use crate::quota::policy::{Policy, TargetCandidate, pick_target};
 use crate::quota::{Window, model_windows};
 use std::collections::HashMap;
 use std::time::SystemTime;
@@ -132,6 +132,21 @@ pub fn sessions_on<'a>(sessions: &[&'a Session], ns: &str, account: &str) -> Vec
             p.is_none_or(|p| !p.swapping())
         })
         .collect()
+}
+
+/// Whether a session running `model` on `a` takes no new task: that
+/// model's weekly window there is at or past its threshold and the policy
+/// drains `a`, unless the failover controller said its sessions have
+/// nowhere to go (then work goes on until the limit, as at NearLimit).
+/// The per-model side of the dispatcher's drain.
+pub fn model_drained(a: &Account, model: Option<&str>, policy: &Policy) -> bool {
+    let stuck = a
+        .status
+        .as_ref()
+        .and_then(|s| s.failover.as_ref())
+        .is_some_and(|f| f.no_target.is_some());
+    let near = models_near_limit(a);
+    policy.drains(a) && !stuck && model_windows(model).iter().any(|w| near.contains(w))
 }
 
 /// Every account of `ns` as a possible target for sessions that count

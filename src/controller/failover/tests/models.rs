@@ -153,3 +153,36 @@ fn an_opus_session_comes_back_once_the_opus_window_has_room() {
     w.sessions[0].spec.agent.model = Some("sonnet".into());
     assert_eq!(starts(&w.plan()).len(), 1);
 }
+
+#[test]
+fn a_session_of_a_capped_model_takes_no_new_task_while_it_can_move() {
+    use super::super::target::model_drained;
+    let policy = crate::quota::policy::Policy::default();
+    let mut a = account("a", AccountPhase::Available, 40.0);
+    model_window(&mut a, "opus", 96.0);
+    // (model, drained)
+    for (model, drained) in [
+        (Some("opus"), true),
+        (Some("claude-opus-4-5"), true),
+        (None, true),
+        (Some("sonnet"), false),
+        (Some("haiku"), false),
+    ] {
+        assert_eq!(model_drained(&a, model, &policy), drained, "{model:?}");
+    }
+    // Drain off for this account, or nowhere to go: work goes on.
+    a.spec.policy = Some(crate::api::AccountPolicy {
+        drain: Some(false),
+        failback: None,
+    });
+    assert!(!model_drained(&a, Some("opus"), &policy));
+    a.spec.policy = None;
+    a.status.as_mut().unwrap().failover = Some(crate::api::AccountFailover {
+        no_target: Some(crate::api::FailoverNote {
+            since: crate::api::now(),
+            message: "no other account is available".into(),
+        }),
+        ..Default::default()
+    });
+    assert!(!model_drained(&a, Some("opus"), &policy));
+}
