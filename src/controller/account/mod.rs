@@ -128,7 +128,7 @@ async fn account(
     let key = ObjectKey::of(a);
     let before = a.status.clone().unwrap_or_default();
     let live = live_on(ctx, &key.namespace, &key.name);
-    let (inputs, wants_poll, ledger_due) = {
+    let (inputs, wants_poll, models_only, ledger_due) = {
         let mut all = ctx.memory.lock().expect("lock");
         let m = all
             .entry(key.clone())
@@ -145,9 +145,8 @@ async fn account(
         let models_only =
             !live.is_empty() && inputs.limit.as_ref().is_none_or(|l| l.resets_at.is_some());
         let ledger_due = m.ledger.is_none_or(|(at, _)| at.elapsed() >= LEDGER_EVERY);
-        (inputs, (wants_poll, models_only), ledger_due)
+        (inputs, wants_poll, models_only, ledger_due)
     };
-    let (wants_poll, models_only) = wants_poll;
     let poll_in = if wants_poll {
         poll::maybe_start(ctx, &key, a, now, models_only).await
     } else {
