@@ -1,8 +1,9 @@
 //! The budgeted poll of the usage endpoint.
 //!
-//! For an account with no live session (so no statusLine feed), the usage
-//! is read from the endpoint Claude Code's `/usage` reads:
-//! `GET BASE/api/oauth/usage` with the account's OAuth access token. The
+//! The usage is read from the endpoint Claude Code's `/usage` reads:
+//! `GET BASE/api/oauth/usage` with the account's OAuth access token, for an
+//! account with no live session (so no statusLine feed), and for the
+//! per-model weekly windows, which only it tells. The
 //! endpoint is unofficial and rate-limited (about 30 requests an hour per
 //! account, shared with Claude Code itself), so each account has a
 //! [`PollSchedule`] kept in the state dir (`STATE/quota/NS/NAME.json`): the

@@ -1,7 +1,10 @@
-//! The budgeted poll of the usage endpoint, for an account no live session
-//! reports on (or one whose limit has no known end): at most one per
-//! `pollIntervalSeconds`, `Retry-After` honoured, its schedule kept in the
-//! state dir (`STATE/quota/NS/NAME.json`, this controller's own file).
+//! The budgeted poll of the usage endpoint, for every account with a
+//! token: at most one per `pollIntervalSeconds`, `Retry-After` honoured,
+//! its schedule kept in the state dir (`STATE/quota/NS/NAME.json`, this
+//! controller's own file). For an account live sessions report on (and
+//! whose limit, if any, has a known end) only the per-model weekly windows
+//! are taken: only the endpoint tells them, and the statusLine is fresher
+//! for the others.
 
 use super::Context;
 use crate::api::{Account, ObjectKey};
