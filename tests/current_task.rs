@@ -5,13 +5,16 @@
 //! the real daemon.
 
 mod common;
-use common::fake_api::FakeApi;
+use common::fake_api::{Failure, FakeApi};
 use common::pool::{LONG, Pool, claude};
 
 const KEY: (&str, &str) = (
     "ANTHROPIC_API_KEY",
     "sk-ant-api03-test-key-current-task-000000",
 );
+
+/// How many times the failing request is refused: Claude Code may retry it.
+const FAILED_ASKS: usize = 20;
 
 /// Waits until session `w` is idle with no current task, and checks that
 /// `get sessions` shows none in its TASK column.
@@ -60,11 +63,23 @@ fn the_current_task_is_cleared_however_the_task_ends() {
     idle_without_a_task(&pool, "a reply");
 
     // 2. A failed turn, its last attempt.
-    pool.api.fail_next(
-        1,
-        400,
-        FakeApi::error_body("invalid_request_error", "this request is refused"),
-    );
+    // Refused for good (not to be retried), however often it is asked.
+    for _ in 0..FAILED_ASKS {
+        pool.api.fail_matching(
+            // The failing turn's own requests: its prompt alone is the
+            // newest user message (a later turn's joins it to its own).
+            |r| {
+                r.last_user_text().is_some_and(|t| {
+                    t.starts_with("second: this fails") && t.matches("⟦task").count() == 1
+                })
+            },
+            Failure {
+                status: 400,
+                body: FakeApi::error_body("invalid_request_error", "this request is refused"),
+                headers: vec![("x-should-retry".into(), "false".into())],
+            },
+        );
+    }
     pool.apply(&pool.task_yaml("failed", "second: this fails", "  maxAttempts: 1\n"));
     let v = pool.wait_task_phase("failed", "Failed");
     assert!(
