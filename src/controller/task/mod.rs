@@ -6,9 +6,12 @@
 //! controller is one level-triggered loop rather than a per-object
 //! reconcile. Each pass reads the caches: in-flight tasks move along by
 //! the pure [`advance::advance`], pending ones are paired with free
-//! sessions by the pure [`assign`] module, and each Session's
-//! `currentTask` is kept equal to the task in flight on it. Passes run on
-//! every change of Tasks, Sessions or Accounts, every agent signal, and a
+//! sessions by the pure [`assign`] and [`queue`] modules, and each
+//! Session's `currentTask` is kept equal to the task in flight on it. The
+//! [`queue::Queue`] is kept between passes and filed again only for the
+//! tasks that changed, so a pass costs what changed and the sessions, not
+//! the length of the queue. Passes run on changes of Tasks, Sessions or
+//! Accounts, agent signals (a burst within [`COALESCE`]: one pass), and a
 //! short tick while anything is in flight.
 //!
 //! Delivery is exactly once:
