@@ -86,7 +86,7 @@ pub const SYNC_RESULTS: [&str; 4] = ["applied", "unchanged", "pruned", "failed"]
 /// The `event` label of a hook outside [`crate::agent::launch::HOOK_EVENTS`].
 pub const OTHER_HOOK_EVENT: &str = "other";
 
-const SESSION_PHASES: [SessionPhase; 8] = [
+const SESSION_PHASES: [SessionPhase; 9] = [
     SessionPhase::Pending,
     SessionPhase::Starting,
     SessionPhase::Idle,
@@ -95,6 +95,7 @@ const SESSION_PHASES: [SessionPhase; 8] = [
     SessionPhase::Swapping,
     SessionPhase::Stopped,
     SessionPhase::Failed,
+    SessionPhase::CrashLoopBackOff,
 ];
 const TASK_PHASES: [TaskPhase; 6] = [
     TaskPhase::Pending,

@@ -58,6 +58,18 @@ const CASES: &[(&str, &str)] = &[
         "7:3: spec.workdir: duplicate key `workdir` (first at line 6)",
     ),
     ("not-a-mapping.yaml", "1:1: (root): expected a mapping"),
+    (
+        "misplaced-env.yaml",
+        "10:7: spec.agent.env.CLAUDE_CONFIG_DIR: remove it: the account's config dir is set by the Session's account",
+    ),
+    (
+        "permission-conflict.yaml",
+        "9:5: spec.agent.args: `--dangerously-skip-permissions` and spec.agent.permissionMode (auto) both set the permission mode",
+    ),
+    (
+        "unknown-permission-mode.yaml",
+        "8:5: spec.agent.permissionMode: unknown variant `yolo`, expected one of `default`, `acceptEdits`, `auto`, `plan`, `dontAsk`, `bypassPermissions`",
+    ),
     // Refused, never bent or dropped.
     (
         "thresholds-list.yaml",

@@ -506,8 +506,12 @@ fn a_session_restarts_through_the_api_and_resumes() {
     );
     let config = config.to_str().unwrap().to_string();
     let _tmux = TmuxServer(env.path("tmux.sock"));
-    // An account: its config dir's projects/ is the shared transcript
-    // folder a relaunch resumes from.
+    // An account (logged in): its config dir's projects/ is the shared
+    // transcript folder a relaunch resumes from.
+    env.write(
+        "accounts/sim/.credentials.json",
+        r#"{"claudeAiOauth": {"accessToken": "t", "refreshToken": "r"}}"#,
+    );
     let account = format!(
         "{HEAD}kind: Account\nmetadata:\n  name: sim\nspec:\n  configDir: {}\n---\n",
         env.path("accounts/sim").display()

@@ -266,6 +266,11 @@ fn with_no_account_left_sessions_wait_and_continue_after_the_reset() {
     let claude = claude();
     let mut pool = Pool::new(claude);
     pool.apply(&pool.account_with_token("a", 0, TOKEN_A));
+    // The user keeps Claude Code's own continue-at-reset on (its default
+    // since about 2.1.234): left alone, it would run the cut turn a second
+    // time next to the daemon's replay. The sessions' settings turn it off.
+    let user_settings = pool.path("accounts/a/settings.json");
+    std::fs::write(&user_settings, r#"{"autoContinueAtUsageLimit": true}"#).unwrap();
     pool.apply(&pool.session_yaml("solo", None, &[]));
     pool.apply(&pool.session_yaml("idle", None, &[]));
     pool.start_daemon();
@@ -340,6 +345,37 @@ fn with_no_account_left_sessions_wait_and_continue_after_the_reset() {
     assert!(pool.swaps().is_empty(), "nothing to swap to");
     let a = events(&pool, "account", "a");
     assert!(a.contains("Recovered"), "{a}");
+    // Exactly once: the cut task was sent when refused and once after the
+    // reset, and Claude Code never armed its own continuation.
+    let typed = pool
+        .api
+        .main_requests()
+        .iter()
+        .filter(|q| {
+            q.last_user_text()
+                .is_some_and(|t| t.contains("run the nightly KIWI report"))
+        })
+        .count();
+    assert_eq!(typed, 2, "refused once, replayed once");
+    assert!(
+        !pool.api.main_requests().iter().any(|q| q
+            .last_user_text()
+            .is_some_and(|t| claude_failover::agent::hooks::is_auto_continue(&t))),
+        "Claude Code continued by itself"
+    );
+    for (path, bytes) in common::snapshot(&pool.path("projects")) {
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains("continue automatically"),
+            "{} shows Claude Code's continuation armed",
+            path.display()
+        );
+    }
+    // The user's choice stands in their own settings (Claude Code adds
+    // its own keys there, the project none).
+    let kept: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&user_settings).unwrap()).unwrap();
+    assert_eq!(kept["autoContinueAtUsageLimit"], true, "{kept}");
 }
 
 #[test]

@@ -38,16 +38,39 @@ fn continues_a_turn(r: &Recorded) -> bool {
         .is_some_and(|blocks| blocks.iter().any(|b| b["type"] == "tool_result"))
 }
 
-/// The tool names a request offered the model.
+/// The tool names a request offered the model. Both forms count: a tool in the request's `tools`, or one Claude Code
+/// defers (2.1.332 defers MCP tools: named one per line in a system
+/// message, their schema fetched with its ToolSearch tool when called).
 fn tools_offered(r: &Recorded) -> Vec<String> {
-    r.body["tools"]
+    let mut names: Vec<String> = r.body["tools"]
         .as_array()
         .map(|t| {
             t.iter()
                 .filter_map(|t| t["name"].as_str().map(str::to_string))
                 .collect()
         })
-        .unwrap_or_default()
+        .unwrap_or_default();
+    if names.iter().any(|n| n == "ToolSearch") {
+        let mut texts = Vec::new();
+        for m in r.body["messages"].as_array().into_iter().flatten() {
+            match &m["content"] {
+                Value::String(t) => texts.push(t.clone()),
+                Value::Array(blocks) => texts.extend(
+                    blocks
+                        .iter()
+                        .filter_map(|b| b["text"].as_str().map(str::to_string)),
+                ),
+                _ => {}
+            }
+        }
+        names.extend(texts.iter().flat_map(|t| {
+            t.lines()
+                .filter(|l| l.starts_with("mcp__") && !l.contains(char::is_whitespace))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        }));
+    }
+    names
 }
 
 /// The text of the tool results in a request.

@@ -165,12 +165,25 @@ fn pool_env() -> Env {
             token_file.display()
         ),
     );
+    // Each account logged in (a Console key), so both can take sessions.
+    let dirs = ["a", "b"].map(|a| {
+        env.write(
+            &format!("accounts/{a}/.claude.json"),
+            &format!("{{\"primaryApiKey\": \"sk-ant-api03-console-{a}\"}}"),
+        )
+        .parent()
+        .unwrap()
+        .display()
+        .to_string()
+    });
     let manifests = format!(
-        "{HEAD}kind: Account\nmetadata:\n  name: a\nspec:\n  configDir: /tmp/cf-mcp-a\n---\n\
-         {HEAD}kind: Account\nmetadata:\n  name: b\nspec:\n  configDir: /tmp/cf-mcp-b\n---\n\
+        "{HEAD}kind: Account\nmetadata:\n  name: a\nspec:\n  configDir: {a}\n---\n\
+         {HEAD}kind: Account\nmetadata:\n  name: b\nspec:\n  configDir: {b}\n---\n\
          {HEAD}kind: Session\nmetadata:\n  name: s1\n  labels:\n    team: api\nspec:\n  workdir: /tmp\n  account: a\n  suspend: true\n  agent:\n    env:\n      ANTHROPIC_API_KEY: {{valueFrom: {{file: {key}}}}}\n      TEAM_NOTE: {NOTE}\n---\n\
          {HEAD}kind: Session\nmetadata:\n  name: s2\nspec:\n  workdir: /tmp\n  account: b\n  suspend: true\n",
-        key = key_file.display()
+        key = key_file.display(),
+        a = dirs[0],
+        b = dirs[1],
     );
     let f = env.write("pool.yaml", &manifests);
     env.ok(&["apply", "-f", f.to_str().unwrap()]);
@@ -181,7 +194,10 @@ fn pool_env() -> Env {
 fn change_account(env: &Env, priority: i32) {
     let f = env.write(
         "a.yaml",
-        &format!("{HEAD}kind: Account\nmetadata:\n  name: a\nspec:\n  configDir: /tmp/cf-mcp-a\n  priority: {priority}\n"),
+        &format!(
+            "{HEAD}kind: Account\nmetadata:\n  name: a\nspec:\n  configDir: {}\n  priority: {priority}\n",
+            env.path("accounts/a").display()
+        ),
     );
     env.ok(&["apply", "-f", f.to_str().unwrap()]);
 }

@@ -16,8 +16,19 @@ use std::path::Path;
 /// A store with two Accounts (one with usage readings, as the account
 /// controller records them), a Session and three Tasks.
 fn populate(env: &Env) {
+    // Logged in, each on its own (an account without a login is Unavailable).
+    for name in ["work", "spare"] {
+        env.write(
+            &format!("accounts/{name}/.credentials.json"),
+            &format!(
+                r#"{{"claudeAiOauth": {{"accessToken": "t-{name}", "refreshToken": "r-{name}"}}}}"#
+            ),
+        );
+    }
     let accounts = format!(
-        "{HEAD}kind: Account\nmetadata:\n  name: work\nspec:\n  configDir: /tmp/cf-work\n  thresholds: {{fiveHour: 80, sevenDay: 95}}\n---\n{HEAD}kind: Account\nmetadata:\n  name: spare\nspec:\n  configDir: /tmp/cf-spare\n  priority: 20\n"
+        "{HEAD}kind: Account\nmetadata:\n  name: work\nspec:\n  configDir: {}\n  thresholds: {{fiveHour: 80, sevenDay: 95}}\n---\n{HEAD}kind: Account\nmetadata:\n  name: spare\nspec:\n  configDir: {}\n  priority: 20\n",
+        env.path("accounts/work").display(),
+        env.path("accounts/spare").display()
     );
     let tasks: String = (0..3)
         .map(|i| {

@@ -200,3 +200,120 @@ fn no_secret_reaches_any_log() {
         );
     }
 }
+
+/// Sessions of one account share its login: when its access token
+/// expires, each Claude Code refreshes it through Claude Code's own lock,
+/// reading what the last one wrote, so no refresh is refused and nobody is
+/// logged out (measured: docs/claude-code-probe.md). The daemon neither
+/// writes the credentials nor logs anyone out. A copy of the same login in
+/// a second account is refused: a refresh in one would log the other out.
+#[test]
+#[cfg_attr(
+    not(claude_code),
+    ignore = "needs Claude Code: npm ci --prefix tools/claude-code"
+)]
+fn sessions_of_one_account_share_its_login_through_token_refreshes() {
+    use common::fake_oauth::FakeOAuth;
+    let claude = claude();
+    let mut pool = Pool::new(claude);
+    const FIRST_REFRESH: &str = "sk-ant-ort01-fake-refresh-0";
+    let oauth = FakeOAuth::start(&[FIRST_REFRESH]);
+    // Tokens that expire within Claude Code's refresh margin: each request
+    // refreshes first, the harshest case for sessions sharing one login.
+    oauth.set_expires_in(200);
+    let expired = serde_json::json!({"claudeAiOauth": {
+        "accessToken": "sk-ant-oat01-expired-already",
+        "refreshToken": FIRST_REFRESH,
+        "expiresAt": (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64)
+            - 60_000,
+        "scopes": ["user:inference"],
+        "subscriptionType": "max",
+    }});
+    let creds = pool.path("accounts/a/.credentials.json");
+    std::fs::create_dir_all(creds.parent().unwrap()).unwrap();
+    std::fs::write(&creds, expired.to_string()).unwrap();
+    pool.apply(&pool.account_yaml("a", 10));
+    // b holds a copy of a's login.
+    std::fs::create_dir_all(pool.path("accounts/b")).unwrap();
+    std::fs::copy(&creds, pool.path("accounts/b/.credentials.json")).unwrap();
+    pool.apply(&pool.account_yaml("b", 20));
+    let env: Vec<(String, String)> = oauth.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let names = ["sh-0", "sh-1", "sh-2"];
+    for n in names {
+        pool.apply(&pool.session_yaml(n, Some("a"), &env));
+    }
+    pool.apply(&pool.session_yaml("wants-b", Some("b"), &env));
+    pool.start_daemon();
+    let b = pool.wait_account("b", "a copy of a's login", |v| {
+        v["status"]["phase"] == "Unavailable"
+    });
+    assert_eq!(b["status"]["conditions"][0]["reason"], "CopiedLogin", "{b}");
+    for n in names {
+        pool.wait_phase(n, "Idle");
+    }
+    // Two rounds of tasks, one per session at once.
+    for round in 0..2 {
+        for (i, n) in names.iter().enumerate() {
+            pool.apply(&pool.task_yaml(
+                &format!("r{round}-{i}"),
+                &format!("round {round} job {i}"),
+                &format!("  session: {n}\n"),
+            ));
+        }
+        for i in 0..names.len() {
+            pool.wait_task_phase(&format!("r{round}-{i}"), "Succeeded");
+        }
+    }
+    // Refreshed in turn: every refresh used the token the one before
+    // issued, none was refused.
+    let refreshes: Vec<_> = oauth
+        .token_requests()
+        .into_iter()
+        .filter(|r| r.grant() == Some("refresh_token"))
+        .collect();
+    assert!(refreshes.len() >= 2, "{refreshes:?}");
+    assert!(
+        refreshes.iter().all(|r| r.status == 200),
+        "a refresh was refused: {refreshes:?}"
+    );
+    let used: std::collections::HashSet<_> = refreshes.iter().map(|r| r.refresh_token()).collect();
+    assert_eq!(
+        used.len(),
+        refreshes.len(),
+        "a refresh token was used twice"
+    );
+    // Every conversation request carried a token the refreshes issued.
+    let issued = oauth.issued_access_tokens();
+    for r in pool.api.main_requests() {
+        let c = r.credential().unwrap_or_default().to_string();
+        assert!(
+            issued.contains(&c),
+            "request with {c}: not a refreshed token"
+        );
+    }
+    // Nobody was logged out; the credentials are the last ones issued,
+    // written by Claude Code.
+    let a = pool.account("a").unwrap();
+    assert_eq!(a["status"]["phase"], "Available", "{a}");
+    let d = pool.ok(&["describe", "account", "a"]);
+    assert!(!d.contains("NotLoggedIn"), "{d}");
+    let now: serde_json::Value = serde_json::from_slice(&std::fs::read(&creds).unwrap()).unwrap();
+    assert_eq!(
+        now["claudeAiOauth"]["accessToken"],
+        issued.last().unwrap().as_str()
+    );
+    let history = std::fs::read_to_string(pool.path("accounts/a/history.jsonl")).unwrap();
+    assert!(!history.contains("/logout"), "{history}");
+    // The session that wanted b runs elsewhere: never on the copied login.
+    let v = pool.wait_phase("wants-b", "Idle");
+    assert_eq!(v["status"]["account"], "a", "{v}");
+    assert_eq!(
+        std::fs::read(pool.path("accounts/b/.credentials.json")).unwrap(),
+        expired.to_string().into_bytes(),
+        "b's copy untouched"
+    );
+}

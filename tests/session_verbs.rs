@@ -78,9 +78,14 @@ fn logs_attach_suspend_and_delete_a_session() {
     pool.wait_phase("verbs", "Idle");
 
     // The screen, as tmux holds it.
+    // (Claude Code 2.1.332 says it started before it draws its screen.)
+    let last = wait_for("the agent's screen", LONG, || {
+        let screen = pool.screen("verbs");
+        let last = screen.lines().rev().find(|l| !l.trim().is_empty())?;
+        Some(last.to_string())
+    });
     let logs = pool.ok(&["logs", "verbs"]);
     let screen = pool.screen("verbs");
-    let last = screen.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
     assert!(
         logs.contains(last.trim_end()),
         "logs:\n{logs}\nscreen:\n{screen}"

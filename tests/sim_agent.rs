@@ -193,8 +193,14 @@ impl World {
 
     /// Starts a sim agent with the daemon's own settings file.
     async fn launch(&self, l: &Launch<'_>) -> Pane {
-        let settings =
+        self.launch_with(l, |_| {}).await
+    }
+
+    /// The same, with the settings file changed by `edit`.
+    async fn launch_with(&self, l: &Launch<'_>, edit: impl Fn(&mut Value)) -> Pane {
+        let mut settings =
             claude_failover::agent::launch::settings(&self.rec.url(l.name), Path::new(BIN), true);
+        edit(&mut settings);
         let settings_path = self.dir.path().join(format!("{}-settings.json", l.name));
         std::fs::write(&settings_path, serde_json::to_vec(&settings).unwrap()).unwrap();
         let env: Vec<(String, String)> = [
@@ -688,14 +694,14 @@ async fn the_usage_limit_is_shared_by_the_account_and_resets() {
     assert_eq!(failure["error"], "rate_limit");
     let msg = failure["last_assistant_message"].as_str().unwrap();
     assert!(
-        msg.starts_with("You've hit your session limit · resets "),
+        msg.starts_with("You've hit your 5-hour limit · resets "),
         "{msg}"
     );
     let dialog = w.wait_screen(&b, Screen::UsageLimitDialog).await;
     assert!(dialog.contains(msg), "{dialog}");
     assert_eq!(
         pid_status(&acct, &b).unwrap(),
-        ("waiting".into(), Some("usage limit".into()))
+        ("waiting".into(), Some("dialog open".into()))
     );
     let synthetic = lines(&w.transcript("lim", &idb)).pop().unwrap();
     assert_eq!(synthetic["type"], "assistant");
@@ -750,6 +756,60 @@ async fn the_usage_limit_is_shared_by_the_account_and_resets() {
             .cloned()
     })
     .await;
+}
+
+/// Without the daemon's settings, the simulator (as Claude Code 2.1.332)
+/// continues a refused turn by itself after the reset: why the daemon's
+/// settings turn that off (it replays the turn itself).
+#[tokio::test]
+async fn left_on_its_own_continuation_fires_at_the_reset() {
+    let w = World::new();
+    let acct = w.account("own");
+    let window = 6;
+    std::fs::write(
+        acct.join("sim-budget.json"),
+        json!({"fiveHourTokens": 2000, "windowSeconds": window}).to_string(),
+    )
+    .unwrap();
+    let id = uuid();
+    let p = w
+        .launch_with(
+            &Launch {
+                name: "own",
+                id_flag: "--session-id",
+                id: &id,
+                turn_ms: 100,
+                account: "own",
+            },
+            |s| {
+                s.as_object_mut()
+                    .unwrap()
+                    .remove("autoContinueAtUsageLimit");
+            },
+        )
+        .await;
+    w.wait_screen(&p, Screen::Idle).await;
+    w.turn("own", &p, "first").await;
+    w.wait_screen(&p, Screen::Idle).await;
+    w.tmux.type_and_submit(&p.id, "the cut one").await.unwrap();
+    w.wait_hook("own", "StopFailure", |_| true).await;
+    // No dialog: the continuation is armed, Esc would cancel it.
+    let armed = w.wait_screen(&p, Screen::UsageLimitDialog).await;
+    assert!(armed.contains("Continuing automatically at"), "{armed}");
+    let fired = w
+        .wait_hook("own", "UserPromptSubmit", |h| {
+            h["prompt"]
+                .as_str()
+                .is_some_and(claude_failover::agent::hooks::is_auto_continue)
+        })
+        .await;
+    assert_eq!(fired["session_id"], id.as_str());
+    assert!(
+        w.rec
+            .events("own", "Notification")
+            .iter()
+            .any(|h| h["notification_type"] == "quota_auto_resume_fired")
+    );
 }
 
 /// Fifty agents: all reach their prompt, and once idle they use no CPU.

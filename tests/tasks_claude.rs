@@ -226,6 +226,56 @@ fn a_running_task_can_be_cancelled() {
     not(claude_code),
     ignore = "needs Claude Code: npm ci --prefix tools/claude-code"
 )]
+fn a_subagents_usage_limit_does_not_end_the_task_it_runs_in() {
+    let claude = claude();
+    let mut pool = Pool::new(claude);
+    pool.apply(&pool.account_yaml("a", 10));
+    pool.apply(&pool.session_yaml("w-sub", Some("a"), &[KEY]));
+    pool.start_daemon();
+    pool.wait_phase("w-sub", "Idle");
+    // The task's turn starts a subagent; the subagent's request hits a
+    // usage limit. Claude Code fires StopFailure for it, under the parent's
+    // session id, and the main turn goes on to its own end.
+    const SUB: &str = "SUBAGENT: list the files here";
+    pool.api.queue_tool_use(
+        "Agent",
+        serde_json::json!({"description": "look around", "prompt": SUB, "subagent_type": "general-purpose"}),
+    );
+    pool.api.fail_matching(
+        |r| r.last_user_text().is_some_and(|t| t.contains(SUB)),
+        common::fake_api::Failure {
+            status: 429,
+            body: common::fake_api::FakeApi::error_body(
+                "rate_limit_error",
+                "Number of requests has exceeded your rate limit",
+            ),
+            headers: vec![("x-should-retry".into(), "false".into())],
+        },
+    );
+    pool.apply(&pool.task_yaml("t-sub", "use a subagent for job SUBTASK-1", ""));
+    let t = pool.wait_task_phase("t-sub", "Succeeded");
+    assert_eq!(t["status"]["attempts"], 1, "{t}");
+    assert!(
+        pool.api
+            .requests()
+            .iter()
+            .any(|r| r.status == 429 && r.mentions(SUB)),
+        "the subagent was refused: {}",
+        pool.api.summary()
+    );
+    // Typed once: the subagent's failure neither failed nor requeued it.
+    assert_eq!(deliveries(&pool, "use a subagent for job SUBTASK-1"), 1);
+    let d = pool.ok(&["describe", "task", "t-sub"]);
+    assert!(!d.contains("usage limit:"), "requeued for a limit:\n{d}");
+    // Yet the limit is the account's: the next request would be refused too.
+    pool.wait_account("a", "Exhausted", |v| v["status"]["phase"] == "Exhausted");
+}
+
+#[test]
+#[cfg_attr(
+    not(claude_code),
+    ignore = "needs Claude Code: npm ci --prefix tools/claude-code"
+)]
 fn a_task_that_ends_while_the_daemon_is_down_keeps_its_reply() {
     let claude = claude();
     let mut pool = Pool::new(claude);

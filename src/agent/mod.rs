@@ -3,10 +3,14 @@
 
 pub mod driver;
 pub mod env;
+pub mod exit;
+pub mod hooks;
 pub mod launch;
+pub mod login;
 pub mod screen;
 pub mod seed;
 pub mod signals;
 pub mod state;
 pub mod terminal;
 pub mod transcript;
+pub mod version;

@@ -44,8 +44,13 @@ pub struct AgentSignals {
     pub prompts: Vec<(String, SystemTime)>,
     /// `last_assistant_message` of the latest `Stop`, and when it came.
     pub last_stop: Option<(String, SystemTime)>,
-    /// `error` and message of the latest `StopFailure`.
+    /// `error` and message of the latest `StopFailure` that ended the turn.
     pub last_failure: Option<(String, String, SystemTime)>,
+    /// The same, of a subagent or a helper request: the turn goes on, but
+    /// a usage limit is still the account's (see [`crate::agent::hooks`]).
+    pub side_failure: Option<(String, String, SystemTime)>,
+    /// `transcript_path` of the latest payload.
+    pub transcript_path: Option<String>,
     /// `tool_name` and `tool_input` of the latest tool call.
     pub last_tool: Option<(String, Value)>,
     /// The latest statusLine input.
@@ -68,13 +73,15 @@ pub fn state_of(payload: &Value) -> Option<HookState> {
             .unwrap_or_default()
             .to_string()
     };
+    use crate::agent::hooks::{Notice, ends_turn, notice};
     Some(match event {
-        "SessionStart" | "Stop" | "StopFailure" => HookState::Idle,
+        "SessionStart" | "Stop" => HookState::Idle,
+        "StopFailure" if ends_turn(payload) => HookState::Idle,
         "UserPromptSubmit" | "PreToolUse" | "PostToolUse" => HookState::Busy,
-        "Notification" => match s("notification_type").as_str() {
-            "idle_prompt" => HookState::Idle,
-            "" => HookState::Waiting("notification".into()),
-            other => HookState::Waiting(other.into()),
+        "Notification" => match notice(&s("notification_type")) {
+            Notice::Idle => HookState::Idle,
+            Notice::Waiting(w) => HookState::Waiting(w.into()),
+            Notice::Nothing => return None,
         },
         "SessionEnd" => HookState::Exited(s("reason")),
         _ => return None,
@@ -192,6 +199,9 @@ impl Signals {
             if let Some(id) = payload.get("session_id").and_then(Value::as_str) {
                 a.agent_session_id = Some(id.to_string());
             }
+            if let Some(p) = payload.get("transcript_path").and_then(Value::as_str) {
+                a.transcript_path = Some(p.to_string());
+            }
             if let Some(st) = state_of(payload) {
                 a.state = Some((st, now));
             }
@@ -210,13 +220,15 @@ impl Signals {
                     a.last_stop = Some((s("last_assistant_message").unwrap_or_default(), now))
                 }
                 Some("StopFailure") => {
-                    a.last_failure = Some((
-                        s("error").unwrap_or_default(),
-                        s("message")
-                            .or_else(|| s("last_assistant_message"))
-                            .unwrap_or_default(),
-                        now,
-                    ))
+                    if let Some((error, message, ends_turn)) = crate::agent::hooks::failure(payload)
+                    {
+                        let f = Some((error, message, now));
+                        if ends_turn {
+                            a.last_failure = f;
+                        } else {
+                            a.side_failure = f;
+                        }
+                    }
                 }
                 Some("PreToolUse") | Some("PostToolUse") => {
                     a.last_tool = Some((
@@ -296,6 +308,24 @@ mod tests {
         );
         assert_eq!(s.get(&k).state.unwrap().0, HookState::Idle);
         assert_eq!(s.get(&k).last_stop.unwrap().0, "done");
+        // A subagent's failure does not end the turn it runs in.
+        s.hook(
+            &k,
+            &json!({"hook_event_name": "UserPromptSubmit", "prompt": "go"}),
+        );
+        s.hook(
+            &k,
+            &json!({"hook_event_name": "StopFailure", "error": "rate_limit",
+                    "agent_id": "a1", "agent_type": "general-purpose"}),
+        );
+        assert_eq!(s.get(&k).state.unwrap().0, HookState::Busy);
+        assert!(s.get(&k).last_failure.is_none());
+        assert_eq!(s.get(&k).side_failure.unwrap().0, "rate_limit");
+        s.hook(
+            &k,
+            &json!({"hook_event_name": "Notification", "notification_type": "auth_success"}),
+        );
+        assert_eq!(s.get(&k).state.unwrap().0, HookState::Busy, "informational");
         assert_eq!(rx.try_recv().unwrap().name, "a");
     }
 }

@@ -28,8 +28,8 @@ pub use manifestsync::{
     SYNC_RECONCILING, SYNC_STALLED, SyncFailure, set_sync_conditions,
 };
 pub use session::{
-    AgentSpec, EnvValue, Interruption, LaunchStatus, RefusedPlacement, SWAP_DONE, SWAP_ROLLED_BACK,
-    SWAPPING, Session, SessionPhase, SessionSpec, SessionStatus, SwapStatus,
+    AgentSpec, EnvValue, Interruption, LaunchStatus, PermissionMode, RefusedPlacement, SWAP_DONE,
+    SWAP_ROLLED_BACK, SWAPPING, Session, SessionPhase, SessionSpec, SessionStatus, SwapStatus,
 };
 pub use swap::{Swap, SwapPhase, SwapSessionState, SwapSpec, SwapState, SwapStep, swap_name};
 pub use task::{

@@ -72,6 +72,65 @@ pub struct AgentSpec {
     /// the pool and hand tasks to other sessions (docs/mcp.md).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub mcp: bool,
+    /// Claude Code's permission mode, passed as `--permission-mode`.
+    /// Default: `auto` (Claude Code's own default in current releases,
+    /// passed explicitly so every supported release behaves alike), unless
+    /// `args` already choose one (`--dangerously-skip-permissions` or
+    /// `--permission-mode`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permission_mode: Option<PermissionMode>,
+}
+
+/// Claude Code's permission modes (`claude --permission-mode`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum PermissionMode {
+    /// Ask before each tool that changes something (Claude Code calls it
+    /// `manual` since 2.1.3xx and takes both names).
+    #[serde(rename = "default")]
+    Default,
+    /// Edits in the working folders without asking; other tools ask.
+    #[serde(rename = "acceptEdits")]
+    AcceptEdits,
+    /// A safety check decides; asks when the check blocks or cannot run.
+    #[serde(rename = "auto")]
+    Auto,
+    /// Read-only planning; asks before leaving plan mode.
+    #[serde(rename = "plan")]
+    Plan,
+    /// Never asks: anything not pre-approved is denied.
+    #[serde(rename = "dontAsk")]
+    DontAsk,
+    /// Never asks: everything runs (`--dangerously-skip-permissions`).
+    #[serde(rename = "bypassPermissions")]
+    BypassPermissions,
+}
+
+impl PermissionMode {
+    /// The value of `--permission-mode` (accepted by every supported release).
+    pub fn flag_value(self) -> &'static str {
+        match self {
+            PermissionMode::Default => "default",
+            PermissionMode::AcceptEdits => "acceptEdits",
+            PermissionMode::Auto => "auto",
+            PermissionMode::Plan => "plan",
+            PermissionMode::DontAsk => "dontAsk",
+            PermissionMode::BypassPermissions => "bypassPermissions",
+        }
+    }
+
+    /// Whether Claude Code can stop and ask someone in this mode.
+    pub fn can_ask(self) -> bool {
+        !matches!(
+            self,
+            PermissionMode::DontAsk | PermissionMode::BypassPermissions
+        )
+    }
+}
+
+impl std::fmt::Display for PermissionMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.flag_value())
+    }
 }
 
 /// The value of one environment variable of an agent.
@@ -162,6 +221,7 @@ impl Default for AgentSpec {
             model: None,
             env: BTreeMap::new(),
             mcp: false,
+            permission_mode: None,
         }
     }
 }
@@ -177,6 +237,9 @@ pub enum SessionPhase {
     Swapping,
     Stopped,
     Failed,
+    /// The agent exits at start (or cannot be launched): retried with
+    /// back-off; `status.nextStartAt` says when, the Ready condition why.
+    CrashLoopBackOff,
 }
 
 impl std::fmt::Display for SessionPhase {

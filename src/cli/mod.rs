@@ -13,6 +13,7 @@ mod completion;
 mod create;
 mod demo;
 mod describe;
+mod doctor;
 mod edit;
 mod events;
 mod explain;
@@ -21,6 +22,7 @@ mod get;
 mod init;
 mod kustomize;
 mod label;
+mod login;
 mod logs;
 mod mcp;
 mod print;
@@ -130,6 +132,11 @@ pub enum Command {
     Run(run::RunArgs),
     /// Scaffold a config file, the store and example manifests
     Init(init::InitArgs),
+    /// Log an Account in: Claude Code's own login under its config dir, in the pool's tmux
+    Login(login::LoginArgs),
+    /// Check this machine: Claude Code and its version, tmux, each account's login, the
+    /// transcript folder, the daemon's address (exit 1 with one line per problem and its fix)
+    Doctor(doctor::DoctorArgs),
     /// Print the CustomResourceDefinitions (apiextensions.k8s.io/v1) as YAML
     Crds,
     /// Print the version
@@ -304,6 +311,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Run(a) => run::run(&ctx, a),
         Command::Mcp(a) => mcp::mcp(&ctx, a),
         Command::Init(a) => init::init(&ctx, a),
+        Command::Login(a) => login::login(&ctx, a),
+        Command::Doctor(a) => doctor::doctor(&ctx, a),
         Command::Version
         | Command::Crds
         | Command::Completion(_)

@@ -249,6 +249,17 @@ pub fn session(s: &Session) -> Vec<Problem> {
         check_line(m, &["spec", "agent", "model"], &mut out);
     }
     check_env(&s.spec.agent.env, &mut out);
+    for k in s.spec.agent.env.keys() {
+        if let Some(why) = crate::agent::launch::misplaced_env(k) {
+            out.push((
+                at(&["spec", "agent", "env", k]),
+                format!("remove it: {why}"),
+            ));
+        }
+    }
+    if let Some(why) = crate::agent::launch::permission_conflict(&s.spec.agent) {
+        out.push((at(&["spec", "agent", "args"]), why));
+    }
     out
 }
 

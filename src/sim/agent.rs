@@ -19,6 +19,14 @@ use std::time::{Duration, Instant};
 
 /// Ctrl-C (or Ctrl-D) pressed again within this exits.
 const CTRL_C_WINDOW: Duration = Duration::from_secs(2);
+/// After the reset, when Claude Code's own continuation fires (2.1.332
+/// waited about a minute; the simulator, a moment).
+const AUTO_CONTINUE_AFTER: Duration = Duration::from_secs(2);
+/// What it submits then (2.1.332's words).
+const AUTO_CONTINUE: &str = "Your claude.ai usage limit has reset. Continue the task you were \
+     working on when the limit was reached; do not repeat work that is already complete.";
+/// The limit dialog's choices: stop, wait and continue, upgrade.
+const LIMIT_CHOICES: usize = 3;
 /// Longest wait for the `SessionEnd` hooks at exit.
 const END_HOOKS_WAIT: Duration = Duration::from_secs(10);
 /// Lines of conversation kept for the screen.
@@ -93,7 +101,7 @@ enum Phase {
     Warning { selected: usize },
     Idle,
     Busy(Turn),
-    Limit { selected: usize },
+    Limit { selected: usize, resets_at: u64 },
 }
 
 struct Exit {
@@ -112,6 +120,11 @@ struct Setup {
     config_dir: PathBuf,
     transcript_path: PathBuf,
     bypass: bool,
+    /// `--permission-mode` (Claude Code's default: `auto`).
+    mode: String,
+    /// Claude Code's own continue-at-reset (`autoContinueAtUsageLimit`,
+    /// on unless a settings file turns it off).
+    auto_continue: bool,
     /// The bypass-mode warning was accepted in a settings file.
     skip_warning: bool,
     resumed: bool,
@@ -139,6 +152,8 @@ struct Agent {
     account: Account,
     limits_key: Option<(u64, u64, Option<u64>, Option<u64>)>,
     next_reset: Option<u64>,
+    /// Claude Code's own continuation, armed for this reset (epoch s).
+    armed: Option<u64>,
     prompt_id: Option<String>,
     tokens_in: u64,
     tokens_out: u64,
@@ -269,6 +284,10 @@ pub fn main(argv: &[String]) -> ExitCode {
             .and_then(Value::as_bool)
             == Some(true)
     });
+    let auto_continue = [&flag_settings, &user]
+        .iter()
+        .find_map(|s| s.get("autoContinueAtUsageLimit").and_then(Value::as_bool))
+        .unwrap_or(true);
     let statusline_of = |s: &Value| {
         s.get("statusLine")
             .filter(|l| l.get("type").and_then(Value::as_str).unwrap_or("command") == "command")
@@ -287,6 +306,8 @@ pub fn main(argv: &[String]) -> ExitCode {
         cwd,
         config_dir,
         bypass: a.bypass,
+        mode: a.permission_mode.clone().unwrap_or_else(|| "auto".into()),
+        auto_continue,
         skip_warning,
         resumed: loaded.is_some(),
         knobs: Knobs::from_env(),
@@ -382,6 +403,7 @@ pub fn main(argv: &[String]) -> ExitCode {
         idle_notify_at: None,
         limits_key: None,
         next_reset: None,
+        armed: None,
         prompt_id: None,
         tokens_in: 0,
         tokens_out: 0,
@@ -527,12 +549,8 @@ impl Agent {
         m
     }
 
-    fn permission_mode(&self) -> &'static str {
-        if self.s.bypass {
-            "bypassPermissions"
-        } else {
-            "default"
-        }
+    fn permission_mode(&self) -> &str {
+        &self.s.mode
     }
 
     fn fire(&self, event: &str, fields: Value, subject: Option<&str>) {
@@ -634,6 +652,10 @@ impl Agent {
             at.extend(self.next_refresh);
         }
         at.extend(self.idle_notify_at);
+        at.extend(
+            self.armed
+                .map(|r| instant_of_epoch(r) + AUTO_CONTINUE_AFTER),
+        );
         at.into_iter().min()
     }
 
@@ -689,6 +711,23 @@ impl Agent {
         }
         if self.next_refresh.is_some_and(|r| now >= r) {
             self.refresh_status();
+        }
+        if self
+            .armed
+            .is_some_and(|r| clock::now_ms() >= r * 1000 + AUTO_CONTINUE_AFTER.as_millis() as u64)
+            && matches!(self.phase, Phase::Idle)
+        {
+            self.armed = None;
+            self.fire(
+                "Notification",
+                json!({
+                    "message": "Usage limit reset — Claude is continuing your task",
+                    "notification_type": "quota_auto_resume_fired",
+                }),
+                Some("quota_auto_resume_fired"),
+            );
+            self.push_history("● Usage limit reset · Continuing automatically".into());
+            self.submit(AUTO_CONTINUE);
         }
     }
 
@@ -746,10 +785,19 @@ impl Agent {
                 Key::Enter | Key::Esc => self.quit("other", 1, false),
                 _ => {}
             },
-            Phase::Limit { selected } => match k {
-                Key::Up | Key::Down => *selected = 1 - *selected,
-                Key::Char('1') => *selected = 0,
-                Key::Char('2') => *selected = 1,
+            Phase::Limit {
+                selected,
+                resets_at,
+            } => match k {
+                Key::Up => *selected = (*selected + LIMIT_CHOICES - 1) % LIMIT_CHOICES,
+                Key::Down => *selected = (*selected + 1) % LIMIT_CHOICES,
+                Key::Char(c @ '1'..='3') => *selected = c as usize - '1' as usize,
+                Key::Enter if *selected == 1 => {
+                    // Wait here, then continue automatically.
+                    let r = *resets_at;
+                    self.dismiss_limit();
+                    self.armed = Some(r);
+                }
                 Key::Enter | Key::Esc => self.dismiss_limit(),
                 _ => {}
             },
@@ -775,6 +823,7 @@ impl Agent {
                 }
             }
             Key::Esc if busy => self.interrupt(),
+            Key::Esc if self.armed.is_some() => self.armed = None,
             Key::Up if busy && !self.queue.is_empty() => self.unqueue(),
             _ => {}
         }
@@ -871,7 +920,7 @@ impl Agent {
             .spend(tokens, clock::now_s())
             .unwrap_or(Spend::Allowed);
         if let Some(msg) = spend.message() {
-            return self.rate_limited(&msg);
+            return self.rate_limited(&msg, spend.resets_at().unwrap_or_default());
         }
         let now = Instant::now();
         self.phase = Phase::Busy(Turn {
@@ -904,8 +953,8 @@ impl Agent {
     }
 
     /// The account refused the turn: what a subscription shows.
-    fn rate_limited(&mut self, msg: &str) {
-        let _ = self.transcript.rate_limited(msg);
+    fn rate_limited(&mut self, msg: &str, resets_at: u64) {
+        let _ = self.transcript.rate_limited(msg, resets_at);
         self.push_history(format!("● {msg}"));
         self.push_history(String::new());
         self.fire(
@@ -918,8 +967,22 @@ impl Agent {
             Some("rate_limit"),
         );
         self.unqueue();
-        self.phase = Phase::Limit { selected: 0 };
-        self.pid.set("waiting", Some("usage limit"));
+        if self.s.auto_continue {
+            // 2.1.332's default: no dialog, the continuation armed.
+            self.push_history(format!(
+                "● Usage limit reached · set to continue automatically at {}",
+                super::clock::reset_text(resets_at, false)
+            ));
+            self.armed = Some(resets_at);
+            self.phase = Phase::Idle;
+            self.pid.set("idle", None);
+        } else {
+            self.phase = Phase::Limit {
+                selected: 0,
+                resets_at,
+            };
+            self.pid.set("waiting", Some("dialog open"));
+        }
         self.refresh_status();
     }
 
@@ -984,21 +1047,21 @@ impl Agent {
     // ---- drawing --------------------------------------------------------
 
     fn footer(&self) -> Vec<String> {
-        const BYPASS: &str = "  ⏵⏵ bypass permissions on (shift+tab to cycle)";
+        let mode = render::mode_line(&self.s.mode);
         let busy = matches!(self.phase, Phase::Busy(_));
         let mut lines = match &self.status_text {
-            Some(s) => {
-                let mut l = vec![format!("  {s}")];
-                if self.s.bypass {
-                    l.push(BYPASS.into());
-                }
-                l
-            }
-            None if self.s.bypass && busy => vec![format!("{BYPASS} · esc to interrupt")],
-            None if self.s.bypass => vec![BYPASS.into()],
-            None if busy => vec!["  esc to interrupt".into()],
-            None => vec!["  ? for shortcuts".into()],
+            Some(s) => vec![format!("  {s}"), mode.into()],
+            None if busy => vec![format!("{mode} · esc to interrupt")],
+            None => vec![mode.into()],
         };
+        if let Some(r) = self.armed {
+            let at = super::clock::reset_text(r, false);
+            lines.insert(0, format!("  ⚠ Usage limit reached · limit resets {at}"));
+            lines.insert(
+                1,
+                format!("    Continuing automatically at {at} · Esc to cancel"),
+            );
+        }
         if self.ctrl_c.is_some() {
             lines[0] = "  Press Ctrl-C again to exit".into();
         }
@@ -1029,7 +1092,11 @@ impl Agent {
                     queued: &self.queue,
                 }
             }
-            Phase::Limit { selected } => Mode::LimitDialog {
+            Phase::Limit {
+                selected,
+                resets_at,
+            } => Mode::LimitDialog {
+                resets: super::clock::reset_text(*resets_at, false),
                 selected: *selected,
             },
         };

@@ -41,6 +41,8 @@ pub struct Args {
     pub model: Option<String>,
     /// `--dangerously-skip-permissions` or `--permission-mode bypassPermissions`.
     pub bypass: bool,
+    /// `--permission-mode` (`--dangerously-skip-permissions` is `bypassPermissions`).
+    pub permission_mode: Option<String>,
     pub version: bool,
     /// A positional prompt: submitted once the composer is up.
     pub prompt: Option<String>,
@@ -69,11 +71,17 @@ pub fn parse(argv: &[String]) -> Result<Args, String> {
             "--resume" | "-r" => a.resume = Some(value(name)?),
             "--continue" | "-c" => a.continue_latest = true,
             "--model" => a.model = Some(value(name)?),
-            "--dangerously-skip-permissions" => a.bypass = true,
+            "--dangerously-skip-permissions" => {
+                a.bypass = true;
+                a.permission_mode = Some("bypassPermissions".into());
+            }
             "--permission-mode" => {
-                if value(name)? == "bypassPermissions" {
-                    a.bypass = true;
-                }
+                let mode = value(name)?;
+                a.bypass = mode == "bypassPermissions";
+                a.permission_mode = Some(match mode.as_str() {
+                    "manual" => "default".into(),
+                    _ => mode,
+                });
             }
             "--version" | "-v" => a.version = true,
             n if WITH_VALUE.contains(&n) => {
@@ -116,6 +124,7 @@ mod tests {
                 session_id: Some("u-1".into()),
                 model: Some("sonnet".into()),
                 bypass: true,
+                permission_mode: Some("bypassPermissions".into()),
                 ..Args::default()
             }
         );
@@ -130,5 +139,8 @@ mod tests {
         assert!(a.bypass);
         assert_eq!(a.prompt.as_deref(), Some("hi"));
         assert!(parse(&v(&["--resume"])).is_err());
+        let a = parse(&v(&["--permission-mode", "manual"])).unwrap();
+        assert_eq!(a.permission_mode.as_deref(), Some("default"));
+        assert!(!a.bypass);
     }
 }

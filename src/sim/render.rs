@@ -32,6 +32,18 @@ pub const BYPASS_WARNING: &[&str] = &[
     "",
 ];
 
+/// The footer line of a permission mode, as 2.1.332 shows it.
+pub fn mode_line(mode: &str) -> &'static str {
+    match mode {
+        "bypassPermissions" => "  ⏵⏵ bypass permissions on (shift+tab to cycle)",
+        "acceptEdits" => "  ⏵⏵ accept edits on (shift+tab to cycle)",
+        "plan" => "  ⏸ plan mode on (shift+tab to cycle)",
+        "dontAsk" => "  ⏵⏵ don't ask on (shift+tab to cycle)",
+        "default" => "  ⏸ manual mode on",
+        _ => "  ⏵⏵ auto mode on (shift+tab to cycle)",
+    }
+}
+
 pub enum Mode<'a> {
     /// Before the composer appears.
     Starting,
@@ -50,6 +62,8 @@ pub enum Mode<'a> {
     /// The usage-limit dialog (`/rate-limit-options`).
     LimitDialog {
         selected: usize,
+        /// When the limit resets (`9:17am (UTC)`).
+        resets: String,
     },
 }
 
@@ -155,16 +169,21 @@ pub fn render(f: &Frame<'_>) -> (Vec<String>, Option<(usize, usize)>) {
             let placeholder = (!queued.is_empty()).then_some("Press up to edit queued messages");
             cursor_at = Some(composer(&mut bottom, placeholder));
         }
-        Mode::LimitDialog { selected } => {
+        Mode::LimitDialog { selected, resets } => {
             bottom.push(rule(f.cols));
             bottom.push("  What do you want to do?".into());
             bottom.push(String::new());
+            let wait = format!("Wait here, then continue automatically at {resets}");
             bottom.extend(choices(
-                &["Stop and wait for limit to reset", "Upgrade your plan"],
+                &[
+                    "Stop and wait for limit to reset",
+                    &wait,
+                    "Upgrade your plan",
+                ],
                 *selected,
             ));
             bottom.push(String::new());
-            bottom.push("  Esc to cancel".into());
+            bottom.push("  Enter to confirm · Esc to cancel".into());
         }
     }
     // The top (header, then the conversation) gives way to the bottom.
@@ -274,10 +293,32 @@ mod tests {
         );
         assert!(busy.contains("  ❯ next one\n"));
         assert_eq!(classify(&busy), Screen::Busy);
-        h.push_back("● You've hit your session limit · resets 8am (UTC)".into());
-        let limit = frame(Mode::LimitDialog { selected: 0 }, &h, "", &footer);
+        h.push_back("● You've hit your 5-hour limit · resets 8am (UTC)".into());
+        let limit = frame(
+            Mode::LimitDialog {
+                selected: 0,
+                resets: "8am (UTC)".into(),
+            },
+            &h,
+            "",
+            &footer,
+        );
         assert!(limit.contains("❯ 1. Stop and wait for limit to reset"));
+        assert!(limit.contains("2. Wait here, then continue automatically at 8am (UTC)"));
         assert_eq!(classify(&limit), Screen::UsageLimitDialog);
+        for mode in [
+            "default",
+            "auto",
+            "acceptEdits",
+            "plan",
+            "dontAsk",
+            "bypassPermissions",
+        ] {
+            let footer = vec![mode_line(mode).to_string()];
+            let idle = frame(Mode::Idle, &none, "", &footer);
+            assert_eq!(classify(&idle), Screen::Idle, "{mode}");
+        }
+        assert_eq!(mode_line("default"), "  ⏸ manual mode on");
         let warn = frame(Mode::Warning { selected: 0 }, &none, "", &footer);
         assert_eq!(classify(&warn), Screen::Dialog);
     }

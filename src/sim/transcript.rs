@@ -254,12 +254,18 @@ impl Transcript {
     }
 
     /// The line a usage-limit rejection leaves (no request was answered).
-    pub fn rate_limited(&mut self, text: &str) -> std::io::Result<()> {
+    /// A refused turn, with its reset as 2.1.332 records it.
+    pub fn rate_limited(&mut self, text: &str, resets_at: u64) -> std::io::Result<()> {
+        let info =
+            json!({"status": "rejected", "resetsAt": resets_at, "rateLimitType": "five_hour"});
         self.append(json!({
             "type": "assistant",
             "isApiErrorMessage": true,
             "apiErrorStatus": 429,
             "error": "rate_limit",
+            "apiError": "usage_limit_reached",
+            "apiErrorParams": {"rate_limit_info": info},
+            "quotaLimits": info,
             "message": {
                 "id": new_id("msg_sim_"),
                 "type": "message",

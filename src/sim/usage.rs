@@ -132,13 +132,22 @@ pub enum Spend {
 }
 
 impl Spend {
+    /// When the refused window resets.
+    pub fn resets_at(&self) -> Option<u64> {
+        match self {
+            Spend::Allowed => None,
+            Spend::Rejected { resets_at, .. } => Some(*resets_at),
+        }
+    }
+
     /// Claude Code's text for a rejection.
     pub fn message(&self) -> Option<String> {
         match self {
             Spend::Allowed => None,
             Spend::Rejected { weekly, resets_at } => Some(format!(
                 "You've hit your {} limit · resets {}",
-                if *weekly { "weekly" } else { "session" },
+                // 2.1.332's words (2.1.197 said `session limit`).
+                if *weekly { "weekly" } else { "5-hour" },
                 super::clock::reset_text(*resets_at, *weekly)
             )),
         }

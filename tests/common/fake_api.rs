@@ -235,6 +235,7 @@ pub enum Answer {
 }
 
 type ReplyFn = Arc<dyn Fn(&Recorded) -> String + Send + Sync>;
+type Matcher = Arc<dyn Fn(&Recorded) -> bool + Send + Sync>;
 /// Decides a main request's answer from the request (None: the reply text).
 type AnswerFn = Arc<dyn Fn(&Recorded) -> Option<Answer> + Send + Sync>;
 
@@ -252,6 +253,9 @@ struct State {
     headers_for: HashMap<String, Vec<(String, String)>>,
     /// Queue of failures, one consumed per main request.
     failures: Vec<Failure>,
+    /// Failures for the first main request that matches each predicate
+    /// (checked before `failures`).
+    targeted: Vec<(Matcher, Failure)>,
     /// Static answers: (method, path without query) -> (status, JSON body).
     routes: HashMap<(String, String), (u16, Value)>,
     /// Gate for main replies.
@@ -310,6 +314,7 @@ impl FakeApi {
                 headers: Vec::new(),
                 headers_for: HashMap::new(),
                 failures: Vec::new(),
+                targeted: Vec::new(),
                 routes: HashMap::new(),
                 held: false,
                 passes: 0,
@@ -663,6 +668,19 @@ impl FakeApi {
         }
     }
 
+    /// The first later main request for which `matches` holds is answered
+    /// with `failure` (e.g. the request of a subagent, told by its prompt).
+    pub fn fail_matching(
+        &self,
+        matches: impl Fn(&Recorded) -> bool + Send + Sync + 'static,
+        failure: Failure,
+    ) {
+        self.shared
+            .lock()
+            .targeted
+            .push((Arc::new(matches), failure));
+    }
+
     /// Failures still queued.
     pub fn failures_left(&self) -> usize {
         self.shared.lock().failures.len()
@@ -763,6 +781,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Body>) -> Response<Body> {
                     400,
                     FakeApi::error_body("invalid_request_error", "body is not JSON"),
                 )
+            } else if let Some(i) = main
+                .then(|| st.targeted.iter().position(|(m, _)| m(&rec)))
+                .flatten()
+            {
+                Plan::Fail(st.targeted.remove(i).1)
             } else if main && !st.failures.is_empty() {
                 Plan::Fail(st.failures.remove(0))
             } else if let Some(a) = main.then(|| st.answers.pop_front()).flatten() {

@@ -6,6 +6,7 @@
 pub mod chart;
 pub mod daemon;
 pub mod fake_api;
+pub mod fake_oauth;
 pub mod pool;
 pub mod prom;
 

@@ -56,8 +56,9 @@ impl From<claude_failover::api::Swap> for SwapRecord {
     }
 }
 
-/// The Claude Code binary: `CLAUDE_BIN`, or the copy pinned in
-/// tools/claude-code (installed by `.ci/run`).
+/// The Claude Code binary: `CLAUDE_BIN`, or the newest supported release
+/// pinned in tools/claude-code (installed by `.ci/run`; the oldest one is
+/// in tools/claude-code/oldest, for `CLAUDE_BIN`).
 pub fn claude_bin() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("CLAUDE_BIN") {
         return Some(PathBuf::from(p));
@@ -335,13 +336,25 @@ impl Pool {
         p
     }
 
-    /// A Session running the real Claude Code in the pool's workdir
-    /// (`extra_env` values that are keys go to files, `valueFrom`).
+    /// A Session running the real Claude Code in the pool's workdir, in
+    /// bypass mode (tools run without asking; `extra_env` values that are
+    /// keys go to files, `valueFrom`).
     pub fn session_yaml(
         &self,
         name: &str,
         account: Option<&str>,
         extra_env: &[(&str, &str)],
+    ) -> String {
+        self.session_yaml_in_mode(name, account, extra_env, "bypassPermissions")
+    }
+
+    /// The same in another permission mode (`spec.agent.permissionMode`).
+    pub fn session_yaml_in_mode(
+        &self,
+        name: &str,
+        account: Option<&str>,
+        extra_env: &[(&str, &str)],
+        mode: &str,
     ) -> String {
         let mut env: String = self
             .agent_env()
@@ -364,7 +377,7 @@ impl Pool {
             .map(|a| format!("  account: {a}\n"))
             .unwrap_or_default();
         format!(
-            "apiVersion: claude-failover.io/v1alpha1\nkind: Session\nmetadata:\n  name: {name}\nspec:\n  workdir: {}\n{account}  agent:\n    command: {}\n    args: [\"--dangerously-skip-permissions\"]\n    env:\n{env}",
+            "apiVersion: claude-failover.io/v1alpha1\nkind: Session\nmetadata:\n  name: {name}\nspec:\n  workdir: {}\n{account}  agent:\n    command: {}\n    permissionMode: {mode}\n    env:\n{env}",
             self.workdir().display(),
             self.claude.display()
         )
@@ -429,8 +442,13 @@ impl Pool {
     }
 
     /// Types a prompt into a session's pane and submits it, the way the
-    /// daemon does (the project's tmux driver).
+    /// daemon does (the project's tmux driver), once its composer is on
+    /// screen and empty (a hook can say Idle before Claude Code takes keys).
     pub fn type_prompt(&self, session: &str, text: &str) {
+        wait_for(&format!("the composer of {session}"), LONG, || {
+            claude_failover::agent::screen::composer_text(&self.screen(session))
+                .filter(|t| t.is_empty())
+        });
         let tmux = claude_failover::tmux::Tmux::new(self.socket());
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

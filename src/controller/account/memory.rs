@@ -33,6 +33,15 @@ pub struct Memory {
     pub poll_refused: bool,
 }
 
+/// The newest failure an agent reported: of its turn, or of a subagent
+/// or helper request (their usage limit is the account's too).
+pub fn newest_failure(sig: &AgentSignals) -> Option<&(String, String, SystemTime)> {
+    [&sig.last_failure, &sig.side_failure]
+        .into_iter()
+        .flatten()
+        .max_by_key(|(_, _, t)| *t)
+}
+
 fn system(t: &Time) -> SystemTime {
     SystemTime::from(t.0)
 }
@@ -82,7 +91,15 @@ impl Memory {
     /// Takes in what one session's agent said since the last pass, if that
     /// agent runs under `account` (as far as is known: a Session copy that
     /// is not yet updated may still show a moved session here).
-    pub fn absorb(&mut self, account: &str, session: &ObjectKey, sig: &AgentSignals) {
+    /// `logged_reset` is the reset time its transcript's limit entry gives
+    /// for its newest usage-limit failure, if any (2.1.332 writes one).
+    pub fn absorb(
+        &mut self,
+        account: &str,
+        session: &ObjectKey,
+        sig: &AgentSignals,
+        logged_reset: Option<SystemTime>,
+    ) {
         if sig.account.as_deref().is_some_and(|a| a != account) {
             return;
         }
@@ -95,20 +112,23 @@ impl Memory {
                 self.push(w, r);
             }
         }
-        if let Some((error, _, t)) = &sig.last_failure
+        if let Some((error, _, t)) = newest_failure(sig)
             && seen.failure != Some(*t)
         {
             seen.failure = Some(*t);
             match error.as_str() {
                 "rate_limit" => {
-                    // The window that ran out: the fullest one we know of.
+                    // When it resets: the transcript says so (2.1.332), else
+                    // the fullest window we know of.
                     let fullest = Window::ALL
                         .iter()
                         .filter_map(|w| self.latest(*w))
                         .max_by(|a, b| a.utilization.total_cmp(&b.utilization));
                     self.limit = Some(Limit {
                         at: *t,
-                        resets_at: fullest.and_then(|r| r.resets_at).filter(|r| r > t),
+                        resets_at: logged_reset
+                            .or(fullest.and_then(|r| r.resets_at))
+                            .filter(|r| r > t),
                         source: format!("StopFailure rate_limit in session {}", session.name),
                     });
                 }
@@ -173,26 +193,31 @@ mod tests {
     fn signals_become_readings_limits_and_auth_failures_once_each() {
         let k = ObjectKey::new(crate::api::Kind::Session, "default", "s");
         let mut m = Memory::default();
-        m.absorb("a", &k, &statusline(40.0, 100));
-        m.absorb("a", &k, &statusline(40.0, 100));
+        m.absorb("a", &k, &statusline(40.0, 100), None);
+        m.absorb("a", &k, &statusline(40.0, 100), None);
         assert_eq!(
             m.readings[&Window::FiveHour].len(),
             1,
             "the same input once"
         );
-        m.absorb("a", &k, &statusline(55.0, 200));
+        m.absorb("a", &k, &statusline(55.0, 200), None);
         assert_eq!(m.latest(Window::FiveHour).unwrap().utilization, 55.0);
         let mut sig = statusline(55.0, 200);
         sig.last_failure = Some(("rate_limit".into(), "hit".into(), at(300)));
-        m.absorb("a", &k, &sig);
+        m.absorb("a", &k, &sig, None);
         let l = m.limit.clone().unwrap();
         assert_eq!((l.at, l.resets_at), (at(300), Some(at(10_000))));
         sig.last_failure = Some(("authentication_failed".into(), "x".into(), at(400)));
-        m.absorb("a", &k, &sig);
+        m.absorb("a", &k, &sig, None);
         assert_eq!(m.auth_failed, Some(at(400)));
         sig.last_stop = Some(("ok".into(), at(500)));
-        m.absorb("a", &k, &sig);
+        m.absorb("a", &k, &sig, None);
         assert_eq!(m.auth_failed, None, "a turn that succeeded since");
+        // A subagent's limit is the account's; the transcript tells its end.
+        sig.side_failure = Some(("rate_limit".into(), "in a subagent".into(), at(600)));
+        m.absorb("a", &k, &sig, Some(at(4_000)));
+        let l = m.limit.clone().unwrap();
+        assert_eq!((l.at, l.resets_at), (at(600), Some(at(4_000))));
     }
 
     #[test]
@@ -201,14 +226,14 @@ mod tests {
         // while its new agent reports b's usage.
         let k = ObjectKey::new(crate::api::Kind::Session, "default", "s");
         let mut m = Memory::default();
-        m.absorb("a", &k, &statusline(95.0, 100));
+        m.absorb("a", &k, &statusline(95.0, 100), None);
         let mut on_b = statusline(10.0, 200);
         on_b.account = Some("b".into());
-        m.absorb("a", &k, &on_b);
+        m.absorb("a", &k, &on_b, None);
         assert_eq!(m.latest(Window::FiveHour).unwrap().utilization, 95.0);
         let mut on_a = statusline(96.0, 300);
         on_a.account = Some("a".into());
-        m.absorb("a", &k, &on_a);
+        m.absorb("a", &k, &on_a, None);
         assert_eq!(m.latest(Window::FiveHour).unwrap().utilization, 96.0);
     }
 
@@ -216,18 +241,18 @@ mod tests {
     fn the_projection_follows_the_pace_of_the_current_window() {
         let k = ObjectKey::new(crate::api::Kind::Session, "default", "s");
         let mut m = Memory::default();
-        m.absorb("a", &k, &statusline(40.0, 1000));
+        m.absorb("a", &k, &statusline(40.0, 1000), None);
         assert_eq!(m.projection(90.0), None, "one reading");
-        m.absorb("a", &k, &statusline(50.0, 1600));
+        m.absorb("a", &k, &statusline(50.0, 1600), None);
         // 10 points in 600 s: 40 more points in 2400 s.
         assert_eq!(m.projection(90.0), Some(at(4000)));
         let mut m = Memory::default();
-        m.absorb("a", &k, &statusline(10.0, 1000));
-        m.absorb("a", &k, &statusline(11.0, 1600));
+        m.absorb("a", &k, &statusline(10.0, 1000), None);
+        m.absorb("a", &k, &statusline(11.0, 1600), None);
         assert_eq!(m.projection(90.0), None, "reached after the window resets");
         let mut m = Memory::default();
-        m.absorb("a", &k, &statusline(80.0, 1000));
-        m.absorb("a", &k, &statusline(85.0, 1600));
+        m.absorb("a", &k, &statusline(80.0, 1000), None);
+        m.absorb("a", &k, &statusline(85.0, 1600), None);
         assert_eq!(m.projection(90.0), Some(at(2200)));
         assert_eq!(m.projection(80.0), None, "already past");
     }

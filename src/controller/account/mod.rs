@@ -15,10 +15,12 @@
 //! the sessions react to the written phase through their caches.
 
 pub mod decide;
+mod login;
 pub mod memory;
 mod poll;
 
 use super::{BY_ACCOUNT, Shared};
+use crate::agent::signals::AgentSignals;
 use crate::api::{Account, AccountPhase, AccountStatus, ObjectKey, Session};
 use crate::notify::{Notice, NoticeKind};
 use crate::store::cache::index_key;
@@ -128,14 +130,22 @@ async fn account(
     let key = ObjectKey::of(a);
     let before = a.status.clone().unwrap_or_default();
     let live = live_on(ctx, &key.namespace, &key.name);
+    let signals: Vec<(ObjectKey, AgentSignals)> = live
+        .iter()
+        .map(|s| {
+            let sk = ObjectKey::of(s.as_ref());
+            let sig = ctx.shared.signals.get(&sk);
+            (sk, sig)
+        })
+        .collect();
+    let logged = logged_resets(ctx, &signals, now).await;
     let (inputs, wants_poll, ledger_due) = {
         let mut all = ctx.memory.lock().expect("lock");
         let m = all
             .entry(key.clone())
             .or_insert_with(|| Memory::from_status(&before));
-        for s in &live {
-            let sk = ObjectKey::of(s.as_ref());
-            m.absorb(&key.name, &sk, &ctx.shared.signals.get(&sk));
+        for ((sk, sig), reset) in signals.iter().zip(logged) {
+            m.absorb(&key.name, sk, sig, reset);
         }
         let inputs = decide::inputs(m, a, &ctx.settings, now);
         let wants_poll = (live.is_empty()
@@ -172,7 +182,10 @@ async fn account(
             .get(&key)
             .and_then(|m| m.ledger.and_then(|(_, p)| p))
     };
-    let verdict = crate::quota::phase(&inputs, now);
+    let verdict = match login::unavailable(ctx, a).await {
+        Some(v) => v,
+        None => crate::quota::phase(&inputs, now),
+    };
     let status = decide::status(a, &inputs, &verdict, projection, live.len() as u32, now);
     if decide::worth_writing(&before, &status, now) {
         write(ctx, &key, &status).await?;
@@ -185,6 +198,42 @@ async fn account(
         .and_then(|t| t.duration_since(now).ok())
         .map(|d| d + LATE);
     Ok([wake, poll_in].into_iter().flatten().min())
+}
+
+/// How recent a usage-limit failure must be for its transcript to be read.
+const LOGGED_WITHIN: Duration = Duration::from_secs(120);
+
+/// For each session's newest usage-limit failure (recent), the reset time
+/// its transcript's limit entry gives (2.1.332 writes one).
+async fn logged_resets(
+    ctx: &Context,
+    signals: &[(ObjectKey, AgentSignals)],
+    now: SystemTime,
+) -> Vec<Option<SystemTime>> {
+    let wanted: Vec<Option<(String, SystemTime)>> = signals
+        .iter()
+        .map(|(_, sig)| {
+            let (error, _, at) = memory::newest_failure(sig)?;
+            let recent = now.duration_since(*at).unwrap_or_default() < LOGGED_WITHIN;
+            (error == "rate_limit" && recent)
+                .then(|| Some((sig.transcript_path.clone()?, *at)))
+                .flatten()
+        })
+        .collect();
+    if wanted.iter().all(Option::is_none) {
+        return vec![None; signals.len()];
+    }
+    ctx.shared
+        .blocking(move |_| {
+            wanted
+                .into_iter()
+                .map(|w| {
+                    let (path, at) = w?;
+                    crate::agent::hooks::latest_limit(path.as_ref(), at)?.resets_at
+                })
+                .collect()
+        })
+        .await
 }
 
 async fn write(

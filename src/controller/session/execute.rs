@@ -109,6 +109,7 @@ pub async fn observe(
         let pidf = observe::pid_file(ctx, config_dir(st, accounts), p.pid).await;
         state = observe::agent_state(ctx, key, p, &sig, pidf.as_ref()).await?;
         observe::absorb(st, &sig, pidf.as_ref());
+        agent_version(ctx, st, &sig, config_dir(st, accounts), p.pid).await;
     }
     let observed = Observed {
         launched: launched || (live.is_none() && st.launches.unwrap_or(0) > 0),
@@ -120,6 +121,42 @@ pub async fn observe(
         now,
     };
     Ok((observed, sig))
+}
+
+/// The `AgentVersion` condition: the running Claude Code's release against
+/// the supported range (from its statusLine input, else its state file).
+async fn agent_version(
+    ctx: &Context,
+    st: &mut SessionStatus,
+    sig: &AgentSignals,
+    dir: std::path::PathBuf,
+    pid: u32,
+) {
+    use crate::agent::version;
+    let reported = sig
+        .statusline
+        .as_ref()
+        .and_then(|(v, _)| version::reported(v).map(str::to_string));
+    let reported = match reported {
+        Some(v) => Some(v),
+        None => {
+            ctx.shared
+                .blocking(move |_| version::of_pid_file(&dir, pid))
+                .await
+        }
+    };
+    if let Some(v) = reported {
+        let (ok, reason, message) = version::Support::of(&v).condition();
+        set_condition(
+            &mut st.conditions,
+            "AgentVersion",
+            ok,
+            reason,
+            &message,
+            None,
+            crate::api::now(),
+        );
+    }
 }
 
 /// What is wanted of the session.
@@ -390,18 +427,29 @@ async fn clear(
     deliberate: bool,
 ) -> Result<(), Error> {
     let p = o.pane.as_ref().expect("planned for a dead pane");
-    let mut why = match p.exit_status {
-        Some(code) => format!("agent exited with status {code}"),
-        None => "agent exited".into(),
-    };
-    // Its last words, for the event: why it exited is usually on screen.
-    let tail = ctx.shared.driver.last_words(p, 3).await;
-    if !tail.is_empty() {
-        why = format!("{why}: {tail}");
-    }
+    // Its last words: why it exited is usually on screen (in the history:
+    // tmux scrolls it there when the pane dies).
+    let text =
+        crate::agent::exit::dead_pane_text(ctx.shared.driver.terminal().socket(), &p.id).await;
+    let launched = st.launch.as_ref().map(|l| system_micro(&l.at));
+    let exit = crate::agent::exit::diagnose(&crate::agent::exit::Exit {
+        status: p.exit_status,
+        screen: &text,
+        ran_for: launched
+            .and_then(|at| o.now.duration_since(at).ok())
+            .unwrap_or_default(),
+    });
     ctx.shared.driver.clear(key).await?;
     if !deliberate && !d.suspend && !d.deleting {
-        ctx.record(key, true, "AgentExited", &why).await;
+        ctx.record(key, true, exit.reason, &exit.message).await;
+        ctx.memory
+            .lock()
+            .expect("lock")
+            .entry(key.clone())
+            .or_default()
+            .crash = exit
+            .crash_loop
+            .then(|| (exit.reason.to_string(), exit.message.clone()));
     }
     st.pid = None;
     Ok(())
@@ -426,6 +474,9 @@ async fn launch_step(
             // Any launch answers the restart requests made so far.
             st.restart_handled = d.restart.clone();
             st.next_start_at = None;
+            if let Some(m) = ctx.memory.lock().expect("lock").get_mut(&key) {
+                m.crash = None;
+            }
             let verb = if deliberate {
                 "Relaunched"
             } else if restart {
@@ -457,14 +508,16 @@ async fn launch_step(
                 .clamp(1, ctx.shared.settings.max_backoff.as_secs().max(1));
             st.backoff_seconds = Some(secs);
             st.next_start_at = Some(time(now + Duration::from_secs(secs)));
-            ctx.record(&key, true, "LaunchFailed", &message).await;
-            let mut r = report::not_running(
-                SessionPhase::Failed,
-                "LaunchFailed",
-                &message,
-                Duration::from_secs(secs),
-            );
-            r.ready.reason = "LaunchFailed".into();
+            let reason = crate::agent::exit::launch_failure_reason(&message);
+            ctx.record(&key, true, reason, &message).await;
+            let crash = (reason.to_string(), message);
+            let r = crash_report(&crash, st, now);
+            ctx.memory
+                .lock()
+                .expect("lock")
+                .entry(key.clone())
+                .or_default()
+                .crash = Some(crash);
             r
         }
     }
@@ -489,6 +542,12 @@ async fn launch(
             .find(|a| a.metadata.name.as_ref() == Some(n))
             .map(|a| expand_home(&a.spec.config_dir))
     });
+    // Claude Code not installed (or not on the agents' PATH): said before
+    // anything is launched.
+    let path =
+        crate::agent::env::lookup(&s.spec.agent.env, "PATH").or_else(|| std::env::var("PATH").ok());
+    let workdir = expand_home(&s.spec.workdir);
+    crate::agent::exit::resolve_command(&s.spec.agent.command, path.as_deref(), &workdir)?;
     let prepared = {
         let (s, dir, shared) = (
             s.clone(),
@@ -602,6 +661,15 @@ async fn wait_backoff(
     o: &Observed,
     secs: u64,
 ) -> Report {
+    let crash = ctx
+        .memory
+        .lock()
+        .expect("lock")
+        .get(key)
+        .and_then(|m| m.crash.clone());
+    if let Some(crash) = crash {
+        return crash_report(&crash, st, o.now);
+    }
     let exited = o.pane.as_ref().and_then(|p| p.exit_status);
     let message = match (o.pane.is_some(), exited) {
         (true, Some(c)) => format!("agent exited with status {c}; restarting in {secs}s"),
@@ -624,6 +692,22 @@ async fn wait_backoff(
         Duration::from_secs(secs),
     );
     r.ready.reason = "BackOff".into();
+    r
+}
+
+/// A crash loop: the agent cannot start; tried again at `st.nextStartAt`.
+fn crash_report(crash: &(String, String), st: &SessionStatus, now: SystemTime) -> Report {
+    let at = st.next_start_at.as_ref().map(system).unwrap_or(now);
+    let message = crate::agent::exit::with_next_try(&crash.1, at, now);
+    let mut r = report::not_running(
+        SessionPhase::CrashLoopBackOff,
+        "CrashLoopBackOff",
+        &message,
+        at.duration_since(now)
+            .unwrap_or_default()
+            .max(Duration::from_secs(1)),
+    );
+    r.ready.reason = crash.0.clone();
     r
 }
 

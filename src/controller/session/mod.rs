@@ -54,6 +54,9 @@ struct Memory {
     checkpoint: Option<(u64, Instant)>,
     /// The interruption a continue was typed for.
     continued: Option<SystemTime>,
+    /// Why the latest launch failed, or the agent exited at start (reason,
+    /// message): a crash loop (see [`crate::agent::exit`]).
+    crash: Option<(String, String)>,
 }
 
 /// The session controller's dependencies and memory.

@@ -158,11 +158,18 @@ fn account_phase(a: &Account) -> AccountPhase {
     a.status.as_ref().and_then(|s| s.phase).unwrap_or_default()
 }
 
+/// Whether the account controller has looked at `a` (its login among
+/// other things): nothing is launched on an account before.
+fn checked(a: &Account) -> bool {
+    a.status.as_ref().and_then(|s| s.phase).is_some()
+}
+
 /// Whether new work may start on `a`.
 pub fn runnable(a: &Account) -> bool {
     use AccountPhase::*;
     a.metadata.deletion_timestamp.is_none()
         && !a.spec.suspend
+        && checked(a)
         && !matches!(account_phase(a), Exhausted | Unavailable | Suspended)
 }
 
@@ -196,7 +203,27 @@ pub fn pick_account(
             .copied()
             .find(|a| a.metadata.name.as_deref() == Some(n))
     };
-    let present = |a: &Account| a.metadata.deletion_timestamp.is_none() && !a.spec.suspend;
+    // Present, checked and logged in: an Unavailable account (no login,
+    // failing authentication) is not even one to wait on.
+    let present = |a: &Account| {
+        a.metadata.deletion_timestamp.is_none()
+            && !a.spec.suspend
+            && checked(a)
+            && account_phase(a) != AccountPhase::Unavailable
+    };
+    // Until the account controller has looked at every account, a choice
+    // among those it has seen might not be the one it would make.
+    let unchecked: Vec<&str> = accounts
+        .iter()
+        .filter(|a| a.metadata.deletion_timestamp.is_none() && !a.spec.suspend && !checked(a))
+        .filter_map(|a| a.metadata.name.as_deref())
+        .collect();
+    if !unchecked.is_empty() {
+        return Err(format!(
+            "waiting for the account controller to check {}",
+            unchecked.join(", ")
+        ));
+    }
     if let Some(want) = &s.spec.account {
         match find(want) {
             None => return Err(format!("Account {want} not found")),
@@ -223,7 +250,28 @@ pub fn pick_account(
         .min_by_key(key)
         .or_else(|| accounts.iter().filter(|a| present(a)).min_by_key(key))
         .map(|a| Some(a.metadata.name.clone().unwrap_or_default()))
-        .ok_or_else(|| "no usable Account: every one is suspended".into())
+        .ok_or_else(|| unusable(accounts))
+}
+
+/// Why no account can be used, one clause per account.
+fn unusable(accounts: &[&Account]) -> String {
+    let why: Vec<String> = accounts
+        .iter()
+        .map(|a| {
+            let name = a.metadata.name.as_deref().unwrap_or_default();
+            let unavailable = a
+                .status
+                .as_ref()
+                .and_then(|st| st.conditions.iter().find(|c| c.type_ == "Available"))
+                .filter(|_| account_phase(a) == AccountPhase::Unavailable);
+            match unavailable {
+                _ if a.spec.suspend => format!("{name} is suspended"),
+                Some(c) => format!("{name} is unavailable ({}: {})", c.reason, c.message),
+                None => format!("{name} is being deleted"),
+            }
+        })
+        .collect();
+    format!("no usable Account: {}", why.join("; "))
 }
 
 /// The account a running Session should stay on: the one it runs under,
@@ -483,6 +531,10 @@ mod tests {
                 },
             );
             a.metadata.namespace = Some("default".into());
+            a.status = Some(crate::api::AccountStatus {
+                phase: Some(AccountPhase::Available),
+                ..Default::default()
+            });
             a
         };
         let mut s = session(Some("work"));
@@ -543,6 +595,37 @@ mod tests {
         assert_eq!(
             keep_account(&s, &tired, Some("spare")),
             Some("spare".into())
+        );
+        // Not looked at yet: nothing is launched on it.
+        let mut fresh = owned.clone();
+        fresh[0].status = None;
+        s.spec.account = None;
+        assert_eq!(
+            pick_account(&s, &[&fresh[0], &owned[1]], None),
+            Err("waiting for the account controller to check work".into()),
+            "not the first one checked, but the best one"
+        );
+        // An account without a login is not one to wait on: told why.
+        let mut solo = acct("solo", 10, false);
+        solo.status = Some(crate::api::AccountStatus {
+            phase: Some(AccountPhase::Unavailable),
+            conditions: vec![crate::api::Condition {
+                type_: "Available".into(),
+                status: "False".into(),
+                reason: "NotLoggedIn".into(),
+                message: "no credentials in /a/solo".into(),
+                observed_generation: None,
+                last_transition_time: crate::api::now(),
+            }],
+            ..Default::default()
+        });
+        s.spec.account = Some("solo".into());
+        assert_eq!(
+            pick_account(&s, &[&solo], Some("solo")),
+            Err(
+                "no usable Account: solo is unavailable (NotLoggedIn: no credentials in /a/solo)"
+                    .into()
+            )
         );
     }
 }

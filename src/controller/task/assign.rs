@@ -177,13 +177,22 @@ pub fn account_takes_work(s: &Session, account: Option<&Account>, policy: &Polic
     if a.phase == Some(AccountPhase::NearLimit) && policy.drains(account) && !stuck {
         return false;
     }
+    // A launch since the cut (a failover to another account, a restart)
+    // was placed on an account chosen after the limit: it takes work.
+    let relaunched =
+        |cut: &crate::api::Interruption| status.launch.as_ref().is_some_and(|l| l.at.0 > cut.at.0);
     match &status.interrupted {
         // Cut on another account: this one has not seen that limit.
         Some(cut) if cut.account.is_some() && cut.account != account.metadata.name => true,
         None => true,
-        Some(cut) => a.conditions.iter().any(|c| {
-            c.type_ == "Available" && c.status == "True" && c.last_transition_time.0 > cut.at.0
-        }),
+        Some(cut) => {
+            relaunched(cut)
+                || a.conditions.iter().any(|c| {
+                    c.type_ == "Available"
+                        && c.status == "True"
+                        && c.last_transition_time.0 > cut.at.0
+                })
+        }
     }
 }
 
@@ -515,6 +524,19 @@ mod tests {
         assert!(account_takes_work(
             &cut,
             Some(&account(AccountPhase::Available, 600)),
+            &policy
+        ));
+        // Moved since to another account (available from before the cut).
+        cut.status.as_mut().unwrap().launch = Some(crate::api::LaunchStatus {
+            account: Some("b".into()),
+            at: crate::api::MicroTime(k8s_openapi::jiff::Timestamp::from_second(520).unwrap()),
+            resumed: true,
+            epoch: Some(1),
+            confirmed_at: None,
+        });
+        assert!(account_takes_work(
+            &cut,
+            Some(&account(AccountPhase::Available, 10)),
             &policy
         ));
         // Being moved.

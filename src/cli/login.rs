@@ -1,0 +1,279 @@
+//! `login ACCOUNT`: runs Claude Code's own login (`claude auth login`)
+//! under the account's config dir, in a tmux session of the pool, and
+//! waits until the account's credentials are there.
+//!
+//! In a terminal the command attaches to that session, so the login is
+//! finished right there (Claude Code opens a browser, or prints a URL and
+//! asks for the code); elsewhere it says how to attach. Claude Code writes
+//! the credentials itself: this command only reads them (never prints
+//! them). Once logged in, the Account is annotated so the daemon looks at
+//! it again at once.
+
+use super::Ctx;
+use super::doctor::Paths;
+use crate::agent::{exit, login};
+use crate::api::{Account, Kind, ObjectKey, Session};
+use crate::tmux::{NewSession, Tmux};
+use anyhow::{Context as _, Result, bail};
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// The annotation set when a login finishes (wakes the account controller).
+pub const LOGGED_IN_AT: &str = "claude-failover.io/logged-in-at";
+/// How often the credentials are looked at while the login runs.
+const POLL: Duration = Duration::from_millis(250);
+
+/// Variables of this shell the login needs (a browser to open, a proxy to
+/// go through, a CA to trust), passed on to Claude Code.
+const PASSED_ON: &[&str] = &[
+    "BROWSER",
+    "DISPLAY",
+    "WAYLAND_DISPLAY",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "NODE_EXTRA_CA_CERTS",
+    "SSL_CERT_FILE",
+];
+
+#[derive(clap::Args, Debug)]
+pub struct LoginArgs {
+    /// The Account to log in
+    pub account: String,
+    /// Claude Code's command [default: the agent command of the account's Sessions, else `claude`]
+    #[arg(long)]
+    pub command: Option<String>,
+    /// Log in with an Anthropic Console account (API usage billing) instead of a subscription
+    #[arg(long)]
+    pub console: bool,
+    /// Log in again even when the account has a login
+    #[arg(long)]
+    pub force: bool,
+    /// Never attach to the login's tmux session (print how to instead)
+    #[arg(long)]
+    pub no_attach: bool,
+    /// How long to wait for the login to finish
+    #[arg(long, default_value = "10m", value_parser = super::wait::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// The login's tmux session name.
+fn session_name(key: &ObjectKey) -> String {
+    if key.namespace == crate::api::DEFAULT_NAMESPACE {
+        format!("login-{}", key.name)
+    } else {
+        format!("login-{}_{}", key.namespace, key.name)
+    }
+}
+
+/// A fingerprint of the credentials file's bytes, to tell a new login from
+/// the one that was there (never shown).
+fn creds_stamp(dir: &Path) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let bytes = std::fs::read(dir.join(".credentials.json")).ok()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    Some(h.finish())
+}
+
+pub fn login(ctx: &Ctx, a: LoginArgs) -> Result<ExitCode> {
+    let store = ctx.store()?;
+    let account = store
+        .api::<Account>(Some(&ctx.namespace))
+        .get(&a.account)?
+        .with_context(|| {
+            format!(
+                "account \"{}\" not found in namespace {} (claude-failover get accounts)",
+                a.account, ctx.namespace
+            )
+        })?;
+    let dir = crate::fsutil::expand_home(&account.spec.config_dir);
+    let before = login::check(&a.account, &dir, None);
+    if let login::Login::LoggedIn(m) = &before
+        && !a.force
+    {
+        println!(
+            "account {} is already logged in ({m}); use --force to log in again",
+            a.account
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let sessions: Vec<Session> = store
+        .api::<Session>(Some(&ctx.namespace))
+        .list()?
+        .into_iter()
+        .filter(|s| s.spec.account.as_deref() == Some(a.account.as_str()))
+        .collect();
+    let agent = sessions.first().map(|s| s.spec.agent.clone());
+    let command = a
+        .command
+        .clone()
+        .or_else(|| agent.as_ref().map(|g| g.command.clone()))
+        .unwrap_or_else(|| "claude".into());
+    let path = agent
+        .as_ref()
+        .and_then(|g| crate::agent::env::lookup(&g.env, "PATH"))
+        .or_else(|| std::env::var("PATH").ok());
+    let cwd = std::env::current_dir().unwrap_or_else(|_| dir.clone());
+    let program =
+        exit::resolve_command(&command, path.as_deref(), &cwd).map_err(|e| anyhow::anyhow!(e))?;
+    create_private_dir(&dir)?;
+
+    // The account's agent environment (a gateway's ANTHROPIC_BASE_URL, ...),
+    // what this shell has for the browser and the network, its config dir.
+    let mut env: Vec<(String, String)> = agent
+        .map(|g| crate::agent::env::resolve(&g.env))
+        .transpose()?
+        .unwrap_or_default();
+    for k in PASSED_ON {
+        if let Ok(v) = std::env::var(k) {
+            env.retain(|(e, _)| e != k);
+            env.push((k.to_string(), v));
+        }
+    }
+    env.retain(|(k, _)| k != "CLAUDE_CONFIG_DIR");
+    env.push((
+        "CLAUDE_CONFIG_DIR".into(),
+        dir.to_string_lossy().into_owned(),
+    ));
+    let mut argv = vec![
+        program.to_string_lossy().into_owned(),
+        "auth".into(),
+        "login".into(),
+    ];
+    if a.console {
+        argv.push("--console".into());
+    }
+    let key = ObjectKey::new(Kind::Account, &ctx.namespace, &a.account);
+    let name = session_name(&key);
+    let paths = Paths::of(ctx);
+    let tmux = Tmux::new(&paths.tmux_socket);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let stamp = creds_stamp(&dir);
+    rt.block_on(async {
+        tmux.kill_session(&name).await?;
+        tmux.new_session(&NewSession {
+            name: &name,
+            cwd: &dir,
+            env: &env,
+            argv: &argv,
+            width: 200,
+            height: 50,
+        })
+        .await
+    })
+    .context("cannot start the login in the pool's tmux server")?;
+    let attach = format!("tmux -S {} attach -t ={name}", paths.tmux_socket.display());
+    let interactive =
+        !a.no_attach && std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    eprintln!(
+        "Claude Code's login for account {} runs in tmux session {name} ({})",
+        a.account,
+        if interactive {
+            "attaching; finish the login there".to_string()
+        } else {
+            format!("finish it there: {attach}")
+        }
+    );
+    let mut client = if interactive {
+        Some(
+            std::process::Command::new("tmux")
+                .args(["-S"])
+                .arg(&paths.tmux_socket)
+                .args(["attach", "-t", &format!("={name}")])
+                .env_remove("TMUX")
+                .spawn()
+                .context("cannot attach to the login's tmux session")?,
+        )
+    } else {
+        None
+    };
+    let deadline = Instant::now() + a.timeout;
+    let outcome = loop {
+        let now = login::check(&a.account, &dir, None);
+        let fresh = !a.force || creds_stamp(&dir) != stamp;
+        if now.logged_in() && fresh {
+            break Ok(now);
+        }
+        let pane = rt.block_on(tmux.pane(&name))?;
+        if pane.as_ref().is_none_or(|p| p.dead) {
+            // The login ended: its last words say why, if it failed.
+            let screen = match &pane {
+                Some(p) => rt.block_on(exit::dead_pane_text(&paths.tmux_socket, &p.id)),
+                None => String::new(),
+            };
+            let again = login::check(&a.account, &dir, None);
+            if again.logged_in() && (!a.force || creds_stamp(&dir) != stamp) {
+                break Ok(again);
+            }
+            break Err(format!(
+                "Claude Code's login ended without a login: {}",
+                exit::last_lines(&screen)
+            ));
+        }
+        if Instant::now() >= deadline {
+            break Err(format!(
+                "no login after {}s (the session stays open: {attach})",
+                a.timeout.as_secs()
+            ));
+        }
+        if let Some(c) = &mut client
+            && c.try_wait()?.is_some()
+        {
+            eprintln!("detached; still waiting for the login ({attach})");
+            client = None;
+        }
+        std::thread::sleep(POLL);
+    };
+    let timed_out = matches!(&outcome, Err(m) if m.starts_with("no login after"));
+    if !timed_out {
+        let _ = rt.block_on(tmux.kill_session(&name));
+    }
+    if let Some(mut c) = client {
+        let _ = c.wait();
+    }
+    match outcome {
+        Ok(login::Login::LoggedIn(m)) => {
+            let when = serde_json::to_value(k8s_openapi::jiff::Timestamp::now().to_string())?;
+            store.update_metadata(&key, None, |meta| {
+                let ann = meta
+                    .entry("annotations")
+                    .or_insert_with(|| serde_json::json!({}));
+                if let Some(a) = ann.as_object_mut() {
+                    a.insert(LOGGED_IN_AT.into(), when);
+                }
+            })?;
+            store.record_event(
+                &key,
+                false,
+                "LoggedIn",
+                &format!("logged in with claude-failover login ({m})"),
+                "cli",
+            )?;
+            println!("account {} is logged in ({m})", a.account);
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(_) => unreachable!("only a login ends the wait"),
+        Err(message) => bail!("account {}: {message}", a.account),
+    }
+}
+
+/// The config dir, made private (mode 0700) when this creates it.
+fn create_private_dir(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create the config dir {}", dir.display()))
+}

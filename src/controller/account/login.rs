@@ -1,0 +1,99 @@
+//! The login side of an account's phase: `Unavailable` when its config dir
+//! holds no usable login (`NotLoggedIn`) or a copy of another account's
+//! (`CopiedLogin`). The decisions are [`crate::agent::login`]'s; this reads
+//! the files off the async workers and keeps a copy set aside after its
+//! twin refreshed.
+
+use super::Context;
+use crate::agent::login;
+use crate::api::{Account, AccountPhase, Session};
+use crate::quota::Verdict;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// How precise a condition's `lastTransitionTime` is.
+const CONDITION_PRECISION: Duration = Duration::from_secs(1);
+
+/// `Unavailable` for want of a login, or None.
+pub async fn unavailable(ctx: &Context, a: &Account) -> Option<Verdict> {
+    if a.spec.suspend {
+        return None;
+    }
+    let ns = a.metadata.namespace.clone().unwrap_or_default();
+    let name = a.metadata.name.clone().unwrap_or_default();
+    let mut peers: Vec<Arc<Account>> = ctx
+        .shared
+        .caches
+        .accounts_in(&ns)
+        .into_iter()
+        .filter(|p| !p.spec.suspend)
+        .collect();
+    // The preferred account keeps a login; later ones hold copies.
+    peers.sort_by_key(|p| (p.spec.priority, p.metadata.name.clone()));
+    let dirs: Vec<(String, PathBuf)> = peers
+        .iter()
+        .map(|p| {
+            (
+                p.metadata.name.clone().unwrap_or_default(),
+                crate::fsutil::expand_home(&p.spec.config_dir),
+            )
+        })
+        .collect();
+    let sessions: Vec<Session> = ctx
+        .shared
+        .caches
+        .sessions
+        .all()
+        .iter()
+        .filter(|s| s.metadata.namespace.as_deref() == Some(ns.as_str()))
+        .map(|s| s.as_ref().clone())
+        .collect();
+    let dir = crate::fsutil::expand_home(&a.spec.config_dir);
+    let set_aside = a.status.as_ref().and_then(|st| {
+        st.conditions
+            .iter()
+            .find(|c| c.type_ == "Available" && c.reason == "CopiedLogin")
+            .map(|c| {
+                (
+                    SystemTime::from(c.last_transition_time.0),
+                    c.message.clone(),
+                )
+            })
+    });
+    let (reason, message) = ctx
+        .shared
+        .blocking(move |_| {
+            let daemon_env: Vec<(String, String)> = std::env::vars().collect();
+            let state = login::check(
+                &name,
+                &dir,
+                login::agents_credential(&name, &sessions, &daemon_env),
+            );
+            let copy_of = login::copied_logins(&dirs)
+                .into_iter()
+                .find(|(c, _)| *c == name)
+                .map(|(_, original)| original);
+            // A copy stays set aside after its twin refreshed (their tokens
+            // differ then, but this one's refresh token is spent) until the
+            // account is logged in again (its credentials file changes).
+            // The condition's time is whole seconds (rounded down).
+            let still_aside = || {
+                let (since, message) = set_aside?;
+                let written = std::fs::metadata(dir.join(".credentials.json"))
+                    .and_then(|m| m.modified())
+                    .ok()?;
+                (written < since + CONDITION_PRECISION).then_some(message)
+            };
+            match login::unavailable(&state, copy_of.as_deref(), &name) {
+                Some(v) => Some(v),
+                None => still_aside().map(|m| ("CopiedLogin", m)),
+            }
+        })
+        .await?;
+    Some(Verdict {
+        phase: AccountPhase::Unavailable,
+        reason,
+        message,
+    })
+}
