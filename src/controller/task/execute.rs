@@ -218,15 +218,16 @@ async fn assign_pending(ctx: &Context, mem: &mut Memory) -> Result<bool, Error> 
             let name = s.metadata.name.clone().unwrap_or_default();
             let busy = q.in_flight_on(&ns, &name).is_some();
             let last = q.last_finished(&ns, &name);
+            let account = account_of(&accounts, s);
             let free = assign::session_free(
                 s,
-                account_of(&accounts, s),
+                account,
                 &ctx.settings.policy,
                 busy,
                 last,
                 now,
                 ctx.settings.cooldown,
-            );
+            ) && !account.is_some_and(|a| model_drained(ctx, s, a));
             Candidate {
                 namespace: ns,
                 name,
@@ -342,6 +343,13 @@ fn config_dir(s: &Session, accounts: &[Arc<Account>]) -> PathBuf {
 }
 
 /// The model the agent says it runs (statusLine input), lower-case.
+/// Whether `s`'s model has reached its weekly window on `a`, which drains
+/// it: its sessions of that model take no new task (they are moving).
+fn model_drained(ctx: &Context, s: &Session, a: &Account) -> bool {
+    let model = running_model(ctx, &ObjectKey::of(s)).or_else(|| s.spec.agent.model.clone());
+    crate::controller::failover::target::model_drained(a, model.as_deref(), &ctx.settings.policy)
+}
+
 fn running_model(ctx: &Context, session: &ObjectKey) -> Option<String> {
     let (input, _) = ctx.shared.signals.get(session).statusline?;
     let id = input
