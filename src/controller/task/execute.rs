@@ -371,6 +371,9 @@ async fn deliver(
     let Some(pid) = s.status.as_ref().and_then(|x| x.pid) else {
         return Ok(());
     };
+    // Held until the task is typed: a stop's `/exit` waits for it, and a
+    // stop that came first has left no pane to type into.
+    let _keyboard = sh.driver.keyboard(&skey).await;
     let Some((pane, screen)) = sh.driver.pane_and_screen(&skey).await? else {
         return Ok(());
     };
