@@ -234,6 +234,14 @@ async fn assign_pending(ctx: &Context, mem: &mut Memory) -> Result<bool, Error> 
                 labels: s.metadata.labels.clone().unwrap_or_default(),
                 workdir: assign::norm(&s.spec.workdir),
                 free,
+                capped: account
+                    .map(|a| {
+                        crate::controller::failover::target::drained_windows(
+                            a,
+                            &ctx.settings.policy,
+                        )
+                    })
+                    .unwrap_or_default(),
             }
         })
         .collect();

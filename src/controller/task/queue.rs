@@ -52,6 +52,7 @@ pub struct Targeting {
     workdir: Option<String>,
     replay_on: Option<String>,
     delegated_by: Option<String>,
+    model: Option<String>,
 }
 
 impl Targeting {
@@ -75,6 +76,7 @@ impl Targeting {
                 .annotations
                 .as_ref()
                 .and_then(|a| a.get(DELEGATED_BY).cloned()),
+            model: t.spec.model.clone(),
         }
     }
 }
@@ -462,6 +464,7 @@ mod tests {
             labels: Default::default(),
             workdir: PathBuf::from(format!("/w/{name}")),
             free,
+            capped: Vec::new(),
         }
     }
 
