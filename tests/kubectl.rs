@@ -93,12 +93,14 @@ fn jsonpath_custom_columns_and_sort_by_print_what_kubectl_prints() {
             "-o",
             "jsonpath={.status.usage.fiveHour.utilization} {.status.usage.sevenDay.utilization} {.spec.thresholds}",
         ],
+        // A wildcard over a list (kubectl walks a map's keys in Go's random
+        // order, so a wildcard over a map has no one answer to compare).
         vec![
             "get",
-            "account",
-            "work",
+            "task",
+            "fix-login",
             "-o",
-            "jsonpath={$.kind}/{.metadata.name}: {.status.usage.*.source}",
+            "jsonpath={$.kind}/{.metadata.name}: {.status.conditions[*].status}",
         ],
         vec![
             "get",
