@@ -164,6 +164,7 @@ pub fn selectable_fields(kind: Kind) -> &'static [&'static str] {
         Kind::Swap => &["status.phase", "spec.from", "spec.to", "spec.reason"],
         Kind::Lease => &["spec.holderIdentity"],
         Kind::ManifestSync => &["spec.path", "spec.suspend", "status.revision"],
+        Kind::SessionPool => &["spec.replicas", "spec.template.spec.account"],
     }
 }
 

@@ -3,7 +3,7 @@
 //! caller can point at the line that holds it.
 
 use super::yaml::Seg;
-use crate::api::{Account, EnvValue, LabelSelector, ObjectMeta, Session, Task};
+use crate::api::{Account, EnvValue, LabelSelector, ObjectMeta, Session, SessionPool, Task};
 use std::collections::BTreeMap;
 
 pub type Problem = (Vec<Seg>, String);
@@ -358,4 +358,54 @@ mod tests {
         assert!(label_value("api_v1.2").is_ok());
         assert!(label_value("-x").is_err());
     }
+}
+
+/// The most Sessions one pool may hold.
+pub const MAX_POOL_REPLICAS: u32 = 1000;
+
+/// A pool: its own metadata, its template's Session (each problem at its
+/// place under `spec.template`), the names its Sessions will take, and a
+/// selector that matches what the template labels.
+pub fn session_pool(p: &SessionPool) -> Vec<Problem> {
+    let mut out = Vec::new();
+    check_meta(&p.metadata, &mut out);
+    if p.spec.replicas > MAX_POOL_REPLICAS {
+        out.push((
+            at(&["spec", "replicas"]),
+            format!("at most {MAX_POOL_REPLICAS}"),
+        ));
+    }
+    if let Some(name) = &p.metadata.name {
+        let last = crate::api::member_name(name, MAX_POOL_REPLICAS.max(p.spec.replicas));
+        if dns1123_label(&last).is_err() {
+            out.push((
+                at(&["metadata", "name"]),
+                format!("too long for its Sessions' names ({last})"),
+            ));
+        }
+    }
+    let member = Session {
+        metadata: ObjectMeta {
+            name: Some("member".into()),
+            labels: Some(p.spec.template.metadata.labels.clone()),
+            ..ObjectMeta::default()
+        },
+        spec: p.spec.template.spec.clone(),
+        status: None,
+    };
+    for (path, msg) in session(&member) {
+        let mut full = at(&["spec", "template"]);
+        full.extend(path);
+        out.push((full, msg));
+    }
+    if let Some(sel) = &p.spec.selector {
+        let s = crate::selector::Selector::from_label_selector(sel);
+        if !s.matches(Some(&p.spec.template.metadata.labels)) {
+            out.push((
+                at(&["spec", "selector"]),
+                "does not match the template's labels (spec.template.metadata.labels)".into(),
+            ));
+        }
+    }
+    out
 }
