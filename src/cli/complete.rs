@@ -546,7 +546,7 @@ mod tests {
                 ],
                 Kind::Task => vec![("fix-login".into(), "Pending".into())],
                 Kind::Account => vec![("work".into(), "Available".into())],
-                Kind::Swap | Kind::Lease | Kind::ManifestSync => vec![],
+                Kind::Swap | Kind::Lease | Kind::ManifestSync | Kind::SessionPool => vec![],
             }
         }
         fn namespaces(&self) -> Vec<String> {
