@@ -246,7 +246,7 @@ mod tests {
                 }
             ]
         );
-        assert_eq!(targets(&s(&["all"])).unwrap().len(), 3);
+        assert_eq!(targets(&s(&["all"])).unwrap().len(), 4);
         let e = targets(&s(&["session", "session/x"])).unwrap_err();
         assert!(
             e.to_string().contains("no need to specify a resource type"),

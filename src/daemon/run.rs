@@ -221,6 +221,10 @@ fn feeds(
             caches.accounts.clone(),
             listed(Feed::Objects(Kind::Account)),
         )),
+        tokio::spawn(bus.clone().follow(
+            caches.pools.clone(),
+            listed(Feed::Objects(Kind::SessionPool)),
+        )),
         tokio::spawn(bus.clone().follow(caches.swaps.clone(), || {})),
         tokio::spawn(
             bus.clone()
