@@ -160,8 +160,14 @@ async fn execute(
                         .as_deref()
                         .map(|a| format!(" preferring account {a}"))
                         .unwrap_or_default();
-                    sh.record(key, false, "Created", &format!("created session {name}{on}"), SOURCE)
-                        .await;
+                    sh.record(
+                        key,
+                        false,
+                        "Created",
+                        &format!("created session {name}{on}"),
+                        SOURCE,
+                    )
+                    .await;
                 }
                 // The cache has not seen it yet.
                 Err(StoreError::AlreadyExists(_)) => {}
@@ -174,8 +180,14 @@ async fn execute(
             match sh.blocking(move |s| s.delete(&k2, None, false)).await {
                 Ok(_) => {
                     let how = if *busy { " (in a turn: forced)" } else { "" };
-                    sh.record(key, false, "Deleted", &format!("deleted session {name}{how}"), SOURCE)
-                        .await;
+                    sh.record(
+                        key,
+                        false,
+                        "Deleted",
+                        &format!("deleted session {name}{how}"),
+                        SOURCE,
+                    )
+                    .await;
                 }
                 Err(StoreError::NotFound(_)) => {}
                 Err(e) => return Err(e),
@@ -235,12 +247,33 @@ async fn write_status(
                 plan.waiting_for_turn.join(", ")
             ),
         )
+    } else if !plan.unchecked_accounts.is_empty() {
+        (
+            false,
+            "WaitingForAccounts",
+            format!(
+                "waiting for the account controller to check {}",
+                plan.unchecked_accounts.join(", ")
+            ),
+        )
     } else if st.replicas < want {
-        (false, "ScalingUp", format!("{} of {want} sessions", st.replicas))
+        (
+            false,
+            "ScalingUp",
+            format!("{} of {want} sessions", st.replicas),
+        )
     } else if st.replicas > want {
-        (false, "ScalingDown", format!("{} of {want} sessions", st.replicas))
+        (
+            false,
+            "ScalingDown",
+            format!("{} of {want} sessions", st.replicas),
+        )
     } else if st.ready < want {
-        (false, "SessionsNotReady", format!("{} of {want} sessions ready", st.ready))
+        (
+            false,
+            "SessionsNotReady",
+            format!("{} of {want} sessions ready", st.ready),
+        )
     } else {
         (true, "AllReady", format!("{want} sessions ready"))
     };

@@ -3,8 +3,8 @@
 //! the pool's status.
 
 use crate::api::{
-    Account, AccountPhase, FORCE_SCALE_DOWN, PlacementStrategy, Session, SessionPhase,
-    SessionPool, SessionPoolStatus, ordinal_of,
+    Account, AccountPhase, FORCE_SCALE_DOWN, PlacementStrategy, Session, SessionPhase, SessionPool,
+    SessionPoolStatus, ordinal_of,
 };
 use crate::controller::session::plan::runnable;
 use crate::selector::Selector;
@@ -29,6 +29,10 @@ pub struct Plan {
     pub actions: Vec<Action>,
     /// Surplus Sessions left running until their turn ends.
     pub waiting_for_turn: Vec<String>,
+    /// Selected accounts the account controller has not looked at yet: no
+    /// Session is placed before it has (the placement could not weigh
+    /// them).
+    pub unchecked_accounts: Vec<String>,
     /// The counts of the status (conditions are the caller's).
     pub status: SessionPoolStatus,
 }
@@ -53,28 +57,17 @@ fn ready(s: &Session) -> bool {
 }
 
 fn phase(s: &Session) -> SessionPhase {
-    s.status.as_ref().and_then(|st| st.phase).unwrap_or_default()
+    s.status
+        .as_ref()
+        .and_then(|st| st.phase)
+        .unwrap_or_default()
 }
 
 /// The accounts the pool lays its Sessions over: those its selector
 /// picks that can take new work, best first (Available before NearLimit,
 /// then the least used five-hour window, then the name).
 fn candidates<'a>(pool: &SessionPool, accounts: &[&'a Account]) -> Vec<&'a Account> {
-    let sel = pool
-        .spec
-        .placement
-        .account_selector
-        .as_ref()
-        .map(Selector::from_label_selector);
-    let mut v: Vec<&Account> = accounts
-        .iter()
-        .copied()
-        .filter(|a| runnable(a))
-        .filter(|a| {
-            sel.as_ref()
-                .is_none_or(|s| s.matches(a.metadata.labels.as_ref()))
-        })
-        .collect();
+    let mut v: Vec<&Account> = selected(pool, accounts).filter(|a| runnable(a)).collect();
     let rank = |a: &Account| {
         let st = a.status.as_ref();
         let near = st.and_then(|s| s.phase) != Some(AccountPhase::Available);
@@ -92,6 +85,33 @@ fn candidates<'a>(pool: &SessionPool, accounts: &[&'a Account]) -> Vec<&'a Accou
     v
 }
 
+/// The accounts the pool's selector picks.
+fn selected<'a, 'b>(
+    pool: &'b SessionPool,
+    accounts: &'b [&'a Account],
+) -> impl Iterator<Item = &'a Account> + 'b {
+    let sel = pool
+        .spec
+        .placement
+        .account_selector
+        .as_ref()
+        .map(Selector::from_label_selector);
+    accounts.iter().copied().filter(move |a| {
+        sel.as_ref()
+            .is_none_or(|s| s.matches(a.metadata.labels.as_ref()))
+    })
+}
+
+/// Selected accounts, present and not suspended, that the account
+/// controller has not looked at yet.
+fn unchecked(pool: &SessionPool, accounts: &[&Account]) -> Vec<String> {
+    selected(pool, accounts)
+        .filter(|a| a.metadata.deletion_timestamp.is_none() && !a.spec.suspend)
+        .filter(|a| a.status.as_ref().and_then(|s| s.phase).is_none())
+        .filter_map(|a| a.metadata.name.clone())
+        .collect()
+}
+
 /// The account a new Session prefers. `placed` counts the pool's
 /// Sessions per preferred account (including those created this pass).
 fn place(
@@ -101,11 +121,9 @@ fn place(
 ) -> Option<String> {
     let own = pool.spec.template.spec.account.clone();
     match pool.spec.placement.strategy {
-        PlacementStrategy::Pack => own.or_else(|| {
-            candidates
-                .first()
-                .and_then(|a| a.metadata.name.clone())
-        }),
+        PlacementStrategy::Pack => {
+            own.or_else(|| candidates.first().and_then(|a| a.metadata.name.clone()))
+        }
         PlacementStrategy::Spread => candidates
             .iter()
             .enumerate()
@@ -133,6 +151,7 @@ pub fn plan(pool: &SessionPool, owned: &[&Session], accounts: &[&Account]) -> Pl
         .collect();
     let mut actions = Vec::new();
     let mut waiting_for_turn = Vec::new();
+    let mut unchecked_accounts = Vec::new();
     let want = if deleting {
         0
     } else {
@@ -156,7 +175,10 @@ pub fn plan(pool: &SessionPool, owned: &[&Session], accounts: &[&Account]) -> Pl
                 actions.push(Action::Delete { name: n, busy: b });
             }
         }
-    } else if live.len() < want {
+    } else if live.len() < want && {
+        unchecked_accounts = unchecked(pool, accounts);
+        unchecked_accounts.is_empty()
+    } {
         let taken: BTreeSet<&str> = owned
             .iter()
             .filter_map(|s| s.metadata.name.as_deref())
@@ -184,6 +206,7 @@ pub fn plan(pool: &SessionPool, owned: &[&Session], accounts: &[&Account]) -> Pl
     Plan {
         actions,
         waiting_for_turn,
+        unchecked_accounts,
         status: counts(pool, &live),
     }
 }

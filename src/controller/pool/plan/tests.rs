@@ -108,7 +108,12 @@ fn scale_down_takes_idle_first_then_the_highest_ordinal() {
         (4, false, vec!["web-4"], vec![]),
         (2, false, vec!["web-4", "web-2", "web-0"], vec![]),
         (1, false, vec!["web-4", "web-2", "web-0"], vec!["web-3"]),
-        (0, false, vec!["web-4", "web-2", "web-0"], vec!["web-3", "web-1"]),
+        (
+            0,
+            false,
+            vec!["web-4", "web-2", "web-0"],
+            vec!["web-3", "web-1"],
+        ),
         (1, true, vec!["web-4", "web-2", "web-0", "web-3"], vec![]),
         (5, false, vec![], vec![]),
     ];
@@ -120,17 +125,27 @@ fn scale_down_takes_idle_first_then_the_highest_ordinal() {
         };
         let p = plan(&pool(replicas, "Spread", extra), &all, &[]);
         assert_eq!(deletes(&p), del, "replicas {replicas} force {force}");
-        assert_eq!(p.waiting_for_turn, wait, "replicas {replicas} force {force}");
+        assert_eq!(
+            p.waiting_for_turn, wait,
+            "replicas {replicas} force {force}"
+        );
         assert!(creates(&p).is_empty());
     }
 }
 
 #[test]
 fn a_deleted_pool_deletes_every_session_busy_or_not() {
-    let m = [member(0, "Idle", None, None), member(1, "Busy", Some("t"), None)];
+    let m = [
+        member(0, "Idle", None, None),
+        member(1, "Busy", Some("t"), None),
+    ];
     let all: Vec<&Session> = m.iter().collect();
     let p = plan(
-        &pool(2, "Spread", json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}})),
+        &pool(
+            2,
+            "Spread",
+            json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}}),
+        ),
         &all,
         &[],
     );
@@ -161,14 +176,33 @@ fn placement_spreads_by_headroom_or_packs() {
     // (strategy, extra, owned, expected accounts of the new sessions)
     let cases: Vec<(&str, serde_json::Value, Vec<&Session>, Vec<Option<String>>)> = vec![
         // Spread: the least used first, round the selected runnable ones.
-        ("Spread", sel.clone(), vec![], vec![some("b"), some("a"), some("c"), some("b")]),
+        (
+            "Spread",
+            sel.clone(),
+            vec![],
+            vec![some("b"), some("a"), some("c"), some("b")],
+        ),
         // Those already placed count.
-        ("Spread", sel.clone(), vec![&on_b], vec![some("a"), some("c"), some("b")]),
+        (
+            "Spread",
+            sel.clone(),
+            vec![&on_b],
+            vec![some("a"), some("c"), some("b")],
+        ),
         // No selector: every account of the namespace.
-        ("Spread", json!({}), vec![], vec![some("e"), some("b"), some("a"), some("c")]),
+        (
+            "Spread",
+            json!({}),
+            vec![],
+            vec![some("e"), some("b"), some("a"), some("c")],
+        ),
         // Pack: the template's account.
-        ("Pack", json!({"spec": {"template": {"spec": {"account": "a"}}}}), vec![],
-            vec![some("a"); 4]),
+        (
+            "Pack",
+            json!({"spec": {"template": {"spec": {"account": "a"}}}}),
+            vec![],
+            vec![some("a"); 4],
+        ),
         // Pack without one: the best selected.
         ("Pack", sel.clone(), vec![], vec![some("b"); 4]),
     ];
@@ -196,6 +230,27 @@ fn status_counts_the_sessions() {
         (st.replicas, st.ready, st.idle, st.busy, st.waiting),
         (4, 2, 1, 1, 1)
     );
-    assert_eq!(st.accounts, BTreeMap::from([("a".into(), 2), ("b".into(), 1)]));
+    assert_eq!(
+        st.accounts,
+        BTreeMap::from([("a".into(), 2), ("b".into(), 1)])
+    );
     assert_eq!(st.selector, "claude-failover.io/pool=web");
+}
+
+#[test]
+fn nothing_is_placed_before_the_accounts_are_checked() {
+    let a = account("a", "Available", 0.0, json!({}));
+    let mut b = account("b", "Available", 0.0, json!({}));
+    b.status = None;
+    let p = plan(&pool(2, "Spread", json!({})), &[], &[&a, &b]);
+    assert!(p.actions.is_empty());
+    assert_eq!(p.unchecked_accounts, ["b"]);
+    // One the selector leaves out does not hold the pool back.
+    let sel = json!({"spec": {"placement": {"accountSelector": {"matchLabels": {"team": "x"}}}}});
+    let mut c = account("c", "Available", 0.0, json!({"team": "x"}));
+    let p = plan(&pool(1, "Spread", sel.clone()), &[], &[&c, &b]);
+    assert_eq!(creates(&p), [(0, Some("c".to_string()))]);
+    c.status = None;
+    let p = plan(&pool(1, "Spread", sel), &[], &[&c, &b]);
+    assert!(p.actions.is_empty());
 }
