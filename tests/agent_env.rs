@@ -17,14 +17,13 @@ fn the_key_reaches_the_agent_from_its_file_and_never_the_store() {
     std::fs::create_dir_all(&work).unwrap();
     // An agent that writes down its key and waits.
     let seen = env.path("seen-key");
-    let agent = env.write(
+    let agent = env.script(
         "agent.sh",
         &format!(
             "#!/bin/sh\nprintf '%s' \"$ANTHROPIC_API_KEY\" > {}\nexec sleep 600\n",
             seen.display()
         ),
     );
-    std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
     let key_file = env.path("keys/anthropic");
     let manifests = format!(
         "{HEAD}kind: Account\nmetadata: {{name: a}}\nspec: {{configDir: {}}}\n---\n{HEAD}kind: Session\nmetadata: {{name: s0}}\nspec:\n  workdir: {}\n  account: a\n  agent:\n    command: {}\n    env:\n      ANTHROPIC_API_KEY: {{valueFrom: {{file: {}}}}}\n",

@@ -521,7 +521,7 @@ fn create_label_annotate_patch() {
 fn edit_in_an_editor_and_again_after_a_bad_edit() {
     let env = pool();
     // A non-interactive editor: a script that edits the file in place.
-    let script = env.write(
+    let script = env.script(
         "editor.sh",
         "#!/bin/sh\nn=$(cat \"$COUNT\" 2>/dev/null || echo 0); n=$((n+1)); echo $n > \"$COUNT\"\n\
          case \"$MODE-$n\" in\n\
@@ -531,7 +531,6 @@ fn edit_in_an_editor_and_again_after_a_bad_edit() {
          give-up-1) sed -i 's/priority: critical/priority: urgent/' \"$1\" ;;\n\
          esac\n",
     );
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let run = |mode: &str| {
         let count = env.path(&format!("count-{mode}"));
         Out::from(

@@ -26,8 +26,7 @@ fn a_task_that_cannot_be_placed_says_why_until_it_can() {
     let work = env.path("work");
     std::fs::create_dir_all(&work).unwrap();
     // An agent that never becomes Ready: tasks stay pending.
-    let agent = env.write("agent.sh", "#!/bin/sh\nexec sleep 600\n");
-    std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let agent = env.script("agent.sh", "#!/bin/sh\nexec sleep 600\n");
     let session = |name: &str| {
         format!(
             "{HEAD}kind: Session\nmetadata: {{name: {name}, labels: {{team: api}}}}\nspec:\n  workdir: {}\n  account: a\n  agent: {{command: {}}}\n",

@@ -167,6 +167,24 @@ pub fn fingerprint(config_dir: &Path) -> Option<u64> {
     Some(h.finish())
 }
 
+/// The accounts' (name, config dir) in order of preference (priority, then
+/// name): the first holder of a login keeps it, later ones hold copies.
+pub fn config_dirs_by_preference<'a>(
+    accounts: impl IntoIterator<Item = &'a crate::api::Account>,
+) -> Vec<(String, PathBuf)> {
+    let mut accounts: Vec<&crate::api::Account> = accounts.into_iter().collect();
+    accounts.sort_by_key(|a| (a.spec.priority, a.metadata.name.clone()));
+    accounts
+        .iter()
+        .map(|a| {
+            (
+                a.metadata.name.clone().unwrap_or_default(),
+                crate::fsutil::expand_home(&a.spec.config_dir),
+            )
+        })
+        .collect()
+}
+
 /// Accounts (name, config dir), in order of preference, that hold a copy
 /// of an earlier one's login: `(copy, original)`. Accounts sharing one
 /// config dir share one file (and Claude Code's lock), so they are not

@@ -221,17 +221,7 @@ pub fn accounts_checks(
             "no Accounts: sessions run under Claude Code's default config dir (~/.claude)".into(),
         ));
     }
-    let mut by_preference: Vec<&Account> = accounts.iter().collect();
-    by_preference.sort_by_key(|a| (a.spec.priority, a.metadata.name.clone()));
-    let dirs: Vec<(String, PathBuf)> = by_preference
-        .iter()
-        .map(|a| {
-            (
-                a.metadata.name.clone().unwrap_or_default(),
-                crate::fsutil::expand_home(&a.spec.config_dir),
-            )
-        })
-        .collect();
+    let dirs = login::config_dirs_by_preference(accounts.iter());
     let copies = login::copied_logins(&dirs);
     for (name, dir) in &dirs {
         let what = format!("account {name} ({})", dir.display());

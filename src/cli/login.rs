@@ -196,15 +196,27 @@ pub fn login(ctx: &Ctx, a: LoginArgs) -> Result<ExitCode> {
         None
     };
     let deadline = Instant::now() + a.timeout;
+    let mut gone = 0;
     let outcome = loop {
         let now = login::check(&a.account, &dir, None);
         let fresh = !a.force || creds_stamp(&dir) != stamp;
         if now.logged_in() && fresh {
             break Ok(now);
         }
+        // A pane that vanished (killed by hand) is taken as ended once it is
+        // still gone at the next look.
         let pane = rt.block_on(tmux.pane(&name))?;
-        if pane.as_ref().is_none_or(|p| p.dead) {
-            // The login ended: its last words say why, if it failed.
+        let ended = match &pane {
+            Some(p) => p.dead,
+            None => {
+                gone += 1;
+                gone > 1
+            }
+        };
+        if ended {
+            // The login ended: its last words say why, if it failed. tmux
+            // scrolls a dead pane's screen into its history: read both.
+            let status = pane.as_ref().and_then(|p| p.exit_status);
             let screen = match &pane {
                 Some(p) => rt.block_on(exit::dead_pane_text(&paths.tmux_socket, &p.id)),
                 None => String::new(),
@@ -213,10 +225,16 @@ pub fn login(ctx: &Ctx, a: LoginArgs) -> Result<ExitCode> {
             if again.logged_in() && (!a.force || creds_stamp(&dir) != stamp) {
                 break Ok(again);
             }
-            break Err(format!(
-                "Claude Code's login ended without a login: {}",
-                exit::last_lines(&screen)
-            ));
+            let said = exit::last_lines(&screen);
+            break Err(match (said.is_empty(), status) {
+                (false, _) => format!("Claude Code's login ended without a login: {said}"),
+                (true, Some(c)) => format!(
+                    "Claude Code's login ended without a login (exit status {c}, nothing printed)"
+                ),
+                (true, None) => "Claude Code's login ended without a login (its tmux session \
+                                 is gone)"
+                    .to_string(),
+            });
         }
         if Instant::now() >= deadline {
             break Err(format!(

@@ -159,16 +159,13 @@ impl FakeOAuth {
     pub fn browser(dir: &Path) -> (PathBuf, PathBuf) {
         let url_file = dir.join("browser-url");
         let script = dir.join("browser.sh");
-        std::fs::write(
+        super::executable(
             &script,
-            format!(
+            &format!(
                 "#!/bin/sh\nprintf '%s\\n' \"$1\" > {}.tmp && mv {0}.tmp {0}\n",
                 url_file.display()
             ),
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        );
         (script, url_file)
     }
 

@@ -96,6 +96,38 @@ impl Env {
         std::fs::write(&p, text).unwrap();
         p
     }
+
+    /// An executable script at `rel` (see [`executable`]).
+    pub fn script(&self, rel: &str, text: &str) -> PathBuf {
+        let p = self.path(rel);
+        executable(&p, text);
+        p
+    }
+}
+
+/// Writes an executable file with `text` from a child process, so that no
+/// descriptor open for writing on it is ever in this (multi-threaded) test
+/// process: a process forked by another test while the file was being
+/// written would hold one until it execs, and running the script in that
+/// moment fails with ETXTBSY (a tmux pane then dies at once, status 1,
+/// having printed nothing).
+#[allow(dead_code)]
+pub fn executable(path: &Path, text: &str) {
+    use std::io::Write;
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut child = Command::new("sh")
+        .args(["-c", "cat > \"$1\" && chmod 755 \"$1\"", "sh"])
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("sh");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "cannot write {path:?}");
 }
 
 pub struct Out {

@@ -8,7 +8,6 @@ use super::Context;
 use crate::agent::login;
 use crate::api::{Account, AccountPhase, Session};
 use crate::quota::Verdict;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -22,7 +21,7 @@ pub async fn unavailable(ctx: &Context, a: &Account) -> Option<Verdict> {
     }
     let ns = a.metadata.namespace.clone().unwrap_or_default();
     let name = a.metadata.name.clone().unwrap_or_default();
-    let mut peers: Vec<Arc<Account>> = ctx
+    let peers: Vec<Arc<Account>> = ctx
         .shared
         .caches
         .accounts_in(&ns)
@@ -30,16 +29,7 @@ pub async fn unavailable(ctx: &Context, a: &Account) -> Option<Verdict> {
         .filter(|p| !p.spec.suspend)
         .collect();
     // The preferred account keeps a login; later ones hold copies.
-    peers.sort_by_key(|p| (p.spec.priority, p.metadata.name.clone()));
-    let dirs: Vec<(String, PathBuf)> = peers
-        .iter()
-        .map(|p| {
-            (
-                p.metadata.name.clone().unwrap_or_default(),
-                crate::fsutil::expand_home(&p.spec.config_dir),
-            )
-        })
-        .collect();
+    let dirs = login::config_dirs_by_preference(peers.iter().map(|p| p.as_ref()));
     let sessions: Vec<Session> = ctx
         .shared
         .caches

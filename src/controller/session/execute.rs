@@ -24,6 +24,10 @@ use std::time::{Duration, SystemTime};
 const TRANSCRIPT_WAIT: Duration = Duration::from_secs(3);
 /// How often the transcript is looked at meanwhile.
 const TRANSCRIPT_POLL: Duration = Duration::from_millis(50);
+/// How long a dead pane's exit status may lag behind its death: tmux marks
+/// a pane dead when its output ends and learns the status when it reaps the
+/// process, a moment later on a loaded machine.
+const EXIT_STATUS_WAIT: Duration = Duration::from_secs(1);
 /// Longest wait for the composer before typing the continue message.
 const CONTINUE_COMPOSER: Duration = Duration::from_secs(10);
 
@@ -418,6 +422,18 @@ async fn wait_transcript(ctx: &Context, id: String) {
     }
 }
 
+/// The exit status of the session's dead pane, once tmux has it.
+async fn exit_status(ctx: &Context, key: &ObjectKey) -> Option<i32> {
+    let deadline = tokio::time::Instant::now() + EXIT_STATUS_WAIT;
+    loop {
+        let pane = ctx.shared.driver.pane(key).await.ok().flatten()?;
+        if pane.exit_status.is_some() || tokio::time::Instant::now() >= deadline {
+            return pane.exit_status;
+        }
+        tokio::time::sleep(TRANSCRIPT_POLL).await;
+    }
+}
+
 async fn clear(
     ctx: &Context,
     key: &ObjectKey,
@@ -432,8 +448,12 @@ async fn clear(
     let text =
         crate::agent::exit::dead_pane_text(ctx.shared.driver.terminal().socket(), &p.id).await;
     let launched = st.launch.as_ref().map(|l| system_micro(&l.at));
+    let status = match p.exit_status {
+        Some(c) => Some(c),
+        None => exit_status(ctx, key).await,
+    };
     let exit = crate::agent::exit::diagnose(&crate::agent::exit::Exit {
-        status: p.exit_status,
+        status,
         screen: &text,
         ran_for: launched
             .and_then(|at| o.now.duration_since(at).ok())
