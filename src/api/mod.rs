@@ -29,8 +29,9 @@ pub use manifestsync::{
     SYNC_RECONCILING, SYNC_STALLED, SyncFailure, set_sync_conditions,
 };
 pub use session::{
-    AgentSpec, EnvValue, Interruption, LaunchStatus, PermissionMode, RefusedPlacement, SWAP_DONE,
-    SWAP_ROLLED_BACK, SWAPPING, Session, SessionPhase, SessionSpec, SessionStatus, SwapStatus,
+    AgentSpec, EnvValue, GitWorkspace, Interruption, LaunchStatus, PermissionMode,
+    RefusedPlacement, SWAP_DONE, SWAP_ROLLED_BACK, SWAPPING, Session, SessionPhase, SessionSpec,
+    SessionStatus, SwapStatus, WorkspaceSpec,
 };
 pub use sessionpool::{
     FORCE_SCALE_DOWN, POOL_FINALIZER, POOL_LABEL, PlacementStrategy, PoolPlacement, SessionPool,

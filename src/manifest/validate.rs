@@ -339,27 +339,6 @@ pub fn task(t: &Task) -> Vec<Problem> {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names() {
-        assert!(dns1123_label("ccl-0").is_ok());
-        assert!(dns1123_label("Ccl").is_err());
-        assert!(dns1123_label("-a").is_err());
-        assert!(dns1123_label("a_b").is_err());
-        assert!(dns1123_label(&"a".repeat(64)).is_err());
-        assert!(qualified_name("example.com/team").is_ok());
-        assert!(qualified_name("team").is_ok());
-        assert!(qualified_name("Bad Key").is_err());
-        assert!(qualified_name("UPPER.com/x").is_err());
-        assert!(label_value("").is_ok());
-        assert!(label_value("api_v1.2").is_ok());
-        assert!(label_value("-x").is_err());
-    }
-}
-
 /// The most Sessions one pool may hold.
 pub const MAX_POOL_REPLICAS: u32 = 1000;
 
@@ -408,4 +387,25 @@ pub fn session_pool(p: &SessionPool) -> Vec<Problem> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(dns1123_label("ccl-0").is_ok());
+        assert!(dns1123_label("Ccl").is_err());
+        assert!(dns1123_label("-a").is_err());
+        assert!(dns1123_label("a_b").is_err());
+        assert!(dns1123_label(&"a".repeat(64)).is_err());
+        assert!(qualified_name("example.com/team").is_ok());
+        assert!(qualified_name("team").is_ok());
+        assert!(qualified_name("Bad Key").is_err());
+        assert!(qualified_name("UPPER.com/x").is_err());
+        assert!(label_value("").is_ok());
+        assert!(label_value("api_v1.2").is_ok());
+        assert!(label_value("-x").is_err());
+    }
 }

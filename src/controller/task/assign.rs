@@ -328,6 +328,7 @@ mod tests {
                 account: None,
                 agent: Default::default(),
                 suspend: false,
+                workspace: None,
             },
         );
         let mut st = crate::api::SessionStatus {

@@ -174,7 +174,13 @@ fn placement_spreads_by_headroom_or_packs() {
     let on_b = member(0, "Idle", None, Some("b"));
     let some = |s: &str| Some(s.to_string());
     // (strategy, extra, owned, expected accounts of the new sessions)
-    let cases: Vec<(&str, serde_json::Value, Vec<&Session>, Vec<Option<String>>)> = vec![
+    type Case<'a> = (
+        &'a str,
+        serde_json::Value,
+        Vec<&'a Session>,
+        Vec<Option<String>>,
+    );
+    let cases: Vec<Case> = vec![
         // Spread: the least used first, round the selected runnable ones.
         (
             "Spread",
