@@ -111,6 +111,7 @@ pub fn ensure(repo: &Path, base: &str, dir: &Path, branch: &str) -> Result<Ensur
     }
     // A worktree removed by hand leaves a record that blocks the name.
     git(repo, &["worktree", "prune"])?;
+    exclude_queue(repo)?;
     let d = dir.to_string_lossy();
     let exists = ok(
         repo,
@@ -128,6 +129,34 @@ pub fn ensure(repo: &Path, base: &str, dir: &Path, branch: &str) -> Result<Ensur
         git(repo, &["worktree", "add", "-b", branch, &d, base])?;
         Ok(Ensured::Created)
     }
+}
+
+/// The daemon's own folder in a workdir (the inbox and its status,
+/// [`crate::inbox`]), ignored by the repository's worktrees: it is no work
+/// of the agent's, and must not keep a finished worktree from going.
+const QUEUE_PATTERN: &str = "/.agent-queue/";
+
+/// Adds [`QUEUE_PATTERN`] to the repository's `info/exclude` (shared by
+/// its worktrees) unless it is there.
+fn exclude_queue(repo: &Path) -> Result<(), Error> {
+    let common = git(
+        repo,
+        &["rev-parse", "--path-format=absolute", "--git-common-dir"],
+    )?;
+    let file = Path::new(&common).join("info/exclude");
+    let now = std::fs::read_to_string(&file).unwrap_or_default();
+    if now.lines().any(|l| l.trim() == QUEUE_PATTERN) {
+        return Ok(());
+    }
+    crate::fsutil::ensure_dir(file.parent().expect("info/exclude has a parent"))?;
+    let mut text = now;
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(QUEUE_PATTERN);
+    text.push('\n');
+    crate::fsutil::write_atomic(&file, text.as_bytes(), None, true)?;
+    Ok(())
 }
 
 /// What [`release`] did.
@@ -149,9 +178,16 @@ pub fn release(repo: &Path, base: &str, dir: &Path, branch: &str) -> Result<Rele
     let changes = git(dir, &["status", "--porcelain"])?;
     if !changes.is_empty() {
         let n = changes.lines().count();
+        let some: Vec<&str> = changes
+            .lines()
+            .take(3)
+            .map(|l| l.get(3..).unwrap_or(l))
+            .collect();
+        let more = if n > some.len() { ", ..." } else { "" };
         return Ok(Released::Kept(format!(
-            "worktree {} kept: {n} uncommitted change(s)",
-            dir.display()
+            "worktree {} kept: {n} uncommitted change(s) ({}{more})",
+            dir.display(),
+            some.join(", ")
         )));
     }
     let merged = ok(repo, &["merge-base", "--is-ancestor", branch, base])?;

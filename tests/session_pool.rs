@@ -151,3 +151,77 @@ fn a_pool_scales_spreads_waits_for_turns_and_cascades() {
         (members(&env).is_empty() && get(&env, "sessionpool", "web").is_none()).then_some(())
     });
 }
+
+fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn each_session_of_a_pool_works_in_its_own_worktree() {
+    let env = Env::new();
+    setup(&env);
+    let repo = env.path("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("README"), "x\n").unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "first"]);
+    let yaml = pool_yaml(&env, 2).replace(
+        "      agent:\n",
+        &format!(
+            "      workspace: {{git: {{repo: {}, base: main}}}}\n      agent:\n",
+            repo.display()
+        ),
+    );
+    let f = env.write("pool.yaml", &yaml);
+    env.ok(&["apply", "-f", f.to_str().unwrap()]);
+    let _d = Daemon::start(&env, &[]);
+    wait_ready(&env, 2);
+
+    // Each on its own branch, in its own folder, the agent started there.
+    let wt = env.path("work");
+    for name in ["web-0", "web-1"] {
+        assert_eq!(git(&wt.join(name), &["branch", "--show-current"]), name);
+    }
+    let list = git(&repo, &["worktree", "list"]);
+    assert_eq!(list.lines().count(), 3, "{list}");
+    // Work left in web-1, then a restart: the same worktree, the work kept.
+    std::fs::write(wt.join("web-1/draft"), "in progress\n").unwrap();
+    env.ok(&["restart", "session", "web-1"]);
+    wait_for("web-1 to launch again", T, || {
+        let s = get(&env, "session", "web-1")?;
+        (s["status"]["launches"].as_u64() >= Some(2) && s["status"]["phase"] == "Idle")
+            .then_some(())
+    });
+    assert!(wt.join("web-1/draft").exists());
+
+    // Scaled to zero: web-0's clean worktree (its branch is main's commit)
+    // goes; web-1's uncommitted work is kept and the pool says so.
+    env.ok(&["scale", "sessionpool", "web", "--replicas", "0"]);
+    wait_for("the sessions to go", T, || {
+        members(&env).is_empty().then_some(())
+    });
+    assert!(!wt.join("web-0").exists());
+    assert!(wt.join("web-1/draft").exists());
+    let text = env.ok(&["describe", "sessionpool", "web"]);
+    assert!(
+        text.contains("WorkspaceKept") && text.contains("1 uncommitted change"),
+        "{text}"
+    );
+    assert!(text.contains("WorkspaceRemoved"), "{text}");
+}

@@ -60,6 +60,22 @@ fn a_worktree_is_made_once_and_kept_across_launches() {
 }
 
 #[test]
+fn the_daemons_queue_folder_does_not_hold_a_worktree_back() {
+    let (_t, repo, wt) = repo();
+    let dir = wt.join("s");
+    ensure(&repo, "main", &dir, "s").unwrap();
+    ensure(&repo, "main", &wt.join("t"), "t").unwrap();
+    std::fs::create_dir_all(dir.join(".agent-queue")).unwrap();
+    std::fs::write(dir.join(".agent-queue/status.json"), "{}").unwrap();
+    let exclude = std::fs::read_to_string(repo.join(".git/info/exclude")).unwrap();
+    assert_eq!(exclude.matches(QUEUE_PATTERN).count(), 1, "{exclude}");
+    assert!(matches!(
+        release(&repo, "main", &dir, "s").unwrap(),
+        Released::Removed { .. }
+    ));
+}
+
+#[test]
 fn a_clean_merged_worktree_goes_and_its_branch_with_it() {
     let (_t, repo, wt) = repo();
     let dir = wt.join("s");
