@@ -34,8 +34,9 @@ pub use session::{
     SessionStatus, SwapStatus, WorkspaceSpec,
 };
 pub use sessionpool::{
-    FORCE_SCALE_DOWN, POOL_FINALIZER, POOL_LABEL, PlacementStrategy, PoolPlacement, SessionPool,
-    SessionPoolSpec, SessionPoolStatus, SessionTemplate, TemplateMeta, member_name, ordinal_of,
+    Autoscale, FORCE_SCALE_DOWN, POOL_FINALIZER, POOL_LABEL, PlacementStrategy, PoolPlacement,
+    SessionPool, SessionPoolSpec, SessionPoolStatus, SessionTemplate, TemplateMeta, member_name,
+    ordinal_of,
 };
 pub use swap::{Swap, SwapPhase, SwapSessionState, SwapSpec, SwapState, SwapStep, swap_name};
 pub use task::{

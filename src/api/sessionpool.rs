@@ -52,6 +52,25 @@ pub struct SessionPoolSpec {
     /// How the Sessions are laid over the accounts.
     #[serde(default)]
     pub placement: PoolPlacement,
+    /// Grow while tasks wait for the pool's Sessions, shrink while they sit
+    /// idle, within `min..=max` (`replicas` is then only the start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<Autoscale>,
+}
+
+/// A pool's autoscaling bounds.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Autoscale {
+    pub min: u32,
+    pub max: u32,
+    /// The least time between two changes of size.
+    #[serde(default = "default_cooldown")]
+    pub cooldown_seconds: u32,
+}
+
+fn default_cooldown() -> u32 {
+    60
 }
 
 /// A Session template, in Kubernetes' shape.
@@ -127,6 +146,12 @@ pub struct SessionPoolStatus {
     /// subresource's).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub selector: String,
+    /// The size autoscaling chose (with `spec.autoscale`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_replicas: Option<u32>,
+    /// When autoscaling last changed the size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

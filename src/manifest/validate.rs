@@ -377,6 +377,20 @@ pub fn session_pool(p: &SessionPool) -> Vec<Problem> {
         full.extend(path);
         out.push((full, msg));
     }
+    if let Some(a) = &p.spec.autoscale {
+        if a.min > a.max {
+            out.push((
+                at(&["spec", "autoscale", "min"]),
+                format!("more than max ({})", a.max),
+            ));
+        }
+        if a.max > MAX_POOL_REPLICAS {
+            out.push((
+                at(&["spec", "autoscale", "max"]),
+                format!("at most {MAX_POOL_REPLICAS}"),
+            ));
+        }
+    }
     if let Some(sel) = &p.spec.selector {
         let s = crate::selector::Selector::from_label_selector(sel);
         if !s.matches(Some(&p.spec.template.metadata.labels)) {

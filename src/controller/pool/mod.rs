@@ -9,6 +9,7 @@
 //! carries a finalizer: deleting it deletes its Sessions (whose own
 //! finalizers stop their agents) and it goes once they are gone.
 
+pub mod autoscale;
 pub mod plan;
 
 use super::Shared;
@@ -110,6 +111,8 @@ async fn reconcile(ctx: &Context, pool: &SessionPool) -> Result<(), StoreError> 
     }
     let owned = members(sh, pool);
     let accounts = sh.caches.accounts_in(&key.namespace);
+    let scaled = autoscaled(ctx, pool, &owned, &accounts).await;
+    let pool = &scaled.0;
     let plan = plan::plan(
         pool,
         &owned.iter().map(Arc::as_ref).collect::<Vec<_>>(),
@@ -134,7 +137,58 @@ async fn reconcile(ctx: &Context, pool: &SessionPool) -> Result<(), StoreError> 
         }
         return Ok(());
     }
-    write_status(ctx, pool, &key, plan).await
+    write_status(ctx, pool, &key, plan, scaled.1).await
+}
+
+/// The pool as autoscaling sizes it (its `spec.replicas` replaced by the
+/// decision), and the decision's status fields (desired size, when it last
+/// changed). Without `spec.autoscale`: the pool as it is.
+async fn autoscaled(
+    ctx: &Context,
+    pool: &SessionPool,
+    owned: &[Arc<Session>],
+    accounts: &[Arc<crate::api::Account>],
+) -> (SessionPool, Option<(u32, Option<crate::api::Time>)>) {
+    let Some(a) = &pool.spec.autoscale else {
+        return (pool.clone(), None);
+    };
+    let sh = &ctx.shared;
+    let st = pool.status.clone().unwrap_or_default();
+    let current = st.desired_replicas.unwrap_or(pool.spec.replicas);
+    let now = sh.now();
+    let since_last = st.last_scale_time.as_ref().map(|t| {
+        let at = std::time::SystemTime::try_from(t.0).unwrap_or(std::time::UNIX_EPOCH);
+        now.duration_since(at).unwrap_or_default()
+    });
+    let members: Vec<&Session> = owned.iter().map(Arc::as_ref).collect();
+    let accts: Vec<&crate::api::Account> = accounts.iter().map(Arc::as_ref).collect();
+    let inputs = autoscale::Inputs {
+        current,
+        waiting_tasks: sh
+            .caches
+            .tasks
+            .all()
+            .iter()
+            .filter(|t| autoscale::waits_for(pool, t))
+            .count() as u32,
+        idle: autoscale::idle(&members),
+        room: autoscale::room(pool, &accts),
+        since_last,
+    };
+    let want = autoscale::decide(a, &inputs);
+    let mut last = st.last_scale_time.clone();
+    if want != current {
+        last = Some(crate::api::now());
+        let message = format!(
+            "{current} → {want} sessions ({} task(s) waiting, {} idle)",
+            inputs.waiting_tasks, inputs.idle
+        );
+        sh.record(&ObjectKey::of(pool), false, "Autoscaled", &message, SOURCE)
+            .await;
+    }
+    let mut sized = pool.clone();
+    sized.spec.replicas = want;
+    (sized, Some((want, last)))
 }
 
 async fn execute(
@@ -232,11 +286,16 @@ async fn write_status(
     pool: &SessionPool,
     key: &ObjectKey,
     plan: Plan,
+    scaled: Option<(u32, Option<crate::api::Time>)>,
 ) -> Result<(), StoreError> {
     let sh = &ctx.shared;
     let before = pool.status.clone().unwrap_or_default();
     let mut st: SessionPoolStatus = plan.status;
     st.conditions = before.conditions.clone();
+    if let Some((desired, last)) = scaled {
+        st.desired_replicas = Some(desired);
+        st.last_scale_time = last;
+    }
     let want = pool.spec.replicas;
     let (ok, reason, message) = if !plan.waiting_for_turn.is_empty() {
         (

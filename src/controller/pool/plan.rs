@@ -66,7 +66,7 @@ fn phase(s: &Session) -> SessionPhase {
 /// The accounts the pool lays its Sessions over: those its selector
 /// picks that can take new work, best first (Available before NearLimit,
 /// then the least used five-hour window, then the name).
-fn candidates<'a>(pool: &SessionPool, accounts: &[&'a Account]) -> Vec<&'a Account> {
+pub(super) fn candidates<'a>(pool: &SessionPool, accounts: &[&'a Account]) -> Vec<&'a Account> {
     let mut v: Vec<&Account> = selected(pool, accounts).filter(|a| runnable(a)).collect();
     let rank = |a: &Account| {
         let st = a.status.as_ref();
