@@ -225,3 +225,46 @@ fn each_session_of_a_pool_works_in_its_own_worktree() {
     );
     assert!(text.contains("WorkspaceRemoved"), "{text}");
 }
+
+#[test]
+fn a_pool_grows_under_a_queue_and_shrinks_when_idle() {
+    let env = Env::new();
+    setup(&env);
+    let yaml = pool_yaml(&env, 1).replace(
+        "  template:\n",
+        "  autoscale: {min: 1, max: 3, cooldownSeconds: 2}\n  template:\n",
+    );
+    let f = env.write("pool.yaml", &yaml);
+    env.ok(&["apply", "-f", f.to_str().unwrap()]);
+    let _d = Daemon::start(&env, &[]);
+    wait_ready(&env, 1);
+    // Three long turns for one session: the pool grows to take them.
+    let mut tasks = String::new();
+    for i in 0..3 {
+        tasks.push_str(&format!(
+            "---\n{HEAD}kind: Task\nmetadata: {{name: q{i}}}\nspec:\n  prompt: queued {i}\n"
+        ));
+    }
+    env.run_stdin(&["apply", "-f", "-"], &tasks);
+    wait_for("the pool to grow to three and run the queue", T, || {
+        let running = (0..3)
+            .filter(|i| {
+                get(&env, "task", &format!("q{i}"))
+                    .is_some_and(|t| t["status"]["phase"] == "Running")
+            })
+            .count();
+        (members(&env).len() == 3 && running == 3).then_some(())
+    });
+    assert_eq!(pool_status(&env)["desiredReplicas"], 3);
+    // Done and idle: back to the minimum.
+    wait_for("the pool to shrink to one", T, || {
+        let st = pool_status(&env);
+        (members(&env).len() == 1 && st["desiredReplicas"] == 1).then_some(())
+    });
+    for i in 0..3 {
+        let t = get(&env, "task", &format!("q{i}")).unwrap();
+        assert_eq!(t["status"]["phase"], "Succeeded", "{t}");
+    }
+    let text = env.ok(&["describe", "sessionpool", "web"]);
+    assert!(text.contains("Autoscaled"), "{text}");
+}
