@@ -56,7 +56,12 @@ pub const REVISION: &str = env!("CLAUDE_FAILOVER_REVISION");
 pub const RUSTC: &str = env!("CLAUDE_FAILOVER_RUSTC");
 
 /// `window` label values.
-pub const WINDOWS: [&str; 2] = ["five_hour", "seven_day"];
+pub const WINDOWS: [&str; 4] = [
+    "five_hour",
+    "seven_day",
+    "seven_day_opus",
+    "seven_day_sonnet",
+];
 /// `phase` label values of `claude_failover_account_phase`.
 pub const ACCOUNT_PHASES: [AccountPhase; 5] = [
     AccountPhase::Available,
@@ -66,7 +71,14 @@ pub const ACCOUNT_PHASES: [AccountPhase; 5] = [
     AccountPhase::Suspended,
 ];
 /// `reason` label values of `claude_failover_failovers_total`.
-pub const FAILOVER_REASONS: [&str; 5] = ["near_limit", "exhausted", "manual", "auth", "failback"];
+pub const FAILOVER_REASONS: [&str; 6] = [
+    "near_limit",
+    "model_limit",
+    "exhausted",
+    "manual",
+    "auth",
+    "failback",
+];
 /// `result` label values of `claude_failover_failovers_total`.
 pub const FAILOVER_RESULTS: [&str; 3] = ["succeeded", "failed", "rolled_back"];
 /// `controller` label values of the reconcile families.
@@ -585,14 +597,13 @@ fn fill_accounts<'a>(m: &Metrics, accounts: impl IntoIterator<Item = &'a Account
                 .with_label_values(&[name, &p.to_string()])
                 .set(i64::from(p == phase));
         }
-        let thresholds = [a.spec.thresholds.five_hour, a.spec.thresholds.seven_day];
         let usage = status.usage.unwrap_or_default();
-        let readings = [usage.five_hour, usage.seven_day];
-        for ((window, threshold), reading) in WINDOWS.iter().zip(thresholds).zip(readings) {
+        for w in crate::quota::Window::ALL {
+            let (window, reading) = (w.label(), usage.window(w.label()));
             set(
                 &m.account_threshold_ratio,
                 &[name, window],
-                f64::from(threshold) / 100.0,
+                w.threshold(&a.spec.thresholds) / 100.0,
             );
             if let Some(r) = reading {
                 set(

@@ -52,6 +52,8 @@ fn populate(env: &Env) {
                 "usage": {
                     "fiveHour": {"utilization": 84.5, "resetsAt": ts(now + 3600), "source": "statusLine", "observedAt": ts(now)},
                     "sevenDay": {"utilization": 40.0, "resetsAt": ts(now + 86400), "source": "poll", "observedAt": ts(now)},
+                    "sevenDayOpus": {"utilization": 70.0, "resetsAt": ts(now + 86400), "source": "poll", "observedAt": ts(now)},
+                    "sevenDaySonnet": {"utilization": 30.0, "resetsAt": ts(now + 86400), "source": "poll", "observedAt": ts(now)},
                 },
                 "projectedLimitAt": ts(now + 1800),
             }),

@@ -8,7 +8,6 @@ use common::fake_oauth::FakeOAuth;
 use common::pool::{LONG, Pool, claude, claude_bin};
 use common::{BIN, Env, HEAD, wait_for};
 use serde_json::Value;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 

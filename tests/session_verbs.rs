@@ -77,19 +77,16 @@ fn logs_attach_suspend_and_delete_a_session() {
     ]);
     pool.wait_phase("verbs", "Idle");
 
-    // The screen, as tmux holds it.
-    // (Claude Code 2.1.332 says it started before it draws its screen.)
-    let last = wait_for("the agent's screen", LONG, || {
+    // The screen, as tmux holds it: `logs` shows its last line. Claude
+    // Code 2.1.332 says it started before it draws its screen, and draws it
+    // in steps: compare a screen with the logs read right after it, until
+    // the two agree (a screen still drawing can change in between).
+    wait_for("logs showing the agent's screen", LONG, || {
         let screen = pool.screen("verbs");
         let last = screen.lines().rev().find(|l| !l.trim().is_empty())?;
-        Some(last.to_string())
+        let logs = pool.ok(&["logs", "verbs"]);
+        logs.contains(last.trim_end()).then_some(())
     });
-    let logs = pool.ok(&["logs", "verbs"]);
-    let screen = pool.screen("verbs");
-    assert!(
-        logs.contains(last.trim_end()),
-        "logs:\n{logs}\nscreen:\n{screen}"
-    );
 
     // A task runs there; `wait` sees it Complete (Job-style condition).
     pool.apply(&pool.task_yaml("first", "remember the LEMON", "  session: verbs\n"));

@@ -7,7 +7,6 @@ mod common;
 use common::daemon::{Daemon, T};
 use common::*;
 use serde_json::Value;
-use std::os::unix::fs::PermissionsExt;
 
 fn scheduled(env: &Env, task: &str) -> Option<(String, String, String)> {
     let v: Value = serde_json::from_str(&env.ok(&["get", "task", task, "-o", "json"])).ok()?;

@@ -77,6 +77,14 @@ pub struct Thresholds {
     /// Percent of the weekly cap (1..=100).
     #[serde(default = "default_seven_day")]
     pub seven_day: u8,
+    /// Percent of the weekly cap of Opus models (1..=100; unset: as
+    /// `sevenDay`). Only the sessions that may run Opus move at it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seven_day_opus: Option<u8>,
+    /// Percent of the weekly cap of Sonnet models (1..=100; unset: as
+    /// `sevenDay`). Only the sessions that may run Sonnet move at it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seven_day_sonnet: Option<u8>,
 }
 
 fn default_five_hour() -> u8 {
@@ -91,6 +99,8 @@ impl Default for Thresholds {
         Thresholds {
             five_hour: default_five_hour(),
             seven_day: default_seven_day(),
+            seven_day_opus: None,
+            seven_day_sonnet: None,
         }
     }
 }
@@ -219,6 +229,36 @@ pub struct AccountUsage {
     pub five_hour: Option<UsageWindow>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seven_day: Option<UsageWindow>,
+    /// The weekly window of Opus models (from the usage endpoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seven_day_opus: Option<UsageWindow>,
+    /// The weekly window of Sonnet models (from the usage endpoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seven_day_sonnet: Option<UsageWindow>,
+}
+
+impl AccountUsage {
+    /// The reading of the window Claude Code and the usage endpoint call
+    /// `label` (`five_hour`, `seven_day`, `seven_day_opus`, `seven_day_sonnet`).
+    pub fn window(&self, label: &str) -> Option<&UsageWindow> {
+        match label {
+            "five_hour" => self.five_hour.as_ref(),
+            "seven_day" => self.seven_day.as_ref(),
+            "seven_day_opus" => self.seven_day_opus.as_ref(),
+            "seven_day_sonnet" => self.seven_day_sonnet.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Every window, for code that treats them alike.
+    pub fn windows_mut(&mut self) -> [&mut Option<UsageWindow>; 4] {
+        [
+            &mut self.five_hour,
+            &mut self.seven_day,
+            &mut self.seven_day_opus,
+            &mut self.seven_day_sonnet,
+        ]
+    }
 }
 
 /// One usage reading of one window.

@@ -102,7 +102,14 @@ pub fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
     };
     if wide {
         c.extend(match kind {
-            Kind::Account => vec!["5H-RESETS", "7D-RESETS", "CONFIGDIR", "LABELS"],
+            Kind::Account => vec![
+                "5H-RESETS",
+                "7D-RESETS",
+                "7D-OPUS",
+                "7D-SONNET",
+                "CONFIGDIR",
+                "LABELS",
+            ],
             Kind::Session => vec!["WORKDIR", "MODEL", "PANE", "AGENT-SESSION", "LABELS"],
             Kind::Task => vec!["MODEL", "TARGET", "LABELS"],
             Kind::Swap => vec!["SESSIONS", "MESSAGE"],
@@ -222,6 +229,8 @@ pub fn row(kind: Kind, v: &Value, wide: bool) -> Vec<String> {
                     v.pointer("/status/usage/sevenDay/resetsAt")
                         .and_then(Value::as_str),
                 ),
+                pct(v, "/status/usage/sevenDayOpus/utilization"),
+                pct(v, "/status/usage/sevenDaySonnet/utilization"),
                 s(v, "/spec/configDir"),
                 labels(v),
             ]),

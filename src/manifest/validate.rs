@@ -193,10 +193,16 @@ pub fn account(a: &Account) -> Vec<Problem> {
     let mut out = Vec::new();
     check_meta(&a.metadata, &mut out);
     check_path(&a.spec.config_dir, &["spec", "configDir"], &mut out);
+    let t = &a.spec.thresholds;
     for (field, v) in [
-        ("fiveHour", a.spec.thresholds.five_hour),
-        ("sevenDay", a.spec.thresholds.seven_day),
-    ] {
+        ("fiveHour", Some(t.five_hour)),
+        ("sevenDay", Some(t.seven_day)),
+        ("sevenDayOpus", t.seven_day_opus),
+        ("sevenDaySonnet", t.seven_day_sonnet),
+    ]
+    .into_iter()
+    .filter_map(|(f, v)| Some((f, v?)))
+    {
         if !(1..=100).contains(&v) {
             out.push((
                 at(&["spec", "thresholds", field]),

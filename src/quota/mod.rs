@@ -9,28 +9,60 @@ pub mod poll;
 use crate::api::{AccountPhase, Thresholds};
 use std::time::{Duration, SystemTime};
 
-/// The two usage windows of a subscription.
+/// The usage windows of a subscription: the two every request counts
+/// against, and the weekly caps of one model family each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Window {
     FiveHour,
     SevenDay,
+    /// The weekly cap of Opus models.
+    SevenDayOpus,
+    /// The weekly cap of Sonnet models.
+    SevenDaySonnet,
 }
 
 impl Window {
-    pub const ALL: [Window; 2] = [Window::FiveHour, Window::SevenDay];
+    pub const ALL: [Window; 4] = [
+        Window::FiveHour,
+        Window::SevenDay,
+        Window::SevenDayOpus,
+        Window::SevenDaySonnet,
+    ];
+    /// The windows every session of an account counts against: they make
+    /// the account's phase.
+    pub const ACCOUNT: [Window; 2] = [Window::FiveHour, Window::SevenDay];
+    /// The per-model weekly windows: they move only the sessions running
+    /// their model (see [`model_windows`]).
+    pub const MODELS: [Window; 2] = [Window::SevenDayOpus, Window::SevenDaySonnet];
 
-    /// The name Claude Code and the usage endpoint use (`five_hour`, `seven_day`).
+    /// The name Claude Code and the usage endpoint use (`five_hour`,
+    /// `seven_day`, `seven_day_opus`, `seven_day_sonnet`).
     pub fn label(self) -> &'static str {
         match self {
             Window::FiveHour => "five_hour",
             Window::SevenDay => "seven_day",
+            Window::SevenDayOpus => "seven_day_opus",
+            Window::SevenDaySonnet => "seven_day_sonnet",
         }
     }
 
+    /// The model family a per-model window caps (`opus`, `sonnet`).
+    pub fn family(self) -> Option<&'static str> {
+        match self {
+            Window::FiveHour | Window::SevenDay => None,
+            Window::SevenDayOpus => Some("opus"),
+            Window::SevenDaySonnet => Some("sonnet"),
+        }
+    }
+
+    /// The threshold (percent) of this window; a per-model one unset
+    /// follows the weekly one.
     pub fn threshold(self, t: &Thresholds) -> f64 {
         f64::from(match self {
             Window::FiveHour => t.five_hour,
             Window::SevenDay => t.seven_day,
+            Window::SevenDayOpus => t.seven_day_opus.unwrap_or(t.seven_day),
+            Window::SevenDaySonnet => t.seven_day_sonnet.unwrap_or(t.seven_day),
         })
     }
 
@@ -38,8 +70,35 @@ impl Window {
     pub fn length(self) -> Duration {
         match self {
             Window::FiveHour => Duration::from_secs(5 * 3600),
-            Window::SevenDay => Duration::from_secs(7 * 24 * 3600),
+            _ => Duration::from_secs(7 * 24 * 3600),
         }
+    }
+}
+
+/// The per-model windows a session running `model` (an alias such as
+/// `opus`, or a name such as `claude-sonnet-5`) counts against. A model
+/// that is not known to be of one family (none set, `default`,
+/// `opusplan`, which switches between both, or a name of neither) counts
+/// against every per-model window: it is moved off an account at either
+/// limit, since it may be running the capped model. A Haiku model counts
+/// against none.
+pub fn model_windows(model: Option<&str>) -> &'static [Window] {
+    const OPUS: &[Window] = &[Window::SevenDayOpus];
+    const SONNET: &[Window] = &[Window::SevenDaySonnet];
+    let Some(m) = model.map(str::to_ascii_lowercase) else {
+        return &Window::MODELS;
+    };
+    let (opus, sonnet) = (m.contains("opus"), m.contains("sonnet"));
+    if m.contains("opusplan") || (opus && sonnet) {
+        &Window::MODELS
+    } else if opus {
+        OPUS
+    } else if sonnet {
+        SONNET
+    } else if m.contains("haiku") {
+        &[]
+    } else {
+        &Window::MODELS
     }
 }
 
@@ -127,6 +186,8 @@ pub struct AccountInputs {
     pub hysteresis: f64,
     pub five_hour: Option<Reading>,
     pub seven_day: Option<Reading>,
+    pub seven_day_opus: Option<Reading>,
+    pub seven_day_sonnet: Option<Reading>,
     pub limit: Option<Limit>,
     /// The latest authentication failure not followed by a success.
     pub auth_failed: Option<SystemTime>,
@@ -143,11 +204,26 @@ pub struct Verdict {
 }
 
 impl AccountInputs {
-    fn reading(&self, w: Window) -> Option<&Reading> {
+    pub fn reading(&self, w: Window) -> Option<&Reading> {
         match w {
             Window::FiveHour => self.five_hour.as_ref(),
             Window::SevenDay => self.seven_day.as_ref(),
+            Window::SevenDayOpus => self.seven_day_opus.as_ref(),
+            Window::SevenDaySonnet => self.seven_day_sonnet.as_ref(),
         }
+    }
+
+    /// The per-model windows at or past their threshold: the sessions
+    /// running their model must leave (the account's phase does not
+    /// change: it still serves the others).
+    pub fn models_near_limit(&self) -> Vec<Window> {
+        Window::MODELS
+            .into_iter()
+            .filter(|w| {
+                self.reading(*w)
+                    .is_some_and(|r| r.utilization >= w.threshold(&self.thresholds))
+            })
+            .collect()
     }
 
     /// True when a poll taken after the limit shows every window below
@@ -164,10 +240,10 @@ impl AccountInputs {
         !after.is_empty() && after.iter().all(|r| r.utilization < 100.0)
     }
 
-    /// Free percent before the threshold in the tightest window (a window
-    /// with no reading counts as unused).
+    /// Free percent before the threshold in the tightest account-wide
+    /// window (a window with no reading counts as unused).
     pub fn headroom(&self) -> f64 {
-        Window::ALL
+        Window::ACCOUNT
             .iter()
             .map(|w| {
                 w.threshold(&self.thresholds) - self.reading(*w).map_or(0.0, |r| r.utilization)
@@ -219,7 +295,7 @@ pub fn phase(i: &AccountInputs, now: SystemTime) -> Verdict {
             message: format!("usage limit reached ({}){until}", l.source),
         };
     }
-    for w in Window::ALL {
+    for w in Window::ACCOUNT {
         if let Some(r) = i.reading(w)
             && r.utilization >= 100.0
         {
@@ -239,7 +315,7 @@ pub fn phase(i: &AccountInputs, now: SystemTime) -> Verdict {
         i.previous,
         AccountPhase::NearLimit | AccountPhase::Exhausted
     );
-    for w in Window::ALL {
+    for w in Window::ACCOUNT {
         let Some(r) = i.reading(w) else { continue };
         let t = w.threshold(&i.thresholds);
         if r.utilization >= t || (sticky && r.utilization > t - i.hysteresis) {
@@ -256,17 +332,36 @@ pub fn phase(i: &AccountInputs, now: SystemTime) -> Verdict {
             };
         }
     }
+    let mut message = match (&i.five_hour, &i.seven_day) {
+        (None, None) => "no usage reading yet".to_string(),
+        (a, b) => format!(
+            "five_hour {}, seven_day {}",
+            a.as_ref().map_or("unknown".into(), |r| pct(r.utilization)),
+            b.as_ref().map_or("unknown".into(), |r| pct(r.utilization))
+        ),
+    };
+    let near = i.models_near_limit();
+    for w in &near {
+        let r = i
+            .reading(*w)
+            .expect("a window near its limit has a reading");
+        message.push_str(&format!(
+            "; {} window at {} (threshold {}, {}): {} sessions move, others stay",
+            w.label(),
+            pct(r.utilization),
+            pct(w.threshold(&i.thresholds)),
+            r.source,
+            w.family().unwrap_or_default(),
+        ));
+    }
     Verdict {
         phase: AccountPhase::Available,
-        reason: "UsageBelowThreshold",
-        message: match (&i.five_hour, &i.seven_day) {
-            (None, None) => "no usage reading yet".into(),
-            (a, b) => format!(
-                "five_hour {}, seven_day {}",
-                a.as_ref().map_or("unknown".into(), |r| pct(r.utilization)),
-                b.as_ref().map_or("unknown".into(), |r| pct(r.utilization))
-            ),
+        reason: if near.is_empty() {
+            "UsageBelowThreshold"
+        } else {
+            "ModelThresholdReached"
         },
+        message,
     }
 }
 
@@ -328,6 +423,8 @@ mod tests {
             hysteresis: 5.0,
             five_hour: five.map(|u| reading(u, 100)),
             seven_day: None,
+            seven_day_opus: None,
+            seven_day_sonnet: None,
             limit: None,
             auth_failed: None,
             previous,
@@ -351,6 +448,87 @@ mod tests {
         i.suspend = false;
         i.auth_failed = Some(now);
         assert_eq!(phase(&i, now).phase, Unavailable);
+    }
+
+    #[test]
+    fn a_model_counts_against_its_family_window_or_all_when_unknown() {
+        use Window::*;
+        let both = &[SevenDayOpus, SevenDaySonnet][..];
+        // (model, windows)
+        let table: [(Option<&str>, &[Window]); 10] = [
+            (Some("opus"), &[SevenDayOpus]),
+            (Some("claude-opus-4-5"), &[SevenDayOpus]),
+            (Some("Claude-Sonnet-5"), &[SevenDaySonnet]),
+            (Some("sonnet[1m]"), &[SevenDaySonnet]),
+            (Some("haiku"), &[]),
+            (Some("claude-haiku-4-5-20251001"), &[]),
+            (Some("opusplan"), both),
+            (Some("default"), both),
+            (Some("some-new-model"), both),
+            (None, both),
+        ];
+        for (model, want) in table {
+            assert_eq!(model_windows(model), want, "{model:?}");
+        }
+    }
+
+    #[test]
+    fn a_per_model_window_moves_its_sessions_but_leaves_the_phase() {
+        use AccountPhase::*;
+        let now = at(200);
+        let model = |u: f64| Some(reading(u, 100));
+        let mut t = Thresholds::default();
+        // (opus, sonnet, opus threshold, phase, reason, near)
+        let table = [
+            (None, None, None, "UsageBelowThreshold", vec![]),
+            (model(94.0), None, None, "UsageBelowThreshold", vec![]),
+            // Unset: the weekly threshold (95).
+            (
+                model(95.0),
+                model(20.0),
+                None,
+                "ModelThresholdReached",
+                vec![Window::SevenDayOpus],
+            ),
+            (
+                model(60.0),
+                None,
+                Some(50),
+                "ModelThresholdReached",
+                vec![Window::SevenDayOpus],
+            ),
+            (
+                model(100.0),
+                model(99.0),
+                None,
+                "ModelThresholdReached",
+                vec![Window::SevenDayOpus, Window::SevenDaySonnet],
+            ),
+        ];
+        for (opus, sonnet, opus_threshold, reason, near) in table {
+            t.seven_day_opus = opus_threshold;
+            let mut i = inputs(Some(40.0), Available);
+            i.thresholds = t;
+            i.seven_day_opus = opus.clone();
+            i.seven_day_sonnet = sonnet.clone();
+            let v = phase(&i, now);
+            assert_eq!(
+                (v.phase, v.reason),
+                (Available, reason),
+                "{opus:?} {sonnet:?}"
+            );
+            assert_eq!(i.models_near_limit(), near);
+            if !near.is_empty() {
+                assert!(
+                    v.message.contains("sessions move, others stay"),
+                    "{}",
+                    v.message
+                );
+            }
+            // An account-wide window still rules the phase.
+            i.five_hour = Some(reading(91.0, 100));
+            assert_eq!(phase(&i, now).phase, NearLimit);
+        }
     }
 
     #[test]

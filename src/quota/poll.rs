@@ -1,8 +1,9 @@
 //! The budgeted poll of the usage endpoint.
 //!
-//! For an account with no live session (so no statusLine feed), the usage
-//! is read from the endpoint Claude Code's `/usage` reads:
-//! `GET BASE/api/oauth/usage` with the account's OAuth access token. The
+//! The usage is read from the endpoint Claude Code's `/usage` reads:
+//! `GET BASE/api/oauth/usage` with the account's OAuth access token, for an
+//! account with no live session (so no statusLine feed), and for the
+//! per-model weekly windows, which only it tells. The
 //! endpoint is unofficial and rate-limited (about 30 requests an hour per
 //! account, shared with Claude Code itself), so each account has a
 //! [`PollSchedule`] kept in the state dir (`STATE/quota/NS/NAME.json`): the
@@ -49,6 +50,26 @@ pub struct UsageSnapshot {
     pub five_hour: Option<WindowReading>,
     /// The weekly window; `None` when the answer had none.
     pub seven_day: Option<WindowReading>,
+    /// The weekly window of Opus models, when the answer has one.
+    pub seven_day_opus: Option<WindowReading>,
+    /// The weekly window of Sonnet models, when the answer has one.
+    pub seven_day_sonnet: Option<WindowReading>,
+}
+
+impl UsageSnapshot {
+    /// Each window the answer had, with its reading.
+    pub fn windows(self) -> Vec<(super::Window, WindowReading)> {
+        use super::Window::*;
+        [
+            (FiveHour, self.five_hour),
+            (SevenDay, self.seven_day),
+            (SevenDayOpus, self.seven_day_opus),
+            (SevenDaySonnet, self.seven_day_sonnet),
+        ]
+        .into_iter()
+        .filter_map(|(w, r)| Some((w, r?)))
+        .collect()
+    }
 }
 
 /// One window of a reading.
@@ -145,9 +166,10 @@ fn poll_blocking(url: &str, token: &str) -> Result<UsageSnapshot, PollError> {
     parse_usage(&body)
 }
 
-/// Parses the endpoint's answer: `five_hour` and `seven_day` objects (or
-/// `null`) with `utilization` (percent) and `resets_at` (RFC 3339 or
-/// `null`); other keys are ignored. A window object whose `utilization` is
+/// Parses the endpoint's answer: `five_hour`, `seven_day` and the
+/// per-model `seven_day_opus` and `seven_day_sonnet` objects (or `null`)
+/// with `utilization` (percent) and `resets_at` (RFC 3339 or `null`);
+/// other keys are ignored. A window object whose `utilization` is
 /// `null` counts as absent.
 pub fn parse_usage(body: &[u8]) -> Result<UsageSnapshot, PollError> {
     let v: Value = serde_json::from_slice(body).map_err(|e| PollError::Parse(e.to_string()))?;
@@ -157,6 +179,8 @@ pub fn parse_usage(body: &[u8]) -> Result<UsageSnapshot, PollError> {
     Ok(UsageSnapshot {
         five_hour: window(&v, "five_hour")?,
         seven_day: window(&v, "seven_day")?,
+        seven_day_opus: window(&v, "seven_day_opus")?,
+        seven_day_sonnet: window(&v, "seven_day_sonnet")?,
     })
 }
 
@@ -332,14 +356,23 @@ mod tests {
             "extra_usage": {"is_enabled": false}
         }"#;
         let u = parse_usage(body).unwrap();
-        let five = u.five_hour.unwrap();
+        let five = u.five_hour.clone().unwrap();
         assert_eq!(five.utilization, 37.0);
         let expect: SystemTime = "2026-11-27T06:00:00Z"
             .parse::<k8s_openapi::jiff::Timestamp>()
             .unwrap()
             .into();
         assert_eq!(five.resets_at, Some(expect));
-        assert_eq!(u.seven_day.unwrap().utilization, 12.5);
+        assert_eq!(u.seven_day.as_ref().unwrap().utilization, 12.5);
+        assert_eq!(u.seven_day_opus.as_ref().unwrap().utilization, 0.0);
+        assert_eq!(u.seven_day_sonnet, None);
+        let windows: Vec<_> = u.windows().into_iter().map(|(w, _)| w.label()).collect();
+        assert_eq!(windows, ["five_hour", "seven_day", "seven_day_opus"]);
+        let u = parse_usage(
+            br#"{"seven_day_sonnet": {"utilization": 96.5, "resets_at": "2026-11-30T10:00:00Z"}}"#,
+        )
+        .unwrap();
+        assert_eq!(u.seven_day_sonnet.unwrap().utilization, 96.5);
     }
 
     #[test]

@@ -258,6 +258,9 @@ struct State {
     targeted: Vec<(Matcher, Failure)>,
     /// Static answers: (method, path without query) -> (status, JSON body).
     routes: HashMap<(String, String), (u16, Value)>,
+    /// Static answers to one credential: (credential, method, path) ->
+    /// (status, JSON body); before `routes`.
+    routes_for: HashMap<(String, String, String), (u16, Value)>,
     /// Gate for main replies.
     held: bool,
     /// Held requests allowed through while `held` stays true.
@@ -316,6 +319,7 @@ impl FakeApi {
                 failures: Vec::new(),
                 targeted: Vec::new(),
                 routes: HashMap::new(),
+                routes_for: HashMap::new(),
                 held: false,
                 passes: 0,
                 waiting: 0,
@@ -705,6 +709,38 @@ impl FakeApi {
     }
 }
 
+impl FakeApi {
+    /// Answers `method path` asked with `credential` (an API key or a
+    /// bearer token) with `status` and a JSON body: one account's own
+    /// answer, e.g. its usage endpoint.
+    pub fn route_for(&self, credential: &str, method: &str, path: &str, status: u16, body: Value) {
+        self.shared.lock().routes_for.insert(
+            (
+                credential.to_string(),
+                method.to_ascii_uppercase(),
+                path.to_string(),
+            ),
+            (status, body),
+        );
+    }
+
+    /// One account's answer from the usage endpoint (`/api/oauth/usage`,
+    /// asked with its `token`): each `(window, percent, resets in seconds)`
+    /// (`five_hour`, `seven_day`, `seven_day_opus`, `seven_day_sonnet`).
+    pub fn set_usage_endpoint_for(&self, token: &str, windows: &[(&str, f64, u64)]) {
+        let mut body = serde_json::Map::new();
+        for (w, used, reset_in) in windows {
+            let at =
+                k8s_openapi::jiff::Timestamp::now() + std::time::Duration::from_secs(*reset_in);
+            body.insert(
+                w.to_string(),
+                json!({"utilization": used, "resets_at": at.to_string()}),
+            );
+        }
+        self.route_for(token, "GET", "/api/oauth/usage", 200, Value::Object(body));
+    }
+}
+
 impl Drop for FakeApi {
     fn drop(&mut self) {
         // Let held requests go so their tasks end, then stop the server.
@@ -800,9 +836,19 @@ async fn handle(shared: Arc<Shared>, req: Request<Body>) -> Response<Body> {
             } else {
                 Plan::Text(st.reply.clone())
             }
-        } else if let Some((status, body)) = st
-            .routes
-            .get(&(rec.method.clone(), rec.path_only().to_string()))
+        } else if let Some((status, body)) = rec
+            .credential()
+            .and_then(|c| {
+                st.routes_for.get(&(
+                    c.to_string(),
+                    rec.method.clone(),
+                    rec.path_only().to_string(),
+                ))
+            })
+            .or_else(|| {
+                st.routes
+                    .get(&(rec.method.clone(), rec.path_only().to_string()))
+            })
         {
             Plan::Json(*status, body.clone())
         } else if parts.method == Method::HEAD && rec.path_only() == "/" {

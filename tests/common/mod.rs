@@ -22,6 +22,25 @@ pub struct Env {
     pub dir: tempfile::TempDir,
 }
 
+/// A daemon started in the env without a `tmuxSocket` runs its agents on
+/// the tmux server of its default state dir: it goes with the env (else it
+/// and its agents outlive the test).
+impl Drop for Env {
+    fn drop(&mut self) {
+        let socket = self.dir.path().join("state/claude-failover/tmux.sock");
+        if socket.exists() {
+            let _ = std::process::Command::new("tmux")
+                .arg("-S")
+                .arg(&socket)
+                .arg("kill-server")
+                .env_remove("TMUX")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
 impl Env {
     pub fn new() -> Env {
         Env {

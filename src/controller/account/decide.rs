@@ -54,6 +54,8 @@ pub fn inputs(m: &mut Memory, a: &Account, st: &QuotaSettings, now: SystemTime) 
         hysteresis: st.hysteresis,
         five_hour: fused(Window::FiveHour),
         seven_day: fused(Window::SevenDay),
+        seven_day_opus: fused(Window::SevenDayOpus),
+        seven_day_sonnet: fused(Window::SevenDaySonnet),
         limit: m.limit.clone(),
         auth_failed: m.auth_failed,
         previous,
@@ -102,11 +104,13 @@ pub fn status(
     let before = a.status.clone().unwrap_or_default();
     let mut status = before.clone();
     status.phase = Some(verdict.phase);
-    status.usage =
-        (inputs.five_hour.is_some() || inputs.seven_day.is_some()).then(|| AccountUsage {
-            five_hour: inputs.five_hour.as_ref().map(window_status),
-            seven_day: inputs.seven_day.as_ref().map(window_status),
-        });
+    let usage = AccountUsage {
+        five_hour: inputs.five_hour.as_ref().map(window_status),
+        seven_day: inputs.seven_day.as_ref().map(window_status),
+        seven_day_opus: inputs.seven_day_opus.as_ref().map(window_status),
+        seven_day_sonnet: inputs.seven_day_sonnet.as_ref().map(window_status),
+    };
+    status.usage = (usage != AccountUsage::default()).then_some(usage);
     status.limit = inputs.limit.as_ref().map(|l| AccountLimit {
         at: time(l.at),
         resets_at: l.resets_at.map(time),
@@ -148,7 +152,7 @@ pub fn status(
 fn without_times(s: &AccountStatus) -> AccountStatus {
     let mut s = s.clone();
     if let Some(u) = &mut s.usage {
-        for w in [&mut u.five_hour, &mut u.seven_day].into_iter().flatten() {
+        for w in u.windows_mut().into_iter().flatten() {
             w.observed_at = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
         }
     }
@@ -157,8 +161,8 @@ fn without_times(s: &AccountStatus) -> AccountStatus {
 }
 
 fn oldest_observed(s: &AccountStatus) -> Option<SystemTime> {
-    let u = s.usage.as_ref()?;
-    [&u.five_hour, &u.seven_day]
+    let mut u = s.usage.clone()?;
+    u.windows_mut()
         .into_iter()
         .flatten()
         .map(|w| system(&w.observed_at))
@@ -174,16 +178,12 @@ pub fn worth_writing(before: &AccountStatus, after: &AccountStatus, now: SystemT
 
 /// When the next reset or expiry that could change the phase comes.
 pub fn wake_at(inputs: &AccountInputs, st: &QuotaSettings) -> Option<SystemTime> {
-    [
-        inputs.limit.as_ref().and_then(|l| l.resets_at),
-        inputs.five_hour.as_ref().and_then(|r| r.resets_at),
-        inputs.seven_day.as_ref().and_then(|r| r.resets_at),
-        inputs.five_hour.as_ref().map(|r| r.observed_at + st.stale),
-        inputs.seven_day.as_ref().map(|r| r.observed_at + st.stale),
-    ]
-    .into_iter()
-    .flatten()
-    .min()
+    let readings = Window::ALL.into_iter().filter_map(|w| inputs.reading(w));
+    readings
+        .flat_map(|r| [r.resets_at, Some(r.observed_at + st.stale)])
+        .chain([inputs.limit.as_ref().and_then(|l| l.resets_at)])
+        .flatten()
+        .min()
 }
 
 #[cfg(test)]

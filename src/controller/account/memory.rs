@@ -54,6 +54,8 @@ impl Memory {
             for (w, r) in [
                 (Window::FiveHour, &u.five_hour),
                 (Window::SevenDay, &u.seven_day),
+                (Window::SevenDayOpus, &u.seven_day_opus),
+                (Window::SevenDaySonnet, &u.seven_day_sonnet),
             ] {
                 if let Some(r) = r {
                     m.push(

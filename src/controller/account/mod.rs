@@ -139,7 +139,7 @@ async fn account(
         })
         .collect();
     let logged = logged_resets(ctx, &signals, now).await;
-    let (inputs, wants_poll, ledger_due) = {
+    let (inputs, wants_poll, models_only, ledger_due) = {
         let mut all = ctx.memory.lock().expect("lock");
         let m = all
             .entry(key.clone())
@@ -148,15 +148,17 @@ async fn account(
             m.absorb(&key.name, sk, sig, reset);
         }
         let inputs = decide::inputs(m, a, &ctx.settings, now);
-        let wants_poll = (live.is_empty()
-            || inputs.limit.as_ref().is_some_and(|l| l.resets_at.is_none()))
-            && !m.polling
-            && !a.spec.suspend;
+        // Every account is polled on its budget: only the endpoint tells
+        // the per-model windows. With live sessions (and a limit whose end
+        // is known) the statusLine tells the others.
+        let wants_poll = !m.polling && !a.spec.suspend;
+        let models_only =
+            !live.is_empty() && inputs.limit.as_ref().is_none_or(|l| l.resets_at.is_some());
         let ledger_due = m.ledger.is_none_or(|(at, _)| at.elapsed() >= LEDGER_EVERY);
-        (inputs, wants_poll, ledger_due)
+        (inputs, wants_poll, models_only, ledger_due)
     };
     let poll_in = if wants_poll {
-        poll::maybe_start(ctx, &key, a, now).await
+        poll::maybe_start(ctx, &key, a, now, models_only).await
     } else {
         None
     };

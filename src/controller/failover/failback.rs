@@ -4,14 +4,16 @@
 //! A session's preferred account is its `spec.account`, or else the account
 //! with the lowest priority value (the one a fresh start picks). It goes
 //! back when that account is Available, not set aside, and every usage
-//! window is the policy's margin below its threshold (which, after a limit,
+//! window that counts for it (the account-wide ones and its model's
+//! weekly one) is the policy's margin below its threshold (which, after a limit,
 //! only a reset brings); only while it is idle with no task in flight (a
 //! turn boundary), and at most once per cooldown since its last move. The
 //! margin and the cooldown keep it from flapping.
 
-use super::target::{ns_of, phase_of, sessions_on, set_aside_until};
+use super::target::{Models, model_of, ns_of, phase_of, sessions_on, set_aside_until};
 use crate::api::{Account, AccountPhase, Session, SessionPhase};
 use crate::quota::policy::Policy;
+use crate::quota::{Window, model_windows};
 use std::collections::HashMap;
 use std::time::SystemTime;
 
@@ -30,8 +32,9 @@ pub fn home<'a>(s: &Session, accounts: &[&'a Account]) -> Option<&'a Account> {
     }
 }
 
-/// Whether sessions may come back to `a` now.
-pub fn has_room(a: &Account, policy: &Policy, now: SystemTime) -> bool {
+/// Whether sessions that count against the per-model `windows` may come
+/// back to `a` now.
+pub fn has_room(a: &Account, policy: &Policy, now: SystemTime, windows: &[Window]) -> bool {
     if a.spec.suspend
         || phase_of(a) != AccountPhase::Available
         || set_aside_until(a).is_some_and(|u| u > now)
@@ -44,11 +47,11 @@ pub fn has_room(a: &Account, policy: &Policy, now: SystemTime) -> bool {
         .as_ref()
         .and_then(|s| s.usage.clone())
         .unwrap_or_default();
-    let t = &a.spec.thresholds;
-    let below = |w: Option<&crate::api::UsageWindow>, threshold: u8| {
-        w.is_none_or(|w| w.utilization <= f64::from(threshold) - policy.failback.margin)
-    };
-    below(usage.five_hour.as_ref(), t.five_hour) && below(usage.seven_day.as_ref(), t.seven_day)
+    Window::ACCOUNT.iter().chain(windows).all(|w| {
+        usage.window(w.label()).is_none_or(|r| {
+            r.utilization <= w.threshold(&a.spec.thresholds) - policy.failback.margin
+        })
+    })
 }
 
 /// A move back: `sessions` leave `from` for `to`.
@@ -65,6 +68,7 @@ pub fn next<'a>(
     accounts: &[&'a Account],
     sessions: &[&'a Session],
     tasks_on: &HashMap<(String, String), String>,
+    models: &Models,
     policy: &Policy,
     now: SystemTime,
 ) -> Option<Failback<'a>> {
@@ -80,7 +84,8 @@ pub fn next<'a>(
             }
             let Some(h) = home(s, accounts) else { continue };
             let to = h.metadata.name.clone().unwrap_or_default();
-            if to == name || !has_room(h, policy, now) {
+            let windows = model_windows(model_of(s, models));
+            if to == name || !has_room(h, policy, now, windows) {
                 continue;
             }
             match by_home.iter_mut().find(|(t, _)| *t == to) {

@@ -103,6 +103,7 @@ async fn pass(ctx: &Context) -> Result<Duration, crate::store::StoreError> {
         sessions: sessions.iter().map(Arc::as_ref).collect(),
         swaps: swaps.iter().map(Arc::as_ref).collect(),
         tasks_on: tasks_on(ctx),
+        models: models(ctx, &sessions),
     };
     let actions = plan::plan(&world, &ctx.settings);
     let wait = plan::next_deadline(&world)
@@ -129,6 +130,20 @@ fn tasks_on(ctx: &Context) -> HashMap<(String, String), String> {
             matches!(st.phase, Some(TaskPhase::Dispatched | TaskPhase::Running)).then_some(())?;
             let key = ObjectKey::of(t.as_ref());
             Some(((key.namespace, st.session.clone()?), key.name))
+        })
+        .collect()
+}
+
+/// The model each session's agent says it runs (`model.id` of its
+/// statusLine input), lower-case.
+fn models(ctx: &Context, sessions: &[Arc<crate::api::Session>]) -> target::Models {
+    sessions
+        .iter()
+        .filter_map(|s| {
+            let key = ObjectKey::of(s.as_ref());
+            let (input, _) = ctx.shared.signals.get(&key).statusline?;
+            let id = input.pointer("/model/id")?.as_str()?.to_ascii_lowercase();
+            Some(((key.namespace, key.name), id))
         })
         .collect()
 }

@@ -8,7 +8,7 @@
 //! as the world allows and never waits; the next pass comes with the next
 //! change or the nearest deadline ([`next_deadline`]).
 
-use super::target::{self, ns_of, phase_of, reason_to_leave, sessions_on};
+use super::target::{self, ns_of, phase_of, sessions_on};
 use crate::api::keys::{FAILOVER_REQUEST, FAILOVER_TO, REINSTATE};
 use crate::api::{
     Account, AccountFailover, FailoverNote, Kind, MicroTime, ObjectKey, RequestAnswer, SWAP_DONE,
@@ -61,6 +61,8 @@ pub struct World<'a> {
     pub swaps: Vec<&'a Swap>,
     /// The task in flight on each session, by `(namespace, session)`.
     pub tasks_on: HashMap<(String, String), String>,
+    /// The model each session's agent says it runs ([`target::model_of`]).
+    pub models: target::Models,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -135,6 +137,7 @@ pub fn reason_label(reason: &str) -> &'static str {
     match reason {
         FAILBACK => "failback",
         "NearLimit" => "near_limit",
+        target::MODEL_LIMIT => "model_limit",
         "Exhausted" => "exhausted",
         "AuthenticationFailed" => "auth",
         _ => "manual",
@@ -263,8 +266,7 @@ impl Planner<'_, '_> {
             let ns = ns_of(&a.metadata).to_string();
             let name = a.metadata.name.clone().unwrap_or_default();
             let aside_over = target::set_aside_until(a).is_some_and(|u| u <= w.now);
-            let must_leave = reason_to_leave(phase_of(a)).is_some()
-                && !sessions_on(&w.sessions, &ns, &name).is_empty();
+            let must_leave = target::leaving(a, &w.sessions, &w.models).is_some();
             let noted = a
                 .status
                 .as_ref()
@@ -335,18 +337,19 @@ impl Planner<'_, '_> {
                 .as_ref()
                 .and_then(|x| x.get(FAILOVER_TO))
                 .cloned();
-            self.try_start(a, "Manual", to.as_deref(), Some(req));
+            let on = sessions_on(
+                &w.sessions,
+                ns_of(&a.metadata),
+                a.metadata.name.as_deref().unwrap_or_default(),
+            );
+            self.try_start(a, "Manual", to.as_deref(), Some(req), on);
             return;
         }
         for a in &accounts {
-            let Some(reason) = reason_to_leave(phase_of(a)) else {
+            let Some((reason, on)) = target::leaving(a, &w.sessions, &w.models) else {
                 continue;
             };
-            let name = a.metadata.name.clone().unwrap_or_default();
-            if sessions_on(&w.sessions, ns_of(&a.metadata), &name).is_empty() {
-                continue;
-            }
-            if self.try_start(a, reason, None, None) {
+            if self.try_start(a, reason, None, None, on) {
                 return;
             }
         }
@@ -354,6 +357,7 @@ impl Planner<'_, '_> {
             &w.accounts,
             &w.sessions,
             &w.tasks_on,
+            &w.models,
             &self.st.policy,
             w.now,
         ) {
@@ -361,19 +365,20 @@ impl Planner<'_, '_> {
         }
     }
 
-    /// Starts a swap off `a`, or says why none can start. True if started.
+    /// Starts a swap of the sessions `on` off `a`, or says why none can
+    /// start. True if started.
     fn try_start(
         &mut self,
         a: &Account,
         reason: &str,
         to: Option<&str>,
         req: Option<String>,
+        on: Vec<&Session>,
     ) -> bool {
         let w = self.w;
         let ns = ns_of(&a.metadata).to_string();
         let from = a.metadata.name.clone().unwrap_or_default();
         let key = akey(&ns, &from);
-        let on = sessions_on(&w.sessions, &ns, &from);
         let refuse = |p: &mut Self, reason_code: &'static str, why: String| {
             if let Some(r) = &req {
                 p.note(&ns, &from)
@@ -395,18 +400,19 @@ impl Planner<'_, '_> {
             );
             return false;
         }
-        let target =
-            match target::target(&w.accounts, &ns, &from, to, self.st.policy.strategy, w.now) {
-                Ok(t) => t,
-                Err(why) if req.is_some() => {
-                    refuse(self, "NoFailoverTarget", format!("cannot fail over: {why}"));
-                    return false;
-                }
-                Err(why) => {
-                    self.no_target(a, reason, on.len(), why);
-                    return false;
-                }
-            };
+        let windows = target::windows_of(&on, &w.models);
+        let strategy = self.st.policy.strategy;
+        let target = match target::target(&w.accounts, &ns, &from, to, strategy, w.now, &windows) {
+            Ok(t) => t,
+            Err(why) if req.is_some() => {
+                refuse(self, "NoFailoverTarget", format!("cannot fail over: {why}"));
+                return false;
+            }
+            Err(why) => {
+                self.no_target(a, reason, on.len(), why);
+                return false;
+            }
+        };
         self.start(a, reason, target, on, req);
         true
     }

@@ -2,8 +2,88 @@
 
 use crate::api::{Account, AccountPhase, Session};
 use crate::config::FailoverStrategy;
-use crate::quota::policy::{TargetCandidate, pick_target};
+use crate::quota::policy::{Policy, TargetCandidate, pick_target};
+use crate::quota::{Window, model_windows};
+use std::collections::HashMap;
 use std::time::SystemTime;
+
+/// The reason of a swap that moves the sessions of one model off an
+/// account at that model's weekly limit.
+pub const MODEL_LIMIT: &str = "ModelLimit";
+
+/// The model each session's agent runs, by `(namespace, session)`, as the
+/// agent last said (its statusLine); a session not in it runs its
+/// `spec.agent.model`.
+pub type Models = HashMap<(String, String), String>;
+
+/// The model `s` runs, if known.
+pub fn model_of<'a>(s: &'a Session, models: &'a Models) -> Option<&'a str> {
+    let key = (
+        ns_of(&s.metadata).to_string(),
+        s.metadata.name.clone().unwrap_or_default(),
+    );
+    models
+        .get(&key)
+        .map(String::as_str)
+        .or(s.spec.agent.model.as_deref())
+}
+
+/// The per-model windows that count for any of `sessions`.
+pub fn windows_of(sessions: &[&Session], models: &Models) -> Vec<Window> {
+    let mut out: Vec<Window> = sessions
+        .iter()
+        .flat_map(|s| model_windows(model_of(s, models)).iter().copied())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Percent used of window `w` of `a` (no reading: none).
+fn used(a: &Account, w: Window) -> f64 {
+    a.status
+        .as_ref()
+        .and_then(|s| s.usage.as_ref())
+        .and_then(|u| u.window(w.label()))
+        .map_or(0.0, |r| r.utilization)
+}
+
+/// The per-model windows of `a` at or past their threshold.
+pub fn models_near_limit(a: &Account) -> Vec<Window> {
+    Window::MODELS
+        .into_iter()
+        .filter(|w| used(a, *w) >= w.threshold(&a.spec.thresholds))
+        .collect()
+}
+
+/// Why sessions must leave `a`, and which: all that run on it when its
+/// phase says so; else, while it is Available, those whose model is at
+/// its weekly limit there (a session of unknown model counts as running
+/// every capped model).
+pub fn leaving<'a>(
+    a: &Account,
+    sessions: &[&'a Session],
+    models: &Models,
+) -> Option<(&'static str, Vec<&'a Session>)> {
+    let name = a.metadata.name.as_deref().unwrap_or_default();
+    let on = sessions_on(sessions, ns_of(&a.metadata), name);
+    if on.is_empty() {
+        return None;
+    }
+    if let Some(reason) = reason_to_leave(phase_of(a)) {
+        return Some((reason, on));
+    }
+    let near = models_near_limit(a);
+    let capped: Vec<&Session> = on
+        .into_iter()
+        .filter(|s| {
+            model_windows(model_of(s, models))
+                .iter()
+                .any(|w| near.contains(w))
+        })
+        .collect();
+    (!capped.is_empty()).then_some((MODEL_LIMIT, capped))
+}
 
 /// Why sessions leave an account in `phase`, if they must.
 pub fn reason_to_leave(phase: AccountPhase) -> Option<&'static str> {
@@ -54,35 +134,57 @@ pub fn sessions_on<'a>(sessions: &[&'a Session], ns: &str, account: &str) -> Vec
         .collect()
 }
 
-/// Every account of `ns` as a possible target.
-pub fn candidates(accounts: &[&Account], ns: &str, now: SystemTime) -> Vec<TargetCandidate> {
+/// Whether a session running `model` on `a` takes no new task: that
+/// model's weekly window there is at or past its threshold and the policy
+/// drains `a`, unless the failover controller said its sessions have
+/// nowhere to go (then work goes on until the limit, as at NearLimit).
+/// The per-model side of the dispatcher's drain.
+pub fn model_drained(a: &Account, model: Option<&str>, policy: &Policy) -> bool {
+    let stuck = a
+        .status
+        .as_ref()
+        .and_then(|s| s.failover.as_ref())
+        .is_some_and(|f| f.no_target.is_some());
+    let near = models_near_limit(a);
+    policy.drains(a) && !stuck && model_windows(model).iter().any(|w| near.contains(w))
+}
+
+/// Every account of `ns` as a possible target for sessions that count
+/// against the per-model `windows`: its headroom is that of the tightest
+/// of its account-wide windows and those, and one at or past a threshold
+/// of those is NearLimit to them.
+pub fn candidates(
+    accounts: &[&Account],
+    ns: &str,
+    now: SystemTime,
+    windows: &[Window],
+) -> Vec<TargetCandidate> {
     accounts
         .iter()
         .filter(|a| ns_of(&a.metadata) == ns && a.metadata.deletion_timestamp.is_none())
         .map(|a| {
-            let usage = a.status.as_ref().and_then(|s| s.usage.clone());
-            let used = |w: Option<&crate::api::UsageWindow>| w.map_or(0.0, |w| w.utilization);
-            let headroom = (f64::from(a.spec.thresholds.five_hour)
-                - used(usage.as_ref().and_then(|u| u.five_hour.as_ref())))
-            .min(
-                f64::from(a.spec.thresholds.seven_day)
-                    - used(usage.as_ref().and_then(|u| u.seven_day.as_ref())),
-            );
-            let resets_at = [
-                usage.as_ref().and_then(|u| u.five_hour.as_ref()),
-                usage.as_ref().and_then(|u| u.seven_day.as_ref()),
-            ]
-            .into_iter()
-            .flatten()
-            .filter_map(|w| w.resets_at.as_ref())
-            .map(|t| SystemTime::from(t.0))
-            .filter(|t| *t > now)
-            .min();
+            let headroom = Window::ACCOUNT
+                .iter()
+                .chain(windows)
+                .map(|w| w.threshold(&a.spec.thresholds) - used(a, *w))
+                .fold(f64::INFINITY, f64::min);
+            let usage = a.status.as_ref().and_then(|s| s.usage.as_ref());
+            let resets_at = Window::ACCOUNT
+                .iter()
+                .filter_map(|w| usage?.window(w.label())?.resets_at.as_ref())
+                .map(|t| SystemTime::from(t.0))
+                .filter(|t| *t > now)
+                .min();
+            let capped = models_near_limit(a).iter().any(|w| windows.contains(w));
+            let phase = match phase_of(a) {
+                AccountPhase::Available if capped => AccountPhase::NearLimit,
+                p => p,
+            };
             TargetCandidate {
                 resets_at,
                 excluded: set_aside_until(a).is_some_and(|u| u > now) || a.spec.suspend,
                 name: a.metadata.name.clone().unwrap_or_default(),
-                phase: phase_of(a),
+                phase,
                 priority: a.spec.priority,
                 headroom,
             }
@@ -91,7 +193,8 @@ pub fn candidates(accounts: &[&Account], ns: &str, now: SystemTime) -> Vec<Targe
 }
 
 /// Where sessions leaving `from` go: `to` if a person named one (and it can
-/// take them), else the policy's pick. Err: why none can.
+/// take them), else the policy's pick. `windows`: the per-model windows
+/// the sessions count against ([`windows_of`]). Err: why none can.
 pub fn target(
     accounts: &[&Account],
     ns: &str,
@@ -99,8 +202,9 @@ pub fn target(
     to: Option<&str>,
     strategy: FailoverStrategy,
     now: SystemTime,
+    windows: &[Window],
 ) -> Result<String, String> {
-    let cands = candidates(accounts, ns, now);
+    let cands = candidates(accounts, ns, now, windows);
     match to {
         Some(t) => {
             let Some(c) = cands.iter().find(|c| c.name == t) else {

@@ -9,6 +9,7 @@ use crate::api::{
 };
 use std::time::{Duration, SystemTime};
 
+mod models;
 mod policy;
 
 const ME: &str = "me";
@@ -39,6 +40,8 @@ pub(super) fn account(name: &str, phase: AccountPhase, used: f64) -> Account {
                 observed_at: crate::api::now(),
             }),
             seven_day: None,
+            seven_day_opus: None,
+            seven_day_sonnet: None,
         }),
         ..Default::default()
     });
@@ -75,6 +78,7 @@ pub(super) struct Scene {
     swaps: Vec<Swap>,
     settings: FailoverSettings,
     tasks_on: std::collections::HashMap<(String, String), String>,
+    models: super::target::Models,
 }
 
 impl Scene {
@@ -90,6 +94,7 @@ impl Scene {
             swaps: vec![],
             settings: FailoverSettings::default(),
             tasks_on: Default::default(),
+            models: Default::default(),
         }
     }
 
@@ -102,6 +107,7 @@ impl Scene {
             sessions: self.sessions.iter().collect(),
             swaps: self.swaps.iter().collect(),
             tasks_on: self.tasks_on.clone(),
+            models: self.models.clone(),
         };
         plan(&w, &self.settings)
     }
@@ -329,6 +335,7 @@ fn a_turn_that_does_not_end_is_cut_at_its_deadline() {
         sessions: w.sessions.iter().collect(),
         swaps: w.swaps.iter().collect(),
         tasks_on: Default::default(),
+        models: Default::default(),
     });
     assert_eq!(deadline, Some(at(1120)), "turn wait 120 s");
     w.now = at(1121);

@@ -35,6 +35,9 @@ const SOURCE: &str = "session-controller";
 pub const LIVENESS_EVERY: Duration = Duration::from_secs(2);
 /// Requeue after a failed reconcile.
 const RETRY: Duration = Duration::from_secs(2);
+/// How soon a session looks again when the store holds Accounts its cache
+/// has not yet heard of.
+const ACCOUNTS_LAG: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -102,6 +105,9 @@ async fn reconcile_inner(ctx: &Context, key: &ObjectKey) -> Result<Action, Error
         return Ok(Action::await_change());
     };
     let owned = sh.caches.accounts_in(&key.namespace);
+    if owned.is_empty() && accounts_not_yet_heard_of(sh, &key.namespace).await {
+        return Ok(Action::requeue(ACCOUNTS_LAG));
+    }
     let accounts: Vec<&Account> = owned.iter().map(Arc::as_ref).collect();
     execute::hear(ctx, key).await;
     let mut st = s.status.clone().unwrap_or_default();
@@ -132,6 +138,19 @@ async fn reconcile_inner(ctx: &Context, key: &ObjectKey) -> Result<Action, Error
     execute::continue_cut_turn(ctx, &s, &mut st, &observed, running_on).await?;
     execute::finish(ctx, &s, &before, st, &report, &sig).await?;
     Ok(Action::requeue(report.requeue))
+}
+
+/// No Account in the cache means Claude Code's default config dir; but the
+/// kinds are watched apart, so a pool applied to a running daemon may show
+/// its Sessions before its Accounts. The store decides.
+async fn accounts_not_yet_heard_of(sh: &Shared, namespace: &str) -> bool {
+    let ns = namespace.to_string();
+    sh.blocking(move |store| {
+        store
+            .list(crate::api::Kind::Account, Some(&ns))
+            .is_ok_and(|l| !l.is_empty())
+    })
+    .await
 }
 
 /// Requeue after a failed reconcile (store or tmux trouble).
