@@ -110,7 +110,8 @@ mod tests {
     fn table() {
         let s = |n: u64| Some(Duration::from_secs(n));
         // (bounds, current, waiting, idle, room, since last, want)
-        let cases: Vec<(Autoscale, u32, u32, u32, bool, Option<Duration>, u32)> = vec![
+        type Case = (Autoscale, u32, u32, u32, bool, Option<Duration>, u32);
+        let cases: Vec<Case> = vec![
             // Grows by the queue, up to max.
             (a(1, 5), 2, 2, 0, true, None, 4),
             (a(1, 5), 4, 9, 0, true, s(120), 5),

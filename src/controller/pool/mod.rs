@@ -157,7 +157,7 @@ async fn autoscaled(
     let current = st.desired_replicas.unwrap_or(pool.spec.replicas);
     let now = sh.now();
     let since_last = st.last_scale_time.as_ref().map(|t| {
-        let at = std::time::SystemTime::try_from(t.0).unwrap_or(std::time::UNIX_EPOCH);
+        let at = std::time::SystemTime::from(t.0);
         now.duration_since(at).unwrap_or_default()
     });
     let members: Vec<&Session> = owned.iter().map(Arc::as_ref).collect();
