@@ -358,3 +358,91 @@ async fn write_status(
         Err(e) => Err(e),
     }
 }
+
+/// The states of `claude_failover_pool_sessions`.
+const GAUGE_STATES: [&str; 6] = ["desired", "current", "ready", "idle", "busy", "waiting"];
+
+/// Sets `claude_failover_pool_sessions` to what the pools' statuses say,
+/// and removes the series of pools that are gone (never a reset first: a
+/// scrape in between would see a gap).
+pub fn fill_gauge<'a>(
+    gauge: &prometheus::IntGaugeVec,
+    pools: impl IntoIterator<Item = &'a SessionPool>,
+) {
+    let mut keep = std::collections::HashSet::new();
+    for p in pools {
+        let ns = p.metadata.namespace.clone().unwrap_or_default();
+        let name = p.metadata.name.clone().unwrap_or_default();
+        let st = p.status.clone().unwrap_or_default();
+        let desired = st.desired_replicas.unwrap_or(p.spec.replicas);
+        let values = [desired, st.replicas, st.ready, st.idle, st.busy, st.waiting];
+        for (state, v) in GAUGE_STATES.iter().zip(values) {
+            gauge
+                .with_label_values(&[ns.as_str(), name.as_str(), state])
+                .set(i64::from(v));
+        }
+        keep.insert((ns, name));
+    }
+    let gone: std::collections::HashSet<(String, String)> = {
+        use prometheus::core::Collector;
+        gauge
+            .collect()
+            .iter()
+            .flat_map(|f| f.get_metric().iter())
+            .map(|m| {
+                let l = |k: &str| {
+                    m.get_label()
+                        .iter()
+                        .find(|x| x.name() == k)
+                        .map(|x| x.value().to_string())
+                        .unwrap_or_default()
+                };
+                (l("namespace"), l("pool"))
+            })
+            .filter(|k| !keep.contains(k))
+            .collect()
+    };
+    for (ns, name) in gone {
+        for state in GAUGE_STATES {
+            let _ = gauge.remove_label_values(&[ns.as_str(), name.as_str(), state]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod gauge_tests {
+    use super::*;
+
+    #[test]
+    fn the_gauge_follows_the_pools_and_forgets_deleted_ones() {
+        let m = crate::metrics::Metrics::new();
+        let pool = |name: &str, ready: u32| -> SessionPool {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "claude-failover.io/v1alpha1", "kind": "SessionPool",
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"replicas": 3, "template": {"spec": {"workdir": "/w"}}},
+                "status": {"replicas": 3, "ready": ready, "idle": 1, "busy": 2}
+            }))
+            .unwrap()
+        };
+        let (a, b) = (pool("a", 2), pool("b", 3));
+        fill_gauge(&m.pool_sessions, [&a, &b]);
+        let text = m.encode();
+        assert!(
+            text.contains(
+                r#"claude_failover_pool_sessions{namespace="default",pool="a",state="ready"} 2"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"claude_failover_pool_sessions{namespace="default",pool="b",state="desired"} 3"#
+            ),
+            "{text}"
+        );
+        fill_gauge(&m.pool_sessions, [&a]);
+        let text = m.encode();
+        assert!(!text.contains(r#"pool="b""#), "{text}");
+        assert!(text.contains(r#"pool="a",state="busy"} 2"#), "{text}");
+    }
+}
