@@ -428,4 +428,39 @@ mod tests {
         assert!(label_value("api_v1.2").is_ok());
         assert!(label_value("-x").is_err());
     }
+
+    #[test]
+    fn a_pool_is_checked_with_its_template_in_place() {
+        let pool = |spec: serde_json::Value| -> SessionPool {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "claude-failover.io/v1alpha1", "kind": "SessionPool",
+                "metadata": {"name": "web"}, "spec": spec
+            }))
+            .unwrap()
+        };
+        let paths = |p: &SessionPool| -> Vec<String> {
+            session_pool(p)
+                .into_iter()
+                .map(|(path, _)| crate::manifest::yaml::path_string(&path))
+                .collect()
+        };
+        let ok = pool(serde_json::json!({"replicas": 2,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"workdir": "/w"}}}));
+        assert!(paths(&ok).is_empty(), "{:?}", paths(&ok));
+        let bad = pool(serde_json::json!({"replicas": 2000,
+            "selector": {"matchLabels": {"app": "api"}},
+            "autoscale": {"min": 3, "max": 2},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                         "spec": {"workdir": "/w", "agent": {"command": ""}}}}));
+        assert_eq!(
+            paths(&bad),
+            [
+                "spec.replicas",
+                "spec.template.spec.agent.command",
+                "spec.autoscale.min",
+                "spec.selector"
+            ]
+        );
+    }
 }
