@@ -6,7 +6,8 @@
 //! that model move), with the fake API's per-credential usage.
 
 mod common;
-use common::pool::{Pool, claude};
+use common::pool::{LONG, Pool, claude};
+use common::wait_for;
 
 const TOKEN_A: &str = "sk-ant-oat01-policy-test-account-a";
 const TOKEN_B: &str = "sk-ant-oat01-policy-test-account-b";
@@ -103,7 +104,11 @@ fn a_draining_account_takes_no_task_and_its_sessions_come_back_when_it_reopens()
     pool.wait_session("two", "back on a", |v| on(v, "a"));
     assert_eq!(one["status"]["lastSwap"]["reason"], "Failback");
     assert_eq!(one["status"]["restarts"], 0, "a failback is not a crash");
-    let swaps = pool.swaps();
+    // The sessions are back before the failback's record says it ended.
+    let swaps = wait_for("the failback's record to end", LONG, || {
+        let swaps = pool.swaps();
+        (swaps.len() != 2 || swaps[1].result != "Running").then_some(swaps)
+    });
     assert_eq!(swaps.len(), 2, "one failback, no flapping: {swaps:?}");
     assert_eq!(
         (

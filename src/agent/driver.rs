@@ -9,7 +9,9 @@
 use super::screen::{self, Screen};
 use super::terminal::{NewSession, Pane, Result, Terminal};
 use crate::api::{DEFAULT_NAMESPACE, Kind, ObjectKey};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::time::{Instant, sleep, sleep_until};
 
@@ -63,17 +65,41 @@ impl std::fmt::Display for Stopped {
     }
 }
 
+/// One session's keyboard (see [`Driver::keyboard`]).
+pub type Keyboard = tokio::sync::OwnedMutexGuard<()>;
+
 /// Drives agents in a terminal.
 #[derive(Debug, Clone)]
 pub struct Driver<T> {
     term: T,
     /// Each step of a graceful stop (`/exit`, SIGTERM, SIGKILL) waits this long.
     stop_step: Duration,
+    /// Each session's keyboard, by terminal session name.
+    keyboards: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl<T: Terminal> Driver<T> {
     pub fn new(term: T, stop_step: Duration) -> Driver<T> {
-        Driver { term, stop_step }
+        Driver {
+            term,
+            stop_step,
+            keyboards: Arc::default(),
+        }
+    }
+
+    /// The Session's keyboard, held by whoever types a sequence into its
+    /// agent (a task with its checks, `/exit`), so that two writers'
+    /// keystrokes never mix in one composer (a task and a stop's `/exit`
+    /// once made the prompt `/exitnight task 071`).
+    pub async fn keyboard(&self, key: &ObjectKey) -> Keyboard {
+        let lock = self
+            .keyboards
+            .lock()
+            .expect("lock")
+            .entry(tmux_name(key))
+            .or_default()
+            .clone();
+        lock.lock_owned().await
     }
 
     pub fn terminal(&self) -> &T {
@@ -140,6 +166,7 @@ impl<T: Terminal> Driver<T> {
             // SAFETY: kill(2) with a pid we launched and a valid signal number.
             unsafe { libc::kill(pane.pid as libc::pid_t, sig) };
         };
+        let keyboard = self.keyboard(key).await;
         if interrupt {
             self.term.send_keys(&pane.id, &["Escape"]).await?;
             sleep(INTERRUPT_SETTLE).await;
@@ -147,6 +174,7 @@ impl<T: Terminal> Driver<T> {
         self.term.send_text(&pane.id, "/exit").await?;
         sleep(SETTLE).await;
         self.term.send_keys(&pane.id, &["Enter"]).await?;
+        drop(keyboard);
         let mut how = Stopped::Exited;
         if !self.wait_gone(key).await? {
             signal(libc::SIGTERM);

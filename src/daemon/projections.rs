@@ -5,8 +5,14 @@
 use crate::controller::Caches;
 use crate::metrics::Metrics;
 use crate::store::cache::{Cache, Changed};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// The gauges are counted again at most this often: each count looks at
+/// every object, and a queue of 20,000 tasks being applied is 20,000
+/// changes (counting on each was quadratic in the queue's length).
+const COUNT_EVERY: Duration = Duration::from_millis(500);
 
 /// Follows the caches and keeps the object gauges equal to what they hold.
 /// Runs until aborted.
@@ -57,17 +63,22 @@ pub async fn gauges(caches: Caches, metrics: Arc<Metrics>) {
 }
 
 /// Calls `settle` with every object of `cache` once it is listed, then
-/// after each burst of changes (all that arrived while it ran, once).
+/// after each burst of changes: [`COUNT_EVERY`] after the first change,
+/// once for all that arrived meanwhile.
 async fn follow<K>(cache: Cache<K>, settle: impl Fn(&[Arc<K>]))
 where
     K: crate::api::Object,
 {
-    let changes = cache.changes().ready_chunks(1024);
-    let mut changes = Box::pin(changes);
+    let mut changes = Box::pin(cache.changes());
     cache.listed().await;
     settle(&cache.all());
-    while let Some(batch) = changes.next().await {
-        if batch.iter().any(|c| !matches!(c, Changed::Listed)) {
+    while let Some(first) = changes.next().await {
+        let mut changed = !matches!(first, Changed::Listed);
+        tokio::time::sleep(COUNT_EVERY).await;
+        while let Some(Some(c)) = changes.next().now_or_never() {
+            changed |= !matches!(c, Changed::Listed);
+        }
+        if changed {
             settle(&cache.all());
         }
     }

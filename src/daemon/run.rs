@@ -300,10 +300,7 @@ fn controllers(
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let c = &shared.caches;
     let sessions = Arc::new(session::Context::new(shared.clone()));
-    let tasks = Arc::new(task::Context {
-        shared: shared.clone(),
-        settings: o.dispatch.clone(),
-    });
+    let tasks = Arc::new(task::Context::new(shared.clone(), o.dispatch.clone()));
     let accounts = Arc::new(account::Context::new(shared.clone(), o.quota.clone()));
     let failovers = Arc::new(failover::Context {
         shared: shared.clone(),

@@ -155,7 +155,9 @@ impl<K: Object> Cache<K> {
         listed: tokio::sync::watch::Sender<bool>,
     ) {
         let mut stream = Box::pin(watch::<K>(store, cfg));
-        let mut relisted: Option<Vec<Arc<K>>> = None;
+        // The objects of a relist under way, by reference only: their copy
+        // is the one the reflector files (one form, one copy per object).
+        let mut relisted: Option<Vec<(ObjectRef<K>, Option<String>)>> = None;
         while let Some(item) = stream.next().await {
             let ev = match item {
                 Ok(ev) => ev,
@@ -164,8 +166,7 @@ impl<K: Object> Cache<K> {
                     continue;
                 }
             };
-            let changes = self.changes_of(&ev, &mut relisted);
-            writer.apply_watcher_event(&ev);
+            let changes = self.apply(&mut writer, &ev, &mut relisted);
             self.forget_written(&changes);
             for c in &changes {
                 self.index(c);
@@ -181,51 +182,67 @@ impl<K: Object> Cache<K> {
         }
     }
 
-    /// What `ev` changes in the cache as it is now.
-    fn changes_of(&self, ev: &Event<K>, relisted: &mut Option<Vec<Arc<K>>>) -> Vec<Changed<K>> {
-        let old = |o: &K| self.reader.get(&ObjectRef::from(o));
+    /// Files `ev` in the reflector and says what it changed. The objects
+    /// in the changes are the reflector's own copies.
+    fn apply(
+        &self,
+        writer: &mut reflector::store::Writer<K>,
+        ev: &Event<K>,
+        relisted: &mut Option<Vec<(ObjectRef<K>, Option<String>)>>,
+    ) -> Vec<Changed<K>> {
+        let reader = &self.reader;
         match ev {
             Event::Init => {
                 *relisted = Some(Vec::new());
+                writer.apply_watcher_event(ev);
                 vec![]
             }
             Event::InitApply(o) => {
                 if let Some(r) = relisted.as_mut() {
-                    r.push(Arc::new(o.clone()));
+                    r.push((ObjectRef::from(o), rv(o)));
                 }
+                writer.apply_watcher_event(ev);
                 vec![]
             }
             Event::InitDone => {
-                let fresh = relisted.take().unwrap_or_default();
+                let mut before: HashMap<ObjectRef<K>, Arc<K>> = reader
+                    .state()
+                    .into_iter()
+                    .map(|o| (ObjectRef::from(o.as_ref()), o))
+                    .collect();
+                writer.apply_watcher_event(ev);
                 let mut out = Vec::new();
-                let mut seen = HashSet::new();
-                for o in fresh {
-                    let r = ObjectRef::from(o.as_ref());
-                    seen.insert(r);
-                    match old(&o) {
-                        None => out.push(Changed::Added(o)),
-                        Some(prev) if rv(prev.as_ref()) != rv(o.as_ref()) => {
-                            out.push(Changed::Modified(prev, o))
+                for (r, version) in relisted.take().unwrap_or_default() {
+                    let Some(now) = reader.get(&r) else { continue };
+                    match before.remove(&r) {
+                        None => out.push(Changed::Added(now)),
+                        Some(prev) if rv(prev.as_ref()) != version => {
+                            out.push(Changed::Modified(prev, now))
                         }
                         Some(_) => {}
                     }
                 }
-                for prev in self.reader.state() {
-                    if !seen.contains(&ObjectRef::from(prev.as_ref())) {
-                        out.push(Changed::Deleted(prev));
-                    }
-                }
+                out.extend(before.into_values().map(Changed::Deleted));
                 out.push(Changed::Listed);
                 out
             }
             Event::Apply(o) => {
-                let new = Arc::new(o.clone());
-                vec![match old(o) {
-                    Some(prev) => Changed::Modified(prev, new),
-                    None => Changed::Added(new),
+                let r = ObjectRef::from(o);
+                let prev = reader.get(&r);
+                writer.apply_watcher_event(ev);
+                let now = reader.get(&r).unwrap_or_else(|| Arc::new(o.clone()));
+                vec![match prev {
+                    Some(prev) => Changed::Modified(prev, now),
+                    None => Changed::Added(now),
                 }]
             }
-            Event::Delete(o) => vec![Changed::Deleted(Arc::new(o.clone()))],
+            Event::Delete(o) => {
+                let prev = reader.get(&ObjectRef::from(o));
+                writer.apply_watcher_event(ev);
+                vec![Changed::Deleted(
+                    prev.unwrap_or_else(|| Arc::new(o.clone())),
+                )]
+            }
         }
     }
 
@@ -311,6 +328,9 @@ impl<K: Object> Cache<K> {
     /// Every object (the newest copy of each), in no particular order.
     pub fn all(&self) -> Vec<Arc<K>> {
         let w = self.written.lock().expect("cache lock").clone();
+        if w.is_empty() {
+            return self.reader.state();
+        }
         let mut out: Vec<Arc<K>> = self
             .reader
             .state()

@@ -13,15 +13,15 @@ impl Store {
     pub fn list_checked(&self, kind: crate::api::Kind, namespace: Option<&str>) -> Result<Listing> {
         use crate::api::{Account, Kind, Lease, ManifestSync, Session, Swap, Task};
         let mut listing = match kind {
-            Kind::Account => self.api::<Account>(namespace).typed_listing()?.1,
-            Kind::Session => self.api::<Session>(namespace).typed_listing()?.1,
-            Kind::Task => self.api::<Task>(namespace).typed_listing()?.1,
-            Kind::Swap => self.api::<Swap>(namespace).typed_listing()?.1,
-            Kind::Lease => self.api::<Lease>(namespace).typed_listing()?.1,
-            Kind::ManifestSync => self.api::<ManifestSync>(namespace).typed_listing()?.1,
+            Kind::Account => self.api::<Account>(namespace).typed_listing(true)?.1,
+            Kind::Session => self.api::<Session>(namespace).typed_listing(true)?.1,
+            Kind::Task => self.api::<Task>(namespace).typed_listing(true)?.1,
+            Kind::Swap => self.api::<Swap>(namespace).typed_listing(true)?.1,
+            Kind::Lease => self.api::<Lease>(namespace).typed_listing(true)?.1,
+            Kind::ManifestSync => self.api::<ManifestSync>(namespace).typed_listing(true)?.1,
             Kind::SessionPool => {
                 self.api::<crate::api::SessionPool>(namespace)
-                    .typed_listing()?
+                    .typed_listing(true)?
                     .1
             }
         };
@@ -94,25 +94,36 @@ impl<K: Object> Api<K> {
     /// recorded, counted by [`Store::corrupt`]) and skipped, so one bad file
     /// never stalls a controller.
     pub fn list(&self) -> Result<Vec<K>> {
-        Ok(self.typed_listing()?.0)
+        Ok(self.typed_listing(false)?.0)
     }
 
-    /// The objects that decode, and the listing (the JSON of those, and
-    /// every corrupt one).
-    fn typed_listing(&self) -> Result<(Vec<K>, Listing)> {
+    /// The objects that decode, and the listing (every corrupt one, and
+    /// with `keep_json` the JSON of the good ones: without it, each
+    /// object's JSON is dropped as it is decoded, so a long listing is not
+    /// held in both forms).
+    fn typed_listing(&self, keep_json: bool) -> Result<(Vec<K>, Listing)> {
         let ns = self.namespace.as_deref();
         let mut listing = self.store.list_report(K::KIND, ns)?;
         let mut out = Vec::with_capacity(listing.objects.len());
-        let mut good = Vec::with_capacity(listing.objects.len());
+        let mut good = Vec::with_capacity(if keep_json { listing.objects.len() } else { 0 });
         let mut bad = Vec::new();
         for v in std::mem::take(&mut listing.objects) {
-            match self.decode(v.clone()) {
-                Ok(o) => {
-                    out.push(o);
+            let (decoded, key) = if keep_json {
+                let d = self.decode(v.clone());
+                if d.is_ok() {
                     good.push(v);
+                    (d, None)
+                } else {
+                    (d, Some(key_in(K::KIND, &v)))
                 }
+            } else {
+                let key = key_in(K::KIND, &v);
+                (self.decode(v), Some(key))
+            };
+            match decoded {
+                Ok(o) => out.push(o),
                 Err(StoreError::Corrupt { path, message }) => bad.push(CorruptObject {
-                    key: key_in(K::KIND, &v),
+                    key: key.expect("kept for an object that does not decode"),
                     path,
                     reason: message,
                 }),

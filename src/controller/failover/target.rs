@@ -140,13 +140,23 @@ pub fn sessions_on<'a>(sessions: &[&'a Session], ns: &str, account: &str) -> Vec
 /// nowhere to go (then work goes on until the limit, as at NearLimit).
 /// The per-model side of the dispatcher's drain.
 pub fn model_drained(a: &Account, model: Option<&str>, policy: &Policy) -> bool {
+    let drained = drained_windows(a, policy);
+    model_windows(model).iter().any(|w| drained.contains(w))
+}
+
+/// The per-model windows whose threshold `a` has reached and for which it
+/// takes no new work (the policy drains it and its sessions have somewhere
+/// to go).
+pub fn drained_windows(a: &Account, policy: &Policy) -> Vec<Window> {
     let stuck = a
         .status
         .as_ref()
         .and_then(|s| s.failover.as_ref())
         .is_some_and(|f| f.no_target.is_some());
-    let near = models_near_limit(a);
-    policy.drains(a) && !stuck && model_windows(model).iter().any(|w| near.contains(w))
+    if !policy.drains(a) || stuck {
+        return Vec::new();
+    }
+    models_near_limit(a)
 }
 
 /// Every account of `ns` as a possible target for sessions that count

@@ -69,6 +69,9 @@ pub struct Candidate {
     pub labels: std::collections::BTreeMap<String, String>,
     pub workdir: PathBuf,
     pub free: bool,
+    /// The per-model weekly windows its account takes no new work for: a
+    /// task that asks for such a model does not go there.
+    pub capped: Vec<crate::quota::Window>,
 }
 
 /// A workdir as written, with `~` expanded and (on the machine that runs
@@ -105,6 +108,13 @@ pub fn eligible(task: &Task, session: &Candidate) -> bool {
     }
     if let Some(w) = &task.spec.workdir
         && norm(w) != session.workdir
+    {
+        return false;
+    }
+    if let Some(m) = &task.spec.model
+        && crate::quota::model_windows(Some(m))
+            .iter()
+            .any(|w| session.capped.contains(w))
     {
         return false;
     }
@@ -256,6 +266,7 @@ mod tests {
                 .collect(),
             workdir: PathBuf::from(format!("/w/{name}")),
             free,
+            capped: Vec::new(),
         }
     }
 
@@ -309,6 +320,43 @@ mod tests {
         });
         assert!(!eligible(&t, &cand("a", &[], true)), "a replay goes home");
         assert!(eligible(&t, &cand("b", &[], true)));
+    }
+
+    #[test]
+    fn a_task_asking_for_a_model_avoids_accounts_capped_for_it() {
+        use crate::quota::Window;
+        let capped = |windows: &[Window]| Candidate {
+            capped: windows.to_vec(),
+            ..cand("a", &[], true)
+        };
+        let asking = |model: Option<&str>| {
+            let mut t = task("t", TaskPriority::Normal, 1);
+            t.spec.model = model.map(str::to_string);
+            t
+        };
+        // (task's model, windows its session's account is capped for, eligible)
+        let cases: &[(Option<&str>, &[Window], bool)] = &[
+            (Some("opus"), &[Window::SevenDayOpus], false),
+            (Some("claude-opus-5-5"), &[Window::SevenDayOpus], false),
+            (Some("sonnet"), &[Window::SevenDayOpus], true),
+            (Some("opus"), &[Window::SevenDaySonnet], true),
+            (
+                Some("haiku"),
+                &[Window::SevenDayOpus, Window::SevenDaySonnet],
+                true,
+            ),
+            (Some("opusplan"), &[Window::SevenDaySonnet], false),
+            // No model asked: the session's own model decides (its drain).
+            (None, &[Window::SevenDayOpus, Window::SevenDaySonnet], true),
+            (Some("opus"), &[], true),
+        ];
+        for (model, windows, want) in cases {
+            assert_eq!(
+                eligible(&asking(*model), &capped(windows)),
+                *want,
+                "{model:?} on an account capped for {windows:?}"
+            );
+        }
         let s = DispatchSettings::default();
         assert_eq!(
             model_for(&task("t", TaskPriority::Critical, 1), &s).as_deref(),

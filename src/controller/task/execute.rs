@@ -4,19 +4,20 @@
 use super::advance::{self, Composer, Look, Observation, SessionView, Step};
 use super::assign::{self, Candidate, finished, in_flight, phase};
 use super::placement::{self, Place};
+use super::queue::{Answer, Queue, TaskKey, needs_moving};
 use super::{AFTER_ASSIGN, Context, Error, IDLE_TICK, IN_FLIGHT_TICK, Memory};
 use crate::agent::driver::in_history;
 use crate::api::keys::{CANCEL, INBOX_FILE, TASK_FINALIZER};
 use crate::api::{
     Account, Kind, ObjectKey, Session, SessionStatus, Task, TaskPhase, TaskStatus, Time,
 };
-use crate::controller::BY_SESSION;
-use crate::store::cache::index_key;
+use crate::store::cache::Changed;
 use crate::store::{Durability, StoreError};
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use tokio::sync::broadcast::error::TryRecvError;
 
 /// How long the composer may take to be empty before a task is typed.
 const COMPOSER_READY: Duration = Duration::from_secs(2);
@@ -35,42 +36,97 @@ fn session_key(ns: &str, name: &str) -> ObjectKey {
     ObjectKey::new(Kind::Session, ns, name)
 }
 
+/// Files what changed among the tasks since the last filing: the cache's
+/// changes and this dispatcher's own writes (everything again at the
+/// start, after a lag and after a failed pass).
+fn sync(ctx: &Context, mem: &mut Memory) {
+    let cache = &ctx.shared.caches.tasks;
+    let rx = mem.changes.get_or_insert_with(|| cache.subscribe());
+    let mut dirty: HashSet<TaskKey> =
+        std::mem::take(&mut *ctx.touched.lock().expect("touched lock"))
+            .into_iter()
+            .collect();
+    let mut again = mem.queue.is_none();
+    loop {
+        match rx.try_recv() {
+            Ok(Changed::Lagged) | Err(TryRecvError::Lagged(_)) => again = true,
+            Ok(c) => {
+                if let Some(o) = c.object() {
+                    dirty.insert(task_key(o));
+                }
+            }
+            Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+        }
+    }
+    if again {
+        mem.queue = Some(Queue::of(&cache.all()));
+        return;
+    }
+    let q = mem.queue.as_mut().expect("filed above");
+    for k in dirty {
+        match cache.get(&k.0, &k.1) {
+            Some(t) => q.upsert(&t),
+            None => q.remove(&k),
+        }
+    }
+}
+
+fn task_key(t: &Task) -> TaskKey {
+    (
+        t.metadata.namespace.clone().unwrap_or_default(),
+        t.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+fn queue(mem: &Memory) -> &Queue {
+    mem.queue
+        .as_ref()
+        .expect("the queue is filed at the start of a pass")
+}
+
 /// One pass; returns how soon the next one should run without an event.
 pub async fn pass(ctx: &Context, mem: &mut Memory) -> Result<Duration, Error> {
-    let sh = &ctx.shared;
-    let tasks = sh.caches.tasks.all();
+    sync(ctx, mem);
+    let result = steps(ctx, mem).await;
+    if result.is_err() {
+        // What the queue was told may not have been written: file again.
+        mem.queue = None;
+    }
+    result
+}
+
+async fn steps(ctx: &Context, mem: &mut Memory) -> Result<Duration, Error> {
+    let tasks = &ctx.shared.caches.tasks;
     mem.dispatched.retain(|k, _| {
         tasks
-            .iter()
-            .any(|t| phase(t) == TaskPhase::Dispatched && ObjectKey::of(t.as_ref()) == *k)
+            .get(&k.namespace, &k.name)
+            .is_some_and(|t| phase(&t) == TaskPhase::Dispatched)
     });
     let mut any_in_flight = false;
     // 1. Move in-flight and cancelled/deleted tasks along.
-    for t in &tasks {
-        let p = phase(t);
+    for (ns, name) in queue(mem).active() {
+        let Some(t) = tasks.get(&ns, &name) else {
+            continue;
+        };
+        let p = phase(&t);
         let deleting = t.metadata.deletion_timestamp.is_some();
         let cancel = t
             .metadata
             .annotations
             .as_ref()
             .is_some_and(|a| a.contains_key(CANCEL));
-        let holds = t
-            .metadata
-            .finalizers
-            .iter()
-            .flatten()
-            .any(|f| f == TASK_FINALIZER);
         if (deleting || cancel) && !finished(p) {
-            stop_task(ctx, t, deleting).await?;
+            stop_task(ctx, &t, deleting).await?;
         } else if in_flight(p) {
             any_in_flight = true;
-            progress(ctx, mem, t).await?;
-        } else if (finished(p) || deleting) && holds {
-            release(ctx, t).await?;
+            progress(ctx, mem, &t).await?;
+        } else if needs_moving(&t) {
+            release(ctx, &t).await?;
         }
     }
+    sync(ctx, mem);
     // 2. What each session is doing, as the tasks say.
-    current_tasks(ctx).await?;
+    current_tasks(ctx, queue(mem)).await?;
     // 3. Pending tasks to free sessions.
     let assigned = assign_pending(ctx, mem).await?;
     Ok(if assigned {
@@ -78,28 +134,19 @@ pub async fn pass(ctx: &Context, mem: &mut Memory) -> Result<Duration, Error> {
     } else if any_in_flight {
         IN_FLIGHT_TICK
     } else {
-        cooldown_wake(ctx).unwrap_or(IDLE_TICK).min(IDLE_TICK)
+        cooldown_wake(ctx, queue(mem))
+            .unwrap_or(IDLE_TICK)
+            .min(IDLE_TICK)
     })
 }
 
-/// The in-flight task on a session, by the tasks' own statuses.
-fn task_on(ctx: &Context, ns: &str, name: &str) -> Option<Arc<Task>> {
-    ctx.shared
-        .caches
-        .tasks
-        .indexed(BY_SESSION, &index_key(ns, name))
-        .into_iter()
-        .find(|t| {
-            in_flight(phase(t))
-                && t.status.as_ref().and_then(|s| s.session.as_deref()) == Some(name)
-        })
-}
-
 /// Keeps each Session's `currentTask` equal to the task in flight on it.
-async fn current_tasks(ctx: &Context) -> Result<(), Error> {
+async fn current_tasks(ctx: &Context, q: &Queue) -> Result<(), Error> {
     for s in ctx.shared.caches.sessions.all() {
         let key = ObjectKey::of(s.as_ref());
-        let want = task_on(ctx, &key.namespace, &key.name).and_then(|t| t.metadata.name.clone());
+        let want = q
+            .in_flight_on(&key.namespace, &key.name)
+            .map(str::to_string);
         let have = s.status.as_ref().and_then(|st| st.current_task.clone());
         if want == have {
             continue;
@@ -131,33 +178,15 @@ async fn current_tasks(ctx: &Context) -> Result<(), Error> {
 }
 
 /// When a session's cooldown ends (it ends without an event).
-fn cooldown_wake(ctx: &Context) -> Option<Duration> {
+fn cooldown_wake(ctx: &Context, q: &Queue) -> Option<Duration> {
     if ctx.settings.cooldown.is_zero() {
         return None;
     }
     let now = ctx.shared.now();
-    last_finished(ctx)
-        .values()
-        .filter_map(|t| (*t + ctx.settings.cooldown).duration_since(now).ok())
+    q.last_finished_all()
+        .filter_map(|t| (t + ctx.settings.cooldown).duration_since(now).ok())
         .filter(|d| !d.is_zero())
         .min()
-}
-
-/// When each session's last task finished.
-fn last_finished(ctx: &Context) -> HashMap<(String, String), SystemTime> {
-    let mut m: HashMap<(String, String), SystemTime> = HashMap::new();
-    for t in ctx.shared.caches.tasks.all() {
-        let Some(s) = t.status.as_ref().filter(|_| finished(phase(&t))) else {
-            continue;
-        };
-        let (Some(sess), Some(at)) = (s.session.clone(), s.finished_at.as_ref()) else {
-            continue;
-        };
-        let ns = t.metadata.namespace.clone().unwrap_or_default();
-        let e = m.entry((ns, sess)).or_insert(system(at));
-        *e = (*e).max(system(at));
-    }
-    m
 }
 
 fn account_of<'a>(accounts: &'a [Arc<Account>], s: &Session) -> Option<&'a Account> {
@@ -176,48 +205,55 @@ async fn assign_pending(ctx: &Context, mem: &mut Memory) -> Result<bool, Error> 
     let sessions = sh.caches.sessions.all();
     let accounts = sh.caches.accounts.all();
     let now = sh.now();
-    let finished_at = last_finished(ctx);
-    clear_lost_replays(ctx, &sessions).await?;
-    let tasks = sh.caches.tasks.all();
-    let mut pending: Vec<&Task> = tasks
-        .iter()
-        .map(Arc::as_ref)
-        .filter(|t| phase(t) == TaskPhase::Pending && t.metadata.deletion_timestamp.is_none())
-        .collect();
-    if pending.is_empty() {
+    clear_lost_replays(ctx, queue(mem), &sessions).await?;
+    sync(ctx, mem);
+    let q = queue(mem);
+    if q.pending() == 0 {
         return Ok(false);
     }
-    pending.sort_by(|a, b| assign::queue_order(a, b));
     let candidates: Vec<Candidate> = sessions
         .iter()
         .map(|s| {
             let ns = s.metadata.namespace.clone().unwrap_or_default();
             let name = s.metadata.name.clone().unwrap_or_default();
-            let busy = task_on(ctx, &ns, &name).is_some();
-            let last = finished_at.get(&(ns.clone(), name.clone())).copied();
+            let busy = q.in_flight_on(&ns, &name).is_some();
+            let last = q.last_finished(&ns, &name);
+            let account = account_of(&accounts, s);
             let free = assign::session_free(
                 s,
-                account_of(&accounts, s),
+                account,
                 &ctx.settings.policy,
                 busy,
                 last,
                 now,
                 ctx.settings.cooldown,
-            );
+            ) && !account.is_some_and(|a| model_drained(ctx, s, a));
             Candidate {
                 namespace: ns,
                 name,
                 labels: s.metadata.labels.clone().unwrap_or_default(),
                 workdir: assign::norm(&s.spec.workdir),
                 free,
+                capped: account
+                    .map(|a| {
+                        crate::controller::failover::target::drained_windows(
+                            a,
+                            &ctx.settings.policy,
+                        )
+                    })
+                    .unwrap_or_default(),
             }
         })
         .collect();
-    let pairs = assign::assign(&pending, &candidates);
-    for (ti, si) in &pairs {
-        deliver(ctx, mem, pending[*ti], &sessions[*si], &accounts).await?;
+    let pairs = q.assign(&candidates);
+    let mut delivering = HashSet::new();
+    for (key, si) in &pairs {
+        delivering.insert(key.clone());
+        let Some(t) = sh.caches.tasks.get(&key.0, &key.1) else {
+            continue;
+        };
+        deliver(ctx, mem, &t, &sessions[*si], &accounts).await?;
     }
-    let assigned: Vec<usize> = pairs.iter().map(|(ti, _)| *ti).collect();
     let places: Vec<Place> = sessions
         .iter()
         .zip(candidates)
@@ -226,12 +262,13 @@ async fn assign_pending(ctx: &Context, mem: &mut Memory) -> Result<bool, Error> 
             candidate,
         })
         .collect();
-    let waiting = pending
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !assigned.contains(i))
-        .map(|(_, t)| *t);
-    tell_unplaceable(ctx, waiting, &places).await?;
+    sync(ctx, mem);
+    let tell = mem
+        .queue
+        .as_mut()
+        .expect("filed above")
+        .to_tell(&places, &delivering);
+    tell_unplaceable(ctx, tell).await?;
     Ok(!pairs.is_empty())
 }
 
@@ -247,39 +284,14 @@ fn session_blocked(s: &Session, accounts: &[Arc<Account>]) -> Option<String> {
 }
 
 /// Writes the `Scheduled` condition of the pending tasks that cannot be
-/// placed (and takes it off those that now can). Tasks with the same
-/// targeting share one answer.
-async fn tell_unplaceable<'a>(
-    ctx: &Context,
-    waiting: impl Iterator<Item = &'a Task>,
-    places: &[Place],
-) -> Result<(), Error> {
-    let mut answers: HashMap<String, Option<(&'static str, String)>> = HashMap::new();
-    for t in waiting {
-        // Most of a long queue targets nothing in particular: those share
-        // their namespace's answer without a key to build.
-        let replay_on = t.status.as_ref().and_then(|s| s.replay_on.as_ref());
-        let targeted = t.spec.session.is_some()
-            || t.spec.session_selector.is_some()
-            || t.spec.workdir.is_some()
-            || replay_on.is_some();
-        let ns = t.metadata.namespace.clone().unwrap_or_default();
-        let targeting = if targeted {
-            serde_json::json!([
-                ns,
-                t.spec.session,
-                t.spec.session_selector,
-                t.spec.workdir,
-                replay_on,
-            ])
-            .to_string()
-        } else {
-            ns
+/// placed (and takes it off those that now can), as the queue answers
+/// for each.
+async fn tell_unplaceable(ctx: &Context, tell: Vec<(TaskKey, Answer)>) -> Result<(), Error> {
+    for ((ns, name), why) in tell {
+        let Some(t) = ctx.shared.caches.tasks.get(&ns, &name) else {
+            continue;
         };
-        let why = answers
-            .entry(targeting)
-            .or_insert_with(|| placement::unplaceable(t, places));
-        if !placement::needs_write(t, why.as_ref()) {
+        if phase(&t) != TaskPhase::Pending || !placement::needs_write(&t, why.as_ref()) {
             continue;
         }
         let mut st = t.status.clone().unwrap_or_default();
@@ -291,21 +303,28 @@ async fn tell_unplaceable<'a>(
                     placement::SCHEDULED,
                     false,
                     reason,
-                    message,
+                    &message,
                     t.metadata.generation,
                     crate::api::now(),
                 );
             }
             None => st.conditions.retain(|c| c.type_ != placement::SCHEDULED),
         }
-        write(ctx, t, st, Durability::Soon).await?;
+        write(ctx, &t, st, Durability::Soon).await?;
     }
     Ok(())
 }
 
 /// A replay whose session is gone (or going) may run anywhere.
-async fn clear_lost_replays(ctx: &Context, sessions: &[Arc<Session>]) -> Result<(), Error> {
-    for t in ctx.shared.caches.tasks.all() {
+async fn clear_lost_replays(
+    ctx: &Context,
+    q: &Queue,
+    sessions: &[Arc<Session>],
+) -> Result<(), Error> {
+    for (ns, name) in q.replays() {
+        let Some(t) = ctx.shared.caches.tasks.get(&ns, &name) else {
+            continue;
+        };
         let Some(name) = t.status.as_ref().and_then(|s| s.replay_on.clone()) else {
             continue;
         };
@@ -332,6 +351,13 @@ fn config_dir(s: &Session, accounts: &[Arc<Account>]) -> PathBuf {
 }
 
 /// The model the agent says it runs (statusLine input), lower-case.
+/// Whether `s`'s model has reached its weekly window on `a`, which drains
+/// it: its sessions of that model take no new task (they are moving).
+fn model_drained(ctx: &Context, s: &Session, a: &Account) -> bool {
+    let model = running_model(ctx, &ObjectKey::of(s)).or_else(|| s.spec.agent.model.clone());
+    crate::controller::failover::target::model_drained(a, model.as_deref(), &ctx.settings.policy)
+}
+
 fn running_model(ctx: &Context, session: &ObjectKey) -> Option<String> {
     let (input, _) = ctx.shared.signals.get(session).statusline?;
     let id = input
@@ -353,6 +379,9 @@ async fn deliver(
     let Some(pid) = s.status.as_ref().and_then(|x| x.pid) else {
         return Ok(());
     };
+    // Held until the task is typed: a stop's `/exit` waits for it, and a
+    // stop that came first has left no pane to type into.
+    let _keyboard = sh.driver.keyboard(&skey).await;
     let Some((pane, screen)) = sh.driver.pane_and_screen(&skey).await? else {
         return Ok(());
     };
@@ -414,7 +443,7 @@ async fn deliver(
         })
         .await;
     match written {
-        Ok(Some(obj)) => sh.caches.tasks.wrote(obj),
+        Ok(Some(obj)) => ctx.wrote(obj),
         Ok(None) | Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound(_)) => {
             return Ok(());
         }
@@ -780,7 +809,7 @@ async fn write(
                     .metrics
                     .observe_task_end(obj.metadata.creation_timestamp.as_ref(), &end);
             }
-            ctx.shared.caches.tasks.wrote(obj);
+            ctx.wrote(obj);
             Ok(true)
         }
         Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound(_)) => Ok(false),
@@ -800,7 +829,7 @@ async fn release(ctx: &Context, t: &Task) -> Result<(), Error> {
         .await;
     match result {
         Ok(Some(obj)) => {
-            ctx.shared.caches.tasks.wrote(obj);
+            ctx.wrote(obj);
             Ok(())
         }
         Ok(None) | Err(StoreError::NotFound(_)) => Ok(()),

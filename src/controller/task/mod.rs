@@ -6,9 +6,12 @@
 //! controller is one level-triggered loop rather than a per-object
 //! reconcile. Each pass reads the caches: in-flight tasks move along by
 //! the pure [`advance::advance`], pending ones are paired with free
-//! sessions by the pure [`assign`] module, and each Session's
-//! `currentTask` is kept equal to the task in flight on it. Passes run on
-//! every change of Tasks, Sessions or Accounts, every agent signal, and a
+//! sessions by the pure [`assign`] and [`queue`] modules, and each
+//! Session's `currentTask` is kept equal to the task in flight on it. The
+//! [`queue::Queue`] is kept between passes and filed again only for the
+//! tasks that changed, so a pass costs what changed and the sessions, not
+//! the length of the queue. Passes run on changes of Tasks, Sessions or
+//! Accounts, agent signals (a burst within [`COALESCE`]: one pass), and a
 //! short tick while anything is in flight.
 //!
 //! Delivery is exactly once:
@@ -26,14 +29,17 @@ pub mod advance;
 pub mod assign;
 mod execute;
 mod placement;
+pub mod queue;
 
 use super::Shared;
 use crate::agent::terminal::TerminalError;
 use crate::api::ObjectKey;
+use crate::api::Task;
 use crate::store::StoreError;
-use futures::{Stream, StreamExt};
+use crate::store::cache::Changed;
+use futures::{FutureExt, Stream, StreamExt};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 pub use assign::DispatchSettings;
@@ -52,6 +58,11 @@ pub const IDLE_TICK: Duration = Duration::from_secs(5);
 pub const AFTER_ASSIGN: Duration = Duration::from_millis(200);
 /// Next pass after a failed one.
 const RETRY: Duration = Duration::from_secs(1);
+/// The shortest time between the starts of two passes: what wakes the
+/// dispatcher within it (a burst of agent signals, of store changes) is
+/// served by one pass at its end. A wake after a quiet spell is served at
+/// once.
+pub const COALESCE: Duration = Duration::from_millis(25);
 /// Source of this controller's events.
 const SOURCE: &str = "task-controller";
 
@@ -83,15 +94,40 @@ struct Memory {
     typed: HashMap<ObjectKey, SystemTime>,
     /// When the last task was submitted (Enter).
     submitted: Option<tokio::time::Instant>,
+    /// The tasks as the dispatcher files them (None: to be filed again
+    /// from the cache, at the start and after a failed pass).
+    queue: Option<queue::Queue>,
+    /// The changes of the tasks' cache not yet filed.
+    changes: Option<tokio::sync::broadcast::Receiver<Changed<Task>>>,
 }
 
 /// The dispatcher's dependencies.
 pub struct Context {
     pub shared: Arc<Shared>,
     pub settings: DispatchSettings,
+    /// Tasks this dispatcher wrote since it last filed them.
+    touched: Mutex<Vec<queue::TaskKey>>,
 }
 
 impl Context {
+    pub fn new(shared: Arc<Shared>, settings: DispatchSettings) -> Context {
+        Context {
+            shared,
+            settings,
+            touched: Mutex::default(),
+        }
+    }
+
+    /// Records a write of a task: in the cache (read-your-writes) and for
+    /// the queue's next filing.
+    fn wrote(&self, t: Task) {
+        self.touched.lock().expect("touched lock").push((
+            t.metadata.namespace.clone().unwrap_or_default(),
+            t.metadata.name.clone().unwrap_or_default(),
+        ));
+        self.shared.caches.tasks.wrote(t);
+    }
+
     async fn record(&self, key: &ObjectKey, warning: bool, reason: &str, message: &str) {
         self.shared
             .record(key, warning, reason, message, SOURCE)
@@ -106,7 +142,15 @@ pub async fn run(ctx: Arc<Context>, wake: impl Stream<Item = ()> + Send + 'stati
     let inbox_changed = Arc::new(tokio::sync::Notify::new());
     let mut inboxes = crate::inbox::InboxWatcher::new(inbox_changed.clone());
     let mut wake = Box::pin(wake);
+    let mut last_start: Option<tokio::time::Instant> = None;
     loop {
+        // One pass for a burst: hold until COALESCE after the last pass
+        // began, then take every wake that came meanwhile.
+        if let Some(at) = last_start {
+            tokio::time::sleep_until(at + COALESCE).await;
+        }
+        while let Some(Some(())) = wake.next().now_or_never() {}
+        last_start = Some(tokio::time::Instant::now());
         let inbox_waiting = import_inboxes(&ctx, &mut inboxes).await;
         let started = std::time::Instant::now();
         let result = execute::pass(&ctx, &mut memory).await;

@@ -173,6 +173,7 @@ mod tests {
                 labels: [("team".to_string(), team.to_string())].into(),
                 workdir: PathBuf::from("/w"),
                 free: false,
+                capped: Vec::new(),
             },
             blocked: blocked.map(str::to_string),
         }
