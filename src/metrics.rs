@@ -143,6 +143,9 @@ pub struct Metrics {
     pub sessions: IntGaugeVec,
     /// `claude_failover_tasks{phase}`.
     pub tasks: IntGaugeVec,
+    /// `claude_failover_pool_sessions{namespace,pool,state}`: a SessionPool's
+    /// sessions (`desired`, `current`, `ready`, `idle`, `busy`, `waiting`).
+    pub pool_sessions: IntGaugeVec,
     /// `claude_failover_dispatch_latency_seconds`: intent written → the agent confirmed the prompt.
     pub dispatch_latency_seconds: Histogram,
     /// `claude_failover_session_restarts_total`: agents relaunched after they died.
@@ -256,6 +259,11 @@ impl Metrics {
             .expect("metric"),
             sessions: int_gauge_vec("sessions", "Sessions by phase.", &["phase"]),
             tasks: int_gauge_vec("tasks", "Tasks by phase.", &["phase"]),
+            pool_sessions: int_gauge_vec(
+                "pool_sessions",
+                "A SessionPool's sessions: desired, current, ready, idle, busy, waiting.",
+                &["namespace", "pool", "state"],
+            ),
             dispatch_latency_seconds: Histogram::with_opts(hopts(
                 "dispatch_latency_seconds",
                 "From a task's dispatch intent to the agent confirming its prompt.",
@@ -411,6 +419,7 @@ impl Metrics {
             Box::new(self.swap_lease_epoch.clone()),
             Box::new(self.sessions.clone()),
             Box::new(self.tasks.clone()),
+            Box::new(self.pool_sessions.clone()),
             Box::new(self.dispatch_latency_seconds.clone()),
             Box::new(self.session_restarts_total.clone()),
             Box::new(self.reconciles_total.clone()),

@@ -83,7 +83,10 @@ fn bash_completes_subcommands_flags_kinds_and_names() {
     let c = |w: &[&str]| bash_complete(&bash, &env, w);
     assert_eq!(c(&["claude-failover", "ge"]), ["get"]);
     assert!(c(&["claude-failover", ""]).contains(&"describe".to_string()));
-    assert_eq!(c(&["claude-failover", "get", "ses"]), ["sessions"]);
+    assert_eq!(
+        c(&["claude-failover", "get", "ses"]),
+        ["sessionpools", "sessions"]
+    );
     assert_eq!(
         c(&["claude-failover", "get", "sessions", ""]),
         ["ccl-0", "ccl-1", "ccl-2"]
@@ -235,9 +238,9 @@ fn interactive_bash_completes_on_tab() {
         &shell,
         setup,
         &env,
-        "claude-failover get ses",
+        "claude-failover get tas",
         1,
-        &["READY> claude-failover get sessions "],
+        &["READY> claude-failover get tasks "],
     );
     interactive(
         &shell,
@@ -260,9 +263,9 @@ fn interactive_zsh_completes_on_tab() {
         &shell,
         setup,
         &env,
-        "claude-failover get ses",
+        "claude-failover get tas",
         1,
-        &["READY> claude-failover get sessions "],
+        &["READY> claude-failover get tasks "],
     );
     interactive(
         &shell,
@@ -324,7 +327,7 @@ fn fish_completes_with_its_own_engine() {
         c("claude-failover get sessions c"),
         ["ccl-0", "ccl-1", "ccl-2"]
     );
-    assert_eq!(c("claude-failover get sess"), ["sessions"]);
+    assert_eq!(c("claude-failover get sess"), ["sessionpools", "sessions"]);
     assert_eq!(c("claude-failover restart session ccl-1"), ["ccl-1"]);
     assert!(c("claude-failover get tasks -o js").contains(&"json".to_string()));
     assert!(c("claude-failover apply --").contains(&"--force-conflicts".to_string()));

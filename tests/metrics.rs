@@ -35,7 +35,11 @@ fn populate(env: &Env) {
             format!("---\n{HEAD}kind: Task\nmetadata:\n  name: job-{i}\nspec:\n  prompt: job {i}\n")
         })
         .collect();
-    let f = env.write("pool.yaml", &format!("{accounts}{tasks}"));
+    // An empty pool: its gauge without an agent to start.
+    let pools = format!(
+        "---\n{HEAD}kind: SessionPool\nmetadata:\n  name: web\nspec:\n  replicas: 0\n  template:\n    spec:\n      workdir: /tmp\n"
+    );
+    let f = env.write("pool.yaml", &format!("{accounts}{tasks}{pools}"));
     env.ok(&["apply", "-f", f.to_str().unwrap()]);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

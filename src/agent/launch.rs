@@ -254,6 +254,7 @@ mod tests {
                     permission_mode: None,
                 },
                 suspend: false,
+                workspace: None,
             },
         );
         s.metadata.namespace = Some("default".into());

@@ -382,6 +382,7 @@ mod tests {
                 account: Some("key".into()),
                 agent: Default::default(),
                 suspend: false,
+                workspace: None,
             },
         );
         s.spec

@@ -13,6 +13,7 @@ pub mod keys;
 mod lease;
 mod manifestsync;
 mod session;
+mod sessionpool;
 mod swap;
 mod task;
 
@@ -28,8 +29,14 @@ pub use manifestsync::{
     SYNC_RECONCILING, SYNC_STALLED, SyncFailure, set_sync_conditions,
 };
 pub use session::{
-    AgentSpec, EnvValue, Interruption, LaunchStatus, PermissionMode, RefusedPlacement, SWAP_DONE,
-    SWAP_ROLLED_BACK, SWAPPING, Session, SessionPhase, SessionSpec, SessionStatus, SwapStatus,
+    AgentSpec, EnvValue, GitWorkspace, Interruption, LaunchStatus, PermissionMode,
+    RefusedPlacement, SWAP_DONE, SWAP_ROLLED_BACK, SWAPPING, Session, SessionPhase, SessionSpec,
+    SessionStatus, SwapStatus, WorkspaceSpec,
+};
+pub use sessionpool::{
+    Autoscale, FORCE_SCALE_DOWN, POOL_FINALIZER, POOL_LABEL, PlacementStrategy, PoolPlacement,
+    SessionPool, SessionPoolSpec, SessionPoolStatus, SessionTemplate, TemplateMeta, member_name,
+    ordinal_of,
 };
 pub use swap::{Swap, SwapPhase, SwapSessionState, SwapSpec, SwapState, SwapStep, swap_name};
 pub use task::{
@@ -66,6 +73,7 @@ pub enum Kind {
     Swap,
     Lease,
     ManifestSync,
+    SessionPool,
 }
 
 /// Static facts about a kind: one row per kind.
@@ -78,7 +86,7 @@ struct KindInfo {
     declared: bool,
 }
 
-const KINDS: [(Kind, KindInfo); 6] = [
+const KINDS: [(Kind, KindInfo); 7] = [
     (
         Kind::Account,
         KindInfo {
@@ -139,12 +147,23 @@ const KINDS: [(Kind, KindInfo); 6] = [
             declared: false,
         },
     ),
+    (
+        Kind::SessionPool,
+        KindInfo {
+            name: "SessionPool",
+            plural: "sessionpools",
+            singular: "sessionpool",
+            short_name: "spool",
+            declared: true,
+        },
+    ),
 ];
 
 impl Kind {
     /// Every kind, in the order `get all` shows them.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Account,
+        Kind::SessionPool,
         Kind::Session,
         Kind::Task,
         Kind::Swap,
@@ -152,7 +171,7 @@ impl Kind {
         Kind::ManifestSync,
     ];
     /// The kinds people declare in manifests.
-    pub const DECLARED: [Kind; 3] = [Kind::Account, Kind::Session, Kind::Task];
+    pub const DECLARED: [Kind; 4] = [Kind::Account, Kind::SessionPool, Kind::Session, Kind::Task];
 
     fn info(self) -> &'static KindInfo {
         &KINDS
@@ -213,6 +232,7 @@ impl Kind {
             Kind::Swap => Swap::crd(),
             Kind::Lease => Lease::crd(),
             Kind::ManifestSync => ManifestSync::crd(),
+            Kind::SessionPool => SessionPool::crd(),
         }
     }
 }
@@ -261,6 +281,7 @@ impl_object!(Task, Kind::Task, TaskStatus);
 impl_object!(Swap, Kind::Swap, SwapState);
 impl_object!(Lease, Kind::Lease, LeaseStatus);
 impl_object!(ManifestSync, Kind::ManifestSync, ManifestSyncStatus);
+impl_object!(SessionPool, Kind::SessionPool, SessionPoolStatus);
 
 /// The current time as a Kubernetes `Time`.
 pub fn now() -> Time {

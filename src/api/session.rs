@@ -46,6 +46,33 @@ pub struct SessionSpec {
     /// True: stop the agent gracefully and keep it stopped.
     #[serde(default)]
     pub suspend: bool,
+    /// The session's own git worktree, at `workdir/NAME` on a branch named
+    /// after the session; its agent runs there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<WorkspaceSpec>,
+}
+
+/// A Session's own working copy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkspaceSpec {
+    pub git: GitWorkspace,
+}
+
+/// A git worktree of `repo`, on a branch named after the session, made
+/// from `base` (`git worktree add -b NAME WORKDIR/NAME BASE`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GitWorkspace {
+    /// The repository (`~` is expanded).
+    pub repo: String,
+    /// The branch (or any commit) new branches start from.
+    #[serde(default = "default_base")]
+    pub base: String,
+}
+
+fn default_base() -> String {
+    "main".to_string()
 }
 
 /// How the agent is started.

@@ -164,6 +164,7 @@ pub fn selectable_fields(kind: Kind) -> &'static [&'static str] {
         Kind::Swap => &["status.phase", "spec.from", "spec.to", "spec.reason"],
         Kind::Lease => &["spec.holderIdentity"],
         Kind::ManifestSync => &["spec.path", "spec.suspend", "status.revision"],
+        Kind::SessionPool => &["spec.replicas", "spec.template.spec.account"],
     }
 }
 
@@ -245,7 +246,7 @@ mod tests {
                 }
             ]
         );
-        assert_eq!(targets(&s(&["all"])).unwrap().len(), 3);
+        assert_eq!(targets(&s(&["all"])).unwrap().len(), 4);
         let e = targets(&s(&["session", "session/x"])).unwrap_err();
         assert!(
             e.to_string().contains("no need to specify a resource type"),

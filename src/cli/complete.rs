@@ -546,7 +546,7 @@ mod tests {
                 ],
                 Kind::Task => vec![("fix-login".into(), "Pending".into())],
                 Kind::Account => vec![("work".into(), "Available".into())],
-                Kind::Swap | Kind::Lease | Kind::ManifestSync => vec![],
+                Kind::Swap | Kind::Lease | Kind::ManifestSync | Kind::SessionPool => vec![],
             }
         }
         fn namespaces(&self) -> Vec<String> {
@@ -567,7 +567,7 @@ mod tests {
     fn table() {
         assert!(values("ge").contains(&"get".to_string()));
         assert!(!values("").contains(&"__complete".to_string()));
-        assert_eq!(values("get ses"), ["sessions"]);
+        assert_eq!(values("get ses"), ["sessionpools", "sessions"]);
         assert_eq!(values("get sessions ccl-"), ["ccl-0", "ccl-1"]);
         assert_eq!(values("get sessions ccl-0 "), ["ccl-1"]);
         assert_eq!(values("get session/c"), ["session/ccl-0", "session/ccl-1"]);

@@ -1,6 +1,6 @@
 //! `demo`: a self-contained run on temporary directories, to watch.
 //!
-//! Two accounts, three sessions of the simulated agent (`sim-agent`: the
+//! Two accounts, a pool of three sessions of the simulated agent (`sim-agent`: the
 //! same screens, hooks, statusLine feed and usage limits as Claude Code),
 //! eighteen tasks. Account a has a small budget: the tasks push it over its
 //! threshold, the failover moves the sessions to b with their
@@ -36,13 +36,12 @@ fn manifests(dir: &Path, exe: &Path) -> String {
             dir.join("accounts").join(name).display()
         ));
     }
-    for i in 1..=3 {
-        out.push_str(&format!(
-            "---\napiVersion: claude-failover.io/v1alpha1\nkind: Session\nmetadata:\n  name: agent-{i}\nspec:\n  workdir: {}\n  agent:\n    command: {}\n    args: [\"sim-agent\"]\n    env:\n      SIM_AGENT_TURN_MS: \"2500\"\n      SIM_AGENT_TOKENS_PER_TURN: \"2000\"\n      SIM_AGENT_STARTUP_MS: \"200\"\n      SIM_AGENT_IDLE_NOTIFY_MS: \"0\"\n",
-            dir.join("work").join(format!("project-{i}")).display(),
-            exe.display()
-        ));
-    }
+    // The sessions: one pool, agent-0..2, packed onto the preferred account.
+    out.push_str(&format!(
+        "---\napiVersion: claude-failover.io/v1alpha1\nkind: SessionPool\nmetadata:\n  name: agent\nspec:\n  replicas: 3\n  placement: {{strategy: Pack}}\n  template:\n    spec:\n      workdir: {}\n      account: a\n      agent:\n        command: {}\n        args: [\"sim-agent\"]\n        env:\n          SIM_AGENT_TURN_MS: \"2500\"\n          SIM_AGENT_TOKENS_PER_TURN: \"2000\"\n          SIM_AGENT_STARTUP_MS: \"200\"\n          SIM_AGENT_IDLE_NOTIFY_MS: \"0\"\n",
+        dir.join("work").join("project").display(),
+        exe.display()
+    ));
     let priorities = ["high", "normal", "low"];
     for t in 1..=TASKS {
         out.push_str(&format!(
@@ -100,9 +99,7 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
         daemon: None,
         keep: a.keep,
     };
-    for i in 1..=3 {
-        std::fs::create_dir_all(dir.join("work").join(format!("project-{i}")))?;
-    }
+    std::fs::create_dir_all(dir.join("work").join("project"))?;
     // Account a: a small 5-hour budget (its window is 10 minutes here), so
     // the tasks push it over its 60 % threshold; b has room.
     write(

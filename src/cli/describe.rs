@@ -4,7 +4,7 @@ use super::Ctx;
 use super::args::targets;
 use super::get::Filter;
 use super::print::{self, age};
-use crate::api::ObjectKey;
+use crate::api::{Kind, ObjectKey};
 use anyhow::Result;
 use clap::Args;
 use serde_json::Value;
@@ -42,7 +42,8 @@ fn map_line(v: Option<&Value>) -> String {
 }
 
 /// The text of `describe` for one object.
-pub fn render(v: &Value, events: &[crate::store::StoredEvent]) -> String {
+/// `extra`: a section of the kind's own (whole lines), before the events.
+fn render(v: &Value, extra: &str, events: &[crate::store::StoredEvent]) -> String {
     let m = &v["metadata"];
     let s = |p: &str| {
         v.pointer(p).map(|x| {
@@ -135,6 +136,7 @@ pub fn render(v: &Value, events: &[crate::store::StoredEvent]) -> String {
             2,
         ));
     }
+    out.push_str(extra);
     let _ = writeln!(out, "Events:");
     if events.is_empty() {
         out.push_str("  <none>\n");
@@ -178,7 +180,11 @@ pub fn describe(ctx: &Ctx, a: DescribeArgs) -> Result<ExitCode> {
         }
         first = false;
         shown += 1;
-        print!("{}", render(v, &store.events(key)?));
+        let extra = match key.kind {
+            Kind::SessionPool => pool_sessions(&store, key)?,
+            _ => String::new(),
+        };
+        print!("{}", render(v, &extra, &store.events(key)?));
         Ok(())
     };
     for t in targets(&a.resources)? {
@@ -217,4 +223,33 @@ pub fn describe(ctx: &Ctx, a: DescribeArgs) -> Result<ExitCode> {
         eprintln!("No resources found in {} namespace.", ctx.namespace);
     }
     Ok(code)
+}
+
+/// A pool's Sessions (those it owns), with their phase, account and task.
+fn pool_sessions(store: &crate::store::Store, key: &ObjectKey) -> Result<String> {
+    let mut rows: Vec<(u32, Vec<String>)> = store
+        .api::<crate::api::Session>(Some(&key.namespace))
+        .list()?
+        .into_iter()
+        .filter(|s| crate::controller::pool::owned_by(s, &key.name))
+        .map(|s| {
+            let v = serde_json::to_value(&s).expect("a Session serializes");
+            let name = s.metadata.name.clone().unwrap_or_default();
+            let ordinal = crate::api::ordinal_of(&key.name, &name).unwrap_or(u32::MAX);
+            let row = print::row(Kind::Session, &v, false);
+            (ordinal, row)
+        })
+        .collect();
+    rows.sort_by_key(|(o, _)| *o);
+    let mut out = String::from("Sessions:\n");
+    if rows.is_empty() {
+        out.push_str("  <none>\n");
+    } else {
+        let rows: Vec<Vec<String>> = rows.into_iter().map(|(_, r)| r).collect();
+        out.push_str(&indent(
+            &print::table(&print::columns(Kind::Session, false), &rows),
+            2,
+        ));
+    }
+    Ok(out)
 }

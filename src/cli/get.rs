@@ -370,6 +370,9 @@ fn watch_kind(
             Kind::ManifestSync => {
                 watch_typed::<crate::api::ManifestSync>(ctx, a, format, filter).await
             }
+            Kind::SessionPool => {
+                watch_typed::<crate::api::SessionPool>(ctx, a, format, filter).await
+            }
         }
     })
 }

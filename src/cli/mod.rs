@@ -27,6 +27,7 @@ mod logs;
 mod mcp;
 mod print;
 mod run;
+mod scale;
 mod statusline;
 mod wait;
 
@@ -114,6 +115,8 @@ pub enum Command {
     Resume(label::SuspendArgs),
     /// Cancel tasks: a running one is interrupted, a pending one never runs
     Cancel(cancel::CancelArgs),
+    /// Set a session pool's number of sessions (busy ones end their turn first unless --force)
+    Scale(scale::ScaleArgs),
     /// Watch a pool fail over: simulated agents on temporary directories, a minute
     Demo(demo::DemoArgs),
     /// Move the sessions off an account now (to --to, or the best one)
@@ -299,6 +302,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Suspend(a) => label::suspend(&ctx, a, true),
         Command::Resume(a) => label::suspend(&ctx, a, false),
         Command::Cancel(a) => cancel::cancel(&ctx, a),
+        Command::Scale(a) => scale::scale(&ctx, a),
         Command::Failover(a) => failover::failover(&ctx, a),
         Command::Swaps => failover::swaps(&ctx),
         Command::Reinstate(a) => failover::reinstate(&ctx, a),

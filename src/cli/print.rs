@@ -98,6 +98,7 @@ pub fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
         Kind::Swap => vec!["NAME", "EPOCH", "FROM", "TO", "REASON", "RESULT", "AGE"],
         Kind::Lease => vec!["NAME", "HOLDER", "EPOCH", "RENEWED", "AGE"],
         Kind::ManifestSync => vec!["NAME", "READY", "STATUS", "REVISION", "LAST-SYNC", "AGE"],
+        Kind::SessionPool => vec!["NAME", "REPLICAS", "READY", "IDLE", "BUSY", "AGE"],
     };
     if wide {
         c.extend(match kind {
@@ -113,6 +114,7 @@ pub fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
             Kind::Task => vec!["MODEL", "TARGET", "LABELS"],
             Kind::Swap => vec!["SESSIONS", "MESSAGE"],
             Kind::Lease => vec!["ACQUIRED", "TRANSITIONS"],
+            Kind::SessionPool => vec!["WAITING", "STRATEGY", "ACCOUNTS", "LABELS"],
             Kind::ManifestSync => {
                 vec![
                     "PATH",
@@ -176,6 +178,18 @@ pub fn row(kind: Kind, v: &Value, wide: bool) -> Vec<String> {
             s(v, "/spec/holderIdentity"),
             s(v, "/spec/epoch"),
             age(v.pointer("/spec/renewTime").and_then(Value::as_str)),
+            age(created),
+        ],
+        Kind::SessionPool => vec![
+            name,
+            format!(
+                "{}/{}",
+                s(v, "/status/replicas").replace('-', "0"),
+                s(v, "/spec/replicas")
+            ),
+            s(v, "/status/ready").replace('-', "0"),
+            s(v, "/status/idle").replace('-', "0"),
+            s(v, "/status/busy").replace('-', "0"),
             age(created),
         ],
         Kind::ManifestSync => {
@@ -255,6 +269,24 @@ pub fn row(kind: Kind, v: &Value, wide: bool) -> Vec<String> {
             Kind::Lease => r.extend([
                 age(v.pointer("/spec/acquireTime").and_then(Value::as_str)),
                 s(v, "/spec/leaseTransitions"),
+            ]),
+            Kind::SessionPool => r.extend([
+                s(v, "/status/waiting").replace('-', "0"),
+                v.pointer("/spec/placement/strategy")
+                    .and_then(Value::as_str)
+                    .unwrap_or("Spread")
+                    .to_string(),
+                v.pointer("/status/accounts")
+                    .and_then(Value::as_object)
+                    .filter(|m| !m.is_empty())
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, n)| format!("{k}={n}"))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .unwrap_or_else(|| "<none>".into()),
+                labels(v),
             ]),
             Kind::ManifestSync => r.extend([
                 s(v, "/spec/path"),

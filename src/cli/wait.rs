@@ -243,6 +243,9 @@ fn wait_for(
                 Kind::ManifestSync => watch::<crate::api::ManifestSync>(store.clone(), cfg.clone())
                     .map(|_| ())
                     .boxed(),
+                Kind::SessionPool => watch::<crate::api::SessionPool>(store.clone(), cfg.clone())
+                    .map(|_| ())
+                    .boxed(),
             }
         }));
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);

@@ -7,12 +7,13 @@
 pub mod account;
 pub mod checkpoint;
 pub mod failover;
+pub mod pool;
 pub mod session;
 pub mod task;
 
 use crate::agent::driver::Driver;
 use crate::agent::signals::Signals;
-use crate::api::{Account, Lease, ObjectKey, Session, Swap, Task};
+use crate::api::{Account, Lease, ObjectKey, Session, SessionPool, Swap, Task};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::store::Store;
@@ -71,6 +72,7 @@ pub struct Caches {
     pub tasks: Cache<Task>,
     pub swaps: Cache<Swap>,
     pub leases: Cache<Lease>,
+    pub pools: Cache<SessionPool>,
 }
 
 /// Index of Sessions by the account they run on (`NS/ACCOUNT`).
@@ -115,7 +117,8 @@ impl Caches {
         let by_session: IndexFn<Task> = task_session;
         let (tasks, t) = Cache::start(store.clone(), cfg.clone(), &[(BY_SESSION, by_session)]);
         let (swaps, w) = Cache::start(store.clone(), cfg.clone(), &[]);
-        let (leases, l) = Cache::start(store.clone(), cfg, &[]);
+        let (leases, l) = Cache::start(store.clone(), cfg.clone(), &[]);
+        let (pools, p) = Cache::start(store.clone(), cfg, &[]);
         (
             Caches {
                 accounts,
@@ -123,8 +126,9 @@ impl Caches {
                 tasks,
                 swaps,
                 leases,
+                pools,
             },
-            vec![a, s, t, w, l],
+            vec![a, s, t, w, l, p],
         )
     }
 
@@ -135,6 +139,7 @@ impl Caches {
         self.tasks.listed().await;
         self.swaps.listed().await;
         self.leases.listed().await;
+        self.pools.listed().await;
     }
 
     /// The swap lease's current fencing epoch (0: never taken).

@@ -59,7 +59,10 @@ pub enum Feed {
 impl Feed {
     fn bit(self) -> u8 {
         match self {
-            Feed::Objects(k) => 1 << k as u8,
+            Feed::Objects(k) => {
+                let i = Kind::DECLARED.iter().position(|d| *d == k);
+                1 << i.expect("feeds follow the declared kinds")
+            }
             Feed::Events => 1 << Kind::DECLARED.len(),
         }
     }

@@ -53,7 +53,13 @@ pub async fn gauges(caches: Caches, metrics: Arc<Metrics>) {
             m.fill_accounts(all.iter().map(Arc::as_ref));
         })
     };
-    futures::join!(sessions, tasks, accounts);
+    let pools = {
+        let m = metrics.clone();
+        follow(caches.pools.clone(), move |all| {
+            crate::controller::pool::fill_gauge(&m.pool_sessions, all.iter().map(Arc::as_ref));
+        })
+    };
+    futures::join!(sessions, tasks, accounts, pools);
 }
 
 /// Calls `settle` with every object of `cache` once it is listed, then

@@ -13,7 +13,7 @@ use super::{access, api, http, projections};
 use crate::agent::driver::Driver;
 use crate::agent::signals::Signals;
 use crate::api::{Account, Kind, Lease, Session, Task};
-use crate::controller::{self, Caches, Shared, account, failover, session, task};
+use crate::controller::{self, Caches, Shared, account, failover, pool, session, task};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::store::cache::Cache;
@@ -221,6 +221,10 @@ fn feeds(
             caches.accounts.clone(),
             listed(Feed::Objects(Kind::Account)),
         )),
+        tokio::spawn(bus.clone().follow(
+            caches.pools.clone(),
+            listed(Feed::Objects(Kind::SessionPool)),
+        )),
         tokio::spawn(bus.clone().follow(caches.swaps.clone(), || {})),
         tokio::spawn(
             bus.clone()
@@ -303,7 +307,18 @@ fn controllers(
         settings: o.failover.clone(),
         me: identity.to_string(),
     });
+    let pools = Arc::new(pool::Context {
+        shared: shared.clone(),
+    });
     vec![
+        tokio::spawn(pool::run(
+            pools,
+            any_of(vec![
+                changes(&c.pools),
+                changes(&c.sessions),
+                changes(&c.accounts),
+            ]),
+        )),
         tokio::spawn(session::liveness(sessions.clone())),
         tokio::spawn(run_sessions(sessions, wake)),
         tokio::spawn(task::run(

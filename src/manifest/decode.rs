@@ -3,7 +3,7 @@
 
 use super::validate;
 use super::yaml::{self, Node, NodeKind, Pos, Seg, path_string};
-use crate::api::{API_VERSION, Account, Kind, ObjectMeta, Session, Task};
+use crate::api::{API_VERSION, Account, Kind, ObjectMeta, Session, SessionPool, Task};
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
@@ -52,6 +52,7 @@ pub enum AnyObject {
     Account(Account),
     Session(Box<Session>),
     Task(Task),
+    SessionPool(Box<SessionPool>),
 }
 
 impl AnyObject {
@@ -60,6 +61,7 @@ impl AnyObject {
             AnyObject::Account(_) => Kind::Account,
             AnyObject::Session(_) => Kind::Session,
             AnyObject::Task(_) => Kind::Task,
+            AnyObject::SessionPool(_) => Kind::SessionPool,
         }
     }
 
@@ -68,6 +70,7 @@ impl AnyObject {
             AnyObject::Account(o) => &o.metadata,
             AnyObject::Session(o) => &o.metadata,
             AnyObject::Task(o) => &o.metadata,
+            AnyObject::SessionPool(o) => &o.metadata,
         }
     }
 
@@ -76,6 +79,7 @@ impl AnyObject {
             AnyObject::Account(o) => &mut o.metadata,
             AnyObject::Session(o) => &mut o.metadata,
             AnyObject::Task(o) => &mut o.metadata,
+            AnyObject::SessionPool(o) => &mut o.metadata,
         }
     }
 
@@ -97,6 +101,7 @@ impl AnyObject {
             AnyObject::Account(o) => to_value(o),
             AnyObject::Session(o) => to_value(o),
             AnyObject::Task(o) => to_value(o),
+            AnyObject::SessionPool(o) => to_value(o),
         }
     }
 
@@ -106,6 +111,7 @@ impl AnyObject {
             Kind::Account => AnyObject::Account(serde_json::from_value(v)?),
             Kind::Session => AnyObject::Session(Box::new(serde_json::from_value(v)?)),
             Kind::Task => AnyObject::Task(serde_json::from_value(v)?),
+            Kind::SessionPool => AnyObject::SessionPool(Box::new(serde_json::from_value(v)?)),
             Kind::Swap | Kind::Lease | Kind::ManifestSync => {
                 return Err(serde::de::Error::custom(format!(
                     "kind {kind} is not a declared kind"
@@ -119,6 +125,7 @@ impl AnyObject {
             AnyObject::Account(o) => validate::account(o),
             AnyObject::Session(o) => validate::session(o),
             AnyObject::Task(o) => validate::task(o),
+            AnyObject::SessionPool(o) => validate::session_pool(o),
         }
     }
 }
@@ -382,6 +389,7 @@ fn decode_document(root: &Node) -> Result<AnyObject, DocError> {
         Kind::Account => AnyObject::Account(typed(value)?),
         Kind::Session => AnyObject::Session(Box::new(typed(value)?)),
         Kind::Task => AnyObject::Task(typed(value)?),
+        Kind::SessionPool => AnyObject::SessionPool(Box::new(typed(value)?)),
         Kind::Swap | Kind::Lease | Kind::ManifestSync => {
             return Err((vec![k("kind")], format!("kind `{kind}` cannot be declared")));
         }

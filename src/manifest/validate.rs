@@ -3,7 +3,7 @@
 //! caller can point at the line that holds it.
 
 use super::yaml::Seg;
-use crate::api::{Account, EnvValue, LabelSelector, ObjectMeta, Session, Task};
+use crate::api::{Account, EnvValue, LabelSelector, ObjectMeta, Session, SessionPool, Task};
 use std::collections::BTreeMap;
 
 pub type Problem = (Vec<Seg>, String);
@@ -345,6 +345,70 @@ pub fn task(t: &Task) -> Vec<Problem> {
     out
 }
 
+/// The most Sessions one pool may hold.
+pub const MAX_POOL_REPLICAS: u32 = 1000;
+
+/// A pool: its own metadata, its template's Session (each problem at its
+/// place under `spec.template`), the names its Sessions will take, and a
+/// selector that matches what the template labels.
+pub fn session_pool(p: &SessionPool) -> Vec<Problem> {
+    let mut out = Vec::new();
+    check_meta(&p.metadata, &mut out);
+    if p.spec.replicas > MAX_POOL_REPLICAS {
+        out.push((
+            at(&["spec", "replicas"]),
+            format!("at most {MAX_POOL_REPLICAS}"),
+        ));
+    }
+    if let Some(name) = &p.metadata.name {
+        let last = crate::api::member_name(name, MAX_POOL_REPLICAS.max(p.spec.replicas));
+        if dns1123_label(&last).is_err() {
+            out.push((
+                at(&["metadata", "name"]),
+                format!("too long for its Sessions' names ({last})"),
+            ));
+        }
+    }
+    let member = Session {
+        metadata: ObjectMeta {
+            name: Some("member".into()),
+            labels: Some(p.spec.template.metadata.labels.clone()),
+            ..ObjectMeta::default()
+        },
+        spec: p.spec.template.spec.clone(),
+        status: None,
+    };
+    for (path, msg) in session(&member) {
+        let mut full = at(&["spec", "template"]);
+        full.extend(path);
+        out.push((full, msg));
+    }
+    if let Some(a) = &p.spec.autoscale {
+        if a.min > a.max {
+            out.push((
+                at(&["spec", "autoscale", "min"]),
+                format!("more than max ({})", a.max),
+            ));
+        }
+        if a.max > MAX_POOL_REPLICAS {
+            out.push((
+                at(&["spec", "autoscale", "max"]),
+                format!("at most {MAX_POOL_REPLICAS}"),
+            ));
+        }
+    }
+    if let Some(sel) = &p.spec.selector {
+        let s = crate::selector::Selector::from_label_selector(sel);
+        if !s.matches(Some(&p.spec.template.metadata.labels)) {
+            out.push((
+                at(&["spec", "selector"]),
+                "does not match the template's labels (spec.template.metadata.labels)".into(),
+            ));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,5 +427,40 @@ mod tests {
         assert!(label_value("").is_ok());
         assert!(label_value("api_v1.2").is_ok());
         assert!(label_value("-x").is_err());
+    }
+
+    #[test]
+    fn a_pool_is_checked_with_its_template_in_place() {
+        let pool = |spec: serde_json::Value| -> SessionPool {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "claude-failover.io/v1alpha1", "kind": "SessionPool",
+                "metadata": {"name": "web"}, "spec": spec
+            }))
+            .unwrap()
+        };
+        let paths = |p: &SessionPool| -> Vec<String> {
+            session_pool(p)
+                .into_iter()
+                .map(|(path, _)| crate::manifest::yaml::path_string(&path))
+                .collect()
+        };
+        let ok = pool(serde_json::json!({"replicas": 2,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"workdir": "/w"}}}));
+        assert!(paths(&ok).is_empty(), "{:?}", paths(&ok));
+        let bad = pool(serde_json::json!({"replicas": 2000,
+            "selector": {"matchLabels": {"app": "api"}},
+            "autoscale": {"min": 3, "max": 2},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                         "spec": {"workdir": "/w", "agent": {"command": ""}}}}));
+        assert_eq!(
+            paths(&bad),
+            [
+                "spec.replicas",
+                "spec.template.spec.agent.command",
+                "spec.autoscale.min",
+                "spec.selector"
+            ]
+        );
     }
 }

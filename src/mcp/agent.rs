@@ -96,6 +96,7 @@ mod tests {
                     ..Default::default()
                 },
                 suspend: false,
+                workspace: None,
             },
         )
     }

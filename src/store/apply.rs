@@ -237,8 +237,13 @@ fn txn_apply_request(txn: &mut Txn<'_>, req: &ApplyRequest) -> Result<ApplyResul
                 actual: "(none: the object does not exist)".into(),
             });
         }
-        let skeleton = json!({"apiVersion": API_VERSION, "kind": key.kind.name(),
+        let mut skeleton = json!({"apiVersion": API_VERSION, "kind": key.kind.name(),
             "metadata": {"name": key.name, "namespace": key.namespace}, "spec": {}});
+        // Owner references are given at creation (by the controller that
+        // creates the object, e.g. a pool its Sessions) and kept after.
+        if let Some(o) = desired.pointer("/metadata/ownerReferences") {
+            skeleton["metadata"]["ownerReferences"] = o.clone();
+        }
         let applied = ownership::apply(&skeleton, declared, &req.manager, req.force, &now)
             .map_err(conflicts)?;
         let mut doc = normalized(&key, &applied.doc)?;

@@ -529,6 +529,7 @@ pub fn normalize(kind: Kind, doc: &Value) -> Result<Value, String> {
         Kind::Swap => typed::<Swap>(doc, |_| Vec::new())?,
         Kind::Lease => typed::<Lease>(doc, |_| Vec::new())?,
         Kind::ManifestSync => typed::<crate::api::ManifestSync>(doc, |_| Vec::new())?,
+        Kind::SessionPool => typed::<crate::api::SessionPool>(doc, validate::session_pool)?,
     };
     if let Some(o) = out.as_object_mut() {
         o.remove("status");

@@ -56,6 +56,7 @@ pub(super) fn session(name: &str, on: &str, phase: SessionPhase) -> Session {
             account: None,
             agent: Default::default(),
             suspend: false,
+            workspace: None,
         },
     );
     s.metadata.namespace = Some("default".into());

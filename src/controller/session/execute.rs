@@ -242,6 +242,7 @@ pub async fn run(
             }
             Step::WaitBackoff(secs) => report = Some(wait_backoff(ctx, &key, st, o, secs).await),
             Step::Cleanup => {
+                super::workspace::release(ctx, s).await;
                 cleanup(ctx, &key).await?;
                 return Ok(Outcome::Gone);
             }
@@ -566,7 +567,7 @@ async fn launch(
     // anything is launched.
     let path =
         crate::agent::env::lookup(&s.spec.agent.env, "PATH").or_else(|| std::env::var("PATH").ok());
-    let workdir = expand_home(&s.spec.workdir);
+    let workdir = crate::workspace::agent_dir(s);
     crate::agent::exit::resolve_command(&s.spec.agent.command, path.as_deref(), &workdir)?;
     let prepared = {
         let (s, dir, shared) = (
@@ -657,11 +658,7 @@ fn prepare(
     shared: &std::path::Path,
     id: Option<&str>,
 ) -> Result<Prepared, String> {
-    let workdir = expand_home(&s.spec.workdir);
-    let workdir = std::fs::canonicalize(&workdir)
-        .ok()
-        .filter(|p| p.is_dir())
-        .ok_or_else(|| format!("workdir {} does not exist", workdir.display()))?;
+    let workdir = super::workspace::prepare_dir(s)?;
     match config_dir {
         Some(dir) => seed::seed_for_session(dir, &workdir, s, shared)
             .map_err(|e| format!("cannot prepare the account's config dir: {e}"))?,
@@ -1002,13 +999,13 @@ async fn checkpoint(
 
 /// `.agent-queue/status.json` for tools that read it.
 async fn inbox_status(ctx: &Context, s: &Session, st: &SessionStatus) {
-    let workdir = s.spec.workdir.clone();
+    let workdir = crate::workspace::agent_dir(s);
     let name = s.metadata.name.clone().unwrap_or_default();
     let phase = st.phase.unwrap_or_default().to_string();
     let (task, account) = (st.current_task.clone(), st.account.clone());
     ctx.shared
         .blocking(move |_| {
-            if let Ok(w) = std::fs::canonicalize(expand_home(&workdir)) {
+            if let Ok(w) = std::fs::canonicalize(&workdir) {
                 crate::inbox::write_status(&w, &name, &phase, task.as_deref(), account.as_deref());
             }
         })

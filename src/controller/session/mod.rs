@@ -14,6 +14,7 @@ mod observe;
 pub mod plan;
 mod private;
 pub mod report;
+mod workspace;
 
 use super::Shared;
 use crate::agent::screen::Screen;

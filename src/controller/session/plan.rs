@@ -512,6 +512,7 @@ mod tests {
                 account: account.map(str::to_string),
                 agent: Default::default(),
                 suspend: false,
+                workspace: None,
             },
         )
     }

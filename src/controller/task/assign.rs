@@ -376,6 +376,7 @@ mod tests {
                 account: None,
                 agent: Default::default(),
                 suspend: false,
+                workspace: None,
             },
         );
         let mut st = crate::api::SessionStatus {

@@ -1,0 +1,105 @@
+//! `scale sessionpool NAME --replicas N`: sets a pool's `spec.replicas`
+//! (an update by its own field manager, so a later `apply` that does not
+//! declare replicas keeps it). Scaling down waits for busy sessions to end
+//! their turn; `--force` lets it stop them (the pool's
+//! `claude-failover.io/force-scale-down` annotation, cleared by a scale
+//! without it).
+
+use super::Ctx;
+use super::args::{DryRun, targets};
+use super::label::not_found;
+use crate::api::{FORCE_SCALE_DOWN, Kind, ObjectKey};
+use crate::store::StoreError;
+use anyhow::{Result, bail};
+use clap::Args;
+use serde_json::{Value, json};
+use std::process::ExitCode;
+
+/// The field manager of `scale`.
+pub const MANAGER: &str = "claude-failover-scale";
+
+#[derive(Args, Debug)]
+pub struct ScaleArgs {
+    /// `sessionpool NAME...` (or sessionpool/NAME...)
+    #[arg(required = true, value_name = "RESOURCE")]
+    pub resources: Vec<String>,
+    /// The new number of sessions
+    #[arg(long)]
+    pub replicas: u32,
+    /// Only if the pool has this many replicas now
+    #[arg(long)]
+    pub current_replicas: Option<u32>,
+    /// Stop busy sessions without waiting for their turn to end
+    #[arg(long)]
+    pub force: bool,
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "client", default_value = "none")]
+    pub dry_run: DryRun,
+}
+
+pub fn scale(ctx: &Ctx, a: ScaleArgs) -> Result<ExitCode> {
+    let targets = targets(&a.resources)?;
+    if let Some(t) = targets.iter().find(|t| t.kind != Kind::SessionPool) {
+        bail!("only sessionpools can be scaled, not {}", t.kind.plural());
+    }
+    let names: Vec<&String> = targets.iter().flat_map(|t| &t.names).collect();
+    if names.is_empty() {
+        bail!("name the pool to scale: scale sessionpool NAME --replicas N");
+    }
+    if a.replicas > crate::manifest::validate::MAX_POOL_REPLICAS {
+        bail!(
+            "--replicas: at most {}",
+            crate::manifest::validate::MAX_POOL_REPLICAS
+        );
+    }
+    let store = ctx.store()?;
+    let mut failed = false;
+    for name in names {
+        let key = ObjectKey::new(Kind::SessionPool, &ctx.namespace, name);
+        let r = store.update_object(&key, None, MANAGER, a.dry_run.active(), |obj| {
+            let now = obj.pointer("/spec/replicas").and_then(Value::as_u64);
+            if let Some(want) = a.current_replicas
+                && now != Some(u64::from(want))
+            {
+                return Err(format!(
+                    "expected {want} replicas, found {}",
+                    now.map_or("none".into(), |n| n.to_string())
+                ));
+            }
+            obj["spec"]["replicas"] = json!(a.replicas);
+            let meta = obj["metadata"]
+                .as_object_mut()
+                .ok_or("metadata is not a map")?;
+            let ann = meta
+                .entry("annotations")
+                .or_insert_with(|| json!({}))
+                .as_object_mut()
+                .ok_or("metadata.annotations is not a map")?;
+            if a.force {
+                ann.insert(FORCE_SCALE_DOWN.into(), json!("true"));
+            } else {
+                ann.remove(FORCE_SCALE_DOWN);
+            }
+            Ok(())
+        });
+        match r {
+            Ok(_) => println!(
+                "{}/{name} scaled{}",
+                Kind::SessionPool.qualified(),
+                a.dry_run.suffix()
+            ),
+            Err(StoreError::NotFound(_)) => {
+                eprintln!("error: {}", not_found(&key));
+                failed = true;
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,270 @@
+//! SessionPool end to end with the simulated agent: the real daemon, real
+//! tmux, the pool controller creating, scaling and deleting Sessions.
+
+mod common;
+use common::daemon::Daemon;
+use common::*;
+use serde_json::Value;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(90);
+/// A turn long enough to scale down while it runs.
+const TURN_MS: u64 = 6000;
+
+fn setup(env: &Env) {
+    std::fs::create_dir_all(env.path("work")).unwrap();
+    env.write(
+        "config/claude-failover/config.yaml",
+        "resyncSeconds: 5\ndispatch:\n  cooldownSeconds: 0\nquota:\n  usageBaseUrl: http://127.0.0.1:9\n",
+    );
+    let mut m = String::new();
+    for name in ["a", "b"] {
+        env.write(
+            &format!("accounts/{name}/.credentials.json"),
+            &format!(
+                r#"{{"claudeAiOauth": {{"accessToken": "sk-ant-oat01-pool-{name}", "scopes": ["user:inference"], "subscriptionType": "max"}}}}"#
+            ),
+        );
+        m.push_str(&format!(
+            "---\n{HEAD}kind: Account\nmetadata: {{name: {name}, labels: {{team: x}}}}\nspec:\n  configDir: {}\n",
+            env.path(&format!("accounts/{name}")).display()
+        ));
+    }
+    let f = env.write("accounts.yaml", &m);
+    env.ok(&["apply", "-f", f.to_str().unwrap()]);
+}
+
+fn pool_yaml(env: &Env, replicas: u32) -> String {
+    format!(
+        "{HEAD}kind: SessionPool\nmetadata: {{name: web}}\nspec:\n  replicas: {replicas}\n  placement:\n    strategy: Spread\n    accountSelector: {{matchLabels: {{team: x}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      workdir: {}\n      agent:\n        command: {BIN}\n        args: [sim-agent]\n        env: {{SIM_AGENT_TURN_MS: \"{TURN_MS}\", SIM_AGENT_STARTUP_MS: \"100\", SIM_AGENT_IDLE_NOTIFY_MS: \"0\"}}\n",
+        env.path("work").display()
+    )
+}
+
+fn get(env: &Env, kind: &str, name: &str) -> Option<Value> {
+    let out = env.run(&["get", kind, name, "-o", "json"]);
+    (out.code == 0).then(|| serde_json::from_str(&out.stdout).unwrap())
+}
+
+fn pool_status(env: &Env) -> Value {
+    get(env, "sessionpool", "web").expect("the pool")["status"].clone()
+}
+
+/// The names of the pool's Sessions (by its label).
+fn members(env: &Env) -> Vec<String> {
+    let out = env.ok(&[
+        "get",
+        "sessions",
+        "-l",
+        "claude-failover.io/pool=web",
+        "-o",
+        "name",
+    ]);
+    let mut v: Vec<String> = out
+        .lines()
+        .map(|l| l.rsplit('/').next().unwrap().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+fn wait_ready(env: &Env, n: u64) -> Value {
+    wait_for(&format!("{n} ready sessions in the pool"), T, || {
+        let st = pool_status(env);
+        (st["ready"] == n && st["replicas"] == n).then_some(st)
+    })
+}
+
+#[test]
+fn a_pool_scales_spreads_waits_for_turns_and_cascades() {
+    let env = Env::new();
+    setup(&env);
+    let f = env.write("pool.yaml", &pool_yaml(&env, 3));
+    env.ok(&["apply", "-f", f.to_str().unwrap()]);
+    let _d = Daemon::start(&env, &[]);
+
+    // Created: web-0..2, owned by the pool, spread over both accounts.
+    let st = wait_ready(&env, 3);
+    assert_eq!(members(&env), ["web-0", "web-1", "web-2"]);
+    let s0 = get(&env, "session", "web-0").unwrap();
+    assert_eq!(s0["metadata"]["ownerReferences"][0]["kind"], "SessionPool");
+    assert_eq!(s0["metadata"]["ownerReferences"][0]["name"], "web");
+    assert_eq!(s0["metadata"]["labels"]["app"], "web");
+    let per: Vec<u64> = ["a", "b"]
+        .iter()
+        .map(|a| st["accounts"][a].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(per.iter().sum::<u64>(), 3, "{st}");
+    assert!(per.iter().all(|n| *n >= 1), "spread over a and b: {st}");
+    let table = env.ok(&["get", "sessionpools"]);
+    assert!(
+        table.contains("REPLICAS") && table.contains("3/3"),
+        "{table}"
+    );
+
+    // Scale up by the command.
+    env.ok(&["scale", "sessionpool", "web", "--replicas", "4"]);
+    wait_ready(&env, 4);
+    assert_eq!(members(&env), ["web-0", "web-1", "web-2", "web-3"]);
+
+    // A turn on web-1; scaling to zero takes the idle ones at once, and
+    // web-1 only once its turn has ended.
+    let task = format!(
+        "{HEAD}kind: Task\nmetadata: {{name: long}}\nspec:\n  prompt: a long turn\n  session: web-1\n"
+    );
+    env.run_stdin(&["apply", "-f", "-"], &task);
+    wait_for("the task to run on web-1", T, || {
+        let t = get(&env, "task", "long")?;
+        (t["status"]["phase"] == "Running").then_some(())
+    });
+    env.ok(&["scale", "sessionpool", "web", "--replicas", "0"]);
+    wait_for("the idle sessions to go", T, || {
+        (members(&env) == ["web-1"]).then_some(())
+    });
+    let t = get(&env, "task", "long").unwrap();
+    assert_ne!(
+        t["status"]["phase"], "Succeeded",
+        "the turn outlasts the idle ones' deletion"
+    );
+    let web1 = get(&env, "session", "web-1").unwrap();
+    assert!(
+        web1["metadata"]["deletionTimestamp"].is_null(),
+        "web-1 is not cut: {web1}"
+    );
+    let cond = pool_status(&env)["conditions"][0].clone();
+    assert_eq!(cond["reason"], "WaitingForTurns", "{cond}");
+    wait_for("web-1 to go after its turn", T, || {
+        members(&env).is_empty().then_some(())
+    });
+    let t = get(&env, "task", "long").unwrap();
+    assert_eq!(
+        t["status"]["phase"], "Succeeded",
+        "the turn was not cut: {t}"
+    );
+
+    // Back to two, then delete the pool: its Sessions go with it.
+    env.ok(&["scale", "sessionpool", "web", "--replicas", "2"]);
+    wait_ready(&env, 2);
+    assert_eq!(members(&env), ["web-0", "web-1"]);
+    env.ok(&["delete", "sessionpool", "web"]);
+    wait_for("the pool and its sessions to go", T, || {
+        (members(&env).is_empty() && get(&env, "sessionpool", "web").is_none()).then_some(())
+    });
+}
+
+fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn each_session_of_a_pool_works_in_its_own_worktree() {
+    let env = Env::new();
+    setup(&env);
+    let repo = env.path("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("README"), "x\n").unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "first"]);
+    let yaml = pool_yaml(&env, 2).replace(
+        "      agent:\n",
+        &format!(
+            "      workspace: {{git: {{repo: {}, base: main}}}}\n      agent:\n",
+            repo.display()
+        ),
+    );
+    let f = env.write("pool.yaml", &yaml);
+    env.ok(&["apply", "-f", f.to_str().unwrap()]);
+    let _d = Daemon::start(&env, &[]);
+    wait_ready(&env, 2);
+
+    // Each on its own branch, in its own folder, the agent started there.
+    let wt = env.path("work");
+    for name in ["web-0", "web-1"] {
+        assert_eq!(git(&wt.join(name), &["branch", "--show-current"]), name);
+    }
+    let list = git(&repo, &["worktree", "list"]);
+    assert_eq!(list.lines().count(), 3, "{list}");
+    // Work left in web-1, then a restart: the same worktree, the work kept.
+    std::fs::write(wt.join("web-1/draft"), "in progress\n").unwrap();
+    env.ok(&["restart", "session", "web-1"]);
+    wait_for("web-1 to launch again", T, || {
+        let s = get(&env, "session", "web-1")?;
+        (s["status"]["launches"].as_u64() >= Some(2) && s["status"]["phase"] == "Idle")
+            .then_some(())
+    });
+    assert!(wt.join("web-1/draft").exists());
+
+    // Scaled to zero: web-0's clean worktree (its branch is main's commit)
+    // goes; web-1's uncommitted work is kept and the pool says so.
+    env.ok(&["scale", "sessionpool", "web", "--replicas", "0"]);
+    wait_for("the sessions to go", T, || {
+        members(&env).is_empty().then_some(())
+    });
+    assert!(!wt.join("web-0").exists());
+    assert!(wt.join("web-1/draft").exists());
+    let text = env.ok(&["describe", "sessionpool", "web"]);
+    assert!(
+        text.contains("WorkspaceKept") && text.contains("1 uncommitted change"),
+        "{text}"
+    );
+    assert!(text.contains("WorkspaceRemoved"), "{text}");
+}
+
+#[test]
+fn a_pool_grows_under_a_queue_and_shrinks_when_idle() {
+    let env = Env::new();
+    setup(&env);
+    let yaml = pool_yaml(&env, 1).replace(
+        "  template:\n",
+        "  autoscale: {min: 1, max: 3, cooldownSeconds: 2}\n  template:\n",
+    );
+    let f = env.write("pool.yaml", &yaml);
+    env.ok(&["apply", "-f", f.to_str().unwrap()]);
+    let _d = Daemon::start(&env, &[]);
+    wait_ready(&env, 1);
+    // Three long turns for one session: the pool grows to take them.
+    let mut tasks = String::new();
+    for i in 0..3 {
+        tasks.push_str(&format!(
+            "---\n{HEAD}kind: Task\nmetadata: {{name: q{i}}}\nspec:\n  prompt: queued {i}\n"
+        ));
+    }
+    env.run_stdin(&["apply", "-f", "-"], &tasks);
+    wait_for("the pool to grow to three and run the queue", T, || {
+        let running = (0..3)
+            .filter(|i| {
+                get(&env, "task", &format!("q{i}"))
+                    .is_some_and(|t| t["status"]["phase"] == "Running")
+            })
+            .count();
+        (members(&env).len() == 3 && running == 3).then_some(())
+    });
+    assert_eq!(pool_status(&env)["desiredReplicas"], 3);
+    // Done and idle: back to the minimum.
+    wait_for("the pool to shrink to one", T, || {
+        let st = pool_status(&env);
+        (members(&env).len() == 1 && st["desiredReplicas"] == 1).then_some(())
+    });
+    for i in 0..3 {
+        let t = get(&env, "task", &format!("q{i}")).unwrap();
+        assert_eq!(t["status"]["phase"], "Succeeded", "{t}");
+    }
+    let text = env.ok(&["describe", "sessionpool", "web"]);
+    assert!(text.contains("Autoscaled"), "{text}");
+}
