@@ -234,3 +234,25 @@ pub fn program(name: &str) -> PathBuf {
         .find(|p| p.exists())
         .unwrap_or_else(|| panic!("{name} is not installed (see .ci/run)"))
 }
+
+/// Runs `git -C dir ARGS` with a fixed identity; its trimmed output. Fails
+/// the test with git's message when git fails.
+#[allow(dead_code)]
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

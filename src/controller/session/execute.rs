@@ -28,6 +28,8 @@ const TRANSCRIPT_POLL: Duration = Duration::from_millis(50);
 /// a pane dead when its output ends and learns the status when it reaps the
 /// process, a moment later on a loaded machine.
 const EXIT_STATUS_WAIT: Duration = Duration::from_secs(1);
+/// How often the dead pane is looked at for its exit status meanwhile.
+const EXIT_STATUS_POLL: Duration = Duration::from_millis(50);
 /// Longest wait for the composer before typing the continue message.
 const CONTINUE_COMPOSER: Duration = Duration::from_secs(10);
 
@@ -431,7 +433,7 @@ async fn exit_status(ctx: &Context, key: &ObjectKey) -> Option<i32> {
         if pane.exit_status.is_some() || tokio::time::Instant::now() >= deadline {
             return pane.exit_status;
         }
-        tokio::time::sleep(TRANSCRIPT_POLL).await;
+        tokio::time::sleep(EXIT_STATUS_POLL).await;
     }
 }
 

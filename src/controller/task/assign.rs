@@ -231,7 +231,7 @@ pub fn session_free(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::api::TaskSpec;
 

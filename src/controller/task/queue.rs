@@ -416,29 +416,9 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{TaskSpec, TaskStatus};
+    use crate::api::TaskStatus;
+    use crate::controller::task::assign::tests::task;
     use std::path::PathBuf;
-
-    fn task(name: &str, prio: TaskPriority, created: i64) -> Task {
-        let mut t = Task::new(
-            name,
-            TaskSpec {
-                prompt: "p".into(),
-                priority: prio,
-                model: None,
-                session: None,
-                session_selector: None,
-                workdir: None,
-                timeout_seconds: None,
-                max_attempts: None,
-            },
-        );
-        t.metadata.namespace = Some("default".into());
-        t.metadata.creation_timestamp = Some(crate::api::Time(
-            k8s_openapi::jiff::Timestamp::from_second(created).unwrap(),
-        ));
-        t
-    }
 
     fn on(mut t: Task, session: &str) -> Task {
         t.spec.session = Some(session.into());
