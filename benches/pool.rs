@@ -7,8 +7,8 @@
 //! Sessions are applied in one `apply` and timed until every one is Ready
 //! (its `Ready` condition in the store). Pool: a SessionPool of 0 replicas
 //! is applied and awaited, then `scale sessionpool --replicas 100` is timed
-//! the same way. Then, after a settling pause, the daemon's CPU over a
-//! quiet window (`/proc/PID/stat`) and its RSS. Rounds alternate
+//! the same way. Then, once no Session has changed for 5 s, the daemon's
+//! CPU over a quiet minute (`/proc/PID/stat`) and its RSS. Rounds alternate
 //! (separate, pool, separate, ...) so a machine that gets busier drifts
 //! both alike; the medians are printed with the pool's ratio to the
 //! separate sessions' (target: ≤ 1, no slower and no costlier).
@@ -27,10 +27,11 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_claude-failover");
 const HEAD: &str = "apiVersion: claude-failover.io/v1alpha1\n";
-/// The quiet window over which idle CPU is measured.
-const IDLE_WINDOW: Duration = Duration::from_secs(30);
-/// Let the last start-up settle before the window.
-const SETTLE: Duration = Duration::from_secs(5);
+/// The quiet window over which idle CPU is measured (two resyncs).
+const IDLE_WINDOW: Duration = Duration::from_secs(60);
+/// Before the window: no Session changed for this long (the last
+/// start-ups and their first status writes are over).
+const QUIET: Duration = Duration::from_secs(5);
 /// How often the store is looked at while waiting.
 const POLL: Duration = Duration::from_millis(50);
 /// Longest wait for anything.
@@ -240,12 +241,38 @@ fn ready(store: &Store) -> usize {
 /// Restarts and launches of every Session (a sound round has none but
 /// the first launches).
 fn launches(store: &Store) -> (u32, u32) {
-    let all = store.api::<Session>(Some("default")).list().unwrap_or_default();
+    let all = store
+        .api::<Session>(Some("default"))
+        .list()
+        .unwrap_or_default();
     all.iter()
         .filter_map(|s| s.status.as_ref())
         .fold((0, 0), |(r, l), st| {
             (r + st.restarts.unwrap_or(0), l + st.launches.unwrap_or(0))
         })
+}
+
+/// Waits until no Session has changed (its resourceVersion) for [`QUIET`].
+fn settle(store: &Store) {
+    let versions = || -> Vec<Option<String>> {
+        let all = store
+            .api::<Session>(Some("default"))
+            .list()
+            .unwrap_or_default();
+        all.into_iter()
+            .map(|s| s.metadata.resource_version)
+            .collect()
+    };
+    let start = Instant::now();
+    let (mut last, mut since) = (versions(), start);
+    while since.elapsed() < QUIET {
+        assert!(start.elapsed() < LIMIT, "the sessions never settled");
+        std::thread::sleep(POLL * 10);
+        let now = versions();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+    }
 }
 
 fn account_checked(store: &Store) -> bool {
@@ -309,7 +336,7 @@ fn round(shape: Shape, n: usize) -> Round {
     wait_until("every session Ready", || ready(&store) >= n);
     let all_ready = t.elapsed();
     let p1 = passes(daemon.port);
-    std::thread::sleep(SETTLE);
+    settle(&store);
     let (c0, t0, p2) = (cpu_seconds(pid), Instant::now(), passes(daemon.port));
     std::thread::sleep(IDLE_WINDOW);
     let idle_cpu = (cpu_seconds(pid) - c0) / t0.elapsed().as_secs_f64() * 100.0;
