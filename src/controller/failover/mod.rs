@@ -130,12 +130,15 @@ fn tasks_on(
         .filter_map(|s| {
             let key = ObjectKey::of(s.as_ref());
             let index = crate::store::cache::index_key(&key.namespace, &key.name);
-            let task = tasks.indexed(super::BY_SESSION, &index).into_iter().find(|t| {
-                t.status.as_ref().is_some_and(|st| {
-                    matches!(st.phase, Some(TaskPhase::Dispatched | TaskPhase::Running))
-                        && st.session.as_deref() == Some(key.name.as_str())
-                })
-            })?;
+            let task = tasks
+                .indexed(super::BY_SESSION, &index)
+                .into_iter()
+                .find(|t| {
+                    t.status.as_ref().is_some_and(|st| {
+                        matches!(st.phase, Some(TaskPhase::Dispatched | TaskPhase::Running))
+                            && st.session.as_deref() == Some(key.name.as_str())
+                    })
+                })?;
             Some(((key.namespace, key.name), task.metadata.name.clone()?))
         })
         .collect()
