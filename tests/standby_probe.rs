@@ -89,8 +89,13 @@ impl Probe {
         std::fs::create_dir_all(workdir).unwrap();
         let s = self.session(workdir);
         let config = self.path(&format!("accounts/{account}"));
-        claude_failover::agent::seed::seed_for_session(&config, workdir, &s, &self.path("projects"))
-            .unwrap();
+        claude_failover::agent::seed::seed_for_session(
+            &config,
+            workdir,
+            &s,
+            &self.path("projects"),
+        )
+        .unwrap();
     }
 
     fn start(&self, name: &str, account: &str, workdir: &Path, id: &str, resume: bool) -> u32 {
@@ -109,30 +114,38 @@ impl Probe {
         let settings = self.path(&format!("settings-{name}.json"));
         let body = json!({"hooks": hooks, "skipDangerousModePermissionPrompt": true, "autoContinueAtUsageLimit": false});
         std::fs::write(&settings, body.to_string()).unwrap();
-        let lp = claude_failover::agent::launch::plan(&claude_failover::agent::launch::LaunchInput {
-            session: &s,
-            config_dir: Some(&config),
-            settings_path: &settings,
-            agent_session_id: id,
-            resume,
-        });
+        let lp =
+            claude_failover::agent::launch::plan(&claude_failover::agent::launch::LaunchInput {
+                session: &s,
+                config_dir: Some(&config),
+                settings_path: &settings,
+                agent_session_id: id,
+                resume,
+            });
         let pane = self
             .rt
-            .block_on(self.tmux.new_session(&claude_failover::agent::terminal::NewSession {
-                name,
-                cwd: workdir,
-                env: &lp.env,
-                argv: &lp.argv,
-                width: 200,
-                height: 50,
-            }))
+            .block_on(
+                self.tmux
+                    .new_session(&claude_failover::agent::terminal::NewSession {
+                        name,
+                        cwd: workdir,
+                        env: &lp.env,
+                        argv: &lp.argv,
+                        width: 200,
+                        height: 50,
+                    }),
+            )
             .unwrap();
         let started = wait_for_or(LONG, || {
             self.hooks(name)
                 .into_iter()
                 .find(|h| h["hook_event_name"] == "SessionStart" && h["source"] == "startup")
         });
-        assert!(started.is_some(), "{name} did not start:\n{}", self.screen(name));
+        assert!(
+            started.is_some(),
+            "{name} did not start:\n{}",
+            self.screen(name)
+        );
         self.wait_composer(name);
         pane.pid
     }
@@ -153,12 +166,15 @@ impl Probe {
 
     fn screen(&self, name: &str) -> String {
         let pane = self.rt.block_on(self.tmux.pane(name)).unwrap().unwrap();
-        self.rt.block_on(self.tmux.capture(&pane.id, false)).unwrap()
+        self.rt
+            .block_on(self.tmux.capture(&pane.id, false))
+            .unwrap()
     }
 
     fn wait_composer(&self, name: &str) {
         wait_for(&format!("the composer of {name}"), LONG, || {
-            claude_failover::agent::screen::composer_text(&self.screen(name)).filter(|t| t.is_empty())
+            claude_failover::agent::screen::composer_text(&self.screen(name))
+                .filter(|t| t.is_empty())
         });
     }
 
@@ -202,7 +218,11 @@ impl Probe {
 
     fn transcripts(&self) -> Vec<String> {
         let mut out = Vec::new();
-        for d in std::fs::read_dir(self.path("projects")).into_iter().flatten().flatten() {
+        for d in std::fs::read_dir(self.path("projects"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             for f in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
                 out.push(f.file_name().to_string_lossy().into_owned());
             }
@@ -237,8 +257,10 @@ fn probe_takeover() {
     // A conversation on a, with a tool call.
     let conv = id();
     p.start("main", "a", &work, &conv, false);
-    p.api
-        .queue_tool_use("Bash", json!({"command": "echo PROBE-TOOL-OUTPUT", "description": "probe"}));
+    p.api.queue_tool_use(
+        "Bash",
+        json!({"command": "echo PROBE-TOOL-OUTPUT", "description": "probe"}),
+    );
     p.turn("main", "first turn: run the tool");
     p.turn("main", "second turn: remember KUMQUAT");
     // A standby on b in the same directory, and one in another directory.
@@ -251,7 +273,10 @@ fn probe_takeover() {
     let spid = p.start("standby", "b", &work, &standby_id, false);
     // Idle cost: CPU and RSS of the idle standby over a while.
     let idle_for = Duration::from_secs(
-        std::env::var("PROBE_IDLE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(20),
+        std::env::var("PROBE_IDLE_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20),
     );
     let (t0, c0) = (Instant::now(), Probe::cpu_ticks(spid));
     std::thread::sleep(idle_for);
@@ -267,13 +292,21 @@ fn probe_takeover() {
     wait_for("other: not found", LONG, || {
         p.screen("other").contains("was not found").then_some(())
     });
-    println!("other directory: {:?}", p.screen("other").lines().filter(|l| l.contains("not found")).collect::<Vec<_>>());
+    println!(
+        "other directory: {:?}",
+        p.screen("other")
+            .lines()
+            .filter(|l| l.contains("not found"))
+            .collect::<Vec<_>>()
+    );
     // Takeover while the old process is still exiting: /exit, then at once
     // /resume in the standby.
     let main_pane = p.rt.block_on(p.tmux.pane("main")).unwrap().unwrap();
-    p.rt.block_on(p.tmux.send_text(&main_pane.id, "/exit")).unwrap();
+    p.rt.block_on(p.tmux.send_text(&main_pane.id, "/exit"))
+        .unwrap();
     std::thread::sleep(Duration::from_millis(100));
-    p.rt.block_on(p.tmux.send_keys(&main_pane.id, &["Enter"])).unwrap();
+    p.rt.block_on(p.tmux.send_keys(&main_pane.id, &["Enter"]))
+        .unwrap();
     let typed = Instant::now();
     p.type_("standby", &format!("/resume {conv}"));
     let alive_then = !claude_failover::agent::driver::process_gone(main_pane.pid);
@@ -294,7 +327,12 @@ fn probe_takeover() {
     p.wait_composer("standby");
     p.api.clear_requests();
     p.turn("standby", "third turn: which fruit?");
-    let q = p.api.main_requests().into_iter().find(|q| q.mentions("which fruit")).unwrap();
+    let q = p
+        .api
+        .main_requests()
+        .into_iter()
+        .find(|q| q.mentions("which fruit"))
+        .unwrap();
     println!(
         "after takeover: credential {:?}, session id {:?}, tool output in history: {}, KUMQUAT: {}",
         q.credential(),
@@ -305,8 +343,13 @@ fn probe_takeover() {
     assert_eq!(q.credential(), Some(TOKEN_B));
     assert_eq!(q.session_id(), Some(conv.as_str()));
     assert!(q.mentions("PROBE-TOOL-OUTPUT") && q.mentions("KUMQUAT"));
-    println!("transcripts after: {:?} (standby's own id {standby_id})", p.transcripts());
-    let sessions_file = std::fs::read_to_string(p.path(&format!("accounts/b/sessions/{spid}.json"))).unwrap_or_default();
+    println!(
+        "transcripts after: {:?} (standby's own id {standby_id})",
+        p.transcripts()
+    );
+    let sessions_file =
+        std::fs::read_to_string(p.path(&format!("accounts/b/sessions/{spid}.json")))
+            .unwrap_or_default();
     println!("standby's sessions/<pid>.json: {sessions_file}");
 }
 
@@ -314,27 +357,44 @@ fn probe_takeover() {
 #[ignore = "a probe of Claude Code's behaviour: cargo test --test standby_probe -- --ignored --nocapture"]
 fn probe_several_takeovers_at_once() {
     let p = Probe::new();
-    let n = std::env::var("PROBE_N").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+    let n = std::env::var("PROBE_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
     let mut convs = Vec::new();
     for i in 0..n {
         let work = p.path(&format!("work{i}"));
         let conv = id();
         p.start(&format!("main{i}"), "a", &work, &conv, false);
-        p.turn(&format!("main{i}"), &format!("turn of conversation {i}: remember {i}"));
+        p.turn(
+            &format!("main{i}"),
+            &format!("turn of conversation {i}: remember {i}"),
+        );
         p.start(&format!("standby{i}"), "b", &work, &id(), false);
         convs.push(conv);
     }
     let t = Instant::now();
     for (i, conv) in convs.iter().enumerate() {
-        let pane = p.rt.block_on(p.tmux.pane(&format!("main{i}"))).unwrap().unwrap();
+        let pane =
+            p.rt.block_on(p.tmux.pane(&format!("main{i}")))
+                .unwrap()
+                .unwrap();
         p.rt.block_on(p.tmux.send_text(&pane.id, "/exit")).unwrap();
-        p.rt.block_on(p.tmux.send_keys(&pane.id, &["Enter"])).unwrap();
-        let s = p.rt.block_on(p.tmux.pane(&format!("standby{i}"))).unwrap().unwrap();
-        p.rt.block_on(p.tmux.send_text(&s.id, &format!("/resume {conv}"))).unwrap();
+        p.rt.block_on(p.tmux.send_keys(&pane.id, &["Enter"]))
+            .unwrap();
+        let s =
+            p.rt.block_on(p.tmux.pane(&format!("standby{i}")))
+                .unwrap()
+                .unwrap();
+        p.rt.block_on(p.tmux.send_text(&s.id, &format!("/resume {conv}")))
+            .unwrap();
     }
     std::thread::sleep(claude_failover::agent::driver::SETTLE);
     for i in 0..n {
-        let s = p.rt.block_on(p.tmux.pane(&format!("standby{i}"))).unwrap().unwrap();
+        let s =
+            p.rt.block_on(p.tmux.pane(&format!("standby{i}")))
+                .unwrap()
+                .unwrap();
         p.rt.block_on(p.tmux.send_keys(&s.id, &["Enter"])).unwrap();
     }
     for (i, conv) in convs.iter().enumerate() {
@@ -343,13 +403,21 @@ fn probe_several_takeovers_at_once() {
         });
         assert_eq!(h["session_id"], conv.as_str());
     }
-    println!("{n} takeovers at once: all confirmed in {} ms", t.elapsed().as_millis());
+    println!(
+        "{n} takeovers at once: all confirmed in {} ms",
+        t.elapsed().as_millis()
+    );
     p.api.clear_requests();
     for i in 0..n {
         p.turn(&format!("standby{i}"), &format!("after the move {i}"));
     }
     for (i, conv) in convs.iter().enumerate() {
-        let q = p.api.main_requests().into_iter().find(|q| q.mentions(&format!("after the move {i}"))).unwrap();
+        let q = p
+            .api
+            .main_requests()
+            .into_iter()
+            .find(|q| q.mentions(&format!("after the move {i}")))
+            .unwrap();
         assert_eq!(q.credential(), Some(TOKEN_B));
         assert_eq!(q.session_id(), Some(conv.as_str()));
         assert!(q.mentions(&format!("remember {i}")));

@@ -39,12 +39,19 @@ pub fn tmux_name(key: &ObjectKey) -> String {
     }
 }
 
-/// The Session a tmux session name belongs to (see [`tmux_name`]).
+/// The tmux session name of a Session's standby agent.
+pub fn standby_tmux_name(key: &ObjectKey) -> String {
+    tmux_name(&super::signals::standby_key(key))
+}
+
+/// The Session a tmux session name belongs to (see [`tmux_name`]; a
+/// standby's name gives its Session).
 pub fn key_of_tmux_name(name: &str) -> ObjectKey {
-    match name.split_once('_') {
+    let key = match name.split_once('_') {
         Some((ns, n)) => ObjectKey::new(Kind::Session, ns, n),
         None => ObjectKey::new(Kind::Session, DEFAULT_NAMESPACE, name),
-    }
+    };
+    super::signals::owner_key(&key)
 }
 
 /// How an agent was stopped.
@@ -150,6 +157,39 @@ impl<T: Terminal> Driver<T> {
                 width: WIDTH,
                 height: HEIGHT,
             })
+            .await
+    }
+
+    /// The pane of the Session's standby agent.
+    pub async fn standby_pane(&self, key: &ObjectKey) -> Result<Option<Pane>> {
+        Ok(self.term.pane(&standby_tmux_name(key)).await?.map(reaped))
+    }
+
+    /// Starts the Session's standby agent in a terminal session of its own
+    /// (an old one is ended first).
+    pub async fn start_standby(
+        &self,
+        key: &ObjectKey,
+        cwd: &Path,
+        env: &[(String, String)],
+        argv: &[String],
+    ) -> Result<Pane> {
+        self.start(&super::signals::standby_key(key), cwd, env, argv)
+            .await
+    }
+
+    /// Ends the standby's terminal session (its agent with it).
+    pub async fn clear_standby(&self, key: &ObjectKey) -> Result<()> {
+        self.term.kill_session(&standby_tmux_name(key)).await
+    }
+
+    /// The standby's terminal session becomes the Session's (the replaced
+    /// agent's, if still there, is ended first): same pane, same process.
+    pub async fn promote_standby(&self, key: &ObjectKey) -> Result<()> {
+        let name = tmux_name(key);
+        self.term.kill_session(&name).await?;
+        self.term
+            .rename_session(&standby_tmux_name(key), &name)
             .await
     }
 
@@ -333,6 +373,8 @@ mod tests {
             let k = ObjectKey::new(Kind::Session, ns, name);
             assert_eq!(tmux_name(&k), tmux);
             assert_eq!(key_of_tmux_name(tmux), k);
+            // A standby's notifications wake its Session.
+            assert_eq!(key_of_tmux_name(&standby_tmux_name(&k)), k);
         }
     }
 

@@ -122,6 +122,8 @@ pub async fn observe(
         running_account: st.launch.as_ref().and_then(|l| l.account.clone()),
         next_start_at: st.next_start_at.as_ref().map(system),
         restart_handled: st.restart_handled.clone(),
+        standby_ready: None,
+        takeover_overdue: false,
         pane,
         state,
         now,
@@ -242,8 +244,16 @@ pub async fn run(
             Step::Launch => {
                 report = Some(launch_step(ctx, s, st, d, accounts, deliberate).await);
             }
+            Step::TakeOver => {
+                report = Some(super::takeover::take_over_step(ctx, s, st, d, accounts).await);
+            }
+            Step::AbandonTakeover => {
+                super::takeover::abandon(ctx, &key, st).await?;
+                deliberate = true;
+            }
             Step::WaitBackoff(secs) => report = Some(wait_backoff(ctx, &key, st, o, secs).await),
             Step::Cleanup => {
+                super::takeover::discard(ctx, &key, st, "the session is deleted").await;
                 super::workspace::release(ctx, s).await;
                 cleanup(ctx, &key).await?;
                 return Ok(Outcome::Gone);
@@ -317,6 +327,7 @@ async fn adopt(
         resumed: false,
         epoch: None,
         confirmed_at: Some(crate::api::micro(o.now)),
+        takeover: false,
     });
     st.restart_handled = d.restart.clone();
     st.pid = Some(p.pid);
@@ -478,7 +489,7 @@ async fn clear(
     Ok(())
 }
 
-async fn launch_step(
+pub(super) async fn launch_step(
     ctx: &Context,
     s: &Session,
     st: &mut SessionStatus,
@@ -639,6 +650,7 @@ async fn launch(
         resumed: resume,
         epoch: d.placed,
         confirmed_at: None,
+        takeover: false,
     });
     st.account = account_name;
     st.launches = Some(st.launches.unwrap_or(0) + 1);
@@ -856,7 +868,7 @@ fn has_task(ctx: &Context, key: &ObjectKey) -> bool {
 }
 
 /// Writes this controller's status fields (as they are in `st`).
-async fn write(
+pub(super) async fn write(
     ctx: &Context,
     key: &ObjectKey,
     st: &SessionStatus,
