@@ -14,6 +14,11 @@ use crate::api::{
 };
 use crate::fsutil::expand_home;
 use crate::store::Durability;
+use std::time::Duration;
+
+/// How long the standby's composer may take to show empty before
+/// `/resume` is typed.
+const COMPOSER_WAIT: Duration = Duration::from_secs(1);
 
 /// The standby as it is now (None: there is none), with its readiness
 /// taken into `st`: its `SessionStart` heard since it was started.
@@ -281,6 +286,18 @@ pub async fn take_over(
         discard(ctx, &key, st, why).await;
         return Err(why.into());
     };
+    // Its composer empty (nobody typed into the standby), or the command
+    // would join their text.
+    if !sh
+        .driver
+        .wait_composer_empty(&pane, COMPOSER_WAIT)
+        .await
+        .unwrap_or(false)
+    {
+        let why = "its composer is not empty";
+        discard(ctx, &key, st, why).await;
+        return Err(why.into());
+    }
     let secret = {
         let (dir, k, i) = (
             sh.settings.state_dir.clone(),
