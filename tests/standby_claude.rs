@@ -314,3 +314,77 @@ fn a_takeover_not_confirmed_in_time_relaunches_and_replays_once() {
         (!pid_alive(standby_pid)).then_some(())
     });
 }
+
+#[test]
+#[cfg_attr(
+    not(claude_code),
+    ignore = "needs Claude Code: npm ci --prefix tools/claude-code"
+)]
+fn a_pool_of_four_with_standbys_moves_together_through_them() {
+    let mut pool = Pool::new(claude());
+    pool.api.set_usage_for(TOKEN_A, 0.5, 3600);
+    for t in [TOKEN_B, TOKEN_C] {
+        pool.api.set_usage_for(t, 0.1, 3600);
+    }
+    // The pool's sessions start on a (the only account it selects); the
+    // failover may use any.
+    let a = pool.account_with_token("a", 0, TOKEN_A).replace(
+        "metadata:\n  name: a\n",
+        "metadata:\n  name: a\n  labels: {home: \"yes\"}\n",
+    );
+    pool.apply(&a);
+    pool.apply(&pool.account_with_token("b", 10, TOKEN_B));
+    pool.apply(&pool.account_with_token("c", 20, TOKEN_C));
+    // The template: a Session spec as the other tests write it, indented.
+    let session = pool.session_yaml("x", None, &[]);
+    let spec: String = session
+        .split_once("spec:\n")
+        .unwrap()
+        .1
+        .lines()
+        .map(|l| format!("    {l}\n"))
+        .collect();
+    pool.apply(&format!(
+        "apiVersion: claude-failover.io/v1alpha1\nkind: SessionPool\nmetadata: {{name: ccl}}\nspec:\n  replicas: 4\n  placement:\n    accountSelector: {{matchLabels: {{home: \"yes\"}}}}\n  template:\n    spec:\n{spec}      standby: {{mode: warm}}\n"
+    ));
+    pool.start_daemon();
+    let names: Vec<String> = (0..4).map(|i| format!("ccl-{i}")).collect();
+    let mut standby_pids = Vec::new();
+    for n in &names {
+        let v = pool.wait_session(n, "idle on a with a ready standby on b", |v| {
+            v["status"]["account"] == "a"
+                && v["status"]["phase"] == "Idle"
+                && v["status"]["standby"]["account"] == "b"
+                && v["status"]["standby"]["ready"] == true
+        });
+        standby_pids.push(v["status"]["standby"]["pid"].clone());
+    }
+    for n in &names {
+        pool.type_prompt(n, &format!("{n} remembers the word FIG"));
+        pool.request_with(&format!("{n} remembers the word FIG"));
+    }
+    for n in &names {
+        pool.wait_phase(n, "Idle");
+    }
+    // Past a's threshold: all four move, each through its standby.
+    pool.api.set_usage_for(TOKEN_A, 0.95, 3600);
+    pool.type_prompt("ccl-0", "ccl-0 adds the colour TEAL");
+    pool.request_with("ccl-0 adds the colour TEAL");
+    for (n, pid) in names.iter().zip(&standby_pids) {
+        let v = pool.wait_session(n, "moved to b", |v| moved_to(v, "b"));
+        assert_eq!(&v["status"]["pid"], pid, "{n} moved through its standby");
+        assert_eq!(v["status"]["launch"]["takeover"], true);
+    }
+    let swaps = pool.swaps();
+    assert_eq!(swaps.len(), 1, "one swap for the four: {swaps:?}");
+    assert_eq!(swaps[0].sessions.len(), 4);
+    for n in &names {
+        let id = pool.session(n).unwrap()["status"]["agentSessionId"].clone();
+        goes_on_under_b(&pool, n, &id, &[&format!("{n} remembers the word FIG")]);
+    }
+    for n in &names {
+        pool.wait_session(n, "a new standby on c", |v| {
+            v["status"]["standby"]["account"] == "c" && v["status"]["standby"]["ready"] == true
+        });
+    }
+}
