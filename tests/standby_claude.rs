@@ -239,10 +239,13 @@ fn a_standby_killed_before_the_move_means_a_relaunch() {
         (pool.api.held_count() > 0).then_some(())
     });
     pool.ok(&["failover", "a", "--no-wait"]);
-    pool.wait_session("worker", "placed on b", |v| {
-        v["status"]["lastSwap"]["to"] == "b" && v["status"]["lastSwap"]["state"] == "Swapping"
+    common::wait_for("the swap to start", common::pool::LONG, || {
+        pool.swaps()
+            .into_iter()
+            .find(|w| w.result == "Running" && w.sessions == ["worker"])
     });
-    // The standby dies while the move waits for the turn's end.
+    // The standby dies while the move waits for the turn's end (no new one
+    // starts while the swap runs).
     unsafe { libc::kill(standby_pid as i32, libc::SIGKILL) };
     common::wait_for("the standby to die", common::pool::LONG, || {
         (!pid_alive(standby_pid)).then_some(())

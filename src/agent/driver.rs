@@ -26,6 +26,9 @@ const COMPOSER_POLL: Duration = Duration::from_millis(20);
 const INTERRUPT_SETTLE: Duration = Duration::from_millis(200);
 /// How often a stopping agent is looked at.
 const STOP_POLL: Duration = Duration::from_millis(100);
+/// What a retired agent's tmux session name ends with (see
+/// [`Driver::retire`]).
+const RETIRED_SUFFIX: &str = "+retired";
 /// The agent's window.
 const WIDTH: u16 = 200;
 const HEIGHT: u16 = 50;
@@ -318,6 +321,43 @@ impl<T: Terminal> Driver<T> {
             return Ok(true);
         }
         Ok(false)
+    }
+}
+
+impl<T: Terminal + Clone> Driver<T> {
+    /// Hands the Session's terminal session over: the agent at its prompt
+    /// gets `/exit`, and its terminal session is renamed aside (the name is
+    /// free for the agent taking over) and left to end by itself; SIGTERM,
+    /// then SIGKILL, each after the stop step, and the terminal session
+    /// goes, in the background. A takeover need not wait for the exit: the
+    /// conversation's transcript is complete at a turn boundary.
+    pub async fn retire(&self, key: &ObjectKey, pane: &Pane) -> Result<()> {
+        let keyboard = self.keyboard(key).await;
+        self.term.send_text(&pane.id, "/exit").await?;
+        sleep(SETTLE).await;
+        self.term.send_keys(&pane.id, &["Enter"]).await?;
+        drop(keyboard);
+        let retired = format!("{}{RETIRED_SUFFIX}", tmux_name(key));
+        self.term.kill_session(&retired).await?;
+        self.term.rename_session(&tmux_name(key), &retired).await?;
+        let (me, pid, step) = (self.clone(), pane.pid, self.stop_step);
+        tokio::spawn(async move {
+            for sig in [libc::SIGTERM, libc::SIGKILL] {
+                let deadline = Instant::now() + step;
+                while !process_gone(pid) && Instant::now() < deadline {
+                    sleep(STOP_POLL).await;
+                }
+                if process_gone(pid) {
+                    break;
+                }
+                // SAFETY: kill(2) with a pid we launched and a valid signal number.
+                unsafe { libc::kill(pid as libc::pid_t, sig) };
+            }
+            if let Err(e) = me.term.kill_session(&retired).await {
+                tracing::warn!(session = %retired, error = %e, "cannot end a retired agent's tmux session");
+            }
+        });
+        Ok(())
     }
 }
 

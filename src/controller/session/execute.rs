@@ -225,6 +225,8 @@ pub async fn run(
     let resync = ctx.shared.settings.resync;
     let mut report = None;
     let mut deliberate = false;
+    // A standby takes over: the agent it replaces need not be waited for.
+    let handoff = steps.contains(&Step::TakeOver);
     for step in steps {
         match step {
             Step::AddFinalizer => add_finalizer(ctx, &key).await?,
@@ -237,7 +239,7 @@ pub async fn run(
                 }
             }
             Step::Stop => {
-                stop(ctx, &key, st, d, o).await?;
+                stop(ctx, &key, st, d, o, handoff).await?;
                 deliberate = true;
             }
             Step::Clear => clear(ctx, &key, st, d, o, deliberate).await?,
@@ -392,6 +394,7 @@ async fn stop(
     st: &SessionStatus,
     d: &Desired,
     o: &Observed,
+    handoff: bool,
 ) -> Result<(), Error> {
     let p = o.pane.as_ref().expect("planned for a live pane");
     if plan::restart_requested(d, o) {
@@ -411,6 +414,21 @@ async fn stop(
     }
     // A turn or a dialog (a usage-limit one, say) is escaped first.
     let interrupt = matches!(o.state, AgentState::Busy | AgentState::Waiting(_));
+    if handoff && !interrupt {
+        // At its prompt, its transcript complete: a standby takes the
+        // conversation over while it exits (measured: claude-code-probe.md,
+        // section 12). A cut turn is waited for as before: the agent may
+        // still write it.
+        ctx.shared.driver.retire(key, p).await?;
+        ctx.record(
+            key,
+            false,
+            "Stopped",
+            "agent told to /exit; a standby takes over",
+        )
+        .await;
+        return Ok(());
+    }
     let how = ctx.shared.driver.stop(key, p, interrupt).await?;
     ctx.record(key, false, "Stopped", &format!("agent {how}"))
         .await;

@@ -10,7 +10,7 @@ use crate::agent::launch::{self, LaunchInput};
 use crate::agent::signals::standby_key;
 use crate::agent::state::AgentState;
 use crate::api::{
-    Account, LaunchStatus, ObjectKey, Session, SessionStatus, StandbyStatus, SwapStatus,
+    Account, LaunchStatus, ObjectKey, Session, SessionStatus, StandbyStatus, SwapPhase, SwapStatus,
 };
 use crate::fsutil::expand_home;
 use crate::store::Durability;
@@ -68,9 +68,13 @@ pub async fn keep(
     let now = ctx.shared.now();
     let wanted =
         s.spec.wants_standby() && !s.spec.suspend && s.metadata.deletion_timestamp.is_none();
+    // Nothing changes while a swap that moves the session runs (from its
+    // wait for the turn's end on): it may be about to use the standby, or
+    // find none and relaunch.
     let settled = st.launch.as_ref().is_some_and(|l| l.confirmed_at.is_some())
         && st.pid.is_some()
-        && placement.is_none_or(|p| !p.swapping());
+        && placement.is_none_or(|p| !p.swapping())
+        && !in_running_swap(ctx, &key);
     let want = if !wanted {
         None
     } else if !settled {
@@ -99,6 +103,17 @@ pub async fn keep(
             }
         }
     }
+}
+
+/// A running swap names the session.
+fn in_running_swap(ctx: &Context, key: &ObjectKey) -> bool {
+    ctx.shared.caches.swaps.all().iter().any(|w| {
+        crate::controller::failover::target::ns_of(&w.metadata) == key.namespace
+            && w.spec.sessions.contains(&key.name)
+            && w.status
+                .as_ref()
+                .is_none_or(|x| x.phase == SwapPhase::Running)
+    })
 }
 
 async fn start_or_say(
