@@ -416,6 +416,17 @@ fn warm_failover(pool: &Pool, names: &[String]) -> Warm {
         took_over += usize::from(v["status"]["launch"]["takeover"] == true);
     }
     let all = t.elapsed();
+    if std::env::var_os("FAILOVER_BENCH_LOG").is_some() {
+        let stamp = k8s_openapi::jiff::Timestamp::try_from(started).unwrap();
+        for l in pool.daemon_log(0).lines().filter(|l| {
+            l.get(..27).is_some_and(|t| t >= stamp.to_string().as_str())
+                && ["Swapping", "Stopped", "TookOver", "Swapped", "lease"]
+                    .iter()
+                    .any(|w| l.contains(w))
+        }) {
+            eprintln!("{}", l.get(..200).unwrap_or(l));
+        }
+    }
     pauses.sort();
     Warm {
         all,

@@ -278,62 +278,13 @@ pub async fn take_over(
     let sh = &ctx.shared;
     let key = ObjectKey::of(s);
     let account = d.account.clone()?;
-    let Some(sb) = st.standby.clone() else {
-        return Err("no standby".into());
+    let (pane, id) = match usable(ctx, &key, st).await {
+        Ok(x) => x,
+        Err(why) => {
+            discard(ctx, &key, st, why).await;
+            return Err(why.into());
+        }
     };
-    let pane = sh
-        .driver
-        .standby_pane(&key)
-        .await
-        .ok()
-        .flatten()
-        .filter(|p| !p.dead && p.pid == sb.pid);
-    let id = st.agent_session_id.clone();
-    let resumable = {
-        let (shared, i) = (sh.settings.shared_projects.clone(), id.clone());
-        sh.blocking(move |_| {
-            i.is_some_and(|i| crate::agent::seed::transcript_resumable(&shared, &i))
-        })
-        .await
-    };
-    let (Some(pane), Some(id), true) = (pane, id, resumable) else {
-        let why = "it cannot take over (its process is gone, or nothing to resume)";
-        discard(ctx, &key, st, why).await;
-        return Err(why.into());
-    };
-    // Its composer empty (nobody typed into the standby), or the command
-    // would join their text.
-    if !sh
-        .driver
-        .wait_composer_empty(&pane, COMPOSER_WAIT)
-        .await
-        .unwrap_or(false)
-    {
-        let why = "its composer is not empty";
-        discard(ctx, &key, st, why).await;
-        return Err(why.into());
-    }
-    let secret = {
-        let (dir, k, i) = (
-            sh.settings.state_dir.clone(),
-            key.clone(),
-            sb.agent_session_id.clone(),
-        );
-        sh.blocking(move |_| {
-            let secret = private::load_standby_secret(&dir, &k, &i)?;
-            // The agent's secret from now on (a daemon restarting hears it);
-            // the files of standbys before it go.
-            private::save_secret(&dir, &k, &secret).ok()?;
-            private::remove_standbys(&dir, &k, Some(&i)).ok()?;
-            Some(secret)
-        })
-        .await
-    };
-    if secret.is_none() {
-        let why = "its secret cannot be read";
-        discard(ctx, &key, st, why).await;
-        return Err(why.into());
-    }
     sh.driver
         .promote_standby(&key)
         .await
@@ -378,6 +329,58 @@ pub async fn take_over(
         &AgentState::Starting,
         ctx.shared.settings.resync,
     ))
+}
+
+/// The standby's pane and the conversation to resume, if it can take
+/// over: its process runs, the conversation has a transcript, its
+/// composer is empty (nobody typed into it: the command would join their
+/// text), and its secret reads; that secret is then saved as the agent's
+/// (a daemon restarting hears it) and earlier standbys' files go.
+async fn usable(
+    ctx: &Context,
+    key: &ObjectKey,
+    st: &SessionStatus,
+) -> Result<(crate::agent::terminal::Pane, String), &'static str> {
+    let sh = &ctx.shared;
+    let sb = st.standby.clone().ok_or("no standby")?;
+    let pane = sh
+        .driver
+        .standby_pane(key)
+        .await
+        .ok()
+        .flatten()
+        .filter(|p| !p.dead && p.pid == sb.pid)
+        .ok_or("its process is gone")?;
+    let id = st.agent_session_id.clone().ok_or("no conversation yet")?;
+    let (shared, i) = (sh.settings.shared_projects.clone(), id.clone());
+    if !sh
+        .blocking(move |_| crate::agent::seed::transcript_resumable(&shared, &i))
+        .await
+    {
+        return Err("the conversation has no transcript to resume");
+    }
+    if !sh
+        .driver
+        .wait_composer_empty(&pane, COMPOSER_WAIT)
+        .await
+        .unwrap_or(false)
+    {
+        return Err("its composer is not empty");
+    }
+    let (dir, k, i) = (
+        sh.settings.state_dir.clone(),
+        key.clone(),
+        sb.agent_session_id.clone(),
+    );
+    sh.blocking(move |_| {
+        let secret = private::load_standby_secret(&dir, &k, &i)?;
+        private::save_secret(&dir, &k, &secret).ok()?;
+        private::remove_standbys(&dir, &k, Some(&i)).ok()?;
+        Some(())
+    })
+    .await
+    .ok_or("its secret cannot be read")?;
+    Ok((pane, id))
 }
 
 /// The step: a takeover, or (it could not) a launch as without a standby.
