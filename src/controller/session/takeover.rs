@@ -71,13 +71,15 @@ pub async fn keep(
     // Nothing changes while a swap that moves the session runs (from its
     // wait for the turn's end on): it may be about to use the standby, or
     // find none and relaunch.
-    let settled = st.launch.as_ref().is_some_and(|l| l.confirmed_at.is_some())
-        && st.pid.is_some()
-        && placement.is_none_or(|p| !p.swapping())
-        && !in_running_swap(ctx, &key);
+    let settled = || {
+        st.launch.as_ref().is_some_and(|l| l.confirmed_at.is_some())
+            && st.pid.is_some()
+            && placement.is_none_or(|p| !p.swapping())
+            && !in_running_swap(ctx, &key)
+    };
     let want = if !wanted {
         None
-    } else if !settled {
+    } else if !settled() {
         return;
     } else {
         let Some(running) = st.launch.as_ref().and_then(|l| l.account.clone()) else {
