@@ -377,6 +377,7 @@ pub(crate) mod tests {
                 agent: Default::default(),
                 suspend: false,
                 workspace: None,
+                standby: None,
             },
         );
         let mut st = crate::api::SessionStatus {
@@ -582,6 +583,7 @@ pub(crate) mod tests {
             resumed: true,
             epoch: Some(1),
             confirmed_at: None,
+            takeover: false,
         });
         assert!(account_takes_work(
             &cut,
