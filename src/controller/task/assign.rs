@@ -396,6 +396,7 @@ pub(crate) mod tests {
                 agent: Default::default(),
                 suspend: false,
                 workspace: None,
+                standby: None,
             },
         );
         let mut st = crate::api::SessionStatus {
@@ -601,6 +602,7 @@ pub(crate) mod tests {
             resumed: true,
             epoch: Some(1),
             confirmed_at: None,
+            takeover: false,
         });
         assert!(account_takes_work(
             &cut,
