@@ -225,6 +225,7 @@ pub fn session_free(
         && status.pid.is_some()
         && !s.spec.suspend
         && s.metadata.deletion_timestamp.is_none()
+        && !s.restart_pending()
         && !busy
         && cooled
         && account_takes_work(s, account, policy)
@@ -459,8 +460,39 @@ pub(crate) mod tests {
             Option<u64>,
             bool,
         );
+        let restarting = {
+            let mut s = idle.clone();
+            s.metadata.annotations = Some(
+                [(crate::api::keys::RESTART.to_string(), "t2".to_string())]
+                    .into_iter()
+                    .collect(),
+            );
+            s.status.as_mut().unwrap().restart_handled = Some("t1".into());
+            s
+        };
+        let restarted = {
+            let mut s = restarting.clone();
+            s.status.as_mut().unwrap().restart_handled = Some("t2".into());
+            s
+        };
         let cases: Vec<Case> = vec![
             ("idle", idle.clone(), Some(ok.clone()), false, None, true),
+            (
+                "a restart asked, not yet done",
+                restarting,
+                Some(ok.clone()),
+                false,
+                None,
+                false,
+            ),
+            (
+                "restarted",
+                restarted,
+                Some(ok.clone()),
+                false,
+                None,
+                true,
+            ),
             (
                 "busy phase",
                 session(SessionPhase::Busy, true),

@@ -382,6 +382,15 @@ async fn deliver(
     // Held until the task is typed: a stop's `/exit` waits for it, and a
     // stop that came first has left no pane to type into.
     let _keyboard = sh.driver.keyboard(&skey).await;
+    // Read again under the keyboard: a restart or a delete written while
+    // this pass waited for it (a pool's rollout writes under the keyboard)
+    // means the agent is about to go.
+    let fresh = sh.caches.sessions.get(&skey.namespace, &skey.name);
+    if fresh.is_none_or(|f| {
+        f.metadata.deletion_timestamp.is_some() || f.spec.suspend || f.restart_pending()
+    }) {
+        return Ok(());
+    }
     let Some((pane, screen)) = sh.driver.pane_and_screen(&skey).await? else {
         return Ok(());
     };
