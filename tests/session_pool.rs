@@ -249,3 +249,153 @@ fn a_pool_grows_under_a_queue_and_shrinks_when_idle() {
     let text = env.ok(&["describe", "sessionpool", "web"]);
     assert!(text.contains("Autoscaled"), "{text}");
 }
+
+fn time(v: &Value) -> k8s_openapi::jiff::Timestamp {
+    v.as_str()
+        .unwrap_or_else(|| panic!("a time: {v}"))
+        .parse()
+        .unwrap()
+}
+
+/// A Session's launch time and when the agent confirmed it.
+fn launch(s: &Value) -> (k8s_openapi::jiff::Timestamp, k8s_openapi::jiff::Timestamp) {
+    let l = &s["status"]["launch"];
+    (time(&l["at"]), time(&l["confirmedAt"]))
+}
+
+#[test]
+fn a_changed_template_rolls_through_at_turn_boundaries_one_at_a_time() {
+    let env = Env::new();
+    setup(&env);
+    let f = env.write("pool.yaml", &pool_yaml(&env, 3));
+    env.ok(&["apply", "-f", f.to_str().unwrap()]);
+    let _d = Daemon::start(&env, &[]);
+    let st = wait_ready(&env, 3);
+    let first = st["updateRevision"].as_str().unwrap().to_string();
+    assert_eq!(st["updatedReplicas"], 3, "{st}");
+    for name in ["web-0", "web-1", "web-2"] {
+        let s = get(&env, "session", name).unwrap();
+        assert_eq!(
+            s["metadata"]["labels"]["claude-failover.io/template-hash"], first,
+            "{s}"
+        );
+    }
+
+    // A long turn on web-1, then a rollout restart.
+    let task = format!(
+        "{HEAD}kind: Task\nmetadata: {{name: long}}\nspec:\n  prompt: a long turn\n  session: web-1\n"
+    );
+    env.run_stdin(&["apply", "-f", "-"], &task);
+    wait_for("the task to run on web-1", T, || {
+        let t = get(&env, "task", "long")?;
+        (t["status"]["phase"] == "Running").then_some(())
+    });
+    let conversation = get(&env, "session", "web-1").unwrap()["status"]["agentSessionId"].clone();
+    let out = env.ok(&["rollout", "restart", "sessionpool", "web"]);
+    assert_eq!(out.trim(), "sessionpool.claude-failover.io/web restarted");
+    let status = env.run(&[
+        "rollout",
+        "status",
+        "sessionpool",
+        "web",
+        "--timeout",
+        "120s",
+    ]);
+    assert_eq!(status.code, 0, "{}{}", status.stdout, status.stderr);
+    assert!(
+        status.stdout.contains("updated replicas are available...")
+            && status
+                .stdout
+                .trim_end()
+                .ends_with("sessionpool \"web\" successfully rolled out"),
+        "{}",
+        status.stdout
+    );
+
+    // The busy session was not cut: its task ran once, to its end, and
+    // web-1 was relaunched after it, resuming the same conversation.
+    let t = get(&env, "task", "long").unwrap();
+    assert_eq!(t["status"]["phase"], "Succeeded", "{t}");
+    assert_eq!(t["status"]["attempts"], 1, "{t}");
+    let st = pool_status(&env);
+    let second = st["updateRevision"].as_str().unwrap().to_string();
+    assert_ne!(first, second);
+    let mut launches = Vec::new();
+    for name in ["web-0", "web-1", "web-2"] {
+        let s = get(&env, "session", name).unwrap();
+        assert_eq!(
+            s["metadata"]["labels"]["claude-failover.io/template-hash"], second,
+            "{s}"
+        );
+        assert_eq!(s["status"]["launches"], 2, "relaunched once: {s}");
+        assert!(
+            !s["metadata"]["annotations"]["claude-failover.io/restartedAt"].is_null(),
+            "{s}"
+        );
+        launches.push((launch(&s), name));
+    }
+    let web1 = get(&env, "session", "web-1").unwrap();
+    assert_eq!(web1["status"]["agentSessionId"], conversation, "{web1}");
+    assert_eq!(web1["status"]["launch"]["resumed"], true, "{web1}");
+    let finished = time(&t["status"]["finishedAt"]);
+    assert!(
+        launch(&web1).0 >= finished,
+        "web-1 relaunched after its turn ended ({finished}): {web1}"
+    );
+    // One at a time: each relaunch after the previous one's agent was back.
+    launches.sort();
+    for w in launches.windows(2) {
+        let ((_, confirmed), a) = &w[0];
+        let ((at, _), b) = &w[1];
+        assert!(
+            at > confirmed,
+            "{b} relaunched at {at}, before {a} was back ({confirmed})"
+        );
+    }
+    // Idle web-2 and web-0 went first (highest ordinal first), web-1 last.
+    let order: Vec<&str> = launches.iter().map(|(_, n)| *n).collect();
+    assert_eq!(order, ["web-2", "web-0", "web-1"]);
+    let cond = &st["conditions"];
+    let progressing = cond
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Progressing")
+        .unwrap();
+    assert_eq!(progressing["reason"], "RolloutComplete", "{st}");
+    let once = env.ok(&["rollout", "status", "sessionpool/web", "--watch=false"]);
+    assert_eq!(once.trim(), "sessionpool \"web\" successfully rolled out");
+
+    // A new workdir: the Sessions are made again there, new conversations.
+    std::fs::create_dir_all(env.path("work2")).unwrap();
+    let yaml = pool_yaml(&env, 3).replace(
+        &format!("workdir: {}\n", env.path("work").display()),
+        &format!("workdir: {}\n", env.path("work2").display()),
+    );
+    let f = env.write("pool.yaml", &yaml);
+    env.ok(&["apply", "-f", f.to_str().unwrap()]);
+    let status = env.run(&[
+        "rollout",
+        "status",
+        "sessionpool",
+        "web",
+        "--timeout",
+        "120s",
+    ]);
+    assert_eq!(status.code, 0, "{}{}", status.stdout, status.stderr);
+    for name in ["web-0", "web-1", "web-2"] {
+        let s =
+            get(&env, "session", name).unwrap_or_else(|| panic!("{name} after {}", status.stdout));
+        assert_eq!(
+            s["spec"]["workdir"],
+            env.path("work2").display().to_string()
+        );
+        assert_eq!(s["status"]["launches"], 1, "a fresh session: {s}");
+    }
+    assert_ne!(
+        get(&env, "session", "web-1").unwrap()["status"]["agentSessionId"],
+        conversation
+    );
+    let text = env.ok(&["describe", "sessionpool", "web"]);
+    assert!(text.contains("Replacing"), "{text}");
+}

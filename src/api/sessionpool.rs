@@ -319,9 +319,15 @@ mod tests {
     #[test]
     fn equal_templates_hash_alike_and_a_change_changes_the_hash() {
         let t = |v: serde_json::Value| -> SessionTemplate { serde_json::from_value(v).unwrap() };
-        let a = t(serde_json::json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "spec": {"workdir": "/w"}}));
-        let b = t(serde_json::json!({"metadata": {"labels": {"b": "2", "a": "1"}}, "spec": {"workdir": "/w"}}));
-        let c = t(serde_json::json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "spec": {"workdir": "/v"}}));
+        let a = t(
+            serde_json::json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "spec": {"workdir": "/w"}}),
+        );
+        let b = t(
+            serde_json::json!({"metadata": {"labels": {"b": "2", "a": "1"}}, "spec": {"workdir": "/w"}}),
+        );
+        let c = t(
+            serde_json::json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "spec": {"workdir": "/v"}}),
+        );
         assert_eq!(template_hash(&a), template_hash(&b));
         assert_ne!(template_hash(&a), template_hash(&c));
         assert_eq!(template_hash(&a).len(), 10);

@@ -2,12 +2,12 @@
 //! and the namespace's Accounts, which Sessions to create and delete, and
 //! the pool's status.
 
+use super::rollout::{self, Roll, Rollout};
 use crate::api::{
     Account, AccountPhase, FORCE_SCALE_DOWN, PlacementStrategy, Session, SessionPhase, SessionPool,
     SessionPoolStatus, ordinal_of,
 };
 use crate::controller::session::plan::runnable;
-use super::rollout::{self, Roll, Rollout};
 use crate::selector::Selector;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
@@ -198,17 +198,17 @@ pub fn plan(pool: &SessionPool, owned: &[&Session], accounts: &[&Account]) -> Pl
                 *placed.entry(a.clone()).or_default() += 1;
             }
         }
-        let mut ordinal = 0u32;
-        for _ in live.len()..want {
-            while taken.contains(crate::api::member_name(name, ordinal).as_str()) {
-                ordinal += 1;
-            }
+        // The free names among `<pool>-0..want-1`, lowest first; a name
+        // still held by a terminating Session comes back once it is gone.
+        let free = (0..want as u32)
+            .filter(|o| !taken.contains(crate::api::member_name(name, *o).as_str()))
+            .take(want - live.len());
+        for ordinal in free.collect::<Vec<_>>() {
             let account = place(pool, &cands, &placed);
             if let Some(a) = &account {
                 *placed.entry(a.clone()).or_default() += 1;
             }
             actions.push(Action::Create { ordinal, account });
-            ordinal += 1;
         }
     }
     let staying: Vec<&Session> = live

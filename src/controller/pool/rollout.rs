@@ -20,7 +20,7 @@
 
 use super::plan::{busy, ready};
 use crate::api::{
-    PlacementStrategy, POOL_LABEL, Session, SessionPool, SessionSpec, TEMPLATE_HASH_LABEL,
+    POOL_LABEL, PlacementStrategy, Session, SessionPool, SessionSpec, TEMPLATE_HASH_LABEL,
     UpdateStrategyType, ordinal_of,
 };
 use std::cmp::Reverse;

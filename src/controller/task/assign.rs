@@ -485,14 +485,7 @@ pub(crate) mod tests {
                 None,
                 false,
             ),
-            (
-                "restarted",
-                restarted,
-                Some(ok.clone()),
-                false,
-                None,
-                true,
-            ),
+            ("restarted", restarted, Some(ok.clone()), false, None, true),
             (
                 "busy phase",
                 session(SessionPhase::Busy, true),

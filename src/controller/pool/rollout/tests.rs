@@ -73,7 +73,10 @@ fn how_each_change_reaches_a_session() {
             Roll::Restart,
         ),
         (
-            changed(&["spec", "agent"], json!({"model": "sonnet", "env": {"X": "1"}})),
+            changed(
+                &["spec", "agent"],
+                json!({"model": "sonnet", "env": {"X": "1"}}),
+            ),
             Roll::Restart,
         ),
         (
@@ -108,21 +111,57 @@ fn one_at_a_time_highest_ordinal_first_busy_ones_after_their_turn() {
     let busy1 = member(1, &base(), "Busy", true);
     let names = |v: &[(String, Roll)]| v.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
     // (strategy, members, want now, after turn, queued)
-    type Case = (serde_json::Value, Vec<Session>, Vec<&'static str>, Vec<&'static str>, Vec<&'static str>);
+    type Case = (
+        serde_json::Value,
+        Vec<Session>,
+        Vec<&'static str>,
+        Vec<&'static str>,
+        Vec<&'static str>,
+    );
     let with = |i: usize, s: &Session| {
         let mut v = old.clone();
         v[i] = s.clone();
         v
     };
     let cases: Vec<Case> = vec![
-        (json!({}), old.clone(), vec!["web-3"], vec![], vec!["web-2", "web-1", "web-0"]),
+        (
+            json!({}),
+            old.clone(),
+            vec!["web-3"],
+            vec![],
+            vec!["web-2", "web-1", "web-0"],
+        ),
         // web-3 restarting (asked, not answered), then starting: nothing else goes.
-        (json!({}), with(3, &restarting), vec![], vec![], vec!["web-2", "web-1", "web-0"]),
-        (json!({}), with(3, &starting), vec![], vec![], vec!["web-2", "web-1", "web-0"]),
+        (
+            json!({}),
+            with(3, &restarting),
+            vec![],
+            vec![],
+            vec!["web-2", "web-1", "web-0"],
+        ),
+        (
+            json!({}),
+            with(3, &starting),
+            vec![],
+            vec![],
+            vec!["web-2", "web-1", "web-0"],
+        ),
         // web-3 back at its prompt: the next.
-        (json!({}), with(3, &done), vec!["web-2"], vec![], vec!["web-1", "web-0"]),
+        (
+            json!({}),
+            with(3, &done),
+            vec!["web-2"],
+            vec![],
+            vec!["web-1", "web-0"],
+        ),
         // A busy one waits for its turn; the idle ones go.
-        (json!({}), with(1, &busy1), vec!["web-3"], vec!["web-1"], vec!["web-2", "web-0"]),
+        (
+            json!({}),
+            with(1, &busy1),
+            vec!["web-3"],
+            vec!["web-1"],
+            vec!["web-2", "web-0"],
+        ),
         // maxUnavailable 2, or 50% of 4.
         (
             json!({"rollingUpdate": {"maxUnavailable": 2}}),
@@ -139,7 +178,13 @@ fn one_at_a_time_highest_ordinal_first_busy_ones_after_their_turn() {
             vec!["web-1", "web-0"],
         ),
         // OnDelete: nothing rolls.
-        (json!({"type": "OnDelete"}), old.clone(), vec![], vec![], vec![]),
+        (
+            json!({"type": "OnDelete"}),
+            old.clone(),
+            vec![],
+            vec![],
+            vec![],
+        ),
     ];
     for (strategy, members, now, after, queued) in cases {
         let p = pool(new.clone(), strategy.clone());
@@ -180,7 +225,10 @@ fn labels_alone_go_at_once_busy_or_not() {
     let r = decide_for(&p, &m, 2);
     assert_eq!(
         r.now,
-        [("web-1".to_string(), Roll::Relabel), ("web-0".to_string(), Roll::Relabel)]
+        [
+            ("web-1".to_string(), Roll::Relabel),
+            ("web-0".to_string(), Roll::Relabel)
+        ]
     );
     let l = labels_for(&p, &m[0], "h");
     assert_eq!(l["tier"], "x");
