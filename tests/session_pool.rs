@@ -2,7 +2,7 @@
 //! tmux, the pool controller creating, scaling and deleting Sessions.
 
 mod common;
-use common::daemon::Daemon;
+use common::daemon::{Daemon, call, json, token};
 use common::*;
 use serde_json::Value;
 use std::time::Duration;
@@ -398,4 +398,105 @@ fn a_changed_template_rolls_through_at_turn_boundaries_one_at_a_time() {
     );
     let text = env.ok(&["describe", "sessionpool", "web"]);
     assert!(text.contains("Replacing"), "{text}");
+}
+
+#[test]
+fn the_scale_subresource_through_the_api_and_scale_without_a_daemon() {
+    let env = Env::new();
+    setup(&env);
+    let f = env.write("pool.yaml", &pool_yaml(&env, 0));
+    env.ok(&["apply", "-f", f.to_str().unwrap()]);
+    // No daemon: `scale` writes the store.
+    let out = env.ok(&["scale", "sessionpool", "web", "--replicas", "1"]);
+    assert_eq!(out.trim(), "sessionpool.claude-failover.io/web scaled");
+    let replicas = || {
+        env.ok(&[
+            "get",
+            "sessionpool",
+            "web",
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ])
+    };
+    assert_eq!(replicas(), "1");
+    let wrong = env.run(&[
+        "scale",
+        "sessionpool",
+        "web",
+        "--replicas",
+        "0",
+        "--current-replicas",
+        "3",
+    ]);
+    assert_eq!(wrong.code, 1, "{}", wrong.stderr);
+    assert!(
+        wrong.stderr.contains("expected 3 replicas, found 1"),
+        "{}",
+        wrong.stderr
+    );
+
+    let d = Daemon::start(&env, &[]);
+    let tok = token(&env);
+    let url = format!("{}/api/v1/namespaces/default/sessionpools/web/scale", d.url);
+    wait_ready(&env, 1);
+    let (code, body) = call("GET", &url, Some(&tok), None);
+    assert_eq!(code, 200, "{body}");
+    let scale = json(&body);
+    assert_eq!(scale["apiVersion"], "autoscaling/v1");
+    assert_eq!(scale["kind"], "Scale");
+    assert_eq!(scale["metadata"]["name"], "web");
+    assert_eq!(scale["spec"]["replicas"], 1);
+    assert_eq!(scale["status"]["replicas"], 1);
+    assert_eq!(scale["status"]["selector"], "claude-failover.io/pool=web");
+
+    // PUT with a stale resourceVersion: 409, nothing changed.
+    let put = |replicas: u32, rv: &str| {
+        format!(
+            r#"{{"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {{"name": "web", "resourceVersion": "{rv}"}}, "spec": {{"replicas": {replicas}}}}}"#
+        )
+    };
+    let (code, body) = call("PUT", &url, Some(&tok), Some(&put(2, "1")));
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(replicas(), "1");
+    // With the current one: 200, the new Scale, and the pool grows.
+    let rv = scale["metadata"]["resourceVersion"].as_str().unwrap();
+    let (code, body) = call("PUT", &url, Some(&tok), Some(&put(2, rv)));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["spec"]["replicas"], 2);
+    wait_ready(&env, 2);
+    assert_eq!(members(&env), ["web-0", "web-1"]);
+    // PATCH, as `kubectl scale` sends it.
+    let (code, body) = call(
+        "PATCH",
+        &url,
+        Some(&tok),
+        Some(r#"{"spec": {"replicas": 1}}"#),
+    );
+    assert_eq!(code, 200, "{body}");
+    wait_for("web-1 to go", T, || {
+        (members(&env) == ["web-0"]).then_some(())
+    });
+    // Bad input: a clear 422; another kind has no scale.
+    let (code, body) = call(
+        "PATCH",
+        &url,
+        Some(&tok),
+        Some(r#"{"spec": {"replicas": -1}}"#),
+    );
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("spec.replicas"), "{body}");
+    let (code, body) = call(
+        "PUT",
+        &url,
+        Some(&tok),
+        Some(&put(5000, rv).replace(&format!(r#""resourceVersion": "{rv}""#), r#""x": 1"#)),
+    );
+    assert_eq!(code, 422, "{body}");
+    let other = format!("{}/api/v1/namespaces/default/tasks/t/scale", d.url);
+    let (code, body) = call("PUT", &other, Some(&tok), Some(&put(1, rv)));
+    assert_eq!(code, 405, "{body}");
+    let (code, _) = call("PUT", &url, None, Some(&put(1, rv)));
+    assert_eq!(code, 401);
+    let text = env.ok(&["describe", "sessionpool", "web"]);
+    assert!(text.contains("scaled to 2 through the API"), "{text}");
 }
