@@ -119,6 +119,7 @@ pub enum Command {
     /// Set a session pool's number of sessions (busy ones end their turn first unless --force)
     Scale(scale::ScaleArgs),
     /// Roll a session pool's template through its sessions: restart, status
+    #[command(disable_help_subcommand = true)]
     Rollout(rollout::RolloutArgs),
     /// Watch a pool fail over: simulated agents on temporary directories, a minute
     Demo(demo::DemoArgs),
