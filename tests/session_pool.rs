@@ -500,3 +500,83 @@ fn the_scale_subresource_through_the_api_and_scale_without_a_daemon() {
     let text = env.ok(&["describe", "sessionpool", "web"]);
     assert!(text.contains("scaled to 2 through the API"), "{text}");
 }
+
+#[test]
+fn a_task_takes_a_fresh_branch_from_the_base_in_a_clean_worktree() {
+    let env = Env::new();
+    setup(&env);
+    let repo = env.path("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("README"), "x\n").unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "first"]);
+    let yaml = pool_yaml(&env, 1)
+        .replace(
+            "      agent:\n",
+            &format!(
+                "      workspace: {{git: {{repo: {}, base: main}}}}\n      agent:\n",
+                repo.display()
+            ),
+        )
+        .replace("SIM_AGENT_TURN_MS: \"6000\"", "SIM_AGENT_TURN_MS: \"200\"");
+    let f = env.write("pool.yaml", &yaml);
+    env.ok(&["apply", "-f", f.to_str().unwrap()]);
+    let _d = Daemon::start(&env, &[]);
+    wait_ready(&env, 1);
+    let wt = env.path("work/web-0");
+    // Work committed on the session's own branch.
+    std::fs::write(wt.join("earlier"), "x\n").unwrap();
+    git(&wt, &["add", "."]);
+    git(&wt, &["commit", "-q", "-m", "earlier"]);
+
+    let task = |name: &str, workspace: &str| {
+        format!(
+            "{HEAD}kind: Task\nmetadata: {{name: {name}}}\nspec:\n  prompt: work on {name}\n  workspace: {workspace}\n"
+        )
+    };
+    env.run_stdin(&["apply", "-f", "-"], &task("t1", "{freshBranch: true}"));
+    let t1 = wait_for("t1 to succeed", T, || {
+        get(&env, "task", "t1").filter(|t| t["status"]["phase"] == "Succeeded")
+    });
+    assert_eq!(t1["status"]["branch"], "web-0.t1", "{t1}");
+    assert_eq!(git(&wt, &["branch", "--show-current"]), "web-0.t1");
+    // Made from main: the session branch's commit is not on it.
+    assert!(!wt.join("earlier").exists());
+    assert_eq!(
+        git(&wt, &["rev-parse", "HEAD"]),
+        git(&repo, &["rev-parse", "main"])
+    );
+    let text = env.ok(&["describe", "task", "t1"]);
+    assert!(text.contains("BranchCreated"), "{text}");
+
+    // Uncommitted work: the next task waits, and says why.
+    std::fs::write(wt.join("draft"), "x\n").unwrap();
+    env.run_stdin(
+        &["apply", "-f", "-"],
+        &task("t2", "{freshBranch: true, branch: feature/t2}"),
+    );
+    let t2 = wait_for("t2 to wait for a clean worktree", T, || {
+        get(&env, "task", "t2").filter(|t| {
+            t["status"]["conditions"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["reason"] == "WorkspaceNotClean"))
+        })
+    });
+    assert_eq!(t2["status"]["phase"], "Pending", "{t2}");
+    let message = t2.to_string();
+    assert!(
+        message.contains("1 uncommitted change(s) (draft)"),
+        "{message}"
+    );
+    assert_eq!(git(&wt, &["branch", "--show-current"]), "web-0.t1");
+    // Committed: it goes, on the branch it named.
+    git(&wt, &["add", "."]);
+    git(&wt, &["commit", "-q", "-m", "draft"]);
+    let t2 = wait_for("t2 to succeed", T, || {
+        get(&env, "task", "t2").filter(|t| t["status"]["phase"] == "Succeeded")
+    });
+    assert_eq!(t2["status"]["branch"], "feature/t2", "{t2}");
+    assert_eq!(git(&wt, &["branch", "--show-current"]), "feature/t2");
+    assert_eq!(t2["status"]["attempts"], 1, "{t2}");
+}

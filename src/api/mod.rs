@@ -42,7 +42,7 @@ pub use sessionpool::{
 pub use swap::{Swap, SwapPhase, SwapSessionState, SwapSpec, SwapState, SwapStep, swap_name};
 pub use task::{
     CANCELLED, COMPLETE, FAILED, Task, TaskPhase, TaskPriority, TaskSpec, TaskStatus,
-    job_condition, set_job_conditions,
+    TaskWorkspace, job_condition, set_job_conditions,
 };
 
 pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
