@@ -401,7 +401,9 @@ fn progress(r: &rollout::Rollout, st: &SessionPoolStatus, want: u32) -> (&'stati
 }
 
 /// The states of `claude_failover_pool_sessions`.
-const GAUGE_STATES: [&str; 6] = ["desired", "current", "ready", "idle", "busy", "waiting"];
+const GAUGE_STATES: [&str; 7] = [
+    "desired", "current", "ready", "idle", "busy", "waiting", "updated",
+];
 
 /// Sets `claude_failover_pool_sessions` to what the pools' statuses say,
 /// and removes the series of pools that are gone (never a reset first: a
@@ -416,7 +418,15 @@ pub fn fill_gauge<'a>(
         let name = p.metadata.name.clone().unwrap_or_default();
         let st = p.status.clone().unwrap_or_default();
         let desired = st.desired_replicas.unwrap_or(p.spec.replicas);
-        let values = [desired, st.replicas, st.ready, st.idle, st.busy, st.waiting];
+        let values = [
+            desired,
+            st.replicas,
+            st.ready,
+            st.idle,
+            st.busy,
+            st.waiting,
+            st.updated_replicas,
+        ];
         for (state, v) in GAUGE_STATES.iter().zip(values) {
             gauge
                 .with_label_values(&[ns.as_str(), name.as_str(), state])
@@ -478,6 +488,12 @@ mod gauge_tests {
         assert!(
             text.contains(
                 r#"claude_failover_pool_sessions{namespace="default",pool="b",state="desired"} 3"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"claude_failover_pool_sessions{namespace="default",pool="a",state="updated"} 0"#
             ),
             "{text}"
         );
