@@ -31,7 +31,7 @@ pub use manifestsync::{
 pub use session::{
     AgentSpec, EnvValue, GitWorkspace, Interruption, LaunchStatus, PermissionMode,
     RefusedPlacement, SWAP_DONE, SWAP_ROLLED_BACK, SWAPPING, Session, SessionPhase, SessionSpec,
-    SessionStatus, SwapStatus, WorkspaceSpec,
+    SessionStatus, StandbyMode, StandbySpec, StandbyStatus, SwapStatus, WorkspaceSpec,
 };
 pub use sessionpool::{
     Autoscale, FORCE_SCALE_DOWN, POOL_FINALIZER, POOL_LABEL, PlacementStrategy, PoolPlacement,

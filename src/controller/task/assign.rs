@@ -412,6 +412,7 @@ pub(crate) mod tests {
                 agent: Default::default(),
                 suspend: false,
                 workspace: None,
+                standby: None,
             },
         );
         let mut st = crate::api::SessionStatus {
@@ -641,6 +642,7 @@ pub(crate) mod tests {
             resumed: true,
             epoch: Some(1),
             confirmed_at: None,
+            takeover: false,
         });
         assert!(account_takes_work(
             &cut,
