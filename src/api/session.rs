@@ -492,3 +492,22 @@ impl SwapStatus {
         self.state == SWAPPING
     }
 }
+
+impl Session {
+    /// Whether a restart was asked of this Session (its
+    /// `claude-failover.io/restart-requested-at` annotation) that no launch
+    /// has answered yet (`status.restartHandled`).
+    pub fn restart_pending(&self) -> bool {
+        let asked = self
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(super::keys::RESTART));
+        asked.is_some()
+            && asked
+                != self
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.restart_handled.as_ref())
+    }
+}

@@ -446,6 +446,7 @@ mod tests {
             worktrees_in: None,
             free,
             capped: Vec::new(),
+            workspace: false,
         }
     }
 

@@ -1,10 +1,11 @@
 //! Probe of Claude Code's in-process takeover (`/resume <id>` typed into
 //! an idle process), the facts the warm standby relies on: the real binary
-//! in real tmux, against the fake API, no daemon. Ignored by default (it
-//! measures rather than guards); run with
-//! `cargo test --test standby_probe -- --ignored --nocapture`.
+//! in real tmux, against the fake API, no daemon. A measurement, not a
+//! guard (the behaviour the project relies on is tested in
+//! tests/standby_claude.rs): run with `cargo bench --bench standby_probe`.
 //! Findings: docs/claude-code-probe.md, section 12.
 
+#[path = "../tests/common/mod.rs"]
 mod common;
 use common::fake_api::FakeApi;
 use common::pool::claude_bin;
@@ -249,8 +250,6 @@ fn id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-#[test]
-#[ignore = "a probe of Claude Code's behaviour: cargo test --test standby_probe -- --ignored --nocapture"]
 fn probe_takeover() {
     let p = Probe::new();
     let work = p.path("work");
@@ -353,8 +352,6 @@ fn probe_takeover() {
     println!("standby's sessions/<pid>.json: {sessions_file}");
 }
 
-#[test]
-#[ignore = "a probe of Claude Code's behaviour: cargo test --test standby_probe -- --ignored --nocapture"]
 fn probe_several_takeovers_at_once() {
     let p = Probe::new();
     let n = std::env::var("PROBE_N")
@@ -423,4 +420,9 @@ fn probe_several_takeovers_at_once() {
         assert!(q.mentions(&format!("remember {i}")));
     }
     println!("each went on under b with its own history");
+}
+
+fn main() {
+    probe_takeover();
+    probe_several_takeovers_at_once();
 }
