@@ -159,8 +159,7 @@ pub fn pass(
         }
     }
     for sess in sessions {
-        let Ok(workdir) = std::fs::canonicalize(crate::fsutil::expand_home(&sess.spec.workdir))
-        else {
+        let Ok(workdir) = std::fs::canonicalize(crate::workspace::agent_dir(&sess)) else {
             continue;
         };
         let queue = crate::inbox::queue_dir(&workdir);

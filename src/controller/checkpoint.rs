@@ -19,6 +19,7 @@ pub struct Checkpoint {
     /// Claude Code's conversation id.
     pub agent_session_id: String,
     pub account: Option<String>,
+    /// Where the agent runs (its own worktree when it has a workspace).
     pub workdir: String,
     pub current_task: Option<String>,
     pub last_prompt: Option<String>,

@@ -1,5 +1,6 @@
-//! Compatibility with the original tool's queue folders, per Session
-//! workdir:
+//! Compatibility with the original tool's queue folders, in each folder a
+//! Session's agent runs in (its workdir, or its own worktree when it has a
+//! workspace):
 //!
 //! ```text
 //! WORKDIR/.agent-queue/inbox/*.md      a task each: YAML front matter + prompt
@@ -176,7 +177,7 @@ fn is_task_name(name: &std::ffi::OsStr) -> bool {
     name.as_encoded_bytes().ends_with(b".md")
 }
 
-/// Scans the inboxes of every Session's workdir and creates the tasks.
+/// Scans the inboxes of every Session's agent folder and creates the tasks.
 /// Every `*.md` entry becomes a task once complete, or is moved to
 /// `rejected/` with its reason (or, when it cannot be moved, the reason is
 /// logged).
@@ -184,7 +185,8 @@ pub fn import(store: &Store, sessions: &[Session]) -> ImportReport {
     let mut report = ImportReport::default();
     let mut seen = std::collections::HashSet::new();
     for s in sessions {
-        let workdir = crate::fsutil::expand_home(&s.spec.workdir);
+        // Where the agent runs: its own worktree when it has a workspace.
+        let workdir = crate::workspace::agent_dir(s);
         let Ok(workdir) = std::fs::canonicalize(&workdir) else {
             continue;
         };
@@ -455,12 +457,11 @@ impl InboxWatcher {
         }
     }
 
-    /// Watches the inbox of every Session's workdir (creating it).
+    /// Watches the inbox of every Session's agent folder (creating it).
     pub fn sync(&mut self, sessions: &[Session]) {
         use notify::Watcher;
         for s in sessions {
-            let Ok(workdir) = std::fs::canonicalize(crate::fsutil::expand_home(&s.spec.workdir))
-            else {
+            let Ok(workdir) = std::fs::canonicalize(crate::workspace::agent_dir(s)) else {
                 continue;
             };
             let inbox = queue_dir(&workdir).join("inbox");

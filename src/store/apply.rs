@@ -127,6 +127,17 @@ impl Batch<'_> {
         txn_apply_request(&mut self.txn, req)
     }
 
+    /// As [`Store::create_as`], inside the batch: fails with
+    /// [`StoreError::AlreadyExists`], staging nothing, when one of that
+    /// kind and name is there (the batch goes on).
+    pub fn create_request(&mut self, req: &ApplyRequest) -> Result<ApplyResult> {
+        let key = key_of_desired(&req.object)?;
+        if self.txn.read_raw(&key)?.is_some() {
+            return Err(StoreError::AlreadyExists(key));
+        }
+        txn_apply_request(&mut self.txn, req)
+    }
+
     /// A record of the store (`STORE/<dir>/<name>.json`, for what is not an
     /// object: a sync's inventory), as the batch sees it.
     pub fn read_record(&self, dir: &str, name: &str) -> Result<Option<Value>> {

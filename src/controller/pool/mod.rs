@@ -19,8 +19,8 @@ use crate::api::{
     Kind, ObjectKey, ObjectMeta, POOL_FINALIZER, POOL_LABEL, Session, SessionPool,
     SessionPoolStatus, TEMPLATE_HASH_LABEL, member_name, set_condition,
 };
-use crate::store::{ApplyRequest, StoreError};
-use futures::{Stream, StreamExt};
+use crate::store::{ApplyRequest, Durability, StoreError};
+use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use plan::{Action, Plan};
 use std::sync::Arc;
@@ -33,6 +33,9 @@ pub const SOURCE: &str = "pool-controller";
 const RESYNC: Duration = Duration::from_secs(5);
 /// Next pass after a failed one.
 const RETRY: Duration = Duration::from_secs(1);
+/// Wakes within this long of the first one are served by one pass: a
+/// hundred Sessions starting at once change a few hundred times.
+const COALESCE: Duration = Duration::from_millis(25);
 
 /// The pool controller's dependencies.
 pub struct Context {
@@ -59,7 +62,10 @@ pub async fn run(ctx: Arc<Context>, wake: impl Stream<Item = ()> + Send + 'stati
             }
         };
         tokio::select! {
-            _ = wake.next() => {}
+            _ = wake.next() => {
+                tokio::time::sleep(COALESCE).await;
+                while let Some(Some(())) = wake.next().now_or_never() {}
+            }
             _ = tokio::time::sleep(next) => {}
         }
     }
@@ -120,8 +126,23 @@ async fn reconcile(ctx: &Context, pool: &SessionPool) -> Result<(), StoreError> 
         &owned.iter().map(Arc::as_ref).collect::<Vec<_>>(),
         &accounts.iter().map(Arc::as_ref).collect::<Vec<_>>(),
     );
+    let new: Vec<(u32, Option<String>)> = plan
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Create { ordinal, account } => Some((*ordinal, account.clone())),
+            _ => None,
+        })
+        .collect();
+    create(ctx, pool, &key, new).await?;
     for action in &plan.actions {
-        execute(ctx, pool, &key, action, &plan.status.update_revision).await?;
+        match action {
+            Action::Delete { name, busy } => delete(ctx, &key, name, *busy).await?,
+            Action::Roll { name, how } => {
+                update::roll(ctx, pool, &key, name, *how, &plan.status.update_revision).await?
+            }
+            Action::Create { .. } => {}
+        }
     }
     if deleting {
         if owned.is_empty() && has_finalizer {
@@ -193,66 +214,117 @@ async fn autoscaled(
     (sized, Some((want, last)))
 }
 
-async fn execute(
+/// Creates the Sessions of `new` (ordinal, preferred account) in one
+/// transaction: a pool scaled by a hundred is one write, like one `apply`
+/// of a hundred Sessions, not a hundred. A Session already there (the
+/// cache has not seen it yet) is left as it is. One event tells them.
+async fn create(
     ctx: &Context,
     pool: &SessionPool,
     key: &ObjectKey,
-    action: &Action,
-    hash: &str,
+    new: Vec<(u32, Option<String>)>,
 ) -> Result<(), StoreError> {
-    let sh = &ctx.shared;
-    match action {
-        Action::Roll { name, how } => update::roll(ctx, pool, key, name, *how, hash).await?,
-        Action::Create { ordinal, account } => {
-            let session = member(pool, *ordinal, account.clone());
-            let name = session.metadata.name.clone().unwrap_or_default();
+    if new.is_empty() {
+        return Ok(());
+    }
+    let reqs: Vec<(ApplyRequest, Option<String>)> = new
+        .into_iter()
+        .map(|(ordinal, account)| {
+            let session = member(pool, ordinal, account.clone());
             let req = ApplyRequest {
                 object: serde_json::to_value(&session).expect("a Session serializes"),
                 declared: None,
                 manager: SOURCE.into(),
                 force: false,
             };
-            match sh.blocking(move |s| s.create_as(&req)).await {
-                Ok(_) => {
-                    let on = account
-                        .as_deref()
-                        .map(|a| format!(" preferring account {a}"))
-                        .unwrap_or_default();
-                    sh.record(
-                        key,
-                        false,
-                        "Created",
-                        &format!("created session {name}{on}"),
-                        SOURCE,
-                    )
-                    .await;
+            (req, account)
+        })
+        .collect();
+    let sh = &ctx.shared;
+    let made = sh
+        .blocking(move |s| {
+            let mut batch = s.batch(false)?;
+            let mut made = Vec::new();
+            for (req, account) in reqs {
+                match batch.create_request(&req) {
+                    Ok(r) => {
+                        let name = r.object["metadata"]["name"].as_str().unwrap_or_default();
+                        made.push((name.to_string(), account));
+                    }
+                    Err(StoreError::AlreadyExists(_)) => {}
+                    Err(e) => return Err(e),
                 }
-                // The cache has not seen it yet.
-                Err(StoreError::AlreadyExists(_)) => {}
-                Err(e) => return Err(e),
             }
-        }
-        Action::Delete { name, busy } => {
-            let skey = ObjectKey::new(Kind::Session, &key.namespace, name);
-            let k2 = skey.clone();
-            match sh.blocking(move |s| s.delete(&k2, None, false)).await {
-                Ok(_) => {
-                    let how = if *busy { " (in a turn: forced)" } else { "" };
-                    sh.record(
-                        key,
-                        false,
-                        "Deleted",
-                        &format!("deleted session {name}{how}"),
-                        SOURCE,
-                    )
-                    .await;
-                }
-                Err(StoreError::NotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
+            batch.commit()?;
+            Ok(made)
+        })
+        .await?;
+    if !made.is_empty() {
+        sh.record(key, false, "Created", &created_message(&made), SOURCE)
+            .await;
     }
     Ok(())
+}
+
+/// The event of one pass's creations: `created session web-3 preferring
+/// account a`, or for several `created 3 sessions (web-0, web-1, web-2)
+/// preferring account a: 2, b: 1`.
+fn created_message(made: &[(String, Option<String>)]) -> String {
+    /// Names listed in full up to this many.
+    const LISTED: usize = 8;
+    let mut per: std::collections::BTreeMap<&str, usize> = Default::default();
+    for (_, a) in made {
+        if let Some(a) = a {
+            *per.entry(a.as_str()).or_default() += 1;
+        }
+    }
+    let on = match per.len() {
+        0 => String::new(),
+        1 if made.len() == 1 => format!(" preferring account {}", per.keys().next().unwrap()),
+        _ => format!(
+            " preferring account {}",
+            per.iter()
+                .map(|(a, n)| format!("{a}: {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    if let [(name, _)] = made {
+        return format!("created session {name}{on}");
+    }
+    let names: Vec<&str> = made.iter().take(LISTED).map(|(n, _)| n.as_str()).collect();
+    let more = made.len().saturating_sub(LISTED);
+    let more = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    format!(
+        "created {} sessions ({}{more}){on}",
+        made.len(),
+        names.join(", ")
+    )
+}
+
+async fn delete(ctx: &Context, key: &ObjectKey, name: &str, busy: bool) -> Result<(), StoreError> {
+    let sh = &ctx.shared;
+    let skey = ObjectKey::new(Kind::Session, &key.namespace, name);
+    match sh.blocking(move |s| s.delete(&skey, None, false)).await {
+        Ok(_) => {
+            let how = if busy { " (in a turn: forced)" } else { "" };
+            sh.record(
+                key,
+                false,
+                "Deleted",
+                &format!("deleted session {name}{how}"),
+                SOURCE,
+            )
+            .await;
+            Ok(())
+        }
+        Err(StoreError::NotFound(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// The Session of `ordinal` from the pool's template.
@@ -366,7 +438,11 @@ async fn write_status(
     }
     let (ns, name) = (key.namespace.clone(), key.name.clone());
     match sh
-        .blocking(move |s| s.api::<SessionPool>(Some(&ns)).patch_status(&name, &st))
+        // Counts the next pass can tell again: durable soon, not at once.
+        .blocking(move |s| {
+            s.api::<SessionPool>(Some(&ns))
+                .patch_status_as(&name, &st, Durability::Soon)
+        })
         .await
     {
         Ok(_) | Err(StoreError::NotFound(_)) => Ok(()),
@@ -463,6 +539,36 @@ pub fn fill_gauge<'a>(
 #[cfg(test)]
 mod gauge_tests {
     use super::*;
+
+    #[test]
+    fn one_event_tells_a_pass_of_creations() {
+        let m = |v: &[(&str, Option<&str>)]| {
+            let v: Vec<(String, Option<String>)> = v
+                .iter()
+                .map(|(n, a)| (n.to_string(), a.map(str::to_string)))
+                .collect();
+            created_message(&v)
+        };
+        assert_eq!(
+            m(&[("web-3", Some("a"))]),
+            "created session web-3 preferring account a"
+        );
+        assert_eq!(m(&[("web-3", None)]), "created session web-3");
+        assert_eq!(
+            m(&[
+                ("web-0", Some("a")),
+                ("web-1", Some("b")),
+                ("web-2", Some("a"))
+            ]),
+            "created 3 sessions (web-0, web-1, web-2) preferring account a: 2, b: 1"
+        );
+        let many: Vec<(String, Option<&str>)> = (0..10).map(|i| (format!("p-{i}"), None)).collect();
+        let many: Vec<(&str, Option<&str>)> = many.iter().map(|(n, a)| (n.as_str(), *a)).collect();
+        assert_eq!(
+            m(&many),
+            "created 10 sessions (p-0, p-1, p-2, p-3, p-4, p-5, p-6, p-7 and 2 more)"
+        );
+    }
 
     #[test]
     fn the_gauge_follows_the_pools_and_forgets_deleted_ones() {

@@ -1017,7 +1017,10 @@ async fn checkpoint(
         namespace: key.namespace.clone(),
         agent_session_id: st.agent_session_id.clone().unwrap_or_default(),
         account: st.account.clone(),
-        workdir: s.spec.workdir.clone(),
+        // Where the agent runs: its worktree when it has a workspace.
+        workdir: crate::workspace::agent_dir(s)
+            .to_string_lossy()
+            .into_owned(),
         current_task: st.current_task.clone(),
         at: crate::controller::checkpoint::unix_ms(SystemTime::now()),
         ..Default::default()

@@ -67,7 +67,12 @@ pub struct Candidate {
     pub namespace: String,
     pub name: String,
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Where its agent runs: its workdir, or its own worktree when it has
+    /// a workspace.
     pub workdir: PathBuf,
+    /// With a workspace: the folder its worktree is in (a pool's workdir),
+    /// which a task may name to run on any Session working there.
+    pub worktrees_in: Option<PathBuf>,
     pub free: bool,
     /// The per-model weekly windows its account takes no new work for: a
     /// task that asks for such a model does not go there.
@@ -112,10 +117,11 @@ pub fn eligible(task: &Task, session: &Candidate) -> bool {
     {
         return false;
     }
-    if let Some(w) = &task.spec.workdir
-        && norm(w) != session.workdir
-    {
-        return false;
+    if let Some(w) = &task.spec.workdir {
+        let w = norm(w);
+        if w != session.workdir && Some(&w) != session.worktrees_in.as_ref() {
+            return false;
+        }
     }
     if let Some(m) = &task.spec.model
         && crate::quota::model_windows(Some(m))
@@ -273,6 +279,7 @@ pub(crate) mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             workdir: PathBuf::from(format!("/w/{name}")),
+            worktrees_in: None,
             free,
             capped: Vec::new(),
             workspace: false,
@@ -348,6 +355,18 @@ pub(crate) mod tests {
         t.spec.workdir = Some("/w/c".into());
         assert!(eligible(&t, &cand("c", &[], true)));
         assert!(!eligible(&t, &cand("a", &[], true)));
+        // A session in its own worktree (`/w/c` of a pool working in
+        // `/w`): its worktree, or the pool's folder, but no other.
+        let in_pool = Candidate {
+            worktrees_in: Some("/w".into()),
+            ..cand("c", &[], true)
+        };
+        assert!(eligible(&t, &in_pool));
+        t.spec.workdir = Some("/w".into());
+        assert!(eligible(&t, &in_pool));
+        assert!(!eligible(&t, &cand("c", &[], true)));
+        t.spec.workdir = Some("/w/a".into());
+        assert!(!eligible(&t, &in_pool));
         let mut t = task("t", TaskPriority::Normal, 1);
         t.status = Some(crate::api::TaskStatus {
             replay_on: Some("b".into()),

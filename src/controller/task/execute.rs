@@ -232,7 +232,12 @@ async fn assign_pending(ctx: &Context, mem: &mut Memory) -> Result<bool, Error> 
                 namespace: ns,
                 name,
                 labels: s.metadata.labels.clone().unwrap_or_default(),
-                workdir: assign::norm(&s.spec.workdir),
+                workdir: assign::norm(&crate::workspace::agent_dir(s).to_string_lossy()),
+                worktrees_in: s
+                    .spec
+                    .workspace
+                    .as_ref()
+                    .map(|_| assign::norm(&s.spec.workdir)),
                 free,
                 capped: account
                     .map(|a| {

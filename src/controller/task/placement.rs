@@ -181,6 +181,7 @@ mod tests {
                 name: name.into(),
                 labels: [("team".to_string(), team.to_string())].into(),
                 workdir: PathBuf::from("/w"),
+                worktrees_in: None,
                 free: false,
                 capped: Vec::new(),
                 workspace: false,

@@ -443,6 +443,7 @@ mod tests {
             name: name.into(),
             labels: Default::default(),
             workdir: PathBuf::from(format!("/w/{name}")),
+            worktrees_in: None,
             free,
             capped: Vec::new(),
             workspace: false,

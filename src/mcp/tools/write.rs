@@ -190,12 +190,19 @@ fn targets(p: &CreateTask, s: &Value) -> bool {
         }
     }
     if let Some(w) = &p.workdir {
-        let norm = |p: &str| {
-            let p = crate::fsutil::expand_home(p);
-            std::fs::canonicalize(&p).unwrap_or(p)
+        let norm = |p: std::path::PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
+        let w = norm(crate::fsutil::expand_home(w));
+        let Some(folder) = s.pointer("/spec/workdir").and_then(Value::as_str) else {
+            return false;
         };
-        let theirs = s.pointer("/spec/workdir").and_then(Value::as_str);
-        return theirs.is_some_and(|t| norm(t) == norm(w));
+        let folder = crate::fsutil::expand_home(folder);
+        // With a workspace its agent works in its own worktree,
+        // FOLDER/NAME; the folder names any Session working in it.
+        let in_worktree = s.pointer("/spec/workspace").is_some_and(|x| !x.is_null());
+        if in_worktree && norm(folder.join(name.unwrap_or_default())) == w {
+            return true;
+        }
+        return norm(folder) == w;
     }
     true
 }
@@ -316,5 +323,18 @@ mod tests {
             &p(json!({"prompt": "x", "workdir": "/nonexistent/v"})),
             &s
         ));
+        // In its own worktree: that, or the pool's folder.
+        let s = json!({"metadata": {"name": "b"}, "spec": {"workdir": "/nonexistent/w", "workspace": {"git": {"repo": "/r"}}}});
+        for (w, ok) in [
+            ("/nonexistent/w/b", true),
+            ("/nonexistent/w", true),
+            ("/nonexistent/w/a", false),
+        ] {
+            assert_eq!(
+                targets(&p(json!({"prompt": "x", "workdir": w})), &s),
+                ok,
+                "{w}"
+            );
+        }
     }
 }
