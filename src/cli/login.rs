@@ -265,7 +265,7 @@ pub fn login(ctx: &Ctx, a: LoginArgs) -> Result<ExitCode> {
                     .entry("annotations")
                     .or_insert_with(|| serde_json::json!({}));
                 if let Some(a) = ann.as_object_mut() {
-                    a.insert(LOGGED_IN_AT.into(), when);
+                    a.insert(LOGGED_IN_AT.into(), when.clone());
                 }
             })?;
             store.record_event(

@@ -167,7 +167,10 @@ pub async fn run(o: Options) -> Result<()> {
             move |_| readiness.manifests_synced(),
         ))
     });
-    (&mut shutdown).await;
+    let lost = tokio::select! {
+        _ = &mut shutdown => false,
+        _ = lock.lost() => true,
+    };
     access::remove_endpoint(&o.state_dir);
     let _ = stop_tx.send(true);
     abort(tasks);
@@ -186,6 +189,11 @@ pub async fn run(o: Options) -> Result<()> {
         tracing::warn!(error = %e, "cannot flush the store");
     }
     drop(lock);
+    if lost {
+        anyhow::bail!(
+            "the leader lease on the store was lost (this daemon could not renew it in time; another may lead now): stopped, the agents keep running"
+        );
+    }
     tracing::info!("daemon stopped (the agents keep running)");
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! and shown by `describe`. Repeats of the same reason and message are
 //! folded into one entry with a count, as Kubernetes does.
 
-use super::local::{Result, Store};
+use super::local::{Result, Store, StoreError};
 use super::txn::Txn;
 use crate::api::{ObjectKey, Time};
 use serde::{Deserialize, Serialize};
@@ -44,7 +44,15 @@ pub(super) fn remove(txn: &mut Txn<'_>, key: &ObjectKey) -> Result<()> {
 impl Store {
     /// The recent events of an object, oldest first.
     pub fn events(&self, key: &ObjectKey) -> Result<Vec<StoredEvent>> {
-        match std::fs::read(path(self, key)?) {
+        let p = path(self, key)?;
+        if self.is_etcd() {
+            return Ok(match self.read_doc(&p) {
+                Ok((Some(v), _)) => serde_json::from_value(v).unwrap_or_default(),
+                Ok((None, _)) | Err(StoreError::Corrupt { .. }) => Vec::new(),
+                Err(e) => return Err(e),
+            });
+        }
+        match std::fs::read(p) {
             Ok(b) => Ok(serde_json::from_slice(&b).unwrap_or_default()),
             Err(_) => Ok(Vec::new()),
         }
@@ -59,10 +67,33 @@ impl Store {
         message: &str,
         source: &str,
     ) -> Result<()> {
+        self.retrying(|| self.record_event_once(key, warning, reason, message, source))
+    }
+
+    fn record_event_once(
+        &self,
+        key: &ObjectKey,
+        warning: bool,
+        reason: &str,
+        message: &str,
+        source: &str,
+    ) -> Result<()> {
         // Events are told, not relied on: they wait for the disk.
         let mut txn = self.txn(false)?;
         txn.durability = super::Durability::Soon;
-        let mut list = self.events(key)?;
+        let p = path(self, key)?;
+        let mut list: Vec<StoredEvent> = if self.is_etcd() {
+            // Read through the transaction: two writers never lose one.
+            match txn.read_json(&p) {
+                Ok(v) => v
+                    .and_then(|v| serde_json::from_value(v).ok())
+                    .unwrap_or_default(),
+                Err(StoreError::Corrupt { .. }) => Vec::new(),
+                Err(e) => return Err(e),
+            }
+        } else {
+            self.events(key)?
+        };
         let now = crate::api::now();
         let type_ = if warning { "Warning" } else { "Normal" };
         match list
@@ -87,7 +118,6 @@ impl Store {
         if list.len() > EVENTS_KEPT {
             list.drain(..list.len() - EVENTS_KEPT);
         }
-        let p = path(self, key)?;
         txn.write_json(&p, &serde_json::to_value(&list).expect("events serialize"))?;
         txn.commit()
     }

@@ -1,5 +1,6 @@
 use super::quarantine::{CorruptObject, Level, Listing, Quarantine};
 // What the store's other modules (status patches) take from here.
+use super::etcd::{Etcd, EtcdOptions, EtcdUrl};
 use super::txn::Txn;
 use crate::api::{Kind, ObjectKey};
 use crate::fsutil;
@@ -40,7 +41,19 @@ pub enum StoreError {
     /// What was handed to the store is not an object it can keep.
     #[error("{0}")]
     Malformed(String),
+    /// The store's backend did not answer (etcd without quorum, not
+    /// reachable): nothing was written.
+    #[error("{location}: the store is unavailable: {message}")]
+    Unavailable { location: String, message: String },
+    /// Other writers kept changing what a transaction read (etcd): it was
+    /// tried [`CONTENDED_TRIES`] times and wrote nothing.
+    #[error("{0}: other writers kept changing it; nothing was written, try again")]
+    Contended(String),
 }
+
+/// How many times a transaction that lost a race on etcd is run again on
+/// fresh reads before [`StoreError::Contended`].
+pub const CONTENDED_TRIES: usize = 16;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -77,11 +90,36 @@ pub enum DeleteOutcome {
     Terminating,
 }
 
-/// A handle on a store directory. Cheap to clone.
+/// A handle on a store: a directory, or an etcd cluster (see
+/// docs/store-backends.md). Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
     root: Arc<PathBuf>,
     quarantine: Quarantine,
+    backend: Backend,
+}
+
+/// Where a store's bytes live.
+#[derive(Clone, Debug)]
+pub(crate) enum Backend {
+    /// The directory `root`.
+    Local,
+    Etcd(Arc<Etcd>),
+}
+
+/// The resourceVersion an etcd transaction writes before it knows its
+/// revision: newer than any (so a merge of spec and status picks it), and
+/// replaced by the commit's revision in what the write returns.
+pub(super) const PENDING_RV: &str = "18446744073709551615";
+
+/// Replaces a pending resourceVersion in `obj` by the commit's revision.
+pub(super) fn stamp(obj: &mut Value, revision: Option<&str>) {
+    if let Some(rev) = revision
+        && let Some(rv) = obj.pointer_mut("/metadata/resourceVersion")
+        && rv.as_str() == Some(PENDING_RV)
+    {
+        *rv = json!(rev);
+    }
 }
 
 pub(super) fn rv_of(v: &Value) -> u64 {
@@ -152,14 +190,93 @@ impl Store {
         let store = Store {
             root: Arc::new(root),
             quarantine: Quarantine::default(),
+            backend: Backend::Local,
         };
         // Taking the lock recovers; a dry run writes nothing.
         drop(Txn::begin(&store, true)?);
         Ok(store)
     }
 
+    /// Connects to the etcd store at `url` (see [`EtcdUrl`]).
+    pub fn connect(url: &EtcdUrl, opts: &EtcdOptions) -> Result<Store> {
+        let etcd = Etcd::connect(url, opts)?;
+        // A first read: an unreachable cluster is told now, not at the
+        // first write.
+        etcd.revision()?;
+        Ok(Store {
+            root: Arc::new(etcd.root()),
+            quarantine: Quarantine::default(),
+            backend: Backend::Etcd(Arc::new(etcd)),
+        })
+    }
+
+    /// Opens the store a setting names: `etcd://...` (see [`EtcdUrl`]) or
+    /// a directory.
+    pub fn open_location(location: &str, opts: &EtcdOptions) -> Result<Store> {
+        match EtcdUrl::parse(location) {
+            Some(url) => Store::connect(&url.map_err(StoreError::Malformed)?, opts),
+            None => Store::open(crate::fsutil::expand_home(location)),
+        }
+    }
+
+    /// The store's directory, or (etcd) its URL as a path: what errors
+    /// name.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The etcd connection, when the store is on etcd.
+    pub(crate) fn etcd(&self) -> Option<&Arc<Etcd>> {
+        match &self.backend {
+            Backend::Etcd(e) => Some(e),
+            Backend::Local => None,
+        }
+    }
+
+    /// Whether the store is on etcd (else a local directory).
+    pub fn is_etcd(&self) -> bool {
+        self.etcd().is_some()
+    }
+
+    /// The store-relative key of a location inside the store.
+    pub(super) fn rel_key(&self, path: &Path) -> Result<String> {
+        path.strip_prefix(self.root())
+            .ok()
+            .and_then(Path::to_str)
+            .map(str::to_string)
+            .ok_or_else(|| StoreError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::other("outside the store"),
+            })
+    }
+
+    /// Reads one document (None when it is not there), as
+    /// [`Store::read_json`] on the local store; on etcd the key's revision
+    /// becomes its resourceVersion. Also returns that revision (0: none).
+    pub(super) fn read_doc(&self, path: &Path) -> Result<(Option<Value>, i64)> {
+        let Some(etcd) = self.etcd() else {
+            return Ok((Self::read_json(path)?, 0));
+        };
+        let rel = self.rel_key(path)?;
+        let Some(kv) = etcd.get(&rel)? else {
+            return Ok((None, 0));
+        };
+        Ok((
+            Some(parse_doc(path, &rel, &kv.value, kv.mod_revision)?),
+            kv.mod_revision,
+        ))
+    }
+
+    /// Runs a write again while it loses races to other writers (etcd; a
+    /// local transaction holds the lock and never does).
+    pub(super) fn retrying<T>(&self, mut op: impl FnMut() -> Result<T>) -> Result<T> {
+        let mut tries = 1;
+        loop {
+            match op() {
+                Err(StoreError::Contended(_)) if tries < CONTENDED_TRIES => tries += 1,
+                r => return r,
+            }
+        }
     }
 
     pub(super) fn quarantine(&self) -> &Quarantine {
@@ -217,10 +334,10 @@ impl Store {
     /// [`StoreError::Corrupt`] too.
     pub(super) fn read_raw(&self, key: &ObjectKey) -> Result<Option<Raw>> {
         let spec_path = self.spec_path(key)?;
-        let Some(spec_doc) = Self::read_json(&spec_path)? else {
+        let Some(spec_doc) = self.read_doc(&spec_path)?.0 else {
             return Ok(None);
         };
-        let status_doc = Self::read_json(&self.status_path(key)?)?;
+        let status_doc = self.read_doc(&self.status_path(key)?)?.0;
         let raw = Raw {
             spec_doc,
             status_doc,
@@ -242,6 +359,16 @@ impl Store {
 
     /// Namespaces that hold objects of `kind`.
     pub fn namespaces(&self, kind: Kind) -> Result<Vec<String>> {
+        if let Some(etcd) = self.etcd() {
+            let (kvs, _) = etcd.range(kind.plural())?;
+            let mut out: Vec<String> = kvs
+                .iter()
+                .filter_map(|kv| kv.rel.split('/').nth(1).map(str::to_string))
+                .filter(|n| crate::manifest::validate::dns1123_label(n).is_ok())
+                .collect();
+            out.dedup();
+            return Ok(out);
+        }
         let dir = self.kind_dir(kind);
         let mut out = Vec::new();
         match std::fs::read_dir(&dir) {
@@ -295,6 +422,9 @@ impl Store {
     }
 
     fn list_namespace(&self, kind: Kind, ns: &str, out: &mut Listing) -> Result<()> {
+        if self.is_etcd() {
+            return self.list_namespace_etcd(kind, ns, out);
+        }
         let dir = self.kind_dir(kind).join(ns);
         let rd = match std::fs::read_dir(&dir) {
             Ok(rd) => rd,
@@ -321,6 +451,63 @@ impl Store {
             match self.read_raw(&key) {
                 Ok(Some(raw)) => out.objects.push(raw.merged()),
                 Ok(None) => {} // deleted since the listing
+                Err(StoreError::Corrupt { path, message }) => out.corrupt.push(CorruptObject {
+                    key,
+                    path,
+                    reason: message,
+                }),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Store::list_namespace`] on etcd: one range read of the namespace,
+    /// spec and status documents paired by name.
+    fn list_namespace_etcd(&self, kind: Kind, ns: &str, out: &mut Listing) -> Result<()> {
+        let etcd = self.etcd().expect("called on etcd only");
+        let dir = format!("{}/{ns}", kind.plural());
+        let (kvs, _) = etcd.range(&dir)?;
+        let mut specs = std::collections::BTreeMap::new();
+        let mut statuses = std::collections::HashMap::new();
+        for kv in kvs {
+            let Some(file) = kv.rel.strip_prefix(&format!("{dir}/")) else {
+                continue;
+            };
+            if let Some(n) = file.strip_suffix(".status.json") {
+                statuses.insert(n.to_string(), kv);
+            } else if let Some(n) = file.strip_suffix(".json")
+                && crate::manifest::validate::dns1123_label(n).is_ok()
+            {
+                specs.insert(n.to_string(), kv);
+            }
+        }
+        for (name, kv) in specs {
+            let key = ObjectKey::new(kind, ns, &name);
+            let spec_path = self.root().join(&kv.rel);
+            let raw =
+                parse_doc(&spec_path, &kv.rel, &kv.value, kv.mod_revision).and_then(|spec_doc| {
+                    let status_doc = match statuses.remove(&name) {
+                        Some(st) => Some(parse_doc(
+                            &self.root().join(&st.rel),
+                            &st.rel,
+                            &st.value,
+                            st.mod_revision,
+                        )?),
+                        None => None,
+                    };
+                    let raw = Raw {
+                        spec_doc,
+                        status_doc,
+                    };
+                    check_shape(&key, &raw).map_err(|message| StoreError::Corrupt {
+                        path: spec_path.clone(),
+                        message,
+                    })?;
+                    Ok(raw)
+                });
+            match raw {
+                Ok(raw) => out.objects.push(raw.merged()),
                 Err(StoreError::Corrupt { path, message }) => out.corrupt.push(CorruptObject {
                     key,
                     path,
@@ -371,11 +558,13 @@ impl Store {
         expected_rv: Option<&str>,
         durability: super::Durability,
     ) -> Result<Value> {
-        let mut txn = self.txn(false)?;
-        txn.durability = durability;
-        let obj = self.status_in(&mut txn, key, status, expected_rv)?;
-        txn.commit()?;
-        Ok(obj)
+        self.retrying(|| {
+            let mut txn = self.txn(false)?;
+            txn.durability = durability;
+            let mut obj = self.status_in(&mut txn, key, status, expected_rv)?;
+            stamp(&mut obj, txn.commit_rv()?.as_deref());
+            Ok(obj)
+        })
     }
 
     /// The status write, staged in `txn`.
@@ -410,16 +599,21 @@ impl Store {
         &self,
         key: &ObjectKey,
         expected_rv: Option<&str>,
-        f: impl FnOnce(&mut Map<String, Value>),
+        mut f: impl FnMut(&mut Map<String, Value>),
         status: &Value,
     ) -> Result<Option<Value>> {
-        let mut txn = self.txn(false)?;
-        let out = match self.metadata_in(&mut txn, key, expected_rv, f)? {
-            Some(_) => Some(self.status_in(&mut txn, key, status, None)?),
-            None => None,
-        };
-        txn.commit()?;
-        Ok(out)
+        self.retrying(|| {
+            let mut txn = self.txn(false)?;
+            let mut out = match self.metadata_in(&mut txn, key, expected_rv, &mut f)? {
+                Some(_) => Some(self.status_in(&mut txn, key, status, None)?),
+                None => None,
+            };
+            let rev = txn.commit_rv()?;
+            if let Some(o) = &mut out {
+                stamp(o, rev.as_deref());
+            }
+            Ok(out)
+        })
     }
 
     /// Changes metadata (labels, annotations, finalizers) under the lock.
@@ -429,12 +623,17 @@ impl Store {
         &self,
         key: &ObjectKey,
         expected_rv: Option<&str>,
-        f: impl FnOnce(&mut Map<String, Value>),
+        mut f: impl FnMut(&mut Map<String, Value>),
     ) -> Result<Option<Value>> {
-        let mut txn = self.txn(false)?;
-        let out = self.metadata_in(&mut txn, key, expected_rv, f)?;
-        txn.commit()?;
-        Ok(out)
+        self.retrying(|| {
+            let mut txn = self.txn(false)?;
+            let mut out = self.metadata_in(&mut txn, key, expected_rv, &mut f)?;
+            let rev = txn.commit_rv()?;
+            if let Some(o) = &mut out {
+                stamp(o, rev.as_deref());
+            }
+            Ok(out)
+        })
     }
 
     /// The metadata change, staged in `txn`.
@@ -514,6 +713,15 @@ impl Store {
         expected_rv: Option<&str>,
         dry_run: bool,
     ) -> Result<DeleteOutcome> {
+        self.retrying(|| self.delete_once(key, expected_rv, dry_run))
+    }
+
+    fn delete_once(
+        &self,
+        key: &ObjectKey,
+        expected_rv: Option<&str>,
+        dry_run: bool,
+    ) -> Result<DeleteOutcome> {
         let mut txn = self.txn(dry_run)?;
         let raw = match txn.read_raw(key) {
             Ok(Some(raw)) => raw,
@@ -578,6 +786,32 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(meta.mode() & 0o700))?;
     }
     Ok(())
+}
+
+/// Decodes a document read from etcd (`rel` at `path`): JSON, or
+/// [`StoreError::Corrupt`] as on disk. An object's documents take the key's
+/// revision as their resourceVersion.
+pub(super) fn parse_doc(path: &Path, rel: &str, bytes: &[u8], revision: i64) -> Result<Value> {
+    let corrupt = |message: String| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        message,
+    };
+    if bytes.is_empty() {
+        return Err(corrupt("the value is empty".into()));
+    }
+    let mut v: Value = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+    let first = rel.split('/').next().unwrap_or_default();
+    if Kind::ALL.iter().any(|k| k.plural() == first) {
+        let rev = json!(revision.to_string());
+        if rel.ends_with(".status.json") {
+            if let Some(m) = v.as_object_mut() {
+                m.insert("resourceVersion".into(), rev);
+            }
+        } else if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.insert("resourceVersion".into(), rev);
+        }
+    }
+    Ok(v)
 }
 
 pub(super) fn drop_empty(meta: &mut Map<String, Value>, field: &str) {
