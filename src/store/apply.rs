@@ -77,6 +77,7 @@ impl Store {
         loop {
             match self.apply_requests_once(reqs, dry_run) {
                 Err((None, StoreError::Contended(_))) if tries < super::CONTENDED_TRIES => {
+                    super::local::contended_backoff(tries);
                     tries += 1
                 }
                 r => return r,

@@ -211,14 +211,34 @@ impl Etcd {
             .handle()
     }
 
-    /// Runs `f` on the connection's runtime and waits for it.
-    fn call<T: Send + 'static>(
+    /// Runs the request `make` makes on the connection's runtime and waits
+    /// for it. A request that could not reach a member (one is down: the
+    /// client spreads requests over them) is sent again, to another; so is
+    /// any failed read when `idempotent`.
+    fn call<T: Send + 'static, F>(
         &self,
-        f: impl Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
-    ) -> Result<T, StoreError> {
+        idempotent: bool,
+        make: impl Fn() -> F + Send + 'static,
+    ) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    {
+        let tries = self.url.endpoints.len() * 2 + 1;
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.runtime().spawn(async move {
-            let r = tokio::time::timeout(REQUEST_TIMEOUT, f).await;
+            let r = tokio::time::timeout(REQUEST_TIMEOUT, async move {
+                let mut n = 1;
+                loop {
+                    match make().await {
+                        Err(e) if n < tries && retriable(&e, idempotent) => {
+                            n += 1;
+                            tokio::time::sleep(RESEND_AFTER).await;
+                        }
+                        r => return r,
+                    }
+                }
+            })
+            .await;
             let _ = tx.send(r);
         });
         match rx.recv() {
@@ -240,9 +260,12 @@ impl Etcd {
 
     /// One key's value and revision.
     pub fn get(&self, rel: &str) -> Result<Option<Kv>, StoreError> {
-        let mut c = self.client.clone();
+        let c = self.client.clone();
         let key = self.key(rel);
-        let r = self.call(async move { c.get(key, None).await })?;
+        let r = self.call(true, move || {
+            let (mut c, key) = (c.clone(), key.clone());
+            async move { c.get(key, None).await }
+        })?;
         Ok(r.kvs().first().map(|kv| Kv {
             rel: rel.to_string(),
             value: kv.value().to_vec(),
@@ -252,10 +275,12 @@ impl Etcd {
 
     /// Every key under `rel_dir/`, in key order, and the revision read at.
     pub fn range(&self, rel_dir: &str) -> Result<(Vec<Kv>, i64), StoreError> {
-        let mut c = self.client.clone();
+        let c = self.client.clone();
         let key = self.key(&format!("{rel_dir}/"));
-        let r =
-            self.call(async move { c.get(key, Some(GetOptions::new().with_prefix())).await })?;
+        let r = self.call(true, move || {
+            let (mut c, key) = (c.clone(), key.clone());
+            async move { c.get(key, Some(GetOptions::new().with_prefix())).await }
+        })?;
         let rev = r.header().map_or(0, |h| h.revision());
         let kvs = r
             .kvs()
@@ -273,10 +298,12 @@ impl Etcd {
 
     /// The store's current revision.
     pub fn revision(&self) -> Result<i64, StoreError> {
-        let mut c = self.client.clone();
+        let c = self.client.clone();
         let key = self.key(".revision");
-        let r =
-            self.call(async move { c.get(key, Some(GetOptions::new().with_count_only())).await })?;
+        let r = self.call(true, move || {
+            let (mut c, key) = (c.clone(), key.clone());
+            async move { c.get(key, Some(GetOptions::new().with_count_only())).await }
+        })?;
         Ok(r.header().map_or(0, |h| h.revision()))
     }
 
@@ -299,8 +326,11 @@ impl Etcd {
             ops.push(TxnOp::put(self.key(&rel), v, None));
         }
         let txn = EtcdTxn::new().when(compares).and_then(ops);
-        let mut c = self.client.clone();
-        let r = self.call(async move { c.txn(txn).await })?;
+        let c = self.client.clone();
+        let r = self.call(false, move || {
+            let (mut c, txn) = (c.clone(), txn.clone());
+            async move { c.txn(txn).await }
+        })?;
         Ok(r.succeeded()
             .then(|| r.header().map_or(0, |h| h.revision())))
     }
@@ -310,6 +340,27 @@ impl Etcd {
         self.rel(key).map(str::to_string)
     }
 }
+
+/// How long a request that could not reach a member waits before it is
+/// sent again.
+pub(super) const RESEND_AFTER: Duration = Duration::from_millis(50);
+
+/// Whether a failed request may be sent again: one that never reached a
+/// member (a refused connection), or any read that failed for want of a
+/// member or a leader.
+fn retriable(e: &etcd_client::Error, idempotent: bool) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => idempotent,
+        etcd_client::Error::GRpcStatus(s) => {
+            s.message().contains("connect error")
+                || (idempotent && s.code() as i32 == GRPC_UNAVAILABLE)
+        }
+        _ => false,
+    }
+}
+
+/// gRPC's status code UNAVAILABLE.
+const GRPC_UNAVAILABLE: i32 = 14;
 
 fn read_file(what: &str, path: &str) -> Result<Vec<u8>, String> {
     let p = crate::fsutil::expand_home(path);

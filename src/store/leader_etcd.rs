@@ -52,22 +52,25 @@ pub(super) fn try_lead(
     let etcd = store.etcd().expect("called on etcd").clone();
     let key = etcd.key(LEADER_KEY);
     let (id, who) = (identity.to_string(), identity.to_string());
-    let mut c = etcd.client();
+    let c = etcd.client();
     let e2 = etcd.clone();
-    let taken = block(&etcd, async move {
-        let lease = c.lease_grant(LEADER_TTL.as_secs() as i64, None).await?.id();
-        let txn = Txn::new()
-            .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                key,
-                id,
-                Some(PutOptions::new().with_lease(lease)),
-            )]);
-        if c.txn(txn).await?.succeeded() {
-            Ok(Some(lease))
-        } else {
-            c.lease_revoke(lease).await?;
-            Ok(None)
+    let taken = block(&etcd, move || {
+        let (mut c, key, id) = (c.clone(), key.clone(), id.clone());
+        async move {
+            let lease = c.lease_grant(LEADER_TTL.as_secs() as i64, None).await?.id();
+            let txn = Txn::new()
+                .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(
+                    key,
+                    id,
+                    Some(PutOptions::new().with_lease(lease)),
+                )]);
+            if c.txn(txn).await?.succeeded() {
+                Ok(Some(lease))
+            } else {
+                c.lease_revoke(lease).await?;
+                Ok(None)
+            }
         }
     })?;
     let Some(lease) = taken else {
@@ -166,13 +169,32 @@ async fn renew(
 
 /// Runs `f` on the connection's runtime and waits for it (see
 /// `Etcd::call`).
-fn block<T: Send + 'static>(
+fn block<T: Send + 'static, F>(
     etcd: &Arc<Etcd>,
-    f: impl std::future::Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
-) -> Result<T, StoreError> {
+    make: impl Fn() -> F + Send + 'static,
+) -> Result<T, StoreError>
+where
+    F: std::future::Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+{
+    let tries = etcd.url().endpoints.len() * 2 + 1;
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     etcd.runtime().spawn(async move {
-        let _ = tx.send(tokio::time::timeout(REQUEST_TIMEOUT * 2, f).await);
+        let once = async move {
+            let mut n = 1;
+            loop {
+                match make().await {
+                    // Never reached a member (one is down): another one.
+                    Err(etcd_client::Error::GRpcStatus(s))
+                        if n < tries && s.message().contains("connect error") =>
+                    {
+                        n += 1;
+                        tokio::time::sleep(super::etcd::RESEND_AFTER).await;
+                    }
+                    r => return r,
+                }
+            }
+        };
+        let _ = tx.send(tokio::time::timeout(REQUEST_TIMEOUT * 2, once).await);
     });
     match rx.recv() {
         Ok(Ok(r)) => r.map_err(|e| etcd.unavailable(e.to_string())),

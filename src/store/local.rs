@@ -273,7 +273,10 @@ impl Store {
         let mut tries = 1;
         loop {
             match op() {
-                Err(StoreError::Contended(_)) if tries < CONTENDED_TRIES => tries += 1,
+                Err(StoreError::Contended(_)) if tries < CONTENDED_TRIES => {
+                    contended_backoff(tries);
+                    tries += 1
+                }
                 r => return r,
             }
         }
@@ -786,6 +789,19 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(meta.mode() & 0o700))?;
     }
     Ok(())
+}
+
+/// The longest pause before a transaction that lost a race runs again.
+const CONTENDED_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// A random pause, longer with each try (up to [`CONTENDED_PAUSE`]), so
+/// writers racing on one key do not keep colliding in step.
+pub(super) fn contended_backoff(tries: usize) {
+    let mut b = [0u8; 2];
+    let _ = getrandom::fill(&mut b);
+    let cap = CONTENDED_PAUSE.as_micros() as u64 * (tries.min(8) as u64) / 8;
+    let pause = u64::from(u16::from_le_bytes(b)) % cap.max(1);
+    std::thread::sleep(std::time::Duration::from_micros(pause));
 }
 
 /// Decodes a document read from etcd (`rel` at `path`): JSON, or

@@ -104,6 +104,8 @@ static TXN_SEQ: AtomicU64 = AtomicU64::new(0);
 #[derive(Default)]
 struct EtcdWrites {
     read: std::collections::BTreeMap<String, i64>,
+    /// What was read, as read: a transaction sees one value of each key.
+    cache: HashMap<String, Option<Value>>,
     ops: std::collections::BTreeMap<String, Option<Vec<u8>>>,
 }
 
@@ -198,9 +200,14 @@ impl<'a> Txn<'a> {
         let Some(w) = &mut self.etcd else {
             return Store::read_json(path);
         };
+        let rel = self.store.rel_key(path)?;
+        if let Some(doc) = w.cache.get(&rel) {
+            return Ok(doc.clone());
+        }
         let (doc, revision) = self.store.read_doc(path)?;
         // The commit holds only if what was read is still there as read.
-        w.read.entry(self.store.rel_key(path)?).or_insert(revision);
+        w.read.insert(rel.clone(), revision);
+        w.cache.insert(rel, doc.clone());
         Ok(doc)
     }
 
