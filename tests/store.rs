@@ -355,8 +355,11 @@ fn open(env: &Env) -> Store {
     }
 }
 
+/// A case of the store's semantics, run on each backend.
+type Case = fn(&Store);
+
 /// The cases that take a store, by name.
-const CASES: &[(&str, fn(&Store))] = &[
+const CASES: &[(&str, Case)] = &[
     (
         "generation_moves_with_the_spec_only",
         generation_moves_with_the_spec_only,

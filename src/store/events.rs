@@ -58,6 +58,51 @@ impl Store {
         }
     }
 
+    /// Every object that has recorded events (in no particular order).
+    pub fn event_keys(&self) -> Result<Vec<ObjectKey>> {
+        let parse = |plural: &str, ns: &str, file: &str| -> Option<ObjectKey> {
+            if file.starts_with('.') {
+                return None;
+            }
+            let kind = crate::api::Kind::ALL
+                .into_iter()
+                .find(|k| k.plural() == plural)?;
+            let key = ObjectKey::new(kind, ns, file.strip_suffix(".json")?);
+            super::names::check_key(&key).ok().map(|()| key)
+        };
+        if let Some(etcd) = self.etcd() {
+            let (kvs, _) = etcd.range("events")?;
+            return Ok(kvs
+                .iter()
+                .filter_map(|kv| {
+                    let parts: Vec<&str> = kv.rel.split('/').collect();
+                    match parts.as_slice() {
+                        ["events", plural, ns, file] => parse(plural, ns, file),
+                        _ => None,
+                    }
+                })
+                .collect());
+        }
+        let read = |d: &std::path::Path| {
+            std::fs::read_dir(d)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .collect::<Vec<_>>()
+        };
+        let dir = self.root().join("events");
+        let mut out = Vec::new();
+        for plural in read(&dir) {
+            for ns in read(&dir.join(&plural)) {
+                for file in read(&dir.join(&plural).join(&ns)) {
+                    out.extend(parse(&plural, &ns, &file));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Records an event about `key` (`warning`: type Warning, else Normal).
     pub fn record_event(
         &self,
