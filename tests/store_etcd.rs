@@ -492,3 +492,53 @@ impl Drop for Tmux {
             .status();
     }
 }
+
+/// A leader that cannot renew its lease within the TTL (here: the cluster
+/// lost its quorum) stops, saying why, and exits non-zero: it can no longer
+/// know it is the only one acting. Its agents keep running.
+#[test]
+#[cfg_attr(not(etcd), ignore = "etcd is not installed")]
+fn a_leader_that_cannot_renew_its_lease_stops() {
+    let mut c = Cluster::start(3);
+    let env = Env::on_store(&c.url("quorum"));
+    let log = env.path("daemon.log");
+    let mut child = Killed(
+        env.cmd(&["run", "--listen", "127.0.0.1:0", "--log-level", "info"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let logged = |needle: &str| {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains(needle)
+    };
+    wait_for("the daemon to lead", T, || {
+        logged("leader lease acquired").then_some(())
+    });
+    // Two of three members gone: no quorum, no renewal.
+    c.kill(0);
+    c.kill(1);
+    let status = wait_for(
+        "the daemon to stop",
+        claude_failover::store::LEADER_TTL * 6,
+        || child.0.try_wait().unwrap(),
+    );
+    assert!(!status.success());
+    assert!(
+        logged("leader lease not renewed within its TTL"),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+}
+
+/// A child process killed (by pid) if the test ends before it does.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

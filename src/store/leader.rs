@@ -31,15 +31,17 @@ impl LeaderLock {
     /// Resolves when the leadership is lost (an etcd lease not renewed in
     /// time: this daemon was cut off, and another may lead now). A local
     /// leader loses it only with its process: never.
-    pub async fn lost(&self) {
-        match &self.lost {
-            Some(rx) => {
-                let mut rx = rx.clone();
-                if rx.wait_for(|lost| *lost).await.is_err() {
-                    std::future::pending::<()>().await
+    pub fn lost(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let rx = self.lost.clone();
+        async move {
+            match rx {
+                Some(mut rx) => {
+                    if rx.wait_for(|lost| *lost).await.is_err() {
+                        std::future::pending::<()>().await
+                    }
                 }
+                None => std::future::pending().await,
             }
-            None => std::future::pending().await,
         }
     }
 }
