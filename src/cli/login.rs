@@ -93,8 +93,7 @@ pub fn login(ctx: &Ctx, a: LoginArgs) -> Result<ExitCode> {
             )
         })?;
     let dir = crate::fsutil::expand_home(&account.spec.config_dir);
-    let before = login::check(&a.account, &dir, None);
-    if let login::Login::LoggedIn(m) = &before
+    if let login::Login::LoggedIn(m) = login::check(&a.account, &dir, None)
         && !a.force
     {
         println!(
@@ -103,7 +102,55 @@ pub fn login(ctx: &Ctx, a: LoginArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let sessions: Vec<Session> = store
+    let (argv, env) = login_command(ctx, &a, &dir)?;
+    create_private_dir(&dir)?;
+    let key = ObjectKey::new(Kind::Account, &ctx.namespace, &a.account);
+    let pane = LoginPane {
+        name: session_name(&key),
+        socket: Paths::of(ctx).tmux_socket,
+        rt: tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+    };
+    let stamp = creds_stamp(&dir);
+    pane.start(&dir, &env, &argv)?;
+    let interactive =
+        !a.no_attach && std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    eprintln!(
+        "Claude Code's login for account {} runs in tmux session {} ({})",
+        a.account,
+        pane.name,
+        if interactive {
+            "attaching; finish the login there".to_string()
+        } else {
+            format!("finish it there: {}", pane.attach_command())
+        }
+    );
+    let client = if interactive {
+        Some(pane.attach()?)
+    } else {
+        None
+    };
+    let outcome = pane.wait(&a, &dir, stamp, client)?;
+    match outcome {
+        Ok(m) => {
+            record_login(&store, &key, &m)?;
+            println!("account {} is logged in ({m})", a.account);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(message) => bail!("account {}: {message}", a.account),
+    }
+}
+
+/// Environment variables, in order.
+type Env = Vec<(String, String)>;
+
+/// Claude Code's login command and its environment: the account's agent
+/// environment (a gateway's ANTHROPIC_BASE_URL, ...), what this shell has
+/// for the browser and the network, and the account's config dir.
+fn login_command(ctx: &Ctx, a: &LoginArgs, dir: &Path) -> Result<(Vec<String>, Env)> {
+    let sessions: Vec<Session> = ctx
+        .store()?
         .api::<Session>(Some(&ctx.namespace))
         .list()?
         .into_iter()
@@ -119,13 +166,9 @@ pub fn login(ctx: &Ctx, a: LoginArgs) -> Result<ExitCode> {
         .as_ref()
         .and_then(|g| crate::agent::env::lookup(&g.env, "PATH"))
         .or_else(|| std::env::var("PATH").ok());
-    let cwd = std::env::current_dir().unwrap_or_else(|_| dir.clone());
+    let cwd = std::env::current_dir().unwrap_or_else(|_| dir.to_path_buf());
     let program =
         exit::resolve_command(&command, path.as_deref(), &cwd).map_err(|e| anyhow::anyhow!(e))?;
-    create_private_dir(&dir)?;
-
-    // The account's agent environment (a gateway's ANTHROPIC_BASE_URL, ...),
-    // what this shell has for the browser and the network, its config dir.
     let mut env: Vec<(String, String)> = agent
         .map(|g| crate::agent::env::resolve(&g.env))
         .transpose()?
@@ -149,138 +192,158 @@ pub fn login(ctx: &Ctx, a: LoginArgs) -> Result<ExitCode> {
     if a.console {
         argv.push("--console".into());
     }
-    let key = ObjectKey::new(Kind::Account, &ctx.namespace, &a.account);
-    let name = session_name(&key);
-    let paths = Paths::of(ctx);
-    let tmux = Tmux::new(&paths.tmux_socket);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let stamp = creds_stamp(&dir);
-    rt.block_on(async {
-        tmux.kill_session(&name).await?;
-        tmux.new_session(&NewSession {
-            name: &name,
-            cwd: &dir,
-            env: &env,
-            argv: &argv,
-            width: 200,
-            height: 50,
-        })
-        .await
-    })
-    .context("cannot start the login in the pool's tmux server")?;
-    let attach = format!("tmux -S {} attach -t ={name}", paths.tmux_socket.display());
-    let interactive =
-        !a.no_attach && std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
-    eprintln!(
-        "Claude Code's login for account {} runs in tmux session {name} ({})",
-        a.account,
-        if interactive {
-            "attaching; finish the login there".to_string()
-        } else {
-            format!("finish it there: {attach}")
-        }
-    );
-    let mut client = if interactive {
-        Some(
-            std::process::Command::new("tmux")
-                .args(["-S"])
-                .arg(&paths.tmux_socket)
-                .args(["attach", "-t", &format!("={name}")])
-                .env_remove("TMUX")
-                .spawn()
-                .context("cannot attach to the login's tmux session")?,
-        )
-    } else {
-        None
-    };
-    let deadline = Instant::now() + a.timeout;
-    let mut gone = 0;
-    let outcome = loop {
-        let now = login::check(&a.account, &dir, None);
-        let fresh = !a.force || creds_stamp(&dir) != stamp;
-        if now.logged_in() && fresh {
-            break Ok(now);
-        }
-        // A pane that vanished (killed by hand) is taken as ended once it is
-        // still gone at the next look.
-        let pane = rt.block_on(tmux.pane(&name))?;
-        let ended = match &pane {
-            Some(p) => p.dead,
-            None => {
-                gone += 1;
-                gone > 1
-            }
+    Ok((argv, env))
+}
+
+/// The login's tmux session in the pool's tmux server.
+struct LoginPane {
+    name: String,
+    socket: std::path::PathBuf,
+    rt: tokio::runtime::Runtime,
+}
+
+impl LoginPane {
+    fn tmux(&self) -> Tmux {
+        Tmux::new(&self.socket)
+    }
+
+    fn start(&self, dir: &Path, env: &[(String, String)], argv: &[String]) -> Result<()> {
+        let tmux = self.tmux();
+        self.rt
+            .block_on(async {
+                tmux.kill_session(&self.name).await?;
+                tmux.new_session(&NewSession {
+                    name: &self.name,
+                    cwd: dir,
+                    env,
+                    argv,
+                    width: 200,
+                    height: 50,
+                })
+                .await
+            })
+            .context("cannot start the login in the pool's tmux server")?;
+        Ok(())
+    }
+
+    fn attach_command(&self) -> String {
+        format!("tmux -S {} attach -t ={}", self.socket.display(), self.name)
+    }
+
+    fn attach(&self) -> Result<std::process::Child> {
+        std::process::Command::new("tmux")
+            .args(["-S"])
+            .arg(&self.socket)
+            .args(["attach", "-t", &format!("={}", self.name)])
+            .env_remove("TMUX")
+            .spawn()
+            .context("cannot attach to the login's tmux session")
+    }
+
+    /// Waits until the account has a (new, with --force) login, the login's
+    /// pane ends, or the timeout passes. The inner error says why there is
+    /// no login; the tmux session is closed unless the wait timed out.
+    fn wait(
+        &self,
+        a: &LoginArgs,
+        dir: &Path,
+        stamp: Option<u64>,
+        mut client: Option<std::process::Child>,
+    ) -> Result<Result<login::Method, String>> {
+        let logged_in = || match login::check(&a.account, dir, None) {
+            login::Login::LoggedIn(m) if !a.force || creds_stamp(dir) != stamp => Some(m),
+            _ => None,
         };
-        if ended {
-            // The login ended: its last words say why, if it failed. tmux
-            // scrolls a dead pane's screen into its history: read both.
-            let status = pane.as_ref().and_then(|p| p.exit_status);
-            let screen = match &pane {
-                Some(p) => rt.block_on(exit::dead_pane_text(&paths.tmux_socket, &p.id)),
-                None => String::new(),
-            };
-            let again = login::check(&a.account, &dir, None);
-            if again.logged_in() && (!a.force || creds_stamp(&dir) != stamp) {
-                break Ok(again);
+        let deadline = Instant::now() + a.timeout;
+        let mut gone = 0;
+        let mut timed_out = false;
+        let outcome = loop {
+            if let Some(m) = logged_in() {
+                break Ok(m);
             }
-            let said = exit::last_lines(&screen);
-            break Err(match (said.is_empty(), status) {
-                (false, _) => format!("Claude Code's login ended without a login: {said}"),
-                (true, Some(c)) => format!(
+            if let Some(why) = self.ended(&mut gone)? {
+                // The pane may have ended right after writing the login.
+                break logged_in().ok_or(why);
+            }
+            if Instant::now() >= deadline {
+                timed_out = true;
+                break Err(format!(
+                    "no login after {}s (the session stays open: {})",
+                    a.timeout.as_secs(),
+                    self.attach_command()
+                ));
+            }
+            if let Some(c) = &mut client
+                && c.try_wait()?.is_some()
+            {
+                eprintln!(
+                    "detached; still waiting for the login ({})",
+                    self.attach_command()
+                );
+                client = None;
+            }
+            std::thread::sleep(POLL);
+        };
+        if !timed_out {
+            let _ = self.rt.block_on(self.tmux().kill_session(&self.name));
+        }
+        if let Some(mut c) = client {
+            let _ = c.wait();
+        }
+        Ok(outcome)
+    }
+
+    /// Why the login's pane ended, if it did. A pane that vanished (killed
+    /// by hand) is taken as ended once it is still gone at the next look.
+    fn ended(&self, gone: &mut u32) -> Result<Option<String>> {
+        let pane = self.rt.block_on(self.tmux().pane(&self.name))?;
+        let Some(p) = pane else {
+            *gone += 1;
+            return Ok((*gone > 1).then(|| {
+                "Claude Code's login ended without a login (its tmux session is gone)".to_string()
+            }));
+        };
+        if !p.dead {
+            return Ok(None);
+        }
+        // Its last words say why. tmux scrolls a dead pane's screen into
+        // its history: read both.
+        let screen = self.rt.block_on(exit::dead_pane_text(&self.socket, &p.id));
+        let said = exit::last_lines(&screen);
+        Ok(Some(match (said.is_empty(), p.exit_status) {
+            (false, _) => format!("Claude Code's login ended without a login: {said}"),
+            (true, Some(c)) => {
+                format!(
                     "Claude Code's login ended without a login (exit status {c}, nothing printed)"
-                ),
-                (true, None) => "Claude Code's login ended without a login (its tmux session \
-                                 is gone)"
-                    .to_string(),
-            });
-        }
-        if Instant::now() >= deadline {
-            break Err(format!(
-                "no login after {}s (the session stays open: {attach})",
-                a.timeout.as_secs()
-            ));
-        }
-        if let Some(c) = &mut client
-            && c.try_wait()?.is_some()
-        {
-            eprintln!("detached; still waiting for the login ({attach})");
-            client = None;
-        }
-        std::thread::sleep(POLL);
-    };
-    let timed_out = matches!(&outcome, Err(m) if m.starts_with("no login after"));
-    if !timed_out {
-        let _ = rt.block_on(tmux.kill_session(&name));
+                )
+            }
+            (true, None) => {
+                "Claude Code's login ended without a login (its tmux session is gone)".to_string()
+            }
+        }))
     }
-    if let Some(mut c) = client {
-        let _ = c.wait();
-    }
-    match outcome {
-        Ok(login::Login::LoggedIn(m)) => {
-            let when = serde_json::to_value(k8s_openapi::jiff::Timestamp::now().to_string())?;
-            store.update_metadata(&key, None, |meta| {
-                let ann = meta
-                    .entry("annotations")
-                    .or_insert_with(|| serde_json::json!({}));
-                if let Some(a) = ann.as_object_mut() {
-                    a.insert(LOGGED_IN_AT.into(), when.clone());
-                }
-            })?;
-            store.record_event(
-                &key,
-                false,
-                "LoggedIn",
-                &format!("logged in with claude-failover login ({m})"),
-                "cli",
-            )?;
-            println!("account {} is logged in ({m})", a.account);
-            Ok(ExitCode::SUCCESS)
+}
+
+/// Annotates the Account (wakes the account controller) and records the
+/// login as an event.
+fn record_login(store: &crate::store::Store, key: &ObjectKey, how: &login::Method) -> Result<()> {
+    let when = serde_json::to_value(k8s_openapi::jiff::Timestamp::now().to_string())?;
+    store.update_metadata(key, None, |meta| {
+        let ann = meta
+            .entry("annotations")
+            .or_insert_with(|| serde_json::json!({}));
+        if let Some(a) = ann.as_object_mut() {
+            a.insert(LOGGED_IN_AT.into(), when.clone());
         }
-        Ok(_) => unreachable!("only a login ends the wait"),
-        Err(message) => bail!("account {}: {message}", a.account),
-    }
+    })?;
+    store.record_event(
+        key,
+        false,
+        "LoggedIn",
+        &format!("logged in with claude-failover login ({how})"),
+        "cli",
+    )?;
+    Ok(())
 }
 
 /// The config dir, made private (mode 0700) when this creates it.

@@ -77,8 +77,9 @@ pub struct Caches {
 
 /// Index of Sessions by the account they run on (`NS/ACCOUNT`).
 pub const BY_ACCOUNT: &str = "account";
-/// Index of Tasks by the session they were dispatched to, or are to be
-/// replayed on (`NS/SESSION`).
+/// Index of the Tasks in flight on a session (dispatched or running
+/// there) or waiting to be replayed there (`NS/SESSION`). Finished tasks
+/// are not in it, so a lookup costs what is in flight, not the history.
 pub const BY_SESSION: &str = "session";
 
 fn session_account(s: &Session) -> Vec<String> {
@@ -91,15 +92,21 @@ fn session_account(s: &Session) -> Vec<String> {
 }
 
 fn task_session(t: &Task) -> Vec<String> {
+    use crate::api::TaskPhase;
     let ns = t.metadata.namespace.as_deref().unwrap_or_default();
     let Some(st) = t.status.as_ref() else {
         return vec![];
     };
-    let mut v: Vec<String> = [st.session.as_deref(), st.replay_on.as_deref()]
-        .into_iter()
-        .flatten()
-        .map(|s| index_key(ns, s))
-        .collect();
+    let in_flight = matches!(st.phase, Some(TaskPhase::Dispatched | TaskPhase::Running));
+    let replay = st.phase == Some(TaskPhase::Pending);
+    let mut v: Vec<String> = [
+        st.session.as_deref().filter(|_| in_flight),
+        st.replay_on.as_deref().filter(|_| replay),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|s| index_key(ns, s))
+    .collect();
     v.dedup();
     v
 }

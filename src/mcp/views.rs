@@ -66,110 +66,81 @@ fn conditions(v: &Value) -> Option<Value> {
     (!list.is_empty()).then_some(Value::Array(list))
 }
 
+/// A field of a summary: its name and where it is in the object.
+type Field = (&'static str, &'static str);
+
+/// The summary's fields, each copied from its place when set.
+fn pick(v: &Value, fields: &[Field]) -> Map<String, Value> {
+    let mut m = Map::new();
+    for (key, pointer) in fields {
+        put(&mut m, key, v.pointer(pointer).cloned());
+    }
+    m
+}
+
+/// `name`, `namespace` and `phase` (`default` when it has none).
+fn head(v: &Value, default: &str) -> Map<String, Value> {
+    let mut m = pick(
+        v,
+        &[
+            ("name", "/metadata/name"),
+            ("namespace", "/metadata/namespace"),
+        ],
+    );
+    m.insert("phase".into(), json!(phase(v).unwrap_or(default)));
+    m
+}
+
 /// A Session in a list.
 pub fn session(v: &Value) -> Value {
-    let mut m = Map::new();
-    put(&mut m, "name", v.pointer("/metadata/name").cloned());
-    put(
-        &mut m,
-        "namespace",
-        v.pointer("/metadata/namespace").cloned(),
-    );
-    put(
-        &mut m,
-        "phase",
-        Some(
-            v.pointer("/status/phase")
-                .cloned()
-                .unwrap_or(json!("Pending")),
-        ),
-    );
-    put(&mut m, "account", v.pointer("/status/account").cloned());
-    put(
-        &mut m,
-        "preferredAccount",
-        v.pointer("/spec/account").cloned(),
-    );
-    put(
-        &mut m,
-        "currentTask",
-        v.pointer("/status/currentTask").cloned(),
-    );
-    put(&mut m, "labels", v.pointer("/metadata/labels").cloned());
-    put(&mut m, "workdir", v.pointer("/spec/workdir").cloned());
-    put(&mut m, "model", v.pointer("/spec/agent/model").cloned());
-    put(&mut m, "mcp", v.pointer("/spec/agent/mcp").cloned());
-    put(&mut m, "suspend", v.pointer("/spec/suspend").cloned());
-    put(&mut m, "restarts", v.pointer("/status/restarts").cloned());
-    put(
-        &mut m,
-        "lastActivity",
-        v.pointer("/status/lastActivity").cloned(),
-    );
-    put(&mut m, "lastSwap", v.pointer("/status/lastSwap").cloned());
+    let mut m = head(v, "Pending");
+    m.extend(pick(
+        v,
+        &[
+            ("account", "/status/account"),
+            ("preferredAccount", "/spec/account"),
+            ("currentTask", "/status/currentTask"),
+            ("labels", "/metadata/labels"),
+            ("workdir", "/spec/workdir"),
+            ("model", "/spec/agent/model"),
+            ("mcp", "/spec/agent/mcp"),
+            ("suspend", "/spec/suspend"),
+            ("restarts", "/status/restarts"),
+            ("lastActivity", "/status/lastActivity"),
+            ("lastSwap", "/status/lastSwap"),
+        ],
+    ));
     put(&mut m, "conditions", conditions(v));
     Value::Object(m)
 }
 
 /// An Account in a list: its usage, phase, reset times and projection.
 pub fn account(v: &Value) -> Value {
-    let mut m = Map::new();
-    put(&mut m, "name", v.pointer("/metadata/name").cloned());
-    put(
-        &mut m,
-        "namespace",
-        v.pointer("/metadata/namespace").cloned(),
-    );
-    put(
-        &mut m,
-        "phase",
-        Some(
-            v.pointer("/status/phase")
-                .cloned()
-                .unwrap_or(json!("Unknown")),
-        ),
-    );
-    put(&mut m, "priority", v.pointer("/spec/priority").cloned());
-    put(&mut m, "suspend", v.pointer("/spec/suspend").cloned());
-    put(&mut m, "thresholds", v.pointer("/spec/thresholds").cloned());
-    put(&mut m, "usage", v.pointer("/status/usage").cloned());
-    put(&mut m, "limit", v.pointer("/status/limit").cloned());
-    put(
-        &mut m,
-        "projectedLimitAt",
-        v.pointer("/status/projectedLimitAt").cloned(),
-    );
-    put(&mut m, "sessions", v.pointer("/status/sessions").cloned());
+    let mut m = head(v, "Unknown");
+    m.extend(pick(
+        v,
+        &[
+            ("priority", "/spec/priority"),
+            ("suspend", "/spec/suspend"),
+            ("thresholds", "/spec/thresholds"),
+            ("usage", "/status/usage"),
+            ("limit", "/status/limit"),
+            ("projectedLimitAt", "/status/projectedLimitAt"),
+            ("sessions", "/status/sessions"),
+        ],
+    ));
     put(&mut m, "conditions", conditions(v));
     Value::Object(m)
 }
 
 /// A Task in a list: where it runs, how it went, and its delegation.
 pub fn task(v: &Value) -> Value {
-    let mut m = Map::new();
-    put(&mut m, "name", v.pointer("/metadata/name").cloned());
-    put(
-        &mut m,
-        "namespace",
-        v.pointer("/metadata/namespace").cloned(),
-    );
-    put(
-        &mut m,
-        "phase",
-        Some(
-            v.pointer("/status/phase")
-                .cloned()
-                .unwrap_or(json!("Pending")),
-        ),
-    );
-    put(
-        &mut m,
-        "priority",
-        Some(
-            v.pointer("/spec/priority")
-                .cloned()
-                .unwrap_or(json!("normal")),
-        ),
+    let mut m = head(v, "Pending");
+    m.insert(
+        "priority".into(),
+        v.pointer("/spec/priority")
+            .cloned()
+            .unwrap_or(json!("normal")),
     );
     put(
         &mut m,
@@ -177,31 +148,30 @@ pub fn task(v: &Value) -> Value {
         s(v, "/spec/prompt").map(|p| json!(short(p))),
     );
     put(&mut m, "session", v.pointer("/status/session").cloned());
-    let mut target = Map::new();
-    put(&mut target, "session", v.pointer("/spec/session").cloned());
-    put(
-        &mut target,
-        "sessionSelector",
-        v.pointer("/spec/sessionSelector").cloned(),
+    let target = pick(
+        v,
+        &[
+            ("session", "/spec/session"),
+            ("sessionSelector", "/spec/sessionSelector"),
+            ("workdir", "/spec/workdir"),
+        ],
     );
-    put(&mut target, "workdir", v.pointer("/spec/workdir").cloned());
     if !target.is_empty() {
         m.insert("target".into(), Value::Object(target));
     }
-    put(&mut m, "model", v.pointer("/status/model").cloned());
-    put(&mut m, "attempts", v.pointer("/status/attempts").cloned());
+    m.extend(pick(
+        v,
+        &[("model", "/status/model"), ("attempts", "/status/attempts")],
+    ));
     put(&mut m, "result", s(v, "/status/message").map(|r| json!(r)));
-    put(
-        &mut m,
-        "createdAt",
-        v.pointer("/metadata/creationTimestamp").cloned(),
-    );
-    put(&mut m, "startedAt", v.pointer("/status/startedAt").cloned());
-    put(
-        &mut m,
-        "finishedAt",
-        v.pointer("/status/finishedAt").cloned(),
-    );
+    m.extend(pick(
+        v,
+        &[
+            ("createdAt", "/metadata/creationTimestamp"),
+            ("startedAt", "/status/startedAt"),
+            ("finishedAt", "/status/finishedAt"),
+        ],
+    ));
     let depth = delegation::depth_of(v);
     if depth > 0 {
         m.insert("delegationDepth".into(), json!(depth));

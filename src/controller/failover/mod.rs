@@ -102,7 +102,7 @@ async fn pass(ctx: &Context) -> Result<Duration, crate::store::StoreError> {
         accounts: accounts.iter().map(Arc::as_ref).collect(),
         sessions: sessions.iter().map(Arc::as_ref).collect(),
         swaps: swaps.iter().map(Arc::as_ref).collect(),
-        tasks_on: tasks_on(ctx),
+        tasks_on: tasks_on(ctx, &sessions),
         models: models(ctx, &sessions),
     };
     let actions = plan::plan(&world, &ctx.settings);
@@ -117,19 +117,29 @@ async fn pass(ctx: &Context) -> Result<Duration, crate::store::StoreError> {
     Ok(if acted { Duration::ZERO } else { wait })
 }
 
-/// The task in flight on each session.
-fn tasks_on(ctx: &Context) -> HashMap<(String, String), String> {
+/// The task in flight on each session (looked up per session in the
+/// tasks' in-flight index, not by a scan of every task).
+fn tasks_on(
+    ctx: &Context,
+    sessions: &[Arc<crate::api::Session>],
+) -> HashMap<(String, String), String> {
     use crate::api::TaskPhase;
-    ctx.shared
-        .caches
-        .tasks
-        .all()
+    let tasks = &ctx.shared.caches.tasks;
+    sessions
         .iter()
-        .filter_map(|t| {
-            let st = t.status.as_ref()?;
-            matches!(st.phase, Some(TaskPhase::Dispatched | TaskPhase::Running)).then_some(())?;
-            let key = ObjectKey::of(t.as_ref());
-            Some(((key.namespace, st.session.clone()?), key.name))
+        .filter_map(|s| {
+            let key = ObjectKey::of(s.as_ref());
+            let index = crate::store::cache::index_key(&key.namespace, &key.name);
+            let task = tasks
+                .indexed(super::BY_SESSION, &index)
+                .into_iter()
+                .find(|t| {
+                    t.status.as_ref().is_some_and(|st| {
+                        matches!(st.phase, Some(TaskPhase::Dispatched | TaskPhase::Running))
+                            && st.session.as_deref() == Some(key.name.as_str())
+                    })
+                })?;
+            Some(((key.namespace, key.name), task.metadata.name.clone()?))
         })
         .collect()
 }
