@@ -1,7 +1,8 @@
 //! Applying declared objects: one, many in one transaction (all or
 //! nothing), and [`Batch`] for callers that write more with them.
 
-use super::local::{Outcome, Raw, Result, Store, StoreError, drop_empty, stamp};
+use super::backend::stamp;
+use super::local::{Outcome, Raw, Result, Store, StoreError, drop_empty};
 use super::ownership;
 use super::txn::Txn;
 use crate::api::{API_VERSION, Kind, ObjectKey};
@@ -77,7 +78,7 @@ impl Store {
         loop {
             match self.apply_requests_once(reqs, dry_run) {
                 Err((None, StoreError::Contended(_))) if tries < super::CONTENDED_TRIES => {
-                    super::local::contended_backoff(tries);
+                    super::backend::contended_backoff(tries);
                     tries += 1
                 }
                 r => return r,

@@ -49,6 +49,7 @@
 //!   `kube_runtime` reflectors and the applier.
 
 mod apply;
+mod backend;
 pub mod cache;
 mod etcd;
 mod events;

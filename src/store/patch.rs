@@ -4,7 +4,8 @@
 //! other (see docs/state.md). Also: a JSON merge patch of a status, and
 //! objects created with their status in one transaction.
 
-use super::local::{Result, Store, StoreError, stamp};
+use super::backend::stamp;
+use super::local::{Result, Store, StoreError};
 use super::txn::Durability;
 use super::typed::Api;
 use crate::api::{Object, ObjectKey};

@@ -185,7 +185,7 @@ impl<'a> Txn<'a> {
     pub(super) fn next_rv(&mut self) -> String {
         if self.etcd.is_some() {
             // The commit's revision, known once committed (see `stamp`).
-            return super::local::PENDING_RV.to_string();
+            return super::backend::PENDING_RV.to_string();
         }
         let now_us = k8s_openapi::jiff::Timestamp::now().as_microsecond().max(0) as u64;
         self.counter = (self.counter + 1).max(now_us);
@@ -293,7 +293,7 @@ impl<'a> Txn<'a> {
 
     /// [`Txn::commit`], returning (etcd) the revision it committed at, which
     /// replaces the pending resourceVersion of what it wrote (see
-    /// [`super::local::stamp`]). On etcd, a commit that lost a race to
+    /// [`super::backend::stamp`]). On etcd, a commit that lost a race to
     /// another writer is [`StoreError::Contended`]: nothing was written.
     pub(super) fn commit_rv(mut self) -> Result<Option<String>> {
         if let Some(w) = self.etcd.take() {

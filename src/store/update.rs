@@ -4,7 +4,8 @@
 //! [`super::ownership`]), and the result must be a valid object of its
 //! kind.
 
-use super::local::{Raw, Result, Store, StoreError, stamp};
+use super::backend::stamp;
+use super::local::{Raw, Result, Store, StoreError};
 use super::ownership;
 use crate::api::ObjectKey;
 use serde_json::{Value, json};
