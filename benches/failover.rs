@@ -207,6 +207,11 @@ fn main() {
     let record = pool.swaps().into_iter().last().unwrap();
     let swap = Duration::from_millis(record.finished_at.unwrap() - record.started_at);
 
+    // 4. The same 8 with warm standbys: each keeps an idle Claude Code
+    //    under the next target (a, the preferred one); the move to it types
+    //    `/resume` into them.
+    let warm = warm_failover(&pool, &names);
+
     // 3. StopFailure to swap start: the account s0 runs on is told its
     //    limit is hit (twice: three accounts give two moves).
     let mut hook_to_swap = Vec::new();
@@ -214,19 +219,17 @@ fn main() {
         // Let the agents just relaunched finish starting (CPU-bound on two
         // cores): the figure is the daemon's reaction, not the queue for a core.
         std::thread::sleep(Duration::from_secs(10));
-        let rt_record: Value = serde_json::from_slice(
-            &std::fs::read(pool.path("state/sessions/default/s0/runtime.json")).unwrap(),
-        )
-        .unwrap();
+        let secret =
+            std::fs::read_to_string(pool.path("state/sessions/default/s0/secret")).unwrap();
         let url = format!(
             "http://127.0.0.1:{}/v1/agents/default/s0/{}/hook",
             pool.port,
-            rt_record["secret"].as_str().unwrap()
+            secret.trim()
         );
         let body = serde_json::json!({
             "hook_event_name": "StopFailure",
             "error": "rate_limit",
-            "session_id": rt_record["agentSessionId"],
+            "session_id": pool.session("s0").unwrap()["status"]["agentSessionId"],
             "last_assistant_message": "You've hit your session limit",
         })
         .to_string();
@@ -306,11 +309,131 @@ fn main() {
         "  the swap itself (its record: lease to release)    {}",
         ms(swap)
     );
+    println!(
+        "  with warm standbys: failover of {N}, trigger to all Ready on the target  {}  ({:.2}x the floor; relaunch path {:.2}x)",
+        ms(warm.all),
+        warm.all.as_secs_f64() / floor.as_secs_f64(),
+        failover.as_secs_f64() / floor.as_secs_f64()
+    );
+    println!(
+        "  with warm standbys: each session's pause, trigger to its agent confirmed  median {}, max {}",
+        ms(warm.pause_median),
+        ms(warm.pause_max)
+    );
+    println!(
+        "  with warm standbys: moves through a standby {}/{N}",
+        warm.took_over
+    );
+    println!(
+        "  idle standby, each: CPU {:.2} % of a core over {} s, RSS {} MiB (mean of {N})",
+        warm.idle_cpu_percent,
+        IDLE_WINDOW.as_secs(),
+        warm.rss_mib
+    );
     for (i, d) in hook_to_swap.iter().enumerate() {
         println!(
             "  StopFailure hook to swap start, sample {}          {}",
             i + 1,
             ms(*d)
         );
+    }
+}
+
+/// How long the idle standbys are watched for their cost.
+const IDLE_WINDOW: Duration = Duration::from_secs(20);
+
+struct Warm {
+    all: Duration,
+    pause_median: Duration,
+    pause_max: Duration,
+    took_over: usize,
+    idle_cpu_percent: f64,
+    rss_mib: u64,
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The sessions (idle, on one account) get warm standbys; their idle cost
+/// is watched; then they move to the standbys' account.
+fn warm_failover(pool: &Pool, names: &[String]) -> Warm {
+    let mut all = String::new();
+    for n in names {
+        all.push_str("---\n");
+        all.push_str(&pool.session_yaml(n, None, &[]));
+        all.push_str("  standby:\n    mode: warm\n");
+    }
+    pool.apply(&all);
+    let ready: Vec<Value> = names
+        .iter()
+        .map(|n| {
+            wait_for(&format!("{n}'s standby"), Duration::from_secs(180), || {
+                pool.session(n)
+                    .filter(|v| v["status"]["standby"]["ready"] == true)
+            })
+        })
+        .collect();
+    let from = ready[0]["status"]["account"].as_str().unwrap().to_string();
+    let to = ready[0]["status"]["standby"]["account"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pids: Vec<u32> = ready
+        .iter()
+        .map(|v| v["status"]["standby"]["pid"].as_u64().unwrap() as u32)
+        .collect();
+    // Let the last start-ups settle, then watch them idle.
+    std::thread::sleep(Duration::from_secs(5));
+    let cpu0: Duration = pids.iter().map(|p| cpu_of(*p)).sum();
+    std::thread::sleep(IDLE_WINDOW);
+    let cpu = pids.iter().map(|p| cpu_of(*p)).sum::<Duration>() - cpu0;
+    let idle_cpu_percent =
+        cpu.as_secs_f64() / IDLE_WINDOW.as_secs_f64() / pids.len() as f64 * 100.0;
+    let rss_mib = pids.iter().map(|p| rss_kib(*p)).sum::<u64>() / pids.len() as u64 / 1024;
+
+    let t = Instant::now();
+    let started = SystemTime::now();
+    pool.ok(&["failover", &from, "--to", &to, "--no-wait"]);
+    let mut pauses = Vec::new();
+    let mut took_over = 0;
+    for n in names {
+        let v = wait_for(&format!("{n} on {to}"), Duration::from_secs(180), || {
+            pool.session(n).filter(|v| on(v, &to))
+        });
+        let confirmed: k8s_openapi::jiff::Timestamp = v["status"]["launch"]["confirmedAt"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let at = SystemTime::from(confirmed);
+        pauses.push(at.duration_since(started).unwrap_or_default());
+        took_over += usize::from(v["status"]["launch"]["takeover"] == true);
+    }
+    let all = t.elapsed();
+    if std::env::var_os("FAILOVER_BENCH_LOG").is_some() {
+        let stamp = k8s_openapi::jiff::Timestamp::try_from(started).unwrap();
+        for l in pool.daemon_log(0).lines().filter(|l| {
+            l.get(..27).is_some_and(|t| t >= stamp.to_string().as_str())
+                && ["Swapping", "Stopped", "TookOver", "Swapped", "lease"]
+                    .iter()
+                    .any(|w| l.contains(w))
+        }) {
+            eprintln!("{}", l.get(..200).unwrap_or(l));
+        }
+    }
+    pauses.sort();
+    Warm {
+        all,
+        pause_median: pauses[pauses.len() / 2],
+        pause_max: *pauses.last().unwrap(),
+        took_over,
+        idle_cpu_percent,
+        rss_mib,
     }
 }

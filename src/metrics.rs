@@ -41,7 +41,7 @@
 //! m.account_utilization_ratio.with_label_values(&["work", "five_hour"]).set(0.42);
 //! ```
 
-use crate::api::{Account, AccountPhase, SessionPhase, TaskPhase};
+use crate::api::{Account, AccountPhase, SessionPhase, StandbyStatus, TaskPhase};
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -97,6 +97,8 @@ pub const SYNC_CONDITIONS: [&str; 3] = ["Ready", "Reconciling", "Stalled"];
 pub const SYNC_RESULTS: [&str; 4] = ["applied", "unchanged", "pruned", "failed"];
 /// The `event` label of a hook outside [`crate::agent::launch::HOOK_EVENTS`].
 pub const OTHER_HOOK_EVENT: &str = "other";
+/// `state` label values of `claude_failover_standbys`.
+pub const STANDBY_STATES: [&str; 2] = ["ready", "starting"];
 
 const SESSION_PHASES: [SessionPhase; 9] = [
     SessionPhase::Pending,
@@ -150,6 +152,16 @@ pub struct Metrics {
     pub dispatch_latency_seconds: Histogram,
     /// `claude_failover_session_restarts_total`: agents relaunched after they died.
     pub session_restarts_total: IntCounter,
+    /// `claude_failover_standbys{state}`: warm standby agents, `ready` or
+    /// `starting`.
+    pub standbys: IntGaugeVec,
+    /// `claude_failover_standby_starts_total{result}`: `started`, `failed`.
+    pub standby_starts_total: IntCounterVec,
+    /// `claude_failover_takeovers_total{result}`: moves through a standby:
+    /// `typed` (`/resume` typed into it), `relaunched` (it could not: a
+    /// launch instead), `unconfirmed` (typed, not confirmed in time:
+    /// relaunched).
+    pub takeovers_total: IntCounterVec,
     /// `claude_failover_reconciles_total{controller}`.
     pub reconciles_total: IntCounterVec,
     /// `claude_failover_reconcile_errors_total{controller}`.
@@ -275,6 +287,21 @@ impl Metrics {
                 "Agents relaunched after they exited or lost their tmux session.",
             ))
             .expect("metric"),
+            standbys: int_gauge_vec(
+                "standbys",
+                "Warm standby agents, ready or starting.",
+                &["state"],
+            ),
+            standby_starts_total: counter_vec(
+                "standby_starts_total",
+                "Warm standby agents started, or that could not be.",
+                &["result"],
+            ),
+            takeovers_total: counter_vec(
+                "takeovers_total",
+                "Moves through a warm standby: typed, relaunched (no takeover possible), unconfirmed.",
+                &["result"],
+            ),
             reconciles_total: counter_vec(
                 "reconciles_total",
                 "Reconcile passes, by controller.",
@@ -399,6 +426,15 @@ impl Metrics {
         for p in SESSION_PHASES {
             m.sessions.with_label_values(&[&p.to_string()]).set(0);
         }
+        for x in STANDBY_STATES {
+            m.standbys.with_label_values(&[x]).set(0);
+        }
+        for x in ["started", "failed"] {
+            m.standby_starts_total.with_label_values(&[x]);
+        }
+        for x in ["typed", "relaunched", "unconfirmed"] {
+            m.takeovers_total.with_label_values(&[x]);
+        }
         for p in TASK_PHASES {
             m.tasks.with_label_values(&[&p.to_string()]).set(0);
         }
@@ -422,6 +458,9 @@ impl Metrics {
             Box::new(self.pool_sessions.clone()),
             Box::new(self.dispatch_latency_seconds.clone()),
             Box::new(self.session_restarts_total.clone()),
+            Box::new(self.standbys.clone()),
+            Box::new(self.standby_starts_total.clone()),
+            Box::new(self.takeovers_total.clone()),
             Box::new(self.reconciles_total.clone()),
             Box::new(self.reconcile_errors_total.clone()),
             Box::new(self.reconcile_duration_seconds.clone()),
@@ -509,6 +548,21 @@ impl Metrics {
     /// Sets `claude_failover_sessions` from the phase of every Session.
     pub fn count_sessions<'a>(&self, phases: impl IntoIterator<Item = &'a SessionPhase>) {
         count_phases(&self.sessions, &SESSION_PHASES, phases);
+    }
+
+    /// Sets `claude_failover_standbys` from each Session's standby.
+    pub fn count_standbys<'a>(&self, standbys: impl IntoIterator<Item = &'a StandbyStatus>) {
+        let (mut ready, mut starting) = (0, 0);
+        for s in standbys {
+            if s.ready {
+                ready += 1;
+            } else {
+                starting += 1;
+            }
+        }
+        let [r, s] = STANDBY_STATES;
+        self.standbys.with_label_values(&[r]).set(ready);
+        self.standbys.with_label_values(&[s]).set(starting);
     }
 
     /// Sets `claude_failover_tasks` from the phase of every Task.
@@ -695,6 +749,9 @@ mod tests {
             "tasks",
             "dispatch_latency_seconds",
             "session_restarts_total",
+            "standbys",
+            "standby_starts_total",
+            "takeovers_total",
             "reconciles_total",
             "reconcile_errors_total",
             "reconcile_duration_seconds",

@@ -156,3 +156,104 @@ pub fn request_reinstate(
     )?;
     Ok(value)
 }
+
+/// A change of a SessionPool's size.
+#[derive(Debug, Clone, Default)]
+pub struct Scale {
+    pub replicas: u32,
+    /// Let a scale down stop busy sessions (the pool's
+    /// `claude-failover.io/force-scale-down` annotation, cleared by a scale
+    /// without it).
+    pub force: bool,
+    /// Only if the pool is still at this resourceVersion.
+    pub expected_rv: Option<String>,
+    /// Only if the pool has this many replicas now.
+    pub current: Option<u32>,
+    pub dry_run: bool,
+}
+
+/// Sets the `spec.replicas` of the SessionPool `key` as `manager`.
+/// Returns the pool.
+pub fn scale_pool(
+    store: &Store,
+    key: &ObjectKey,
+    req: &Scale,
+    manager: &str,
+) -> Result<Value, StoreError> {
+    use crate::manifest::validate::MAX_POOL_REPLICAS;
+    let (replicas, force, current) = (req.replicas, req.force, req.current);
+    if replicas > MAX_POOL_REPLICAS {
+        return Err(StoreError::Invalid {
+            key: key.clone(),
+            message: format!("spec.replicas: at most {MAX_POOL_REPLICAS}"),
+        });
+    }
+    let r = store.update_object(
+        key,
+        req.expected_rv.as_deref(),
+        manager,
+        req.dry_run,
+        |obj| {
+            let now = obj.pointer("/spec/replicas").and_then(Value::as_u64);
+            if let Some(want) = current
+                && now != Some(u64::from(want))
+            {
+                return Err(format!(
+                    "expected {want} replicas, found {}",
+                    now.map_or("none".into(), |n| n.to_string())
+                ));
+            }
+            obj["spec"]["replicas"] = json!(replicas);
+            let meta = obj["metadata"]
+                .as_object_mut()
+                .ok_or("metadata is not a map")?;
+            let ann = meta
+                .entry("annotations")
+                .or_insert_with(|| json!({}))
+                .as_object_mut()
+                .ok_or("metadata.annotations is not a map")?;
+            if force {
+                ann.insert(crate::api::FORCE_SCALE_DOWN.into(), json!("true"));
+            } else {
+                ann.remove(crate::api::FORCE_SCALE_DOWN);
+            }
+            Ok(())
+        },
+    )?;
+    Ok(r.object)
+}
+
+/// A SessionPool as Kubernetes' `autoscaling/v1` `Scale` (its scale
+/// subresource): the pool's name and version, `spec.replicas`, and the
+/// replicas and label selector of its status.
+pub fn scale_of(pool: &Value) -> Value {
+    let meta = &pool["metadata"];
+    let mut m = serde_json::Map::new();
+    for k in [
+        "name",
+        "namespace",
+        "uid",
+        "resourceVersion",
+        "creationTimestamp",
+    ] {
+        if let Some(v) = meta.get(k) {
+            m.insert(k.into(), v.clone());
+        }
+    }
+    let name = meta["name"].as_str().unwrap_or_default();
+    let selector = pool
+        .pointer("/status/selector")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{}={name}", crate::api::POOL_LABEL));
+    json!({
+        "apiVersion": "autoscaling/v1",
+        "kind": "Scale",
+        "metadata": m,
+        "spec": {"replicas": pool.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
+        "status": {
+            "replicas": pool.pointer("/status/replicas").cloned().unwrap_or(json!(0)),
+            "selector": selector,
+        },
+    })
+}

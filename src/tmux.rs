@@ -296,6 +296,14 @@ impl Tmux {
         }
     }
 
+    /// Renames session `from` to `to` (its pane and process stay).
+    pub async fn rename_session(&self, from: &str, to: &str) -> Result<()> {
+        let target = format!("={from}");
+        self.run(&["rename-session", "-t", &target, to], None)
+            .await
+            .map(|_| ())
+    }
+
     /// Types `text` into the pane without submitting it: `send-keys -l` for
     /// a short single line, a bracketed paste from a uniquely named buffer
     /// otherwise (`-r` keeps line feeds from submitting).
@@ -365,6 +373,9 @@ impl Terminal for Tmux {
     }
     async fn kill_session(&self, name: &str) -> Result<()> {
         Tmux::kill_session(self, name).await
+    }
+    async fn rename_session(&self, from: &str, to: &str) -> Result<()> {
+        Tmux::rename_session(self, from, to).await
     }
     async fn send_text(&self, pane: &str, text: &str) -> Result<()> {
         Tmux::send_text(self, pane, text).await

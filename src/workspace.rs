@@ -10,6 +10,9 @@
 //! `workdir` is the folder its worktrees go in (one for every Session of a
 //! pool), and its agent runs in its own.
 
+mod branch;
+pub use branch::{Branched, fresh_branch};
+
 use crate::api::{Session, WorkspaceSpec};
 use std::path::{Path, PathBuf};
 use std::process::Command;

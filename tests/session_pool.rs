@@ -2,7 +2,7 @@
 //! tmux, the pool controller creating, scaling and deleting Sessions.
 
 mod common;
-use common::daemon::Daemon;
+use common::daemon::{Daemon, call, json, token};
 use common::*;
 use serde_json::Value;
 use std::time::Duration;
@@ -248,4 +248,335 @@ fn a_pool_grows_under_a_queue_and_shrinks_when_idle() {
     }
     let text = env.ok(&["describe", "sessionpool", "web"]);
     assert!(text.contains("Autoscaled"), "{text}");
+}
+
+fn time(v: &Value) -> k8s_openapi::jiff::Timestamp {
+    v.as_str()
+        .unwrap_or_else(|| panic!("a time: {v}"))
+        .parse()
+        .unwrap()
+}
+
+/// A Session's launch time and when the agent confirmed it.
+fn launch(s: &Value) -> (k8s_openapi::jiff::Timestamp, k8s_openapi::jiff::Timestamp) {
+    let l = &s["status"]["launch"];
+    (time(&l["at"]), time(&l["confirmedAt"]))
+}
+
+#[test]
+fn a_changed_template_rolls_through_at_turn_boundaries_one_at_a_time() {
+    let env = Env::new();
+    setup(&env);
+    let f = env.write("pool.yaml", &pool_yaml(&env, 3));
+    env.ok(&["apply", "-f", f.to_str().unwrap()]);
+    let _d = Daemon::start(&env, &[]);
+    let st = wait_ready(&env, 3);
+    let first = st["updateRevision"].as_str().unwrap().to_string();
+    assert_eq!(st["updatedReplicas"], 3, "{st}");
+    for name in ["web-0", "web-1", "web-2"] {
+        let s = get(&env, "session", name).unwrap();
+        assert_eq!(
+            s["metadata"]["labels"]["claude-failover.io/template-hash"], first,
+            "{s}"
+        );
+    }
+
+    // A long turn on web-1, then a rollout restart.
+    let task = format!(
+        "{HEAD}kind: Task\nmetadata: {{name: long}}\nspec:\n  prompt: a long turn\n  session: web-1\n"
+    );
+    env.run_stdin(&["apply", "-f", "-"], &task);
+    wait_for("the task to run on web-1", T, || {
+        let t = get(&env, "task", "long")?;
+        (t["status"]["phase"] == "Running").then_some(())
+    });
+    let conversation = get(&env, "session", "web-1").unwrap()["status"]["agentSessionId"].clone();
+    let out = env.ok(&["rollout", "restart", "sessionpool", "web"]);
+    assert_eq!(out.trim(), "sessionpool.claude-failover.io/web restarted");
+    let status = env.run(&[
+        "rollout",
+        "status",
+        "sessionpool",
+        "web",
+        "--timeout",
+        "120s",
+    ]);
+    assert_eq!(status.code, 0, "{}{}", status.stdout, status.stderr);
+    assert!(
+        status.stdout.contains("updated replicas are available...")
+            && status
+                .stdout
+                .trim_end()
+                .ends_with("sessionpool \"web\" successfully rolled out"),
+        "{}",
+        status.stdout
+    );
+
+    // The busy session was not cut: its task ran once, to its end, and
+    // web-1 was relaunched after it, resuming the same conversation.
+    let t = get(&env, "task", "long").unwrap();
+    assert_eq!(t["status"]["phase"], "Succeeded", "{t}");
+    assert_eq!(t["status"]["attempts"], 1, "{t}");
+    let st = pool_status(&env);
+    let second = st["updateRevision"].as_str().unwrap().to_string();
+    assert_ne!(first, second);
+    let mut launches = Vec::new();
+    for name in ["web-0", "web-1", "web-2"] {
+        let s = get(&env, "session", name).unwrap();
+        assert_eq!(
+            s["metadata"]["labels"]["claude-failover.io/template-hash"], second,
+            "{s}"
+        );
+        assert_eq!(s["status"]["launches"], 2, "relaunched once: {s}");
+        assert!(
+            !s["metadata"]["annotations"]["claude-failover.io/restartedAt"].is_null(),
+            "{s}"
+        );
+        launches.push((launch(&s), name));
+    }
+    let web1 = get(&env, "session", "web-1").unwrap();
+    assert_eq!(web1["status"]["agentSessionId"], conversation, "{web1}");
+    assert_eq!(web1["status"]["launch"]["resumed"], true, "{web1}");
+    let finished = time(&t["status"]["finishedAt"]);
+    assert!(
+        launch(&web1).0 >= finished,
+        "web-1 relaunched after its turn ended ({finished}): {web1}"
+    );
+    // One at a time: each relaunch after the previous one's agent was back.
+    launches.sort();
+    for w in launches.windows(2) {
+        let ((_, confirmed), a) = &w[0];
+        let ((at, _), b) = &w[1];
+        assert!(
+            at > confirmed,
+            "{b} relaunched at {at}, before {a} was back ({confirmed})"
+        );
+    }
+    // Idle web-2 and web-0 went first (highest ordinal first), web-1 last.
+    let order: Vec<&str> = launches.iter().map(|(_, n)| *n).collect();
+    assert_eq!(order, ["web-2", "web-0", "web-1"]);
+    let cond = &st["conditions"];
+    let progressing = cond
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Progressing")
+        .unwrap();
+    assert_eq!(progressing["reason"], "RolloutComplete", "{st}");
+    let once = env.ok(&["rollout", "status", "sessionpool/web", "--watch=false"]);
+    assert_eq!(once.trim(), "sessionpool \"web\" successfully rolled out");
+
+    // A new workdir: the Sessions are made again there, new conversations.
+    std::fs::create_dir_all(env.path("work2")).unwrap();
+    let yaml = pool_yaml(&env, 3).replace(
+        &format!("workdir: {}\n", env.path("work").display()),
+        &format!("workdir: {}\n", env.path("work2").display()),
+    );
+    let f = env.write("pool.yaml", &yaml);
+    env.ok(&["apply", "-f", f.to_str().unwrap()]);
+    let status = env.run(&[
+        "rollout",
+        "status",
+        "sessionpool",
+        "web",
+        "--timeout",
+        "120s",
+    ]);
+    assert_eq!(status.code, 0, "{}{}", status.stdout, status.stderr);
+    for name in ["web-0", "web-1", "web-2"] {
+        let s =
+            get(&env, "session", name).unwrap_or_else(|| panic!("{name} after {}", status.stdout));
+        assert_eq!(
+            s["spec"]["workdir"],
+            env.path("work2").display().to_string()
+        );
+        assert_eq!(s["status"]["launches"], 1, "a fresh session: {s}");
+    }
+    assert_ne!(
+        get(&env, "session", "web-1").unwrap()["status"]["agentSessionId"],
+        conversation
+    );
+    let text = env.ok(&["describe", "sessionpool", "web"]);
+    assert!(text.contains("Replacing"), "{text}");
+}
+
+#[test]
+fn the_scale_subresource_through_the_api_and_scale_without_a_daemon() {
+    let env = Env::new();
+    setup(&env);
+    let f = env.write("pool.yaml", &pool_yaml(&env, 0));
+    env.ok(&["apply", "-f", f.to_str().unwrap()]);
+    // No daemon: `scale` writes the store.
+    let out = env.ok(&["scale", "sessionpool", "web", "--replicas", "1"]);
+    assert_eq!(out.trim(), "sessionpool.claude-failover.io/web scaled");
+    let replicas = || {
+        env.ok(&[
+            "get",
+            "sessionpool",
+            "web",
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ])
+    };
+    assert_eq!(replicas(), "1");
+    let wrong = env.run(&[
+        "scale",
+        "sessionpool",
+        "web",
+        "--replicas",
+        "0",
+        "--current-replicas",
+        "3",
+    ]);
+    assert_eq!(wrong.code, 1, "{}", wrong.stderr);
+    assert!(
+        wrong.stderr.contains("expected 3 replicas, found 1"),
+        "{}",
+        wrong.stderr
+    );
+
+    let d = Daemon::start(&env, &[]);
+    let tok = token(&env);
+    let url = format!("{}/api/v1/namespaces/default/sessionpools/web/scale", d.url);
+    wait_ready(&env, 1);
+    let (code, body) = call("GET", &url, Some(&tok), None);
+    assert_eq!(code, 200, "{body}");
+    let scale = json(&body);
+    assert_eq!(scale["apiVersion"], "autoscaling/v1");
+    assert_eq!(scale["kind"], "Scale");
+    assert_eq!(scale["metadata"]["name"], "web");
+    assert_eq!(scale["spec"]["replicas"], 1);
+    assert_eq!(scale["status"]["replicas"], 1);
+    assert_eq!(scale["status"]["selector"], "claude-failover.io/pool=web");
+
+    // PUT with a stale resourceVersion: 409, nothing changed.
+    let put = |replicas: u32, rv: &str| {
+        format!(
+            r#"{{"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {{"name": "web", "resourceVersion": "{rv}"}}, "spec": {{"replicas": {replicas}}}}}"#
+        )
+    };
+    let (code, body) = call("PUT", &url, Some(&tok), Some(&put(2, "1")));
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(replicas(), "1");
+    // With the current one: 200, the new Scale, and the pool grows.
+    let rv = scale["metadata"]["resourceVersion"].as_str().unwrap();
+    let (code, body) = call("PUT", &url, Some(&tok), Some(&put(2, rv)));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["spec"]["replicas"], 2);
+    wait_ready(&env, 2);
+    assert_eq!(members(&env), ["web-0", "web-1"]);
+    // PATCH, as `kubectl scale` sends it.
+    let (code, body) = call(
+        "PATCH",
+        &url,
+        Some(&tok),
+        Some(r#"{"spec": {"replicas": 1}}"#),
+    );
+    assert_eq!(code, 200, "{body}");
+    wait_for("web-1 to go", T, || {
+        (members(&env) == ["web-0"]).then_some(())
+    });
+    // Bad input: a clear 422; another kind has no scale.
+    let (code, body) = call(
+        "PATCH",
+        &url,
+        Some(&tok),
+        Some(r#"{"spec": {"replicas": -1}}"#),
+    );
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("spec.replicas"), "{body}");
+    let (code, body) = call(
+        "PUT",
+        &url,
+        Some(&tok),
+        Some(&put(5000, rv).replace(&format!(r#""resourceVersion": "{rv}""#), r#""x": 1"#)),
+    );
+    assert_eq!(code, 422, "{body}");
+    let other = format!("{}/api/v1/namespaces/default/tasks/t/scale", d.url);
+    let (code, body) = call("PUT", &other, Some(&tok), Some(&put(1, rv)));
+    assert_eq!(code, 405, "{body}");
+    let (code, _) = call("PUT", &url, None, Some(&put(1, rv)));
+    assert_eq!(code, 401);
+    let text = env.ok(&["describe", "sessionpool", "web"]);
+    assert!(text.contains("scaled to 2 through the API"), "{text}");
+}
+
+#[test]
+fn a_task_takes_a_fresh_branch_from_the_base_in_a_clean_worktree() {
+    let env = Env::new();
+    setup(&env);
+    let repo = env.path("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("README"), "x\n").unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "first"]);
+    let yaml = pool_yaml(&env, 1)
+        .replace(
+            "      agent:\n",
+            &format!(
+                "      workspace: {{git: {{repo: {}, base: main}}}}\n      agent:\n",
+                repo.display()
+            ),
+        )
+        .replace("SIM_AGENT_TURN_MS: \"6000\"", "SIM_AGENT_TURN_MS: \"200\"");
+    let f = env.write("pool.yaml", &yaml);
+    env.ok(&["apply", "-f", f.to_str().unwrap()]);
+    let _d = Daemon::start(&env, &[]);
+    wait_ready(&env, 1);
+    let wt = env.path("work/web-0");
+    // Work committed on the session's own branch.
+    std::fs::write(wt.join("earlier"), "x\n").unwrap();
+    git(&wt, &["add", "."]);
+    git(&wt, &["commit", "-q", "-m", "earlier"]);
+
+    let task = |name: &str, workspace: &str| {
+        format!(
+            "{HEAD}kind: Task\nmetadata: {{name: {name}}}\nspec:\n  prompt: work on {name}\n  workspace: {workspace}\n"
+        )
+    };
+    env.run_stdin(&["apply", "-f", "-"], &task("t1", "{freshBranch: true}"));
+    let t1 = wait_for("t1 to succeed", T, || {
+        get(&env, "task", "t1").filter(|t| t["status"]["phase"] == "Succeeded")
+    });
+    assert_eq!(t1["status"]["branch"], "web-0.t1", "{t1}");
+    assert_eq!(git(&wt, &["branch", "--show-current"]), "web-0.t1");
+    // Made from main: the session branch's commit is not on it.
+    assert!(!wt.join("earlier").exists());
+    assert_eq!(
+        git(&wt, &["rev-parse", "HEAD"]),
+        git(&repo, &["rev-parse", "main"])
+    );
+    let text = env.ok(&["describe", "task", "t1"]);
+    assert!(text.contains("BranchCreated"), "{text}");
+
+    // Uncommitted work: the next task waits, and says why.
+    std::fs::write(wt.join("draft"), "x\n").unwrap();
+    env.run_stdin(
+        &["apply", "-f", "-"],
+        &task("t2", "{freshBranch: true, branch: feature/t2}"),
+    );
+    let t2 = wait_for("t2 to wait for a clean worktree", T, || {
+        get(&env, "task", "t2").filter(|t| {
+            t["status"]["conditions"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["reason"] == "WorkspaceNotClean"))
+        })
+    });
+    assert_eq!(t2["status"]["phase"], "Pending", "{t2}");
+    let message = t2.to_string();
+    assert!(
+        message.contains("1 uncommitted change(s) (draft)"),
+        "{message}"
+    );
+    assert_eq!(git(&wt, &["branch", "--show-current"]), "web-0.t1");
+    // Committed: it goes, on the branch it named.
+    git(&wt, &["add", "."]);
+    git(&wt, &["commit", "-q", "-m", "draft"]);
+    let t2 = wait_for("t2 to succeed", T, || {
+        get(&env, "task", "t2").filter(|t| t["status"]["phase"] == "Succeeded")
+    });
+    assert_eq!(t2["status"]["branch"], "feature/t2", "{t2}");
+    assert_eq!(git(&wt, &["branch", "--show-current"]), "feature/t2");
+    assert_eq!(t2["status"]["attempts"], 1, "{t2}");
 }

@@ -26,6 +26,9 @@ const COMPOSER_POLL: Duration = Duration::from_millis(20);
 const INTERRUPT_SETTLE: Duration = Duration::from_millis(200);
 /// How often a stopping agent is looked at.
 const STOP_POLL: Duration = Duration::from_millis(100);
+/// What a retired agent's tmux session name ends with (see
+/// [`Driver::retire`]).
+const RETIRED_SUFFIX: &str = "+retired";
 /// The agent's window.
 const WIDTH: u16 = 200;
 const HEIGHT: u16 = 50;
@@ -39,12 +42,19 @@ pub fn tmux_name(key: &ObjectKey) -> String {
     }
 }
 
-/// The Session a tmux session name belongs to (see [`tmux_name`]).
+/// The tmux session name of a Session's standby agent.
+pub fn standby_tmux_name(key: &ObjectKey) -> String {
+    tmux_name(&super::signals::standby_key(key))
+}
+
+/// The Session a tmux session name belongs to (see [`tmux_name`]; a
+/// standby's name gives its Session).
 pub fn key_of_tmux_name(name: &str) -> ObjectKey {
-    match name.split_once('_') {
+    let key = match name.split_once('_') {
         Some((ns, n)) => ObjectKey::new(Kind::Session, ns, n),
         None => ObjectKey::new(Kind::Session, DEFAULT_NAMESPACE, name),
-    }
+    };
+    super::signals::owner_key(&key)
 }
 
 /// How an agent was stopped.
@@ -150,6 +160,39 @@ impl<T: Terminal> Driver<T> {
                 width: WIDTH,
                 height: HEIGHT,
             })
+            .await
+    }
+
+    /// The pane of the Session's standby agent.
+    pub async fn standby_pane(&self, key: &ObjectKey) -> Result<Option<Pane>> {
+        Ok(self.term.pane(&standby_tmux_name(key)).await?.map(reaped))
+    }
+
+    /// Starts the Session's standby agent in a terminal session of its own
+    /// (an old one is ended first).
+    pub async fn start_standby(
+        &self,
+        key: &ObjectKey,
+        cwd: &Path,
+        env: &[(String, String)],
+        argv: &[String],
+    ) -> Result<Pane> {
+        self.start(&super::signals::standby_key(key), cwd, env, argv)
+            .await
+    }
+
+    /// Ends the standby's terminal session (its agent with it).
+    pub async fn clear_standby(&self, key: &ObjectKey) -> Result<()> {
+        self.term.kill_session(&standby_tmux_name(key)).await
+    }
+
+    /// The standby's terminal session becomes the Session's (the replaced
+    /// agent's, if still there, is ended first): same pane, same process.
+    pub async fn promote_standby(&self, key: &ObjectKey) -> Result<()> {
+        let name = tmux_name(key);
+        self.term.kill_session(&name).await?;
+        self.term
+            .rename_session(&standby_tmux_name(key), &name)
             .await
     }
 
@@ -281,6 +324,43 @@ impl<T: Terminal> Driver<T> {
     }
 }
 
+impl<T: Terminal + Clone> Driver<T> {
+    /// Hands the Session's terminal session over: the agent at its prompt
+    /// gets `/exit`, and its terminal session is renamed aside (the name is
+    /// free for the agent taking over) and left to end by itself; SIGTERM,
+    /// then SIGKILL, each after the stop step, and the terminal session
+    /// goes, in the background. A takeover need not wait for the exit: the
+    /// conversation's transcript is complete at a turn boundary.
+    pub async fn retire(&self, key: &ObjectKey, pane: &Pane) -> Result<()> {
+        let keyboard = self.keyboard(key).await;
+        self.term.send_text(&pane.id, "/exit").await?;
+        sleep(SETTLE).await;
+        self.term.send_keys(&pane.id, &["Enter"]).await?;
+        drop(keyboard);
+        let retired = format!("{}{RETIRED_SUFFIX}", tmux_name(key));
+        self.term.kill_session(&retired).await?;
+        self.term.rename_session(&tmux_name(key), &retired).await?;
+        let (me, pid, step) = (self.clone(), pane.pid, self.stop_step);
+        tokio::spawn(async move {
+            for sig in [libc::SIGTERM, libc::SIGKILL] {
+                let deadline = Instant::now() + step;
+                while !process_gone(pid) && Instant::now() < deadline {
+                    sleep(STOP_POLL).await;
+                }
+                if process_gone(pid) {
+                    break;
+                }
+                // SAFETY: kill(2) with a pid we launched and a valid signal number.
+                unsafe { libc::kill(pid as libc::pid_t, sig) };
+            }
+            if let Err(e) = me.term.kill_session(&retired).await {
+                tracing::warn!(session = %retired, error = %e, "cannot end a retired agent's tmux session");
+            }
+        });
+        Ok(())
+    }
+}
+
 /// A pane whose process is gone counts as dead.
 fn reaped(mut p: Pane) -> Pane {
     if !p.dead && process_gone(p.pid) {
@@ -333,6 +413,8 @@ mod tests {
             let k = ObjectKey::new(Kind::Session, ns, name);
             assert_eq!(tmux_name(&k), tmux);
             assert_eq!(key_of_tmux_name(tmux), k);
+            // A standby's notifications wake its Session.
+            assert_eq!(key_of_tmux_name(&standby_tmux_name(&k)), k);
         }
     }
 

@@ -185,6 +185,13 @@ pub fn latest_limit(path: &Path, since: SystemTime) -> Option<LimitEntry> {
         .find(|e| e.at >= floor)
 }
 
+/// A `SessionEnd` with reason `resume`: the process leaves its
+/// conversation for one typed `/resume` took over, and goes on running.
+pub fn ends_for_resume(payload: &Value) -> bool {
+    payload.get("hook_event_name").and_then(Value::as_str) == Some("SessionEnd")
+        && payload.get("reason").and_then(Value::as_str) == Some("resume")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -255,6 +255,7 @@ mod tests {
                 },
                 suspend: false,
                 workspace: None,
+                standby: None,
             },
         );
         s.metadata.namespace = Some("default".into());

@@ -383,6 +383,7 @@ mod tests {
                 agent: Default::default(),
                 suspend: false,
                 workspace: None,
+                standby: None,
             },
         );
         s.spec

@@ -16,6 +16,29 @@ pub fn agent_path(key: &ObjectKey, secret: &str) -> String {
     format!("/v1/agents/{}/{}/{secret}", key.namespace, key.name)
 }
 
+/// What the name of a Session's standby key ends with (see
+/// [`standby_key`]); no Session name can hold a `+`.
+const STANDBY_SUFFIX: &str = "+standby";
+
+/// The key the signals (and the private files) of a Session's standby
+/// agent are kept under. Its posts use the Session's own URL with the
+/// standby's secret ([`Signals::route`]).
+pub fn standby_key(key: &ObjectKey) -> ObjectKey {
+    ObjectKey::new(
+        key.kind,
+        &key.namespace,
+        &format!("{}{STANDBY_SUFFIX}", key.name),
+    )
+}
+
+/// The Session a key belongs to: itself, or the owner of a standby key.
+pub fn owner_key(key: &ObjectKey) -> ObjectKey {
+    match key.name.strip_suffix(STANDBY_SUFFIX) {
+        Some(owner) => ObjectKey::new(key.kind, &key.namespace, owner),
+        None => key.clone(),
+    }
+}
+
 /// The agent's state as its hooks describe it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HookState {
@@ -94,6 +117,8 @@ pub struct Signals {
     tmux_secret: String,
     agents: Mutex<HashMap<ObjectKey, AgentSignals>>,
     secrets: Mutex<HashMap<ObjectKey, String>>,
+    /// The secret of each Session's standby agent, by the Session's key.
+    standby_secrets: Mutex<HashMap<ObjectKey, String>>,
     wake: mpsc::UnboundedSender<ObjectRef<Session>>,
     /// Signalled on every payload: wakes the task dispatcher.
     changed: tokio::sync::Notify,
@@ -112,6 +137,7 @@ impl Signals {
                 tmux_secret: uuid::Uuid::new_v4().simple().to_string(),
                 agents: Mutex::new(HashMap::new()),
                 secrets: Mutex::new(HashMap::new()),
+                standby_secrets: Mutex::new(HashMap::new()),
                 wake,
                 changed: tokio::sync::Notify::new(),
                 quota: tokio::sync::Notify::new(),
@@ -140,6 +166,55 @@ impl Signals {
     pub fn unregister(&self, key: &ObjectKey) {
         self.secrets.lock().expect("lock").remove(key);
         self.agents.lock().expect("lock").remove(key);
+        self.unregister_standby(key);
+    }
+
+    /// Accepts posts of `key`'s standby agent (the Session's URL with
+    /// `secret`), kept apart under [`standby_key`], from a fresh start.
+    pub fn register_standby(&self, key: &ObjectKey, secret: &str, account: &str) {
+        self.standby_secrets
+            .lock()
+            .expect("lock")
+            .insert(key.clone(), secret.to_string());
+        self.reset(&standby_key(key), Some(account));
+    }
+
+    /// Whether posts of `key`'s standby are accepted.
+    pub fn standby_registered(&self, key: &ObjectKey) -> bool {
+        self.standby_secrets.lock().expect("lock").contains_key(key)
+    }
+
+    /// Forgets `key`'s standby.
+    pub fn unregister_standby(&self, key: &ObjectKey) {
+        self.standby_secrets.lock().expect("lock").remove(key);
+        self.agents.lock().expect("lock").remove(&standby_key(key));
+    }
+
+    /// The standby becomes the Session's agent: its secret is the one
+    /// posts for `key` must carry from now on (the replaced agent's is
+    /// refused), and what it says counts as the Session's, from a fresh
+    /// start under `account`. False when no standby was registered.
+    pub fn promote_standby(&self, key: &ObjectKey, account: Option<&str>) -> bool {
+        let Some(secret) = self.standby_secrets.lock().expect("lock").remove(key) else {
+            return false;
+        };
+        self.agents.lock().expect("lock").remove(&standby_key(key));
+        self.register(key, &secret);
+        self.reset(key, account);
+        true
+    }
+
+    /// The key a post for `key` carrying `secret` is recorded under: the
+    /// Session's (its agent's secret), its standby's, or None (refused).
+    pub fn route(&self, key: &ObjectKey, secret: &str) -> Option<ObjectKey> {
+        if self.authorized(key, secret) {
+            return Some(key.clone());
+        }
+        let standby = self.standby_secrets.lock().expect("lock");
+        standby
+            .get(key)
+            .is_some_and(|want| crate::secret::token_matches(want, secret))
+            .then(|| standby_key(key))
     }
 
     /// Constant-time check of a posted secret.
@@ -172,6 +247,7 @@ impl Signals {
     }
 
     fn wake(&self, key: &ObjectKey) {
+        let key = &owner_key(key);
         let _ = self
             .wake
             .send(ObjectRef::new(&key.name).within(&key.namespace));
@@ -191,6 +267,19 @@ impl Signals {
     /// Records one hook payload.
     pub fn hook(&self, key: &ObjectKey, payload: &Value) {
         let now = SystemTime::now();
+        if crate::agent::hooks::ends_for_resume(payload) {
+            // The agent leaves its conversation for another it takes over
+            // (`/resume`): it does not exit, and the id it names is not
+            // the one it goes on with (this post and the `SessionStart`
+            // of the resumed one may arrive in either order).
+            let mut agents = self.agents.lock().expect("lock");
+            let a = agents.entry(key.clone()).or_default();
+            a.count += 1;
+            a.last_activity = Some(now);
+            drop(agents);
+            self.wake(key);
+            return;
+        }
         {
             let mut agents = self.agents.lock().expect("lock");
             let a = agents.entry(key.clone()).or_default();
@@ -327,5 +416,43 @@ mod tests {
         );
         assert_eq!(s.get(&k).state.unwrap().0, HookState::Busy, "informational");
         assert_eq!(rx.try_recv().unwrap().name, "a");
+    }
+
+    #[test]
+    fn a_standby_is_heard_apart_until_it_takes_over() {
+        let (s, mut rx) = Signals::new();
+        let k = ObjectKey::new(crate::api::Kind::Session, "default", "a");
+        s.register(&k, "agent");
+        s.register_standby(&k, "standby", "b");
+        assert_eq!(s.route(&k, "agent"), Some(k.clone()));
+        assert_eq!(s.route(&k, "standby"), Some(standby_key(&k)));
+        assert_eq!(s.route(&k, "other"), None);
+        s.hook(
+            &standby_key(&k),
+            &json!({"hook_event_name": "SessionStart", "source": "startup", "session_id": "own"}),
+        );
+        assert_eq!(rx.try_recv().unwrap().name, "a", "the owner is woken");
+        assert_eq!(s.get(&standby_key(&k)).session_start.unwrap().0, "startup");
+        assert!(s.get(&k).session_start.is_none(), "not the agent's");
+        // It takes over: its secret is the Session's, the old one refused.
+        assert!(s.promote_standby(&k, Some("b")));
+        assert_eq!(s.route(&k, "standby"), Some(k.clone()));
+        assert_eq!(s.route(&k, "agent"), None);
+        assert!(!s.standby_registered(&k));
+        assert_eq!(s.get(&k).account.as_deref(), Some("b"));
+        // Its end of the start-up conversation, after the resumed one's
+        // start, changes nothing.
+        s.hook(
+            &k,
+            &json!({"hook_event_name": "SessionStart", "source": "resume", "session_id": "conv"}),
+        );
+        s.hook(
+            &k,
+            &json!({"hook_event_name": "SessionEnd", "reason": "resume", "session_id": "own"}),
+        );
+        let a = s.get(&k);
+        assert_eq!(a.agent_session_id.as_deref(), Some("conv"));
+        assert_eq!(a.state.unwrap().0, HookState::Idle);
+        assert!(!s.promote_standby(&k, None), "nothing left to promote");
     }
 }

@@ -57,6 +57,8 @@ pub trait Terminal: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<(Pane, String)>>> + Send;
     /// Ends session `name`; absent is fine.
     fn kill_session(&self, name: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Renames session `from` to `to`; its pane and process stay.
+    fn rename_session(&self, from: &str, to: &str) -> impl Future<Output = Result<()>> + Send;
     /// Types `text` into the pane without submitting it.
     fn send_text(&self, pane: &str, text: &str) -> impl Future<Output = Result<()>> + Send;
     /// Sends named keys (`Enter`, `Escape`, ...).

@@ -31,17 +31,18 @@ pub use manifestsync::{
 pub use session::{
     AgentSpec, EnvValue, GitWorkspace, Interruption, LaunchStatus, PermissionMode,
     RefusedPlacement, SWAP_DONE, SWAP_ROLLED_BACK, SWAPPING, Session, SessionPhase, SessionSpec,
-    SessionStatus, SwapStatus, WorkspaceSpec,
+    SessionStatus, StandbyMode, StandbySpec, StandbyStatus, SwapStatus, WorkspaceSpec,
 };
 pub use sessionpool::{
     Autoscale, FORCE_SCALE_DOWN, POOL_FINALIZER, POOL_LABEL, PlacementStrategy, PoolPlacement,
-    SessionPool, SessionPoolSpec, SessionPoolStatus, SessionTemplate, TemplateMeta, member_name,
-    ordinal_of,
+    RESTARTED_AT, RollingUpdate, SessionPool, SessionPoolSpec, SessionPoolStatus, SessionTemplate,
+    TEMPLATE_HASH_LABEL, TemplateMeta, UpdateStrategy, UpdateStrategyType, member_name, ordinal_of,
+    percent as sessionpool_percent, template_hash,
 };
 pub use swap::{Swap, SwapPhase, SwapSessionState, SwapSpec, SwapState, SwapStep, swap_name};
 pub use task::{
     CANCELLED, COMPLETE, FAILED, Task, TaskPhase, TaskPriority, TaskSpec, TaskStatus,
-    job_condition, set_job_conditions,
+    TaskWorkspace, job_condition, set_job_conditions,
 };
 
 pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{

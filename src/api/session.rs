@@ -50,6 +50,40 @@ pub struct SessionSpec {
     /// after the session; its agent runs there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace: Option<WorkspaceSpec>,
+    /// A second Claude Code kept idle in the workdir under the account a
+    /// failover would move the session to, so that the move is a
+    /// `/resume` typed into it rather than a process start. Costs one
+    /// idle Claude Code per session: about 200 MiB of memory and 1-3 % of
+    /// a core (docs/failover.md). Off by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby: Option<StandbySpec>,
+}
+
+/// Whether a Session keeps a standby agent.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StandbySpec {
+    #[serde(default)]
+    pub mode: StandbyMode,
+}
+
+/// `Off`: none (the default); `Warm`: one idle Claude Code, started, seeded
+/// and hooked, under the next failover target.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum StandbyMode {
+    #[default]
+    Off,
+    Warm,
+}
+
+impl SessionSpec {
+    /// The session keeps a warm standby.
+    pub fn wants_standby(&self) -> bool {
+        self.standby
+            .as_ref()
+            .is_some_and(|s| s.mode == StandbyMode::Warm)
+    }
 }
 
 /// A Session's own working copy.
@@ -325,6 +359,9 @@ pub struct SessionStatus {
     /// target failed the preflight); the failover controller rolls back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused_placement: Option<RefusedPlacement>,
+    /// The standby agent (`spec.standby`), while one runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby: Option<StandbyStatus>,
     /// Where the failover controller placed the session (written by it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_swap: Option<SwapStatus>,
@@ -351,6 +388,7 @@ impl SessionStatus {
         "restartHandled",
         "interrupted",
         "refusedPlacement",
+        "standby",
         "observedGeneration",
         "conditions",
     ];
@@ -379,6 +417,26 @@ pub struct LaunchStatus {
     /// own state file naming the conversation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confirmed_at: Option<MicroTime>,
+    /// Not a process start: the standby took the conversation over
+    /// (`/resume` typed into it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub takeover: bool,
+}
+
+/// The idle Claude Code kept for the next move (`spec.standby`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StandbyStatus {
+    /// The account it runs under: where the session would move next.
+    pub account: String,
+    pub pane_id: String,
+    pub pid: u32,
+    /// Its own start-up conversation (it leaves no transcript).
+    pub agent_session_id: String,
+    pub launched_at: MicroTime,
+    /// At its prompt (its `SessionStart` heard): a move may use it.
+    #[serde(default)]
+    pub ready: bool,
 }
 
 /// A turn cut short.
@@ -432,5 +490,24 @@ pub const SWAP_ROLLED_BACK: &str = "RolledBack";
 impl SwapStatus {
     pub fn swapping(&self) -> bool {
         self.state == SWAPPING
+    }
+}
+
+impl Session {
+    /// Whether a restart was asked of this Session (its
+    /// `claude-failover.io/restart-requested-at` annotation) that no launch
+    /// has answered yet (`status.restartHandled`).
+    pub fn restart_pending(&self) -> bool {
+        let asked = self
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(super::keys::RESTART));
+        asked.is_some()
+            && asked
+                != self
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.restart_handled.as_ref())
     }
 }

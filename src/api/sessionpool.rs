@@ -5,6 +5,7 @@
 
 use super::session::SessionSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,11 @@ use std::collections::BTreeMap;
     printcolumn(name = "Idle", type_ = "integer", json_path = ".status.idle"),
     printcolumn(name = "Busy", type_ = "integer", json_path = ".status.busy"),
     printcolumn(
+        name = "Up-to-date",
+        type_ = "integer",
+        json_path = ".status.updatedReplicas"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -56,6 +62,71 @@ pub struct SessionPoolSpec {
     /// idle, within `min..=max` (`replicas` is then only the start).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscale: Option<Autoscale>,
+    /// How a changed template reaches the Sessions.
+    #[serde(default, skip_serializing_if = "UpdateStrategy::is_default")]
+    pub update_strategy: UpdateStrategy,
+}
+
+/// How a changed template reaches the pool's Sessions (a StatefulSet's
+/// `updateStrategy`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateStrategy {
+    #[serde(default, rename = "type")]
+    pub type_: UpdateStrategyType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolling_update: Option<RollingUpdate>,
+}
+
+impl UpdateStrategy {
+    fn is_default(&self) -> bool {
+        *self == UpdateStrategy::default()
+    }
+
+    /// How many Sessions may be out of service at once during a rollout,
+    /// for a pool of `replicas`: an integer, or a percentage of `replicas`
+    /// rounded down; at least 1.
+    pub fn max_unavailable(&self, replicas: u32) -> u32 {
+        let Some(v) = self
+            .rolling_update
+            .as_ref()
+            .and_then(|r| r.max_unavailable.as_ref())
+        else {
+            return 1;
+        };
+        let n = match v {
+            IntOrString::Int(n) => (*n).max(0) as u32,
+            IntOrString::String(s) => percent(s).map_or(1, |p| replicas * p / 100),
+        };
+        n.max(1)
+    }
+}
+
+/// The number of `N%` (0..=100).
+pub fn percent(s: &str) -> Option<u32> {
+    s.strip_suffix('%')?.parse().ok().filter(|p| *p <= 100)
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum UpdateStrategyType {
+    /// A changed template rolls through the Sessions at turn boundaries,
+    /// `maxUnavailable` at a time.
+    #[default]
+    RollingUpdate,
+    /// A changed template reaches a Session only when it is deleted (and
+    /// the pool creates it again).
+    OnDelete,
+}
+
+/// The rolling update's parameters.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RollingUpdate {
+    /// How many Sessions may be out of service at once (restarting, or not
+    /// ready): an integer or a percentage of `replicas` (`25%`, rounded
+    /// down, at least 1). Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<IntOrString>,
 }
 
 /// A pool's autoscaling bounds.
@@ -152,6 +223,17 @@ pub struct SessionPoolStatus {
     /// When autoscaling last changed the size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// Sessions made from the current template.
+    #[serde(default)]
+    pub updated_replicas: u32,
+    /// Of them, ready and not restarting.
+    #[serde(default)]
+    pub updated_ready: u32,
+    /// The hash of the current template (each Session carries the hash of
+    /// the template it was made from in its label
+    /// `claude-failover.io/template-hash`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub update_revision: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -163,6 +245,22 @@ pub const POOL_LABEL: &str = "claude-failover.io/pool";
 /// Annotation on a pool: `true` lets a scale down stop busy Sessions
 /// without waiting for their turn to end (`scale --force`).
 pub const FORCE_SCALE_DOWN: &str = "claude-failover.io/force-scale-down";
+/// The label every Session of a pool carries: the hash of the template it
+/// was made from (like Kubernetes' `pod-template-hash`).
+pub const TEMPLATE_HASH_LABEL: &str = "claude-failover.io/template-hash";
+/// Template annotation set by `rollout restart`: a new value rolls every
+/// Session of the pool (like kubectl's `kubectl.kubernetes.io/restartedAt`).
+pub const RESTARTED_AT: &str = "claude-failover.io/restartedAt";
+
+/// The hash of a template: FNV-1a over its JSON (maps are sorted, so equal
+/// templates hash alike), as 10 hex digits.
+pub fn template_hash(t: &SessionTemplate) -> String {
+    use std::hash::Hasher;
+    let mut h = fnv::FnvHasher::default();
+    h.write(&serde_json::to_vec(t).expect("a template serializes"));
+    format!("{:016x}", h.finish())[..10].to_string()
+}
+
 /// The pool controller's finalizer on a pool: its Sessions go first.
 pub const POOL_FINALIZER: &str = "claude-failover.io/pool-sessions";
 
@@ -192,5 +290,46 @@ mod tests {
         assert_eq!(ordinal_of("web", "web-x"), None);
         assert_eq!(ordinal_of("web", "webx-1"), None);
         assert_eq!(member_name("web", 12), "web-12");
+    }
+
+    #[test]
+    fn max_unavailable_is_a_number_or_a_share_of_the_pool() {
+        let s = |v: Option<IntOrString>| UpdateStrategy {
+            type_: UpdateStrategyType::RollingUpdate,
+            rolling_update: Some(RollingUpdate { max_unavailable: v }),
+        };
+        let pct = |p: &str| Some(IntOrString::String(p.into()));
+        // (strategy, replicas, want)
+        let cases = [
+            (UpdateStrategy::default(), 10, 1),
+            (s(None), 10, 1),
+            (s(Some(IntOrString::Int(3))), 10, 3),
+            (s(Some(IntOrString::Int(0))), 10, 1),
+            (s(pct("25%")), 10, 2),
+            (s(pct("25%")), 2, 1),
+            (s(pct("100%")), 7, 7),
+        ];
+        for (strategy, replicas, want) in cases {
+            assert_eq!(strategy.max_unavailable(replicas), want, "{strategy:?}");
+        }
+        assert_eq!(percent("150%"), None);
+        assert_eq!(percent("x%"), None);
+    }
+
+    #[test]
+    fn equal_templates_hash_alike_and_a_change_changes_the_hash() {
+        let t = |v: serde_json::Value| -> SessionTemplate { serde_json::from_value(v).unwrap() };
+        let a = t(
+            serde_json::json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "spec": {"workdir": "/w"}}),
+        );
+        let b = t(
+            serde_json::json!({"metadata": {"labels": {"b": "2", "a": "1"}}, "spec": {"workdir": "/w"}}),
+        );
+        let c = t(
+            serde_json::json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "spec": {"workdir": "/v"}}),
+        );
+        assert_eq!(template_hash(&a), template_hash(&b));
+        assert_ne!(template_hash(&a), template_hash(&c));
+        assert_eq!(template_hash(&a).len(), 10);
     }
 }

@@ -51,6 +51,37 @@ pub struct TaskSpec {
     /// Attempts before the task fails (default from the config).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
+    /// What the task asks of the session's git worktree (only sessions
+    /// with a `workspace` take such a task).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<TaskWorkspace>,
+}
+
+/// A task's wishes for the session's worktree.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TaskWorkspace {
+    /// Before the task is typed, switch the worktree to a new branch made
+    /// from the workspace's base (`SESSION.TASK`, or `branch`). Only from a
+    /// clean worktree: with uncommitted changes the task waits, and its
+    /// `Scheduled` condition says why.
+    #[serde(default)]
+    pub fresh_branch: bool,
+    /// The new branch's name (implies `freshBranch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+}
+
+impl TaskSpec {
+    /// The branch the task asks for on `session`, if it asks for one.
+    pub fn fresh_branch(&self, session: &str, task: &str) -> Option<String> {
+        let w = self.workspace.as_ref()?;
+        match &w.branch {
+            Some(b) => Some(b.clone()),
+            None if w.fresh_branch => Some(format!("{session}.{task}")),
+            None => None,
+        }
+    }
 }
 
 #[derive(
@@ -111,6 +142,9 @@ pub struct TaskStatus {
     pub phase: Option<TaskPhase>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
+    /// The fresh branch the session's worktree took for this task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

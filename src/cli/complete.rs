@@ -220,6 +220,7 @@ pub fn candidates(words: &[String], names: &dyn Names) -> Candidates {
         None => ("", &[][..]),
     };
     let mut cmd = &root;
+    let mut parent: Option<&str> = None;
     let mut positionals: Vec<&str> = Vec::new();
     let mut pending: Option<&Arg> = None;
     let mut dashdash = false;
@@ -254,6 +255,7 @@ pub fn candidates(words: &[String], names: &dyn Names) -> Candidates {
         } else if positionals.is_empty()
             && let Some(sub) = cmd.find_subcommand(w)
         {
+            parent = Some(cmd.get_name());
             cmd = sub;
         } else {
             positionals.push(w);
@@ -273,7 +275,7 @@ pub fn candidates(words: &[String], names: &dyn Names) -> Candidates {
             out.add(s.get_name(), first_line(s.get_about()));
         }
     } else {
-        positional(cmd, &positionals, cur, names, &mut out);
+        positional(cmd, parent, &positionals, cur, names, &mut out);
     }
     out.items
         .retain(|c| c.value.starts_with(cur) || cur.is_empty());
@@ -380,19 +382,24 @@ fn resource_word(cmd: &str, cur: &str, names: &dyn Names, out: &mut Candidates) 
 
 fn positional(
     cmd: &Command,
+    parent: Option<&str>,
     positionals: &[&str],
     cur: &str,
     names: &dyn Names,
     out: &mut Candidates,
 ) {
     let name = cmd.get_name();
-    let of_kind = |kind: Kind, out: &mut Candidates| {
-        for (n, h) in names.names(kind) {
-            if !positionals.contains(&n.as_str()) {
-                out.add(n, h);
-            }
+    // `rollout restart|status`, `scale`: a pool.
+    if parent == Some("rollout") || name == "scale" {
+        let kind = Kind::SessionPool;
+        if positionals.is_empty() {
+            out.add(kind.singular(), kind.name());
+        } else {
+            of_kind(kind, names, positionals, out);
         }
-    };
+        return;
+    }
+    let of_kind = |kind: Kind, out: &mut Candidates| of_kind(kind, names, positionals, out);
     match name {
         "get" | "describe" | "delete" | "edit" | "patch" | "label" | "annotate" | "wait"
         | "suspend" | "resume" => {
@@ -445,6 +452,15 @@ fn positional(
                     out.files = true;
                 }
             }
+        }
+    }
+}
+
+/// The names of the objects of `kind`, but those already typed.
+fn of_kind(kind: Kind, names: &dyn Names, positionals: &[&str], out: &mut Candidates) {
+    for (n, h) in names.names(kind) {
+        if !positionals.contains(&n.as_str()) {
+            out.add(n, h);
         }
     }
 }
@@ -546,7 +562,8 @@ mod tests {
                 ],
                 Kind::Task => vec![("fix-login".into(), "Pending".into())],
                 Kind::Account => vec![("work".into(), "Available".into())],
-                Kind::Swap | Kind::Lease | Kind::ManifestSync | Kind::SessionPool => vec![],
+                Kind::SessionPool => vec![("web".into(), "3/3".into())],
+                Kind::Swap | Kind::Lease | Kind::ManifestSync => vec![],
             }
         }
         fn namespaces(&self) -> Vec<String> {
@@ -583,6 +600,12 @@ mod tests {
         assert_eq!(values("logs c"), ["ccl-0", "ccl-1"]);
         assert_eq!(values("cancel "), ["task"]);
         assert_eq!(values("cancel task f"), ["fix-login"]);
+        assert_eq!(values("rollout "), ["restart", "status"]);
+        assert_eq!(values("rollout restart "), ["sessionpool"]);
+        assert_eq!(values("rollout status sessionpool "), ["web"]);
+        assert_eq!(values("restart session "), ["ccl-0", "ccl-1"]);
+        assert_eq!(values("scale s"), ["sessionpool"]);
+        assert_eq!(values("scale sessionpool w"), ["web"]);
         assert_eq!(values("completion f"), ["fish"]);
         assert_eq!(
             values("wait task fix-login --for=cond"),

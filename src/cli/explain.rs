@@ -101,6 +101,9 @@ fn schema(kind: Kind) -> Value {
 /// kubectl's name for a field's type: `<string>`, `<[]string>`,
 /// `<map[string]string>`, `<Object>`, `<[]Object>`.
 fn type_name(s: &Value) -> String {
+    if s.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true)) {
+        return "IntOrString".into();
+    }
     if let Some(r) = s.get("$ref").and_then(Value::as_str) {
         return r.rsplit('/').next().unwrap_or(r).to_string();
     }
@@ -262,6 +265,12 @@ pub fn explain(a: ExplainArgs) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_int_or_string_is_named_as_kubectl_names_it() {
+        let t = explain_text("sessionpool.spec.updateStrategy.rollingUpdate", false).unwrap();
+        assert!(t.contains("maxUnavailable\t<IntOrString>"), "{t}");
+    }
 
     #[test]
     fn explains_kinds_and_fields() {

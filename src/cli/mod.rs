@@ -26,6 +26,7 @@ mod login;
 mod logs;
 mod mcp;
 mod print;
+mod rollout;
 mod run;
 mod scale;
 mod statusline;
@@ -117,6 +118,9 @@ pub enum Command {
     Cancel(cancel::CancelArgs),
     /// Set a session pool's number of sessions (busy ones end their turn first unless --force)
     Scale(scale::ScaleArgs),
+    /// Roll a session pool's template through its sessions: restart, status
+    #[command(disable_help_subcommand = true)]
+    Rollout(rollout::RolloutArgs),
     /// Watch a pool fail over: simulated agents on temporary directories, a minute
     Demo(demo::DemoArgs),
     /// Move the sessions off an account now (to --to, or the best one)
@@ -304,6 +308,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Resume(a) => label::suspend(&ctx, a, false),
         Command::Cancel(a) => cancel::cancel(&ctx, a),
         Command::Scale(a) => scale::scale(&ctx, a),
+        Command::Rollout(a) => rollout::rollout(&ctx, a),
         Command::Failover(a) => failover::failover(&ctx, a),
         Command::Swaps => failover::swaps(&ctx),
         Command::Reinstate(a) => failover::reinstate(&ctx, a),

@@ -8,11 +8,10 @@
 use super::Ctx;
 use super::args::{DryRun, targets};
 use super::label::not_found;
-use crate::api::{FORCE_SCALE_DOWN, Kind, ObjectKey};
+use crate::api::{Kind, ObjectKey};
 use crate::store::StoreError;
 use anyhow::{Result, bail};
 use clap::Args;
-use serde_json::{Value, json};
 use std::process::ExitCode;
 
 /// The field manager of `scale`.
@@ -55,32 +54,14 @@ pub fn scale(ctx: &Ctx, a: ScaleArgs) -> Result<ExitCode> {
     let mut failed = false;
     for name in names {
         let key = ObjectKey::new(Kind::SessionPool, &ctx.namespace, name);
-        let r = store.update_object(&key, None, MANAGER, a.dry_run.active(), |obj| {
-            let now = obj.pointer("/spec/replicas").and_then(Value::as_u64);
-            if let Some(want) = a.current_replicas
-                && now != Some(u64::from(want))
-            {
-                return Err(format!(
-                    "expected {want} replicas, found {}",
-                    now.map_or("none".into(), |n| n.to_string())
-                ));
-            }
-            obj["spec"]["replicas"] = json!(a.replicas);
-            let meta = obj["metadata"]
-                .as_object_mut()
-                .ok_or("metadata is not a map")?;
-            let ann = meta
-                .entry("annotations")
-                .or_insert_with(|| json!({}))
-                .as_object_mut()
-                .ok_or("metadata.annotations is not a map")?;
-            if a.force {
-                ann.insert(FORCE_SCALE_DOWN.into(), json!("true"));
-            } else {
-                ann.remove(FORCE_SCALE_DOWN);
-            }
-            Ok(())
-        });
+        let req = crate::requests::Scale {
+            replicas: a.replicas,
+            force: a.force,
+            expected_rv: None,
+            current: a.current_replicas,
+            dry_run: a.dry_run.active(),
+        };
+        let r = crate::requests::scale_pool(&store, &key, &req, MANAGER);
         match r {
             Ok(_) => println!(
                 "{}/{name} scaled{}",

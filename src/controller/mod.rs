@@ -48,6 +48,9 @@ pub struct Settings {
     /// Typed into a session whose turn a usage limit cut short, once its
     /// account can take work again (empty: nothing is typed).
     pub continue_message: String,
+    /// How a failover picks its target (`quota.failover.strategy`): a
+    /// warm standby waits under the account it would pick.
+    pub strategy: crate::config::FailoverStrategy,
 }
 
 /// The time. Decisions take `now` as an argument; executors ask this.

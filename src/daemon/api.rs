@@ -341,7 +341,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/namespaces/{ns}/{plural}/{name}", get(get_one))
         .route(
             "/api/v1/namespaces/{ns}/{plural}/{name}/{sub}",
-            get(get_sub).post(post_sub),
+            get(get_sub)
+                .post(post_sub)
+                .put(put_scale)
+                .patch(patch_scale),
         )
         .fallback(|req: Request| async move {
             ApiError::not_found(format!("no such path: {}", req.uri().path()))
@@ -470,6 +473,14 @@ async fn get_sub(
     UrlPath((ns, plural, name, sub)): UrlPath<(String, String, String, String)>,
 ) -> ApiResult<axum::Json<Value>> {
     let key = key_of(kind_of(&plural)?, &ns, Some(&name))?;
+    if sub == "scale" && key.kind == Kind::SessionPool {
+        let store = s.store.clone();
+        let k = key.clone();
+        return match blocking(move || store.get(&k)).await?? {
+            Some(pool) => Ok(axum::Json(crate::requests::scale_of(&pool))),
+            None => Err(not_found(&key)),
+        };
+    }
     if sub != "events" {
         return Err(ApiError::not_found(format!("no such resource: {sub}")));
     }
@@ -647,6 +658,114 @@ async fn post_sub(
             kind.plural()
         ))),
     }
+}
+
+// ----------------------------------------------------------------- scale
+
+/// The field manager of a scale through the API.
+const SCALE_MANAGER: &str = "claude-failover-api";
+
+/// `PUT .../sessionpools/NAME/scale`: a `Scale` (autoscaling/v1) whose
+/// `spec.replicas` becomes the pool's; its `metadata.resourceVersion`, when
+/// given, must be the pool's (409 otherwise). 200 with the new Scale.
+async fn put_scale(
+    State(s): State<Arc<ApiState>>,
+    UrlPath((ns, plural, name, sub)): UrlPath<(String, String, String, String)>,
+    body: axum::body::Bytes,
+) -> ApiResult<axum::Json<Value>> {
+    let key = scale_key(&ns, &plural, &name, &sub)?;
+    let scale: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::invalid(format!("request body: {e}")))?;
+    set_scale(&s, key, &scale).await
+}
+
+/// `PATCH .../sessionpools/NAME/scale`: a JSON merge patch of the pool's
+/// Scale (`{"spec": {"replicas": N}}`, what `kubectl scale` sends).
+async fn patch_scale(
+    State(s): State<Arc<ApiState>>,
+    UrlPath((ns, plural, name, sub)): UrlPath<(String, String, String, String)>,
+    body: axum::body::Bytes,
+) -> ApiResult<axum::Json<Value>> {
+    let key = scale_key(&ns, &plural, &name, &sub)?;
+    let patch: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::invalid(format!("request body: {e}")))?;
+    let store = s.store.clone();
+    let k = key.clone();
+    let Some(pool) = blocking(move || store.get(&k)).await?? else {
+        return Err(not_found(&key));
+    };
+    let mut scale = crate::requests::scale_of(&pool);
+    crate::store::merge_patch(&mut scale, &patch);
+    set_scale(&s, key, &scale).await
+}
+
+/// The pool a `/scale` URL names (only pools have one).
+fn scale_key(ns: &str, plural: &str, name: &str, sub: &str) -> ApiResult<ObjectKey> {
+    let kind = kind_of(plural)?;
+    let key = key_of(kind, ns, Some(name))?;
+    if sub != "scale" || kind != Kind::SessionPool {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!(
+                "only sessionpools/NAME/scale can be written this way, not {plural}/NAME/{sub}"
+            ),
+        ));
+    }
+    Ok(key)
+}
+
+async fn set_scale(s: &ApiState, key: ObjectKey, scale: &Value) -> ApiResult<axum::Json<Value>> {
+    if scale.get("kind").is_some_and(|k| k != "Scale") {
+        return Err(ApiError::invalid(format!(
+            "request body: kind: expected Scale, got {}",
+            scale["kind"]
+        )));
+    }
+    if let Some(n) = scale.pointer("/metadata/name")
+        && n != key.name.as_str()
+    {
+        return Err(ApiError::invalid(format!(
+            "request body: metadata.name: {n} does not match the pool {} of the URL",
+            key.name
+        )));
+    }
+    let replicas = scale
+        .pointer("/spec/replicas")
+        .and_then(Value::as_u64)
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "request body: spec.replicas: expected a number of sessions (0 or more)",
+            )
+        })?;
+    let req = crate::requests::Scale {
+        replicas,
+        expected_rv: scale
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        ..Default::default()
+    };
+    let store = s.store.clone();
+    let k = key.clone();
+    let pool = blocking(move || -> Result<Value, StoreError> {
+        let pool = crate::requests::scale_pool(&store, &k, &req, SCALE_MANAGER)?;
+        store.record_event(
+            &k,
+            false,
+            "Scaled",
+            &format!("scaled to {replicas} through the API"),
+            "api",
+        )?;
+        Ok(pool)
+    })
+    .await?
+    .map_err(|e| match e {
+        StoreError::NotFound(_) => not_found(&key),
+        e => e.into(),
+    })?;
+    Ok(axum::Json(crate::requests::scale_of(&pool)))
 }
 
 // ---------------------------------------------------------------- stream

@@ -42,10 +42,10 @@ fn accept(
     (ns, name, secret): (String, String, String),
     body: &[u8],
 ) -> Result<(ObjectKey, Value), StatusCode> {
-    let key = ObjectKey::new(Kind::Session, &ns, &name);
-    if !s.authorized(&key, &secret) {
-        return Err(StatusCode::FORBIDDEN);
-    }
+    // The Session's agent, or its standby (recorded apart).
+    let key = s
+        .route(&ObjectKey::new(Kind::Session, &ns, &name), &secret)
+        .ok_or(StatusCode::FORBIDDEN)?;
     let body = serde_json::from_slice::<Value>(body).map_err(|_| StatusCode::BAD_REQUEST)?;
     Ok((key, body))
 }

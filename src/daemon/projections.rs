@@ -30,6 +30,10 @@ pub async fn gauges(caches: Caches, metrics: Arc<Metrics>) {
                 })
                 .collect();
             m.count_sessions(&phases);
+            m.count_standbys(
+                all.iter()
+                    .filter_map(|s| s.status.as_ref()?.standby.as_ref()),
+            );
         })
     };
     let tasks = {

@@ -169,6 +169,7 @@ pub async fn run(o: Options) -> Result<()> {
             max_backoff: MAX_BACKOFF,
             checkpoint_every: o.checkpoint_every,
             continue_message: o.continue_message.clone(),
+            strategy: o.failover.policy.strategy,
         },
     });
     tasks.extend(controllers(&o, &shared, &identity, wake));

@@ -41,6 +41,10 @@ struct Front {
     workdir: Option<String>,
     timeout_seconds: Option<u64>,
     max_attempts: Option<u32>,
+    /// A fresh branch from the session's workspace base.
+    fresh_branch: Option<bool>,
+    /// Its name (implies `freshBranch`).
+    branch: Option<String>,
 }
 
 pub fn queue_dir(workdir: &Path) -> PathBuf {
@@ -342,6 +346,12 @@ pub fn parse_task(file: &Path, bytes: &[u8], ns: &str, workdir: &Path) -> Result
     if let Some(m) = front.max_attempts {
         spec["maxAttempts"] = json!(m);
     }
+    if front.fresh_branch.is_some() || front.branch.is_some() {
+        spec["workspace"] = json!({"freshBranch": front.fresh_branch.unwrap_or(false)});
+        if let Some(b) = front.branch {
+            spec["workspace"]["branch"] = json!(b);
+        }
+    }
     let doc = json!({
         "apiVersion": API_VERSION, "kind": "Task",
         "metadata": {"name": name, "namespace": ns, "annotations": {INBOX_FILE: shown}},
@@ -538,6 +548,29 @@ pub fn write_status(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_may_ask_for_a_fresh_branch() {
+        let t = parse_task(
+            Path::new("/w/.agent-queue/inbox/fix.md"),
+            b"---\nfreshBranch: true\n---\nfix it\n",
+            "default",
+            Path::new("/w"),
+        )
+        .unwrap();
+        assert_eq!(t["spec"]["workspace"], json!({"freshBranch": true}));
+        let t = parse_task(
+            Path::new("/w/.agent-queue/inbox/fix.md"),
+            b"---\nbranch: feature/fix\n---\nfix it\n",
+            "default",
+            Path::new("/w"),
+        )
+        .unwrap();
+        assert_eq!(
+            t["spec"]["workspace"],
+            json!({"freshBranch": false, "branch": "feature/fix"})
+        );
+    }
 
     #[test]
     fn front_matter_split() {

@@ -397,6 +397,19 @@ pub fn session_pool(p: &SessionPool) -> Vec<Problem> {
             ));
         }
     }
+    if let Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(v)) = p
+        .spec
+        .update_strategy
+        .rolling_update
+        .as_ref()
+        .and_then(|r| r.max_unavailable.as_ref())
+        && crate::api::sessionpool_percent(v).is_none()
+    {
+        out.push((
+            at(&["spec", "updateStrategy", "rollingUpdate", "maxUnavailable"]),
+            format!("{v:?} is neither a number nor a percentage (0% to 100%)"),
+        ));
+    }
     if let Some(sel) = &p.spec.selector {
         let s = crate::selector::Selector::from_label_selector(sel);
         if !s.matches(Some(&p.spec.template.metadata.labels)) {
@@ -451,6 +464,7 @@ mod tests {
         let bad = pool(serde_json::json!({"replicas": 2000,
             "selector": {"matchLabels": {"app": "api"}},
             "autoscale": {"min": 3, "max": 2},
+            "updateStrategy": {"rollingUpdate": {"maxUnavailable": "half"}},
             "template": {"metadata": {"labels": {"app": "web"}},
                          "spec": {"workdir": "/w", "agent": {"command": ""}}}}));
         assert_eq!(
@@ -459,6 +473,7 @@ mod tests {
                 "spec.replicas",
                 "spec.template.spec.agent.command",
                 "spec.autoscale.min",
+                "spec.updateStrategy.rollingUpdate.maxUnavailable",
                 "spec.selector"
             ]
         );

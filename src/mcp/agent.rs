@@ -97,6 +97,7 @@ mod tests {
                 },
                 suspend: false,
                 workspace: None,
+                standby: None,
             },
         )
     }

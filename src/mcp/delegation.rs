@@ -218,6 +218,7 @@ mod tests {
                 workdir: None,
                 timeout_seconds: None,
                 max_attempts: None,
+                workspace: None,
             },
         );
         assert!(may_run_on(&t, "a"), "a task a person made runs anywhere");

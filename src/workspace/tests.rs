@@ -164,3 +164,45 @@ fn a_folder_in_the_way_or_no_repository_is_an_error() {
         Err(Error::NotARepo(_))
     ));
 }
+
+#[test]
+fn a_fresh_branch_is_made_from_the_base_only_in_a_clean_worktree() {
+    let (_t, repo, wt) = repo();
+    let dir = wt.join("web-0");
+    ensure(&repo, "main", &dir, "web-0").unwrap();
+    // Work committed on the session's branch: the fresh one starts from
+    // main, without it.
+    commit_in(&dir, "earlier");
+    assert_eq!(
+        fresh_branch(&dir, "main", "web-0.fix").unwrap(),
+        Branched::Created
+    );
+    assert_eq!(
+        git(&dir, &["branch", "--show-current"]).unwrap(),
+        "web-0.fix"
+    );
+    assert!(!dir.join("earlier").exists());
+    assert_eq!(
+        fresh_branch(&dir, "main", "web-0.fix").unwrap(),
+        Branched::AlreadyOn
+    );
+    // Uncommitted work: nothing is switched.
+    std::fs::write(dir.join("draft"), "x\n").unwrap();
+    let r = fresh_branch(&dir, "main", "web-0.next").unwrap();
+    assert_eq!(
+        r,
+        Branched::NotClean("1 uncommitted change(s) (draft)".into())
+    );
+    assert_eq!(
+        git(&dir, &["branch", "--show-current"]).unwrap(),
+        "web-0.fix"
+    );
+    std::fs::remove_file(dir.join("draft")).unwrap();
+    // Back to an existing branch; a bad name is an error.
+    run(&dir, &["checkout", "-q", "web-0"]);
+    assert_eq!(
+        fresh_branch(&dir, "main", "web-0.fix").unwrap(),
+        Branched::CheckedOut
+    );
+    assert!(fresh_branch(&dir, "main", "bad..name").is_err());
+}

@@ -115,8 +115,13 @@ pub fn call(method: &str, url: &str, token: Option<&str>, body: Option<&str>) ->
             }
             r.call()
         }
-        "POST" => {
-            let mut r = a.post(url).header("content-type", "application/json");
+        "POST" | "PUT" | "PATCH" => {
+            let mut r = match method {
+                "POST" => a.post(url),
+                "PUT" => a.put(url),
+                _ => a.patch(url),
+            }
+            .header("content-type", "application/json");
             if let Some(h) = &auth {
                 r = r.header("authorization", h);
             }

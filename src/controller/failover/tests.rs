@@ -57,6 +57,7 @@ pub(super) fn session(name: &str, on: &str, phase: SessionPhase) -> Session {
             agent: Default::default(),
             suspend: false,
             workspace: None,
+            standby: None,
         },
     );
     s.metadata.namespace = Some("default".into());
@@ -200,6 +201,7 @@ impl Scene {
             resumed: true,
             epoch: Some(epoch),
             confirmed_at: confirmed.then(|| crate::api::micro(at(0))),
+            takeover: false,
         });
     }
 }

@@ -11,11 +11,13 @@
 
 pub mod autoscale;
 pub mod plan;
+pub mod rollout;
+mod update;
 
 use super::Shared;
 use crate::api::{
     Kind, ObjectKey, ObjectMeta, POOL_FINALIZER, POOL_LABEL, Session, SessionPool,
-    SessionPoolStatus, member_name, set_condition,
+    SessionPoolStatus, TEMPLATE_HASH_LABEL, member_name, set_condition,
 };
 use crate::store::{ApplyRequest, StoreError};
 use futures::{Stream, StreamExt};
@@ -119,7 +121,7 @@ async fn reconcile(ctx: &Context, pool: &SessionPool) -> Result<(), StoreError> 
         &accounts.iter().map(Arc::as_ref).collect::<Vec<_>>(),
     );
     for action in &plan.actions {
-        execute(ctx, pool, &key, action).await?;
+        execute(ctx, pool, &key, action, &plan.status.update_revision).await?;
     }
     if deleting {
         if owned.is_empty() && has_finalizer {
@@ -196,9 +198,11 @@ async fn execute(
     pool: &SessionPool,
     key: &ObjectKey,
     action: &Action,
+    hash: &str,
 ) -> Result<(), StoreError> {
     let sh = &ctx.shared;
     match action {
+        Action::Roll { name, how } => update::roll(ctx, pool, key, name, *how, hash).await?,
         Action::Create { ordinal, account } => {
             let session = member(pool, *ordinal, account.clone());
             let name = session.metadata.name.clone().unwrap_or_default();
@@ -257,6 +261,7 @@ pub fn member(pool: &SessionPool, ordinal: u32, account: Option<String>) -> Sess
     let t = &pool.spec.template;
     let mut labels = t.metadata.labels.clone();
     labels.insert(POOL_LABEL.into(), name.clone());
+    labels.insert(TEMPLATE_HASH_LABEL.into(), crate::api::template_hash(t));
     let mut spec = t.spec.clone();
     spec.account = account.or(spec.account);
     Session {
@@ -290,7 +295,7 @@ async fn write_status(
 ) -> Result<(), StoreError> {
     let sh = &ctx.shared;
     let before = pool.status.clone().unwrap_or_default();
-    let mut st: SessionPoolStatus = plan.status;
+    let mut st: SessionPoolStatus = plan.status.clone();
     st.conditions = before.conditions.clone();
     if let Some((desired, last)) = scaled {
         st.desired_replicas = Some(desired);
@@ -346,6 +351,16 @@ async fn write_status(
         pool.metadata.generation,
         now,
     );
+    let (reason, message) = progress(&plan.rollout, &st, want);
+    set_condition(
+        &mut st.conditions,
+        "Progressing",
+        true,
+        reason,
+        &message,
+        pool.metadata.generation,
+        crate::api::now(),
+    );
     if st == before {
         return Ok(());
     }
@@ -359,8 +374,36 @@ async fn write_status(
     }
 }
 
+/// The `Progressing` condition's reason and message: where the rollout of
+/// the current template stands.
+fn progress(r: &rollout::Rollout, st: &SessionPoolStatus, want: u32) -> (&'static str, String) {
+    let hash = &st.update_revision;
+    if st.updated_replicas == want && st.replicas == want && st.updated_ready == want {
+        return (
+            "RolloutComplete",
+            format!("{want} sessions run template {hash}"),
+        );
+    }
+    let mut message = format!(
+        "{} of {want} sessions updated to template {hash}, {} ready",
+        st.updated_replicas, st.updated_ready
+    );
+    if !r.after_turn.is_empty() {
+        message.push_str(&format!(
+            "; waiting for the turn of {} to end",
+            r.after_turn.join(", ")
+        ));
+    }
+    if !r.queued.is_empty() {
+        message.push_str(&format!("; then {}", r.queued.join(", ")));
+    }
+    ("RollingOut", message)
+}
+
 /// The states of `claude_failover_pool_sessions`.
-const GAUGE_STATES: [&str; 6] = ["desired", "current", "ready", "idle", "busy", "waiting"];
+const GAUGE_STATES: [&str; 7] = [
+    "desired", "current", "ready", "idle", "busy", "waiting", "updated",
+];
 
 /// Sets `claude_failover_pool_sessions` to what the pools' statuses say,
 /// and removes the series of pools that are gone (never a reset first: a
@@ -375,7 +418,15 @@ pub fn fill_gauge<'a>(
         let name = p.metadata.name.clone().unwrap_or_default();
         let st = p.status.clone().unwrap_or_default();
         let desired = st.desired_replicas.unwrap_or(p.spec.replicas);
-        let values = [desired, st.replicas, st.ready, st.idle, st.busy, st.waiting];
+        let values = [
+            desired,
+            st.replicas,
+            st.ready,
+            st.idle,
+            st.busy,
+            st.waiting,
+            st.updated_replicas,
+        ];
         for (state, v) in GAUGE_STATES.iter().zip(values) {
             gauge
                 .with_label_values(&[ns.as_str(), name.as_str(), state])
@@ -437,6 +488,12 @@ mod gauge_tests {
         assert!(
             text.contains(
                 r#"claude_failover_pool_sessions{namespace="default",pool="b",state="desired"} 3"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"claude_failover_pool_sessions{namespace="default",pool="a",state="updated"} 0"#
             ),
             "{text}"
         );

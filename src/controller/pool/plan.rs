@@ -2,6 +2,7 @@
 //! and the namespace's Accounts, which Sessions to create and delete, and
 //! the pool's status.
 
+use super::rollout::{self, Roll, Rollout};
 use crate::api::{
     Account, AccountPhase, FORCE_SCALE_DOWN, PlacementStrategy, Session, SessionPhase, SessionPool,
     SessionPoolStatus, ordinal_of,
@@ -21,6 +22,8 @@ pub enum Action {
     },
     /// Delete this Session (surplus, or its pool is being deleted).
     Delete { name: String, busy: bool },
+    /// Bring this Session up to the current template.
+    Roll { name: String, how: Roll },
 }
 
 /// What a pass decides.
@@ -29,6 +32,8 @@ pub struct Plan {
     pub actions: Vec<Action>,
     /// Surplus Sessions left running until their turn ends.
     pub waiting_for_turn: Vec<String>,
+    /// The rollout of a changed template.
+    pub rollout: Rollout,
     /// Selected accounts the account controller has not looked at yet: no
     /// Session is placed before it has (the placement could not weigh
     /// them).
@@ -48,7 +53,7 @@ pub fn busy(s: &Session) -> bool {
         )
 }
 
-fn ready(s: &Session) -> bool {
+pub(super) fn ready(s: &Session) -> bool {
     s.status.as_ref().is_some_and(|st| {
         st.conditions
             .iter()
@@ -152,11 +157,13 @@ pub fn plan(pool: &SessionPool, owned: &[&Session], accounts: &[&Account]) -> Pl
     let mut actions = Vec::new();
     let mut waiting_for_turn = Vec::new();
     let mut unchecked_accounts = Vec::new();
+    let hash = crate::api::template_hash(&pool.spec.template);
     let want = if deleting {
         0
     } else {
         pool.spec.replicas as usize
     };
+    let mut surplus: Vec<&Session> = Vec::new();
     if live.len() > want {
         let mut order: Vec<(&Session, bool, u32)> = live
             .iter()
@@ -174,6 +181,7 @@ pub fn plan(pool: &SessionPool, owned: &[&Session], accounts: &[&Account]) -> Pl
             } else {
                 actions.push(Action::Delete { name: n, busy: b });
             }
+            surplus.push(s);
         }
     } else if live.len() < want && {
         unchecked_accounts = unchecked(pool, accounts);
@@ -190,24 +198,51 @@ pub fn plan(pool: &SessionPool, owned: &[&Session], accounts: &[&Account]) -> Pl
                 *placed.entry(a.clone()).or_default() += 1;
             }
         }
-        let mut ordinal = 0u32;
-        for _ in live.len()..want {
-            while taken.contains(crate::api::member_name(name, ordinal).as_str()) {
-                ordinal += 1;
-            }
+        // The free names among `<pool>-0..want-1`, lowest first; a name
+        // still held by a terminating Session comes back once it is gone.
+        let free = (0..want as u32)
+            .filter(|o| !taken.contains(crate::api::member_name(name, *o).as_str()))
+            .take(want - live.len());
+        for ordinal in free.collect::<Vec<_>>() {
             let account = place(pool, &cands, &placed);
             if let Some(a) = &account {
                 *placed.entry(a.clone()).or_default() += 1;
             }
             actions.push(Action::Create { ordinal, account });
-            ordinal += 1;
         }
     }
+    let staying: Vec<&Session> = live
+        .iter()
+        .copied()
+        .filter(|s| !surplus.iter().any(|x| std::ptr::eq(*x, *s)))
+        .collect();
+    let rollout = if deleting {
+        Rollout::default()
+    } else {
+        rollout::decide(pool, &staying, want, &hash)
+    };
+    for (name, how) in &rollout.now {
+        actions.push(Action::Roll {
+            name: name.clone(),
+            how: *how,
+        });
+    }
+    let mut status = counts(pool, &live);
+    status.updated_replicas = live
+        .iter()
+        .filter(|s| rollout::hash_of(s) == Some(hash.as_str()))
+        .count() as u32;
+    status.updated_ready = live
+        .iter()
+        .filter(|s| rollout::hash_of(s) == Some(hash.as_str()) && !rollout::unavailable(s))
+        .count() as u32;
+    status.update_revision = hash;
     Plan {
         actions,
         waiting_for_turn,
+        rollout,
         unchecked_accounts,
-        status: counts(pool, &live),
+        status,
     }
 }
 

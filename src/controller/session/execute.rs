@@ -122,6 +122,8 @@ pub async fn observe(
         running_account: st.launch.as_ref().and_then(|l| l.account.clone()),
         next_start_at: st.next_start_at.as_ref().map(system),
         restart_handled: st.restart_handled.clone(),
+        standby_ready: None,
+        takeover_overdue: false,
         pane,
         state,
         now,
@@ -223,6 +225,8 @@ pub async fn run(
     let resync = ctx.shared.settings.resync;
     let mut report = None;
     let mut deliberate = false;
+    // A standby takes over: the agent it replaces need not be waited for.
+    let handoff = steps.contains(&Step::TakeOver);
     for step in steps {
         match step {
             Step::AddFinalizer => add_finalizer(ctx, &key).await?,
@@ -235,15 +239,23 @@ pub async fn run(
                 }
             }
             Step::Stop => {
-                stop(ctx, &key, st, d, o).await?;
+                stop(ctx, &key, st, d, o, handoff).await?;
                 deliberate = true;
             }
             Step::Clear => clear(ctx, &key, st, d, o, deliberate).await?,
             Step::Launch => {
                 report = Some(launch_step(ctx, s, st, d, accounts, deliberate).await);
             }
+            Step::TakeOver => {
+                report = Some(super::takeover::take_over_step(ctx, s, st, d, accounts).await);
+            }
+            Step::AbandonTakeover => {
+                super::takeover::abandon(ctx, &key, st).await?;
+                deliberate = true;
+            }
             Step::WaitBackoff(secs) => report = Some(wait_backoff(ctx, &key, st, o, secs).await),
             Step::Cleanup => {
+                super::takeover::discard(ctx, &key, st, "the session is deleted").await;
                 super::workspace::release(ctx, s).await;
                 cleanup(ctx, &key).await?;
                 return Ok(Outcome::Gone);
@@ -317,6 +329,7 @@ async fn adopt(
         resumed: false,
         epoch: None,
         confirmed_at: Some(crate::api::micro(o.now)),
+        takeover: false,
     });
     st.restart_handled = d.restart.clone();
     st.pid = Some(p.pid);
@@ -381,6 +394,7 @@ async fn stop(
     st: &SessionStatus,
     d: &Desired,
     o: &Observed,
+    handoff: bool,
 ) -> Result<(), Error> {
     let p = o.pane.as_ref().expect("planned for a live pane");
     if plan::restart_requested(d, o) {
@@ -400,6 +414,21 @@ async fn stop(
     }
     // A turn or a dialog (a usage-limit one, say) is escaped first.
     let interrupt = matches!(o.state, AgentState::Busy | AgentState::Waiting(_));
+    if handoff && !interrupt {
+        // At its prompt, its transcript complete: a standby takes the
+        // conversation over while it exits (measured: claude-code-probe.md,
+        // section 12). A cut turn is waited for as before: the agent may
+        // still write it.
+        ctx.shared.driver.retire(key, p).await?;
+        ctx.record(
+            key,
+            false,
+            "Stopped",
+            "agent told to /exit; a standby takes over",
+        )
+        .await;
+        return Ok(());
+    }
     let how = ctx.shared.driver.stop(key, p, interrupt).await?;
     ctx.record(key, false, "Stopped", &format!("agent {how}"))
         .await;
@@ -478,7 +507,7 @@ async fn clear(
     Ok(())
 }
 
-async fn launch_step(
+pub(super) async fn launch_step(
     ctx: &Context,
     s: &Session,
     st: &mut SessionStatus,
@@ -639,6 +668,7 @@ async fn launch(
         resumed: resume,
         epoch: d.placed,
         confirmed_at: None,
+        takeover: false,
     });
     st.account = account_name;
     st.launches = Some(st.launches.unwrap_or(0) + 1);
@@ -856,7 +886,7 @@ fn has_task(ctx: &Context, key: &ObjectKey) -> bool {
 }
 
 /// Writes this controller's status fields (as they are in `st`).
-async fn write(
+pub(super) async fn write(
     ctx: &Context,
     key: &ObjectKey,
     st: &SessionStatus,

@@ -14,6 +14,8 @@ mod observe;
 pub mod plan;
 mod private;
 pub mod report;
+pub mod standby;
+mod takeover;
 mod workspace;
 
 use super::Shared;
@@ -122,7 +124,13 @@ async fn reconcile_inner(ctx: &Context, key: &ObjectKey) -> Result<Action, Error
         .cloned();
     let now = sh.now();
     execute::schedule_restart(ctx, &s, &mut st, pane.as_ref(), now);
-    let (observed, sig) = execute::observe(ctx, key, &mut st, pane, &accounts, now).await?;
+    let (mut observed, sig) = execute::observe(ctx, key, &mut st, pane, &accounts, now).await?;
+    let standby = takeover::observe(ctx, key, &mut st).await;
+    observed.standby_ready = standby
+        .as_ref()
+        .filter(|b| b.alive && b.ready)
+        .map(|b| b.account.clone());
+    observed.takeover_overdue = standby::takeover_overdue(st.launch.as_ref(), now);
     let desired = execute::desired(&s, &st, &accounts, placement.as_ref(), &observed);
     let steps = plan::plan(&desired, &observed);
     let report = match execute::run(ctx, &s, &mut st, &desired, &observed, &accounts, steps).await?
@@ -136,6 +144,16 @@ async fn reconcile_inner(ctx: &Context, key: &ObjectKey) -> Result<Action, Error
         .find(|a| st.account.is_some() && a.metadata.name == st.account);
     let report = report::overlay(report, placement.as_ref(), running_on);
     execute::continue_cut_turn(ctx, &s, &mut st, &observed, running_on).await?;
+    let standby = standby.filter(|_| st.standby.is_some());
+    takeover::keep(
+        ctx,
+        &s,
+        &mut st,
+        &accounts,
+        placement.as_ref(),
+        standby.as_ref(),
+    )
+    .await;
     execute::finish(ctx, &s, &before, st, &report, &sig).await?;
     Ok(Action::requeue(report.requeue))
 }

@@ -157,6 +157,7 @@ mod tests {
                 resumed,
                 epoch: Some(3),
                 confirmed_at: None,
+                takeover: false,
             }),
             ..Default::default()
         }

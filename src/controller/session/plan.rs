@@ -39,6 +39,11 @@ pub struct Observed {
     pub next_start_at: Option<SystemTime>,
     /// The restart request the running agent already answers to.
     pub restart_handled: Option<String>,
+    /// The account of a standby ready to take the conversation over.
+    pub standby_ready: Option<String>,
+    /// The running agent is a standby whose takeover was not confirmed in
+    /// time ([`super::standby::TAKEOVER_CONFIRM`]).
+    pub takeover_overdue: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +59,13 @@ pub enum Step {
     /// Remove the tmux session of an agent that has exited.
     Clear,
     Launch,
+    /// The ready standby takes the conversation over (`/resume <id>`
+    /// typed into it) and becomes the session's agent; a launch if it
+    /// cannot.
+    TakeOver,
+    /// A takeover went unconfirmed: end the standby that was to become the
+    /// agent (a launch follows).
+    AbandonTakeover,
     /// Dead, restarting after the back-off: seconds left.
     WaitBackoff(u64),
     /// Forget the session and release the finalizer.
@@ -113,6 +125,9 @@ fn plan_running(d: &Desired, o: &Observed) -> Vec<Step> {
     if !o.launched {
         return vec![Step::Adopt];
     }
+    if o.takeover_overdue {
+        return vec![Step::AbandonTakeover, Step::Launch];
+    }
     let wrong_account = matches!(&d.account, Ok(want) if *want != o.running_account);
     if restart_requested(d, o) {
         // Asked for: now, even mid-turn (a stuck agent is a reason to ask).
@@ -128,7 +143,13 @@ fn plan_running(d: &Desired, o: &Observed) -> Vec<Step> {
     if d.placed.is_some() {
         steps.push(Step::Preflight);
     }
-    steps.extend([Step::Stop, Step::Launch]);
+    let standby = matches!(&d.account, Ok(Some(want)) if o.standby_ready.as_ref() == Some(want));
+    let start = if standby {
+        Step::TakeOver
+    } else {
+        Step::Launch
+    };
+    steps.extend([Step::Stop, start]);
     steps
 }
 
@@ -325,6 +346,8 @@ mod tests {
             now: at(100),
             next_start_at: None,
             restart_handled: None,
+            standby_ready: None,
+            takeover_overdue: false,
         }
     }
 
@@ -401,6 +424,31 @@ mod tests {
         for (d, o, steps) in cases {
             assert_eq!(plan(&d, &o), steps, "{d:?} {o:?}");
         }
+    }
+
+    #[test]
+    fn a_ready_standby_on_the_target_takes_over() {
+        let live = Some(pane(false));
+        let placed = Desired {
+            placed: Some(3),
+            ..want(Some("b"))
+        };
+        let mut o = seen(live.clone(), true, Some("a"), AgentState::Idle);
+        o.standby_ready = Some("b".into());
+        assert_eq!(
+            plan(&placed, &o),
+            [Step::Preflight, Step::Stop, Step::TakeOver]
+        );
+        o.standby_ready = Some("c".into());
+        assert_eq!(
+            plan(&placed, &o),
+            [Step::Preflight, Step::Stop, Step::Launch],
+            "a standby elsewhere: a launch"
+        );
+        // Not confirmed in time: ended, and a launch instead.
+        let mut o = seen(live, true, Some("b"), AgentState::Idle);
+        o.takeover_overdue = true;
+        assert_eq!(plan(&placed, &o), [Step::AbandonTakeover, Step::Launch]);
     }
 
     #[test]
@@ -513,6 +561,7 @@ mod tests {
                 agent: Default::default(),
                 suspend: false,
                 workspace: None,
+                standby: None,
             },
         )
     }

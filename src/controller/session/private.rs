@@ -70,6 +70,66 @@ pub fn save_settings(
     Ok(p)
 }
 
+/// The files of one standby agent (`STATE/sessions/NS/NAME/standby-ID/`:
+/// its secret, settings file and MCP config), apart from the agent's: the
+/// agent a standby became still reads its own when the next standby
+/// starts. `id` is the standby's start-up conversation id.
+pub fn standby_dir(state_dir: &Path, key: &ObjectKey, id: &str) -> PathBuf {
+    dir(state_dir, key).join(format!("standby-{id}"))
+}
+
+/// Saves a standby's secret and settings file; the settings file's path.
+pub fn save_standby(
+    state_dir: &Path,
+    key: &ObjectKey,
+    id: &str,
+    secret: &str,
+    settings: &serde_json::Value,
+) -> std::io::Result<PathBuf> {
+    let d = standby_dir(state_dir, key, id);
+    crate::fsutil::ensure_dir(&d)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        state_dir.join("sessions"),
+        std::fs::Permissions::from_mode(0o700),
+    )?;
+    write_atomic(&d.join("secret"), secret.as_bytes(), Some(0o600), true)?;
+    let p = d.join("settings.json");
+    write_atomic(
+        &p,
+        &serde_json::to_vec_pretty(settings).expect("JSON"),
+        Some(0o600),
+        false,
+    )?;
+    Ok(p)
+}
+
+/// The secret of standby `id`.
+pub fn load_standby_secret(state_dir: &Path, key: &ObjectKey, id: &str) -> Option<String> {
+    let s = std::fs::read_to_string(standby_dir(state_dir, key, id).join("secret")).ok()?;
+    let s = s.trim().to_string();
+    (!s.is_empty()).then_some(s)
+}
+
+/// Removes the files of every standby but `keep`'s.
+pub fn remove_standbys(
+    state_dir: &Path,
+    key: &ObjectKey,
+    keep: Option<&str>,
+) -> std::io::Result<()> {
+    let keep = keep.map(|id| format!("standby-{id}"));
+    let Ok(entries) = std::fs::read_dir(dir(state_dir, key)) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("standby-") && Some(&name) != keep.as_ref() {
+            std::fs::remove_dir_all(e.path())?;
+        }
+    }
+    Ok(())
+}
+
 /// Forgets the session (on delete). Transcripts live elsewhere and stay.
 pub fn remove(state_dir: &Path, key: &ObjectKey) -> std::io::Result<()> {
     match std::fs::remove_dir_all(dir(state_dir, key)) {

@@ -329,6 +329,7 @@ mod tests {
                 workdir: None,
                 timeout_seconds: None,
                 max_attempts: None,
+                workspace: None,
             },
         );
         t.status = Some(TaskStatus {

@@ -72,6 +72,8 @@ pub struct Candidate {
     /// The per-model weekly windows its account takes no new work for: a
     /// task that asks for such a model does not go there.
     pub capped: Vec<crate::quota::Window>,
+    /// It works in its own git worktree (`spec.workspace`).
+    pub workspace: bool,
 }
 
 /// A workdir as written, with `~` expanded and (on the machine that runs
@@ -92,6 +94,10 @@ pub fn eligible(task: &Task, session: &Candidate) -> bool {
         return false;
     }
     if !crate::mcp::delegation::may_run_on(task, &session.name) {
+        return false;
+    }
+    // A fresh branch needs a worktree.
+    if task.spec.fresh_branch("", "").is_some() && !session.workspace {
         return false;
     }
     if let Some(name) = &task.spec.session {
@@ -225,6 +231,7 @@ pub fn session_free(
         && status.pid.is_some()
         && !s.spec.suspend
         && s.metadata.deletion_timestamp.is_none()
+        && !s.restart_pending()
         && !busy
         && cooled
         && account_takes_work(s, account, policy)
@@ -247,6 +254,7 @@ pub(crate) mod tests {
                 workdir: None,
                 timeout_seconds: None,
                 max_attempts: None,
+                workspace: None,
             },
         );
         t.metadata.namespace = Some("default".into());
@@ -267,7 +275,34 @@ pub(crate) mod tests {
             workdir: PathBuf::from(format!("/w/{name}")),
             free,
             capped: Vec::new(),
+            workspace: false,
         }
+    }
+
+    #[test]
+    fn a_fresh_branch_goes_to_a_session_with_a_worktree_only() {
+        let mut t = task("t", TaskPriority::Normal, 1);
+        let plain = cand("a", &[], true);
+        let with = Candidate {
+            workspace: true,
+            ..cand("b", &[], true)
+        };
+        assert!(eligible(&t, &plain) && eligible(&t, &with));
+        t.spec.workspace = Some(crate::api::TaskWorkspace {
+            fresh_branch: true,
+            branch: None,
+        });
+        assert!(!eligible(&t, &plain));
+        assert!(eligible(&t, &with));
+        assert_eq!(t.spec.fresh_branch("b", "t").as_deref(), Some("b.t"));
+        t.spec.workspace = Some(crate::api::TaskWorkspace {
+            fresh_branch: false,
+            branch: Some("feature/x".into()),
+        });
+        assert!(!eligible(&t, &plain));
+        assert_eq!(t.spec.fresh_branch("b", "t").as_deref(), Some("feature/x"));
+        t.spec.workspace = Some(crate::api::TaskWorkspace::default());
+        assert!(eligible(&t, &plain));
     }
 
     #[test]
@@ -377,6 +412,7 @@ pub(crate) mod tests {
                 agent: Default::default(),
                 suspend: false,
                 workspace: None,
+                standby: None,
             },
         );
         let mut st = crate::api::SessionStatus {
@@ -459,8 +495,32 @@ pub(crate) mod tests {
             Option<u64>,
             bool,
         );
+        let restarting = {
+            let mut s = idle.clone();
+            s.metadata.annotations = Some(
+                [(crate::api::keys::RESTART.to_string(), "t2".to_string())]
+                    .into_iter()
+                    .collect(),
+            );
+            s.status.as_mut().unwrap().restart_handled = Some("t1".into());
+            s
+        };
+        let restarted = {
+            let mut s = restarting.clone();
+            s.status.as_mut().unwrap().restart_handled = Some("t2".into());
+            s
+        };
         let cases: Vec<Case> = vec![
             ("idle", idle.clone(), Some(ok.clone()), false, None, true),
+            (
+                "a restart asked, not yet done",
+                restarting,
+                Some(ok.clone()),
+                false,
+                None,
+                false,
+            ),
+            ("restarted", restarted, Some(ok.clone()), false, None, true),
             (
                 "busy phase",
                 session(SessionPhase::Busy, true),
@@ -582,6 +642,7 @@ pub(crate) mod tests {
             resumed: true,
             epoch: Some(1),
             confirmed_at: None,
+            takeover: false,
         });
         assert!(account_takes_work(
             &cut,

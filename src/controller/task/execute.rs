@@ -242,6 +242,7 @@ async fn assign_pending(ctx: &Context, mem: &mut Memory) -> Result<bool, Error> 
                         )
                     })
                     .unwrap_or_default(),
+                workspace: s.spec.workspace.is_some(),
             }
         })
         .collect();
@@ -343,6 +344,64 @@ async fn clear_lost_replays(
     Ok(())
 }
 
+/// Puts the session's worktree on the fresh branch `branch` the task asks
+/// for (before anything is typed, holding the keyboard). False when it
+/// cannot be now: the task's `Scheduled` condition says why, and the task
+/// waits (a worktree with uncommitted changes is never switched).
+async fn take_branch(ctx: &Context, t: &Task, s: &Session, branch: &str) -> Result<bool, Error> {
+    use crate::workspace::Branched;
+    let Some(w) = s.spec.workspace.clone() else {
+        return Ok(false);
+    };
+    let session = s.metadata.name.clone().unwrap_or_default();
+    let dir = crate::workspace::agent_dir(s);
+    let (d, base, b) = (dir.clone(), w.git.base.clone(), branch.to_string());
+    let r = ctx
+        .shared
+        .blocking(move |_| crate::workspace::fresh_branch(&d, &base, &b))
+        .await;
+    let why = match r {
+        Ok(Branched::Created) => {
+            let message = format!(
+                "branch {branch} made from {} in the worktree {} of session {session}",
+                w.git.base,
+                dir.display()
+            );
+            ctx.record(&ObjectKey::of(t), false, "BranchCreated", &message)
+                .await;
+            return Ok(true);
+        }
+        Ok(Branched::AlreadyOn | Branched::CheckedOut) => return Ok(true),
+        Ok(Branched::NotClean(what)) => (
+            placement::WORKSPACE_NOT_CLEAN,
+            format!(
+                "the worktree {} of session {session} has {what}: the fresh branch {branch} is made from {} only in a clean worktree (commit or stash them)",
+                dir.display(),
+                w.git.base
+            ),
+        ),
+        Err(e) => (
+            placement::WORKSPACE_ERROR,
+            format!("session {session}: cannot make the branch {branch}: {e}"),
+        ),
+    };
+    if placement::needs_write(t, Some(&why)) {
+        let mut st = t.status.clone().unwrap_or_default();
+        st.phase = Some(TaskPhase::Pending);
+        crate::api::set_condition(
+            &mut st.conditions,
+            placement::SCHEDULED,
+            false,
+            why.0,
+            &why.1,
+            t.metadata.generation,
+            crate::api::now(),
+        );
+        write(ctx, t, st, Durability::Soon).await?;
+    }
+    Ok(false)
+}
+
 /// The config dir the agent of `s` runs with.
 fn config_dir(s: &Session, accounts: &[Arc<Account>]) -> PathBuf {
     account_of(accounts, s)
@@ -382,6 +441,15 @@ async fn deliver(
     // Held until the task is typed: a stop's `/exit` waits for it, and a
     // stop that came first has left no pane to type into.
     let _keyboard = sh.driver.keyboard(&skey).await;
+    // Read again under the keyboard: a restart or a delete written while
+    // this pass waited for it (a pool's rollout writes under the keyboard)
+    // means the agent is about to go.
+    let fresh = sh.caches.sessions.get(&skey.namespace, &skey.name);
+    if fresh.is_none_or(|f| {
+        f.metadata.deletion_timestamp.is_some() || f.spec.suspend || f.restart_pending()
+    }) {
+        return Ok(());
+    }
     let Some((pane, screen)) = sh.driver.pane_and_screen(&skey).await? else {
         return Ok(());
     };
@@ -407,10 +475,17 @@ async fn deliver(
     if !switch_model(ctx, mem, &key, &skey, s, &pane, model.as_deref()).await? {
         return Ok(());
     }
+    let branch = t.spec.fresh_branch(&skey.name, &key.name);
+    if let Some(b) = &branch
+        && !take_branch(ctx, t, s, b).await?
+    {
+        return Ok(());
+    }
     let marker = format!("{:08x}", uuid::Uuid::new_v4().as_u128() as u32);
     let mut status = t.status.clone().unwrap_or_default();
     status.phase = Some(TaskPhase::Dispatched);
     status.session = Some(skey.name.clone());
+    status.branch = branch;
     status.session_pid = Some(pid);
     status.attempts = Some(status.attempts.unwrap_or(0) + 1);
     status.marker = Some(marker.clone());

@@ -14,6 +14,11 @@ pub const SCHEDULED: &str = "Scheduled";
 pub const NO_SUCH_SESSION: &str = "NoSuchSession";
 pub const NO_MATCHING_SESSION: &str = "NoMatchingSession";
 pub const SESSIONS_UNAVAILABLE: &str = "SessionsUnavailable";
+/// The task asks for a fresh branch; its session's worktree has
+/// uncommitted changes.
+pub const WORKSPACE_NOT_CLEAN: &str = "WorkspaceNotClean";
+/// The task asks for a fresh branch that git could not make.
+pub const WORKSPACE_ERROR: &str = "WorkspaceError";
 /// Reason of `Scheduled=True`, written with the dispatch.
 pub const DISPATCHED: &str = "Dispatched";
 
@@ -80,6 +85,9 @@ fn no_match(task: &Task, ns: &str) -> String {
     }
     if let Some(w) = &task.spec.workdir {
         what.push(format!("workdir {w}"));
+    }
+    if task.spec.fresh_branch("", "").is_some() {
+        what.push("need of a git workspace (it asks for a fresh branch)".into());
     }
     if what.is_empty() {
         format!("no session in namespace {ns}")
@@ -159,6 +167,7 @@ mod tests {
                 workdir: None,
                 timeout_seconds: None,
                 max_attempts: None,
+                workspace: None,
             },
         );
         t.metadata.namespace = Some("default".into());
@@ -174,6 +183,7 @@ mod tests {
                 workdir: PathBuf::from("/w"),
                 free: false,
                 capped: Vec::new(),
+                workspace: false,
             },
             blocked: blocked.map(str::to_string),
         }

@@ -445,6 +445,7 @@ mod tests {
             workdir: PathBuf::from(format!("/w/{name}")),
             free,
             capped: Vec::new(),
+            workspace: false,
         }
     }
 
