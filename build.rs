@@ -94,7 +94,8 @@ fn main() {
     // The programs the CLI's and the operator's kit's tests drive: kubectl
     // (the output formats' reference), the shells of the completion tests,
     // systemd-analyze (the user unit), python3 (plistlib, the launchd
-    // plist), git (the sync's revision).
+    // plist), git (the sync's revision), etcd (the store's etcd backend:
+    // tests/common/etcd.rs starts a real cluster).
     for (cfg, program) in [
         ("kubectl", "kubectl"),
         ("zsh", "zsh"),
@@ -102,6 +103,7 @@ fn main() {
         ("systemd_analyze", "systemd-analyze"),
         ("python3", "python3"),
         ("git", "git"),
+        ("etcd", "etcd"),
     ] {
         println!("cargo::rustc-check-cfg=cfg({cfg})");
         if on_path(program) {

@@ -11,8 +11,12 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Config {
-    /// Directory of the local store.
+    /// Where the store is: a directory (the local store) or
+    /// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` (see docs/store-backends.md).
     pub store: Option<String>,
+    /// TLS and authentication of an etcd store.
+    #[serde(default)]
+    pub etcd: crate::store::EtcdOptions,
     /// Namespace used when a command or manifest names none.
     pub namespace: Option<String>,
     /// Desired-state directory synced into the store by `run`.

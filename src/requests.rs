@@ -78,7 +78,7 @@ pub fn request_cancel(
         if let Some(a) = ann.as_object_mut()
             && !a.contains_key(CANCEL)
         {
-            a.insert(CANCEL.into(), when);
+            a.insert(CANCEL.into(), when.clone());
             fresh = true;
         }
     })?;

@@ -429,7 +429,11 @@ impl Syncer {
             .join(Kind::ManifestSync.plural())
             .join(&self.key.namespace)
             .join(format!("{}.json", self.key.name));
-        let object_dir = spec_file.parent().map(Path::to_path_buf);
+        // On etcd a suspend is seen at the next pass (no file to watch).
+        let object_dir = spec_file
+            .parent()
+            .filter(|_| !self.store.is_etcd())
+            .map(Path::to_path_buf);
         if let Some(d) = &object_dir {
             let _ = crate::fsutil::ensure_dir(d);
         }

@@ -69,6 +69,15 @@ fn config_example_covers_every_key() {
     let cfg = Config::load(&path, true).unwrap();
     let Config {
         store: Some(_),
+        etcd:
+            claude_failover::store::EtcdOptions {
+                ca_file: Some(_),
+                cert_file: Some(_),
+                key_file: Some(_),
+                username: Some(_),
+                password_file: Some(_),
+                dial_timeout_seconds: Some(_),
+            },
         namespace: Some(_),
         manifests: Some(_),
         resync_seconds: Some(_),

@@ -1,5 +1,8 @@
-//! The local store for real: files on disk, several writers, and the watch
-//! stream driving kube_runtime's reflector and applier.
+//! The store for real, on both backends (a local directory, a real
+//! 3-member etcd cluster): several writers, conflicts, finalizers, status
+//! apart, and the watch stream driving kube_runtime's reflector and
+//! applier. Each case is a function of a store; `local` runs it on a
+//! directory, `etcd` on a cluster (each case under its own prefix).
 
 mod common;
 use claude_failover::api::{Kind, ObjectKey, Session, SessionPhase, SessionStatus, Task};
@@ -33,10 +36,7 @@ fn rv(v: &Value) -> String {
         .to_string()
 }
 
-#[test]
-fn generation_moves_with_the_spec_only() {
-    let d = tempfile::tempdir().unwrap();
-    let store = Store::open(d.path()).unwrap();
+fn generation_moves_with_the_spec_only(store: &Store) {
     let (o, v) = store.apply(&session("s", "/a"), false).unwrap();
     assert_eq!(o, Outcome::Created);
     assert_eq!(v["metadata"]["generation"], 1);
@@ -70,10 +70,7 @@ fn generation_moves_with_the_spec_only() {
     assert_eq!(store.get(&key("s")).unwrap().unwrap(), v5);
 }
 
-#[test]
-fn stale_resource_versions_conflict() {
-    let d = tempfile::tempdir().unwrap();
-    let store = Store::open(d.path()).unwrap();
+fn stale_resource_versions_conflict(store: &Store) {
     let (_, v1) = store.apply(&session("s", "/a"), false).unwrap();
     let old = rv(&v1);
     store
@@ -96,10 +93,7 @@ fn stale_resource_versions_conflict() {
     assert!(matches!(err, StoreError::Conflict { .. }));
 }
 
-#[test]
-fn finalizers_hold_a_deletion_until_removed() {
-    let d = tempfile::tempdir().unwrap();
-    let store = Store::open(d.path()).unwrap();
+fn finalizers_hold_a_deletion_until_removed(store: &Store) {
     store.apply(&session("s", "/a"), false).unwrap();
     store
         .write_status(&key("s"), &json!({"phase": "Idle"}), None)
@@ -128,22 +122,20 @@ fn finalizers_hold_a_deletion_until_removed() {
     assert!(api.get("s").unwrap().unwrap().status.is_none());
 }
 
-#[test]
-fn dry_run_writes_nothing() {
-    let d = tempfile::tempdir().unwrap();
-    let store = Store::open(d.path()).unwrap();
-    let before = snapshot(d.path());
+fn dry_run_writes_nothing(store: &Store) {
+    let before = store.root().exists().then(|| snapshot(store.root()));
     let (o, v) = store.apply(&session("s", "/a"), true).unwrap();
     assert_eq!(o, Outcome::Created);
     assert_eq!(v["spec"]["workdir"], "/a");
-    assert!(before == snapshot(d.path()));
+    assert!(store.get(&key("s")).unwrap().is_none());
+    assert!(store.list(Kind::Session, None).unwrap().is_empty());
+    if let Some(before) = before {
+        assert!(before == snapshot(store.root()));
+    }
 }
 
 /// The controllers of the daemon run on exactly this wiring.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_watch_drives_a_kube_runtime_reflector_and_applier() {
-    let d = tempfile::tempdir().unwrap();
-    let store = Store::open(d.path()).unwrap();
+async fn the_watch_drives_a_kube_runtime_reflector_and_applier(store: Store) {
     for n in ["a", "b", "c"] {
         store.apply(&session(n, "/w"), false).unwrap();
     }
@@ -222,9 +214,7 @@ async fn until(what: &str, f: impl Fn() -> bool) {
 
 /// Two `apply` processes and a status writer on one object, each doing
 /// read-modify-write with resourceVersion preconditions: no update is lost.
-#[test]
-fn concurrent_writers_lose_no_update() {
-    let env = Env::new();
+fn concurrent_writers_lose_no_update(env: Env) {
     let t = |n: u64| {
         format!("{HEAD}kind: Task\nmetadata:\n  name: counter\nspec:\n  prompt: \"count {n}\"\n")
     };
@@ -264,7 +254,7 @@ fn concurrent_writers_lose_no_update() {
                 }
             });
         }
-        let store = Store::open(env.store()).unwrap();
+        let store = open(&env);
         let tkey = &tkey;
         s.spawn(move || {
             for _ in 0..STATUS_WRITES {
@@ -284,7 +274,7 @@ fn concurrent_writers_lose_no_update() {
             }
         });
     });
-    let store = Store::open(env.store()).unwrap();
+    let store = open(&env);
     let api = store.api::<Task>(Some("default"));
     let task = api.get("counter").unwrap().unwrap();
     assert_eq!(task.spec.prompt, format!("count {}", 2 * PER_APPLIER));
@@ -294,10 +284,7 @@ fn concurrent_writers_lose_no_update() {
 
 /// The dispatcher's intent: a finalizer and a status in one transaction,
 /// against the object as the caller saw it, or nothing at all.
-#[test]
-fn a_finalizer_and_a_status_are_written_together_or_not_at_all() {
-    let d = tempfile::tempdir().unwrap();
-    let store = Store::open(d.path()).unwrap();
+fn a_finalizer_and_a_status_are_written_together_or_not_at_all(store: &Store) {
     let (_, v) = store.apply(&session("s", "/a"), false).unwrap();
     let api = store.api::<Session>(Some("default"));
     let seen: Session = serde_json::from_value(v).unwrap();
@@ -358,4 +345,132 @@ fn a_lazy_status_write_is_visible_at_once() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
+}
+
+/// The store an env's commands use.
+fn open(env: &Env) -> Store {
+    match &env.store_url {
+        Some(url) => Store::open_location(url, &Default::default()).unwrap(),
+        None => Store::open(env.store()).unwrap(),
+    }
+}
+
+/// A case of the store's semantics, run on each backend.
+type Case = fn(&Store);
+
+/// The cases that take a store, by name.
+const CASES: &[(&str, Case)] = &[
+    (
+        "generation_moves_with_the_spec_only",
+        generation_moves_with_the_spec_only,
+    ),
+    (
+        "stale_resource_versions_conflict",
+        stale_resource_versions_conflict,
+    ),
+    (
+        "finalizers_hold_a_deletion_until_removed",
+        finalizers_hold_a_deletion_until_removed,
+    ),
+    ("dry_run_writes_nothing", dry_run_writes_nothing),
+    (
+        "a_finalizer_and_a_status_are_written_together_or_not_at_all",
+        a_finalizer_and_a_status_are_written_together_or_not_at_all,
+    ),
+];
+
+mod local {
+    use super::*;
+
+    fn run(name: &str) {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(d.path()).unwrap();
+        let (_, case) = CASES.iter().find(|(n, _)| *n == name).unwrap();
+        case(&store);
+    }
+
+    #[test]
+    fn generation_moves_with_the_spec_only() {
+        run("generation_moves_with_the_spec_only");
+    }
+
+    #[test]
+    fn stale_resource_versions_conflict() {
+        run("stale_resource_versions_conflict");
+    }
+
+    #[test]
+    fn finalizers_hold_a_deletion_until_removed() {
+        run("finalizers_hold_a_deletion_until_removed");
+    }
+
+    #[test]
+    fn dry_run_writes_nothing() {
+        run("dry_run_writes_nothing");
+    }
+
+    #[test]
+    fn a_finalizer_and_a_status_are_written_together_or_not_at_all() {
+        run("a_finalizer_and_a_status_are_written_together_or_not_at_all");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_watch_drives_a_kube_runtime_reflector_and_applier() {
+        let d = tempfile::tempdir().unwrap();
+        super::the_watch_drives_a_kube_runtime_reflector_and_applier(
+            Store::open(d.path()).unwrap(),
+        )
+        .await;
+    }
+
+    #[test]
+    fn concurrent_writers_lose_no_update() {
+        super::concurrent_writers_lose_no_update(Env::new());
+    }
+}
+
+/// The same cases on a real 3-member etcd cluster: one cluster for all, each
+/// case under its own prefix.
+mod etcd {
+    use super::*;
+    use crate::common::etcd::Cluster;
+
+    fn store(c: &Cluster, prefix: &str) -> Store {
+        Store::open_location(&c.url(prefix), &Default::default()).unwrap()
+    }
+
+    #[test]
+    #[cfg_attr(not(etcd), ignore = "etcd is not installed")]
+    fn every_store_case() {
+        let c = Cluster::start(3);
+        for (name, case) in CASES {
+            eprintln!("case {name}");
+            case(&store(&c, &name.replace('_', "-")));
+        }
+        // A different prefix is a different store.
+        assert!(
+            store(&c, "other")
+                .list(Kind::Session, None)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(not(etcd), ignore = "etcd is not installed")]
+    async fn the_watch_drives_a_kube_runtime_reflector_and_applier() {
+        let c = tokio::task::spawn_blocking(|| Cluster::start(3))
+            .await
+            .unwrap();
+        let s = store(&c, "watch");
+        super::the_watch_drives_a_kube_runtime_reflector_and_applier(s).await;
+        tokio::task::spawn_blocking(move || drop(c)).await.unwrap();
+    }
+
+    #[test]
+    #[cfg_attr(not(etcd), ignore = "etcd is not installed")]
+    fn concurrent_writers_lose_no_update() {
+        let c = Cluster::start(3);
+        super::concurrent_writers_lose_no_update(Env::on_store(&c.url("counter")));
+    }
 }

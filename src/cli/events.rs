@@ -168,15 +168,23 @@ fn watch(ctx: &Ctx, store: &Store, a: &EventsArgs, shown: Vec<Row>) -> Result<()
         )
     };
     let mut seen: Seen = shown.iter().map(|r| (ident(r), r.event.count)).collect();
-    let dir = store.root().join("events");
-    std::fs::create_dir_all(&dir)?;
     let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if crate::fsutil::is_change(&res) {
-            let _ = tx.send(());
-        }
-    })?;
-    watcher.watch(&dir, RecursiveMode::Recursive)?;
+    // On etcd the periodic look alone (no files to be notified of).
+    let _keep = tx.clone();
+    let _watcher = if store.is_etcd() {
+        None
+    } else {
+        let dir = store.root().join("events");
+        std::fs::create_dir_all(&dir)?;
+        let mut watcher =
+            notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                if crate::fsutil::is_change(&res) {
+                    let _ = tx.send(());
+                }
+            })?;
+        watcher.watch(&dir, RecursiveMode::Recursive)?;
+        Some(watcher)
+    };
     use std::io::Write;
     loop {
         // A notification, or the periodic look that catches a missed one.

@@ -333,7 +333,7 @@ fn record_login(store: &crate::store::Store, key: &ObjectKey, how: &login::Metho
             .entry("annotations")
             .or_insert_with(|| serde_json::json!({}));
         if let Some(a) = ann.as_object_mut() {
-            a.insert(LOGGED_IN_AT.into(), when);
+            a.insert(LOGGED_IN_AT.into(), when.clone());
         }
     })?;
     store.record_event(

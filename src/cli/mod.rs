@@ -65,8 +65,8 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone)]
 pub struct Global {
-    /// Store directory [env: CLAUDE_FAILOVER_STORE; config: store; default: $XDG_STATE_HOME/claude-failover/store]
-    #[arg(long, global = true, value_name = "DIR")]
+    /// Store directory, or etcd://HOST:PORT[,HOST:PORT...][/PREFIX] [env: CLAUDE_FAILOVER_STORE; config: store; default: $XDG_STATE_HOME/claude-failover/store]
+    #[arg(long, global = true, value_name = "DIR|URL")]
     pub store: Option<PathBuf>,
     /// Namespace [config: namespace; default: default]
     #[arg(short = 'n', long, global = true)]
@@ -224,8 +224,9 @@ impl Ctx {
     }
 
     pub fn store(&self) -> Result<Store> {
-        Store::open(&self.store_dir)
-            .with_context(|| format!("cannot open the store at {}", self.store_dir.display()))
+        let at = self.store_dir.to_string_lossy();
+        Store::open_location(&at, &self.config.etcd)
+            .with_context(|| format!("cannot open the store at {at}"))
     }
 
     /// The pool's tmux server socket (config `tmuxSocket`, default

@@ -241,6 +241,10 @@ impl From<StoreError> for ApiError {
                 (StatusCode::CONFLICT, "Conflict")
             }
             StoreError::AlreadyExists(_) => (StatusCode::CONFLICT, "AlreadyExists"),
+            StoreError::Contended(_) => (StatusCode::CONFLICT, "Conflict"),
+            StoreError::Unavailable { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
+            }
             StoreError::Invalid { .. } | StoreError::Malformed(_) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "Invalid")
             }

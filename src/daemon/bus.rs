@@ -149,7 +149,11 @@ impl Bus {
     /// then on is sent). Runs until the task is aborted.
     pub async fn follow_events(self, store: Store, resync: Duration, listed: impl FnOnce()) {
         let dir = store.root().join("events");
-        let _ = std::fs::create_dir_all(&dir);
+        // On etcd the recorded events are read every resync period (there
+        // are no files to be notified of).
+        if !store.is_etcd() {
+            let _ = std::fs::create_dir_all(&dir);
+        }
         let (ntx, mut nrx) = tokio::sync::mpsc::unbounded_channel::<Option<PathBuf>>();
         let watcher = {
             use notify::Watcher;
@@ -164,7 +168,12 @@ impl Bus {
                     let _ = ntx.send(None);
                 }
             })
-            .and_then(|mut w| w.watch(&dir, notify::RecursiveMode::Recursive).map(|_| w))
+            .and_then(|mut w| {
+                if store.is_etcd() {
+                    return Err(notify::Error::generic("the store is on etcd"));
+                }
+                w.watch(&dir, notify::RecursiveMode::Recursive).map(|_| w)
+            })
         };
         let _watcher = match watcher {
             Ok(w) => Some(w),
@@ -174,9 +183,11 @@ impl Bus {
             }
         };
         let mut known: HashMap<ObjectKey, Vec<StoredEvent>> = {
-            let (store, dir) = (store.clone(), dir.clone());
+            let store = store.clone();
             tokio::task::spawn_blocking(move || {
-                event_files(&dir)
+                store
+                    .event_keys()
+                    .unwrap_or_default()
                     .into_iter()
                     .filter_map(|k| Some((k.clone(), store.events(&k).ok()?)))
                     .collect()
@@ -213,10 +224,10 @@ impl Bus {
                 }
             }
             let read = {
-                let (store, dir) = (store.clone(), dir.clone());
+                let store = store.clone();
                 tokio::task::spawn_blocking(move || {
                     if rescan {
-                        keys = event_files(&dir);
+                        keys = store.event_keys().unwrap_or_default();
                     }
                     keys.sort();
                     keys.dedup();
@@ -272,29 +283,6 @@ fn key_of_event_file(dir: &Path, p: &Path) -> Option<ObjectKey> {
     }
     let kind = Kind::ALL.into_iter().find(|k| k.plural() == *plural)?;
     Some(ObjectKey::new(kind, ns, file.strip_suffix(".json")?))
-}
-
-/// Every object that has an events file.
-fn event_files(dir: &Path) -> Vec<ObjectKey> {
-    let mut out = Vec::new();
-    let read = |d: &Path| {
-        std::fs::read_dir(d)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .collect::<Vec<_>>()
-    };
-    for kind_dir in read(dir) {
-        for ns_dir in read(&kind_dir) {
-            for file in read(&ns_dir) {
-                if let Some(k) = key_of_event_file(dir, &file) {
-                    out.push(k);
-                }
-            }
-        }
-    }
-    out
 }
 
 /// The events of `after` that are new or were seen again since `before`.

@@ -58,7 +58,11 @@ pub struct Options {
     pub mcp: crate::mcp::http::Settings,
 }
 
-/// Runs the daemon until a signal (or the loss of its state dir).
+/// Why a daemon that lost its leader lease stopped.
+const LEASE_LOST: &str = "the leader lease on the store was lost (this daemon could not renew it in time; another may lead now): stopped, the agents keep running";
+
+/// Runs the daemon until a signal (or the loss of its state dir, or of
+/// its leader lease).
 pub async fn run(o: Options) -> Result<()> {
     crate::fsutil::ensure_dir(&o.state_dir)
         .with_context(|| format!("cannot create the state dir {}", o.state_dir.display()))?;
@@ -78,6 +82,19 @@ pub async fn run(o: Options) -> Result<()> {
         }
     };
     tracing::info!(holder = %lock.identity, "leader lease acquired");
+    // From here on, a lost leader lease (etcd: not renewed in time) stops
+    // the daemon as a signal does, at any stage.
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let shutdown = {
+        let (lost, on_lost) = (lost.clone(), lock.lost());
+        async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = on_lost => lost.store(true, std::sync::atomic::Ordering::SeqCst),
+            }
+        }
+    };
+    tokio::pin!(shutdown);
     let metrics = Arc::new(Metrics::new());
     metrics.leader.set(1);
     metrics.leader_transitions_total.inc();
@@ -97,6 +114,10 @@ pub async fn run(o: Options) -> Result<()> {
         _ = caches.listed() => readiness.sessions_listed(),
         _ = &mut shutdown => {
             abort(tasks);
+            drop(lock);
+            if lost.load(std::sync::atomic::Ordering::SeqCst) {
+                anyhow::bail!(LEASE_LOST);
+            }
             tracing::info!("daemon stopped");
             return Ok(());
         }
@@ -187,6 +208,9 @@ pub async fn run(o: Options) -> Result<()> {
         tracing::warn!(error = %e, "cannot flush the store");
     }
     drop(lock);
+    if lost.load(std::sync::atomic::Ordering::SeqCst) {
+        anyhow::bail!(LEASE_LOST);
+    }
     tracing::info!("daemon stopped (the agents keep running)");
     Ok(())
 }

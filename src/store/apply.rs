@@ -1,6 +1,7 @@
 //! Applying declared objects: one, many in one transaction (all or
 //! nothing), and [`Batch`] for callers that write more with them.
 
+use super::backend::stamp;
 use super::local::{Outcome, Raw, Result, Store, StoreError, drop_empty};
 use super::ownership;
 use super::txn::Txn;
@@ -22,10 +23,12 @@ impl Store {
     /// writers' fields, status, server-set metadata) is kept. A
     /// `metadata.resourceVersion` in the object is a precondition.
     pub fn apply_request(&self, req: &ApplyRequest, dry_run: bool) -> Result<ApplyResult> {
-        let mut txn = self.txn(dry_run)?;
-        let r = txn_apply_request(&mut txn, req)?;
-        txn.commit()?;
-        Ok(r)
+        self.retrying(|| {
+            let mut txn = self.txn(dry_run)?;
+            let mut r = txn_apply_request(&mut txn, req)?;
+            stamp(&mut r.object, txn.commit_rv()?.as_deref());
+            Ok(r)
+        })
     }
 
     /// Creates the object declared by `desired`; fails with
@@ -38,14 +41,16 @@ impl Store {
     /// [`Store::create`] of an apply request (its manager owns the fields
     /// it declares).
     pub fn create_as(&self, req: &ApplyRequest) -> Result<Value> {
-        let mut txn = self.txn(false)?;
-        let key = key_of_desired(&req.object)?;
-        if txn.read_raw(&key)?.is_some() {
-            return Err(StoreError::AlreadyExists(key));
-        }
-        let r = txn_apply_request(&mut txn, req)?;
-        txn.commit()?;
-        Ok(r.object)
+        self.retrying(|| {
+            let mut txn = self.txn(false)?;
+            let key = key_of_desired(&req.object)?;
+            if txn.read_raw(&key)?.is_some() {
+                return Err(StoreError::AlreadyExists(key));
+            }
+            let mut r = txn_apply_request(&mut txn, req)?;
+            stamp(&mut r.object, txn.commit_rv()?.as_deref());
+            Ok(r.object)
+        })
     }
 
     /// Applies many objects in one transaction: all or nothing. A conflict,
@@ -69,12 +74,32 @@ impl Store {
         reqs: &[ApplyRequest],
         dry_run: bool,
     ) -> Result<Vec<ApplyResult>, BatchError> {
+        let mut tries = 1;
+        loop {
+            match self.apply_requests_once(reqs, dry_run) {
+                Err((None, StoreError::Contended(_))) if tries < super::CONTENDED_TRIES => {
+                    super::backend::contended_backoff(tries);
+                    tries += 1
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn apply_requests_once(
+        &self,
+        reqs: &[ApplyRequest],
+        dry_run: bool,
+    ) -> Result<Vec<ApplyResult>, BatchError> {
         let mut batch = self.batch(dry_run).map_err(|e| (None, e))?;
         let mut done = Vec::with_capacity(reqs.len());
         for (i, r) in reqs.iter().enumerate() {
             done.push(batch.apply_request(r).map_err(|e| (Some(i), e))?);
         }
-        batch.commit().map_err(|e| (None, e))?;
+        let rev = batch.txn.commit_rv().map_err(|e| (None, e))?;
+        for r in &mut done {
+            stamp(&mut r.object, rev.as_deref());
+        }
         Ok(done)
     }
 
@@ -106,7 +131,7 @@ fn record_path(store: &Store, dir: &str, name: &str) -> Result<std::path::PathBu
 impl Store {
     /// A record of the store (see [`Batch::read_record`]).
     pub fn record(&self, dir: &str, name: &str) -> Result<Option<Value>> {
-        Store::read_json(&record_path(self, dir, name)?)
+        Ok(self.read_doc(&record_path(self, dir, name)?)?.0)
     }
 }
 
@@ -140,7 +165,7 @@ impl Batch<'_> {
 
     /// A record of the store (`STORE/<dir>/<name>.json`, for what is not an
     /// object: a sync's inventory), as the batch sees it.
-    pub fn read_record(&self, dir: &str, name: &str) -> Result<Option<Value>> {
+    pub fn read_record(&mut self, dir: &str, name: &str) -> Result<Option<Value>> {
         let path = self.record_path(dir, name)?;
         self.txn.read_json(&path)
     }
@@ -155,7 +180,9 @@ impl Batch<'_> {
         record_path(self.txn.store(), dir, name)
     }
 
-    /// Makes everything visible, all or nothing.
+    /// Makes everything visible, all or nothing. On etcd, a batch that
+    /// lost a race to another writer fails with [`StoreError::Contended`]
+    /// and wrote nothing: the caller runs it again.
     pub fn commit(self) -> Result<()> {
         self.txn.commit()
     }

@@ -2,7 +2,7 @@
 //! and shown by `describe`. Repeats of the same reason and message are
 //! folded into one entry with a count, as Kubernetes does.
 
-use super::local::{Result, Store};
+use super::local::{Result, Store, StoreError};
 use super::txn::Txn;
 use crate::api::{ObjectKey, Time};
 use serde::{Deserialize, Serialize};
@@ -44,10 +44,63 @@ pub(super) fn remove(txn: &mut Txn<'_>, key: &ObjectKey) -> Result<()> {
 impl Store {
     /// The recent events of an object, oldest first.
     pub fn events(&self, key: &ObjectKey) -> Result<Vec<StoredEvent>> {
-        match std::fs::read(path(self, key)?) {
+        let p = path(self, key)?;
+        if self.is_etcd() {
+            return Ok(match self.read_doc(&p) {
+                Ok((Some(v), _)) => serde_json::from_value(v).unwrap_or_default(),
+                Ok((None, _)) | Err(StoreError::Corrupt { .. }) => Vec::new(),
+                Err(e) => return Err(e),
+            });
+        }
+        match std::fs::read(p) {
             Ok(b) => Ok(serde_json::from_slice(&b).unwrap_or_default()),
             Err(_) => Ok(Vec::new()),
         }
+    }
+
+    /// Every object that has recorded events (in no particular order).
+    pub fn event_keys(&self) -> Result<Vec<ObjectKey>> {
+        let parse = |plural: &str, ns: &str, file: &str| -> Option<ObjectKey> {
+            if file.starts_with('.') {
+                return None;
+            }
+            let kind = crate::api::Kind::ALL
+                .into_iter()
+                .find(|k| k.plural() == plural)?;
+            let key = ObjectKey::new(kind, ns, file.strip_suffix(".json")?);
+            super::names::check_key(&key).ok().map(|()| key)
+        };
+        if let Some(etcd) = self.etcd() {
+            let (kvs, _) = etcd.range("events")?;
+            return Ok(kvs
+                .iter()
+                .filter_map(|kv| {
+                    let parts: Vec<&str> = kv.rel.split('/').collect();
+                    match parts.as_slice() {
+                        ["events", plural, ns, file] => parse(plural, ns, file),
+                        _ => None,
+                    }
+                })
+                .collect());
+        }
+        let read = |d: &std::path::Path| {
+            std::fs::read_dir(d)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .collect::<Vec<_>>()
+        };
+        let dir = self.root().join("events");
+        let mut out = Vec::new();
+        for plural in read(&dir) {
+            for ns in read(&dir.join(&plural)) {
+                for file in read(&dir.join(&plural).join(&ns)) {
+                    out.extend(parse(&plural, &ns, &file));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Records an event about `key` (`warning`: type Warning, else Normal).
@@ -59,10 +112,33 @@ impl Store {
         message: &str,
         source: &str,
     ) -> Result<()> {
+        self.retrying(|| self.record_event_once(key, warning, reason, message, source))
+    }
+
+    fn record_event_once(
+        &self,
+        key: &ObjectKey,
+        warning: bool,
+        reason: &str,
+        message: &str,
+        source: &str,
+    ) -> Result<()> {
         // Events are told, not relied on: they wait for the disk.
         let mut txn = self.txn(false)?;
         txn.durability = super::Durability::Soon;
-        let mut list = self.events(key)?;
+        let p = path(self, key)?;
+        let mut list: Vec<StoredEvent> = if self.is_etcd() {
+            // Read through the transaction: two writers never lose one.
+            match txn.read_json(&p) {
+                Ok(v) => v
+                    .and_then(|v| serde_json::from_value(v).ok())
+                    .unwrap_or_default(),
+                Err(StoreError::Corrupt { .. }) => Vec::new(),
+                Err(e) => return Err(e),
+            }
+        } else {
+            self.events(key)?
+        };
         let now = crate::api::now();
         let type_ = if warning { "Warning" } else { "Normal" };
         match list
@@ -87,7 +163,6 @@ impl Store {
         if list.len() > EVENTS_KEPT {
             list.drain(..list.len() - EVENTS_KEPT);
         }
-        let p = path(self, key)?;
         txn.write_json(&p, &serde_json::to_value(&list).expect("events serialize"))?;
         txn.commit()
     }

@@ -17,8 +17,33 @@ use std::path::PathBuf;
 /// Held while leading; dropping it (or the process ending) lets a standby
 /// lead.
 pub struct LeaderLock {
-    _lock: File,
+    _held: Held,
+    lost: Option<tokio::sync::watch::Receiver<bool>>,
     pub identity: String,
+}
+
+enum Held {
+    File(#[allow(dead_code)] File),
+    Etcd(#[allow(dead_code)] super::leader_etcd::EtcdLeadership),
+}
+
+impl LeaderLock {
+    /// Resolves when the leadership is lost (an etcd lease not renewed in
+    /// time: this daemon was cut off, and another may lead now). A local
+    /// leader loses it only with its process: never.
+    pub fn lost(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let rx = self.lost.clone();
+        async move {
+            match rx {
+                Some(mut rx) => {
+                    if rx.wait_for(|lost| *lost).await.is_err() {
+                        std::future::pending::<()>().await
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        }
+    }
 }
 
 /// This process, as leases name their holder: host, pid and a random tag
@@ -51,9 +76,17 @@ impl Store {
 
     /// Leads the store if nobody does.
     pub fn try_lead(&self, identity: &str) -> Result<Option<LeaderLock>, StoreError> {
+        if self.is_etcd() {
+            return match super::leader_etcd::try_lead(self, identity)? {
+                Some((held, lost)) => self
+                    .lead_with(Held::Etcd(held), Some(lost), identity)
+                    .map(Some),
+                None => Ok(None),
+            };
+        }
         let f = self.open_leader_lock()?;
         match f.try_lock() {
-            Ok(()) => self.lead_with(f, identity).map(Some),
+            Ok(()) => self.lead_with(Held::File(f), None, identity).map(Some),
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),
             Err(std::fs::TryLockError::Error(source)) => Err(StoreError::Io {
                 path: self.leader_lock_path(),
@@ -66,6 +99,27 @@ impl Store {
     /// in a thread of its own: dropping the future leaves it behind (it ends
     /// with the process), so nothing waits for it at shutdown.
     pub async fn lead(&self, identity: &str) -> Result<LeaderLock, StoreError> {
+        if self.is_etcd() {
+            loop {
+                let (store, id) = (self.clone(), identity.to_string());
+                let tried = tokio::task::spawn_blocking(move || store.try_lead(&id))
+                    .await
+                    .map_err(|e| StoreError::Malformed(format!("the leader wait failed: {e}")))?;
+                match tried {
+                    Ok(Some(l)) => return Ok(l),
+                    Ok(None) => {
+                        if let Err(e) = super::leader_etcd::wait_for_vacancy(self).await {
+                            tracing::warn!(error = %e, "standby: cannot watch the leader");
+                            tokio::time::sleep(super::leader_etcd::RETRY).await;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "standby: cannot reach the store");
+                        tokio::time::sleep(super::leader_etcd::RETRY).await;
+                    }
+                }
+            }
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (store, id) = (self.clone(), identity.to_string());
         std::thread::Builder::new()
@@ -76,7 +130,7 @@ impl Store {
                         path: store.leader_lock_path(),
                         source,
                     })?;
-                    store.lead_with(f, &id)
+                    store.lead_with(Held::File(f), None, &id)
                 });
                 let _ = tx.send(r);
             })
@@ -92,7 +146,12 @@ impl Store {
         })
     }
 
-    fn lead_with(&self, lock: File, identity: &str) -> Result<LeaderLock, StoreError> {
+    fn lead_with(
+        &self,
+        held: Held,
+        lost: Option<tokio::sync::watch::Receiver<bool>>,
+        identity: &str,
+    ) -> Result<LeaderLock, StoreError> {
         let current = self
             .api::<Lease>(Some(SYSTEM_NAMESPACE))
             .get(LEADER_LEASE)?;
@@ -115,7 +174,8 @@ impl Store {
             false,
         )?;
         Ok(LeaderLock {
-            _lock: lock,
+            _held: held,
+            lost,
             identity: identity.to_string(),
         })
     }

@@ -1,5 +1,6 @@
 use super::quarantine::{CorruptObject, Level, Listing, Quarantine};
 // What the store's other modules (status patches) take from here.
+use super::backend::{Backend, stamp};
 use super::txn::Txn;
 use crate::api::{Kind, ObjectKey};
 use crate::fsutil;
@@ -40,7 +41,19 @@ pub enum StoreError {
     /// What was handed to the store is not an object it can keep.
     #[error("{0}")]
     Malformed(String),
+    /// The store's backend did not answer (etcd without quorum, not
+    /// reachable): nothing was written.
+    #[error("{location}: the store is unavailable: {message}")]
+    Unavailable { location: String, message: String },
+    /// Other writers kept changing what a transaction read (etcd): it was
+    /// tried [`CONTENDED_TRIES`] times and wrote nothing.
+    #[error("{0}: other writers kept changing it; nothing was written, try again")]
+    Contended(String),
 }
+
+/// How many times a transaction that lost a race on etcd is run again on
+/// fresh reads before [`StoreError::Contended`].
+pub const CONTENDED_TRIES: usize = 16;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -77,11 +90,13 @@ pub enum DeleteOutcome {
     Terminating,
 }
 
-/// A handle on a store directory. Cheap to clone.
+/// A handle on a store: a directory, or an etcd cluster (see
+/// docs/store-backends.md). Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
-    root: Arc<PathBuf>,
-    quarantine: Quarantine,
+    pub(super) root: Arc<PathBuf>,
+    pub(super) quarantine: Quarantine,
+    pub(super) backend: Backend,
 }
 
 pub(super) fn rv_of(v: &Value) -> u64 {
@@ -123,7 +138,7 @@ impl Raw {
 /// Whether `doc`, read from the spec file of `key`, is that object: a
 /// mapping of the right kind and name, with a metadata map and a status
 /// file that is a mapping too.
-fn check_shape(key: &ObjectKey, raw: &Raw) -> std::result::Result<(), String> {
+pub(super) fn check_shape(key: &ObjectKey, raw: &Raw) -> std::result::Result<(), String> {
     let doc = &raw.spec_doc;
     if !doc.is_object() {
         return Err("not a JSON object".into());
@@ -152,12 +167,15 @@ impl Store {
         let store = Store {
             root: Arc::new(root),
             quarantine: Quarantine::default(),
+            backend: Backend::Local,
         };
         // Taking the lock recovers; a dry run writes nothing.
         drop(Txn::begin(&store, true)?);
         Ok(store)
     }
 
+    /// The store's directory, or (etcd) its URL as a path: what errors
+    /// name.
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -217,10 +235,10 @@ impl Store {
     /// [`StoreError::Corrupt`] too.
     pub(super) fn read_raw(&self, key: &ObjectKey) -> Result<Option<Raw>> {
         let spec_path = self.spec_path(key)?;
-        let Some(spec_doc) = Self::read_json(&spec_path)? else {
+        let Some(spec_doc) = self.read_doc(&spec_path)?.0 else {
             return Ok(None);
         };
-        let status_doc = Self::read_json(&self.status_path(key)?)?;
+        let status_doc = self.read_doc(&self.status_path(key)?)?.0;
         let raw = Raw {
             spec_doc,
             status_doc,
@@ -242,6 +260,16 @@ impl Store {
 
     /// Namespaces that hold objects of `kind`.
     pub fn namespaces(&self, kind: Kind) -> Result<Vec<String>> {
+        if let Some(etcd) = self.etcd() {
+            let (kvs, _) = etcd.range(kind.plural())?;
+            let mut out: Vec<String> = kvs
+                .iter()
+                .filter_map(|kv| kv.rel.split('/').nth(1).map(str::to_string))
+                .filter(|n| crate::manifest::validate::dns1123_label(n).is_ok())
+                .collect();
+            out.dedup();
+            return Ok(out);
+        }
         let dir = self.kind_dir(kind);
         let mut out = Vec::new();
         match std::fs::read_dir(&dir) {
@@ -295,6 +323,9 @@ impl Store {
     }
 
     fn list_namespace(&self, kind: Kind, ns: &str, out: &mut Listing) -> Result<()> {
+        if self.is_etcd() {
+            return self.list_namespace_etcd(kind, ns, out);
+        }
         let dir = self.kind_dir(kind).join(ns);
         let rd = match std::fs::read_dir(&dir) {
             Ok(rd) => rd,
@@ -371,11 +402,13 @@ impl Store {
         expected_rv: Option<&str>,
         durability: super::Durability,
     ) -> Result<Value> {
-        let mut txn = self.txn(false)?;
-        txn.durability = durability;
-        let obj = self.status_in(&mut txn, key, status, expected_rv)?;
-        txn.commit()?;
-        Ok(obj)
+        self.retrying(|| {
+            let mut txn = self.txn(false)?;
+            txn.durability = durability;
+            let mut obj = self.status_in(&mut txn, key, status, expected_rv)?;
+            stamp(&mut obj, txn.commit_rv()?.as_deref());
+            Ok(obj)
+        })
     }
 
     /// The status write, staged in `txn`.
@@ -410,16 +443,21 @@ impl Store {
         &self,
         key: &ObjectKey,
         expected_rv: Option<&str>,
-        f: impl FnOnce(&mut Map<String, Value>),
+        mut f: impl FnMut(&mut Map<String, Value>),
         status: &Value,
     ) -> Result<Option<Value>> {
-        let mut txn = self.txn(false)?;
-        let out = match self.metadata_in(&mut txn, key, expected_rv, f)? {
-            Some(_) => Some(self.status_in(&mut txn, key, status, None)?),
-            None => None,
-        };
-        txn.commit()?;
-        Ok(out)
+        self.retrying(|| {
+            let mut txn = self.txn(false)?;
+            let mut out = match self.metadata_in(&mut txn, key, expected_rv, &mut f)? {
+                Some(_) => Some(self.status_in(&mut txn, key, status, None)?),
+                None => None,
+            };
+            let rev = txn.commit_rv()?;
+            if let Some(o) = &mut out {
+                stamp(o, rev.as_deref());
+            }
+            Ok(out)
+        })
     }
 
     /// Changes metadata (labels, annotations, finalizers) under the lock.
@@ -429,12 +467,17 @@ impl Store {
         &self,
         key: &ObjectKey,
         expected_rv: Option<&str>,
-        f: impl FnOnce(&mut Map<String, Value>),
+        mut f: impl FnMut(&mut Map<String, Value>),
     ) -> Result<Option<Value>> {
-        let mut txn = self.txn(false)?;
-        let out = self.metadata_in(&mut txn, key, expected_rv, f)?;
-        txn.commit()?;
-        Ok(out)
+        self.retrying(|| {
+            let mut txn = self.txn(false)?;
+            let mut out = self.metadata_in(&mut txn, key, expected_rv, &mut f)?;
+            let rev = txn.commit_rv()?;
+            if let Some(o) = &mut out {
+                stamp(o, rev.as_deref());
+            }
+            Ok(out)
+        })
     }
 
     /// The metadata change, staged in `txn`.
@@ -509,6 +552,15 @@ impl Store {
     /// A corrupt object is removed whatever its files hold (its finalizers
     /// cannot be read), unless `expected_rv` asks for a version.
     pub fn delete(
+        &self,
+        key: &ObjectKey,
+        expected_rv: Option<&str>,
+        dry_run: bool,
+    ) -> Result<DeleteOutcome> {
+        self.retrying(|| self.delete_once(key, expected_rv, dry_run))
+    }
+
+    fn delete_once(
         &self,
         key: &ObjectKey,
         expected_rv: Option<&str>,

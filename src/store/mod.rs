@@ -49,10 +49,13 @@
 //!   `kube_runtime` reflectors and the applier.
 
 mod apply;
+mod backend;
 pub mod cache;
+mod etcd;
 mod events;
 mod flusher;
 mod leader;
+mod leader_etcd;
 mod local;
 mod names;
 pub mod ownership;
@@ -64,12 +67,15 @@ mod txn;
 mod typed;
 mod update;
 pub mod watch;
+mod watch_etcd;
 
 pub use apply::{ApplyRequest, ApplyResult, Batch, BatchError, DEFAULT_MANAGER};
+pub use etcd::{DEFAULT_PREFIX, EtcdOptions, EtcdUrl};
 pub use events::{EVENTS_KEPT, StoredEvent};
 pub use flusher::flush_now;
 pub use leader::{LeaderLock, identity};
-pub use local::{DeleteOutcome, Outcome, Store, StoreError};
+pub use leader_etcd::LEADER_TTL;
+pub use local::{CONTENDED_TRIES, DeleteOutcome, Outcome, Store, StoreError};
 pub use patch::{merge_patch, set_fields};
 pub use quarantine::{CorruptObject, Listing};
 pub use txn::{Durability, LAZY_FLUSH};

@@ -4,6 +4,7 @@
 //! other (see docs/state.md). Also: a JSON merge patch of a status, and
 //! objects created with their status in one transaction.
 
+use super::backend::stamp;
 use super::local::{Result, Store, StoreError};
 use super::txn::Durability;
 use super::typed::Api;
@@ -60,17 +61,19 @@ impl Store {
         expected_rv: Option<&str>,
         durability: Durability,
     ) -> Result<Value> {
-        let mut txn = self.txn(false)?;
-        txn.durability = durability;
-        let current = txn
-            .read_raw(key)?
-            .ok_or_else(|| StoreError::NotFound(key.clone()))?
-            .merged();
-        let mut status = current.get("status").cloned().unwrap_or(Value::Null);
-        merge_patch(&mut status, patch);
-        let obj = self.status_in(&mut txn, key, &status, expected_rv)?;
-        txn.commit()?;
-        Ok(obj)
+        self.retrying(|| {
+            let mut txn = self.txn(false)?;
+            txn.durability = durability;
+            let current = txn
+                .read_raw(key)?
+                .ok_or_else(|| StoreError::NotFound(key.clone()))?
+                .merged();
+            let mut status = current.get("status").cloned().unwrap_or(Value::Null);
+            merge_patch(&mut status, patch);
+            let mut obj = self.status_in(&mut txn, key, &status, expected_rv)?;
+            stamp(&mut obj, txn.commit_rv()?.as_deref());
+            Ok(obj)
+        })
     }
 }
 
@@ -84,17 +87,19 @@ impl Store {
         fields: &[&str],
         durability: Durability,
     ) -> Result<Value> {
-        let mut txn = self.txn(false)?;
-        txn.durability = durability;
-        let current = txn
-            .read_raw(key)?
-            .ok_or_else(|| StoreError::NotFound(key.clone()))?
-            .merged();
-        let mut next = current.get("status").cloned().unwrap_or(Value::Null);
-        set_fields(&mut next, status, fields);
-        let obj = self.status_in(&mut txn, key, &next, None)?;
-        txn.commit()?;
-        Ok(obj)
+        self.retrying(|| {
+            let mut txn = self.txn(false)?;
+            txn.durability = durability;
+            let current = txn
+                .read_raw(key)?
+                .ok_or_else(|| StoreError::NotFound(key.clone()))?
+                .merged();
+            let mut next = current.get("status").cloned().unwrap_or(Value::Null);
+            set_fields(&mut next, status, fields);
+            let mut obj = self.status_in(&mut txn, key, &next, None)?;
+            stamp(&mut obj, txn.commit_rv()?.as_deref());
+            Ok(obj)
+        })
     }
 
     /// Creates or updates each object of `objects` (as `apply` does) and
@@ -102,21 +107,26 @@ impl Store {
     /// object with its status, or (an error) none. A
     /// `metadata.resourceVersion` in an object is a precondition.
     pub fn apply_with_status(&self, objects: &[Value]) -> Result<Vec<Value>> {
-        let mut txn = self.txn(false)?;
-        let mut out = Vec::new();
-        for o in objects {
-            let (_, obj) = super::apply::txn_apply(&mut txn, o)?;
-            let obj = match o.get("status") {
-                Some(st) if !st.is_null() => {
-                    let key = super::apply::key_of_desired(o)?;
-                    self.status_in(&mut txn, &key, st, None)?
-                }
-                _ => obj,
-            };
-            out.push(obj);
-        }
-        txn.commit()?;
-        Ok(out)
+        self.retrying(|| {
+            let mut txn = self.txn(false)?;
+            let mut out = Vec::new();
+            for o in objects {
+                let (_, obj) = super::apply::txn_apply(&mut txn, o)?;
+                let obj = match o.get("status") {
+                    Some(st) if !st.is_null() => {
+                        let key = super::apply::key_of_desired(o)?;
+                        self.status_in(&mut txn, &key, st, None)?
+                    }
+                    _ => obj,
+                };
+                out.push(obj);
+            }
+            let rev = txn.commit_rv()?;
+            for o in &mut out {
+                stamp(o, rev.as_deref());
+            }
+            Ok(out)
+        })
     }
 }
 

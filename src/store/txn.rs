@@ -99,13 +99,26 @@ fn injected(at: Crash) -> bool {
 
 static TXN_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// What an etcd transaction read (store-relative key → revision, 0:
+/// absent) and writes (None: a delete), one operation per key.
+#[derive(Default)]
+struct EtcdWrites {
+    read: std::collections::BTreeMap<String, i64>,
+    /// What was read, as read: a transaction sees one value of each key.
+    cache: HashMap<String, Option<Value>>,
+    ops: std::collections::BTreeMap<String, Option<Vec<u8>>>,
+}
+
 /// A write transaction: holds the store lock until dropped. Writes are
 /// staged (visible to reads through the transaction) and made visible
 /// together at [`Txn::commit`]; dropped without a commit, it leaves
 /// nothing behind.
 pub(crate) struct Txn<'a> {
     store: &'a Store,
-    lock: File,
+    /// The writers' lock (local store); None on etcd.
+    lock: Option<File>,
+    /// What an etcd transaction read and writes; None on the local store.
+    etcd: Option<EtcdWrites>,
     counter: u64,
     id: String,
     steps: Vec<Step>,
@@ -122,6 +135,21 @@ pub(crate) struct Txn<'a> {
 impl<'a> Txn<'a> {
     /// Takes the store lock, completing or undoing what a dead writer left.
     pub(super) fn begin(store: &'a Store, dry_run: bool) -> Result<Txn<'a>> {
+        if store.is_etcd() {
+            return Ok(Txn {
+                store,
+                lock: None,
+                etcd: Some(EtcdWrites::default()),
+                counter: 0,
+                id: String::new(),
+                steps: Vec::new(),
+                overlay: HashMap::new(),
+                dirs_ensured: HashSet::new(),
+                dirs_created: BTreeSet::new(),
+                dry_run,
+                durability: Durability::Now,
+            });
+        }
         let path = store.root().join(".lock");
         let mut lock = std::fs::OpenOptions::new()
             .read(true)
@@ -137,7 +165,8 @@ impl<'a> Txn<'a> {
         recover(store.root())?;
         Ok(Txn {
             store,
-            lock,
+            lock: Some(lock),
+            etcd: None,
             counter,
             id: format!(
                 "{}-{}",
@@ -154,20 +183,35 @@ impl<'a> Txn<'a> {
     }
 
     pub(super) fn next_rv(&mut self) -> String {
+        if self.etcd.is_some() {
+            // The commit's revision, known once committed (see `stamp`).
+            return super::backend::PENDING_RV.to_string();
+        }
         let now_us = k8s_openapi::jiff::Timestamp::now().as_microsecond().max(0) as u64;
         self.counter = (self.counter + 1).max(now_us);
         self.counter.to_string()
     }
 
     /// Reads a file as this transaction sees it.
-    pub(super) fn read_json(&self, path: &Path) -> Result<Option<Value>> {
-        match self.overlay.get(path) {
-            Some(v) => Ok(v.clone()),
-            None => Store::read_json(path),
+    pub(super) fn read_json(&mut self, path: &Path) -> Result<Option<Value>> {
+        if let Some(v) = self.overlay.get(path) {
+            return Ok(v.clone());
         }
+        let Some(w) = &mut self.etcd else {
+            return Store::read_json(path);
+        };
+        let rel = self.store.rel_key(path)?;
+        if let Some(doc) = w.cache.get(&rel) {
+            return Ok(doc.clone());
+        }
+        let (doc, revision) = self.store.read_doc(path)?;
+        // The commit holds only if what was read is still there as read.
+        w.read.insert(rel.clone(), revision);
+        w.cache.insert(rel, doc.clone());
+        Ok(doc)
     }
 
-    pub(super) fn read_raw(&self, key: &ObjectKey) -> Result<Option<Raw>> {
+    pub(super) fn read_raw(&mut self, key: &ObjectKey) -> Result<Option<Raw>> {
         let Some(spec_doc) = self.read_json(&self.store.spec_path(key)?)? else {
             return Ok(None);
         };
@@ -197,6 +241,11 @@ impl<'a> Txn<'a> {
         if self.dry_run {
             return Ok(());
         }
+        if let Some(w) = &mut self.etcd {
+            let data = serde_json::to_vec(v).expect("JSON values serialize");
+            w.ops.insert(rel, Some(data));
+            return Ok(());
+        }
         let dir = path.parent().expect("store paths have a parent");
         if !self.dirs_ensured.contains(dir) {
             let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
@@ -220,6 +269,12 @@ impl<'a> Txn<'a> {
     pub(super) fn remove(&mut self, path: &Path) -> Result<()> {
         let rel = self.relative(path)?;
         self.overlay.insert(path.to_path_buf(), None);
+        if let Some(w) = &mut self.etcd {
+            if !self.dry_run {
+                w.ops.insert(rel, None);
+            }
+            return Ok(());
+        }
         if !self.dry_run {
             self.steps.push(Step::Remove { path: rel });
         }
@@ -232,7 +287,49 @@ impl<'a> Txn<'a> {
 
     /// Makes the staged changes visible, all or none, and durable as
     /// [`Txn::durability`] says; releases the lock.
-    pub(super) fn commit(mut self) -> Result<()> {
+    pub(super) fn commit(self) -> Result<()> {
+        self.commit_rv().map(drop)
+    }
+
+    /// [`Txn::commit`], returning (etcd) the revision it committed at, which
+    /// replaces the pending resourceVersion of what it wrote (see
+    /// [`super::backend::stamp`]). On etcd, a commit that lost a race to
+    /// another writer is [`StoreError::Contended`]: nothing was written.
+    pub(super) fn commit_rv(mut self) -> Result<Option<String>> {
+        if let Some(w) = self.etcd.take() {
+            if self.dry_run || w.ops.is_empty() {
+                return Ok(None);
+            }
+            let etcd = self
+                .store
+                .etcd()
+                .expect("an etcd transaction's store is on etcd");
+            let what = w.ops.keys().next().cloned().unwrap_or_default();
+            let writes = super::etcd::Writes {
+                read: w.read,
+                puts: w
+                    .ops
+                    .iter()
+                    .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
+                    .collect(),
+                deletes: w
+                    .ops
+                    .iter()
+                    .filter(|(_, v)| v.is_none())
+                    .map(|(k, _)| k.clone())
+                    .collect(),
+            };
+            return match etcd.commit(writes)? {
+                Some(rev) => Ok(Some(rev.to_string())),
+                None => Err(StoreError::Contended(
+                    self.store.root().join(what).display().to_string(),
+                )),
+            };
+        }
+        self.commit_local().map(|()| None)
+    }
+
+    fn commit_local(mut self) -> Result<()> {
         if self.dry_run || self.steps.is_empty() {
             return Ok(());
         }
@@ -293,6 +390,8 @@ impl<'a> Txn<'a> {
         }
         let lock_path = root.join(".lock");
         self.lock
+            .as_ref()
+            .expect("a local transaction holds the lock")
             .write_all_at(format!("{:<20}\n", self.counter).as_bytes(), 0)
             .map_err(io(&lock_path))?;
         if !now {

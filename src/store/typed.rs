@@ -210,7 +210,7 @@ impl<K: Object> Api<K> {
 }
 
 /// Adds (or removes) one finalizer, keeping the others.
-fn finalizer_edit(finalizer: &str, present: bool) -> impl FnOnce(&mut Map<String, Value>) {
+fn finalizer_edit(finalizer: &str, present: bool) -> impl FnMut(&mut Map<String, Value>) {
     let f = finalizer.to_string();
     move |m| {
         let list = m.entry("finalizers").or_insert_with(|| json!([]));

@@ -4,6 +4,7 @@
 //! [`super::ownership`]), and the result must be a valid object of its
 //! kind.
 
+use super::backend::stamp;
 use super::local::{Raw, Result, Store, StoreError};
 use super::ownership;
 use crate::api::ObjectKey;
@@ -47,7 +48,18 @@ impl Store {
         expected_rv: Option<&str>,
         manager: &str,
         dry_run: bool,
-        f: impl FnOnce(&mut Value) -> std::result::Result<(), String>,
+        mut f: impl FnMut(&mut Value) -> std::result::Result<(), String>,
+    ) -> Result<Updated> {
+        self.retrying(|| self.update_once(key, expected_rv, manager, dry_run, &mut f))
+    }
+
+    fn update_once(
+        &self,
+        key: &ObjectKey,
+        expected_rv: Option<&str>,
+        manager: &str,
+        dry_run: bool,
+        f: &mut impl FnMut(&mut Value) -> std::result::Result<(), String>,
     ) -> Result<Updated> {
         let invalid = |message: String| StoreError::Invalid {
             key: key.clone(),
@@ -164,14 +176,16 @@ impl Store {
         }
         doc["metadata"]["resourceVersion"] = json!(txn.next_rv());
         txn.write_json(&self.spec_path(key)?, &doc)?;
-        txn.commit()?;
+        let rev = txn.commit_rv()?;
+        let mut object = Raw {
+            spec_doc: doc,
+            status_doc,
+        }
+        .merged();
+        stamp(&mut object, rev.as_deref());
         Ok(Updated {
             changed: true,
-            object: Raw {
-                spec_doc: doc,
-                status_doc,
-            }
-            .merged(),
+            object,
         })
     }
 }

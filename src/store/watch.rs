@@ -44,7 +44,7 @@ impl Default for WatchConfig {
     }
 }
 
-fn invalid(msg: String) -> WatchError {
+pub(super) fn invalid(msg: String) -> WatchError {
     WatchError::WatchError(Box::new(kube::core::Status::failure(&msg, "Invalid")))
 }
 
@@ -54,21 +54,38 @@ pub fn watch<K: Object>(
     store: Store,
     cfg: WatchConfig,
 ) -> impl Stream<Item = Result<Event<K>, WatchError>> + Send + 'static {
+    watch_from(store, cfg, None)
+}
+
+/// [`watch`], resumed after the resourceVersion a previous watch saw last:
+/// on etcd, only the changes made since then are sent (no relist), unless
+/// that revision was compacted away, which relists. The local store always
+/// relists (its resume).
+pub fn watch_from<K: Object>(
+    store: Store,
+    cfg: WatchConfig,
+    resource_version: Option<String>,
+) -> impl Stream<Item = Result<Event<K>, WatchError>> + Send + 'static {
     let (tx, mut rx) = mpsc::channel(256);
-    tokio::spawn(run::<K>(store, cfg, tx));
+    if store.is_etcd() {
+        let from = resource_version.and_then(|rv| rv.parse::<i64>().ok());
+        tokio::spawn(super::watch_etcd::run::<K>(store, cfg, from, tx));
+    } else {
+        tokio::spawn(run::<K>(store, cfg, tx));
+    }
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-type Tx<K> = mpsc::Sender<Result<Event<K>, WatchError>>;
+pub(super) type Tx<K> = mpsc::Sender<Result<Event<K>, WatchError>>;
 
-struct State<K> {
-    store: Store,
-    cfg: WatchConfig,
-    known: HashMap<ObjectKey, (String, K)>,
+pub(super) struct State<K> {
+    pub(super) store: Store,
+    pub(super) cfg: WatchConfig,
+    pub(super) known: HashMap<ObjectKey, (String, K)>,
 }
 
 impl<K: Object> State<K> {
-    async fn relist(&mut self, tx: &Tx<K>) -> bool {
+    pub(super) async fn relist(&mut self, tx: &Tx<K>) -> bool {
         // Corrupt objects are skipped (and quarantined) by the typed list:
         // one bad file never holds up the listing. Off the async workers.
         let (store, ns) = (self.store.clone(), self.cfg.namespace.clone());
@@ -95,7 +112,7 @@ impl<K: Object> State<K> {
     }
 
     /// Re-reads one object and emits what changed.
-    async fn refresh(&mut self, key: ObjectKey, tx: &Tx<K>) -> bool {
+    pub(super) async fn refresh(&mut self, key: ObjectKey, tx: &Tx<K>) -> bool {
         if let Some(ns) = &self.cfg.namespace
             && *ns != key.namespace
         {
@@ -173,7 +190,7 @@ fn key_of<K: Object>(o: &K) -> ObjectKey {
 }
 
 /// `ccl-0.json` / `ccl-0.status.json` → `ccl-0`; temp files → None.
-fn object_name(file: &str) -> Option<&str> {
+pub(super) fn object_name(file: &str) -> Option<&str> {
     if file.starts_with('.') {
         return None;
     }

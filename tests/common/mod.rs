@@ -5,6 +5,7 @@
 
 pub mod chart;
 pub mod daemon;
+pub mod etcd;
 pub mod fake_api;
 pub mod fake_oauth;
 pub mod pool;
@@ -20,6 +21,9 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_claude-failover");
 /// A private environment: its own store, config and XDG directories.
 pub struct Env {
     pub dir: tempfile::TempDir,
+    /// The store the commands use (`--store`): None is `store()`, the
+    /// env's own directory; else a URL (an etcd store).
+    pub store_url: Option<String>,
 }
 
 /// A daemon started in the env without a `tmuxSocket` runs its agents on
@@ -45,7 +49,15 @@ impl Env {
     pub fn new() -> Env {
         Env {
             dir: tempfile::tempdir().expect("tempdir"),
+            store_url: None,
         }
+    }
+
+    /// An env whose commands use the store at `url` (`etcd://...`).
+    pub fn on_store(url: &str) -> Env {
+        let mut env = Env::new();
+        env.store_url = Some(url.to_string());
+        env
     }
 
     pub fn store(&self) -> PathBuf {
@@ -60,7 +72,10 @@ impl Env {
     /// inherited config.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(BIN);
-        c.arg("--store").arg(self.store());
+        match &self.store_url {
+            Some(url) => c.arg("--store").arg(url),
+            None => c.arg("--store").arg(self.store()),
+        };
         c.args(args);
         c.env_remove("CLAUDE_FAILOVER_STORE")
             .env_remove("CLAUDE_FAILOVER_CONFIG")

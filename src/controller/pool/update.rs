@@ -118,7 +118,7 @@ async fn write(
     let r = sh
         .blocking(move |st| {
             st.update_object(&k, rv.as_deref(), SOURCE, false, |obj| {
-                obj["spec"] = spec;
+                obj["spec"] = spec.clone();
                 obj["metadata"]["labels"] = json!(labels);
                 obj["metadata"]["annotations"] = json!(annotations);
                 Ok(())
