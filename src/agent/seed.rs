@@ -201,8 +201,14 @@ pub fn share_projects(config_dir: &Path, shared: &Path) -> Result<(), SeedError>
             if same_dir(&target, shared) {
                 return Ok(());
             }
-            // A symlink elsewhere holds no data of its own: repoint it.
-            std::fs::remove_file(&link).map_err(io(&link))?;
+            // A symlink elsewhere holds no data of its own: repoint it
+            // (another session of the account may have just done so).
+            match std::fs::remove_file(&link) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io(&link)(e));
+                }
+                _ => {}
+            }
         }
         Ok(m) if m.is_dir() => {
             merge_dir(&link, shared)?;
@@ -216,7 +222,17 @@ pub fn share_projects(config_dir: &Path, shared: &Path) -> Result<(), SeedError>
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io(&link)(e)),
     }
-    std::os::unix::fs::symlink(shared, &link).map_err(io(&link))
+    match std::os::unix::fs::symlink(shared, &link) {
+        // Sessions of one account prepare it at once (a failover moves them
+        // together): the link another made is as good as this one.
+        Err(e)
+            if e.kind() == std::io::ErrorKind::AlreadyExists
+                && std::fs::read_link(&link).is_ok_and(|t| same_dir(&t, shared)) =>
+        {
+            Ok(())
+        }
+        r => r.map_err(io(&link)),
+    }
 }
 
 fn same_dir(a: &Path, b: &Path) -> bool {
@@ -359,6 +375,34 @@ mod tests {
             std::fs::read_to_string(cfg.join(".claude.json")).unwrap(),
             "{not json"
         );
+    }
+
+    #[test]
+    fn sessions_of_one_account_share_its_projects_at_once() {
+        // A failover prepares the target account for all its sessions at
+        // once: none of them may fail because another made the link first.
+        for _ in 0..20 {
+            let d = tempfile::tempdir().unwrap();
+            let shared = d.path().join("shared");
+            let cfg = d.path().join("acct");
+            std::fs::create_dir_all(&cfg).unwrap();
+            let start = std::sync::Barrier::new(8);
+            std::thread::scope(|s| {
+                let tries: Vec<_> = (0..8)
+                    .map(|_| {
+                        s.spawn(|| {
+                            start.wait();
+                            share_projects(&cfg, &shared)
+                        })
+                    })
+                    .collect();
+                for t in tries {
+                    t.join().unwrap().unwrap();
+                }
+            });
+            let target = std::fs::read_link(cfg.join("projects")).unwrap();
+            assert!(same_dir(&target, &shared));
+        }
     }
 
     #[test]
