@@ -109,6 +109,38 @@ pub fn seed_for_session(
     // (and a failover's preflight) fails saying which.
     crate::agent::env::resolve(&session.spec.agent.env)?;
     let api_key = session_api_key(session);
+    // With a workspace, each Session runs in its own worktree under
+    // `spec.workdir`, and Claude Code trusts a worktree only by its own
+    // entry. A Claude Code of the account rewrites `.claude.json` from the
+    // copy it read at its start, so an entry seeded while another agent of
+    // the pool starts there (a failover moves them together) could be lost
+    // and the agent stop at the trust dialog. So every worktree of the
+    // folder is trusted at each seeding: whichever agent starts first
+    // carries its siblings' entries.
+    let mut trusted = vec![workdir.to_path_buf()];
+    if session.spec.workspace.is_some()
+        && let Ok(entries) = std::fs::read_dir(crate::fsutil::expand_home(&session.spec.workdir))
+    {
+        trusted.extend(
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.join(".git").is_file())
+                .filter_map(|p| std::fs::canonicalize(p).ok())
+                .filter(|p| p != workdir),
+        );
+    }
+    for t in &trusted[1..] {
+        seed_account(
+            config_dir,
+            &Seed {
+                version: crate::agent::screen::OBSERVED_ON,
+                workdir: t,
+                api_key: api_key.as_deref(),
+                shared_projects,
+            },
+        )?;
+    }
     seed_account(
         config_dir,
         &Seed {
@@ -120,8 +152,19 @@ pub fn seed_for_session(
     )
 }
 
+/// The lock file that makes seeding one config dir one writer at a time.
+const SEED_LOCK: &str = ".claude-failover-seed.lock";
+
 pub fn seed_account(config_dir: &Path, s: &Seed<'_>) -> Result<(), SeedError> {
     std::fs::create_dir_all(config_dir).map_err(io(config_dir))?;
+    // Sessions of one account in different workdirs are seeded at once (a
+    // failover moves them together): each reads, merges and writes back
+    // `.claude.json`, so without the lock one's trust entry could be lost
+    // (its agent would then stop at the trust dialog). Held for the merge
+    // only (milliseconds); released when the file closes.
+    let lock_path = config_dir.join(SEED_LOCK);
+    let lock = std::fs::File::create(&lock_path).map_err(io(&lock_path))?;
+    lock.lock().map_err(io(&lock_path))?;
     merge_claude_json(config_dir, s)?;
     share_projects(config_dir, s.shared_projects)?;
     Ok(())
@@ -375,6 +418,37 @@ mod tests {
             std::fs::read_to_string(cfg.join(".claude.json")).unwrap(),
             "{not json"
         );
+    }
+
+    #[test]
+    fn sessions_of_one_account_in_other_workdirs_are_all_trusted_when_seeded_at_once() {
+        for _ in 0..10 {
+            let d = tempfile::tempdir().unwrap();
+            let cfg = d.path().join("acct");
+            let shared = d.path().join("shared");
+            let dirs: Vec<String> = (0..8).map(|i| format!("/wt/crew-{i}")).collect();
+            let start = std::sync::Barrier::new(dirs.len());
+            std::thread::scope(|sc| {
+                for w in &dirs {
+                    let (cfg, shared, start) = (&cfg, &shared, &start);
+                    sc.spawn(move || {
+                        start.wait();
+                        let s = Seed {
+                            version: "2.1.332",
+                            workdir: Path::new(w),
+                            api_key: None,
+                            shared_projects: shared,
+                        };
+                        seed_account(cfg, &s).unwrap();
+                    });
+                }
+            });
+            let v: Value =
+                serde_json::from_slice(&std::fs::read(cfg.join(".claude.json")).unwrap()).unwrap();
+            for w in &dirs {
+                assert_eq!(v["projects"][w]["hasTrustDialogAccepted"], true, "{w}: {v}");
+            }
+        }
     }
 
     #[test]
