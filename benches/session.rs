@@ -81,6 +81,7 @@ fn floor_launch(dir: &Path, api: &str, claude: &Path) -> Duration {
         &claude_failover::agent::seed::Seed {
             version: "2.1.197",
             workdir: &work,
+            also_trusted: &[],
             api_key: Some("sk-ant-api03-bench-key-0000000000000000"),
             shared_projects: &dir.join("floor-projects"),
         },

@@ -40,6 +40,9 @@ pub struct Seed<'a> {
     pub version: &'a str,
     /// The directory the agent runs in (trusted).
     pub workdir: &'a Path,
+    /// Other directories trusted in the same write (a pool's sibling
+    /// worktrees).
+    pub also_trusted: &'a [PathBuf],
     /// An API key the agent will use, if any: pre-approved so no dialog asks.
     pub api_key: Option<&'a str>,
     /// The shared transcript folder.
@@ -117,11 +120,11 @@ pub fn seed_for_session(
     // and the agent stop at the trust dialog. So every worktree of the
     // folder is trusted at each seeding: whichever agent starts first
     // carries its siblings' entries.
-    let mut trusted = vec![workdir.to_path_buf()];
+    let mut siblings = Vec::new();
     if session.spec.workspace.is_some()
         && let Ok(entries) = std::fs::read_dir(crate::fsutil::expand_home(&session.spec.workdir))
     {
-        trusted.extend(
+        siblings.extend(
             entries
                 .flatten()
                 .map(|e| e.path())
@@ -130,22 +133,12 @@ pub fn seed_for_session(
                 .filter(|p| p != workdir),
         );
     }
-    for t in &trusted[1..] {
-        seed_account(
-            config_dir,
-            &Seed {
-                version: crate::agent::screen::OBSERVED_ON,
-                workdir: t,
-                api_key: api_key.as_deref(),
-                shared_projects,
-            },
-        )?;
-    }
     seed_account(
         config_dir,
         &Seed {
             version: crate::agent::screen::OBSERVED_ON,
             workdir,
+            also_trusted: &siblings,
             api_key: api_key.as_deref(),
             shared_projects,
         },
@@ -196,12 +189,16 @@ fn merge_claude_json(config_dir: &Path, s: &Seed<'_>) -> Result<(), SeedError> {
     {
         obj.insert("lastOnboardingVersion".into(), json!(s.version));
     }
-    let workdir = s.workdir.to_string_lossy().to_string();
     let projects = obj.entry("projects").or_insert_with(|| json!({}));
     if let Some(projects) = projects.as_object_mut() {
-        let p = projects.entry(workdir).or_insert_with(|| json!({}));
-        if let Some(p) = p.as_object_mut() {
-            p.insert("hasTrustDialogAccepted".into(), json!(true));
+        let dirs = std::iter::once(s.workdir).chain(s.also_trusted.iter().map(PathBuf::as_path));
+        for dir in dirs {
+            let p = projects
+                .entry(dir.to_string_lossy().to_string())
+                .or_insert_with(|| json!({}));
+            if let Some(p) = p.as_object_mut() {
+                p.insert("hasTrustDialogAccepted".into(), json!(true));
+            }
         }
     }
     if let Some(key) = s.api_key {
@@ -377,6 +374,7 @@ mod tests {
         let s = Seed {
             version: "2.1.197",
             workdir: Path::new("/code/api"),
+            also_trusted: &[],
             api_key: Some("sk-ant-api03-abcdefghijklmnopqrstuvwxyz0123456789"),
             shared_projects: &shared,
         };
@@ -436,6 +434,7 @@ mod tests {
                         let s = Seed {
                             version: "2.1.332",
                             workdir: Path::new(w),
+                            also_trusted: &[],
                             api_key: None,
                             shared_projects: shared,
                         };

@@ -11,7 +11,6 @@ use super::Ctx;
 use super::args::{DryRun, targets};
 use super::label::not_found;
 use crate::api::{Kind, ObjectKey, RESTARTED_AT, SessionPool};
-use crate::store::StoreError;
 use crate::store::watch::{WatchConfig, watch};
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
@@ -85,45 +84,30 @@ fn restart(ctx: &Ctx, a: RestartArgs) -> Result<ExitCode> {
     let names = pools(&a.resources)?;
     let store = ctx.store()?;
     let stamp = k8s_openapi::jiff::Timestamp::now().to_string();
-    let mut failed = false;
-    for name in names {
-        let key = ObjectKey::new(Kind::SessionPool, &ctx.namespace, &name);
-        let r = store.update_object(&key, None, MANAGER, a.dry_run.active(), |obj| {
-            let meta = &mut obj["spec"]["template"]["metadata"];
-            if meta.is_null() {
-                *meta = json!({});
-            }
-            let ann = meta
-                .as_object_mut()
-                .ok_or("spec.template.metadata is not a map")?
-                .entry("annotations")
-                .or_insert_with(|| json!({}))
-                .as_object_mut()
-                .ok_or("spec.template.metadata.annotations is not a map")?;
-            ann.insert(RESTARTED_AT.into(), json!(stamp));
-            Ok(())
-        });
-        match r {
-            Ok(_) => println!(
-                "{}/{name} restarted{}",
-                Kind::SessionPool.qualified(),
-                a.dry_run.suffix()
-            ),
-            Err(StoreError::NotFound(_)) => {
-                eprintln!("error: {}", not_found(&key));
-                failed = true;
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                failed = true;
-            }
-        }
-    }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(super::scale::each_pool(
+        &ctx.namespace,
+        names,
+        &format!("restarted{}", a.dry_run.suffix()),
+        |key| {
+            store
+                .update_object(key, None, MANAGER, a.dry_run.active(), |obj| {
+                    let meta = &mut obj["spec"]["template"]["metadata"];
+                    if meta.is_null() {
+                        *meta = json!({});
+                    }
+                    let ann = meta
+                        .as_object_mut()
+                        .ok_or("spec.template.metadata is not a map")?
+                        .entry("annotations")
+                        .or_insert_with(|| json!({}))
+                        .as_object_mut()
+                        .ok_or("spec.template.metadata.annotations is not a map")?;
+                    ann.insert(RESTARTED_AT.into(), json!(stamp));
+                    Ok(())
+                })
+                .map(drop)
+        },
+    ))
 }
 
 /// Where a pool's rollout stands, in kubectl's words for a Deployment;

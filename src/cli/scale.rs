@@ -51,23 +51,34 @@ pub fn scale(ctx: &Ctx, a: ScaleArgs) -> Result<ExitCode> {
         );
     }
     let store = ctx.store()?;
+    let req = crate::requests::Scale {
+        replicas: a.replicas,
+        force: a.force,
+        expected_rv: None,
+        current: a.current_replicas,
+        dry_run: a.dry_run.active(),
+    };
+    Ok(each_pool(
+        &ctx.namespace,
+        names,
+        &format!("scaled{}", a.dry_run.suffix()),
+        |key| crate::requests::scale_pool(&store, key, &req, MANAGER).map(drop),
+    ))
+}
+
+/// Acts on each named SessionPool in turn, printing `KIND/NAME DONE` or
+/// the error (a missing pool said as kubectl does), and fails if any did.
+pub(super) fn each_pool<N: AsRef<str>>(
+    namespace: &str,
+    names: impl IntoIterator<Item = N>,
+    done: &str,
+    mut act: impl FnMut(&ObjectKey) -> Result<(), StoreError>,
+) -> ExitCode {
     let mut failed = false;
     for name in names {
-        let key = ObjectKey::new(Kind::SessionPool, &ctx.namespace, name);
-        let req = crate::requests::Scale {
-            replicas: a.replicas,
-            force: a.force,
-            expected_rv: None,
-            current: a.current_replicas,
-            dry_run: a.dry_run.active(),
-        };
-        let r = crate::requests::scale_pool(&store, &key, &req, MANAGER);
-        match r {
-            Ok(_) => println!(
-                "{}/{name} scaled{}",
-                Kind::SessionPool.qualified(),
-                a.dry_run.suffix()
-            ),
+        let key = ObjectKey::new(Kind::SessionPool, namespace, name.as_ref());
+        match act(&key) {
+            Ok(()) => println!("{}/{} {done}", Kind::SessionPool.qualified(), key.name),
             Err(StoreError::NotFound(_)) => {
                 eprintln!("error: {}", not_found(&key));
                 failed = true;
@@ -78,9 +89,9 @@ pub fn scale(ctx: &Ctx, a: ScaleArgs) -> Result<ExitCode> {
             }
         }
     }
-    Ok(if failed {
+    if failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
-    })
+    }
 }
