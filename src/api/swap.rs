@@ -128,7 +128,70 @@ pub struct SwapState {
     pub message: String,
 }
 
+impl Swap {
+    /// Whether this swap runs and has yet to move `session` of its
+    /// namespace (its turn awaited, or placed and not confirmed): no new
+    /// task goes there meanwhile (one would hold the move up by a whole
+    /// turn, or be cut by it).
+    pub fn moving(&self, session: &str) -> bool {
+        let st = self.status.as_ref();
+        if st.is_some_and(|st| st.phase.finished()) {
+            return false;
+        }
+        match st.and_then(|st| st.sessions.iter().find(|x| x.name == session)) {
+            Some(x) => !x.step.finished(),
+            None => {
+                st.is_none_or(|st| st.sessions.is_empty())
+                    && self.spec.sessions.iter().any(|n| n == session)
+            }
+        }
+    }
+}
+
 /// The name of the Swap of `epoch`.
 pub fn swap_name(epoch: u64) -> String {
     format!("swap-{epoch}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_running_swap_is_moving_the_sessions_it_has_not_moved_yet() {
+        let mut swap = Swap::new(
+            "swap-1",
+            SwapSpec {
+                epoch: 1,
+                from: "a".into(),
+                to: "b".into(),
+                reason: "NearLimit".into(),
+                sessions: vec!["s0".into(), "s1".into(), "s2".into()],
+                request: None,
+                recovers: None,
+            },
+        );
+        assert!(swap.moving("s0"), "just started: every session to move");
+        assert!(!swap.moving("other"));
+        let step = |name: &str, step| SwapSessionState {
+            name: name.into(),
+            step,
+            ..Default::default()
+        };
+        swap.status = Some(SwapState {
+            phase: SwapPhase::Running,
+            sessions: vec![
+                step("s0", SwapStep::WaitingForTurn),
+                step("s1", SwapStep::Placed),
+                step("s2", SwapStep::Confirmed),
+            ],
+            ..Default::default()
+        });
+        let cases = [("s0", true), ("s1", true), ("s2", false), ("other", false)];
+        for (name, want) in cases {
+            assert_eq!(swap.moving(name), want, "{name}");
+        }
+        swap.status.as_mut().unwrap().phase = SwapPhase::Succeeded;
+        assert!(!swap.moving("s0"), "ended");
+    }
 }

@@ -3,7 +3,7 @@
 //! notices and counts.
 
 use super::Context;
-use super::plan::{Action, reason_label};
+use super::plan::{Action, Seen, reason_label};
 use crate::api::{
     Account, AccountStatus, Lease, LeaseSpec, ObjectKey, Session, SessionStatus, Swap, SwapStatus,
 };
@@ -34,7 +34,17 @@ pub async fn run(ctx: &Context, actions: Vec<Action>) -> Result<(), StoreError> 
                 ctx.shared.caches.swaps.wrote(decode(obj)?);
             }
             Action::Release => release(ctx).await?,
-            Action::Place { session, placement } => place(ctx, session, placement).await?,
+            Action::Place {
+                session,
+                placement,
+                first,
+            } => {
+                if !place(ctx, session, placement, first).await? {
+                    // The world moved under the plan: the next pass
+                    // decides again from what is there.
+                    return Ok(());
+                }
+            }
             Action::Note { account, failover } => note(ctx, account, failover).await?,
             Action::Event {
                 key,
@@ -156,7 +166,31 @@ async fn release(ctx: &Context) -> Result<(), StoreError> {
     Ok(())
 }
 
-async fn place(ctx: &Context, session: ObjectKey, placement: SwapStatus) -> Result<(), StoreError> {
+/// Writes a placement. A session's first placement in a swap is written
+/// under its keyboard, after one more look at what is in flight on it: a
+/// task the dispatcher typed after the plan looked (it holds the keyboard
+/// from its last look at the session to the end of its typing, and its
+/// intent is in the tasks' cache before it lets go) would be cut by the
+/// move and typed again; then nothing is written (false) and the next pass
+/// waits for that turn. A task dispatched after this write sees the
+/// placement, or the swap, and goes elsewhere.
+async fn place(
+    ctx: &Context,
+    session: ObjectKey,
+    placement: SwapStatus,
+    first: Option<Seen>,
+) -> Result<bool, StoreError> {
+    let _keyboard = match &first {
+        Some(_) => Some(ctx.shared.driver.keyboard(&session).await),
+        None => None,
+    };
+    if let Some(seen) = first {
+        let now = super::task_on(ctx, &session);
+        if now.is_some() && now != seen.task {
+            tracing::info!(session = %session, task = now.as_deref().unwrap_or_default(), "a task reached the session as the swap placed it: its turn ends first");
+            return Ok(false);
+        }
+    }
     let status = SessionStatus {
         last_swap: Some(placement),
         ..Default::default()
@@ -179,7 +213,7 @@ async fn place(ctx: &Context, session: ObjectKey, placement: SwapStatus) -> Resu
         Err(StoreError::NotFound(_)) => {}
         Err(e) => return Err(e),
     }
-    Ok(())
+    Ok(true)
 }
 
 async fn note(

@@ -117,31 +117,39 @@ async fn pass(ctx: &Context) -> Result<Duration, crate::store::StoreError> {
     Ok(if acted { Duration::ZERO } else { wait })
 }
 
-/// The task in flight on each session (looked up per session in the
-/// tasks' in-flight index, not by a scan of every task).
+/// The task in flight on each session.
 fn tasks_on(
     ctx: &Context,
     sessions: &[Arc<crate::api::Session>],
 ) -> HashMap<(String, String), String> {
-    use crate::api::TaskPhase;
-    let tasks = &ctx.shared.caches.tasks;
     sessions
         .iter()
         .filter_map(|s| {
             let key = ObjectKey::of(s.as_ref());
-            let index = crate::store::cache::index_key(&key.namespace, &key.name);
-            let task = tasks
-                .indexed(super::BY_SESSION, &index)
-                .into_iter()
-                .find(|t| {
-                    t.status.as_ref().is_some_and(|st| {
-                        matches!(st.phase, Some(TaskPhase::Dispatched | TaskPhase::Running))
-                            && st.session.as_deref() == Some(key.name.as_str())
-                    })
-                })?;
-            Some(((key.namespace, key.name), task.metadata.name.clone()?))
+            let task = task_on(ctx, &key)?;
+            Some(((key.namespace, key.name), task))
         })
         .collect()
+}
+
+/// The task in flight on session `key` (looked up in the tasks' in-flight
+/// index, not by a scan of every task).
+fn task_on(ctx: &Context, key: &ObjectKey) -> Option<String> {
+    use crate::api::TaskPhase;
+    let index = crate::store::cache::index_key(&key.namespace, &key.name);
+    let task = ctx
+        .shared
+        .caches
+        .tasks
+        .indexed(super::BY_SESSION, &index)
+        .into_iter()
+        .find(|t| {
+            t.status.as_ref().is_some_and(|st| {
+                matches!(st.phase, Some(TaskPhase::Dispatched | TaskPhase::Running))
+                    && st.session.as_deref() == Some(key.name.as_str())
+            })
+        })?;
+    task.metadata.name.clone()
 }
 
 /// The model each session's agent says it runs (`model.id` of its

@@ -65,6 +65,13 @@ pub struct World<'a> {
     pub models: target::Models,
 }
 
+/// What a plan saw in flight on a session it places: the task of the turn
+/// it cuts (replayed on the target), or None at a turn boundary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Seen {
+    pub task: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Take the swap lease at `epoch` and create the Swap that uses it, in
@@ -82,6 +89,10 @@ pub enum Action {
     Place {
         session: ObjectKey,
         placement: SwapStatus,
+        /// A session's first placement in a swap: what the plan saw in
+        /// flight on it. Written only if no other task has reached the
+        /// session since (see `execute::place`).
+        first: Option<Seen>,
     },
     /// Write what the failover controller says of an account.
     Note {
@@ -588,6 +599,9 @@ impl Planner<'_, '_> {
             .or_else(|| w.tasks_on.get(&(ns.clone(), x.name.clone())).cloned());
         self.out.push(Action::Place {
             session: skey(&ns, &x.name),
+            first: Some(Seen {
+                task: x.task.clone(),
+            }),
             placement: SwapStatus {
                 epoch: swap.spec.epoch,
                 from: Some(swap.spec.from.clone()),
@@ -696,6 +710,7 @@ impl Planner<'_, '_> {
             self.out.push(Action::Place {
                 session: skey(&ns, &x.name),
                 placement: p,
+                first: None,
             });
             let msg = match swap.spec.recovers {
                 Some(old) => {
@@ -725,6 +740,7 @@ impl Planner<'_, '_> {
         self.out.push(Action::Place {
             session: skey(&ns, &x.name),
             placement: p,
+            first: None,
         });
         self.event(skey(&ns, &x.name), true, "SwapRolledBack", why);
     }
@@ -912,6 +928,7 @@ impl Planner<'_, '_> {
                 places.push(Action::Place {
                     session: skey(&ns, &x.name),
                     placement: p,
+                    first: None,
                 });
             } else {
                 y.step = SwapStep::WaitingForTurn;

@@ -199,6 +199,14 @@ fn account_of<'a>(accounts: &'a [Arc<Account>], s: &Session) -> Option<&'a Accou
         .map(Arc::as_ref)
 }
 
+/// Whether a running swap has yet to move session `ns/name` (see
+/// [`crate::api::Swap::moving`]).
+fn moving(swaps: &[Arc<crate::api::Swap>], ns: &str, name: &str) -> bool {
+    swaps
+        .iter()
+        .any(|w| w.metadata.namespace.as_deref() == Some(ns) && w.moving(name))
+}
+
 /// Pairs pending tasks with free sessions and delivers. True when any was.
 async fn assign_pending(ctx: &Context, mem: &mut Memory) -> Result<bool, Error> {
     let sh = &ctx.shared;
@@ -211,12 +219,13 @@ async fn assign_pending(ctx: &Context, mem: &mut Memory) -> Result<bool, Error> 
     if q.pending() == 0 {
         return Ok(false);
     }
+    let swaps = sh.caches.swaps.all();
     let candidates: Vec<Candidate> = sessions
         .iter()
         .map(|s| {
             let ns = s.metadata.namespace.clone().unwrap_or_default();
             let name = s.metadata.name.clone().unwrap_or_default();
-            let busy = q.in_flight_on(&ns, &name).is_some();
+            let busy = q.in_flight_on(&ns, &name).is_some() || moving(&swaps, &ns, &name);
             let last = q.last_finished(&ns, &name);
             let account = account_of(&accounts, s);
             let free = assign::session_free(
@@ -448,11 +457,20 @@ async fn deliver(
     let _keyboard = sh.driver.keyboard(&skey).await;
     // Read again under the keyboard: a restart or a delete written while
     // this pass waited for it (a pool's rollout writes under the keyboard)
-    // means the agent is about to go.
+    // means the agent is about to go, and so does a swap that began
+    // meanwhile (the failover places a session under its keyboard, after
+    // looking once more for a task typed into it).
     let fresh = sh.caches.sessions.get(&skey.namespace, &skey.name);
     if fresh.is_none_or(|f| {
-        f.metadata.deletion_timestamp.is_some() || f.spec.suspend || f.restart_pending()
-    }) {
+        f.metadata.deletion_timestamp.is_some()
+            || f.spec.suspend
+            || f.restart_pending()
+            || f.status
+                .as_ref()
+                .and_then(|st| st.last_swap.as_ref())
+                .is_some_and(|p| p.swapping())
+    }) || moving(&sh.caches.swaps.all(), &skey.namespace, &skey.name)
+    {
         return Ok(());
     }
     let Some((pane, screen)) = sh.driver.pane_and_screen(&skey).await? else {

@@ -56,7 +56,7 @@ fn a_session_goes_back_to_its_preferred_account_once_it_has_room() {
     );
     // Idle: placed on its account at once, in the same pass.
     assert!(actions.iter().any(|a| matches!(a,
-        Action::Place { session, placement } if session.name == "s1" && placement.to == "a" && placement.reason == FAILBACK)));
+        Action::Place { session, placement, .. } if session.name == "s1" && placement.to == "a" && placement.reason == FAILBACK)));
     assert!(events(&actions).contains(&"FailoverStarted"));
     // Counted under its own bounded label.
     assert_eq!(reason_label(FAILBACK), "failback");
