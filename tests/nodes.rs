@@ -119,6 +119,17 @@ fn a_daemon_registers_its_node_with_heartbeat_capacity_and_config_dirs() {
         wide.contains("default/work") && wide.contains("yes"),
         "{wide}"
     );
+    let led = env.ok(&[
+        "get",
+        "nodes",
+        "--field-selector",
+        "status.leading=true",
+        "-o",
+        "name",
+    ]);
+    assert!(led.contains("node-a"), "{led}");
+    let none = env.run(&["get", "nodes", "--field-selector", "status.leading=false"]);
+    assert!(none.stdout.is_empty(), "{}", none.stdout);
     let d = env.ok(&["describe", "node", "node-a"]);
     assert!(d.contains("NodeReady"), "the leader's event: {d}");
     // A second daemon may not take a live node's name.
