@@ -44,14 +44,19 @@ pub fn repo_of(w: &WorkspaceSpec) -> PathBuf {
     crate::fsutil::expand_home(&w.git.repo)
 }
 
-fn git(dir: &Path, args: &[&str]) -> Result<String, Error> {
-    let out = Command::new("git")
-        .arg("-C")
+/// `git -C DIR ARGS...`, deaf to a caller's own repository variables.
+fn command(dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new("git");
+    c.arg("-C")
         .arg(dir)
         .args(args)
         .env_remove("GIT_DIR")
-        .env_remove("GIT_WORK_TREE")
-        .output()?;
+        .env_remove("GIT_WORK_TREE");
+    c
+}
+
+fn git(dir: &Path, args: &[&str]) -> Result<String, Error> {
+    let out = command(dir, args).output()?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     } else {
@@ -63,12 +68,7 @@ fn git(dir: &Path, args: &[&str]) -> Result<String, Error> {
 }
 
 fn ok(dir: &Path, args: &[&str]) -> Result<bool, Error> {
-    let st = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env_remove("GIT_DIR")
-        .env_remove("GIT_WORK_TREE")
+    let st = command(dir, args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()?;
