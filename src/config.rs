@@ -47,6 +47,19 @@ pub struct Config {
     /// The MCP server (`claude-failover mcp`, `/mcp` on the listener).
     #[serde(default)]
     pub mcp: crate::mcp::McpConfig,
+    /// This daemon as a node of the pool (docs/distributed.md).
+    #[serde(default)]
+    pub node: NodeConfig,
+}
+
+/// This daemon as a node (`run --node`, `--capacity`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The node's name (default: the host name, as a DNS-1123 label).
+    pub name: Option<String>,
+    /// The most Sessions this node runs (default: no limit).
+    pub capacity: Option<u32>,
 }
 
 /// Usage monitoring and failover (see docs/failover.md).

@@ -144,6 +144,11 @@ fn config_example_covers_every_key() {
             socket: Some(_),
             token_file: Some(_),
         },
+        node:
+            claude_failover::config::NodeConfig {
+                name: Some(_),
+                capacity: Some(_),
+            },
         mcp:
             McpConfig {
                 write: Some(_),

@@ -12,6 +12,7 @@ mod condition;
 pub mod keys;
 mod lease;
 mod manifestsync;
+mod node;
 mod session;
 mod sessionpool;
 mod swap;
@@ -27,6 +28,10 @@ pub use lease::{LEADER_LEASE, Lease, LeaseSpec, LeaseStatus, SWAP_LEASE};
 pub use manifestsync::{
     MANIFESTS_SYNC, ManifestSync, ManifestSyncSpec, ManifestSyncStatus, PassResult, SYNC_READY,
     SYNC_RECONCILING, SYNC_STALLED, SyncFailure, set_sync_conditions,
+};
+pub use node::{
+    HEARTBEAT_EXPIRED, HEARTBEAT_FRESH, NODE_HEARTBEAT_EVERY, NODE_READY, NODE_TTL, Node,
+    NodeCapacity, NodeSpec, NodeStatus, heartbeat_fresh, node_name_from_host,
 };
 pub use session::{
     AgentSpec, EnvValue, GitWorkspace, Interruption, LaunchStatus, PermissionMode,
@@ -75,6 +80,7 @@ pub enum Kind {
     Lease,
     ManifestSync,
     SessionPool,
+    Node,
 }
 
 /// Static facts about a kind: one row per kind.
@@ -87,7 +93,7 @@ struct KindInfo {
     declared: bool,
 }
 
-const KINDS: [(Kind, KindInfo); 7] = [
+const KINDS: [(Kind, KindInfo); 8] = [
     (
         Kind::Account,
         KindInfo {
@@ -158,11 +164,21 @@ const KINDS: [(Kind, KindInfo); 7] = [
             declared: true,
         },
     ),
+    (
+        Kind::Node,
+        KindInfo {
+            name: "Node",
+            plural: "nodes",
+            singular: "node",
+            short_name: "cfnode",
+            declared: false,
+        },
+    ),
 ];
 
 impl Kind {
     /// Every kind, in the order `get all` shows them.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Account,
         Kind::SessionPool,
         Kind::Session,
@@ -170,6 +186,7 @@ impl Kind {
         Kind::Swap,
         Kind::Lease,
         Kind::ManifestSync,
+        Kind::Node,
     ];
     /// The kinds people declare in manifests.
     pub const DECLARED: [Kind; 4] = [Kind::Account, Kind::SessionPool, Kind::Session, Kind::Task];
@@ -204,6 +221,15 @@ impl Kind {
         self.info().declared
     }
 
+    /// The one namespace objects of this kind live in, whatever namespace
+    /// the command line names (Nodes, as a cluster-scoped kind), or None.
+    pub fn home_namespace(self) -> Option<&'static str> {
+        match self {
+            Kind::Node => Some(SYSTEM_NAMESPACE),
+            _ => None,
+        }
+    }
+
     pub fn qualified(self) -> String {
         format!("{}.{}", self.singular(), GROUP)
     }
@@ -234,6 +260,7 @@ impl Kind {
             Kind::Lease => Lease::crd(),
             Kind::ManifestSync => ManifestSync::crd(),
             Kind::SessionPool => SessionPool::crd(),
+            Kind::Node => Node::crd(),
         }
     }
 }
@@ -283,6 +310,7 @@ impl_object!(Swap, Kind::Swap, SwapState);
 impl_object!(Lease, Kind::Lease, LeaseStatus);
 impl_object!(ManifestSync, Kind::ManifestSync, ManifestSyncStatus);
 impl_object!(SessionPool, Kind::SessionPool, SessionPoolStatus);
+impl_object!(Node, Kind::Node, NodeStatus);
 
 /// The current time as a Kubernetes `Time`.
 pub fn now() -> Time {

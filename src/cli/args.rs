@@ -165,6 +165,7 @@ pub fn selectable_fields(kind: Kind) -> &'static [&'static str] {
         Kind::Lease => &["spec.holderIdentity"],
         Kind::ManifestSync => &["spec.path", "spec.suspend", "status.revision"],
         Kind::SessionPool => &["spec.replicas", "spec.template.spec.account"],
+        Kind::Node => &["status.daemon", "status.leading"],
     }
 }
 
@@ -265,8 +266,10 @@ mod tests {
         assert!(e.contains("did you mean \"sessions\"?"), "{e}");
         let e = parse_kind("tsks").unwrap_err().to_string();
         assert!(e.contains("did you mean \"tasks\"?"), "{e}");
-        let e = parse_kind("pods").unwrap_err().to_string();
+        let e = parse_kind("deployments").unwrap_err().to_string();
         assert!(!e.contains("did you mean"), "{e}");
+        let e = parse_kind("pods").unwrap_err().to_string();
+        assert!(e.contains("did you mean \"nodes\"?"), "{e}");
     }
 
     #[test]

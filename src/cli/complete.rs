@@ -126,7 +126,7 @@ impl Names for StoreNames {
             return vec![];
         };
         store
-            .list(kind, Some(&ctx.namespace))
+            .list(kind, Some(ctx.namespace_of(kind)))
             .unwrap_or_default()
             .iter()
             .filter_map(|v| {
@@ -563,7 +563,7 @@ mod tests {
                 Kind::Task => vec![("fix-login".into(), "Pending".into())],
                 Kind::Account => vec![("work".into(), "Available".into())],
                 Kind::SessionPool => vec![("web".into(), "3/3".into())],
-                Kind::Swap | Kind::Lease | Kind::ManifestSync => vec![],
+                Kind::Swap | Kind::Lease | Kind::ManifestSync | Kind::Node => vec![],
             }
         }
         fn namespaces(&self) -> Vec<String> {

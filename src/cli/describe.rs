@@ -189,7 +189,7 @@ pub fn describe(ctx: &Ctx, a: DescribeArgs) -> Result<ExitCode> {
     };
     for t in targets(&a.resources)? {
         if t.names.is_empty() {
-            let ns = (!a.all_namespaces).then_some(ctx.namespace.as_str());
+            let ns = (!a.all_namespaces).then_some(ctx.namespace_of(t.kind));
             let filter = Filter::new(&[], a.selector.as_deref(), None, &[t.kind])?;
             for v in store.list(t.kind, ns)? {
                 if filter.keep(&v) {
@@ -205,13 +205,13 @@ pub fn describe(ctx: &Ctx, a: DescribeArgs) -> Result<ExitCode> {
             continue;
         }
         for name in &t.names {
-            let key = ObjectKey::new(t.kind, &ctx.namespace, name);
+            let key = ObjectKey::new(t.kind, ctx.namespace_of(t.kind), name);
             match store.get(&key)? {
                 None => {
                     eprintln!(
                         "error: {} \"{name}\" not found in namespace {}",
                         t.kind.qualified(),
-                        ctx.namespace
+                        key.namespace
                     );
                     code = ExitCode::from(1);
                 }

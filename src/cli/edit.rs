@@ -195,7 +195,7 @@ fn check_status(kind: crate::api::Kind, status: &Value) -> Result<(), String> {
         Kind::Account => serde_json::from_value::<AccountStatus>(status.clone()).map(|_| ()),
         Kind::Session => serde_json::from_value::<SessionStatus>(status.clone()).map(|_| ()),
         Kind::Task => serde_json::from_value::<TaskStatus>(status.clone()).map(|_| ()),
-        Kind::Swap | Kind::Lease | Kind::ManifestSync | Kind::SessionPool => {
+        Kind::Swap | Kind::Lease | Kind::ManifestSync | Kind::SessionPool | Kind::Node => {
             return Err(format!(
                 "{} are written by the daemon only: their status cannot be patched",
                 kind.plural()

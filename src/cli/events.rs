@@ -68,7 +68,8 @@ fn keys(ctx: &Ctx, store: &Store, a: &EventsArgs) -> Result<Vec<ObjectKey>> {
             bail!("--for takes KIND/NAME, e.g. --for task/fix-login");
         };
         check_name(n)?;
-        return Ok(vec![ObjectKey::new(parse_kind(k)?, &ctx.namespace, n)]);
+        let kind = parse_kind(k)?;
+        return Ok(vec![ObjectKey::new(kind, ctx.namespace_of(kind), n)]);
     }
     let ns = (!a.all_namespaces).then_some(ctx.namespace.as_str());
     let mut out = Vec::new();

@@ -208,7 +208,6 @@ pub fn get(ctx: &Ctx, a: GetArgs) -> Result<ExitCode> {
         qualified: targets.len() > 1,
     };
     let store = ctx.store()?;
-    let ns = (!a.all_namespaces).then_some(ctx.namespace.as_str());
     let mut listed: Vec<(Kind, Vec<Value>)> = Vec::new();
     let mut missing = Vec::new();
     let mut corrupt = Vec::new();
@@ -219,6 +218,7 @@ pub fn get(ctx: &Ctx, a: GetArgs) -> Result<ExitCode> {
             a.field_selector.as_deref(),
             &kinds,
         )?;
+        let ns = (!a.all_namespaces).then_some(ctx.namespace_of(*kind));
         let listing = store.list_checked(*kind, ns)?;
         corrupt.extend(listing.corrupt.iter().cloned());
         let mut items: Vec<Value> = listing
@@ -255,7 +255,7 @@ pub fn get(ctx: &Ctx, a: GetArgs) -> Result<ExitCode> {
         print_listed(&listed, &opts, single, a.no_headers)?;
     }
     if nothing && missing.is_empty() && is_table(&format) {
-        let where_ = if a.all_namespaces {
+        let where_ = if a.all_namespaces || kinds.iter().all(|k| k.home_namespace().is_some()) {
             String::new()
         } else {
             format!(" in {} namespace", ctx.namespace)
@@ -373,6 +373,7 @@ fn watch_kind(
             Kind::SessionPool => {
                 watch_typed::<crate::api::SessionPool>(ctx, a, format, filter).await
             }
+            Kind::Node => watch_typed::<crate::api::Node>(ctx, a, format, filter).await,
         }
     })
 }
@@ -385,7 +386,7 @@ async fn watch_typed<K: Object>(
 ) -> Result<ExitCode> {
     let store = ctx.store()?;
     let cfg = WatchConfig {
-        namespace: (!a.all_namespaces).then(|| ctx.namespace.clone()),
+        namespace: (!a.all_namespaces).then(|| ctx.namespace_of(K::KIND).to_string()),
         ..Default::default()
     };
     let kind = K::KIND;

@@ -129,10 +129,11 @@ pub(super) fn resolve(
                 );
             }
             let filter = Filter::new(&[], selector, None, &[t.kind])?;
-            for v in store.list(t.kind, Some(&ctx.namespace))? {
+            let ns = ctx.namespace_of(t.kind);
+            for v in store.list(t.kind, Some(ns))? {
                 if filter.keep(&v) {
                     let name = v["metadata"]["name"].as_str().unwrap_or_default();
-                    keys.push(ObjectKey::new(t.kind, &ctx.namespace, name));
+                    keys.push(ObjectKey::new(t.kind, ns, name));
                 }
             }
         } else {
@@ -142,7 +143,7 @@ pub(super) fn resolve(
             keys.extend(
                 t.names
                     .iter()
-                    .map(|n| ObjectKey::new(t.kind, &ctx.namespace, n)),
+                    .map(|n| ObjectKey::new(t.kind, ctx.namespace_of(t.kind), n)),
             );
         }
     }

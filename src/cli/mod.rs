@@ -214,6 +214,12 @@ impl Ctx {
         })
     }
 
+    /// The namespace a command works in for `kind`: the kind's own (Nodes),
+    /// else the one the flags or the config name.
+    pub fn namespace_of(&self, kind: crate::api::Kind) -> &str {
+        kind.home_namespace().unwrap_or(&self.namespace)
+    }
+
     /// Controller-owned state (config `stateDir`, default the XDG state dir).
     pub fn state_dir(&self) -> PathBuf {
         self.config

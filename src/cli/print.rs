@@ -70,6 +70,19 @@ fn phase(v: &Value) -> String {
 }
 
 /// The condition of type `t` in the object's status.
+/// A Node's STATUS: `Ready` or `NotReady` as the leader last found it,
+/// `Unknown` before it has.
+fn node_status(v: &Value) -> String {
+    match condition(v, "Ready")
+        .and_then(|c| c.get("status"))
+        .and_then(Value::as_str)
+    {
+        Some("True") => "Ready".into(),
+        Some(_) => "NotReady".into(),
+        None => "Unknown".into(),
+    }
+}
+
 fn condition<'a>(v: &'a Value, t: &str) -> Option<&'a Value> {
     v.pointer("/status/conditions")
         .and_then(Value::as_array)?
@@ -99,6 +112,7 @@ pub fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
         Kind::Lease => vec!["NAME", "HOLDER", "EPOCH", "RENEWED", "AGE"],
         Kind::ManifestSync => vec!["NAME", "READY", "STATUS", "REVISION", "LAST-SYNC", "AGE"],
         Kind::SessionPool => vec!["NAME", "REPLICAS", "READY", "IDLE", "BUSY", "AGE"],
+        Kind::Node => vec!["NAME", "STATUS", "SESSIONS", "HEARTBEAT", "AGE"],
     };
     if wide {
         c.extend(match kind {
@@ -115,6 +129,7 @@ pub fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
             Kind::Swap => vec!["SESSIONS", "MESSAGE"],
             Kind::Lease => vec!["ACQUIRED", "TRANSITIONS"],
             Kind::SessionPool => vec!["WAITING", "STRATEGY", "ACCOUNTS", "LABELS"],
+            Kind::Node => vec!["LEADER", "CAPACITY", "DAEMON", "VERSION", "ACCOUNTS"],
             Kind::ManifestSync => {
                 vec![
                     "PATH",
@@ -190,6 +205,13 @@ pub fn row(kind: Kind, v: &Value, wide: bool) -> Vec<String> {
             s(v, "/status/ready").replace('-', "0"),
             s(v, "/status/idle").replace('-', "0"),
             s(v, "/status/busy").replace('-', "0"),
+            age(created),
+        ],
+        Kind::Node => vec![
+            name,
+            node_status(v),
+            s(v, "/status/sessions").replace('-', "0"),
+            age(v.pointer("/status/heartbeatTime").and_then(Value::as_str)),
             age(created),
         ],
         Kind::ManifestSync => {
@@ -287,6 +309,21 @@ pub fn row(kind: Kind, v: &Value, wide: bool) -> Vec<String> {
                     })
                     .unwrap_or_else(|| "<none>".into()),
                 labels(v),
+            ]),
+            Kind::Node => r.extend([
+                if v.pointer("/status/leading") == Some(&Value::Bool(true)) {
+                    "yes".into()
+                } else {
+                    "no".into()
+                },
+                s(v, "/status/capacity/sessions"),
+                s(v, "/status/daemon"),
+                s(v, "/status/version"),
+                v.pointer("/status/configDirs")
+                    .and_then(Value::as_object)
+                    .filter(|m| !m.is_empty())
+                    .map(|m| m.keys().cloned().collect::<Vec<_>>().join(","))
+                    .unwrap_or_else(|| "<none>".into()),
             ]),
             Kind::ManifestSync => r.extend([
                 s(v, "/spec/path"),

@@ -31,6 +31,12 @@ pub struct RunArgs {
     /// Log filter, e.g. `info`, `debug`, `claude_failover=debug` [env: RUST_LOG; config: log.level]
     #[arg(long)]
     pub log_level: Option<String>,
+    /// This daemon's node name [config: node.name; default: the host name]
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
+    /// The most Sessions this node runs [config: node.capacity; default: no limit]
+    #[arg(long, value_name = "N")]
+    pub capacity: Option<u32>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7817";
@@ -80,7 +86,19 @@ fn options(ctx: &Ctx, a: &RunArgs) -> Result<Options> {
         None => None,
     };
     let q = &cfg.quota;
+    let node = match a.node.clone().or(cfg.node.name.clone()) {
+        Some(n) => {
+            crate::manifest::validate::dns1123_label(&n)
+                .map_err(|e| anyhow::anyhow!("--node (config node.name) {n:?}: {e}"))?;
+            n
+        }
+        None => crate::api::node_name_from_host(
+            &std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default(),
+        ),
+    };
     Ok(Options {
+        node,
+        capacity: a.capacity.or(cfg.node.capacity),
         store,
         store_dir: ctx.store_dir.clone(),
         tmux_socket: home(&cfg.tmux_socket).unwrap_or_else(|| state_dir.join("tmux.sock")),

@@ -246,6 +246,9 @@ fn wait_for(
                 Kind::SessionPool => watch::<crate::api::SessionPool>(store.clone(), cfg.clone())
                     .map(|_| ())
                     .boxed(),
+                Kind::Node => watch::<crate::api::Node>(store.clone(), cfg.clone())
+                    .map(|_| ())
+                    .boxed(),
             }
         }));
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);

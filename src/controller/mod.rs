@@ -7,6 +7,7 @@
 pub mod account;
 pub mod checkpoint;
 pub mod failover;
+pub mod node;
 pub mod pool;
 pub mod session;
 pub mod task;

@@ -13,7 +13,7 @@ use super::{access, api, http, projections};
 use crate::agent::driver::Driver;
 use crate::agent::signals::Signals;
 use crate::api::{Account, Kind, Lease, Session, Task};
-use crate::controller::{self, Caches, Shared, account, failover, pool, session, task};
+use crate::controller::{self, Caches, Shared, account, failover, node, pool, session, task};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::store::cache::Cache;
@@ -56,6 +56,10 @@ pub struct Options {
     pub continue_message: String,
     /// The MCP server on the listener (docs/mcp.md).
     pub mcp: crate::mcp::http::Settings,
+    /// This daemon's Node (docs/distributed.md).
+    pub node: String,
+    /// The most Sessions this node runs (None: no limit).
+    pub capacity: Option<u32>,
 }
 
 /// Why a daemon that lost its leader lease stopped.
@@ -69,7 +73,16 @@ pub async fn run(o: Options) -> Result<()> {
     let shutdown = shutdown_signal(o.state_dir.clone());
     tokio::pin!(shutdown);
     let identity = crate::store::identity();
-    tracing::info!(store = %o.store_dir.display(), state = %o.state_dir.display(), version = env!("CARGO_PKG_VERSION"), "daemon starting");
+    tracing::info!(store = %o.store_dir.display(), state = %o.state_dir.display(), node = %o.node, version = env!("CARGO_PKG_VERSION"), "daemon starting");
+    // The Node first, leading or not: a standby is a node too.
+    let me = Arc::new(node::NodeState::new(&o.node, &identity, o.capacity));
+    {
+        let (store, me) = (o.store.clone(), me.clone());
+        tokio::task::spawn_blocking(move || node::register(&store, &me))
+            .await?
+            .with_context(|| format!("cannot register the node {}", o.node))?;
+    }
+    let _heartbeat = AbortOnDrop(tokio::spawn(node::heartbeat(o.store.clone(), me.clone())));
     let lock = match o.store.try_lead(&identity)? {
         Some(l) => l,
         None => {
@@ -82,6 +95,7 @@ pub async fn run(o: Options) -> Result<()> {
         }
     };
     tracing::info!(holder = %lock.identity, "leader lease acquired");
+    me.leading.store(true, std::sync::atomic::Ordering::SeqCst);
     // From here on, a lost leader lease (etcd: not renewed in time) stops
     // the daemon as a signal does, at any stage.
     let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -104,6 +118,8 @@ pub async fn run(o: Options) -> Result<()> {
     let readiness = Arc::new(Readiness::new(o.syncer.is_some()));
     readiness.set_leader(true);
     let (caches, mut tasks) = Caches::start(&o.store, o.resync);
+    let _ = me.caches.set(caches.clone());
+    tasks.push(tokio::spawn(node::lifecycle(o.store.clone())));
     let bus = Bus::new();
     tasks.extend(feeds(&bus, &caches, &o.store, o.resync, &readiness));
     tasks.push(tokio::spawn(projections::gauges(
@@ -213,6 +229,15 @@ pub async fn run(o: Options) -> Result<()> {
     }
     tracing::info!("daemon stopped (the agents keep running)");
     Ok(())
+}
+
+/// A task stopped when its handle goes (the heartbeat, at every way out).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn abort(tasks: Vec<tokio::task::JoinHandle<()>>) {

@@ -112,7 +112,7 @@ impl AnyObject {
             Kind::Session => AnyObject::Session(Box::new(serde_json::from_value(v)?)),
             Kind::Task => AnyObject::Task(serde_json::from_value(v)?),
             Kind::SessionPool => AnyObject::SessionPool(Box::new(serde_json::from_value(v)?)),
-            Kind::Swap | Kind::Lease | Kind::ManifestSync => {
+            Kind::Swap | Kind::Lease | Kind::ManifestSync | Kind::Node => {
                 return Err(serde::de::Error::custom(format!(
                     "kind {kind} is not a declared kind"
                 )));
@@ -390,7 +390,7 @@ fn decode_document(root: &Node) -> Result<AnyObject, DocError> {
         Kind::Session => AnyObject::Session(Box::new(typed(value)?)),
         Kind::Task => AnyObject::Task(typed(value)?),
         Kind::SessionPool => AnyObject::SessionPool(Box::new(typed(value)?)),
-        Kind::Swap | Kind::Lease | Kind::ManifestSync => {
+        Kind::Swap | Kind::Lease | Kind::ManifestSync | Kind::Node => {
             return Err((vec![k("kind")], format!("kind `{kind}` cannot be declared")));
         }
     };

@@ -530,6 +530,7 @@ pub fn normalize(kind: Kind, doc: &Value) -> Result<Value, String> {
         Kind::Lease => typed::<Lease>(doc, |_| Vec::new())?,
         Kind::ManifestSync => typed::<crate::api::ManifestSync>(doc, |_| Vec::new())?,
         Kind::SessionPool => typed::<crate::api::SessionPool>(doc, validate::session_pool)?,
+        Kind::Node => typed::<crate::api::Node>(doc, |_| Vec::new())?,
     };
     if let Some(o) = out.as_object_mut() {
         o.remove("status");

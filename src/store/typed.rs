@@ -19,6 +19,11 @@ impl Store {
             Kind::Swap => self.api::<Swap>(namespace).typed_listing(true)?.1,
             Kind::Lease => self.api::<Lease>(namespace).typed_listing(true)?.1,
             Kind::ManifestSync => self.api::<ManifestSync>(namespace).typed_listing(true)?.1,
+            Kind::Node => {
+                self.api::<crate::api::Node>(namespace)
+                    .typed_listing(true)?
+                    .1
+            }
             Kind::SessionPool => {
                 self.api::<crate::api::SessionPool>(namespace)
                     .typed_listing(true)?
