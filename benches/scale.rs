@@ -135,7 +135,16 @@ struct Round {
     rss_mib: f64,
 }
 
+/// The Sessions and their Account, logged in (a credentials file in its
+/// config dir: an Account without one is Unavailable and no agent starts).
 fn sessions_yaml(dir: &Path, n: usize) -> String {
+    let conf = dir.join("account-a");
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::write(
+        conf.join(".credentials.json"),
+        r#"{"claudeAiOauth": {"accessToken": "sk-ant-oat01-bench-scale-a", "scopes": ["user:inference"], "subscriptionType": "max"}}"#,
+    )
+    .unwrap();
     let mut all = format!(
         "apiVersion: claude-failover.io/v1alpha1\nkind: Account\nmetadata:\n  name: a\nspec:\n  configDir: {}\n",
         dir.join("account-a").display()

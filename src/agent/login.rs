@@ -241,13 +241,13 @@ pub fn unavailable(
 /// A credential the Sessions that name `account` bring in their agent's
 /// environment, else the daemon's own environment (which the pool's tmux
 /// server, and so every agent, inherits).
-pub fn agents_credential(
+pub fn agents_credential<'a>(
     account: &str,
-    sessions: &[crate::api::Session],
+    sessions: impl IntoIterator<Item = &'a crate::api::Session>,
     daemon_env: &[(String, String)],
 ) -> Option<&'static str> {
     sessions
-        .iter()
+        .into_iter()
         .filter(|s| s.spec.account.as_deref() == Some(account))
         .find_map(|s| {
             // A value from a file counts as set: the file is read at launch,

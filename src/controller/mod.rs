@@ -231,3 +231,12 @@ pub fn ns_of(m: &crate::api::ObjectMeta) -> String {
         .clone()
         .unwrap_or_else(|| crate::api::DEFAULT_NAMESPACE.into())
 }
+
+/// Takes every wake already queued behind the one just received: a pass
+/// looks at the caches whole, so one pass serves them all. Without this, a
+/// burst of k changes (a relist, 500 Sessions starting) ran k passes, each
+/// over every object.
+pub fn drain<S: futures::Stream<Item = ()> + Unpin>(wake: &mut S) {
+    use futures::{FutureExt, StreamExt};
+    while let Some(Some(())) = wake.next().now_or_never() {}
+}

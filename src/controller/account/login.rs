@@ -6,7 +6,7 @@
 
 use super::Context;
 use crate::agent::login;
-use crate::api::{Account, AccountPhase, Session};
+use crate::api::{Account, AccountPhase};
 use crate::quota::Verdict;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -30,15 +30,20 @@ pub async fn unavailable(ctx: &Context, a: &Account) -> Option<Verdict> {
         .collect();
     // The preferred account keeps a login; later ones hold copies.
     let dirs = login::config_dirs_by_preference(peers.iter().map(|p| p.as_ref()));
-    let sessions: Vec<Session> = ctx
-        .shared
-        .caches
-        .sessions
-        .all()
-        .iter()
-        .filter(|s| s.metadata.namespace.as_deref() == Some(ns.as_str()))
-        .map(|s| s.as_ref().clone())
-        .collect();
+    // Decided here from the cache's own copies (no file is read): a pass
+    // used to deep-copy every Session of the namespace for this, the
+    // largest cost of an idle daemon with 500 sessions.
+    let daemon_env: Vec<(String, String)> = std::env::vars().collect();
+    let sessions = ctx.shared.caches.sessions.all();
+    let credential = login::agents_credential(
+        &name,
+        sessions
+            .iter()
+            .map(Arc::as_ref)
+            .filter(|s| s.metadata.namespace.as_deref() == Some(ns.as_str())),
+        &daemon_env,
+    );
+    drop(sessions);
     let dir = crate::fsutil::expand_home(&a.spec.config_dir);
     let set_aside = a.status.as_ref().and_then(|st| {
         st.conditions
@@ -54,12 +59,7 @@ pub async fn unavailable(ctx: &Context, a: &Account) -> Option<Verdict> {
     let (reason, message) = ctx
         .shared
         .blocking(move |_| {
-            let daemon_env: Vec<(String, String)> = std::env::vars().collect();
-            let state = login::check(
-                &name,
-                &dir,
-                login::agents_credential(&name, &sessions, &daemon_env),
-            );
+            let state = login::check(&name, &dir, credential);
             let copy_of = login::copied_logins(&dirs)
                 .into_iter()
                 .find(|(c, _)| *c == name)

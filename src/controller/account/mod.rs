@@ -91,7 +91,7 @@ pub async fn run(ctx: Arc<Context>, wake: impl Stream<Item = ()> + Send + 'stati
         tokio::select! {
             _ = signals.quota_changed().notified() => {}
             _ = ctx.polled.notified() => {}
-            _ = wake.next() => {}
+            _ = wake.next() => super::drain(&mut wake),
             _ = tokio::time::sleep(next) => {}
         }
     }

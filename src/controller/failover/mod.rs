@@ -76,7 +76,7 @@ pub async fn run(ctx: Arc<Context>, wake: impl Stream<Item = ()> + Send + 'stati
             RETRY
         });
         tokio::select! {
-            _ = wake.next() => {}
+            _ = wake.next() => super::drain(&mut wake),
             _ = tokio::time::sleep(next) => {}
         }
     }
