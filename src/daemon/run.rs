@@ -104,6 +104,8 @@ pub async fn run(o: Options) -> Result<()> {
     let readiness = Arc::new(Readiness::new(o.syncer.is_some()));
     readiness.set_leader(true);
     let (caches, mut tasks) = Caches::start(&o.store, o.resync);
+    // etcd: whether the store answers, for /readyz (see store::health).
+    tasks.push(tokio::spawn(o.store.clone().probe_forever()));
     let bus = Bus::new();
     tasks.extend(feeds(&bus, &caches, &o.store, o.resync, &readiness));
     tasks.push(tokio::spawn(projections::gauges(

@@ -9,6 +9,7 @@
 //! same from a plain thread and from inside another runtime's worker (as a
 //! file read does).
 
+use super::health::{Health, Outage, PROBE_TIMEOUT};
 use super::local::StoreError;
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions,
@@ -117,6 +118,7 @@ pub(crate) struct Etcd {
     client: Client,
     url: EtcdUrl,
     rt: Rt,
+    health: Health,
 }
 
 impl std::fmt::Debug for Etcd {
@@ -175,6 +177,7 @@ impl Etcd {
             client,
             url: url.clone(),
             rt: Rt(Some(rt)),
+            health: Health::new(url.to_string()),
         })
     }
 
@@ -214,9 +217,26 @@ impl Etcd {
     /// Runs the request `make` makes on the connection's runtime and waits
     /// for it. A request that could not reach a member (one is down: the
     /// client spreads requests over them) is sent again, to another; so is
-    /// any failed read when `idempotent`.
+    /// one a member refused for want of a leader (an election: it was not
+    /// applied), for up to [`ELECTION_WAIT`]; so is any failed read when
+    /// `idempotent`. While the store is known not to answer, a request
+    /// fails at once (see [`super::health`]).
     fn call<T: Send + 'static, F>(
         &self,
+        idempotent: bool,
+        make: impl Fn() -> F + Send + 'static,
+    ) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    {
+        self.health.admit().map_err(|m| self.unavailable(m))?;
+        self.call_within(REQUEST_TIMEOUT, idempotent, make)
+    }
+
+    /// [`Etcd::call`] without the fail-fast, waiting up to `timeout`.
+    fn call_within<T: Send + 'static, F>(
+        &self,
+        timeout: Duration,
         idempotent: bool,
         make: impl Fn() -> F + Send + 'static,
     ) -> Result<T, StoreError>
@@ -226,10 +246,13 @@ impl Etcd {
         let tries = self.url.endpoints.len() * 2 + 1;
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.runtime().spawn(async move {
-            let r = tokio::time::timeout(REQUEST_TIMEOUT, async move {
-                let mut n = 1;
+            let r = tokio::time::timeout(timeout, async move {
+                let (mut n, started) = (1, tokio::time::Instant::now());
                 loop {
                     match make().await {
+                        Err(e) if no_leader(&e) && started.elapsed() < ELECTION_WAIT => {
+                            tokio::time::sleep(RESEND_AFTER).await;
+                        }
                         Err(e) if n < tries && retriable(&e, idempotent) => {
                             n += 1;
                             tokio::time::sleep(RESEND_AFTER).await;
@@ -241,13 +264,62 @@ impl Etcd {
             .await;
             let _ = tx.send(r);
         });
-        match rx.recv() {
-            Ok(Ok(r)) => r.map_err(|e| self.unavailable(e.to_string())),
-            Ok(Err(_)) => Err(self.unavailable(format!(
+        let r = match rx.recv() {
+            Ok(Ok(Ok(v))) => Ok(v),
+            Ok(Ok(Err(e))) if !unreachable(&e) => {
+                self.health.answered();
+                return Err(self.unavailable(e.to_string()));
+            }
+            Ok(Ok(Err(e))) => Err(e.to_string()),
+            Ok(Err(_)) => Err(format!(
                 "no answer within {}s (is a quorum of its members up?)",
-                REQUEST_TIMEOUT.as_secs()
-            ))),
-            Err(_) => Err(self.unavailable("its client stopped".into())),
+                timeout.as_secs_f32()
+            )),
+            Err(_) => Err("its client stopped".into()),
+        };
+        match r {
+            Ok(v) => {
+                self.health.answered();
+                Ok(v)
+            }
+            Err(m) => {
+                self.health.unanswered(&m);
+                Err(self.unavailable(m))
+            }
+        }
+    }
+
+    /// Asks the store whether it answers (a count-only read, never failed
+    /// fast, within [`PROBE_TIMEOUT`]): what the daemon's probe runs.
+    pub fn probe(&self) -> Result<(), StoreError> {
+        let c = self.client.clone();
+        let key = self.key(".revision");
+        self.call_within(PROBE_TIMEOUT, true, move || {
+            let (mut c, key) = (c.clone(), key.clone());
+            async move { c.get(key, Some(GetOptions::new().with_count_only())).await }
+        })
+        .map(|_| ())
+    }
+
+    /// The current outage, if the store does not answer.
+    pub fn outage(&self) -> Option<Outage> {
+        self.health.outage()
+    }
+
+    /// Notes what a request made outside [`Etcd::call`] (a watch) found:
+    /// true when it failed for want of an answer (then the outage is told
+    /// once, by the store's health, and the caller need not).
+    pub fn note(&self, answered: Result<(), &etcd_client::Error>) -> bool {
+        match answered {
+            Ok(()) => {
+                self.health.answered();
+                false
+            }
+            Err(e) if unreachable(e) => {
+                self.health.unanswered(&e.to_string());
+                true
+            }
+            Err(_) => false,
         }
     }
 
@@ -345,6 +417,36 @@ impl Etcd {
 /// sent again.
 pub(super) const RESEND_AFTER: Duration = Duration::from_millis(50);
 
+/// How long a request refused for want of a leader is sent again: an
+/// election after a member died takes a few election timeouts (1 s by
+/// default); longer, the cluster has lost its quorum.
+const ELECTION_WAIT: Duration = Duration::from_secs(3);
+
+/// gRPC's status code DEADLINE_EXCEEDED.
+const GRPC_DEADLINE_EXCEEDED: i32 = 4;
+
+/// A member refused the request before acting on it: it has no leader
+/// (the connection asks for one: `with_require_leader`).
+fn no_leader(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("no leader"))
+}
+
+/// Whether a failure means the store does not answer (no member reachable,
+/// no quorum), rather than an answer that refused the request.
+fn unreachable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => {
+            let code = s.code() as i32;
+            code == GRPC_UNAVAILABLE
+                || code == GRPC_DEADLINE_EXCEEDED
+                || s.message().contains("connect error")
+                || s.message().contains("timed out")
+        }
+        _ => false,
+    }
+}
+
 /// Whether a failed request may be sent again: one that never reached a
 /// member (a refused connection), or any read that failed for want of a
 /// member or a leader.
@@ -374,7 +476,10 @@ fn connect_options(o: &EtcdOptions) -> Result<ConnectOptions, String> {
     let mut c = ConnectOptions::new()
         .with_connect_timeout(dial)
         .with_timeout(REQUEST_TIMEOUT)
-        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+        // A member without a leader (the cluster lost its quorum) refuses
+        // at once, and ends its watches, instead of holding requests.
+        .with_require_leader(true);
     if let Some(ca) = &o.ca_file {
         let mut tls =
             TlsOptions::new().ca_certificate(Certificate::from_pem(read_file("caFile", ca)?));

@@ -142,7 +142,10 @@ async fn feed(
         let mut stream = match client.watch(prefix.clone(), Some(opts)).await {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(store = %etcd.url(), error = %e, "store watch: cannot start; retrying");
+                // A store without a quorum is told once, by its health.
+                if !etcd.note(Err(&e)) {
+                    tracing::warn!(store = %etcd.url(), error = %e, "store watch: cannot start; retrying");
+                }
                 tokio::time::sleep(RETRY).await;
                 continue;
             }
@@ -150,6 +153,7 @@ async fn feed(
         loop {
             match stream.message().await {
                 Ok(Some(resp)) => {
+                    etcd.note(Ok(()));
                     if resp.compact_revision() > 0 {
                         tracing::info!(store = %etcd.url(), compacted = resp.compact_revision(), "store watch: revision compacted away; listing again");
                         let _ = tx.send(Feed::Compacted);
@@ -178,7 +182,9 @@ async fn feed(
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    tracing::warn!(store = %etcd.url(), error = %e, "store watch broke; resuming");
+                    if !etcd.note(Err(&e)) {
+                        tracing::warn!(store = %etcd.url(), error = %e, "store watch broke; resuming");
+                    }
                     break;
                 }
             }
