@@ -218,8 +218,8 @@ impl Etcd {
     /// for it. A request that could not reach a member (one is down: the
     /// client spreads requests over them) is sent again, to another; so is
     /// one a member refused for want of a leader (an election: it was not
-    /// applied), for up to [`ELECTION_WAIT`]; so is any failed read when
-    /// `idempotent`. While the store is known not to answer, a request
+    /// applied), and any failed read when `idempotent`; for up to
+    /// [`ELECTION_WAIT`], and at least once to each member. While the store is known not to answer, a request
     /// fails at once (see [`super::health`]).
     fn call<T: Send + 'static, F>(
         &self,
@@ -230,13 +230,15 @@ impl Etcd {
         F: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
     {
         self.health.admit().map_err(|m| self.unavailable(m))?;
-        self.call_within(REQUEST_TIMEOUT, idempotent, make)
+        self.call_within(REQUEST_TIMEOUT, ELECTION_WAIT, idempotent, make)
     }
 
-    /// [`Etcd::call`] without the fail-fast, waiting up to `timeout`.
+    /// [`Etcd::call`] without the fail-fast, waiting up to `timeout`, and
+    /// up to `election` for a leader.
     fn call_within<T: Send + 'static, F>(
         &self,
         timeout: Duration,
+        election: Duration,
         idempotent: bool,
         make: impl Fn() -> F + Send + 'static,
     ) -> Result<T, StoreError>
@@ -250,7 +252,13 @@ impl Etcd {
                 let (mut n, started) = (1, tokio::time::Instant::now());
                 loop {
                     match make().await {
-                        Err(e) if no_leader(&e) && started.elapsed() < ELECTION_WAIT => {
+                        // A member without a leader, or one not (yet) up:
+                        // resent while an election may take.
+                        Err(e)
+                            if (no_leader(&e) || retriable(&e, idempotent))
+                                && started.elapsed() < election =>
+                        {
+                            n += 1;
                             tokio::time::sleep(RESEND_AFTER).await;
                         }
                         Err(e) if n < tries && retriable(&e, idempotent) => {
@@ -266,10 +274,8 @@ impl Etcd {
         });
         let r = match rx.recv() {
             Ok(Ok(Ok(v))) => Ok(v),
-            Ok(Ok(Err(e))) if !unreachable(&e) => {
-                self.health.answered();
-                return Err(self.unavailable(e.to_string()));
-            }
+            // Refused, or cut off: says nothing of a quorum either way.
+            Ok(Ok(Err(e))) if !unavailability(&e) => return Err(self.unavailable(e.to_string())),
             Ok(Ok(Err(e))) => Err(e.to_string()),
             Ok(Err(_)) => Err(format!(
                 "no answer within {}s (is a quorum of its members up?)",
@@ -294,7 +300,7 @@ impl Etcd {
     pub fn probe(&self) -> Result<(), StoreError> {
         let c = self.client.clone();
         let key = self.key(".revision");
-        self.call_within(PROBE_TIMEOUT, true, move || {
+        self.call_within(PROBE_TIMEOUT, PROBE_TIMEOUT / 2, true, move || {
             let (mut c, key) = (c.clone(), key.clone());
             async move { c.get(key, Some(GetOptions::new().with_count_only())).await }
         })
@@ -304,23 +310,6 @@ impl Etcd {
     /// The current outage, if the store does not answer.
     pub fn outage(&self) -> Option<Outage> {
         self.health.outage()
-    }
-
-    /// Notes what a request made outside [`Etcd::call`] (a watch) found:
-    /// true when it failed for want of an answer (then the outage is told
-    /// once, by the store's health, and the caller need not).
-    pub fn note(&self, answered: Result<(), &etcd_client::Error>) -> bool {
-        match answered {
-            Ok(()) => {
-                self.health.answered();
-                false
-            }
-            Err(e) if unreachable(e) => {
-                self.health.unanswered(&e.to_string());
-                true
-            }
-            Err(_) => false,
-        }
     }
 
     pub fn unavailable(&self, message: String) -> StoreError {
@@ -417,10 +406,25 @@ impl Etcd {
 /// sent again.
 pub(super) const RESEND_AFTER: Duration = Duration::from_millis(50);
 
+/// Whether a failure is the store's unavailability (a member without a
+/// leader, none reachable, a connection cut): told once by the store's
+/// health rather than by each caller.
+pub(super) fn unavailability(e: &etcd_client::Error) -> bool {
+    unreachable(e)
+        || no_leader(e)
+        || matches!(e, etcd_client::Error::GRpcStatus(s) if broken_connection(s.message()))
+}
+
 /// How long a request refused for want of a leader is sent again: an
 /// election after a member died takes a few election timeouts (1 s by
 /// default); longer, the cluster has lost its quorum.
 const ELECTION_WAIT: Duration = Duration::from_secs(3);
+
+/// The connection to a member broke under the request (it died): tonic
+/// says so with an unknown status.
+fn broken_connection(message: &str) -> bool {
+    message.contains("transport error") || message.contains("h2 protocol error")
+}
 
 /// gRPC's status code DEADLINE_EXCEEDED.
 const GRPC_DEADLINE_EXCEEDED: i32 = 4;
@@ -455,7 +459,8 @@ fn retriable(e: &etcd_client::Error, idempotent: bool) -> bool {
         etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => idempotent,
         etcd_client::Error::GRpcStatus(s) => {
             s.message().contains("connect error")
-                || (idempotent && s.code() as i32 == GRPC_UNAVAILABLE)
+                || (idempotent
+                    && (s.code() as i32 == GRPC_UNAVAILABLE || broken_connection(s.message())))
         }
         _ => false,
     }

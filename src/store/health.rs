@@ -61,7 +61,8 @@ impl Health {
 
     /// Whether a request may be sent: Err(the outage's message) while
     /// requests fail at once. A request let through pushes the next one
-    /// [`UNAVAILABLE_BACKOFF`] further (one try at a time).
+    /// [`UNAVAILABLE_BACKOFF`] further (one try at a time), and so does
+    /// its failure.
     pub fn admit(&self) -> Result<(), String> {
         let mut g = self.down.lock().expect("health lock");
         match g.as_mut() {
@@ -95,7 +96,10 @@ impl Health {
     pub fn unanswered(&self, message: &str) {
         let mut g = self.down.lock().expect("health lock");
         match g.as_mut() {
-            Some(d) => d.message = message.to_string(),
+            Some(d) => {
+                d.message = message.to_string();
+                d.retry_at = Instant::now() + UNAVAILABLE_BACKOFF;
+            }
             None => {
                 tracing::warn!(
                     store = %self.location,
@@ -113,11 +117,15 @@ impl Health {
 
     /// The current outage, if any.
     pub fn outage(&self) -> Option<Outage> {
-        self.down.lock().expect("health lock").as_ref().map(|d| Outage {
-            location: self.location.clone(),
-            message: d.message.clone(),
-            for_: d.since.elapsed(),
-        })
+        self.down
+            .lock()
+            .expect("health lock")
+            .as_ref()
+            .map(|d| Outage {
+                location: self.location.clone(),
+                message: d.message.clone(),
+                for_: d.since.elapsed(),
+            })
     }
 }
 

@@ -143,7 +143,9 @@ async fn feed(
             Ok(s) => s,
             Err(e) => {
                 // A store without a quorum is told once, by its health.
-                if !etcd.note(Err(&e)) {
+                if super::etcd::unavailability(&e) {
+                    tracing::debug!(store = %etcd.url(), error = %e, "store watch: cannot start; retrying");
+                } else {
                     tracing::warn!(store = %etcd.url(), error = %e, "store watch: cannot start; retrying");
                 }
                 tokio::time::sleep(RETRY).await;
@@ -153,7 +155,6 @@ async fn feed(
         loop {
             match stream.message().await {
                 Ok(Some(resp)) => {
-                    etcd.note(Ok(()));
                     if resp.compact_revision() > 0 {
                         tracing::info!(store = %etcd.url(), compacted = resp.compact_revision(), "store watch: revision compacted away; listing again");
                         let _ = tx.send(Feed::Compacted);
@@ -182,7 +183,9 @@ async fn feed(
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    if !etcd.note(Err(&e)) {
+                    if super::etcd::unavailability(&e) {
+                        tracing::debug!(store = %etcd.url(), error = %e, "store watch broke; resuming");
+                    } else {
                         tracing::warn!(store = %etcd.url(), error = %e, "store watch broke; resuming");
                     }
                     break;
