@@ -334,27 +334,50 @@ impl Etcd {
         }))
     }
 
-    /// Every key under `rel_dir/`, in key order, and the revision read at.
+    /// Every key under `rel_dir/`, in key order, and the revision read at:
+    /// in pages of [`RANGE_PAGE`] keys (an answer is at most 4 MiB), all
+    /// read at the first page's revision (one consistent listing).
     pub fn range(&self, rel_dir: &str) -> Result<(Vec<Kv>, i64), StoreError> {
-        let c = self.client.clone();
-        let key = self.key(&format!("{rel_dir}/"));
-        let r = self.call(true, move || {
-            let (mut c, key) = (c.clone(), key.clone());
-            async move { c.get(key, Some(GetOptions::new().with_prefix())).await }
-        })?;
-        let rev = r.header().map_or(0, |h| h.revision());
-        let kvs = r
-            .kvs()
-            .iter()
-            .filter_map(|kv| {
-                Some(Kv {
-                    rel: self.rel(kv.key())?.to_string(),
-                    value: kv.value().to_vec(),
-                    mod_revision: kv.mod_revision(),
-                })
-            })
-            .collect();
-        Ok((kvs, rev))
+        let prefix = self.key(&format!("{rel_dir}/"));
+        // The end of the prefix's range: its last byte (`/`) plus one.
+        let mut end = prefix.clone().into_bytes();
+        *end.last_mut().expect("a prefix ends with /") += 1;
+        let mut kvs = Vec::new();
+        let mut from = prefix.clone().into_bytes();
+        let mut rev = 0;
+        loop {
+            let c = self.client.clone();
+            let (start, end2) = (from.clone(), end.clone());
+            let r = self.call(true, move || {
+                let (mut c, start, end) = (c.clone(), start.clone(), end2.clone());
+                let mut opts = GetOptions::new()
+                    .with_range(end)
+                    .with_limit(RANGE_PAGE as i64);
+                if rev > 0 {
+                    opts = opts.with_revision(rev);
+                }
+                async move { c.get(start, Some(opts)).await }
+            })?;
+            if rev == 0 {
+                rev = r.header().map_or(0, |h| h.revision());
+            }
+            for kv in r.kvs() {
+                if let Some(rel) = self.rel(kv.key()) {
+                    kvs.push(Kv {
+                        rel: rel.to_string(),
+                        value: kv.value().to_vec(),
+                        mod_revision: kv.mod_revision(),
+                    });
+                }
+            }
+            match r.kvs().last() {
+                Some(last) if r.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => return Ok((kvs, rev)),
+            }
+        }
     }
 
     /// The store's current revision.
@@ -386,12 +409,15 @@ impl Etcd {
         for (rel, v) in w.puts {
             ops.push(TxnOp::put(self.key(&rel), v, None));
         }
+        let (n_compares, n_ops) = (compares.len(), ops.len());
         let txn = EtcdTxn::new().when(compares).and_then(ops);
         let c = self.client.clone();
-        let r = self.call(false, move || {
-            let (mut c, txn) = (c.clone(), txn.clone());
-            async move { c.txn(txn).await }
-        })?;
+        let r = self
+            .call(false, move || {
+                let (mut c, txn) = (c.clone(), txn.clone());
+                async move { c.txn(txn).await }
+            })
+            .map_err(|e| too_large(e, n_compares.max(n_ops)))?;
         Ok(r.succeeded()
             .then(|| r.header().map_or(0, |h| h.revision())))
     }
@@ -414,6 +440,38 @@ pub(super) fn unavailability(e: &etcd_client::Error) -> bool {
         || no_leader(e)
         || matches!(e, etcd_client::Error::GRpcStatus(s) if broken_connection(s.message()))
 }
+
+/// What a transaction beyond the cluster's limits is told (an `apply` of
+/// many manifests is one transaction): which limit, and the way out.
+fn too_large(e: StoreError, ops: usize) -> StoreError {
+    match e {
+        StoreError::Unavailable { location, message }
+            if message.contains("too many operations in txn request") =>
+        {
+            StoreError::Unavailable {
+                location,
+                message: format!(
+                    "etcd refused a transaction of {ops} operations (more than its members' --max-txn-ops, 128 by default; an apply takes one per object and per status): start its members with a larger --max-txn-ops (docs/store-backends.md), or apply fewer manifests at once"
+                ),
+            }
+        }
+        StoreError::Unavailable { location, message }
+            if message.contains("request is too large") =>
+        {
+            StoreError::Unavailable {
+                location,
+                message: format!(
+                    "etcd refused a transaction of {ops} operations as too large (more than its members' --max-request-bytes, 1.5 MiB by default): start its members with a larger --max-request-bytes (docs/store-backends.md), or apply fewer manifests at once"
+                ),
+            }
+        }
+        e => e,
+    }
+}
+
+/// How many keys one read of a listing asks for: 1,000 objects' documents
+/// stay well under the 4 MiB an answer may be.
+const RANGE_PAGE: usize = 1000;
 
 /// How long a request refused for want of a leader is sent again: an
 /// election after a member died takes a few election timeouts (1 s by
