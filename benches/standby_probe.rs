@@ -94,6 +94,7 @@ impl Probe {
             &config,
             workdir,
             &s,
+            &[],
             &self.path("projects"),
         )
         .unwrap();

@@ -123,6 +123,23 @@ pub fn is_change(res: &notify::Result<notify::Event>) -> bool {
     !matches!(res, Ok(ev) if matches!(ev.kind, notify::EventKind::Access(_)))
 }
 
+/// Makes sure a directory that just appeared under a recursive watch is
+/// watched before its caller reads it. notify delivers a new directory's
+/// creation first and adds its own watch on it only after: a file renamed
+/// into the directory in between is neither notified nor, when the caller
+/// read the directory before, listed (a task created in a new namespace went
+/// unseen until the next resync). Watching it here first (inotify adds the
+/// same watch again) closes that gap: what lands in it from now on is
+/// notified, what landed before is in the caller's read. Blocking (it waits
+/// for the watcher's thread): call it off the async workers.
+pub fn watch_new_dir(watcher: &mut impl notify::Watcher, dir: &Path) {
+    if let Err(e) = watcher.watch(dir, notify::RecursiveMode::Recursive) {
+        // Gone again, or out of watches: the caller's read and the
+        // periodic resync still cover it.
+        tracing::debug!(dir = %dir.display(), error = %e, "could not watch a new directory");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

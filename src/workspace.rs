@@ -44,14 +44,19 @@ pub fn repo_of(w: &WorkspaceSpec) -> PathBuf {
     crate::fsutil::expand_home(&w.git.repo)
 }
 
-fn git(dir: &Path, args: &[&str]) -> Result<String, Error> {
-    let out = Command::new("git")
-        .arg("-C")
+/// `git -C DIR ARGS...`, deaf to a caller's own repository variables.
+fn command(dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new("git");
+    c.arg("-C")
         .arg(dir)
         .args(args)
         .env_remove("GIT_DIR")
-        .env_remove("GIT_WORK_TREE")
-        .output()?;
+        .env_remove("GIT_WORK_TREE");
+    c
+}
+
+fn git(dir: &Path, args: &[&str]) -> Result<String, Error> {
+    let out = command(dir, args).output()?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     } else {
@@ -63,12 +68,7 @@ fn git(dir: &Path, args: &[&str]) -> Result<String, Error> {
 }
 
 fn ok(dir: &Path, args: &[&str]) -> Result<bool, Error> {
-    let st = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env_remove("GIT_DIR")
-        .env_remove("GIT_WORK_TREE")
+    let st = command(dir, args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()?;
@@ -173,24 +173,35 @@ pub enum Released {
     Absent,
 }
 
+/// The uncommitted changes of the worktree `dir`, told in a few words
+/// (`2 uncommitted change(s) (a.txt, b.txt)`), or None when it is clean.
+fn uncommitted(dir: &Path) -> Result<Option<String>, Error> {
+    let changes = git(dir, &["status", "--porcelain"])?;
+    if changes.is_empty() {
+        return Ok(None);
+    }
+    let n = changes.lines().count();
+    let some: Vec<&str> = changes
+        .lines()
+        .take(3)
+        .map(|l| l.get(3..).unwrap_or(l))
+        .collect();
+    let more = if n > some.len() { ", ..." } else { "" };
+    Ok(Some(format!(
+        "{n} uncommitted change(s) ({}{more})",
+        some.join(", ")
+    )))
+}
+
 /// Removes the worktree `dir` of `repo` if nothing would be lost.
 pub fn release(repo: &Path, base: &str, dir: &Path, branch: &str) -> Result<Released, Error> {
     if !dir.join(".git").exists() {
         return Ok(Released::Absent);
     }
-    let changes = git(dir, &["status", "--porcelain"])?;
-    if !changes.is_empty() {
-        let n = changes.lines().count();
-        let some: Vec<&str> = changes
-            .lines()
-            .take(3)
-            .map(|l| l.get(3..).unwrap_or(l))
-            .collect();
-        let more = if n > some.len() { ", ..." } else { "" };
+    if let Some(changes) = uncommitted(dir)? {
         return Ok(Released::Kept(format!(
-            "worktree {} kept: {n} uncommitted change(s) ({}{more})",
-            dir.display(),
-            some.join(", ")
+            "worktree {} kept: {changes}",
+            dir.display()
         )));
     }
     let merged = ok(repo, &["merge-base", "--is-ancestor", branch, base])?;

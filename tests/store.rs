@@ -202,6 +202,42 @@ async fn the_watch_drives_a_kube_runtime_reflector_and_applier(store: Store) {
     handle.abort();
 }
 
+/// Objects created in namespaces that did not exist yet, by two writers as
+/// fast as they go: each reaches the watch by its notification alone (no
+/// resync), including a file that lands in a new namespace directory
+/// before that directory is watched.
+async fn every_object_in_a_new_namespace_is_seen(store: Store) {
+    const PER_WRITER: usize = 100;
+    let (reader, writer) = reflector::store::<Session>();
+    let cfg = WatchConfig {
+        namespace: None,
+        resync: Duration::from_secs(3600),
+    };
+    let stream = reflector::reflector(writer, watch::<Session>(store.clone(), cfg));
+    let handle = tokio::spawn(stream.for_each(|_| futures::future::ready(())));
+    reader.wait_until_ready().await.unwrap();
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || {
+                for i in 0..PER_WRITER {
+                    let mut s = session(&format!("s{i}"), "/w");
+                    s["metadata"]["namespace"] = json!(format!("ns-{w}-{i}"));
+                    store.apply(&s, false).unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    until("every object in its new namespace seen", || {
+        reader.state().len() == 2 * PER_WRITER
+    })
+    .await;
+    handle.abort();
+}
+
 async fn until(what: &str, f: impl Fn() -> bool) {
     tokio::time::timeout(Duration::from_secs(20), async {
         while !f() {
@@ -427,6 +463,12 @@ mod local {
     fn concurrent_writers_lose_no_update() {
         super::concurrent_writers_lose_no_update(Env::new());
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_object_in_a_new_namespace_is_seen() {
+        let d = tempfile::tempdir().unwrap();
+        super::every_object_in_a_new_namespace_is_seen(Store::open(d.path()).unwrap()).await;
+    }
 }
 
 /// The same cases on a real 3-member etcd cluster: one cluster for all, each
@@ -464,6 +506,17 @@ mod etcd {
             .unwrap();
         let s = store(&c, "watch");
         super::the_watch_drives_a_kube_runtime_reflector_and_applier(s).await;
+        tokio::task::spawn_blocking(move || drop(c)).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(not(etcd), ignore = "etcd is not installed")]
+    async fn every_object_in_a_new_namespace_is_seen() {
+        let c = tokio::task::spawn_blocking(|| Cluster::start(3))
+            .await
+            .unwrap();
+        let s = store(&c, "namespaces");
+        super::every_object_in_a_new_namespace_is_seen(s).await;
         tokio::task::spawn_blocking(move || drop(c)).await.unwrap();
     }
 

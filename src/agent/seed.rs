@@ -66,12 +66,13 @@ pub fn session_api_key(session: &crate::api::Session) -> Option<String> {
 pub fn preflight(
     config_dir: &Path,
     session: &crate::api::Session,
+    neighbours: &[PathBuf],
     shared_projects: &Path,
     account: &str,
 ) -> Result<(), String> {
     let workdir = std::fs::canonicalize(crate::fsutil::expand_home(&session.spec.workdir))
         .map_err(|e| format!("workdir {}: {e}", session.spec.workdir))?;
-    seed_for_session(config_dir, &workdir, session, shared_projects)
+    seed_for_session(config_dir, &workdir, session, neighbours, shared_projects)
         .map_err(|e| format!("cannot prepare {}: {e}", config_dir.display()))?;
     let has_credentials = crate::quota::poll::access_token(config_dir).is_some()
         || session_api_key(session).is_some()
@@ -101,11 +102,13 @@ pub fn preflight(
 
 /// Seeds `config_dir` for `session` running in `workdir` (see
 /// [`seed_account`]); the one preparation a launch and a failover's
-/// preflight share.
+/// preflight share. `neighbours`: where the other Sessions of its
+/// namespace run (their agents' folders), trusted in the same write.
 pub fn seed_for_session(
     config_dir: &Path,
     workdir: &Path,
     session: &crate::api::Session,
+    neighbours: &[PathBuf],
     shared_projects: &Path,
 ) -> Result<(), SeedError> {
     // Every value file of the agent's environment reads, or the launch
@@ -119,8 +122,15 @@ pub fn seed_for_session(
     // the pool starts there (a failover moves them together) could be lost
     // and the agent stop at the trust dialog. So every worktree of the
     // folder is trusted at each seeding: whichever agent starts first
-    // carries its siblings' entries.
-    let mut siblings = Vec::new();
+    // carries its siblings' entries. The same holds for Sessions of other
+    // workdirs that may run under the account (a failover moves all of an
+    // account's sessions at once): the other Sessions' folders of the
+    // namespace are trusted too (those that exist on this machine).
+    let mut siblings: Vec<PathBuf> = neighbours
+        .iter()
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .filter(|p| p != workdir)
+        .collect();
     if session.spec.workspace.is_some()
         && let Ok(entries) = std::fs::read_dir(crate::fsutil::expand_home(&session.spec.workdir))
     {
@@ -133,6 +143,8 @@ pub fn seed_for_session(
                 .filter(|p| p != workdir),
         );
     }
+    siblings.sort();
+    siblings.dedup();
     seed_account(
         config_dir,
         &Seed {
@@ -448,6 +460,47 @@ mod tests {
                 assert_eq!(v["projects"][w]["hasTrustDialogAccepted"], true, "{w}: {v}");
             }
         }
+    }
+
+    /// A failover moves an account's sessions together: the first agent to
+    /// start under the target account carries every neighbour's trust entry
+    /// (its later rewrite of `.claude.json` from the copy it read cannot drop
+    /// one seeded meanwhile). Folders that do not exist here are left out.
+    #[test]
+    fn an_accounts_seeding_trusts_the_other_sessions_folders_too() {
+        let d = tempfile::tempdir().unwrap();
+        let (cfg, shared) = (d.path().join("acct"), d.path().join("shared"));
+        let dirs: Vec<PathBuf> = ["api", "web", "docs"]
+            .iter()
+            .map(|n| d.path().join(n))
+            .collect();
+        for w in &dirs {
+            std::fs::create_dir_all(w).unwrap();
+        }
+        let s: crate::api::Session = serde_json::from_value(json!({
+            "apiVersion": "claude-failover.io/v1alpha1",
+            "kind": "Session",
+            "metadata": {"name": "api", "namespace": "default"},
+            "spec": {"workdir": dirs[0], "agent": {"command": "claude"}},
+        }))
+        .unwrap();
+        let mut neighbours = dirs[1..].to_vec();
+        neighbours.push(d.path().join("not-on-this-machine"));
+        neighbours.push(dirs[0].clone());
+        let own = std::fs::canonicalize(&dirs[0]).unwrap();
+        seed_for_session(&cfg, &own, &s, &neighbours, &shared).unwrap();
+        let v: Value =
+            serde_json::from_slice(&std::fs::read(cfg.join(".claude.json")).unwrap()).unwrap();
+        let projects = v["projects"].as_object().unwrap();
+        for w in &dirs {
+            let w = std::fs::canonicalize(w).unwrap();
+            assert_eq!(
+                projects[&*w.to_string_lossy()]["hasTrustDialogAccepted"],
+                true,
+                "{v}"
+            );
+        }
+        assert_eq!(projects.len(), 3, "{v}");
     }
 
     #[test]

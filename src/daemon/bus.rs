@@ -175,13 +175,13 @@ impl Bus {
                 w.watch(&dir, notify::RecursiveMode::Recursive).map(|_| w)
             })
         };
-        let _watcher = match watcher {
+        let watcher = std::sync::Arc::new(std::sync::Mutex::new(match watcher {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the events; streaming them every resync period only");
                 None
             }
-        };
+        }));
         let mut known: HashMap<ObjectKey, Vec<StoredEvent>> = {
             let store = store.clone();
             tokio::task::spawn_blocking(move || {
@@ -201,6 +201,7 @@ impl Bus {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let mut keys = Vec::new();
+            let mut new_dirs = Vec::new();
             let mut rescan = false;
             tokio::select! {
                 _ = tick.tick() => rescan = true,
@@ -215,7 +216,10 @@ impl Bus {
                             Some(p) => match key_of_event_file(&dir, &p) {
                                 Some(k) => keys.push(k),
                                 // A directory appeared: its files may predate the watch.
-                                None if p.is_dir() => rescan = true,
+                                None if p.is_dir() => {
+                                    rescan = true;
+                                    new_dirs.push(p);
+                                }
                                 // Temp files of atomic writes.
                                 None => {}
                             },
@@ -224,8 +228,13 @@ impl Bus {
                 }
             }
             let read = {
-                let store = store.clone();
+                let (store, watcher) = (store.clone(), watcher.clone());
                 tokio::task::spawn_blocking(move || {
+                    if let Some(w) = watcher.lock().expect("watcher lock").as_mut() {
+                        for d in &new_dirs {
+                            crate::fsutil::watch_new_dir(w, d);
+                        }
+                    }
                     if rescan {
                         keys = store.event_keys().unwrap_or_default();
                     }

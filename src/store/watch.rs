@@ -20,9 +20,10 @@ use super::Store;
 use crate::api::{Object, ObjectKey};
 use futures::Stream;
 use kube::runtime::watcher::{Error as WatchError, Event};
-use notify::{EventKind, RecursiveMode, Watcher};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -149,14 +150,23 @@ impl<K: Object> State<K> {
         }
     }
 
-    /// Re-reads every file of one namespace directory (a new directory may
-    /// have received files before inotify watched it).
-    async fn refresh_dir(&mut self, dir: &Path, tx: &Tx<K>) -> bool {
+    /// Re-reads every file of a namespace directory that just appeared (it
+    /// may have received files before inotify watched it), once it is
+    /// surely watched ([`crate::fsutil::watch_new_dir`]).
+    async fn refresh_dir(
+        &mut self,
+        dir: &Path,
+        watcher: &Arc<Mutex<Option<RecommendedWatcher>>>,
+        tx: &Tx<K>,
+    ) -> bool {
         let Some(ns) = dir.file_name().and_then(|n| n.to_str()) else {
             return true;
         };
-        let d = dir.to_path_buf();
+        let (d, watcher) = (dir.to_path_buf(), watcher.clone());
         let names: Vec<String> = tokio::task::spawn_blocking(move || {
+            if let Some(w) = watcher.lock().expect("watcher lock").as_mut() {
+                crate::fsutil::watch_new_dir(w, &d);
+            }
             let Ok(rd) = std::fs::read_dir(&d) else {
                 return Vec::new();
             };
@@ -224,13 +234,13 @@ async fn run<K: Object>(store: Store, cfg: WatchConfig, tx: Tx<K>) {
         let _ = ntx.send(res);
     })
     .and_then(|mut w| w.watch(&kind_dir, RecursiveMode::Recursive).map(|_| w));
-    let _watcher = match watcher {
+    let watcher = Arc::new(Mutex::new(match watcher {
         Ok(w) => Some(w),
         Err(e) => {
             tracing::warn!(dir = %kind_dir.display(), error = %e, "file notifications unavailable; relying on periodic resync");
             None
         }
-    };
+    }));
     let resync = cfg.resync;
     let mut state = State::<K> {
         store,
@@ -282,7 +292,7 @@ async fn run<K: Object>(store: Store, cfg: WatchConfig, tx: Tx<K>) {
         for c in changes {
             let ok = match c {
                 Change::Object(key) => !seen.insert(key.clone()) || state.refresh(key, &tx).await,
-                Change::Dir(d) => state.refresh_dir(&d, &tx).await,
+                Change::Dir(d) => state.refresh_dir(&d, &watcher, &tx).await,
                 Change::Rescan => true,
             };
             if !ok {

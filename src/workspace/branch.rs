@@ -30,19 +30,8 @@ pub fn fresh_branch(dir: &Path, base: &str, branch: &str) -> Result<Branched, Er
     if git(dir, &["branch", "--show-current"])? == branch {
         return Ok(Branched::AlreadyOn);
     }
-    let changes = git(dir, &["status", "--porcelain"])?;
-    if !changes.is_empty() {
-        let n = changes.lines().count();
-        let some: Vec<&str> = changes
-            .lines()
-            .take(3)
-            .map(|l| l.get(3..).unwrap_or(l))
-            .collect();
-        let more = if n > some.len() { ", ..." } else { "" };
-        return Ok(Branched::NotClean(format!(
-            "{n} uncommitted change(s) ({}{more})",
-            some.join(", ")
-        )));
+    if let Some(changes) = super::uncommitted(dir)? {
+        return Ok(Branched::NotClean(changes));
     }
     let exists = ok(
         dir,

@@ -364,9 +364,10 @@ async fn preflight(
     };
     let dir = expand_home(&acct.spec.config_dir);
     let shared = ctx.shared.settings.shared_projects.clone();
+    let neighbours = neighbours(&ctx.shared, s);
     let s = s.clone();
     ctx.shared
-        .blocking(move |_| seed::preflight(&dir, &s, &shared, &target))
+        .blocking(move |_| seed::preflight(&dir, &s, &neighbours, &shared, &target))
         .await
 }
 
@@ -607,7 +608,8 @@ async fn launch(
             sh.settings.shared_projects.clone(),
         );
         let id = st.agent_session_id.clone();
-        sh.blocking(move |_| prepare(&s, dir.as_deref(), &shared, id.as_deref()))
+        let neighbours = neighbours(sh, &s);
+        sh.blocking(move |_| prepare(&s, dir.as_deref(), &neighbours, &shared, id.as_deref()))
             .await?
     };
     // A conversation to continue, or a new one under a fresh id (nothing
@@ -677,6 +679,19 @@ async fn launch(
     Ok(resume)
 }
 
+/// Where the other Sessions of `s`'s namespace run: an account seeded for
+/// `s` trusts them in the same write (see [`seed::seed_for_session`]).
+pub(super) fn neighbours(sh: &crate::controller::Shared, s: &Session) -> Vec<std::path::PathBuf> {
+    let ns = s.metadata.namespace.as_deref();
+    sh.caches
+        .sessions
+        .all()
+        .iter()
+        .filter(|o| o.metadata.namespace.as_deref() == ns && o.metadata.name != s.metadata.name)
+        .map(|o| crate::workspace::agent_dir(o))
+        .collect()
+}
+
 struct Prepared {
     workdir: std::path::PathBuf,
     resumable: bool,
@@ -687,12 +702,13 @@ struct Prepared {
 fn prepare(
     s: &Session,
     config_dir: Option<&std::path::Path>,
+    neighbours: &[std::path::PathBuf],
     shared: &std::path::Path,
     id: Option<&str>,
 ) -> Result<Prepared, String> {
     let workdir = super::workspace::prepare_dir(s)?;
     match config_dir {
-        Some(dir) => seed::seed_for_session(dir, &workdir, s, shared)
+        Some(dir) => seed::seed_for_session(dir, &workdir, s, neighbours, shared)
             .map_err(|e| format!("cannot prepare the account's config dir: {e}"))?,
         // No account to seed: the agent's environment files are checked here.
         None => {

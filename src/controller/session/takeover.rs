@@ -172,15 +172,18 @@ async fn start(
         .ok_or_else(|| format!("account {account} is gone"))?;
     let workdir = crate::workspace::agent_dir(s);
     {
-        let (dir, w, s, shared) = (
+        let (dir, w, shared) = (
             config_dir.clone(),
             workdir.clone(),
-            s.clone(),
             sh.settings.shared_projects.clone(),
         );
-        sh.blocking(move |_| crate::agent::seed::seed_for_session(&dir, &w, &s, &shared))
-            .await
-            .map_err(|e| format!("cannot prepare the account's config dir: {e}"))?;
+        let neighbours = super::execute::neighbours(sh, s);
+        let s = s.clone();
+        sh.blocking(move |_| {
+            crate::agent::seed::seed_for_session(&dir, &w, &s, &neighbours, &shared)
+        })
+        .await
+        .map_err(|e| format!("cannot prepare the account's config dir: {e}"))?;
     }
     let id = uuid::Uuid::new_v4().to_string();
     let secret = crate::secret::random_hex(24);
