@@ -269,9 +269,8 @@ impl Syncer {
         if self.store.record(INVENTORY, &self.inventory_id)?.as_ref() == Some(&v) {
             return Ok(());
         }
-        let mut batch = self.store.batch(false)?;
-        batch.write_record(INVENTORY, &self.inventory_id, &v)?;
-        batch.commit()
+        self.store
+            .with_batch(|batch| batch.write_record(INVENTORY, &self.inventory_id, &v))
     }
 
     /// Applies one file's objects in one batch (with the inventory, when
@@ -290,61 +289,69 @@ impl Syncer {
             ));
             Err(())
         };
-        let mut batch = match self.store.batch(false) {
+        // Built again on fresh reads if it lost a race on etcd.
+        let mut failed_key = None;
+        let built = self.store.with_batch(|batch| {
+            failed_key = None;
+            let mut entries = BTreeMap::new();
+            let mut outcomes = Vec::new();
+            for d in objects {
+                let mut obj = d.object.clone();
+                let meta = obj.meta_mut();
+                meta.resource_version = None; // the directory is authoritative
+                meta.annotations
+                    .get_or_insert_with(Default::default)
+                    .insert(MANAGED_BY.into(), MANAGED_BY_SYNC.into());
+                let key = obj.key();
+                // The fields the file declares, owned by the sync; the
+                // directory is authoritative, so fields another writer
+                // changed are taken back (drift correction), and the rest (a
+                // cancel, a label added by hand, the daemon's finalizers) is
+                // kept.
+                let mut declared = d.declared.clone();
+                declared["metadata"]["annotations"][MANAGED_BY] = MANAGED_BY_SYNC.into();
+                let req = ApplyRequest {
+                    object: obj.to_value(),
+                    declared: Some(declared),
+                    manager: FIELD_MANAGER.into(),
+                    force: true,
+                };
+                match batch.apply_request(&req) {
+                    Ok(r) => outcomes.push((key.clone(), r.outcome, &d.source, r.taken_over)),
+                    Err(e) => {
+                        failed_key = Some(key);
+                        return Err(e);
+                    }
+                }
+                entries.insert(
+                    key.to_string(),
+                    InventoryEntry {
+                        key,
+                        file: file.to_string(),
+                    },
+                );
+            }
+            let grows = entries
+                .iter()
+                .any(|(name, e)| inv.objects.get(name).is_none_or(|old| old.file != e.file));
+            if grows {
+                let mut next = inv.objects.clone();
+                next.extend(entries.clone());
+                let v = Self::inventory_value(&Inventory {
+                    dir: inv.dir.clone(),
+                    objects: next,
+                });
+                batch.write_record(INVENTORY, &self.inventory_id, &v)?;
+            }
+            Ok((entries, outcomes))
+        });
+        let (entries, outcomes) = match built {
             Ok(b) => b,
-            Err(e) => return fail(report, objects[0].object.key(), e),
+            Err(e) => {
+                let key = failed_key.unwrap_or_else(|| objects[0].object.key());
+                return fail(report, key, e);
+            }
         };
-        let mut entries = BTreeMap::new();
-        let mut outcomes = Vec::new();
-        for d in objects {
-            let mut obj = d.object.clone();
-            let meta = obj.meta_mut();
-            meta.resource_version = None; // the directory is authoritative
-            meta.annotations
-                .get_or_insert_with(Default::default)
-                .insert(MANAGED_BY.into(), MANAGED_BY_SYNC.into());
-            let key = obj.key();
-            // The fields the file declares, owned by the sync; the
-            // directory is authoritative, so fields another writer changed
-            // are taken back (drift correction), and the rest (a cancel, a
-            // label added by hand, the daemon's finalizers) is kept.
-            let mut declared = d.declared.clone();
-            declared["metadata"]["annotations"][MANAGED_BY] = MANAGED_BY_SYNC.into();
-            let req = ApplyRequest {
-                object: obj.to_value(),
-                declared: Some(declared),
-                manager: FIELD_MANAGER.into(),
-                force: true,
-            };
-            match batch.apply_request(&req) {
-                Ok(r) => outcomes.push((key.clone(), r.outcome, &d.source, r.taken_over)),
-                Err(e) => return fail(report, key, e),
-            }
-            entries.insert(
-                key.to_string(),
-                InventoryEntry {
-                    key,
-                    file: file.to_string(),
-                },
-            );
-        }
-        let grows = entries
-            .iter()
-            .any(|(name, e)| inv.objects.get(name).is_none_or(|old| old.file != e.file));
-        if grows {
-            let mut next = inv.objects.clone();
-            next.extend(entries.clone());
-            let v = Self::inventory_value(&Inventory {
-                dir: inv.dir.clone(),
-                objects: next,
-            });
-            if let Err(e) = batch.write_record(INVENTORY, &self.inventory_id, &v) {
-                return fail(report, objects[0].object.key(), e);
-            }
-        }
-        if let Err(e) = batch.commit() {
-            return fail(report, objects[0].object.key(), e);
-        }
         inv.objects.extend(entries.clone());
         for (key, outcome, source, taken_over) in outcomes {
             if outcome != Outcome::Unchanged {

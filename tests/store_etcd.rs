@@ -144,7 +144,8 @@ async fn a_watch_resumes_from_a_revision_and_relists_after_a_compaction() {
 
 /// Writers without preconditions (controllers writing their own status
 /// fields, people labelling) race on one object: each transaction that
-/// loses is run again on fresh reads, none fails and none is lost.
+/// loses is run again on fresh reads, none fails and none is lost; so is a
+/// caller-driven batch.
 #[test]
 #[cfg_attr(not(etcd), ignore = "etcd is not installed")]
 fn racing_writers_without_preconditions_never_fail() {
@@ -176,7 +177,28 @@ fn racing_writers_without_preconditions_never_fail() {
                 }
             });
         }
+        // A caller-driven batch (what the manifest sync commits) racing
+        // them: built again on fresh reads, never failing.
+        let (store, k) = (store.clone(), k.clone());
+        s.spawn(move || {
+            for i in 0..EACH {
+                let mut obj = session("s");
+                obj["spec"]["workdir"] = json!(format!("/w{i}"));
+                store
+                    .with_batch(|b| {
+                        b.apply_request(&claude_failover::store::ApplyRequest::whole(&obj))?;
+                        b.write_record("inventory", "race", &json!({"round": i}))
+                    })
+                    .unwrap();
+            }
+            let v = store.get(&k).unwrap().unwrap();
+            assert_eq!(v["spec"]["workdir"], format!("/w{}", EACH - 1), "{v}");
+        });
     });
+    assert_eq!(
+        store.record("inventory", "race").unwrap().unwrap()["round"],
+        EACH - 1
+    );
     let v = store.get(&k).unwrap().unwrap();
     for w in 0..3 {
         assert_eq!(v["status"][format!("w{w}")], EACH - 1, "{v}");

@@ -25,6 +25,25 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+/// After a failed pass: logs it, unless the store did not answer (etcd
+/// without a quorum: the store logs that once, not once per pass), and
+/// then holds the controller for [`crate::store::UNAVAILABLE_BACKOFF`]
+/// before anything may wake it again. Returns when the next pass is due.
+pub async fn failed_pass(
+    what: &str,
+    error: &(dyn std::fmt::Display + Sync),
+    store_unavailable: bool,
+    retry: Duration,
+) -> Duration {
+    if store_unavailable {
+        tracing::debug!(error = %error, "{what} pass: the store does not answer");
+        tokio::time::sleep(crate::store::UNAVAILABLE_BACKOFF).await;
+    } else {
+        tracing::warn!(error = %error, "{what} pass failed; retrying");
+    }
+    retry
+}
+
 /// The agent driver over the pool's tmux server.
 pub type AgentDriver = Driver<Tmux>;
 

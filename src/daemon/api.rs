@@ -364,11 +364,19 @@ async fn require_token(State(s): State<Arc<ApiState>>, req: Request, next: Next)
 
 async fn readyz(State(s): State<Arc<ApiState>>) -> Response {
     let (mut ready, mut body) = s.readiness.check_with(&s.store.corrupt());
-    // A stalled manifest sync (manifests that need a fix) fails its check.
-    let store = s.store.clone();
-    let syncs = blocking(move || crate::sync::status::readiness_checks(&store))
-        .await
-        .unwrap_or_default();
+    // A store that does not answer (etcd without a quorum): nothing is
+    // written meanwhile (the agents keep running).
+    let outage = s.store.outage();
+    let mut syncs = vec![store_answers(outage.as_ref())];
+    if outage.is_none() {
+        // A stalled manifest sync (manifests that need a fix) fails its check.
+        let store = s.store.clone();
+        syncs.extend(
+            blocking(move || crate::sync::status::readiness_checks(&store))
+                .await
+                .unwrap_or_default(),
+        );
+    }
     ready &= syncs.iter().all(|c| c["ok"] == true);
     body["ready"] = ready.into();
     if let Some(checks) = body["checks"].as_array_mut() {
@@ -380,6 +388,24 @@ async fn readyz(State(s): State<Arc<ApiState>>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, axum::Json(body)).into_response()
+}
+
+/// The `/readyz` check of the store's availability: its location (never a
+/// secret: credentials live in files the config names) and why.
+fn store_answers(outage: Option<&crate::store::Outage>) -> Value {
+    match outage {
+        None => json!({"name": "storeAvailable", "ok": true, "message": "the store answers"}),
+        Some(o) => json!({
+            "name": "storeAvailable",
+            "ok": false,
+            "message": format!(
+                "{}: the store does not answer (for {}s: {}); nothing is written until it does, the agents keep running",
+                o.location,
+                o.for_.as_secs(),
+                o.message
+            ),
+        }),
+    }
 }
 
 async fn metrics(State(s): State<Arc<ApiState>>) -> Response {

@@ -120,6 +120,8 @@ pub async fn run(o: Options) -> Result<()> {
     let (caches, mut tasks) = Caches::start(&o.store, o.resync);
     let _ = me.caches.set(caches.clone());
     tasks.push(tokio::spawn(node::lifecycle(o.store.clone())));
+    // etcd: whether the store answers, for /readyz (see store::health).
+    tasks.push(tokio::spawn(o.store.clone().probe_forever()));
     let bus = Bus::new();
     tasks.extend(feeds(&bus, &caches, &o.store, o.resync, &readiness));
     tasks.push(tokio::spawn(projections::gauges(

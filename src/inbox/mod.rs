@@ -234,7 +234,17 @@ fn import_inbox(store: &Store, ns: &str, workdir: &Path, report: &mut ImportRepo
                 "is hidden (its name starts with a dot): name task files without a leading dot"
                     .to_string(),
             ),
-            intake::Take::Ready(bytes) => import_file(store, ns, workdir, &file, &bytes),
+            intake::Take::Ready(bytes) => match import_file(store, ns, workdir, &file, &bytes) {
+                // The store did not take it (etcd without a quorum): the
+                // file stays, and is read again at the next scan.
+                Err(Import::Store(e)) => {
+                    tracing::debug!(file = %file.display(), error = %e, "inbox file kept: the store did not take it");
+                    report.waiting = true;
+                    continue;
+                }
+                Err(Import::Refused(why)) => Err(why),
+                Ok(k) => Ok(k),
+            },
             intake::Take::Settling => {
                 report.waiting = true;
                 continue;
@@ -282,20 +292,34 @@ fn warn_once(path: &Path, why: &str) {
     }
 }
 
+/// Why an inbox file did not become a Task.
+enum Import {
+    /// The file is refused (moved to rejected/, with why).
+    Refused(String),
+    /// The store did not answer or take the write: the file stays.
+    Store(crate::store::StoreError),
+}
+
 fn import_file(
     store: &Store,
     ns: &str,
     workdir: &Path,
     file: &Path,
     bytes: &[u8],
-) -> Result<Option<ObjectKey>, String> {
+) -> Result<Option<ObjectKey>, Import> {
     let name = task_name(file, bytes);
     let key = ObjectKey::new(crate::api::Kind::Task, ns, &name);
-    if store.get(&key).map_err(|e| e.to_string())?.is_some() {
+    let stored = |e: crate::store::StoreError| match e {
+        e @ (crate::store::StoreError::Unavailable { .. }
+        | crate::store::StoreError::Contended(_)
+        | crate::store::StoreError::Io { .. }) => Import::Store(e),
+        e => Import::Refused(e.to_string()),
+    };
+    if store.get(&key).map_err(stored)?.is_some() {
         return Ok(None); // imported before
     }
-    let task = parse_task(file, bytes, ns, workdir)?;
-    store.apply(&task, false).map_err(|e| e.to_string())?;
+    let task = parse_task(file, bytes, ns, workdir).map_err(Import::Refused)?;
+    store.apply(&task, false).map_err(stored)?;
     Ok(Some(key))
 }
 

@@ -110,6 +110,21 @@ impl Store {
             txn: self.txn(dry_run)?,
         })
     }
+
+    /// Stages writes with `build` in a new batch and commits it, all or
+    /// nothing. On etcd a batch that lost a race to another writer is built
+    /// again on fresh reads and committed again (as every write of the
+    /// object layer is, up to [`super::CONTENDED_TRIES`] times), so a
+    /// caller-driven batch does not fail because a controller wrote
+    /// meanwhile. `build` may run more than once.
+    pub fn with_batch<T>(&self, mut build: impl FnMut(&mut Batch<'_>) -> Result<T>) -> Result<T> {
+        self.retrying(|| {
+            let mut batch = self.batch(false)?;
+            let out = build(&mut batch)?;
+            batch.commit()?;
+            Ok(out)
+        })
+    }
 }
 
 /// Why a batch applied nothing: the index of the object that failed (None:
@@ -182,7 +197,7 @@ impl Batch<'_> {
 
     /// Makes everything visible, all or nothing. On etcd, a batch that
     /// lost a race to another writer fails with [`StoreError::Contended`]
-    /// and wrote nothing: the caller runs it again.
+    /// and wrote nothing ([`Store::with_batch`] builds it again then).
     pub fn commit(self) -> Result<()> {
         self.txn.commit()
     }

@@ -71,6 +71,26 @@ impl Store {
         self.etcd().is_some()
     }
 
+    /// Why the store does not answer, if it does not (etcd without a
+    /// quorum, or no member reachable; a local directory always answers).
+    pub fn outage(&self) -> Option<super::Outage> {
+        self.etcd().and_then(|e| e.outage())
+    }
+
+    /// Asks an etcd store every [`super::PROBE_EVERY`] whether it answers,
+    /// so that [`Store::outage`] is current while nothing else asks (what
+    /// `/readyz` reports); runs until dropped. Nothing on a local store.
+    pub async fn probe_forever(self) {
+        let Some(etcd) = self.etcd().cloned() else {
+            return std::future::pending().await;
+        };
+        loop {
+            let e = etcd.clone();
+            let _ = tokio::task::spawn_blocking(move || e.probe()).await;
+            tokio::time::sleep(super::PROBE_EVERY).await;
+        }
+    }
+
     /// The store-relative key of a location inside the store.
     pub(super) fn rel_key(&self, path: &Path) -> Result<String> {
         path.strip_prefix(self.root())

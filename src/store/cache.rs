@@ -154,7 +154,7 @@ impl<K: Object> Cache<K> {
         mut writer: reflector::store::Writer<K>,
         listed: tokio::sync::watch::Sender<bool>,
     ) {
-        let mut stream = Box::pin(watch::<K>(store, cfg));
+        let mut stream = Box::pin(watch::<K>(store.clone(), cfg));
         // The objects of a relist under way, by reference only: their copy
         // is the one the reflector files (one form, one copy per object).
         let mut relisted: Option<Vec<(ObjectRef<K>, Option<String>)>> = None;
@@ -162,7 +162,10 @@ impl<K: Object> Cache<K> {
             let ev = match item {
                 Ok(ev) => ev,
                 Err(e) => {
-                    tracing::warn!(kind = %K::KIND, error = %e, "store watch");
+                    // A store that does not answer is told once, by itself.
+                    if store.outage().is_none() {
+                        tracing::warn!(kind = %K::KIND, error = %e, "store watch");
+                    }
                     continue;
                 }
             };

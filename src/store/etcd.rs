@@ -9,6 +9,7 @@
 //! same from a plain thread and from inside another runtime's worker (as a
 //! file read does).
 
+use super::health::{Health, Outage, PROBE_TIMEOUT};
 use super::local::StoreError;
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions,
@@ -117,6 +118,7 @@ pub(crate) struct Etcd {
     client: Client,
     url: EtcdUrl,
     rt: Rt,
+    health: Health,
 }
 
 impl std::fmt::Debug for Etcd {
@@ -175,6 +177,7 @@ impl Etcd {
             client,
             url: url.clone(),
             rt: Rt(Some(rt)),
+            health: Health::new(url.to_string()),
         })
     }
 
@@ -214,9 +217,28 @@ impl Etcd {
     /// Runs the request `make` makes on the connection's runtime and waits
     /// for it. A request that could not reach a member (one is down: the
     /// client spreads requests over them) is sent again, to another; so is
-    /// any failed read when `idempotent`.
+    /// one a member refused for want of a leader (an election: it was not
+    /// applied), and any failed read when `idempotent`; for up to
+    /// [`ELECTION_WAIT`], and at least once to each member. While the store is known not to answer, a request
+    /// fails at once (see [`super::health`]).
     fn call<T: Send + 'static, F>(
         &self,
+        idempotent: bool,
+        make: impl Fn() -> F + Send + 'static,
+    ) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    {
+        self.health.admit().map_err(|m| self.unavailable(m))?;
+        self.call_within(REQUEST_TIMEOUT, ELECTION_WAIT, idempotent, make)
+    }
+
+    /// [`Etcd::call`] without the fail-fast, waiting up to `timeout`, and
+    /// up to `election` for a leader.
+    fn call_within<T: Send + 'static, F>(
+        &self,
+        timeout: Duration,
+        election: Duration,
         idempotent: bool,
         make: impl Fn() -> F + Send + 'static,
     ) -> Result<T, StoreError>
@@ -226,10 +248,19 @@ impl Etcd {
         let tries = self.url.endpoints.len() * 2 + 1;
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.runtime().spawn(async move {
-            let r = tokio::time::timeout(REQUEST_TIMEOUT, async move {
-                let mut n = 1;
+            let r = tokio::time::timeout(timeout, async move {
+                let (mut n, started) = (1, tokio::time::Instant::now());
                 loop {
                     match make().await {
+                        // A member without a leader, or one not (yet) up:
+                        // resent while an election may take.
+                        Err(e)
+                            if (no_leader(&e) || retriable(&e, idempotent))
+                                && started.elapsed() < election =>
+                        {
+                            n += 1;
+                            tokio::time::sleep(RESEND_AFTER).await;
+                        }
                         Err(e) if n < tries && retriable(&e, idempotent) => {
                             n += 1;
                             tokio::time::sleep(RESEND_AFTER).await;
@@ -241,14 +272,44 @@ impl Etcd {
             .await;
             let _ = tx.send(r);
         });
-        match rx.recv() {
-            Ok(Ok(r)) => r.map_err(|e| self.unavailable(e.to_string())),
-            Ok(Err(_)) => Err(self.unavailable(format!(
+        let r = match rx.recv() {
+            Ok(Ok(Ok(v))) => Ok(v),
+            // Refused, or cut off: says nothing of a quorum either way.
+            Ok(Ok(Err(e))) if !unavailability(&e) => return Err(self.unavailable(e.to_string())),
+            Ok(Ok(Err(e))) => Err(e.to_string()),
+            Ok(Err(_)) => Err(format!(
                 "no answer within {}s (is a quorum of its members up?)",
-                REQUEST_TIMEOUT.as_secs()
-            ))),
-            Err(_) => Err(self.unavailable("its client stopped".into())),
+                timeout.as_secs_f32()
+            )),
+            Err(_) => Err("its client stopped".into()),
+        };
+        match r {
+            Ok(v) => {
+                self.health.answered();
+                Ok(v)
+            }
+            Err(m) => {
+                self.health.unanswered(&m);
+                Err(self.unavailable(m))
+            }
         }
+    }
+
+    /// Asks the store whether it answers (a count-only read, never failed
+    /// fast, within [`PROBE_TIMEOUT`]): what the daemon's probe runs.
+    pub fn probe(&self) -> Result<(), StoreError> {
+        let c = self.client.clone();
+        let key = self.key(".revision");
+        self.call_within(PROBE_TIMEOUT, PROBE_TIMEOUT / 2, true, move || {
+            let (mut c, key) = (c.clone(), key.clone());
+            async move { c.get(key, Some(GetOptions::new().with_count_only())).await }
+        })
+        .map(|_| ())
+    }
+
+    /// The current outage, if the store does not answer.
+    pub fn outage(&self) -> Option<Outage> {
+        self.health.outage()
     }
 
     pub fn unavailable(&self, message: String) -> StoreError {
@@ -273,27 +334,50 @@ impl Etcd {
         }))
     }
 
-    /// Every key under `rel_dir/`, in key order, and the revision read at.
+    /// Every key under `rel_dir/`, in key order, and the revision read at:
+    /// in pages of [`RANGE_PAGE`] keys (an answer is at most 4 MiB), all
+    /// read at the first page's revision (one consistent listing).
     pub fn range(&self, rel_dir: &str) -> Result<(Vec<Kv>, i64), StoreError> {
-        let c = self.client.clone();
-        let key = self.key(&format!("{rel_dir}/"));
-        let r = self.call(true, move || {
-            let (mut c, key) = (c.clone(), key.clone());
-            async move { c.get(key, Some(GetOptions::new().with_prefix())).await }
-        })?;
-        let rev = r.header().map_or(0, |h| h.revision());
-        let kvs = r
-            .kvs()
-            .iter()
-            .filter_map(|kv| {
-                Some(Kv {
-                    rel: self.rel(kv.key())?.to_string(),
-                    value: kv.value().to_vec(),
-                    mod_revision: kv.mod_revision(),
-                })
-            })
-            .collect();
-        Ok((kvs, rev))
+        let prefix = self.key(&format!("{rel_dir}/"));
+        // The end of the prefix's range: its last byte (`/`) plus one.
+        let mut end = prefix.clone().into_bytes();
+        *end.last_mut().expect("a prefix ends with /") += 1;
+        let mut kvs = Vec::new();
+        let mut from = prefix.clone().into_bytes();
+        let mut rev = 0;
+        loop {
+            let c = self.client.clone();
+            let (start, end2) = (from.clone(), end.clone());
+            let r = self.call(true, move || {
+                let (mut c, start, end) = (c.clone(), start.clone(), end2.clone());
+                let mut opts = GetOptions::new()
+                    .with_range(end)
+                    .with_limit(RANGE_PAGE as i64);
+                if rev > 0 {
+                    opts = opts.with_revision(rev);
+                }
+                async move { c.get(start, Some(opts)).await }
+            })?;
+            if rev == 0 {
+                rev = r.header().map_or(0, |h| h.revision());
+            }
+            for kv in r.kvs() {
+                if let Some(rel) = self.rel(kv.key()) {
+                    kvs.push(Kv {
+                        rel: rel.to_string(),
+                        value: kv.value().to_vec(),
+                        mod_revision: kv.mod_revision(),
+                    });
+                }
+            }
+            match r.kvs().last() {
+                Some(last) if r.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => return Ok((kvs, rev)),
+            }
+        }
     }
 
     /// The store's current revision.
@@ -325,12 +409,15 @@ impl Etcd {
         for (rel, v) in w.puts {
             ops.push(TxnOp::put(self.key(&rel), v, None));
         }
+        let (n_compares, n_ops) = (compares.len(), ops.len());
         let txn = EtcdTxn::new().when(compares).and_then(ops);
         let c = self.client.clone();
-        let r = self.call(false, move || {
-            let (mut c, txn) = (c.clone(), txn.clone());
-            async move { c.txn(txn).await }
-        })?;
+        let r = self
+            .call(false, move || {
+                let (mut c, txn) = (c.clone(), txn.clone());
+                async move { c.txn(txn).await }
+            })
+            .map_err(|e| too_large(e, n_compares.max(n_ops)))?;
         Ok(r.succeeded()
             .then(|| r.header().map_or(0, |h| h.revision())))
     }
@@ -345,6 +432,83 @@ impl Etcd {
 /// sent again.
 pub(super) const RESEND_AFTER: Duration = Duration::from_millis(50);
 
+/// Whether a failure is the store's unavailability (a member without a
+/// leader, none reachable, a connection cut): told once by the store's
+/// health rather than by each caller.
+pub(super) fn unavailability(e: &etcd_client::Error) -> bool {
+    unreachable(e)
+        || no_leader(e)
+        || matches!(e, etcd_client::Error::GRpcStatus(s) if broken_connection(s.message()))
+}
+
+/// What a transaction beyond the cluster's limits is told (an `apply` of
+/// many manifests is one transaction): which limit, and the way out.
+fn too_large(e: StoreError, ops: usize) -> StoreError {
+    match e {
+        StoreError::Unavailable { location, message }
+            if message.contains("too many operations in txn request") =>
+        {
+            StoreError::Unavailable {
+                location,
+                message: format!(
+                    "etcd refused a transaction of {ops} operations (more than its members' --max-txn-ops, 128 by default; an apply takes one per object and per status): start its members with a larger --max-txn-ops (docs/store-backends.md), or apply fewer manifests at once"
+                ),
+            }
+        }
+        StoreError::Unavailable { location, message }
+            if message.contains("request is too large") =>
+        {
+            StoreError::Unavailable {
+                location,
+                message: format!(
+                    "etcd refused a transaction of {ops} operations as too large (more than its members' --max-request-bytes, 1.5 MiB by default): start its members with a larger --max-request-bytes (docs/store-backends.md), or apply fewer manifests at once"
+                ),
+            }
+        }
+        e => e,
+    }
+}
+
+/// How many keys one read of a listing asks for: 1,000 objects' documents
+/// stay well under the 4 MiB an answer may be.
+const RANGE_PAGE: usize = 1000;
+
+/// How long a request refused for want of a leader is sent again: an
+/// election after a member died takes a few election timeouts (1 s by
+/// default); longer, the cluster has lost its quorum.
+const ELECTION_WAIT: Duration = Duration::from_secs(3);
+
+/// The connection to a member broke under the request (it died): tonic
+/// says so with an unknown status.
+fn broken_connection(message: &str) -> bool {
+    message.contains("transport error") || message.contains("h2 protocol error")
+}
+
+/// gRPC's status code DEADLINE_EXCEEDED.
+const GRPC_DEADLINE_EXCEEDED: i32 = 4;
+
+/// A member refused the request before acting on it: it has no leader
+/// (the connection asks for one: `with_require_leader`).
+fn no_leader(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("no leader"))
+}
+
+/// Whether a failure means the store does not answer (no member reachable,
+/// no quorum), rather than an answer that refused the request.
+fn unreachable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => {
+            let code = s.code() as i32;
+            code == GRPC_UNAVAILABLE
+                || code == GRPC_DEADLINE_EXCEEDED
+                || s.message().contains("connect error")
+                || s.message().contains("timed out")
+        }
+        _ => false,
+    }
+}
+
 /// Whether a failed request may be sent again: one that never reached a
 /// member (a refused connection), or any read that failed for want of a
 /// member or a leader.
@@ -353,7 +517,8 @@ fn retriable(e: &etcd_client::Error, idempotent: bool) -> bool {
         etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => idempotent,
         etcd_client::Error::GRpcStatus(s) => {
             s.message().contains("connect error")
-                || (idempotent && s.code() as i32 == GRPC_UNAVAILABLE)
+                || (idempotent
+                    && (s.code() as i32 == GRPC_UNAVAILABLE || broken_connection(s.message())))
         }
         _ => false,
     }
@@ -374,7 +539,10 @@ fn connect_options(o: &EtcdOptions) -> Result<ConnectOptions, String> {
     let mut c = ConnectOptions::new()
         .with_connect_timeout(dial)
         .with_timeout(REQUEST_TIMEOUT)
-        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+        // A member without a leader (the cluster lost its quorum) refuses
+        // at once, and ends its watches, instead of holding requests.
+        .with_require_leader(true);
     if let Some(ca) = &o.ca_file {
         let mut tls =
             TlsOptions::new().ca_certificate(Certificate::from_pem(read_file("caFile", ca)?));

@@ -18,6 +18,10 @@ pub const LEADER_TTL: Duration = Duration::from_secs(10);
 /// How often the leader renews (a third of the TTL: two renewals may fail).
 const RENEW_EVERY: Duration = Duration::from_secs(3);
 
+/// How soon a renewal that failed is tried again (the cluster may be
+/// electing a leader, or regaining its quorum, before the TTL ends).
+const RENEW_RETRY: Duration = Duration::from_millis(500);
+
 /// The key of the leader, under the prefix.
 const LEADER_KEY: &str = ".leader";
 
@@ -139,8 +143,14 @@ async fn renew(
             let _ = lost.send(true);
             return;
         }
+        // No try outlasts the lease: a renewal that hangs (no quorum) is
+        // given up in time to try again before the TTL ends.
+        let within = REQUEST_TIMEOUT
+            .min(LEADER_TTL.saturating_sub(last_ok.elapsed()))
+            .max(RENEW_RETRY);
+        let mut pause = RENEW_EVERY;
         if keeper.is_none() {
-            keeper = tokio::time::timeout(REQUEST_TIMEOUT, c.lease_keep_alive(lease))
+            keeper = tokio::time::timeout(within, c.lease_keep_alive(lease))
                 .await
                 .ok()
                 .and_then(Result::ok);
@@ -150,7 +160,7 @@ async fn renew(
                 k.keep_alive().await?;
                 stream.message().await
             };
-            match tokio::time::timeout(REQUEST_TIMEOUT, once).await {
+            match tokio::time::timeout(within, once).await {
                 Ok(Ok(Some(resp))) if resp.ttl() > 0 => last_ok = tokio::time::Instant::now(),
                 Ok(Ok(Some(_))) => {
                     tracing::error!(store = %etcd.url(), holder = %identity, "leader lease expired: leadership lost");
@@ -158,12 +168,18 @@ async fn renew(
                     return;
                 }
                 r => {
-                    tracing::warn!(store = %etcd.url(), result = ?r.map(|r| r.map(|_| ())), "cannot renew the leader lease; trying again");
+                    // Without a quorum the store says so itself, once.
+                    if etcd.outage().is_none() {
+                        tracing::warn!(store = %etcd.url(), result = ?r.map(|r| r.map(|_| ())), "cannot renew the leader lease; trying again");
+                    }
                     keeper = None;
+                    pause = RENEW_RETRY;
                 }
             }
+        } else {
+            pause = RENEW_RETRY;
         }
-        tokio::time::sleep(RENEW_EVERY).await;
+        tokio::time::sleep(pause).await;
     }
 }
 

@@ -51,6 +51,14 @@ pub enum StoreError {
     Contended(String),
 }
 
+impl StoreError {
+    /// The store did not answer (etcd without a quorum): nothing was
+    /// written, and the store itself logged the outage once.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
+}
+
 /// How many times a transaction that lost a race on etcd is run again on
 /// fresh reads before [`StoreError::Contended`].
 pub const CONTENDED_TRIES: usize = 16;

@@ -142,7 +142,12 @@ async fn feed(
         let mut stream = match client.watch(prefix.clone(), Some(opts)).await {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(store = %etcd.url(), error = %e, "store watch: cannot start; retrying");
+                // A store without a quorum is told once, by its health.
+                if super::etcd::unavailability(&e) {
+                    tracing::debug!(store = %etcd.url(), error = %e, "store watch: cannot start; retrying");
+                } else {
+                    tracing::warn!(store = %etcd.url(), error = %e, "store watch: cannot start; retrying");
+                }
                 tokio::time::sleep(RETRY).await;
                 continue;
             }
@@ -178,7 +183,11 @@ async fn feed(
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    tracing::warn!(store = %etcd.url(), error = %e, "store watch broke; resuming");
+                    if super::etcd::unavailability(&e) {
+                        tracing::debug!(store = %etcd.url(), error = %e, "store watch broke; resuming");
+                    } else {
+                        tracing::warn!(store = %etcd.url(), error = %e, "store watch broke; resuming");
+                    }
                     break;
                 }
             }

@@ -114,6 +114,9 @@ impl Cluster {
             // Quick elections on loopback; small and quiet.
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .args(["--quota-backend-bytes", "268435456"])
+            // An apply of many manifests is one transaction (see
+            // docs/store-backends.md, "Running on etcd").
+            .args(["--max-txn-ops", "20000", "--max-request-bytes", "33554432"])
             .args(["--log-level", "warn", "--logger", "zap"])
             .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH)
             .stdin(Stdio::null())

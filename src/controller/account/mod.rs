@@ -83,10 +83,10 @@ pub async fn run(ctx: Arc<Context>, wake: impl Stream<Item = ()> + Send + 'stati
             started.elapsed().as_secs_f64(),
             result.is_err(),
         );
-        let next = result.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "account pass failed; retrying");
-            RETRY
-        });
+        let next = match result {
+            Ok(next) => next,
+            Err(e) => super::failed_pass("account", &e, e.is_unavailable(), RETRY).await,
+        };
         let signals = ctx.shared.signals.clone();
         tokio::select! {
             _ = signals.quota_changed().notified() => {}

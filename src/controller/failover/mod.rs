@@ -71,10 +71,10 @@ pub async fn run(ctx: Arc<Context>, wake: impl Stream<Item = ()> + Send + 'stati
             started.elapsed().as_secs_f64(),
             result.is_err(),
         );
-        let next = result.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "failover pass failed; retrying");
-            RETRY
-        });
+        let next = match result {
+            Ok(next) => next,
+            Err(e) => super::failed_pass("failover", &e, e.is_unavailable(), RETRY).await,
+        };
         tokio::select! {
             _ = wake.next() => super::drain(&mut wake),
             _ = tokio::time::sleep(next) => {}

@@ -56,10 +56,7 @@ pub async fn run(ctx: Arc<Context>, wake: impl Stream<Item = ()> + Send + 'stati
         );
         let next = match result {
             Ok(()) => RESYNC,
-            Err(e) => {
-                tracing::warn!(error = %e, "pool pass failed; retrying");
-                RETRY
-            }
+            Err(e) => super::failed_pass("pool", &e, e.is_unavailable(), RETRY).await,
         };
         tokio::select! {
             _ = wake.next() => {

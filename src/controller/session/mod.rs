@@ -173,6 +173,13 @@ async fn accounts_not_yet_heard_of(sh: &Shared, namespace: &str) -> bool {
 
 /// Requeue after a failed reconcile (store or tmux trouble).
 pub fn error_policy(s: Arc<Session>, e: &Error, _ctx: Arc<Context>) -> Action {
+    // A store that does not answer is logged once, by the store, and tried
+    // again after its backoff.
+    if let Error::Store(s) = e
+        && s.is_unavailable()
+    {
+        return Action::requeue(crate::store::UNAVAILABLE_BACKOFF);
+    }
     tracing::warn!(session = s.metadata.name.as_deref().unwrap_or_default(), error = %e, "reconcile failed; retrying");
     Action::requeue(RETRY)
 }

@@ -159,10 +159,13 @@ pub async fn run(ctx: Arc<Context>, wake: impl Stream<Item = ()> + Send + 'stati
             started.elapsed().as_secs_f64(),
             result.is_err(),
         );
-        let mut next = result.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "task dispatch pass failed; retrying");
-            RETRY
-        });
+        let mut next = match result {
+            Ok(next) => next,
+            Err(e) => {
+                let unavailable = matches!(&e, Error::Store(s) if s.is_unavailable());
+                super::failed_pass("task dispatch", &e, unavailable, RETRY).await
+            }
+        };
         if inbox_waiting {
             next = next.min(crate::inbox::YOUNG);
         }
