@@ -484,16 +484,6 @@ fn the_api_is_served_on_a_private_unix_socket_too() {
     drop(d);
 }
 
-/// A Session running the simulated Claude Code (no real one needed).
-fn sim_session(env: &Env, name: &str) -> String {
-    let workdir = env.path(&format!("work-{name}"));
-    std::fs::create_dir_all(&workdir).unwrap();
-    format!(
-        "{HEAD}kind: Session\nmetadata:\n  name: {name}\nspec:\n  workdir: {}\n  agent:\n    command: {BIN}\n    args: [\"sim-agent\"]\n    env:\n      SIM_AGENT_STARTUP_MS: \"50\"\n",
-        workdir.display()
-    )
-}
-
 #[test]
 fn a_session_restarts_through_the_api_and_resumes() {
     let env = Env::new();
@@ -508,15 +498,7 @@ fn a_session_restarts_through_the_api_and_resumes() {
     let _tmux = TmuxServer(env.path("tmux.sock"));
     // An account (logged in): its config dir's projects/ is the shared
     // transcript folder a relaunch resumes from.
-    env.write(
-        "accounts/sim/.credentials.json",
-        r#"{"claudeAiOauth": {"accessToken": "t", "refreshToken": "r"}}"#,
-    );
-    let account = format!(
-        "{HEAD}kind: Account\nmetadata:\n  name: sim\nspec:\n  configDir: {}\n---\n",
-        env.path("accounts/sim").display()
-    );
-    let pool = env.write("s.yaml", &(account + &sim_session(&env, "sim-0")));
+    let pool = sim_pool_manifest(&env, "sim-0", &env.path("work-sim-0"));
     env.ok(&["apply", "-f", pool.to_str().unwrap()]);
     let d = Daemon::start(&env, &["--config", &config]);
     let session = || json(&env.ok(&["--config", &config, "get", "session", "sim-0", "-o", "json"]));

@@ -67,20 +67,9 @@ fn a_lost_quorum_stops_writes_and_readiness_until_it_returns() {
         &format!("tmuxSocket: {}\nresyncSeconds: 120\n", sock.display()),
     );
     let config = config.to_str().unwrap().to_string();
-    env.write(
-        "accounts/sim/.credentials.json",
-        r#"{"claudeAiOauth": {"accessToken": "t", "refreshToken": "r"}}"#,
-    );
     let workdir = env.path("work");
+    let pool = sim_pool_manifest(&env, SIM, &workdir);
     std::fs::create_dir_all(workdir.join(".agent-queue/inbox")).unwrap();
-    let pool = env.write(
-        "pool.yaml",
-        &format!(
-            "{HEAD}kind: Account\nmetadata:\n  name: sim\nspec:\n  configDir: {}\n---\n{HEAD}kind: Session\nmetadata:\n  name: {SIM}\nspec:\n  workdir: {}\n  agent:\n    command: {BIN}\n    args: [\"sim-agent\"]\n    env:\n      SIM_AGENT_STARTUP_MS: \"50\"\n",
-            env.path("accounts/sim").display(),
-            workdir.display()
-        ),
-    );
     env.ok(&["apply", "-f", pool.to_str().unwrap()]);
     let d = Daemon::start(&env, &["--config", &config]);
     let get = |kind: &str, name: &str| {

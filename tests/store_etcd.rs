@@ -448,20 +448,8 @@ fn run_on_etcd_dispatches_tasks_end_to_end() {
     );
     let config = config.to_str().unwrap().to_string();
     let _tmux = Tmux(env.path("tmux.sock"));
-    env.write(
-        "accounts/sim/.credentials.json",
-        r#"{"claudeAiOauth": {"accessToken": "t", "refreshToken": "r"}}"#,
-    );
     let workdir = env.path("work");
-    std::fs::create_dir_all(&workdir).unwrap();
-    let pool = env.write(
-        "pool.yaml",
-        &format!(
-            "{HEAD}kind: Account\nmetadata:\n  name: sim\nspec:\n  configDir: {}\n---\n{HEAD}kind: Session\nmetadata:\n  name: sim-0\nspec:\n  workdir: {}\n  agent:\n    command: {BIN}\n    args: [\"sim-agent\"]\n    env:\n      SIM_AGENT_STARTUP_MS: \"50\"\n",
-            env.path("accounts/sim").display(),
-            workdir.display()
-        ),
-    );
+    let pool = sim_pool_manifest(&env, "sim-0", &workdir);
     env.ok(&["apply", "-f", pool.to_str().unwrap()]);
     let d = Daemon::start(&env, &["--config", &config]);
     let get = |kind: &str, name: &str| {

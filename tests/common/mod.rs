@@ -234,6 +234,25 @@ pub fn session_yaml(name: &str, extra_spec: &str) -> String {
     )
 }
 
+/// A logged-in Account `sim` (its config dir `accounts/sim` in the env)
+/// and a Session `name` of the simulated Claude Code working in `workdir`
+/// (made), as one manifest written to `pool.yaml`: its path.
+pub fn sim_pool_manifest(env: &Env, name: &str, workdir: &Path) -> PathBuf {
+    env.write(
+        "accounts/sim/.credentials.json",
+        r#"{"claudeAiOauth": {"accessToken": "t", "refreshToken": "r"}}"#,
+    );
+    std::fs::create_dir_all(workdir).unwrap();
+    env.write(
+        "pool.yaml",
+        &format!(
+            "{HEAD}kind: Account\nmetadata:\n  name: sim\nspec:\n  configDir: {}\n---\n{HEAD}kind: Session\nmetadata:\n  name: {name}\nspec:\n  workdir: {}\n  agent:\n    command: {BIN}\n    args: [\"sim-agent\"]\n    env:\n      SIM_AGENT_STARTUP_MS: \"50\"\n",
+            env.path("accounts/sim").display(),
+            workdir.display()
+        ),
+    )
+}
+
 /// `/usr/bin/NAME`, or NAME on the PATH. Only called by tests that the
 /// build marks as needing it (`cfg(kubectl)`, `cfg(zsh)`, ...): they are
 /// reported as ignored where it is missing.
