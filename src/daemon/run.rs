@@ -75,7 +75,12 @@ pub async fn run(o: Options) -> Result<()> {
     let identity = crate::store::identity();
     tracing::info!(store = %o.store_dir.display(), state = %o.state_dir.display(), node = %o.node, version = env!("CARGO_PKG_VERSION"), "daemon starting");
     // The Node first, leading or not: a standby is a node too.
-    let me = Arc::new(node::NodeState::new(&o.node, &identity, o.capacity));
+    let me = Arc::new(node::NodeState::new(
+        &o.node,
+        &identity,
+        o.capacity,
+        &o.state_dir,
+    ));
     {
         let (store, me) = (o.store.clone(), me.clone());
         tokio::task::spawn_blocking(move || node::register(&store, &me))
