@@ -594,18 +594,3 @@ fn a_session_restarts_through_the_api_and_resumes() {
     assert_eq!(value("claude_failover_session_restarts_total"), 0.0);
     assert_eq!(value("claude_failover_dispatch_latency_seconds_count"), 1.0);
 }
-
-/// Kills a test's private tmux server when the test ends.
-struct TmuxServer(std::path::PathBuf);
-
-impl Drop for TmuxServer {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("tmux")
-            .arg("-S")
-            .arg(&self.0)
-            .arg("kill-server")
-            .env_remove("TMUX")
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-}

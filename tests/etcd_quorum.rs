@@ -13,7 +13,6 @@ use common::daemon::{Daemon, T, call, token};
 use common::etcd::Cluster;
 use common::*;
 use serde_json::Value;
-use std::process::Command;
 
 const SIM: &str = "sim-0";
 
@@ -24,22 +23,6 @@ static ONE_CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn one_cluster() -> std::sync::MutexGuard<'static, ()> {
     ONE_CLUSTER.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The pool's tmux server goes with the test.
-struct Tmux(std::path::PathBuf);
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .arg("-S")
-            .arg(&self.0)
-            .arg("kill-server")
-            .env_remove("TMUX")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
 }
 
 fn task(name: &str) -> String {
@@ -61,7 +44,7 @@ fn a_lost_quorum_stops_writes_and_readiness_until_it_returns() {
     let url = c.url("quorum");
     let env = Env::on_store(&url);
     let sock = env.path("tmux.sock");
-    let _tmux = Tmux(sock.clone());
+    let _tmux = TmuxServer(sock.clone());
     let config = env.write(
         "config.yaml",
         &format!("tmuxSocket: {}\nresyncSeconds: 120\n", sock.display()),

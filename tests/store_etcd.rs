@@ -447,7 +447,7 @@ fn run_on_etcd_dispatches_tasks_end_to_end() {
         ),
     );
     let config = config.to_str().unwrap().to_string();
-    let _tmux = Tmux(env.path("tmux.sock"));
+    let _tmux = TmuxServer(env.path("tmux.sock"));
     let workdir = env.path("work");
     let pool = sim_pool_manifest(&env, "sim-0", &workdir);
     env.ok(&["apply", "-f", pool.to_str().unwrap()]);
@@ -485,22 +485,6 @@ fn run_on_etcd_dispatches_tasks_end_to_end() {
     let (code, ready) = call("GET", &format!("{}/readyz", d.url), None, None);
     assert_eq!(code, 200, "{ready}");
     drop(d);
-}
-
-/// The pool's tmux server goes with the test.
-struct Tmux(std::path::PathBuf);
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .arg("-S")
-            .arg(&self.0)
-            .arg("kill-server")
-            .env_remove("TMUX")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
 }
 
 /// A leader that cannot renew its lease within the TTL (here: the cluster

@@ -234,6 +234,22 @@ pub fn session_yaml(name: &str, extra_spec: &str) -> String {
     )
 }
 
+/// Kills a test's private tmux server (its socket) when the test ends.
+pub struct TmuxServer(pub PathBuf);
+
+impl Drop for TmuxServer {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("tmux")
+            .arg("-S")
+            .arg(&self.0)
+            .arg("kill-server")
+            .env_remove("TMUX")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
 /// A logged-in Account `sim` (its config dir `accounts/sim` in the env)
 /// and a Session `name` of the simulated Claude Code working in `workdir`
 /// (made), as one manifest written to `pool.yaml`: its path.

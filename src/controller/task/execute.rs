@@ -207,6 +207,24 @@ fn moving(swaps: &[Arc<crate::api::Swap>], ns: &str, name: &str) -> bool {
         .any(|w| w.metadata.namespace.as_deref() == Some(ns) && w.moving(name))
 }
 
+/// Whether session `skey`'s agent is about to go, as the caches say once
+/// its keyboard is held: a restart or a delete written while the pass
+/// waited for it (a pool's rollout writes under the keyboard), or a swap
+/// that began meanwhile (the failover places a session under its keyboard,
+/// after looking once more for a task typed into it).
+fn about_to_go(sh: &crate::controller::Shared, skey: &ObjectKey) -> bool {
+    let fresh = sh.caches.sessions.get(&skey.namespace, &skey.name);
+    fresh.is_none_or(|f| {
+        f.metadata.deletion_timestamp.is_some()
+            || f.spec.suspend
+            || f.restart_pending()
+            || f.status
+                .as_ref()
+                .and_then(|st| st.last_swap.as_ref())
+                .is_some_and(|p| p.swapping())
+    }) || moving(&sh.caches.swaps.all(), &skey.namespace, &skey.name)
+}
+
 /// Pairs pending tasks with free sessions and delivers. True when any was.
 async fn assign_pending(ctx: &Context, mem: &mut Memory) -> Result<bool, Error> {
     let sh = &ctx.shared;
@@ -455,22 +473,7 @@ async fn deliver(
     // Held until the task is typed: a stop's `/exit` waits for it, and a
     // stop that came first has left no pane to type into.
     let _keyboard = sh.driver.keyboard(&skey).await;
-    // Read again under the keyboard: a restart or a delete written while
-    // this pass waited for it (a pool's rollout writes under the keyboard)
-    // means the agent is about to go, and so does a swap that began
-    // meanwhile (the failover places a session under its keyboard, after
-    // looking once more for a task typed into it).
-    let fresh = sh.caches.sessions.get(&skey.namespace, &skey.name);
-    if fresh.is_none_or(|f| {
-        f.metadata.deletion_timestamp.is_some()
-            || f.spec.suspend
-            || f.restart_pending()
-            || f.status
-                .as_ref()
-                .and_then(|st| st.last_swap.as_ref())
-                .is_some_and(|p| p.swapping())
-    }) || moving(&sh.caches.swaps.all(), &skey.namespace, &skey.name)
-    {
+    if about_to_go(sh, &skey) {
         return Ok(());
     }
     let Some((pane, screen)) = sh.driver.pane_and_screen(&skey).await? else {
