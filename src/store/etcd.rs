@@ -246,6 +246,7 @@ impl Etcd {
         F: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
     {
         let tries = self.url.endpoints.len() * 2 + 1;
+        let sent = std::time::Instant::now();
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.runtime().spawn(async move {
             let r = tokio::time::timeout(timeout, async move {
@@ -285,11 +286,11 @@ impl Etcd {
         };
         match r {
             Ok(v) => {
-                self.health.answered();
+                self.health.answered(sent);
                 Ok(v)
             }
             Err(m) => {
-                self.health.unanswered(&m);
+                self.health.unanswered(sent, &m);
                 Err(self.unavailable(m))
             }
         }

@@ -5,7 +5,10 @@
 //! fail at once with [`StoreError::Unavailable`] instead of each waiting
 //! out a timeout, except one try every [`UNAVAILABLE_BACKOFF`] (and the
 //! daemon's probe, [`PROBE_EVERY`]). The first answer turns it available
-//! again, logged once too.
+//! again, logged once too. An outcome only counts when its request was
+//! sent after the last turn: a request sent before the store came back that
+//! fails afterwards, or one sent before it went away that is answered
+//! afterwards, tells of a time already past (it would make the log flap).
 //!
 //! [`StoreError::Unavailable`]: super::StoreError::Unavailable
 
@@ -49,6 +52,8 @@ struct Down {
 pub(crate) struct Health {
     location: String,
     down: Mutex<Option<Down>>,
+    /// When it last turned available (or was opened).
+    up_since: Mutex<Instant>,
 }
 
 impl Health {
@@ -56,6 +61,7 @@ impl Health {
         Health {
             location,
             down: Mutex::new(None),
+            up_since: Mutex::new(Instant::now()),
         }
     }
 
@@ -80,10 +86,16 @@ impl Health {
         }
     }
 
-    /// A request was answered.
-    pub fn answered(&self) {
-        let was = self.down.lock().expect("health lock").take();
+    /// A request sent at `sent` was answered.
+    pub fn answered(&self, sent: Instant) {
+        let mut g = self.down.lock().expect("health lock");
+        // Sent before the outage began: its answer may be older than it.
+        if g.as_ref().is_some_and(|d| sent < d.since) {
+            return;
+        }
+        let was = g.take();
         if let Some(d) = was {
+            *self.up_since.lock().expect("health lock") = Instant::now();
             tracing::warn!(
                 store = %self.location,
                 after_seconds = d.since.elapsed().as_secs(),
@@ -92,10 +104,13 @@ impl Health {
         }
     }
 
-    /// A request got no answer (no quorum, no member reachable).
-    pub fn unanswered(&self, message: &str) {
+    /// A request sent at `sent` got no answer (no quorum, no member
+    /// reachable).
+    pub fn unanswered(&self, sent: Instant, message: &str) {
         let mut g = self.down.lock().expect("health lock");
         match g.as_mut() {
+            // Sent while it was away, failed after it came back: stale.
+            None if sent < *self.up_since.lock().expect("health lock") => {}
             Some(d) => {
                 d.message = message.to_string();
                 d.retry_at = Instant::now() + UNAVAILABLE_BACKOFF;
@@ -138,17 +153,38 @@ mod tests {
         let h = Health::new("etcd://h:1/p".into());
         assert!(h.admit().is_ok());
         assert!(h.outage().is_none());
-        h.unanswered("no leader");
+        h.unanswered(Instant::now(), "no leader");
         let o = h.outage().unwrap();
         assert_eq!(o.location, "etcd://h:1/p");
         assert_eq!(o.message, "no leader");
         // Within the backoff: refused at once, naming the cause.
         let e = h.admit().unwrap_err();
         assert!(e.starts_with("no leader"), "{e}");
-        h.unanswered("timed out");
+        h.unanswered(Instant::now(), "timed out");
         assert_eq!(h.outage().unwrap().message, "timed out");
-        h.answered();
+        h.answered(Instant::now());
         assert!(h.outage().is_none());
         assert!(h.admit().is_ok());
+    }
+
+    #[test]
+    fn an_outcome_older_than_the_last_turn_does_not_flap_it() {
+        let h = Health::new("etcd://h:1/p".into());
+        let early = Instant::now() - Duration::from_secs(1);
+        h.unanswered(Instant::now(), "no leader");
+        // Sent before the outage, answered after: no recovery.
+        h.answered(early);
+        assert!(h.outage().is_some());
+        let during = Instant::now();
+        // The clock moves on (it is monotonic, in nanoseconds here).
+        while Instant::now() <= during {}
+        h.answered(Instant::now());
+        assert!(h.outage().is_none());
+        // Sent during the outage, failed after the recovery: still up.
+        h.unanswered(during, "timed out");
+        assert!(h.outage().is_none());
+        // A request sent since fails: down again.
+        h.unanswered(Instant::now(), "no leader");
+        assert!(h.outage().is_some());
     }
 }

@@ -113,6 +113,11 @@ impl Cluster {
             .args(["--initial-cluster-token", &self.token])
             // Quick elections on loopback; small and quiet.
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            // As etcd 3.5 does by default: a member coming back (or one
+            // that missed heartbeats on a busy machine) asks before it
+            // starts an election, so it does not depose a working leader
+            // (which stalled requests for seconds after a restart).
+            .arg("--pre-vote")
             .args(["--quota-backend-bytes", "268435456"])
             // An apply of many manifests is one transaction (see
             // docs/store-backends.md, "Running on etcd").
