@@ -84,6 +84,7 @@ pub struct SyncReport {
     pub files_of: BTreeMap<ObjectKey, String>,
 }
 
+#[derive(Clone)]
 pub struct Syncer {
     store: Store,
     dir: PathBuf,

@@ -13,6 +13,7 @@ use common::daemon::{Daemon, T};
 use common::etcd::Cluster;
 use common::*;
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
@@ -247,4 +248,227 @@ fn two_nodes_on_etcd_heartbeat_go_not_ready_and_take_over() {
     assert!(b.log().contains("leader lease acquired"), "{}", b.log());
     wait_ready(&env_b, "node-a", "False", expiry());
     wait_ready(&env_b, "node-b", "True", T);
+}
+
+/// A Session of the pool below, unpinned or pinned to `node`.
+fn sim_session(name: &str, workdir: &std::path::Path, node: Option<&str>) -> String {
+    let pin = node
+        .map(|n| format!("  nodeName: {n}\n"))
+        .unwrap_or_default();
+    format!(
+        "{HEAD}kind: Session\nmetadata:\n  name: {name}\nspec:\n  workdir: {}\n{pin}  agent:\n    command: {BIN}\n    args: [\"sim-agent\"]\n    env:\n      SIM_AGENT_STARTUP_MS: \"50\"\n      SIM_AGENT_TURN_MS: \"200\"\n---\n",
+        workdir.display()
+    )
+}
+
+/// The Sessions as stored: name -> (node, phase, pid).
+fn sessions(env: &Env) -> BTreeMap<String, (String, String, Option<i64>)> {
+    let o = env.ok(&["get", "sessions", "-o", "json"]);
+    let v: Value = serde_json::from_str(&o).unwrap();
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let st = &s["status"];
+            (
+                s["metadata"]["name"].as_str().unwrap().to_string(),
+                (
+                    st["nodeName"].as_str().unwrap_or_default().to_string(),
+                    st["phase"].as_str().unwrap_or_default().to_string(),
+                    st["pid"].as_i64(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// The pids of the panes of the tmux server at `sock`.
+fn pane_pids(sock: &std::path::Path) -> Vec<i64> {
+    let out = std::process::Command::new("tmux")
+        .arg("-S")
+        .arg(sock)
+        .args(["list-panes", "-a", "-F", "#{pane_pid}"])
+        .env_remove("TMUX")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Creates tasks `prefix-0..n` and waits until every one Succeeded; the
+/// session each ran on.
+fn run_tasks(env: &Env, prefix: &str, n: usize) -> BTreeMap<String, String> {
+    let mut yaml = String::new();
+    for i in 0..n {
+        yaml.push_str(&format!(
+            "{HEAD}kind: Task\nmetadata: {{name: {prefix}-{i}}}\nspec:\n  prompt: \"{prefix} task {i}\"\n---\n"
+        ));
+    }
+    let f = env.write(&format!("{prefix}.yaml"), &yaml);
+    env.ok(&["apply", "-f", f.to_str().unwrap()]);
+    wait_for(&format!("the {prefix} tasks to succeed"), T * 2, || {
+        let o = env.ok(&["get", "tasks", "-o", "json"]);
+        let v: Value = serde_json::from_str(&o).ok()?;
+        let done: BTreeMap<String, String> = v["items"]
+            .as_array()?
+            .iter()
+            .filter(|t| {
+                t["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with(&format!("{prefix}-")))
+            })
+            .filter(|t| t["status"]["phase"] == "Succeeded")
+            .map(|t| {
+                (
+                    t["metadata"]["name"].as_str().unwrap().to_string(),
+                    t["status"]["session"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                )
+            })
+            .collect();
+        (done.len() == n).then_some(done)
+    })
+}
+
+/// How many times each task's prompt reached an agent (the simulated
+/// agents append each submitted prompt to their account's
+/// `history.jsonl`, as Claude Code does).
+fn typed(env: &Env) -> BTreeMap<String, usize> {
+    let text = std::fs::read_to_string(env.path("accounts/sim/history.jsonl")).unwrap_or_default();
+    let mut n = BTreeMap::new();
+    for l in text.lines() {
+        if let Ok(v) = serde_json::from_str::<Value>(l) {
+            let d = v["display"].as_str().unwrap_or_default();
+            if d.starts_with('/') {
+                continue; // a command the dispatcher typed (`/model`)
+            }
+            let prompt = d.split(" [").next().unwrap_or(d).to_string();
+            *n.entry(prompt).or_default() += 1;
+        }
+    }
+    n
+}
+
+/// Two daemons as two nodes of one etcd store run one pool: the leader
+/// places the Sessions over both (one pinned by `spec.nodeName`), each
+/// node's agents run in its own tmux server, and tasks go to both nodes,
+/// each typed once. The leader killed (-9): the other node leads and the
+/// work goes on on its sessions, while the dead node's agents keep
+/// running; the dead node's daemon started again adopts them (same pids)
+/// and takes work again.
+#[test]
+#[cfg_attr(not(etcd), ignore = "etcd is not installed")]
+fn one_pool_over_two_nodes_runs_tasks_on_both_each_once() {
+    let c = Cluster::start(3);
+    let url = c.url("pool");
+    let (env_a, env_b) = (Env::on_store(&url), Env::on_store(&url));
+    let sock_a = common::daemon::state_dir(&env_a).join("tmux.sock");
+    let sock_b = common::daemon::state_dir(&env_b).join("tmux.sock");
+    let (_ta, _tb) = (TmuxServer(sock_a.clone()), TmuxServer(sock_b.clone()));
+    let a = NodeDaemon::start(&env_a, "node-a");
+    wait_for("node-a to lead", T, || {
+        leading(&env_a, "node-a").then_some(())
+    });
+    let b = NodeDaemon::start(&env_b, "node-b");
+    wait_ready(&env_a, "node-b", "True", T);
+
+    let workdir = env_a.path("work");
+    let pool = sim_pool_manifest(&env_a, "s0", &workdir);
+    let mut more = String::new();
+    for i in 1..4 {
+        more.push_str(&sim_session(&format!("s{i}"), &workdir, None));
+    }
+    more.push_str(&sim_session("pinned", &workdir, Some("node-b")));
+    let more = env_a.write("more.yaml", &more);
+    env_a.ok(&[
+        "apply",
+        "-f",
+        pool.to_str().unwrap(),
+        "-f",
+        more.to_str().unwrap(),
+    ]);
+    let placed = wait_for("five sessions Idle", T * 2, || {
+        let s = sessions(&env_a);
+        (s.len() == 5 && s.values().all(|(_, p, pid)| p == "Idle" && pid.is_some())).then_some(s)
+    });
+    assert_eq!(placed["pinned"].0, "node-b", "{placed:?}");
+    let on = |n: &str| placed.values().filter(|(node, _, _)| node == n).count();
+    assert!(on("node-a") >= 2 && on("node-b") >= 2, "spread: {placed:?}");
+    // Each node's agents run in its own tmux server.
+    let (pa, pb) = (pane_pids(&sock_a), pane_pids(&sock_b));
+    for (name, (node, _, pid)) in &placed {
+        let (mine, other) = if node == "node-a" {
+            (&pa, &pb)
+        } else {
+            (&pb, &pa)
+        };
+        assert!(
+            mine.contains(&pid.unwrap()) && !other.contains(&pid.unwrap()),
+            "{name} on {node}: {placed:?} a={pa:?} b={pb:?}"
+        );
+    }
+    let g = env_a.ok(&["get", "sessions", "-o", "wide"]);
+    assert!(g.contains("NODE") && g.contains("node-b"), "{g}");
+    assert!(
+        env_a
+            .ok(&["describe", "session", "s1"])
+            .contains("Scheduled")
+    );
+
+    // Tasks flow to both nodes, each typed once.
+    let ran = run_tasks(&env_a, "first", 16);
+    let node_of = |s: &str| placed[s].0.clone();
+    let nodes_used: std::collections::BTreeSet<String> = ran.values().map(|s| node_of(s)).collect();
+    assert_eq!(nodes_used.len(), 2, "tasks ran on both nodes: {ran:?}");
+    for (prompt, n) in typed(&env_a) {
+        assert_eq!(n, 1, "{prompt:?} typed {n} times");
+    }
+    let nodes = env_a.ok(&["get", "nodes"]);
+    assert!(
+        nodes.lines().any(|l| l.starts_with("node-b")
+            && l.split_whitespace().nth(2) == Some(&on("node-b").to_string())),
+        "{nodes}"
+    );
+
+    // The leader dies: node-b leads; the work goes on there.
+    let mut a = a;
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    wait_for("node-b to lead", LEADER_TTL * 3 + T / 2, || {
+        leading(&env_b, "node-b").then_some(())
+    });
+    let ran = run_tasks(&env_b, "second", 6);
+    assert!(ran.values().all(|s| node_of(s) == "node-b"), "{ran:?}");
+    // node-a's agents were left running.
+    let alive = pane_pids(&sock_a);
+    for (name, (node, _, pid)) in &placed {
+        if node == "node-a" {
+            assert!(
+                alive.contains(&pid.unwrap()),
+                "{name}'s agent on node-a went: {alive:?}"
+            );
+        }
+    }
+    // node-a's daemon comes back: it adopts its agents and works again.
+    let a = NodeDaemon::start(&env_a, "node-a");
+    wait_ready(&env_b, "node-a", "True", expiry());
+    let ran = run_tasks(&env_b, "third", 12);
+    let after = sessions(&env_b);
+    for (name, (node, _, pid)) in &placed {
+        assert_eq!(&after[name].0, node, "{name} stayed on its node");
+        assert_eq!(after[name].2, *pid, "{name}'s agent adopted, not restarted");
+    }
+    let nodes_used: std::collections::BTreeSet<String> = ran.values().map(|s| node_of(s)).collect();
+    assert_eq!(nodes_used.len(), 2, "both nodes work again: {ran:?}");
+    let typed = typed(&env_a);
+    assert_eq!(typed.len(), 16 + 6 + 12, "{typed:?}");
+    for (prompt, n) in typed {
+        assert_eq!(n, 1, "{prompt:?} typed {n} times");
+    }
+    drop((a, b));
 }

@@ -256,6 +256,7 @@ mod tests {
                 suspend: false,
                 workspace: None,
                 standby: None,
+                node_name: None,
             },
         );
         s.metadata.namespace = Some("default".into());

@@ -384,6 +384,7 @@ mod tests {
                 suspend: false,
                 workspace: None,
                 standby: None,
+                node_name: None,
             },
         );
         s.spec

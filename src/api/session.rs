@@ -23,6 +23,12 @@ use std::collections::BTreeMap;
     printcolumn(name = "Task", type_ = "string", json_path = ".status.currentTask"),
     printcolumn(name = "Restarts", type_ = "integer", json_path = ".status.restarts"),
     printcolumn(
+        name = "Node",
+        type_ = "string",
+        json_path = ".status.nodeName",
+        priority = 1
+    ),
+    printcolumn(
         name = "Workdir",
         type_ = "string",
         json_path = ".spec.workdir",
@@ -57,6 +63,13 @@ pub struct SessionSpec {
     /// a core (docs/failover.md). Off by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub standby: Option<StandbySpec>,
+    /// The node (a daemon's `run --node`) whose daemon runs this session;
+    /// unset: the leader places it on a Ready node (`status.nodeName`).
+    /// A running session moves to a newly named node once its agent is
+    /// stopped (`suspend`), never under a running agent
+    /// (docs/distributed.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
 }
 
 /// Whether a Session keeps a standby agent.
@@ -311,7 +324,8 @@ impl std::fmt::Display for SessionPhase {
 
 /// A Session's status. Each field has one writer (docs/state.md): the
 /// session controller all but `lastSwap` (the failover controller: the
-/// placement) and `currentTask` (the task controller).
+/// placement), `currentTask` (the task controller) and `nodeName` (the
+/// leader's scheduler).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SessionStatus {
@@ -365,6 +379,10 @@ pub struct SessionStatus {
     /// Where the failover controller placed the session (written by it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_swap: Option<SwapStatus>,
+    /// The node whose daemon runs this session (written by the leader's
+    /// scheduler; only that node's daemon acts on the session).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -396,6 +414,8 @@ impl SessionStatus {
     pub const FAILOVER_CONTROLLER: &[&str] = &["lastSwap"];
     /// The field the task controller writes.
     pub const TASK_CONTROLLER: &[&str] = &["currentTask"];
+    /// The field the leader's scheduler writes: the node.
+    pub const SCHEDULER: &[&str] = &["nodeName"];
 }
 
 /// One launch of a session's agent.
@@ -494,6 +514,11 @@ impl SwapStatus {
 }
 
 impl Session {
+    /// The node whose daemon runs this session (None: not placed yet).
+    pub fn node(&self) -> Option<&str> {
+        self.status.as_ref()?.node_name.as_deref()
+    }
+
     /// Whether a restart was asked of this Session (its
     /// `claude-failover.io/restart-requested-at` annotation) that no launch
     /// has answered yet (`status.restartHandled`).

@@ -124,7 +124,14 @@ pub fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
                 "CONFIGDIR",
                 "LABELS",
             ],
-            Kind::Session => vec!["WORKDIR", "MODEL", "PANE", "AGENT-SESSION", "LABELS"],
+            Kind::Session => vec![
+                "NODE",
+                "WORKDIR",
+                "MODEL",
+                "PANE",
+                "AGENT-SESSION",
+                "LABELS",
+            ],
             Kind::Task => vec!["MODEL", "TARGET", "LABELS"],
             Kind::Swap => vec!["SESSIONS", "MESSAGE"],
             Kind::Lease => vec!["ACQUIRED", "TRANSITIONS"],
@@ -257,6 +264,7 @@ pub fn row(kind: Kind, v: &Value, wide: bool) -> Vec<String> {
                 labels(v),
             ]),
             Kind::Session => r.extend([
+                s(v, "/status/nodeName"),
                 s(v, "/spec/workdir"),
                 s(v, "/spec/agent/model"),
                 s(v, "/status/paneId"),

@@ -14,7 +14,7 @@ pub mod task;
 
 use crate::agent::driver::Driver;
 use crate::agent::signals::Signals;
-use crate::api::{Account, Lease, ObjectKey, Session, SessionPool, Swap, Task};
+use crate::api::{Account, Lease, Node, ObjectKey, Session, SessionPool, Swap, Task};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::store::Store;
@@ -71,6 +71,9 @@ pub struct Settings {
     /// How a failover picks its target (`quota.failover.strategy`): a
     /// warm standby waits under the account it would pick.
     pub strategy: crate::config::FailoverStrategy,
+    /// This daemon's node: its session controller and dispatcher act on
+    /// the Sessions placed there (`status.nodeName`) only.
+    pub node: String,
 }
 
 /// The time. Decisions take `now` as an argument; executors ask this.
@@ -96,6 +99,7 @@ pub struct Caches {
     pub swaps: Cache<Swap>,
     pub leases: Cache<Lease>,
     pub pools: Cache<SessionPool>,
+    pub nodes: Cache<Node>,
 }
 
 /// Index of Sessions by the account they run on (`NS/ACCOUNT`).
@@ -148,7 +152,8 @@ impl Caches {
         let (tasks, t) = Cache::start(store.clone(), cfg.clone(), &[(BY_SESSION, by_session)]);
         let (swaps, w) = Cache::start(store.clone(), cfg.clone(), &[]);
         let (leases, l) = Cache::start(store.clone(), cfg.clone(), &[]);
-        let (pools, p) = Cache::start(store.clone(), cfg, &[]);
+        let (pools, p) = Cache::start(store.clone(), cfg.clone(), &[]);
+        let (nodes, n) = Cache::start(store.clone(), cfg, &[]);
         (
             Caches {
                 accounts,
@@ -157,8 +162,9 @@ impl Caches {
                 swaps,
                 leases,
                 pools,
+                nodes,
             },
-            vec![a, s, t, w, l, p],
+            vec![a, s, t, w, l, p, n],
         )
     }
 
@@ -170,6 +176,7 @@ impl Caches {
         self.swaps.listed().await;
         self.leases.listed().await;
         self.pools.listed().await;
+        self.nodes.listed().await;
     }
 
     /// The swap lease's current fencing epoch (0: never taken).
@@ -200,11 +207,25 @@ pub struct Shared {
     pub notifier: Notifier,
     pub clock: Arc<dyn Clock>,
     pub settings: Settings,
+    /// Whether this daemon holds the leader lease now (it changes: a
+    /// daemon that loses the lease keeps its node's work and campaigns
+    /// again).
+    pub leading: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Shared {
     pub fn now(&self) -> SystemTime {
         self.clock.now()
+    }
+
+    /// Whether this daemon leads (runs what is global).
+    pub fn leads(&self) -> bool {
+        self.leading.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether this daemon runs session `s` (it is placed on this node).
+    pub fn runs(&self, s: &Session) -> bool {
+        s.node() == Some(self.settings.node.as_str())
     }
 
     /// Runs store or file I/O on the blocking pool, never on an async

@@ -36,11 +36,14 @@ use std::time::Duration;
 
 // ------------------------------------------------------------- readiness
 
-/// What `/readyz` waits for: the leader lease held, the manifests synced
+/// What `/readyz` waits for: this daemon runs its node (leading, or
+/// following another daemon that leads), the manifests synced
 /// once (when there is a manifests directory), the session controller's
 /// first listing of the store, and the feeds' (see [`super::bus`]) first
 /// listing: the event stream's starting point, and the object gauges.
 pub struct Readiness {
+    /// Whether it runs its node's sessions.
+    node: AtomicBool,
     leader: AtomicBool,
     manifests: Option<AtomicBool>,
     sessions: AtomicBool,
@@ -73,6 +76,7 @@ impl Feed {
 impl Readiness {
     pub fn new(with_manifests: bool) -> Readiness {
         Readiness {
+            node: AtomicBool::new(false),
             leader: AtomicBool::new(false),
             manifests: with_manifests.then(|| AtomicBool::new(false)),
             sessions: AtomicBool::new(false),
@@ -83,6 +87,11 @@ impl Readiness {
 
     pub fn set_leader(&self, v: bool) {
         self.leader.store(v, Ordering::SeqCst);
+    }
+
+    /// It runs its node's sessions (and campaigns for the leader lease).
+    pub fn node_running(&self) {
+        self.node.store(true, Ordering::SeqCst);
     }
 
     pub fn manifests_synced(&self) {
@@ -126,8 +135,13 @@ impl Readiness {
     /// fixed or deleted.
     pub fn check_with(&self, corrupt: &[crate::store::CorruptObject]) -> (bool, Value) {
         let get = |b: &AtomicBool| b.load(Ordering::SeqCst);
+        let role = if get(&self.leader) {
+            "held by this daemon"
+        } else {
+            "held by another daemon: this one runs its node's sessions"
+        };
         let mut checks = vec![
-            ("leaderLease", get(&self.leader), "held by this daemon"),
+            ("leaderLease", get(&self.node), role),
             (
                 "sessionController",
                 get(&self.sessions),
@@ -140,6 +154,9 @@ impl Readiness {
             ),
         ];
         match &self.manifests {
+            Some(_) if !get(&self.leader) => {
+                checks.push(("manifests", true, "synced by the leading daemon"))
+            }
             Some(m) => checks.push(("manifests", get(m), "the first sync pass is done")),
             None => checks.push(("manifests", true, "no manifests directory")),
         }
@@ -866,6 +883,7 @@ mod tests {
     fn readiness_waits_for_every_check() {
         let r = Readiness::new(true);
         assert!(!r.check().0);
+        r.node_running();
         r.set_leader(true);
         r.sessions_listed();
         for k in Kind::DECLARED {
@@ -877,6 +895,7 @@ mod tests {
         let (ready, body) = r.check();
         assert!(ready, "{body}");
         let r = Readiness::new(false);
+        r.node_running();
         r.set_leader(true);
         r.sessions_listed();
         for k in Kind::DECLARED {

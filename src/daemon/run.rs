@@ -13,7 +13,7 @@ use super::{access, api, http, projections};
 use crate::agent::driver::Driver;
 use crate::agent::signals::Signals;
 use crate::api::{Account, Kind, Lease, Session, Task};
-use crate::controller::{self, Caches, Shared, account, failover, node, pool, session, task};
+use crate::controller::{self, Caches, Shared, account, failover, node, session, task};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::store::cache::Cache;
@@ -62,11 +62,8 @@ pub struct Options {
     pub capacity: Option<u32>,
 }
 
-/// Why a daemon that lost its leader lease stopped.
-const LEASE_LOST: &str = "the leader lease on the store was lost (this daemon could not renew it in time; another may lead now): stopped, the agents keep running";
-
-/// Runs the daemon until a signal (or the loss of its state dir, or of
-/// its leader lease).
+/// Runs the daemon until a signal (or the loss of its state dir): its
+/// node's work from the start, the leader's whenever it leads.
 pub async fn run(o: Options) -> Result<()> {
     crate::fsutil::ensure_dir(&o.state_dir)
         .with_context(|| format!("cannot create the state dir {}", o.state_dir.display()))?;
@@ -74,7 +71,7 @@ pub async fn run(o: Options) -> Result<()> {
     tokio::pin!(shutdown);
     let identity = crate::store::identity();
     tracing::info!(store = %o.store_dir.display(), state = %o.state_dir.display(), node = %o.node, version = env!("CARGO_PKG_VERSION"), "daemon starting");
-    // The Node first, leading or not: a standby is a node too.
+    // The Node first: a standby is a node too.
     let me = Arc::new(node::NodeState::new(
         &o.node,
         &identity,
@@ -88,43 +85,19 @@ pub async fn run(o: Options) -> Result<()> {
             .with_context(|| format!("cannot register the node {}", o.node))?;
     }
     let _heartbeat = AbortOnDrop(tokio::spawn(node::heartbeat(o.store.clone(), me.clone())));
-    let lock = match o.store.try_lead(&identity)? {
-        Some(l) => l,
-        None => {
-            let holder = o.store.leader().ok().flatten().unwrap_or_default();
-            tracing::info!(leader = %holder, "standby: another daemon leads this store; waiting for its lease");
-            tokio::select! {
-                l = o.store.lead(&identity) => l?,
-                _ = &mut shutdown => { tracing::info!("daemon stopped"); return Ok(()); }
-            }
-        }
+    // One daemon runs a node's agents: a second one beside it (the same
+    // state dir, so the same tmux server) waits for it to go.
+    let _node_lock = tokio::select! {
+        l = node_lock(&o.state_dir) => l?,
+        _ = &mut shutdown => { tracing::info!("daemon stopped"); return Ok(()); }
     };
-    tracing::info!(holder = %lock.identity, "leader lease acquired");
-    me.leading.store(true, std::sync::atomic::Ordering::SeqCst);
-    // From here on, a lost leader lease (etcd: not renewed in time) stops
-    // the daemon as a signal does, at any stage.
-    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let shutdown = {
-        let (lost, on_lost) = (lost.clone(), lock.lost());
-        async move {
-            tokio::select! {
-                _ = shutdown => {}
-                _ = on_lost => lost.store(true, std::sync::atomic::Ordering::SeqCst),
-            }
-        }
-    };
-    tokio::pin!(shutdown);
     let metrics = Arc::new(Metrics::new());
-    metrics.leader.set(1);
-    metrics.leader_transitions_total.inc();
     let notifier = crate::notify::Notifier::start(&o.notify)
         .context("cannot set up the notifications (config key notify)")?;
     notifier.record_to(metrics.clone());
     let readiness = Arc::new(Readiness::new(o.syncer.is_some()));
-    readiness.set_leader(true);
     let (caches, mut tasks) = Caches::start(&o.store, o.resync);
     let _ = me.caches.set(caches.clone());
-    tasks.push(tokio::spawn(node::lifecycle(o.store.clone())));
     // etcd: whether the store answers, for /readyz (see store::health).
     tasks.push(tokio::spawn(o.store.clone().probe_forever()));
     let bus = Bus::new();
@@ -137,10 +110,6 @@ pub async fn run(o: Options) -> Result<()> {
         _ = caches.listed() => readiness.sessions_listed(),
         _ = &mut shutdown => {
             abort(tasks);
-            drop(lock);
-            if lost.load(std::sync::atomic::Ordering::SeqCst) {
-                anyhow::bail!(LEASE_LOST);
-            }
             tracing::info!("daemon stopped");
             return Ok(());
         }
@@ -165,6 +134,55 @@ pub async fn run(o: Options) -> Result<()> {
     };
     let (addr, servers) = serve(&o, api_state, endpoint, &stop_rx).await?;
     tracing::info!(%addr, socket = ?o.api_socket, token_file = %o.token_path.display(), "control plane and agents' endpoint listening");
+    let shared = shared(&o, &caches, signals, &metrics, notifier, addr, &me)?;
+    if let Err(e) = shared.driver.terminal().install_hooks().await {
+        tracing::warn!(error = %e, "cannot install the tmux notifications; relying on resync");
+    }
+    tasks.extend(node_controllers(&o, &shared, wake));
+    readiness.node_running();
+    let leader = tokio::spawn(super::lead::lead_forever(super::lead::LeaderWork {
+        store: o.store.clone(),
+        shared: shared.clone(),
+        me: me.clone(),
+        readiness: readiness.clone(),
+        metrics: metrics.clone(),
+        quota: o.quota.clone(),
+        failover: o.failover.clone(),
+        janitor: o.janitor.clone(),
+        syncer: o.syncer.clone(),
+        stop: stop_rx.clone(),
+    }));
+    (&mut shutdown).await;
+    access::remove_endpoint(&o.state_dir);
+    let _ = stop_tx.send(true);
+    abort(tasks);
+    for s in servers {
+        let _ = s.await;
+    }
+    if let Some(p) = &o.api_socket {
+        let _ = std::fs::remove_file(p);
+    }
+    // Lazily written events and progress reach the disk before the lease goes.
+    if let Err(e) = crate::store::flush_now() {
+        tracing::warn!(error = %e, "cannot flush the store");
+    }
+    leader.abort();
+    let _ = leader.await;
+    metrics.leader.set(0);
+    tracing::info!("daemon stopped (the agents keep running)");
+    Ok(())
+}
+
+/// What every controller of this daemon uses.
+fn shared(
+    o: &Options,
+    caches: &Caches,
+    signals: Arc<Signals>,
+    metrics: &Arc<Metrics>,
+    notifier: crate::notify::Notifier,
+    addr: std::net::SocketAddr,
+    me: &node::NodeState,
+) -> Result<Arc<Shared>> {
     let exe = std::env::current_exe().context("cannot find this program's path")?;
     let notify = format!(
         "{} hook --url http://{addr}{} </dev/null",
@@ -172,14 +190,11 @@ pub async fn run(o: Options) -> Result<()> {
         http::tmux_path(signals.tmux_secret())
     );
     let tmux = Tmux::new(&o.tmux_socket).with_notify(notify);
-    if let Err(e) = tmux.install_hooks().await {
-        tracing::warn!(error = %e, "cannot install the tmux notifications; relying on resync");
-    }
-    let shared = Arc::new(Shared {
+    Ok(Arc::new(Shared {
         store: o.store.clone(),
         caches: caches.clone(),
         driver: Driver::new(tmux, STOP_STEP),
-        signals: signals.clone(),
+        signals,
         metrics: metrics.clone(),
         notifier,
         clock: Arc::new(controller::SystemClock),
@@ -193,49 +208,47 @@ pub async fn run(o: Options) -> Result<()> {
             checkpoint_every: o.checkpoint_every,
             continue_message: o.continue_message.clone(),
             strategy: o.failover.policy.strategy,
+            node: o.node.clone(),
         },
-    });
-    tasks.extend(controllers(&o, &shared, &identity, wake));
-    tasks.push(tokio::spawn(crate::janitor::run(
-        o.store.clone(),
-        o.janitor.clone(),
-    )));
-    let sync = o.syncer.map(|s| {
-        let s = s.with_metrics(metrics.clone());
-        let mut stop = stop_rx.clone();
-        let readiness = readiness.clone();
-        tokio::spawn(s.run(
-            o.resync,
-            async move {
-                let _ = stop.changed().await;
-            },
-            move |_| readiness.manifests_synced(),
-        ))
-    });
-    (&mut shutdown).await;
-    access::remove_endpoint(&o.state_dir);
-    let _ = stop_tx.send(true);
-    abort(tasks);
-    if let Some(s) = sync {
-        let _ = s.await;
+        leading: me.leading.clone(),
+    }))
+}
+
+/// `STATE/node.lock`: held (a kernel lock, released when the process dies,
+/// however it dies) by the daemon that runs the node of this state dir.
+const NODE_LOCK: &str = "node.lock";
+
+/// Takes the node's lock, waiting (in a thread of its own) while another
+/// daemon of this state dir holds it.
+async fn node_lock(state_dir: &std::path::Path) -> Result<std::fs::File> {
+    let path = state_dir.join(NODE_LOCK);
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => return Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => {}
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+        }
     }
-    for s in servers {
-        let _ = s.await;
-    }
-    if let Some(p) = &o.api_socket {
-        let _ = std::fs::remove_file(p);
-    }
-    metrics.leader.set(0);
-    // Lazily written events and progress reach the disk before the lease goes.
-    if let Err(e) = crate::store::flush_now() {
-        tracing::warn!(error = %e, "cannot flush the store");
-    }
-    drop(lock);
-    if lost.load(std::sync::atomic::Ordering::SeqCst) {
-        anyhow::bail!(LEASE_LOST);
-    }
-    tracing::info!("daemon stopped (the agents keep running)");
-    Ok(())
+    tracing::info!(state = %state_dir.display(), "standby: another daemon runs this node from the same state dir; waiting for it to stop");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("node-wait".into())
+        .spawn(move || {
+            let _ = tx.send(f.lock().map(|()| f));
+        })
+        .context("cannot start the node's wait")?;
+    let f = rx
+        .await
+        .context("the node's wait stopped")?
+        .with_context(|| format!("cannot lock {}", path.display()))?;
+    tracing::info!("the node's other daemon is gone: this one runs the node");
+    Ok(f)
 }
 
 /// A task stopped when its handle goes (the heartbeat, at every way out).
@@ -348,34 +361,16 @@ async fn serve(
     Ok((addr, servers))
 }
 
-/// Every controller, each on its own task.
-fn controllers(
+/// The controllers of this node's sessions, each on its own task.
+fn node_controllers(
     o: &Options,
     shared: &Arc<Shared>,
-    identity: &str,
     wake: tokio::sync::mpsc::UnboundedReceiver<ObjectRef<Session>>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let c = &shared.caches;
     let sessions = Arc::new(session::Context::new(shared.clone()));
     let tasks = Arc::new(task::Context::new(shared.clone(), o.dispatch.clone()));
-    let accounts = Arc::new(account::Context::new(shared.clone(), o.quota.clone()));
-    let failovers = Arc::new(failover::Context {
-        shared: shared.clone(),
-        settings: o.failover.clone(),
-        me: identity.to_string(),
-    });
-    let pools = Arc::new(pool::Context {
-        shared: shared.clone(),
-    });
     vec![
-        tokio::spawn(pool::run(
-            pools,
-            any_of(vec![
-                changes(&c.pools),
-                changes(&c.sessions),
-                changes(&c.accounts),
-            ]),
-        )),
         tokio::spawn(session::liveness(sessions.clone())),
         tokio::spawn(run_sessions(sessions, wake)),
         tokio::spawn(task::run(
@@ -386,32 +381,19 @@ fn controllers(
                 changes(&c.accounts),
             ]),
         )),
-        tokio::spawn(account::run(
-            accounts,
-            any_of(vec![changes(&c.accounts), changes(&c.sessions)]),
-        )),
-        tokio::spawn(failover::run(
-            failovers,
-            any_of(vec![
-                changes(&c.accounts),
-                changes(&c.sessions),
-                changes(&c.swaps),
-                changes(&c.leases),
-            ]),
-        )),
     ]
 }
 
-type Wake = std::pin::Pin<Box<dyn Stream<Item = ()> + Send>>;
+pub(super) type Wake = std::pin::Pin<Box<dyn Stream<Item = ()> + Send>>;
 
-fn changes<K>(cache: &Cache<K>) -> Wake
+pub(super) fn changes<K>(cache: &Cache<K>) -> Wake
 where
     K: crate::api::Object,
 {
     Box::pin(cache.changes().map(|_| ()))
 }
 
-fn any_of(streams: Vec<Wake>) -> impl Stream<Item = ()> + Send + 'static {
+pub(super) fn any_of(streams: Vec<Wake>) -> impl Stream<Item = ()> + Send + 'static {
     futures::stream::select_all(streams)
 }
 

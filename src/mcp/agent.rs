@@ -98,6 +98,7 @@ mod tests {
                 suspend: false,
                 workspace: None,
                 standby: None,
+                node_name: None,
             },
         )
     }

@@ -58,6 +58,7 @@ pub(super) fn session(name: &str, on: &str, phase: SessionPhase) -> Session {
             suspend: false,
             workspace: None,
             standby: None,
+            node_name: None,
         },
     );
     s.metadata.namespace = Some("default".into());

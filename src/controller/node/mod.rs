@@ -3,7 +3,9 @@
 //! Node's `Ready` condition from the age of its heartbeat
 //! ([`lifecycle`], decided by [`plan::ready`]).
 
+pub mod place;
 pub mod plan;
+pub mod schedule;
 
 use super::Caches;
 use crate::api::{
@@ -38,7 +40,7 @@ pub struct NodeState {
     pub identity: String,
     pub capacity: Option<u32>,
     /// Whether this daemon holds the leader lease.
-    pub leading: AtomicBool,
+    pub leading: Arc<AtomicBool>,
     /// This daemon's state dir: the daemons that share it (a standby
     /// beside the one that runs the agents) are one node.
     pub state_dir: std::path::PathBuf,
@@ -58,15 +60,22 @@ impl NodeState {
             name: name.to_string(),
             identity: identity.to_string(),
             capacity,
-            leading: AtomicBool::new(false),
+            leading: Arc::new(AtomicBool::new(false)),
             state_dir: state_dir.to_path_buf(),
             caches: OnceLock::new(),
         }
     }
 
+    /// The Sessions placed on this node.
     fn sessions(&self) -> u32 {
         self.caches.get().map_or(0, |c| {
-            u32::try_from(c.sessions.all().len()).unwrap_or(u32::MAX)
+            let mine = c
+                .sessions
+                .all()
+                .iter()
+                .filter(|s| s.node() == Some(self.name.as_str()))
+                .count();
+            u32::try_from(mine).unwrap_or(u32::MAX)
         })
     }
 }

@@ -106,6 +106,10 @@ async fn reconcile_inner(ctx: &Context, key: &ObjectKey) -> Result<Action, Error
     let Some(s) = sh.caches.sessions.get(&key.namespace, &key.name) else {
         return Ok(Action::await_change());
     };
+    // Another node's (or not placed yet): its own daemon runs it.
+    if !sh.runs(&s) {
+        return Ok(Action::await_change());
+    }
     let owned = sh.caches.accounts_in(&key.namespace);
     if owned.is_empty() && accounts_not_yet_heard_of(sh, &key.namespace).await {
         return Ok(Action::requeue(ACCOUNTS_LAG));

@@ -432,6 +432,7 @@ pub(crate) mod tests {
                 suspend: false,
                 workspace: None,
                 standby: None,
+                node_name: None,
             },
         );
         let mut st = crate::api::SessionStatus {

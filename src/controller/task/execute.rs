@@ -108,6 +108,9 @@ async fn steps(ctx: &Context, mem: &mut Memory) -> Result<Duration, Error> {
         let Some(t) = tasks.get(&ns, &name) else {
             continue;
         };
+        if !ours(ctx, &t) {
+            continue;
+        }
         let p = phase(&t);
         let deleting = t.metadata.deletion_timestamp.is_some();
         let cancel = t
@@ -140,9 +143,28 @@ async fn steps(ctx: &Context, mem: &mut Memory) -> Result<Duration, Error> {
     })
 }
 
-/// Keeps each Session's `currentTask` equal to the task in flight on it.
+/// Whether this daemon moves task `t` along: one on a Session this node
+/// runs is its node's; one on no Session (pending), or on one gone, is the
+/// leader's.
+fn ours(ctx: &Context, t: &Task) -> bool {
+    let sh = &ctx.shared;
+    let ns = t.metadata.namespace.as_deref().unwrap_or_default();
+    match t.status.as_ref().and_then(|st| st.session.as_deref()) {
+        Some(name) => match sh.caches.sessions.get(ns, name) {
+            Some(s) => sh.runs(&s),
+            None => sh.leads(),
+        },
+        None => sh.leads(),
+    }
+}
+
+/// Keeps each Session's `currentTask` equal to the task in flight on it
+/// (the Sessions this node runs).
 async fn current_tasks(ctx: &Context, q: &Queue) -> Result<(), Error> {
     for s in ctx.shared.caches.sessions.all() {
+        if !ctx.shared.runs(&s) {
+            continue;
+        }
         let key = ObjectKey::of(s.as_ref());
         let want = q
             .in_flight_on(&key.namespace, &key.name)
@@ -231,7 +253,9 @@ async fn assign_pending(ctx: &Context, mem: &mut Memory) -> Result<bool, Error> 
     let sessions = sh.caches.sessions.all();
     let accounts = sh.caches.accounts.all();
     let now = sh.now();
-    clear_lost_replays(ctx, queue(mem), &sessions).await?;
+    if sh.leads() {
+        clear_lost_replays(ctx, queue(mem), &sessions).await?;
+    }
     sync(ctx, mem);
     let q = queue(mem);
     if q.pending() == 0 {
@@ -254,7 +278,8 @@ async fn assign_pending(ctx: &Context, mem: &mut Memory) -> Result<bool, Error> 
                 last,
                 now,
                 ctx.settings.cooldown,
-            ) && !account.is_some_and(|a| model_drained(ctx, s, a));
+            ) && sh.runs(s)
+                && !account.is_some_and(|a| model_drained(ctx, s, a));
             Candidate {
                 namespace: ns,
                 name,
@@ -287,15 +312,20 @@ async fn assign_pending(ctx: &Context, mem: &mut Memory) -> Result<bool, Error> 
         };
         deliver(ctx, mem, &t, &sessions[*si], &accounts).await?;
     }
+    let nodes = sh.caches.nodes.all();
     let places: Vec<Place> = sessions
         .iter()
         .zip(candidates)
         .map(|(s, candidate)| Place {
-            blocked: session_blocked(s, &accounts),
+            blocked: session_blocked(s, &accounts, &nodes),
             candidate,
         })
         .collect();
     sync(ctx, mem);
+    if !sh.leads() {
+        // What no session may take is the leader's to say (one writer).
+        return Ok(!pairs.is_empty());
+    }
     let tell = mem
         .queue
         .as_mut()
@@ -306,12 +336,25 @@ async fn assign_pending(ctx: &Context, mem: &mut Memory) -> Result<bool, Error> 
 }
 
 /// Why a session cannot take work for a while, if it cannot.
-fn session_blocked(s: &Session, accounts: &[Arc<Account>]) -> Option<String> {
+fn session_blocked(
+    s: &Session,
+    accounts: &[Arc<Account>],
+    nodes: &[Arc<crate::api::Node>],
+) -> Option<String> {
     if s.metadata.deletion_timestamp.is_some() {
         return Some("being deleted".into());
     }
     if s.spec.suspend {
         return Some("suspended".into());
+    }
+    let Some(node) = s.node() else {
+        return Some("not placed on a node yet".into());
+    };
+    let ready = nodes
+        .iter()
+        .any(|n| n.metadata.name.as_deref() == Some(node) && n.ready());
+    if !ready {
+        return Some(format!("its node {node} is not Ready"));
     }
     account_of(accounts, s).and_then(placement::account_blocked)
 }

@@ -193,6 +193,7 @@ async fn import_inboxes(ctx: &Context, inboxes: &mut Option<crate::inbox::InboxW
         .sessions
         .all()
         .iter()
+        .filter(|s| ctx.shared.runs(s))
         .map(|s| s.as_ref().clone())
         .collect();
     let mut watcher = inboxes.take();

@@ -1,0 +1,120 @@
+//! The leader's scheduler: each Session without a node (or whose spec
+//! names another, once its agent is stopped) gets one, as
+//! [`super::place::place`] decides, written to `status.nodeName`; the
+//! daemon of that node runs it. Woken by changes of Sessions and Nodes.
+
+use super::place::{NodeView, Placement, place};
+use crate::api::{ObjectKey, Session, SessionStatus};
+use crate::controller::Shared;
+use crate::store::{Durability, StoreError};
+use futures::{Stream, StreamExt};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// The source named in the Sessions' scheduling events.
+const SOURCE: &str = "scheduler";
+
+/// Runs the scheduler until aborted (the leader's work).
+pub async fn run(sh: Arc<Shared>, me: String, wake: impl Stream<Item = ()> + Send + 'static) {
+    let mut wake = Box::pin(wake);
+    let mut told: HashMap<ObjectKey, String> = HashMap::new();
+    loop {
+        crate::controller::drain(&mut wake);
+        if let Err(e) = pass(&sh, &me, &mut told).await {
+            let unavailable = e.is_unavailable();
+            let next = crate::controller::failed_pass(
+                "scheduler",
+                &e,
+                unavailable,
+                super::NODE_CHECK_EVERY,
+            )
+            .await;
+            tokio::time::sleep(next).await;
+        }
+        tokio::select! {
+            _ = wake.next() => {}
+            _ = tokio::time::sleep(super::NODE_CHECK_EVERY) => {}
+        }
+    }
+}
+
+/// One pass over every Session. `told`: the last reason given for each
+/// Session that waits (an event only when it changes).
+async fn pass(
+    sh: &Shared,
+    me: &str,
+    told: &mut HashMap<ObjectKey, String>,
+) -> Result<(), StoreError> {
+    let nodes: Vec<NodeView> = sh
+        .caches
+        .nodes
+        .all()
+        .iter()
+        .map(|n| {
+            let mut v = NodeView::of(n);
+            // Its own node runs (its Ready condition may not be written yet).
+            v.ready |= v.name == me;
+            v
+        })
+        .collect();
+    let sessions = sh.caches.sessions.all();
+    let mut placed: BTreeMap<String, u32> = BTreeMap::new();
+    for s in &sessions {
+        if let Some(n) = s.node() {
+            *placed.entry(n.to_string()).or_default() += 1;
+        }
+    }
+    for s in &sessions {
+        let key = ObjectKey::of(s.as_ref());
+        match place(s, &nodes, &placed, me) {
+            Placement::Keep => {
+                told.remove(&key);
+            }
+            Placement::Place(node) => {
+                told.remove(&key);
+                if let Some(c) = s.node().and_then(|old| placed.get_mut(old)) {
+                    *c = c.saturating_sub(1);
+                }
+                *placed.entry(node.clone()).or_default() += 1;
+                if write(sh, &key, &node).await? {
+                    let msg = format!("placed on node {node}");
+                    sh.record(&key, false, "Scheduled", &msg, SOURCE).await;
+                }
+            }
+            Placement::Wait(why) => {
+                if told.get(&key) != Some(&why) {
+                    let msg = format!("waiting for a node: {why}");
+                    sh.record(&key, true, "FailedScheduling", &msg, SOURCE)
+                        .await;
+                    told.insert(key, why);
+                }
+            }
+        }
+    }
+    told.retain(|k, _| sessions.iter().any(|s| ObjectKey::of(s.as_ref()) == *k));
+    Ok(())
+}
+
+/// Writes a Session's node. False when the Session is gone.
+async fn write(sh: &Shared, key: &ObjectKey, node: &str) -> Result<bool, StoreError> {
+    let status = SessionStatus {
+        node_name: Some(node.to_string()),
+        ..Default::default()
+    };
+    let k = key.clone();
+    let written = sh
+        .blocking(move |store| {
+            store
+                .api::<Session>(Some(&k.namespace))
+                .patch_status_fields(&k.name, &status, SessionStatus::SCHEDULER, Durability::Now)
+        })
+        .await;
+    match written {
+        Ok(obj) => {
+            sh.caches.sessions.wrote(obj);
+            Ok(true)
+        }
+        Err(StoreError::NotFound(_)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
