@@ -347,7 +347,8 @@ fn typed(env: &Env) -> BTreeMap<String, usize> {
             if d.starts_with('/') {
                 continue; // a command the dispatcher typed (`/model`)
             }
-            let prompt = d.split(" [").next().unwrap_or(d).to_string();
+            // Without the dispatcher's marker (` ⟦task 1a2b3c4d⟧`).
+            let prompt = d.split(" ⟦").next().unwrap_or(d).to_string();
             *n.entry(prompt).or_default() += 1;
         }
     }
@@ -471,4 +472,97 @@ fn one_pool_over_two_nodes_runs_tasks_on_both_each_once() {
         assert_eq!(n, 1, "{prompt:?} typed {n} times");
     }
     drop((a, b));
+}
+
+/// A node's daemon stopped (SIGSTOP) past its heartbeat's TTL: its
+/// Sessions show NodeLost (with an event), no task goes to them, a task
+/// that may run anywhere runs on the other node, one pinned to a lost
+/// Session waits; the daemon resumed (SIGCONT), its Sessions are back
+/// (same agents) and the pinned task runs there. No prompt typed twice.
+#[test]
+#[cfg_attr(not(etcd), ignore = "etcd is not installed")]
+fn a_stopped_nodes_sessions_are_lost_until_it_returns() {
+    let c = Cluster::start(3);
+    let url = c.url("lost");
+    let (env_a, env_b) = (Env::on_store(&url), Env::on_store(&url));
+    let sock_a = common::daemon::state_dir(&env_a).join("tmux.sock");
+    let sock_b = common::daemon::state_dir(&env_b).join("tmux.sock");
+    let (_ta, _tb) = (TmuxServer(sock_a), TmuxServer(sock_b));
+    let _a = NodeDaemon::start(&env_a, "node-a");
+    wait_for("node-a to lead", T, || {
+        leading(&env_a, "node-a").then_some(())
+    });
+    let b = NodeDaemon::start(&env_b, "node-b");
+    wait_ready(&env_a, "node-b", "True", T);
+    let workdir = env_a.path("work");
+    let pool = sim_pool_manifest(&env_a, "a1", &workdir);
+    let more = env_a.write("b1.yaml", &sim_session("b1", &workdir, Some("node-b")));
+    env_a.ok(&[
+        "apply",
+        "-f",
+        pool.to_str().unwrap(),
+        "-f",
+        more.to_str().unwrap(),
+    ]);
+    let before = wait_for("both sessions Idle", T * 2, || {
+        let s = sessions(&env_a);
+        (s.len() == 2 && s.values().all(|(_, p, pid)| p == "Idle" && pid.is_some())).then_some(s)
+    });
+    assert_eq!(before["a1"].0, "node-a", "{before:?}");
+
+    b.signal(libc::SIGSTOP);
+    wait_ready(&env_a, "node-b", "False", expiry());
+    let table = wait_for("b1 NodeLost", T, || {
+        let t = env_a.ok(&["get", "sessions"]);
+        t.lines()
+            .any(|l| l.starts_with("b1") && l.contains("NodeLost"))
+            .then_some(t)
+    });
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("a1") && l.contains("Idle")),
+        "{table}"
+    );
+    assert!(
+        env_a
+            .ok(&["describe", "session", "b1"])
+            .contains("NodeLost")
+    );
+    // Work goes to the node that runs; a task for b1 waits, saying why.
+    let ran = run_tasks(&env_a, "during", 4);
+    assert!(ran.values().all(|s| s == "a1"), "{ran:?}");
+    let pinned = env_a.write(
+        "pinned.yaml",
+        &format!("{HEAD}kind: Task\nmetadata: {{name: for-b1}}\nspec:\n  prompt: \"for b1\"\n  session: b1\n"),
+    );
+    env_a.ok(&["apply", "-f", pinned.to_str().unwrap()]);
+    let why = wait_for("the pinned task to say why it waits", T, || {
+        let d = env_a.ok(&["describe", "task", "for-b1"]);
+        d.contains("node-b is not Ready").then_some(d)
+    });
+    assert!(why.contains("Pending"), "{why}");
+
+    // node-b returns: its session is back with the same agent, and runs
+    // the task that waited for it.
+    b.signal(libc::SIGCONT);
+    wait_ready(&env_a, "node-b", "True", expiry());
+    let done = wait_for("the pinned task done", T * 2, || {
+        let o = env_a.ok(&["get", "task", "for-b1", "-o", "json"]);
+        let v: Value = serde_json::from_str(&o).ok()?;
+        (v["status"]["phase"] == "Succeeded").then_some(v)
+    });
+    assert_eq!(done["status"]["session"], "b1", "{done}");
+    let after = sessions(&env_a);
+    assert_eq!(
+        after["b1"].2, before["b1"].2,
+        "b1's agent adopted: {after:?}"
+    );
+    let o = env_a.ok(&["get", "session", "b1", "-o", "json"]);
+    assert!(!o.contains("nodeLost"), "{o}");
+    let typed = typed(&env_a);
+    assert_eq!(typed.len(), 5, "{typed:?}");
+    for (prompt, n) in typed {
+        assert_eq!(n, 1, "{prompt:?} typed {n} times");
+    }
 }

@@ -119,6 +119,16 @@ impl Node {
                 .any(|c| c.type_ == NODE_READY && c.status == "True")
         })
     }
+
+    /// Whether the leader found its heartbeat expired (`Ready=False`); a
+    /// Node just registered, not yet checked, is not.
+    pub fn lost(&self) -> bool {
+        self.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == NODE_READY && c.status == "False")
+        })
+    }
 }
 
 /// A node name from a host name: lowercased, each character that may

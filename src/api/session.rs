@@ -383,6 +383,12 @@ pub struct SessionStatus {
     /// scheduler; only that node's daemon acts on the session).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
+    /// Since when its node is lost (its heartbeat expired, or its Node
+    /// was deleted): nothing here is known to be current, and no task
+    /// goes to it. Written by the leader's scheduler; cleared when the
+    /// node is Ready again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_lost: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -415,7 +421,7 @@ impl SessionStatus {
     /// The field the task controller writes.
     pub const TASK_CONTROLLER: &[&str] = &["currentTask"];
     /// The field the leader's scheduler writes: the node.
-    pub const SCHEDULER: &[&str] = &["nodeName"];
+    pub const SCHEDULER: &[&str] = &["nodeName", "nodeLost"];
 }
 
 /// One launch of a session's agent.

@@ -59,6 +59,11 @@ fn phase(v: &Value) -> String {
     if v.pointer("/metadata/deletionTimestamp").is_some() {
         return "Terminating".into();
     }
+    // A Session whose node is lost: what its phase says is not current
+    // (as kubectl shows `Unknown` for a Pod on a lost node).
+    if v.pointer("/status/nodeLost").is_some() {
+        return "NodeLost".into();
+    }
     let phase = s(v, "/status/phase");
     // An account set aside as a failover target says so, as kubectl says
     // `Ready,SchedulingDisabled` of a cordoned node.

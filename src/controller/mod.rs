@@ -187,6 +187,50 @@ impl Caches {
             .unwrap_or(0)
     }
 
+    /// Whether node `name` is lost: the leader found its heartbeat
+    /// expired (NotReady) and it still is, by this clock (a node that
+    /// came back is not, before the next check says Ready), or its Node
+    /// was deleted (the machine gone for good).
+    pub fn node_lost(&self, name: &str) -> bool {
+        match self.nodes.get(crate::api::SYSTEM_NAMESPACE, name) {
+            Some(n) => {
+                let hb = n.status.as_ref().and_then(|s| s.heartbeat_time.as_ref());
+                n.lost()
+                    && !crate::api::heartbeat_fresh(
+                        hb,
+                        k8s_openapi::jiff::Timestamp::now(),
+                        crate::api::NODE_TTL,
+                    )
+            }
+            None => true,
+        }
+    }
+
+    /// Whether a dispatch written at `at` by node `name` may have been
+    /// typed before it was lost: within [`TYPE_WITHIN_HEARTBEAT`] of its
+    /// last heartbeat known here (both by that node's clock). One written
+    /// later was written after a heartbeat not seen here yet: the node
+    /// is back.
+    pub fn dispatched_before_loss(
+        &self,
+        name: &str,
+        at: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    ) -> bool {
+        let hb = self
+            .nodes
+            .get(crate::api::SYSTEM_NAMESPACE, name)
+            .and_then(|n| n.status.as_ref()?.heartbeat_time.clone());
+        match (hb, at) {
+            (Some(hb), Some(at)) => {
+                let fence = k8s_openapi::jiff::SignedDuration::try_from(TYPE_WITHIN_HEARTBEAT)
+                    .unwrap_or_default();
+                at.0 <= hb.0.checked_add(fence).unwrap_or(hb.0)
+            }
+            // No heartbeat (a deleted Node), no time: as before its loss.
+            _ => true,
+        }
+    }
+
     /// The Accounts of one namespace.
     pub fn accounts_in(&self, ns: &str) -> Vec<Arc<Account>> {
         self.accounts
@@ -211,7 +255,16 @@ pub struct Shared {
     /// daemon that loses the lease keeps its node's work and campaigns
     /// again).
     pub leading: Arc<std::sync::atomic::AtomicBool>,
+    /// When this node's heartbeat was last written (by `node::heartbeat`).
+    pub beaten: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
+
+/// How fresh this node's own heartbeat must be for its dispatcher to type
+/// a task: well inside `NODE_TTL`, after which the leader takes the node
+/// for lost and sends its unconfirmed tasks elsewhere. A daemon stopped
+/// (SIGSTOP, a partition) past it types nothing until it has beaten again.
+pub const TYPE_WITHIN_HEARTBEAT: Duration =
+    Duration::from_millis(crate::api::NODE_TTL.as_millis() as u64 / 2);
 
 impl Shared {
     pub fn now(&self) -> SystemTime {
@@ -221,6 +274,15 @@ impl Shared {
     /// Whether this daemon leads (runs what is global).
     pub fn leads(&self) -> bool {
         self.leading.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether this node's heartbeat is fresh enough to type
+    /// ([`TYPE_WITHIN_HEARTBEAT`]).
+    pub fn node_fresh(&self) -> bool {
+        self.beaten
+            .lock()
+            .expect("heartbeat lock")
+            .is_some_and(|t| t.elapsed() < TYPE_WITHIN_HEARTBEAT)
     }
 
     /// Whether this daemon runs session `s` (it is placed on this node).

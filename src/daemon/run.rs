@@ -211,6 +211,7 @@ fn shared(
             node: o.node.clone(),
         },
         leading: me.leading.clone(),
+        beaten: me.beaten.clone(),
     }))
 }
 

@@ -15,8 +15,9 @@ use crate::api::{
 use crate::store::{Durability, Store, StoreError};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+use std::time::Instant;
 
 /// How often the leader looks at the Nodes' heartbeats.
 pub const NODE_CHECK_EVERY: Duration = Duration::from_secs(2);
@@ -47,6 +48,8 @@ pub struct NodeState {
     /// The caches, once this daemon runs the controllers: the Sessions it
     /// runs are counted there.
     pub caches: OnceLock<Caches>,
+    /// When its heartbeat was last written (see [`crate::controller::Shared::node_fresh`]).
+    pub beaten: Arc<Mutex<Option<Instant>>>,
 }
 
 impl NodeState {
@@ -63,6 +66,7 @@ impl NodeState {
             leading: Arc::new(AtomicBool::new(false)),
             state_dir: state_dir.to_path_buf(),
             caches: OnceLock::new(),
+            beaten: Arc::default(),
         }
     }
 
@@ -158,6 +162,7 @@ fn daemon_alive(identity: &str) -> bool {
 /// Writes this node's heartbeat and what it knows of itself (its own
 /// status fields, not the leader's condition).
 fn beat(store: &Store, me: &NodeState) -> Result<(), StoreError> {
+    let started = Instant::now();
     let record = me.state_dir.join(NODE_DAEMON);
     if std::fs::read_to_string(&record).unwrap_or_default().trim() != me.identity {
         crate::fsutil::write_atomic(&record, me.identity.as_bytes(), Some(0o600), true).map_err(
@@ -185,6 +190,7 @@ fn beat(store: &Store, me: &NodeState) -> Result<(), StoreError> {
             &NodeStatus::DAEMON_FIELDS,
             Durability::Soon,
         )?;
+    *me.beaten.lock().expect("heartbeat lock") = Some(started);
     Ok(())
 }
 

@@ -66,41 +66,74 @@ async fn pass(
     }
     for s in &sessions {
         let key = ObjectKey::of(s.as_ref());
+        let st = s.status.clone().unwrap_or_default();
+        let mut node = st.node_name.clone();
         match place(s, &nodes, &placed, me) {
             Placement::Keep => {
                 told.remove(&key);
             }
-            Placement::Place(node) => {
+            Placement::Place(n) => {
                 told.remove(&key);
                 if let Some(c) = s.node().and_then(|old| placed.get_mut(old)) {
                     *c = c.saturating_sub(1);
                 }
-                *placed.entry(node.clone()).or_default() += 1;
-                if write(sh, &key, &node).await? {
-                    let msg = format!("placed on node {node}");
-                    sh.record(&key, false, "Scheduled", &msg, SOURCE).await;
-                }
+                *placed.entry(n.clone()).or_default() += 1;
+                node = Some(n);
             }
             Placement::Wait(why) => {
                 if told.get(&key) != Some(&why) {
                     let msg = format!("waiting for a node: {why}");
                     sh.record(&key, true, "FailedScheduling", &msg, SOURCE)
                         .await;
-                    told.insert(key, why);
+                    told.insert(key.clone(), why);
                 }
             }
+        }
+        let lost = node.as_deref().is_some_and(|n| sh.caches.node_lost(n));
+        let node_lost = match (&st.node_lost, lost) {
+            (Some(since), true) => Some(since.clone()),
+            (None, true) => Some(crate::api::now()),
+            (_, false) => None,
+        };
+        if node == st.node_name && node_lost.is_some() == st.node_lost.is_some() {
+            continue;
+        }
+        let want = SessionStatus {
+            node_name: node.clone(),
+            node_lost: node_lost.clone(),
+            ..Default::default()
+        };
+        if !write(sh, &key, want).await? {
+            continue;
+        }
+        let n = node.clone().unwrap_or_default();
+        if node.as_deref() != st.node_name.as_deref() {
+            sh.record(
+                &key,
+                false,
+                "Scheduled",
+                &format!("placed on node {n}"),
+                SOURCE,
+            )
+            .await;
+        }
+        if lost && st.node_lost.is_none() {
+            let msg = format!(
+                "its node {n} is lost (no heartbeat, or the Node is gone): no task goes to it; its unconfirmed tasks go back to the queue"
+            );
+            sh.record(&key, true, "NodeLost", &msg, SOURCE).await;
+        } else if !lost && st.node_lost.is_some() {
+            let msg = format!("its node {n} is back");
+            sh.record(&key, false, "NodeBack", &msg, SOURCE).await;
         }
     }
     told.retain(|k, _| sessions.iter().any(|s| ObjectKey::of(s.as_ref()) == *k));
     Ok(())
 }
 
-/// Writes a Session's node. False when the Session is gone.
-async fn write(sh: &Shared, key: &ObjectKey, node: &str) -> Result<bool, StoreError> {
-    let status = SessionStatus {
-        node_name: Some(node.to_string()),
-        ..Default::default()
-    };
+/// Writes a Session's node and whether it is lost. False when the
+/// Session is gone.
+async fn write(sh: &Shared, key: &ObjectKey, status: SessionStatus) -> Result<bool, StoreError> {
     let k = key.clone();
     let written = sh
         .blocking(move |store| {

@@ -122,7 +122,10 @@ async fn steps(ctx: &Context, mem: &mut Memory) -> Result<Duration, Error> {
             stop_task(ctx, &t, deleting).await?;
         } else if in_flight(p) {
             any_in_flight = true;
-            progress(ctx, mem, &t).await?;
+            match session_node(ctx, &t).filter(|n| *n != ctx.shared.settings.node) {
+                Some(lost) => on_lost_node(ctx, &t, &lost).await?,
+                None => progress(ctx, mem, &t).await?,
+            }
         } else if needs_moving(&t) {
             release(ctx, &t).await?;
         }
@@ -148,13 +151,39 @@ async fn steps(ctx: &Context, mem: &mut Memory) -> Result<Duration, Error> {
 /// leader's.
 fn ours(ctx: &Context, t: &Task) -> bool {
     let sh = &ctx.shared;
-    let ns = t.metadata.namespace.as_deref().unwrap_or_default();
-    match t.status.as_ref().and_then(|st| st.session.as_deref()) {
-        Some(name) => match sh.caches.sessions.get(ns, name) {
-            Some(s) => sh.runs(&s),
-            None => sh.leads(),
-        },
+    match session_node(ctx, t) {
+        Some(n) if n == sh.settings.node => true,
+        Some(n) => sh.leads() && sh.caches.node_lost(&n),
         None => sh.leads(),
+    }
+}
+
+/// The node of the Session task `t` is on (None: on none, or on one gone
+/// or not placed).
+fn session_node(ctx: &Context, t: &Task) -> Option<String> {
+    let ns = t.metadata.namespace.as_deref().unwrap_or_default();
+    let name = t.status.as_ref()?.session.as_deref()?;
+    let s = ctx.shared.caches.sessions.get(ns, name)?;
+    s.node().map(str::to_string)
+}
+
+/// A task in flight on a lost node (the leader's): one never confirmed
+/// there goes back to the queue (the attempt does not count); one
+/// confirmed running there stays, for its node to finish when it
+/// returns, unless its spec allows another attempt (`maxAttempts`).
+async fn on_lost_node(ctx: &Context, t: &Task, node: &str) -> Result<(), Error> {
+    let st = t.status.clone().unwrap_or_default();
+    let attempts = st.attempts.unwrap_or(1);
+    if !ctx
+        .shared
+        .caches
+        .dispatched_before_loss(node, st.dispatched_at.as_ref())
+    {
+        return Ok(()); // dispatched by the node since it came back
+    }
+    match placement::on_lost_node(phase(t), attempts, t.spec.max_attempts, node) {
+        Some((why, rewind)) => requeue(ctx, t, &why, rewind, None).await,
+        None => Ok(()),
     }
 }
 
@@ -235,6 +264,10 @@ fn moving(swaps: &[Arc<crate::api::Swap>], ns: &str, name: &str) -> bool {
 /// that began meanwhile (the failover places a session under its keyboard,
 /// after looking once more for a task typed into it).
 fn about_to_go(sh: &crate::controller::Shared, skey: &ObjectKey) -> bool {
+    if !sh.node_fresh() {
+        tracing::warn!(session = %skey, "this node's heartbeat is stale (the daemon was stopped or cut off): typing nothing until it beats again");
+        return true;
+    }
     let fresh = sh.caches.sessions.get(&skey.namespace, &skey.name);
     fresh.is_none_or(|f| {
         f.metadata.deletion_timestamp.is_some()
@@ -519,6 +552,16 @@ async fn deliver(
     if about_to_go(sh, &skey) {
         return Ok(());
     }
+    // Still pending, as this copy says? Another node's dispatcher may have
+    // taken it since this pass filed it (the intent below is written
+    // against this copy: a later change fails it).
+    let Some(t) = sh.caches.tasks.get(&key.namespace, &key.name) else {
+        return Ok(());
+    };
+    let t = t.as_ref();
+    if phase(t) != TaskPhase::Pending || t.metadata.deletion_timestamp.is_some() {
+        return Ok(());
+    }
     let Some((pane, screen)) = sh.driver.pane_and_screen(&skey).await? else {
         return Ok(());
     };
@@ -594,6 +637,12 @@ async fn deliver(
         Err(e) => return Err(e.into()),
     }
     mem.dispatched.insert(key.clone(), SystemTime::now());
+    if !sh.node_fresh() {
+        // Stopped between the intent and the keys: the leader may have
+        // sent the task elsewhere meanwhile. Nothing typed: the intent is
+        // followed like any other (redelivered here only if still ours).
+        return Ok(());
+    }
     // The prompt and its marker in ONE terminal call (a crash leaves all
     // of it in the composer or none of it), then Enter.
     let text = format!(

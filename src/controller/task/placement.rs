@@ -6,7 +6,7 @@
 //! writes). Pure.
 
 use super::assign::{Candidate, eligible};
-use crate::api::{Condition, Task};
+use crate::api::{Condition, Task, TaskPhase};
 use std::time::SystemTime;
 
 /// The condition type.
@@ -146,6 +146,32 @@ pub fn account_blocked(a: &crate::api::Account) -> Option<String> {
     ))
 }
 
+/// What becomes of a task in flight on a Session whose node is lost:
+/// requeued (why, and whether the attempt is taken back) or left for the
+/// node to finish when it returns (None). Never confirmed there
+/// (`Dispatched`): back to the queue, the attempt not counted. Confirmed
+/// running there: left, unless its spec allows another attempt.
+pub fn on_lost_node(
+    phase: TaskPhase,
+    attempts: u32,
+    max_attempts: Option<u32>,
+    node: &str,
+) -> Option<(String, bool)> {
+    match phase {
+        TaskPhase::Dispatched => Some((
+            format!("its session's node {node} was lost before the task was confirmed there"),
+            true,
+        )),
+        TaskPhase::Running if max_attempts.is_some_and(|m| attempts < m) => Some((
+            format!(
+                "its session's node {node} was lost while the task ran (attempt {attempts}; its spec allows another)"
+            ),
+            false,
+        )),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,5 +274,30 @@ mod tests {
             !needs_write(&task(None, None), None),
             "a plain queue: no write"
         );
+    }
+
+    #[test]
+    fn a_task_on_a_lost_node() {
+        use crate::api::TaskPhase::*;
+        let cases = [
+            (Dispatched, 1, None, Some(true)),
+            (Dispatched, 3, Some(3), Some(true)),
+            (Running, 1, None, None),
+            (Running, 1, Some(1), None),
+            (Running, 1, Some(2), Some(false)),
+            (Pending, 0, Some(3), None),
+            (Succeeded, 1, Some(3), None),
+        ];
+        for (phase, attempts, max, want) in cases {
+            let got = on_lost_node(phase, attempts, max, "n1");
+            assert_eq!(
+                got.as_ref().map(|g| g.1),
+                want,
+                "{phase:?} {attempts} {max:?}"
+            );
+            if let Some((why, _)) = got {
+                assert!(why.contains("node n1 was lost"), "{why}");
+            }
+        }
     }
 }
