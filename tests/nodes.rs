@@ -566,3 +566,107 @@ fn a_stopped_nodes_sessions_are_lost_until_it_returns() {
         assert_eq!(n, 1, "{prompt:?} typed {n} times");
     }
 }
+
+/// An account's Sessions on two nodes fail over together: a failover of
+/// the account (decided by the leader) moves the Session on each node to
+/// the target account, each relaunched by its own node's daemon with the
+/// same conversation, in one swap.
+#[test]
+#[cfg_attr(not(etcd), ignore = "etcd is not installed")]
+fn an_accounts_sessions_on_two_nodes_fail_over_together() {
+    let c = Cluster::start(3);
+    let url = c.url("swap");
+    let (env_a, env_b) = (Env::on_store(&url), Env::on_store(&url));
+    // Two nodes on one machine share its accounts' config dirs, so they
+    // share its transcript folder too (each machine has its own).
+    let transcripts = env_a.path("transcripts");
+    for env in [&env_a, &env_b] {
+        env.write(
+            "config/claude-failover/config.yaml",
+            &format!("transcriptsDir: {}\n", transcripts.display()),
+        );
+    }
+    let sock_a = common::daemon::state_dir(&env_a).join("tmux.sock");
+    let sock_b = common::daemon::state_dir(&env_b).join("tmux.sock");
+    let (_ta, _tb) = (TmuxServer(sock_a), TmuxServer(sock_b));
+    let _a = NodeDaemon::start(&env_a, "node-a");
+    wait_for("node-a to lead", T, || {
+        leading(&env_a, "node-a").then_some(())
+    });
+    let _b = NodeDaemon::start(&env_b, "node-b");
+    wait_ready(&env_a, "node-b", "True", T);
+    let workdir = env_a.path("work");
+    std::fs::create_dir_all(&workdir).unwrap();
+    let mut yaml = String::new();
+    for (i, acct) in ["one", "two"].iter().enumerate() {
+        env_a.write(
+            &format!("accounts/{acct}/.credentials.json"),
+            &format!(
+                r#"{{"claudeAiOauth": {{"accessToken": "t-{acct}", "refreshToken": "r-{acct}"}}}}"#
+            ),
+        );
+        yaml.push_str(&format!(
+            "{HEAD}kind: Account\nmetadata:\n  name: {acct}\nspec:\n  configDir: {}\n  priority: {}\n---\n",
+            env_a.path(&format!("accounts/{acct}")).display(),
+            10 - i
+        ));
+    }
+    for (name, node) in [("x", "node-a"), ("y", "node-b")] {
+        yaml.push_str(
+            &sim_session(name, &workdir, Some(node)).replace("spec:\n", "spec:\n  account: one\n"),
+        );
+    }
+    let f = env_a.write("pool.yaml", &yaml);
+    env_a.ok(&["apply", "-f", f.to_str().unwrap()]);
+    let get = |name: &str| -> Value {
+        serde_json::from_str(&env_a.ok(&["get", "session", name, "-o", "json"])).unwrap()
+    };
+    let before: Vec<Value> = wait_for("x and y Idle on account one", T * 2, || {
+        let v = [get("x"), get("y")];
+        v.iter()
+            .all(|s| s["status"]["phase"] == "Idle" && s["status"]["account"] == "one")
+            .then(|| v.to_vec())
+    });
+    // A turn on each, so that each has a conversation to continue.
+    let mut tasks = String::new();
+    for name in ["x", "y"] {
+        tasks.push_str(&format!(
+            "{HEAD}kind: Task\nmetadata: {{name: before-{name}}}\nspec:\n  prompt: \"before on {name}\"\n  session: {name}\n---\n"
+        ));
+    }
+    let f = env_a.write("tasks.yaml", &tasks);
+    env_a.ok(&["apply", "-f", f.to_str().unwrap()]);
+    wait_for("the turns done", T, || {
+        let o = env_a.ok(&["get", "tasks", "-o", "json"]);
+        let v: Value = serde_json::from_str(&o).ok()?;
+        let items = v["items"].as_array()?;
+        (items.len() == 2 && items.iter().all(|t| t["status"]["phase"] == "Succeeded"))
+            .then_some(())
+    });
+    env_a.ok(&["failover", "one", "--to", "two", "--no-wait"]);
+    let after: Vec<Value> = wait_for("x and y Idle on account two", T * 2, || {
+        let v = [get("x"), get("y")];
+        v.iter()
+            .all(|s| s["status"]["phase"] == "Idle" && s["status"]["account"] == "two")
+            .then(|| v.to_vec())
+    });
+    for (b, a) in before.iter().zip(&after) {
+        let name = &a["metadata"]["name"];
+        assert_eq!(
+            a["status"]["agentSessionId"], b["status"]["agentSessionId"],
+            "{name}: the same conversation"
+        );
+        assert_ne!(a["status"]["pid"], b["status"]["pid"], "{name}: relaunched");
+        assert_eq!(a["status"]["nodeName"], b["status"]["nodeName"], "{name}");
+        let swap = &a["status"]["lastSwap"];
+        assert_eq!(swap["to"], "two", "{a}");
+        assert_eq!(swap["reason"], "Manual", "{a}");
+        assert_eq!(a["status"]["launch"]["resumed"], true, "{a}");
+        assert_eq!(
+            swap["epoch"], after[0]["status"]["lastSwap"]["epoch"],
+            "one swap moved both"
+        );
+    }
+    let swaps = env_a.ok(&["get", "swaps"]);
+    assert_eq!(swaps.lines().count(), 2, "one swap: {swaps}");
+}
