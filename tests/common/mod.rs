@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod etcd;
 pub mod fake_api;
 pub mod fake_oauth;
+pub mod nodes;
 pub mod pool;
 pub mod prom;
 

@@ -89,45 +89,51 @@ async fn pass(
                 }
             }
         }
-        let lost = node.as_deref().is_some_and(|n| sh.caches.node_lost(n));
-        let node_lost = match (&st.node_lost, lost) {
-            (Some(since), true) => Some(since.clone()),
-            (None, true) => Some(crate::api::now()),
-            (_, false) => None,
-        };
-        if node == st.node_name && node_lost.is_some() == st.node_lost.is_some() {
-            continue;
-        }
-        let want = SessionStatus {
-            node_name: node.clone(),
-            node_lost: node_lost.clone(),
-            ..Default::default()
-        };
-        if !write(sh, &key, want).await? {
-            continue;
-        }
-        let n = node.clone().unwrap_or_default();
-        if node.as_deref() != st.node_name.as_deref() {
-            sh.record(
-                &key,
-                false,
-                "Scheduled",
-                &format!("placed on node {n}"),
-                SOURCE,
-            )
-            .await;
-        }
-        if lost && st.node_lost.is_none() {
-            let msg = format!(
-                "its node {n} is lost (no heartbeat, or the Node is gone): no task goes to it; its unconfirmed tasks go back to the queue"
-            );
-            sh.record(&key, true, "NodeLost", &msg, SOURCE).await;
-        } else if !lost && st.node_lost.is_some() {
-            let msg = format!("its node {n} is back");
-            sh.record(&key, false, "NodeBack", &msg, SOURCE).await;
-        }
+        settle(sh, &key, &st, node).await?;
     }
     told.retain(|k, _| sessions.iter().any(|s| ObjectKey::of(s.as_ref()) == *k));
+    Ok(())
+}
+
+/// Writes what changed of a Session's node (`node`, as decided) and of
+/// whether that node is lost, with an event for each change.
+async fn settle(
+    sh: &Shared,
+    key: &ObjectKey,
+    st: &SessionStatus,
+    node: Option<String>,
+) -> Result<(), StoreError> {
+    let lost = node.as_deref().is_some_and(|n| sh.caches.node_lost(n));
+    let node_lost = match (&st.node_lost, lost) {
+        (Some(since), true) => Some(since.clone()),
+        (None, true) => Some(crate::api::now()),
+        (_, false) => None,
+    };
+    if node == st.node_name && node_lost.is_some() == st.node_lost.is_some() {
+        return Ok(());
+    }
+    let want = SessionStatus {
+        node_name: node.clone(),
+        node_lost,
+        ..Default::default()
+    };
+    if !write(sh, key, want).await? {
+        return Ok(());
+    }
+    let n = node.clone().unwrap_or_default();
+    if node != st.node_name {
+        let msg = format!("placed on node {n}");
+        sh.record(key, false, "Scheduled", &msg, SOURCE).await;
+    }
+    if lost && st.node_lost.is_none() {
+        let msg = format!(
+            "its node {n} is lost (no heartbeat, or the Node is gone): no task goes to it; its unconfirmed tasks go back to the queue"
+        );
+        sh.record(key, true, "NodeLost", &msg, SOURCE).await;
+    } else if !lost && st.node_lost.is_some() {
+        let msg = format!("its node {n} is back");
+        sh.record(key, false, "NodeBack", &msg, SOURCE).await;
+    }
     Ok(())
 }
 
