@@ -170,6 +170,15 @@ pub struct Metrics {
     pub reconcile_duration_seconds: HistogramVec,
     /// `claude_failover_leader`: 1 while this daemon holds the leader lease.
     pub leader: IntGauge,
+    /// `claude_failover_node_ready{node}`: 1 while a Node is Ready, 0 when
+    /// it is not (one series per Node: bounded by the machines).
+    pub node_ready: IntGaugeVec,
+    /// `claude_failover_node_sessions{node}`: the Sessions placed on each
+    /// Node.
+    pub node_sessions: IntGaugeVec,
+    /// `claude_failover_store_available`: 1 while the store answers (0
+    /// during an etcd outage: no quorum, no member).
+    pub store_available: IntGauge,
     /// `claude_failover_leader_transitions_total`: times this daemon became leader.
     pub leader_transitions_total: IntCounter,
     /// `claude_failover_hook_events_total{event}` (see [`hook_event_label`]).
@@ -323,6 +332,21 @@ impl Metrics {
                 &["controller"],
             )
             .expect("metric"),
+            node_ready: int_gauge_vec(
+                "node_ready",
+                "1 while a Node is Ready (its heartbeat fresh), 0 when it is not.",
+                &["node"],
+            ),
+            node_sessions: int_gauge_vec(
+                "node_sessions",
+                "Sessions placed on each Node.",
+                &["node"],
+            ),
+            store_available: IntGauge::with_opts(opts(
+                "store_available",
+                "1 while the store answers; 0 during an etcd outage (no quorum, no member).",
+            ))
+            .expect("metric"),
             leader: IntGauge::with_opts(opts(
                 "leader",
                 "1 while this daemon holds the store's leader lease.",
@@ -465,6 +489,9 @@ impl Metrics {
             Box::new(self.reconcile_errors_total.clone()),
             Box::new(self.reconcile_duration_seconds.clone()),
             Box::new(self.leader.clone()),
+            Box::new(self.node_ready.clone()),
+            Box::new(self.node_sessions.clone()),
+            Box::new(self.store_available.clone()),
             Box::new(self.leader_transitions_total.clone()),
             Box::new(self.hook_events_total.clone()),
             Box::new(self.statusline_updates_total.clone()),
@@ -548,6 +575,25 @@ impl Metrics {
     /// Sets `claude_failover_sessions` from the phase of every Session.
     pub fn count_sessions<'a>(&self, phases: impl IntoIterator<Item = &'a SessionPhase>) {
         count_phases(&self.sessions, &SESSION_PHASES, phases);
+    }
+
+    /// Sets `claude_failover_node_ready` and `claude_failover_node_sessions`
+    /// from the Nodes and the Sessions' nodes; a Node gone loses its series.
+    pub fn count_nodes(&self, nodes: &[(String, bool)], sessions: &[Option<&str>]) {
+        self.node_ready.reset();
+        self.node_sessions.reset();
+        for (name, ready) in nodes {
+            self.node_ready
+                .with_label_values(&[name.as_str()])
+                .set(i64::from(*ready));
+            let n = sessions
+                .iter()
+                .filter(|s| **s == Some(name.as_str()))
+                .count();
+            self.node_sessions
+                .with_label_values(&[name.as_str()])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
 
     /// Sets `claude_failover_standbys` from each Session's standby.

@@ -200,6 +200,26 @@ fn one_pool_over_two_nodes_runs_tasks_on_both_each_once() {
         "{nodes}"
     );
 
+    // The metrics say where the Sessions are and that the store answers.
+    let api: Value = serde_json::from_slice(
+        &std::fs::read(common::daemon::state_dir(&env_a).join("api.json")).unwrap(),
+    )
+    .unwrap();
+    let metrics_url = format!("{}/metrics", api["url"].as_str().unwrap());
+    let want = format!(
+        "claude_failover_node_sessions{{node=\"node-b\"}} {}",
+        on("node-b")
+    );
+    let m = wait_for("the node gauges", T, || {
+        let (code, body) = common::daemon::call("GET", &metrics_url, None, None);
+        (code == 200 && body.contains(&want)).then_some(body)
+    });
+    assert!(
+        m.contains("claude_failover_node_ready{node=\"node-a\"} 1"),
+        "{m}"
+    );
+    assert!(m.contains("claude_failover_store_available 1"), "{m}");
+
     // The leader dies: node-b leads; the work goes on there.
     let mut a = a;
     a.child.kill().unwrap();

@@ -426,6 +426,8 @@ fn store_answers(outage: Option<&crate::store::Outage>) -> Value {
 }
 
 async fn metrics(State(s): State<Arc<ApiState>>) -> Response {
+    let available = s.store.outage().is_none();
+    s.metrics.store_available.set(i64::from(available));
     (
         [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         s.metrics.encode(),

@@ -1,6 +1,6 @@
 //! What is derived from the caches' change feeds and shown elsewhere: the
 //! object gauges of the metrics (sessions and tasks by phase, every
-//! account's usage and phase). A burst of changes is counted once.
+//! account's usage and phase, the Nodes' readiness and Sessions). A burst of changes is counted once.
 
 use crate::controller::Caches;
 use crate::metrics::Metrics;
@@ -63,7 +63,27 @@ pub async fn gauges(caches: Caches, metrics: Arc<Metrics>) {
             crate::controller::pool::fill_gauge(&m.pool_sessions, all.iter().map(Arc::as_ref));
         })
     };
-    futures::join!(sessions, tasks, accounts, pools);
+    let nodes = {
+        let (m, c) = (metrics.clone(), caches.clone());
+        follow(caches.nodes.clone(), move |all| count_nodes(&m, all, &c))
+    };
+    let node_sessions = {
+        let (m, c) = (metrics.clone(), caches.clone());
+        follow(caches.sessions.clone(), move |_| {
+            count_nodes(&m, &c.nodes.all(), &c)
+        })
+    };
+    futures::join!(sessions, tasks, accounts, pools, nodes, node_sessions);
+}
+
+fn count_nodes(m: &Metrics, nodes: &[Arc<crate::api::Node>], c: &Caches) {
+    let nodes: Vec<(String, bool)> = nodes
+        .iter()
+        .map(|n| (n.metadata.name.clone().unwrap_or_default(), n.ready()))
+        .collect();
+    let sessions = c.sessions.all();
+    let on: Vec<Option<&str>> = sessions.iter().map(|s| s.node()).collect();
+    m.count_nodes(&nodes, &on);
 }
 
 /// Calls `settle` with every object of `cache` once it is listed, then
