@@ -433,7 +433,8 @@ fn the_cli_verbs_work_on_etcd() {
 
 /// `run --store etcd://...`: the daemon leads through etcd, launches a
 /// simulated agent and dispatches tasks to it, and keeps doing so with one
-/// member of three dead.
+/// member of three dead. Its event stream carries the recorded events as
+/// they are written.
 #[test]
 #[cfg_attr(not(etcd), ignore = "etcd is not installed")]
 fn run_on_etcd_dispatches_tasks_end_to_end() {
@@ -464,6 +465,10 @@ fn run_on_etcd_dispatches_tasks_end_to_end() {
             r#"{{"apiVersion": "claude-failover.io/v1alpha1", "kind": "Task", "metadata": {{"name": "{name}"}}, "spec": {{"prompt": "do {name}"}}}}"#
         )
     };
+    // The event stream carries the recorded events as they come (an etcd
+    // watch of their keys; the resync is 120 s).
+    let mut stream =
+        common::daemon::Sse::open(&d.addr(), "/api/v1/watch?namespace=default", &token(&env));
     let (code, body) = call(
         "POST",
         &format!("{}/api/v1/namespaces/default/tasks", d.url),
@@ -471,6 +476,13 @@ fn run_on_etcd_dispatches_tasks_end_to_end() {
         Some(&task("first")),
     );
     assert_eq!(code, 201, "{body}");
+    let created = stream.until("the Created event", |e| {
+        e.event == "event" && e.data.contains("\"Created\"") && e.data.contains("\"first\"")
+    });
+    assert_eq!(parse(&created.data)["involvedObject"]["kind"], "Task");
+    stream.until("the Succeeded event", |e| {
+        e.event == "event" && e.data.contains("\"Succeeded\"") && e.data.contains("\"first\"")
+    });
     wait_for("first done", T, || {
         get("task", "first").filter(|v| v["status"]["phase"] == "Succeeded")
     });

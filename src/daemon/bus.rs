@@ -149,12 +149,33 @@ impl Bus {
     /// then on is sent). Runs until the task is aborted.
     pub async fn follow_events(self, store: Store, resync: Duration, listed: impl FnOnce()) {
         let dir = store.root().join("events");
-        // On etcd the recorded events are read every resync period (there
-        // are no files to be notified of).
         if !store.is_etcd() {
             let _ = std::fs::create_dir_all(&dir);
         }
         let (ntx, mut nrx) = tokio::sync::mpsc::unbounded_channel::<Option<PathBuf>>();
+        // On etcd: an etcd watch of the events' keys, from before the
+        // listing below (as the files' watch on a local store).
+        if store.is_etcd() {
+            let s = store.clone();
+            match tokio::task::spawn_blocking(move || s.event_changes()).await {
+                Ok(Ok(Some(mut keys))) => {
+                    let (ntx, dir) = (ntx.clone(), dir.clone());
+                    tokio::spawn(async move {
+                        while let Some(k) = keys.recv().await {
+                            let p = k.map(|k| event_file(&dir, &k));
+                            if ntx.send(p).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(store = %dir.display(), error = %e, "cannot watch the events; streaming them every resync period only")
+                }
+                Err(_) => return,
+            }
+        }
         let watcher = {
             use notify::Watcher;
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
@@ -168,15 +189,12 @@ impl Bus {
                     let _ = ntx.send(None);
                 }
             })
-            .and_then(|mut w| {
-                if store.is_etcd() {
-                    return Err(notify::Error::generic("the store is on etcd"));
-                }
-                w.watch(&dir, notify::RecursiveMode::Recursive).map(|_| w)
-            })
+            .and_then(|mut w| w.watch(&dir, notify::RecursiveMode::Recursive).map(|_| w))
         };
         let watcher = std::sync::Arc::new(std::sync::Mutex::new(match watcher {
             Ok(w) => Some(w),
+            // On etcd there are no files: the etcd watch above tells.
+            Err(_) if store.is_etcd() => None,
             Err(e) => {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the events; streaming them every resync period only");
                 None
@@ -277,6 +295,14 @@ fn change<K: Object>(type_: ChangeType, o: &K) -> Change {
         type_,
         object: serde_json::to_value(o).expect("objects serialize"),
     }
+}
+
+/// The file (local store) or the stand-in path (etcd) of `key`'s events
+/// under `dir`, as [`key_of_event_file`] reads it back.
+fn event_file(dir: &Path, key: &ObjectKey) -> PathBuf {
+    dir.join(key.kind.plural())
+        .join(&key.namespace)
+        .join(format!("{}.json", key.name))
 }
 
 /// `STORE/events/<plural>/<ns>/<name>.json` → its object (None for

@@ -58,30 +58,43 @@ impl Store {
         }
     }
 
+    /// On etcd: the objects whose recorded events change from now on (a
+    /// `None`: list again, the watch's revision was compacted away). None
+    /// on a local store (its events are files: watch the directory).
+    pub fn event_changes(
+        &self,
+    ) -> Result<Option<tokio::sync::mpsc::UnboundedReceiver<Option<ObjectKey>>>> {
+        let Some(mut keys) = super::watch_etcd::keys_changing(self, "events/")? else {
+            return Ok(None);
+        };
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let runtime = self.etcd().map(|e| e.runtime().clone());
+        let spawn = async move {
+            while let Some(k) = keys.recv().await {
+                let key = match k {
+                    None => None,
+                    Some(rel) => match event_key_of(&rel) {
+                        Some(key) => Some(key),
+                        None => continue,
+                    },
+                };
+                if tx.send(key).is_err() {
+                    return;
+                }
+            }
+        };
+        if let Some(rt) = runtime {
+            rt.spawn(spawn);
+        }
+        Ok(Some(rx))
+    }
+
     /// Every object that has recorded events (in no particular order).
     pub fn event_keys(&self) -> Result<Vec<ObjectKey>> {
-        let parse = |plural: &str, ns: &str, file: &str| -> Option<ObjectKey> {
-            if file.starts_with('.') {
-                return None;
-            }
-            let kind = crate::api::Kind::ALL
-                .into_iter()
-                .find(|k| k.plural() == plural)?;
-            let key = ObjectKey::new(kind, ns, file.strip_suffix(".json")?);
-            super::names::check_key(&key).ok().map(|()| key)
-        };
+        let parse = event_key;
         if let Some(etcd) = self.etcd() {
             let (kvs, _) = etcd.range("events")?;
-            return Ok(kvs
-                .iter()
-                .filter_map(|kv| {
-                    let parts: Vec<&str> = kv.rel.split('/').collect();
-                    match parts.as_slice() {
-                        ["events", plural, ns, file] => parse(plural, ns, file),
-                        _ => None,
-                    }
-                })
-                .collect());
+            return Ok(kvs.iter().filter_map(|kv| event_key_of(&kv.rel)).collect());
         }
         let read = |d: &std::path::Path| {
             std::fs::read_dir(d)
@@ -166,4 +179,26 @@ impl Store {
         txn.write_json(&p, &serde_json::to_value(&list).expect("events serialize"))?;
         txn.commit()
     }
+}
+
+/// The object whose events are in `PLURAL/NS/NAME.json` (None for temp
+/// files and anything else).
+fn event_key(plural: &str, ns: &str, file: &str) -> Option<ObjectKey> {
+    if file.starts_with('.') {
+        return None;
+    }
+    let kind = crate::api::Kind::ALL
+        .into_iter()
+        .find(|k| k.plural() == plural)?;
+    let key = ObjectKey::new(kind, ns, file.strip_suffix(".json")?);
+    super::names::check_key(&key).ok().map(|()| key)
+}
+
+/// The object of an etcd key `events/PLURAL/NS/NAME.json`.
+fn event_key_of(rel: &str) -> Option<ObjectKey> {
+    let parts: Vec<&str> = rel.split('/').collect();
+    let ["events", plural, ns, file] = parts.as_slice() else {
+        return None;
+    };
+    event_key(plural, ns, file)
 }

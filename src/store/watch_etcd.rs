@@ -198,3 +198,51 @@ async fn feed(
         tokio::time::sleep(RETRY).await;
     }
 }
+
+/// The store-relative keys that change under `rel_prefix` (`events/`),
+/// from the store's revision now on: what a caller that lists next misses
+/// nothing of. `None` in the stream: the revision was compacted away, list
+/// again. Blocks for the revision; None on a local store.
+pub(crate) fn keys_changing(
+    store: &Store,
+    rel_prefix: &str,
+) -> Result<Option<mpsc::UnboundedReceiver<Option<String>>>, super::StoreError> {
+    let Some(etcd) = store.etcd().cloned() else {
+        return Ok(None);
+    };
+    let mut from = etcd.revision()? + 1;
+    let prefix = etcd.key(rel_prefix);
+    let (out, rx) = mpsc::unbounded_channel();
+    etcd.runtime().clone().spawn(async move {
+        loop {
+            let (ftx, mut frx) = mpsc::unbounded_channel();
+            let feeder = tokio::spawn(feed(etcd.clone(), prefix.clone(), from, ftx));
+            while let Some(f) = frx.recv().await {
+                let Feed::Changed(keys) = f else { break };
+                for (rel, _) in keys {
+                    if out.send(Some(rel)).is_err() {
+                        feeder.abort();
+                        return;
+                    }
+                }
+            }
+            feeder.abort();
+            if out.send(None).is_err() {
+                return;
+            }
+            // Compacted: from the revision now (the caller lists again).
+            loop {
+                let e = etcd.clone();
+                match tokio::task::spawn_blocking(move || e.revision()).await {
+                    Ok(Ok(rev)) => {
+                        from = rev + 1;
+                        break;
+                    }
+                    Ok(Err(_)) => tokio::time::sleep(RETRY).await,
+                    Err(_) => return,
+                }
+            }
+        }
+    });
+    Ok(Some(rx))
+}
