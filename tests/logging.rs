@@ -11,9 +11,9 @@ use serde_json::Value;
 fn text_logs_in_a_file_carry_no_colour_codes() {
     let env = Env::new();
     let d = Daemon::start(&env, &["--log-format", "text"]);
-    let log = wait_for("the daemon to log its address", T, || {
+    let log = wait_for("the daemon to log its address and its lead", T, || {
         let l = d.log();
-        l.contains("listening").then_some(l)
+        (l.contains("listening") && l.contains("leader lease acquired")).then_some(l)
     });
     assert!(
         !log.contains('\u{1b}'),
@@ -30,9 +30,9 @@ fn text_logs_in_a_file_carry_no_colour_codes() {
 fn json_logs_have_the_message_at_the_top_level() {
     let env = Env::new();
     let d = Daemon::start(&env, &["--log-format", "json"]);
-    let log = wait_for("the daemon to log its address", T, || {
+    let log = wait_for("the daemon to log its address and its lead", T, || {
         let l = d.log();
-        l.contains("listening").then_some(l)
+        (l.contains("listening") && l.contains("leader lease acquired")).then_some(l)
     });
     let lines: Vec<Value> = log
         .lines()

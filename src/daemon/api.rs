@@ -45,6 +45,8 @@ pub struct Readiness {
     /// Whether it runs its node's sessions.
     node: AtomicBool,
     leader: AtomicBool,
+    /// Another daemon holds the leader lease (this one campaigns).
+    following: AtomicBool,
     manifests: Option<AtomicBool>,
     sessions: AtomicBool,
     /// One bit per feed that has listed the store ([`Feed::bit`]).
@@ -78,6 +80,7 @@ impl Readiness {
         Readiness {
             node: AtomicBool::new(false),
             leader: AtomicBool::new(false),
+            following: AtomicBool::new(false),
             manifests: with_manifests.then(|| AtomicBool::new(false)),
             sessions: AtomicBool::new(false),
             feeds: std::sync::atomic::AtomicU8::new(0),
@@ -87,6 +90,11 @@ impl Readiness {
 
     pub fn set_leader(&self, v: bool) {
         self.leader.store(v, Ordering::SeqCst);
+    }
+
+    /// Whether another daemon is known to hold the leader lease.
+    pub fn set_following(&self, v: bool) {
+        self.following.store(v, Ordering::SeqCst);
     }
 
     /// It runs its node's sessions (and campaigns for the leader lease).
@@ -135,13 +143,16 @@ impl Readiness {
     /// fixed or deleted.
     pub fn check_with(&self, corrupt: &[crate::store::CorruptObject]) -> (bool, Value) {
         let get = |b: &AtomicBool| b.load(Ordering::SeqCst);
-        let role = if get(&self.leader) {
+        let (leads, follows) = (get(&self.leader), get(&self.following));
+        let role = if leads {
             "held by this daemon"
-        } else {
+        } else if follows {
             "held by another daemon: this one runs its node's sessions"
+        } else {
+            "not known yet (campaigning)"
         };
         let mut checks = vec![
-            ("leaderLease", get(&self.node), role),
+            ("leaderLease", get(&self.node) && (leads || follows), role),
             (
                 "sessionController",
                 get(&self.sessions),
@@ -154,7 +165,7 @@ impl Readiness {
             ),
         ];
         match &self.manifests {
-            Some(_) if !get(&self.leader) => {
+            Some(_) if follows && !leads => {
                 checks.push(("manifests", true, "synced by the leading daemon"))
             }
             Some(m) => checks.push(("manifests", get(m), "the first sync pass is done")),
@@ -905,5 +916,28 @@ mod tests {
         }
         r.feed_listed(Feed::Events);
         assert!(r.check().0);
+    }
+
+    #[test]
+    fn a_follower_is_ready_without_the_lease_or_the_sync() {
+        let r = Readiness::new(true);
+        r.node_running();
+        r.sessions_listed();
+        for k in Kind::DECLARED {
+            r.feed_listed(Feed::Objects(k));
+        }
+        r.feed_listed(Feed::Events);
+        let (ready, body) = r.check();
+        assert!(!ready, "campaigning, no leader known: {body}");
+        r.set_following(true);
+        let (ready, body) = r.check();
+        assert!(ready, "another daemon leads and syncs: {body}");
+        assert!(
+            body.to_string().contains("held by another daemon"),
+            "{body}"
+        );
+        r.set_following(false);
+        r.set_leader(true);
+        assert!(!r.check().0, "leading: its own first sync is due");
     }
 }

@@ -43,6 +43,7 @@ pub async fn lead_forever(w: LeaderWork) {
         tracing::info!(holder = %lock.identity, "leader lease acquired");
         w.me.leading.store(true, Ordering::SeqCst);
         w.readiness.set_leader(true);
+        w.readiness.set_following(false);
         w.metrics.leader.set(1);
         w.metrics.leader_transitions_total.inc();
         let tasks = start(&w);
@@ -70,6 +71,7 @@ async fn campaign(w: &LeaderWork) -> Result<crate::store::LeaderLock, crate::sto
     if let Some(l) = tried {
         return Ok(l);
     }
+    w.readiness.set_following(true);
     let holder = w.store.leader().ok().flatten().unwrap_or_default();
     tracing::info!(leader = %holder, "another daemon leads this store: this one runs its node's sessions and waits for the lease");
     w.store.lead(&identity).await
