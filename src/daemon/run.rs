@@ -71,13 +71,14 @@ pub async fn run(o: Options) -> Result<()> {
     tokio::pin!(shutdown);
     let identity = crate::store::identity();
     tracing::info!(store = %o.store_dir.display(), state = %o.state_dir.display(), node = %o.node, version = env!("CARGO_PKG_VERSION"), "daemon starting");
-    // The Node first: a standby is a node too.
-    let me = Arc::new(node::NodeState::new(
-        &o.node,
-        &identity,
-        o.capacity,
-        &o.state_dir,
-    ));
+    // One daemon runs a node's agents: a second one beside it (the same
+    // state dir, so the same tmux server) waits for it to go, then runs
+    // the node under its name.
+    let _node_lock = tokio::select! {
+        l = node_lock(&o.state_dir) => l?,
+        _ = &mut shutdown => { tracing::info!("daemon stopped"); return Ok(()); }
+    };
+    let me = Arc::new(node::NodeState::new(&o.node, &identity, o.capacity));
     {
         let (store, me) = (o.store.clone(), me.clone());
         tokio::task::spawn_blocking(move || node::register(&store, &me))
@@ -85,12 +86,6 @@ pub async fn run(o: Options) -> Result<()> {
             .with_context(|| format!("cannot register the node {}", o.node))?;
     }
     let _heartbeat = AbortOnDrop(tokio::spawn(node::heartbeat(o.store.clone(), me.clone())));
-    // One daemon runs a node's agents: a second one beside it (the same
-    // state dir, so the same tmux server) waits for it to go.
-    let _node_lock = tokio::select! {
-        l = node_lock(&o.state_dir) => l?,
-        _ = &mut shutdown => { tracing::info!("daemon stopped"); return Ok(()); }
-    };
     let metrics = Arc::new(Metrics::new());
     let notifier = crate::notify::Notifier::start(&o.notify)
         .context("cannot set up the notifications (config key notify)")?;

@@ -42,9 +42,6 @@ pub struct NodeState {
     pub capacity: Option<u32>,
     /// Whether this daemon holds the leader lease.
     pub leading: Arc<AtomicBool>,
-    /// This daemon's state dir: the daemons that share it (a standby
-    /// beside the one that runs the agents) are one node.
-    pub state_dir: std::path::PathBuf,
     /// The caches, once this daemon runs the controllers: the Sessions it
     /// runs are counted there.
     pub caches: OnceLock<Caches>,
@@ -53,18 +50,12 @@ pub struct NodeState {
 }
 
 impl NodeState {
-    pub fn new(
-        name: &str,
-        identity: &str,
-        capacity: Option<u32>,
-        state_dir: &std::path::Path,
-    ) -> Self {
+    pub fn new(name: &str, identity: &str, capacity: Option<u32>) -> Self {
         NodeState {
             name: name.to_string(),
             identity: identity.to_string(),
             capacity,
             leading: Arc::new(AtomicBool::new(false)),
-            state_dir: state_dir.to_path_buf(),
             caches: OnceLock::new(),
             beaten: Arc::default(),
         }
@@ -84,48 +75,28 @@ impl NodeState {
     }
 }
 
-/// `STATE/NODE_DAEMON`: the daemon that runs the node from this state dir.
-const NODE_DAEMON: &str = "node-daemon";
-
-/// Another live daemon that runs node `n` (its heartbeat fresh), and
-/// whether it runs it from this daemon's state dir (the same node: this
-/// one is its standby).
-fn other_daemon(n: &Node, me: &NodeState) -> Option<(String, bool)> {
-    let st = n.status.clone().unwrap_or_default();
-    let fresh = crate::api::heartbeat_fresh(
-        st.heartbeat_time.as_ref(),
-        k8s_openapi::jiff::Timestamp::now(),
-        NODE_TTL,
-    );
-    let other = st.daemon.filter(|d| *d != me.identity && fresh)?;
-    if !daemon_alive(&other) {
-        return None;
-    }
-    let recorded = std::fs::read_to_string(me.state_dir.join(NODE_DAEMON)).unwrap_or_default();
-    let same = recorded.trim() == other;
-    Some((other, same))
-}
-
 /// Registers this daemon's Node (created when missing) with a first
-/// heartbeat. Refused when another live daemon runs under the same name
-/// from another state dir; a daemon beside it (the same state dir: its
-/// standby) leaves the Node to it and heartbeats it once it is gone (see
-/// [`heartbeat`]).
+/// heartbeat. Called once this daemon holds its state dir's node lock (a
+/// daemon beside it, of the same state dir, waits for that lock first and
+/// is gone by then), so another live daemon with a fresh heartbeat under
+/// this name runs from another state dir: refused.
 pub fn register(store: &Store, me: &NodeState) -> Result<(), NodeError> {
     let api = store.api::<Node>(Some(SYSTEM_NAMESPACE));
     if let Some(n) = api.get(&me.name)? {
-        match other_daemon(&n, me) {
-            Some((other, false)) => {
-                return Err(NodeError::Taken {
-                    node: me.name.clone(),
-                    daemon: other,
-                });
-            }
-            Some((other, true)) => {
-                tracing::info!(node = %me.name, daemon = %other, "another daemon runs this node from the same state dir; this one stands by");
-                return Ok(());
-            }
-            None => {}
+        let st = n.status.unwrap_or_default();
+        let fresh = crate::api::heartbeat_fresh(
+            st.heartbeat_time.as_ref(),
+            k8s_openapi::jiff::Timestamp::now(),
+            NODE_TTL,
+        );
+        if let Some(other) = st.daemon.filter(|d| *d != me.identity)
+            && fresh
+            && daemon_alive(&other)
+        {
+            return Err(NodeError::Taken {
+                node: me.name.clone(),
+                daemon: other,
+            });
         }
     } else {
         store.apply(
@@ -163,15 +134,6 @@ fn daemon_alive(identity: &str) -> bool {
 /// status fields, not the leader's condition).
 fn beat(store: &Store, me: &NodeState) -> Result<(), StoreError> {
     let started = Instant::now();
-    let record = me.state_dir.join(NODE_DAEMON);
-    if std::fs::read_to_string(&record).unwrap_or_default().trim() != me.identity {
-        crate::fsutil::write_atomic(&record, me.identity.as_bytes(), Some(0o600), true).map_err(
-            |source| StoreError::Io {
-                path: record.clone(),
-                source,
-            },
-        )?;
-    }
     let status = NodeStatus {
         heartbeat_time: Some(crate::api::micro_now()),
         daemon: Some(me.identity.clone()),
@@ -220,16 +182,9 @@ pub async fn heartbeat(store: Store, me: Arc<NodeState>) {
     loop {
         tick.tick().await;
         let (store, me) = (store.clone(), me.clone());
-        let r = tokio::task::spawn_blocking(move || {
-            // Its standby (see [`register`]) beats once that daemon is gone.
-            let node = store.api::<Node>(Some(SYSTEM_NAMESPACE)).get(&me.name)?;
-            if node.is_some_and(|n| other_daemon(&n, &me).is_some()) {
-                return Ok(());
-            }
-            match beat(&store, &me) {
-                Err(StoreError::NotFound(_)) => register(&store, &me),
-                r => r.map_err(NodeError::from),
-            }
+        let r = tokio::task::spawn_blocking(move || match beat(&store, &me) {
+            Err(StoreError::NotFound(_)) => register(&store, &me),
+            r => r.map_err(NodeError::from),
         })
         .await;
         match r {
