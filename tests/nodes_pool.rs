@@ -119,6 +119,66 @@ fn typed(env: &Env) -> BTreeMap<String, usize> {
     n
 }
 
+/// Two daemons as two nodes of one 3-member etcd cluster, each with its
+/// own state dir and tmux server: node-a leads, node-b is Ready. Both
+/// share the machine's transcript folder (they share its accounts' config
+/// dirs, docs/distributed.md). Fields drop in order: the daemons, their
+/// tmux servers, then the cluster.
+struct TwoNodes {
+    a: NodeDaemon,
+    b: NodeDaemon,
+    _tmux: (TmuxServer, TmuxServer),
+    env_a: Env,
+    env_b: Env,
+    sock_a: std::path::PathBuf,
+    _cluster: Cluster,
+}
+
+impl TwoNodes {
+    fn start(prefix: &str) -> TwoNodes {
+        let cluster = Cluster::start(3);
+        let url = cluster.url(prefix);
+        let (env_a, env_b) = (Env::on_store(&url), Env::on_store(&url));
+        let transcripts = env_a.path("transcripts");
+        for env in [&env_a, &env_b] {
+            env.write(
+                "config/claude-failover/config.yaml",
+                &format!("transcriptsDir: {}\n", transcripts.display()),
+            );
+        }
+        let sock_a = common::daemon::state_dir(&env_a).join("tmux.sock");
+        let sock_b = common::daemon::state_dir(&env_b).join("tmux.sock");
+        let tmux = (TmuxServer(sock_a.clone()), TmuxServer(sock_b));
+        let a = NodeDaemon::start(&env_a, "node-a");
+        wait_for("node-a to lead", T, || {
+            leading(&env_a, "node-a").then_some(())
+        });
+        let b = NodeDaemon::start(&env_b, "node-b");
+        wait_ready(&env_a, "node-b", "True", T);
+        TwoNodes {
+            a,
+            b,
+            _tmux: tmux,
+            env_a,
+            env_b,
+            sock_a,
+            _cluster: cluster,
+        }
+    }
+
+    fn sock_b(&self) -> &std::path::Path {
+        &self._tmux.1.0
+    }
+}
+
+/// Waits until the `n` Sessions are Idle with an agent; as [`sessions`].
+fn idle(env: &Env, n: usize) -> BTreeMap<String, (String, String, Option<i64>)> {
+    wait_for(&format!("{n} sessions Idle"), T * 2, || {
+        let s = sessions(env);
+        (s.len() == n && s.values().all(|(_, p, pid)| p == "Idle" && pid.is_some())).then_some(s)
+    })
+}
+
 /// Two daemons as two nodes of one etcd store run one pool: the leader
 /// places the Sessions over both (one pinned by `spec.nodeName`), each
 /// node's agents run in its own tmux server, and tasks go to both nodes,
@@ -129,21 +189,12 @@ fn typed(env: &Env) -> BTreeMap<String, usize> {
 #[test]
 #[cfg_attr(not(etcd), ignore = "etcd is not installed")]
 fn one_pool_over_two_nodes_runs_tasks_on_both_each_once() {
-    let c = Cluster::start(3);
-    let url = c.url("pool");
-    let (env_a, env_b) = (Env::on_store(&url), Env::on_store(&url));
-    let sock_a = common::daemon::state_dir(&env_a).join("tmux.sock");
-    let sock_b = common::daemon::state_dir(&env_b).join("tmux.sock");
-    let (_ta, _tb) = (TmuxServer(sock_a.clone()), TmuxServer(sock_b.clone()));
-    let a = NodeDaemon::start(&env_a, "node-a");
-    wait_for("node-a to lead", T, || {
-        leading(&env_a, "node-a").then_some(())
-    });
-    let b = NodeDaemon::start(&env_b, "node-b");
-    wait_ready(&env_a, "node-b", "True", T);
+    let mut n = TwoNodes::start("pool");
+    let (env_a, env_b) = (&n.env_a, &n.env_b);
+    let (sock_a, sock_b) = (n.sock_a.clone(), n.sock_b().to_path_buf());
 
     let workdir = env_a.path("work");
-    let pool = sim_pool_manifest(&env_a, "s0", &workdir);
+    let pool = sim_pool_manifest(env_a, "s0", &workdir);
     let mut more = String::new();
     for i in 1..4 {
         more.push_str(&sim_session(&format!("s{i}"), &workdir, None));
@@ -157,10 +208,7 @@ fn one_pool_over_two_nodes_runs_tasks_on_both_each_once() {
         "-f",
         more.to_str().unwrap(),
     ]);
-    let placed = wait_for("five sessions Idle", T * 2, || {
-        let s = sessions(&env_a);
-        (s.len() == 5 && s.values().all(|(_, p, pid)| p == "Idle" && pid.is_some())).then_some(s)
-    });
+    let placed = idle(env_a, 5);
     assert_eq!(placed["pinned"].0, "node-b", "{placed:?}");
     let on = |n: &str| placed.values().filter(|(node, _, _)| node == n).count();
     assert!(on("node-a") >= 2 && on("node-b") >= 2, "spread: {placed:?}");
@@ -186,11 +234,11 @@ fn one_pool_over_two_nodes_runs_tasks_on_both_each_once() {
     );
 
     // Tasks flow to both nodes, each typed once.
-    let ran = run_tasks(&env_a, "first", 16);
+    let ran = run_tasks(env_a, "first", 16);
     let node_of = |s: &str| placed[s].0.clone();
     let nodes_used: std::collections::BTreeSet<String> = ran.values().map(|s| node_of(s)).collect();
     assert_eq!(nodes_used.len(), 2, "tasks ran on both nodes: {ran:?}");
-    for (prompt, n) in typed(&env_a) {
+    for (prompt, n) in typed(env_a) {
         assert_eq!(n, 1, "{prompt:?} typed {n} times");
     }
     let nodes = env_a.ok(&["get", "nodes"]);
@@ -202,7 +250,7 @@ fn one_pool_over_two_nodes_runs_tasks_on_both_each_once() {
 
     // The metrics say where the Sessions are and that the store answers.
     let api: Value = serde_json::from_slice(
-        &std::fs::read(common::daemon::state_dir(&env_a).join("api.json")).unwrap(),
+        &std::fs::read(common::daemon::state_dir(env_a).join("api.json")).unwrap(),
     )
     .unwrap();
     let metrics_url = format!("{}/metrics", api["url"].as_str().unwrap());
@@ -221,13 +269,12 @@ fn one_pool_over_two_nodes_runs_tasks_on_both_each_once() {
     assert!(m.contains("claude_failover_store_available 1"), "{m}");
 
     // The leader dies: node-b leads; the work goes on there.
-    let mut a = a;
-    a.child.kill().unwrap();
-    a.child.wait().unwrap();
+    n.a.child.kill().unwrap();
+    n.a.child.wait().unwrap();
     wait_for("node-b to lead", LEADER_TTL * 3 + T / 2, || {
-        leading(&env_b, "node-b").then_some(())
+        leading(env_b, "node-b").then_some(())
     });
-    let ran = run_tasks(&env_b, "second", 6);
+    let ran = run_tasks(env_b, "second", 6);
     assert!(ran.values().all(|s| node_of(s) == "node-b"), "{ran:?}");
     // node-a's agents were left running.
     let alive = pane_pids(&sock_a);
@@ -240,22 +287,22 @@ fn one_pool_over_two_nodes_runs_tasks_on_both_each_once() {
         }
     }
     // node-a's daemon comes back: it adopts its agents and works again.
-    let a = NodeDaemon::start(&env_a, "node-a");
-    wait_ready(&env_b, "node-a", "True", expiry());
-    let ran = run_tasks(&env_b, "third", 12);
-    let after = sessions(&env_b);
+    n.a = NodeDaemon::start(&n.env_a, "node-a");
+    let (env_a, env_b) = (&n.env_a, &n.env_b);
+    wait_ready(env_b, "node-a", "True", expiry());
+    let ran = run_tasks(env_b, "third", 12);
+    let after = sessions(env_b);
     for (name, (node, _, pid)) in &placed {
         assert_eq!(&after[name].0, node, "{name} stayed on its node");
         assert_eq!(after[name].2, *pid, "{name}'s agent adopted, not restarted");
     }
     let nodes_used: std::collections::BTreeSet<String> = ran.values().map(|s| node_of(s)).collect();
     assert_eq!(nodes_used.len(), 2, "both nodes work again: {ran:?}");
-    let typed = typed(&env_a);
+    let typed = typed(env_a);
     assert_eq!(typed.len(), 16 + 6 + 12, "{typed:?}");
     for (prompt, n) in typed {
         assert_eq!(n, 1, "{prompt:?} typed {n} times");
     }
-    drop((a, b));
 }
 
 /// A node's daemon stopped (SIGSTOP) past its heartbeat's TTL: its
@@ -266,20 +313,10 @@ fn one_pool_over_two_nodes_runs_tasks_on_both_each_once() {
 #[test]
 #[cfg_attr(not(etcd), ignore = "etcd is not installed")]
 fn a_stopped_nodes_sessions_are_lost_until_it_returns() {
-    let c = Cluster::start(3);
-    let url = c.url("lost");
-    let (env_a, env_b) = (Env::on_store(&url), Env::on_store(&url));
-    let sock_a = common::daemon::state_dir(&env_a).join("tmux.sock");
-    let sock_b = common::daemon::state_dir(&env_b).join("tmux.sock");
-    let (_ta, _tb) = (TmuxServer(sock_a), TmuxServer(sock_b));
-    let _a = NodeDaemon::start(&env_a, "node-a");
-    wait_for("node-a to lead", T, || {
-        leading(&env_a, "node-a").then_some(())
-    });
-    let b = NodeDaemon::start(&env_b, "node-b");
-    wait_ready(&env_a, "node-b", "True", T);
+    let n = TwoNodes::start("lost");
+    let (env_a, b) = (&n.env_a, &n.b);
     let workdir = env_a.path("work");
-    let pool = sim_pool_manifest(&env_a, "a1", &workdir);
+    let pool = sim_pool_manifest(env_a, "a1", &workdir);
     let more = env_a.write("b1.yaml", &sim_session("b1", &workdir, Some("node-b")));
     env_a.ok(&[
         "apply",
@@ -288,14 +325,11 @@ fn a_stopped_nodes_sessions_are_lost_until_it_returns() {
         "-f",
         more.to_str().unwrap(),
     ]);
-    let before = wait_for("both sessions Idle", T * 2, || {
-        let s = sessions(&env_a);
-        (s.len() == 2 && s.values().all(|(_, p, pid)| p == "Idle" && pid.is_some())).then_some(s)
-    });
+    let before = idle(env_a, 2);
     assert_eq!(before["a1"].0, "node-a", "{before:?}");
 
     b.signal(libc::SIGSTOP);
-    wait_ready(&env_a, "node-b", "False", expiry());
+    wait_ready(env_a, "node-b", "False", expiry());
     let table = wait_for("b1 NodeLost", T, || {
         let t = env_a.ok(&["get", "sessions"]);
         t.lines()
@@ -314,7 +348,7 @@ fn a_stopped_nodes_sessions_are_lost_until_it_returns() {
             .contains("NodeLost")
     );
     // Work goes to the node that runs; a task for b1 waits, saying why.
-    let ran = run_tasks(&env_a, "during", 4);
+    let ran = run_tasks(env_a, "during", 4);
     assert!(ran.values().all(|s| s == "a1"), "{ran:?}");
     let pinned = env_a.write(
         "pinned.yaml",
@@ -330,21 +364,21 @@ fn a_stopped_nodes_sessions_are_lost_until_it_returns() {
     // node-b returns: its session is back with the same agent, and runs
     // the task that waited for it.
     b.signal(libc::SIGCONT);
-    wait_ready(&env_a, "node-b", "True", expiry());
+    wait_ready(env_a, "node-b", "True", expiry());
     let done = wait_for("the pinned task done", T * 2, || {
         let o = env_a.ok(&["get", "task", "for-b1", "-o", "json"]);
         let v: Value = serde_json::from_str(&o).ok()?;
         (v["status"]["phase"] == "Succeeded").then_some(v)
     });
     assert_eq!(done["status"]["session"], "b1", "{done}");
-    let after = sessions(&env_a);
+    let after = sessions(env_a);
     assert_eq!(
         after["b1"].2, before["b1"].2,
         "b1's agent adopted: {after:?}"
     );
     let o = env_a.ok(&["get", "session", "b1", "-o", "json"]);
     assert!(!o.contains("nodeLost"), "{o}");
-    let typed = typed(&env_a);
+    let typed = typed(env_a);
     assert_eq!(typed.len(), 5, "{typed:?}");
     for (prompt, n) in typed {
         assert_eq!(n, 1, "{prompt:?} typed {n} times");
@@ -358,27 +392,8 @@ fn a_stopped_nodes_sessions_are_lost_until_it_returns() {
 #[test]
 #[cfg_attr(not(etcd), ignore = "etcd is not installed")]
 fn an_accounts_sessions_on_two_nodes_fail_over_together() {
-    let c = Cluster::start(3);
-    let url = c.url("swap");
-    let (env_a, env_b) = (Env::on_store(&url), Env::on_store(&url));
-    // Two nodes on one machine share its accounts' config dirs, so they
-    // share its transcript folder too (each machine has its own).
-    let transcripts = env_a.path("transcripts");
-    for env in [&env_a, &env_b] {
-        env.write(
-            "config/claude-failover/config.yaml",
-            &format!("transcriptsDir: {}\n", transcripts.display()),
-        );
-    }
-    let sock_a = common::daemon::state_dir(&env_a).join("tmux.sock");
-    let sock_b = common::daemon::state_dir(&env_b).join("tmux.sock");
-    let (_ta, _tb) = (TmuxServer(sock_a), TmuxServer(sock_b));
-    let _a = NodeDaemon::start(&env_a, "node-a");
-    wait_for("node-a to lead", T, || {
-        leading(&env_a, "node-a").then_some(())
-    });
-    let _b = NodeDaemon::start(&env_b, "node-b");
-    wait_ready(&env_a, "node-b", "True", T);
+    let n = TwoNodes::start("swap");
+    let env_a = &n.env_a;
     let workdir = env_a.path("work");
     std::fs::create_dir_all(&workdir).unwrap();
     let mut yaml = String::new();
