@@ -469,3 +469,74 @@ fn an_accounts_sessions_on_two_nodes_fail_over_together() {
     let swaps = env_a.ok(&["get", "swaps"]);
     assert_eq!(swaps.lines().count(), 2, "one swap: {swaps}");
 }
+
+/// What an agent on a node that does not lead says of its account reaches
+/// the leader's account controller through the store: the only Session of
+/// account `one` runs on node-b; its turns spend the simulated account's
+/// budget, its statusLine says so to node-b's daemon, which writes it in
+/// the Session (`status.usage`); the leader (node-a) turns the account
+/// NearLimit and the Session moves to `two`, its conversation continued.
+#[test]
+#[cfg_attr(not(etcd), ignore = "etcd is not installed")]
+fn usage_said_on_a_node_that_does_not_lead_moves_its_session() {
+    let n = TwoNodes::start("usage");
+    let env_a = &n.env_a;
+    let workdir = env_a.path("work");
+    std::fs::create_dir_all(&workdir).unwrap();
+    // Two turns fill half of one's 5-hour budget: past its threshold.
+    env_a.write(
+        "accounts/one/sim-budget.json",
+        r#"{"fiveHourTokens": 8000}"#,
+    );
+    let mut yaml = String::new();
+    for (i, acct) in ["one", "two"].iter().enumerate() {
+        env_a.write(
+            &format!("accounts/{acct}/.credentials.json"),
+            &format!(
+                r#"{{"claudeAiOauth": {{"accessToken": "sk-ant-oat01-{acct}", "scopes": ["user:inference"], "subscriptionType": "max"}}}}"#
+            ),
+        );
+        yaml.push_str(&format!(
+            "{HEAD}kind: Account\nmetadata:\n  name: {acct}\nspec:\n  configDir: {}\n  priority: {}\n  thresholds: {{fiveHour: 40, sevenDay: 95}}\n---\n",
+            env_a.path(&format!("accounts/{acct}")).display(),
+            10 - i
+        ));
+    }
+    yaml.push_str(
+        &sim_session("y", &workdir, Some("node-b")).replace("spec:\n", "spec:\n  account: one\n"),
+    );
+    let f = env_a.write("pool.yaml", &yaml);
+    env_a.ok(&["apply", "-f", f.to_str().unwrap()]);
+    let get = |kind: &str, name: &str| -> Value {
+        serde_json::from_str(&env_a.ok(&["get", kind, name, "-o", "json"])).unwrap()
+    };
+    let before = wait_for("y Idle on account one", T * 2, || {
+        let v = get("session", "y");
+        (v["status"]["phase"] == "Idle" && v["status"]["account"] == "one").then_some(v)
+    });
+    assert_eq!(before["status"]["nodeName"], "node-b");
+    let mut tasks = String::new();
+    for i in 0..2 {
+        tasks.push_str(&format!(
+            "{HEAD}kind: Task\nmetadata: {{name: turn-{i}}}\nspec:\n  prompt: \"turn {i}\"\n  session: y\n---\n"
+        ));
+    }
+    let f = env_a.write("tasks.yaml", &tasks);
+    env_a.ok(&["apply", "-f", f.to_str().unwrap()]);
+    let one = wait_for("account one NearLimit", T * 2, || {
+        let v = get("account", "one");
+        (v["status"]["phase"] == "NearLimit").then_some(v)
+    });
+    let five = &one["status"]["usage"]["fiveHour"];
+    assert_eq!(five["source"], "statusLine", "{one}");
+    assert!(five["utilization"].as_f64().unwrap() >= 40.0, "{one}");
+    let after = wait_for("y Idle on account two", T * 2, || {
+        let v = get("session", "y");
+        (v["status"]["phase"] == "Idle" && v["status"]["account"] == "two").then_some(v)
+    });
+    let st = &after["status"];
+    assert_eq!(st["lastSwap"]["reason"], "NearLimit", "{after}");
+    assert_eq!(st["nodeName"], "node-b");
+    assert_eq!(st["agentSessionId"], before["status"]["agentSessionId"]);
+    assert_eq!(st["launch"]["resumed"], true, "{after}");
+}

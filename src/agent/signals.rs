@@ -122,9 +122,6 @@ pub struct Signals {
     wake: mpsc::UnboundedSender<ObjectRef<Session>>,
     /// Signalled on every payload: wakes the task dispatcher.
     changed: tokio::sync::Notify,
-    /// Signalled on usage news (statusLine, turn ends and failures, starts):
-    /// wakes the account controller.
-    quota: tokio::sync::Notify,
 }
 
 impl Signals {
@@ -140,7 +137,6 @@ impl Signals {
                 standby_secrets: Mutex::new(HashMap::new()),
                 wake,
                 changed: tokio::sync::Notify::new(),
-                quota: tokio::sync::Notify::new(),
             },
             rx,
         )
@@ -259,11 +255,6 @@ impl Signals {
         &self.changed
     }
 
-    /// Resolves at the next usage-related payload.
-    pub fn quota_changed(&self) -> &tokio::sync::Notify {
-        &self.quota
-    }
-
     /// Records one hook payload.
     pub fn hook(&self, key: &ObjectKey, payload: &Value) {
         let now = SystemTime::now();
@@ -328,12 +319,6 @@ impl Signals {
                 _ => {}
             }
         }
-        if matches!(
-            payload.get("hook_event_name").and_then(Value::as_str),
-            Some("StopFailure" | "Stop" | "SessionStart")
-        ) {
-            self.quota.notify_one();
-        }
         self.wake(key);
     }
 
@@ -349,7 +334,6 @@ impl Signals {
                 a.agent_session_id = Some(id.to_string());
             }
         }
-        self.quota.notify_one();
         self.wake(key);
     }
 

@@ -34,9 +34,9 @@ pub use node::{
     NodeCapacity, NodeSpec, NodeStatus, heartbeat_fresh, node_name_from_host,
 };
 pub use session::{
-    AgentSpec, EnvValue, GitWorkspace, Interruption, LaunchStatus, PermissionMode,
-    RefusedPlacement, SWAP_DONE, SWAP_ROLLED_BACK, SWAPPING, Session, SessionPhase, SessionSpec,
-    SessionStatus, StandbyMode, StandbySpec, StandbyStatus, SwapStatus, WorkspaceSpec,
+    AgentFailure, AgentSpec, AgentUsage, EnvValue, GitWorkspace, Interruption, LaunchStatus,
+    PermissionMode, RefusedPlacement, SWAP_DONE, SWAP_ROLLED_BACK, SWAPPING, Session, SessionPhase,
+    SessionSpec, SessionStatus, StandbyMode, StandbySpec, StandbyStatus, SwapStatus, WorkspaceSpec,
 };
 pub use sessionpool::{
     Autoscale, FORCE_SCALE_DOWN, POOL_FINALIZER, POOL_LABEL, PlacementStrategy, PoolPlacement,

@@ -376,6 +376,11 @@ pub struct SessionStatus {
     /// The standby agent (`spec.standby`), while one runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub standby: Option<StandbyStatus>,
+    /// What the agent said of its account's usage (its statusLine's rate
+    /// limits, a usage-limit or authentication failure): written by its
+    /// node, read by the leader's account controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<AgentUsage>,
     /// Where the failover controller placed the session (written by it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_swap: Option<SwapStatus>,
@@ -413,6 +418,7 @@ impl SessionStatus {
         "interrupted",
         "refusedPlacement",
         "standby",
+        "usage",
         "observedGeneration",
         "conditions",
     ];
@@ -475,6 +481,36 @@ pub struct Interruption {
     /// The account the turn ran on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account: Option<String>,
+}
+
+/// What a session's agent said of the usage of the account it runs under.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AgentUsage {
+    /// The account the agent ran under when it said so.
+    pub account: String,
+    /// Its statusLine's rate limits (subscription mode), written when they
+    /// change and refreshed while they stay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<crate::api::AccountUsage>,
+    /// The newest usage-limit or authentication failure it reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<AgentFailure>,
+}
+
+/// A request of an agent refused for its account.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AgentFailure {
+    /// The `StopFailure` error: `rate_limit` or `authentication_failed`.
+    pub error: String,
+    pub at: MicroTime,
+    /// When the limit resets, as the agent's transcript says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resets_at: Option<Time>,
+    /// A turn of the agent ended well after the failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered_at: Option<MicroTime>,
 }
 
 /// A placement refused by the session controller.

@@ -6,7 +6,7 @@ pub mod ledger;
 pub mod policy;
 pub mod poll;
 
-use crate::api::{AccountPhase, Thresholds};
+use crate::api::{AccountPhase, AccountUsage, Thresholds, Time, UsageWindow};
 use std::time::{Duration, SystemTime};
 
 /// The usage windows of a subscription: the two every request counts
@@ -113,6 +113,55 @@ pub struct Reading {
     pub observed_at: SystemTime,
 }
 
+impl Reading {
+    /// The reading as a status shows it (percent to one decimal).
+    pub fn to_status(&self) -> UsageWindow {
+        UsageWindow {
+            utilization: (self.utilization * 10.0).round() / 10.0,
+            resets_at: self.resets_at.map(|t| Time(jiff_of(t))),
+            source: self.source.clone(),
+            observed_at: Time(jiff_of(self.observed_at)),
+        }
+    }
+
+    /// The reading a status shows (of the signal that made it, not of a
+    /// window reset that carried it over).
+    pub fn of_status(w: &UsageWindow) -> Reading {
+        Reading {
+            utilization: w.utilization,
+            resets_at: w.resets_at.as_ref().map(|t| SystemTime::from(t.0)),
+            source: w.source.trim_end_matches(RESET_NOTE).to_string(),
+            observed_at: SystemTime::from(w.observed_at.0),
+        }
+    }
+}
+
+/// What a reading carried over a window reset says of its source.
+const RESET_NOTE: &str = " (window reset)";
+
+/// Readings of each window as a status shows them.
+pub fn usage_status<'a>(readings: impl IntoIterator<Item = (Window, &'a Reading)>) -> AccountUsage {
+    let mut u = AccountUsage::default();
+    for (w, r) in readings {
+        let slot = match w {
+            Window::FiveHour => &mut u.five_hour,
+            Window::SevenDay => &mut u.seven_day,
+            Window::SevenDayOpus => &mut u.seven_day_opus,
+            Window::SevenDaySonnet => &mut u.seven_day_sonnet,
+        };
+        *slot = Some(r.to_status());
+    }
+    u
+}
+
+/// The readings a status shows, by window.
+pub fn status_readings(u: &AccountUsage) -> Vec<(Window, Reading)> {
+    Window::ALL
+        .iter()
+        .filter_map(|w| Some((*w, Reading::of_status(u.window(w.label())?))))
+        .collect()
+}
+
 /// Two readings whose reset times are this close describe the same window
 /// (the same 5-hour or weekly period; periods are hours apart).
 pub const SAME_WINDOW: Duration = Duration::from_secs(300);
@@ -150,7 +199,7 @@ pub fn fuse(readings: &[Reading], now: SystemTime, stale: Duration) -> Option<Re
     if r.resets_at.is_some_and(|t| t <= now) {
         r.utilization = 0.0;
         r.resets_at = None;
-        r.source = format!("{} (window reset)", r.source);
+        r.source = format!("{}{RESET_NOTE}", r.source);
     }
     Some(r)
 }

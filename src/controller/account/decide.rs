@@ -4,10 +4,9 @@
 
 use super::memory::Memory;
 use crate::api::{
-    Account, AccountLimit, AccountPhase, AccountStatus, AccountUsage, Time, UsageWindow,
-    set_condition,
+    Account, AccountLimit, AccountPhase, AccountStatus, AccountUsage, Time, set_condition,
 };
-use crate::quota::{AccountInputs, Reading, Verdict, Window, fuse, jiff_of};
+use crate::quota::{AccountInputs, Verdict, Window, fuse, jiff_of};
 use std::time::{Duration, SystemTime};
 
 #[derive(Debug, Clone)]
@@ -81,15 +80,6 @@ pub fn inputs(m: &mut Memory, a: &Account, st: &QuotaSettings, now: SystemTime) 
     inputs
 }
 
-fn window_status(r: &Reading) -> UsageWindow {
-    UsageWindow {
-        utilization: (r.utilization * 10.0).round() / 10.0,
-        resets_at: r.resets_at.map(time),
-        source: r.source.clone(),
-        observed_at: time(r.observed_at),
-    }
-}
-
 /// The status the account controller writes for `a`: its phase, usage,
 /// limit, projection, sessions and `Available` condition. `projection`:
 /// the time to the threshold now computed, if any.
@@ -104,12 +94,16 @@ pub fn status(
     let before = a.status.clone().unwrap_or_default();
     let mut status = before.clone();
     status.phase = Some(verdict.phase);
-    let usage = AccountUsage {
-        five_hour: inputs.five_hour.as_ref().map(window_status),
-        seven_day: inputs.seven_day.as_ref().map(window_status),
-        seven_day_opus: inputs.seven_day_opus.as_ref().map(window_status),
-        seven_day_sonnet: inputs.seven_day_sonnet.as_ref().map(window_status),
-    };
+    let usage = crate::quota::usage_status(
+        [
+            (Window::FiveHour, &inputs.five_hour),
+            (Window::SevenDay, &inputs.seven_day),
+            (Window::SevenDayOpus, &inputs.seven_day_opus),
+            (Window::SevenDaySonnet, &inputs.seven_day_sonnet),
+        ]
+        .into_iter()
+        .filter_map(|(w, r)| Some((w, r.as_ref()?))),
+    );
     status.usage = (usage != AccountUsage::default()).then_some(usage);
     status.limit = inputs.limit.as_ref().map(|l| AccountLimit {
         at: time(l.at),
@@ -189,7 +183,7 @@ pub fn wake_at(inputs: &AccountInputs, st: &QuotaSettings) -> Option<SystemTime>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quota::Limit;
+    use crate::quota::{Limit, Reading};
 
     fn at(s: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(s)

@@ -3,8 +3,7 @@
 //! a rejected turn revealed, an authentication failure. Its durable side
 //! is the Account's status, which a restarted daemon starts from. Pure.
 
-use crate::agent::signals::AgentSignals;
-use crate::api::{AccountStatus, ObjectKey, Time};
+use crate::api::{AccountStatus, AccountUsage, AgentUsage, MicroTime, ObjectKey, Time};
 use crate::quota::{Limit, Reading, Window};
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -15,7 +14,9 @@ pub const READINGS_KEPT: usize = 32;
 /// What one session's signals last contributed.
 #[derive(Debug, Default, Clone, PartialEq)]
 struct Seen {
-    statusline: Option<SystemTime>,
+    /// The rate limits last taken in (their times are to the second: two
+    /// reports within one second differ in their figures only).
+    rate_limits: Option<AccountUsage>,
     failure: Option<SystemTime>,
 }
 
@@ -33,16 +34,11 @@ pub struct Memory {
     pub poll_refused: bool,
 }
 
-/// The newest failure an agent reported: of its turn, or of a subagent
-/// or helper request (their usage limit is the account's too).
-pub fn newest_failure(sig: &AgentSignals) -> Option<&(String, String, SystemTime)> {
-    [&sig.last_failure, &sig.side_failure]
-        .into_iter()
-        .flatten()
-        .max_by_key(|(_, _, t)| *t)
+fn system(t: &Time) -> SystemTime {
+    SystemTime::from(t.0)
 }
 
-fn system(t: &Time) -> SystemTime {
+fn micro_system(t: &MicroTime) -> SystemTime {
     SystemTime::from(t.0)
 }
 
@@ -50,25 +46,8 @@ impl Memory {
     /// Starts from what an earlier run wrote.
     pub fn from_status(s: &AccountStatus) -> Memory {
         let mut m = Memory::default();
-        if let Some(u) = &s.usage {
-            for (w, r) in [
-                (Window::FiveHour, &u.five_hour),
-                (Window::SevenDay, &u.seven_day),
-                (Window::SevenDayOpus, &u.seven_day_opus),
-                (Window::SevenDaySonnet, &u.seven_day_sonnet),
-            ] {
-                if let Some(r) = r {
-                    m.push(
-                        w,
-                        Reading {
-                            utilization: r.utilization,
-                            resets_at: r.resets_at.as_ref().map(system),
-                            source: r.source.trim_end_matches(" (window reset)").to_string(),
-                            observed_at: system(&r.observed_at),
-                        },
-                    );
-                }
-            }
+        for (w, r) in s.usage.iter().flat_map(crate::quota::status_readings) {
+            m.push(w, r);
         }
         m.limit = s.limit.as_ref().map(|l| Limit {
             at: system(&l.at),
@@ -90,60 +69,64 @@ impl Memory {
         self.readings.get(&w)?.iter().max_by_key(|r| r.observed_at)
     }
 
-    /// Takes in what one session's agent said since the last pass, if that
-    /// agent runs under `account` (as far as is known: a Session copy that
-    /// is not yet updated may still show a moved session here).
-    /// `logged_reset` is the reset time its transcript's limit entry gives
-    /// for its newest usage-limit failure, if any (2.1.332 writes one).
-    pub fn absorb(
-        &mut self,
-        account: &str,
-        session: &ObjectKey,
-        sig: &AgentSignals,
-        logged_reset: Option<SystemTime>,
-    ) {
-        if sig.account.as_deref().is_some_and(|a| a != account) {
+    /// Takes in what one session's agent said since the last pass (as its
+    /// node wrote it), if that agent runs under `account` (a Session copy
+    /// not yet updated may still show a moved session here).
+    pub fn absorb(&mut self, account: &str, session: &ObjectKey, usage: &AgentUsage) {
+        if usage.account != account {
             return;
         }
         let mut seen = self.seen.get(session).cloned().unwrap_or_default();
-        if let Some((v, t)) = &sig.statusline
-            && seen.statusline != Some(*t)
+        if let Some(said) = &usage.rate_limits
+            && seen.rate_limits.as_ref() != Some(said)
         {
-            seen.statusline = Some(*t);
-            for (w, r) in crate::quota::from_statusline(v, *t) {
+            seen.rate_limits = Some(said.clone());
+            for (w, r) in crate::quota::status_readings(said) {
                 self.push(w, r);
             }
         }
-        if let Some((error, _, t)) = newest_failure(sig)
-            && seen.failure != Some(*t)
-        {
-            seen.failure = Some(*t);
-            match error.as_str() {
-                "rate_limit" => {
-                    // When it resets: the transcript says so (2.1.332), else
-                    // the fullest window we know of.
-                    let fullest = Window::ALL
-                        .iter()
-                        .filter_map(|w| self.latest(*w))
-                        .max_by(|a, b| a.utilization.total_cmp(&b.utilization));
-                    self.limit = Some(Limit {
-                        at: *t,
-                        resets_at: logged_reset
-                            .or(fullest.and_then(|r| r.resets_at))
-                            .filter(|r| r > t),
-                        source: format!("StopFailure rate_limit in session {}", session.name),
-                    });
-                }
-                "authentication_failed" => self.auth_failed = Some(*t),
-                _ => {}
+        if let Some(f) = &usage.failure {
+            let t = micro_system(&f.at);
+            if seen.failure != Some(t) {
+                seen.failure = Some(t);
+                self.failed(session, &f.error, t, f.resets_at.as_ref().map(system));
+            }
+            if let (Some(failed), Some(back)) = (self.auth_failed, &f.recovered_at)
+                && micro_system(back) > failed
+            {
+                self.auth_failed = None;
             }
         }
-        if let (Some(failed), Some((_, stop))) = (self.auth_failed, &sig.last_stop)
-            && *stop > failed
-        {
-            self.auth_failed = None;
-        }
         self.seen.insert(session.clone(), seen);
+    }
+
+    /// A failure reported at `t`: a usage limit (its reset as the agent's
+    /// transcript says, else that of the fullest window known) or an
+    /// authentication refused.
+    fn failed(
+        &mut self,
+        session: &ObjectKey,
+        error: &str,
+        t: SystemTime,
+        logged: Option<SystemTime>,
+    ) {
+        match error {
+            "rate_limit" => {
+                let fullest = Window::ALL
+                    .iter()
+                    .filter_map(|w| self.latest(*w))
+                    .max_by(|a, b| a.utilization.total_cmp(&b.utilization));
+                self.limit = Some(Limit {
+                    at: t,
+                    resets_at: logged
+                        .or(fullest.and_then(|r| r.resets_at))
+                        .filter(|r| *r > t),
+                    source: format!("StopFailure rate_limit in session {}", session.name),
+                });
+            }
+            "authentication_failed" => self.auth_failed = Some(t),
+            _ => {}
+        }
     }
 
     /// When the 5-hour window reaches `threshold` at the pace of the
@@ -175,67 +158,90 @@ impl Memory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::api::AgentFailure;
+    use crate::quota::{Reading, jiff_of};
 
     fn at(s: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(s)
     }
 
-    fn statusline(used: f64, t: u64) -> AgentSignals {
-        AgentSignals {
-            statusline: Some((
-                json!({"rate_limits": {"five_hour": {"used_percentage": used, "resets_at": 10_000}}}),
-                at(t),
-            )),
-            ..Default::default()
+    fn micro(s: u64) -> MicroTime {
+        MicroTime(jiff_of(at(s)))
+    }
+
+    fn statusline(used: f64, t: u64) -> AgentUsage {
+        let r = Reading {
+            utilization: used,
+            resets_at: Some(at(10_000)),
+            source: "statusLine".into(),
+            observed_at: at(t),
+        };
+        AgentUsage {
+            account: "a".into(),
+            rate_limits: Some(crate::quota::usage_status([(Window::FiveHour, &r)])),
+            failure: None,
         }
     }
 
+    fn failure(error: &str, t: u64) -> Option<AgentFailure> {
+        Some(AgentFailure {
+            error: error.into(),
+            at: micro(t),
+            resets_at: None,
+            recovered_at: None,
+        })
+    }
+
     #[test]
-    fn signals_become_readings_limits_and_auth_failures_once_each() {
+    fn reports_become_readings_limits_and_auth_failures_once_each() {
         let k = ObjectKey::new(crate::api::Kind::Session, "default", "s");
         let mut m = Memory::default();
-        m.absorb("a", &k, &statusline(40.0, 100), None);
-        m.absorb("a", &k, &statusline(40.0, 100), None);
+        m.absorb("a", &k, &statusline(40.0, 100));
+        m.absorb("a", &k, &statusline(40.0, 100));
         assert_eq!(
             m.readings[&Window::FiveHour].len(),
             1,
-            "the same input once"
+            "the same report once"
         );
-        m.absorb("a", &k, &statusline(55.0, 200), None);
+        m.absorb("a", &k, &statusline(55.0, 200));
         assert_eq!(m.latest(Window::FiveHour).unwrap().utilization, 55.0);
-        let mut sig = statusline(55.0, 200);
-        sig.last_failure = Some(("rate_limit".into(), "hit".into(), at(300)));
-        m.absorb("a", &k, &sig, None);
+        m.absorb("a", &k, &statusline(57.0, 200));
+        assert_eq!(
+            m.latest(Window::FiveHour).unwrap().utilization,
+            57.0,
+            "another figure in the same second"
+        );
+        let mut u = statusline(57.0, 200);
+        u.failure = failure("rate_limit", 300);
+        m.absorb("a", &k, &u);
         let l = m.limit.clone().unwrap();
         assert_eq!((l.at, l.resets_at), (at(300), Some(at(10_000))));
-        sig.last_failure = Some(("authentication_failed".into(), "x".into(), at(400)));
-        m.absorb("a", &k, &sig, None);
+        u.failure = failure("authentication_failed", 400);
+        m.absorb("a", &k, &u);
         assert_eq!(m.auth_failed, Some(at(400)));
-        sig.last_stop = Some(("ok".into(), at(500)));
-        m.absorb("a", &k, &sig, None);
+        u.failure.as_mut().unwrap().recovered_at = Some(micro(500));
+        m.absorb("a", &k, &u);
         assert_eq!(m.auth_failed, None, "a turn that succeeded since");
-        // A subagent's limit is the account's; the transcript tells its end.
-        sig.side_failure = Some(("rate_limit".into(), "in a subagent".into(), at(600)));
-        m.absorb("a", &k, &sig, Some(at(4_000)));
+        // The transcript's limit entry tells its end.
+        u.failure = failure("rate_limit", 600);
+        u.failure.as_mut().unwrap().resets_at = Some(Time(jiff_of(at(4_000))));
+        m.absorb("a", &k, &u);
         let l = m.limit.clone().unwrap();
         assert_eq!((l.at, l.resets_at), (at(600), Some(at(4_000))));
     }
 
     #[test]
-    fn an_agent_launched_under_another_account_does_not_count_here() {
+    fn an_agent_under_another_account_does_not_count_here() {
         // A session moved from a to b: the cache may still show it on a
         // while its new agent reports b's usage.
         let k = ObjectKey::new(crate::api::Kind::Session, "default", "s");
         let mut m = Memory::default();
-        m.absorb("a", &k, &statusline(95.0, 100), None);
+        m.absorb("a", &k, &statusline(95.0, 100));
         let mut on_b = statusline(10.0, 200);
-        on_b.account = Some("b".into());
-        m.absorb("a", &k, &on_b, None);
+        on_b.account = "b".into();
+        m.absorb("a", &k, &on_b);
         assert_eq!(m.latest(Window::FiveHour).unwrap().utilization, 95.0);
-        let mut on_a = statusline(96.0, 300);
-        on_a.account = Some("a".into());
-        m.absorb("a", &k, &on_a, None);
+        m.absorb("a", &k, &statusline(96.0, 300));
         assert_eq!(m.latest(Window::FiveHour).unwrap().utilization, 96.0);
     }
 
@@ -243,18 +249,18 @@ mod tests {
     fn the_projection_follows_the_pace_of_the_current_window() {
         let k = ObjectKey::new(crate::api::Kind::Session, "default", "s");
         let mut m = Memory::default();
-        m.absorb("a", &k, &statusline(40.0, 1000), None);
+        m.absorb("a", &k, &statusline(40.0, 1000));
         assert_eq!(m.projection(90.0), None, "one reading");
-        m.absorb("a", &k, &statusline(50.0, 1600), None);
+        m.absorb("a", &k, &statusline(50.0, 1600));
         // 10 points in 600 s: 40 more points in 2400 s.
         assert_eq!(m.projection(90.0), Some(at(4000)));
         let mut m = Memory::default();
-        m.absorb("a", &k, &statusline(10.0, 1000), None);
-        m.absorb("a", &k, &statusline(11.0, 1600), None);
+        m.absorb("a", &k, &statusline(10.0, 1000));
+        m.absorb("a", &k, &statusline(11.0, 1600));
         assert_eq!(m.projection(90.0), None, "reached after the window resets");
         let mut m = Memory::default();
-        m.absorb("a", &k, &statusline(80.0, 1000), None);
-        m.absorb("a", &k, &statusline(85.0, 1600), None);
+        m.absorb("a", &k, &statusline(80.0, 1000));
+        m.absorb("a", &k, &statusline(85.0, 1600));
         assert_eq!(m.projection(90.0), Some(at(2200)));
         assert_eq!(m.projection(80.0), None, "already past");
     }

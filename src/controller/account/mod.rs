@@ -1,11 +1,12 @@
 //! The account controller: fuses each account's usage signals into one
 //! reading per window and sets its phase (see docs/failover.md).
 //!
-//! Signals, all pushed into the daemon or fetched by it:
-//! - the statusLine feed of every live session on the account
-//!   (`rate_limits`, subscription mode);
-//! - the `StopFailure` hook with `error: rate_limit` (a hard limit) or
-//!   `authentication_failed`;
+//! Signals:
+//! - what each live session's agent said, as its node's session
+//!   controller wrote it in the Session (`status.usage`, on whichever
+//!   node it runs): its statusLine's `rate_limits` (subscription mode),
+//!   the `StopFailure` hook with `error: rate_limit` (a hard limit, with
+//!   the reset its transcript gives) or `authentication_failed`;
 //! - the budgeted poll of the usage endpoint (see [`crate::quota::poll`]);
 //! - the token ledger of the account's transcripts (the projection).
 //!
@@ -20,7 +21,6 @@ pub mod memory;
 mod poll;
 
 use super::{BY_ACCOUNT, Shared};
-use crate::agent::signals::AgentSignals;
 use crate::api::{Account, AccountPhase, AccountStatus, ObjectKey, Session};
 use crate::notify::{Notice, NoticeKind};
 use crate::store::cache::index_key;
@@ -87,9 +87,7 @@ pub async fn run(ctx: Arc<Context>, wake: impl Stream<Item = ()> + Send + 'stati
             Ok(next) => next,
             Err(e) => super::failed_pass("account", &e, e.is_unavailable(), RETRY).await,
         };
-        let signals = ctx.shared.signals.clone();
         tokio::select! {
-            _ = signals.quota_changed().notified() => {}
             _ = ctx.polled.notified() => {}
             _ = wake.next() => super::drain(&mut wake),
             _ = tokio::time::sleep(next) => {}
@@ -130,22 +128,15 @@ async fn account(
     let key = ObjectKey::of(a);
     let before = a.status.clone().unwrap_or_default();
     let live = live_on(ctx, &key.namespace, &key.name);
-    let signals: Vec<(ObjectKey, AgentSignals)> = live
-        .iter()
-        .map(|s| {
-            let sk = ObjectKey::of(s.as_ref());
-            let sig = ctx.shared.signals.get(&sk);
-            (sk, sig)
-        })
-        .collect();
-    let logged = logged_resets(ctx, &signals, now).await;
     let (inputs, wants_poll, models_only, ledger_due) = {
         let mut all = ctx.memory.lock().expect("lock");
         let m = all
             .entry(key.clone())
             .or_insert_with(|| Memory::from_status(&before));
-        for ((sk, sig), reset) in signals.iter().zip(logged) {
-            m.absorb(&key.name, sk, sig, reset);
+        for s in &live {
+            if let Some(u) = s.status.as_ref().and_then(|st| st.usage.as_ref()) {
+                m.absorb(&key.name, &ObjectKey::of(s.as_ref()), u);
+            }
         }
         let inputs = decide::inputs(m, a, &ctx.settings, now);
         // Every account is polled on its budget: only the endpoint tells
@@ -200,42 +191,6 @@ async fn account(
         .and_then(|t| t.duration_since(now).ok())
         .map(|d| d + LATE);
     Ok([wake, poll_in].into_iter().flatten().min())
-}
-
-/// How recent a usage-limit failure must be for its transcript to be read.
-const LOGGED_WITHIN: Duration = Duration::from_secs(120);
-
-/// For each session's newest usage-limit failure (recent), the reset time
-/// its transcript's limit entry gives (2.1.332 writes one).
-async fn logged_resets(
-    ctx: &Context,
-    signals: &[(ObjectKey, AgentSignals)],
-    now: SystemTime,
-) -> Vec<Option<SystemTime>> {
-    let wanted: Vec<Option<(String, SystemTime)>> = signals
-        .iter()
-        .map(|(_, sig)| {
-            let (error, _, at) = memory::newest_failure(sig)?;
-            let recent = now.duration_since(*at).unwrap_or_default() < LOGGED_WITHIN;
-            (error == "rate_limit" && recent)
-                .then(|| Some((sig.transcript_path.clone()?, *at)))
-                .flatten()
-        })
-        .collect();
-    if wanted.iter().all(Option::is_none) {
-        return vec![None; signals.len()];
-    }
-    ctx.shared
-        .blocking(move |_| {
-            wanted
-                .into_iter()
-                .map(|w| {
-                    let (path, at) = w?;
-                    crate::agent::hooks::latest_limit(path.as_ref(), at)?.resets_at
-                })
-                .collect()
-        })
-        .await
 }
 
 async fn write(

@@ -4,7 +4,7 @@
 use super::observe::{self, config_dir};
 use super::plan::{self, Desired, Observed, Step};
 use super::report::{self, Report};
-use super::{Context, Error, OWNED, private};
+use super::{Context, Error, OWNED, private, usage};
 use crate::agent::launch::{self, LaunchInput};
 use crate::agent::seed;
 use crate::agent::signals::AgentSignals;
@@ -949,6 +949,22 @@ pub async fn finish(
     } else {
         st.account = st.launch.as_ref().and_then(|l| l.account.clone());
     }
+    st.usage = if running {
+        // What the agent running now said (a launch in this pass started
+        // another than the one observed).
+        let said = ctx.shared.signals.get(&key);
+        let now = ctx.shared.now();
+        let reset = usage::logged_reset(ctx, before.usage.as_ref(), &said, now).await;
+        usage::report(
+            before.usage.as_ref(),
+            &said,
+            st.account.as_deref(),
+            reset,
+            now,
+        )
+    } else {
+        None
+    };
     let generation = s.metadata.generation;
     st.observed_generation = generation;
     let t = crate::api::now();

@@ -16,6 +16,7 @@ mod private;
 pub mod report;
 pub mod standby;
 mod takeover;
+pub mod usage;
 mod workspace;
 
 use super::Shared;
