@@ -259,6 +259,28 @@ impl Pool {
         i
     }
 
+    /// Starts a daemon with another config file (another node beside the
+    /// first: its own state dir, listener and tmux server).
+    pub fn start_daemon_from(&mut self, config: &Path, args: &[&str]) -> usize {
+        let i = self.daemons.len();
+        let log = std::fs::File::create(self.path(&format!("daemon-{i}.log"))).unwrap();
+        let out = std::fs::File::create(self.path(&format!("daemon-{i}.out"))).unwrap();
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(config)
+            .arg("run")
+            .args(args)
+            .env_remove("CLAUDE_FAILOVER_STORE")
+            .env_remove("TMUX")
+            .env("HOME", self.env.dir.path())
+            .stdout(out)
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.daemons.push(Some(child));
+        i
+    }
+
     /// The control plane's URL (`http://127.0.0.1:PORT`).
     pub fn api_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)

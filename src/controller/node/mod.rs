@@ -114,7 +114,8 @@ pub fn register(store: &Store, me: &NodeState) -> Result<(), NodeError> {
 }
 
 /// Whether the daemon `identity` (`host:pid:nonce`) may still run: on
-/// this host, its process exists; on another, it may.
+/// this host, its process runs (a killed daemon its parent has not reaped
+/// yet is gone); on another, it may.
 fn daemon_alive(identity: &str) -> bool {
     let mut parts = identity.split(':');
     let (Some(host), Some(pid)) = (parts.next(), parts.next()) else {
@@ -127,7 +128,7 @@ fn daemon_alive(identity: &str) -> bool {
         return true;
     }
     pid.parse::<u32>()
-        .is_ok_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+        .is_ok_and(|p| !crate::agent::driver::process_gone(p))
 }
 
 /// Writes this node's heartbeat and what it knows of itself (its own
@@ -249,4 +250,29 @@ pub fn check(store: &Store, ttl: Duration) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::daemon_alive;
+
+    #[test]
+    fn a_daemon_of_this_host_counts_while_its_process_runs() {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        let id = |pid: u32| format!("{}:{pid}:nonce", host.trim());
+        assert!(daemon_alive(&id(std::process::id())));
+        assert!(daemon_alive("another-host:1:nonce"), "may run there");
+        // Killed and not reaped yet (a zombie): gone.
+        let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let pid = child.id();
+        child.kill().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !crate::agent::driver::process_gone(pid) {
+            assert!(std::time::Instant::now() < deadline, "sleep never died");
+            std::thread::yield_now();
+        }
+        assert!(!daemon_alive(&id(pid)));
+        child.wait().unwrap();
+        assert!(!daemon_alive(&id(pid)));
+    }
 }
