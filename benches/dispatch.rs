@@ -4,13 +4,31 @@
 //! (fake) Anthropic API, on a warm idle session of the real Claude Code;
 //! next to the floor measured in the same run: typing straight into the
 //! pane with tmux (text, the 100 ms settle Claude Code needs, Enter) to the
-//! request.
+//! request. The same rounds on the local store, then on a real 3-member
+//! etcd on loopback (tests/common/etcd.rs) when etcd is installed, each
+//! with its own floor, and the difference of their paired figures.
 //!
 //! Run: `cargo bench --bench dispatch` (prints its figures; asserts nothing).
 
 #[path = "../tests/common/fake_api.rs"]
 #[allow(dead_code)]
 mod fake_api;
+
+#[path = "../tests/common/etcd.rs"]
+#[allow(dead_code)]
+mod etcd;
+
+/// Polls `f` until it gives a value (what the etcd harness waits with).
+fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let t = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(t.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
 
 use claude_failover::api::{Kind, ObjectKey};
 use claude_failover::store::Store;
@@ -56,6 +74,15 @@ fn ms(d: Duration) -> String {
     format!("{:7.1} ms", d.as_secs_f64() * 1000.0)
 }
 
+/// The samples of one run: the floor, the Task path, the inbox path, and
+/// the Task writes.
+struct Figures {
+    floor: Vec<Duration>,
+    via_store: Vec<Duration>,
+    via_inbox: Vec<Duration>,
+    writes: Vec<Duration>,
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -66,6 +93,30 @@ fn main() {
         "Claude Code not found (npm ci --prefix tools/claude-code)"
     );
     let api = fake_api::FakeApi::start();
+    let local = run(None, &claude, &api);
+    let local_paired = report("local store", &local);
+    let have_etcd = Command::new("etcd")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if have_etcd {
+        let cluster = etcd::Cluster::start(3);
+        let on_etcd = run(Some(&cluster.url("dispatch")), &claude, &api);
+        let etcd_paired = report("etcd (3 members on loopback)", &on_etcd);
+        println!(
+            "etcd - local, median of paired differences: Task {:+.1} ms, inbox {:+.1} ms",
+            etcd_paired.0 - local_paired.0,
+            etcd_paired.1 - local_paired.1
+        );
+    } else {
+        println!("etcd not installed: the run on etcd was skipped");
+    }
+}
+
+/// The rounds on a fresh daemon and session, on the local store (None) or
+/// the etcd store at `url`.
+fn run(url: Option<&str>, claude: &Path, api: &fake_api::FakeApi) -> Figures {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let work = d.join("work");
@@ -75,15 +126,18 @@ fn main() {
         .local_addr()
         .unwrap()
         .port();
+    let location = url
+        .map(str::to_string)
+        .unwrap_or_else(|| d.join("store").display().to_string());
     std::fs::write(
         d.join("config.yaml"),
         format!(
-            "store: {d}/store\nstateDir: {d}/state\nlisten: 127.0.0.1:{port}\ntmuxSocket: {d}/tmux.sock\ntranscriptsDir: {d}/projects\nlog:\n  level: warn\ndispatch:\n  cooldownSeconds: 0\n",
+            "store: {location}\nstateDir: {d}/state\nlisten: 127.0.0.1:{port}\ntmuxSocket: {d}/tmux.sock\ntranscriptsDir: {d}/projects\nlog:\n  level: warn\ndispatch:\n  cooldownSeconds: 0\n",
             d = d.display()
         ),
     )
     .unwrap();
-    let store = Store::open(d.join("store")).unwrap();
+    let store = Store::open_location(&location, &Default::default()).unwrap();
     // The key in a file the Session names: the store holds no secret.
     let key_file = d.join("api-key");
     std::fs::write(&key_file, "sk-ant-api03-bench-dispatch-000000000000\n").unwrap();
@@ -213,41 +267,6 @@ fn main() {
         wait_until("idle", idle);
         std::thread::sleep(Duration::from_millis(300));
     }
-    let p50f = pct(floor.clone(), 0.5);
-    println!(
-        "dispatch latency to the API request ({SAMPLES} samples each, warm idle session, real Claude Code)"
-    );
-    println!(
-        "floor: tmux send-keys + settle + Enter   p50 {}  p99 {}",
-        ms(p50f),
-        ms(pct(floor.clone(), 0.99))
-    );
-    println!(
-        "(the Task's write itself, before the clock starts: p50 {})",
-        ms(pct(writes, 0.5))
-    );
-    for (name, v) in [
-        ("Task written to the store      ", via_store),
-        ("inbox file created             ", via_inbox),
-    ] {
-        let p50 = pct(v.clone(), 0.5);
-        // Each sample next to the floor sample of the same round: Claude
-        // Code slows as its conversation grows over the run, and the pairs
-        // share that drift.
-        let mut paired: Vec<f64> = v
-            .iter()
-            .zip(&floor)
-            .map(|(d, f)| (d.as_secs_f64() - f.as_secs_f64()) * 1000.0)
-            .collect();
-        paired.sort_by(f64::total_cmp);
-        println!(
-            "{name}  p50 {}  p99 {}   p50 - floor {:+.1} ms   median of paired differences {:+.1} ms",
-            ms(p50),
-            ms(pct(v, 0.99)),
-            (p50.as_secs_f64() - p50f.as_secs_f64()) * 1000.0,
-            paired[paired.len() / 2]
-        );
-    }
     Command::new("tmux")
         .arg("-S")
         .arg(d.join("tmux.sock"))
@@ -255,4 +274,53 @@ fn main() {
         .env_remove("TMUX")
         .output()
         .unwrap();
+    Figures {
+        floor,
+        via_store,
+        via_inbox,
+        writes,
+    }
+}
+
+/// Prints one run's figures; the medians of its paired differences (Task,
+/// inbox), ms.
+fn report(store: &str, f: &Figures) -> (f64, f64) {
+    let p50f = pct(f.floor.clone(), 0.5);
+    println!(
+        "dispatch latency to the API request on the {store} ({SAMPLES} samples each, warm idle session, real Claude Code)"
+    );
+    println!(
+        "floor: tmux send-keys + settle + Enter   p50 {}  p99 {}",
+        ms(p50f),
+        ms(pct(f.floor.clone(), 0.99))
+    );
+    println!(
+        "(the Task's write itself, before the clock starts: p50 {})",
+        ms(pct(f.writes.clone(), 0.5))
+    );
+    let mut medians = Vec::new();
+    for (name, v) in [
+        ("Task written to the store      ", &f.via_store),
+        ("inbox file created             ", &f.via_inbox),
+    ] {
+        let p50 = pct(v.clone(), 0.5);
+        // Each sample next to the floor sample of the same round: Claude
+        // Code slows as its conversation grows over the run, and the pairs
+        // share that drift.
+        let mut paired: Vec<f64> = v
+            .iter()
+            .zip(&f.floor)
+            .map(|(d, f)| (d.as_secs_f64() - f.as_secs_f64()) * 1000.0)
+            .collect();
+        paired.sort_by(f64::total_cmp);
+        let median = paired[paired.len() / 2];
+        println!(
+            "{name}  p50 {}  p99 {}   p50 - floor {:+.1} ms   median of paired differences {median:+.1} ms",
+            ms(p50),
+            ms(pct(v.clone(), 0.99)),
+            (p50.as_secs_f64() - p50f.as_secs_f64()) * 1000.0,
+        );
+        medians.push(median);
+    }
+    (medians[0], medians[1])
 }

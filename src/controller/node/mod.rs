@@ -263,7 +263,10 @@ mod tests {
         assert!(daemon_alive(&id(std::process::id())));
         assert!(daemon_alive("another-host:1:nonce"), "may run there");
         // Killed and not reaped yet (a zombie): gone.
-        let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
         let pid = child.id();
         child.kill().unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
