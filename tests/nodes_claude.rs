@@ -34,31 +34,8 @@ fn deliveries(pool: &Pool, text: &str) -> usize {
 fn tasks_run_on_the_real_agents_of_two_nodes_each_once() {
     let cluster = Cluster::start(3);
     let mut pool = Pool::new(claude());
-    let config_a = pool.path("config.yaml");
-    let text = std::fs::read_to_string(&config_a).unwrap();
-    let d = pool.env.dir.path().display().to_string();
-    let text = text.replace(
-        &format!("store: {d}/store\n"),
-        &format!("store: {}\n", cluster.url("claude")),
-    );
-    std::fs::write(&config_a, &text).unwrap();
-    // Node b: its own state dir, listener and tmux server; the same
-    // transcripts folder (the machine's), store and fake API.
-    let config_b = pool.path("config-b.yaml");
-    let text_b = text
-        .replace(
-            &format!("stateDir: {d}/state\n"),
-            &format!("stateDir: {d}/state-b\n"),
-        )
-        .replace(
-            &format!("listen: 127.0.0.1:{}\n", pool.port),
-            &format!("listen: 127.0.0.1:{}\n", common::free_port()),
-        )
-        .replace(
-            &format!("tmuxSocket: {d}/tmux.sock\n"),
-            &format!("tmuxSocket: {d}/tmux-b.sock\n"),
-        );
-    std::fs::write(&config_b, text_b).unwrap();
+    pool.use_store(&cluster.url("claude"));
+    let config_b = pool.second_node_config();
     let _tmux_b = TmuxServer(pool.path("tmux-b.sock"));
 
     pool.apply(&pool.account_yaml("a", 10));

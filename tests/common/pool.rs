@@ -259,6 +259,42 @@ impl Pool {
         i
     }
 
+    /// Puts the pool's store at `location` (an etcd URL), before a daemon
+    /// starts.
+    pub fn use_store(&self, location: &str) {
+        let config = self.path("config.yaml");
+        let d = self.env.dir.path().display().to_string();
+        let text = std::fs::read_to_string(&config).unwrap().replace(
+            &format!("store: {d}/store\n"),
+            &format!("store: {location}\n"),
+        );
+        std::fs::write(&config, text).unwrap();
+    }
+
+    /// The config of a second node beside the first (`config-b.yaml`): its
+    /// own state dir, listener and tmux server (`tmux-b.sock`); the same
+    /// store, transcripts folder (the machine's) and fake API.
+    pub fn second_node_config(&self) -> PathBuf {
+        let d = self.env.dir.path().display().to_string();
+        let text = std::fs::read_to_string(self.path("config.yaml"))
+            .unwrap()
+            .replace(
+                &format!("stateDir: {d}/state\n"),
+                &format!("stateDir: {d}/state-b\n"),
+            )
+            .replace(
+                &format!("listen: 127.0.0.1:{}\n", self.port),
+                &format!("listen: 127.0.0.1:{}\n", free_port()),
+            )
+            .replace(
+                &format!("tmuxSocket: {d}/tmux.sock\n"),
+                &format!("tmuxSocket: {d}/tmux-b.sock\n"),
+            );
+        let config = self.path("config-b.yaml");
+        std::fs::write(&config, text).unwrap();
+        config
+    }
+
     /// Starts a daemon with another config file (another node beside the
     /// first: its own state dir, listener and tmux server).
     pub fn start_daemon_from(&mut self, config: &Path, args: &[&str]) -> usize {

@@ -1,0 +1,148 @@
+//! The failover of sessions spread over two nodes against the same
+//! sessions on one node, with the real Claude Code against the fake API,
+//! on a real 3-member etcd on loopback (tests/common/etcd.rs): two daemons
+//! as nodes `node-a` (leading) and `node-b`; 8 sessions on account a, each
+//! with a conversation to resume, either all on node-a or 4 on each; from
+//! the trigger (`claude-failover failover a --to b`) to all 8 Ready on b,
+//! resumed. Rounds alternate the two layouts, each on a fresh cluster and
+//! pool; medians, and the two-node figure as a ratio of the one-node one.
+//!
+//! Run: `cargo bench --bench failover_nodes` (needs etcd and Claude Code;
+//! prints its figures; asserts nothing).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::etcd::Cluster;
+use common::pool::{Pool, claude_bin};
+use common::{TmuxServer, wait_for};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+const N: usize = 8;
+const ROUNDS: usize = 3;
+const TOKENS: [&str; 2] = [
+    "sk-ant-oat01-bench-nodes-account-a",
+    "sk-ant-oat01-bench-nodes-account-b",
+];
+const LIMIT: Duration = Duration::from_secs(180);
+
+fn on(v: &Value, account: &str) -> bool {
+    v["status"]["account"] == account
+        && v["status"]["phase"] == "Idle"
+        && v["status"]["lastSwap"]["state"] == "Done"
+}
+
+/// One failover of the N sessions, on one node or spread over two: from
+/// the trigger to all Ready on b.
+fn failover(spread: bool) -> Duration {
+    let cluster = Cluster::start(3);
+    let mut pool = Pool::new(claude_bin().expect("Claude Code: npm ci --prefix tools/claude-code"));
+    pool.use_store(&cluster.url("bench"));
+    let config_b = pool.second_node_config();
+    let _tmux_b = TmuxServer(pool.path("tmux-b.sock"));
+    for (i, name) in ["a", "b"].iter().enumerate() {
+        pool.apply(&pool.account_with_token(name, i as i32 * 10, TOKENS[i]));
+    }
+    let names: Vec<String> = (0..N).map(|i| format!("s{i}")).collect();
+    let mut all = String::new();
+    for (i, n) in names.iter().enumerate() {
+        let node = if spread && i % 2 == 1 {
+            "node-b"
+        } else {
+            "node-a"
+        };
+        all.push_str("---\n");
+        all.push_str(
+            &pool
+                .session_yaml(n, Some("a"), &[])
+                .replace("spec:\n", &format!("spec:\n  nodeName: {node}\n")),
+        );
+    }
+    pool.apply(&all);
+    pool.start_daemon_with(&["--node", "node-a", "--log-level", "warn"], &[]);
+    wait_for("node-a to lead", LIMIT, || {
+        let o = pool.ok(&["get", "nodes", "-o", "json"]);
+        let v: Value = serde_json::from_str(&o).ok()?;
+        v["items"]
+            .as_array()?
+            .iter()
+            .any(|n| n["metadata"]["name"] == "node-a" && n["status"]["leading"] == true)
+            .then_some(())
+    });
+    pool.start_daemon_from(&config_b, &["--node", "node-b", "--log-level", "warn"]);
+    for n in &names {
+        pool.wait_phase(n, "Idle");
+    }
+    // Every session has a conversation to resume: a turn each.
+    let mut tasks = String::new();
+    for n in &names {
+        tasks.push_str("---\n");
+        tasks.push_str(&pool.task_yaml(
+            &format!("turn-{n}"),
+            &format!("bench turn of {n}"),
+            &format!("  session: {n}\n"),
+        ));
+    }
+    pool.apply(&tasks);
+    for n in &names {
+        pool.wait_task_phase(&format!("turn-{n}"), "Succeeded");
+    }
+    for n in &names {
+        pool.wait_phase(n, "Idle");
+    }
+    let t = Instant::now();
+    pool.ok(&["failover", "a", "--to", "b", "--no-wait"]);
+    wait_for("all on b", LIMIT, || {
+        let o = pool.ok(&["get", "sessions", "-o", "json"]);
+        let v: Value = serde_json::from_str(&o).ok()?;
+        let items = v["items"].as_array()?;
+        (items.len() == N && items.iter().all(|s| on(s, "b"))).then_some(())
+    });
+    t.elapsed()
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:7.0} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let (mut one, mut two) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        one.push(failover(false));
+        two.push(failover(true));
+    }
+    println!(
+        "failover of {N} sessions on etcd (3 members on loopback), trigger to all Ready on the target; real Claude Code; {ROUNDS} alternating rounds"
+    );
+    let list = |v: &[Duration]| {
+        v.iter()
+            .map(|d| format!("{:.0}", d.as_secs_f64() * 1000.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (m1, m2) = (median(one.clone()), median(two.clone()));
+    println!(
+        "  all {N} on one node       median {}  ({} ms)",
+        ms(m1),
+        list(&one)
+    );
+    println!(
+        "  {} on each of two nodes   median {}  ({} ms)",
+        N / 2,
+        ms(m2),
+        list(&two)
+    );
+    println!(
+        "  two nodes / one node      {:.2}x",
+        m2.as_secs_f64() / m1.as_secs_f64()
+    );
+}
