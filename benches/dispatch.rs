@@ -92,8 +92,7 @@ fn main() {
         claude.exists(),
         "Claude Code not found (npm ci --prefix tools/claude-code)"
     );
-    let api = fake_api::FakeApi::start();
-    let local = run(None, &claude, &api);
+    let local = run(None, &claude);
     let local_paired = report("local store", &local);
     let have_etcd = Command::new("etcd")
         .arg("--version")
@@ -102,7 +101,7 @@ fn main() {
         .is_ok_and(|s| s.success());
     if have_etcd {
         let cluster = etcd::Cluster::start(3);
-        let on_etcd = run(Some(&cluster.url("dispatch")), &claude, &api);
+        let on_etcd = run(Some(&cluster.url("dispatch")), &claude);
         let etcd_paired = report("etcd (3 members on loopback)", &on_etcd);
         println!(
             "etcd - local, median of paired differences: Task {:+.1} ms, inbox {:+.1} ms",
@@ -114,9 +113,11 @@ fn main() {
     }
 }
 
-/// The rounds on a fresh daemon and session, on the local store (None) or
+/// The rounds on a fresh daemon, session and fake API, on the local store (None) or
 /// the etcd store at `url`.
-fn run(url: Option<&str>, claude: &Path, api: &fake_api::FakeApi) -> Figures {
+fn run(url: Option<&str>, claude: &Path) -> Figures {
+    // Its own fake API: the prompts of one run are not those of another.
+    let api = fake_api::FakeApi::start();
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let work = d.join("work");

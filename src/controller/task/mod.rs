@@ -27,7 +27,9 @@
 
 pub mod advance;
 pub mod assign;
+mod deliver;
 mod execute;
+mod follow;
 mod placement;
 pub mod queue;
 

@@ -1,0 +1,311 @@
+//! Typing a task into a session: its fresh branch, the model it asks for,
+//! an empty composer, the text and Enter, all under the session's
+//! keyboard, after one more look at the Session.
+
+use super::assign::{self, phase};
+use super::execute::{about_to_go, account_of};
+use super::follow::write;
+use super::placement;
+use super::{Context, Error, Memory};
+use crate::api::keys::{INBOX_FILE, TASK_FINALIZER};
+use crate::api::{Account, ObjectKey, Session, Task, TaskPhase};
+use crate::store::{Durability, StoreError};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// How long the composer may take to be empty before a task is typed.
+const COMPOSER_READY: Duration = Duration::from_secs(2);
+/// How long a `/model` switch may take to be taken.
+const MODEL_TAKEN: Duration = Duration::from_secs(3);
+
+/// Puts the session's worktree on the fresh branch `branch` the task asks
+/// for (before anything is typed, holding the keyboard). False when it
+/// cannot be now: the task's `Scheduled` condition says why, and the task
+/// waits (a worktree with uncommitted changes is never switched).
+async fn take_branch(ctx: &Context, t: &Task, s: &Session, branch: &str) -> Result<bool, Error> {
+    use crate::workspace::Branched;
+    let Some(w) = s.spec.workspace.clone() else {
+        return Ok(false);
+    };
+    let session = s.metadata.name.clone().unwrap_or_default();
+    let dir = crate::workspace::agent_dir(s);
+    let (d, base, b) = (dir.clone(), w.git.base.clone(), branch.to_string());
+    let r = ctx
+        .shared
+        .blocking(move |_| crate::workspace::fresh_branch(&d, &base, &b))
+        .await;
+    let why = match r {
+        Ok(Branched::Created) => {
+            let message = format!(
+                "branch {branch} made from {} in the worktree {} of session {session}",
+                w.git.base,
+                dir.display()
+            );
+            ctx.record(&ObjectKey::of(t), false, "BranchCreated", &message)
+                .await;
+            return Ok(true);
+        }
+        Ok(Branched::AlreadyOn | Branched::CheckedOut) => return Ok(true),
+        Ok(Branched::NotClean(what)) => (
+            placement::WORKSPACE_NOT_CLEAN,
+            format!(
+                "the worktree {} of session {session} has {what}: the fresh branch {branch} is made from {} only in a clean worktree (commit or stash them)",
+                dir.display(),
+                w.git.base
+            ),
+        ),
+        Err(e) => (
+            placement::WORKSPACE_ERROR,
+            format!("session {session}: cannot make the branch {branch}: {e}"),
+        ),
+    };
+    if placement::needs_write(t, Some(&why)) {
+        let mut st = t.status.clone().unwrap_or_default();
+        st.phase = Some(TaskPhase::Pending);
+        crate::api::set_condition(
+            &mut st.conditions,
+            placement::SCHEDULED,
+            false,
+            why.0,
+            &why.1,
+            t.metadata.generation,
+            crate::api::now(),
+        );
+        write(ctx, t, st, Durability::Soon).await?;
+    }
+    Ok(false)
+}
+
+/// The config dir the agent of `s` runs with.
+pub(super) fn config_dir(s: &Session, accounts: &[Arc<Account>]) -> PathBuf {
+    account_of(accounts, s)
+        .map(|a| crate::fsutil::expand_home(&a.spec.config_dir))
+        .unwrap_or_else(|| crate::fsutil::home().join(".claude"))
+}
+
+/// The model the agent says it runs (statusLine input), lower-case.
+/// Whether `s`'s model has reached its weekly window on `a`, which drains
+/// it: its sessions of that model take no new task (they are moving).
+pub(super) fn model_drained(ctx: &Context, s: &Session, a: &Account) -> bool {
+    let model = running_model(ctx, &ObjectKey::of(s)).or_else(|| s.spec.agent.model.clone());
+    crate::controller::failover::target::model_drained(a, model.as_deref(), &ctx.settings.policy)
+}
+
+fn running_model(ctx: &Context, session: &ObjectKey) -> Option<String> {
+    let (input, _) = ctx.shared.signals.get(session).statusline?;
+    let id = input
+        .pointer("/model/id")
+        .and_then(serde_json::Value::as_str)?;
+    Some(id.to_ascii_lowercase())
+}
+
+pub(super) async fn deliver(
+    ctx: &Context,
+    mem: &mut Memory,
+    t: &Task,
+    s: &Session,
+    accounts: &[Arc<Account>],
+) -> Result<(), Error> {
+    let sh = &ctx.shared;
+    let key = ObjectKey::of(t);
+    let skey = ObjectKey::of(s);
+    let Some(pid) = s.status.as_ref().and_then(|x| x.pid) else {
+        return Ok(());
+    };
+    // Held until the task is typed: a stop's `/exit` waits for it, and a
+    // stop that came first has left no pane to type into.
+    let _keyboard = sh.driver.keyboard(&skey).await;
+    if about_to_go(sh, &skey) {
+        return Ok(());
+    }
+    // Still pending, as this copy says? Another node's dispatcher may have
+    // taken it since this pass filed it (the intent below is written
+    // against this copy: a later change fails it).
+    let Some(t) = sh.caches.tasks.get(&key.namespace, &key.name) else {
+        return Ok(());
+    };
+    let t = t.as_ref();
+    if phase(t) != TaskPhase::Pending || t.metadata.deletion_timestamp.is_some() {
+        return Ok(());
+    }
+    let Some((pane, screen)) = sh.driver.pane_and_screen(&skey).await? else {
+        return Ok(());
+    };
+    if pane.dead || pane.pid != pid {
+        return Ok(()); // the session controller will catch up first
+    }
+    // The session's status may lag behind the agent: its own state file,
+    // read now, must agree that it is idle (text typed into a busy agent
+    // would be queued, not submitted).
+    let dir = config_dir(s, accounts);
+    let d = dir.clone();
+    if let Some(pidf) = sh
+        .blocking(move |_| crate::agent::state::read_pid_file(&d, pid))
+        .await
+        && pidf.status != "idle"
+    {
+        return Ok(());
+    }
+    if !composer_ready(ctx, &pane, &screen, &skey).await? {
+        return Ok(());
+    }
+    let model = assign::model_for(t, &ctx.settings);
+    if !switch_model(ctx, mem, &key, &skey, s, &pane, model.as_deref()).await? {
+        return Ok(());
+    }
+    let branch = t.spec.fresh_branch(&skey.name, &key.name);
+    if let Some(b) = &branch
+        && !take_branch(ctx, t, s, b).await?
+    {
+        return Ok(());
+    }
+    let marker = format!("{:08x}", uuid::Uuid::new_v4().as_u128() as u32);
+    let mut status = t.status.clone().unwrap_or_default();
+    status.phase = Some(TaskPhase::Dispatched);
+    status.session = Some(skey.name.clone());
+    status.branch = branch;
+    status.session_pid = Some(pid);
+    status.attempts = Some(status.attempts.unwrap_or(0) + 1);
+    status.marker = Some(marker.clone());
+    status.model = model.clone();
+    status.dispatched_at = Some(crate::api::now());
+    status.started_at = None;
+    status.finished_at = None;
+    status.message = None;
+    let replay = status.replay_on.take().is_some();
+    status.observed_generation = t.metadata.generation;
+    crate::api::set_condition(
+        &mut status.conditions,
+        placement::SCHEDULED,
+        true,
+        placement::DISPATCHED,
+        &format!("dispatched to session {}", skey.name),
+        t.metadata.generation,
+        crate::api::now(),
+    );
+    // The intent, durable before anything is typed, with the finalizer (a
+    // delete from now on waits for us), in one write: the task as this
+    // pass saw it, or nothing.
+    let mut next = t.clone();
+    next.status = Some(status.clone());
+    let written = sh
+        .blocking(move |store| {
+            store
+                .api::<Task>(next.metadata.namespace.as_deref())
+                .add_finalizer_with_status(&next, TASK_FINALIZER)
+        })
+        .await;
+    match written {
+        Ok(Some(obj)) => ctx.wrote(obj),
+        Ok(None) | Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound(_)) => {
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    }
+    mem.dispatched.insert(key.clone(), SystemTime::now());
+    if !sh.node_fresh() {
+        // Stopped between the intent and the keys: the leader may have
+        // sent the task elsewhere meanwhile. Nothing typed: the intent is
+        // followed like any other (redelivered here only if still ours).
+        return Ok(());
+    }
+    // The prompt and its marker in ONE terminal call (a crash leaves all
+    // of it in the composer or none of it), then Enter.
+    let text = format!(
+        "{}{}",
+        t.spec.prompt.trim_end(),
+        assign::marker_text(&marker)
+    );
+    sh.driver.type_then_enter(&pane, &text).await?;
+    mem.submitted = Some(tokio::time::Instant::now());
+    mem.typed.insert(key.clone(), SystemTime::now());
+    if let Some(file) = inbox_file(t) {
+        let (name, m) = (key.name.clone(), marker.clone());
+        sh.blocking(move |_| crate::inbox::mark_dispatched(Path::new(&file), &name, &m))
+            .await;
+    }
+    let message = format!(
+        "{} session {} (attempt {}{})",
+        if replay { "replayed in" } else { "typed into" },
+        skey.name,
+        status.attempts.unwrap_or(1),
+        model.map(|m| format!(", model {m}")).unwrap_or_default()
+    );
+    ctx.record(&key, false, "Dispatched", &message).await;
+    Ok(())
+}
+
+pub(super) fn inbox_file(t: &Task) -> Option<String> {
+    t.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(INBOX_FILE))
+        .cloned()
+}
+
+/// The composer must be on screen and empty: text typed into anything
+/// else (a dialog, a half-typed line, a UI still starting) goes astray.
+async fn composer_ready(
+    ctx: &Context,
+    pane: &crate::agent::terminal::Pane,
+    screen: &str,
+    skey: &ObjectKey,
+) -> Result<bool, Error> {
+    let d = &ctx.shared.driver;
+    let empty = crate::agent::screen::composer_text(screen).is_some_and(|t| t.is_empty());
+    if empty || d.wait_composer_empty(pane, COMPOSER_READY).await? {
+        return Ok(true);
+    }
+    // A `/model` switch typed by a daemon that died before its Enter:
+    // finish it. Anything else there is someone's typing: leave it.
+    let leftover = d.composer(pane).await?.unwrap_or_default();
+    if leftover.starts_with("/model ") && !leftover.contains('\n') {
+        d.enter(pane).await?;
+    } else if !leftover.is_empty() {
+        tracing::debug!(session = %skey, "composer not empty: not typing a task into it");
+    }
+    Ok(false)
+}
+
+/// Switches the agent to `model` when it runs another one (the
+/// statusLine feed says which; else what it was launched or last switched
+/// with). A local command: nothing reaches the API, nothing to deliver
+/// once. False when the agent did not take it.
+#[allow(clippy::too_many_arguments)]
+async fn switch_model(
+    ctx: &Context,
+    mem: &mut Memory,
+    key: &ObjectKey,
+    skey: &ObjectKey,
+    s: &Session,
+    pane: &crate::agent::terminal::Pane,
+    model: Option<&str>,
+) -> Result<bool, Error> {
+    let Some(m) = model else { return Ok(true) };
+    let d = &ctx.shared.driver;
+    let running = running_model(ctx, skey)
+        .or_else(|| mem.models.get(&pane.pid).cloned())
+        .or_else(|| s.spec.agent.model.clone());
+    if running.as_deref().is_some_and(|r| r.contains(m)) {
+        return Ok(true);
+    }
+    d.type_then_enter(pane, &format!("/model {m}")).await?;
+    // Taken when the composer is empty again; an Enter the UI missed is
+    // sent once more.
+    let mut taken = d.wait_composer_empty(pane, MODEL_TAKEN).await?;
+    if !taken {
+        d.enter(pane).await?;
+        taken = d.wait_composer_empty(pane, MODEL_TAKEN).await?;
+    }
+    if !taken {
+        let why = format!(
+            "session {} did not take `/model {m}`; will try again",
+            skey.name
+        );
+        ctx.record(key, true, "ModelSwitchFailed", &why).await;
+        return Ok(false);
+    }
+    mem.models.insert(pane.pid, m.to_string());
+    Ok(true)
+}
