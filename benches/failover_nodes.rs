@@ -4,8 +4,9 @@
 //! as nodes `node-a` (leading) and `node-b`; 8 sessions on account a, each
 //! with a conversation to resume, either all on node-a or 4 on each; from
 //! the trigger (`claude-failover failover a --to b`) to all 8 Ready on b,
-//! resumed. Rounds alternate the two layouts, each on a fresh cluster and
-//! pool; medians, and the two-node figure as a ratio of the one-node one.
+//! resumed; beside the same 8 on one daemon on the local store. Rounds
+//! alternate the three layouts, each on a fresh cluster and pool; medians,
+//! and the two-node figure as a ratio of the one-node one.
 //!
 //! Run: `cargo bench --bench failover_nodes` (needs etcd and Claude Code;
 //! prints its figures; asserts nothing).
@@ -33,12 +34,27 @@ fn on(v: &Value, account: &str) -> bool {
         && v["status"]["lastSwap"]["state"] == "Done"
 }
 
-/// One failover of the N sessions, on one node or spread over two: from
-/// the trigger to all Ready on b.
-fn failover(spread: bool) -> Duration {
-    let cluster = Cluster::start(3);
+/// Where the sessions run.
+#[derive(Clone, Copy, PartialEq)]
+enum Layout {
+    /// One daemon on the local store.
+    Local,
+    /// Two daemons on etcd, all sessions on node-a.
+    OneNode,
+    /// Two daemons on etcd, half the sessions on each.
+    TwoNodes,
+}
+
+/// One failover of the N sessions laid out as `layout`: from the trigger
+/// to all Ready on b.
+fn failover(layout: Layout) -> Duration {
     let mut pool = Pool::new(claude_bin().expect("Claude Code: npm ci --prefix tools/claude-code"));
-    pool.use_store(&cluster.url("bench"));
+    let _cluster = (layout != Layout::Local).then(|| {
+        let cluster = Cluster::start(3);
+        pool.use_store(&cluster.url("bench"));
+        cluster
+    });
+    let spread = layout == Layout::TwoNodes;
     let config_b = pool.second_node_config();
     let _tmux_b = TmuxServer(pool.path("tmux-b.sock"));
     for (i, name) in ["a", "b"].iter().enumerate() {
@@ -70,7 +86,9 @@ fn failover(spread: bool) -> Duration {
             .any(|n| n["metadata"]["name"] == "node-a" && n["status"]["leading"] == true)
             .then_some(())
     });
-    pool.start_daemon_from(&config_b, &["--node", "node-b", "--log-level", "warn"]);
+    if layout != Layout::Local {
+        pool.start_daemon_from(&config_b, &["--node", "node-b", "--log-level", "warn"]);
+    }
     for n in &names {
         pool.wait_phase(n, "Idle");
     }
@@ -115,10 +133,11 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let (mut one, mut two) = (Vec::new(), Vec::new());
+    let (mut local, mut one, mut two) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
-        one.push(failover(false));
-        two.push(failover(true));
+        local.push(failover(Layout::Local));
+        one.push(failover(Layout::OneNode));
+        two.push(failover(Layout::TwoNodes));
     }
     println!(
         "failover of {N} sessions on etcd (3 members on loopback), trigger to all Ready on the target; real Claude Code; {ROUNDS} alternating rounds"
@@ -129,7 +148,16 @@ fn main() {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let (m1, m2) = (median(one.clone()), median(two.clone()));
+    let (m0, m1, m2) = (
+        median(local.clone()),
+        median(one.clone()),
+        median(two.clone()),
+    );
+    println!(
+        "  all {N} on the local store  median {}  ({} ms)",
+        ms(m0),
+        list(&local)
+    );
     println!(
         "  all {N} on one node       median {}  ({} ms)",
         ms(m1),
@@ -142,7 +170,8 @@ fn main() {
         list(&two)
     );
     println!(
-        "  two nodes / one node      {:.2}x",
-        m2.as_secs_f64() / m1.as_secs_f64()
+        "  two nodes / one node      {:.2}x   one node on etcd / local store {:.2}x",
+        m2.as_secs_f64() / m1.as_secs_f64(),
+        m1.as_secs_f64() / m0.as_secs_f64()
     );
 }

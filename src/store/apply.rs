@@ -92,6 +92,12 @@ impl Store {
         dry_run: bool,
     ) -> Result<Vec<ApplyResult>, BatchError> {
         let mut batch = self.batch(dry_run).map_err(|e| (None, e))?;
+        // Every object's documents in few requests (etcd), not one each.
+        let keys: Vec<ObjectKey> = reqs
+            .iter()
+            .filter_map(|r| key_of_desired(&r.object).ok())
+            .collect();
+        batch.txn.prefetch(&keys).map_err(|e| (None, e))?;
         let mut done = Vec::with_capacity(reqs.len());
         for (i, r) in reqs.iter().enumerate() {
             done.push(batch.apply_request(r).map_err(|e| (Some(i), e))?);

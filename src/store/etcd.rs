@@ -13,7 +13,7 @@ use super::health::{Health, Outage, PROBE_TIMEOUT};
 use super::local::StoreError;
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions,
-    Txn as EtcdTxn, TxnOp,
+    Txn as EtcdTxn, TxnOp, TxnOpResponse,
 };
 use serde::Deserialize;
 use std::future::Future;
@@ -335,6 +335,39 @@ impl Etcd {
         }))
     }
 
+    /// Many keys' values and revisions (None: absent), in the order asked:
+    /// in transactions of [`GET_MANY_OPS`] reads each, one round trip per
+    /// chunk instead of one per key (an apply of many objects reads each
+    /// one's documents first).
+    pub fn get_many(&self, rels: &[String]) -> Result<Vec<Option<Kv>>, StoreError> {
+        let mut out = Vec::with_capacity(rels.len());
+        for chunk in rels.chunks(GET_MANY_OPS) {
+            let ops: Vec<TxnOp> = chunk
+                .iter()
+                .map(|rel| TxnOp::get(self.key(rel), None))
+                .collect();
+            let txn = EtcdTxn::new().and_then(ops);
+            let c = self.client.clone();
+            let r = self.call(true, move || {
+                let (mut c, txn) = (c.clone(), txn.clone());
+                async move { c.txn(txn).await }
+            })?;
+            let answers = r.op_responses();
+            for (rel, answer) in chunk.iter().zip(answers) {
+                let kv = match answer {
+                    TxnOpResponse::Get(g) => g.kvs().first().map(|kv| Kv {
+                        rel: rel.clone(),
+                        value: kv.value().to_vec(),
+                        mod_revision: kv.mod_revision(),
+                    }),
+                    _ => None,
+                };
+                out.push(kv);
+            }
+        }
+        Ok(out)
+    }
+
     /// Every key under `rel_dir/`, in key order, and the revision read at:
     /// in pages of [`RANGE_PAGE`] keys (an answer is at most 4 MiB), all
     /// read at the first page's revision (one consistent listing).
@@ -473,6 +506,9 @@ fn too_large(e: StoreError, ops: usize) -> StoreError {
 /// How many keys one read of a listing asks for: 1,000 objects' documents
 /// stay well under the 4 MiB an answer may be.
 const RANGE_PAGE: usize = 1000;
+/// Reads per transaction of [`Etcd::get_many`]: within etcd's default
+/// `--max-txn-ops` (128).
+const GET_MANY_OPS: usize = 100;
 
 /// How long a request refused for want of a leader is sent again: an
 /// election after a member died takes a few election timeouts (1 s by

@@ -211,6 +211,47 @@ impl<'a> Txn<'a> {
         Ok(doc)
     }
 
+    /// Reads the documents of `keys` ahead, in few requests (etcd; the
+    /// local store reads files as asked): what the transaction reads of
+    /// them later comes from what was read here.
+    pub(super) fn prefetch(&mut self, keys: &[ObjectKey]) -> Result<()> {
+        let Some(etcd) = self.store.etcd() else {
+            return Ok(());
+        };
+        let mut paths = Vec::with_capacity(keys.len() * 2);
+        for k in keys {
+            paths.push(self.store.spec_path(k)?);
+            paths.push(self.store.status_path(k)?);
+        }
+        let Some(w) = &self.etcd else { return Ok(()) };
+        let mut wanted = Vec::new();
+        for p in paths {
+            let rel = self.store.rel_key(&p)?;
+            if !w.cache.contains_key(&rel) && !self.overlay.contains_key(&p) {
+                wanted.push((p, rel));
+            }
+        }
+        let rels: Vec<String> = wanted.iter().map(|(_, r)| r.clone()).collect();
+        let got = etcd.get_many(&rels)?;
+        let w = self.etcd.as_mut().expect("checked above");
+        for ((path, rel), kv) in wanted.into_iter().zip(got) {
+            let (doc, revision) = match kv {
+                Some(kv) => {
+                    match super::backend::parse_doc(&path, &rel, &kv.value, kv.mod_revision) {
+                        Ok(doc) => (Some(doc), kv.mod_revision),
+                        // Told when the object itself is read (with its place
+                        // in the batch).
+                        Err(_) => continue,
+                    }
+                }
+                None => (None, 0),
+            };
+            w.read.insert(rel.clone(), revision);
+            w.cache.insert(rel, doc);
+        }
+        Ok(())
+    }
+
     pub(super) fn read_raw(&mut self, key: &ObjectKey) -> Result<Option<Raw>> {
         let Some(spec_doc) = self.read_json(&self.store.spec_path(key)?)? else {
             return Ok(None);
