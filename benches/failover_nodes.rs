@@ -4,7 +4,10 @@
 //! as nodes `node-a` (leading) and `node-b`; 8 sessions on account a, each
 //! with a conversation to resume, either all on node-a or 4 on each; from
 //! the trigger (`claude-failover failover a --to b`) to all 8 Ready on b,
-//! resumed; beside the same 8 on one daemon on the local store. Rounds
+//! resumed; beside the same 8 on one daemon on the local store. Each
+//! node's daemon (with its tmux server and agents) is bound to a core of
+//! its own: node-a to core 0, node-b to core 1, as two machines of one
+//! core; the single daemon on the local store to core 0. Rounds
 //! alternate the three layouts, each on a fresh cluster and pool; medians,
 //! and the two-node figure as a ratio of the one-node one.
 //!
@@ -76,7 +79,9 @@ fn failover(layout: Layout) -> Duration {
         );
     }
     pool.apply(&all);
-    pool.start_daemon_with(&["--node", "node-a", "--log-level", "warn"], &[]);
+    on_cpu(0, || {
+        pool.start_daemon_with(&["--node", "node-a", "--log-level", "warn"], &[])
+    });
     wait_for("node-a to lead", LIMIT, || {
         let o = pool.ok(&["get", "nodes", "-o", "json"]);
         let v: Value = serde_json::from_str(&o).ok()?;
@@ -87,7 +92,9 @@ fn failover(layout: Layout) -> Duration {
             .then_some(())
     });
     if layout != Layout::Local {
-        pool.start_daemon_from(&config_b, &["--node", "node-b", "--log-level", "warn"]);
+        on_cpu(1, || {
+            pool.start_daemon_from(&config_b, &["--node", "node-b", "--log-level", "warn"])
+        });
     }
     for n in &names {
         pool.wait_phase(n, "Idle");
@@ -120,6 +127,35 @@ fn failover(layout: Layout) -> Duration {
     t.elapsed()
 }
 
+/// Runs `f` with this thread bound to core `cpu`: the daemon it starts,
+/// its tmux server and agents keep that core, as if each node were a
+/// machine of one core (the etcd members and the CLI run on any). On a
+/// machine of one core, unbound.
+fn on_cpu<T>(cpu: usize, f: impl FnOnce() -> T) -> T {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores < 2 {
+        return f();
+    }
+    bind(&[cpu]);
+    let r = f();
+    bind(&(0..cores).collect::<Vec<_>>());
+    r
+}
+
+fn bind(cpus: &[usize]) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls only read
+    // and write it, and set this thread's own affinity.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_ZERO(&mut set);
+        for c in cpus {
+            libc::CPU_SET(*c, &mut set);
+        }
+        let ok = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(ok, 0, "sched_setaffinity");
+    }
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -140,7 +176,7 @@ fn main() {
         two.push(failover(Layout::TwoNodes));
     }
     println!(
-        "failover of {N} sessions on etcd (3 members on loopback), trigger to all Ready on the target; real Claude Code; {ROUNDS} alternating rounds"
+        "failover of {N} sessions on etcd (3 members on loopback), each node bound to a core of its own, trigger to all Ready on the target; real Claude Code; {ROUNDS} alternating rounds"
     );
     let list = |v: &[Duration]| {
         v.iter()

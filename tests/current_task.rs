@@ -66,11 +66,12 @@ fn the_current_task_is_cleared_however_the_task_ends() {
     // Refused for good (not to be retried), however often it is asked.
     for _ in 0..FAILED_ASKS {
         pool.api.fail_matching(
-            // The failing turn's own requests: its prompt alone is the
-            // newest user message (a later turn's joins it to its own).
+            // The failing turn's own requests: its prompt is the only one
+            // in the newest user message (a later turn's joins it to its
+            // own; a `/model` typed before it comes first in it).
             |r| {
                 r.last_user_text().is_some_and(|t| {
-                    t.starts_with("second: this fails") && t.matches("⟦task").count() == 1
+                    t.contains("second: this fails") && t.matches("⟦task").count() == 1
                 })
             },
             Failure {

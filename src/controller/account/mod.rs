@@ -72,7 +72,8 @@ impl Context {
 }
 
 /// Runs until the process ends, woken by `wake` (Account and Session
-/// changes), the agents' usage news and finished polls.
+/// changes: the agents' usage news comes as a Session's `status.usage`)
+/// and finished polls.
 pub async fn run(ctx: Arc<Context>, wake: impl Stream<Item = ()> + Send + 'static) {
     let mut wake = Box::pin(wake);
     loop {
