@@ -24,6 +24,11 @@ use std::time::{Duration, Instant};
 pub const LOGGED_IN_AT: &str = "claude-failover.io/logged-in-at";
 /// How often the credentials are looked at while the login runs.
 const POLL: Duration = Duration::from_millis(250);
+/// How long an ended login's empty screen is read again (tmux may mark
+/// the pane dead before it has read what the process wrote last).
+const DEAD_TEXT_WAIT: Duration = Duration::from_secs(1);
+/// How often, meanwhile.
+const DEAD_TEXT_STEP: Duration = Duration::from_millis(50);
 
 /// Variables of this shell the login needs (a browser to open, a proxy to
 /// go through, a CA to trust), passed on to Claude Code.
@@ -307,9 +312,17 @@ impl LoginPane {
             return Ok(None);
         }
         // Its last words say why. tmux scrolls a dead pane's screen into
-        // its history: read both.
-        let screen = self.rt.block_on(exit::dead_pane_text(&self.socket, &p.id));
-        let said = exit::last_lines(&screen);
+        // its history: read both. tmux may see the process end before it
+        // has read all it wrote: an empty screen is read again, briefly.
+        let deadline = Instant::now() + DEAD_TEXT_WAIT;
+        let said = loop {
+            let screen = self.rt.block_on(exit::dead_pane_text(&self.socket, &p.id));
+            let said = exit::last_lines(&screen);
+            if !said.is_empty() || Instant::now() >= deadline {
+                break said;
+            }
+            std::thread::sleep(DEAD_TEXT_STEP);
+        };
         Ok(Some(match (said.is_empty(), p.exit_status) {
             (false, _) => format!("Claude Code's login ended without a login: {said}"),
             (true, Some(c)) => {
