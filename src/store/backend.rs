@@ -199,7 +199,7 @@ impl Store {
 }
 
 /// The longest pause before a transaction that lost a race runs again.
-const CONTENDED_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+const CONTENDED_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// A random pause, longer with each try (up to [`CONTENDED_PAUSE`]), so
 /// writers racing on one key do not keep colliding in step.
