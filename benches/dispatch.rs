@@ -10,28 +10,12 @@
 //!
 //! Run: `cargo bench --bench dispatch` (prints its figures; asserts nothing).
 
-#[path = "../tests/common/fake_api.rs"]
-#[allow(dead_code)]
-mod fake_api;
-
-#[path = "../tests/common/etcd.rs"]
-#[allow(dead_code)]
-mod etcd;
-
-/// Polls `f` until it gives a value (what the etcd harness waits with).
-fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let t = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(t.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 use claude_failover::api::{Kind, ObjectKey};
 use claude_failover::store::Store;
+use common::{etcd, fake_api};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -14,15 +14,6 @@ const KEY: (&str, &str) = (
     "sk-ant-api03-test-key-nodes-00000000000000",
 );
 
-/// How many main requests carried `text` as their newest user message.
-fn deliveries(pool: &Pool, text: &str) -> usize {
-    pool.api
-        .main_requests()
-        .iter()
-        .filter(|r| r.last_user_text().is_some_and(|t| t.contains(text)))
-        .count()
-}
-
 /// Tasks go to the agents of both nodes, each typed once: while replies
 /// are held each Session holds one task, one on each node; released,
 /// every task succeeds, its prompt having reached the API once.
@@ -87,7 +78,7 @@ fn tasks_run_on_the_real_agents_of_two_nodes_each_once() {
     }
     for i in 0..6 {
         assert_eq!(
-            deliveries(&pool, &format!("unique job number {i}")),
+            pool.deliveries(&format!("unique job number {i}")),
             1,
             "task t{i}"
         );

@@ -9,15 +9,6 @@ const KEY: (&str, &str) = (
     "sk-ant-api03-test-key-tasks-0000000000000",
 );
 
-/// How many main requests carried `text` as their newest user message.
-fn deliveries(pool: &Pool, text: &str) -> usize {
-    pool.api
-        .main_requests()
-        .iter()
-        .filter(|r| r.last_user_text().is_some_and(|t| t.contains(text)))
-        .count()
-}
-
 #[test]
 #[cfg_attr(
     not(claude_code),
@@ -67,7 +58,7 @@ fn tasks_spread_over_sessions_each_delivered_once() {
     assert_eq!(used.len(), 2, "both sessions worked");
     for i in 0..6 {
         assert_eq!(
-            deliveries(&pool, &format!("unique job number {i}")),
+            pool.deliveries(&format!("unique job number {i}")),
             1,
             "task t{i}"
         );
@@ -170,7 +161,7 @@ fn inbox_files_flow_to_done_and_bad_ones_to_rejected() {
     });
     let result = std::fs::read_to_string(queue.join("done/refactor.md.result")).unwrap();
     assert!(result.starts_with("ok: "), "{result}");
-    assert_eq!(deliveries(&pool, "across two lines."), 1);
+    assert_eq!(pool.deliveries("across two lines."), 1);
     assert!(!inbox.join("refactor.md").exists() && !inbox.join("refactor.md.dispatched").exists());
     common::wait_for("broken.md in rejected/", LONG, || {
         queue
@@ -264,7 +255,7 @@ fn a_subagents_usage_limit_does_not_end_the_task_it_runs_in() {
         pool.api.summary()
     );
     // Typed once: the subagent's failure neither failed nor requeued it.
-    assert_eq!(deliveries(&pool, "use a subagent for job SUBTASK-1"), 1);
+    assert_eq!(pool.deliveries("use a subagent for job SUBTASK-1"), 1);
     let d = pool.ok(&["describe", "task", "t-sub"]);
     assert!(!d.contains("usage limit:"), "requeued for a limit:\n{d}");
     // Yet the limit is the account's: the next request would be refused too.

@@ -317,6 +317,15 @@ impl Pool {
         i
     }
 
+    /// How many main requests carried `text` as their newest user message.
+    pub fn deliveries(&self, text: &str) -> usize {
+        self.api
+            .main_requests()
+            .iter()
+            .filter(|r| r.last_user_text().is_some_and(|t| t.contains(text)))
+            .count()
+    }
+
     /// The control plane's URL (`http://127.0.0.1:PORT`).
     pub fn api_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
