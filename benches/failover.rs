@@ -257,6 +257,9 @@ fn main() {
         }
     }
 
+    if let Some(f) = std::env::var_os("FAILOVER_BENCH_DUMP") {
+        std::fs::write(f, pool.daemon_log(0)).unwrap();
+    }
     if std::env::var_os("FAILOVER_BENCH_LOG").is_some() {
         for l in pool.daemon_log(0).lines().filter(|l| {
             l.contains("StopFailure") || l.contains("Exhausted") || l.contains("FailoverStarted")

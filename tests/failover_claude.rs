@@ -262,6 +262,57 @@ fn a_usage_limit_in_the_middle_of_a_task_swaps_and_replays_it() {
     not(claude_code),
     ignore = "needs Claude Code: npm ci --prefix tools/claude-code"
 )]
+fn a_prompt_cut_by_a_limit_goes_on_after_the_move_never_on_the_spent_account() {
+    let claude = claude();
+    let mut pool = Pool::new(claude);
+    pool.apply(&pool.account_with_token("a", 0, TOKEN_A));
+    pool.apply(&pool.account_with_token("b", 10, TOKEN_B));
+    pool.apply(&pool.session_yaml("typist", None, &[]));
+    pool.start_daemon();
+    pool.wait_session("typist", "idle on a", |v| {
+        v["status"]["account"] == "a" && v["status"]["phase"] == "Idle"
+    });
+    // A prompt the user typed is refused for usage while a still reads
+    // Available in the store: the session's own report is what turns it
+    // Exhausted, so the session must not take a's old word and go on there.
+    reject_next(&pool.api, 3600);
+    pool.type_prompt("typist", "a PAPAYA turn typed by hand");
+    let refused = pool.request_with("a PAPAYA turn typed by hand");
+    assert_eq!(refused.credential(), Some(TOKEN_A));
+    pool.wait_session("typist", "resumed on b", |v| ready_on(v, "b"));
+    let continued = wait_for("the continue message", 2 * MINUTE, || {
+        pool.api.main_requests().into_iter().find(|q| {
+            q.last_user_text()
+                .is_some_and(|t| t.trim_end().ends_with("continue"))
+        })
+    });
+    assert_eq!(continued.credential(), Some(TOKEN_B), "continued on b");
+    assert!(
+        continued
+            .message_texts()
+            .iter()
+            .any(|t| t.contains("a PAPAYA turn typed by hand")),
+        "in the same conversation"
+    );
+    let on_a: Vec<_> = pool
+        .api
+        .main_requests()
+        .into_iter()
+        .filter(|q| q.credential() == Some(TOKEN_A))
+        .filter_map(|q| q.last_user_text())
+        .collect();
+    assert!(
+        on_a.iter().all(|t| !t.trim_end().ends_with("continue")),
+        "the cut turn went on on the spent account: {on_a:?}"
+    );
+    assert_eq!(pool.swaps().len(), 1);
+}
+
+#[test]
+#[cfg_attr(
+    not(claude_code),
+    ignore = "needs Claude Code: npm ci --prefix tools/claude-code"
+)]
 fn with_no_account_left_sessions_wait_and_continue_after_the_reset() {
     let claude = claude();
     let mut pool = Pool::new(claude);

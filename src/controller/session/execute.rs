@@ -12,8 +12,8 @@ use crate::agent::state::AgentState;
 use crate::agent::terminal::Pane;
 use crate::api::keys::{RESTART, SESSION_FINALIZER};
 use crate::api::{
-    Account, AccountPhase, LaunchStatus, ObjectKey, RefusedPlacement, Session, SessionPhase,
-    SessionStatus, SwapStatus, Time, set_condition,
+    Account, LaunchStatus, ObjectKey, RefusedPlacement, Session, SessionPhase, SessionStatus,
+    SwapStatus, Time, set_condition,
 };
 use crate::fsutil::expand_home;
 use crate::store::Durability;
@@ -30,8 +30,6 @@ const TRANSCRIPT_POLL: Duration = Duration::from_millis(50);
 const EXIT_STATUS_WAIT: Duration = Duration::from_secs(1);
 /// How often the dead pane is looked at for its exit status meanwhile.
 const EXIT_STATUS_POLL: Duration = Duration::from_millis(50);
-/// Longest wait for the composer before typing the continue message.
-const CONTINUE_COMPOSER: Duration = Duration::from_secs(10);
 
 pub enum Outcome {
     Report(Report),
@@ -792,113 +790,6 @@ async fn cleanup(ctx: &Context, key: &ObjectKey) -> Result<(), Error> {
             Ok(())
         })
         .await
-}
-
-/// A turn a usage limit cut short goes on once the session's account can
-/// take work again: a task to replay is the dispatcher's (only the limit
-/// dialog is dismissed for it); otherwise the continue message is typed,
-/// once per interruption.
-pub async fn continue_cut_turn(
-    ctx: &Context,
-    s: &Session,
-    st: &mut SessionStatus,
-    o: &Observed,
-    running_on: Option<&Account>,
-) -> Result<(), Error> {
-    let sh = &ctx.shared;
-    let key = ObjectKey::of(s);
-    let Some(cut) = st.interrupted.clone() else {
-        return Ok(());
-    };
-    let usable = running_on.is_some_and(|a| {
-        matches!(
-            a.status.as_ref().and_then(|x| x.phase),
-            Some(AccountPhase::Available | AccountPhase::NearLimit) | None
-        )
-    });
-    let at_prompt = matches!(o.state, AgentState::Idle | AgentState::Waiting(_));
-    let Some(pane) = o.pane.as_ref().filter(|p| !p.dead && o.launched) else {
-        return Ok(());
-    };
-    let moving = st.launch.as_ref().is_some_and(|l| l.confirmed_at.is_none());
-    if !usable || !at_prompt || moving || sh.settings.continue_message.is_empty() {
-        return Ok(());
-    }
-    let cut_at = system_micro(&cut.at);
-    if ctx
-        .memory
-        .lock()
-        .expect("lock")
-        .get(&key)
-        .and_then(|m| m.continued)
-        == Some(cut_at)
-    {
-        return Ok(());
-    }
-    ctx.memory
-        .lock()
-        .expect("lock")
-        .entry(key.clone())
-        .or_default()
-        .continued = Some(cut_at);
-    sh.driver.dismiss_limit_dialog(pane).await?;
-    if has_task(ctx, &key) {
-        return Ok(());
-    }
-    // Typed before (a daemon that died before the agent's hook reached it):
-    // the agent's own history says so.
-    let accounts: Vec<&Account> = running_on.into_iter().collect();
-    let (dir, msg) = (
-        observe::config_dir(st, &accounts),
-        sh.settings.continue_message.clone(),
-    );
-    let typed = sh
-        .blocking(move |_| crate::agent::driver::in_history(&dir, &msg))
-        .await
-        .is_some_and(|t| t > cut_at);
-    if typed
-        || !sh
-            .driver
-            .wait_composer_empty(pane, CONTINUE_COMPOSER)
-            .await?
-    {
-        return Ok(());
-    }
-    sh.driver
-        .type_then_enter(pane, &sh.settings.continue_message)
-        .await?;
-    ctx.record(
-        &key,
-        false,
-        "Continued",
-        &format!(
-            "typed {:?}: the turn a usage limit cut short goes on",
-            sh.settings.continue_message
-        ),
-    )
-    .await;
-    Ok(())
-}
-
-/// A task is in flight on the session, or waits to be replayed there.
-fn has_task(ctx: &Context, key: &ObjectKey) -> bool {
-    use crate::api::TaskPhase;
-    ctx.shared
-        .caches
-        .tasks
-        .indexed(
-            super::super::BY_SESSION,
-            &crate::store::cache::index_key(&key.namespace, &key.name),
-        )
-        .iter()
-        .any(|t| {
-            t.status.as_ref().is_some_and(|ts| {
-                ts.replay_on.as_deref() == Some(key.name.as_str())
-                    && ts.phase == Some(TaskPhase::Pending)
-                    || ts.session.as_deref() == Some(key.name.as_str())
-                        && matches!(ts.phase, Some(TaskPhase::Dispatched | TaskPhase::Running))
-            })
-        })
 }
 
 /// Writes this controller's status fields (as they are in `st`).

@@ -9,6 +9,7 @@
 //! working), reasons in CamelCase. It acts on the failover controller's
 //! placement (`status.lastSwap`), which it never writes.
 
+mod cut_turn;
 mod execute;
 mod observe;
 pub mod plan;
@@ -148,7 +149,7 @@ async fn reconcile_inner(ctx: &Context, key: &ObjectKey) -> Result<Action, Error
         .copied()
         .find(|a| st.account.is_some() && a.metadata.name == st.account);
     let report = report::overlay(report, placement.as_ref(), running_on);
-    execute::continue_cut_turn(ctx, &s, &mut st, &observed, running_on).await?;
+    cut_turn::continue_cut_turn(ctx, &s, &mut st, &observed, running_on).await?;
     let standby = standby.filter(|_| st.standby.is_some());
     takeover::keep(
         ctx,
