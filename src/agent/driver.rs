@@ -6,6 +6,7 @@
 //!
 //! The controllers decide; the driver only does, and reports what it saw.
 
+use super::panes::Panes;
 use super::screen::{self, Screen};
 use super::terminal::{NewSession, Pane, Result, Terminal};
 use crate::api::{DEFAULT_NAMESPACE, Kind, ObjectKey};
@@ -86,6 +87,9 @@ pub struct Driver<T> {
     stop_step: Duration,
     /// Each session's keyboard, by terminal session name.
     keyboards: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// The panes last seen alive (a terminal call saved while their
+    /// process runs).
+    panes: Arc<Panes>,
 }
 
 impl<T: Terminal> Driver<T> {
@@ -94,6 +98,7 @@ impl<T: Terminal> Driver<T> {
             term,
             stop_step,
             keyboards: Arc::default(),
+            panes: Arc::default(),
         }
     }
 
@@ -119,16 +124,42 @@ impl<T: Terminal> Driver<T> {
     /// The Session's pane. A pane whose agent exited but was never reaped
     /// by the terminal looks alive: the process table says otherwise.
     pub async fn pane(&self, key: &ObjectKey) -> Result<Option<Pane>> {
-        Ok(self.term.pane(&tmux_name(key)).await?.map(reaped))
+        self.look(&tmux_name(key)).await
+    }
+
+    /// Terminal session `name`'s pane: the one last seen, while its
+    /// process runs; else the terminal's word.
+    async fn look(&self, name: &str) -> Result<Option<Pane>> {
+        if let Some(p) = self.panes.get(name) {
+            return Ok(Some(p));
+        }
+        let epoch = self.panes.epoch();
+        let pane = self.term.pane(name).await?.map(reaped);
+        self.panes.remember(name, pane.as_ref(), epoch);
+        Ok(pane)
+    }
+
+    /// Changes terminal sessions `names` (what was known of them goes,
+    /// before and after).
+    async fn change<R>(&self, names: &[&str], op: impl Future<Output = Result<R>>) -> Result<R> {
+        self.panes.changed(names);
+        let r = op.await;
+        self.panes.changed(names);
+        r
     }
 
     /// The pane and its screen, in one terminal call.
     pub async fn pane_and_screen(&self, key: &ObjectKey) -> Result<Option<(Pane, String)>> {
-        Ok(self
+        let name = tmux_name(key);
+        let epoch = self.panes.epoch();
+        let got = self
             .term
-            .pane_and_screen(&tmux_name(key))
+            .pane_and_screen(&name)
             .await?
-            .map(|(p, s)| (reaped(p), s)))
+            .map(|(p, s)| (reaped(p), s));
+        self.panes
+            .remember(&name, got.as_ref().map(|(p, _)| p), epoch);
+        Ok(got)
     }
 
     pub async fn screen(&self, pane: &Pane) -> Result<String> {
@@ -150,22 +181,25 @@ impl<T: Terminal> Driver<T> {
         argv: &[String],
     ) -> Result<Pane> {
         let name = tmux_name(key);
-        self.term.kill_session(&name).await?;
-        self.term
-            .new_session(&NewSession {
-                name: &name,
-                cwd,
-                env,
-                argv,
-                width: WIDTH,
-                height: HEIGHT,
-            })
-            .await
+        self.change(&[&name], async {
+            self.term.kill_session(&name).await?;
+            self.term
+                .new_session(&NewSession {
+                    name: &name,
+                    cwd,
+                    env,
+                    argv,
+                    width: WIDTH,
+                    height: HEIGHT,
+                })
+                .await
+        })
+        .await
     }
 
     /// The pane of the Session's standby agent.
     pub async fn standby_pane(&self, key: &ObjectKey) -> Result<Option<Pane>> {
-        Ok(self.term.pane(&standby_tmux_name(key)).await?.map(reaped))
+        self.look(&standby_tmux_name(key)).await
     }
 
     /// Starts the Session's standby agent in a terminal session of its own
@@ -183,22 +217,25 @@ impl<T: Terminal> Driver<T> {
 
     /// Ends the standby's terminal session (its agent with it).
     pub async fn clear_standby(&self, key: &ObjectKey) -> Result<()> {
-        self.term.kill_session(&standby_tmux_name(key)).await
+        let name = standby_tmux_name(key);
+        self.change(&[&name], self.term.kill_session(&name)).await
     }
 
     /// The standby's terminal session becomes the Session's (the replaced
     /// agent's, if still there, is ended first): same pane, same process.
     pub async fn promote_standby(&self, key: &ObjectKey) -> Result<()> {
-        let name = tmux_name(key);
-        self.term.kill_session(&name).await?;
-        self.term
-            .rename_session(&standby_tmux_name(key), &name)
-            .await
+        let (name, standby) = (tmux_name(key), standby_tmux_name(key));
+        self.change(&[&name, &standby], async {
+            self.term.kill_session(&name).await?;
+            self.term.rename_session(&standby, &name).await
+        })
+        .await
     }
 
     /// Ends the Session's terminal session (its agent, if any, with it).
     pub async fn clear(&self, key: &ObjectKey) -> Result<()> {
-        self.term.kill_session(&tmux_name(key)).await
+        let name = tmux_name(key);
+        self.change(&[&name], self.term.kill_session(&name)).await
     }
 
     /// `/exit`, then SIGTERM, then SIGKILL, each with a deadline; then the
@@ -337,9 +374,15 @@ impl<T: Terminal + Clone> Driver<T> {
         sleep(SETTLE).await;
         self.term.send_keys(&pane.id, &["Enter"]).await?;
         drop(keyboard);
-        let retired = format!("{}{RETIRED_SUFFIX}", tmux_name(key));
-        self.term.kill_session(&retired).await?;
-        self.term.rename_session(&tmux_name(key), &retired).await?;
+        let (name, retired) = (
+            tmux_name(key),
+            format!("{}{RETIRED_SUFFIX}", tmux_name(key)),
+        );
+        self.change(&[&name, &retired], async {
+            self.term.kill_session(&retired).await?;
+            self.term.rename_session(&name, &retired).await
+        })
+        .await?;
         let (me, pid, step) = (self.clone(), pane.pid, self.stop_step);
         tokio::spawn(async move {
             for sig in [libc::SIGTERM, libc::SIGKILL] {

@@ -7,6 +7,7 @@ pub mod exit;
 pub mod hooks;
 pub mod launch;
 pub mod login;
+pub mod panes;
 pub mod screen;
 pub mod seed;
 pub mod signals;
