@@ -2,8 +2,9 @@
 //! sessions and 20,000 queued tasks.
 //!
 //! For each pool size, in a fresh store: the sessions are applied and
-//! awaited Ready; the daemon's CPU is measured over a quiet window (idle
-//! CPU per session); then 20,000 tasks are applied and, over a window of
+//! awaited Ready; once the daemon's CPU no longer falls from one 5 s
+//! sample to the next (the start-up's tail), it is measured over a quiet
+//! window (idle CPU per session); then 20,000 tasks are applied and, over a window of
 //! dispatching, the tasks confirmed (`claude_failover_dispatch_latency_
 //! seconds_count`) and the daemon's CPU give tasks per second and CPU per
 //! task; the daemon's RSS closes the round. The figures of 200 and 500 are
@@ -24,8 +25,13 @@ const TASKS: usize = 20_000;
 const IDLE_WINDOW: Duration = Duration::from_secs(30);
 /// The window over which dispatching is measured.
 const BUSY_WINDOW: Duration = Duration::from_secs(60);
-/// Let the start-up (or the apply) settle before a window.
+/// Let the apply settle before the busy window.
 const SETTLE: Duration = Duration::from_secs(5);
+/// After the start-up, the daemon's CPU is sampled over windows this long
+/// until it stops falling (the tail of 500 start-ups lasts a while).
+const SETTLE_SAMPLE: Duration = Duration::from_secs(5);
+/// Longest wait for the start-up's tail to end.
+const SETTLE_LIMIT: Duration = Duration::from_secs(120);
 
 struct Daemon {
     child: Child,
@@ -126,6 +132,25 @@ fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Waits until the daemon's CPU over [`SETTLE_SAMPLE`] no longer falls
+/// (by a fifth) from one sample to the next, or [`SETTLE_LIMIT`].
+fn settle(pid: u32) {
+    let t = Instant::now();
+    let sample = || {
+        let c0 = cpu_seconds(pid);
+        std::thread::sleep(SETTLE_SAMPLE);
+        cpu_seconds(pid) - c0
+    };
+    let mut last = sample();
+    while t.elapsed() < SETTLE_LIMIT {
+        let now = sample();
+        if now >= last * 0.8 {
+            return;
+        }
+        last = now;
+    }
+}
+
 struct Round {
     sessions: usize,
     all_ready: Duration,
@@ -205,7 +230,7 @@ fn round(n: usize) -> Round {
         ready_count(dir, n) == n
     });
     let all_ready = t.elapsed();
-    std::thread::sleep(SETTLE);
+    settle(pid);
     let c0 = cpu_seconds(pid);
     let t0 = Instant::now();
     std::thread::sleep(IDLE_WINDOW);
