@@ -18,6 +18,9 @@ use std::time::{Duration, SystemTime};
 const COMPOSER_READY: Duration = Duration::from_secs(2);
 /// How long a `/model` switch may take to be taken.
 const MODEL_TAKEN: Duration = Duration::from_secs(3);
+/// How long after a `/model` switch of its own the dispatcher believes it
+/// over the agent's statusLine, which may still name the model before it.
+const SWITCH_SHOWS: Duration = Duration::from_secs(5);
 
 /// Puts the session's worktree on the fresh branch `branch` the task asks
 /// for (before anything is typed, holding the keyboard). False when it
@@ -84,7 +87,6 @@ pub(super) fn config_dir(s: &Session, accounts: &[Arc<Account>]) -> PathBuf {
         .unwrap_or_else(|| crate::fsutil::home().join(".claude"))
 }
 
-/// The model the agent says it runs (statusLine input), lower-case.
 /// Whether `s`'s model has reached its weekly window on `a`, which drains
 /// it: its sessions of that model take no new task (they are moving).
 pub(super) fn model_drained(ctx: &Context, s: &Session, a: &Account) -> bool {
@@ -92,12 +94,35 @@ pub(super) fn model_drained(ctx: &Context, s: &Session, a: &Account) -> bool {
     crate::controller::failover::target::model_drained(a, model.as_deref(), &ctx.settings.policy)
 }
 
+/// The model the agent says it runs (statusLine input), lower-case.
 fn running_model(ctx: &Context, session: &ObjectKey) -> Option<String> {
-    let (input, _) = ctx.shared.signals.get(session).statusline?;
+    said_model(ctx, session).map(|(m, _)| m)
+}
+
+/// The model the agent's statusLine names, lower-case, and when it came.
+fn said_model(ctx: &Context, session: &ObjectKey) -> Option<(String, SystemTime)> {
+    let (input, at) = ctx.shared.signals.get(session).statusline?;
     let id = input
         .pointer("/model/id")
         .and_then(serde_json::Value::as_str)?;
-    Some(id.to_ascii_lowercase())
+    Some((id.to_ascii_lowercase(), at))
+}
+
+/// The model an agent runs, as the dispatcher knows it: what its
+/// statusLine says, unless the dispatcher switched it since (a statusLine
+/// within [`SWITCH_SHOWS`] after the switch may still show the model
+/// before it); else the last switch; else what it was launched with. Pure.
+fn believed_model(
+    said: Option<(String, SystemTime)>,
+    switched: Option<&(String, SystemTime)>,
+    launched: Option<&str>,
+) -> Option<String> {
+    match (said, switched) {
+        (Some((_, at)), Some((m, to))) if at < *to + SWITCH_SHOWS => Some(m.clone()),
+        (Some((m, _)), _) => Some(m),
+        (None, Some((m, _))) => Some(m.clone()),
+        (None, None) => launched.map(str::to_string),
+    }
 }
 
 pub(super) async fn deliver(
@@ -284,9 +309,11 @@ async fn switch_model(
 ) -> Result<bool, Error> {
     let Some(m) = model else { return Ok(true) };
     let d = &ctx.shared.driver;
-    let running = running_model(ctx, skey)
-        .or_else(|| mem.models.get(&pane.pid).cloned())
-        .or_else(|| s.spec.agent.model.clone());
+    let running = believed_model(
+        said_model(ctx, skey),
+        mem.models.get(&pane.pid),
+        s.spec.agent.model.as_deref(),
+    );
     if running.as_deref().is_some_and(|r| r.contains(m)) {
         return Ok(true);
     }
@@ -306,6 +333,41 @@ async fn switch_model(
         ctx.record(key, true, "ModelSwitchFailed", &why).await;
         return Ok(false);
     }
-    mem.models.insert(pane.pid, m.to_string());
+    mem.models
+        .insert(pane.pid, (m.to_string(), ctx.shared.now()));
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + s)
+    }
+
+    #[test]
+    fn the_model_believed_is_the_latest_word_with_the_statusline_lagging_a_switch() {
+        let said = |m: &str, t: u64| Some((m.to_string(), at(t)));
+        let switched = ("opus".to_string(), at(100));
+        let lag = SWITCH_SHOWS.as_secs();
+        let cases = [
+            // The statusLine still shows the model before the switch.
+            (said("sonnet", 99), Some(&switched), Some("opus")),
+            (said("sonnet", 100 + lag - 1), Some(&switched), Some("opus")),
+            // Well after it: the agent's own word (the user switched back).
+            (said("sonnet", 100 + lag), Some(&switched), Some("sonnet")),
+            (said("opus", 101), None, Some("opus")),
+            (None, Some(&switched), Some("opus")),
+            (None, None, Some("haiku")),
+        ];
+        for (i, (said, switched, want)) in cases.into_iter().enumerate() {
+            assert_eq!(
+                believed_model(said, switched, Some("haiku")).as_deref(),
+                want,
+                "case {i}"
+            );
+        }
+        assert_eq!(believed_model(None, None, None), None);
+    }
 }

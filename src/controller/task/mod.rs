@@ -80,8 +80,8 @@ pub enum Error {
 /// design: everything here can be re-derived or safely redone).
 #[derive(Default)]
 struct Memory {
-    /// The model each agent (by pid) was last switched to.
-    models: HashMap<u32, String>,
+    /// The model each agent (by pid) was last switched to, and when.
+    models: HashMap<u32, (String, SystemTime)>,
     /// When Enter was last re-sent for a task.
     enter_sent: HashMap<ObjectKey, SystemTime>,
     /// When each running task was submitted, precisely (the status keeps
