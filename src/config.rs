@@ -88,7 +88,9 @@ pub struct QuotaConfig {
     /// Typed into a session whose turn a usage limit cut short, once its
     /// account is back (when no task is there to replay). Empty: nothing.
     pub continue_message: Option<String>,
-    /// Seconds between periodic checkpoints of each session.
+    /// Seconds between checkpoints of a session whose task or account
+    /// changed with no word from its agent (an unchanged one is not written
+    /// again).
     pub checkpoint_seconds: Option<u64>,
     /// Checkpoints of sessions that no longer exist go after this long.
     pub keep_checkpoints_seconds: Option<u64>,

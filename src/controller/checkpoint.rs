@@ -2,9 +2,9 @@
 //! (or a person) can pick up where it stopped.
 //!
 //! `STATE/checkpoints/NS/NAME.json`, written atomically by the session
-//! controller when its agent said something new (hooks) and at least every
-//! `checkpointSeconds`, and by the failover controller before it stops an
-//! agent. The janitor removes those of sessions gone for a while.
+//! controller when its agent said something new (hooks), and when what it
+//! says changed otherwise at least every `checkpointSeconds` (an unchanged
+//! one is not written again). The janitor removes those of sessions gone for a while.
 
 use crate::agent::signals::AgentSignals;
 use crate::api::ObjectKey;

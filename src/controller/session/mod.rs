@@ -58,8 +58,9 @@ pub enum Error {
 struct Memory {
     /// Screen debounce.
     last_screen: Option<(Screen, Instant)>,
-    /// When the checkpoint was last written, at which signal count.
-    checkpoint: Option<(u64, Instant)>,
+    /// When the checkpoint was last written, at which signal count, and
+    /// what it said (its time left out).
+    checkpoint: Option<(u64, Instant, crate::controller::checkpoint::Checkpoint)>,
     /// The interruption a continue was typed for.
     continued: Option<SystemTime>,
     /// Why the latest launch failed, or the agent exited at start (reason,
