@@ -142,10 +142,16 @@ impl<T: Terminal> Driver<T> {
     /// Changes terminal sessions `names` (what was known of them goes,
     /// before and after).
     async fn change<R>(&self, names: &[&str], op: impl Future<Output = Result<R>>) -> Result<R> {
+        /// Forgets again when the change ends, even cancelled midway.
+        struct Changing<'a>(&'a Panes, &'a [&'a str]);
+        impl Drop for Changing<'_> {
+            fn drop(&mut self) {
+                self.0.changed(self.1);
+            }
+        }
         self.panes.changed(names);
-        let r = op.await;
-        self.panes.changed(names);
-        r
+        let _after = Changing(&self.panes, names);
+        op.await
     }
 
     /// The pane and its screen, in one terminal call.

@@ -955,6 +955,10 @@ async fn checkpoint(
     let (dir, k) = (ctx.shared.settings.state_dir.clone(), key.clone());
     if let Err(e) = ctx.shared.blocking(move |_| cp.save(&dir, &k)).await {
         tracing::warn!(session = %key, error = %e, "cannot write the checkpoint");
+        // Not written: the next pass tries again.
+        if let Some(m) = ctx.memory.lock().expect("lock").get_mut(key) {
+            m.checkpoint = None;
+        }
     }
 }
 

@@ -333,8 +333,9 @@ async fn switch_model(
         ctx.record(key, true, "ModelSwitchFailed", &why).await;
         return Ok(false);
     }
+    // The statusLine's time is when it came (the system clock): so is this.
     mem.models
-        .insert(pane.pid, (m.to_string(), ctx.shared.now()));
+        .insert(pane.pid, (m.to_string(), SystemTime::now()));
     Ok(true)
 }
 
