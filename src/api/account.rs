@@ -56,6 +56,20 @@ pub struct AccountSpec {
     pub policy: Option<AccountPolicy>,
 }
 
+#[cfg(test)]
+impl AccountSpec {
+    /// An account at `config_dir` with every other field at its default.
+    pub fn in_dir(config_dir: impl Into<String>) -> AccountSpec {
+        AccountSpec {
+            config_dir: config_dir.into(),
+            priority: 0,
+            thresholds: Default::default(),
+            suspend: false,
+            policy: None,
+        }
+    }
+}
+
 /// An account's own failover policy (docs/failover.md, "Policy").
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -195,16 +195,7 @@ mod tests {
 
     #[test]
     fn an_account_overrides_the_config() {
-        let mut a = Account::new(
-            "a",
-            AccountSpec {
-                config_dir: "/a".into(),
-                priority: 0,
-                thresholds: Default::default(),
-                suspend: false,
-                policy: None,
-            },
-        );
+        let mut a = Account::new("a", AccountSpec::in_dir("/a"));
         let on = Policy::default();
         let off = Policy {
             drain: false,

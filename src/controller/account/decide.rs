@@ -190,16 +190,7 @@ mod tests {
     }
 
     fn account(phase: Option<AccountPhase>) -> Account {
-        let mut a = Account::new(
-            "a",
-            crate::api::AccountSpec {
-                config_dir: "/a".into(),
-                priority: 0,
-                thresholds: Default::default(),
-                suspend: false,
-                policy: None,
-            },
-        );
+        let mut a = Account::new("a", crate::api::AccountSpec::in_dir("/a"));
         a.status = Some(AccountStatus {
             phase,
             ..Default::default()

@@ -19,16 +19,7 @@ pub(super) fn at(s: u64) -> SystemTime {
 }
 
 pub(super) fn account(name: &str, phase: AccountPhase, used: f64) -> Account {
-    let mut a = Account::new(
-        name,
-        AccountSpec {
-            config_dir: format!("/a/{name}"),
-            priority: 0,
-            thresholds: Default::default(),
-            suspend: false,
-            policy: None,
-        },
-    );
+    let mut a = Account::new(name, AccountSpec::in_dir(format!("/a/{name}")));
     a.metadata.namespace = Some("default".into());
     a.status = Some(AccountStatus {
         phase: Some(phase),

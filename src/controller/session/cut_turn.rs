@@ -27,10 +27,6 @@ const CONTINUE_COMPOSER: Duration = Duration::from_secs(10);
 /// the turn goes on where it is.
 pub const CUT_UNHEARD: Duration = Duration::from_secs(60);
 
-fn system_micro(t: &crate::api::MicroTime) -> SystemTime {
-    SystemTime::from(t.0)
-}
-
 /// Whether the turn cut as `cut` may go on now on `running` (the account
 /// the session's agent runs under). Pure.
 pub fn may_continue(cut: &Interruption, running: &Account, now: SystemTime) -> bool {
@@ -46,18 +42,15 @@ pub fn may_continue(cut: &Interruption, running: &Account, now: SystemTime) -> b
     if moved {
         return true;
     }
-    let cut_at = system_micro(&cut.at);
     // Condition times are to the second: a transition in the cut's own
     // second is not taken as after it.
-    let cut_second = jiff_second(cut_at);
     let back_since = status
         .and_then(|x| x.conditions.condition("Available"))
-        .is_some_and(|c| c.status == "True" && c.last_transition_time.0.as_second() > cut_second);
+        .is_some_and(|c| {
+            c.status == "True" && c.last_transition_time.0.as_second() > cut.at.0.as_second()
+        });
+    let cut_at = SystemTime::from(cut.at.0);
     back_since || now.duration_since(cut_at).unwrap_or_default() >= CUT_UNHEARD
-}
-
-fn jiff_second(t: SystemTime) -> i64 {
-    crate::quota::jiff_of(t).as_second()
 }
 
 /// A turn a usage limit cut short goes on once the session's account can
@@ -86,7 +79,7 @@ pub async fn continue_cut_turn(
     if !usable || !at_prompt || moving || sh.settings.continue_message.is_empty() {
         return Ok(());
     }
-    let cut_at = system_micro(&cut.at);
+    let cut_at = SystemTime::from(cut.at.0);
     {
         let mut mem = ctx.memory.lock().expect("lock");
         let m = mem.entry(key.clone()).or_default();
@@ -166,16 +159,7 @@ mod tests {
     }
 
     fn bare(name: &str) -> Account {
-        Account::new(
-            name,
-            AccountSpec {
-                config_dir: format!("/a/{name}"),
-                priority: 0,
-                thresholds: Default::default(),
-                suspend: false,
-                policy: None,
-            },
-        )
+        Account::new(name, AccountSpec::in_dir(format!("/a/{name}")))
     }
 
     fn account(name: &str, phase: AccountPhase, available_since: Option<u64>) -> Account {

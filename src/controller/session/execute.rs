@@ -925,6 +925,17 @@ async fn checkpoint(
     st: &SessionStatus,
     sig: &AgentSignals,
 ) {
+    let every = ctx.shared.settings.checkpoint_every;
+    let look = ctx
+        .memory
+        .lock()
+        .expect("lock")
+        .get(key)
+        .and_then(|m| m.checkpoint.as_ref())
+        .is_none_or(|(count, at, _)| *count != sig.count || at.elapsed() >= every);
+    if !look {
+        return;
+    }
     let mut cp = crate::controller::checkpoint::Checkpoint {
         session: key.name.clone(),
         namespace: key.namespace.clone(),
@@ -942,14 +953,15 @@ async fn checkpoint(
     {
         let mut mem = ctx.memory.lock().expect("lock");
         let m = mem.entry(key.clone()).or_default();
-        let every = ctx.shared.settings.checkpoint_every;
-        let due = m.checkpoint.as_ref().is_none_or(|(count, at, last)| {
-            *count != sig.count || (at.elapsed() >= every && *last != cp)
-        });
-        if !due {
+        let unchanged = m
+            .checkpoint
+            .as_ref()
+            .is_some_and(|(count, _, last)| *count == sig.count && *last == cp);
+        // Looked at now: the next look is a period away.
+        m.checkpoint = Some((sig.count, std::time::Instant::now(), cp.clone()));
+        if unchanged {
             return;
         }
-        m.checkpoint = Some((sig.count, std::time::Instant::now(), cp.clone()));
     }
     cp.at = crate::controller::checkpoint::unix_ms(SystemTime::now());
     let (dir, k) = (ctx.shared.settings.state_dir.clone(), key.clone());

@@ -574,11 +574,9 @@ mod tests {
             let mut a = Account::new(
                 n,
                 AccountSpec {
-                    config_dir: format!("/a/{n}"),
                     priority: prio,
-                    thresholds: Default::default(),
                     suspend,
-                    policy: None,
+                    ..AccountSpec::in_dir(format!("/a/{n}"))
                 },
             );
             a.metadata.namespace = Some("default".into());

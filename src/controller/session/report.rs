@@ -162,16 +162,7 @@ mod tests {
     use crate::api::{AccountFailover, AccountSpec, AccountStatus, FailoverNote};
 
     fn account(phase: AccountPhase, no_target: bool) -> Account {
-        let mut a = Account::new(
-            "a",
-            AccountSpec {
-                config_dir: "/a".into(),
-                priority: 0,
-                thresholds: Default::default(),
-                suspend: false,
-                policy: None,
-            },
-        );
+        let mut a = Account::new("a", AccountSpec::in_dir("/a"));
         a.status = Some(AccountStatus {
             phase: Some(phase),
             failover: no_target.then(|| AccountFailover {

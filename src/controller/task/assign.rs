@@ -455,16 +455,7 @@ pub(crate) mod tests {
     }
 
     fn account(phase: AccountPhase, available_since: i64) -> Account {
-        let mut a = Account::new(
-            "a",
-            crate::api::AccountSpec {
-                config_dir: "/a".into(),
-                priority: 0,
-                thresholds: Default::default(),
-                suspend: false,
-                policy: None,
-            },
-        );
+        let mut a = Account::new("a", crate::api::AccountSpec::in_dir("/a"));
         let mut st = crate::api::AccountStatus {
             phase: Some(phase),
             ..Default::default()
