@@ -8,9 +8,14 @@
 //! - inotify notifications for the kind's directory: each changed file is
 //!   re-read and, if its resourceVersion moved, an `Apply` (or `Delete`) is
 //!   emitted;
-//! - a relist (`Init`, `InitApply`..., `InitDone`) at start, whenever the
-//!   notification queue overflows, and every `resync` period, so a missed
-//!   notification is corrected within one period.
+//! - a relist (`Init`, `InitApply`..., `InitDone`) at start and whenever
+//!   the notification queue overflows (notifications were lost);
+//! - every `resync` period, a resync: each object's files are looked at
+//!   (their inode, size and times: a store write replaces a file) and only
+//!   those that differ from when the watch last read them are read again,
+//!   as if notified; objects whose files went are deleted. A missed
+//!   notification is corrected within one period, and an idle store costs
+//!   a directory scan, not a read and parse of every object.
 //!
 //! A corrupt object (see the store's `quarantine.rs`) is skipped by the relist
 //! and, when it turns corrupt while watched, keeps its last good version:
@@ -83,6 +88,89 @@ pub(super) struct State<K> {
     pub(super) store: Store,
     pub(super) cfg: WatchConfig,
     pub(super) known: HashMap<ObjectKey, (String, K)>,
+    /// The local store only: what each object's files looked like just
+    /// before the watch last read them (see [`State::resync`]).
+    pub(super) stamps: HashMap<ObjectKey, Stamp>,
+}
+
+/// What one file looked like: a store write replaces the file (a new
+/// inode, new times), so an unchanged stamp means an unchanged file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct FileStamp {
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    fn of(m: &std::fs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            ino: m.ino(),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+}
+
+/// An object's two files (spec, status), as they looked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Stamp {
+    spec: Option<FileStamp>,
+    status: Option<FileStamp>,
+}
+
+/// The stamps of one object's files (a file that is not there: None).
+fn stamp_of(store: &Store, key: &ObjectKey) -> Stamp {
+    let file = store.spec_file(key);
+    let look = |p: &Path| std::fs::symlink_metadata(p).ok().map(|m| FileStamp::of(&m));
+    Stamp {
+        spec: look(&file),
+        status: look(&file.with_file_name(format!("{}.status.json", key.name))),
+    }
+}
+
+/// The stamps of every object's files of kind `K` (in one namespace, or
+/// all), from one scan of the kind's directory; None when it cannot be
+/// read.
+fn scan<K: Object>(store: &Store, namespace: Option<&str>) -> Option<HashMap<ObjectKey, Stamp>> {
+    let kind_dir = store.root().join(K::KIND.plural());
+    let namespaces: Vec<String> = match namespace {
+        Some(ns) => vec![ns.to_string()],
+        None => match std::fs::read_dir(&kind_dir) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .filter(|n| !n.starts_with('.'))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => vec![],
+            Err(_) => return None,
+        },
+    };
+    let mut out: HashMap<ObjectKey, Stamp> = HashMap::new();
+    for ns in namespaces {
+        let rd = match std::fs::read_dir(kind_dir.join(&ns)) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(_) => return None,
+        };
+        for e in rd.filter_map(|e| e.ok()) {
+            let fname = e.file_name();
+            let Some(f) = fname.to_str() else { continue };
+            let Some(name) = object_name(f) else { continue };
+            let Ok(m) = e.metadata() else { continue };
+            let stamp = out.entry(ObjectKey::new(K::KIND, &ns, name)).or_default();
+            if f.ends_with(".status.json") {
+                stamp.status = Some(FileStamp::of(&m));
+            } else {
+                stamp.spec = Some(FileStamp::of(&m));
+            }
+        }
+    }
+    Some(out)
 }
 
 impl<K: Object> State<K> {
@@ -90,9 +178,19 @@ impl<K: Object> State<K> {
         // Corrupt objects are skipped (and quarantined) by the typed list:
         // one bad file never holds up the listing. Off the async workers.
         let (store, ns) = (self.store.clone(), self.cfg.namespace.clone());
-        let listed = tokio::task::spawn_blocking(move || store.api::<K>(ns.as_deref()).list())
-            .await
-            .expect("a store listing panicked");
+        let (stamps, listed) = tokio::task::spawn_blocking(move || {
+            // Looked at before the read: a file changed in between is read
+            // again by the next resync, never missed.
+            let stamps = if store.is_etcd() {
+                None
+            } else {
+                scan::<K>(&store, ns.as_deref())
+            };
+            (stamps, store.api::<K>(ns.as_deref()).list())
+        })
+        .await
+        .expect("a store listing panicked");
+        self.stamps = stamps.unwrap_or_default();
         let list = match listed {
             Ok(l) => l,
             Err(e) => return tx.send(Err(invalid(e.to_string()))).await.is_ok(),
@@ -120,10 +218,15 @@ impl<K: Object> State<K> {
             return true;
         }
         let (store, k) = (self.store.clone(), key.clone());
-        let got =
-            tokio::task::spawn_blocking(move || store.api::<K>(Some(&k.namespace)).get(&k.name))
-                .await
-                .expect("a store read panicked");
+        let (stamp, got) = tokio::task::spawn_blocking(move || {
+            let stamp = (!store.is_etcd()).then(|| stamp_of(&store, &k));
+            (stamp, store.api::<K>(Some(&k.namespace)).get(&k.name))
+        })
+        .await
+        .expect("a store read panicked");
+        if let Some(stamp) = stamp {
+            self.stamps.insert(key.clone(), stamp);
+        }
         match got {
             Ok(Some(obj)) => {
                 let rv = obj.meta().resource_version.clone().unwrap_or_default();
@@ -148,6 +251,37 @@ impl<K: Object> State<K> {
             Err(crate::store::StoreError::Invalid { .. }) => true,
             Err(e) => tx.send(Err(invalid(e.to_string()))).await.is_ok(),
         }
+    }
+
+    /// The local store's periodic look (see the module's doc): the objects
+    /// whose files changed since they were last read, or went, are read
+    /// again; nothing else is. A directory that cannot be scanned: a relist.
+    async fn resync(&mut self, tx: &Tx<K>) -> bool {
+        let (store, ns) = (self.store.clone(), self.cfg.namespace.clone());
+        let scanned = tokio::task::spawn_blocking(move || scan::<K>(&store, ns.as_deref()))
+            .await
+            .expect("a store scan panicked");
+        let Some(scanned) = scanned else {
+            return self.relist(tx).await;
+        };
+        let mut look: Vec<ObjectKey> = scanned
+            .iter()
+            .filter(|(k, s)| self.stamps.get(*k) != Some(*s))
+            .map(|(k, _)| k.clone())
+            .collect();
+        look.extend(
+            self.known
+                .keys()
+                .filter(|k| !scanned.contains_key(*k))
+                .cloned(),
+        );
+        self.stamps.retain(|k, _| scanned.contains_key(k));
+        for key in look {
+            if !self.refresh(key, tx).await {
+                return false;
+            }
+        }
+        true
     }
 
     /// Re-reads every file of a namespace directory that just appeared (it
@@ -246,6 +380,7 @@ async fn run<K: Object>(store: Store, cfg: WatchConfig, tx: Tx<K>) {
         store,
         cfg,
         known: HashMap::new(),
+        stamps: HashMap::new(),
     };
     if !state.relist(&tx).await {
         return;
@@ -256,7 +391,12 @@ async fn run<K: Object>(store: Store, cfg: WatchConfig, tx: Tx<K>) {
         let mut changes = Vec::new();
         tokio::select! {
             _ = tx.closed() => return,
-            _ = tick.tick() => changes.push(Change::Rescan),
+            _ = tick.tick() => {
+                if !state.resync(&tx).await {
+                    return;
+                }
+                continue;
+            }
             Some(first) = nrx.recv() => {
                 // Take everything already queued: one re-read per object.
                 let mut batch = vec![first];
@@ -299,5 +439,91 @@ async fn run<K: Object>(store: Store, cfg: WatchConfig, tx: Tx<K>) {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Kind, Session};
+    use serde_json::json;
+
+    fn session(name: &str, workdir: &str) -> serde_json::Value {
+        json!({
+            "apiVersion": "claude-failover.io/v1alpha1", "kind": "Session",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"workdir": workdir}
+        })
+    }
+
+    /// What one resync sends: (name, deleted?, workdir).
+    async fn resync(state: &mut State<Session>) -> Vec<(String, bool, String)> {
+        let (tx, mut rx) = mpsc::channel(64);
+        assert!(state.resync(&tx).await);
+        drop(tx);
+        let mut out = Vec::new();
+        while let Some(ev) = rx.recv().await {
+            let (o, gone) = match ev.expect("no error") {
+                Event::Apply(o) => (o, false),
+                Event::Delete(o) => (o, true),
+                other => panic!("a resync sends no {other:?}"),
+            };
+            out.push((o.metadata.name.unwrap(), gone, o.spec.workdir));
+        }
+        out.sort();
+        out
+    }
+
+    /// The periodic look reads again only what changed on disk since the
+    /// watch read it, and finds what went, without any notification.
+    #[tokio::test]
+    async fn a_resync_reads_only_the_objects_whose_files_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for n in ["a", "b", "c"] {
+            store.apply(&session(n, "/w"), false).unwrap();
+        }
+        let mut state = State::<Session> {
+            store: store.clone(),
+            cfg: WatchConfig::default(),
+            known: HashMap::new(),
+            stamps: HashMap::new(),
+        };
+        let (tx, mut rx) = mpsc::channel(64);
+        assert!(state.relist(&tx).await);
+        drop(tx);
+        let mut listed = 0;
+        while let Some(ev) = rx.recv().await {
+            listed += matches!(ev, Ok(Event::InitApply(_))) as usize;
+        }
+        assert_eq!(listed, 3);
+        assert_eq!(state.stamps.len(), 3);
+
+        assert_eq!(resync(&mut state).await, vec![], "nothing changed");
+
+        store.apply(&session("b", "/changed"), false).unwrap();
+        store.apply(&session("d", "/new"), false).unwrap();
+        store
+            .delete(&ObjectKey::new(Kind::Session, "default", "c"), None, false)
+            .unwrap();
+        assert_eq!(
+            resync(&mut state).await,
+            vec![
+                ("b".into(), false, "/changed".into()),
+                ("c".into(), true, "/w".into()),
+                ("d".into(), false, "/new".into()),
+            ]
+        );
+        // A status written apart from the spec is a change too.
+        store
+            .api::<Session>(Some("default"))
+            .patch_status("a", &crate::api::SessionStatus::default())
+            .unwrap();
+        assert_eq!(
+            resync(&mut state).await,
+            vec![("a".into(), false, "/w".into())]
+        );
+        assert_eq!(resync(&mut state).await, vec![], "read once");
+        assert_eq!(state.stamps.len(), 3);
     }
 }

@@ -39,6 +39,7 @@ pub(super) async fn run<K: Object>(store: Store, cfg: WatchConfig, from: Option<
         store,
         cfg,
         known: HashMap::new(),
+        stamps: HashMap::new(),
     };
     let mut resume = from.map(|rv| rv + 1);
     loop {
