@@ -118,6 +118,17 @@ fn a_session_with_a_warm_standby_moves_through_it() {
     common::wait_for("the old agent to end", common::pool::LONG, || {
         (!pid_alive(old_pid)).then_some(())
     });
+    // Killed at its prompt, it left none of its state files behind in a's
+    // config dir (its own exit would have removed them).
+    let leftovers: Vec<String> = std::fs::read_dir(pool.path("accounts/a/sessions"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&format!("{old_pid}.")))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
     // Its tmux session is the session's own now; the standby's is gone
     // until the next one starts.
     let described = pool.ok(&["describe", "session", "one"]);

@@ -27,9 +27,6 @@ const COMPOSER_POLL: Duration = Duration::from_millis(20);
 const INTERRUPT_SETTLE: Duration = Duration::from_millis(200);
 /// How often a stopping agent is looked at.
 const STOP_POLL: Duration = Duration::from_millis(100);
-/// What a retired agent's tmux session name ends with (see
-/// [`Driver::retire`]).
-const RETIRED_SUFFIX: &str = "+retired";
 /// The agent's window.
 const WIDTH: u16 = 200;
 const HEIGHT: u16 = 50;
@@ -368,45 +365,44 @@ impl<T: Terminal> Driver<T> {
 }
 
 impl<T: Terminal + Clone> Driver<T> {
-    /// Hands the Session's terminal session over: the agent at its prompt
-    /// gets `/exit`, and its terminal session is renamed aside (the name is
-    /// free for the agent taking over) and left to end by itself; SIGTERM,
-    /// then SIGKILL, each after the stop step, and the terminal session
-    /// goes, in the background. A takeover need not wait for the exit: the
-    /// conversation's transcript is complete at a turn boundary.
+    /// Hands the Session's terminal session over: the agent, at its prompt
+    /// with its transcript complete (a turn boundary), is killed at once
+    /// (its state files removed as its exit would) and its terminal
+    /// session goes, freeing the name for the agent
+    /// taking over. No `/exit`: an exiting Claude Code spends 1 to 3 s of
+    /// CPU (its `SessionEnd` hooks, its state written back) that the
+    /// takeovers of a whole pool need, and a takeover needs nothing of the
+    /// exit (claude-code-probe.md, section 12). The keyboard is held, so a
+    /// writer typing into the pane finishes first.
     pub async fn retire(&self, key: &ObjectKey, pane: &Pane) -> Result<()> {
         let keyboard = self.keyboard(key).await;
-        self.term.send_text(&pane.id, "/exit").await?;
-        sleep(SETTLE).await;
-        self.term.send_keys(&pane.id, &["Enter"]).await?;
+        let pid = pane.pid;
+        let _ = tokio::task::spawn_blocking(move || kill_and_tidy(pid)).await;
         drop(keyboard);
-        let (name, retired) = (
-            tmux_name(key),
-            format!("{}{RETIRED_SUFFIX}", tmux_name(key)),
-        );
-        self.change(&[&name, &retired], async {
-            self.term.kill_session(&retired).await?;
-            self.term.rename_session(&name, &retired).await
-        })
-        .await?;
-        let (me, pid, step) = (self.clone(), pane.pid, self.stop_step);
-        tokio::spawn(async move {
-            for sig in [libc::SIGTERM, libc::SIGKILL] {
-                let deadline = Instant::now() + step;
-                while !process_gone(pid) && Instant::now() < deadline {
-                    sleep(STOP_POLL).await;
-                }
-                if process_gone(pid) {
-                    break;
-                }
-                // SAFETY: kill(2) with a pid we launched and a valid signal number.
-                unsafe { libc::kill(pid as libc::pid_t, sig) };
-            }
-            if let Err(e) = me.term.kill_session(&retired).await {
-                tracing::warn!(session = %retired, error = %e, "cannot end a retired agent's tmux session");
-            }
-        });
-        Ok(())
+        self.clear(key).await
+    }
+}
+
+/// SIGKILL to a Claude Code process, then what its exit would have removed:
+/// its `sessions/<pid>.json` state file and `sessions/<pid>.*.key` in its
+/// config dir (Claude Code does not sweep another process's files).
+fn kill_and_tidy(pid: u32) {
+    let config_dir = process_config_dir(pid);
+    // SAFETY: kill(2) with a pid we launched and a valid signal number.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    let Some(sessions) = config_dir.map(|d| d.join("sessions")) else {
+        return;
+    };
+    let Ok(rd) = std::fs::read_dir(&sessions) else {
+        return;
+    };
+    let (state, key_prefix) = (format!("{pid}.json"), format!("{pid}."));
+    for e in rd.filter_map(|e| e.ok()) {
+        let name = e.file_name();
+        let Some(n) = name.to_str() else { continue };
+        if n == state || (n.starts_with(&key_prefix) && n.ends_with(".key")) {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }
 

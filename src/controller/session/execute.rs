@@ -414,8 +414,8 @@ async fn stop(
     // A turn or a dialog (a usage-limit one, say) is escaped first.
     let interrupt = matches!(o.state, AgentState::Busy | AgentState::Waiting(_));
     if handoff && !interrupt {
-        // At its prompt, its transcript complete: a standby takes the
-        // conversation over while it exits (measured: claude-code-probe.md,
+        // At its prompt, its transcript complete: it is killed and a
+        // standby takes the conversation over (claude-code-probe.md,
         // section 12). A cut turn is waited for as before: the agent may
         // still write it.
         ctx.shared.driver.retire(key, p).await?;
@@ -423,7 +423,7 @@ async fn stop(
             key,
             false,
             "Stopped",
-            "agent told to /exit; a standby takes over",
+            "agent stopped at its prompt (SIGKILL); a standby takes over",
         )
         .await;
         return Ok(());
