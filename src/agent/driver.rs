@@ -226,9 +226,14 @@ impl<T: Terminal> Driver<T> {
 
     /// The standby's terminal session becomes the Session's (the replaced
     /// agent's, if still there, is ended first): same pane, same process.
+    /// One terminal call when the name is free (the replaced agent was
+    /// retired): the rename is tried first.
     pub async fn promote_standby(&self, key: &ObjectKey) -> Result<()> {
         let (name, standby) = (tmux_name(key), standby_tmux_name(key));
         self.change(&[&name, &standby], async {
+            if self.term.rename_session(&standby, &name).await.is_ok() {
+                return Ok(());
+            }
             self.term.kill_session(&name).await?;
             self.term.rename_session(&standby, &name).await
         })
