@@ -4,6 +4,7 @@
 pub mod driver;
 pub mod env;
 pub mod exit;
+pub mod exits;
 pub mod hooks;
 pub mod launch;
 pub mod login;

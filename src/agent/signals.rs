@@ -338,7 +338,7 @@ impl Signals {
     }
 
     /// The terminal says the session's pane died or its session closed,
-    /// or the liveness watch saw its agent's process gone: a signal from
+    /// or the watch of its agent's process (`exits.rs`) saw it end: a signal from
     /// the agent's side like the hooks, for the session controller.
     pub fn terminal_event(&self, key: &ObjectKey) {
         self.wake(key);

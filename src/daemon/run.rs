@@ -367,7 +367,6 @@ fn node_controllers(
     let sessions = Arc::new(session::Context::new(shared.clone()));
     let tasks = Arc::new(task::Context::new(shared.clone(), o.dispatch.clone()));
     vec![
-        tokio::spawn(session::liveness(sessions.clone())),
         tokio::spawn(run_sessions(sessions, wake)),
         tokio::spawn(task::run(
             tasks,

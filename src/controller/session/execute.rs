@@ -777,7 +777,7 @@ fn crash_report(crash: &(String, String), st: &SessionStatus, now: SystemTime) -
 async fn cleanup(ctx: &Context, key: &ObjectKey) -> Result<(), Error> {
     ctx.shared.signals.unregister(key);
     ctx.memory.lock().expect("lock").remove(key);
-    ctx.pids.lock().expect("lock").remove(key);
+    ctx.exits.forget(key);
     let (dir, k) = (ctx.shared.settings.state_dir.clone(), key.clone());
     ctx.shared
         .blocking(move |store| -> Result<(), Error> {
@@ -824,12 +824,13 @@ pub async fn finish(
 ) -> Result<(), Error> {
     let key = ObjectKey::of(s);
     let running = st.launches.unwrap_or(0) > 0 && !s.spec.suspend && r.alive.ok;
-    {
-        let mut pids = ctx.pids.lock().expect("lock");
-        match (running, st.pid) {
-            (true, Some(pid)) => pids.insert(key.clone(), pid),
-            _ => pids.remove(&key),
-        };
+    match (running, st.pid) {
+        (true, Some(pid)) => {
+            let (shared, k) = (ctx.shared.clone(), key.clone());
+            ctx.exits
+                .watch(&key, pid, move || shared.signals.terminal_event(&k));
+        }
+        _ => ctx.exits.forget(&key),
     }
     st.phase = Some(r.phase);
     st.restarts = Some(st.restarts.unwrap_or(0));

@@ -35,8 +35,6 @@ pub use private::settings_path;
 
 /// Source of this controller's events.
 const SOURCE: &str = "session-controller";
-/// How often the liveness watch reads each running agent's process state.
-pub const LIVENESS_EVERY: Duration = Duration::from_secs(2);
 /// Requeue after a failed reconcile.
 const RETRY: Duration = Duration::from_secs(2);
 /// How soon a session looks again when the store holds Accounts its cache
@@ -72,8 +70,9 @@ struct Memory {
 pub struct Context {
     pub shared: Arc<Shared>,
     memory: Mutex<HashMap<ObjectKey, Memory>>,
-    /// The agent process of each running session, for the liveness watch.
-    pids: Mutex<HashMap<ObjectKey, u32>>,
+    /// The agent process of each running session, watched for its end
+    /// (tmux's own notification does not always come).
+    exits: crate::agent::exits::Exits,
 }
 
 impl Context {
@@ -81,7 +80,7 @@ impl Context {
         Context {
             shared,
             memory: Mutex::default(),
-            pids: Mutex::default(),
+            exits: Default::default(),
         }
     }
 
@@ -189,30 +188,6 @@ pub fn error_policy(s: Arc<Session>, e: &Error, _ctx: Arc<Context>) -> Action {
     }
     tracing::warn!(session = s.metadata.name.as_deref().unwrap_or_default(), error = %e, "reconcile failed; retrying");
     Action::requeue(RETRY)
-}
-
-/// Watches the agents' processes (a cheap /proc read each, no process
-/// spawned) and wakes the reconcile of any session whose agent died: tmux's
-/// own notification does not always come (a pane whose process tmux never
-/// reaps shows no death at all).
-pub async fn liveness(ctx: Arc<Context>) {
-    let mut tick = tokio::time::interval(LIVENESS_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let dead: Vec<ObjectKey> = ctx
-            .pids
-            .lock()
-            .expect("lock")
-            .iter()
-            .filter(|(_, pid)| crate::agent::driver::process_gone(**pid))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in dead {
-            ctx.pids.lock().expect("lock").remove(&key);
-            ctx.shared.signals.terminal_event(&key);
-        }
-    }
 }
 
 /// Registers the hook secret of every session's running agent (kept in the
