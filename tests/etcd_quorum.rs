@@ -188,6 +188,7 @@ async fn the_store_through_a_long_outage() {
         WatchConfig {
             namespace: None,
             resync: Duration::from_secs(3600),
+            lean: false,
         },
     ));
     // The listing (before), then whatever comes.

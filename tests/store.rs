@@ -143,6 +143,7 @@ async fn the_watch_drives_a_kube_runtime_reflector_and_applier(store: Store) {
     let cfg = WatchConfig {
         namespace: None,
         resync: Duration::from_secs(3600), // notifications alone must do
+        lean: false,
     };
     let queue = reflector::reflector(writer, watch::<Session>(store.clone(), cfg))
         .touched_objects()
@@ -212,6 +213,7 @@ async fn every_object_in_a_new_namespace_is_seen(store: Store) {
     let cfg = WatchConfig {
         namespace: None,
         resync: Duration::from_secs(3600),
+        lean: false,
     };
     let stream = reflector::reflector(writer, watch::<Session>(store.clone(), cfg));
     let handle = tokio::spawn(stream.for_each(|_| futures::future::ready(())));

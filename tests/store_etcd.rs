@@ -71,6 +71,7 @@ async fn a_watch_resumes_from_a_revision_and_relists_after_a_compaction() {
     let cfg = WatchConfig {
         namespace: None,
         resync: Duration::from_secs(3600),
+        lean: false,
     };
     // A first watcher lists, then sees a change, and stops.
     let mut w = Box::pin(watch::<Session>(store.clone(), cfg.clone()));
@@ -323,6 +324,7 @@ async fn one_member_of_three_dies_and_the_store_keeps_working() {
         WatchConfig {
             namespace: None,
             resync: Duration::from_secs(3600),
+            lean: false,
         },
     ));
     assert!(matches!(next(&mut w).await, Event::Init));

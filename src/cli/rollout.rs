@@ -173,6 +173,7 @@ fn status(ctx: &Ctx, a: StatusArgs) -> Result<ExitCode> {
         let cfg = WatchConfig {
             namespace: Some(ctx.namespace.clone()),
             resync: RESYNC,
+            lean: false,
         };
         let mut wakeups = watch::<SessionPool>(store.clone(), cfg).boxed();
         let deadline = (!a.timeout.is_zero()).then(|| tokio::time::Instant::now() + a.timeout);

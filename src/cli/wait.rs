@@ -221,6 +221,7 @@ fn wait_for(
         let cfg = WatchConfig {
             namespace: Some(ctx.namespace.clone()),
             resync: Duration::from_secs(5),
+            lean: false,
         };
         let kinds: std::collections::BTreeSet<Kind> = pending.iter().map(|k| k.kind).collect();
         let mut wakeups = futures::stream::select_all(kinds.into_iter().map(|k| {

@@ -154,6 +154,9 @@ impl<K: Object> Cache<K> {
         mut writer: reflector::store::Writer<K>,
         listed: tokio::sync::watch::Sender<bool>,
     ) {
+        // The reflector holds the objects: the watch keeps only what a
+        // deletion must name.
+        let cfg = WatchConfig { lean: true, ..cfg };
         let mut stream = Box::pin(watch::<K>(store.clone(), cfg));
         // The objects of a relist under way, by reference only: their copy
         // is the one the reflector files (one form, one copy per object).

@@ -39,6 +39,11 @@ pub struct WatchConfig {
     pub namespace: Option<String>,
     /// Full relist period.
     pub resync: Duration,
+    /// The consumer keeps its own copy of every object (a reflector
+    /// cache): the watch then holds of each only what a `Delete` must say
+    /// (metadata without managed fields, the spec), not its status. Off: a
+    /// `Delete` carries the object as it last was (`get -w`).
+    pub lean: bool,
 }
 
 impl Default for WatchConfig {
@@ -46,6 +51,7 @@ impl Default for WatchConfig {
         WatchConfig {
             namespace: None,
             resync: Duration::from_secs(60),
+            lean: false,
         }
     }
 }
@@ -174,6 +180,16 @@ fn scan<K: Object>(store: &Store, namespace: Option<&str>) -> Option<HashMap<Obj
 }
 
 impl<K: Object> State<K> {
+    /// The copy of `obj` the watch keeps (see [`WatchConfig::lean`]).
+    fn held(&self, obj: &K) -> K {
+        let mut o = obj.clone();
+        if self.cfg.lean {
+            *o.status_mut() = None;
+            o.meta_mut().managed_fields = None;
+        }
+        o
+    }
+
     pub(super) async fn relist(&mut self, tx: &Tx<K>) -> bool {
         // Corrupt objects are skipped (and quarantined) by the typed list:
         // one bad file never holds up the listing. Off the async workers.
@@ -201,7 +217,7 @@ impl<K: Object> State<K> {
         let mut known = HashMap::with_capacity(list.len());
         for obj in list {
             let rv = obj.meta().resource_version.clone().unwrap_or_default();
-            known.insert(key_of(&obj), (rv, obj.clone()));
+            known.insert(key_of(&obj), (rv, self.held(&obj)));
             if tx.send(Ok(Event::InitApply(obj))).await.is_err() {
                 return false;
             }
@@ -237,7 +253,7 @@ impl<K: Object> State<K> {
                 {
                     return true;
                 }
-                self.known.insert(key, (rv, obj.clone()));
+                self.known.insert(key, (rv, self.held(&obj)));
                 tx.send(Ok(Event::Apply(obj))).await.is_ok()
             }
             Ok(None) => match self.known.remove(&key) {
@@ -525,5 +541,53 @@ mod tests {
         );
         assert_eq!(resync(&mut state).await, vec![], "read once");
         assert_eq!(state.stamps.len(), 3);
+    }
+
+    /// A lean watch (a reflector cache's) holds no status: a deletion
+    /// still names the object, with its spec.
+    #[tokio::test]
+    async fn a_lean_watch_holds_no_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.apply(&session("a", "/w"), false).unwrap();
+        let status = crate::api::SessionStatus {
+            agent_session_id: Some("conversation".into()),
+            ..Default::default()
+        };
+        let api = store.api::<Session>(Some("default"));
+        api.patch_status("a", &status).unwrap();
+        let mut state = State::<Session> {
+            store: store.clone(),
+            cfg: WatchConfig {
+                lean: true,
+                ..Default::default()
+            },
+            known: HashMap::new(),
+            stamps: HashMap::new(),
+        };
+        let (tx, mut rx) = mpsc::channel(64);
+        assert!(state.relist(&tx).await);
+        drop(tx);
+        let mut sent = None;
+        while let Some(ev) = rx.recv().await {
+            if let Ok(Event::InitApply(o)) = ev {
+                sent = Some(o);
+            }
+        }
+        let sent = sent.expect("listed");
+        assert_eq!(
+            sent.status.and_then(|s| s.agent_session_id).as_deref(),
+            Some("conversation"),
+            "what is sent is whole"
+        );
+        let held = &state.known.values().next().unwrap().1;
+        assert!(held.status.is_none() && held.metadata.managed_fields.is_none());
+        store
+            .delete(&ObjectKey::new(Kind::Session, "default", "a"), None, false)
+            .unwrap();
+        assert_eq!(
+            resync(&mut state).await,
+            vec![("a".into(), true, "/w".into())]
+        );
     }
 }
