@@ -594,3 +594,43 @@ fn a_session_restarts_through_the_api_and_resumes() {
     assert_eq!(value("claude_failover_session_restarts_total"), 0.0);
     assert_eq!(value("claude_failover_dispatch_latency_seconds_count"), 1.0);
 }
+
+/// Each running agent holds a pidfd and each hook a connection: started
+/// under a low soft limit of open files, the daemon raises it towards the
+/// hard one (up to 16,384).
+#[test]
+fn the_daemon_raises_its_soft_limit_of_open_files() {
+    use std::os::unix::process::CommandExt;
+    let env = Env::new();
+    let mut hard: libc::rlim_t = 0;
+    let d = Daemon::start_with(&env, &[], |c| {
+        let mut l = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit(2) into a struct of ours.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) }, 0);
+        hard = l.rlim_max;
+        let low = libc::rlimit {
+            rlim_cur: 256.min(l.rlim_max),
+            rlim_max: l.rlim_max,
+        };
+        // SAFETY: only setrlimit(2) runs between fork and exec.
+        unsafe {
+            c.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &low) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.pid())).unwrap();
+    let soft: u64 = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{limits}"));
+    assert_eq!(soft, hard.min(16_384), "{limits}");
+}

@@ -62,11 +62,41 @@ pub struct Options {
     pub capacity: Option<u32>,
 }
 
+/// The most open files the daemon asks for (see [`raise_open_files`]).
+const OPEN_FILES: libc::rlim_t = 16_384;
+
+/// Each running agent holds a pidfd (`agent/exits.rs`) and each hook a
+/// connection: the soft limit of open files (often 1,024) is raised
+/// towards the hard one, up to [`OPEN_FILES`].
+fn raise_open_files() {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit(2) and setrlimit(2) with a valid resource and a
+    // pointer to a struct of ours.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
+            return;
+        }
+        let want = l.rlim_max.min(OPEN_FILES);
+        if l.rlim_cur >= want {
+            return;
+        }
+        let before = l.rlim_cur;
+        l.rlim_cur = want;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &l) == 0 {
+            tracing::debug!(from = before, to = want, "open files limit raised");
+        }
+    }
+}
+
 /// Runs the daemon until a signal (or the loss of its state dir): its
 /// node's work from the start, the leader's whenever it leads.
 pub async fn run(o: Options) -> Result<()> {
     crate::fsutil::ensure_dir(&o.state_dir)
         .with_context(|| format!("cannot create the state dir {}", o.state_dir.display()))?;
+    raise_open_files();
     let shutdown = shutdown_signal(o.state_dir.clone());
     tokio::pin!(shutdown);
     let identity = crate::store::identity();

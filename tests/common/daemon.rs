@@ -43,11 +43,21 @@ impl Daemon {
     /// Starts `run` on 127.0.0.1:0 with `extra` arguments and waits until it
     /// serves (its endpoint record names its pid).
     pub fn start(env: &Env, extra: &[&str]) -> Daemon {
+        Daemon::start_with(env, extra, |_| {})
+    }
+
+    /// [`Daemon::start`], with the command prepared by `prepare` first.
+    pub fn start_with(
+        env: &Env,
+        extra: &[&str],
+        prepare: impl FnOnce(&mut std::process::Command),
+    ) -> Daemon {
         let log = env.path(&format!("daemon-{}.log", uuid::Uuid::new_v4().simple()));
         let mut args = vec!["run", "--listen", "127.0.0.1:0", "--log-level", "debug"];
         args.extend_from_slice(extra);
-        let child = env
-            .cmd(&args)
+        let mut cmd = env.cmd(&args);
+        prepare(&mut cmd);
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -65,6 +75,10 @@ impl Daemon {
             (v["pid"] == pid).then(|| v["url"].as_str().unwrap().to_string())
         });
         d
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     pub fn log(&self) -> String {
