@@ -367,17 +367,15 @@ impl<T: Terminal> Driver<T> {
         }
         Ok(false)
     }
-}
 
-impl<T: Terminal + Clone> Driver<T> {
     /// Hands the Session's terminal session over: the agent, at its prompt
     /// with its transcript complete (a turn boundary), is killed at once
     /// (its state files removed as its exit would) and its terminal
-    /// session goes, freeing the name for the agent
-    /// taking over. No `/exit`: an exiting Claude Code spends 1 to 3 s of
-    /// CPU (its `SessionEnd` hooks, its state written back) that the
-    /// takeovers of a whole pool need, and a takeover needs nothing of the
-    /// exit (claude-code-probe.md, section 12). The keyboard is held, so a
+    /// session goes, freeing the name for the agent taking over. No
+    /// `/exit`: an exiting Claude Code spends 1 to 3 s of CPU (its
+    /// `SessionEnd` hooks, its state written back) that the takeovers of a
+    /// whole pool need, and a takeover needs nothing of the exit
+    /// (claude-code-probe.md, section 12). The keyboard is held, so a
     /// writer typing into the pane finishes first.
     pub async fn retire(&self, key: &ObjectKey, pane: &Pane) -> Result<()> {
         let keyboard = self.keyboard(key).await;
