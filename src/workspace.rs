@@ -45,13 +45,17 @@ pub fn repo_of(w: &WorkspaceSpec) -> PathBuf {
 }
 
 /// `git -C DIR ARGS...`, deaf to a caller's own repository variables.
+/// A git command in `dir`. No optional locks: the daemon's looks at a
+/// worktree (`git status` refreshes the index under `index.lock`) must
+/// never make the user's own `git add` or `git commit` there fail.
 fn command(dir: &Path, args: &[&str]) -> Command {
     let mut c = Command::new("git");
     c.arg("-C")
         .arg(dir)
         .args(args)
         .env_remove("GIT_DIR")
-        .env_remove("GIT_WORK_TREE");
+        .env_remove("GIT_WORK_TREE")
+        .env("GIT_OPTIONAL_LOCKS", "0");
     c
 }
 

@@ -206,3 +206,27 @@ fn a_fresh_branch_is_made_from_the_base_only_in_a_clean_worktree() {
     );
     assert!(fresh_branch(&dir, "main", "bad..name").is_err());
 }
+
+/// The daemon's look at a worktree writes nothing there: `git status`
+/// would refresh a stale index under `index.lock` (and a user's `git add`
+/// at that moment would fail with "index.lock: File exists").
+#[test]
+fn looking_at_a_worktree_takes_no_lock_and_rewrites_no_index() {
+    let (_t, repo, _wt) = repo();
+    let index = repo.join(".git/index");
+    // The file's stat data no longer matches the index (same content,
+    // another time): a refresh would rewrite the index.
+    let f = std::fs::File::options()
+        .write(true)
+        .open(repo.join("README"))
+        .unwrap();
+    f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))
+        .unwrap();
+    drop(f);
+    let before = std::fs::read(&index).unwrap();
+    assert_eq!(uncommitted(&repo).unwrap(), None);
+    assert_eq!(std::fs::read(&index).unwrap(), before, "index rewritten");
+    // Without the setting, plain git does rewrite it: the test sees it.
+    run(&repo, &["status", "--porcelain"]);
+    assert_ne!(std::fs::read(&index).unwrap(), before);
+}
