@@ -54,12 +54,9 @@ impl Exits {
     }
 
     /// How many processes are watched.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.watched.lock().expect("exits lock").len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

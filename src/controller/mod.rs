@@ -144,7 +144,7 @@ impl Caches {
         let cfg = WatchConfig {
             namespace: None,
             resync,
-            lean: false,
+            ..Default::default()
         };
         let (accounts, a) = Cache::start(store.clone(), cfg.clone(), &[]);
         let by_account: IndexFn<Session> = session_account;

@@ -128,34 +128,28 @@ pub(super) struct Stamp {
     status: Option<FileStamp>,
 }
 
-/// The stamps of one object's files (a file that is not there: None).
+/// The stamps of one object's files (a file that is not there, or a key
+/// that names no file: None).
 fn stamp_of(store: &Store, key: &ObjectKey) -> Stamp {
-    let file = store.spec_file(key);
-    let look = |p: &Path| std::fs::symlink_metadata(p).ok().map(|m| FileStamp::of(&m));
+    let look = |p: Option<std::path::PathBuf>| {
+        p.and_then(|p| std::fs::symlink_metadata(p).ok())
+            .map(|m| FileStamp::of(&m))
+    };
     Stamp {
-        spec: look(&file),
-        status: look(&file.with_file_name(format!("{}.status.json", key.name))),
+        spec: look(store.spec_path(key).ok()),
+        status: look(store.status_path(key).ok()),
     }
 }
 
 /// The stamps of every object's files of kind `K` (in one namespace, or
-/// all), from one scan of the kind's directory; None when it cannot be
-/// read.
+/// those [`Store::namespaces`] lists), from one scan of their
+/// directories; None when one cannot be read.
 fn scan<K: Object>(store: &Store, namespace: Option<&str>) -> Option<HashMap<ObjectKey, Stamp>> {
-    let kind_dir = store.root().join(K::KIND.plural());
-    let namespaces: Vec<String> = match namespace {
+    let namespaces = match namespace {
         Some(ns) => vec![ns.to_string()],
-        None => match std::fs::read_dir(&kind_dir) {
-            Ok(rd) => rd
-                .filter_map(|e| e.ok())
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                .filter_map(|e| e.file_name().to_str().map(str::to_string))
-                .filter(|n| !n.starts_with('.'))
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => vec![],
-            Err(_) => return None,
-        },
+        None => store.namespaces(K::KIND).ok()?,
     };
+    let kind_dir = store.root().join(K::KIND.plural());
     let mut out: HashMap<ObjectKey, Stamp> = HashMap::new();
     for ns in namespaces {
         let rd = match std::fs::read_dir(kind_dir.join(&ns)) {
