@@ -23,8 +23,39 @@ pub use crate::agent::terminal::{NewSession, Pane, TerminalError as TmuxError};
 
 pub type Result<T, E = TmuxError> = std::result::Result<T, E>;
 
+/// The last field is the server's own pid (see [`nudge_unreaped`]).
 const PANE_FORMAT: &str =
-    "#{session_name}\t#{pane_id}\t#{pane_pid}\t#{pane_dead}\t#{pane_dead_status}";
+    "#{session_name}\t#{pane_id}\t#{pane_pid}\t#{pane_dead}\t#{pane_dead_status}\t#{pid}";
+
+/// How many times [`Tmux::pane`] looks again at a dead pane without its
+/// status after nudging the server to reap it.
+const UNREAPED_LOOKS: usize = 3;
+
+/// tmux (3.3a) can miss the SIGCHLD of a pane's process that exits while
+/// the server is starting (seen on about 5 % of first panes on a loaded
+/// machine): the process stays a zombie and the pane stays dead without its
+/// exit status for good. Its SIGCHLD handler reaps any child, so a SIGCHLD
+/// sent to the server makes it learn the status. Returns whether it nudged.
+fn nudge_unreaped(line: &str, pane: &Pane) -> bool {
+    if !pane.dead || pane.exit_status.is_some() {
+        return false;
+    }
+    let Some(server) = line.rsplit('\t').next().and_then(|p| p.parse::<i32>().ok()) else {
+        return false;
+    };
+    // SAFETY: kill(2) with a valid signal number; SIGCHLD only makes the
+    // tmux server (the pid it reports of itself) wait for its children.
+    unsafe { libc::kill(server, libc::SIGCHLD) };
+    true
+}
+
+/// Parses one line of [`PANE_FORMAT`], nudging the server when the pane is
+/// dead without its status.
+fn parse_and_nudge(line: &str) -> Option<(Pane, bool)> {
+    let pane = parse_pane(line)?;
+    let nudged = nudge_unreaped(line, &pane);
+    Some((pane, nudged))
+}
 
 fn parse_pane(line: &str) -> Option<Pane> {
     let mut f = line.split('\t');
@@ -233,13 +264,20 @@ impl Tmux {
     /// The pane of session `name`, or None when there is no such session.
     pub async fn pane(&self, name: &str) -> Result<Option<Pane>> {
         let target = format!("={name}");
-        match self
-            .run(&["list-panes", "-t", &target, "-F", PANE_FORMAT], None)
-            .await
-        {
-            Ok(out) => Ok(out.lines().find_map(parse_pane)),
-            Err(e) if Self::is_absent(&e) => Ok(None),
-            Err(e) => Err(e),
+        let mut looks = 0;
+        loop {
+            let pane = match self
+                .run(&["list-panes", "-t", &target, "-F", PANE_FORMAT], None)
+                .await
+            {
+                Ok(out) => out.lines().find_map(parse_and_nudge),
+                Err(e) if Self::is_absent(&e) => None,
+                Err(e) => return Err(e),
+            };
+            match pane {
+                Some((_, true)) if looks < UNREAPED_LOOKS => looks += 1,
+                other => return Ok(other.map(|(p, _)| p)),
+            }
         }
     }
 
@@ -268,7 +306,7 @@ impl Tmux {
         {
             Ok(out) => {
                 let (first, screen) = out.split_once('\n').unwrap_or((&out, ""));
-                Ok(parse_pane(first).map(|p| (p, screen.to_string())))
+                Ok(parse_and_nudge(first).map(|(p, _)| (p, screen.to_string())))
             }
             Err(e) if Self::is_absent(&e) => Ok(None),
             Err(e) => Err(e),
@@ -281,7 +319,11 @@ impl Tmux {
             .run(&["list-panes", "-a", "-F", PANE_FORMAT], None)
             .await
         {
-            Ok(out) => Ok(out.lines().filter_map(parse_pane).collect()),
+            Ok(out) => Ok(out
+                .lines()
+                .filter_map(parse_and_nudge)
+                .map(|(p, _)| p)
+                .collect()),
             Err(e) if Self::is_absent(&e) => Ok(vec![]),
             Err(e) => Err(e),
         }
