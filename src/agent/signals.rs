@@ -120,6 +120,9 @@ pub struct Signals {
     /// The secret of each Session's standby agent, by the Session's key.
     standby_secrets: Mutex<HashMap<ObjectKey, String>>,
     wake: mpsc::UnboundedSender<ObjectRef<Session>>,
+    /// How many times each Session was woken (its agent's or standby's
+    /// payloads, its terminal's events): a quiet session compares it.
+    wakes: Mutex<HashMap<ObjectKey, u64>>,
     /// Signalled on every payload: wakes the task dispatcher.
     changed: tokio::sync::Notify,
 }
@@ -136,6 +139,7 @@ impl Signals {
                 secrets: Mutex::new(HashMap::new()),
                 standby_secrets: Mutex::new(HashMap::new()),
                 wake,
+                wakes: Mutex::new(HashMap::new()),
                 changed: tokio::sync::Notify::new(),
             },
             rx,
@@ -161,6 +165,7 @@ impl Signals {
 
     pub fn unregister(&self, key: &ObjectKey) {
         self.secrets.lock().expect("lock").remove(key);
+        self.wakes.lock().expect("lock").remove(key);
         self.agents.lock().expect("lock").remove(key);
         self.unregister_standby(key);
     }
@@ -244,10 +249,27 @@ impl Signals {
 
     fn wake(&self, key: &ObjectKey) {
         let key = &owner_key(key);
+        *self
+            .wakes
+            .lock()
+            .expect("lock")
+            .entry(key.clone())
+            .or_default() += 1;
         let _ = self
             .wake
             .send(ObjectRef::new(&key.name).within(&key.namespace));
         self.changed.notify_one();
+    }
+
+    /// How many times Session `key` was woken by its agents or terminal
+    /// (counted after what woke it is recorded).
+    pub fn wakes(&self, key: &ObjectKey) -> u64 {
+        self.wakes
+            .lock()
+            .expect("lock")
+            .get(key)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Resolves at the next payload from any agent.

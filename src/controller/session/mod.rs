@@ -14,6 +14,7 @@ mod execute;
 mod observe;
 pub mod plan;
 mod private;
+mod quiet;
 pub mod report;
 pub mod standby;
 mod takeover;
@@ -64,6 +65,8 @@ struct Memory {
     /// Why the latest launch failed, or the agent exited at start (reason,
     /// message): a crash loop (see [`crate::agent::exit`]).
     crash: Option<(String, String)>,
+    /// The last full pass holds until a change or a deadline.
+    quiet: Option<quiet::Quiet>,
 }
 
 /// The session controller's dependencies and memory.
@@ -82,6 +85,28 @@ impl Context {
             memory: Mutex::default(),
             exits: Default::default(),
         }
+    }
+
+    /// How long the session's last full pass still holds (None: a full
+    /// pass is due); a full pass forgets the quiet it replaces.
+    fn quiet_left(&self, key: &ObjectKey, print: &quiet::Fingerprint) -> Option<Duration> {
+        let mut mem = self.memory.lock().expect("lock");
+        let m = mem.get_mut(key)?;
+        let left = quiet::left(m.quiet.as_ref(), print, Instant::now());
+        if left.is_none() {
+            m.quiet = None;
+        }
+        left
+    }
+
+    /// After a full pass that read `print`: quiet for `hold`, or not.
+    fn settle(&self, key: &ObjectKey, print: quiet::Fingerprint, hold: Option<Duration>) {
+        let mut mem = self.memory.lock().expect("lock");
+        let m = mem.entry(key.clone()).or_default();
+        m.quiet = hold.map(|h| quiet::Quiet {
+            print,
+            until: Instant::now() + h,
+        });
     }
 
     async fn record(&self, key: &ObjectKey, warning: bool, reason: &str, message: &str) {
@@ -113,6 +138,10 @@ async fn reconcile_inner(ctx: &Context, key: &ObjectKey) -> Result<Action, Error
         return Ok(Action::await_change());
     }
     let owned = sh.caches.accounts_in(&key.namespace);
+    let print = quiet::Fingerprint::of(&s, sh.signals.wakes(key), sh.caches.swap_epoch(), &owned);
+    if let Some(left) = ctx.quiet_left(key, &print) {
+        return Ok(Action::requeue(left));
+    }
     if owned.is_empty() && accounts_not_yet_heard_of(sh, &key.namespace).await {
         return Ok(Action::requeue(ACCOUNTS_LAG));
     }
@@ -160,7 +189,10 @@ async fn reconcile_inner(ctx: &Context, key: &ObjectKey) -> Result<Action, Error
         standby.as_ref(),
     )
     .await;
+    let resync = sh.settings.resync;
+    let settled = quiet::eligible(&report, resync, &st, &sig, standby.as_ref(), now);
     execute::finish(ctx, &s, &before, st, &report, &sig).await?;
+    ctx.settle(key, print, settled.then_some(resync * quiet::QUIET_RESYNCS));
     Ok(Action::requeue(report.requeue))
 }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 /// within the age at which the account controller stops counting them).
 pub const RATE_LIMITS_REFRESH: Duration = Duration::from_secs(300);
 /// How recent a usage-limit failure must be for its transcript to be read.
-const LOGGED_WITHIN: Duration = Duration::from_secs(120);
+pub const LOGGED_WITHIN: Duration = Duration::from_secs(120);
 /// The failures that tell of the account.
 const ACCOUNT_ERRORS: &[&str] = &["rate_limit", "authentication_failed"];
 

@@ -1,0 +1,336 @@
+//! Quiet sessions: an idle agent whose Session, signals, Accounts and swap
+//! lease have not changed since a full pass needs no new look until
+//! [`QUIET_RESYNCS`] resync periods later. Each resync of an idle pool of
+//! 500 otherwise read the pane, the agent's state file, its transcript
+//! and its workdir 500 times for nothing (issue: idle cost at scale).
+//!
+//! Anything that could change what a pass decides changes the
+//! [`Fingerprint`]: a write to the Session (its spec, status or
+//! annotations: a placement, a cancel, a restart), any payload or terminal
+//! event of its agent or its standby (they wake the session), an Account
+//! (usage, phase, a new one) or the swap lease. A pass is only let go
+//! quiet when none of its own deadlines is pending (see [`eligible`]).
+
+use super::report::Report;
+use super::standby::Seen;
+use super::usage::LOGGED_WITHIN;
+use crate::agent::signals::AgentSignals;
+use crate::api::{Account, Session, SessionPhase, SessionStatus};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// A quiet session gets a full pass at least every this many resyncs (the
+/// safety net for what no event tells: a state file the agent rewrote
+/// without a hook, a workdir file a user removed).
+pub const QUIET_RESYNCS: u32 = 10;
+
+/// What a full pass read, in a form cheap to compare.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint {
+    session: Option<String>,
+    wakes: u64,
+    swap_epoch: u64,
+    accounts: Vec<(Option<String>, Option<String>)>,
+}
+
+impl Fingerprint {
+    pub fn of(s: &Session, wakes: u64, swap_epoch: u64, accounts: &[Arc<Account>]) -> Fingerprint {
+        let mut accounts: Vec<_> = accounts
+            .iter()
+            .map(|a| (a.metadata.name.clone(), a.metadata.resource_version.clone()))
+            .collect();
+        accounts.sort();
+        Fingerprint {
+            session: s.metadata.resource_version.clone(),
+            wakes,
+            swap_epoch,
+            accounts,
+        }
+    }
+}
+
+/// A quiet session: what its last full pass read, and until when that
+/// pass holds.
+#[derive(Debug, Clone)]
+pub struct Quiet {
+    pub print: Fingerprint,
+    pub until: Instant,
+}
+
+/// How long the last full pass still holds for a session that reads
+/// `print` now (None: a full pass is due).
+pub fn left(quiet: Option<&Quiet>, print: &Fingerprint, now: Instant) -> Option<Duration> {
+    let q = quiet.filter(|q| q.print == *print)?;
+    let left = q.until.checked_duration_since(now)?;
+    (!left.is_zero()).then_some(left)
+}
+
+/// Whether a full pass that ended in `report` may go quiet: the agent
+/// idle at its prompt, as its hooks say (a state read from the screen
+/// needs its debounce looked at again), nothing asked for an early look,
+/// no launch or takeover awaiting confirmation, no cut turn to continue,
+/// no recent usage failure whose transcript entry may still come, and a
+/// standby, if any, alive at its prompt.
+pub fn eligible(
+    report: &Report,
+    resync: Duration,
+    st: &SessionStatus,
+    sig: &AgentSignals,
+    standby: Option<&Seen>,
+    now: SystemTime,
+) -> bool {
+    let recent_failure = super::usage::newest_failure(sig)
+        .is_some_and(|(_, _, at)| now.duration_since(*at).unwrap_or_default() < LOGGED_WITHIN);
+    report.phase == SessionPhase::Idle
+        && report.alive.ok
+        && report.ready.ok
+        && report.requeue >= resync
+        && sig.state.is_some()
+        && st.interrupted.is_none()
+        && st.launch.as_ref().is_some_and(|l| l.confirmed_at.is_some())
+        && !recent_failure
+        && standby.is_none_or(|b| b.alive && b.ready)
+        && st.standby.is_some() == standby.is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::signals::HookState;
+    use serde_json::json;
+
+    fn from<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn session(rv: &str) -> Session {
+        from(json!({
+            "apiVersion": "claude-failover.io/v1alpha1", "kind": "Session",
+            "metadata": {"name": "s", "resourceVersion": rv},
+            "spec": {"workdir": "/w"},
+        }))
+    }
+
+    fn account(name: &str, rv: &str) -> Arc<Account> {
+        Arc::new(from(json!({
+            "apiVersion": "claude-failover.io/v1alpha1", "kind": "Account",
+            "metadata": {"name": name, "resourceVersion": rv},
+            "spec": {"configDir": "/c"},
+        })))
+    }
+
+    #[test]
+    fn any_change_read_by_a_pass_ends_the_quiet() {
+        let t0 = Instant::now();
+        let accounts = vec![account("a", "1"), account("b", "4")];
+        let print = Fingerprint::of(&session("7"), 3, 1, &accounts);
+        let quiet = Quiet {
+            print: print.clone(),
+            until: t0 + Duration::from_secs(300),
+        };
+        let later = t0 + Duration::from_secs(30);
+        assert_eq!(
+            left(Some(&quiet), &print, later),
+            Some(Duration::from_secs(270))
+        );
+        // the same accounts in another order: the same
+        let swapped = vec![accounts[1].clone(), accounts[0].clone()];
+        assert!(
+            left(
+                Some(&quiet),
+                &Fingerprint::of(&session("7"), 3, 1, &swapped),
+                later
+            )
+            .is_some()
+        );
+        let changed = [
+            (
+                "the Session written",
+                Fingerprint::of(&session("8"), 3, 1, &accounts),
+            ),
+            (
+                "a payload or terminal event",
+                Fingerprint::of(&session("7"), 4, 1, &accounts),
+            ),
+            (
+                "the swap lease",
+                Fingerprint::of(&session("7"), 3, 2, &accounts),
+            ),
+            (
+                "an Account written",
+                Fingerprint::of(&session("7"), 3, 1, &[account("a", "2"), account("b", "4")]),
+            ),
+            (
+                "an Account added",
+                Fingerprint::of(
+                    &session("7"),
+                    3,
+                    1,
+                    &[account("a", "1"), account("b", "4"), account("c", "1")],
+                ),
+            ),
+        ];
+        for (what, p) in changed {
+            assert_eq!(left(Some(&quiet), &p, later), None, "{what}");
+        }
+        assert_eq!(
+            left(Some(&quiet), &print, t0 + Duration::from_secs(300)),
+            None,
+            "expired"
+        );
+        assert_eq!(left(None, &print, later), None, "never quiet");
+    }
+
+    fn idle_report() -> Report {
+        super::super::report::of_state(
+            &crate::agent::state::AgentState::Idle,
+            Duration::from_secs(30),
+        )
+    }
+
+    fn running() -> SessionStatus {
+        from(json!({"launch": {"at": "2026-11-30T10:00:00.000000Z",
+                               "confirmedAt": "2026-11-30T10:00:01.000000Z"}}))
+    }
+
+    #[test]
+    fn only_a_settled_idle_agent_goes_quiet() {
+        let now = SystemTime::now();
+        let resync = Duration::from_secs(30);
+        let hooked = AgentSignals {
+            state: Some((HookState::Idle, now)),
+            ..Default::default()
+        };
+        let seen = |alive, ready| Seen {
+            account: "b".into(),
+            alive,
+            ready,
+            launched_at: now,
+        };
+        let busy = super::super::report::of_state(&crate::agent::state::AgentState::Busy, resync);
+        let mut quick = idle_report();
+        quick.requeue = Duration::from_secs(1);
+        let unconfirmed: SessionStatus =
+            from(json!({"launch": {"at": "2026-11-30T10:00:00.000000Z"}}));
+        let cut = SessionStatus {
+            interrupted: Some(from(
+                json!({"by": "rate_limit", "at": "2026-11-30T10:00:00.000000Z"}),
+            )),
+            ..running()
+        };
+        let with_standby = SessionStatus {
+            standby: Some(from(json!({"account": "b", "paneId": "%1", "pid": 9,
+                "agentSessionId": "x", "launchedAt": "2026-11-30T10:00:00.000000Z"}))),
+            ..running()
+        };
+        let failed = |ago: u64| AgentSignals {
+            last_failure: Some((
+                "rate_limit".into(),
+                "limit".into(),
+                now - Duration::from_secs(ago),
+            )),
+            ..hooked.clone()
+        };
+        let r = idle_report();
+        let run = running();
+        type Case<'a> = (
+            &'a str,
+            &'a Report,
+            &'a SessionStatus,
+            AgentSignals,
+            Option<Seen>,
+            bool,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "idle, hooked, confirmed",
+                &r,
+                &run,
+                hooked.clone(),
+                None,
+                true,
+            ),
+            ("busy", &busy, &run, hooked.clone(), None, false),
+            (
+                "an early look asked",
+                &quick,
+                &run,
+                hooked.clone(),
+                None,
+                false,
+            ),
+            (
+                "state from the screen",
+                &r,
+                &run,
+                AgentSignals::default(),
+                None,
+                false,
+            ),
+            (
+                "launch unconfirmed",
+                &r,
+                &unconfirmed,
+                hooked.clone(),
+                None,
+                false,
+            ),
+            (
+                "a cut turn to continue",
+                &r,
+                &cut,
+                hooked.clone(),
+                None,
+                false,
+            ),
+            ("a usage failure just now", &r, &run, failed(5), None, false),
+            (
+                "a usage failure long ago",
+                &r,
+                &run,
+                failed(600),
+                None,
+                true,
+            ),
+            (
+                "standby ready",
+                &r,
+                &with_standby,
+                hooked.clone(),
+                Some(seen(true, true)),
+                true,
+            ),
+            (
+                "standby starting",
+                &r,
+                &with_standby,
+                hooked.clone(),
+                Some(seen(true, false)),
+                false,
+            ),
+            (
+                "standby gone",
+                &r,
+                &with_standby,
+                hooked.clone(),
+                Some(seen(false, true)),
+                false,
+            ),
+            (
+                "standby recorded, not seen",
+                &r,
+                &with_standby,
+                hooked.clone(),
+                None,
+                false,
+            ),
+        ];
+        for (what, report, st, sig, standby, want) in cases {
+            assert_eq!(
+                eligible(report, resync, st, &sig, standby.as_ref(), now),
+                want,
+                "{what}"
+            );
+        }
+    }
+}
