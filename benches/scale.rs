@@ -21,8 +21,10 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_claude-failover");
 const TASKS: usize = 20_000;
-/// The quiet window over which idle CPU is measured.
-const IDLE_WINDOW: Duration = Duration::from_secs(30);
+/// The quiet window over which idle CPU is measured: ten resyncs of the
+/// daemon's 30 s, the longest an idle session goes without a full look
+/// (`controller/session/quiet.rs`), so each session's look is counted.
+const IDLE_WINDOW: Duration = Duration::from_secs(300);
 /// The window over which dispatching is measured.
 const BUSY_WINDOW: Duration = Duration::from_secs(60);
 /// Let the apply settle before the busy window.

@@ -24,6 +24,15 @@ use std::time::{Duration, Instant, SystemTime};
 /// without a hook, a workdir file a user removed).
 pub const QUIET_RESYNCS: u32 = 10;
 
+/// `hold`, shortened by up to a fifth at random: a pool that settled at
+/// once does not come due at once.
+pub fn spread(hold: Duration, name: &str) -> Duration {
+    use std::hash::BuildHasher;
+    let fifth = (hold / 5).as_millis().max(1) as u64;
+    let off = std::collections::hash_map::RandomState::new().hash_one(name) % fifth;
+    hold - Duration::from_millis(off)
+}
+
 /// What a full pass read, in a form cheap to compare.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fingerprint {
@@ -179,6 +188,14 @@ mod tests {
             "expired"
         );
         assert_eq!(left(None, &print, later), None, "never quiet");
+    }
+
+    #[test]
+    fn a_hold_is_spread_over_its_last_fifth() {
+        let hold = Duration::from_secs(300);
+        let held: Vec<Duration> = (0..50).map(|i| spread(hold, &format!("s{i}"))).collect();
+        assert!(held.iter().all(|h| *h <= hold && *h > hold * 4 / 5));
+        assert!(held.iter().any(|h| *h != held[0]), "not all the same");
     }
 
     fn idle_report() -> Report {
