@@ -52,8 +52,10 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<ExitCode> {
         .or(cfg.log.level.clone())
         .unwrap_or_else(|| "info".into());
     super::init_logging(format, &level);
+    crate::daemon::run::limit_malloc_arenas();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .max_blocking_threads(crate::daemon::run::BLOCKING_THREADS)
         .enable_all()
         .build()?;
     let options = rt.block_on(async { options(ctx, &a) })?;

@@ -65,6 +65,23 @@ pub struct Options {
 /// The most open files the daemon asks for (see [`raise_open_files`]).
 const OPEN_FILES: libc::rlim_t = 16_384;
 
+/// The store's and the files' calls run on tokio's blocking threads; its
+/// default of 512 let a pool of 500 taking 20,000 tasks grow 350 threads,
+/// each with its stack and its share of the allocator's arenas (RSS 229
+/// MB). Past a few dozen, more threads wait on the same disk.
+pub const BLOCKING_THREADS: usize = 32;
+
+/// The allocator's arenas (glibc makes up to eight per core, one per
+/// thread that meets contention): a daemon of mostly waiting threads
+/// keeps memory in each. Unless the user chose (`MALLOC_ARENA_MAX`), two.
+pub fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt(3) with a valid parameter, before any thread.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+    }
+}
+
 /// Each running agent holds a pidfd (`agent/exits.rs`) and each hook a
 /// connection: the soft limit of open files (often 1,024) is raised
 /// towards the hard one, up to [`OPEN_FILES`].

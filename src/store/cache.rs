@@ -163,7 +163,10 @@ impl<K: Object> Cache<K> {
         let mut relisted: Option<Vec<(ObjectRef<K>, Option<String>)>> = None;
         while let Some(item) = stream.next().await {
             let ev = match item {
-                Ok(ev) => ev,
+                Ok(mut ev) => {
+                    without_managed_fields(&mut ev);
+                    ev
+                }
                 Err(e) => {
                     // A store that does not answer is told once, by itself.
                     if store.outage().is_none() {
@@ -418,6 +421,18 @@ impl<K: Object> Cache<K> {
             };
             futures::stream::iter(refs)
         })
+    }
+}
+
+/// The caches' objects carry no `managedFields`: no controller reads them
+/// (the store's writes merge ownership from the stored object), and 20,000
+/// Tasks held them for nothing.
+fn without_managed_fields<K: Object>(ev: &mut Event<K>) {
+    match ev {
+        Event::Apply(o) | Event::InitApply(o) | Event::Delete(o) => {
+            o.meta_mut().managed_fields = None
+        }
+        Event::Init | Event::InitDone => {}
     }
 }
 
