@@ -181,7 +181,7 @@ fn is_task_name(name: &std::ffi::OsStr) -> bool {
 /// Every `*.md` entry becomes a task once complete, or is moved to
 /// `rejected/` with its reason (or, when it cannot be moved, the reason is
 /// logged).
-pub fn import(store: &Store, sessions: &[Session]) -> ImportReport {
+pub fn import(store: &Store, sessions: &[std::sync::Arc<Session>]) -> ImportReport {
     let mut report = ImportReport::default();
     let mut seen = std::collections::HashSet::new();
     for s in sessions {
@@ -482,7 +482,7 @@ impl InboxWatcher {
     }
 
     /// Watches the inbox of every Session's agent folder (creating it).
-    pub fn sync(&mut self, sessions: &[Session]) {
+    pub fn sync(&mut self, sessions: &[std::sync::Arc<Session>]) {
         use notify::Watcher;
         for s in sessions {
             let Ok(workdir) = std::fs::canonicalize(crate::workspace::agent_dir(s)) else {

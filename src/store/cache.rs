@@ -336,22 +336,39 @@ impl<K: Object> Cache<K> {
 
     /// Every object (the newest copy of each), in no particular order.
     pub fn all(&self) -> Vec<Arc<K>> {
-        let w = self.written.lock().expect("cache lock").clone();
+        let mut out = self.reader.state();
+        let w = self.written.lock().expect("cache lock");
         if w.is_empty() {
-            return self.reader.state();
+            return out;
         }
-        let mut out: Vec<Arc<K>> = self
-            .reader
-            .state()
-            .into_iter()
-            .map(|o| match w.get(&ObjectRef::from(o.as_ref())) {
-                Some(m) if version(m.as_ref()) > version(o.as_ref()) => m.clone(),
-                _ => o,
-            })
-            .collect();
-        for (r, m) in &w {
-            if self.reader.get(r).is_none() {
-                out.push(m.clone());
+        // Our newer copies, by the address of the watch's copy they
+        // replace: no key is built for each object (the scheduler asks for
+        // all 500 Sessions every two seconds).
+        let mut newer: HashMap<*const K, Arc<K>> = HashMap::new();
+        let mut unmatched: Vec<Arc<K>> = Vec::new();
+        for (r, mine) in w.iter() {
+            match self.reader.get(r) {
+                Some(seen) if version(mine.as_ref()) > version(seen.as_ref()) => {
+                    newer.insert(Arc::as_ptr(&seen), mine.clone());
+                }
+                Some(_) => {}
+                None => out.push(mine.clone()),
+            }
+        }
+        drop(w);
+        for o in out.iter_mut() {
+            if let Some(m) = newer.remove(&Arc::as_ptr(o)) {
+                *o = m;
+            }
+        }
+        // The watch filed another copy between the two reads: by key.
+        unmatched.extend(newer.into_values());
+        for m in unmatched {
+            let r = ObjectRef::from(m.as_ref());
+            if let Some(o) = out.iter_mut().find(|o| ObjectRef::from(o.as_ref()) == r)
+                && version(m.as_ref()) > version(o.as_ref())
+            {
+                *o = m;
             }
         }
         out

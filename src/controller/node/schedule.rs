@@ -64,11 +64,19 @@ async fn pass(
             *placed.entry(n.to_string()).or_default() += 1;
         }
     }
+    // Read in place: a pass every two seconds cloned 500 statuses.
+    let unset = SessionStatus::default();
     for s in &sessions {
+        let st = s.status.as_ref().unwrap_or(&unset);
+        let decision = place(s, &nodes, &placed, me);
+        // Kept where it is, nothing to tell, its node's state as written:
+        // nothing to do (most Sessions, every two seconds).
+        if matches!(decision, Placement::Keep) && told.is_empty() && !lost_changed(sh, st) {
+            continue;
+        }
         let key = ObjectKey::of(s.as_ref());
-        let st = s.status.clone().unwrap_or_default();
         let mut node = st.node_name.clone();
-        match place(s, &nodes, &placed, me) {
+        match decision {
             Placement::Keep => {
                 told.remove(&key);
             }
@@ -89,10 +97,19 @@ async fn pass(
                 }
             }
         }
-        settle(sh, &key, &st, node).await?;
+        settle(sh, &key, st, node).await?;
     }
     told.retain(|k, _| sessions.iter().any(|s| ObjectKey::of(s.as_ref()) == *k));
     Ok(())
+}
+
+/// Whether the Session's node is lost, or back, unlike its status says.
+fn lost_changed(sh: &Shared, st: &SessionStatus) -> bool {
+    let lost = st
+        .node_name
+        .as_deref()
+        .is_some_and(|n| sh.caches.node_lost(n));
+    lost != st.node_lost.is_some()
 }
 
 /// Writes what changed of a Session's node (`node`, as decided) and of

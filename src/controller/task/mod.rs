@@ -189,15 +189,9 @@ pub async fn run(ctx: Arc<Context>, wake: impl Stream<Item = ()> + Send + 'stati
 /// Inbox files become Tasks first (and new inboxes get watched). True
 /// when a fresh file should be read again shortly.
 async fn import_inboxes(ctx: &Context, inboxes: &mut Option<crate::inbox::InboxWatcher>) -> bool {
-    let sessions: Vec<crate::api::Session> = ctx
-        .shared
-        .caches
-        .sessions
-        .all()
-        .iter()
-        .filter(|s| ctx.shared.runs(s))
-        .map(|s| s.as_ref().clone())
-        .collect();
+    // The cache's own copies: a pass (several a minute) cloned them all.
+    let mut sessions = ctx.shared.caches.sessions.all();
+    sessions.retain(|s| ctx.shared.runs(s));
     let mut watcher = inboxes.take();
     let (watcher, waiting) = ctx
         .shared
