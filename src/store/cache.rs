@@ -345,7 +345,6 @@ impl<K: Object> Cache<K> {
         // replace: no key is built for each object (the scheduler asks for
         // all 500 Sessions every two seconds).
         let mut newer: HashMap<*const K, Arc<K>> = HashMap::new();
-        let mut unmatched: Vec<Arc<K>> = Vec::new();
         for (r, mine) in w.iter() {
             match self.reader.get(r) {
                 Some(seen) if version(mine.as_ref()) > version(seen.as_ref()) => {
@@ -362,8 +361,7 @@ impl<K: Object> Cache<K> {
             }
         }
         // The watch filed another copy between the two reads: by key.
-        unmatched.extend(newer.into_values());
-        for m in unmatched {
+        for m in newer.into_values() {
             let r = ObjectRef::from(m.as_ref());
             if let Some(o) = out.iter_mut().find(|o| ObjectRef::from(o.as_ref()) == r)
                 && version(m.as_ref()) > version(o.as_ref())

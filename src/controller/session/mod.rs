@@ -105,7 +105,7 @@ impl Context {
         let m = mem.entry(key.clone()).or_default();
         m.quiet = hold.map(|h| quiet::Quiet {
             print,
-            until: Instant::now() + quiet::spread(h, &key.name),
+            until: Instant::now() + quiet::spread(h),
         });
     }
 

@@ -26,11 +26,12 @@ pub const QUIET_RESYNCS: u32 = 10;
 
 /// `hold`, shortened by up to a fifth at random: a pool that settled at
 /// once does not come due at once.
-pub fn spread(hold: Duration, name: &str) -> Duration {
-    use std::hash::BuildHasher;
+pub fn spread(hold: Duration) -> Duration {
+    let mut b = [0u8; 8];
+    // Unspread when the OS has no randomness to give: only less smooth.
+    let _ = getrandom::fill(&mut b);
     let fifth = (hold / 5).as_millis().max(1) as u64;
-    let off = std::collections::hash_map::RandomState::new().hash_one(name) % fifth;
-    hold - Duration::from_millis(off)
+    hold - Duration::from_millis(u64::from_le_bytes(b) % fifth)
 }
 
 /// What a full pass read, in a form cheap to compare.
@@ -193,7 +194,7 @@ mod tests {
     #[test]
     fn a_hold_is_spread_over_its_last_fifth() {
         let hold = Duration::from_secs(300);
-        let held: Vec<Duration> = (0..50).map(|i| spread(hold, &format!("s{i}"))).collect();
+        let held: Vec<Duration> = (0..50).map(|_| spread(hold)).collect();
         assert!(held.iter().all(|h| *h <= hold && *h > hold * 4 / 5));
         assert!(held.iter().any(|h| *h != held[0]), "not all the same");
     }
@@ -210,144 +211,124 @@ mod tests {
                                "confirmedAt": "2026-11-30T10:00:01.000000Z"}}))
     }
 
-    #[test]
-    fn only_a_settled_idle_agent_goes_quiet() {
-        let now = SystemTime::now();
-        let resync = Duration::from_secs(30);
-        let hooked = AgentSignals {
-            state: Some((HookState::Idle, now)),
-            ..Default::default()
-        };
-        let seen = |alive, ready| Seen {
+    /// What a full pass ends with: as [`eligible`] reads it.
+    struct Pass {
+        report: Report,
+        st: SessionStatus,
+        sig: AgentSignals,
+        standby: Option<Seen>,
+    }
+
+    /// An idle agent, heard by its hooks, its launch confirmed, no standby.
+    fn settled(now: SystemTime) -> Pass {
+        Pass {
+            report: idle_report(),
+            st: running(),
+            sig: AgentSignals {
+                state: Some((HookState::Idle, now)),
+                ..Default::default()
+            },
+            standby: None,
+        }
+    }
+
+    fn with_standby(p: &mut Pass, now: SystemTime, alive: bool, ready: bool) {
+        p.st.standby = Some(from(json!({"account": "b", "paneId": "%1", "pid": 9,
+            "agentSessionId": "x", "launchedAt": "2026-11-30T10:00:00.000000Z"})));
+        p.standby = Some(Seen {
             account: "b".into(),
             alive,
             ready,
             launched_at: now,
-        };
-        let busy = super::super::report::of_state(&crate::agent::state::AgentState::Busy, resync);
-        let mut quick = idle_report();
-        quick.requeue = Duration::from_secs(1);
-        let unconfirmed: SessionStatus =
-            from(json!({"launch": {"at": "2026-11-30T10:00:00.000000Z"}}));
-        let cut = SessionStatus {
-            interrupted: Some(from(
-                json!({"by": "rate_limit", "at": "2026-11-30T10:00:00.000000Z"}),
-            )),
-            ..running()
-        };
-        let with_standby = SessionStatus {
-            standby: Some(from(json!({"account": "b", "paneId": "%1", "pid": 9,
-                "agentSessionId": "x", "launchedAt": "2026-11-30T10:00:00.000000Z"}))),
-            ..running()
-        };
-        let failed = |ago: u64| AgentSignals {
-            last_failure: Some((
-                "rate_limit".into(),
-                "limit".into(),
-                now - Duration::from_secs(ago),
-            )),
-            ..hooked.clone()
-        };
-        let r = idle_report();
-        let run = running();
-        type Case<'a> = (
-            &'a str,
-            &'a Report,
-            &'a SessionStatus,
-            AgentSignals,
-            Option<Seen>,
-            bool,
-        );
-        let cases: Vec<Case> = vec![
+        });
+    }
+
+    fn failed(p: &mut Pass, at: SystemTime) {
+        p.sig.last_failure = Some(("rate_limit".into(), "limit".into(), at));
+    }
+
+    #[test]
+    fn only_a_settled_idle_agent_goes_quiet() {
+        let now = SystemTime::now();
+        let resync = Duration::from_secs(30);
+        let ago = move |s: u64| now - Duration::from_secs(s);
+        // Each case: what differs from a settled pass.
+        type Change = Box<dyn Fn(&mut Pass)>;
+        let cases: Vec<(&str, Change, bool)> = vec![
+            ("idle, hooked, confirmed", Box::new(|_| {}), true),
             (
-                "idle, hooked, confirmed",
-                &r,
-                &run,
-                hooked.clone(),
-                None,
-                true,
+                "busy",
+                Box::new(|p| {
+                    p.report = super::super::report::of_state(
+                        &crate::agent::state::AgentState::Busy,
+                        Duration::from_secs(30),
+                    )
+                }),
+                false,
             ),
-            ("busy", &busy, &run, hooked.clone(), None, false),
             (
                 "an early look asked",
-                &quick,
-                &run,
-                hooked.clone(),
-                None,
+                Box::new(|p| p.report.requeue = Duration::from_secs(1)),
                 false,
             ),
             (
                 "state from the screen",
-                &r,
-                &run,
-                AgentSignals::default(),
-                None,
+                Box::new(|p| p.sig.state = None),
                 false,
             ),
             (
                 "launch unconfirmed",
-                &r,
-                &unconfirmed,
-                hooked.clone(),
-                None,
+                Box::new(|p| p.st.launch.as_mut().unwrap().confirmed_at = None),
                 false,
             ),
             (
                 "a cut turn to continue",
-                &r,
-                &cut,
-                hooked.clone(),
-                None,
+                Box::new(|p| {
+                    p.st.interrupted = Some(from(
+                        json!({"by": "rate_limit", "at": "2026-11-30T10:00:00.000000Z"}),
+                    ))
+                }),
                 false,
             ),
-            ("a usage failure just now", &r, &run, failed(5), None, false),
+            (
+                "a usage failure just now",
+                Box::new(move |p| failed(p, ago(5))),
+                false,
+            ),
             (
                 "a usage failure long ago",
-                &r,
-                &run,
-                failed(600),
-                None,
+                Box::new(move |p| failed(p, ago(600))),
                 true,
             ),
             (
                 "standby ready",
-                &r,
-                &with_standby,
-                hooked.clone(),
-                Some(seen(true, true)),
+                Box::new(move |p| with_standby(p, now, true, true)),
                 true,
             ),
             (
                 "standby starting",
-                &r,
-                &with_standby,
-                hooked.clone(),
-                Some(seen(true, false)),
+                Box::new(move |p| with_standby(p, now, true, false)),
                 false,
             ),
             (
                 "standby gone",
-                &r,
-                &with_standby,
-                hooked.clone(),
-                Some(seen(false, true)),
+                Box::new(move |p| with_standby(p, now, false, true)),
                 false,
             ),
             (
                 "standby recorded, not seen",
-                &r,
-                &with_standby,
-                hooked.clone(),
-                None,
+                Box::new(move |p| {
+                    with_standby(p, now, true, true);
+                    p.standby = None;
+                }),
                 false,
             ),
         ];
-        for (what, report, st, sig, standby, want) in cases {
-            assert_eq!(
-                eligible(report, resync, st, &sig, standby.as_ref(), now),
-                want,
-                "{what}"
-            );
+        for (what, change, want) in cases {
+            let mut p = settled(now);
+            change(&mut p);
+            let got = eligible(&p.report, resync, &p.st, &p.sig, p.standby.as_ref(), now);
+            assert_eq!(got, want, "{what}");
         }
     }
 }
