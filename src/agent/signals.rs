@@ -247,6 +247,17 @@ impl Signals {
             .unwrap_or_default()
     }
 
+    /// What `f` reads of an agent's signals, without copying them all
+    /// (they hold its latest statusLine and tool inputs: a pass over 500
+    /// sessions that wants one field each copied them every time).
+    pub fn read<R>(&self, key: &ObjectKey, f: impl FnOnce(&AgentSignals) -> R) -> R {
+        let agents = self.agents.lock().expect("lock");
+        match agents.get(key) {
+            Some(s) => f(s),
+            None => f(&AgentSignals::default()),
+        }
+    }
+
     fn wake(&self, key: &ObjectKey) {
         let key = &owner_key(key);
         *self

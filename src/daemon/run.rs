@@ -414,6 +414,7 @@ fn node_controllers(
     let sessions = Arc::new(session::Context::new(shared.clone()));
     let tasks = Arc::new(task::Context::new(shared.clone(), o.dispatch.clone()));
     vec![
+        tokio::spawn(crate::inbox::status::keep(sessions.status_board.clone())),
         tokio::spawn(run_sessions(sessions, wake)),
         tokio::spawn(task::run(
             tasks,

@@ -22,6 +22,7 @@ use crate::fsutil::write_atomic;
 use crate::store::Store;
 
 mod intake;
+pub mod status;
 pub use intake::{MAX_BYTES, SETTLE};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -278,7 +279,7 @@ fn import_inbox(store: &Store, ns: &str, workdir: &Path, report: &mut ImportRepo
 }
 
 /// Logs `why` for `path`, once per reason (the inbox is scanned often).
-fn warn_once(path: &Path, why: &str) {
+pub(crate) fn warn_once(path: &Path, why: &str) {
     static SAID: std::sync::Mutex<Option<std::collections::HashMap<PathBuf, String>>> =
         std::sync::Mutex::new(None);
     let mut g = SAID.lock().unwrap_or_else(|e| e.into_inner());
@@ -512,62 +513,6 @@ impl InboxWatcher {
             }
         }
     }
-}
-
-static STATUS_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Updates `WORKDIR/.agent-queue/status.json` with one session's state
-/// (`idle` or `working`, its phase and current task); the top-level
-/// `state` is `working` when any session of the workdir is.
-pub fn write_status(
-    workdir: &Path,
-    session: &str,
-    phase: &str,
-    current_task: Option<&str>,
-    account: Option<&str>,
-) {
-    let _g = STATUS_LOCK.lock().expect("lock");
-    let queue = match queue_subdir(workdir, ".agent-queue") {
-        Ok(q) => q,
-        Err(e) => {
-            warn_once(
-                &queue_dir(workdir),
-                &format!("status.json not written: {e}"),
-            );
-            return;
-        }
-    };
-    let path = queue.join("status.json");
-    let mut doc: Value = std::fs::read(&path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .filter(Value::is_object)
-        .unwrap_or_else(|| json!({}));
-    let working = current_task.is_some() || phase == "Busy";
-    let entry = json!({
-        "state": if working { "working" } else { "idle" },
-        "phase": phase,
-        "currentTask": current_task,
-        "account": account,
-    });
-    if doc.pointer(&format!("/sessions/{session}")) == Some(&entry) {
-        return;
-    }
-    if !doc.get("sessions").is_some_and(Value::is_object) {
-        doc["sessions"] = json!({});
-    }
-    doc["sessions"][session] = entry;
-    let any_working = doc["sessions"]
-        .as_object()
-        .is_some_and(|m| m.values().any(|v| v["state"] == "working"));
-    doc["state"] = json!(if any_working { "working" } else { "idle" });
-    doc["updatedAt"] = serde_json::to_value(crate::api::now()).expect("time");
-    let _ = write_atomic(
-        &path,
-        &serde_json::to_vec_pretty(&doc).expect("JSON"),
-        None,
-        false,
-    );
 }
 
 #[cfg(test)]

@@ -42,6 +42,8 @@ const RETRY: Duration = Duration::from_secs(2);
 const LATE: Duration = Duration::from_millis(50);
 /// Passes never come closer than this without an event.
 const FLOOR: Duration = Duration::from_millis(100);
+/// The shortest time between two passes: wakes within it wait for its end.
+const COALESCE: Duration = Duration::from_millis(250);
 /// How often the transcripts are read for the projection, at most.
 const LEDGER_EVERY: Duration = Duration::from_secs(30);
 
@@ -76,7 +78,16 @@ impl Context {
 /// and finished polls.
 pub async fn run(ctx: Arc<Context>, wake: impl Stream<Item = ()> + Send + 'static) {
     let mut wake = Box::pin(wake);
+    let mut last_start: Option<tokio::time::Instant> = None;
     loop {
+        // Woken again within COALESCE of the last pass (500 sessions at
+        // work change their statuses many times a second): one pass at
+        // its end serves every wake that came meanwhile.
+        if let Some(at) = last_start {
+            tokio::time::sleep_until(at + COALESCE).await;
+            super::drain(&mut wake);
+        }
+        last_start = Some(tokio::time::Instant::now());
         let started = std::time::Instant::now();
         let result = pass(&ctx).await;
         ctx.shared.metrics.observe_reconcile(

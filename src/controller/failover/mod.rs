@@ -159,8 +159,10 @@ fn models(ctx: &Context, sessions: &[Arc<crate::api::Session>]) -> target::Model
         .iter()
         .filter_map(|s| {
             let key = ObjectKey::of(s.as_ref());
-            let (input, _) = ctx.shared.signals.get(&key).statusline?;
-            let id = input.pointer("/model/id")?.as_str()?.to_ascii_lowercase();
+            let id = ctx.shared.signals.read(&key, |sig| {
+                let (input, _) = sig.statusline.as_ref()?;
+                Some(input.pointer("/model/id")?.as_str()?.to_ascii_lowercase())
+            })?;
             Some(((key.namespace, key.name), id))
         })
         .collect()

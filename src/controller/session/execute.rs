@@ -875,7 +875,7 @@ pub async fn finish(
     if running && !swapping {
         checkpoint(ctx, s, &key, &st, sig).await;
     }
-    inbox_status(ctx, s, &st).await;
+    inbox_status(ctx, s, &st);
     if owned_changed(before, &st) {
         // What the agent is doing is observed again after any crash (what
         // must survive one, the conversation id, was written durably
@@ -975,17 +975,23 @@ async fn checkpoint(
     }
 }
 
-/// `.agent-queue/status.json` for tools that read it.
-async fn inbox_status(ctx: &Context, s: &Session, st: &SessionStatus) {
-    let workdir = crate::workspace::agent_dir(s);
-    let name = s.metadata.name.clone().unwrap_or_default();
-    let phase = st.phase.unwrap_or_default().to_string();
-    let (task, account) = (st.current_task.clone(), st.account.clone());
-    ctx.shared
-        .blocking(move |_| {
-            if let Ok(w) = std::fs::canonicalize(&workdir) {
-                crate::inbox::write_status(&w, &name, &phase, task.as_deref(), account.as_deref());
-            }
-        })
-        .await;
+/// `.agent-queue/status.json` for tools that read it, when this session's
+/// entry changed since this daemon last posted it.
+fn inbox_status(ctx: &Context, s: &Session, st: &SessionStatus) {
+    let key = ObjectKey::of(s);
+    let entry: super::InboxEntry = (
+        crate::workspace::agent_dir(s),
+        st.phase.unwrap_or_default().to_string(),
+        st.current_task.clone(),
+        st.account.clone(),
+    );
+    let said = ctx.memory.lock().expect("lock").get(&key).map(|m| m.inbox_said.clone());
+    if said.flatten().as_ref() == Some(&entry) {
+        return;
+    }
+    let (workdir, phase, task, account) = entry.clone();
+    ctx.status_board
+        .post(workdir, &key.name, &phase, task.as_deref(), account.as_deref());
+    let mut mem = ctx.memory.lock().expect("lock");
+    mem.entry(key).or_default().inbox_said = Some(entry);
 }

@@ -67,7 +67,15 @@ struct Memory {
     crash: Option<(String, String)>,
     /// The last full pass holds until a change or a deadline.
     quiet: Option<quiet::Quiet>,
+    /// What this session's entry of `.agent-queue/status.json` was last
+    /// written with (that file holds every session of the workdir: read,
+    /// parsed and written again only when the entry changes).
+    inbox_said: Option<InboxEntry>,
 }
+
+/// A session's entry of its workdir's `.agent-queue/status.json`: the
+/// workdir, then phase, current task and account.
+type InboxEntry = (std::path::PathBuf, String, Option<String>, Option<String>);
 
 /// The session controller's dependencies and memory.
 pub struct Context {
@@ -76,6 +84,9 @@ pub struct Context {
     /// The agent process of each running session, watched for its end
     /// (tmux's own notification does not always come).
     exits: crate::agent::exits::Exits,
+    /// Where this controller posts the sessions' `.agent-queue/status.json`
+    /// entries (written in batches by [`crate::inbox::status::keep`]).
+    pub status_board: Arc<crate::inbox::status::Board>,
 }
 
 impl Context {
@@ -84,6 +95,7 @@ impl Context {
             shared,
             memory: Mutex::default(),
             exits: Default::default(),
+            status_board: Arc::default(),
         }
     }
 

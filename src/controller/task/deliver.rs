@@ -6,10 +6,13 @@ use super::assign::{self, phase};
 use super::execute::{about_to_go, account_of};
 use super::follow::write;
 use super::placement;
+use super::queue::TaskKey;
 use super::{Context, Error, Memory};
 use crate::api::keys::{INBOX_FILE, TASK_FINALIZER};
 use crate::api::{Account, ObjectKey, Session, Task, TaskPhase};
 use crate::store::{Durability, StoreError};
+use futures::StreamExt;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -21,6 +24,78 @@ const MODEL_TAKEN: Duration = Duration::from_secs(3);
 /// How long after a `/model` switch of its own the dispatcher believes it
 /// over the agent's statusLine, which may still name the model before it.
 const SWITCH_SHOWS: Duration = Duration::from_secs(5);
+/// How many deliveries run at once: each waits on its own agent (its
+/// composer, a model switch: seconds at most), under its own keyboard.
+const DELIVERIES_AT_ONCE: usize = 8;
+/// How many deliveries a pass starts: the rest wait for the next pass,
+/// which first reads what the earlier ones confirmed (a pool of 500 free
+/// sessions would otherwise hold every confirmation for minutes).
+const DELIVERIES_PER_PASS: usize = 32;
+
+/// What a delivery leaves for the dispatcher's memory (deliveries run
+/// side by side; their outcomes are filed after).
+#[derive(Default)]
+pub(super) struct Delivery {
+    /// The model the agent (by pid) was switched to, and when.
+    switched: Option<(u32, String, SystemTime)>,
+    /// The task whose intent was written, and when.
+    dispatched: Option<(ObjectKey, SystemTime)>,
+    /// When its text was typed and submitted.
+    typed: Option<SystemTime>,
+}
+
+impl Delivery {
+    fn file(self, mem: &mut Memory) {
+        if let Some((pid, model, at)) = self.switched {
+            mem.models.insert(pid, (model, at));
+        }
+        if let Some((key, at)) = self.dispatched {
+            if let Some(typed) = self.typed {
+                mem.submitted = Some(tokio::time::Instant::now());
+                mem.typed.insert(key.clone(), typed);
+            }
+            mem.dispatched.insert(key, at);
+        }
+    }
+}
+
+/// Delivers the pairs (task, index into `sessions`) the queue made, up to
+/// [`DELIVERIES_PER_PASS`], [`DELIVERIES_AT_ONCE`] at a time. Every
+/// outcome is filed, then the first error (if any) returned.
+pub(super) async fn deliver_some(
+    ctx: &Context,
+    mem: &mut Memory,
+    pairs: &[(TaskKey, usize)],
+    sessions: &[Arc<Session>],
+    accounts: &[Arc<Account>],
+) -> Result<(), Error> {
+    let models = &mem.models;
+    let mut todo = pairs
+        .iter()
+        .take(DELIVERIES_PER_PASS)
+        .filter_map(|((ns, name), si)| Some((ctx.shared.caches.tasks.get(ns, name)?, *si)));
+    let mut running = futures::stream::FuturesUnordered::new();
+    let mut outcomes = Vec::new();
+    loop {
+        while running.len() < DELIVERIES_AT_ONCE {
+            let Some((t, si)) = todo.next() else { break };
+            running.push(deliver_one(ctx, models, t, &sessions[si], accounts));
+        }
+        match running.next().await {
+            Some(o) => outcomes.push(o),
+            None => break,
+        }
+    }
+    drop(running);
+    let mut first = Ok(());
+    for (out, r) in outcomes {
+        out.file(mem);
+        if first.is_ok() {
+            first = r;
+        }
+    }
+    first
+}
 
 /// Puts the session's worktree on the fresh branch `branch` the task asks
 /// for (before anything is typed, holding the keyboard). False when it
@@ -101,11 +176,11 @@ fn running_model(ctx: &Context, session: &ObjectKey) -> Option<String> {
 
 /// The model the agent's statusLine names, lower-case, and when it came.
 fn said_model(ctx: &Context, session: &ObjectKey) -> Option<(String, SystemTime)> {
-    let (input, at) = ctx.shared.signals.get(session).statusline?;
-    let id = input
-        .pointer("/model/id")
-        .and_then(serde_json::Value::as_str)?;
-    Some((id.to_ascii_lowercase(), at))
+    ctx.shared.signals.read(session, |sig| {
+        let (input, at) = sig.statusline.as_ref()?;
+        let id = input.pointer("/model/id")?.as_str()?;
+        Some((id.to_ascii_lowercase(), *at))
+    })
 }
 
 /// The model an agent runs, as the dispatcher knows it: what its
@@ -125,12 +200,25 @@ fn believed_model(
     }
 }
 
-pub(super) async fn deliver(
+async fn deliver_one(
     ctx: &Context,
-    mem: &mut Memory,
+    models: &HashMap<u32, (String, SystemTime)>,
+    t: Arc<Task>,
+    s: &Session,
+    accounts: &[Arc<Account>],
+) -> (Delivery, Result<(), Error>) {
+    let mut out = Delivery::default();
+    let r = deliver(ctx, models, &t, s, accounts, &mut out).await;
+    (out, r)
+}
+
+async fn deliver(
+    ctx: &Context,
+    models: &HashMap<u32, (String, SystemTime)>,
     t: &Task,
     s: &Session,
     accounts: &[Arc<Account>],
+    out: &mut Delivery,
 ) -> Result<(), Error> {
     let sh = &ctx.shared;
     let key = ObjectKey::of(t);
@@ -176,7 +264,7 @@ pub(super) async fn deliver(
         return Ok(());
     }
     let model = assign::model_for(t, &ctx.settings);
-    if !switch_model(ctx, mem, &key, &skey, s, &pane, model.as_deref()).await? {
+    if !switch_model(ctx, models, out, &key, &skey, s, &pane, model.as_deref()).await? {
         return Ok(());
     }
     let branch = t.spec.fresh_branch(&skey.name, &key.name);
@@ -228,7 +316,7 @@ pub(super) async fn deliver(
         }
         Err(e) => return Err(e.into()),
     }
-    mem.dispatched.insert(key.clone(), SystemTime::now());
+    out.dispatched = Some((key.clone(), SystemTime::now()));
     if !sh.node_fresh() {
         // Stopped between the intent and the keys: the leader may have
         // sent the task elsewhere meanwhile. Nothing typed: the intent is
@@ -243,8 +331,7 @@ pub(super) async fn deliver(
         assign::marker_text(&marker)
     );
     sh.driver.type_then_enter(&pane, &text).await?;
-    mem.submitted = Some(tokio::time::Instant::now());
-    mem.typed.insert(key.clone(), SystemTime::now());
+    out.typed = Some(SystemTime::now());
     if let Some(file) = inbox_file(t) {
         let (name, m) = (key.name.clone(), marker.clone());
         sh.blocking(move |_| crate::inbox::mark_dispatched(Path::new(&file), &name, &m))
@@ -300,7 +387,8 @@ async fn composer_ready(
 #[allow(clippy::too_many_arguments)]
 async fn switch_model(
     ctx: &Context,
-    mem: &mut Memory,
+    models: &HashMap<u32, (String, SystemTime)>,
+    out: &mut Delivery,
     key: &ObjectKey,
     skey: &ObjectKey,
     s: &Session,
@@ -311,7 +399,7 @@ async fn switch_model(
     let d = &ctx.shared.driver;
     let running = believed_model(
         said_model(ctx, skey),
-        mem.models.get(&pane.pid),
+        models.get(&pane.pid),
         s.spec.agent.model.as_deref(),
     );
     if running.as_deref().is_some_and(|r| r.contains(m)) {
@@ -334,8 +422,7 @@ async fn switch_model(
         return Ok(false);
     }
     // The statusLine's time is when it came (the system clock): so is this.
-    mem.models
-        .insert(pane.pid, (m.to_string(), SystemTime::now()));
+    out.switched = Some((pane.pid, m.to_string(), SystemTime::now()));
     Ok(true)
 }
 

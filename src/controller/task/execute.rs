@@ -3,7 +3,7 @@
 //! [`super::deliver`], which node moves which task along.
 
 use super::assign::{self, Candidate, finished, in_flight, phase};
-use super::deliver::{deliver, model_drained};
+use super::deliver::{deliver_some, model_drained};
 use super::follow::{progress, release, requeue, stop_task, write};
 use super::placement::{self, Place};
 use super::queue::{Answer, Queue, TaskKey, needs_moving};
@@ -330,14 +330,9 @@ async fn assign_pending(ctx: &Context, mem: &mut Memory) -> Result<bool, Error> 
         })
         .collect();
     let pairs = q.assign(&candidates);
-    let mut delivering = HashSet::new();
-    for (key, si) in &pairs {
-        delivering.insert(key.clone());
-        let Some(t) = sh.caches.tasks.get(&key.0, &key.1) else {
-            continue;
-        };
-        deliver(ctx, mem, &t, &sessions[*si], &accounts).await?;
-    }
+    // Every pair is placed, delivered in this pass or a later one.
+    let delivering: HashSet<TaskKey> = pairs.iter().map(|(k, _)| k.clone()).collect();
+    deliver_some(ctx, mem, &pairs, &sessions, &accounts).await?;
     let nodes = sh.caches.nodes.all();
     let places: Vec<Place> = sessions
         .iter()
