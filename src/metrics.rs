@@ -179,6 +179,9 @@ pub struct Metrics {
     /// `claude_failover_store_available`: 1 while the store answers (0
     /// during an etcd outage: no quorum, no member).
     pub store_available: IntGauge,
+    /// `claude_failover_sessions_quiet`: Sessions whose last full pass
+    /// holds until something they depend on changes.
+    pub sessions_quiet: IntGauge,
     /// `claude_failover_leader_transitions_total`: times this daemon became leader.
     pub leader_transitions_total: IntCounter,
     /// `claude_failover_hook_events_total{event}` (see [`hook_event_label`]).
@@ -347,6 +350,11 @@ impl Metrics {
                 "1 while the store answers; 0 during an etcd outage (no quorum, no member).",
             ))
             .expect("metric"),
+            sessions_quiet: IntGauge::with_opts(opts(
+                "sessions_quiet",
+                "Sessions at rest: their last full pass holds until the Session, its accounts, the swap lease or its agent's signals change (or ten resyncs pass).",
+            ))
+            .expect("metric"),
             leader: IntGauge::with_opts(opts(
                 "leader",
                 "1 while this daemon holds the store's leader lease.",
@@ -492,6 +500,7 @@ impl Metrics {
             Box::new(self.node_ready.clone()),
             Box::new(self.node_sessions.clone()),
             Box::new(self.store_available.clone()),
+            Box::new(self.sessions_quiet.clone()),
             Box::new(self.leader_transitions_total.clone()),
             Box::new(self.hook_events_total.clone()),
             Box::new(self.statusline_updates_total.clone()),

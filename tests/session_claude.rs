@@ -387,3 +387,60 @@ fn auto_mode_runs_what_its_check_allows_and_waits_when_it_must_ask() {
     }
     assert!(!pool.workdir().join("auto-risky").exists());
 }
+
+/// The value of a plain series (no labels, or labels written out) on the
+/// daemon's `/metrics`.
+fn metric(pool: &Pool, series: &str) -> Option<f64> {
+    let url = format!("{}/metrics", pool.api_url());
+    let text = common::daemon::call("GET", &url, None, None).1;
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+#[test]
+#[cfg_attr(
+    not(claude_code),
+    ignore = "needs Claude Code: npm ci --prefix tools/claude-code"
+)]
+fn a_session_at_rest_goes_quiet_and_wakes_on_a_change() {
+    let mut pool = Pool::new(claude());
+    pool.apply(&pool.account_yaml("a", 10));
+    let key = (
+        "ANTHROPIC_API_KEY",
+        "sk-ant-api03-test-key-quiet-0000000000",
+    );
+    pool.apply(&pool.session_yaml("rest", Some("a"), &[key]));
+    pool.start_daemon();
+    pool.wait_phase("rest", "Idle");
+    let quiet = "claude_failover_sessions_quiet";
+    let passes = "claude_failover_reconciles_total{controller=\"session\"}";
+    // At its prompt, launch confirmed, nothing pending: its passes hold.
+    common::wait_for("the idle session at rest", common::pool::LONG, || {
+        (metric(&pool, quiet) == Some(1.0)).then_some(())
+    });
+    let before = metric(&pool, passes).expect("session reconciles counted");
+    // A change of its Session (a label): a full pass, then at rest again.
+    pool.ok(&["label", "session", "rest", "team=night"]);
+    common::wait_for("a full pass after the label", common::pool::LONG, || {
+        (metric(&pool, passes).is_some_and(|n| n > before) && metric(&pool, quiet) == Some(1.0))
+            .then_some(())
+    });
+    // A task still reaches it, and it rests again after.
+    pool.apply(&pool.task_yaml("after-rest", "say hello", ""));
+    pool.wait_task_phase("after-rest", "Succeeded");
+    common::wait_for("at rest after the task", common::pool::LONG, || {
+        (metric(&pool, quiet) == Some(1.0)).then_some(())
+    });
+    // Gone: no longer counted.
+    pool.ok(&["delete", "session", "rest"]);
+    common::wait_for(
+        "the deleted session not counted",
+        common::pool::LONG,
+        || (metric(&pool, quiet) == Some(0.0)).then_some(()),
+    );
+}

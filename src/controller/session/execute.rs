@@ -985,13 +985,23 @@ fn inbox_status(ctx: &Context, s: &Session, st: &SessionStatus) {
         st.current_task.clone(),
         st.account.clone(),
     );
-    let said = ctx.memory.lock().expect("lock").get(&key).map(|m| m.inbox_said.clone());
+    let said = ctx
+        .memory
+        .lock()
+        .expect("lock")
+        .get(&key)
+        .map(|m| m.inbox_said.clone());
     if said.flatten().as_ref() == Some(&entry) {
         return;
     }
     let (workdir, phase, task, account) = entry.clone();
-    ctx.status_board
-        .post(workdir, &key.name, &phase, task.as_deref(), account.as_deref());
+    ctx.status_board.post(
+        workdir,
+        &key.name,
+        &phase,
+        task.as_deref(),
+        account.as_deref(),
+    );
     let mut mem = ctx.memory.lock().expect("lock");
     mem.entry(key).or_default().inbox_said = Some(entry);
 }

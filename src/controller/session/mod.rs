@@ -105,20 +105,35 @@ impl Context {
         let mut mem = self.memory.lock().expect("lock");
         let m = mem.get_mut(key)?;
         let left = quiet::left(m.quiet.as_ref(), print, Instant::now());
-        if left.is_none() {
-            m.quiet = None;
+        if left.is_none() && m.quiet.take().is_some() {
+            self.shared.metrics.sessions_quiet.dec();
         }
         left
+    }
+
+    /// The session is gone from this node (deleted, or run by another):
+    /// its settled pass no longer holds.
+    fn unquiet(&self, key: &ObjectKey) {
+        let mut mem = self.memory.lock().expect("lock");
+        if mem.get_mut(key).and_then(|m| m.quiet.take()).is_some() {
+            self.shared.metrics.sessions_quiet.dec();
+        }
     }
 
     /// After a full pass that read `print`: quiet for `hold`, or not.
     fn settle(&self, key: &ObjectKey, print: quiet::Fingerprint, hold: Option<Duration>) {
         let mut mem = self.memory.lock().expect("lock");
         let m = mem.entry(key.clone()).or_default();
+        let was = m.quiet.is_some();
         m.quiet = hold.map(|h| quiet::Quiet {
             print,
             until: Instant::now() + quiet::spread(h),
         });
+        match (was, m.quiet.is_some()) {
+            (false, true) => self.shared.metrics.sessions_quiet.inc(),
+            (true, false) => self.shared.metrics.sessions_quiet.dec(),
+            _ => {}
+        }
     }
 
     async fn record(&self, key: &ObjectKey, warning: bool, reason: &str, message: &str) {
@@ -143,10 +158,12 @@ async fn reconcile_inner(ctx: &Context, key: &ObjectKey) -> Result<Action, Error
     let sh = &ctx.shared;
     // The newest copy (the applier's may predate our own last write).
     let Some(s) = sh.caches.sessions.get(&key.namespace, &key.name) else {
+        ctx.unquiet(key);
         return Ok(Action::await_change());
     };
     // Another node's (or not placed yet): its own daemon runs it.
     if !sh.runs(&s) {
+        ctx.unquiet(key);
         return Ok(Action::await_change());
     }
     let owned = sh.caches.accounts_in(&key.namespace);
