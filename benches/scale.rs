@@ -29,6 +29,8 @@ const IDLE_WINDOW: Duration = Duration::from_secs(300);
 const BUSY_WINDOW: Duration = Duration::from_secs(60);
 /// Let the apply settle before the busy window.
 const SETTLE: Duration = Duration::from_secs(5);
+/// Longest wait for every session's first task (see [`round`]).
+const FIRST_TASKS_LIMIT: Duration = Duration::from_secs(600);
 /// After the start-up, the daemon's CPU is sampled over windows this long
 /// until it stops falling (the tail of 500 start-ups lasts a while).
 const SETTLE_SAMPLE: Duration = Duration::from_secs(5);
@@ -240,6 +242,14 @@ fn round(n: usize) -> Round {
     apply(dir, &tasks_yaml());
     std::thread::sleep(SETTLE);
     let confirmed = "claude_failover_dispatch_latency_seconds_count";
+    // The busy window measures the steady state: it starts once as many
+    // tasks were confirmed as there are sessions. A session's first task
+    // carries a one-off `/model` switch (the tasks ask for sonnet), so a
+    // window that began at once would count 500 switches at 500 against
+    // 50 at 50.
+    wait_until("a task for each session", FIRST_TASKS_LIMIT, || {
+        metric(daemon.port, confirmed) >= n as f64
+    });
     let (d0, c0, t0) = (
         metric(daemon.port, confirmed),
         cpu_seconds(pid),

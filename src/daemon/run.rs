@@ -180,7 +180,8 @@ pub async fn run(o: Options) -> Result<()> {
     if let Err(e) = shared.driver.terminal().install_hooks().await {
         tracing::warn!(error = %e, "cannot install the tmux notifications; relying on resync");
     }
-    tasks.extend(node_controllers(&o, &shared, wake));
+    let board = Arc::new(crate::inbox::status::Board::default());
+    tasks.extend(node_controllers(&o, &shared, wake, &board));
     readiness.node_running();
     let leader = tokio::spawn(super::lead::lead_forever(super::lead::LeaderWork {
         store: o.store.clone(),
@@ -198,6 +199,8 @@ pub async fn run(o: Options) -> Result<()> {
     access::remove_endpoint(&o.state_dir);
     let _ = stop_tx.send(true);
     abort(tasks);
+    // The sessions' last states reach `.agent-queue/status.json`.
+    let _ = tokio::task::spawn_blocking(move || board.flush()).await;
     for s in servers {
         let _ = s.await;
     }
@@ -409,12 +412,13 @@ fn node_controllers(
     o: &Options,
     shared: &Arc<Shared>,
     wake: tokio::sync::mpsc::UnboundedReceiver<ObjectRef<Session>>,
+    board: &Arc<crate::inbox::status::Board>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let c = &shared.caches;
-    let sessions = Arc::new(session::Context::new(shared.clone()));
+    let sessions = Arc::new(session::Context::new(shared.clone(), board.clone()));
     let tasks = Arc::new(task::Context::new(shared.clone(), o.dispatch.clone()));
     vec![
-        tokio::spawn(crate::inbox::status::keep(sessions.status_board.clone())),
+        tokio::spawn(crate::inbox::status::keep(board.clone())),
         tokio::spawn(run_sessions(sessions, wake)),
         tokio::spawn(task::run(
             tasks,

@@ -43,7 +43,7 @@ const LATE: Duration = Duration::from_millis(50);
 /// Passes never come closer than this without an event.
 const FLOOR: Duration = Duration::from_millis(100);
 /// The shortest time between two passes: wakes within it wait for its end.
-const COALESCE: Duration = Duration::from_millis(250);
+const COALESCE: Duration = Duration::from_millis(100);
 /// How often the transcripts are read for the projection, at most.
 const LEDGER_EVERY: Duration = Duration::from_secs(30);
 

@@ -86,16 +86,16 @@ pub struct Context {
     exits: crate::agent::exits::Exits,
     /// Where this controller posts the sessions' `.agent-queue/status.json`
     /// entries (written in batches by [`crate::inbox::status::keep`]).
-    pub status_board: Arc<crate::inbox::status::Board>,
+    status_board: Arc<crate::inbox::status::Board>,
 }
 
 impl Context {
-    pub fn new(shared: Arc<Shared>) -> Context {
+    pub fn new(shared: Arc<Shared>, status_board: Arc<crate::inbox::status::Board>) -> Context {
         Context {
             shared,
             memory: Mutex::default(),
             exits: Default::default(),
-            status_board: Arc::default(),
+            status_board,
         }
     }
 

@@ -9,7 +9,7 @@ use super::execute::{session_key, system, time};
 use super::{Context, Error, Memory};
 use crate::agent::driver::in_history;
 use crate::api::keys::TASK_FINALIZER;
-use crate::api::{Account, ObjectKey, Session, Task, TaskPhase, TaskStatus};
+use crate::api::{Account, ObjectKey, Session, SessionStatus, Task, TaskPhase, TaskStatus};
 use crate::store::{Durability, StoreError};
 use std::path::Path;
 use std::sync::Arc;
@@ -59,14 +59,19 @@ async fn observe(
         return Observation::default();
     };
     let skey = ObjectKey::of(s);
-    let st = s.status.clone().unwrap_or_default();
-    let sig = ctx.shared.signals.get(&skey);
+    let unset = SessionStatus::default();
+    let st = s.status.as_ref().unwrap_or(&unset);
     let marker = status.marker.clone().unwrap_or_default();
-    let hooked = sig
-        .prompts
-        .iter()
-        .find(|(p, _)| !marker.is_empty() && p.contains(&marker))
-        .map(|(_, at)| *at);
+    // The three fields it needs, not a copy of every signal (its latest
+    // statusLine and tool inputs), for each task in flight on each pass.
+    let (hooked, last_stop, last_failure) = ctx.shared.signals.read(&skey, |sig| {
+        let hooked = sig
+            .prompts
+            .iter()
+            .find(|(p, _)| !marker.is_empty() && p.contains(&marker))
+            .map(|(_, at)| *at);
+        (hooked, sig.last_stop.clone(), sig.last_failure.clone())
+    });
     // When the turn began: remembered, else (after a restart) the agent's
     // history, precise to the millisecond, else the status (whole seconds).
     let started = match (status.phase, mem.started.get(&key)) {
@@ -97,8 +102,8 @@ async fn observe(
             }),
         }),
         hooked,
-        last_stop: sig.last_stop.clone(),
-        last_failure: sig.last_failure.clone(),
+        last_stop,
+        last_failure,
         typed_at: mem.typed.get(&key).copied(),
         enter_sent: mem.enter_sent.get(&key).copied(),
         started,
