@@ -985,16 +985,15 @@ fn inbox_status(ctx: &Context, s: &Session, st: &SessionStatus) {
         st.current_task.clone(),
         st.account.clone(),
     );
-    let said = ctx
-        .memory
-        .lock()
-        .expect("lock")
-        .get(&key)
-        .map(|m| m.inbox_said.clone());
-    if said.flatten().as_ref() == Some(&entry) {
-        return;
+    {
+        let mut mem = ctx.memory.lock().expect("lock");
+        let said = &mut mem.entry(key.clone()).or_default().inbox_said;
+        if said.as_ref() == Some(&entry) {
+            return;
+        }
+        *said = Some(entry.clone());
     }
-    let (workdir, phase, task, account) = entry.clone();
+    let (workdir, phase, task, account) = entry;
     ctx.status_board.post(
         workdir,
         &key.name,
@@ -1002,6 +1001,4 @@ fn inbox_status(ctx: &Context, s: &Session, st: &SessionStatus) {
         task.as_deref(),
         account.as_deref(),
     );
-    let mut mem = ctx.memory.lock().expect("lock");
-    mem.entry(key).or_default().inbox_said = Some(entry);
 }
