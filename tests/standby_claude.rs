@@ -243,6 +243,11 @@ fn a_standby_killed_before_the_move_means_a_relaunch() {
     let before = pool.wait_phase("worker", "Idle");
     let id = before["status"]["agentSessionId"].clone();
     let standby_pid = before["status"]["standby"]["pid"].as_u64().unwrap();
+    // a's 50 % is known before the move (else, unread, a would be the next
+    // standby's pick by priority, not c).
+    pool.wait_account("a", "a's usage read", |v| {
+        v["status"]["usage"]["fiveHour"]["utilization"] == 50.0
+    });
     // A turn held at the API: the move waits for its end.
     pool.api.hold();
     pool.type_prompt("worker", "second turn: and the colour PLUM-RED");
