@@ -165,7 +165,7 @@ struct Agent {
     last_paint: String,
     painted_rows: usize,
     exit: Option<Exit>,
-    _watcher: Option<notify::RecommendedWatcher>,
+    _watcher: Option<std::thread::JoinHandle<()>>,
     reader: term::Reader,
 }
 
@@ -423,39 +423,28 @@ pub fn main(argv: &[String]) -> ExitCode {
 }
 
 /// Tells the loop when the account's ledger or budget changes (another
-/// agent on the same account spent tokens).
-fn watch_usage(dir: &Path, tx: mpsc::Sender<Ev>) -> Option<notify::RecommendedWatcher> {
-    use notify::Watcher;
-    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        let Ok(e) = res else { return };
-        // Only writes: reading the ledger (open, access) must not wake us.
-        let write = matches!(
-            e.kind,
-            notify::EventKind::Create(_)
-                | notify::EventKind::Modify(
-                    notify::event::ModifyKind::Data(_)
-                        | notify::event::ModifyKind::Name(_)
-                        | notify::event::ModifyKind::Any
-                )
-                | notify::EventKind::Remove(_)
-        ) || matches!(
-            e.kind,
-            notify::EventKind::Access(notify::event::AccessKind::Close(
-                notify::event::AccessMode::Write
-            ))
-        );
-        let ours = write
-            && e.paths.iter().any(|p| {
-                p.file_name()
+/// agent on the same account spent tokens). Only writes are watched, as
+/// Claude Code's own file watches do: a watch that also took opens (what
+/// `notify` asks the kernel for) made every read of the config dir by the
+/// daemon wake each of 500 simulated agents, in the reader's own time.
+fn watch_usage(dir: &Path, tx: mpsc::Sender<Ev>) -> Option<std::thread::JoinHandle<()>> {
+    use inotify::{Inotify, WatchMask};
+    let mut inotify = Inotify::init().ok()?;
+    let mask = WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO | WatchMask::CREATE | WatchMask::DELETE;
+    inotify.watches().add(dir, mask).ok()?;
+    let thread = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(events) = inotify.read_events_blocking(&mut buf) {
+            let ours = events.into_iter().any(|e| {
+                e.name
                     .is_some_and(|n| n == usage::LEDGER_FILE || n == usage::BUDGET_FILE)
             });
-        if ours {
-            let _ = tx.send(Ev::UsageChanged);
+            if ours && tx.send(Ev::UsageChanged).is_err() {
+                return;
+            }
         }
-    })
-    .ok()?;
-    w.watch(dir, notify::RecursiveMode::NonRecursive).ok()?;
-    Some(w)
+    });
+    Some(thread)
 }
 
 /// A submitted prompt as the conversation shows it.

@@ -78,16 +78,9 @@ impl Context {
 /// and finished polls.
 pub async fn run(ctx: Arc<Context>, wake: impl Stream<Item = ()> + Send + 'static) {
     let mut wake = Box::pin(wake);
-    let mut last_start: Option<tokio::time::Instant> = None;
+    let mut pace = super::Pace::new(COALESCE);
     loop {
-        // Woken again within COALESCE of the last pass (500 sessions at
-        // work change their statuses many times a second): one pass at
-        // its end serves every wake that came meanwhile.
-        if let Some(at) = last_start {
-            tokio::time::sleep_until(at + COALESCE).await;
-            super::drain(&mut wake);
-        }
-        last_start = Some(tokio::time::Instant::now());
+        pace.before_pass(&mut wake).await;
         let started = std::time::Instant::now();
         let result = pass(&ctx).await;
         ctx.shared.metrics.observe_reconcile(

@@ -46,6 +46,9 @@ const LATE: Duration = Duration::from_millis(50);
 /// so a decision that keeps writing can never spin.
 const AT_ONCE: u32 = 8;
 const PAUSE: Duration = Duration::from_millis(200);
+/// The shortest time between two passes on wakes: wakes within it wait
+/// for its end (a follow-up on a pass's own writes runs at once).
+const COALESCE: Duration = Duration::from_millis(100);
 
 /// The failover controller's dependencies.
 pub struct Context {
@@ -60,7 +63,13 @@ pub struct Context {
 pub async fn run(ctx: Arc<Context>, wake: impl Stream<Item = ()> + Send + 'static) {
     let mut wake = Box::pin(wake);
     let mut in_a_row = 0;
+    let mut pace = super::Pace::new(COALESCE);
     loop {
+        if in_a_row == 0 {
+            pace.before_pass(&mut wake).await;
+        } else {
+            pace.started();
+        }
         let started = Instant::now();
         let result = pass(&ctx).await;
         let acted = matches!(result, Ok(d) if d.is_zero());

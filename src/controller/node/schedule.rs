@@ -13,13 +13,17 @@ use std::sync::Arc;
 
 /// The source named in the Sessions' scheduling events.
 const SOURCE: &str = "scheduler";
+/// The shortest time between two passes: a Session written within it waits
+/// for its end (one pass over every Session serves a burst of changes).
+const COALESCE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Runs the scheduler until aborted (the leader's work).
 pub async fn run(sh: Arc<Shared>, me: String, wake: impl Stream<Item = ()> + Send + 'static) {
     let mut wake = Box::pin(wake);
     let mut told: HashMap<ObjectKey, String> = HashMap::new();
+    let mut pace = crate::controller::Pace::new(COALESCE);
     loop {
-        crate::controller::drain(&mut wake);
+        pace.before_pass(&mut wake).await;
         if let Err(e) = pass(&sh, &me, &mut told).await {
             let unavailable = e.is_unavailable();
             let next = crate::controller::failed_pass(

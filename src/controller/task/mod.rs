@@ -39,7 +39,7 @@ use crate::api::ObjectKey;
 use crate::api::Task;
 use crate::store::StoreError;
 use crate::store::cache::Changed;
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{Stream, StreamExt};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -144,15 +144,11 @@ pub async fn run(ctx: Arc<Context>, wake: impl Stream<Item = ()> + Send + 'stati
     let inbox_changed = Arc::new(tokio::sync::Notify::new());
     let mut inboxes = crate::inbox::InboxWatcher::new(inbox_changed.clone());
     let mut wake = Box::pin(wake);
-    let mut last_start: Option<tokio::time::Instant> = None;
+    let mut pace = super::Pace::new(COALESCE);
     loop {
-        // One pass for a burst: hold until COALESCE after the last pass
-        // began, then take every wake that came meanwhile.
-        if let Some(at) = last_start {
-            tokio::time::sleep_until(at + COALESCE).await;
-        }
-        while let Some(Some(())) = wake.next().now_or_never() {}
-        last_start = Some(tokio::time::Instant::now());
+        // One pass for a burst (every wake within COALESCE of the last).
+        pace.before_pass(&mut wake).await;
+        super::drain(&mut wake);
         let inbox_waiting = import_inboxes(&ctx, &mut inboxes).await;
         let started = std::time::Instant::now();
         let result = execute::pass(&ctx, &mut memory).await;
