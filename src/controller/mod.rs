@@ -371,6 +371,25 @@ impl Pace {
         self.started();
     }
 
+    /// As [`Pace::before_pass`], but a wake on `urgent` (a change the
+    /// controller must act on at once) ends the wait.
+    pub async fn before_pass_or<S, U>(&mut self, wake: &mut S, urgent: &mut U)
+    where
+        S: futures::Stream<Item = ()> + Unpin,
+        U: futures::Stream<Item = ()> + Unpin,
+    {
+        use futures::StreamExt;
+        if let Some(at) = self.last {
+            tokio::select! {
+                _ = tokio::time::sleep_until(at + self.gap) => {}
+                _ = urgent.next() => {}
+            }
+            drain(wake);
+            drain(urgent);
+        }
+        self.started();
+    }
+
     /// Notes a pass's start without waiting (one that follows up at once
     /// on the previous pass's own writes).
     pub fn started(&mut self) {

@@ -109,9 +109,9 @@ fn start(w: &LeaderWork) -> Vec<tokio::task::JoinHandle<()>> {
         )),
         tokio::spawn(failover::run(
             failovers,
+            changes(&c.sessions),
             any_of(vec![
                 changes(&c.accounts),
-                changes(&c.sessions),
                 changes(&c.swaps),
                 changes(&c.leases),
             ]),

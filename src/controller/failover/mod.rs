@@ -46,8 +46,11 @@ const LATE: Duration = Duration::from_millis(50);
 /// so a decision that keeps writing can never spin.
 const AT_ONCE: u32 = 8;
 const PAUSE: Duration = Duration::from_millis(200);
-/// The shortest time between two passes on wakes: wakes within it wait
-/// for its end (a follow-up on a pass's own writes runs at once).
+/// The shortest time between two passes on Session writes: those within
+/// it wait for its end. A change of an Account, a Swap or the lease is
+/// served at once (an account past its limit starts a swap without delay),
+/// and so are Session writes while a swap runs and a follow-up on a
+/// pass's own writes.
 const COALESCE: Duration = Duration::from_millis(100);
 
 /// The failover controller's dependencies.
@@ -58,15 +61,21 @@ pub struct Context {
     pub me: String,
 }
 
-/// Runs until the process ends, woken by `wake` (changes of Accounts,
-/// Sessions, Swaps and Leases).
-pub async fn run(ctx: Arc<Context>, wake: impl Stream<Item = ()> + Send + 'static) {
-    let mut wake = Box::pin(wake);
+/// Runs until the process ends, woken by `sessions` (changes of Sessions:
+/// paced, see [`COALESCE`]) and `urgent` (changes of Accounts, Swaps and
+/// Leases: served at once).
+pub async fn run(
+    ctx: Arc<Context>,
+    sessions: impl Stream<Item = ()> + Send + 'static,
+    urgent: impl Stream<Item = ()> + Send + 'static,
+) {
+    let (mut sessions, mut urgent) = (Box::pin(sessions), Box::pin(urgent));
     let mut in_a_row = 0;
+    let mut at_once = false;
     let mut pace = super::Pace::new(COALESCE);
     loop {
-        if in_a_row == 0 {
-            pace.before_pass(&mut wake).await;
+        if in_a_row == 0 && !at_once {
+            pace.before_pass_or(&mut sessions, &mut urgent).await;
         } else {
             pace.started();
         }
@@ -84,11 +93,27 @@ pub async fn run(ctx: Arc<Context>, wake: impl Stream<Item = ()> + Send + 'stati
             Ok(next) => next,
             Err(e) => super::failed_pass("failover", &e, e.is_unavailable(), RETRY).await,
         };
-        tokio::select! {
-            _ = wake.next() => super::drain(&mut wake),
-            _ = tokio::time::sleep(next) => {}
-        }
+        at_once = tokio::select! {
+            _ = urgent.next() => {
+                super::drain(&mut urgent);
+                super::drain(&mut sessions);
+                true
+            }
+            // While a swap runs, its sessions' writes move it on.
+            _ = sessions.next() => swap_running(&ctx),
+            _ = tokio::time::sleep(next) => true,
+        };
     }
+}
+
+/// A Swap is running (not finished, as its status says).
+fn swap_running(ctx: &Context) -> bool {
+    ctx.shared
+        .caches
+        .swaps
+        .all()
+        .iter()
+        .any(|w| w.status.as_ref().is_none_or(|st| !st.phase.finished()))
 }
 
 /// One pass: how soon the next is due without an event.
