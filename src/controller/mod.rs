@@ -396,3 +396,63 @@ impl Pace {
         self.last = Some(tokio::time::Instant::now());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Pace;
+    use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
+    use futures::{FutureExt, StreamExt};
+    use std::time::Duration;
+
+    /// A deadline for what must not wait (not a timing claim: the gaps
+    /// below are an hour).
+    const DEADLINE: Duration = Duration::from_secs(30);
+
+    fn stream() -> (UnboundedSender<()>, UnboundedReceiver<()>) {
+        unbounded()
+    }
+
+    #[tokio::test]
+    async fn the_first_pass_and_an_urgent_wake_do_not_wait_and_a_burst_is_one_pass() {
+        let mut pace = Pace::new(Duration::from_secs(3600));
+        let (tx, mut wake) = stream();
+        let (urgent_tx, mut urgent) = stream();
+        // No pass yet: nothing to wait for.
+        tokio::time::timeout(DEADLINE, pace.before_pass_or(&mut wake, &mut urgent))
+            .await
+            .expect("the first pass runs at once");
+        // A burst of wakes and one urgent wake: the urgent one ends the
+        // hour's wait, and the burst is taken with it (one pass).
+        for _ in 0..50 {
+            tx.unbounded_send(()).unwrap();
+        }
+        urgent_tx.unbounded_send(()).unwrap();
+        tokio::time::timeout(DEADLINE, pace.before_pass_or(&mut wake, &mut urgent))
+            .await
+            .expect("an urgent wake ends the wait");
+        assert!(wake.next().now_or_never().is_none(), "the burst was taken");
+        assert!(urgent.next().now_or_never().is_none());
+        // Without an urgent wake, the pass waits out the gap.
+        tx.unbounded_send(()).unwrap();
+        let waited = tokio::time::timeout(
+            Duration::from_millis(50),
+            pace.before_pass_or(&mut wake, &mut urgent),
+        )
+        .await;
+        assert!(waited.is_err(), "a wake within the gap waits for its end");
+    }
+
+    #[tokio::test]
+    async fn a_gap_already_past_does_not_hold_the_pass() {
+        let mut pace = Pace::new(Duration::ZERO);
+        let (tx, mut wake) = stream();
+        pace.started();
+        for _ in 0..3 {
+            tx.unbounded_send(()).unwrap();
+        }
+        tokio::time::timeout(DEADLINE, pace.before_pass(&mut wake))
+            .await
+            .expect("the gap is over");
+        assert!(wake.next().now_or_never().is_none(), "the wakes were taken");
+    }
+}
