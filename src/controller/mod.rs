@@ -362,12 +362,13 @@ impl Pace {
     }
 
     /// Waits out the gap since the last pass began, takes the wakes that
-    /// came meanwhile, and notes the coming pass's start.
+    /// came meanwhile (or, before the first pass, any already queued), and
+    /// notes the coming pass's start.
     pub async fn before_pass<S: futures::Stream<Item = ()> + Unpin>(&mut self, wake: &mut S) {
         if let Some(at) = self.last {
             tokio::time::sleep_until(at + self.gap).await;
-            drain(wake);
         }
+        drain(wake);
         self.started();
     }
 
@@ -384,9 +385,9 @@ impl Pace {
                 _ = tokio::time::sleep_until(at + self.gap) => {}
                 _ = urgent.next() => {}
             }
-            drain(wake);
-            drain(urgent);
         }
+        drain(wake);
+        drain(urgent);
         self.started();
     }
 
@@ -417,10 +418,15 @@ mod tests {
         let mut pace = Pace::new(Duration::from_secs(3600));
         let (tx, mut wake) = stream();
         let (urgent_tx, mut urgent) = stream();
-        // No pass yet: nothing to wait for.
+        // No pass yet: nothing to wait for, and what was queued is taken.
+        tx.unbounded_send(()).unwrap();
         tokio::time::timeout(DEADLINE, pace.before_pass_or(&mut wake, &mut urgent))
             .await
             .expect("the first pass runs at once");
+        assert!(
+            wake.next().now_or_never().is_none(),
+            "the queued wake was taken"
+        );
         // A burst of wakes and one urgent wake: the urgent one ends the
         // hour's wait, and the burst is taken with it (one pass).
         for _ in 0..50 {

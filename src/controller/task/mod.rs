@@ -148,7 +148,6 @@ pub async fn run(ctx: Arc<Context>, wake: impl Stream<Item = ()> + Send + 'stati
     loop {
         // One pass for a burst (every wake within COALESCE of the last).
         pace.before_pass(&mut wake).await;
-        super::drain(&mut wake);
         let inbox_waiting = import_inboxes(&ctx, &mut inboxes).await;
         let started = std::time::Instant::now();
         let result = execute::pass(&ctx, &mut memory).await;
