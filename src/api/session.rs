@@ -78,6 +78,14 @@ pub struct SessionSpec {
 pub struct StandbySpec {
     #[serde(default)]
     pub mode: StandbyMode,
+    /// A bound for a pool (`SessionPool.spec.template.spec.standby`): at
+    /// most this many of the pool's Sessions on one node keep a standby for
+    /// each target account and workdir, those nearest their own account's
+    /// limit first (they move first); the others relaunch when they move.
+    /// Unset: every Session keeps one. A Session outside a pool is a pool
+    /// of one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_target: Option<u32>,
 }
 
 /// `Off`: none (the default); `Warm`: one idle Claude Code, started, seeded
@@ -96,6 +104,15 @@ impl SessionSpec {
         self.standby
             .as_ref()
             .is_some_and(|s| s.mode == StandbyMode::Warm)
+    }
+
+    /// The bound on the standbys of the Session's pool per target account
+    /// and workdir (`spec.standby.perTarget`), if it keeps standbys.
+    pub fn standby_bound(&self) -> Option<u32> {
+        self.standby
+            .as_ref()
+            .filter(|s| s.mode == StandbyMode::Warm)
+            .and_then(|s| s.per_target)
     }
 }
 

@@ -470,6 +470,7 @@ async fn run_sessions(
         c.accounts
             .triggers(move |a: &Account| sessions_of_account(&c2, a), all.clone())
     };
+    let peers = standby_peers(&c);
     let by_task = c.tasks.triggers(task_session, all.clone());
     let by_lease = {
         let c2 = c.clone();
@@ -482,6 +483,7 @@ async fn run_sessions(
     let queue = futures::stream::select_all(vec![
         initial.boxed(),
         own.boxed(),
+        peers.boxed(),
         by_account.boxed(),
         by_task.boxed(),
         by_lease.boxed(),
@@ -503,6 +505,33 @@ async fn run_sessions(
         }
     })
     .await;
+}
+
+/// A change of a Session's standby or account, in a pool that bounds its
+/// standbys, wakes its peers: one may now take the place it left.
+fn standby_peers(c: &Caches) -> impl Stream<Item = ObjectRef<Session>> + Send + 'static {
+    use session::peers;
+    use crate::store::cache::Changed;
+    let changes = c.sessions.changes();
+    let c = c.clone();
+    changes.flat_map(move |ch| {
+        let (before, after) = match &ch {
+            Changed::Added(o) => (None, Some(o)),
+            Changed::Deleted(o) => (Some(o), None),
+            Changed::Modified(b, a) => (Some(b), Some(a)),
+            Changed::Lagged | Changed::Listed => (None, None),
+        };
+        let refs = match before.or(after) {
+            Some(s) if peers::wakes_peers(before.map(|b| b.as_ref()), after.map(|a| a.as_ref())) => {
+                peers::keys(&c.sessions.all(), s)
+                    .into_iter()
+                    .map(|k| ObjectRef::new(&k.name).within(&k.namespace))
+                    .collect()
+            }
+            _ => vec![],
+        };
+        futures::stream::iter(refs)
+    })
 }
 
 /// The sessions an account's change concerns: those running on it, naming

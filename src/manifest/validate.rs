@@ -266,7 +266,25 @@ pub fn session(s: &Session) -> Vec<Problem> {
     if let Some(why) = crate::agent::launch::permission_conflict(&s.spec.agent) {
         out.push((at(&["spec", "agent", "args"]), why));
     }
+    if let Some(sb) = &s.spec.standby {
+        check_standby(sb, &mut out);
+    }
     out
+}
+
+fn check_standby(sb: &crate::api::StandbySpec, out: &mut Vec<Problem>) {
+    let path = at(&["spec", "standby", "perTarget"]);
+    match sb.per_target {
+        Some(0) => out.push((
+            path,
+            "0 is out of range: at least 1 standby per target (mode: off keeps none)".into(),
+        )),
+        Some(_) if sb.mode != crate::api::StandbyMode::Warm => out.push((
+            path,
+            "bounds warm standbys: set mode: warm, or remove perTarget".into(),
+        )),
+        _ => {}
+    }
 }
 
 fn check_env(env: &BTreeMap<String, EnvValue>, out: &mut Vec<Problem>) {
@@ -477,5 +495,28 @@ mod tests {
                 "spec.selector"
             ]
         );
+        for (standby, problem) in [
+            (serde_json::json!({"mode": "warm", "perTarget": 2}), None),
+            (
+                serde_json::json!({"mode": "warm", "perTarget": 0}),
+                Some("0 is out of range"),
+            ),
+            (serde_json::json!({"perTarget": 2}), Some("set mode: warm")),
+        ] {
+            let p = pool(serde_json::json!({"replicas": 2,
+                "template": {"spec": {"workdir": "/w", "standby": standby}}}));
+            let got = session_pool(&p);
+            match problem {
+                None => assert!(got.is_empty(), "{got:?}"),
+                Some(m) => {
+                    assert_eq!(got.len(), 1, "{got:?}");
+                    assert_eq!(
+                        crate::manifest::yaml::path_string(&got[0].0),
+                        "spec.template.spec.standby.perTarget"
+                    );
+                    assert!(got[0].1.contains(m), "{}", got[0].1);
+                }
+            }
+        }
     }
 }

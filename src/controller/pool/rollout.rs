@@ -10,8 +10,9 @@
 //!   the template's annotations (`rollout restart` stamps one) updates the
 //!   Session in place and relaunches its agent, which resumes its
 //!   conversation in the same directory, like `restart session`.
-//! - A change of the template's labels only relabels the Sessions: the
-//!   agents keep running.
+//! - A change of the template's labels or of its `standby` only updates
+//!   the Sessions' labels and spec: the agents keep running (a standby
+//!   is started or stopped beside them).
 //!
 //! A Session in a turn (or with a task in flight) is left until the turn
 //! ends. At most `maxUnavailable` Sessions are out of service at once:
@@ -33,7 +34,7 @@ pub enum Roll {
     Replace,
     /// Updated in place and relaunched, resuming its conversation.
     Restart,
-    /// Only its labels change; the agent runs on.
+    /// Only its labels (or its standby) change; the agent runs on.
     Relabel,
 }
 
@@ -118,7 +119,9 @@ pub fn classify(pool: &SessionPool, s: &Session) -> Roll {
         .annotations
         .iter()
         .any(|(k, v)| ann.get(k) != Some(v));
-    if spec_for(pool, s) != s.spec || annotations_differ {
+    let mut spec = spec_for(pool, s);
+    spec.standby = s.spec.standby.clone();
+    if spec != s.spec || annotations_differ {
         Roll::Restart
     } else {
         Roll::Relabel

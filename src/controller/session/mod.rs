@@ -12,6 +12,7 @@
 mod cut_turn;
 mod execute;
 mod observe;
+pub mod peers;
 pub mod plan;
 mod private;
 mod quiet;
@@ -167,7 +168,12 @@ async fn reconcile_inner(ctx: &Context, key: &ObjectKey) -> Result<Action, Error
         return Ok(Action::await_change());
     }
     let owned = sh.caches.accounts_in(&key.namespace);
-    let print = quiet::Fingerprint::of(&s, sh.signals.wakes(key), sh.caches.swap_epoch(), &owned);
+    let peers = match s.spec.standby_bound() {
+        Some(_) => peers::print(&sh.caches.sessions.all(), &s),
+        None => vec![],
+    };
+    let print = quiet::Fingerprint::of(&s, sh.signals.wakes(key), sh.caches.swap_epoch(), &owned)
+        .with_peers(peers);
     if let Some(left) = ctx.quiet_left(key, &print) {
         return Ok(Action::requeue(left));
     }

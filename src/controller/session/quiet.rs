@@ -41,6 +41,8 @@ pub struct Fingerprint {
     wakes: u64,
     swap_epoch: u64,
     accounts: Vec<(Option<String>, Option<String>)>,
+    /// The peers sharing a bound on standbys ([`super::peers::print`]).
+    peers: Vec<(String, super::peers::Standing)>,
 }
 
 impl Fingerprint {
@@ -55,7 +57,13 @@ impl Fingerprint {
             wakes,
             swap_epoch,
             accounts,
+            peers: vec![],
         }
+    }
+
+    /// With what the pass read of its peers.
+    pub fn with_peers(self, peers: Vec<(String, super::peers::Standing)>) -> Fingerprint {
+        Fingerprint { peers, ..self }
     }
 }
 
@@ -178,6 +186,13 @@ mod tests {
                     1,
                     &[account("a", "1"), account("b", "4"), account("c", "1")],
                 ),
+            ),
+            (
+                "a peer's standby",
+                Fingerprint::of(&session("7"), 3, 1, &accounts).with_peers(vec![(
+                    "p-1".into(),
+                    (Some("b".into()), Some("a".into()), true),
+                )]),
             ),
         ];
         for (what, p) in changed {

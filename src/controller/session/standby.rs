@@ -110,6 +110,54 @@ pub fn decide(want: Option<&str>, have: Option<&Seen>, now: SystemTime) -> Actio
     }
 }
 
+/// A Session of a group whose standbys are bounded (`perTarget`): the
+/// Sessions of one pool on one node in one workdir.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Member {
+    pub name: String,
+    /// The account its standby should wait under ([`choose`]); None: it
+    /// wants none.
+    pub target: Option<String>,
+    /// The account of the standby it has.
+    pub holds: Option<String>,
+    /// The headroom of the account it runs on: the lower, the sooner it
+    /// moves.
+    pub headroom: f64,
+}
+
+/// Whether `me` keeps, or may start, a standby for its target, with at
+/// most `bound` per target in the group. Those that hold one for their
+/// target keep it (the nearest their limit first, if more hold one than
+/// the bound allows); the free places go to the others nearest their
+/// limit. Every member decides alike from the same Sessions, so the
+/// group agrees without talking.
+pub fn within_bound(members: &[Member], me: &str, bound: usize) -> bool {
+    let Some(target) = members
+        .iter()
+        .find(|m| m.name == me)
+        .and_then(|m| m.target.clone())
+    else {
+        return false;
+    };
+    let ranked = |hold: bool| {
+        let mut v: Vec<&Member> = members
+            .iter()
+            .filter(|m| {
+                m.target.as_deref() == Some(target.as_str())
+                    && (m.holds.as_deref() == Some(target.as_str())) == hold
+            })
+            .collect();
+        v.sort_by(|a, b| a.headroom.total_cmp(&b.headroom).then(a.name.cmp(&b.name)));
+        v
+    };
+    let holders = ranked(true);
+    if let Some(i) = holders.iter().position(|m| m.name == me) {
+        return i < bound;
+    }
+    let free = bound.saturating_sub(holders.len());
+    ranked(false).iter().position(|m| m.name == me).is_some_and(|i| i < free)
+}
+
 /// A takeover typed into the standby whose confirmation is overdue.
 pub fn takeover_overdue(launch: Option<&LaunchStatus>, now: SystemTime) -> bool {
     launch.is_some_and(|l| {
@@ -224,6 +272,62 @@ mod tests {
             decide(Some("b"), Some(&stuck), now),
             Action::Replace(_, Some(_))
         ));
+    }
+
+    fn m(name: &str, target: Option<&str>, holds: Option<&str>, headroom: f64) -> Member {
+        Member {
+            name: name.into(),
+            target: target.map(Into::into),
+            holds: holds.map(Into::into),
+            headroom,
+        }
+    }
+
+    #[test]
+    fn a_pool_keeps_at_most_its_bound_per_target() {
+        let b = Some("b");
+        let c = Some("c");
+        // Nobody holds one yet: the two nearest their limit start.
+        let fresh = [
+            m("s0", b, None, 20.0),
+            m("s1", b, None, 5.0),
+            m("s2", b, None, 5.0),
+            m("s3", b, None, 40.0),
+        ];
+        let got: Vec<bool> = ["s0", "s1", "s2", "s3"]
+            .iter()
+            .map(|n| within_bound(&fresh, n, 2))
+            .collect();
+        assert_eq!(got, [false, true, true, false], "lowest headroom, then name");
+        // Holders keep theirs even when another is nearer its limit now.
+        let held = [
+            m("s0", b, b, 30.0),
+            m("s1", b, b, 30.0),
+            m("s2", b, None, 1.0),
+        ];
+        assert!(within_bound(&held, "s0", 2));
+        assert!(within_bound(&held, "s1", 2));
+        assert!(!within_bound(&held, "s2", 2), "no free place");
+        // One holder left for c: a free place for b's best.
+        let moved = [
+            m("s0", b, b, 30.0),
+            m("s1", b, c, 30.0),
+            m("s2", b, None, 1.0),
+            m("s3", b, None, 2.0),
+        ];
+        assert!(within_bound(&moved, "s2", 2));
+        assert!(!within_bound(&moved, "s3", 2));
+        // Each target has its own bound.
+        let two = [m("s0", b, None, 9.0), m("s1", c, None, 9.0)];
+        assert!(within_bound(&two, "s0", 1) && within_bound(&two, "s1", 1));
+        // More holders than the bound (a lower bound applied): the
+        // nearest their limit keep theirs.
+        let over = [m("s0", b, b, 50.0), m("s1", b, b, 10.0)];
+        assert!(!within_bound(&over, "s0", 1));
+        assert!(within_bound(&over, "s1", 1));
+        // No target, or not a member: none.
+        assert!(!within_bound(&[m("s0", None, None, 0.0)], "s0", 2));
+        assert!(!within_bound(&fresh, "zz", 2));
     }
 
     #[test]

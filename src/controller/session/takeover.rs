@@ -4,6 +4,7 @@
 
 use super::execute;
 use super::report::{self, Report};
+use super::peers;
 use super::standby::{self, Action, Seen};
 use super::{Context, private};
 use crate::agent::launch::{self, LaunchInput};
@@ -88,12 +89,26 @@ pub async fn keep(
         let ns = key.namespace.as_str();
         let windows = crate::controller::failover::target::windows_of(&[s], &Default::default());
         let cands = crate::controller::failover::target::candidates(accounts, ns, now, &windows);
-        standby::choose(
-            &cands,
-            &running,
-            st.standby.as_ref().map(|b| b.account.as_str()),
-            ctx.shared.settings.strategy,
-        )
+        let strategy = ctx.shared.settings.strategy;
+        let holds = st.standby.as_ref().map(|b| b.account.clone());
+        let want = standby::choose(&cands, &running, holds.as_deref(), strategy);
+        match s.spec.standby_bound() {
+            Some(bound) if want.is_some() => {
+                let all = ctx.shared.caches.sessions.all();
+                let mut members: Vec<standby::Member> = peers::others(&all, s)
+                    .iter()
+                    .map(|o| peers::member(o, &cands, strategy))
+                    .collect();
+                members.push(standby::Member {
+                    name: key.name.clone(),
+                    target: want.clone(),
+                    holds,
+                    headroom: peers::headroom(&cands, Some(&running)),
+                });
+                want.filter(|_| standby::within_bound(&members, &key.name, bound as usize))
+            }
+            _ => want,
+        }
     };
     match standby::decide(want.as_deref(), seen, now) {
         Action::Keep => {}

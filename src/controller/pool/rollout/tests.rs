@@ -87,6 +87,11 @@ fn how_each_change_reaches_a_session() {
             changed(&["metadata", "labels"], json!({"app": "web", "tier": "x"})),
             Roll::Relabel,
         ),
+        // A standby, or its bound, is kept beside the agent: it runs on.
+        (
+            changed(&["spec", "standby"], json!({"mode": "warm", "perTarget": 2})),
+            Roll::Relabel,
+        ),
         // The template names no account: the one the pool placed it on stays.
         (base(), Roll::Relabel),
     ];
