@@ -334,19 +334,15 @@ fn a_takeover_not_confirmed_in_time_relaunches_and_replays_once() {
     });
 }
 
-#[test]
-#[cfg_attr(
-    not(claude_code),
-    ignore = "needs Claude Code: npm ci --prefix tools/claude-code"
-)]
-fn a_pool_of_four_with_standbys_moves_together_through_them() {
+/// A pool `ccl` of four Sessions on a (the only account it selects; the
+/// failover may use any) whose template keeps `standby`; the daemon
+/// started.
+fn pool_of_four(standby: &str) -> (Pool, Vec<String>) {
     let mut pool = Pool::new(claude());
     pool.api.set_usage_for(TOKEN_A, 0.5, 3600);
     for t in [TOKEN_B, TOKEN_C] {
         pool.api.set_usage_for(t, 0.1, 3600);
     }
-    // The pool's sessions start on a (the only account it selects); the
-    // failover may use any.
     let a = pool.account_with_token("a", 0, TOKEN_A).replace(
         "metadata:\n  name: a\n",
         "metadata:\n  name: a\n  labels: {home: \"yes\"}\n",
@@ -364,31 +360,51 @@ fn a_pool_of_four_with_standbys_moves_together_through_them() {
         .map(|l| format!("    {l}\n"))
         .collect();
     pool.apply(&format!(
-        "apiVersion: claude-failover.io/v1alpha1\nkind: SessionPool\nmetadata: {{name: ccl}}\nspec:\n  replicas: 4\n  placement:\n    accountSelector: {{matchLabels: {{home: \"yes\"}}}}\n  template:\n    spec:\n{spec}      standby: {{mode: warm}}\n"
+        "apiVersion: claude-failover.io/v1alpha1\nkind: SessionPool\nmetadata: {{name: ccl}}\nspec:\n  replicas: 4\n  placement:\n    accountSelector: {{matchLabels: {{home: \"yes\"}}}}\n  template:\n    spec:\n{spec}      standby: {standby}\n"
     ));
     pool.start_daemon();
-    let names: Vec<String> = (0..4).map(|i| format!("ccl-{i}")).collect();
-    let mut standby_pids = Vec::new();
-    for n in &names {
-        let v = pool.wait_session(n, "idle on a with a ready standby on b", |v| {
-            v["status"]["account"] == "a"
-                && v["status"]["phase"] == "Idle"
-                && v["status"]["standby"]["account"] == "b"
-                && v["status"]["standby"]["ready"] == true
-        });
-        standby_pids.push(v["status"]["standby"]["pid"].clone());
-    }
-    for n in &names {
+    let names = (0..4).map(|i| format!("ccl-{i}")).collect();
+    (pool, names)
+}
+
+/// Each of `names` remembers a word on a, then a's usage passes its
+/// threshold and one more turn on ccl-0 sets the move off.
+fn fill_then_cross_a(pool: &Pool, names: &[String]) {
+    for n in names {
         pool.type_prompt(n, &format!("{n} remembers the word FIG"));
         pool.request_with(&format!("{n} remembers the word FIG"));
     }
-    for n in &names {
+    for n in names {
         pool.wait_phase(n, "Idle");
     }
-    // Past a's threshold: all four move, each through its standby.
     pool.api.set_usage_for(TOKEN_A, 0.95, 3600);
     pool.type_prompt("ccl-0", "ccl-0 adds the colour TEAL");
     pool.request_with("ccl-0 adds the colour TEAL");
+}
+
+fn idle_on_a_with_standby_on_b(v: &Value) -> bool {
+    v["status"]["account"] == "a"
+        && v["status"]["phase"] == "Idle"
+        && v["status"]["standby"]["account"] == "b"
+        && v["status"]["standby"]["ready"] == true
+}
+
+#[test]
+#[cfg_attr(
+    not(claude_code),
+    ignore = "needs Claude Code: npm ci --prefix tools/claude-code"
+)]
+fn a_pool_of_four_with_standbys_moves_together_through_them() {
+    let (pool, names) = pool_of_four("{mode: warm}");
+    let mut standby_pids = Vec::new();
+    for n in &names {
+        let v = pool.wait_session(n, "idle on a with a ready standby on b", |v| {
+            idle_on_a_with_standby_on_b(v)
+        });
+        standby_pids.push(v["status"]["standby"]["pid"].clone());
+    }
+    // Past a's threshold: all four move, each through its standby.
+    fill_then_cross_a(&pool, &names);
     for (n, pid) in names.iter().zip(&standby_pids) {
         let v = pool.wait_session(n, "moved to b", |v| moved_to(v, "b"));
         assert_eq!(&v["status"]["pid"], pid, "{n} moved through its standby");
@@ -406,4 +422,78 @@ fn a_pool_of_four_with_standbys_moves_together_through_them() {
             v["status"]["standby"]["account"] == "c" && v["status"]["standby"]["ready"] == true
         });
     }
+}
+
+/// The standbys of `names` that are ready under `account`, and whether
+/// any other runs.
+fn standbys_under(pool: &Pool, names: &[String], account: &str) -> (Vec<String>, bool) {
+    let mut ready = Vec::new();
+    let mut other = false;
+    for n in names {
+        let v = pool.session(n).unwrap_or_default();
+        let sb = &v["status"]["standby"];
+        if sb["account"] == account && sb["ready"] == true {
+            ready.push(n.clone());
+        } else if !sb.is_null() {
+            other = true;
+        }
+    }
+    (ready, other)
+}
+
+#[test]
+#[cfg_attr(
+    not(claude_code),
+    ignore = "needs Claude Code: npm ci --prefix tools/claude-code"
+)]
+fn a_pool_bounded_to_two_standbys_per_target_moves_two_through_them() {
+    let (pool, names) = pool_of_four("{mode: warm, perTarget: 2}");
+    // Two standbys on b, for the first two (all four equally near a's
+    // limit: by name); the other two keep none.
+    for n in &names {
+        pool.wait_session(n, "idle on a", |v| {
+            v["status"]["account"] == "a" && v["status"]["phase"] == "Idle"
+        });
+    }
+    let mut pids = Vec::new();
+    for n in &names[..2] {
+        let v = pool.wait_session(n, "a ready standby on b", idle_on_a_with_standby_on_b);
+        pids.push(v["status"]["standby"]["pid"].clone());
+    }
+    assert_eq!(
+        standbys_under(&pool, &names, "b"),
+        (names[..2].to_vec(), false),
+        "two standbys, no more"
+    );
+    fill_then_cross_a(&pool, &names);
+    // All four move: two through the standbys, two by a relaunch.
+    for (i, n) in names.iter().enumerate() {
+        let v = pool.wait_session(n, "moved to b", |v| moved_to(v, "b"));
+        let took_over = v["status"]["launch"]["takeover"] == true;
+        assert_eq!(took_over, i < 2, "{n}: {}", v["status"]["launch"]);
+        if i < 2 {
+            assert_eq!(v["status"]["pid"], pids[i], "{n} moved through its standby");
+        }
+    }
+    for n in &names {
+        let id = pool.session(n).unwrap()["status"]["agentSessionId"].clone();
+        goes_on_under_b(&pool, n, &id, &[&format!("{n} remembers the word FIG")]);
+    }
+    // The next target is c: two standbys there, and still no more.
+    common::wait_for("two ready standbys on c", common::pool::LONG, || {
+        let (ready, other) = standbys_under(&pool, &names, "c");
+        (ready.len() == 2 && !other).then_some(())
+    });
+    common::wait_for("the standby metrics", common::pool::LONG, || {
+        let url = format!("{}/metrics", pool.api_url());
+        let metrics = common::daemon::call("GET", &url, None, None).1;
+        [
+            "claude_failover_takeovers_total{result=\"typed\"} 2",
+            "claude_failover_takeovers_total{result=\"relaunched\"} 0",
+            "claude_failover_standbys{state=\"ready\"} 2",
+        ]
+        .iter()
+        .all(|l| metrics.contains(l))
+        .then_some(())
+    });
 }

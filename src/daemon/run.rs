@@ -510,8 +510,8 @@ async fn run_sessions(
 /// A change of a Session's standby or account, in a pool that bounds its
 /// standbys, wakes its peers: one may now take the place it left.
 fn standby_peers(c: &Caches) -> impl Stream<Item = ObjectRef<Session>> + Send + 'static {
-    use session::peers;
     use crate::store::cache::Changed;
+    use session::peers;
     let changes = c.sessions.changes();
     let c = c.clone();
     changes.flat_map(move |ch| {
@@ -522,7 +522,9 @@ fn standby_peers(c: &Caches) -> impl Stream<Item = ObjectRef<Session>> + Send + 
             Changed::Lagged | Changed::Listed => (None, None),
         };
         let refs = match before.or(after) {
-            Some(s) if peers::wakes_peers(before.map(|b| b.as_ref()), after.map(|a| a.as_ref())) => {
+            Some(s)
+                if peers::wakes_peers(before.map(|b| b.as_ref()), after.map(|a| a.as_ref())) =>
+            {
                 peers::keys(&c.sessions.all(), s)
                     .into_iter()
                     .map(|k| ObjectRef::new(&k.name).within(&k.namespace))

@@ -13,7 +13,11 @@ use std::sync::Arc;
 
 /// The pool a Session belongs to (its `claude-failover.io/pool` label).
 fn pool_of(s: &Session) -> Option<&str> {
-    s.metadata.labels.as_ref()?.get(POOL_LABEL).map(String::as_str)
+    s.metadata
+        .labels
+        .as_ref()?
+        .get(POOL_LABEL)
+        .map(String::as_str)
 }
 
 /// Whether `o` shares `s`'s bound: the same namespace, pool, node and
@@ -38,11 +42,10 @@ pub fn others(all: &[Arc<Session>], s: &Session) -> Vec<Arc<Session>> {
         .collect()
 }
 
-/// The account `s` runs on, confirmed.
+/// The account `s` was last launched on (confirmed or not: a pool
+/// starting up ranks its members alike from their first launch on).
 fn running(s: &Session) -> Option<&str> {
-    let l = s.status.as_ref()?.launch.as_ref()?;
-    l.confirmed_at.as_ref()?;
-    l.account.as_deref()
+    s.status.as_ref()?.launch.as_ref()?.account.as_deref()
 }
 
 /// The account of `s`'s standby.
@@ -51,8 +54,8 @@ fn holds(s: &Session) -> Option<&str> {
 }
 
 /// `o` as a member: the account its standby should wait under (what it
-/// holds while it is not running confirmed), what it holds, and how near
-/// its account is to the limit.
+/// holds before its first launch), what it holds, and how near its
+/// account is to the limit.
 pub fn member(o: &Session, cands: &[TargetCandidate], strategy: FailoverStrategy) -> Member {
     let wants =
         o.spec.wants_standby() && !o.spec.suspend && o.metadata.deletion_timestamp.is_none();
@@ -177,12 +180,22 @@ mod tests {
     fn peers_are_woken_when_a_standing_changes() {
         let idle = session("p-0", Some("p"), Some(2), None);
         let holding = session("p-0", Some("p"), Some(2), Some("b"));
-        assert!(wakes_peers(Some(&idle), Some(&holding)), "a standby started");
+        assert!(
+            wakes_peers(Some(&idle), Some(&holding)),
+            "a standby started"
+        );
         assert!(wakes_peers(Some(&holding), Some(&idle)), "used or stopped");
         assert!(wakes_peers(Some(&holding), None), "deleted");
         assert!(wakes_peers(None, Some(&idle)), "added");
         let mut moved = holding.clone();
-        moved.status.as_mut().unwrap().launch.as_mut().unwrap().account = Some("b".into());
+        moved
+            .status
+            .as_mut()
+            .unwrap()
+            .launch
+            .as_mut()
+            .unwrap()
+            .account = Some("b".into());
         assert!(wakes_peers(Some(&holding), Some(&moved)), "moved");
         let mut phase = holding.clone();
         phase.status.as_mut().unwrap().pid = Some(9);

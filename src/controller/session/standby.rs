@@ -155,7 +155,10 @@ pub fn within_bound(members: &[Member], me: &str, bound: usize) -> bool {
         return i < bound;
     }
     let free = bound.saturating_sub(holders.len());
-    ranked(false).iter().position(|m| m.name == me).is_some_and(|i| i < free)
+    ranked(false)
+        .iter()
+        .position(|m| m.name == me)
+        .is_some_and(|i| i < free)
 }
 
 /// A takeover typed into the standby whose confirmation is overdue.
@@ -298,7 +301,11 @@ mod tests {
             .iter()
             .map(|n| within_bound(&fresh, n, 2))
             .collect();
-        assert_eq!(got, [false, true, true, false], "lowest headroom, then name");
+        assert_eq!(
+            got,
+            [false, true, true, false],
+            "lowest headroom, then name"
+        );
         // Holders keep theirs even when another is nearer its limit now.
         let held = [
             m("s0", b, b, 30.0),

@@ -3,8 +3,8 @@
 //! becomes the session's agent with `/resume <id>`.
 
 use super::execute;
-use super::report::{self, Report};
 use super::peers;
+use super::report::{self, Report};
 use super::standby::{self, Action, Seen};
 use super::{Context, private};
 use crate::agent::launch::{self, LaunchInput};

@@ -89,7 +89,10 @@ fn how_each_change_reaches_a_session() {
         ),
         // A standby, or its bound, is kept beside the agent: it runs on.
         (
-            changed(&["spec", "standby"], json!({"mode": "warm", "perTarget": 2})),
+            changed(
+                &["spec", "standby"],
+                json!({"mode": "warm", "perTarget": 2}),
+            ),
             Roll::Relabel,
         ),
         // The template names no account: the one the pool placed it on stays.
