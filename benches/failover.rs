@@ -324,6 +324,18 @@ fn main() {
         ms(warm.pause_max)
     );
     println!(
+        "  with warm standbys: of which the command {}, trigger to the swap's start {}, to the last confirmation {}",
+        ms(warm.cli).trim(),
+        ms(warm.to_swap).trim(),
+        ms(warm.last_confirmed).trim()
+    );
+    println!(
+        "  with warm standbys: the takeovers' own CPU {}, so at least {} of {cores} cores' time ({:.2}x the floor)",
+        ms(warm.takeover_cpu).trim(),
+        ms(warm.takeover_cpu / cores as u32).trim(),
+        (warm.takeover_cpu / cores as u32).as_secs_f64() / floor.as_secs_f64()
+    );
+    println!(
         "  with warm standbys: moves through a standby {}/{N}",
         warm.took_over
     );
@@ -347,6 +359,14 @@ const IDLE_WINDOW: Duration = Duration::from_secs(20);
 
 struct Warm {
     all: Duration,
+    /// The `failover --no-wait` command, start to exit.
+    cli: Duration,
+    /// Trigger to the swap's start (its record).
+    to_swap: Duration,
+    /// Trigger to the last agent confirmed (the daemon's own stamp).
+    last_confirmed: Duration,
+    /// CPU (user + system) the standbys used from the trigger to all Ready.
+    takeover_cpu: Duration,
     pause_median: Duration,
     pause_max: Duration,
     took_over: usize,
@@ -400,9 +420,11 @@ fn warm_failover(pool: &Pool, names: &[String]) -> Warm {
         cpu.as_secs_f64() / IDLE_WINDOW.as_secs_f64() / pids.len() as f64 * 100.0;
     let rss_mib = pids.iter().map(|p| rss_kib(*p)).sum::<u64>() / pids.len() as u64 / 1024;
 
+    let cpu_before: Duration = pids.iter().map(|p| cpu_of(*p)).sum();
     let t = Instant::now();
     let started = SystemTime::now();
     pool.ok(&["failover", &from, "--to", &to, "--no-wait"]);
+    let cli = t.elapsed();
     let mut pauses = Vec::new();
     let mut took_over = 0;
     for n in names {
@@ -419,6 +441,15 @@ fn warm_failover(pool: &Pool, names: &[String]) -> Warm {
         took_over += usize::from(v["status"]["launch"]["takeover"] == true);
     }
     let all = t.elapsed();
+    // What the eight takeovers cost the standbys themselves (now the agents).
+    let takeover_cpu = pids.iter().map(|p| cpu_of(*p)).sum::<Duration>() - cpu_before;
+    let record = pool.swaps().into_iter().last().unwrap();
+    let since = |ms: u64| {
+        (SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
+            .duration_since(started)
+            .unwrap_or_default()
+    };
+    let to_swap = since(record.started_at);
     if std::env::var_os("FAILOVER_BENCH_LOG").is_some() {
         let stamp = k8s_openapi::jiff::Timestamp::try_from(started).unwrap();
         for l in pool.daemon_log(0).lines().filter(|l| {
@@ -433,6 +464,10 @@ fn warm_failover(pool: &Pool, names: &[String]) -> Warm {
     pauses.sort();
     Warm {
         all,
+        cli,
+        to_swap,
+        last_confirmed: *pauses.last().unwrap(),
+        takeover_cpu,
         pause_median: pauses[pauses.len() / 2],
         pause_max: *pauses.last().unwrap(),
         took_over,

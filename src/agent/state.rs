@@ -82,6 +82,30 @@ pub fn from_screen(s: Screen) -> AgentState {
     }
 }
 
+/// How long after the hooks last said idle a state file saying busy is
+/// looked at again soon ([`settling`]).
+pub const SETTLING: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The hooks last said idle (a `SessionStart`, a `Stop`) and the state
+/// file, written since, says busy, within [`SETTLING`] of that hook. A
+/// `/resume` typed into a standby is such a moment: its `SessionStart`
+/// comes while the command still runs, and the file turns idle when it is
+/// done, with no hook after. Nothing tells that change: the caller looks
+/// again soon rather than at a busy agent's pace.
+pub fn settling(
+    hook: Option<&(HookState, SystemTime)>,
+    pid: Option<&PidFile>,
+    now: SystemTime,
+) -> bool {
+    matches!(
+        (hook, pid),
+        (Some((HookState::Idle, said)), Some(p))
+            if p.status == "busy"
+                && p.modified > *said
+                && now.duration_since(*said).unwrap_or_default() < SETTLING
+    )
+}
+
 /// The newest of the hook state and the pid file wins; the screen (already
 /// debounced by the caller) only speaks when neither has said anything. A
 /// dialog on screen overrides an idle reading: dialogs raise no hook.
@@ -113,6 +137,69 @@ pub fn fuse(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_busy_file_after_an_idle_hook_is_settling_for_a_while() {
+        use std::time::Duration;
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let file = |status: &str, at: SystemTime| PidFile {
+            status: status.into(),
+            waiting_for: None,
+            session_id: None,
+            modified: at,
+        };
+        let idle = (HookState::Idle, t0);
+        let busy = (HookState::Busy, t0);
+        let cases = [
+            (
+                Some(&idle),
+                Some(file("busy", ms(20))),
+                ms(100),
+                true,
+                "busy after the idle hook",
+            ),
+            (
+                Some(&idle),
+                Some(file("busy", ms(20))),
+                ms(3100),
+                false,
+                "past the window",
+            ),
+            (
+                Some(&idle),
+                Some(file("busy", ms(0))),
+                ms(100),
+                false,
+                "written before the hook",
+            ),
+            (
+                Some(&idle),
+                Some(file("idle", ms(20))),
+                ms(100),
+                false,
+                "idle already",
+            ),
+            (
+                Some(&busy),
+                Some(file("busy", ms(20))),
+                ms(100),
+                false,
+                "a turn: busy at its pace",
+            ),
+            (
+                None,
+                Some(file("busy", ms(20))),
+                ms(100),
+                false,
+                "no hook heard",
+            ),
+            (Some(&idle), None, ms(100), false, "no file"),
+        ];
+        for (hook, pid, now, want, why) in cases {
+            assert_eq!(settling(hook, pid.as_ref(), now), want, "{why}");
+        }
+    }
     use std::time::Duration;
 
     #[test]

@@ -109,9 +109,11 @@ pub async fn observe(
     let live = pane.as_ref().filter(|p| !p.dead);
     let launched = live.is_some_and(ours);
     let mut state = AgentState::Starting;
+    let mut settling = false;
     if let Some(p) = live.filter(|_| launched) {
         let pidf = observe::pid_file(ctx, config_dir(st, accounts), p.pid).await;
         state = observe::agent_state(ctx, key, p, &sig, pidf.as_ref()).await?;
+        settling = crate::agent::state::settling(sig.state.as_ref(), pidf.as_ref(), now);
         observe::absorb(st, &sig, pidf.as_ref());
         agent_version(ctx, st, &sig, config_dir(st, accounts), p.pid).await;
     }
@@ -122,6 +124,7 @@ pub async fn observe(
         restart_handled: st.restart_handled.clone(),
         standby_ready: None,
         takeover_overdue: false,
+        settling,
         pane,
         state,
         now,

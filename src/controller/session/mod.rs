@@ -212,7 +212,10 @@ async fn reconcile_inner(ctx: &Context, key: &ObjectKey) -> Result<Action, Error
         .iter()
         .copied()
         .find(|a| st.account.is_some() && a.metadata.name == st.account);
-    let report = report::overlay(report, placement.as_ref(), running_on);
+    let mut report = report::overlay(report, placement.as_ref(), running_on);
+    if observed.settling {
+        report.requeue = report.requeue.min(report::SETTLING_LOOK);
+    }
     cut_turn::continue_cut_turn(ctx, &s, &mut st, &observed, running_on).await?;
     let standby = standby.filter(|_| st.standby.is_some());
     takeover::keep(

@@ -44,6 +44,9 @@ pub struct Observed {
     /// The running agent is a standby whose takeover was not confirmed in
     /// time ([`super::standby::TAKEOVER_CONFIRM`]).
     pub takeover_overdue: bool,
+    /// The agent's state file says busy just after its hooks said idle
+    /// ([`crate::agent::state::settling`]): looked at again soon.
+    pub settling: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -348,6 +351,7 @@ mod tests {
             restart_handled: None,
             standby_ready: None,
             takeover_overdue: false,
+            settling: false,
         }
     }
 

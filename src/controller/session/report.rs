@@ -10,6 +10,10 @@ pub const QUICK: Duration = Duration::from_millis(500);
 /// A busy session is looked at again this often: a turn can end with no
 /// hook at all (Esc, a cancel), and only the agent's own state file says so.
 pub const BUSY_LOOK: Duration = Duration::from_secs(5);
+/// A session whose agent's state file says busy just after its hooks said
+/// idle (`crate::agent::state::settling`) is looked at again this soon:
+/// the file's turn to idle comes with no hook.
+pub const SETTLING_LOOK: Duration = Duration::from_millis(100);
 
 /// A condition: status, reason, message.
 #[derive(Debug, Clone, PartialEq)]

@@ -326,7 +326,11 @@ pub async fn take_over(
     st.standby = None;
     st.restart_handled = d.restart.clone();
     st.next_start_at = None;
-    execute::write(ctx, &key, st, Durability::Now)
+    // Visible and atomic before anything is typed: a daemon that dies now
+    // finds the standby as the agent. Its fsync may follow (`Soon`): a power
+    // loss that took the write also took both processes, and the session
+    // relaunches either way.
+    execute::write(ctx, &key, st, Durability::Soon)
         .await
         .map_err(|e| format!("cannot record the takeover: {e}"))?;
     {
