@@ -295,6 +295,13 @@ fn a_permission_prompt_is_reported_as_waiting() {
     assert_eq!(ready["reason"], "WaitingForPermissionPrompt", "{v}");
     assert!(!pool.workdir().join("permission-was-granted").exists());
     // Answered (Enter accepts): the tool runs, the turn ends, Idle again.
+    // The state file says waiting before the dialog's choices are drawn;
+    // an Enter before them is lost.
+    common::wait_for("the dialog's choices", common::pool::LONG, || {
+        pool.tmux(&["capture-pane", "-p", "-t", "=ccl-3:"])
+            .contains("1. Yes")
+            .then_some(())
+    });
     pool.tmux(&["send-keys", "-t", "=ccl-3:", "Enter"]);
     pool.wait_phase("ccl-3", "Idle");
     assert!(pool.workdir().join("permission-was-granted").exists());

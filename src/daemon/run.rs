@@ -507,8 +507,8 @@ async fn run_sessions(
     .await;
 }
 
-/// A change of a Session's standby or account, in a pool that bounds its
-/// standbys, wakes its peers: one may now take the place it left.
+/// A Session that took or left a standby's place, in a pool that bounds
+/// its standbys, wakes its peers: one may now take the place it left.
 fn standby_peers(c: &Caches) -> impl Stream<Item = ObjectRef<Session>> + Send + 'static {
     use crate::store::cache::Changed;
     use session::peers;
@@ -521,16 +521,14 @@ fn standby_peers(c: &Caches) -> impl Stream<Item = ObjectRef<Session>> + Send + 
             Changed::Modified(b, a) => (Some(b), Some(a)),
             Changed::Lagged | Changed::Listed => (None, None),
         };
-        let refs = match before.or(after) {
-            Some(s)
-                if peers::wakes_peers(before.map(|b| b.as_ref()), after.map(|a| a.as_ref())) =>
-            {
-                peers::keys(&c.sessions.all(), s)
-                    .into_iter()
-                    .map(|k| ObjectRef::new(&k.name).within(&k.namespace))
-                    .collect()
-            }
-            _ => vec![],
+        let (before, after) = (before.map(|b| b.as_ref()), after.map(|a| a.as_ref()));
+        let refs = if peers::wakes_peers(before, after) {
+            peers::keys(&c.sessions.all(), before, after)
+                .into_iter()
+                .map(|k| ObjectRef::new(&k.name).within(&k.namespace))
+                .collect()
+        } else {
+            vec![]
         };
         futures::stream::iter(refs)
     })

@@ -1,8 +1,8 @@
 //! A pool's bound on its standbys (`spec.standby.perTarget`): the Sessions
 //! that share it, read from the Sessions' cache. Each member decides
-//! alone, from the same Sessions, with [`standby::within_bound`]; a change
-//! of one member's standby or account wakes the others
-//! ([`wakes_peers`]), and is part of what each one's quiet pass read
+//! alone, from the same Sessions, with [`standby::within_bound`]; a member
+//! that takes or leaves a place wakes the others ([`wakes_peers`]), and
+//! each one's standby and account are part of what a quiet pass read
 //! ([`print`]).
 
 use super::standby::{self, Member};
@@ -105,18 +105,31 @@ pub fn print(all: &[Arc<Session>], s: &Session) -> Vec<(String, Standing)> {
 }
 
 /// Whether a change of a Session (`before` → `after`; None: added or
-/// deleted) concerns its peers: its standing changed, in a bounded pool.
+/// deleted) concerns its peers, in a bounded pool: it took a place (a
+/// standby started) or left one (used, stopped, or the Session gone).
+/// Other changes only reorder those waiting for a place; each one looks
+/// again at its own next pass.
 pub fn wakes_peers(before: Option<&Session>, after: Option<&Session>) -> bool {
     let bounded = |s: Option<&Session>| s.is_some_and(|s| s.spec.standby_bound().is_some());
-    (bounded(before) || bounded(after)) && before.map(standing) != after.map(standing)
+    (bounded(before) || bounded(after)) && before.and_then(holds) != after.and_then(holds)
 }
 
-/// The keys of `s`'s peers.
-pub fn keys(all: &[Arc<Session>], s: &Session) -> Vec<ObjectKey> {
-    others(all, s)
-        .iter()
+/// The keys of the peers of a Session that changed from `before` to
+/// `after` (either side's group: a changed bound or workdir counts).
+pub fn keys(
+    all: &[Arc<Session>],
+    before: Option<&Session>,
+    after: Option<&Session>,
+) -> Vec<ObjectKey> {
+    let mut out: Vec<ObjectKey> = [before, after]
+        .into_iter()
+        .flatten()
+        .flat_map(|s| others(all, s))
         .map(|o| ObjectKey::of(o.as_ref()))
-        .collect()
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out.dedup();
+    out
 }
 
 #[cfg(test)]
@@ -169,15 +182,22 @@ mod tests {
         .into_iter()
         .map(Arc::new)
         .collect();
-        let names: Vec<_> = keys(&all, &me).into_iter().map(|k| k.name).collect();
+        let names: Vec<_> = keys(&all, Some(&me), Some(&me))
+            .into_iter()
+            .map(|k| k.name)
+            .collect();
         assert_eq!(names, ["p-1"]);
         // Unbounded, or outside a pool: alone.
-        assert!(keys(&all, &session("p-0", Some("p"), None, None)).is_empty());
-        assert!(keys(&all, &session("lone", None, Some(2), None)).is_empty());
+        let free = session("p-0", Some("p"), None, None);
+        assert!(keys(&all, Some(&free), None).is_empty());
+        let lone = session("lone", None, Some(2), None);
+        assert!(keys(&all, None, Some(&lone)).is_empty());
+        // Bounded from now on: its new group hears it.
+        assert_eq!(keys(&all, Some(&free), Some(&me)).len(), 1);
     }
 
     #[test]
-    fn peers_are_woken_when_a_standing_changes() {
+    fn peers_are_woken_when_a_place_is_taken_or_left() {
         let idle = session("p-0", Some("p"), Some(2), None);
         let holding = session("p-0", Some("p"), Some(2), Some("b"));
         assert!(
@@ -186,7 +206,11 @@ mod tests {
         );
         assert!(wakes_peers(Some(&holding), Some(&idle)), "used or stopped");
         assert!(wakes_peers(Some(&holding), None), "deleted");
-        assert!(wakes_peers(None, Some(&idle)), "added");
+        assert!(
+            wakes_peers(None, Some(&holding)),
+            "heard of, with a standby"
+        );
+        assert!(!wakes_peers(None, Some(&idle)), "heard of, without");
         let mut moved = holding.clone();
         moved
             .status
@@ -196,7 +220,10 @@ mod tests {
             .as_mut()
             .unwrap()
             .account = Some("b".into());
-        assert!(wakes_peers(Some(&holding), Some(&moved)), "moved");
+        assert!(
+            !wakes_peers(Some(&holding), Some(&moved)),
+            "moved, still holding"
+        );
         let mut phase = holding.clone();
         phase.status.as_mut().unwrap().pid = Some(9);
         assert!(!wakes_peers(Some(&holding), Some(&phase)), "anything else");
