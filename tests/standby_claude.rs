@@ -465,6 +465,11 @@ fn a_pool_bounded_to_two_standbys_per_target_moves_two_through_them() {
         (names[..2].to_vec(), false),
         "two standbys, no more"
     );
+    let described = pool.ok(&["describe", "sessionpool", "ccl"]);
+    assert!(
+        described.contains("Standbys:\n  under b: 2 ready (ccl-0, ccl-1)\n"),
+        "{described}"
+    );
     fill_then_cross_a(&pool, &names);
     // All four move: two through the standbys, two by a relaunch.
     for (i, n) in names.iter().enumerate() {

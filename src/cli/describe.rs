@@ -225,15 +225,19 @@ pub fn describe(ctx: &Ctx, a: DescribeArgs) -> Result<ExitCode> {
     Ok(code)
 }
 
-/// A pool's Sessions (those it owns), with their phase, account and task.
+/// A pool's Sessions (those it owns), with their phase, account and task,
+/// and their standbys.
 fn pool_sessions(store: &crate::store::Store, key: &ObjectKey) -> Result<String> {
-    let mut rows: Vec<(u32, Vec<String>)> = store
+    let owned: Vec<crate::api::Session> = store
         .api::<crate::api::Session>(Some(&key.namespace))
         .list()?
         .into_iter()
         .filter(|s| crate::controller::pool::owned_by(s, &key.name))
+        .collect();
+    let mut rows: Vec<(u32, Vec<String>)> = owned
+        .iter()
         .map(|s| {
-            let v = serde_json::to_value(&s).expect("a Session serializes");
+            let v = serde_json::to_value(s).expect("a Session serializes");
             let name = s.metadata.name.clone().unwrap_or_default();
             let ordinal = crate::api::ordinal_of(&key.name, &name).unwrap_or(u32::MAX);
             let row = print::row(Kind::Session, &v, false);
@@ -251,5 +255,73 @@ fn pool_sessions(store: &crate::store::Store, key: &ObjectKey) -> Result<String>
             2,
         ));
     }
+    if owned.iter().any(|s| s.spec.wants_standby()) {
+        out.push_str(&standbys(&owned));
+    }
     Ok(out)
+}
+
+/// The standbys a pool's Sessions keep, by the account they wait under:
+/// how many are ready and starting, and whose they are.
+fn standbys(sessions: &[crate::api::Session]) -> String {
+    let mut by: std::collections::BTreeMap<&str, (Vec<&str>, Vec<&str>)> = Default::default();
+    for s in sessions {
+        let Some(sb) = s.status.as_ref().and_then(|st| st.standby.as_ref()) else {
+            continue;
+        };
+        let e = by.entry(sb.account.as_str()).or_default();
+        let name = s.metadata.name.as_deref().unwrap_or_default();
+        if sb.ready { &mut e.0 } else { &mut e.1 }.push(name);
+    }
+    let mut out = String::from("Standbys:\n");
+    if by.is_empty() {
+        out.push_str("  <none>\n");
+    }
+    for (account, (ready, starting)) in by {
+        let mut parts = Vec::new();
+        if !ready.is_empty() {
+            parts.push(format!("{} ready ({})", ready.len(), ready.join(", ")));
+        }
+        if !starting.is_empty() {
+            parts.push(format!(
+                "{} starting ({})",
+                starting.len(),
+                starting.join(", ")
+            ));
+        }
+        out.push_str(&format!("  under {account}: {}\n", parts.join(", ")));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pools_standbys_by_the_account_they_wait_under() {
+        let session = |name: &str, standby: Option<(&str, bool)>| -> crate::api::Session {
+            let mut v = serde_json::json!({
+                "apiVersion": "claude-failover.io/v1alpha1", "kind": "Session",
+                "metadata": {"name": name}, "spec": {"workdir": "/w"}, "status": {},
+            });
+            if let Some((account, ready)) = standby {
+                v["status"]["standby"] = serde_json::json!({"account": account, "paneId": "%1",
+                    "pid": 7, "agentSessionId": "x", "launchedAt": "2026-12-01T00:00:00Z",
+                    "ready": ready});
+            }
+            serde_json::from_value(v).unwrap()
+        };
+        let pool = [
+            session("p-0", Some(("b", true))),
+            session("p-1", Some(("b", true))),
+            session("p-2", Some(("c", false))),
+            session("p-3", None),
+        ];
+        assert_eq!(
+            standbys(&pool),
+            "Standbys:\n  under b: 2 ready (p-0, p-1)\n  under c: 1 starting (p-2)\n"
+        );
+        assert_eq!(standbys(&pool[3..]), "Standbys:\n  <none>\n");
+    }
 }
