@@ -149,18 +149,23 @@ fn a_session_with_a_warm_standby_moves_through_it() {
     let swaps = pool.swaps();
     assert_eq!(swaps.len(), 1, "{swaps:?}");
     assert_eq!(swaps[0].result, "Succeeded");
-    // The metrics tell the takeover and the standbys (the gauges follow
-    // the store within a moment).
+    // The metrics tell the takeover and the standby.
+    metrics_tell(&pool, 1);
+}
+
+/// The metrics tell `n` takeovers typed, none relaunched, and `n` ready
+/// standbys (the gauges follow the store within a moment).
+fn metrics_tell(pool: &Pool, n: usize) {
     common::wait_for("the standby metrics", common::pool::LONG, || {
         let url = format!("{}/metrics", pool.api_url());
         let metrics = common::daemon::call("GET", &url, None, None).1;
         [
-            "claude_failover_takeovers_total{result=\"typed\"} 1",
-            "claude_failover_takeovers_total{result=\"relaunched\"} 0",
-            "claude_failover_standbys{state=\"ready\"} 1",
+            format!("claude_failover_takeovers_total{{result=\"typed\"}} {n}"),
+            "claude_failover_takeovers_total{result=\"relaunched\"} 0".to_string(),
+            format!("claude_failover_standbys{{state=\"ready\"}} {n}"),
         ]
         .iter()
-        .all(|l| metrics.contains(l))
+        .all(|l| metrics.contains(l.as_str()))
         .then_some(())
     });
 }
@@ -489,16 +494,5 @@ fn a_pool_bounded_to_two_standbys_per_target_moves_two_through_them() {
         let (ready, other) = standbys_under(&pool, &names, "c");
         (ready.len() == 2 && !other).then_some(())
     });
-    common::wait_for("the standby metrics", common::pool::LONG, || {
-        let url = format!("{}/metrics", pool.api_url());
-        let metrics = common::daemon::call("GET", &url, None, None).1;
-        [
-            "claude_failover_takeovers_total{result=\"typed\"} 2",
-            "claude_failover_takeovers_total{result=\"relaunched\"} 0",
-            "claude_failover_standbys{state=\"ready\"} 2",
-        ]
-        .iter()
-        .all(|l| metrics.contains(l))
-        .then_some(())
-    });
+    metrics_tell(&pool, 2);
 }
