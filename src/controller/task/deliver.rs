@@ -220,7 +220,6 @@ async fn deliver(
     accounts: &[Arc<Account>],
     out: &mut Delivery,
 ) -> Result<(), Error> {
-    let sh = &ctx.shared;
     let key = ObjectKey::of(t);
     let skey = ObjectKey::of(s);
     let Some(pid) = s.status.as_ref().and_then(|x| x.pid) else {
@@ -228,41 +227,11 @@ async fn deliver(
     };
     // Held until the task is typed: a stop's `/exit` waits for it, and a
     // stop that came first has left no pane to type into.
-    let _keyboard = sh.driver.keyboard(&skey).await;
-    if about_to_go(sh, &skey) {
-        return Ok(());
-    }
-    // Still pending, as this copy says? Another node's dispatcher may have
-    // taken it since this pass filed it (the intent below is written
-    // against this copy: a later change fails it).
-    let Some(t) = sh.caches.tasks.get(&key.namespace, &key.name) else {
+    let _keyboard = ctx.shared.driver.keyboard(&skey).await;
+    let Some((t, pane)) = ready_to_type(ctx, &key, s, pid, accounts).await? else {
         return Ok(());
     };
     let t = t.as_ref();
-    if phase(t) != TaskPhase::Pending || t.metadata.deletion_timestamp.is_some() {
-        return Ok(());
-    }
-    let Some((pane, screen)) = sh.driver.pane_and_screen(&skey).await? else {
-        return Ok(());
-    };
-    if pane.dead || pane.pid != pid {
-        return Ok(()); // the session controller will catch up first
-    }
-    // The session's status may lag behind the agent: its own state file,
-    // read now, must agree that it is idle (text typed into a busy agent
-    // would be queued, not submitted).
-    let dir = config_dir(s, accounts);
-    let d = dir.clone();
-    if let Some(pidf) = sh
-        .blocking(move |_| crate::agent::state::read_pid_file(&d, pid))
-        .await
-        && pidf.status != "idle"
-    {
-        return Ok(());
-    }
-    if !composer_ready(ctx, &pane, &screen, &skey).await? {
-        return Ok(());
-    }
     let model = assign::model_for(t, &ctx.settings);
     if !switch_model(ctx, models, out, &key, &skey, s, &pane, model.as_deref()).await? {
         return Ok(());
@@ -274,50 +243,13 @@ async fn deliver(
         return Ok(());
     }
     let marker = format!("{:08x}", uuid::Uuid::new_v4().as_u128() as u32);
-    let mut status = t.status.clone().unwrap_or_default();
-    status.phase = Some(TaskPhase::Dispatched);
-    status.session = Some(skey.name.clone());
-    status.branch = branch;
-    status.session_pid = Some(pid);
-    status.attempts = Some(status.attempts.unwrap_or(0) + 1);
-    status.marker = Some(marker.clone());
-    status.model = model.clone();
-    status.dispatched_at = Some(crate::api::now());
-    status.started_at = None;
-    status.finished_at = None;
-    status.message = None;
+    let mut status = dispatched_status(t, &skey.name, pid, branch, &marker, model.clone());
     let replay = status.replay_on.take().is_some();
-    status.observed_generation = t.metadata.generation;
-    crate::api::set_condition(
-        &mut status.conditions,
-        placement::SCHEDULED,
-        true,
-        placement::DISPATCHED,
-        &format!("dispatched to session {}", skey.name),
-        t.metadata.generation,
-        crate::api::now(),
-    );
-    // The intent, durable before anything is typed, with the finalizer (a
-    // delete from now on waits for us), in one write: the task as this
-    // pass saw it, or nothing.
-    let mut next = t.clone();
-    next.status = Some(status.clone());
-    let written = sh
-        .blocking(move |store| {
-            store
-                .api::<Task>(next.metadata.namespace.as_deref())
-                .add_finalizer_with_status(&next, TASK_FINALIZER)
-        })
-        .await;
-    match written {
-        Ok(Some(obj)) => ctx.wrote(obj),
-        Ok(None) | Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound(_)) => {
-            return Ok(());
-        }
-        Err(e) => return Err(e.into()),
+    if !write_intent(ctx, t, &status).await? {
+        return Ok(());
     }
     out.dispatched = Some((key.clone(), SystemTime::now()));
-    if !sh.node_fresh() {
+    if !ctx.shared.node_fresh() {
         // Stopped between the intent and the keys: the leader may have
         // sent the task elsewhere meanwhile. Nothing typed: the intent is
         // followed like any other (redelivered here only if still ours).
@@ -330,11 +262,12 @@ async fn deliver(
         t.spec.prompt.trim_end(),
         assign::marker_text(&marker)
     );
-    sh.driver.type_then_enter(&pane, &text).await?;
+    ctx.shared.driver.type_then_enter(&pane, &text).await?;
     out.typed = Some(SystemTime::now());
     if let Some(file) = inbox_file(t) {
         let (name, m) = (key.name.clone(), marker.clone());
-        sh.blocking(move |_| crate::inbox::mark_dispatched(Path::new(&file), &name, &m))
+        ctx.shared
+            .blocking(move |_| crate::inbox::mark_dispatched(Path::new(&file), &name, &m))
             .await;
     }
     let message = format!(
@@ -346,6 +279,114 @@ async fn deliver(
     );
     ctx.record(&key, false, "Dispatched", &message).await;
     Ok(())
+}
+
+/// One more look, under the session's keyboard, before anything is typed:
+/// the session is not about to go, the task is still pending as the cache
+/// has it now (another node's dispatcher may have taken it since this pass
+/// filed it), the agent (by pid) is alive, its own state file says idle
+/// (the Session's status may lag behind it: text typed into a busy agent
+/// is queued, not submitted) and its composer is empty. The task as it is
+/// now, and the pane.
+async fn ready_to_type(
+    ctx: &Context,
+    key: &ObjectKey,
+    s: &Session,
+    pid: u32,
+    accounts: &[Arc<Account>],
+) -> Result<Option<(Arc<Task>, crate::agent::terminal::Pane)>, Error> {
+    let sh = &ctx.shared;
+    let skey = ObjectKey::of(s);
+    if about_to_go(sh, &skey) {
+        return Ok(None);
+    }
+    let Some(t) = sh.caches.tasks.get(&key.namespace, &key.name) else {
+        return Ok(None);
+    };
+    if phase(&t) != TaskPhase::Pending || t.metadata.deletion_timestamp.is_some() {
+        return Ok(None);
+    }
+    let Some((pane, screen)) = sh.driver.pane_and_screen(&skey).await? else {
+        return Ok(None);
+    };
+    if pane.dead || pane.pid != pid {
+        return Ok(None); // the session controller will catch up first
+    }
+    let d = config_dir(s, accounts);
+    if let Some(pidf) = sh
+        .blocking(move |_| crate::agent::state::read_pid_file(&d, pid))
+        .await
+        && pidf.status != "idle"
+    {
+        return Ok(None);
+    }
+    if !composer_ready(ctx, &pane, &screen, &skey).await? {
+        return Ok(None);
+    }
+    Ok(Some((t, pane)))
+}
+
+/// The task's status once dispatched to `session` (its agent `pid`):
+/// attempt counted, marker, branch and model, times reset, `Scheduled`.
+fn dispatched_status(
+    t: &Task,
+    session: &str,
+    pid: u32,
+    branch: Option<String>,
+    marker: &str,
+    model: Option<String>,
+) -> crate::api::TaskStatus {
+    let mut status = t.status.clone().unwrap_or_default();
+    status.phase = Some(TaskPhase::Dispatched);
+    status.session = Some(session.to_string());
+    status.branch = branch;
+    status.session_pid = Some(pid);
+    status.attempts = Some(status.attempts.unwrap_or(0) + 1);
+    status.marker = Some(marker.to_string());
+    status.model = model;
+    status.dispatched_at = Some(crate::api::now());
+    status.started_at = None;
+    status.finished_at = None;
+    status.message = None;
+    status.observed_generation = t.metadata.generation;
+    crate::api::set_condition(
+        &mut status.conditions,
+        placement::SCHEDULED,
+        true,
+        placement::DISPATCHED,
+        &format!("dispatched to session {session}"),
+        t.metadata.generation,
+        crate::api::now(),
+    );
+    status
+}
+
+/// The intent, durable before anything is typed, with the finalizer (a
+/// delete from now on waits for us), in one write: the task as this pass
+/// saw it, or nothing (false: it changed or went since).
+async fn write_intent(
+    ctx: &Context,
+    t: &Task,
+    status: &crate::api::TaskStatus,
+) -> Result<bool, Error> {
+    let mut next = t.clone();
+    next.status = Some(status.clone());
+    let written = ctx
+        .shared
+        .blocking(move |store| {
+            store
+                .api::<Task>(next.metadata.namespace.as_deref())
+                .add_finalizer_with_status(&next, TASK_FINALIZER)
+        })
+        .await;
+    match written {
+        Ok(Some(obj)) => {
+            ctx.wrote(obj);
+            Ok(true)
+        }
+        Ok(None) | Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound(_)) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub(super) fn inbox_file(t: &Task) -> Option<String> {
