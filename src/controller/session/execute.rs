@@ -627,26 +627,7 @@ async fn launch(
     // A new secret for each launch: a post from the agent being replaced
     // (a statusLine refresh racing its /exit) is refused instead of being
     // taken for the new agent's.
-    let secret = crate::secret::random_hex(24);
-    let url = format!(
-        "{}{}",
-        sh.settings.agent_base_url,
-        crate::agent::signals::agent_path(&key, &secret)
-    );
-    let settings = launch::settings(&url, &sh.settings.exe, launch::bypasses_permissions(s));
-    let settings_file = {
-        let (dir, k, sec) = (sh.settings.state_dir.clone(), key.clone(), secret.clone());
-        let (session, base) = (s.clone(), sh.settings.agent_base_url.clone());
-        sh.blocking(move |_| {
-            private::save_secret(&dir, &k, &sec)?;
-            let path = private::save_settings(&dir, &k, &settings)?;
-            // The pool's MCP server for a Session that opted in (docs/mcp.md).
-            crate::mcp::agent::prepare(&path, &session, &k, &base, &sec)?;
-            Ok::<_, std::io::Error>(path)
-        })
-        .await
-        .map_err(|e| format!("cannot save the session's launch files: {e}"))?
-    };
+    let (secret, settings_file) = save_launch_files(ctx, s, None).await?;
     sh.signals.register(&key, &secret);
     let lp = launch::plan(&LaunchInput {
         session: s,
@@ -678,6 +659,55 @@ async fn launch(
     st.pid = Some(pane.pid);
     st.pane_id = Some(pane.id);
     Ok(resume)
+}
+
+/// A new hook secret and the launch's settings file: its hooks and
+/// statusLine post to the Session's URL with that secret, with the pool's
+/// MCP server for a Session that opted in (docs/mcp.md); saved, mode 0600,
+/// for the session's agent, or for its standby (`standby`: the standby's
+/// own conversation id). Returns the secret and the settings file.
+pub(super) async fn save_launch_files(
+    ctx: &Context,
+    s: &Session,
+    standby: Option<&str>,
+) -> Result<(String, std::path::PathBuf), String> {
+    let sh = &ctx.shared;
+    let key = ObjectKey::of(s);
+    let secret = crate::secret::random_hex(24);
+    let url = format!(
+        "{}{}",
+        sh.settings.agent_base_url,
+        crate::agent::signals::agent_path(&key, &secret)
+    );
+    let settings = launch::settings(&url, &sh.settings.exe, launch::bypasses_permissions(s));
+    let (dir, sec, id) = (
+        sh.settings.state_dir.clone(),
+        secret.clone(),
+        standby.map(str::to_string),
+    );
+    let (session, base) = (s.clone(), sh.settings.agent_base_url.clone());
+    let path = sh
+        .blocking(move |_| {
+            let path = match &id {
+                Some(id) => private::save_standby(&dir, &key, id, &sec, &settings)?,
+                None => {
+                    private::save_secret(&dir, &key, &sec)?;
+                    private::save_settings(&dir, &key, &settings)?
+                }
+            };
+            crate::mcp::agent::prepare(&path, &session, &key, &base, &sec)?;
+            Ok::<_, std::io::Error>(path)
+        })
+        .await
+        .map_err(|e| {
+            let whose = if standby.is_some() {
+                "standby's"
+            } else {
+                "session's"
+            };
+            format!("cannot save the {whose} launch files: {e}")
+        })?;
+    Ok((secret, path))
 }
 
 /// Where the other Sessions of `s`'s namespace run: an account seeded for

@@ -201,29 +201,7 @@ async fn start(
         .map_err(|e| format!("cannot prepare the account's config dir: {e}"))?;
     }
     let id = uuid::Uuid::new_v4().to_string();
-    let secret = crate::secret::random_hex(24);
-    let url = format!(
-        "{}{}",
-        sh.settings.agent_base_url,
-        crate::agent::signals::agent_path(&key, &secret)
-    );
-    let settings = launch::settings(&url, &sh.settings.exe, launch::bypasses_permissions(s));
-    let settings_file = {
-        let (dir, k, sec, i) = (
-            sh.settings.state_dir.clone(),
-            key.clone(),
-            secret.clone(),
-            id.clone(),
-        );
-        let (session, base) = (s.clone(), sh.settings.agent_base_url.clone());
-        sh.blocking(move |_| {
-            let path = private::save_standby(&dir, &k, &i, &sec, &settings)?;
-            crate::mcp::agent::prepare(&path, &session, &k, &base, &sec)?;
-            Ok::<_, std::io::Error>(path)
-        })
-        .await
-        .map_err(|e| format!("cannot save the standby's launch files: {e}"))?
-    };
+    let (secret, settings_file) = execute::save_launch_files(ctx, s, Some(&id)).await?;
     sh.signals.register_standby(&key, &secret, account);
     let lp = launch::plan(&LaunchInput {
         session: s,
