@@ -125,14 +125,7 @@ pub async fn run(o: Options) -> Result<()> {
         l = node_lock(&o.state_dir) => l?,
         _ = &mut shutdown => { tracing::info!("daemon stopped"); return Ok(()); }
     };
-    let me = Arc::new(node::NodeState::new(&o.node, &identity, o.capacity));
-    {
-        let (store, me) = (o.store.clone(), me.clone());
-        tokio::task::spawn_blocking(move || node::register(&store, &me))
-            .await?
-            .with_context(|| format!("cannot register the node {}", o.node))?;
-    }
-    let _heartbeat = AbortOnDrop(tokio::spawn(node::heartbeat(o.store.clone(), me.clone())));
+    let (me, _heartbeat) = join_as_node(&o, &identity).await?;
     let metrics = Arc::new(Metrics::new());
     let notifier = crate::notify::Notifier::start(&o.notify)
         .context("cannot set up the notifications (config key notify)")?;
@@ -207,15 +200,31 @@ pub async fn run(o: Options) -> Result<()> {
     if let Some(p) = &o.api_socket {
         let _ = std::fs::remove_file(p);
     }
-    // Lazily written events and progress reach the disk before the lease goes.
+    step_down(leader, &metrics).await;
+    tracing::info!("daemon stopped (the agents keep running)");
+    Ok(())
+}
+
+/// This daemon's Node, registered in the store, and its heartbeat.
+async fn join_as_node(o: &Options, identity: &str) -> Result<(Arc<node::NodeState>, AbortOnDrop)> {
+    let me = Arc::new(node::NodeState::new(&o.node, identity, o.capacity));
+    let (store, m) = (o.store.clone(), me.clone());
+    tokio::task::spawn_blocking(move || node::register(&store, &m))
+        .await?
+        .with_context(|| format!("cannot register the node {}", o.node))?;
+    let heartbeat = AbortOnDrop(tokio::spawn(node::heartbeat(o.store.clone(), me.clone())));
+    Ok((me, heartbeat))
+}
+
+/// The end of leading, at shutdown: lazily written events and progress
+/// reach the disk before the lease goes.
+async fn step_down(leader: tokio::task::JoinHandle<()>, metrics: &Metrics) {
     if let Err(e) = crate::store::flush_now() {
         tracing::warn!(error = %e, "cannot flush the store");
     }
     leader.abort();
     let _ = leader.await;
     metrics.leader.set(0);
-    tracing::info!("daemon stopped (the agents keep running)");
-    Ok(())
 }
 
 /// What every controller of this daemon uses.
