@@ -456,6 +456,24 @@ async fn wait_transcript(ctx: &Context, id: String) {
     }
 }
 
+/// What a dead pane shows, given up to [`EXIT_STATUS_WAIT`] to show
+/// something (empty: it wrote nothing, or tmux has not read it yet).
+async fn last_words(ctx: &Context, pane: &str) -> String {
+    let socket = ctx.shared.driver.terminal().socket().to_path_buf();
+    let deadline = tokio::time::Instant::now() + EXIT_STATUS_WAIT;
+    loop {
+        let text = crate::agent::exit::dead_pane_text(&socket, pane).await;
+        let said = text
+            .lines()
+            .map(str::trim)
+            .any(|l| !l.is_empty() && !l.starts_with("Pane is dead"));
+        if said || tokio::time::Instant::now() >= deadline {
+            return text;
+        }
+        tokio::time::sleep(EXIT_STATUS_POLL).await;
+    }
+}
+
 /// The exit status of the session's dead pane, once tmux has it.
 async fn exit_status(ctx: &Context, key: &ObjectKey) -> Option<i32> {
     let deadline = tokio::time::Instant::now() + EXIT_STATUS_WAIT;
@@ -477,15 +495,16 @@ async fn clear(
     deliberate: bool,
 ) -> Result<(), Error> {
     let p = o.pane.as_ref().expect("planned for a dead pane");
-    // Its last words: why it exited is usually on screen (in the history:
-    // tmux scrolls it there when the pane dies).
-    let text =
-        crate::agent::exit::dead_pane_text(ctx.shared.driver.terminal().socket(), &p.id).await;
     let launched = st.launch.as_ref().map(|l| system_micro(&l.at));
     let status = match p.exit_status {
         Some(c) => Some(c),
         None => exit_status(ctx, key).await,
     };
+    // Its last words: why it exited is usually on screen (in the history:
+    // tmux scrolls it there when the pane dies). Read once tmux has the
+    // exit: the process's end can be heard (pidfd) before tmux has read
+    // what it wrote last.
+    let text = last_words(ctx, &p.id).await;
     let exit = crate::agent::exit::diagnose(&crate::agent::exit::Exit {
         status,
         screen: &text,
