@@ -33,12 +33,11 @@ fn pool_with_standbys(sessions: &[&str]) -> Pool {
     }
     pool.start_daemon();
     for s in sessions {
-        pool.wait_session(s, "idle on a with a ready standby on b", |v| {
-            v["status"]["account"] == "a"
-                && v["status"]["phase"] == "Idle"
-                && v["status"]["standby"]["account"] == "b"
-                && v["status"]["standby"]["ready"] == true
-        });
+        pool.wait_session(
+            s,
+            "idle on a with a ready standby on b",
+            idle_on_a_with_standby_on_b,
+        );
     }
     pool
 }
@@ -403,9 +402,11 @@ fn a_pool_of_four_with_standbys_moves_together_through_them() {
     let (pool, names) = pool_of_four("{mode: warm}");
     let mut standby_pids = Vec::new();
     for n in &names {
-        let v = pool.wait_session(n, "idle on a with a ready standby on b", |v| {
-            idle_on_a_with_standby_on_b(v)
-        });
+        let v = pool.wait_session(
+            n,
+            "idle on a with a ready standby on b",
+            idle_on_a_with_standby_on_b,
+        );
         standby_pids.push(v["status"]["standby"]["pid"].clone());
     }
     // Past a's threshold: all four move, each through its standby.

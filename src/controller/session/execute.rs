@@ -463,10 +463,7 @@ async fn last_words(ctx: &Context, pane: &str) -> String {
     let deadline = tokio::time::Instant::now() + EXIT_STATUS_WAIT;
     loop {
         let text = crate::agent::exit::dead_pane_text(&socket, pane).await;
-        let said = text
-            .lines()
-            .map(str::trim)
-            .any(|l| !l.is_empty() && !l.starts_with("Pane is dead"));
+        let said = !crate::agent::exit::last_lines(&text).is_empty();
         if said || tokio::time::Instant::now() >= deadline {
             return text;
         }

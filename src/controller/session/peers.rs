@@ -42,6 +42,12 @@ pub fn others(all: &[Arc<Session>], s: &Session) -> Vec<Arc<Session>> {
         .collect()
 }
 
+/// Whether `s` wants a standby now: warm, not suspended, not being
+/// deleted.
+pub fn wants(s: &Session) -> bool {
+    s.spec.wants_standby() && !s.spec.suspend && s.metadata.deletion_timestamp.is_none()
+}
+
 /// The account `s` was last launched on (confirmed or not: a pool
 /// starting up ranks its members alike from their first launch on).
 fn running(s: &Session) -> Option<&str> {
@@ -57,8 +63,7 @@ fn holds(s: &Session) -> Option<&str> {
 /// holds before its first launch), what it holds, and how near its
 /// account is to the limit.
 pub fn member(o: &Session, cands: &[TargetCandidate], strategy: FailoverStrategy) -> Member {
-    let wants =
-        o.spec.wants_standby() && !o.spec.suspend && o.metadata.deletion_timestamp.is_none();
+    let wants = wants(o);
     let holds = holds(o).map(str::to_string);
     let target = match running(o) {
         _ if !wants => None,
@@ -90,7 +95,7 @@ fn standing(s: &Session) -> Standing {
     (
         holds(s).map(str::to_string),
         running(s).map(str::to_string),
-        s.spec.wants_standby() && !s.spec.suspend && s.metadata.deletion_timestamp.is_none(),
+        wants(s),
     )
 }
 

@@ -67,8 +67,7 @@ pub async fn keep(
 ) {
     let key = ObjectKey::of(s);
     let now = ctx.shared.now();
-    let wanted =
-        s.spec.wants_standby() && !s.spec.suspend && s.metadata.deletion_timestamp.is_none();
+    let wanted = peers::wants(s);
     // Nothing changes while a swap that moves the session runs (from its
     // wait for the turn's end on): it may be about to use the standby, or
     // find none and relaunch.
