@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const LONG: Duration = Duration::from_secs(30);
+/// The window a takeover's CPU is taken over after its confirmation (and
+/// the standbys' idle cost before).
+const AFTER: Duration = Duration::from_secs(2);
 const TOKEN_A: &str = "sk-ant-oat01-probe-account-a";
 const TOKEN_B: &str = "sk-ant-oat01-probe-account-b";
 
@@ -360,6 +363,7 @@ fn probe_several_takeovers_at_once() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(4);
     let mut convs = Vec::new();
+    let mut spids = Vec::new();
     for i in 0..n {
         let work = p.path(&format!("work{i}"));
         let conv = id();
@@ -368,8 +372,40 @@ fn probe_several_takeovers_at_once() {
             &format!("main{i}"),
             &format!("turn of conversation {i}: remember {i}"),
         );
-        p.start(&format!("standby{i}"), "b", &work, &id(), false);
+        let spid = p.start(&format!("standby{i}"), "b", &work, &id(), false);
+        spids.push(spid);
         convs.push(conv);
+    }
+    // The standbys' own start-ups settle, then their idle cost is taken
+    // over the window used after the takeovers.
+    let ticks = || -> u64 { spids.iter().map(|p| Probe::cpu_ticks(*p)).sum() };
+    std::thread::sleep(AFTER);
+    let idle0 = ticks();
+    std::thread::sleep(AFTER);
+    let mut c0 = ticks();
+    let idle = c0 - idle0;
+    // PROBE_PRETYPE=1: the commands are typed first, their cost taken
+    // apart; the takeover is then the Enter alone.
+    let pretype = std::env::var_os("PROBE_PRETYPE").is_some();
+    let type_resume = |i: usize, conv: &str| {
+        let s =
+            p.rt.block_on(p.tmux.pane(&format!("standby{i}")))
+                .unwrap()
+                .unwrap();
+        p.rt.block_on(p.tmux.send_text(&s.id, &format!("/resume {conv}")))
+            .unwrap();
+    };
+    if pretype {
+        for (i, conv) in convs.iter().enumerate() {
+            type_resume(i, conv);
+        }
+        std::thread::sleep(AFTER);
+        let typed = ticks();
+        println!(
+            "the typing alone: {} (1/100 s), idle over as long {idle}",
+            typed - c0
+        );
+        c0 = typed;
     }
     let t = Instant::now();
     for (i, conv) in convs.iter().enumerate() {
@@ -380,14 +416,13 @@ fn probe_several_takeovers_at_once() {
         p.rt.block_on(p.tmux.send_text(&pane.id, "/exit")).unwrap();
         p.rt.block_on(p.tmux.send_keys(&pane.id, &["Enter"]))
             .unwrap();
-        let s =
-            p.rt.block_on(p.tmux.pane(&format!("standby{i}")))
-                .unwrap()
-                .unwrap();
-        p.rt.block_on(p.tmux.send_text(&s.id, &format!("/resume {conv}")))
-            .unwrap();
+        if !pretype {
+            type_resume(i, conv);
+        }
     }
-    std::thread::sleep(claude_failover::agent::driver::SETTLE);
+    if !pretype {
+        std::thread::sleep(claude_failover::agent::driver::SETTLE);
+    }
     for i in 0..n {
         let s =
             p.rt.block_on(p.tmux.pane(&format!("standby{i}")))
@@ -404,6 +439,18 @@ fn probe_several_takeovers_at_once() {
     println!(
         "{n} takeovers at once: all confirmed in {} ms",
         t.elapsed().as_millis()
+    );
+    // What a takeover costs goes on after its SessionStart: the window
+    // after it is taken too, less the standbys' idle cost over as long.
+    let c1 = ticks();
+    std::thread::sleep(AFTER);
+    let c2 = ticks();
+    println!(
+        "their CPU (1/100 s): to all confirmed {}, in the {} s after {} (idle over as long: {idle}); each takeover {:.2} s",
+        c1 - c0,
+        AFTER.as_secs(),
+        c2 - c1,
+        (c2 - c0).saturating_sub(idle) as f64 / 100.0 / n as f64
     );
     p.api.clear_requests();
     for i in 0..n {
@@ -424,6 +471,9 @@ fn probe_several_takeovers_at_once() {
 }
 
 fn main() {
-    probe_takeover();
+    // PROBE_N=8 PROBE_ONLY_SEVERAL=1: the cost of eight at once, alone.
+    if std::env::var_os("PROBE_ONLY_SEVERAL").is_none() {
+        probe_takeover();
+    }
     probe_several_takeovers_at_once();
 }

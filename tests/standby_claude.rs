@@ -98,6 +98,17 @@ fn a_session_with_a_warm_standby_moves_through_it() {
     assert!(pid_alive(standby_pid));
     // The standby is no agent of the session: nothing typed into it.
     assert!(requests_with(&pool.api, "TANGERINE").len() == 1);
+    // Its `/resume` of the conversation waits typed in its composer: the
+    // move will be the Enter alone.
+    pool.wait_session("one", "the standby primed", |v| {
+        v["status"]["standby"]["primed"] == id
+    });
+    let waiting = pool.tmux(&["capture-pane", "-p", "-t", standby_pane.as_str().unwrap()]);
+    assert_eq!(
+        claude_failover::agent::screen::composer_text(&waiting),
+        Some(format!("/resume {}", id.as_str().unwrap())),
+        "{waiting}"
+    );
 
     // The next answer says 95 %: past a's threshold.
     pool.api.set_usage_for(TOKEN_A, 0.95, 3600);

@@ -346,9 +346,22 @@ impl<T: Terminal> Driver<T> {
     /// Waits (bounded) until the composer is on screen and empty; false
     /// if it never was.
     pub async fn wait_composer_empty(&self, pane: &Pane, limit: Duration) -> Result<bool> {
+        self.wait_composer(pane, "", limit).await
+    }
+
+    /// Types `text` without pressing Enter; true once the composer shows
+    /// exactly it (bounded by [`TEXT_SHOWS`]).
+    pub async fn type_only(&self, pane: &Pane, text: &str) -> Result<bool> {
+        self.term.send_text(&pane.id, text).await?;
+        self.wait_composer(pane, text, TEXT_SHOWS).await
+    }
+
+    /// Waits (bounded) until the composer is on screen and holds exactly
+    /// `text`; false if it never did.
+    pub async fn wait_composer(&self, pane: &Pane, text: &str, limit: Duration) -> Result<bool> {
         let deadline = Instant::now() + limit;
         loop {
-            if self.composer(pane).await?.is_some_and(|t| t.is_empty()) {
+            if self.composer(pane).await?.is_some_and(|t| t == text) {
                 return Ok(true);
             }
             if Instant::now() >= deadline {

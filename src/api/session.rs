@@ -486,6 +486,10 @@ pub struct StandbyStatus {
     /// At its prompt (its `SessionStart` heard): a move may use it.
     #[serde(default)]
     pub ready: bool,
+    /// The conversation whose `/resume <id>` waits typed in its composer:
+    /// a takeover is then the Enter alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primed: Option<String>,
 }
 
 /// A turn cut short.

@@ -217,6 +217,7 @@ async fn reconcile_inner(ctx: &Context, key: &ObjectKey) -> Result<Action, Error
         report.requeue = report.requeue.min(report::SETTLING_LOOK);
     }
     cut_turn::continue_cut_turn(ctx, &s, &mut st, &observed, running_on).await?;
+    takeover::prime(ctx, key, &mut st, standby.as_ref(), placement.as_ref()).await;
     let standby = standby.filter(|_| st.standby.is_some());
     takeover::keep(
         ctx,

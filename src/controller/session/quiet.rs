@@ -109,6 +109,10 @@ pub fn eligible(
         && !recent_failure
         && standby.is_none_or(|b| b.alive && b.ready)
         && st.standby.is_some() == standby.is_some()
+        && st
+            .standby
+            .as_ref()
+            .is_none_or(|b| !b.ready || b.primed == st.agent_session_id)
 }
 
 #[cfg(test)]

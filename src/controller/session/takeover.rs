@@ -71,15 +71,9 @@ pub async fn keep(
     // Nothing changes while a swap that moves the session runs (from its
     // wait for the turn's end on): it may be about to use the standby, or
     // find none and relaunch.
-    let settled = || {
-        st.launch.as_ref().is_some_and(|l| l.confirmed_at.is_some())
-            && st.pid.is_some()
-            && placement.is_none_or(|p| !p.swapping())
-            && !in_running_swap(ctx, &key)
-    };
     let want = if !wanted {
         None
-    } else if !settled() {
+    } else if !settled(ctx, &key, st, placement) {
         return;
     } else {
         let Some(running) = st.launch.as_ref().and_then(|l| l.account.clone()) else {
@@ -118,6 +112,75 @@ pub async fn keep(
                 start_or_say(ctx, s, st, accounts, &account).await;
             }
         }
+    }
+}
+
+/// The session runs and is confirmed on its account, and no swap moves it
+/// (from its wait for the turn's end on: it may be about to use the
+/// standby, or find none and relaunch).
+fn settled(
+    ctx: &Context,
+    key: &ObjectKey,
+    st: &SessionStatus,
+    placement: Option<&SwapStatus>,
+) -> bool {
+    st.launch.as_ref().is_some_and(|l| l.confirmed_at.is_some())
+        && st.pid.is_some()
+        && placement.is_none_or(|p| !p.swapping())
+        && !in_running_swap(ctx, key)
+}
+
+/// Types `/resume <id>` of the session's conversation into its ready
+/// standby's composer, without Enter: a takeover is then the Enter alone
+/// (its typing, the settle and part of Claude Code's own work done before
+/// the move; docs/claude-code-probe.md, section 12). A standby primed for
+/// an earlier conversation (the agent ran `/clear`) is stopped; the next
+/// one is primed for this one.
+pub async fn prime(
+    ctx: &Context,
+    key: &ObjectKey,
+    st: &mut SessionStatus,
+    seen: Option<&Seen>,
+    placement: Option<&SwapStatus>,
+) {
+    let Some(sb) = st.standby.as_ref() else {
+        return;
+    };
+    let Some(id) = st.agent_session_id.clone() else {
+        return;
+    };
+    if !sb.ready || !seen.is_some_and(|b| b.alive) || sb.primed.as_ref() == Some(&id) {
+        return;
+    }
+    if sb.primed.is_some() {
+        discard(ctx, key, st, "the session's conversation changed").await;
+        return;
+    }
+    if !settled(ctx, key, st, placement) {
+        return;
+    }
+    let sh = &ctx.shared;
+    let Some(pane) = sh.driver.standby_pane(key).await.ok().flatten() else {
+        return;
+    };
+    let typed = {
+        let _keyboard = sh.driver.keyboard(&standby_key(key)).await;
+        sh.driver
+            .wait_composer_empty(&pane, COMPOSER_WAIT)
+            .await
+            .unwrap_or(false)
+            && sh
+                .driver
+                .type_only(&pane, &format!("/resume {id}"))
+                .await
+                .unwrap_or(false)
+    };
+    if typed {
+        if let Some(sb) = st.standby.as_mut() {
+            sb.primed = Some(id);
+        }
+    } else {
+        discard(ctx, key, st, "its composer did not take /resume").await;
     }
 }
 
@@ -222,6 +285,7 @@ async fn start(
         agent_session_id: id,
         launched_at,
         ready: false,
+        primed: None,
     });
     Ok(())
 }
@@ -275,7 +339,7 @@ pub async fn take_over(
     let sh = &ctx.shared;
     let key = ObjectKey::of(s);
     let account = d.account.clone()?;
-    let (pane, id) = match usable(ctx, &key, st).await {
+    let (pane, id, primed) = match usable(ctx, &key, st).await {
         Ok(x) => x,
         Err(why) => {
             discard(ctx, &key, st, why).await;
@@ -312,10 +376,14 @@ pub async fn take_over(
         .map_err(|e| format!("cannot record the takeover: {e}"))?;
     {
         let _keyboard = sh.driver.keyboard(&key).await;
-        sh.driver
-            .type_then_enter(&pane, &format!("/resume {id}"))
-            .await
-            .map_err(|e| format!("cannot type /resume: {e}"))?;
+        let typed = if primed {
+            sh.driver.enter(&pane).await
+        } else {
+            sh.driver
+                .type_then_enter(&pane, &format!("/resume {id}"))
+                .await
+        };
+        typed.map_err(|e| format!("cannot type /resume: {e}"))?;
     }
     let under = account
         .as_deref()
@@ -332,16 +400,17 @@ pub async fn take_over(
     ))
 }
 
-/// The standby's pane and the conversation to resume, if it can take
-/// over: its process runs, the conversation has a transcript, its
-/// composer is empty (nobody typed into it: the command would join their
+/// The standby's pane, the conversation to resume and whether its
+/// `/resume` waits typed, if it can take over: its process runs, the
+/// conversation has a transcript, its composer holds nothing or that
+/// command alone (nobody typed into it: the command would join their
 /// text), and its secret reads; that secret is then saved as the agent's
 /// (a daemon restarting hears it) and earlier standbys' files go.
 async fn usable(
     ctx: &Context,
     key: &ObjectKey,
     st: &SessionStatus,
-) -> Result<(crate::agent::terminal::Pane, String), &'static str> {
+) -> Result<(crate::agent::terminal::Pane, String, bool), &'static str> {
     let sh = &ctx.shared;
     let sb = st.standby.clone().ok_or("no standby")?;
     let pane = sh
@@ -360,13 +429,19 @@ async fn usable(
     {
         return Err("the conversation has no transcript to resume");
     }
+    let primed = sb.primed.as_ref() == Some(&id);
+    let waiting = if primed {
+        format!("/resume {id}")
+    } else {
+        String::new()
+    };
     if !sh
         .driver
-        .wait_composer_empty(&pane, COMPOSER_WAIT)
+        .wait_composer(&pane, &waiting, COMPOSER_WAIT)
         .await
         .unwrap_or(false)
     {
-        return Err("its composer is not empty");
+        return Err("its composer holds other text");
     }
     let (dir, k, i) = (
         sh.settings.state_dir.clone(),
@@ -381,7 +456,7 @@ async fn usable(
     })
     .await
     .ok_or("its secret cannot be read")?;
-    Ok((pane, id))
+    Ok((pane, id, primed))
 }
 
 /// The step: a takeover, or (it could not) a launch as without a standby.
