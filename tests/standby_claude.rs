@@ -165,6 +165,46 @@ fn a_session_with_a_warm_standby_moves_through_it() {
 
 /// The metrics tell `n` takeovers typed, none relaunched, and `n` ready
 /// standbys (the gauges follow the store within a moment).
+#[test]
+#[cfg_attr(
+    not(claude_code),
+    ignore = "needs Claude Code: npm ci --prefix tools/claude-code"
+)]
+fn a_standby_waits_with_the_resume_of_the_conversation_typed_and_follows_a_clear() {
+    let pool = pool_with_standbys(&["one"]);
+    let first = pool.wait_session("one", "the standby primed", |v| {
+        v["status"]["standby"]["primed"] == v["status"]["agentSessionId"]
+    });
+    let (id, standby_pid) = (
+        first["status"]["agentSessionId"].clone(),
+        first["status"]["standby"]["pid"].as_u64().unwrap(),
+    );
+    // `/clear` starts a new conversation: the standby typed for the old one
+    // is stopped, and the next one waits with the new one's `/resume`.
+    pool.type_prompt("one", "/clear");
+    let next = pool.wait_session("one", "a standby primed for the new conversation", |v| {
+        let new = &v["status"]["agentSessionId"];
+        *new != id && v["status"]["standby"]["primed"] == *new
+    });
+    assert_ne!(next["status"]["standby"]["pid"].as_u64(), Some(standby_pid));
+    common::wait_for("the first standby to end", common::pool::LONG, || {
+        (!pid_alive(standby_pid)).then_some(())
+    });
+    let pane = next["status"]["standby"]["paneId"].as_str().unwrap();
+    let screen = pool.tmux(&["capture-pane", "-p", "-t", pane]);
+    let new_id = next["status"]["agentSessionId"].as_str().unwrap();
+    assert_eq!(
+        claude_failover::agent::screen::composer_text(&screen),
+        Some(format!("/resume {new_id}")),
+        "{screen}"
+    );
+    let described = pool.ok(&["describe", "session", "one"]);
+    assert!(
+        described.contains("the session's conversation changed"),
+        "{described}"
+    );
+}
+
 fn metrics_tell(pool: &Pool, n: usize) {
     common::wait_for("the standby metrics", common::pool::LONG, || {
         let url = format!("{}/metrics", pool.api_url());

@@ -251,9 +251,12 @@ mod tests {
         }
     }
 
+    /// A standby (when ready, its `/resume` of the conversation typed).
     fn with_standby(p: &mut Pass, now: SystemTime, alive: bool, ready: bool) {
+        p.st.agent_session_id = Some("conv".into());
         p.st.standby = Some(from(json!({"account": "b", "paneId": "%1", "pid": 9,
-            "agentSessionId": "x", "launchedAt": "2026-11-30T10:00:00.000000Z"})));
+            "agentSessionId": "x", "launchedAt": "2026-11-30T10:00:00.000000Z",
+            "ready": ready, "primed": ready.then_some("conv")})));
         p.standby = Some(Seen {
             account: "b".into(),
             alive,
@@ -323,6 +326,22 @@ mod tests {
                 "standby ready",
                 Box::new(move |p| with_standby(p, now, true, true)),
                 true,
+            ),
+            (
+                "standby ready, its /resume not typed yet",
+                Box::new(move |p| {
+                    with_standby(p, now, true, true);
+                    p.st.standby.as_mut().unwrap().primed = None;
+                }),
+                false,
+            ),
+            (
+                "standby primed for an earlier conversation",
+                Box::new(move |p| {
+                    with_standby(p, now, true, true);
+                    p.st.agent_session_id = Some("after /clear".into());
+                }),
+                false,
             ),
             (
                 "standby starting",
