@@ -158,11 +158,20 @@ pub fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
 }
 
 pub fn row(kind: Kind, v: &Value, wide: bool) -> Vec<String> {
+    let mut r = narrow_row(kind, v);
+    if wide {
+        r.extend(wide_cells(kind, v));
+    }
+    r
+}
+
+/// The columns of `get KIND`.
+fn narrow_row(kind: Kind, v: &Value) -> Vec<String> {
     let name = s(v, "/metadata/name");
     let created = v
         .pointer("/metadata/creationTimestamp")
         .and_then(Value::as_str);
-    let mut r = match kind {
+    match kind {
         Kind::Account => vec![
             name,
             phase(v),
@@ -227,131 +236,143 @@ pub fn row(kind: Kind, v: &Value, wide: bool) -> Vec<String> {
             age(created),
         ],
         Kind::ManifestSync => {
-            let ready = condition(v, "Ready");
+            let (ready, message) = sync_ready(v);
             vec![
                 name,
-                ready
-                    .and_then(|c| c.get("status"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("Unknown")
-                    .to_string(),
-                if v.pointer("/spec/suspend") == Some(&Value::Bool(true)) {
-                    "Suspended".into()
-                } else {
-                    ready
-                        .and_then(|c| c.get("message"))
-                        .and_then(Value::as_str)
-                        .filter(|m| !m.is_empty())
-                        .or_else(|| ready.and_then(|c| c.get("reason")).and_then(Value::as_str))
-                        .unwrap_or("-")
-                        .to_string()
-                },
+                ready,
+                message,
                 s(v, "/status/revision"),
                 age(v.pointer("/status/lastSyncTime").and_then(Value::as_str)),
                 age(created),
             ]
         }
-    };
-    if wide {
-        match kind {
-            Kind::Account => r.extend([
-                until(
-                    v.pointer("/status/usage/fiveHour/resetsAt")
-                        .and_then(Value::as_str),
-                ),
-                until(
-                    v.pointer("/status/usage/sevenDay/resetsAt")
-                        .and_then(Value::as_str),
-                ),
-                pct(v, "/status/usage/sevenDayOpus/utilization"),
-                pct(v, "/status/usage/sevenDaySonnet/utilization"),
-                s(v, "/spec/configDir"),
-                labels(v),
-            ]),
-            Kind::Session => r.extend([
-                s(v, "/status/nodeName"),
-                s(v, "/spec/workdir"),
-                s(v, "/spec/agent/model"),
-                s(v, "/status/paneId"),
-                s(v, "/status/agentSessionId"),
-                labels(v),
-            ]),
-            Kind::Task => {
-                let target = if let Some(sess) = v.pointer("/spec/session").and_then(Value::as_str)
-                {
-                    format!("session={sess}")
-                } else if let Some(sel) = v.pointer("/spec/sessionSelector") {
-                    format!("selector={sel}")
-                } else if let Some(w) = v.pointer("/spec/workdir").and_then(Value::as_str) {
-                    format!("workdir={w}")
-                } else {
-                    "any".into()
-                };
-                r.extend([s(v, "/spec/model"), target, labels(v)]);
-            }
-            Kind::Swap => r.extend([
-                v.pointer("/spec/sessions")
-                    .and_then(Value::as_array)
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(Value::as_str)
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    })
-                    .unwrap_or_default(),
-                s(v, "/status/message"),
-            ]),
-            Kind::Lease => r.extend([
-                age(v.pointer("/spec/acquireTime").and_then(Value::as_str)),
-                s(v, "/spec/leaseTransitions"),
-            ]),
-            Kind::SessionPool => r.extend([
-                s(v, "/status/waiting").replace('-', "0"),
-                v.pointer("/spec/placement/strategy")
-                    .and_then(Value::as_str)
-                    .unwrap_or("Spread")
-                    .to_string(),
-                v.pointer("/status/accounts")
-                    .and_then(Value::as_object)
-                    .filter(|m| !m.is_empty())
-                    .map(|m| {
-                        m.iter()
-                            .map(|(k, n)| format!("{k}={n}"))
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    })
-                    .unwrap_or_else(|| "<none>".into()),
-                labels(v),
-            ]),
-            Kind::Node => r.extend([
-                if v.pointer("/status/leading") == Some(&Value::Bool(true)) {
-                    "yes".into()
-                } else {
-                    "no".into()
-                },
-                s(v, "/status/capacity/sessions"),
-                s(v, "/status/daemon"),
-                s(v, "/status/version"),
-                v.pointer("/status/configDirs")
-                    .and_then(Value::as_object)
-                    .filter(|m| !m.is_empty())
-                    .map(|m| m.keys().cloned().collect::<Vec<_>>().join(","))
-                    .unwrap_or_else(|| "<none>".into()),
-            ]),
-            Kind::ManifestSync => r.extend([
-                s(v, "/spec/path"),
-                s(v, "/spec/suspend"),
-                s(v, "/status/objects").replace('-', "0"),
-                s(v, "/status/applied").replace('-', "0"),
-                s(v, "/status/pruned").replace('-', "0"),
-                v.pointer("/status/failed")
-                    .and_then(Value::as_array)
-                    .map_or(0, Vec::len)
-                    .to_string(),
-            ]),
-        }
     }
-    r
+}
+
+/// The columns `-o wide` adds.
+fn wide_cells(kind: Kind, v: &Value) -> Vec<String> {
+    match kind {
+        Kind::Account => vec![
+            until(
+                v.pointer("/status/usage/fiveHour/resetsAt")
+                    .and_then(Value::as_str),
+            ),
+            until(
+                v.pointer("/status/usage/sevenDay/resetsAt")
+                    .and_then(Value::as_str),
+            ),
+            pct(v, "/status/usage/sevenDayOpus/utilization"),
+            pct(v, "/status/usage/sevenDaySonnet/utilization"),
+            s(v, "/spec/configDir"),
+            labels(v),
+        ],
+        Kind::Session => vec![
+            s(v, "/status/nodeName"),
+            s(v, "/spec/workdir"),
+            s(v, "/spec/agent/model"),
+            s(v, "/status/paneId"),
+            s(v, "/status/agentSessionId"),
+            labels(v),
+        ],
+        Kind::Task => vec![s(v, "/spec/model"), task_target(v), labels(v)],
+        Kind::Swap => vec![
+            v.pointer("/spec/sessions")
+                .and_then(Value::as_array)
+                .map(|a| joined(a.iter().filter_map(Value::as_str)))
+                .unwrap_or_default(),
+            s(v, "/status/message"),
+        ],
+        Kind::Lease => vec![
+            age(v.pointer("/spec/acquireTime").and_then(Value::as_str)),
+            s(v, "/spec/leaseTransitions"),
+        ],
+        Kind::SessionPool => vec![
+            s(v, "/status/waiting").replace('-', "0"),
+            v.pointer("/spec/placement/strategy")
+                .and_then(Value::as_str)
+                .unwrap_or("Spread")
+                .to_string(),
+            entries(v, "/status/accounts", |k, n| format!("{k}={n}")),
+            labels(v),
+        ],
+        Kind::Node => vec![
+            if v.pointer("/status/leading") == Some(&Value::Bool(true)) {
+                "yes".into()
+            } else {
+                "no".into()
+            },
+            s(v, "/status/capacity/sessions"),
+            s(v, "/status/daemon"),
+            s(v, "/status/version"),
+            entries(v, "/status/configDirs", |k, _| k.to_string()),
+        ],
+        Kind::ManifestSync => vec![
+            s(v, "/spec/path"),
+            s(v, "/spec/suspend"),
+            s(v, "/status/objects").replace('-', "0"),
+            s(v, "/status/applied").replace('-', "0"),
+            s(v, "/status/pruned").replace('-', "0"),
+            v.pointer("/status/failed")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len)
+                .to_string(),
+        ],
+    }
+}
+
+/// `a,b,c`.
+fn joined<'a>(items: impl Iterator<Item = &'a str>) -> String {
+    items.collect::<Vec<_>>().join(",")
+}
+
+/// The entries of the map at `ptr`, each as `cell` says, joined; `<none>`
+/// when it is empty or absent.
+fn entries(v: &Value, ptr: &str, cell: impl Fn(&str, &Value) -> String) -> String {
+    v.pointer(ptr)
+        .and_then(Value::as_object)
+        .filter(|m| !m.is_empty())
+        .map(|m| {
+            m.iter()
+                .map(|(k, n)| cell(k, n))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_else(|| "<none>".into())
+}
+
+/// A ManifestSync's READY (its `Ready` condition) and MESSAGE.
+fn sync_ready(v: &Value) -> (String, String) {
+    let ready = condition(v, "Ready");
+    let status = ready
+        .and_then(|c| c.get("status"))
+        .and_then(Value::as_str)
+        .unwrap_or("Unknown")
+        .to_string();
+    let message = if v.pointer("/spec/suspend") == Some(&Value::Bool(true)) {
+        "Suspended".into()
+    } else {
+        ready
+            .and_then(|c| c.get("message"))
+            .and_then(Value::as_str)
+            .filter(|m| !m.is_empty())
+            .or_else(|| ready.and_then(|c| c.get("reason")).and_then(Value::as_str))
+            .unwrap_or("-")
+            .to_string()
+    };
+    (status, message)
+}
+
+/// Where a Task may run: its session, selector, workdir, or any.
+fn task_target(v: &Value) -> String {
+    if let Some(sess) = v.pointer("/spec/session").and_then(Value::as_str) {
+        format!("session={sess}")
+    } else if let Some(sel) = v.pointer("/spec/sessionSelector") {
+        format!("selector={sel}")
+    } else if let Some(w) = v.pointer("/spec/workdir").and_then(Value::as_str) {
+        format!("workdir={w}")
+    } else {
+        "any".into()
+    }
 }
 
 /// Formats rows under headers, columns padded to their widest cell.
