@@ -44,59 +44,58 @@ fn map_line(v: Option<&Value>) -> String {
 /// The text of `describe` for one object.
 /// `extra`: a section of the kind's own (whole lines), before the events.
 fn render(v: &Value, extra: &str, events: &[crate::store::StoredEvent]) -> String {
+    let mut out = metadata(v);
+    let _ = writeln!(out, "Spec:");
+    out.push_str(&indent(&print::to_yaml(&v["spec"]), 2));
+    out.push_str(&status_and_conditions(v));
+    out.push_str(extra);
+    out.push_str(&events_table(events));
+    out
+}
+
+/// The text at `ptr` (a string, or any other value as JSON).
+fn text(v: &Value, ptr: &str) -> Option<String> {
+    v.pointer(ptr).map(|x| {
+        x.as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| x.to_string())
+    })
+}
+
+/// Name, namespace, kind, labels, annotations, uid, age, generation,
+/// version, finalizers, deletion.
+fn metadata(v: &Value) -> String {
     let m = &v["metadata"];
-    let s = |p: &str| {
-        v.pointer(p).map(|x| {
-            x.as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| x.to_string())
-        })
-    };
+    let s = |p: &str| text(v, p).unwrap_or_default();
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "Name:         {}",
-        s("/metadata/name").unwrap_or_default()
-    );
-    let _ = writeln!(
-        out,
-        "Namespace:    {}",
-        s("/metadata/namespace").unwrap_or_default()
-    );
-    let _ = writeln!(out, "Kind:         {}", s("/kind").unwrap_or_default());
+    let _ = writeln!(out, "Name:         {}", s("/metadata/name"));
+    let _ = writeln!(out, "Namespace:    {}", s("/metadata/namespace"));
+    let _ = writeln!(out, "Kind:         {}", s("/kind"));
     let _ = writeln!(out, "Labels:       {}", map_line(m.get("labels")));
     let _ = writeln!(out, "Annotations:  {}", map_line(m.get("annotations")));
-    let _ = writeln!(
-        out,
-        "UID:          {}",
-        s("/metadata/uid").unwrap_or_default()
-    );
-    let created = s("/metadata/creationTimestamp");
+    let _ = writeln!(out, "UID:          {}", s("/metadata/uid"));
+    let created = text(v, "/metadata/creationTimestamp");
     let _ = writeln!(
         out,
         "Created:      {} ({} ago)",
         created.clone().unwrap_or_default(),
         age(created.as_deref())
     );
-    let _ = writeln!(
-        out,
-        "Generation:   {}",
-        s("/metadata/generation").unwrap_or_default()
-    );
-    let _ = writeln!(
-        out,
-        "Version:      {}",
-        s("/metadata/resourceVersion").unwrap_or_default()
-    );
+    let _ = writeln!(out, "Generation:   {}", s("/metadata/generation"));
+    let _ = writeln!(out, "Version:      {}", s("/metadata/resourceVersion"));
     if let Some(f) = m.get("finalizers").and_then(Value::as_array) {
         let list: Vec<&str> = f.iter().filter_map(Value::as_str).collect();
         let _ = writeln!(out, "Finalizers:   {}", list.join(", "));
     }
-    if let Some(d) = s("/metadata/deletionTimestamp") {
+    if let Some(d) = text(v, "/metadata/deletionTimestamp") {
         let _ = writeln!(out, "Deleting:     since {d}");
     }
-    let _ = writeln!(out, "Spec:");
-    out.push_str(&indent(&print::to_yaml(&v["spec"]), 2));
+    out
+}
+
+/// The status as YAML, its conditions apart as a table.
+fn status_and_conditions(v: &Value) -> String {
+    let mut out = String::new();
     let mut status = v.get("status").cloned().unwrap_or(Value::Null);
     let conditions = status
         .as_object_mut()
@@ -112,60 +111,64 @@ fn render(v: &Value, extra: &str, events: &[crate::store::StoredEvent]) -> Strin
     let _ = writeln!(out, "Conditions:");
     if conditions.is_empty() {
         out.push_str("  <none>\n");
-    } else {
-        let rows: Vec<Vec<String>> = conditions
-            .iter()
-            .map(|c| {
-                let f = |k: &str| {
-                    c.get(k)
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string()
-                };
-                vec![
-                    f("type"),
-                    f("status"),
-                    f("reason"),
-                    age(c.get("lastTransitionTime").and_then(Value::as_str)),
-                    f("message"),
-                ]
-            })
-            .collect();
-        out.push_str(&indent(
-            &print::table(&["Type", "Status", "Reason", "Since", "Message"], &rows),
-            2,
-        ));
+        return out;
     }
-    out.push_str(extra);
-    let _ = writeln!(out, "Events:");
+    let rows: Vec<Vec<String>> = conditions
+        .iter()
+        .map(|c| {
+            let f = |k: &str| {
+                c.get(k)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            vec![
+                f("type"),
+                f("status"),
+                f("reason"),
+                age(c.get("lastTransitionTime").and_then(Value::as_str)),
+                f("message"),
+            ]
+        })
+        .collect();
+    out.push_str(&indent(
+        &print::table(&["Type", "Status", "Reason", "Since", "Message"], &rows),
+        2,
+    ));
+    out
+}
+
+/// The object's events, newest first.
+fn events_table(events: &[crate::store::StoredEvent]) -> String {
+    let mut out = String::from("Events:\n");
     if events.is_empty() {
         out.push_str("  <none>\n");
-    } else {
-        let rows: Vec<Vec<String>> = events
-            .iter()
-            .rev()
-            .map(|e| {
-                let when = serde_json::to_value(&e.last_timestamp).ok();
-                let ago = age(when.as_ref().and_then(Value::as_str));
-                let times = if e.count > 1 {
-                    format!("{ago} (x{})", e.count)
-                } else {
-                    ago
-                };
-                vec![
-                    e.type_.clone(),
-                    e.reason.clone(),
-                    times,
-                    e.source.clone(),
-                    e.message.clone(),
-                ]
-            })
-            .collect();
-        out.push_str(&indent(
-            &print::table(&["Type", "Reason", "Age", "From", "Message"], &rows),
-            2,
-        ));
+        return out;
     }
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .rev()
+        .map(|e| {
+            let when = serde_json::to_value(&e.last_timestamp).ok();
+            let ago = age(when.as_ref().and_then(Value::as_str));
+            let times = if e.count > 1 {
+                format!("{ago} (x{})", e.count)
+            } else {
+                ago
+            };
+            vec![
+                e.type_.clone(),
+                e.reason.clone(),
+                times,
+                e.source.clone(),
+                e.message.clone(),
+            ]
+        })
+        .collect();
+    out.push_str(&indent(
+        &print::table(&["Type", "Reason", "Age", "From", "Message"], &rows),
+        2,
+    ));
     out
 }
 
