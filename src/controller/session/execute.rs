@@ -931,31 +931,42 @@ pub async fn finish(
         // before the launch): it waits for the disk rather than stall the
         // agent's own writes.
         write(ctx, &key, &st, Durability::Soon).await?;
-        // A launch that became Ready: how long the start-up took.
-        if r.ready.ok
-            && !crate::api::Conditions::is_true(before.conditions.as_slice(), "Ready")
-            && let Some(l) = &st.launch
-        {
-            ctx.shared
-                .metrics
-                .observe_launch_ready(&l.at, &crate::api::micro_now());
-        }
-        let was = before.phase.unwrap_or_default();
-        if was != r.phase {
-            let detail = match r.phase {
-                SessionPhase::Waiting | SessionPhase::Failed => format!(": {}", r.ready.message),
-                _ => String::new(),
-            };
-            ctx.record(
-                &key,
-                r.phase == SessionPhase::Failed,
-                "PhaseChanged",
-                &format!("{was} → {}{detail}", r.phase),
-            )
-            .await;
-        }
+        tell_change(ctx, &key, before, &st, r).await;
     }
     Ok(())
+}
+
+/// After a write of what changed: the start-up's time of a launch that
+/// became Ready (a metric), and the phase's change (an event).
+async fn tell_change(
+    ctx: &Context,
+    key: &ObjectKey,
+    before: &SessionStatus,
+    st: &SessionStatus,
+    r: &Report,
+) {
+    if r.ready.ok
+        && !crate::api::Conditions::is_true(before.conditions.as_slice(), "Ready")
+        && let Some(l) = &st.launch
+    {
+        ctx.shared
+            .metrics
+            .observe_launch_ready(&l.at, &crate::api::micro_now());
+    }
+    let was = before.phase.unwrap_or_default();
+    if was != r.phase {
+        let detail = match r.phase {
+            SessionPhase::Waiting | SessionPhase::Failed => format!(": {}", r.ready.message),
+            _ => String::new(),
+        };
+        ctx.record(
+            key,
+            r.phase == SessionPhase::Failed,
+            "PhaseChanged",
+            &format!("{was} → {}{detail}", r.phase),
+        )
+        .await;
+    }
 }
 
 fn owned_changed(before: &SessionStatus, after: &SessionStatus) -> bool {
