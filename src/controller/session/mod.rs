@@ -72,6 +72,10 @@ struct Memory {
     /// written with (that file holds every session of the workdir: read,
     /// parsed and written again only when the entry changes).
     inbox_said: Option<InboxEntry>,
+    /// The conversation whose `/resume` a standby's composer did not show
+    /// as typed: its standbys wait without it (the move types it), rather
+    /// than be started again and again.
+    unprimable: Option<String>,
 }
 
 /// A session's entry of its workdir's `.agent-queue/status.json`: the
@@ -229,7 +233,16 @@ async fn reconcile_inner(ctx: &Context, key: &ObjectKey) -> Result<Action, Error
     )
     .await;
     let resync = sh.settings.resync;
-    let settled = quiet::eligible(&report, resync, &st, &sig, standby.as_ref(), now);
+    let awaits_prime = takeover::awaits_prime(ctx, key, &st);
+    let settled = quiet::eligible(
+        &report,
+        resync,
+        &st,
+        &sig,
+        standby.as_ref(),
+        awaits_prime,
+        now,
+    );
     execute::finish(ctx, &s, &before, st, &report, &sig).await?;
     ctx.settle(key, print, settled.then_some(resync * quiet::QUIET_RESYNCS));
     Ok(Action::requeue(report.requeue))

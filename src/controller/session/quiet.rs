@@ -95,6 +95,7 @@ pub fn eligible(
     st: &SessionStatus,
     sig: &AgentSignals,
     standby: Option<&Seen>,
+    awaits_prime: bool,
     now: SystemTime,
 ) -> bool {
     let recent_failure = super::usage::newest_failure(sig)
@@ -109,10 +110,7 @@ pub fn eligible(
         && !recent_failure
         && standby.is_none_or(|b| b.alive && b.ready)
         && st.standby.is_some() == standby.is_some()
-        && st
-            .standby
-            .as_ref()
-            .is_none_or(|b| !b.ready || b.primed == st.agent_session_id)
+        && !awaits_prime
 }
 
 #[cfg(test)]
@@ -236,6 +234,7 @@ mod tests {
         st: SessionStatus,
         sig: AgentSignals,
         standby: Option<Seen>,
+        awaits_prime: bool,
     }
 
     /// An idle agent, heard by its hooks, its launch confirmed, no standby.
@@ -248,15 +247,13 @@ mod tests {
                 ..Default::default()
             },
             standby: None,
+            awaits_prime: false,
         }
     }
 
-    /// A standby (when ready, its `/resume` of the conversation typed).
     fn with_standby(p: &mut Pass, now: SystemTime, alive: bool, ready: bool) {
-        p.st.agent_session_id = Some("conv".into());
         p.st.standby = Some(from(json!({"account": "b", "paneId": "%1", "pid": 9,
-            "agentSessionId": "x", "launchedAt": "2026-11-30T10:00:00.000000Z",
-            "ready": ready, "primed": ready.then_some("conv")})));
+            "agentSessionId": "x", "launchedAt": "2026-11-30T10:00:00.000000Z"})));
         p.standby = Some(Seen {
             account: "b".into(),
             alive,
@@ -328,18 +325,10 @@ mod tests {
                 true,
             ),
             (
-                "standby ready, its /resume not typed yet",
+                "standby ready, its /resume still to be typed",
                 Box::new(move |p| {
                     with_standby(p, now, true, true);
-                    p.st.standby.as_mut().unwrap().primed = None;
-                }),
-                false,
-            ),
-            (
-                "standby primed for an earlier conversation",
-                Box::new(move |p| {
-                    with_standby(p, now, true, true);
-                    p.st.agent_session_id = Some("after /clear".into());
+                    p.awaits_prime = true;
                 }),
                 false,
             ),
@@ -365,7 +354,15 @@ mod tests {
         for (what, change, want) in cases {
             let mut p = settled(now);
             change(&mut p);
-            let got = eligible(&p.report, resync, &p.st, &p.sig, p.standby.as_ref(), now);
+            let got = eligible(
+                &p.report,
+                resync,
+                &p.st,
+                &p.sig,
+                p.standby.as_ref(),
+                p.awaits_prime,
+                now,
+            );
             assert_eq!(got, want, "{what}");
         }
     }

@@ -7,7 +7,7 @@
 //! types `/resume <id>` into it instead of starting a process
 //! (docs/failover.md, "Warm standby").
 
-use crate::api::{AccountPhase, LaunchStatus, StandbyStatus};
+use crate::api::{AccountPhase, LaunchStatus, SessionStatus, StandbyStatus};
 use crate::config::FailoverStrategy;
 use crate::quota::policy::{TargetCandidate, pick_target};
 use std::time::{Duration, SystemTime};
@@ -108,6 +108,20 @@ pub fn decide(want: Option<&str>, have: Option<&Seen>, now: SystemTime) -> Actio
         }
         (Some(_), Some(_)) => Action::Keep,
     }
+}
+
+/// The ready standby is still to have `/resume` of the session's
+/// conversation typed in its composer: the session has a conversation, the
+/// standby is typed for none or another, and typing it for this one has
+/// not failed (`unprimable`).
+pub fn awaits_prime(st: &SessionStatus, unprimable: Option<&str>) -> bool {
+    let Some(id) = st.agent_session_id.as_deref() else {
+        return false;
+    };
+    st.standby
+        .as_ref()
+        .is_some_and(|b| b.ready && b.primed.as_deref() != Some(id))
+        && unprimable != Some(id)
 }
 
 /// A Session of a group whose standbys are bounded (`perTarget`): the
@@ -360,5 +374,38 @@ mod tests {
         l.confirmed_at = None;
         l.takeover = false;
         assert!(!takeover_overdue(Some(&l), at(111)), "a process start");
+    }
+
+    #[test]
+    fn a_ready_standby_awaits_its_resume_typed_for_the_conversation_once() {
+        // (conversation, standby ready, primed for, unprimable) -> awaits
+        type Case = (Conv, Option<(bool, Conv)>, Conv, bool);
+        type Conv = Option<&'static str>;
+        let cases: [Case; 8] = [
+            (Some("c1"), Some((true, None)), None, true),
+            (Some("c1"), Some((true, Some("c1"))), None, false),
+            (Some("c2"), Some((true, Some("c1"))), None, true),
+            (Some("c1"), Some((false, None)), None, false),
+            (Some("c1"), None, None, false),
+            (None, Some((true, None)), None, false),
+            (Some("c1"), Some((true, None)), Some("c1"), false),
+            (Some("c2"), Some((true, None)), Some("c1"), true),
+        ];
+        for (i, (conv, standby, unprimable, want)) in cases.into_iter().enumerate() {
+            let st = SessionStatus {
+                agent_session_id: conv.map(str::to_string),
+                standby: standby.map(|(ready, primed)| StandbyStatus {
+                    account: "b".into(),
+                    pane_id: "%1".into(),
+                    pid: 9,
+                    agent_session_id: "own".into(),
+                    launched_at: crate::api::micro(at(0)),
+                    ready,
+                    primed: primed.map(str::to_string),
+                }),
+                ..Default::default()
+            };
+            assert_eq!(awaits_prime(&st, unprimable), want, "case {i}");
+        }
     }
 }

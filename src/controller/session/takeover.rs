@@ -149,7 +149,7 @@ pub async fn prime(
     let Some(id) = st.agent_session_id.clone() else {
         return;
     };
-    if !sb.ready || !seen.is_some_and(|b| b.alive) || sb.primed.as_ref() == Some(&id) {
+    if !awaits_prime(ctx, key, st) || !seen.is_some_and(|b| b.alive) {
         return;
     }
     if sb.primed.is_some() {
@@ -179,9 +179,31 @@ pub async fn prime(
         if let Some(sb) = st.standby.as_mut() {
             sb.primed = Some(id);
         }
-    } else {
-        discard(ctx, key, st, "its composer did not take /resume").await;
+        return;
     }
+    // What its composer holds is not known: the next one starts empty, and
+    // waits without the command (the move types it).
+    ctx.memory
+        .lock()
+        .expect("lock")
+        .entry(key.clone())
+        .or_default()
+        .unprimable = Some(id);
+    discard(
+        ctx,
+        key,
+        st,
+        "its composer did not show /resume as typed (the next standby waits without it)",
+    )
+    .await;
+}
+
+/// The ready standby is still to have its `/resume` typed
+/// ([`standby::awaits_prime`]).
+pub fn awaits_prime(ctx: &Context, key: &ObjectKey, st: &SessionStatus) -> bool {
+    let mem = ctx.memory.lock().expect("lock");
+    let unprimable = mem.get(key).and_then(|m| m.unprimable.as_deref());
+    standby::awaits_prime(st, unprimable)
 }
 
 /// A running swap names the session.
