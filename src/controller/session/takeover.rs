@@ -149,14 +149,15 @@ pub async fn prime(
     let Some(id) = st.agent_session_id.clone() else {
         return;
     };
-    if !awaits_prime(ctx, key, st) || !seen.is_some_and(|b| b.alive) {
+    // Nothing changes while a swap moves the session (as in `keep`).
+    if !awaits_prime(ctx, key, st)
+        || !seen.is_some_and(|b| b.alive)
+        || !settled(ctx, key, st, placement)
+    {
         return;
     }
     if sb.primed.is_some() {
         discard(ctx, key, st, "the session's conversation changed").await;
-        return;
-    }
-    if !settled(ctx, key, st, placement) {
         return;
     }
     let sh = &ctx.shared;
