@@ -163,6 +163,53 @@ fn a_session_with_a_warm_standby_moves_through_it() {
     metrics_tell(&pool, 1);
 }
 
+#[test]
+#[cfg_attr(
+    not(claude_code),
+    ignore = "needs Claude Code: npm ci --prefix tools/claude-code"
+)]
+fn enter_pressed_by_hand_in_a_standby_replaces_it_and_leaves_the_agent_alone() {
+    let pool = pool_with_standbys(&["one"]);
+    pool.type_prompt("one", "a turn to resume: remember the word QUINCE");
+    pool.request_with("remember the word QUINCE");
+    let before = pool.wait_session("one", "idle with its standby primed", |v| {
+        v["status"]["phase"] == "Idle"
+            && v["status"]["standby"]["primed"] == v["status"]["agentSessionId"]
+    });
+    let (agent_pid, standby_pid) = (
+        before["status"]["pid"].as_u64().unwrap(),
+        before["status"]["standby"]["pid"].as_u64().unwrap(),
+    );
+    // Someone attached to the standby's tmux session presses Enter under
+    // the waiting `/resume`: it takes the conversation over beside the
+    // agent, outside any move; the daemon ends it and starts another.
+    let pane = before["status"]["standby"]["paneId"].as_str().unwrap();
+    pool.tmux(&["send-keys", "-t", pane, "Enter"]);
+    let after = pool.wait_session("one", "another standby, primed", |v| {
+        v["status"]["standby"]["pid"]
+            .as_u64()
+            .is_some_and(|p| p != standby_pid)
+            && v["status"]["standby"]["primed"] == v["status"]["agentSessionId"]
+    });
+    common::wait_for(
+        "the standby resumed by hand to end",
+        common::pool::LONG,
+        || (!pid_alive(standby_pid)).then_some(()),
+    );
+    assert_eq!(
+        after["status"]["pid"].as_u64(),
+        Some(agent_pid),
+        "the agent runs on"
+    );
+    assert_eq!(
+        after["status"]["agentSessionId"],
+        before["status"]["agentSessionId"]
+    );
+    assert_eq!(after["status"]["account"], "a");
+    let described = pool.ok(&["describe", "session", "one"]);
+    assert!(described.contains("outside a move"), "{described}");
+}
+
 /// The metrics tell `n` takeovers typed, none relaunched, and `n` ready
 /// standbys (the gauges follow the store within a moment).
 #[test]

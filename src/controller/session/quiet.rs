@@ -259,6 +259,7 @@ mod tests {
             alive,
             ready,
             launched_at: now,
+            resumed: false,
         });
     }
 

@@ -36,15 +36,19 @@ pub struct Seen {
     pub alive: bool,
     pub ready: bool,
     pub launched_at: SystemTime,
+    /// It took a conversation over outside a move (its `SessionStart`
+    /// said `resume`): Enter pressed by hand under the waiting `/resume`.
+    pub resumed: bool,
 }
 
 impl Seen {
-    pub fn of(st: &StandbyStatus, alive: bool) -> Seen {
+    pub fn of(st: &StandbyStatus, alive: bool, resumed: bool) -> Seen {
         Seen {
             account: st.account.clone(),
             alive,
             ready: st.ready,
             launched_at: SystemTime::from(st.launched_at.0),
+            resumed,
         }
     }
 }
@@ -93,6 +97,10 @@ pub fn decide(want: Option<&str>, have: Option<&Seen>, now: SystemTime) -> Actio
         (Some(w), Some(h)) if !h.alive => {
             Action::Replace("its process is gone".into(), Some(w.to_string()))
         }
+        (Some(w), Some(h)) if h.resumed => Action::Replace(
+            "it took the conversation over outside a move (Enter pressed in it by hand): it would run beside the agent".into(),
+            Some(w.to_string()),
+        ),
         (Some(w), Some(h)) if h.account != w => Action::Replace(
             format!("the next target is {w}, no longer {}", h.account),
             Some(w.to_string()),
@@ -259,6 +267,7 @@ mod tests {
             alive,
             ready,
             launched_at: at(launched),
+            resumed: false,
         }
     }
 
@@ -284,6 +293,14 @@ mod tests {
         ));
         let starting = seen("b", true, false, 990);
         assert_eq!(decide(Some("b"), Some(&starting), now), Action::Keep);
+        let resumed = Seen {
+            resumed: true,
+            ..ready.clone()
+        };
+        assert!(matches!(
+            decide(Some("b"), Some(&resumed), now),
+            Action::Replace(why, Some(b)) if b == "b" && why.contains("outside a move")
+        ));
         let stuck = seen("b", true, false, 900);
         assert!(matches!(
             decide(Some("b"), Some(&stuck), now),

@@ -42,16 +42,16 @@ pub async fn observe(ctx: &Context, key: &ObjectKey, st: &mut SessionStatus) -> 
     }
     let sig = sh.signals.get(&standby_key(key));
     let launched = std::time::SystemTime::from(sb.launched_at.0);
-    if sig
-        .session_start
-        .as_ref()
-        .is_some_and(|(_, at)| *at >= launched)
-    {
+    let since_launch = sig.session_start.as_ref().filter(|(_, at)| *at >= launched);
+    if since_launch.is_some() {
         sb.ready = true;
     }
+    // A standby's own `SessionStart` says `startup`; `resume` is a
+    // takeover, and a takeover of the daemon's makes it the agent first.
+    let resumed = since_launch.is_some_and(|(source, _)| source == "resume");
     let pane = sh.driver.standby_pane(key).await.ok().flatten();
     let alive = pane.is_some_and(|p| !p.dead && p.pid == sb.pid);
-    Some(Seen::of(sb, alive))
+    Some(Seen::of(sb, alive, resumed))
 }
 
 /// Starts, replaces or discards the standby as [`standby::decide`] says.
