@@ -512,14 +512,10 @@ async fn clear(
     ctx.shared.driver.clear(key).await?;
     if !deliberate && !d.suspend && !d.deleting {
         ctx.record(key, true, exit.reason, &exit.message).await;
-        ctx.memory
-            .lock()
-            .expect("lock")
-            .entry(key.clone())
-            .or_default()
-            .crash = exit
+        let crash = exit
             .crash_loop
             .then(|| (exit.reason.to_string(), exit.message.clone()));
+        ctx.remember(key, |m| m.crash = crash);
     }
     st.pid = None;
     Ok(())
@@ -582,12 +578,7 @@ pub(super) async fn launch_step(
             ctx.record(&key, true, reason, &message).await;
             let crash = (reason.to_string(), message);
             let r = crash_report(&crash, st, now);
-            ctx.memory
-                .lock()
-                .expect("lock")
-                .entry(key.clone())
-                .or_default()
-                .crash = Some(crash);
+            ctx.remember(&key, |m| m.crash = Some(crash));
             r
         }
     }
@@ -773,12 +764,7 @@ async fn wait_backoff(
     o: &Observed,
     secs: u64,
 ) -> Report {
-    let crash = ctx
-        .memory
-        .lock()
-        .expect("lock")
-        .get(key)
-        .and_then(|m| m.crash.clone());
+    let crash = ctx.recall(key, |m| m.crash.clone());
     if let Some(crash) = crash {
         return crash_report(&crash, st, o.now);
     }
@@ -987,13 +973,11 @@ async fn checkpoint(
     sig: &AgentSignals,
 ) {
     let every = ctx.shared.settings.checkpoint_every;
-    let look = ctx
-        .memory
-        .lock()
-        .expect("lock")
-        .get(key)
-        .and_then(|m| m.checkpoint.as_ref())
-        .is_none_or(|(count, at, _)| *count != sig.count || at.elapsed() >= every);
+    let look = ctx.recall(key, |m| {
+        m.checkpoint
+            .as_ref()
+            .is_none_or(|(count, at, _)| *count != sig.count || at.elapsed() >= every)
+    });
     if !look {
         return;
     }
@@ -1011,18 +995,17 @@ async fn checkpoint(
         ..Default::default()
     }
     .from_signals(sig);
-    {
-        let mut mem = ctx.memory.lock().expect("lock");
-        let m = mem.entry(key.clone()).or_default();
+    let unchanged = ctx.remember(key, |m| {
         let unchanged = m
             .checkpoint
             .as_ref()
             .is_some_and(|(count, _, last)| *count == sig.count && *last == cp);
         // Looked at now: the next look is a period away.
         m.checkpoint = Some((sig.count, std::time::Instant::now(), cp.clone()));
-        if unchanged {
-            return;
-        }
+        unchanged
+    });
+    if unchanged {
+        return;
     }
     cp.at = crate::controller::checkpoint::unix_ms(SystemTime::now());
     let (dir, k) = (ctx.shared.settings.state_dir.clone(), key.clone());
@@ -1045,13 +1028,13 @@ fn inbox_status(ctx: &Context, s: &Session, st: &SessionStatus) {
         st.current_task.clone(),
         st.account.clone(),
     );
-    {
-        let mut mem = ctx.memory.lock().expect("lock");
-        let said = &mut mem.entry(key.clone()).or_default().inbox_said;
-        if said.as_ref() == Some(&entry) {
-            return;
-        }
-        *said = Some(entry.clone());
+    let said = ctx.remember(&key, |m| {
+        m.inbox_said
+            .replace(entry.clone())
+            .is_some_and(|was| was == entry)
+    });
+    if said {
+        return;
     }
     let (workdir, phase, task, account) = entry;
     ctx.status_board.post(

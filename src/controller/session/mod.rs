@@ -104,6 +104,24 @@ impl Context {
         }
     }
 
+    /// Changes what is remembered of session `key`.
+    fn remember<R>(&self, key: &ObjectKey, f: impl FnOnce(&mut Memory) -> R) -> R {
+        f(self
+            .memory
+            .lock()
+            .expect("lock")
+            .entry(key.clone())
+            .or_default())
+    }
+
+    /// Reads what is remembered of session `key` (nothing yet: the default).
+    fn recall<R>(&self, key: &ObjectKey, f: impl FnOnce(&Memory) -> R) -> R {
+        match self.memory.lock().expect("lock").get(key) {
+            Some(m) => f(m),
+            None => f(&Memory::default()),
+        }
+    }
+
     /// How long the session's last full pass still holds (None: a full
     /// pass is due); a full pass forgets the quiet it replaces.
     fn quiet_left(&self, key: &ObjectKey, print: &quiet::Fingerprint) -> Option<Duration> {

@@ -184,12 +184,7 @@ pub async fn prime(
     }
     // What its composer holds is not known: the next one starts empty, and
     // waits without the command (the move types it).
-    ctx.memory
-        .lock()
-        .expect("lock")
-        .entry(key.clone())
-        .or_default()
-        .unprimable = Some(id);
+    ctx.remember(key, |m| m.unprimable = Some(id));
     discard(
         ctx,
         key,
@@ -202,9 +197,7 @@ pub async fn prime(
 /// The ready standby is still to have its `/resume` typed
 /// ([`standby::awaits_prime`]).
 pub fn awaits_prime(ctx: &Context, key: &ObjectKey, st: &SessionStatus) -> bool {
-    let mem = ctx.memory.lock().expect("lock");
-    let unprimable = mem.get(key).and_then(|m| m.unprimable.as_deref());
-    standby::awaits_prime(st, unprimable)
+    ctx.recall(key, |m| standby::awaits_prime(st, m.unprimable.as_deref()))
 }
 
 /// A running swap names the session.
