@@ -5,6 +5,10 @@ mod common;
 use common::pool::{Pool, claude};
 use serde_json::Value;
 
+/// How long a permission dialog may stay after Enter before Enter is pressed
+/// again (a dialog drawn does not always listen yet).
+const ENTER_AGAIN_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn cond<'a>(v: &'a Value, t: &str) -> Option<&'a Value> {
     v["status"]["conditions"]
         .as_array()?
@@ -295,14 +299,23 @@ fn a_permission_prompt_is_reported_as_waiting() {
     assert_eq!(ready["reason"], "WaitingForPermissionPrompt", "{v}");
     assert!(!pool.workdir().join("permission-was-granted").exists());
     // Answered (Enter accepts): the tool runs, the turn ends, Idle again.
-    // The state file says waiting before the dialog's choices are drawn;
-    // an Enter before them is lost.
-    common::wait_for("the dialog's choices", common::pool::LONG, || {
-        pool.tmux(&["capture-pane", "-p", "-t", "=ccl-3:"])
-            .contains("1. Yes")
-            .then_some(())
+    // The state file says waiting before the dialog's choices are drawn,
+    // and a dialog drawn may not listen yet: an Enter before then is lost,
+    // so it is pressed again while the dialog stays (a late second Enter
+    // lands in the empty composer, where it does nothing).
+    let mut pressed: Option<std::time::Instant> = None;
+    common::wait_for("the dialog answered", common::pool::LONG, || {
+        let screen = pool.tmux(&["capture-pane", "-p", "-t", "=ccl-3:"]);
+        if !screen.contains("Do you want to proceed?") && pressed.is_some() {
+            return Some(());
+        }
+        let due = pressed.is_none_or(|at| at.elapsed() >= ENTER_AGAIN_AFTER);
+        if screen.contains("1. Yes") && due {
+            pool.tmux(&["send-keys", "-t", "=ccl-3:", "Enter"]);
+            pressed = Some(std::time::Instant::now());
+        }
+        None
     });
-    pool.tmux(&["send-keys", "-t", "=ccl-3:", "Enter"]);
     pool.wait_phase("ccl-3", "Idle");
     assert!(pool.workdir().join("permission-was-granted").exists());
 }
