@@ -204,148 +204,142 @@ enum Frame {
 /// Parses every document of `text`.
 pub fn parse_documents(text: &str) -> Result<Vec<Document>, YamlError> {
     let mut parser = Parser::new_from_str(text);
-    let mut docs = Vec::new();
-    let mut anchors: HashMap<usize, Node> = HashMap::new();
-    let mut stack: Vec<Frame> = Vec::new();
-    let mut doc_pos: Option<Pos> = None;
-    let mut root: Option<Node> = None;
-    let mut nodes = 0usize;
-
+    let mut built = Builder::default();
     while let Some(item) = parser.next_event() {
-        let (event, span) = item.map_err(|e| YamlError {
-            pos: Pos {
+        let (event, span) = item.map_err(|e| {
+            let pos = Pos {
                 line: e.marker().line(),
                 col: e.marker().col() + 1,
-            },
-            path: stack_path(&stack),
-            message: format!("invalid YAML: {}", e.info()),
+            };
+            built.error(pos, format!("invalid YAML: {}", e.info()))
         })?;
         let pos = pos_of(&span);
-        let finished: Option<(Node, usize)> = match event {
-            Event::StreamStart | Event::StreamEnd | Event::Anchor(..) => None,
+        if let Some((node, anchor)) = built.event(event, pos)? {
+            built.place(node, anchor, pos)?;
+        }
+    }
+    Ok(built.docs)
+}
+
+/// The documents read so far, and the nodes of the one being read.
+#[derive(Default)]
+struct Builder {
+    docs: Vec<Document>,
+    anchors: HashMap<usize, Node>,
+    /// The sequences and mappings open, innermost last.
+    stack: Vec<Frame>,
+    doc_pos: Option<Pos>,
+    root: Option<Node>,
+    /// Nodes of the document so far, aliases counted as what they expand to.
+    nodes: usize,
+}
+
+impl Builder {
+    /// An error at `pos`, under the path of the node being built.
+    fn error(&self, pos: Pos, message: String) -> YamlError {
+        YamlError {
+            pos,
+            path: stack_path(&self.stack),
+            message,
+        }
+    }
+
+    /// Takes one event in; returns the node it completes, with its anchor id.
+    fn event(&mut self, event: Event, pos: Pos) -> Result<Option<(Node, usize)>, YamlError> {
+        Ok(match event {
             Event::DocumentStart(..) => {
-                doc_pos = Some(pos);
-                root = None;
-                anchors.clear();
+                self.doc_pos = Some(pos);
+                self.root = None;
+                self.anchors.clear();
                 None
             }
             Event::DocumentEnd => {
                 // An empty document (comments only, or a bare `---`) reads as null.
-                let root = root.take().filter(|n| n.kind != NodeKind::Null);
-                docs.push(Document {
-                    pos: doc_pos.take().unwrap_or(pos),
-                    root,
-                });
+                let root = self.root.take().filter(|n| n.kind != NodeKind::Null);
+                let pos = self.doc_pos.take().unwrap_or(pos);
+                self.docs.push(Document { pos, root });
                 None
             }
             Event::Alias(id) => {
-                let node = anchors.get(&id).cloned().ok_or_else(|| YamlError {
-                    pos,
-                    path: stack_path(&stack),
-                    message: "invalid YAML: alias to an unknown anchor".into(),
-                })?;
-                nodes += count_nodes(&node);
-                Some((
-                    Node {
-                        pos,
-                        kind: node.kind,
-                    },
-                    0,
-                ))
+                let Some(node) = self.anchors.get(&id).cloned() else {
+                    let message = "invalid YAML: alias to an unknown anchor".to_string();
+                    return Err(self.error(pos, message));
+                };
+                self.nodes += count_nodes(&node);
+                Some((Node { pos, ..node }, 0))
             }
             Event::UnresolvedAlias(name) => {
-                return Err(YamlError {
-                    pos,
-                    path: stack_path(&stack),
-                    message: format!("invalid YAML: alias *{name} has no anchor"),
-                });
+                let message = format!("invalid YAML: alias *{name} has no anchor");
+                return Err(self.error(pos, message));
             }
             Event::Scalar(value, style, anchor, tag) => {
-                let kind = resolve_scalar(
-                    &value,
-                    style,
-                    tag.as_deref().map(|t| (t.handle(), t.suffix())),
-                )
-                .map_err(|message| YamlError {
-                    pos,
-                    path: stack_path(&stack),
-                    message,
-                })?;
+                let tag = tag.as_deref().map(|t| (t.handle(), t.suffix()));
+                let kind = resolve_scalar(&value, style, tag).map_err(|m| self.error(pos, m))?;
                 Some((Node { pos, kind }, anchor))
             }
             Event::SequenceStart(_, anchor, _) => {
-                if stack.len() >= MAX_DEPTH {
-                    return Err(YamlError {
-                        pos,
-                        path: stack_path(&stack),
-                        message: format!("nesting deeper than {MAX_DEPTH} levels"),
-                    });
-                }
-                stack.push(Frame::Seq(pos, Vec::new(), anchor));
+                self.open(Frame::Seq(pos, Vec::new(), anchor), pos)?;
                 None
             }
             Event::MappingStart(_, anchor, _) => {
-                if stack.len() >= MAX_DEPTH {
-                    return Err(YamlError {
-                        pos,
-                        path: stack_path(&stack),
-                        message: format!("nesting deeper than {MAX_DEPTH} levels"),
-                    });
-                }
-                stack.push(Frame::Map(pos, Vec::new(), Vec::new(), None, anchor));
+                let frame = Frame::Map(pos, Vec::new(), Vec::new(), None, anchor);
+                self.open(frame, pos)?;
                 None
             }
-            Event::SequenceEnd => match stack.pop() {
-                Some(Frame::Seq(p, items, anchor)) => Some((
-                    Node {
-                        pos: p,
-                        kind: NodeKind::Seq(items),
-                    },
-                    anchor,
-                )),
-                _ => unreachable!("the parser balances sequences"),
-            },
-            Event::MappingEnd => match stack.pop() {
-                Some(Frame::Map(p, mut entries, merged, _, anchor)) => {
-                    // Explicit keys win over merged ones.
-                    for (k, v) in merged {
-                        if !entries
-                            .iter()
-                            .any(|(ek, _)| ek.key_string() == k.key_string())
-                        {
-                            entries.push((k, v));
-                        }
-                    }
-                    Some((
-                        Node {
-                            pos: p,
-                            kind: NodeKind::Map(entries),
-                        },
-                        anchor,
-                    ))
-                }
-                _ => unreachable!("the parser balances mappings"),
-            },
-            // Comments and future presentation-only events carry no data.
+            Event::SequenceEnd | Event::MappingEnd => Some(self.close()),
+            // The stream's ends, anchors (carried by the nodes), comments and
+            // future presentation-only events carry no data.
             _ => None,
-        };
-        let Some((node, anchor)) = finished else {
-            continue;
-        };
-        nodes += 1;
-        if nodes > MAX_NODES {
-            return Err(YamlError {
-                pos,
-                path: stack_path(&stack),
-                message: format!("document expands to more than {MAX_NODES} nodes (alias bomb?)"),
-            });
+        })
+    }
+
+    fn open(&mut self, frame: Frame, pos: Pos) -> Result<(), YamlError> {
+        if self.stack.len() >= MAX_DEPTH {
+            let message = format!("nesting deeper than {MAX_DEPTH} levels");
+            return Err(self.error(pos, message));
+        }
+        self.stack.push(frame);
+        Ok(())
+    }
+
+    /// Closes the innermost sequence or mapping (the parser balances them).
+    fn close(&mut self) -> (Node, usize) {
+        match self.stack.pop() {
+            Some(Frame::Seq(pos, items, anchor)) => {
+                let kind = NodeKind::Seq(items);
+                (Node { pos, kind }, anchor)
+            }
+            Some(Frame::Map(pos, mut entries, merged, _, anchor)) => {
+                // Explicit keys win over merged ones.
+                for (k, v) in merged {
+                    if !entries
+                        .iter()
+                        .any(|(ek, _)| ek.key_string() == k.key_string())
+                    {
+                        entries.push((k, v));
+                    }
+                }
+                let kind = NodeKind::Map(entries);
+                (Node { pos, kind }, anchor)
+            }
+            None => unreachable!("the parser balances sequences and mappings"),
+        }
+    }
+
+    /// Counts a completed node, records its anchor and puts it in its
+    /// parent (or makes it the document's root).
+    fn place(&mut self, node: Node, anchor: usize, pos: Pos) -> Result<(), YamlError> {
+        self.nodes += 1;
+        if self.nodes > MAX_NODES {
+            let message = format!("document expands to more than {MAX_NODES} nodes (alias bomb?)");
+            return Err(self.error(pos, message));
         }
         if anchor != 0 {
-            anchors.insert(anchor, node.clone());
+            self.anchors.insert(anchor, node.clone());
         }
-        let placed = match stack.last_mut() {
+        let placed = match self.stack.last_mut() {
             None => {
-                root = Some(node);
+                self.root = Some(node);
                 Ok(())
             }
             Some(Frame::Seq(_, items, _)) => {
@@ -353,38 +347,39 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, YamlError> {
                 Ok(())
             }
             Some(Frame::Map(_, entries, merged, pending, _)) => match pending.take() {
-                // Keys end up as JSON object keys: text. A mapping or a list
-                // as a key (YAML's `? ` complex keys) has no meaning here, and
-                // rendering nested ones as text grows exponentially.
-                None if matches!(node.kind, NodeKind::Seq(_) | NodeKind::Map(_)) => {
-                    Err(YamlError {
-                        pos: node.pos,
-                        path: Vec::new(),
-                        message: format!(
-                            "a {} cannot be a key: keys are plain text",
-                            if matches!(node.kind, NodeKind::Seq(_)) {
-                                "list"
-                            } else {
-                                "mapping"
-                            }
-                        ),
-                    })
-                }
-                None => {
-                    *pending = Some(node);
-                    Ok(())
-                }
+                None => match key_error(&node) {
+                    Some(e) => Err(e),
+                    None => {
+                        *pending = Some(node);
+                        Ok(())
+                    }
+                },
                 Some(key) => insert_entry(entries, merged, key, node),
             },
         };
-        if let Err(mut e) = placed {
-            let mut path = stack_path(&stack[..stack.len() - 1]);
+        placed.map_err(|mut e| {
+            let mut path = stack_path(&self.stack[..self.stack.len() - 1]);
             path.append(&mut e.path);
             e.path = path;
-            return Err(e);
-        }
+            e
+        })
     }
-    Ok(docs)
+}
+
+/// Keys end up as JSON object keys: text. A mapping or a list as a key
+/// (YAML's `? ` complex keys) has no meaning here, and rendering nested
+/// ones as text grows exponentially.
+fn key_error(node: &Node) -> Option<YamlError> {
+    let what = match node.kind {
+        NodeKind::Seq(_) => "list",
+        NodeKind::Map(_) => "mapping",
+        _ => return None,
+    };
+    Some(YamlError {
+        pos: node.pos,
+        path: Vec::new(),
+        message: format!("a {what} cannot be a key: keys are plain text"),
+    })
 }
 
 /// The path to the node being built: the pending key of each open mapping,
