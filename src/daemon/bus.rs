@@ -21,8 +21,10 @@ use serde::Serialize;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::broadcast;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 /// Items kept for a slow subscriber before it starts missing them.
 pub const CAPACITY: usize = 1024;
@@ -149,125 +151,22 @@ impl Bus {
     /// then on is sent). Runs until the task is aborted.
     pub async fn follow_events(self, store: Store, resync: Duration, listed: impl FnOnce()) {
         let dir = store.root().join("events");
-        if !store.is_etcd() {
-            let _ = std::fs::create_dir_all(&dir);
-        }
         let (ntx, mut nrx) = tokio::sync::mpsc::unbounded_channel::<Option<PathBuf>>();
-        // On etcd: an etcd watch of the events' keys, from before the
-        // listing below (as the files' watch on a local store).
-        if store.is_etcd() {
-            let s = store.clone();
-            match tokio::task::spawn_blocking(move || s.event_changes()).await {
-                Ok(Ok(Some(mut keys))) => {
-                    let (ntx, dir) = (ntx.clone(), dir.clone());
-                    tokio::spawn(async move {
-                        while let Some(k) = keys.recv().await {
-                            let p = k.map(|k| event_file(&dir, &k));
-                            if ntx.send(p).is_err() {
-                                return;
-                            }
-                        }
-                    });
-                }
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(store = %dir.display(), error = %e, "cannot watch the events; streaming them every resync period only")
-                }
-                Err(_) => return,
-            }
-        }
-        let watcher = {
-            use notify::Watcher;
-            notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
-                ref r if !crate::fsutil::is_change(r) => {}
-                Ok(ev) if !ev.need_rescan() => {
-                    for p in ev.paths {
-                        let _ = ntx.send(Some(p));
-                    }
-                }
-                _ => {
-                    let _ = ntx.send(None);
-                }
-            })
-            .and_then(|mut w| w.watch(&dir, notify::RecursiveMode::Recursive).map(|_| w))
+        let Some(watcher) = watch_events(&store, &dir, ntx).await else {
+            return;
         };
-        let watcher = std::sync::Arc::new(std::sync::Mutex::new(match watcher {
-            Ok(w) => Some(w),
-            // On etcd there are no files: the etcd watch above tells.
-            Err(_) if store.is_etcd() => None,
-            Err(e) => {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the events; streaming them every resync period only");
-                None
-            }
-        }));
-        let mut known: HashMap<ObjectKey, Vec<StoredEvent>> = {
-            let store = store.clone();
-            tokio::task::spawn_blocking(move || {
-                store
-                    .event_keys()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|k| Some((k.clone(), store.events(&k).ok()?)))
-                    .collect()
-            })
-            .await
-            .unwrap_or_default()
-        };
+        let mut known = list_events(&store).await;
         tracing::debug!(objects = known.len(), "events feed listed");
         listed();
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + resync, resync);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let mut keys = Vec::new();
-            let mut new_dirs = Vec::new();
-            let mut rescan = false;
-            tokio::select! {
-                _ = tick.tick() => rescan = true,
-                Some(first) = nrx.recv() => {
-                    let mut batch = vec![first];
-                    while let Ok(more) = nrx.try_recv() {
-                        batch.push(more);
-                    }
-                    for p in batch {
-                        match p {
-                            None => rescan = true,
-                            Some(p) => match key_of_event_file(&dir, &p) {
-                                Some(k) => keys.push(k),
-                                // A directory appeared: its files may predate the watch.
-                                None if p.is_dir() => {
-                                    rescan = true;
-                                    new_dirs.push(p);
-                                }
-                                // Temp files of atomic writes.
-                                None => {}
-                            },
-                        }
-                    }
-                }
-            }
-            let read = {
-                let (store, watcher) = (store.clone(), watcher.clone());
-                tokio::task::spawn_blocking(move || {
-                    if let Some(w) = watcher.lock().expect("watcher lock").as_mut() {
-                        for d in &new_dirs {
-                            crate::fsutil::watch_new_dir(w, d);
-                        }
-                    }
-                    if rescan {
-                        keys = store.event_keys().unwrap_or_default();
-                    }
-                    keys.sort();
-                    keys.dedup();
-                    keys.into_iter()
-                        .map(|k| {
-                            let list = store.events(&k).unwrap_or_default();
-                            (k, list)
-                        })
-                        .collect::<Vec<_>>()
-                })
-                .await
-                .unwrap_or_default()
+            let batch = tokio::select! {
+                _ = tick.tick() => Batch { rescan: true, ..Batch::default() },
+                Some(first) = nrx.recv() => Batch::of(&dir, first, &mut nrx),
             };
+            let rescan = batch.rescan;
+            let read = read_events(&store, &watcher, batch).await;
             if rescan {
                 known.retain(|k, _| read.iter().any(|(r, _)| r == k));
             }
@@ -275,8 +174,9 @@ impl Bus {
                 let before = known.get(&key).map(Vec::as_slice).unwrap_or_default();
                 for event in new_events(before, &list) {
                     tracing::trace!(object = %key, reason = %event.reason, "event streamed");
+                    let involved_object = InvolvedObject::from(&key);
                     self.send(Item::Event(EventItem {
-                        involved_object: InvolvedObject::from(&key),
+                        involved_object,
                         event,
                     }));
                 }
@@ -288,6 +188,148 @@ impl Bus {
             }
         }
     }
+}
+
+/// The files' watcher of a local store's events (None on etcd, or when
+/// the watch could not be set up), shared with the blocking reads.
+type EventsWatcher = Arc<Mutex<Option<notify::RecommendedWatcher>>>;
+
+/// Sends what changes under the events to `ntx`: a path per changed
+/// object (its file, or on etcd its stand-in path), None for "read them
+/// all again". Set up before the listing, so nothing falls between. None
+/// when the daemon is shutting down.
+async fn watch_events(
+    store: &Store,
+    dir: &Path,
+    ntx: UnboundedSender<Option<PathBuf>>,
+) -> Option<EventsWatcher> {
+    if !store.is_etcd() {
+        let _ = std::fs::create_dir_all(dir);
+    } else {
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.event_changes()).await {
+            Ok(Ok(Some(mut keys))) => {
+                let (ntx, dir) = (ntx.clone(), dir.to_path_buf());
+                tokio::spawn(async move {
+                    while let Some(k) = keys.recv().await {
+                        if ntx.send(k.map(|k| event_file(&dir, &k))).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(store = %dir.display(), error = %e, "cannot watch the events; streaming them every resync period only")
+            }
+            Err(_) => return None,
+        }
+        // On etcd there are no files: the etcd watch tells.
+        return Some(Arc::new(Mutex::new(None)));
+    }
+    let watcher = {
+        use notify::Watcher;
+        notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+            ref r if !crate::fsutil::is_change(r) => {}
+            Ok(ev) if !ev.need_rescan() => {
+                for p in ev.paths {
+                    let _ = ntx.send(Some(p));
+                }
+            }
+            _ => {
+                let _ = ntx.send(None);
+            }
+        })
+        .and_then(|mut w| w.watch(dir, notify::RecursiveMode::Recursive).map(|_| w))
+    };
+    let watcher = watcher
+        .inspect_err(|e| tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the events; streaming them every resync period only"))
+        .ok();
+    Some(Arc::new(Mutex::new(watcher)))
+}
+
+/// Every object's events as recorded now.
+async fn list_events(store: &Store) -> HashMap<ObjectKey, Vec<StoredEvent>> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        let keys = store.event_keys().unwrap_or_default();
+        keys.into_iter()
+            .filter_map(|k| Some((k.clone(), store.events(&k).ok()?)))
+            .collect()
+    })
+    .await
+    .unwrap_or_default()
+}
+
+/// What one wake-up of the events' feed must read.
+#[derive(Default)]
+struct Batch {
+    /// The objects whose events changed.
+    keys: Vec<ObjectKey>,
+    /// Directories that appeared (to be watched too).
+    new_dirs: Vec<PathBuf>,
+    /// Read every object's events (a resync, a watch that overflowed, a
+    /// new directory whose files may predate its watch).
+    rescan: bool,
+}
+
+impl Batch {
+    /// `first` and every notification already queued behind it.
+    fn of(
+        dir: &Path,
+        first: Option<PathBuf>,
+        rx: &mut UnboundedReceiver<Option<PathBuf>>,
+    ) -> Batch {
+        let mut batch = Batch::default();
+        let mut next = Some(first);
+        while let Some(p) = next {
+            match p {
+                None => batch.rescan = true,
+                Some(p) => match key_of_event_file(dir, &p) {
+                    Some(k) => batch.keys.push(k),
+                    None if p.is_dir() => {
+                        batch.rescan = true;
+                        batch.new_dirs.push(p);
+                    }
+                    // Temp files of atomic writes.
+                    None => {}
+                },
+            }
+            next = rx.try_recv().ok();
+        }
+        batch
+    }
+}
+
+/// The events of the objects `batch` names (of all, on a rescan), once its
+/// new directories are watched.
+async fn read_events(
+    store: &Store,
+    watcher: &EventsWatcher,
+    batch: Batch,
+) -> Vec<(ObjectKey, Vec<StoredEvent>)> {
+    let (store, watcher) = (store.clone(), watcher.clone());
+    tokio::task::spawn_blocking(move || {
+        if let Some(w) = watcher.lock().expect("watcher lock").as_mut() {
+            for d in &batch.new_dirs {
+                crate::fsutil::watch_new_dir(w, d);
+            }
+        }
+        let mut keys = match batch.rescan {
+            true => store.event_keys().unwrap_or_default(),
+            false => batch.keys,
+        };
+        keys.sort();
+        keys.dedup();
+        keys.into_iter()
+            .map(|k| {
+                let list = store.events(&k).unwrap_or_default();
+                (k, list)
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default()
 }
 
 fn change<K: Object>(type_: ChangeType, o: &K) -> Change {
