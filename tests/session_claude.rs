@@ -5,10 +5,6 @@ mod common;
 use common::pool::{Pool, claude};
 use serde_json::Value;
 
-/// How long a permission dialog may stay after Enter before Enter is pressed
-/// again (a dialog drawn does not always listen yet).
-const ENTER_AGAIN_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
-
 fn cond<'a>(v: &'a Value, t: &str) -> Option<&'a Value> {
     v["status"]["conditions"]
         .as_array()?
@@ -309,7 +305,7 @@ fn a_permission_prompt_is_reported_as_waiting() {
         if !screen.contains("Do you want to proceed?") && pressed.is_some() {
             return Some(());
         }
-        let due = pressed.is_none_or(|at| at.elapsed() >= ENTER_AGAIN_AFTER);
+        let due = pressed.is_none_or(|at| at.elapsed() >= common::pool::ENTER_AGAIN_AFTER);
         if screen.contains("1. Yes") && due {
             pool.tmux(&["send-keys", "-t", "=ccl-3:", "Enter"]);
             pressed = Some(std::time::Instant::now());

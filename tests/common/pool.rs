@@ -12,6 +12,10 @@ use std::time::Duration;
 /// Generous: a loaded 2-core machine runs several Claude Codes at once.
 pub const LONG: Duration = Duration::from_secs(90);
 
+/// How long a prompt or a dialog may stay after Enter before Enter is
+/// pressed again (what is drawn does not always listen yet).
+pub const ENTER_AGAIN_AFTER: Duration = Duration::from_secs(2);
+
 /// One swap as the tests look at it (times in Unix milliseconds).
 #[derive(Debug, Clone)]
 pub struct SwapRecord {
@@ -508,26 +512,45 @@ impl Pool {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Types a prompt into a session's pane and submits it, the way the
-    /// daemon does (the project's tmux driver), once its composer is on
-    /// screen and empty (a hook can say Idle before Claude Code takes keys).
+    /// Types a prompt into a session's pane and submits it, as the daemon
+    /// does (the project's tmux driver types the text in one call), once
+    /// its composer is on screen and empty (a hook can say Idle before
+    /// Claude Code takes keys). Enter goes once the composer shows the text
+    /// (an Enter read with the text is part of a paste), and again while
+    /// the composer still holds it (one pressed before the composer
+    /// listens is lost; a late second one lands in an empty composer,
+    /// where it does nothing).
     pub fn type_prompt(&self, session: &str, text: &str) {
+        let composer = || claude_failover::agent::screen::composer_text(&self.screen(session));
         wait_for(&format!("the composer of {session}"), LONG, || {
-            claude_failover::agent::screen::composer_text(&self.screen(session))
-                .filter(|t| t.is_empty())
+            composer().filter(|t| t.is_empty())
         });
         let tmux = claude_failover::tmux::Tmux::new(self.socket());
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        rt.block_on(async {
-            let pane = tmux
-                .pane(session)
-                .await
-                .unwrap()
-                .expect("the session's pane");
-            tmux.type_and_submit(&pane.id, text).await.unwrap();
+        let pane = rt.block_on(async {
+            let pane = tmux.pane(session).await.unwrap();
+            let pane = pane.expect("the session's pane");
+            tmux.send_text(&pane.id, text).await.unwrap();
+            pane
+        });
+        wait_for(
+            &format!("{text:?} in the composer of {session}"),
+            LONG,
+            || composer().filter(|t| !t.is_empty()),
+        );
+        let mut pressed: Option<std::time::Instant> = None;
+        wait_for(&format!("{text:?} submitted in {session}"), LONG, || {
+            if pressed.is_some() && composer().is_none_or(|t| t.is_empty()) {
+                return Some(());
+            }
+            if pressed.is_none_or(|at| at.elapsed() >= ENTER_AGAIN_AFTER) {
+                self.tmux(&["send-keys", "-t", &pane.id, "Enter"]);
+                pressed = Some(std::time::Instant::now());
+            }
+            None
         });
     }
 
