@@ -286,8 +286,8 @@ async fn deliver(
 /// has it now (another node's dispatcher may have taken it since this pass
 /// filed it), the agent (by pid) is alive, its own state file says idle
 /// (the Session's status may lag behind it: text typed into a busy agent
-/// is queued, not submitted) and its composer is empty. The task as it is
-/// now, and the pane.
+/// is queued, not submitted), its composer is empty and its account still
+/// takes work. The task as it is now, and the pane.
 async fn ready_to_type(
     ctx: &Context,
     key: &ObjectKey,
@@ -323,7 +323,23 @@ async fn ready_to_type(
     if !composer_ready(ctx, &pane, &screen, &skey).await? {
         return Ok(None);
     }
+    // The composer may have kept us up to COMPOSER_READY: the account may
+    // have turned NearLimit (drained) or been left since the pairing.
+    if !account_still_takes_work(ctx, &skey) {
+        return Ok(None);
+    }
     Ok(Some((t, pane)))
+}
+
+/// [`assign::account_takes_work`] asked again of the session and its
+/// account as the caches have them now.
+fn account_still_takes_work(ctx: &Context, skey: &ObjectKey) -> bool {
+    let caches = &ctx.shared.caches;
+    let Some(s) = caches.sessions.get(&skey.namespace, &skey.name) else {
+        return false;
+    };
+    let accounts = caches.accounts.all();
+    assign::account_takes_work(&s, account_of(&accounts, &s), &ctx.settings.policy)
 }
 
 /// The task's status once dispatched to `session` (its agent `pid`):
