@@ -142,7 +142,7 @@ fn crossing_the_threshold_moves_every_session_and_the_conversation_goes_on() {
     }
 
     // One swap, recorded with its epoch, and told in the events.
-    let swaps = pool.swaps();
+    let swaps = pool.ended_swaps();
     assert_eq!(swaps.len(), 1, "{swaps:?}");
     let s = &swaps[0];
     assert_eq!(

@@ -437,12 +437,18 @@ fn an_agent_that_cannot_start_is_a_crash_loop_that_says_why() {
     );
     assert!(m.contains("Invalid API key · Please run /login"), "{m}");
     assert!(m.contains("next try at"), "{m}");
-    let table = pool.ok(&["get", "sessions"]);
-    assert!(
-        table
-            .lines()
-            .any(|l| l.starts_with("quits") && l.contains("CrashLoopBackOff")),
-        "{table}"
+    // The table says so too (looked at until it does: between two tries
+    // the phase is Starting a moment, and the back-off is short at first).
+    common::wait_for(
+        "the table to show the crash loop",
+        common::pool::LONG,
+        || {
+            let table = pool.ok(&["get", "sessions"]);
+            table
+                .lines()
+                .any(|l| l.starts_with("quits") && l.contains("CrashLoopBackOff"))
+                .then_some(())
+        },
     );
     // Retried with back-off, each exit told.
     pool.wait_session("quits", "retried", |v| {

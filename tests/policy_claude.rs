@@ -283,7 +283,7 @@ fn at_its_opus_weekly_limit_an_account_moves_its_opus_session_and_keeps_the_sonn
     // The week's Opus use passes a's threshold (90 %).
     pool.api.set_usage_endpoint_for(TOKEN_A, &usage(97.0));
     pool.wait_session("op", "moved to b", |v| on(v, "b"));
-    let swaps = pool.swaps();
+    let swaps = pool.ended_swaps();
     assert_eq!(swaps.len(), 1, "{swaps:?}");
     assert_eq!(
         (

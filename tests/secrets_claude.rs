@@ -252,7 +252,9 @@ fn sessions_of_one_account_share_its_login_through_token_refreshes() {
         v["status"]["phase"] == "Unavailable"
     });
     assert_eq!(b["status"]["conditions"][0]["reason"], "CopiedLogin", "{b}");
-    for n in names {
+    // All four up (wants-b on a's login too) before the counting starts:
+    // a start's refresh falls before the reads below.
+    for n in names.iter().chain(&["wants-b"]) {
         pool.wait_phase(n, "Idle");
     }
     // Two rounds of tasks, one per session at once.

@@ -131,8 +131,9 @@ fn a_pool_scales_spreads_waits_for_turns_and_cascades() {
         web1["metadata"]["deletionTimestamp"].is_null(),
         "web-1 is not cut: {web1}"
     );
-    let cond = pool_status(&env)["conditions"][0].clone();
-    assert_eq!(cond["reason"], "WaitingForTurns", "{cond}");
+    wait_for("the pool to say it waits for the turns", T, || {
+        (pool_status(&env)["conditions"][0]["reason"] == "WaitingForTurns").then_some(())
+    });
     wait_for("web-1 to go after its turn", T, || {
         members(&env).is_empty().then_some(())
     });

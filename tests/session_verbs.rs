@@ -36,6 +36,20 @@ impl Follow {
         Follow { child, out }
     }
 
+    /// Waits until the follower has a file whose name ends in `suffix`
+    /// open (it reads from there on).
+    fn wait_open(&self, suffix: &str) {
+        let fds = format!("/proc/{}/fd", self.child.id());
+        wait_for(&format!("the follower to open *{suffix}"), LONG, || {
+            std::fs::read_dir(&fds)
+                .ok()?
+                .flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .any(|l| l.to_string_lossy().ends_with(suffix))
+                .then_some(())
+        });
+    }
+
     fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
         wait_for(what, LONG, || {
             let s = self.out.lock().unwrap().clone();
@@ -115,6 +129,7 @@ fn logs_attach_suspend_and_delete_a_session() {
 
     // Following the transcript: the next turn appears.
     let follow = Follow::start(pool.cli(&["logs", "verbs", "--transcript", "-f", "--tail", "0"]));
+    follow.wait_open(".jsonl");
     pool.apply(&pool.task_yaml("second", "now the PEAR", "  session: verbs\n"));
     let out = follow.wait_for("the followed turn", |s| {
         s.contains("assistant: ok: ") && s.contains("PEAR")
@@ -126,6 +141,8 @@ fn logs_attach_suspend_and_delete_a_session() {
     // Following the screen: a long reply scrolls into the history and is
     // printed as it does.
     let follow = Follow::start(pool.cli(&["logs", "verbs", "-f"]));
+    // It prints the screen as it is first: from there on it follows.
+    follow.wait_for("the screen as it is", |s| !s.trim().is_empty());
     pool.api.set_reply(
         (1..=120)
             .map(|i| format!("numbered line {i}"))

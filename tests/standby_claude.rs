@@ -156,7 +156,7 @@ fn a_session_with_a_warm_standby_moves_through_it() {
     let new_pid = next["status"]["standby"]["pid"].as_u64().unwrap();
     assert_ne!(new_pid, standby_pid);
     assert!(pid_alive(new_pid));
-    let swaps = pool.swaps();
+    let swaps = pool.ended_swaps();
     assert_eq!(swaps.len(), 1, "{swaps:?}");
     assert_eq!(swaps[0].result, "Succeeded");
     // The metrics tell the takeover and the standby.

@@ -23,8 +23,10 @@ impl Drop for Server {
 }
 
 fn server() -> Server {
-    // A stray TMUX in the environment must not redirect the driver.
-    unsafe { std::env::set_var("TMUX", "/nonexistent/socket,1,0") };
+    // A stray TMUX in the environment must not redirect the driver. Set
+    // once: setting it while another test's thread starts tmux races.
+    static STRAY_TMUX: std::sync::Once = std::sync::Once::new();
+    STRAY_TMUX.call_once(|| unsafe { std::env::set_var("TMUX", "/nonexistent/socket,1,0") });
     let dir = tempfile::tempdir().unwrap();
     Server {
         tmux: Tmux::new(dir.path().join("tmux.sock")),

@@ -164,6 +164,15 @@ impl Pool {
         swaps_in(&self.env.store())
     }
 
+    /// The swaps once none is running (a swap's record ends after the
+    /// sessions it moved say they are done).
+    pub fn ended_swaps(&self) -> Vec<SwapRecord> {
+        wait_for("the swaps' records to end", LONG, || {
+            let swaps = self.swaps();
+            swaps.iter().all(|s| s.result != "Running").then_some(swaps)
+        })
+    }
+
     /// Waits for a main request mentioning `needle`; returns the last such.
     pub fn request_with(&self, needle: &str) -> super::fake_api::Recorded {
         let reqs = self.api.wait_for(
