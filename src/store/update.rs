@@ -61,10 +61,7 @@ impl Store {
         dry_run: bool,
         f: &mut impl FnMut(&mut Value) -> std::result::Result<(), String>,
     ) -> Result<Updated> {
-        let invalid = |message: String| StoreError::Invalid {
-            key: key.clone(),
-            message,
-        };
+        let invalid = |message: String| invalid(key, message);
         let mut txn = self.txn(dry_run)?;
         let raw = txn
             .read_raw(key)?
@@ -76,100 +73,19 @@ impl Store {
         live.as_object_mut()
             .expect("objects are maps")
             .remove("status");
-        let mut edited = live.clone();
-        f(&mut edited).map_err(invalid)?;
-        if let Some(o) = edited.as_object_mut() {
-            o.remove("status");
-        }
-        for (what, a, b) in [
-            ("apiVersion", &live["apiVersion"], &edited["apiVersion"]),
-            ("kind", &live["kind"], &edited["kind"]),
-            (
-                "metadata.name",
-                &live["metadata"]["name"],
-                &edited["metadata"]["name"],
-            ),
-            (
-                "metadata.namespace",
-                &live["metadata"]["namespace"],
-                &edited["metadata"]["namespace"],
-            ),
-        ] {
-            if a != b {
-                return Err(invalid(format!("{what} cannot be changed ({a} → {b})")));
-            }
-        }
-        let meta = edited["metadata"]
-            .as_object_mut()
-            .ok_or_else(|| invalid("metadata must be a map".into()))?;
-        for k in SERVER_META {
-            match live["metadata"].get(*k) {
-                Some(v) => meta.insert(k.to_string(), v.clone()),
-                None => meta.remove(*k),
-            };
-        }
-        for k in ["labels", "annotations", "finalizers"] {
-            let empty = match meta.get(k) {
-                Some(Value::Object(m)) => m.is_empty(),
-                Some(Value::Array(a)) => a.is_empty(),
-                Some(Value::Null) => true,
-                _ => false,
-            };
-            if empty {
-                meta.remove(k);
-            }
-        }
+        let edited = edit(key, &live, f)?;
         let mut doc = ownership::normalize(key.kind, &edited).map_err(invalid)?;
         if let Some(m) = doc["metadata"].as_object_mut() {
-            for k in ["labels", "annotations", "finalizers"] {
-                if m.get(k).is_some_and(|v| {
-                    v.as_object().is_some_and(|o| o.is_empty())
-                        || v.as_array().is_some_and(|a| a.is_empty())
-                }) {
-                    m.remove(k);
-                }
-            }
+            drop_empty(m);
         }
         ownership::record_update(Some(&live), &mut doc, manager, &crate::api::now());
-        let strip = |v: &Value| {
-            let mut v = v.clone();
-            if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-                m.remove(ownership::MANAGED_FIELDS);
-            }
-            v
-        };
-        if strip(&doc) == strip(&live) {
+        if without_managed_fields(&doc) == without_managed_fields(&live) {
             return Ok(Updated {
                 changed: false,
                 object: current,
             });
         }
-        // The daemon's own kinds: their spec is the daemon's, except the
-        // fields people set (a ManifestSync's `suspend` and `prune`).
-        let daemons = |v: &Value| {
-            let mut s = v["spec"].clone();
-            if let Some(m) = s.as_object_mut() {
-                for f in people_set(key.kind) {
-                    m.remove(*f);
-                }
-            }
-            s
-        };
-        if !key.kind.declared() && daemons(&doc) != daemons(&live) {
-            let open = people_set(key.kind);
-            return Err(invalid(if open.is_empty() {
-                format!(
-                    "{} are written by the daemon only: their spec cannot be changed",
-                    key.kind.plural()
-                )
-            } else {
-                format!(
-                    "{} are written by the daemon: of their spec, only {} can be changed",
-                    key.kind.plural(),
-                    open.join(" and ")
-                )
-            }));
-        }
+        check_spec_writer(key, &doc, &live)?;
         if doc["spec"] != live["spec"] {
             let g = live["metadata"]["generation"].as_i64().unwrap_or(0);
             doc["metadata"]["generation"] = json!(g + 1);
@@ -188,4 +104,105 @@ impl Store {
             object,
         })
     }
+}
+
+fn invalid(key: &ObjectKey, message: String) -> StoreError {
+    StoreError::Invalid {
+        key: key.clone(),
+        message,
+    }
+}
+
+/// `live` (without status) as `f` edits it: still the same object (its
+/// apiVersion, kind, name and namespace), the server's metadata kept,
+/// empty labels, annotations and finalizers dropped.
+fn edit(
+    key: &ObjectKey,
+    live: &Value,
+    f: &mut impl FnMut(&mut Value) -> std::result::Result<(), String>,
+) -> Result<Value> {
+    let mut edited = live.clone();
+    f(&mut edited).map_err(|m| invalid(key, m))?;
+    if let Some(o) = edited.as_object_mut() {
+        o.remove("status");
+    }
+    for (what, pointer) in [
+        ("apiVersion", "/apiVersion"),
+        ("kind", "/kind"),
+        ("metadata.name", "/metadata/name"),
+        ("metadata.namespace", "/metadata/namespace"),
+    ] {
+        let at = |v: &Value| v.pointer(pointer).cloned().unwrap_or(Value::Null);
+        let (a, b) = (at(live), at(&edited));
+        if a != b {
+            return Err(invalid(
+                key,
+                format!("{what} cannot be changed ({a} → {b})"),
+            ));
+        }
+    }
+    let meta = edited["metadata"]
+        .as_object_mut()
+        .ok_or_else(|| invalid(key, "metadata must be a map".into()))?;
+    for k in SERVER_META {
+        match live["metadata"].get(*k) {
+            Some(v) => meta.insert(k.to_string(), v.clone()),
+            None => meta.remove(*k),
+        };
+    }
+    drop_empty(meta);
+    Ok(edited)
+}
+
+/// Removes labels, annotations and finalizers that are empty (or null).
+fn drop_empty(meta: &mut serde_json::Map<String, Value>) {
+    for k in ["labels", "annotations", "finalizers"] {
+        let empty = match meta.get(k) {
+            Some(Value::Object(m)) => m.is_empty(),
+            Some(Value::Array(a)) => a.is_empty(),
+            Some(Value::Null) => true,
+            _ => false,
+        };
+        if empty {
+            meta.remove(k);
+        }
+    }
+}
+
+fn without_managed_fields(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove(ownership::MANAGED_FIELDS);
+    }
+    v
+}
+
+/// The daemon's own kinds: their spec is the daemon's, except the fields
+/// people set (a ManifestSync's `suspend` and `prune`).
+fn check_spec_writer(key: &ObjectKey, doc: &Value, live: &Value) -> Result<()> {
+    let daemons = |v: &Value| {
+        let mut s = v["spec"].clone();
+        if let Some(m) = s.as_object_mut() {
+            for f in people_set(key.kind) {
+                m.remove(*f);
+            }
+        }
+        s
+    };
+    if key.kind.declared() || daemons(doc) == daemons(live) {
+        return Ok(());
+    }
+    let open = people_set(key.kind);
+    let plural = key.kind.plural();
+    Err(invalid(
+        key,
+        if open.is_empty() {
+            format!("{plural} are written by the daemon only: their spec cannot be changed")
+        } else {
+            format!(
+                "{plural} are written by the daemon: of their spec, only {} can be changed",
+                open.join(" and ")
+            )
+        },
+    ))
 }
