@@ -176,100 +176,16 @@ pub fn label(ctx: &Ctx, a: MetaArgs, which: Which) -> Result<ExitCode> {
     }
     let keys = resolve(ctx, &targets(&resources)?, a.all, a.selector.as_deref())?;
     let store = ctx.store()?;
-    let field = which.field();
     let mut failed = false;
     for key in keys {
-        if a.list {
-            match store.get(&key)? {
-                Some(v) => {
-                    println!("Listing {field} for {}/{}:", key.kind.qualified(), key.name);
-                    if let Some(m) = v["metadata"].get(field).and_then(Value::as_object) {
-                        for (k, x) in m {
-                            println!(" {k}={}", x.as_str().unwrap_or_default());
-                        }
-                    }
-                }
-                None => {
-                    eprintln!("error: {}", not_found(&key));
-                    failed = true;
-                }
-            }
-            continue;
-        }
-        let mut added = false;
-        let mut removed = false;
-        let manager = a.field_manager.as_deref().unwrap_or(which.manager());
-        let r = store.update_object(
-            &key,
-            a.resource_version.as_deref(),
-            manager,
-            a.dry_run.active(),
-            |obj| {
-                let meta = obj["metadata"]
-                    .as_object_mut()
-                    .ok_or("metadata is not a map")?;
-                let map = meta
-                    .entry(field)
-                    .or_insert_with(|| json!({}))
-                    .as_object_mut()
-                    .ok_or("not a map")?;
-                for c in &changes {
-                    match c {
-                        Change::Set(k, v) => match map.get(k).and_then(Value::as_str) {
-                            Some(old) if old == v => {}
-                            Some(old) if !a.overwrite => {
-                                return Err(format!(
-                                    "'{k}' already has a value ({old}), and --overwrite is false"
-                                ));
-                            }
-                            _ => {
-                                map.insert(k.clone(), json!(v));
-                                added = true;
-                            }
-                        },
-                        Change::Remove(k) => {
-                            removed |= map.remove(k).is_some();
-                        }
-                    }
-                }
-                Ok(())
-            },
-        );
-        let (did, undid, none) = which.verb();
-        match r {
-            Ok(u) => {
-                let what = if !u.changed {
-                    none
-                } else if added {
-                    did
-                } else if removed {
-                    undid
-                } else {
-                    did
-                };
-                if a.output.as_deref() == Some("name") {
-                    println!("{}", print::name_of(key.kind, &u.object));
-                } else {
-                    println!(
-                        "{}/{} {what}{}",
-                        key.kind.qualified(),
-                        key.name,
-                        a.dry_run.suffix()
-                    );
-                }
-            }
-            Err(StoreError::NotFound(_)) => {
-                eprintln!("error: {}", not_found(&key));
-                failed = true;
-            }
-            Err(StoreError::Invalid { message, .. }) => {
-                eprintln!("error: {message}");
-                failed = true;
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                failed = true;
-            }
+        let done = if a.list {
+            list_keys(&store, &key, which.field())
+        } else {
+            change_keys(&store, &key, &a, which, &changes)
+        };
+        if let Err(message) = done {
+            eprintln!("error: {message}");
+            failed = true;
         }
     }
     Ok(if failed {
@@ -277,6 +193,100 @@ pub fn label(ctx: &Ctx, a: MetaArgs, which: Which) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `--list`: the object's labels or annotations, one per line.
+fn list_keys(store: &crate::store::Store, key: &ObjectKey, field: &str) -> Result<(), String> {
+    let v = store
+        .get(key)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| not_found(key))?;
+    println!("Listing {field} for {}/{}:", key.kind.qualified(), key.name);
+    if let Some(m) = v["metadata"].get(field).and_then(Value::as_object) {
+        for (k, x) in m {
+            println!(" {k}={}", x.as_str().unwrap_or_default());
+        }
+    }
+    Ok(())
+}
+
+/// Makes `changes` to one object's labels or annotations, as the writer
+/// of the verb (or `--field-manager`), and says what it did.
+fn change_keys(
+    store: &crate::store::Store,
+    key: &ObjectKey,
+    a: &MetaArgs,
+    which: Which,
+    changes: &[Change],
+) -> Result<(), String> {
+    let field = which.field();
+    let (mut added, mut removed) = (false, false);
+    let manager = a.field_manager.as_deref().unwrap_or(which.manager());
+    let r = store.update_object(
+        key,
+        a.resource_version.as_deref(),
+        manager,
+        a.dry_run.active(),
+        |obj| {
+            let meta = obj["metadata"]
+                .as_object_mut()
+                .ok_or("metadata is not a map")?;
+            let map = meta
+                .entry(field)
+                .or_insert_with(|| json!({}))
+                .as_object_mut()
+                .ok_or("not a map")?;
+            (added, removed) = apply_changes(map, changes, a.overwrite)?;
+            Ok(())
+        },
+    );
+    let u = match r {
+        Ok(u) => u,
+        Err(StoreError::NotFound(_)) => return Err(not_found(key)),
+        Err(StoreError::Invalid { message, .. }) => return Err(message),
+        Err(e) => return Err(e.to_string()),
+    };
+    let (did, undid, none) = which.verb();
+    let what = match (u.changed, added, removed) {
+        (false, _, _) => none,
+        (true, false, true) => undid,
+        (true, _, _) => did,
+    };
+    if a.output.as_deref() == Some("name") {
+        println!("{}", print::name_of(key.kind, &u.object));
+    } else {
+        let dry = a.dry_run.suffix();
+        println!("{}/{} {what}{dry}", key.kind.qualified(), key.name);
+    }
+    Ok(())
+}
+
+/// Sets and removes keys of `map`: (any set, any removed). A key that has
+/// another value is changed only with `overwrite`.
+fn apply_changes(
+    map: &mut Map<String, Value>,
+    changes: &[Change],
+    overwrite: bool,
+) -> Result<(bool, bool), String> {
+    let (mut added, mut removed) = (false, false);
+    for c in changes {
+        match c {
+            Change::Set(k, v) => match map.get(k).and_then(Value::as_str) {
+                Some(old) if old == v => {}
+                Some(old) if !overwrite => {
+                    return Err(format!(
+                        "'{k}' already has a value ({old}), and --overwrite is false"
+                    ));
+                }
+                _ => {
+                    map.insert(k.clone(), json!(v));
+                    added = true;
+                }
+            },
+            Change::Remove(k) => removed |= map.remove(k).is_some(),
+        }
+    }
+    Ok((added, removed))
 }
 
 /// `suspend` (true) and `resume` (false): sets `spec.suspend` of sessions
@@ -344,6 +354,53 @@ pub fn suspend(ctx: &Ctx, a: SuspendArgs, on: bool) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn changes_applied() {
+        let set = |k: &str, v: &str| Change::Set(k.into(), v.into());
+        let rm = |k: &str| Change::Remove(k.into());
+        type Case = (
+            &'static str,
+            Vec<Change>,
+            bool,
+            Result<(bool, bool), &'static str>,
+        );
+        let cases: Vec<Case> = vec![
+            ("a new key", vec![set("b", "1")], false, Ok((true, false))),
+            (
+                "the same value",
+                vec![set("a", "x")],
+                false,
+                Ok((false, false)),
+            ),
+            (
+                "another value",
+                vec![set("a", "y")],
+                false,
+                Err("'a' already has a value (x), and --overwrite is false"),
+            ),
+            ("overwritten", vec![set("a", "y")], true, Ok((true, false))),
+            ("removed", vec![rm("a")], false, Ok((false, true))),
+            (
+                "absent: nothing removed",
+                vec![rm("z")],
+                false,
+                Ok((false, false)),
+            ),
+            (
+                "both",
+                vec![rm("a"), set("b", "2")],
+                false,
+                Ok((true, true)),
+            ),
+        ];
+        for (name, changes, overwrite, want) in cases {
+            let mut map = Map::new();
+            map.insert("a".into(), json!("x"));
+            let got = apply_changes(&mut map, &changes, overwrite);
+            assert_eq!(got, want.map_err(String::from), "{name}");
+        }
+    }
 
     #[test]
     fn changes() {
