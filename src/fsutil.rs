@@ -32,6 +32,18 @@ pub fn write_atomic(
     Ok(())
 }
 
+/// Replaces `path` with `data` atomically for every process (a temp file
+/// renamed over it: readers see the old or the new content), without
+/// fsync: for what a power loss makes moot anyway (the secret an agent's
+/// hooks carry: the agent dies with the machine, and its next launch
+/// writes another).
+pub fn replace_volatile(path: &Path, data: &[u8], mode: Option<u32>) -> std::io::Result<()> {
+    let tmp = write_temp(path, data, mode)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
 /// Writes `data` to a new hidden temp file beside `path`, without fsync,
 /// and returns its name: the first half of [`write_atomic`] for batch
 /// writers, which make many temp files durable at once with

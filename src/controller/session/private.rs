@@ -48,7 +48,10 @@ pub fn save_secret(state_dir: &Path, key: &ObjectKey, secret: &str) -> std::io::
         state_dir.join("sessions"),
         std::fs::Permissions::from_mode(0o700),
     )?;
-    write_atomic(&d.join("secret"), secret.as_bytes(), Some(0o600), true)
+    // Not fsync'd: a takeover saves it between the old agent's kill and
+    // the Enter, eight at once in a swap, and only a running agent needs it
+    // (a power loss takes the agent too; its relaunch writes another).
+    crate::fsutil::replace_volatile(&d.join("secret"), secret.as_bytes(), Some(0o600))
 }
 
 /// Writes the settings file of a launch.
