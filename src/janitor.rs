@@ -82,9 +82,33 @@ pub fn pass(
     s: &Settings,
     now: SystemTime,
 ) -> Result<usize, crate::store::StoreError> {
-    let mut removed = 0;
     let tasks = store.api::<Task>(None).list()?;
-    for t in &tasks {
+    let mut removed = finished_tasks(store, s, &tasks, now);
+    let sessions = store.api::<Session>(None).list()?;
+    removed += orphan_checkpoints(s, &sessions, now);
+    let live: std::collections::HashSet<String> = tasks
+        .iter()
+        .filter(|t| {
+            matches!(
+                t.status.as_ref().and_then(|s| s.phase),
+                Some(TaskPhase::Dispatched | TaskPhase::Running)
+            )
+        })
+        .filter_map(|t| t.metadata.name.clone())
+        .collect();
+    for sess in &sessions {
+        removed += inbox_leftovers(sess, s, &live, now);
+    }
+    for root in [store.root(), s.state_dir.as_path()] {
+        removed += sweep_temp(root, now, 4);
+    }
+    Ok(removed)
+}
+
+/// Tasks finished longer ago than `keep_finished`, with their inbox files.
+fn finished_tasks(store: &Store, s: &Settings, tasks: &[Task], now: SystemTime) -> usize {
+    let mut removed = 0;
+    for t in tasks {
         let st = t.status.clone().unwrap_or_default();
         let done = matches!(
             st.phase,
@@ -96,25 +120,23 @@ pub fn pass(
         if !done || !old(finished, now, s.keep_finished) {
             continue;
         }
-        if let Some(file) = t
+        let file = t
             .metadata
             .annotations
             .as_ref()
-            .and_then(|a| a.get(INBOX_FILE))
+            .and_then(|a| a.get(INBOX_FILE));
+        let file = file.map(Path::new);
+        if let Some((queue, name)) =
+            file.and_then(|f| Some((f.parent()?.parent()?, f.file_name()?)))
         {
-            let file = Path::new(file);
-            if let (Some(queue), Some(name)) =
-                (file.parent().and_then(Path::parent), file.file_name())
-            {
-                for dir in ["done", "failed"] {
-                    let f = queue.join(dir).join(name);
-                    for p in [
-                        f.clone(),
-                        f.with_extension("md.result"),
-                        f.with_extension("md.error"),
-                    ] {
-                        removed += remove(&p, "a finished task's inbox file") as usize;
-                    }
+            for dir in ["done", "failed"] {
+                let f = queue.join(dir).join(name);
+                for p in [
+                    f.clone(),
+                    f.with_extension("md.result"),
+                    f.with_extension("md.error"),
+                ] {
+                    removed += remove(&p, "a finished task's inbox file") as usize;
                 }
             }
         }
@@ -125,25 +147,17 @@ pub fn pass(
             removed += 1;
         }
     }
-    let live: std::collections::HashSet<String> = tasks
-        .iter()
-        .filter(|t| {
-            matches!(
-                t.status.as_ref().and_then(|s| s.phase),
-                Some(TaskPhase::Dispatched | TaskPhase::Running)
-            )
-        })
-        .filter_map(|t| t.metadata.name.clone())
-        .collect();
-    let sessions = store.api::<Session>(None).list()?;
+    removed
+}
+
+/// Checkpoints of Sessions deleted longer ago than `keep_checkpoints`.
+fn orphan_checkpoints(s: &Settings, sessions: &[Session], now: SystemTime) -> usize {
+    let mut removed = 0;
     let checkpoints = s.state_dir.join("checkpoints");
-    for ns in std::fs::read_dir(&checkpoints)
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
+    let dirs = |p: &Path| std::fs::read_dir(p).into_iter().flatten().flatten();
+    for ns in dirs(&checkpoints) {
         let namespace = ns.file_name().to_string_lossy().into_owned();
-        for e in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+        for e in dirs(&ns.path()) {
             let p = e.path();
             let Some(name) = p.file_stem().map(|n| n.to_string_lossy().into_owned()) else {
                 continue;
@@ -158,39 +172,50 @@ pub fn pass(
             }
         }
     }
-    for sess in sessions {
-        let Ok(workdir) = std::fs::canonicalize(crate::workspace::agent_dir(&sess)) else {
-            continue;
-        };
-        let queue = crate::inbox::queue_dir(&workdir);
-        if let Ok(rd) = std::fs::read_dir(queue.join("inbox")) {
-            for e in rd.flatten() {
-                let p = e.path();
-                if p.extension().is_some_and(|x| x == "dispatched") {
-                    let task = std::fs::read_to_string(&p)
-                        .ok()
-                        .and_then(|c| c.split_whitespace().nth(1).map(str::to_string))
-                        .unwrap_or_default();
-                    if !live.contains(&task) {
-                        removed += remove(&p, "a stale .dispatched marker") as usize;
-                    }
-                }
-            }
-        }
-        if let Ok(rd) = std::fs::read_dir(queue.join("rejected")) {
-            for e in rd.flatten() {
-                let p = e.path();
-                let modified = e.metadata().and_then(|m| m.modified()).unwrap_or(now);
-                if old(modified, now, s.keep_finished) {
-                    removed += remove(&p, "an old rejected inbox file") as usize;
-                }
+    removed
+}
+
+/// In a session's inbox queue: `.dispatched` markers of tasks no longer
+/// in flight (`live`), and rejected files older than `keep_finished`.
+fn inbox_leftovers(
+    sess: &Session,
+    s: &Settings,
+    live: &std::collections::HashSet<String>,
+    now: SystemTime,
+) -> usize {
+    let mut removed = 0;
+    let Ok(workdir) = std::fs::canonicalize(crate::workspace::agent_dir(sess)) else {
+        return 0;
+    };
+    let queue = crate::inbox::queue_dir(&workdir);
+    for e in std::fs::read_dir(queue.join("inbox"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "dispatched") {
+            let task = std::fs::read_to_string(&p)
+                .ok()
+                .and_then(|c| c.split_whitespace().nth(1).map(str::to_string))
+                .unwrap_or_default();
+            if !live.contains(&task) {
+                removed += remove(&p, "a stale .dispatched marker") as usize;
             }
         }
     }
-    for root in [store.root(), s.state_dir.as_path()] {
-        removed += sweep_temp(root, now, 4);
+    for e in std::fs::read_dir(queue.join("rejected"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let p = e.path();
+        let modified = e.metadata().and_then(|m| m.modified()).unwrap_or(now);
+        if old(modified, now, s.keep_finished) {
+            removed += remove(&p, "an old rejected inbox file") as usize;
+        }
     }
-    Ok(removed)
+    removed
 }
 
 #[cfg(test)]
