@@ -211,41 +211,11 @@ pub fn get(ctx: &Ctx, a: GetArgs) -> Result<ExitCode> {
     let mut listed: Vec<(Kind, Vec<Value>)> = Vec::new();
     let mut missing = Vec::new();
     let mut corrupt = Vec::new();
-    for Target { kind, names } in &targets {
-        let filter = Filter::new(
-            names,
-            a.selector.as_deref(),
-            a.field_selector.as_deref(),
-            &kinds,
-        )?;
-        let ns = (!a.all_namespaces).then_some(ctx.namespace_of(*kind));
-        let listing = store.list_checked(*kind, ns)?;
-        corrupt.extend(listing.corrupt.iter().cloned());
-        let mut items: Vec<Value> = listing
-            .objects
-            .into_iter()
-            .filter(|v| filter.keep(v))
-            .map(|v| {
-                if a.show_managed_fields {
-                    v
-                } else {
-                    print::without_managed_fields(&v)
-                }
-            })
-            .collect();
-        for n in names {
-            let is_corrupt = listing.corrupt.iter().any(|c| c.key.name == *n);
-            let found = items
-                .iter()
-                .any(|v| v.pointer("/metadata/name").and_then(Value::as_str) == Some(n));
-            if !found && !is_corrupt && !a.ignore_not_found {
-                missing.push(format!("{} \"{n}\" not found", kind.qualified()));
-            }
-        }
-        if let Some(s) = &sort {
-            s.sort(&mut items).map_err(anyhow::Error::msg)?;
-        }
-        listed.push((*kind, items));
+    for target in &targets {
+        let got = list_target(ctx, &store, &a, target, &kinds, sort.as_ref())?;
+        missing.extend(got.missing);
+        corrupt.extend(got.corrupt);
+        listed.push((target.kind, got.items));
     }
     let single = targets.len() == 1 && targets[0].names.len() == 1;
     // Only missing names: nothing to print but the errors (as kubectl).
@@ -262,9 +232,76 @@ pub fn get(ctx: &Ctx, a: GetArgs) -> Result<ExitCode> {
         };
         eprintln!("No resources found{where_}.");
     }
-    // Objects whose files do not read: named, never hidden.
+    let named_corrupt = tell_corrupt(&targets, &corrupt);
+    for m in &missing {
+        eprintln!("error: {m}");
+    }
+    Ok(if missing.is_empty() && !named_corrupt {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// What one `KIND [NAME...]` of a `get` lists.
+struct Got {
+    items: Vec<Value>,
+    /// Names asked for and not there ("not found" errors).
+    missing: Vec<String>,
+    corrupt: Vec<crate::store::CorruptObject>,
+}
+
+/// The objects of one target, filtered and sorted as asked.
+fn list_target(
+    ctx: &Ctx,
+    store: &crate::store::Store,
+    a: &GetArgs,
+    target: &Target,
+    kinds: &[Kind],
+    sort: Option<&SortKey>,
+) -> Result<Got> {
+    let Target { kind, names } = target;
+    let (selector, fields) = (a.selector.as_deref(), a.field_selector.as_deref());
+    let filter = Filter::new(names, selector, fields, kinds)?;
+    let ns = (!a.all_namespaces).then_some(ctx.namespace_of(*kind));
+    let listing = store.list_checked(*kind, ns)?;
+    let mut items: Vec<Value> = listing
+        .objects
+        .into_iter()
+        .filter(|v| filter.keep(v))
+        .map(|v| {
+            if a.show_managed_fields {
+                v
+            } else {
+                print::without_managed_fields(&v)
+            }
+        })
+        .collect();
+    let mut missing = Vec::new();
+    for n in names {
+        let is_corrupt = listing.corrupt.iter().any(|c| c.key.name == *n);
+        let found = items
+            .iter()
+            .any(|v| v.pointer("/metadata/name").and_then(Value::as_str) == Some(n));
+        if !found && !is_corrupt && !a.ignore_not_found {
+            missing.push(format!("{} \"{n}\" not found", kind.qualified()));
+        }
+    }
+    if let Some(s) = sort {
+        s.sort(&mut items).map_err(anyhow::Error::msg)?;
+    }
+    Ok(Got {
+        items,
+        missing,
+        corrupt: listing.corrupt,
+    })
+}
+
+/// Objects whose files do not read: named, never hidden (an error when
+/// asked for by name, a warning in a listing). True when one was named.
+fn tell_corrupt(targets: &[Target], corrupt: &[crate::store::CorruptObject]) -> bool {
     let mut named_corrupt = false;
-    for c in &corrupt {
+    for c in corrupt {
         let target = targets.iter().find(|t| t.kind == c.key.kind);
         let names: &[String] = target.map(|t| t.names.as_slice()).unwrap_or_default();
         let named = names.contains(&c.key.name);
@@ -284,14 +321,7 @@ pub fn get(ctx: &Ctx, a: GetArgs) -> Result<ExitCode> {
             c.key.name
         );
     }
-    for m in &missing {
-        eprintln!("error: {m}");
-    }
-    Ok(if missing.is_empty() && !named_corrupt {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    named_corrupt
 }
 
 fn print_listed(
