@@ -419,7 +419,6 @@ async fn watch_typed<K: Object>(
         namespace: (!a.all_namespaces).then(|| ctx.namespace_of(K::KIND).to_string()),
         ..Default::default()
     };
-    let kind = K::KIND;
     let opts = TableOpts {
         format,
         all_ns: a.all_namespaces,
@@ -427,12 +426,80 @@ async fn watch_typed<K: Object>(
         label_columns: &a.label_columns,
         qualified: false,
     };
-    let headers = opts.headers(kind);
+    let mut out = WatchOut {
+        a,
+        kind: K::KIND,
+        headers: opts.headers(K::KIND),
+        opts,
+        printed_header: false,
+    };
     let mut stream = Box::pin(watch::<K>(store, cfg));
-    let mut printed_header = false;
     let mut initial: Vec<Value> = Vec::new();
     let mut in_init = false;
-    let emit = |v: &Value, deleted: bool, printed_header: &mut bool| {
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(Event::Init) => {
+                in_init = true;
+                initial.clear();
+            }
+            Ok(Event::InitApply(o)) => initial.push(serde_json::to_value(&o)?),
+            Ok(Event::InitDone) => {
+                // The first listing prints everything; later relists are
+                // resyncs and print nothing new.
+                if in_init && !out.printed_header {
+                    let first = initial.drain(..).filter(|v| filter.keep(v)).collect();
+                    out.first(first)?;
+                }
+                in_init = false;
+            }
+            Ok(Event::Apply(o)) => {
+                let v = serde_json::to_value(&o)?;
+                if filter.keep(&v) {
+                    out.emit(&v, false);
+                }
+            }
+            Ok(Event::Delete(o)) => {
+                let v = serde_json::to_value(&o)?;
+                if filter.keep(&v) {
+                    out.emit(&v, true);
+                }
+            }
+            Err(e) => eprintln!("warning: {e}"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `get -w` prints: the first listing, then a line (or document) per
+/// change, the table's header once.
+struct WatchOut<'a> {
+    a: &'a GetArgs,
+    kind: Kind,
+    opts: TableOpts<'a>,
+    headers: Vec<String>,
+    printed_header: bool,
+}
+
+impl WatchOut<'_> {
+    /// The first listing, sorted as asked; a table's header even when empty.
+    fn first(&mut self, mut items: Vec<Value>) -> Result<()> {
+        if let Some(s) = &self.a.sort_by {
+            SortKey::parse(s)
+                .and_then(|k| k.sort(&mut items))
+                .map_err(|e| anyhow::anyhow!("--sort-by: {e}"))?;
+        }
+        for v in &items {
+            self.emit(v, false);
+        }
+        if !self.printed_header && is_table(self.opts.format) && !self.a.no_headers {
+            println!("{}", self.headers.join("   "));
+        }
+        self.printed_header = true;
+        Ok(())
+    }
+
+    fn emit(&mut self, v: &Value, deleted: bool) {
+        let (a, kind, format) = (self.a, self.kind, self.opts.format);
         let v = if a.show_managed_fields {
             v.clone()
         } else {
@@ -447,66 +514,22 @@ async fn watch_typed<K: Object>(
                 write!(out, "{}", Format::jsonpath(template, *as_json, &v))
             }
             Format::Table | Format::Wide | Format::CustomColumns(_) => {
-                let mut r = opts.row(kind, &v);
+                let mut r = self.opts.row(kind, &v);
                 if deleted && !matches!(format, Format::CustomColumns(_)) {
                     let i = if a.all_namespaces { 2 } else { 1 };
                     r[i] = "Deleted".into();
                 }
-                let h: Vec<&str> = headers.iter().map(String::as_str).collect();
+                let h: Vec<&str> = self.headers.iter().map(String::as_str).collect();
                 let t = print::table(&h, &[r]);
                 let mut lines = t.lines();
                 let header = lines.next().unwrap_or_default();
-                if !*printed_header && !a.no_headers {
+                if !self.printed_header && !a.no_headers {
                     let _ = writeln!(out, "{header}");
                 }
-                *printed_header = true;
+                self.printed_header = true;
                 writeln!(out, "{}", lines.next().unwrap_or_default())
             }
         };
         let _ = out.flush();
-    };
-    while let Some(ev) = stream.next().await {
-        match ev {
-            Ok(Event::Init) => {
-                in_init = true;
-                initial.clear();
-            }
-            Ok(Event::InitApply(o)) => initial.push(serde_json::to_value(&o)?),
-            Ok(Event::InitDone) => {
-                // The first listing prints everything; later relists are
-                // resyncs and print nothing new.
-                if in_init && !printed_header {
-                    let mut first: Vec<Value> =
-                        initial.drain(..).filter(|v| filter.keep(v)).collect();
-                    if let Some(s) = &a.sort_by {
-                        SortKey::parse(s)
-                            .and_then(|k| k.sort(&mut first))
-                            .map_err(|e| anyhow::anyhow!("--sort-by: {e}"))?;
-                    }
-                    for v in &first {
-                        emit(v, false, &mut printed_header);
-                    }
-                    if !printed_header && is_table(format) && !a.no_headers {
-                        println!("{}", headers.join("   "));
-                    }
-                    printed_header = true;
-                }
-                in_init = false;
-            }
-            Ok(Event::Apply(o)) => {
-                let v = serde_json::to_value(&o)?;
-                if filter.keep(&v) {
-                    emit(&v, false, &mut printed_header);
-                }
-            }
-            Ok(Event::Delete(o)) => {
-                let v = serde_json::to_value(&o)?;
-                if filter.keep(&v) {
-                    emit(&v, true, &mut printed_header);
-                }
-            }
-            Err(e) => eprintln!("warning: {e}"),
-        }
     }
-    Ok(ExitCode::SUCCESS)
 }
