@@ -309,19 +309,27 @@ fn pct(x: f64) -> String {
 /// Exhausted), it stays NearLimit until every window is `hysteresis`
 /// points below its threshold or has reset. Pure.
 pub fn phase(i: &AccountInputs, now: SystemTime) -> Verdict {
+    unusable(i, now)
+        .or_else(|| near_limit(i))
+        .unwrap_or_else(|| available(i))
+}
+
+/// Suspended, failing authentication, or at a limit (told, or a window
+/// at 100 %).
+fn unusable(i: &AccountInputs, now: SystemTime) -> Option<Verdict> {
     if i.suspend {
-        return Verdict {
+        return Some(Verdict {
             phase: AccountPhase::Suspended,
             reason: "Suspended",
             message: "spec.suspend is true: draining".into(),
-        };
+        });
     }
     if i.auth_failed.is_some() {
-        return Verdict {
+        return Some(Verdict {
             phase: AccountPhase::Unavailable,
             reason: "AuthenticationFailed",
             message: "requests on this account fail authentication".into(),
-        };
+        });
     }
     if let Some(l) = &i.limit
         && l.holds(now)
@@ -338,17 +346,17 @@ pub fn phase(i: &AccountInputs, now: SystemTime) -> Verdict {
                 )
             })
             .unwrap_or_default();
-        return Verdict {
+        return Some(Verdict {
             phase: AccountPhase::Exhausted,
             reason: "LimitReached",
             message: format!("usage limit reached ({}){until}", l.source),
-        };
+        });
     }
     for w in Window::ACCOUNT {
         if let Some(r) = i.reading(w)
             && r.utilization >= 100.0
         {
-            return Verdict {
+            return Some(Verdict {
                 phase: AccountPhase::Exhausted,
                 reason: "LimitReached",
                 message: format!(
@@ -357,9 +365,15 @@ pub fn phase(i: &AccountInputs, now: SystemTime) -> Verdict {
                     pct(r.utilization),
                     r.source
                 ),
-            };
+            });
         }
     }
+    None
+}
+
+/// A window at its threshold (or, once NearLimit or Exhausted, not yet
+/// below it by the hysteresis).
+fn near_limit(i: &AccountInputs) -> Option<Verdict> {
     let sticky = matches!(
         i.previous,
         AccountPhase::NearLimit | AccountPhase::Exhausted
@@ -368,7 +382,7 @@ pub fn phase(i: &AccountInputs, now: SystemTime) -> Verdict {
         let Some(r) = i.reading(w) else { continue };
         let t = w.threshold(&i.thresholds);
         if r.utilization >= t || (sticky && r.utilization > t - i.hysteresis) {
-            return Verdict {
+            return Some(Verdict {
                 phase: AccountPhase::NearLimit,
                 reason: "ThresholdReached",
                 message: format!(
@@ -378,9 +392,15 @@ pub fn phase(i: &AccountInputs, now: SystemTime) -> Verdict {
                     pct(t),
                     r.source
                 ),
-            };
+            });
         }
     }
+    None
+}
+
+/// Available: the windows' use, and the model windows near their limit
+/// (their sessions move, the others stay).
+fn available(i: &AccountInputs) -> Verdict {
     let mut message = match (&i.five_hour, &i.seven_day) {
         (None, None) => "no usage reading yet".to_string(),
         (a, b) => format!(
