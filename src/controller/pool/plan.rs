@@ -141,14 +141,7 @@ fn place(
 
 /// The decision of one pass over `pool`, whose Sessions are `owned`.
 pub fn plan(pool: &SessionPool, owned: &[&Session], accounts: &[&Account]) -> Plan {
-    let name = pool.metadata.name.as_deref().unwrap_or_default();
     let deleting = pool.metadata.deletion_timestamp.is_some();
-    let force = pool
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(FORCE_SCALE_DOWN))
-        .is_some_and(|v| v == "true");
     let live: Vec<&Session> = owned
         .iter()
         .copied()
@@ -165,51 +158,12 @@ pub fn plan(pool: &SessionPool, owned: &[&Session], accounts: &[&Account]) -> Pl
     };
     let mut surplus: Vec<&Session> = Vec::new();
     if live.len() > want {
-        let mut order: Vec<(&Session, bool, u32)> = live
-            .iter()
-            .map(|s| {
-                let n = s.metadata.name.as_deref().unwrap_or_default();
-                (*s, busy(s), ordinal_of(name, n).unwrap_or(u32::MAX))
-            })
-            .collect();
-        // Idle first, then the highest ordinal.
-        order.sort_by_key(|(_, b, o)| (*b, Reverse(*o)));
-        for (s, b, _) in order.into_iter().take(live.len() - want) {
-            let n = s.metadata.name.clone().unwrap_or_default();
-            if b && !force && !deleting {
-                waiting_for_turn.push(n);
-            } else {
-                actions.push(Action::Delete { name: n, busy: b });
-            }
-            surplus.push(s);
-        }
+        surplus = scale_down(pool, &live, want, &mut actions, &mut waiting_for_turn);
     } else if live.len() < want && {
         unchecked_accounts = unchecked(pool, accounts);
         unchecked_accounts.is_empty()
     } {
-        let taken: BTreeSet<&str> = owned
-            .iter()
-            .filter_map(|s| s.metadata.name.as_deref())
-            .collect();
-        let cands = candidates(pool, accounts);
-        let mut placed: BTreeMap<String, u32> = BTreeMap::new();
-        for s in &live {
-            if let Some(a) = &s.spec.account {
-                *placed.entry(a.clone()).or_default() += 1;
-            }
-        }
-        // The free names among `<pool>-0..want-1`, lowest first; a name
-        // still held by a terminating Session comes back once it is gone.
-        let free = (0..want as u32)
-            .filter(|o| !taken.contains(crate::api::member_name(name, *o).as_str()))
-            .take(want - live.len());
-        for ordinal in free.collect::<Vec<_>>() {
-            let account = place(pool, &cands, &placed);
-            if let Some(a) = &account {
-                *placed.entry(a.clone()).or_default() += 1;
-            }
-            actions.push(Action::Create { ordinal, account });
-        }
+        actions.extend(scale_up(pool, owned, &live, want, accounts));
     }
     let staying: Vec<&Session> = live
         .iter()
@@ -244,6 +198,81 @@ pub fn plan(pool: &SessionPool, owned: &[&Session], accounts: &[&Account]) -> Pl
         unchecked_accounts,
         status,
     }
+}
+
+/// The Sessions past `want`, idle first, then the highest ordinal: each is
+/// deleted, or (busy, neither forced nor the pool deleted) waits for its
+/// turn to end. Returns them all.
+fn scale_down<'a>(
+    pool: &SessionPool,
+    live: &[&'a Session],
+    want: usize,
+    actions: &mut Vec<Action>,
+    waiting_for_turn: &mut Vec<String>,
+) -> Vec<&'a Session> {
+    let name = pool.metadata.name.as_deref().unwrap_or_default();
+    let deleting = pool.metadata.deletion_timestamp.is_some();
+    let force = pool
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(FORCE_SCALE_DOWN))
+        .is_some_and(|v| v == "true");
+    let mut order: Vec<(&Session, bool, u32)> = live
+        .iter()
+        .map(|s| {
+            let n = s.metadata.name.as_deref().unwrap_or_default();
+            (*s, busy(s), ordinal_of(name, n).unwrap_or(u32::MAX))
+        })
+        .collect();
+    order.sort_by_key(|(_, b, o)| (*b, Reverse(*o)));
+    let mut surplus = Vec::new();
+    for (s, b, _) in order.into_iter().take(live.len() - want) {
+        let n = s.metadata.name.clone().unwrap_or_default();
+        if b && !force && !deleting {
+            waiting_for_turn.push(n);
+        } else {
+            actions.push(Action::Delete { name: n, busy: b });
+        }
+        surplus.push(s);
+    }
+    surplus
+}
+
+/// Sessions to create up to `want`: the free names among
+/// `<pool>-0..want-1`, lowest first (a name still held by a terminating
+/// Session comes back once it is gone), each with the account it prefers.
+fn scale_up(
+    pool: &SessionPool,
+    owned: &[&Session],
+    live: &[&Session],
+    want: usize,
+    accounts: &[&Account],
+) -> Vec<Action> {
+    let name = pool.metadata.name.as_deref().unwrap_or_default();
+    let taken: BTreeSet<&str> = owned
+        .iter()
+        .filter_map(|s| s.metadata.name.as_deref())
+        .collect();
+    let cands = candidates(pool, accounts);
+    let mut placed: BTreeMap<String, u32> = BTreeMap::new();
+    for s in live {
+        if let Some(a) = &s.spec.account {
+            *placed.entry(a.clone()).or_default() += 1;
+        }
+    }
+    let free = (0..want as u32)
+        .filter(|o| !taken.contains(crate::api::member_name(name, *o).as_str()))
+        .take(want - live.len());
+    let mut actions = Vec::new();
+    for ordinal in free.collect::<Vec<_>>() {
+        let account = place(pool, &cands, &placed);
+        if let Some(a) = &account {
+            *placed.entry(a.clone()).or_default() += 1;
+        }
+        actions.push(Action::Create { ordinal, account });
+    }
+    actions
 }
 
 /// The status counts of a pool's live Sessions.
