@@ -228,6 +228,217 @@ fn fail(msg: &str) -> ExitCode {
     ExitCode::from(1)
 }
 
+/// The conversation the agent starts with (`--resume`, `--continue`,
+/// `--session-id` or a new one), and what it said so far; else the error
+/// Claude Code prints.
+fn conversation(
+    a: &super::args::Args,
+    config_dir: &Path,
+    cwd: &Path,
+) -> Result<(String, Option<transcript::Loaded>), String> {
+    if let Some(id) = &a.resume {
+        let p = transcript::path(config_dir, cwd, id);
+        match transcript::load(&p) {
+            Some(l) if l.has_message => Ok((id.clone(), Some(l))),
+            _ => Err(format!("No conversation found with session ID: {id}")),
+        }
+    } else if a.continue_latest {
+        let found = transcript::latest(config_dir, cwd).and_then(|id| {
+            let l = transcript::load(&transcript::path(config_dir, cwd, &id))?;
+            l.has_message.then_some((id, l))
+        });
+        match found {
+            Some((id, l)) => Ok((id, Some(l))),
+            None => Err("No conversation found to continue".into()),
+        }
+    } else if let Some(id) = &a.session_id {
+        if uuid::Uuid::parse_str(id).is_err() {
+            return Err("Error: Invalid session ID. Must be a valid UUID.".into());
+        }
+        Ok((id.clone(), None))
+    } else {
+        Ok((uuid::Uuid::new_v4().to_string(), None))
+    }
+}
+
+/// The screen's history of a resumed conversation, and its last entry.
+fn replayed(l: transcript::Loaded) -> (VecDeque<String>, Option<String>) {
+    let mut history = VecDeque::new();
+    for said in &l.said {
+        match said {
+            Said::User(t) => {
+                push_prompt(&mut history, t);
+                history.push_back(String::new());
+            }
+            Said::Assistant(t) => {
+                history.push_back(format!("● {}", t.lines().next().unwrap_or_default()));
+                history.push_back(String::new());
+            }
+        }
+    }
+    (history, l.last_uuid)
+}
+
+/// What the settings files say (the flag's first): the bypass-mode
+/// warning accepted, and Claude Code's own continue at a reset (on unless
+/// turned off).
+fn skip_warning_and_auto_continue(settings: &[&Value]) -> (bool, bool) {
+    let skip_warning = settings.iter().any(|s| {
+        s.get("skipDangerousModePermissionPrompt")
+            .and_then(Value::as_bool)
+            == Some(true)
+    });
+    let auto_continue = settings
+        .iter()
+        .find_map(|s| s.get("autoContinueAtUsageLimit").and_then(Value::as_bool))
+        .unwrap_or(true);
+    (skip_warning, auto_continue)
+}
+
+/// A settings file's `statusLine`, if it runs a command.
+fn statusline_of(s: &Value) -> Option<Value> {
+    s.get("statusLine")
+        .filter(|l| l.get("type").and_then(Value::as_str).unwrap_or("command") == "command")
+        .cloned()
+}
+
+/// The statusLine's `refreshInterval` (at least 0.5 s), if set.
+fn refresh_every(status_cfg: Option<&Value>) -> Option<Duration> {
+    status_cfg
+        .and_then(|c| c.get("refreshInterval"))
+        .and_then(Value::as_f64)
+        .filter(|s| *s > 0.0)
+        .map(|s| Duration::from_secs_f64(s.max(0.5)))
+}
+
+/// The environment Claude Code gives its hooks and its statusLine command.
+fn hook_env(setup: &Setup) -> Vec<(String, String)> {
+    vec![
+        ("CLAUDECODE".to_string(), "1".to_string()),
+        ("CLAUDE_CODE_ENTRYPOINT".into(), "cli".into()),
+        ("CLAUDE_CODE_SESSION_ID".into(), setup.session_id.clone()),
+        (
+            "CLAUDE_PROJECT_DIR".into(),
+            setup.cwd.to_string_lossy().into_owned(),
+        ),
+    ]
+}
+
+/// What feeds the loop besides its timers, each sending to `tx`: the
+/// statusLine command (if set) with a watch of the account's usage files
+/// for it, the keys read from the terminal, and the signals.
+fn listen(
+    setup: &Setup,
+    status_cfg: Option<&Value>,
+    hook_env: &[(String, String)],
+    tx: &mpsc::Sender<Ev>,
+) -> (
+    Option<StatusLine>,
+    Option<std::thread::JoinHandle<()>>,
+    term::Reader,
+) {
+    let statusline = status_cfg
+        .and_then(|c| c.get("command"))
+        .and_then(Value::as_str)
+        .map(|cmd| {
+            let tx = tx.clone();
+            StatusLine::start(
+                cmd.to_string(),
+                hook_env.to_vec(),
+                setup.cwd.clone(),
+                move |l| {
+                    let _ = tx.send(Ev::StatusLine(l));
+                },
+            )
+        });
+    let watcher = statusline
+        .as_ref()
+        .and_then(|_| watch_usage(&setup.config_dir, tx.clone()));
+    let reader = {
+        let tx = tx.clone();
+        term::spawn_reader(move |k| tx.send(Ev::Key(k)).is_ok())
+    };
+    let signals = tx.clone();
+    term::spawn_signal_waiter(move |s| signals.send(Ev::Signal(s)).is_ok());
+    (statusline, watcher, reader)
+}
+
+/// The agent's terminal and what feeds its loop.
+struct Io {
+    term: Terminal,
+    hooks: hooks::Runner,
+    statusline: Option<StatusLine>,
+    watcher: Option<std::thread::JoinHandle<()>>,
+    reader: term::Reader,
+}
+
+impl Agent {
+    /// An agent starting: `said`, the screen's history of a resumed
+    /// conversation and its last entry; `queue`, the prompt given on the
+    /// command line.
+    fn new(
+        setup: Setup,
+        model: Model,
+        said: (VecDeque<String>, Option<String>),
+        queue: VecDeque<String>,
+        io: Io,
+    ) -> Agent {
+        let (history, last_uuid) = said;
+        let Io {
+            term,
+            hooks,
+            statusline,
+            watcher,
+            reader,
+        } = io;
+        Agent {
+            header: vec![
+                " Claude Code (simulated by claude-failover sim-agent)".into(),
+                format!(" {} · {}", model.display, setup.cwd.display()),
+                String::new(),
+            ],
+            pid: PidFile::new(&setup.config_dir, &setup.session_id, &setup.cwd),
+            transcript: Transcript::new(
+                setup.transcript_path.clone(),
+                &setup.session_id,
+                &setup.cwd,
+                last_uuid,
+            ),
+            account: Account::new(&setup.config_dir),
+            phase: Phase::Starting {
+                until: Instant::now() + setup.knobs.startup,
+            },
+            model,
+            history,
+            composer: String::new(),
+            queue,
+            status_text: None,
+            ctrl_c: None,
+            hooks,
+            statusline,
+            next_refresh: None,
+            idle_notify_at: None,
+            limits_key: None,
+            next_reset: None,
+            armed: None,
+            prompt_id: None,
+            tokens_in: 0,
+            tokens_out: 0,
+            last_usage: None,
+            api_ms: 0,
+            started: Instant::now(),
+            size: term::size(),
+            term,
+            last_paint: String::new(),
+            painted_rows: 0,
+            exit: None,
+            _watcher: watcher,
+            reader,
+            s: setup,
+        }
+    }
+}
+
 pub fn main(argv: &[String]) -> ExitCode {
     // Before any thread exists, so that all of them inherit the mask.
     term::block_signals();
@@ -256,50 +467,12 @@ pub fn main(argv: &[String]) -> ExitCode {
         Err(e) => return fail(&e),
     };
     let user = user_settings(&config_dir);
-    let (session_id, loaded) = if let Some(id) = &a.resume {
-        let p = transcript::path(&config_dir, &cwd, id);
-        match transcript::load(&p) {
-            Some(l) if l.has_message => (id.clone(), Some(l)),
-            _ => return fail(&format!("No conversation found with session ID: {id}")),
-        }
-    } else if a.continue_latest {
-        let found = transcript::latest(&config_dir, &cwd).and_then(|id| {
-            let l = transcript::load(&transcript::path(&config_dir, &cwd, &id))?;
-            l.has_message.then_some((id, l))
-        });
-        match found {
-            Some((id, l)) => (id, Some(l)),
-            None => return fail("No conversation found to continue"),
-        }
-    } else if let Some(id) = &a.session_id {
-        if uuid::Uuid::parse_str(id).is_err() {
-            return fail("Error: Invalid session ID. Must be a valid UUID.");
-        }
-        (id.clone(), None)
-    } else {
-        (uuid::Uuid::new_v4().to_string(), None)
-    };
-    let skip_warning = [&flag_settings, &user].iter().any(|s| {
-        s.get("skipDangerousModePermissionPrompt")
-            .and_then(Value::as_bool)
-            == Some(true)
-    });
-    let auto_continue = [&flag_settings, &user]
-        .iter()
-        .find_map(|s| s.get("autoContinueAtUsageLimit").and_then(Value::as_bool))
-        .unwrap_or(true);
-    let statusline_of = |s: &Value| {
-        s.get("statusLine")
-            .filter(|l| l.get("type").and_then(Value::as_str).unwrap_or("command") == "command")
-            .cloned()
+    let (session_id, loaded) = match conversation(&a, &config_dir, &cwd) {
+        Ok(x) => x,
+        Err(e) => return fail(&e),
     };
     let status_cfg = statusline_of(&flag_settings).or_else(|| statusline_of(&user));
-    let refresh_every = status_cfg
-        .as_ref()
-        .and_then(|c| c.get("refreshInterval"))
-        .and_then(Value::as_f64)
-        .filter(|s| *s > 0.0)
-        .map(|s| Duration::from_secs_f64(s.max(0.5)));
+    let (skip_warning, auto_continue) = skip_warning_and_auto_continue(&[&flag_settings, &user]);
     let setup = Setup {
         transcript_path: transcript::path(&config_dir, &cwd, &session_id),
         session_id,
@@ -307,118 +480,32 @@ pub fn main(argv: &[String]) -> ExitCode {
         config_dir,
         bypass: a.bypass,
         mode: a.permission_mode.clone().unwrap_or_else(|| "auto".into()),
-        auto_continue,
-        skip_warning,
         resumed: loaded.is_some(),
         knobs: Knobs::from_env(),
-        refresh_every,
+        auto_continue,
+        skip_warning,
+        refresh_every: refresh_every(status_cfg.as_ref()),
     };
     let _ = std::fs::create_dir_all(&setup.config_dir);
     let (tx, rx) = mpsc::channel::<Ev>();
     let term = Terminal::enter();
-    let hook_env = vec![
-        ("CLAUDECODE".to_string(), "1".to_string()),
-        ("CLAUDE_CODE_ENTRYPOINT".into(), "cli".into()),
-        ("CLAUDE_CODE_SESSION_ID".into(), setup.session_id.clone()),
-        (
-            "CLAUDE_PROJECT_DIR".into(),
-            setup.cwd.to_string_lossy().into_owned(),
-        ),
-    ];
+    let hook_env = hook_env(&setup);
     let hooks = hooks::Runner::new(
         hooks::Config::from_settings(&merged_hooks(&user, &flag_settings)),
         hook_env.clone(),
         setup.cwd.clone(),
     );
-    let statusline = status_cfg
-        .as_ref()
-        .and_then(|c| c.get("command"))
-        .and_then(Value::as_str)
-        .map(|cmd| {
-            let tx = tx.clone();
-            StatusLine::start(
-                cmd.to_string(),
-                hook_env.clone(),
-                setup.cwd.clone(),
-                move |l| {
-                    let _ = tx.send(Ev::StatusLine(l));
-                },
-            )
-        });
-    let watcher = statusline
-        .as_ref()
-        .and_then(|_| watch_usage(&setup.config_dir, tx.clone()));
-    let reader = {
-        let tx = tx.clone();
-        term::spawn_reader(move |k| tx.send(Ev::Key(k)).is_ok())
-    };
-    {
-        let tx = tx.clone();
-        term::spawn_signal_waiter(move |s| tx.send(Ev::Signal(s)).is_ok());
-    }
-    let mut history = VecDeque::new();
-    let mut last_uuid = None;
-    if let Some(l) = loaded {
-        for said in &l.said {
-            match said {
-                Said::User(t) => {
-                    push_prompt(&mut history, t);
-                    history.push_back(String::new());
-                }
-                Said::Assistant(t) => {
-                    history.push_back(format!("● {}", t.lines().next().unwrap_or_default()));
-                    history.push_back(String::new());
-                }
-            }
-        }
-        last_uuid = l.last_uuid;
-    }
+    let (statusline, watcher, reader) = listen(&setup, status_cfg.as_ref(), &hook_env, &tx);
+    let said = loaded.map(replayed).unwrap_or_default();
     let model = Model::resolve(a.model.as_deref().unwrap_or("sonnet"));
-    let agent = Agent {
-        header: vec![
-            " Claude Code (simulated by claude-failover sim-agent)".into(),
-            format!(" {} · {}", model.display, setup.cwd.display()),
-            String::new(),
-        ],
-        pid: PidFile::new(&setup.config_dir, &setup.session_id, &setup.cwd),
-        transcript: Transcript::new(
-            setup.transcript_path.clone(),
-            &setup.session_id,
-            &setup.cwd,
-            last_uuid,
-        ),
-        account: Account::new(&setup.config_dir),
-        phase: Phase::Starting {
-            until: Instant::now() + setup.knobs.startup,
-        },
-        model,
-        history,
-        composer: String::new(),
-        queue: a.prompt.into_iter().collect(),
-        status_text: None,
-        ctrl_c: None,
+    let io = Io {
+        term,
         hooks,
         statusline,
-        next_refresh: None,
-        idle_notify_at: None,
-        limits_key: None,
-        next_reset: None,
-        armed: None,
-        prompt_id: None,
-        tokens_in: 0,
-        tokens_out: 0,
-        last_usage: None,
-        api_ms: 0,
-        started: Instant::now(),
-        size: term::size(),
-        term,
-        last_paint: String::new(),
-        painted_rows: 0,
-        exit: None,
-        _watcher: watcher,
+        watcher,
         reader,
-        s: setup,
     };
+    let agent = Agent::new(setup, model, said, a.prompt.into_iter().collect(), io);
     agent.run(rx)
 }
 
