@@ -222,48 +222,10 @@ fn running(
         .and_then(|s| s.session.clone())
         .unwrap_or_default();
     if !same_agent {
-        // Stopped by a failover: not the task's fault either.
-        if let Some((at, from, to)) = &session.placed
-            && *at >= started
-        {
-            return Step::Requeue {
-                why: format!(
-                    "interrupted by a failover from {} to {to}",
-                    from.as_deref().unwrap_or("?")
-                ),
-                rewind: true,
-                replay_on: Some(name),
-            };
-        }
-        return Step::RetryOrFail {
-            why: "the session's agent exited during the task".into(),
-            interrupt: false,
-        };
+        return agent_gone(session, started, name);
     }
-    if let Some((reply, at)) = &o.last_stop
-        && *at >= started
-    {
-        return Step::Finish {
-            phase: TaskPhase::Succeeded,
-            message: short(reply, 200),
-        };
-    }
-    if let Some((error, message, at)) = &o.last_failure
-        && *at >= started
-    {
-        if error == "rate_limit" {
-            // Not the task's fault: replayed in the same conversation once
-            // the session is on an account with room.
-            return Step::Requeue {
-                why: format!("usage limit: {}", short(message, 160)),
-                rewind: true,
-                replay_on: Some(name),
-            };
-        }
-        return Step::RetryOrFail {
-            why: format!("the turn failed: {error}: {}", short(message, 160)),
-            interrupt: false,
-        };
+    if let Some(step) = turn_heard(o, started, name) {
+        return step;
     }
     if since(now, started) > timeout {
         return Step::RetryOrFail {
@@ -271,9 +233,70 @@ fn running(
             interrupt: true,
         };
     }
-    // The turn ended without a Stop hook reaching us: either the daemon
-    // was down when the prompt and its end happened, or the Stop hook was
-    // lost. The agent's own state file says it has been idle since.
+    ended_unheard(o, session, started, now)
+}
+
+/// The agent the task was typed into is gone: moved by a failover since
+/// (replayed in its conversation: not the task's fault), or exited.
+fn agent_gone(session: &SessionView, started: SystemTime, name: String) -> Step {
+    if let Some((at, from, to)) = &session.placed
+        && *at >= started
+    {
+        return Step::Requeue {
+            why: format!(
+                "interrupted by a failover from {} to {to}",
+                from.as_deref().unwrap_or("?")
+            ),
+            rewind: true,
+            replay_on: Some(name),
+        };
+    }
+    Step::RetryOrFail {
+        why: "the session's agent exited during the task".into(),
+        interrupt: false,
+    }
+}
+
+/// The turn's end as its hooks told it: a Stop (done), or a StopFailure
+/// (a usage limit: replayed in the same conversation once the session is
+/// on an account with room; else retried or failed).
+fn turn_heard(o: &Observation, started: SystemTime, name: String) -> Option<Step> {
+    if let Some((reply, at)) = &o.last_stop
+        && *at >= started
+    {
+        return Some(Step::Finish {
+            phase: TaskPhase::Succeeded,
+            message: short(reply, 200),
+        });
+    }
+    let (error, message, at) = o.last_failure.as_ref()?;
+    if *at < started {
+        return None;
+    }
+    Some(if error == "rate_limit" {
+        Step::Requeue {
+            why: format!("usage limit: {}", short(message, 160)),
+            rewind: true,
+            replay_on: Some(name),
+        }
+    } else {
+        Step::RetryOrFail {
+            why: format!("the turn failed: {error}: {}", short(message, 160)),
+            interrupt: false,
+        }
+    })
+}
+
+/// The turn ended without a Stop hook reaching us: either the daemon was
+/// down when the prompt and its end happened, or the Stop hook was lost.
+/// The agent's own state file says it has been idle since; its reply is in
+/// the transcript, hooks or not.
+fn ended_unheard(
+    o: &Observation,
+    session: &SessionView,
+    started: SystemTime,
+    now: SystemTime,
+) -> Step {
     if session.phase != SessionPhase::Idle {
         return Step::Wait;
     }
@@ -282,30 +305,29 @@ fn running(
         Some(p) => p,
     };
     let hook_seen = o.hooked.is_some();
-    if let Some(p) = pid
-        && p.status == "idle"
-        && p.modified > started
-        && (!hook_seen || since(now, p.modified) > LOST_STOP_GRACE)
-    {
-        // The agent's reply is in the transcript, hooks or not.
-        let reply = match &o.probes.reply {
-            None => return Step::Look(Look::Transcript),
-            Some(r) => r,
-        };
-        let message = match reply {
-            Some(r) => short(r, 200),
-            None if since(now, p.modified) < REPLY_GRACE => return Step::Wait,
-            None if hook_seen => {
-                "finished (its Stop hook never arrived; the agent has been idle since)".into()
-            }
-            None => "finished while the daemon was away".into(),
-        };
-        return Step::Finish {
-            phase: TaskPhase::Succeeded,
-            message,
-        };
+    let Some(p) = pid.as_ref().filter(|p| {
+        p.status == "idle"
+            && p.modified > started
+            && (!hook_seen || since(now, p.modified) > LOST_STOP_GRACE)
+    }) else {
+        return Step::Wait;
+    };
+    let reply = match &o.probes.reply {
+        None => return Step::Look(Look::Transcript),
+        Some(r) => r,
+    };
+    let message = match reply {
+        Some(r) => short(r, 200),
+        None if since(now, p.modified) < REPLY_GRACE => return Step::Wait,
+        None if hook_seen => {
+            "finished (its Stop hook never arrived; the agent has been idle since)".into()
+        }
+        None => "finished while the daemon was away".into(),
+    };
+    Step::Finish {
+        phase: TaskPhase::Succeeded,
+        message,
     }
-    Step::Wait
 }
 
 #[cfg(test)]
