@@ -154,21 +154,7 @@ pub async fn run(o: Options) -> Result<()> {
     // The running agents are heard from the first request on.
     session::register_secrets(&signals, &o.state_dir, &caches.sessions.all()).await;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let api_state = Arc::new(ApiState {
-        store: o.store.clone(),
-        state_dir: o.state_dir.clone(),
-        token: o.token.clone(),
-        readiness: readiness.clone(),
-        bus: bus.clone(),
-        metrics: metrics.clone(),
-        stop: stop_rx.clone(),
-    });
-    let endpoint = http::Endpoint {
-        signals: signals.clone(),
-        metrics: metrics.clone(),
-    };
-    let (addr, servers) = serve(&o, api_state, endpoint, &stop_rx).await?;
-    tracing::info!(%addr, socket = ?o.api_socket, token_file = %o.token_path.display(), "control plane and agents' endpoint listening");
+    let (addr, servers) = listen(&o, &signals, &readiness, bus, &metrics, &stop_rx).await?;
     let shared = shared(&o, &caches, signals, &metrics, notifier, addr, &me)?;
     if let Err(e) = shared.driver.terminal().install_hooks().await {
         tracing::warn!(error = %e, "cannot install the tmux notifications; relying on resync");
@@ -178,21 +164,62 @@ pub async fn run(o: Options) -> Result<()> {
     readiness.node_running();
     let leader = tokio::spawn(super::lead::lead_forever(super::lead::LeaderWork {
         store: o.store.clone(),
-        shared: shared.clone(),
-        me: me.clone(),
-        readiness: readiness.clone(),
+        shared,
+        me,
+        readiness,
         metrics: metrics.clone(),
         quota: o.quota.clone(),
         failover: o.failover.clone(),
         janitor: o.janitor.clone(),
         syncer: o.syncer.clone(),
-        stop: stop_rx.clone(),
+        stop: stop_rx,
     }));
     (&mut shutdown).await;
     access::remove_endpoint(&o.state_dir);
     let _ = stop_tx.send(true);
     abort(tasks);
-    // The sessions' last states reach `.agent-queue/status.json`.
+    wind_down(&o, &board, servers).await;
+    step_down(leader, &metrics).await;
+    tracing::info!("daemon stopped (the agents keep running)");
+    Ok(())
+}
+
+/// The control plane and the agents' endpoint, listening; their address.
+async fn listen(
+    o: &Options,
+    signals: &Arc<Signals>,
+    readiness: &Arc<Readiness>,
+    bus: Bus,
+    metrics: &Arc<Metrics>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Result<(std::net::SocketAddr, Vec<tokio::task::JoinHandle<()>>)> {
+    let api_state = Arc::new(ApiState {
+        store: o.store.clone(),
+        state_dir: o.state_dir.clone(),
+        token: o.token.clone(),
+        readiness: readiness.clone(),
+        bus,
+        metrics: metrics.clone(),
+        stop: stop.clone(),
+    });
+    let endpoint = http::Endpoint {
+        signals: signals.clone(),
+        metrics: metrics.clone(),
+    };
+    let (addr, servers) = serve(o, api_state, endpoint, stop).await?;
+    tracing::info!(%addr, socket = ?o.api_socket, token_file = %o.token_path.display(), "control plane and agents' endpoint listening");
+    Ok((addr, servers))
+}
+
+/// Once stopped: the sessions' last states reach
+/// `.agent-queue/status.json`, the servers finish what they serve, the
+/// control plane's socket goes.
+async fn wind_down(
+    o: &Options,
+    board: &Arc<crate::inbox::status::Board>,
+    servers: Vec<tokio::task::JoinHandle<()>>,
+) {
+    let board = board.clone();
     let _ = tokio::task::spawn_blocking(move || board.flush()).await;
     for s in servers {
         let _ = s.await;
@@ -200,9 +227,6 @@ pub async fn run(o: Options) -> Result<()> {
     if let Some(p) = &o.api_socket {
         let _ = std::fs::remove_file(p);
     }
-    step_down(leader, &metrics).await;
-    tracing::info!("daemon stopped (the agents keep running)");
-    Ok(())
 }
 
 /// This daemon's Node, registered in the store, and its heartbeat.
