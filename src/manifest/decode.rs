@@ -300,85 +300,7 @@ fn k(s: &str) -> Seg {
 }
 
 fn decode_document(root: &Node) -> Result<AnyObject, DocError> {
-    let NodeKind::Map(entries) = &root.kind else {
-        return Err((
-            vec![],
-            "expected a mapping with apiVersion, kind, metadata and spec".into(),
-        ));
-    };
-    for (key, _) in entries {
-        let name = key.key_string();
-        if !TOP_FIELDS.contains(&name.as_str()) {
-            return Err((
-                vec![k(&name)],
-                format!(
-                    "unknown field `{name}`, expected one of {}",
-                    TOP_FIELDS.join(", ")
-                ),
-            ));
-        }
-    }
-    let api_version = match root.get("apiVersion") {
-        None => {
-            return Err((
-                vec![k("apiVersion")],
-                format!("required field is missing (expected {API_VERSION})"),
-            ));
-        }
-        Some(n) => n
-            .as_str()
-            .ok_or_else(|| (vec![k("apiVersion")], "must be a string".to_string()))?,
-    };
-    if api_version != API_VERSION {
-        return Err((
-            vec![k("apiVersion")],
-            format!("unknown apiVersion `{api_version}`: this version serves {API_VERSION}"),
-        ));
-    }
-    let kind = match root.get("kind") {
-        None => {
-            return Err((
-                vec![k("kind")],
-                "required field is missing (Account, Session or Task)".into(),
-            ));
-        }
-        Some(n) => n
-            .as_str()
-            .ok_or_else(|| (vec![k("kind")], "must be a string".to_string()))?,
-    };
-    let Some(kind) = Kind::from_kind_field(kind).filter(|k| k.declared()) else {
-        let why = match Kind::from_kind_field(kind) {
-            Some(_) => {
-                format!("kind `{kind}` is written by the daemon only; it cannot be declared")
-            }
-            None => format!("unknown kind `{kind}`: expected Account, Session or Task"),
-        };
-        return Err((vec![k("kind")], why));
-    };
-    match root.get("metadata") {
-        None => {
-            return Err((
-                vec![k("metadata")],
-                "required field is missing (metadata.name at least)".into(),
-            ));
-        }
-        Some(meta) => {
-            if let NodeKind::Map(entries) = &meta.kind {
-                for (key, _) in entries {
-                    let name = key.key_string();
-                    if !METADATA_FIELDS.contains(&name.as_str()) {
-                        return Err((
-                            vec![k("metadata"), k(&name)],
-                            format!("unknown field `{name}`"),
-                        ));
-                    }
-                }
-            }
-        }
-    }
-    if root.get("spec").is_none() {
-        return Err((vec![k("spec")], "required field is missing".into()));
-    }
+    let kind = declared_kind(root)?;
     // Every shape, key and range, at every depth, before serde can bend
     // or drop anything.
     if let Some(problem) = super::schema::check(kind, root) {
@@ -398,6 +320,80 @@ fn decode_document(root: &Node) -> Result<AnyObject, DocError> {
         return Err((path, msg));
     }
     Ok(object)
+}
+
+/// The document's top level: known fields only, this apiVersion, a kind
+/// people declare, known metadata fields, a spec. Its kind.
+fn declared_kind(root: &Node) -> Result<Kind, DocError> {
+    let NodeKind::Map(entries) = &root.kind else {
+        return Err((
+            vec![],
+            "expected a mapping with apiVersion, kind, metadata and spec".into(),
+        ));
+    };
+    known_fields(entries, TOP_FIELDS, &[])?;
+    let missing = format!("required field is missing (expected {API_VERSION})");
+    let api_version = required_str(root, "apiVersion", missing)?;
+    if api_version != API_VERSION {
+        return Err((
+            vec![k("apiVersion")],
+            format!("unknown apiVersion `{api_version}`: this version serves {API_VERSION}"),
+        ));
+    }
+    let missing = "required field is missing (Account, Session or Task)".to_string();
+    let kind = required_str(root, "kind", missing)?;
+    let Some(kind) = Kind::from_kind_field(kind).filter(|k| k.declared()) else {
+        let why = match Kind::from_kind_field(kind) {
+            Some(_) => {
+                format!("kind `{kind}` is written by the daemon only; it cannot be declared")
+            }
+            None => format!("unknown kind `{kind}`: expected Account, Session or Task"),
+        };
+        return Err((vec![k("kind")], why));
+    };
+    let Some(meta) = root.get("metadata") else {
+        return Err((
+            vec![k("metadata")],
+            "required field is missing (metadata.name at least)".into(),
+        ));
+    };
+    if let NodeKind::Map(entries) = &meta.kind {
+        known_fields(entries, METADATA_FIELDS, &[k("metadata")])?;
+    }
+    if root.get("spec").is_none() {
+        return Err((vec![k("spec")], "required field is missing".into()));
+    }
+    Ok(kind)
+}
+
+/// Every key of `entries` is one of `known` (the error names the first
+/// that is not, under `at`; at the top level, with the fields expected).
+fn known_fields(entries: &[(Node, Node)], known: &[&str], at: &[Seg]) -> Result<(), DocError> {
+    for (key, _) in entries {
+        let name = key.key_string();
+        if known.contains(&name.as_str()) {
+            continue;
+        }
+        let mut path = at.to_vec();
+        path.push(k(&name));
+        let message = if at.is_empty() {
+            format!(
+                "unknown field `{name}`, expected one of {}",
+                known.join(", ")
+            )
+        } else {
+            format!("unknown field `{name}`")
+        };
+        return Err((path, message));
+    }
+    Ok(())
+}
+
+/// The top-level string `field`; `missing` says what to write when absent.
+fn required_str<'a>(root: &'a Node, field: &str, missing: String) -> Result<&'a str, DocError> {
+    let n = root.get(field).ok_or_else(|| (vec![k(field)], missing))?;
+    n.as_str()
+        .ok_or_else(|| (vec![k(field)], "must be a string".to_string()))
 }
 
 /// Strict typed decoding; the error carries the path of the offending field.
