@@ -297,26 +297,7 @@ impl Syncer {
             let mut entries = BTreeMap::new();
             let mut outcomes = Vec::new();
             for d in objects {
-                let mut obj = d.object.clone();
-                let meta = obj.meta_mut();
-                meta.resource_version = None; // the directory is authoritative
-                meta.annotations
-                    .get_or_insert_with(Default::default)
-                    .insert(MANAGED_BY.into(), MANAGED_BY_SYNC.into());
-                let key = obj.key();
-                // The fields the file declares, owned by the sync; the
-                // directory is authoritative, so fields another writer
-                // changed are taken back (drift correction), and the rest (a
-                // cancel, a label added by hand, the daemon's finalizers) is
-                // kept.
-                let mut declared = d.declared.clone();
-                declared["metadata"]["annotations"][MANAGED_BY] = MANAGED_BY_SYNC.into();
-                let req = ApplyRequest {
-                    object: obj.to_value(),
-                    declared: Some(declared),
-                    manager: FIELD_MANAGER.into(),
-                    force: true,
-                };
+                let (key, req) = sync_request(d);
                 match batch.apply_request(&req) {
                     Ok(r) => outcomes.push((key.clone(), r.outcome, &d.source, r.taken_over)),
                     Err(e) => {
@@ -361,12 +342,7 @@ impl Syncer {
                 } else {
                     "Synced"
                 };
-                let taken: Vec<String> = taken_over.iter().map(|c| c.to_string()).collect();
-                let message = if taken.is_empty() {
-                    format!("{outcome} from {source}")
-                } else {
-                    format!("{outcome} from {source} (took back {})", taken.join(", "))
-                };
+                let message = applied_message(outcome, source, &taken_over);
                 let _ = self
                     .store
                     .record_event(&key, false, reason, &message, "sync");
@@ -567,4 +543,41 @@ fn log_report(dir: &Path, r: &SyncReport) {
         errors = r.errors.len() + r.failed.len(),
         "sync pass complete"
     );
+}
+
+/// A file's object as the sync applies it: marked as the sync's, its
+/// resourceVersion dropped (the directory is authoritative), the fields
+/// the file declares owned by the sync with force, so fields another
+/// writer changed are taken back (drift correction) and the rest (a
+/// cancel, a label added by hand, the daemon's finalizers) is kept.
+fn sync_request(d: &Decoded) -> (ObjectKey, ApplyRequest) {
+    let mut obj = d.object.clone();
+    let meta = obj.meta_mut();
+    meta.resource_version = None;
+    meta.annotations
+        .get_or_insert_with(Default::default)
+        .insert(MANAGED_BY.into(), MANAGED_BY_SYNC.into());
+    let mut declared = d.declared.clone();
+    declared["metadata"]["annotations"][MANAGED_BY] = MANAGED_BY_SYNC.into();
+    let req = ApplyRequest {
+        object: obj.to_value(),
+        declared: Some(declared),
+        manager: FIELD_MANAGER.into(),
+        force: true,
+    };
+    (obj.key(), req)
+}
+
+/// The event's message for an object applied from `source`, with the
+/// fields it took back from other writers.
+fn applied_message<T: std::fmt::Display>(
+    outcome: Outcome,
+    source: &impl std::fmt::Display,
+    taken_over: &[T],
+) -> String {
+    if taken_over.is_empty() {
+        return format!("{outcome} from {source}");
+    }
+    let taken: Vec<String> = taken_over.iter().map(T::to_string).collect();
+    format!("{outcome} from {source} (took back {})", taken.join(", "))
 }
