@@ -413,13 +413,7 @@ pub fn table_opt(headers: &[&str], rows: &[Vec<String>], with_headers: bool) -> 
 
 /// The object without `metadata.managedFields` (kubectl hides them unless
 /// `--show-managed-fields`).
-pub fn without_managed_fields(v: &Value) -> Value {
-    let mut v = v.clone();
-    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-        m.remove(crate::store::ownership::MANAGED_FIELDS);
-    }
-    v
-}
+pub use crate::store::ownership::without_managed_fields;
 
 pub fn to_yaml(v: &Value) -> String {
     serde_saphyr::to_string(v).expect("JSON values serialize to YAML")

@@ -296,32 +296,7 @@ fn txn_apply_request(txn: &mut Txn<'_>, req: &ApplyRequest) -> Result<ApplyResul
                 actual: "(none: the object does not exist)".into(),
             });
         }
-        let mut skeleton = json!({"apiVersion": API_VERSION, "kind": key.kind.name(),
-            "metadata": {"name": key.name, "namespace": key.namespace}, "spec": {}});
-        // Owner references are given at creation (by the controller that
-        // creates the object, e.g. a pool its Sessions) and kept after.
-        if let Some(o) = desired.pointer("/metadata/ownerReferences") {
-            skeleton["metadata"]["ownerReferences"] = o.clone();
-        }
-        let applied = ownership::apply(&skeleton, declared, &req.manager, req.force, &now)
-            .map_err(conflicts)?;
-        let mut doc = normalized(&key, &applied.doc)?;
-        let m = doc["metadata"].as_object_mut().expect("metadata is a map");
-        m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
-        m.insert(
-            "creationTimestamp".into(),
-            serde_json::to_value(&now).expect("time serializes"),
-        );
-        m.insert("generation".into(), json!(1));
-        m.insert("resourceVersion".into(), json!(txn.next_rv()));
-        // No stale status can be inherited here: deletes remove the
-        // status file before the spec file, in one commit.
-        txn.write_json(&spec_path, &doc)?;
-        return Ok(ApplyResult {
-            outcome: Outcome::Created,
-            object: doc,
-            taken_over: applied.taken_over,
-        });
+        return create(txn, key, req, &now);
     };
     let status_doc = raw.status_doc.clone();
     let current = raw.merged();
@@ -345,14 +320,8 @@ fn txn_apply_request(txn: &mut Txn<'_>, req: &ApplyRequest) -> Result<ApplyResul
     if doc == live {
         return Ok(result(Outcome::Unchanged, current));
     }
-    let without_owners = |v: &Value| {
-        let mut v = v.clone();
-        if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-            m.remove(ownership::MANAGED_FIELDS);
-        }
-        v
-    };
-    let changed = without_owners(&doc) != without_owners(&live);
+    let bare = ownership::without_managed_fields;
+    let changed = bare(&doc) != bare(&live);
     if doc["spec"] != live["spec"] {
         let g = live["metadata"]["generation"].as_i64().unwrap_or(0);
         doc["metadata"]["generation"] = json!(g + 1);
@@ -371,6 +340,50 @@ fn txn_apply_request(txn: &mut Txn<'_>, req: &ApplyRequest) -> Result<ApplyResul
         Outcome::Unchanged
     };
     Ok(result(outcome, object))
+}
+
+/// [`txn_apply_request`] of an object that does not exist yet: made from
+/// what the request declares, with its uid, creation time and generation 1.
+fn create(
+    txn: &mut Txn<'_>,
+    key: ObjectKey,
+    req: &ApplyRequest,
+    now: &crate::api::Time,
+) -> Result<ApplyResult> {
+    let desired = &req.object;
+    let declared = req.declared.as_ref().unwrap_or(desired);
+    let spec_path = txn.store().spec_path(&key)?;
+    let mut skeleton = json!({"apiVersion": API_VERSION, "kind": key.kind.name(),
+        "metadata": {"name": key.name, "namespace": key.namespace}, "spec": {}});
+    // Owner references are given at creation (by the controller that
+    // creates the object, e.g. a pool its Sessions) and kept after.
+    if let Some(o) = desired.pointer("/metadata/ownerReferences") {
+        skeleton["metadata"]["ownerReferences"] = o.clone();
+    }
+    let applied =
+        ownership::apply(&skeleton, declared, &req.manager, req.force, now).map_err(|c| {
+            StoreError::FieldConflicts {
+                key: key.clone(),
+                conflicts: c,
+            }
+        })?;
+    let mut doc = normalized(&key, &applied.doc)?;
+    let m = doc["metadata"].as_object_mut().expect("metadata is a map");
+    m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+    m.insert(
+        "creationTimestamp".into(),
+        serde_json::to_value(now).expect("time serializes"),
+    );
+    m.insert("generation".into(), json!(1));
+    m.insert("resourceVersion".into(), json!(txn.next_rv()));
+    // No stale status can be inherited here: deletes remove the
+    // status file before the spec file, in one commit.
+    txn.write_json(&spec_path, &doc)?;
+    Ok(ApplyResult {
+        outcome: Outcome::Created,
+        object: doc,
+        taken_over: applied.taken_over,
+    })
 }
 
 /// The applied document in the kind's normal form, without empty

@@ -350,6 +350,16 @@ pub fn set_entries(obj: &mut Value, list: &[Entry]) {
     }
 }
 
+/// The object without `metadata.managedFields`: what it says, without
+/// the record of who owns what.
+pub fn without_managed_fields(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove(MANAGED_FIELDS);
+    }
+    v
+}
+
 // ------------------------------------------------------------ operations
 
 /// What an apply made.

@@ -79,7 +79,7 @@ impl Store {
             drop_empty(m);
         }
         ownership::record_update(Some(&live), &mut doc, manager, &crate::api::now());
-        if without_managed_fields(&doc) == without_managed_fields(&live) {
+        if ownership::without_managed_fields(&doc) == ownership::without_managed_fields(&live) {
             return Ok(Updated {
                 changed: false,
                 object: current,
@@ -167,14 +167,6 @@ fn drop_empty(meta: &mut serde_json::Map<String, Value>) {
             meta.remove(k);
         }
     }
-}
-
-fn without_managed_fields(v: &Value) -> Value {
-    let mut v = v.clone();
-    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-        m.remove(ownership::MANAGED_FIELDS);
-    }
-    v
 }
 
 /// The daemon's own kinds: their spec is the daemon's, except the fields
