@@ -157,15 +157,7 @@ fn edit(
 /// Removes labels, annotations and finalizers that are empty (or null).
 fn drop_empty(meta: &mut serde_json::Map<String, Value>) {
     for k in ["labels", "annotations", "finalizers"] {
-        let empty = match meta.get(k) {
-            Some(Value::Object(m)) => m.is_empty(),
-            Some(Value::Array(a)) => a.is_empty(),
-            Some(Value::Null) => true,
-            _ => false,
-        };
-        if empty {
-            meta.remove(k);
-        }
+        super::local::drop_empty(meta, k);
     }
 }
 
