@@ -183,8 +183,27 @@ fn enter_pressed_by_hand_in_a_standby_replaces_it_and_leaves_the_agent_alone() {
     // Someone attached to the standby's tmux session presses Enter under
     // the waiting `/resume`: it takes the conversation over beside the
     // agent, outside any move; the daemon ends it and starts another.
+    // Pressed again while the command still waits there (a key can be
+    // lost to a UI not listening yet).
     let pane = before["status"]["standby"]["paneId"].as_str().unwrap();
-    pool.tmux(&["send-keys", "-t", pane, "Enter"]);
+    let waiting = format!(
+        "/resume {}",
+        before["status"]["agentSessionId"].as_str().unwrap()
+    );
+    let mut pressed: Option<std::time::Instant> = None;
+    common::wait_for("Enter taken by the standby", common::pool::LONG, || {
+        let screen = pool.tmux(&["capture-pane", "-p", "-t", pane]);
+        let still =
+            claude_failover::agent::screen::composer_text(&screen).is_some_and(|t| t == waiting);
+        if pressed.is_some() && (!still || !pid_alive(standby_pid)) {
+            return Some(());
+        }
+        if pressed.is_none_or(|at| at.elapsed() >= common::pool::ENTER_AGAIN_AFTER) {
+            pool.tmux(&["send-keys", "-t", pane, "Enter"]);
+            pressed = Some(std::time::Instant::now());
+        }
+        None
+    });
     let after = pool.wait_session("one", "another standby, primed", |v| {
         v["status"]["standby"]["pid"]
             .as_u64()
