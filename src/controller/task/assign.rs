@@ -7,7 +7,7 @@ use crate::api::{
 use crate::quota::policy::Policy;
 use crate::selector::Selector;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 /// Settings of the dispatcher.
@@ -88,8 +88,27 @@ pub fn norm(p: &str) -> PathBuf {
     std::fs::canonicalize(&p).unwrap_or(p)
 }
 
+/// A task's `spec.workdir` as [`norm`] makes it (None: it names none).
+pub fn task_workdir(task: &Task) -> Option<PathBuf> {
+    task.spec.workdir.as_deref().map(norm)
+}
+
+/// A task's `spec.workdir` resolved, when it exists (a path that does not
+/// yet may resolve otherwise once made: it is not one to keep).
+pub fn resolved_workdir(task: &Task) -> Option<PathBuf> {
+    let p = crate::fsutil::expand_home(task.spec.workdir.as_deref()?);
+    std::fs::canonicalize(p).ok()
+}
+
 /// Whether `task` may run on `session`.
 pub fn eligible(task: &Task, session: &Candidate) -> bool {
+    fits(task, task_workdir(task).as_deref(), session)
+}
+
+/// [`eligible`], the task's workdir normalized beforehand (`workdir`,
+/// from [`task_workdir`]): a pass asks it of every session, and resolving
+/// the path touches the file system.
+pub fn fits(task: &Task, workdir: Option<&Path>, session: &Candidate) -> bool {
     let ns = task
         .metadata
         .namespace
@@ -117,11 +136,11 @@ pub fn eligible(task: &Task, session: &Candidate) -> bool {
     {
         return false;
     }
-    if let Some(w) = &task.spec.workdir {
-        let w = norm(w);
-        if w != session.workdir && Some(&w) != session.worktrees_in.as_ref() {
-            return false;
-        }
+    if let Some(w) = workdir
+        && w != session.workdir
+        && Some(w) != session.worktrees_in.as_deref()
+    {
+        return false;
     }
     if let Some(m) = &task.spec.model
         && crate::quota::model_windows(Some(m))
@@ -149,9 +168,10 @@ pub fn assign(pending: &[&Task], sessions: &[Candidate]) -> Vec<(usize, usize)> 
     let mut taken = vec![false; sessions.len()];
     let mut out = Vec::new();
     for (ti, t) in pending.iter().enumerate() {
-        if let Some(si) = (0..sessions.len())
-            .find(|&si| !taken[si] && sessions[si].free && eligible(t, &sessions[si]))
-        {
+        let workdir = task_workdir(t);
+        if let Some(si) = (0..sessions.len()).find(|&si| {
+            !taken[si] && sessions[si].free && fits(t, workdir.as_deref(), &sessions[si])
+        }) {
             taken[si] = true;
             out.push((ti, si));
         }

@@ -112,6 +112,9 @@ struct Group {
     tasks: BTreeSet<Order>,
     /// One of them (any: they all target alike), to ask eligibility with.
     sample: Arc<Task>,
+    /// Their workdir, resolved once for the group's life (None: they name
+    /// none, or it does not exist yet, and each pass resolves it).
+    workdir: Option<std::path::PathBuf>,
     /// The answer last handed out for the whole group (None: never).
     told: Option<Answer>,
 }
@@ -191,6 +194,7 @@ impl Queue {
                 .or_insert_with(|| Group {
                     tasks: BTreeSet::new(),
                     sample: t.clone(),
+                    workdir: assign::resolved_workdir(t),
                     told: None,
                 });
             g.tasks.insert(order.clone());
@@ -332,8 +336,14 @@ impl Queue {
         let mut heads = BinaryHeap::new();
         let mut iters = Vec::new();
         for g in self.groups.values() {
+            let workdir = g
+                .workdir
+                .clone()
+                .or_else(|| assign::task_workdir(&g.sample));
             let eligible: Vec<usize> = (0..sessions.len())
-                .filter(|&i| sessions[i].free && assign::eligible(&g.sample, &sessions[i]))
+                .filter(|&i| {
+                    sessions[i].free && assign::fits(&g.sample, workdir.as_deref(), &sessions[i])
+                })
                 .collect();
             if eligible.is_empty() {
                 continue;
