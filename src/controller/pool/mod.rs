@@ -12,17 +12,18 @@
 pub mod autoscale;
 pub mod plan;
 pub mod rollout;
+mod status;
 mod update;
 
 use super::Shared;
 use crate::api::{
     Kind, ObjectKey, ObjectMeta, POOL_FINALIZER, POOL_LABEL, Session, SessionPool,
-    SessionPoolStatus, TEMPLATE_HASH_LABEL, member_name, set_condition,
+    TEMPLATE_HASH_LABEL, member_name,
 };
-use crate::store::{ApplyRequest, Durability, StoreError};
+use crate::store::{ApplyRequest, StoreError};
 use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use plan::{Action, Plan};
+use plan::Action;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -157,7 +158,7 @@ async fn reconcile(ctx: &Context, pool: &SessionPool) -> Result<(), StoreError> 
         }
         return Ok(());
     }
-    write_status(ctx, pool, &key, plan, scaled.1).await
+    status::write_status(ctx, pool, &key, plan, scaled.1).await
 }
 
 /// The pool as autoscaling sizes it (its `spec.replicas` replaced by the
@@ -353,124 +354,6 @@ pub fn member(pool: &SessionPool, ordinal: u32, account: Option<String>) -> Sess
         spec,
         status: None,
     }
-}
-
-async fn write_status(
-    ctx: &Context,
-    pool: &SessionPool,
-    key: &ObjectKey,
-    plan: Plan,
-    scaled: Option<(u32, Option<crate::api::Time>)>,
-) -> Result<(), StoreError> {
-    let sh = &ctx.shared;
-    let before = pool.status.clone().unwrap_or_default();
-    let mut st: SessionPoolStatus = plan.status.clone();
-    st.conditions = before.conditions.clone();
-    if let Some((desired, last)) = scaled {
-        st.desired_replicas = Some(desired);
-        st.last_scale_time = last;
-    }
-    let want = pool.spec.replicas;
-    let (ok, reason, message) = if !plan.waiting_for_turn.is_empty() {
-        (
-            false,
-            "WaitingForTurns",
-            format!(
-                "scaling down to {want}: waiting for the turn of {} to end",
-                plan.waiting_for_turn.join(", ")
-            ),
-        )
-    } else if !plan.unchecked_accounts.is_empty() {
-        (
-            false,
-            "WaitingForAccounts",
-            format!(
-                "waiting for the account controller to check {}",
-                plan.unchecked_accounts.join(", ")
-            ),
-        )
-    } else if st.replicas < want {
-        (
-            false,
-            "ScalingUp",
-            format!("{} of {want} sessions", st.replicas),
-        )
-    } else if st.replicas > want {
-        (
-            false,
-            "ScalingDown",
-            format!("{} of {want} sessions", st.replicas),
-        )
-    } else if st.ready < want {
-        (
-            false,
-            "SessionsNotReady",
-            format!("{} of {want} sessions ready", st.ready),
-        )
-    } else {
-        (true, "AllReady", format!("{want} sessions ready"))
-    };
-    let now = crate::api::now();
-    set_condition(
-        &mut st.conditions,
-        "Ready",
-        ok,
-        reason,
-        &message,
-        pool.metadata.generation,
-        now,
-    );
-    let (reason, message) = progress(&plan.rollout, &st, want);
-    set_condition(
-        &mut st.conditions,
-        "Progressing",
-        true,
-        reason,
-        &message,
-        pool.metadata.generation,
-        crate::api::now(),
-    );
-    if st == before {
-        return Ok(());
-    }
-    let (ns, name) = (key.namespace.clone(), key.name.clone());
-    match sh
-        // Counts the next pass can tell again: durable soon, not at once.
-        .blocking(move |s| {
-            s.api::<SessionPool>(Some(&ns))
-                .patch_status_as(&name, &st, Durability::Soon)
-        })
-        .await
-    {
-        Ok(_) | Err(StoreError::NotFound(_)) => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-/// The `Progressing` condition's reason and message: where the rollout of
-/// the current template stands.
-fn progress(r: &rollout::Rollout, st: &SessionPoolStatus, want: u32) -> (&'static str, String) {
-    let hash = &st.update_revision;
-    if st.updated_replicas == want && st.replicas == want && st.updated_ready == want {
-        return (
-            "RolloutComplete",
-            format!("{want} sessions run template {hash}"),
-        );
-    }
-    let mut message = format!(
-        "{} of {want} sessions updated to template {hash}, {} ready",
-        st.updated_replicas, st.updated_ready
-    );
-    if !r.after_turn.is_empty() {
-        message.push_str(&format!(
-            "; waiting for the turn of {} to end",
-            r.after_turn.join(", ")
-        ));
-    }
-    if !r.queued.is_empty() {
-        message.push_str(&format!("; then {}", r.queued.join(", ")));
-    }
-    ("RollingOut", message)
 }
 
 /// The states of `claude_failover_pool_sessions`.

@@ -27,7 +27,7 @@ pub enum Action {
 }
 
 /// What a pass decides.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
     pub actions: Vec<Action>,
     /// Surplus Sessions left running until their turn ends.
