@@ -18,6 +18,8 @@ mod private;
 mod quiet;
 pub mod report;
 pub mod standby;
+mod start;
+mod status;
 mod takeover;
 pub mod usage;
 mod workspace;
@@ -261,7 +263,7 @@ async fn reconcile_inner(ctx: &Context, key: &ObjectKey) -> Result<Action, Error
         awaits_prime,
         now,
     );
-    execute::finish(ctx, &s, &before, st, &report, &sig).await?;
+    status::finish(ctx, &s, &before, st, &report, &sig).await?;
     ctx.settle(key, print, settled.then_some(resync * quiet::QUIET_RESYNCS));
     Ok(Action::requeue(report.requeue))
 }

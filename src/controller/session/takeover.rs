@@ -2,7 +2,6 @@
 //! next failover target ([`standby`] decides), and the takeover, where it
 //! becomes the session's agent with `/resume <id>`.
 
-use super::execute;
 use super::peers;
 use super::report::{self, Report};
 use super::standby::{self, Action, Seen};
@@ -270,7 +269,7 @@ async fn start(
             workdir.clone(),
             sh.settings.shared_projects.clone(),
         );
-        let neighbours = super::execute::neighbours(sh, s);
+        let neighbours = super::start::neighbours(sh, s);
         let s = s.clone();
         sh.blocking(move |_| {
             crate::agent::seed::seed_for_session(&dir, &w, &s, &neighbours, &shared)
@@ -279,7 +278,7 @@ async fn start(
         .map_err(|e| format!("cannot prepare the account's config dir: {e}"))?;
     }
     let id = uuid::Uuid::new_v4().to_string();
-    let (secret, settings_file) = execute::save_launch_files(ctx, s, Some(&id)).await?;
+    let (secret, settings_file) = super::start::save_launch_files(ctx, s, Some(&id)).await?;
     sh.signals.register_standby(&key, &secret, account);
     let lp = launch::plan(&LaunchInput {
         session: s,
@@ -387,7 +386,7 @@ pub async fn take_over(
     // finds the standby as the agent. Its fsync may follow (`Soon`): a power
     // loss that took the write also took both processes, and the session
     // relaunches either way.
-    execute::write(ctx, &key, st, Durability::Soon)
+    super::status::write(ctx, &key, st, Durability::Soon)
         .await
         .map_err(|e| format!("cannot record the takeover: {e}"))?;
     {
@@ -499,7 +498,7 @@ pub async fn take_over_step(
                 .takeovers_total
                 .with_label_values(&["relaunched"])
                 .inc();
-            execute::launch_step(ctx, s, st, d, accounts, true).await
+            super::start::launch_step(ctx, s, st, d, accounts, true).await
         }
     }
 }
