@@ -10,4 +10,5 @@ pub mod guard;
 pub mod http;
 pub mod lead;
 pub mod projections;
+pub mod readiness;
 pub mod run;
