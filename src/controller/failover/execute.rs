@@ -175,18 +175,26 @@ async fn release(ctx: &Context) -> Result<(), StoreError> {
 /// waits for that turn. A task dispatched after this write sees the
 /// placement, or the swap, and goes elsewhere.
 ///
-/// Visible and atomic at once, durable within [`crate::store::LAZY_FLUSH`]
-/// (`Durability::Soon`): a swap places all its sessions in a row, and an
-/// fsync each (16 ms apiece, 0.13 s for eight) held back the first
-/// takeover. What a power loss takes is found again: the Swap, written
-/// durably when it started, still lists the session, and the recovery of
-/// an interrupted swap places it again (`plan::recover`).
+/// A first placement is visible and atomic at once, durable within
+/// [`crate::store::LAZY_FLUSH`] (`Durability::Soon`): a swap places all
+/// its sessions in a row, and an fsync each (16 ms apiece, 0.13 s for
+/// eight) held back the first takeover. What a power loss takes is found
+/// again: the Swap, written durably when it started, still lists the
+/// session, and the recovery of an interrupted swap places it again
+/// (`plan::recover`). Every later one (done, rolled back, re-stamped by a
+/// recovery) is durable at once: the swap's end, written durably after
+/// it, must never be on disk without it (a session left "swapping" under
+/// a finished swap would take no work).
 async fn place(
     ctx: &Context,
     session: ObjectKey,
     placement: SwapStatus,
     first: Option<Seen>,
 ) -> Result<bool, StoreError> {
+    let durability = match first {
+        Some(_) => Durability::Soon,
+        None => Durability::Now,
+    };
     let _keyboard = match &first {
         Some(_) => Some(ctx.shared.driver.keyboard(&session).await),
         None => None,
@@ -211,7 +219,7 @@ async fn place(
                     &session.name,
                     &status,
                     SessionStatus::FAILOVER_CONTROLLER,
-                    Durability::Soon,
+                    durability,
                 )
         })
         .await;

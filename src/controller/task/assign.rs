@@ -93,11 +93,13 @@ pub fn task_workdir(task: &Task) -> Option<PathBuf> {
     task.spec.workdir.as_deref().map(norm)
 }
 
-/// A task's `spec.workdir` resolved, when it exists (a path that does not
-/// yet may resolve otherwise once made: it is not one to keep).
+/// A task's `spec.workdir`, when it is worth keeping resolved: it exists
+/// and is already its own resolved form. A path that does not exist yet
+/// may resolve otherwise once made, and one through a symlink otherwise
+/// once the link is pointed elsewhere: those are resolved at each use.
 pub fn resolved_workdir(task: &Task) -> Option<PathBuf> {
     let p = crate::fsutil::expand_home(task.spec.workdir.as_deref()?);
-    std::fs::canonicalize(p).ok()
+    std::fs::canonicalize(&p).ok().filter(|r| *r == p)
 }
 
 /// Whether `task` may run on `session`.

@@ -112,8 +112,8 @@ struct Group {
     tasks: BTreeSet<Order>,
     /// One of them (any: they all target alike), to ask eligibility with.
     sample: Arc<Task>,
-    /// Their workdir, resolved once for the group's life (None: they name
-    /// none, or it does not exist yet, and each pass resolves it).
+    /// Their workdir, resolved once for the group's life when it can be
+    /// (see [`assign::resolved_workdir`]; None: each pass resolves it).
     workdir: Option<std::path::PathBuf>,
     /// The answer last handed out for the whole group (None: never).
     told: Option<Answer>,
