@@ -72,6 +72,16 @@ pub struct World<'a> {
     pub models: target::Models,
 }
 
+impl<'a> World<'a> {
+    /// The Session `ns/name`, if it exists.
+    fn session(&self, ns: &str, name: &str) -> Option<&'a Session> {
+        self.sessions
+            .iter()
+            .copied()
+            .find(|s| ns_of(&s.metadata) == ns && s.metadata.name.as_deref() == Some(name))
+    }
+}
+
 /// What a plan saw in flight on a session it places: the task of the turn
 /// it cuts (replayed on the target), or None at a turn boundary.
 #[derive(Debug, Clone, PartialEq)]

@@ -48,10 +48,7 @@ impl Planner<'_, '_> {
         let before = state_of(swap);
         let mut state = before.clone();
         for x in state.sessions.iter_mut().filter(|x| !x.step.finished()) {
-            let s =
-                w.sessions.iter().copied().find(|s| {
-                    ns_of(&s.metadata) == ns && s.metadata.name.as_deref() == Some(&x.name)
-                });
+            let s = w.session(&ns, &x.name);
             let Some(s) = s else {
                 x.step = SwapStep::RolledBack;
                 x.message = Some(format!("{}: the session is gone", x.name));

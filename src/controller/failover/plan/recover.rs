@@ -6,14 +6,8 @@ use super::*;
 impl Planner<'_, '_> {
     /// An older swap found running beside the current one: its daemon died.
     pub(super) fn interrupt(&mut self, old: &Swap, epoch: u64) {
-        let mut st = state_of(old);
-        st.phase = SwapPhase::Interrupted;
-        st.message = format!("its daemon died during the swap; epoch {epoch} took over");
-        self.out.push(Action::Update {
-            namespace: ns_of(&old.metadata).to_string(),
-            name: old.metadata.name.clone().unwrap_or_default(),
-            state: st,
-        });
+        let message = format!("its daemon died during the swap; epoch {epoch} took over");
+        self.mark_interrupted(old, message);
     }
 
     /// The lease is held by a daemon that no longer leads, or a swap was
@@ -59,10 +53,7 @@ impl Planner<'_, '_> {
         let mut places = Vec::new();
         for x in left {
             let mut y = x.clone();
-            let s =
-                w.sessions.iter().copied().find(|s| {
-                    ns_of(&s.metadata) == ns && s.metadata.name.as_deref() == Some(&x.name)
-                });
+            let s = w.session(&ns, &x.name);
             let placed_then = s.is_some_and(|s| {
                 s.status
                     .as_ref()
@@ -104,9 +95,16 @@ impl Planner<'_, '_> {
     }
 
     pub(super) fn interrupt_by(&mut self, old: &Swap, holder: &str, epoch: u64) {
+        let message =
+            format!("its daemon ({holder}) died during the swap; epoch {epoch} took over");
+        self.mark_interrupted(old, message);
+    }
+
+    /// `old`'s record says it was interrupted, and why.
+    fn mark_interrupted(&mut self, old: &Swap, message: String) {
         let mut st = state_of(old);
         st.phase = SwapPhase::Interrupted;
-        st.message = format!("its daemon ({holder}) died during the swap; epoch {epoch} took over");
+        st.message = message;
         self.out.push(Action::Update {
             namespace: ns_of(&old.metadata).to_string(),
             name: old.metadata.name.clone().unwrap_or_default(),
