@@ -299,18 +299,11 @@ fn a_permission_prompt_is_reported_as_waiting() {
     // and a dialog drawn may not listen yet: an Enter before then is lost,
     // so it is pressed again while the dialog stays (a late second Enter
     // lands in the empty composer, where it does nothing).
-    let mut pressed: Option<std::time::Instant> = None;
-    common::wait_for("the dialog answered", common::pool::LONG, || {
-        let screen = pool.tmux(&["capture-pane", "-p", "-t", "=ccl-3:"]);
-        if !screen.contains("Do you want to proceed?") && pressed.is_some() {
-            return Some(());
-        }
-        let due = pressed.is_none_or(|at| at.elapsed() >= common::pool::ENTER_AGAIN_AFTER);
-        if screen.contains("1. Yes") && due {
-            pool.tmux(&["send-keys", "-t", "=ccl-3:", "Enter"]);
-            pressed = Some(std::time::Instant::now());
-        }
-        None
+    common::wait_for("the dialog's choices", common::pool::LONG, || {
+        pool.screen("ccl-3").contains("1. Yes").then_some(())
+    });
+    pool.press_enter_until("=ccl-3:", "the dialog answered", |s| {
+        !s.contains("Do you want to proceed?")
     });
     pool.wait_phase("ccl-3", "Idle");
     assert!(pool.workdir().join("permission-was-granted").exists());

@@ -190,19 +190,9 @@ fn enter_pressed_by_hand_in_a_standby_replaces_it_and_leaves_the_agent_alone() {
         "/resume {}",
         before["status"]["agentSessionId"].as_str().unwrap()
     );
-    let mut pressed: Option<std::time::Instant> = None;
-    common::wait_for("Enter taken by the standby", common::pool::LONG, || {
-        let screen = pool.tmux(&["capture-pane", "-p", "-t", pane]);
-        let still =
-            claude_failover::agent::screen::composer_text(&screen).is_some_and(|t| t == waiting);
-        if pressed.is_some() && (!still || !pid_alive(standby_pid)) {
-            return Some(());
-        }
-        if pressed.is_none_or(|at| at.elapsed() >= common::pool::ENTER_AGAIN_AFTER) {
-            pool.tmux(&["send-keys", "-t", pane, "Enter"]);
-            pressed = Some(std::time::Instant::now());
-        }
-        None
+    pool.press_enter_until(pane, "Enter taken by the standby", |s| {
+        let still = claude_failover::agent::screen::composer_text(s).is_some_and(|t| t == waiting);
+        !still || !pid_alive(standby_pid)
     });
     let after = pool.wait_session("one", "another standby, primed", |v| {
         v["status"]["standby"]["pid"]

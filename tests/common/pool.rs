@@ -526,13 +526,12 @@ impl Pool {
     /// its composer is on screen and empty (a hook can say Idle before
     /// Claude Code takes keys). Enter goes once the composer shows the text
     /// (an Enter read with the text is part of a paste), and again while
-    /// the composer still holds it (one pressed before the composer
-    /// listens is lost; a late second one lands in an empty composer,
-    /// where it does nothing).
+    /// the composer still holds it ([`Pool::press_enter_until`]; a late
+    /// second one lands in an empty composer, where it does nothing).
     pub fn type_prompt(&self, session: &str, text: &str) {
-        let composer = || claude_failover::agent::screen::composer_text(&self.screen(session));
         wait_for(&format!("the composer of {session}"), LONG, || {
-            composer().filter(|t| t.is_empty())
+            claude_failover::agent::screen::composer_text(&self.screen(session))
+                .filter(|t| t.is_empty())
         });
         let tmux = claude_failover::tmux::Tmux::new(self.socket());
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -545,18 +544,39 @@ impl Pool {
             tmux.send_text(&pane.id, text).await.unwrap();
             pane
         });
+        // Followed in the pane it was typed into: a move can replace the
+        // agent meanwhile (its pane gone, nothing captured), and then the
+        // prompt went with the old one.
+        let screen = || self.tmux(&["capture-pane", "-p", "-t", &pane.id]);
         wait_for(
             &format!("{text:?} in the composer of {session}"),
             LONG,
-            || composer().filter(|t| !t.is_empty()),
+            || {
+                let s = screen();
+                let shown = claude_failover::agent::screen::composer_text(&s)
+                    .is_some_and(|t| !t.is_empty());
+                (s.is_empty() || shown).then_some(())
+            },
         );
+        self.press_enter_until(&pane.id, &format!("{text:?} submitted in {session}"), |s| {
+            claude_failover::agent::screen::composer_text(s).is_none_or(|t| t.is_empty())
+        });
+    }
+
+    /// Presses Enter in `target` (a pane id or `=SESSION:`) until `taken`
+    /// says of its screen that the key was taken, pressing it again every
+    /// [`ENTER_AGAIN_AFTER`]: what is drawn does not always listen yet,
+    /// and a key pressed before it does is lost. A target gone shows an
+    /// empty screen.
+    pub fn press_enter_until(&self, target: &str, what: &str, taken: impl Fn(&str) -> bool) {
         let mut pressed: Option<std::time::Instant> = None;
-        wait_for(&format!("{text:?} submitted in {session}"), LONG, || {
-            if pressed.is_some() && composer().is_none_or(|t| t.is_empty()) {
+        wait_for(what, LONG, || {
+            let screen = self.tmux(&["capture-pane", "-p", "-t", target]);
+            if pressed.is_some() && taken(&screen) {
                 return Some(());
             }
             if pressed.is_none_or(|at| at.elapsed() >= ENTER_AGAIN_AFTER) {
-                self.tmux(&["send-keys", "-t", &pane.id, "Enter"]);
+                self.tmux(&["send-keys", "-t", target, "Enter"]);
                 pressed = Some(std::time::Instant::now());
             }
             None
