@@ -172,9 +172,16 @@ fn enter_pressed_by_hand_in_a_standby_replaces_it_and_leaves_the_agent_alone() {
     let pool = pool_with_standbys(&["one"]);
     pool.type_prompt("one", "a turn to resume: remember the word QUINCE");
     pool.request_with("remember the word QUINCE");
+    // The turn over and its transcript written (an Idle read just after
+    // the request can be the one from before the turn): only then has the
+    // standby a conversation to take over when Enter is pressed.
+    let projects = pool.path("projects");
     let before = pool.wait_session("one", "idle with its standby primed", |v| {
         v["status"]["phase"] == "Idle"
             && v["status"]["standby"]["primed"] == v["status"]["agentSessionId"]
+            && v["status"]["agentSessionId"]
+                .as_str()
+                .is_some_and(|id| claude_failover::agent::seed::transcript_resumable(&projects, id))
     });
     let (agent_pid, standby_pid) = (
         before["status"]["pid"].as_u64().unwrap(),
